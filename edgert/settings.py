@@ -1,0 +1,36 @@
+"""Environment settings, read in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Root of edgert's cache (models, wheels, the emulated device): ``$EDGERT_CACHE`` or ~/.cache/edgert."""
+    env = os.environ.get("EDGERT_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "edgert"
+
+
+def models_dir() -> Path:
+    return cache_dir() / "models"
+
+
+def hf_endpoint() -> str:
+    """Base URL of the Hugging Face hub (``$HF_ENDPOINT`` overrides it, e.g. a local mirror)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hf_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or None
+
+
+def default_threads() -> int:
+    env = os.environ.get("EDGERT_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
