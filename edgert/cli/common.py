@@ -1,0 +1,26 @@
+"""Argument helpers shared by several commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def resolve_model(arg: str) -> Path:
+    """A path as given, or a known model name (pulled on first use)."""
+    p = Path(arg).expanduser()
+    if p.exists():
+        return p
+    from edgert.hub import KNOWN_MODELS, pull
+
+    if arg in KNOWN_MODELS or arg.startswith("hf:"):
+        return pull(arg)
+    return p  # open_engine reports the missing file
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=None, default=float)
+    sys.stdout.write("\n")
+    sys.stdout.flush()

@@ -1,0 +1,31 @@
+"""Open whatever the user points at (a model file, a HF directory, later an artifact) as an engine.
+
+An engine has ``forward(tokens, last_only=False) -> logits``, ``reset()``, ``pos`` and ``tokenizer``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgert.errors import EdgertError
+
+
+def open_engine(path: str | Path, *, max_ctx: int | None = None):
+    """A ReferenceEngine over a GGUF file / HF directory (the compiler frontends are imported lazily)."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise EdgertError(f"no such file or directory: {p}", "check the path, or `edgert pull NAME`")
+    if p.is_dir() and (p / "manifest.json").exists():
+        raise EdgertError(
+            f"{p} is an edgert artifact; this build runs model files (GGUF, HF) only",
+            "pass the model file it was compiled from",
+        )
+    try:
+        from edgert.compiler.frontends import load_model
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise EdgertError(
+            "running model files needs the compiler extra", "pip install 'edgert[compiler]'"
+        ) from e
+    from edgert.reference import ReferenceEngine
+
+    return ReferenceEngine(load_model(p), max_ctx=max_ctx)

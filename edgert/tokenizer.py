@@ -1,0 +1,97 @@
+"""Tokenizer: a `tokenizers` object plus the special ids and chat template the model carries.
+
+Frontends build it (from GGUF metadata or tokenizer.json); artifacts store it as ``tokenizer.json`` +
+``tokenizer_meta.json`` so the device needs only the `tokenizers` wheel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgert.errors import ModelFormatError
+
+
+@dataclass
+class TokenizerMeta:
+    bos_id: int | None = None
+    eos_id: int | None = None
+    add_bos: bool = False
+    stop_ids: list[int] = field(default_factory=list)  # eos + end-of-turn tokens
+    chat_template: str | None = None
+
+
+class Tokenizer:
+    def __init__(self, tok: Any, meta: TokenizerMeta):
+        self.tok = tok
+        self.meta = meta
+
+    # -- encode / decode -------------------------------------------------------------------
+    def encode(self, text: str, *, add_bos: bool | None = None) -> list[int]:
+        """Token ids of ``text``; special tokens written in the text (``<|im_start|>``) are parsed."""
+        ids = self.tok.encode(text, add_special_tokens=False).ids
+        if add_bos is None:
+            add_bos = self.meta.add_bos
+        if add_bos and self.meta.bos_id is not None:
+            ids = [self.meta.bos_id] + ids
+        return ids
+
+    def decode(self, ids: list[int], *, skip_special: bool = True) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def stop_ids(self) -> set[int]:
+        s = set(self.meta.stop_ids)
+        if self.meta.eos_id is not None:
+            s.add(self.meta.eos_id)
+        return s
+
+    # -- chat -------------------------------------------------------------------------------
+    def apply_chat_template(self, messages: list[dict[str, str]], *, add_generation_prompt=True) -> str:
+        """Render the model's chat template (jinja2, sandboxed) for ``messages``."""
+        if not self.meta.chat_template:
+            raise ModelFormatError(
+                "this model carries no chat template", "pass the prompt without --chat"
+            )
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(msg: str) -> None:
+            raise ModelFormatError(f"chat template: {msg}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        tpl = env.from_string(self.meta.chat_template)
+
+        def tok_str(i: int | None) -> str:
+            return self.tok.id_to_token(i) if i is not None else ""
+
+        return tpl.render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=tok_str(self.meta.bos_id),
+            eos_token=tok_str(self.meta.eos_id),
+        )
+
+    # -- persistence ------------------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        d = Path(directory)
+        self.tok.save(str(d / "tokenizer.json"))
+        (d / "tokenizer_meta.json").write_text(json.dumps(asdict(self.meta), indent=1))
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "Tokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        d = Path(directory)
+        try:
+            tok = HFTokenizer.from_file(str(d / "tokenizer.json"))
+            meta = TokenizerMeta(**json.loads((d / "tokenizer_meta.json").read_text()))
+        except (OSError, ValueError, TypeError, Exception) as e:
+            raise ModelFormatError(f"cannot read the tokenizer in {d}: {e}") from e
+        return cls(tok, meta)
