@@ -1,6 +1,7 @@
 """Open whatever the user points at (a model file, a HF directory, later an artifact) as an engine.
 
-An engine has ``forward(tokens, last_only=False) -> logits``, ``reset()``, ``pos`` and ``tokenizer``.
+An engine has ``forward(tokens, last_only=False) -> logits``, ``reset()``, ``pos``,
+``tokenizer``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from edgert.errors import EdgertError
 
 
 def open_engine(path: str | Path, *, max_ctx: int | None = None):
-    """A ReferenceEngine over a GGUF file / HF directory (the compiler frontends are imported lazily)."""
+    """A ReferenceEngine over a GGUF file / HF directory (frontends imported lazily)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise EdgertError(f"no such file or directory: {p}", "check the path, or `edgert pull NAME`")
+        raise EdgertError(
+            f"no such file or directory: {p}", "check the path, or `edgert pull NAME`"
+        )
     if p.is_dir() and (p / "manifest.json").exists():
         raise EdgertError(
             f"{p} is an edgert artifact; this build runs model files (GGUF, HF) only",
@@ -28,4 +31,6 @@ def open_engine(path: str | Path, *, max_ctx: int | None = None):
         ) from e
     from edgert.reference import ReferenceEngine
 
-    return ReferenceEngine(load_model(p), max_ctx=max_ctx)
+    model = load_model(p)
+    model.materialize()
+    return ReferenceEngine(model, max_ctx=max_ctx)

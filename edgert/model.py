@@ -154,6 +154,15 @@ class ModelGraph:
             self._cache[name] = t
         return t
 
+    def materialize(self, *, progress: bool | None = None) -> None:
+        """Dequantize every tensor now (so later timings measure compute, not loading)."""
+        from edgert.progress import Progress
+
+        with Progress(len(self.infos), "loading weights", enabled=progress) as bar:
+            for name in self.infos:
+                self.tensor(name)
+                bar.update(1)
+
     def drop(self, name: str) -> None:
         self._cache.pop(name, None)
 

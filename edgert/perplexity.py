@@ -1,9 +1,9 @@
 """Perplexity with llama.cpp's convention, so figures compare directly with `llama-perplexity`.
 
 The text is tokenized once (with BOS if the model adds one) and cut into non-overlapping chunks of
-``ctx`` tokens; each chunk is evaluated from an empty cache (its first token replaced by BOS when the
-model uses one) and only the second half is scored: positions ctx/2 .. ctx-2 predict the next token,
-``ctx - 1 - ctx/2`` scored tokens per chunk.
+``ctx`` tokens; each chunk is evaluated from an empty cache (its first token replaced by BOS when
+the model uses one) and only the second half is scored: positions ctx/2 .. ctx-2 predict the
+next token, ``ctx - 1 - ctx/2`` scored tokens per chunk.
 """
 
 from __future__ import annotations

@@ -10,7 +10,9 @@ import time
 class Progress:
     """A minimal progress bar: ``with Progress(total, "loading") as p: p.update(1)``."""
 
-    def __init__(self, total: int | None, desc: str, *, enabled: bool | None = None, unit: str = ""):
+    def __init__(
+        self, total: int | None, desc: str, *, enabled: bool | None = None, unit: str = ""
+    ):
         self.total = total
         self.desc = desc
         self.unit = unit

@@ -55,11 +55,6 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> n
     return out
 
 
-def swiglu_ffn(x: np.ndarray, gate: np.ndarray, up: np.ndarray, down: np.ndarray) -> np.ndarray:
-    # x (n, d); gate/up (f, d); down (d, f) -> (n, d)
-    return (silu(x @ gate.T) * (x @ up.T)) @ down.T
-
-
 def route(cfg: ModelConfig, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Top-k experts per token: (indices (n, k), weights (n, k)).
 
@@ -103,11 +98,15 @@ class ReferenceEngine:
     def _w(self, name: str) -> np.ndarray:
         return self.model.tensor(name)
 
+    def _mm(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x (n, in) @ W(name).T -> (n, out)."""
+        return x @ self._w(name).T
+
     def _attention(self, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
         c, p, n = self.cfg, f"blk.{i}.", x.shape[0]
-        q = x @ self._w(p + "attn_q.weight").T
-        k = x @ self._w(p + "attn_k.weight").T
-        v = x @ self._w(p + "attn_v.weight").T
+        q = self._mm(x, p + "attn_q.weight")
+        k = self._mm(x, p + "attn_k.weight")
+        v = self._mm(x, p + "attn_v.weight")
         if c.qkv_bias:
             q += self._w(p + "attn_q.bias")
             k += self._w(p + "attn_k.bias")
@@ -132,33 +131,36 @@ class ReferenceEngine:
         probs = softmax(scores, axis=-1)
         out = probs @ vals.transpose(1, 0, 2)[:, None]  # (kv, group, n, hd)
         out = out.transpose(2, 0, 1, 3).reshape(n, c.n_heads * c.head_dim)
-        return out @ self._w(p + "attn_output.weight").T
+        return self._mm(out, p + "attn_output.weight")
 
     def _moe(self, i: int, x: np.ndarray) -> np.ndarray:
         c, p = self.cfg, f"blk.{i}."
-        idx, w = route(c, x @ self._w(p + "ffn_gate_inp.weight").T)
-        gate, up, down = (self._w(p + f"ffn_{n}_exps.weight") for n in ("gate", "up", "down"))
+        idx, w = route(c, self._mm(x, p + "ffn_gate_inp.weight"))
+        names = [p + f"ffn_{n}_exps.weight" for n in ("gate", "up", "down")]
+        gate, up, down = (self._w(n) for n in names)
         out = np.zeros_like(x)
         for e in np.unique(idx):
             rows, slot = np.nonzero(idx == e)
             self.expert_counts[i, e] += len(rows)
-            y = swiglu_ffn(x[rows], gate[e], up[e], down[e])
-            out[rows] += w[rows, slot][:, None] * y
+            xe = x[rows]
+            h = silu(xe @ gate[e].T) * (xe @ up[e].T)
+            out[rows] += w[rows, slot][:, None] * (h @ down[e].T)
         if c.shared_expert_ffn_dim:
-            sh = swiglu_ffn(
-                x, *(self._w(p + f"ffn_{n}_shexp.weight") for n in ("gate", "up", "down"))
-            )
+            sh = self._swiglu(x, p, "_shexp")
             g = x @ self._w(p + "ffn_gate_inp_shexp.weight").reshape(-1, c.dim).T  # (n, 1)
             out += sh / (1.0 + np.exp(-g))
         return out
 
+    def _swiglu(self, x: np.ndarray, p: str, suffix: str = "") -> np.ndarray:
+        h = silu(self._mm(x, f"{p}ffn_gate{suffix}.weight")) * self._mm(
+            x, f"{p}ffn_up{suffix}.weight"
+        )
+        return self._mm(h, f"{p}ffn_down{suffix}.weight")
+
     def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
         if self.cfg.is_moe:
             return self._moe(i, x)
-        p = f"blk.{i}."
-        return swiglu_ffn(
-            x, *(self._w(p + f"ffn_{n}.weight") for n in ("gate", "up", "down"))
-        )
+        return self._swiglu(x, f"blk.{i}.")
 
     def hidden(self, tokens: list[int] | np.ndarray) -> np.ndarray:
         """Run ``tokens`` through every layer; return the final normed hidden states (n, dim)."""
@@ -185,13 +187,12 @@ class ReferenceEngine:
         self.pos += n
         return rms_norm(x, self._w("output_norm.weight"), c.rms_eps)
 
-    def lm_head(self) -> np.ndarray:
-        name = "output.weight" if "output.weight" in self.model else "token_embd.weight"
-        return self._w(name)
+    def lm_head_name(self) -> str:
+        return "output.weight" if "output.weight" in self.model else "token_embd.weight"
 
     def forward(self, tokens: list[int] | np.ndarray, *, last_only: bool = False) -> np.ndarray:
-        """Logits (n, vocab) for each token appended, or (vocab,) for the last with ``last_only``."""
+        """Logits (n, vocab) for the tokens appended; (vocab,) of the last with ``last_only``."""
         h = self.hidden(tokens)
         if last_only:
-            return h[-1] @ self.lm_head().T
-        return h @ self.lm_head().T
+            return self._mm(h[-1:], self.lm_head_name())[0]
+        return self._mm(h, self.lm_head_name())

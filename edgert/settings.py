@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def cache_dir() -> Path:
-    """Root of edgert's cache (models, wheels, the emulated device): ``$EDGERT_CACHE`` or ~/.cache/edgert."""
+    """Root of the cache (models, wheels, emulated device): $EDGERT_CACHE or ~/.cache/edgert."""
     env = os.environ.get("EDGERT_CACHE")
     if env:
         return Path(env).expanduser()
@@ -33,4 +33,6 @@ def default_threads() -> int:
     env = os.environ.get("EDGERT_THREADS")
     if env:
         return max(1, int(env))
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    return max(
+        1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )

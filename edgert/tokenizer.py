@@ -1,7 +1,7 @@
 """Tokenizer: a `tokenizers` object plus the special ids and chat template the model carries.
 
-Frontends build it (from GGUF metadata or tokenizer.json); artifacts store it as ``tokenizer.json`` +
-``tokenizer_meta.json`` so the device needs only the `tokenizers` wheel.
+Frontends build it (from GGUF metadata or tokenizer.json); artifacts store it as
+``tokenizer.json`` + ``tokenizer_meta.json`` so the device needs only the `tokenizers` wheel.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class Tokenizer:
 
     # -- encode / decode -------------------------------------------------------------------
     def encode(self, text: str, *, add_bos: bool | None = None) -> list[int]:
-        """Token ids of ``text``; special tokens written in the text (``<|im_start|>``) are parsed."""
+        """Token ids of ``text``; special tokens in the text (``<|im_start|>``) are parsed."""
         ids = self.tok.encode(text, add_special_tokens=False).ids
         if add_bos is None:
             add_bos = self.meta.add_bos
@@ -53,7 +53,9 @@ class Tokenizer:
         return s
 
     # -- chat -------------------------------------------------------------------------------
-    def apply_chat_template(self, messages: list[dict[str, str]], *, add_generation_prompt=True) -> str:
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], *, add_generation_prompt=True
+    ) -> str:
         """Render the model's chat template (jinja2, sandboxed) for ``messages``."""
         if not self.meta.chat_template:
             raise ModelFormatError(

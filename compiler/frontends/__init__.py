@@ -12,7 +12,9 @@ def load_model(path: str | Path) -> ModelGraph:
     """Open a GGUF file or a Hugging Face directory (config.json + *.safetensors)."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise EdgertError(f"no such file or directory: {p}", "check the path, or `edgert pull NAME`")
+        raise EdgertError(
+            f"no such file or directory: {p}", "check the path, or `edgert pull NAME`"
+        )
     if p.is_dir():
         if (p / "manifest.json").exists():
             raise EdgertError(f"{p} is an edgert artifact, not a model file")

@@ -1,4 +1,4 @@
-"""GGUF frontend: metadata -> ModelConfig, tensors dequantized on demand, tokenizer from metadata."""
+"""GGUF frontend: metadata -> ModelConfig, tensors dequantized on demand, tokenizer."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from edgert.compiler.frontends.archs import GGUF_ARCHS
+
 from edgert.errors import ModelFormatError, UnsupportedError
 from edgert.model import ModelConfig, ModelGraph, TensorInfo
 
@@ -16,8 +16,19 @@ log = logging.getLogger(__name__)
 
 #: GGML tensor types the frontend dequantizes
 SUPPORTED_TYPES = (
-    "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0",
-    "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+    "F32",
+    "F16",
+    "BF16",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
 )
 
 

@@ -1,4 +1,4 @@
-"""Build a `tokenizers` tokenizer from GGUF metadata (GPT-2 byte-level BPE or SentencePiece vocab)."""
+"""A `tokenizers` tokenizer from GGUF metadata (GPT-2 byte-level BPE or SentencePiece)."""
 
 from __future__ import annotations
 
@@ -62,8 +62,8 @@ def _gpt2_bpe(meta: dict[str, Any], tokens: list[str]):
 
 def _spm_bpe(meta: dict[str, Any], tokens: list[str]):
     """SentencePiece BPE vocab (llama/mistral): merges ranked by the merged piece's score."""
-    from tokenizers import decoders, models, normalizers
     from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, normalizers
 
     scores = meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)

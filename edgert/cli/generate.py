@@ -13,9 +13,13 @@ def add_arguments(p) -> None:
     p.add_argument("--top-k", type=int, default=40, help="top-k sampling, 0 = off (40)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (0.95)")
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template")
+    p.add_argument(
+        "--chat", action="store_true", help="wrap the prompt in the model's chat template"
+    )
     p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
-    p.add_argument("--ctx", type=int, default=None, help="context length (default: model's, max 4096)")
+    p.add_argument(
+        "--ctx", type=int, default=None, help="context length (default: model's, max 4096)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
 
 
@@ -37,8 +41,12 @@ def run(args) -> int:
     if not args.json:
         sys.stdout.write(args.prompt if not args.chat else "")
     res = generate(
-        engine, prompt=prompt, n_predict=args.n_predict, sampler=sampler,
-        on_text=None if args.json else stream, stop_at_eos=not args.ignore_eos,
+        engine,
+        prompt=prompt,
+        n_predict=args.n_predict,
+        sampler=sampler,
+        on_text=None if args.json else stream,
+        stop_at_eos=not args.ignore_eos,
     )
     if args.json:
         print_json(res.to_dict())

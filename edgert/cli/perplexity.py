@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 HELP = "perplexity of a text file (llama.cpp convention: ctx chunks, second half scored)"
@@ -33,16 +32,25 @@ def run(args) -> int:
     tokens = tok.encode(text)
     bos = tok.meta.bos_id if tok.meta.add_bos else None
     with Progress(None, "perplexity", enabled=None if not args.json else False) as bar:
+
         def on_chunk(i: int, n: int, ppl: float) -> None:
             bar.total = n
             bar.desc = f"perplexity {ppl:8.4f}"
             bar.update(1)
 
-        res = perplexity(engine, tokens=tokens, ctx=args.ctx, bos_id=bos,
-                         max_chunks=args.chunks, on_chunk=on_chunk)
+        res = perplexity(
+            engine,
+            tokens=tokens,
+            ctx=args.ctx,
+            bos_id=bos,
+            max_chunks=args.chunks,
+            on_chunk=on_chunk,
+        )
     if args.json:
         print_json({**res.to_dict(), "tokens": len(tokens)})
     else:
-        print(f"ppl = {res.ppl:.4f} over {res.scored} scored tokens "
-              f"({res.chunks} chunks of {res.ctx}, {len(tokens)} tokens)")
+        print(
+            f"ppl = {res.ppl:.4f} over {res.scored} scored tokens "
+            f"({res.chunks} chunks of {res.ctx}, {len(tokens)} tokens)"
+        )
     return 0

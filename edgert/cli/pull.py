@@ -15,8 +15,10 @@ def run(args) -> int:
 
     path = pull(args.name, force=args.force)
     if args.json:
-        size = path.stat().st_size if path.is_file() else sum(
-            f.stat().st_size for f in path.rglob("*") if f.is_file()
+        size = (
+            path.stat().st_size
+            if path.is_file()
+            else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         )
         print_json({"name": args.name, "path": str(path), "size": size})
     else:
