@@ -1,0 +1,40 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))  # tools/ modules (synthetic model maker) are importable
+
+# progress bars off in tests
+os.environ.setdefault("EDGERT_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> Path:
+    """The real SmolLM2-135M GGUF (pulled into the cache on first use, then verified)."""
+    from edgert.hub import pull
+
+    return pull("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    from edgert.compiler.frontends import load_model
+
+    m = load_model(smollm2_path)
+    m.materialize(progress=False)
+    return m
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: str | None = None):
+    """Run `python -m edgert ARGS` in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "edgert", *args], capture_output=True, text=True, env=e, cwd=cwd,
+        timeout=600,
+    )

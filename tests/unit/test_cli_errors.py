@@ -1,0 +1,90 @@
+"""Bad input gets one line on stderr naming the problem, exit status 2, and no traceback."""
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln]
+    assert len(lines) == 1, r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def write_gguf(path, arch="llama", qtype=None):
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_block_count(1)
+    w.add_embedding_length(32)
+    w.add_head_count(4)
+    w.add_feed_forward_length(64)
+    if qtype is None:
+        w.add_tensor("token_embd.weight", np.zeros((16, 32), np.float32))
+    else:
+        nbytes = gguf.quants.quant_shape_to_byte_shape((16, 256), qtype)
+        w.add_tensor("token_embd.weight", np.zeros(nbytes, np.uint8), raw_dtype=qtype)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_missing_file(tmp_path):
+    r = run_cli("generate", str(tmp_path / "nope.gguf"), "-p", "hi")
+    assert_one_line_error(r, "no such file", "nope.gguf")
+
+
+def test_unknown_model_name():
+    assert_one_line_error(run_cli("pull", "llama-9000"), "unknown model", "smollm2-135m")
+
+
+def test_not_a_gguf(tmp_path):
+    p = tmp_path / "x.gguf"
+    p.write_bytes(b"hello, not a model")
+    assert_one_line_error(run_cli("generate", str(p), "-p", "hi"), "not a GGUF file")
+
+
+def test_truncated_gguf(tmp_path, smollm2_path):
+    p = tmp_path / "cut.gguf"
+    with open(smollm2_path, "rb") as f:
+        p.write_bytes(f.read(5_000_000))
+    assert_one_line_error(run_cli("generate", str(p), "-p", "hi"), "truncated", "cut.gguf")
+
+
+def test_unsupported_quant_type(tmp_path):
+    import gguf
+
+    p = tmp_path / "iq.gguf"
+    write_gguf(p, qtype=gguf.GGMLQuantizationType.IQ4_NL)
+    assert_one_line_error(run_cli("generate", str(p), "-p", "hi"), "IQ4_NL", "token_embd.weight")
+
+
+def test_unknown_architecture(tmp_path):
+    p = tmp_path / "gpt2.gguf"
+    write_gguf(p, arch="gpt2")
+    assert_one_line_error(run_cli("generate", str(p), "-p", "hi"), "unsupported architecture",
+                          "gpt2")
+
+
+def test_missing_tensor(tmp_path):
+    p = tmp_path / "partial.gguf"
+    write_gguf(p)
+    assert_one_line_error(run_cli("generate", str(p), "-p", "hi"), "missing tensor",
+                          "output_norm.weight")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--temp", "-1"], "--temp"),
+    (["--top-p", "2"], "--top-p"),
+])
+def test_bad_sampling_options(smollm2_path, args, needle):
+    assert_one_line_error(run_cli("generate", str(smollm2_path), "-p", "hi", *args), needle)
+
+
+def test_perplexity_missing_text(smollm2_path, tmp_path):
+    r = run_cli("perplexity", str(smollm2_path), "-f", str(tmp_path / "none.txt"))
+    assert_one_line_error(r, "no such text file")

