@@ -1,0 +1,168 @@
+"""Parity of edgert's reference path with llama.cpp (llama-cpp-python) on the same GGUF and text.
+
+Measures, with llama.cpp's perplexity convention (chunks of --ctx, second half scored):
+  - tokenization equality over the whole text,
+  - perplexity of both and their relative difference,
+  - top-1 next-token agreement under teacher forcing (every position of every chunk),
+  - llama.cpp's agreement with itself (batched prefill vs token-by-token), the noise floor of its
+    quantized dot products,
+  - with --f32: the same model converted to F32 by llama.cpp's own quantizer, F32 KV cache —
+    where both sides compute in float32, so differences are summation order only.
+
+    python tools/parity.py [--model PATH] [--text FILE] [--ctx 512] [--f32] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpl-3.0.txt"
+
+
+def _llama(path: str, ctx: int, threads: int, f32_kv: bool = False):
+    from llama_cpp import Llama
+
+    kw = {"type_k": 0, "type_v": 0} if f32_kv else {}
+    return Llama(
+        path, n_ctx=ctx, n_batch=ctx, logits_all=True, verbose=False, n_threads=threads, **kw
+    )
+
+
+def _nll(logits: np.ndarray, chunk: list[int], first: int) -> np.ndarray:
+    from edgert.perplexity import log_softmax
+
+    lp = log_softmax(logits[first:-1])
+    tgt = np.asarray(chunk[first + 1 :])
+    return -lp[np.arange(len(tgt)), tgt]
+
+
+def to_f32_gguf(src: Path, dst: Path) -> None:
+    """Convert with llama.cpp's own quantizer (ftype ALL_F32)."""
+    import llama_cpp
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = 0
+    p.allow_requantize = True
+    p.nthread = os.cpu_count() or 1
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p)):
+        raise RuntimeError(f"llama.cpp could not convert {src} to F32")
+
+
+def compare(
+    model: Path,
+    text: str,
+    *,
+    ctx: int = 512,
+    max_chunks: int | None = None,
+    threads: int = 2,
+    f32_kv: bool = False,
+    self_check: bool = True,
+) -> dict:
+    from edgert.compiler.frontends import load_model
+
+    from edgert.reference import ReferenceEngine
+
+    m = load_model(model)
+    m.materialize(progress=False)
+    ours_ids = m.tokenizer.encode(text)
+    llm = _llama(str(model), ctx, threads, f32_kv)
+    theirs_ids = llm.tokenize(text.encode(), add_bos=m.tokenizer.meta.add_bos, special=False)
+    n_chunks = len(ours_ids) // ctx
+    if max_chunks:
+        n_chunks = min(n_chunks, max_chunks)
+    eng = ReferenceEngine(m, max_ctx=ctx)
+    first = ctx // 2
+    nll_a, nll_b = [], []
+    agree = self_agree = total = 0
+    max_diff = 0.0
+    sq = 0.0
+    t_ours = t_theirs = 0.0
+    for c in range(n_chunks):
+        chunk = ours_ids[c * ctx : (c + 1) * ctx]
+        eng.reset()
+        t0 = time.perf_counter()
+        la = eng.forward(chunk)
+        t1 = time.perf_counter()
+        llm.reset()
+        llm.eval(chunk)
+        lb = np.array(llm.scores[:ctx], dtype=np.float32)
+        t_ours, t_theirs = t_ours + t1 - t0, t_theirs + time.perf_counter() - t1
+        nll_a.append(_nll(la, chunk, first))
+        nll_b.append(_nll(lb, chunk, first))
+        agree += int(np.sum(la.argmax(-1) == lb.argmax(-1)))
+        total += ctx
+        max_diff = max(max_diff, float(np.abs(la - lb).max()))
+        sq += float(((la - lb) ** 2).sum())
+        if self_check:
+            llm.reset()
+            for t in chunk:
+                llm.eval([t])
+            lc = np.array(llm.scores[:ctx], dtype=np.float32)
+            self_agree += int(np.sum(lc.argmax(-1) == lb.argmax(-1)))
+    ppl_a = float(np.exp(np.concatenate(nll_a).mean()))
+    ppl_b = float(np.exp(np.concatenate(nll_b).mean()))
+    return {
+        "model": str(model),
+        "tokens": len(ours_ids),
+        "tokenization_equal": ours_ids == list(theirs_ids),
+        "ctx": ctx,
+        "chunks": n_chunks,
+        "scored": int(sum(len(x) for x in nll_a)),
+        "ppl_edgert": ppl_a,
+        "ppl_llama_cpp": ppl_b,
+        "ppl_rel_diff": abs(ppl_a - ppl_b) / ppl_b,
+        "top1_agreement": agree / total,
+        "llama_cpp_self_agreement": self_agree / total if self_check else None,
+        "logit_max_abs_diff": max_diff,
+        "logit_rms_diff": float(np.sqrt(sq / (total * la.shape[1]))),
+        "edgert_prefill_tok_s": total / t_ours,
+        "llama_cpp_prefill_tok_s": total / t_theirs,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", default=None, help="GGUF (default: edgert pull smollm2-135m)")
+    ap.add_argument("--text", default=str(DEFAULT_TEXT))
+    ap.add_argument("--ctx", type=int, default=512)
+    ap.add_argument("--chunks", type=int, default=None)
+    ap.add_argument("--f32", action="store_true", help="also compare on an F32 conversion")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    from edgert.hub import pull
+
+    model = Path(a.model) if a.model else pull("smollm2-135m")
+    text = Path(a.text).read_text()
+    rows = [("gguf", compare(model, text, ctx=a.ctx, max_chunks=a.chunks))]
+    if a.f32:
+        with tempfile.TemporaryDirectory() as d:
+            f32 = Path(d) / "f32.gguf"
+            to_f32_gguf(model, f32)
+            rows.append(
+                (
+                    "f32",
+                    compare(
+                        f32, text, ctx=a.ctx, max_chunks=a.chunks, f32_kv=True, self_check=False
+                    ),
+                )
+            )
+    if a.json:
+        print(json.dumps(dict(rows), indent=1))
+        return
+    for name, r in rows:
+        print(f"[{name}] {r['model']}")
+        for k, v in r.items():
+            if k != "model":
+                print(f"  {k:28s} {v:.6g}" if isinstance(v, float) else f"  {k:28s} {v}")
+
+
+if __name__ == "__main__":
+    main()
