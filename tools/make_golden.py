@@ -1,11 +1,10 @@
 """Regenerate tests/data/golden_smollm2.json — the only way golden files change.
 
-Token ids of tricky strings come from llama.cpp (llama-cpp-python must be installed: `make
-bench-env`, then run this with .venv-bench/bin/python), so the tokenizer is checked against an
-independent implementation; greedy continuations come from edgert's reference forward and guard
-against regressions.
+Token ids of tricky strings come from llama.cpp (llama-cpp-python must be installed, as
+`tools/setup.sh bench` does), so the tokenizer is checked against an independent implementation;
+greedy continuations come from edgert's reference forward and guard against regressions.
 
-    .venv-bench/bin/python tools/make_golden.py
+    tools/setup.sh bench && .venv/bin/python tools/make_golden.py
 """
 
 from __future__ import annotations
@@ -43,12 +42,18 @@ def main() -> None:
     engine = open_engine(path, max_ctx=256)
     greedy = {}
     for p in PROMPTS:
-        r = generate(engine, prompt=p, n_predict=N_TOKENS, sampler=Sampler(temp=0),
-                     stop_at_eos=False)
+        r = generate(
+            engine, prompt=p, n_predict=N_TOKENS, sampler=Sampler(temp=0), stop_at_eos=False
+        )
         greedy[p] = r.tokens
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps({"model": "smollm2-135m", "tokenize": tokens, "greedy": greedy},
-                              indent=1, ensure_ascii=False))
+    OUT.write_text(
+        json.dumps(
+            {"model": "smollm2-135m", "tokenize": tokens, "greedy": greedy},
+            indent=1,
+            ensure_ascii=False,
+        )
+    )
     print(f"wrote {OUT}")
 
 

@@ -1,4 +1,4 @@
-"""Parity with llama.cpp on the real SmolLM2-135M GGUF (tier `parity`: `make parity`).
+"""Parity with llama.cpp on the real SmolLM2-135M GGUF (tier `parity`: `./test.sh parity`).
 
 Figures are recorded in BENCHMARKS.md by `python tools/parity.py --f32`.
 """
@@ -21,7 +21,7 @@ def text():
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        pytest.fail("llama-cpp-python is not installed: run `make parity`, which installs it")
+        pytest.fail("llama-cpp-python is not installed: run `./test.sh parity`, which installs it")
     return Path(DEFAULT_TEXT).read_text()
 
 
