@@ -35,6 +35,10 @@ def run_cli(*args: str, env: dict | None = None, cwd: str | None = None):
     e = dict(os.environ)
     e.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "edgert", *args], capture_output=True, text=True, env=e, cwd=cwd,
+        [sys.executable, "-m", "edgert", *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        cwd=cwd,
         timeout=600,
     )

@@ -66,21 +66,26 @@ def test_unsupported_quant_type(tmp_path):
 def test_unknown_architecture(tmp_path):
     p = tmp_path / "gpt2.gguf"
     write_gguf(p, arch="gpt2")
-    assert_one_line_error(run_cli("generate", str(p), "-p", "hi"), "unsupported architecture",
-                          "gpt2")
+    assert_one_line_error(
+        run_cli("generate", str(p), "-p", "hi"), "unsupported architecture", "gpt2"
+    )
 
 
 def test_missing_tensor(tmp_path):
     p = tmp_path / "partial.gguf"
     write_gguf(p)
-    assert_one_line_error(run_cli("generate", str(p), "-p", "hi"), "missing tensor",
-                          "output_norm.weight")
+    assert_one_line_error(
+        run_cli("generate", str(p), "-p", "hi"), "missing tensor", "output_norm.weight"
+    )
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["--temp", "-1"], "--temp"),
-    (["--top-p", "2"], "--top-p"),
-])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--temp", "-1"], "--temp"),
+        (["--top-p", "2"], "--top-p"),
+    ],
+)
 def test_bad_sampling_options(smollm2_path, args, needle):
     assert_one_line_error(run_cli("generate", str(smollm2_path), "-p", "hi", *args), needle)
 

