@@ -17,6 +17,7 @@ COMMANDS = {
     "pull": "pull",
     "generate": "generate",
     "perplexity": "perplexity",
+    "targets": "targets",
 }
 
 

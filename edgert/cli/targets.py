@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+HELP = "list the device targets (targets/*.toml and ~/.config/edgert/targets)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--json", action="store_true", help="print the targets as one JSON object")
+
+
+def run(args) -> int:
+    from edgert.cli.common import print_json
+    from edgert.target import list_targets
+
+    targets = list_targets()
+    if args.json:
+        print_json(
+            {
+                n: {**t.to_dict(), "toolchain_installed": not t.toolchain_missing()}
+                for n, t in targets.items()
+            }
+        )
+        return 0
+    rows = [
+        ("target", "arch", "cpu", "cores", "DRAM", "DRAM GB/s", "flash", "flash MB/s", "toolchain")
+    ]
+    for n, t in targets.items():
+        rows.append(
+            (
+                n,
+                t.arch,
+                t.cpu_model,
+                str(t.cores),
+                f"{t.dram_bytes / 2**30:.0f} GiB",
+                f"{t.dram_bandwidth_gbs:g}",
+                t.flash_kind,
+                f"{t.flash_read_mbs:g}",
+                "ok" if not t.toolchain_missing() else "missing: " + " ".join(t.apt),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for k, r in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        if k == 0:
+            print("  ".join("-" * w for w in widths))
+    return 0

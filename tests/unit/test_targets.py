@@ -1,0 +1,45 @@
+import json
+
+import pytest
+from conftest import run_cli
+
+from edgert.errors import EdgertError
+from edgert.target import list_targets, load_target
+
+BUILTIN = {"host", "rpi4", "rpi5", "jetson-orin-nano", "android-arm64"}
+
+
+def test_builtin_targets_parse():
+    ts = list_targets()
+    assert BUILTIN <= set(ts)
+    assert ts["rpi5"].arch == "aarch64" and "+dotprod" in ts["rpi5"].tvm_target["mattr"]
+    assert "+dotprod" not in ts["rpi4"].tvm_target["mattr"]
+    assert "+i8mm" in ts["android-arm64"].tvm_target["mattr"]
+    for t in ts.values():
+        assert t.dram_bytes > 0 and t.dram_bandwidth_gbs > 0 and t.flash_read_mbs > 0
+
+
+def test_user_target_and_errors(tmp_path, monkeypatch):
+    src = load_target("rpi5").path
+    text = open(src).read()
+    (tmp_path / "mypi.toml").write_text(text.replace('name = "rpi5"', 'name = "mypi"'))
+    monkeypatch.setenv("EDGERT_TARGETS", str(tmp_path))
+    assert load_target("mypi").cores == 4
+    bad = tmp_path / "broken.toml"
+    bad.write_text(text.replace('name = "rpi5"', 'name = "broken"').replace("cores = 4", ""))
+    with pytest.raises(EdgertError, match="'cpu.cores'"):
+        load_target("broken")
+    bad.write_text(
+        text.replace('name = "rpi5"', 'name = "broken"').replace("cores = 4", 'cores = "four"')
+    )
+    with pytest.raises(EdgertError, match="'cpu.cores' must be a int"):
+        load_target("broken")
+    with pytest.raises(EdgertError, match="unknown target 'nope'.*rpi5"):
+        load_target("nope")
+
+
+def test_cli_json():
+    r = run_cli("targets", "--json")
+    assert r.returncode == 0
+    d = json.loads(r.stdout)
+    assert BUILTIN <= set(d) and d["rpi5"]["tvm_target"]["mtriple"] == "aarch64-linux-gnu"
