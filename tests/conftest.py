@@ -6,6 +6,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))  # tools/ modules (synthetic model maker) are importable
+sys.path.insert(0, str(ROOT / "tests" / "unit"))  # shared model builders (test_reference_archs)
 
 # progress bars off in tests
 os.environ.setdefault("EDGERT_NO_PROGRESS", "1")

@@ -1,0 +1,183 @@
+"""The device-side executor: runs a compiled module (``lib/model.so``, see edgert.compiler.lower)
+layer by layer with a KV cache, feeding it weights from a :class:`WeightSource`.
+
+Needs numpy and the TVM runtime only. MoE routing (top-k over the router's logits) happens here,
+so the runtime decides which expert weights to fetch — the hook flash streaming builds on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.model import ModelConfig
+from edgert.reference import rope_tables, route
+
+log = logging.getLogger(__name__)
+
+
+def expert_name(layer: int, proj: str, e: int) -> str:
+    """Artifact name of one expert's weight (each expert is stored contiguously)."""
+    return f"blk.{layer}.ffn_{proj}_exps.{e}.weight"
+
+
+class WeightSource(Protocol):
+    def arrays(self, name: str) -> list[np.ndarray]:
+        """The function inputs for tensor ``name`` (one float32 array, or a format's buffers)."""
+
+
+class ModelGraphSource:
+    """Weights straight from a ModelGraph as float32 (the unquantized lowering)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def arrays(self, name: str) -> list[np.ndarray]:
+        parts = name.split(".")
+        if len(parts) == 5 and parts[2].endswith("_exps"):  # blk.i.ffn_x_exps.e.weight
+            stacked = self.model.tensor(".".join(parts[:3] + parts[4:]))
+            return [stacked[int(parts[3])]]
+        return [self.model.tensor(name)]
+
+    def embedding(self, tokens: np.ndarray) -> np.ndarray:
+        return self.model.tensor("token_embd.weight")[tokens]
+
+
+def _tvm():
+    try:
+        import tvm
+        from tvm import relax
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise EdgertError(
+            "running artifacts needs the TVM runtime", "pip install apache-tvm"
+        ) from e
+    return tvm, relax
+
+
+class CompiledEngine:
+    """Same interface as the reference engine: ``forward(tokens, last_only)``, ``reset()``."""
+
+    def __init__(
+        self,
+        lib_path: str,
+        config: ModelConfig,
+        source,
+        *,
+        tokenizer=None,
+        max_ctx: int = 2048,
+        head_name: str | None = None,
+    ):
+        tvm, relax = _tvm()
+        self._tvm = tvm
+        self.cfg = config
+        self.source = source
+        self.tokenizer = tokenizer
+        self.max_ctx = int(max_ctx)
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib_path)), tvm.cpu())
+        c = config
+        shape = (c.n_layers, self.max_ctx, c.n_kv_heads, c.head_dim)
+        self.k_cache = np.zeros(shape, np.float32)
+        self.v_cache = np.zeros(shape, np.float32)
+        self.pos = 0
+        self.head_name = head_name or "output.weight"
+        self._resident: dict[str, list] = {}
+        self.expert_counts = np.zeros((c.n_layers, max(c.n_experts, 1)), np.int64)
+        self._f = {name: self.vm[name] for name in self._functions()}
+
+    def _functions(self) -> tuple[str, ...]:
+        if not self.cfg.is_moe:
+            return ("attn", "ffn", "head")
+        shared = ("shared_expert",) if self.cfg.shared_expert_ffn_dim else ()
+        return ("attn", "ffn_norm", "router", "expert", *shared, "head")
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    def _t(self, a: np.ndarray):
+        return self._tvm.runtime.tensor(np.ascontiguousarray(a))
+
+    def _w(self, name: str) -> list:
+        """Function inputs for ``name``, converted once and kept (resident weights)."""
+        w = self._resident.get(name)
+        if w is None:
+            w = [self._t(a) for a in self.source.arrays(name)]
+            self._resident[name] = w
+        return w
+
+    def _attn_weights(self, p: str) -> list:
+        c = self.cfg
+        ws = self._w(p + "attn_norm.weight")
+        for r in ("q", "k", "v", "output"):
+            ws = ws + self._w(p + f"attn_{r}.weight")
+        if c.qkv_bias:
+            for r in "qkv":
+                ws = ws + self._w(p + f"attn_{r}.bias")
+        if c.qk_norm:
+            ws = ws + self._w(p + "attn_q_norm.weight") + self._w(p + "attn_k_norm.weight")
+        return ws
+
+    def _moe(self, i: int, x_t, x: np.ndarray) -> np.ndarray:
+        c, p = self.cfg, f"blk.{i}."
+        h = self._f["ffn_norm"](x_t, *self._w(p + "ffn_norm.weight")).numpy()
+        h_t = self._t(h)
+        logits = self._f["router"](h_t, *self._w(p + "ffn_gate_inp.weight")).numpy()
+        idx, wts = route(c, logits)
+        out = x.copy()
+        for e in np.unique(idx):
+            rows, slot = np.nonzero(idx == e)
+            self.expert_counts[i, e] += len(rows)
+            ws = []
+            for proj in ("gate", "up", "down"):
+                ws += self._w(expert_name(i, proj, int(e)))
+            y = self._f["expert"](self._t(h[rows]), *ws).numpy()
+            out[rows] += wts[rows, slot][:, None] * y
+        if c.shared_expert_ffn_dim:
+            ws = self._w(p + "ffn_gate_inp_shexp.weight")
+            for proj in ("gate", "up", "down"):
+                ws = ws + self._w(p + f"ffn_{proj}_shexp.weight")
+            out += self._f["shared_expert"](h_t, *ws).numpy()
+        return out
+
+    def forward(self, tokens, *, last_only: bool = False) -> np.ndarray:
+        c = self.cfg
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n, t = len(tokens), self.pos
+        if n == 0:
+            raise EdgertError("no tokens to evaluate")
+        if t + n > self.max_ctx:
+            raise EdgertError(f"sequence of {t + n} tokens exceeds the context of {self.max_ctx}")
+        x = self.source.embedding(tokens).astype(np.float32)
+        cos, sin = rope_tables(c, np.arange(t, t + n))
+        mask = np.zeros((n, t + n), np.float32)
+        mask[:, t:] = np.triu(np.full((n, n), -np.inf, np.float32), 1)
+        cos_t, sin_t, mask_t = self._t(cos), self._t(sin), self._t(mask)
+        for i in range(c.n_layers):
+            p = f"blk.{i}."
+            out = self._f["attn"](
+                self._t(x),
+                cos_t,
+                sin_t,
+                mask_t,
+                self._t(self.k_cache[i, :t]),
+                self._t(self.v_cache[i, :t]),
+                *self._attn_weights(p),
+            )
+            x_t = out[0]
+            self.k_cache[i, t : t + n] = out[1].numpy()
+            self.v_cache[i, t : t + n] = out[2].numpy()
+            if c.is_moe:
+                x = self._moe(i, x_t, x_t.numpy())
+            else:
+                ws = self._w(p + "ffn_norm.weight")
+                for r in ("gate", "up", "down"):
+                    ws = ws + self._w(p + f"ffn_{r}.weight")
+                x = self._f["ffn"](x_t, *ws).numpy()
+        self.pos += n
+        xs = x[-1:] if last_only else x
+        logits = self._f["head"](
+            self._t(xs), *self._w("output_norm.weight"), *self._w(self.head_name)
+        ).numpy()
+        return logits[0] if last_only else logits
