@@ -79,6 +79,8 @@ class ReferenceEngine:
 
     def __init__(self, model: ModelGraph, *, max_ctx: int | None = None):
         self.model = model
+        #: tensors used instead of the model's (e.g. a quantized copy while measuring sensitivity)
+        self.overrides: dict[str, np.ndarray] = {}
         self.cfg = model.config
         self.max_ctx = int(max_ctx or min(self.cfg.context_length, 4096))
         c = self.cfg
@@ -96,7 +98,8 @@ class ReferenceEngine:
         return self.model.tokenizer
 
     def _w(self, name: str) -> np.ndarray:
-        return self.model.tensor(name)
+        w = self.overrides.get(name)
+        return w if w is not None else self.model.tensor(name)
 
     def _mm(self, x: np.ndarray, name: str) -> np.ndarray:
         """x (n, in) @ W(name).T -> (n, out)."""
@@ -177,15 +180,22 @@ class ReferenceEngine:
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
             raise EdgertError(f"token id out of range for a vocabulary of {c.vocab_size}")
         x = self._w("token_embd.weight")[tokens]
-        cos, sin = rope_tables(c, np.arange(self.pos, self.pos + n))
-        for i in range(c.n_layers):
+        x = self.run_layers(x, 0, c.n_layers)
+        self.pos += n
+        return rms_norm(x, self._w("output_norm.weight"), c.rms_eps)
+
+    def run_layers(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Residual stream x (n, dim) through layers [start, stop) at positions pos..pos+n-1
+        (the KV cache of those layers is written; ``pos`` is not advanced)."""
+        c = self.cfg
+        cos, sin = rope_tables(c, np.arange(self.pos, self.pos + x.shape[0]))
+        for i in range(start, stop):
             p = f"blk.{i}."
             h = rms_norm(x, self._w(p + "attn_norm.weight"), c.rms_eps)
             x = x + self._attention(i, h, cos, sin)
             h = rms_norm(x, self._w(p + "ffn_norm.weight"), c.rms_eps)
             x = x + self._ffn(i, h)
-        self.pos += n
-        return rms_norm(x, self._w("output_norm.weight"), c.rms_eps)
+        return x
 
     def lm_head_name(self) -> str:
         return "output.weight" if "output.weight" in self.model else "token_embd.weight"

@@ -1,0 +1,44 @@
+"""Calibration tokens: from a text file (``--calib FILE``) or sampled from the model itself
+(data-free calibration: the model writes its own calibration text, temperature 1, fixed seed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.model import ModelGraph
+
+
+def calibration_tokens(
+    model: ModelGraph, *, file: str | Path | None = None, n_tokens: int = 64, seed: int = 0
+) -> list[int]:
+    tok = model.tokenizer
+    if file is not None:
+        p = Path(file)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise EdgertError(f"cannot read calibration text {p}: {e}") from e
+        if tok is None:
+            raise EdgertError("the model has no tokenizer to read --calib text with")
+        ids = tok.encode(text)
+        if len(ids) < n_tokens:
+            raise EdgertError(
+                f"{p} has {len(ids)} tokens; calibration needs {n_tokens}", "pass a longer text"
+            )
+        return ids[:n_tokens]
+    from edgert.generate import Sampler
+    from edgert.reference import ReferenceEngine
+
+    eng = ReferenceEngine(model, max_ctx=n_tokens + 1)
+    start = tok.meta.bos_id if tok is not None and tok.meta.bos_id is not None else 0
+    sampler = Sampler(temp=1.0, top_k=0, top_p=1.0, seed=seed)
+    ids = [start]
+    logits = eng.forward(ids, last_only=True)
+    while len(ids) < n_tokens:
+        nxt = sampler(logits)
+        ids.append(nxt)
+        logits = eng.forward([nxt], last_only=True)
+    return [int(i) for i in np.asarray(ids)]
