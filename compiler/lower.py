@@ -42,11 +42,21 @@ class LinearSpec:
         return list(self.buffers)
 
 
+def _te_linear(x, w):
+    """y (n, m) = x (n, k) . w (m, k)^T with the reduction over contiguous k (no transpose copy:
+    Relax's matmul + permute_dims would materialise w^T on every call)."""
+    from tvm import te
+
+    k = te.reduce_axis((0, x.shape[1]), "k")
+    return te.compute(
+        (x.shape[0], w.shape[0]), lambda i, j: te.sum(x[i, k] * w[j, k], axis=k), name="linear"
+    )
+
+
 def _linear(bb, x, params, spec: LinearSpec):
-    from tvm import relax
 
     if spec.fmt == "f32":
-        return bb.emit(relax.op.matmul(x, relax.op.permute_dims(params[0], [1, 0])))
+        return bb.emit(bb.call_te(_te_linear, x, params[0]))
     from edgert.compiler.linear import emit_lut_linear
 
     return emit_lut_linear(bb, x, params, spec)
@@ -274,6 +284,27 @@ def f32_linears(cfg: ModelConfig) -> dict[str, LinearSpec]:
     return sp
 
 
+def cpu_pipeline(target):
+    """TVM's CPU pipeline with dlight's CPU schedules (GEMV, reductions) applied after fusion."""
+    import tvm
+    import tvm.relax.backend.cpu_generic.pipeline as cg
+    import tvm.s_tir.dlight as dl
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with target:
+            passes = (
+                cg.library_dispatch_passes(target)
+                + cg.legalize_passes(target)
+                + [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())]
+                + cg.dataflow_lower_passes(target)
+                + cg.finalize_passes(target)
+            )
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
 def compile_module(
     mod, tvm_target: dict, *, out_so: str, cxx: str | None = None, addons: list[str] | None = None
 ) -> None:
@@ -283,7 +314,7 @@ def compile_module(
 
     target = tvm.target.Target(tvm_target)
     mod = relax.transform.DecomposeOpsForInference()(mod)
-    ex = tvm.compile(mod, target=target)
+    ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
     kw = {}
     if cxx:
         from tvm.support import cc
