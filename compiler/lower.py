@@ -32,8 +32,8 @@ class LinearSpec:
 
     out_features: int
     in_features: int
-    fmt: str = "f32"  # "f32" or a LUT format handled by edgert.compiler.linear
-    buffers: tuple[tuple[str, tuple[int, ...], str], ...] = ()  # (part, shape, dtype) for LUT
+    fmt: str = "f32"  # "f32", "q8", or a LUT format handled by edgert.compiler.linear
+    buffers: tuple[tuple[str, tuple[int, ...], str], ...] = ()  # (part, shape, dtype) if not f32
     meta: tuple[tuple[str, object], ...] = ()
 
     def param_shapes(self) -> list[tuple[str, tuple[int, ...], str]]:
@@ -53,10 +53,26 @@ def _te_linear(x, w):
     )
 
 
+def _te_linear_q8(x, q, scale):
+    """y = x . dequant(q8)^T: int8 rows, one scale per group of columns."""
+    from tvm import te
+
+    kk = x.shape[1]
+    group = q.shape[1] // scale.shape[1]
+    k = te.reduce_axis((0, kk), "k")
+    return te.compute(
+        (x.shape[0], q.shape[0]),
+        lambda i, j: te.sum(x[i, k] * q[j, k].astype("float32") * scale[j, k // group], axis=k),
+        name="linear_q8",
+    )
+
+
 def _linear(bb, x, params, spec: LinearSpec):
 
     if spec.fmt == "f32":
         return bb.emit(bb.call_te(_te_linear, x, params[0]))
+    if spec.fmt == "q8":
+        return bb.emit(bb.call_te(_te_linear_q8, x, params[0], params[1]))
     from edgert.compiler.linear import emit_lut_linear
 
     return emit_lut_linear(bb, x, params, spec)
@@ -103,14 +119,31 @@ def _params(prefix: str, spec: LinearSpec):
     ]
 
 
-def build_module(cfg: ModelConfig, linears: dict[str, LinearSpec]):
-    """The IRModule for ``cfg``. ``linears`` maps a role (q, k, v, o, gate, up, down, head, and
-    for MoE: router, e_gate, e_up, e_down) to how its weight arrives."""
+def build_module(cfg: ModelConfig, variants: dict[str, dict[str, LinearSpec]]):
+    """The IRModule for ``cfg``.
+
+    ``variants`` maps a variant name to the linear specs of layers compiled that way (layers with
+    different bit widths take differently shaped buffers). Each spec dict maps a role (q, k, v, o,
+    gate, up, down, and for MoE: router, e_gate, e_up, e_down, s_gate, s_up, s_down; plus head in
+    the first variant) to how its weight arrives. Functions are named ``attn__<variant>`` etc.;
+    ``head`` and ``ffn_norm`` exist once.
+    """
     import tvm
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    first = True
+    for name, linears in variants.items():
+        _emit(bb, cfg, linears, f"__{name}", first)
+        first = False
+    mod = bb.get()
+    return tvm.ir.IRModule(mod.functions)
+
+
+def _emit(bb, cfg: ModelConfig, linears: dict[str, LinearSpec], sfx: str, shared: bool) -> None:
     from tvm import relax, tirx
     from tvm.relax import op
 
-    bb = relax.BlockBuilder()
     f32 = "float32"
     d, hd = cfg.dim, cfg.head_dim
     n = tirx.Var("n", "int64")
@@ -145,7 +178,7 @@ def build_module(cfg: ModelConfig, linears: dict[str, LinearSpec]):
         kn = tensor("k_norm", [cfg.n_kv_heads * hd])
         extra += [qn, kn]
     params = [x, cos, sin, mask, k_past, v_past, attn_norm, *wq, *wk, *wv, *wo, *extra]
-    with bb.function("attn", params):
+    with bb.function("attn" + sfx, params):
         with bb.dataflow():
             h = norm(x, attn_norm)
             q = _linear(bb, h, wq, linears["q"])
@@ -201,7 +234,7 @@ def build_module(cfg: ModelConfig, linears: dict[str, LinearSpec]):
     ffn_norm = tensor("ffn_norm", [d])
     if not cfg.is_moe:
         wg, wu, wd = (_params(r, linears[r]) for r in ("gate", "up", "down"))
-        with bb.function("ffn", [x, ffn_norm, *wg, *wu, *wd]):
+        with bb.function("ffn" + sfx, [x, ffn_norm, *wg, *wu, *wd]):
             with bb.dataflow():
                 y = swiglu(
                     norm(x, ffn_norm), wg, wu, wd, linears["gate"], linears["up"], linears["down"]
@@ -209,19 +242,22 @@ def build_module(cfg: ModelConfig, linears: dict[str, LinearSpec]):
                 res = bb.emit_output(op.add(x, y))
             bb.emit_func_output(res)
     else:
-        with bb.function("ffn_norm", [x, ffn_norm]):
-            with bb.dataflow():
-                res = bb.emit_output(op.nn.rms_norm(x, ffn_norm, axes=[-1], epsilon=cfg.rms_eps))
-            bb.emit_func_output(res)
+        if shared:
+            with bb.function("ffn_norm", [x, ffn_norm]):
+                with bb.dataflow():
+                    res = bb.emit_output(
+                        op.nn.rms_norm(x, ffn_norm, axes=[-1], epsilon=cfg.rms_eps)
+                    )
+                bb.emit_func_output(res)
         h = tensor("h", [n, d])
         wr = _params("router", linears["router"])
-        with bb.function("router", [h, *wr]):
+        with bb.function("router" + sfx, [h, *wr]):
             with bb.dataflow():
                 res = bb.emit_output(_linear(bb, h, wr, linears["router"]))
             bb.emit_func_output(res)
         h = tensor("h", [n, d])
         eg, eu, ed = (_params(r, linears[r]) for r in ("e_gate", "e_up", "e_down"))
-        with bb.function("expert", [h, *eg, *eu, *ed]):
+        with bb.function("expert" + sfx, [h, *eg, *eu, *ed]):
             with bb.dataflow():
                 res = bb.emit_output(
                     swiglu(h, eg, eu, ed, linears["e_gate"], linears["e_up"], linears["e_down"])
@@ -231,7 +267,7 @@ def build_module(cfg: ModelConfig, linears: dict[str, LinearSpec]):
             h = tensor("h", [n, d])
             sgate = tensor("shared_gate", [d])
             sg, su, sd = (_params(r, linears[r]) for r in ("s_gate", "s_up", "s_down"))
-            with bb.function("shared_expert", [h, sgate, *sg, *su, *sd]):
+            with bb.function("shared_expert" + sfx, [h, sgate, *sg, *su, *sd]):
                 with bb.dataflow():
                     y = swiglu(h, sg, su, sd, linears["s_gate"], linears["s_up"], linears["s_down"])
                     g = op.sigmoid(op.sum(op.multiply(h, sgate), axis=[-1], keepdims=True))
@@ -239,6 +275,8 @@ def build_module(cfg: ModelConfig, linears: dict[str, LinearSpec]):
                 bb.emit_func_output(res)
 
     # ---- output head ----------------------------------------------------------------------
+    if not shared:
+        return
     x = tensor("x", [n, d])
     out_norm = tensor("output_norm", [d])
     wh = _params("head", linears["head"])
@@ -246,8 +284,6 @@ def build_module(cfg: ModelConfig, linears: dict[str, LinearSpec]):
         with bb.dataflow():
             res = bb.emit_output(_linear(bb, norm(x, out_norm), wh, linears["head"]))
         bb.emit_func_output(res)
-    mod = bb.get()
-    return tvm.ir.IRModule(mod.functions)
 
 
 def f32_linears(cfg: ModelConfig) -> dict[str, LinearSpec]:

@@ -69,6 +69,8 @@ class CompiledEngine:
         tokenizer=None,
         max_ctx: int = 2048,
         head_name: str | None = None,
+        layer_variants: list[str] | None = None,
+        expert_variants: list[list[str]] | None = None,
     ):
         tvm, relax = _tvm()
         self._tvm = tvm
@@ -85,13 +87,25 @@ class CompiledEngine:
         self.head_name = head_name or "output.weight"
         self._resident: dict[str, list] = {}
         self.expert_counts = np.zeros((c.n_layers, max(c.n_experts, 1)), np.int64)
-        self._f = {name: self.vm[name] for name in self._functions()}
+        self.layer_variants = layer_variants or ["f32"] * c.n_layers
+        self.expert_variants = expert_variants or [
+            [self.layer_variants[i]] * c.n_experts for i in range(c.n_layers)
+        ]
+        self._fns: dict[str, object] = {}
 
-    def _functions(self) -> tuple[str, ...]:
-        if not self.cfg.is_moe:
-            return ("attn", "ffn", "head")
-        shared = ("shared_expert",) if self.cfg.shared_expert_ffn_dim else ()
-        return ("attn", "ffn_norm", "router", "expert", *shared, "head")
+    def _fn(self, name: str, variant: str | None = None):
+        """The compiled function ``name`` (of ``variant``: see edgert.compiler.lower)."""
+        key = f"{name}__{variant}" if variant else name
+        f = self._fns.get(key)
+        if f is None:
+            try:
+                f = self._fns[key] = self.vm[key]
+            except (KeyError, AttributeError, RuntimeError) as e:
+                raise EdgertError(
+                    f"the compiled module has no function {key}",
+                    "recompile the artifact with this edgert version",
+                ) from e
+        return f
 
     def reset(self) -> None:
         self.pos = 0
@@ -121,9 +135,11 @@ class CompiledEngine:
 
     def _moe(self, i: int, x_t, x: np.ndarray) -> np.ndarray:
         c, p = self.cfg, f"blk.{i}."
-        h = self._f["ffn_norm"](x_t, *self._w(p + "ffn_norm.weight")).numpy()
+        h = self._fn("ffn_norm")(x_t, *self._w(p + "ffn_norm.weight")).numpy()
         h_t = self._t(h)
-        logits = self._f["router"](h_t, *self._w(p + "ffn_gate_inp.weight")).numpy()
+        logits = self._fn("router", self.layer_variants[i])(
+            h_t, *self._w(p + "ffn_gate_inp.weight")
+        ).numpy()
         idx, wts = route(c, logits)
         out = x.copy()
         for e in np.unique(idx):
@@ -132,13 +148,13 @@ class CompiledEngine:
             ws = []
             for proj in ("gate", "up", "down"):
                 ws += self._w(expert_name(i, proj, int(e)))
-            y = self._f["expert"](self._t(h[rows]), *ws).numpy()
+            y = self._fn("expert", self.expert_variants[i][int(e)])(self._t(h[rows]), *ws).numpy()
             out[rows] += wts[rows, slot][:, None] * y
         if c.shared_expert_ffn_dim:
             ws = self._w(p + "ffn_gate_inp_shexp.weight")
             for proj in ("gate", "up", "down"):
                 ws = ws + self._w(p + f"ffn_{proj}_shexp.weight")
-            out += self._f["shared_expert"](h_t, *ws).numpy()
+            out += self._fn("shared_expert", self.layer_variants[i])(h_t, *ws).numpy()
         return out
 
     def forward(self, tokens, *, last_only: bool = False) -> np.ndarray:
@@ -156,7 +172,7 @@ class CompiledEngine:
         cos_t, sin_t, mask_t = self._t(cos), self._t(sin), self._t(mask)
         for i in range(c.n_layers):
             p = f"blk.{i}."
-            out = self._f["attn"](
+            out = self._fn("attn", self.layer_variants[i])(
                 self._t(x),
                 cos_t,
                 sin_t,
@@ -174,10 +190,10 @@ class CompiledEngine:
                 ws = self._w(p + "ffn_norm.weight")
                 for r in ("gate", "up", "down"):
                     ws = ws + self._w(p + f"ffn_{r}.weight")
-                x = self._f["ffn"](x_t, *ws).numpy()
+                x = self._fn("ffn", self.layer_variants[i])(x_t, *ws).numpy()
         self.pos += n
         xs = x[-1:] if last_only else x
-        logits = self._f["head"](
+        logits = self._fn("head")(
             self._t(xs), *self._w("output_norm.weight"), *self._w(self.head_name)
         ).numpy()
         return logits[0] if last_only else logits

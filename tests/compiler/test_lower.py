@@ -17,14 +17,15 @@ def compiled(request, tmp_path_factory):
     cfg = CONFIGS[request.param]
     m = random_model(cfg, seed=7)
     so = tmp_path_factory.mktemp(request.param) / "model.so"
-    compile_module(build_module(cfg, f32_linears(cfg)), {"kind": "llvm"}, out_so=str(so))
+    compile_module(build_module(cfg, {"f32": f32_linears(cfg)}), {"kind": "llvm"}, out_so=str(so))
     return m, so
 
 
 def test_prefill_and_decode_match_reference(compiled):
     m, so = compiled
-    eng = CompiledEngine(str(so), m.config, ModelGraphSource(m), max_ctx=32,
-                         head_name="token_embd.weight")
+    eng = CompiledEngine(
+        str(so), m.config, ModelGraphSource(m), max_ctx=32, head_name="token_embd.weight"
+    )
     ref = ReferenceEngine(m, max_ctx=32)
     tokens = [3, 17, 42, 8, 8, 0, 49, 21, 5]
     got = [eng.forward(tokens[:5])] + [eng.forward([t]) for t in tokens[5:]]
