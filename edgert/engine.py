@@ -12,17 +12,16 @@ from edgert.errors import EdgertError
 
 
 def open_engine(path: str | Path, *, max_ctx: int | None = None):
-    """A ReferenceEngine over a GGUF file / HF directory (frontends imported lazily)."""
+    """An artifact's CompiledEngine, or a ReferenceEngine over a GGUF file / HF directory."""
     p = Path(path).expanduser()
     if not p.exists():
         raise EdgertError(
             f"no such file or directory: {p}", "check the path, or `edgert pull NAME`"
         )
     if p.is_dir() and (p / "manifest.json").exists():
-        raise EdgertError(
-            f"{p} is an edgert artifact; this build runs model files (GGUF, HF) only",
-            "pass the model file it was compiled from",
-        )
+        from edgert.runtime import open_artifact_engine
+
+        return open_artifact_engine(p, max_ctx=max_ctx)
     try:
         from edgert.compiler.frontends import load_model
     except ImportError as e:  # pragma: no cover - depends on the install

@@ -46,6 +46,47 @@ class ModelGraphSource:
         return self.model.tensor("token_embd.weight")[tokens]
 
 
+class ArtifactSource:
+    """Weights from an artifact: each tensor's buffers in the order the compiler stored them."""
+
+    def __init__(self, art):
+        self.art = art
+        self._emb = None
+
+    def arrays(self, name: str) -> list[np.ndarray]:
+        return list(self.art.read_tensor(name).values())
+
+    def embedding(self, tokens: np.ndarray) -> np.ndarray:
+        from edgert.q8 import dequantize_q8
+
+        if self._emb is None:
+            self._emb = self.art.read_tensor("token_embd.weight")
+        e = self._emb
+        dim = self.art.tensors["token_embd.weight"]["shape"][1]
+        return dequantize_q8(e["q"][tokens], e["scale"][tokens], dim)
+
+
+def open_artifact_engine(path, *, max_ctx: int | None = None) -> "CompiledEngine":
+    """Load an artifact (schema, target and resident checksums verified) as an engine."""
+    from edgert.artifact import Artifact
+
+    art = Artifact.open(path)
+    art.check_target()
+    cfg = art.config()
+    plan = art.manifest.get("plan", {})
+    tok = art.tokenizer() if art.manifest.get("tokenizer") else None
+    return CompiledEngine(
+        str(art.path / art.manifest["libs"]["model"]),
+        cfg,
+        ArtifactSource(art),
+        tokenizer=tok,
+        max_ctx=int(max_ctx or min(cfg.context_length, 4096)),
+        head_name=plan.get("head"),
+        layer_variants=plan.get("layer_variants"),
+        expert_variants=plan.get("expert_variants"),
+    )
+
+
 def _tvm():
     try:
         import tvm

@@ -15,6 +15,8 @@ from edgert.errors import EdgertError
 # command name -> module under edgert.cli (kept in the order `edgert --help` lists them)
 COMMANDS = {
     "pull": "pull",
+    "compile": "compile",
+    "inspect": "inspect",
     "generate": "generate",
     "perplexity": "perplexity",
     "targets": "targets",

@@ -1,0 +1,112 @@
+"""`edgert compile`: a model file in, a deployable artifact for one target out.
+
+Stages: load (frontend) -> plan bits (uniform, or allocated under --bits-budget from measured
+sensitivity) -> quantize + pack every linear weight into the LUT kernel formats -> lower the
+compute with TVM for the target and link it with the target's kernel library -> write the
+artifact atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from edgert.compiler.quant import QuantScheme
+
+from edgert.artifact import ArtifactError
+from edgert.target import Target, load_target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompileSummary:
+    out: str
+    target: str
+    fmt: str
+    avg_bits: float
+    bits_per_unit: dict[str, int]
+    bytes_by_kind: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        rows = [("stage", "seconds")] + [(k, f"{v:.1f}") for k, v in self.seconds.items()]
+        rows += [("", "")] + [
+            (f"{k} bytes", f"{v / 2**20:.2f} MiB") for k, v in self.bytes_by_kind.items()
+        ]
+        w = max(len(r[0]) for r in rows)
+        return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
+
+
+def _tvm_version() -> str:
+    import tvm
+
+    return tvm.__version__
+
+
+def plan_bits(
+    model,
+    scheme: QuantScheme,
+    *,
+    bits_budget: float | None,
+    calib: str | None,
+    calib_tokens: int = 64,
+) -> tuple[dict[str, int], list]:
+    """Bits for each unit (layer, or expert) — uniform, or allocated under the budget."""
+    from edgert.compiler.bitalloc import allocate, measure_sensitivity, units_for
+
+    from edgert.kernels import quantize_hlq, quantize_uniform
+
+    units = units_for(model)
+    if bits_budget is None:
+        return {u.name: scheme.bits for u in units}, units
+    from edgert.compiler.calibrate import calibration_tokens
+    from edgert.compiler.quant import FORMAT_BITS
+
+    cands = tuple(b for b in FORMAT_BITS[scheme.fmt] if b >= 2)
+    quant = quantize_hlq if scheme.fmt == "hlq" else quantize_uniform
+
+    def qdq(w: np.ndarray, bits: int) -> np.ndarray:
+        return quant(w, bits=bits, group_size=scheme.group_size).dequantize()
+
+    tokens = calibration_tokens(model, file=calib, n_tokens=calib_tokens)
+    measure_sensitivity(model, tokens, units, cands, qdq)
+    return allocate(units, cands, bits_budget), units
+
+
+def compile_model(
+    *,
+    model: str | Path,
+    target: str,
+    out: str | Path,
+    scheme: QuantScheme,
+    bits_budget: float | None = None,
+    calib: str | None = None,
+    force: bool = False,
+) -> CompileSummary:
+    t0 = time.perf_counter()
+    tgt: Target = load_target(target)
+    tgt.require_toolchain()
+    out = Path(out)
+    if out.exists() and not force:
+        raise ArtifactError(f"{out} already exists", "choose another -o or pass --force")
+    from edgert.compiler.frontends import load_model
+
+    m = load_model(model)
+    m.materialize()
+    times = {"load": time.perf_counter() - t0}
+    t = time.perf_counter()
+    bits, units = plan_bits(m, scheme, bits_budget=bits_budget, calib=calib)
+    times["plan bits"] = time.perf_counter() - t
+    from edgert.compiler.package import write_artifact
+
+    t = time.perf_counter()
+    summary = write_artifact(
+        m, tgt, out, scheme=scheme, bits=bits, units=units, force=force, times=times
+    )
+    times["quantize + lower + write"] = time.perf_counter() - t
+    times["total"] = time.perf_counter() - t0
+    return summary

@@ -1,0 +1,228 @@
+"""Quantize, pack, lower and write: the artifact for one target (see edgert.artifact)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+from edgert.compiler.lower import LinearSpec, build_module, compile_module
+from edgert.compiler.quant import QuantScheme
+
+from edgert.artifact import ArtifactWriter
+from edgert.progress import Progress
+from edgert.q8 import quantize_q8
+from edgert.runtime import expert_name
+from edgert.target import Target
+
+log = logging.getLogger(__name__)
+
+#: role in the lowering -> GGUF tensor suffix (per layer)
+DENSE_ROLES = {
+    "q": "attn_q",
+    "k": "attn_k",
+    "v": "attn_v",
+    "o": "attn_output",
+    "gate": "ffn_gate",
+    "up": "ffn_up",
+    "down": "ffn_down",
+}
+ATTN_ROLES = {r: t for r, t in DENSE_ROLES.items() if r in "qkvo"}
+EXPERT_ROLES = {"e_gate": "gate", "e_up": "up", "e_down": "down"}
+SHARED_ROLES = {"s_gate": "ffn_gate_shexp", "s_up": "ffn_up_shexp", "s_down": "ffn_down_shexp"}
+
+
+def variant_name(fmt: str, bits: int) -> str:
+    return f"{'u' if fmt == 'uniform' else 'h'}{bits}"
+
+
+def _lut_spec(pw, meta: dict) -> LinearSpec:
+    bufs = pw.to_buffers()
+    m, k = pw.shape
+    return LinearSpec(
+        m,
+        k,
+        fmt=pw.fmt,
+        buffers=tuple((p, tuple(a.shape), str(a.dtype)) for p, a in bufs.items()),
+        meta=tuple(sorted((kk, v) for kk, v in meta.items() if isinstance(v, (int, float, str)))),
+    )
+
+
+def write_artifact(
+    m,
+    tgt: Target,
+    out: Path,
+    *,
+    scheme: QuantScheme,
+    bits: dict[str, int],
+    units: list,
+    force: bool,
+    times: dict[str, float],
+):
+    """Everything after the bit plan: returns a CompileSummary."""
+    from edgert.compiler.compile import CompileSummary, _tvm_version
+
+    from edgert.kernels import build_objects, quantize_hlq, quantize_uniform
+
+    c = m.config
+    quant = quantize_hlq if scheme.fmt == "hlq" else quantize_uniform
+    layer_bits = [0] * c.n_layers
+    expert_bits = [[0] * c.n_experts for _ in range(c.n_layers)]
+    for u in units:
+        if ".expert." in u.name:
+            expert_bits[u.layer][int(u.name.rsplit(".", 1)[1])] = bits[u.name]
+        else:
+            layer_bits[u.layer] = bits[u.name]
+    variants: dict[str, dict[str, LinearSpec]] = {}
+    sizes = {"quantized": 0, "q8": 0, "f32": 0}
+    t0 = time.perf_counter()
+    with ArtifactWriter(out, force=force) as w:
+
+        def put_lut(
+            name: str, wt: np.ndarray, b: int, role: str, variant: str, residency: str = "resident"
+        ) -> None:
+            pw = quant(wt, bits=b, group_size=scheme.group_size)
+            meta = dict(pw.meta) if hasattr(pw, "meta") else {}
+            w.add_tensor(
+                name,
+                pw.to_buffers(),
+                residency=residency,
+                meta={
+                    "format": pw.fmt,
+                    "bits": b,
+                    "group_size": scheme.group_size,
+                    "shape": list(pw.shape),
+                    "kernel": meta,
+                },
+            )
+            sizes["quantized"] += pw.nbytes
+            spec = _lut_spec(pw, meta)
+            old = variants.setdefault(variant, {}).get(role)
+            if old is not None and old != spec:
+                raise RuntimeError(f"{name}: layout differs from other {role} weights")
+            variants[variant][role] = spec
+
+        def put_f32(name: str) -> None:
+            a = m.tensor(name)
+            w.add_tensor(name, {"data": a}, meta={"format": "f32", "shape": list(a.shape)})
+            sizes["f32"] += a.nbytes
+
+        n_lin = sum(len(u.tensors) for u in units)
+        with Progress(n_lin, "quantizing") as bar:
+            for i in range(c.n_layers):
+                p = f"blk.{i}."
+                lv = variant_name(scheme.fmt, layer_bits[i])
+                for name in ("attn_norm.weight", "ffn_norm.weight"):
+                    put_f32(p + name)
+                for extra in (
+                    "attn_q.bias",
+                    "attn_k.bias",
+                    "attn_v.bias",
+                    "attn_q_norm.weight",
+                    "attn_k_norm.weight",
+                    "ffn_gate_inp.weight",
+                    "ffn_gate_inp_shexp.weight",
+                ):
+                    if p + extra in m:
+                        put_f32(p + extra)
+                roles = ATTN_ROLES if c.is_moe else DENSE_ROLES
+                if c.shared_expert_ffn_dim:
+                    roles = {**roles, **SHARED_ROLES}
+                for role, t in roles.items():
+                    put_lut(p + t + ".weight", m.tensor(p + t + ".weight"), layer_bits[i], role, lv)
+                    bar.update(1)
+                for e in range(c.n_experts):
+                    ev = variant_name(scheme.fmt, expert_bits[i][e])
+                    for role, proj in EXPERT_ROLES.items():
+                        stacked = m.tensor(p + f"ffn_{proj}_exps.weight")
+                        put_lut(expert_name(i, proj, e), stacked[e], expert_bits[i][e], role, ev)
+                    bar.update(3)
+        # embeddings and head: 8-bit
+        emb = quantize_q8(m.tensor("token_embd.weight"))
+        w.add_tensor(
+            "token_embd.weight", emb, meta={"format": "q8", "shape": [c.vocab_size, c.dim]}
+        )
+        sizes["q8"] += sum(a.nbytes for a in emb.values())
+        head_name = "token_embd.weight"
+        if "output.weight" in m:
+            head = quantize_q8(m.tensor("output.weight"))
+            w.add_tensor(
+                "output.weight", head, meta={"format": "q8", "shape": [c.vocab_size, c.dim]}
+            )
+            sizes["q8"] += sum(a.nbytes for a in head.values())
+            head_name = "output.weight"
+            emb_for_spec = head
+        else:
+            emb_for_spec = emb
+        put_f32("output_norm.weight")
+        head_spec = LinearSpec(
+            c.vocab_size,
+            c.dim,
+            fmt="q8",
+            buffers=tuple((k, tuple(a.shape), str(a.dtype)) for k, a in emb_for_spec.items()),
+        )
+        router = LinearSpec(c.n_experts, c.dim) if c.is_moe else None
+        for v in variants.values():
+            if router is not None:
+                v["router"] = router
+        first = next(iter(variants))
+        variants[first]["head"] = head_spec
+        times["quantize"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        tok = m.tokenizer
+        if tok is not None:
+            tok.save(w.path)
+        objs = build_objects(cc=tgt.cc, cflags=tgt.cflags, out_dir=w.path / "lib" / "obj")
+        compile_module(
+            build_module(c, variants),
+            tgt.tvm_target,
+            out_so=str(w.path / "lib" / "model.so"),
+            cxx=tgt.cxx if tgt.arch != "x86_64" else None,
+            addons=[str(o) for o in objs],
+        )
+        for o in objs:
+            Path(o).unlink()
+        (w.path / "lib" / "obj").rmdir()
+        times["lower + link"] = time.perf_counter() - t1
+        avg = sum(u.params * bits[u.name] for u in units) / sum(u.params for u in units)
+        w.manifest.update(
+            {
+                "tvm_version": _tvm_version(),
+                "target": {
+                    "name": tgt.name,
+                    "arch": tgt.arch,
+                    "triple": tgt.triple,
+                    "tvm_target": tgt.tvm_target,
+                },
+                "model": c.to_dict(),
+                "source": {"path": str(m.source), "n_params": m.n_params()},
+                "tokenizer": "tokenizer.json" if tok is not None else None,
+                "libs": {"model": "lib/model.so"},
+                "quant": {
+                    "format": scheme.fmt,
+                    "group_size": scheme.group_size,
+                    "avg_bits": avg,
+                    "units": {u.name: bits[u.name] for u in units},
+                },
+                "plan": {
+                    "layer_variants": [variant_name(scheme.fmt, b) for b in layer_bits],
+                    "expert_variants": [
+                        [variant_name(scheme.fmt, b) for b in row] for row in expert_bits
+                    ]
+                    if c.is_moe
+                    else None,
+                    "head": head_name,
+                },
+            }
+        )
+    return CompileSummary(
+        out=str(out),
+        target=tgt.name,
+        fmt=scheme.fmt,
+        avg_bits=avg,
+        bits_per_unit={u.name: bits[u.name] for u in units},
+        bytes_by_kind=sizes,
+        seconds=times,
+    )

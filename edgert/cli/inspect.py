@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+HELP = "describe an artifact: target, sizes by residency, bits per layer, roofline prediction"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("artifact", help="NAME.edgert directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def inspect_artifact(path) -> dict:
+    """What `edgert inspect` shows, as a dict (no checksum verification: it only reads)."""
+    from edgert.artifact import Artifact
+
+    art = Artifact.open(path, verify_resident=False)
+    m = art.manifest
+    by_res = {r: art.nbytes(r) for r in ("resident", "streamed")}
+    q = m.get("quant", {})
+    bits_by_layer = [v for v in m.get("plan", {}).get("layer_variants", [])]
+    info = {
+        "path": str(art.path),
+        "schema": m["schema"],
+        "edgert_version": m.get("edgert_version"),
+        "tvm_version": m.get("tvm_version"),
+        "target": art.target,
+        "model": {
+            k: m["model"][k]
+            for k in (
+                "arch",
+                "name",
+                "n_layers",
+                "dim",
+                "n_heads",
+                "n_kv_heads",
+                "ffn_dim",
+                "vocab_size",
+                "n_experts",
+                "n_experts_used",
+            )
+        },
+        "format": q.get("format"),
+        "group_size": q.get("group_size"),
+        "avg_bits": q.get("avg_bits"),
+        "bits_per_unit": q.get("units", {}),
+        "layer_variants": bits_by_layer,
+        "bytes": by_res,
+        "tensors": len(art.tensors),
+    }
+    try:
+        from edgert.target import load_target
+
+        t = load_target(art.target["name"])
+        per_token = by_res["resident"] + by_res["streamed"]
+        info["prediction"] = {
+            "weight_bytes_per_token": per_token,
+            "dram_bandwidth_gbs": t.dram_bandwidth_gbs,
+            "roofline_tok_s": t.dram_bandwidth_gbs * 1e9 / per_token,
+            "dram_fits": per_token < t.dram_bytes,
+        }
+    except Exception:  # target file not on this machine: no prediction
+        info["prediction"] = None
+    return info
+
+
+def run(args) -> int:
+    from edgert.cli.common import print_json
+
+    info = inspect_artifact(args.artifact)
+    if args.json:
+        print_json(info)
+        return 0
+    t = info["target"]
+    mdl = info["model"]
+    print(
+        f"artifact   {info['path']}  (schema {info['schema']}, edgert {info['edgert_version']},"
+        f" TVM {info['tvm_version']})"
+    )
+    print(f"target     {t.get('name')}  {t.get('triple')}  {t.get('tvm_target')}")
+    print(
+        f"model      {mdl['arch']} {mdl['name']!r}: {mdl['n_layers']} layers, d={mdl['dim']}, "
+        f"{mdl['n_heads']}/{mdl['n_kv_heads']} heads, ffn {mdl['ffn_dim']}, vocab "
+        f"{mdl['vocab_size']}"
+        + (
+            f", {mdl['n_experts']} experts (top-{mdl['n_experts_used']})"
+            if mdl["n_experts"]
+            else ""
+        )
+    )
+    print(
+        f"weights    {info['format']} g{info['group_size']}, {info['avg_bits']:.2f} bits/weight"
+        f" average; resident {info['bytes']['resident'] / 2**20:.1f} MiB, streamed "
+        f"{info['bytes']['streamed'] / 2**20:.1f} MiB"
+    )
+    lv = info["layer_variants"]
+    if lv:
+        print("bits/layer " + " ".join(v[1:] for v in lv))
+    p = info["prediction"]
+    if p:
+        print(
+            f"predicted  <= {p['roofline_tok_s']:.1f} tok/s decode (DRAM roofline: "
+            f"{p['weight_bytes_per_token'] / 2**20:.1f} MiB/token at "
+            f"{p['dram_bandwidth_gbs']:g} GB/s)"
+        )
+    return 0

@@ -1,0 +1,53 @@
+"""`edgert compile` refuses bad input with one line and exit 2, before doing any work, and leaves
+nothing behind."""
+
+import os
+
+import pytest
+
+from conftest import run_cli
+from test_cli_errors import assert_one_line_error, write_gguf
+
+
+@pytest.mark.parametrize(
+    "args,needles",
+    [
+        (["--target", "pi9"], ["unknown target 'pi9'", "rpi5"]),
+        (["--target", "rpi5", "--bits", "7"], ["--bits 7", "1, 2, 3, 4"]),
+        (["--target", "rpi5", "--format", "hlq", "--bits", "1"], ["--bits 1", "hlq"]),
+        (["--target", "rpi5", "--format", "nf4"], ["unknown format 'nf4'"]),
+        (["--target", "rpi5", "--group-size", "48"], ["--group-size 48"]),
+    ],
+)
+def test_bad_options(tmp_path, args, needles):
+    r = run_cli("compile", str(tmp_path / "m.gguf"), *args, "-o", str(tmp_path / "o.edgert"))
+    assert_one_line_error(r, *needles)
+    assert not (tmp_path / "o.edgert").exists()
+
+
+def test_missing_cross_toolchain_names_the_package(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # a PATH without the aarch64 cross compilers (python itself stays reachable via sys.executable)
+    env = {"PATH": str(bin_dir)}
+    r = run_cli("compile", str(tmp_path / "m.gguf"), "--target", "rpi5", env=env)
+    assert_one_line_error(r, "aarch64-linux-gnu-gcc", "apt-get install gcc-aarch64-linux-gnu")
+
+
+def test_existing_output(tmp_path):
+    out = tmp_path / "o.edgert"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    write_gguf(tmp_path / "m.gguf")
+    r = run_cli("compile", str(tmp_path / "m.gguf"), "--target", "host", "-o", str(out))
+    assert_one_line_error(r, "already exists", "--force")
+    assert (out / "keep.txt").read_text() == "x"
+
+
+def test_unsupported_architecture(tmp_path):
+    write_gguf(tmp_path / "g.gguf", arch="gpt2")
+    r = run_cli(
+        "compile", str(tmp_path / "g.gguf"), "--target", "host", "-o", str(tmp_path / "o.edgert")
+    )
+    assert_one_line_error(r, "unsupported architecture 'gpt2'")
+    assert os.listdir(tmp_path) == ["g.gguf"]
