@@ -19,6 +19,7 @@ COMMANDS = {
     "inspect": "inspect",
     "generate": "generate",
     "perplexity": "perplexity",
+    "bench": "bench",
     "targets": "targets",
 }
 

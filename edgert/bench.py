@@ -1,0 +1,142 @@
+"""llama-bench-style measurements: prompt processing (pp N) and text generation (tg N) rates,
+load time, time to first token and peak RSS, repeated ``-r`` times."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@dataclass
+class BenchResult:
+    model: str
+    kind: str  # "reference" | "artifact"
+    size_bytes: int
+    bits: float | None
+    threads: int
+    n_prompt: int
+    n_gen: int
+    reps: int
+    load_s: float
+    ttft_s: float
+    pp_tok_s: float
+    pp_tok_s_std: float
+    tg_tok_s: float
+    tg_tok_s_std: float
+    peak_rss_bytes: int
+    flash_bytes_per_token: float
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _std(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def bench(
+    engine,
+    *,
+    model: str,
+    kind: str,
+    size_bytes: int,
+    bits: float | None,
+    threads: int,
+    load_s: float,
+    n_prompt: int = 128,
+    n_gen: int = 64,
+    reps: int = 3,
+    seed: int = 0,
+) -> BenchResult:
+    """Measure ``engine``: pp = one forward over ``n_prompt`` tokens from an empty cache; tg =
+    ``n_gen`` single-token forwards after a 1-token prompt. Token ids are random (speed only)."""
+    vocab = engine.cfg.vocab_size
+    rng = np.random.default_rng(seed)
+    pp, tg, ttft = [], [], []
+    # one warm-up of each so first-call costs (page faults, JIT caches) are not in the samples
+    engine.reset()
+    engine.forward(rng.integers(0, vocab, min(n_prompt, 8)).tolist(), last_only=True)
+    for _ in range(reps):
+        if n_prompt:
+            toks = rng.integers(0, vocab, n_prompt).tolist()
+            engine.reset()
+            t0 = time.perf_counter()
+            engine.forward(toks, last_only=True)
+            dt = time.perf_counter() - t0
+            pp.append(n_prompt / dt)
+            ttft.append(dt)
+        if n_gen:
+            engine.reset()
+            engine.forward([int(rng.integers(0, vocab))], last_only=True)
+            toks = rng.integers(0, vocab, n_gen).tolist()
+            t0 = time.perf_counter()
+            for t in toks:
+                engine.forward([t], last_only=True)
+            tg.append(n_gen / (time.perf_counter() - t0))
+    flash = getattr(engine, "flash_bytes_per_token", 0.0)
+    return BenchResult(
+        model=model,
+        kind=kind,
+        size_bytes=size_bytes,
+        bits=bits,
+        threads=threads,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        reps=reps,
+        load_s=load_s,
+        ttft_s=statistics.mean(ttft) if ttft else 0.0,
+        pp_tok_s=statistics.mean(pp) if pp else 0.0,
+        pp_tok_s_std=_std(pp),
+        tg_tok_s=statistics.mean(tg) if tg else 0.0,
+        tg_tok_s_std=_std(tg),
+        peak_rss_bytes=peak_rss_bytes(),
+        flash_bytes_per_token=float(flash),
+        samples={"pp_tok_s": pp, "tg_tok_s": tg, "ttft_s": ttft},
+    )
+
+
+def table(r: BenchResult) -> str:
+    """The llama-bench table: model | size | bits | threads | test | t/s."""
+    size = f"{r.size_bytes / 2**20:.1f} MiB"
+    bits = f"{r.bits:.2f}" if r.bits else "f32"
+    rows = [("model", "size", "bits", "threads", "test", "t/s")]
+    if r.n_prompt:
+        rows.append(
+            (
+                r.model,
+                size,
+                bits,
+                str(r.threads),
+                f"pp{r.n_prompt}",
+                f"{r.pp_tok_s:.2f} ± {r.pp_tok_s_std:.2f}",
+            )
+        )
+    if r.n_gen:
+        rows.append(
+            (
+                r.model,
+                size,
+                bits,
+                str(r.threads),
+                f"tg{r.n_gen}",
+                f"{r.tg_tok_s:.2f} ± {r.tg_tok_s_std:.2f}",
+            )
+        )
+    w = [max(len(x[i]) for x in rows) for i in range(6)]
+    lines = ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(row)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
+    lines.append(
+        f"load {r.load_s:.2f} s, time to first token {r.ttft_s * 1e3:.1f} ms "
+        f"(pp{r.n_prompt}), peak RSS {r.peak_rss_bytes / 2**20:.0f} MiB"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import os
+
+HELP = "llama-bench-style speed test of a model file or artifact (pp/tg tokens per second)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("model", help="artifact (NAME.edgert), GGUF file, HF directory or known name")
+    p.add_argument("-p", "--n-prompt", type=int, default=128, help="prompt tokens (128)")
+    p.add_argument("-n", "--n-gen", type=int, default=64, help="generated tokens (64)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (all cores)")
+    p.add_argument("-r", "--repetitions", type=int, default=3, help="repetitions (3)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    from edgert.errors import EdgertError
+    from edgert.settings import default_threads
+
+    threads = args.threads or default_threads()
+    if threads < 1 or args.repetitions < 1 or args.n_prompt < 0 or args.n_gen < 0:
+        raise EdgertError("-t, -r must be >= 1 and -p, -n >= 0")
+    # thread pools read these when first used, so they are set before numpy / TVM start
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import time
+    from pathlib import Path
+
+    from edgert.bench import bench, table
+    from edgert.cli.common import print_json, resolve_model
+    from edgert.engine import open_engine
+
+    path = resolve_model(args.model)
+    t0 = time.perf_counter()
+    engine = open_engine(path, max_ctx=args.n_prompt + args.n_gen + 16)
+    load_s = time.perf_counter() - t0
+    is_art = Path(path).is_dir() and (Path(path) / "manifest.json").exists()
+    if is_art:
+        man = engine.source.art.manifest
+        size = engine.source.art.nbytes()
+        bits = man.get("quant", {}).get("avg_bits")
+    else:
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
+        bits = None
+    r = bench(
+        engine,
+        model=Path(path).name,
+        kind="artifact" if is_art else "reference",
+        size_bytes=size,
+        bits=bits,
+        threads=threads,
+        load_s=load_s,
+        n_prompt=args.n_prompt,
+        n_gen=args.n_gen,
+        reps=args.repetitions,
+    )
+    if args.json:
+        print_json(r.to_dict())
+    else:
+        print(table(r))
+    return 0

@@ -1,0 +1,48 @@
+import json
+
+from conftest import run_cli
+from edgert.bench import bench, table
+from edgert.reference import ReferenceEngine
+from test_reference_archs import CONFIGS, random_model
+
+KEYS = {
+    "pp_tok_s",
+    "tg_tok_s",
+    "tg_tok_s_std",
+    "threads",
+    "peak_rss_bytes",
+    "flash_bytes_per_token",
+    "samples",
+    "load_s",
+    "ttft_s",
+}
+
+
+def test_bench_counts_and_table():
+    m = random_model(CONFIGS["mixtral"], seed=0)
+    eng = ReferenceEngine(m, max_ctx=64)
+    r = bench(
+        eng,
+        model="tiny",
+        kind="reference",
+        size_bytes=1,
+        bits=None,
+        threads=1,
+        load_s=0.0,
+        n_prompt=16,
+        n_gen=5,
+        reps=3,
+    )
+    assert len(r.samples["pp_tok_s"]) == 3 and len(r.samples["tg_tok_s"]) == 3
+    assert all(x > 0 for x in r.samples["tg_tok_s"])
+    assert r.peak_rss_bytes > 10 << 20
+    t = table(r)
+    assert "pp16" in t and "tg5" in t
+
+
+def test_cli_json(smollm2_path):
+    r = run_cli("bench", str(smollm2_path), "-p", "8", "-n", "4", "-r", "2", "-t", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert KEYS <= set(d)
+    assert d["threads"] == 1 and len(d["samples"]["tg_tok_s"]) == 2 and d["tg_tok_s"] > 0
