@@ -1,0 +1,199 @@
+"""Side-by-side decode/prefill speed: edgert vs llama.cpp (llama-cpp-python) on the same machine,
+same threads, same prompt and generation lengths, interleaved runs, each in a fresh process of
+this process tree. Prints a table with ratios and writes JSON.
+
+    tools/setup.sh bench
+    .venv/bin/python tools/bench_vs_llamacpp.py --gguf MODEL.gguf --peer-quant Q4_0 \\
+        --edgert OUT.edgert -t 1,2 -p 128 -n 64 -r 5 [--json-out bench-results/x.json]
+
+``--peer-quant`` re-quantizes the GGUF with llama.cpp's own quantizer (Q4_0, Q2_K, ...) into the
+cache first; ``--edgert`` takes an artifact (or a model file: edgert's reference path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FTYPES = {
+    "F32": 0,
+    "F16": 1,
+    "Q4_0": 2,
+    "Q4_1": 3,
+    "Q8_0": 7,
+    "Q5_0": 8,
+    "Q5_1": 9,
+    "Q2_K": 10,
+    "Q3_K_M": 12,
+    "Q4_K_M": 15,
+    "Q5_K_M": 17,
+    "Q6_K": 18,
+}
+
+
+def peer_quantize(src: Path, qtype: str) -> Path:
+    """``src`` re-quantized by llama.cpp to ``qtype`` (cached next to edgert's models)."""
+    from edgert.hub import sha256_file
+    from edgert.settings import cache_dir
+
+    key = sha256_file(src)[:16]
+    dst = cache_dir() / "peer" / f"{src.stem}-{key}-{qtype}.gguf"
+    if dst.exists():
+        return dst
+    import llama_cpp
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = FTYPES[qtype]
+    p.allow_requantize = True
+    p.nthread = os.cpu_count() or 1
+    tmp = dst.with_suffix(".part")
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(p)):
+        raise SystemExit(f"llama.cpp could not quantize {src} to {qtype}")
+    tmp.replace(dst)
+    return dst
+
+
+def peer_worker(model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
+    """One llama.cpp measurement (runs in a child process)."""
+    import random
+    import resource
+
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(
+        model,
+        n_ctx=n_prompt + n_gen + 16,
+        n_batch=max(n_prompt, 8),
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+        logits_all=False,
+    )
+    load_s = time.perf_counter() - t0
+    vocab = llm.n_vocab()
+    rng = random.Random(0)
+    llm.eval([rng.randrange(vocab) for _ in range(8)])  # warm-up
+    llm.reset()
+    toks = [rng.randrange(vocab) for _ in range(n_prompt)]
+    t0 = time.perf_counter()
+    llm.eval(toks)
+    pp = n_prompt / (time.perf_counter() - t0)
+    llm.reset()
+    llm.eval([rng.randrange(vocab)])
+    gen = [rng.randrange(vocab) for _ in range(n_gen)]
+    t0 = time.perf_counter()
+    for t in gen:
+        llm.eval([t])
+    tg = n_gen / (time.perf_counter() - t0)
+    return {
+        "pp_tok_s": pp,
+        "tg_tok_s": tg,
+        "load_s": load_s,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def run_peer(model: Path, threads: int, n_prompt: int, n_gen: int) -> dict:
+    code = (
+        f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        f"import bench_vs_llamacpp as b; "
+        f"print(json.dumps(b.peer_worker({str(model)!r}, {threads}, {n_prompt}, {n_gen})))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"llama.cpp run failed: {r.stderr.strip()[-500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_edgert(art: str, threads: int, n_prompt: int, n_gen: int) -> dict:
+    exe = Path(sys.executable).parent / "edgert"
+    cmd = [
+        str(exe) if exe.exists() else "edgert",
+        "bench",
+        art,
+        "-t",
+        str(threads),
+        "-p",
+        str(n_prompt),
+        "-n",
+        str(n_gen),
+        "-r",
+        "1",
+        "--json",
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"edgert bench failed: {r.stderr.strip()[-500:]}")
+    return json.loads(r.stdout)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--gguf", default=None, help="source GGUF (default: smollm2-135m)")
+    ap.add_argument(
+        "--peer-quant", default=None, help="re-quantize for llama.cpp (Q4_0, Q2_K, ...)"
+    )
+    ap.add_argument("--edgert", required=True, help="artifact (or model file) for edgert")
+    ap.add_argument("-t", "--threads", default="1,2")
+    ap.add_argument("-p", "--n-prompt", type=int, default=128)
+    ap.add_argument("-n", "--n-gen", type=int, default=64)
+    ap.add_argument("-r", "--repetitions", type=int, default=5)
+    ap.add_argument("--json-out", default=None)
+    a = ap.parse_args()
+    from edgert.hub import pull
+
+    src = Path(a.gguf) if a.gguf else pull("smollm2-135m")
+    peer = peer_quantize(src, a.peer_quant) if a.peer_quant else src
+    rows = []
+    for threads in [int(x) for x in a.threads.split(",")]:
+        ours, theirs = [], []
+        for _ in range(a.repetitions):  # interleaved: noise hits both sides alike
+            theirs.append(run_peer(peer, threads, a.n_prompt, a.n_gen))
+            ours.append(run_edgert(a.edgert, threads, a.n_prompt, a.n_gen))
+
+        def med(xs, k):
+            return statistics.median(x[k] for x in xs)
+
+        row = {
+            "threads": threads,
+            "peer_model": peer.name,
+            "edgert": a.edgert,
+            "edgert_pp": med(ours, "pp_tok_s"),
+            "edgert_tg": med(ours, "tg_tok_s"),
+            "llama_pp": med(theirs, "pp_tok_s"),
+            "llama_tg": med(theirs, "tg_tok_s"),
+            "edgert_rss": med(ours, "peak_rss_bytes"),
+            "llama_rss": med(theirs, "peak_rss_bytes"),
+            "samples": {"edgert": ours, "llama_cpp": theirs},
+        }
+        row["tg_ratio"] = row["edgert_tg"] / row["llama_tg"]
+        row["pp_ratio"] = row["edgert_pp"] / row["llama_pp"]
+        rows.append(row)
+    print(f"| threads | test | llama.cpp ({peer.name}) t/s | edgert t/s | edgert / llama.cpp |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['threads']} | pp{a.n_prompt} | {r['llama_pp']:.2f} | {r['edgert_pp']:.2f} | "
+            f"{r['pp_ratio']:.2f}x |"
+        )
+        print(
+            f"| {r['threads']} | tg{a.n_gen} | {r['llama_tg']:.2f} | {r['edgert_tg']:.2f} | "
+            f"{r['tg_ratio']:.2f}x |"
+        )
+    print(f"(medians of {a.repetitions} interleaved runs; edgert artifact {a.edgert})")
+    if a.json_out:
+        Path(a.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json_out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
