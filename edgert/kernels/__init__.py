@@ -1,0 +1,186 @@
+"""Low-bit LUT kernels: formats and packing (numpy) and the C library (ctypes, no Python ABI).
+
+    pw = quantize_uniform(w, bits=2, group_size=64)      # or quantize_hlq / pack_uniform / pack_hlq
+    y = gemv(pw, x, threads=2); Y = gemm(pw, X); y_sel = gemv_rows(pw, x, rows)
+
+Every call is validated in Python before any C code runs. ``ref=True`` runs the scalar twin.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.kernels.build import build_objects, build_shared, host_flags
+from edgert.kernels.formats import (
+    FMT_CODE,
+    GROUP_SIZES,
+    HLQ_BITS,
+    UNIFORM_BITS,
+    PackedWeight,
+    pack_hlq,
+    pack_uniform,
+    quantize_hlq,
+    quantize_uniform,
+)
+
+__all__ = [
+    "PackedWeight",
+    "pack_uniform",
+    "pack_hlq",
+    "quantize_uniform",
+    "quantize_hlq",
+    "gemv",
+    "gemm",
+    "gemv_rows",
+    "load_library",
+    "build_shared",
+    "build_objects",
+    "host_flags",
+    "UNIFORM_BITS",
+    "HLQ_BITS",
+    "GROUP_SIZES",
+    "MAX_BATCH",
+]
+
+MAX_BATCH = 512  # prefill rows per gemm call
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_I32 = ctypes.c_int32
+
+
+def load_library(path: str | None = None) -> ctypes.CDLL:
+    """The kernel library (built for this machine on first use, then cached)."""
+    global _lib
+    with _lock:
+        if _lib is None or path is not None:
+            lib = ctypes.CDLL(str(path or build_shared()))
+            for name in ("edgert_lut_gemm", "edgert_lut_gemm_ref"):
+                fn = getattr(lib, name)
+                fn.argtypes = [_P, _P, _I64, _I64, _I64, _P, _P, _P, _I32, _I32, _I32, _I32]
+                fn.restype = None
+            for name in ("edgert_lut_gemv_rows", "edgert_lut_gemv_rows_ref"):
+                fn = getattr(lib, name)
+                fn.argtypes = [_P, _P, _I64, _I64, _P, _I64, _P, _P, _P, _I32, _I32, _I32, _I32]
+                fn.restype = None
+            lib.edgert_kernels_isa.restype = ctypes.c_char_p
+            if path is not None:
+                return lib
+            _lib = lib
+        return _lib
+
+
+def isa() -> str:
+    return load_library().edgert_kernels_isa().decode()
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+def _check_packed(pw: PackedWeight) -> None:
+    m, k = pw.shape
+    tiles, k4 = -(-m // 32), pw.groups * pw.group_size // 4
+    per = pw.bits if pw.fmt == "hlq" else 1
+    want = {
+        "planes": ((tiles, k4, pw.bits, 16), np.uint8),
+        "scale": ((tiles, pw.groups, per, 32) if per > 1 else (tiles, pw.groups, 32), np.uint16),
+        "zero": ((tiles, pw.groups, 32), np.uint16),
+    }
+    for name, (shape, dt) in want.items():
+        a = getattr(pw, name)
+        if a.shape != shape or a.dtype != dt or not a.flags.c_contiguous:
+            raise EdgertError(
+                f"packed weight buffer {name} is {a.dtype}{a.shape}, "
+                f"expected contiguous {np.dtype(dt)}{shape}"
+            )
+    if pw.fmt not in FMT_CODE:
+        raise EdgertError(f"unknown weight format {pw.fmt!r}")
+
+
+def _activations(x: np.ndarray, k: int, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        if not np.issubdtype(x.dtype, np.floating):
+            raise EdgertError(f"{what} must be floating point, got {x.dtype}")
+        x = x.astype(np.float32)
+    if x.shape[-1] != k:
+        raise EdgertError(f"{what} has {x.shape[-1]} columns but the weight has k={k}")
+    return np.ascontiguousarray(x)
+
+
+def gemm(pw: PackedWeight, X: np.ndarray, *, threads: int = 1, ref: bool = False) -> np.ndarray:
+    """Y (n, m) = X (n, k) . W^T."""
+    _check_packed(pw)
+    m, k = pw.shape
+    X = _activations(X, k, "X")
+    if X.ndim != 2:
+        raise EdgertError(f"X must be (n, k), got shape {X.shape}")
+    Y = np.empty((X.shape[0], m), np.float32)
+    lib = load_library()
+    fn = lib.edgert_lut_gemm_ref if ref else lib.edgert_lut_gemm
+    for s in range(0, X.shape[0], MAX_BATCH):
+        xs = X[s : s + MAX_BATCH]
+        fn(
+            _ptr(Y[s:]),
+            _ptr(xs),
+            xs.shape[0],
+            m,
+            k,
+            _ptr(pw.planes),
+            _ptr(pw.scale),
+            _ptr(pw.zero),
+            pw.bits,
+            pw.group_size,
+            FMT_CODE[pw.fmt],
+            threads,
+        )
+    return Y
+
+
+def gemv(pw: PackedWeight, x: np.ndarray, *, threads: int = 1, ref: bool = False) -> np.ndarray:
+    """y (m,) = W . x (k,)."""
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise EdgertError(f"x must be a vector (k,), got shape {x.shape}")
+    return gemm(pw, x[None], threads=threads, ref=ref)[0]
+
+
+def gemv_rows(
+    pw: PackedWeight, x: np.ndarray, rows: np.ndarray, *, threads: int = 1, ref: bool = False
+) -> np.ndarray:
+    """Only the output rows listed in ``rows`` (sorted ascending is fastest)."""
+    _check_packed(pw)
+    m, k = pw.shape
+    x = _activations(x, k, "x")
+    if x.ndim != 1:
+        raise EdgertError(f"x must be a vector (k,), got shape {x.shape}")
+    rows = np.ascontiguousarray(rows, dtype=np.int32)
+    if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= m)):
+        raise EdgertError(f"rows must be indices in [0, {m})")
+    y = np.empty(rows.size, np.float32)
+    if rows.size:
+        lib = load_library()
+        fn = lib.edgert_lut_gemv_rows_ref if ref else lib.edgert_lut_gemv_rows
+        fn(
+            _ptr(y),
+            _ptr(x),
+            m,
+            k,
+            _ptr(rows),
+            rows.size,
+            _ptr(pw.planes),
+            _ptr(pw.scale),
+            _ptr(pw.zero),
+            pw.bits,
+            pw.group_size,
+            FMT_CODE[pw.fmt],
+            threads,
+        )
+    return y

@@ -1,0 +1,107 @@
+"""Building the C kernel library: a host build cached by content, and builds for any target."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from edgert import settings
+from edgert.errors import EdgertError
+
+SOURCES = ("lut_gemm.c",)
+HEADERS = ("edgert_kernels.h",)
+# exact float epilogues (no FMA contraction) keep every fast path bit-identical to its _ref twin
+BASE_FLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-std=gnu11"]
+
+
+def source_dir() -> Path:
+    try:
+        from importlib.resources import files
+
+        d = Path(str(files("edgert.kernels_neon")))
+        if (d / SOURCES[0]).exists():
+            return d
+    except (ImportError, ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parents[2] / "kernels_neon"
+
+
+def host_flags() -> list[str]:
+    """SIMD flags for this machine: AVX2 (+FMA, F16C) on x86-64 when present; NEON is baseline
+    on aarch64."""
+    m = platform.machine().lower()
+    if m in ("x86_64", "amd64"):
+        try:
+            cpu = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpu = ""
+        if all(f" {f}" in cpu for f in ("avx2", "fma", "f16c")):
+            return ["-mavx2", "-mfma", "-mf16c"]
+        return []
+    if m in ("aarch64", "arm64"):
+        return ["-march=armv8-a"]
+    return []
+
+
+def _key(cc: str, flags: list[str]) -> str:
+    h = hashlib.sha256()
+    d = source_dir()
+    for f in SOURCES + HEADERS:
+        h.update((d / f).read_bytes())
+    h.update(" ".join([cc, *flags]).encode())
+    return h.hexdigest()[:16]
+
+
+def _run(cmd: list[str]) -> None:
+    if shutil.which(cmd[0]) is None:
+        raise EdgertError(
+            f"the C compiler {cmd[0]} is not installed",
+            "apt-get install build-essential (or the target's cross toolchain)",
+        )
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise EdgertError(f"building the kernels failed: {r.stderr.strip()[-800:]}")
+
+
+def build_shared(
+    *,
+    cc: str = "cc",
+    cflags: list[str] | None = None,
+    out: Path | None = None,
+    extra: list[str] | None = None,
+) -> Path:
+    """Build libedgert_kernels.so with ``cc`` (cached by sources + flags unless ``out`` given)."""
+    flags = BASE_FLAGS + list(cflags if cflags is not None else host_flags()) + list(extra or [])
+    if out is None:
+        out = settings.cache_dir() / "kernels" / _key(cc, flags) / "libedgert_kernels.so"
+        if out.exists():
+            return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    d = source_dir()
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so")
+    os.close(fd)
+    try:
+        _run([cc, *flags, "-shared", "-o", tmp, *(str(d / s) for s in SOURCES), "-lpthread", "-lm"])
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return out
+
+
+def build_objects(*, cc: str, cflags: list[str], out_dir: Path) -> list[Path]:
+    """Object files of the kernels for linking into a target's TVM module."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    d = source_dir()
+    objs = []
+    for s in SOURCES:
+        o = out_dir / (Path(s).stem + ".o")
+        _run([cc, *BASE_FLAGS, *cflags, "-c", "-o", str(o), str(d / s)])
+        objs.append(o)
+    return objs

@@ -1,0 +1,50 @@
+/* edgert LUT kernels: low-bit weight x float activation products by table lookup.
+ *
+ * Weight format (packed offline by edgert.kernels):
+ *   W (m, k) with b-bit codes q in [0, 2^b), rows padded to a multiple of 32 (a "tile"), k to a
+ *   multiple of the group size g. Codes are split into b bit-planes; for each tile, each run of 4
+ *   columns ("nibble" k4) and each plane, 16 bytes hold the 4-bit column patterns of the tile's
+ *   32 rows: byte i = row i (low nibble) | row i+16 (high nibble).
+ *     planes: uint8 [m_pad/32][k_pad/4][b][16]
+ *   Group parameters (float16 bits), per tile and group, 32 rows contiguous:
+ *     uniform: scale[m_pad/32][G][32], zero[m_pad/32][G][32]      w = scale * (q - zero)
+ *     hlq:     alpha[m_pad/32][G][b][32], beta[m_pad/32][G][32]    w = sum_j alpha_j bit_j + beta
+ * Activations: for each group of 4 activations the 16 partial sums sum_i bit_i x_i are tabulated
+ * and rounded to int8 with one scale per weight group; each plane's 4-bit pattern selects an
+ * entry (tbl on NEON, pshufb on AVX2), integer sums are scaled at the end of the group.
+ */
+#ifndef EDGERT_KERNELS_H
+#define EDGERT_KERNELS_H
+#include <stdint.h>
+
+#define EDGERT_TILE 32
+#define EDGERT_FMT_UNIFORM 0
+#define EDGERT_FMT_HLQ 1
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* y (n, m) = x (n, k) . W^T ; threads <= 0: $EDGERT_THREADS or all cores. */
+void edgert_lut_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k,
+                     const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
+                     int32_t bits, int32_t group, int32_t fmt, int32_t threads);
+void edgert_lut_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
+                         const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
+                         int32_t bits, int32_t group, int32_t fmt, int32_t threads);
+/* y (r,) = rows of x (k,) . W^T, only the rows listed in rows (r,) */
+void edgert_lut_gemv_rows(float *y, const float *x, int64_t m, int64_t k, const int32_t *rows,
+                          int64_t r, const uint8_t *planes, const uint16_t *scale,
+                          const uint16_t *zero, int32_t bits, int32_t group, int32_t fmt,
+                          int32_t threads);
+void edgert_lut_gemv_rows_ref(float *y, const float *x, int64_t m, int64_t k,
+                              const int32_t *rows, int64_t r, const uint8_t *planes,
+                              const uint16_t *scale, const uint16_t *zero, int32_t bits,
+                              int32_t group, int32_t fmt, int32_t threads);
+/* which SIMD path this build uses: "neon", "avx2" or "scalar" */
+const char *edgert_kernels_isa(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
