@@ -107,7 +107,7 @@ static inline void epilogue_ref(float *y, const int32_t *acc, const uint16_t *sc
     for (int r = 0; r < T; r++) {
         if (s->fmt == EDGERT_FMT_UNIFORM) {
             int32_t tot = 0;
-            for (int j = 0; j < s->bits; j++) tot += acc[j * T + r] << j;
+            for (int j = 0; j < s->bits; j++) tot += acc[j * T + r] * (1 << j);
             float t1 = ts * (float)tot, t2 = h2f(zr[r]) * xs;
             y[r] += h2f(sc[r]) * (t1 - t2);
         } else {

@@ -1,0 +1,111 @@
+/* Randomised checks of the LUT kernels, compiled with the kernel source included directly so it
+ * runs anywhere a C compiler targets (host with AddressSanitizer, aarch64 under qemu):
+ *   fast path == _ref twin bit for bit, row-subset == full GEMV rows, and both within 1% (rms,
+ *   relative to sum |w x|) of a double product with the dequantized weights.  Prints "N passed, N failed". */
+#include "../../kernels_neon/lut_gemm.c"
+
+#include <stdio.h>
+
+static uint64_t rng_state = 88172645463325252ull;
+static uint64_t rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+static float frand(void) { return (float)((rnd() >> 11) * (1.0 / 9007199254740992.0)) * 2.f - 1.f; }
+
+/* float -> float16 bits (round to nearest even; normal range only, enough for test scales) */
+static uint16_t f2h(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+    uint32_t man = x & 0x7fffffu;
+    if (exp <= 0) return (uint16_t)sign;
+    uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13);
+    uint32_t rest = man & 0x1fffu;
+    if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;
+    return (uint16_t)h;
+}
+
+static int failures = 0, passes = 0;
+
+static void check(int ok, const char *what, int64_t m, int64_t k, int bits, int group, int fmt) {
+    if (ok) {
+        passes++;
+    } else {
+        failures++;
+        printf("FAIL %s m=%lld k=%lld bits=%d group=%d fmt=%d\n", what, (long long)m, (long long)k,
+               bits, group, fmt);
+    }
+}
+
+static void one_case(int64_t m, int64_t k, int bits, int group, int fmt, int64_t n, int threads) {
+    shape_t s;
+    make_shape(&s, k, bits, group, fmt);
+    int64_t tiles = (m + T - 1) / T, per = fmt == EDGERT_FMT_HLQ ? bits : 1;
+    size_t np_ = (size_t)(tiles * s.k4 * bits * 16), ns = (size_t)(tiles * s.groups * per * T),
+           nz = (size_t)(tiles * s.groups * T);
+    uint8_t *planes = malloc(np_);
+    uint16_t *scale = malloc(ns * 2), *zero = malloc(nz * 2);
+    float *x = malloc((size_t)(n * k) * 4), *y = malloc((size_t)(n * m) * 4),
+          *yr = malloc((size_t)(n * m) * 4), *ys = malloc((size_t)m * 4);
+    int32_t *rows = malloc((size_t)m * 4);
+    for (size_t i = 0; i < np_; i++) planes[i] = (uint8_t)rnd();
+    for (size_t i = 0; i < ns; i++) scale[i] = f2h(0.01f + 0.05f * (frand() + 1.f));
+    for (size_t i = 0; i < nz; i++) zero[i] = f2h(fmt == EDGERT_FMT_HLQ ? 0.1f * frand() : 8.f * (frand() + 1.f));
+    for (int64_t i = 0; i < n * k; i++) x[i] = frand();
+    edgert_lut_gemm(y, x, n, m, k, planes, scale, zero, bits, group, fmt, threads);
+    edgert_lut_gemm_ref(yr, x, n, m, k, planes, scale, zero, bits, group, fmt, 1);
+    check(memcmp(y, yr, (size_t)(n * m) * 4) == 0, "fast == ref", m, k, bits, group, fmt);
+    int64_t r = 0;
+    for (int64_t i = 0; i < m; i += 1 + (int64_t)(rnd() % 7)) rows[r++] = (int32_t)i;
+    edgert_lut_gemv_rows(ys, x, m, k, rows, r, planes, scale, zero, bits, group, fmt, threads);
+    int same = 1;
+    for (int64_t i = 0; i < r; i++) same &= ys[i] == y[rows[i]];
+    check(same, "rows == gemv", m, k, bits, group, fmt);
+    /* float reference: dequantize every weight (columns >= k are padding) and dot in double */
+    double err = 0, mag = 0;  /* table rounding error scales with sum |w x|, not with |y| */
+    for (int64_t row = 0; row < m; row++) {
+        int64_t t = row / T, rr = row % T;
+        double acc = 0, absacc = 0;
+        for (int64_t col = 0; col < k; col++) {
+            int64_t c = col / 4, g = col / group;
+            int q = 0;
+            for (int j = 0; j < bits; j++) {
+                uint8_t byte = planes[((t * s.k4 + c) * bits + j) * 16 + rr % 16];
+                int nib = rr < 16 ? byte & 15 : byte >> 4;
+                q |= ((nib >> (col % 4)) & 1) << j;
+            }
+            double w;
+            const uint16_t *sc = scale_at(scale, t, g, &s), *zr = zero_at(zero, t, g, &s);
+            if (fmt == EDGERT_FMT_UNIFORM) {
+                w = h2f(sc[rr]) * (q - (double)h2f(zr[rr]));
+            } else {
+                w = h2f(zr[rr]);
+                for (int j = 0; j < bits; j++) w += ((q >> j) & 1) * (double)h2f(sc[j * T + rr]);
+            }
+            acc += w * x[col];
+            absacc += fabs(w * x[col]);
+        }
+        err += (acc - y[row]) * (acc - y[row]);
+        mag += absacc * absacc;
+    }
+    check(err <= 1e-4 * mag, "close to float", m, k, bits, group, fmt);  /* rms 1% of sum|wx| */
+    free(planes); free(scale); free(zero); free(x); free(y); free(yr); free(ys); free(rows);
+}
+
+int main(void) {
+    static const int64_t shapes[][2] = {{1, 4}, {7, 33}, {31, 100}, {32, 64}, {33, 129},
+                                        {96, 576}, {65, 1000}, {128, 130}};
+    static const int groups[] = {32, 64, 128};
+    for (int fmt = 0; fmt < 2; fmt++)
+        for (int bits = fmt ? 2 : 1; bits <= 4; bits++)
+            for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
+                for (int gi = 0; gi < 3; gi++)
+                    one_case(shapes[si][0], shapes[si][1], bits, groups[gi], fmt,
+                             1 + (int64_t)(rnd() % 3), 1 + (int)(rnd() % 3));
+    printf("isa %s\n%d passed, %d failed\n", edgert_kernels_isa(), passes, failures);
+    return failures != 0;
+}

@@ -1,0 +1,68 @@
+"""The C test driver (fast == _ref bit for bit, row subsets, closeness to a float product) built
+for every path: host AVX2 under AddressSanitizer + UBSan, host scalar, and aarch64 NEON (Armv8-A
+as on rpi4, Armv8.2-A+dotprod as on rpi5) executed under qemu-aarch64."""
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgert.kernels import host_flags
+
+HERE = Path(__file__).parent
+DRIVER = HERE / "lut_test_driver.c"
+QEMU = "qemu-aarch64-static"
+
+
+def need(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        pytest.fail(f"{tool} is missing: apt-get install {package}")
+    return path
+
+
+def build_and_run(tmp_path, cc, flags, runner=()):
+    exe = tmp_path / "driver"
+    subprocess.run(
+        [cc, *flags, "-ffp-contract=off", "-o", str(exe), str(DRIVER), "-lpthread", "-lm"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    r = subprocess.run([*runner, str(exe)], capture_output=True, text=True, timeout=300)
+    m = re.search(r"^(\d+) passed, (\d+) failed$", r.stdout, re.M)
+    assert m, r.stdout + r.stderr
+    assert r.returncode == 0 and int(m.group(2)) == 0, r.stdout + r.stderr
+    assert int(m.group(1)) >= 500
+    return r.stdout
+
+
+def test_host_simd_under_sanitizers(tmp_path):
+    out = build_and_run(
+        tmp_path,
+        need("gcc", "build-essential"),
+        [
+            "-O1",
+            "-g",
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer",
+            *host_flags(),
+        ],
+    )
+    assert "runtime error" not in out
+
+
+def test_host_scalar(tmp_path):
+    out = build_and_run(tmp_path, need("gcc", "build-essential"), ["-O2"])
+    assert "isa scalar" in out
+
+
+@pytest.mark.parametrize("march", ["armv8-a", "armv8.2-a+dotprod"])
+def test_aarch64_neon_under_qemu(tmp_path, march):
+    cc = need("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
+    qemu = need(QEMU, "qemu-user-static")
+    out = build_and_run(tmp_path, cc, ["-O2", f"-march={march}", "-static"], runner=(qemu,))
+    assert "isa neon" in out

@@ -1,0 +1,138 @@
+"""LUT kernels through the Python API: exact against the scalar twin, close to numpy on the
+dequantized weights, packing round trips, quantizer quality, and input validation."""
+
+import numpy as np
+import pytest
+
+from edgert.errors import EdgertError
+from edgert.kernels import (
+    gemm,
+    gemv,
+    gemv_rows,
+    pack_uniform,
+    quantize_hlq,
+    quantize_uniform,
+)
+
+# Kernel error against float32 numpy on the same dequantized weights, as a squared error
+# normalised by sum((|W| |x|)^2): the only error is rounding the activation tables to int8 (one
+# scale per weight group), which scales with |W||x| rather than with the (possibly cancelling) y.
+KERNEL_NMSE = 1e-4
+# weight NMSE of the quantizers on Gaussian weights, group 64 (uniform RTN min/max; HLQ by ALS)
+WEIGHT_NMSE = {
+    ("uniform", 2): 0.22,
+    ("uniform", 3): 0.04,
+    ("uniform", 4): 0.009,
+    ("hlq", 2): 0.11,
+    ("hlq", 3): 0.03,
+    ("hlq", 4): 0.008,
+}
+SHAPES = [(1, 4), (7, 33), (33, 100), (64, 576), (100, 129), (576, 1536)]
+
+
+def nmse(a, b):
+    return float(((a - b) ** 2).sum() / (b**2).sum())
+
+
+def kernel_err(y, wd, x):
+    mag = np.abs(x) @ np.abs(wd).T if x.ndim == 2 else np.abs(wd) @ np.abs(x)
+    return float(((y - (x @ wd.T if x.ndim == 2 else wd @ x)) ** 2).sum() / (mag**2).sum())
+
+
+def make(fmt, bits, m, k, group, seed=0):
+    w = np.random.default_rng(seed).normal(size=(m, k)).astype(np.float32)
+    q = quantize_uniform if fmt == "uniform" else quantize_hlq
+    return w, q(w, bits=bits, group_size=group)
+
+
+CASES = [("uniform", b) for b in (1, 2, 3, 4)] + [("hlq", b) for b in (2, 3, 4)]
+
+
+@pytest.mark.parametrize("fmt,bits", CASES)
+@pytest.mark.parametrize("m,k", SHAPES)
+@pytest.mark.parametrize("group", [32, 64, 128])
+def test_gemv_exact_and_close(fmt, bits, m, k, group):
+    w, pw = make(fmt, bits, m, k, group)
+    x = np.random.default_rng(1).normal(size=k).astype(np.float32)
+    y = gemv(pw, x, threads=2)
+    assert np.array_equal(y, gemv(pw, x, ref=True))
+    assert kernel_err(y, pw.dequantize(), x) < KERNEL_NMSE
+    rows = np.unique(np.random.default_rng(2).integers(0, m, size=max(1, m // 3))).astype(np.int32)
+    assert np.array_equal(gemv_rows(pw, x, rows), y[rows])
+
+
+@pytest.mark.parametrize("fmt,bits", [("uniform", 2), ("hlq", 3)])
+@pytest.mark.parametrize("n", [1, 5, 64, 513])
+def test_gemm_batches(fmt, bits, n):
+    w, pw = make(fmt, bits, 70, 200, 64)
+    X = np.random.default_rng(3).normal(size=(n, 200)).astype(np.float32)
+    Y = gemm(pw, X, threads=2)
+    assert Y.shape == (n, 70)
+    assert np.array_equal(Y, gemm(pw, X, ref=True))
+    assert np.array_equal(Y[-1], gemv(pw, X[-1]))  # batch rows are independent
+    assert kernel_err(Y, pw.dequantize(), X) < KERNEL_NMSE
+
+
+def test_threads_do_not_change_results():
+    _, pw = make("uniform", 4, 1000, 512, 64)
+    x = np.random.default_rng(4).normal(size=512).astype(np.float32)
+    assert np.array_equal(gemv(pw, x, threads=1), gemv(pw, x, threads=3))
+
+
+@pytest.mark.parametrize("fmt,bits", list(WEIGHT_NMSE))
+def test_quantizer_quality(fmt, bits):
+    w, pw = make(fmt, bits, 256, 512, 64, seed=5)
+    assert nmse(pw.dequantize(), w) < WEIGHT_NMSE[(fmt, bits)]
+
+
+def test_hlq_beats_uniform_at_2_bits():
+    w, pu = make("uniform", 2, 256, 512, 64, seed=6)
+    _, ph = make("hlq", 2, 256, 512, 64, seed=6)
+    assert nmse(ph.dequantize(), w) < 0.6 * nmse(pu.dequantize(), w)
+
+
+def test_pack_roundtrip_and_buffers():
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 8, size=(45, 77)).astype(np.uint8)
+    scales = rng.uniform(0.01, 0.1, size=(45, 2)).astype(np.float32)
+    zeros = rng.uniform(0, 7, size=(45, 2)).astype(np.float32)
+    pw = pack_uniform(codes, scales, zeros, bits=3, group_size=64)
+    assert np.array_equal(pw.codes(), codes)
+    want = scales.astype(np.float16).astype(np.float32)[:, :, None] * (
+        np.pad(codes, ((0, 0), (0, 51))).reshape(45, 2, 64)
+        - zeros.astype(np.float16).astype(np.float32)[:, :, None]
+    )
+    assert np.allclose(pw.dequantize(), want.reshape(45, -1)[:, :77])
+    again = type(pw).from_buffers(pw.meta, pw.to_buffers())
+    assert np.array_equal(again.dequantize(), pw.dequantize())
+
+
+def test_constant_group_is_exact():
+    w = np.full((32, 64), 0.25, np.float32)
+    pw = quantize_uniform(w, bits=2, group_size=64)
+    assert np.array_equal(pw.dequantize(), w)
+
+
+def test_bad_input_is_refused_before_c():
+    _, pw = make("uniform", 2, 10, 64, 64)
+    with pytest.raises(EdgertError, match="k=64"):
+        gemv(pw, np.zeros(63, np.float32))
+    with pytest.raises(EdgertError, match="vector"):
+        gemv(pw, np.zeros((2, 64), np.float32))
+    with pytest.raises(EdgertError, match="floating"):
+        gemv(pw, np.zeros(64, np.int32))
+    with pytest.raises(EdgertError, match="rows"):
+        gemv_rows(pw, np.zeros(64, np.float32), np.array([10]))
+    with pytest.raises(EdgertError, match="support"):
+        quantize_uniform(np.zeros((4, 64), np.float32), bits=5)
+    with pytest.raises(EdgertError, match="support"):
+        quantize_hlq(np.zeros((4, 64), np.float32), bits=1)
+    with pytest.raises(EdgertError, match="group size"):
+        quantize_uniform(np.zeros((4, 64), np.float32), bits=2, group_size=48)
+    with pytest.raises(EdgertError, match="finite"):
+        quantize_uniform(np.full((4, 64), np.nan, np.float32), bits=2)
+    broken = type(pw)(
+        pw.fmt, pw.bits, pw.group_size, pw.shape, pw.planes[:, :-1].copy(), pw.scale, pw.zero
+    )
+    with pytest.raises(EdgertError, match="planes"):
+        gemv(broken, np.zeros(64, np.float32))
