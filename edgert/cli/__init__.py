@@ -21,6 +21,7 @@ COMMANDS = {
     "perplexity": "perplexity",
     "bench": "bench",
     "targets": "targets",
+    "bench-kernels": "bench_kernels",
 }
 
 
