@@ -136,6 +136,7 @@ class ArtifactWriter:
                 with open(p, "ab") as f:
                     f.write(b"\0" * (_align(size) - size))
             (self.tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=1))
+            os.chmod(self.tmp, 0o755)  # mkdtemp made it private
             if self.out.exists():
                 shutil.rmtree(self.out)
             os.replace(self.tmp, self.out)
