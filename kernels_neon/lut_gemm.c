@@ -56,29 +56,26 @@ typedef struct {
     int group, bits, fmt;
 } shape_t;
 
-/* x (k,) -> tbl int8 [k4][16], ts [groups] (table scale), xs [groups] (sum of x) */
-static void build_tables(const float *x, const shape_t *s, int8_t *tbl, float *ts, float *xs) {
+/* x (k,) -> tbl [k4][32]: each 16-entry table of partial sums as int16 v = 256 * hi + lo, stored
+ * as hi bytes (int8, [0..15]) then lo bytes (uint8, [16..31]); ts [groups] table scale (amax /
+ * 32767), xs [groups] sum of x. 16-bit tables keep the kernel error at ~1e-5 relative. */
+static void build_tables(const float *x, const shape_t *s, uint8_t *tbl, float *ts, float *xs) {
     const int per = s->group / 4;
-    float t[16];
     for (int64_t g = 0; g < s->groups; g++) {
         float amax = 0.f, sum = 0.f;
         for (int64_t c = g * per; c < (g + 1) * per; c++) {
-            float v[4];
+            float pos = 0.f, neg = 0.f;  /* largest |partial sum| = max(sum of +, -sum of -) */
             for (int i = 0; i < 4; i++) {
                 int64_t col = 4 * c + i;
-                v[i] = col < s->k ? x[col] : 0.f;
-                sum += v[i];
+                float v = col < s->k ? x[col] : 0.f;
+                sum += v;
+                if (v > 0.f) pos += v; else neg -= v;
             }
-            for (int idx = 0; idx < 16; idx++) {
-                float a = 0.f;
-                for (int i = 0; i < 4; i++)
-                    if (idx >> i & 1) a += v[i];
-                a = fabsf(a);
-                if (a > amax) amax = a;
-            }
+            if (pos > amax) amax = pos;
+            if (neg > amax) amax = neg;
         }
-        float scale = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
-        ts[g] = scale;
+        float inv = amax > 0.f ? 32767.f / amax : 0.f;
+        ts[g] = amax / 32767.f;
         xs[g] = sum;
         for (int64_t c = g * per; c < (g + 1) * per; c++) {
             float v[4];
@@ -90,14 +87,17 @@ static void build_tables(const float *x, const shape_t *s, int8_t *tbl, float *t
                 float a = 0.f;
                 for (int i = 0; i < 4; i++)
                     if (idx >> i & 1) a += v[i];
-                t[idx] = a;
-            }
-            for (int idx = 0; idx < 16; idx++) {
-                long q = lrintf(t[idx] * inv);
-                tbl[c * 16 + idx] = (int8_t)(q > 127 ? 127 : (q < -127 ? -127 : q));
+                long q = lrintf(a * inv);
+                q = q > 32767 ? 32767 : (q < -32767 ? -32767 : q);
+                tbl[c * 32 + idx] = (uint8_t)(int8_t)(q >> 8);   /* floor(q / 256) */
+                tbl[c * 32 + 16 + idx] = (uint8_t)(q & 255);
             }
         }
     }
+}
+
+static inline int32_t tbl_value(const uint8_t *tb, int idx) {
+    return (int32_t)(int8_t)tb[idx] * 256 + (int32_t)tb[16 + idx];
 }
 
 /* ---- epilogue: int32 plane sums of 32 rows of one group -> y (shared by every path) -------- */
@@ -130,9 +130,9 @@ static inline const uint16_t *zero_at(const uint16_t *zero, int64_t tile, int64_
 }
 
 /* ---- one tile, scalar ---------------------------------------------------------------------- */
-// W tile (32, kpad) bit-planes, tables (k4, 16) -> y (32,)
+// W tile (32, kpad) bit-planes, tables (k4, 32) -> y (32,)
 static void tile_ref(float *y, int64_t tile, const uint8_t *planes, const uint16_t *scale,
-                     const uint16_t *zero, const int8_t *tbl, const float *ts, const float *xs,
+                     const uint16_t *zero, const uint8_t *tbl, const float *ts, const float *xs,
                      const shape_t *s) {
     const int per = s->group / 4, b = s->bits;
     int32_t acc[4 * T];
@@ -140,12 +140,12 @@ static void tile_ref(float *y, int64_t tile, const uint8_t *planes, const uint16
     for (int64_t g = 0; g < s->groups; g++) {
         memset(acc, 0, sizeof acc);
         for (int64_t c = g * per; c < (g + 1) * per; c++) {
-            const int8_t *tb = tbl + c * 16;
+            const uint8_t *tb = tbl + c * 32;
             for (int j = 0; j < b; j++) {
                 const uint8_t *p = planes + ((tile * s->k4 + c) * b + j) * 16;
                 for (int i = 0; i < 16; i++) {
-                    acc[j * T + i] += tb[p[i] & 15];
-                    acc[j * T + i + 16] += tb[p[i] >> 4];
+                    acc[j * T + i] += tbl_value(tb, p[i] & 15);
+                    acc[j * T + i + 16] += tbl_value(tb, p[i] >> 4);
                 }
             }
         }
@@ -155,41 +155,59 @@ static void tile_ref(float *y, int64_t tile, const uint8_t *planes, const uint16
 }
 
 /* ---- one tile, SIMD ------------------------------------------------------------------------ */
+/* Per group and plane: look up the high (signed) and low (unsigned) table bytes for 32 rows, sum
+ * them in 16-bit lanes over the group, combine to int32 (256 * hi + lo) in acc[plane][row]; then
+ * the vector epilogue (same float operations, in the same order, as epilogue_ref). */
 #if defined(__ARM_NEON)
+static inline void planes_neon(int32_t *acc, const uint8_t *p, int64_t stride, const uint8_t *tbl,
+                               int per) {
+    const uint8x16_t m15 = vdupq_n_u8(15);
+    int16x8_t h[4] = {vdupq_n_s16(0), vdupq_n_s16(0), vdupq_n_s16(0), vdupq_n_s16(0)};
+    uint16x8_t l[4] = {vdupq_n_u16(0), vdupq_n_u16(0), vdupq_n_u16(0), vdupq_n_u16(0)};
+    for (int c = 0; c < per; c++, p += stride, tbl += 32) {
+        const int8x16_t th = vld1q_s8((const int8_t *)tbl);
+        const uint8x16_t tl = vld1q_u8(tbl + 16);
+        const uint8x16_t pk = vld1q_u8(p);
+        const uint8x16_t lo = vandq_u8(pk, m15), hi = vshrq_n_u8(pk, 4);
+        const int8x16_t a = vqtbl1q_s8(th, lo), c2 = vqtbl1q_s8(th, hi);
+        const uint8x16_t b = vqtbl1q_u8(tl, lo), d = vqtbl1q_u8(tl, hi);
+        h[0] = vaddw_s8(h[0], vget_low_s8(a));
+        h[1] = vaddw_high_s8(h[1], a);
+        h[2] = vaddw_s8(h[2], vget_low_s8(c2));
+        h[3] = vaddw_high_s8(h[3], c2);
+        l[0] = vaddw_u8(l[0], vget_low_u8(b));
+        l[1] = vaddw_high_u8(l[1], b);
+        l[2] = vaddw_u8(l[2], vget_low_u8(d));
+        l[3] = vaddw_high_u8(l[3], d);
+    }
+    for (int q = 0; q < 4; q++) {  // rows 8q .. 8q+7
+        int32x4_t h0 = vmovl_s16(vget_low_s16(h[q])), h1 = vmovl_high_s16(h[q]);
+        int32x4_t l0 = vreinterpretq_s32_u32(vmovl_u16(vget_low_u16(l[q])));
+        int32x4_t l1 = vreinterpretq_s32_u32(vmovl_high_u16(l[q]));
+        vst1q_s32(acc + 8 * q, vaddq_s32(vshlq_n_s32(h0, 8), l0));
+        vst1q_s32(acc + 8 * q + 4, vaddq_s32(vshlq_n_s32(h1, 8), l1));
+    }
+}
+
 static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint16_t *scale,
-                      const uint16_t *zero, const int8_t *tbl, const float *ts, const float *xs,
+                      const uint16_t *zero, const uint8_t *tbl, const float *ts, const float *xs,
                       const shape_t *s) {
     const int per = s->group / 4, b = s->bits;
     float32x4_t yv[8];
+    int32_t acc[4 * T];
     for (int i = 0; i < 8; i++) yv[i] = vdupq_n_f32(0.f);
-    const uint8x16_t lo_mask = vdupq_n_u8(15);
     for (int64_t g = 0; g < s->groups; g++) {
-        int16x8_t acc[4][4];  // [plane][rows 0-7, 8-15, 16-23, 24-31]
-        for (int j = 0; j < 4; j++)
-            for (int q = 0; q < 4; q++) acc[j][q] = vdupq_n_s16(0);
         const uint8_t *p = planes + (tile * s->k4 + g * per) * b * 16;
-        for (int c = 0; c < per; c++) {
-            const int8x16_t tb = vld1q_s8(tbl + (g * per + c) * 16);
-            for (int j = 0; j < b; j++, p += 16) {
-                const uint8x16_t pk = vld1q_u8(p);
-                const int8x16_t lo = vqtbl1q_s8(tb, vandq_u8(pk, lo_mask));
-                const int8x16_t hi = vqtbl1q_s8(tb, vshrq_n_u8(pk, 4));
-                acc[j][0] = vaddw_s8(acc[j][0], vget_low_s8(lo));
-                acc[j][1] = vaddw_s8(acc[j][1], vget_high_s8(lo));
-                acc[j][2] = vaddw_s8(acc[j][2], vget_low_s8(hi));
-                acc[j][3] = vaddw_s8(acc[j][3], vget_high_s8(hi));
-            }
-        }
+        for (int j = 0; j < b; j++)
+            planes_neon(acc + j * T, p + j * 16, (int64_t)b * 16, tbl + g * per * 32, per);
         const uint16_t *sc = scale_at(scale, tile, g, s), *zr = zero_at(zero, tile, g, s);
         const float32x4_t tsv = vdupq_n_f32(ts[g]), xsv = vdupq_n_f32(xs[g]);
         for (int q = 0; q < 8; q++) {  // 4 rows at a time
-            int32x4_t a32[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
-            for (int j = 0; j < b; j++)
-                a32[j] = (q & 1) ? vmovl_high_s16(acc[j][q >> 1]) : vmovl_s16(vget_low_s16(acc[j][q >> 1]));
             const float32x4_t z = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(zr + 4 * q)));
             if (s->fmt == EDGERT_FMT_UNIFORM) {
-                int32x4_t tot = a32[0];
-                for (int j = 1; j < b; j++) tot = vaddq_s32(tot, vshlq_s32(a32[j], vdupq_n_s32(j)));
+                int32x4_t tot = vld1q_s32(acc + 4 * q);
+                for (int j = 1; j < b; j++)
+                    tot = vaddq_s32(tot, vshlq_s32(vld1q_s32(acc + j * T + 4 * q), vdupq_n_s32(j)));
                 const float32x4_t sv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sc + 4 * q)));
                 float32x4_t t1 = vmulq_f32(tsv, vcvtq_f32_s32(tot));
                 float32x4_t t2 = vmulq_f32(z, xsv);
@@ -199,7 +217,7 @@ static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint1
                 for (int j = 0; j < b; j++) {
                     const float32x4_t al =
                         vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(sc + j * T + 4 * q)));
-                    a = vaddq_f32(a, vmulq_f32(al, vcvtq_f32_s32(a32[j])));
+                    a = vaddq_f32(a, vmulq_f32(al, vcvtq_f32_s32(vld1q_s32(acc + j * T + 4 * q))));
                 }
                 float32x4_t t1 = vmulq_f32(tsv, a), t2 = vmulq_f32(z, xsv);
                 yv[q] = vaddq_f32(yv[q], vaddq_f32(t1, t2));
@@ -209,42 +227,55 @@ static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint1
     for (int q = 0; q < 8; q++) vst1q_f32(y + 4 * q, yv[q]);
 }
 #elif defined(__AVX2__) && defined(__F16C__)
+static inline void planes_avx2(int32_t *acc, const uint8_t *p, int64_t stride, const uint8_t *tbl,
+                               int per) {
+    const __m128i m15 = _mm_set1_epi8(15);
+    __m256i h0 = _mm256_setzero_si256(), h1 = h0, l0 = h0, l1 = h0;  // rows 0-15 / 16-31
+    for (int c = 0; c < per; c++, p += stride, tbl += 32) {
+        const __m256i tb = _mm256_loadu_si256((const __m256i *)tbl);  // lane0 hi, lane1 lo bytes
+        const __m128i pk = _mm_loadu_si128((const __m128i *)p);
+        const __m128i lo = _mm_and_si128(pk, m15);
+        const __m128i hi = _mm_and_si128(_mm_srli_epi16(pk, 4), m15);
+        const __m256i va = _mm256_shuffle_epi8(tb, _mm256_set_m128i(lo, lo));  // rows 0-15
+        const __m256i vb = _mm256_shuffle_epi8(tb, _mm256_set_m128i(hi, hi));  // rows 16-31
+        h0 = _mm256_add_epi16(h0, _mm256_cvtepi8_epi16(_mm256_castsi256_si128(va)));
+        l0 = _mm256_add_epi16(l0, _mm256_cvtepu8_epi16(_mm256_extracti128_si256(va, 1)));
+        h1 = _mm256_add_epi16(h1, _mm256_cvtepi8_epi16(_mm256_castsi256_si128(vb)));
+        l1 = _mm256_add_epi16(l1, _mm256_cvtepu8_epi16(_mm256_extracti128_si256(vb, 1)));
+    }
+    const __m256i hs[2] = {h0, h1}, ls[2] = {l0, l1};
+    for (int q = 0; q < 4; q++) {  // rows 8q .. 8q+7
+        const __m128i hq = (q & 1) ? _mm256_extracti128_si256(hs[q >> 1], 1)
+                                   : _mm256_castsi256_si128(hs[q >> 1]);
+        const __m128i lq = (q & 1) ? _mm256_extracti128_si256(ls[q >> 1], 1)
+                                   : _mm256_castsi256_si128(ls[q >> 1]);
+        const __m256i v = _mm256_add_epi32(_mm256_slli_epi32(_mm256_cvtepi16_epi32(hq), 8),
+                                           _mm256_cvtepu16_epi32(lq));
+        _mm256_storeu_si256((__m256i *)(acc + 8 * q), v);
+    }
+}
+
 static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint16_t *scale,
-                      const uint16_t *zero, const int8_t *tbl, const float *ts, const float *xs,
+                      const uint16_t *zero, const uint8_t *tbl, const float *ts, const float *xs,
                       const shape_t *s) {
     const int per = s->group / 4, b = s->bits;
     __m256 yv[4];
+    int32_t acc[4 * T];
     for (int i = 0; i < 4; i++) yv[i] = _mm256_setzero_ps();
-    const __m128i lo_mask = _mm_set1_epi8(15);
     for (int64_t g = 0; g < s->groups; g++) {
-        __m256i acc[4][2];  // [plane][rows 0-15, rows 16-31] int16
-        for (int j = 0; j < 4; j++) acc[j][0] = acc[j][1] = _mm256_setzero_si256();
         const uint8_t *p = planes + (tile * s->k4 + g * per) * b * 16;
-        for (int c = 0; c < per; c++) {
-            const __m256i tb =
-                _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tbl + (g * per + c) * 16)));
-            for (int j = 0; j < b; j++, p += 16) {
-                const __m128i pk = _mm_loadu_si128((const __m128i *)p);
-                const __m128i lo = _mm_and_si128(pk, lo_mask);
-                const __m128i hi = _mm_and_si128(_mm_srli_epi16(pk, 4), lo_mask);
-                const __m256i v = _mm256_shuffle_epi8(tb, _mm256_set_m128i(hi, lo));
-                acc[j][0] = _mm256_add_epi16(acc[j][0], _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)));
-                acc[j][1] = _mm256_add_epi16(acc[j][1], _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)));
-            }
-        }
+        for (int j = 0; j < b; j++)
+            planes_avx2(acc + j * T, p + j * 16, (int64_t)b * 16, tbl + g * per * 32, per);
         const uint16_t *sc = scale_at(scale, tile, g, s), *zr = zero_at(zero, tile, g, s);
         const __m256 tsv = _mm256_set1_ps(ts[g]), xsv = _mm256_set1_ps(xs[g]);
         for (int q = 0; q < 4; q++) {  // 8 rows at a time
-            __m256i a32[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
-            for (int j = 0; j < b; j++) {
-                const __m256i a16 = acc[j][q >> 1];
-                a32[j] = _mm256_cvtepi16_epi32((q & 1) ? _mm256_extracti128_si256(a16, 1)
-                                                       : _mm256_castsi256_si128(a16));
-            }
             const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(zr + 8 * q)));
             if (s->fmt == EDGERT_FMT_UNIFORM) {
-                __m256i tot = a32[0];
-                for (int j = 1; j < b; j++) tot = _mm256_add_epi32(tot, _mm256_slli_epi32(a32[j], j));
+                __m256i tot = _mm256_loadu_si256((const __m256i *)(acc + 8 * q));
+                for (int j = 1; j < b; j++)
+                    tot = _mm256_add_epi32(
+                        tot, _mm256_slli_epi32(
+                                 _mm256_loadu_si256((const __m256i *)(acc + j * T + 8 * q)), j));
                 const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + 8 * q)));
                 const __m256 t1 = _mm256_mul_ps(tsv, _mm256_cvtepi32_ps(tot));
                 const __m256 t2 = _mm256_mul_ps(z, xsv);
@@ -254,7 +285,8 @@ static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint1
                 for (int j = 0; j < b; j++) {
                     const __m256 al =
                         _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + j * T + 8 * q)));
-                    a = _mm256_add_ps(a, _mm256_mul_ps(al, _mm256_cvtepi32_ps(a32[j])));
+                    const __m256i aj = _mm256_loadu_si256((const __m256i *)(acc + j * T + 8 * q));
+                    a = _mm256_add_ps(a, _mm256_mul_ps(al, _mm256_cvtepi32_ps(aj)));
                 }
                 const __m256 t1 = _mm256_mul_ps(tsv, a), t2 = _mm256_mul_ps(z, xsv);
                 yv[q] = _mm256_add_ps(yv[q], _mm256_add_ps(t1, t2));
@@ -356,13 +388,13 @@ static void parallel_for(int64_t n, int threads, range_fn fn, void *ctx) {
 
 /* ---- GEMM ---------------------------------------------------------------------------------- */
 typedef void (*tile_fn)(float *, int64_t, const uint8_t *, const uint16_t *, const uint16_t *,
-                        const int8_t *, const float *, const float *, const shape_t *);
+                        const uint8_t *, const float *, const float *, const shape_t *);
 typedef struct {
     float *y;
     int64_t n, m;
     const uint8_t *planes;
     const uint16_t *scale, *zero;
-    const int8_t *tbl;  // [n][k4][16]
+    const uint8_t *tbl;  // [n][k4][32]
     const float *ts, *xs;  // [n][groups]
     const shape_t *s;
     tile_fn tile;
@@ -374,7 +406,7 @@ static void gemm_range(void *vctx, int64_t begin, int64_t end) {
     float buf[T];
     for (int64_t t = begin; t < end; t++) {
         for (int64_t i = 0; i < c->n; i++) {
-            c->tile(buf, t, c->planes, c->scale, c->zero, c->tbl + i * s->k4 * 16,
+            c->tile(buf, t, c->planes, c->scale, c->zero, c->tbl + i * s->k4 * 32,
                     c->ts + i * s->groups, c->xs + i * s->groups, s);
             int64_t rows = c->m - t * T < T ? c->m - t * T : T;
             memcpy(c->y + i * c->m + t * T, buf, rows * sizeof(float));
@@ -402,12 +434,12 @@ static void gemm_impl(float *y, const float *x, int64_t n, int64_t m, int64_t k,
     assert(y && x && planes && scale && zero && n >= 0 && m >= 0);
     if (!make_shape(&s, k, bits, group, fmt)) abort();  // validated by the caller
     if (n == 0 || m == 0) return;
-    int8_t *tbl = malloc((size_t)(n * s.k4 * 16));
+    uint8_t *tbl = malloc((size_t)(n * s.k4 * 32));
     float *ts = malloc((size_t)(n * s.groups) * sizeof(float));
     float *xs = malloc((size_t)(n * s.groups) * sizeof(float));
     if (!tbl || !ts || !xs) abort();
     for (int64_t i = 0; i < n; i++)
-        build_tables(x + i * k, &s, tbl + i * s.k4 * 16, ts + i * s.groups, xs + i * s.groups);
+        build_tables(x + i * k, &s, tbl + i * s.k4 * 32, ts + i * s.groups, xs + i * s.groups);
     gemm_ctx c = {y, n, m, planes, scale, zero, tbl, ts, xs, &s, tile};
     parallel_for((m + T - 1) / T, threads, gemm_range, &c);
     free(tbl);
@@ -435,7 +467,7 @@ static void gemv_rows_impl(float *y, const float *x, int64_t m, int64_t k, const
     shape_t s;
     (void)threads;
     if (!make_shape(&s, k, bits, group, fmt)) abort();
-    int8_t *tbl = malloc((size_t)(s.k4 * 16));
+    uint8_t *tbl = malloc((size_t)(s.k4 * 32));
     float *ts = malloc((size_t)s.groups * sizeof(float)), *xs = malloc((size_t)s.groups * sizeof(float));
     if (!tbl || !ts || !xs) abort();
     build_tables(x, &s, tbl, ts, xs);
