@@ -37,16 +37,17 @@ def variant_name(fmt: str, bits: int) -> str:
     return f"{'u' if fmt == 'uniform' else 'h'}{bits}"
 
 
-def _lut_spec(pw, meta: dict) -> LinearSpec:
-    bufs = pw.to_buffers()
-    m, k = pw.shape
-    return LinearSpec(
-        m,
-        k,
-        fmt=pw.fmt,
-        buffers=tuple((p, tuple(a.shape), str(a.dtype)) for p, a in bufs.items()),
-        meta=tuple(sorted((kk, v) for kk, v in meta.items() if isinstance(v, (int, float, str)))),
+def lut_spec(m: int, k: int, fmt: str, bits: int, group: int) -> LinearSpec:
+    """The function-input layout of an (m, k) weight in a LUT format (see edgert.kernels)."""
+    tiles, groups = -(-m // 32), -(-k // group)
+    scale = (tiles, groups, bits, 32) if fmt == "hlq" else (tiles, groups, 32)
+    bufs = (
+        ("planes", (tiles, groups * group // 4, bits, 16), "uint8"),
+        ("scale", scale, "uint16"),
+        ("zero", (tiles, groups, 32), "uint16"),
     )
+    meta = {"fmt": fmt, "bits": bits, "group_size": group, "m": m, "k": k}
+    return LinearSpec(m, k, fmt=fmt, buffers=bufs, meta=tuple(sorted(meta.items())))
 
 
 def write_artifact(
@@ -97,7 +98,7 @@ def write_artifact(
                 },
             )
             sizes["quantized"] += pw.nbytes
-            spec = _lut_spec(pw, meta)
+            spec = lut_spec(*pw.shape, pw.fmt, b, scheme.group_size)
             old = variants.setdefault(variant, {}).get(role)
             if old is not None and old != spec:
                 raise RuntimeError(f"{name}: layout differs from other {role} weights")
@@ -162,6 +163,16 @@ def write_artifact(
             fmt="q8",
             buffers=tuple((k, tuple(a.shape), str(a.dtype)) for k, a in emb_for_spec.items()),
         )
+        # every variant gets every role (a budget may put only experts, or only attention, at
+        # some width): the lowering emits complete function sets per variant
+        shapes = {
+            r: (sp.out_features, sp.in_features) for v in variants.values() for r, sp in v.items()
+        }
+        for name, v in variants.items():
+            b = int(name[1:])
+            for r, (mm, kk) in shapes.items():
+                if r not in v:
+                    v[r] = lut_spec(mm, kk, scheme.fmt, b, scheme.group_size)
         router = LinearSpec(c.n_experts, c.dim) if c.is_moe else None
         for v in variants.values():
             if router is not None:

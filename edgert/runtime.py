@@ -66,6 +66,47 @@ class ArtifactSource:
         return dequantize_q8(e["q"][tokens], e["scale"][tokens], dim)
 
 
+def reference_model(art):
+    """A ModelGraph of the artifact's weights dequantized to float32: the reference forward on
+    exactly the weights the compiled path uses (the oracle for checking it)."""
+    from edgert.kernels import PackedWeight
+    from edgert.model import ModelGraph, TensorInfo
+    from edgert.q8 import dequantize_q8
+
+    cfg = art.config()
+    tensors = art.tensors
+
+    def one(name: str) -> np.ndarray:
+        e = tensors[name]
+        b = art.read_tensor(name)
+        if e["format"] == "f32":
+            return b["data"]
+        if e["format"] == "q8":
+            return dequantize_q8(b["q"], b["scale"], e["shape"][1])
+        return PackedWeight.from_buffers(e["kernel"], b).dequantize()
+
+    names, infos = {}, []
+    for name, e in tensors.items():
+        parts = name.split(".")
+        if len(parts) == 5 and parts[2].endswith("_exps"):
+            stacked = ".".join(parts[:3] + parts[4:])
+            if stacked not in names:
+                names[stacked] = None
+                infos.append(TensorInfo(stacked, (cfg.n_experts, *e["shape"]), e["format"]))
+            continue
+        names[name] = name
+        infos.append(TensorInfo(name, tuple(e["shape"]), e["format"]))
+
+    def loader(name: str) -> np.ndarray:
+        if names[name] is None:
+            layer, proj = int(name.split(".")[1]), name.split(".")[2][4:-5]
+            return np.stack([one(expert_name(layer, proj, e)) for e in range(cfg.n_experts)])
+        return one(name)
+
+    tok = art.tokenizer() if art.manifest.get("tokenizer") else None
+    return ModelGraph(cfg, infos, loader, tokenizer=tok, source=str(art.path))
+
+
 def open_artifact_engine(path, *, max_ctx: int | None = None) -> "CompiledEngine":
     """Load an artifact (schema, target and resident checksums verified) as an engine."""
     from edgert.artifact import Artifact

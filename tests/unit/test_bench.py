@@ -1,9 +1,10 @@
 import json
 
 from conftest import run_cli
+from test_reference_archs import CONFIGS, random_model
+
 from edgert.bench import bench, table
 from edgert.reference import ReferenceEngine
-from test_reference_archs import CONFIGS, random_model
 
 KEYS = {
     "pp_tok_s",

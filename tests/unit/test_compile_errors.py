@@ -4,7 +4,6 @@ nothing behind."""
 import os
 
 import pytest
-
 from conftest import run_cli
 from test_cli_errors import assert_one_line_error, write_gguf
 
