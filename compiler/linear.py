@@ -23,7 +23,7 @@ def _te_lut_linear(x, planes, scale, zero, *, m: int, k: int, bits: int, group: 
 
 
 def emit_lut_linear(bb, x, params, spec):
-    """y (n, m) = x (n, k) . W^T for a LinearSpec in a LUT format; params = (planes, scale, zero)."""
+    """y (n, m) = x (n, k) . W^T for a LUT-format LinearSpec; params = (planes, scale, zero)."""
     meta = dict(spec.meta)
     return bb.emit(bb.call_te(
         _te_lut_linear, x, *params, m=spec.out_features, k=spec.in_features,
