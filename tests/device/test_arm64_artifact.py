@@ -1,0 +1,109 @@
+"""rpi5 artifacts executed on arm64: the emulated device (an arm64 Debian root under qemu-user,
+tools/arm64_root.py) loads the artifact's aarch64 library with the TVM runtime and runs the
+NEON kernels; one compiled layer and the whole model's greedy tokens must match the reference
+forward on the same dequantized weights computed on this host."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from arm64_root import ensure_root, run_python
+from edgert.compiler.compile import compile_model
+from edgert.compiler.quant import QuantScheme
+from make_synthetic_gguf import make_synthetic_gguf
+
+from edgert.artifact import Artifact
+from edgert.generate import Sampler, generate
+from edgert.reference import ReferenceEngine, rms_norm, rope_tables
+from edgert.runtime import reference_model
+
+pytestmark = pytest.mark.device
+PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
+LAYER_TOL = 1e-3  # max abs, float32 on both sides
+LOGIT_TOL = 1e-2
+
+DEVICE_SCRIPT = r"""
+import json, platform
+import numpy as np
+from edgert.generate import Sampler, generate
+from edgert.reference import rope_tables
+from edgert.runtime import open_artifact_engine
+out = {"machine": platform.machine()}
+prompts = json.load(open("/tmp/prompts.json"))
+for name in json.load(open("/tmp/names.json")):
+    eng = open_artifact_engine(f"/tmp/{name}.edgert", max_ctx=64)
+    out[name] = {"greedy": [generate(eng, prompt=p, n_predict=32, sampler=Sampler(temp=0),
+                                     stop_at_eos=False).tokens for p in prompts]}
+    ids = eng.tokenizer.encode("the quick brown fox")
+    x = eng.source.embedding(np.asarray(ids))
+    cos, sin = rope_tables(eng.cfg, np.arange(len(ids)))
+    mask = np.triu(np.full((len(ids), len(ids)), -np.inf, np.float32), 1)
+    empty = np.zeros((0, eng.cfg.n_kv_heads, eng.cfg.head_dim), np.float32)
+    layer = eng._fn("attn", eng.layer_variants[0])(
+        eng._t(x), eng._t(cos), eng._t(sin), eng._t(mask), eng._t(empty), eng._t(empty),
+        *eng._attn_weights("blk.0."))[0].numpy()
+    np.save(f"/tmp/{name}-layer0.npy", layer)
+    eng.reset()
+    np.save(f"/tmp/{name}-logits.npy", eng.forward(ids))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def device_run(tmp_path_factory):
+    root = ensure_root()
+    d = tmp_path_factory.mktemp("rpi5")
+    arts = {}
+    for arch, scheme in [
+        ("llama", QuantScheme("uniform", 2, 32)),
+        ("qwen2moe", QuantScheme("hlq", 3, 32)),
+    ]:
+        g = make_synthetic_gguf(
+            out=d / f"{arch}.gguf",
+            arch=arch,
+            qtype="F32",
+            progress=False,
+            dim=128,
+            ffn=256,
+            heads=4,
+            kv_heads=2,
+            vocab=512,
+        )
+        s = compile_model(model=g, target="rpi5", out=d / f"{arch}.edgert", scheme=scheme)
+        dst = root / "tmp" / f"{arch}.edgert"
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(s.out, dst)
+        arts[arch] = s.out
+    (root / "tmp" / "names.json").write_text(json.dumps(list(arts)))
+    (root / "tmp" / "prompts.json").write_text(json.dumps(PROMPTS))
+    out = json.loads(run_python(root, DEVICE_SCRIPT).strip().splitlines()[-1])
+    return root, arts, out
+
+
+def test_runs_on_aarch64(device_run):
+    _, _, out = device_run
+    assert out["machine"] == "aarch64"
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2moe"])
+def test_matches_host_reference(device_run, arch):
+    root, arts, out = device_run
+    art = Artifact.open(arts[arch])
+    assert art.target["name"] == "rpi5"
+    model = reference_model(art)
+    ref = ReferenceEngine(model, max_ctx=64)
+    for p, toks in zip(PROMPTS, out[arch]["greedy"]):
+        want = generate(ref, prompt=p, n_predict=32, sampler=Sampler(temp=0), stop_at_eos=False)
+        assert toks == want.tokens
+    ids = model.tokenizer.encode("the quick brown fox")
+    x = model.tensor("token_embd.weight")[ids]
+    cos, sin = rope_tables(model.config, np.arange(len(ids)))
+    ref.reset()
+    h = rms_norm(x, model.tensor("blk.0.attn_norm.weight"), model.config.rms_eps)
+    layer = x + ref._attention(0, h, cos, sin)
+    got = np.load(root / "tmp" / f"{arch}-layer0.npy")
+    assert np.max(np.abs(got - layer)) < LAYER_TOL
+    ref.reset()
+    logits = np.load(root / "tmp" / f"{arch}-logits.npy")
+    assert np.max(np.abs(logits - ref.forward(ids))) < LOGIT_TOL

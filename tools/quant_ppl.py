@@ -1,0 +1,73 @@
+"""Perplexity of SmolLM2-135M compiled in each weight format (llama.cpp's convention, the GPL-3.0
+text, ctx 512), evaluated by the reference forward on each artifact's dequantized weights (the
+exact weights the compiled path computes with), next to the source GGUF (Q4_1) in float.
+
+    .venv/bin/python tools/quant_ppl.py [--chunks N] [--json-out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from edgert.compiler.compile import compile_model
+from edgert.compiler.frontends import load_model
+from edgert.compiler.quant import QuantScheme
+
+from edgert.artifact import Artifact
+from edgert.hub import pull
+from edgert.perplexity import perplexity
+from edgert.reference import ReferenceEngine
+from edgert.runtime import reference_model
+
+TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpl-3.0.txt"
+VARIANTS = [
+    ("uniform 4-bit", QuantScheme("uniform", 4, 64), None),
+    ("uniform 3-bit", QuantScheme("uniform", 3, 64), None),
+    ("uniform 2-bit", QuantScheme("uniform", 2, 64), None),
+    ("HLQ 2-bit", QuantScheme("hlq", 2, 64), None),
+    ("HLQ 3-bit", QuantScheme("hlq", 3, 64), None),
+    ("uniform, budget 2.5", QuantScheme("uniform", 4, 64), 2.5),
+    ("HLQ, budget 2.5", QuantScheme("hlq", 4, 64), 2.5),
+]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chunks", type=int, default=None)
+    ap.add_argument("--json-out", default=None)
+    a = ap.parse_args()
+    src = pull("smollm2-135m")
+    base = load_model(src)
+    tokens = base.tokenizer.encode(TEXT.read_text())
+    rows = []
+
+    def ppl(model) -> float:
+        return perplexity(ReferenceEngine(model, max_ctx=512), tokens=tokens, ctx=512,
+                          max_chunks=a.chunks).ppl
+
+    rows.append({"variant": "source Q4_1 GGUF (float)", "avg_bits": None, "ppl": ppl(base)})
+    print(rows[-1], flush=True)
+    with tempfile.TemporaryDirectory() as d:
+        for name, scheme, budget in VARIANTS:
+            t0 = time.perf_counter()
+            s = compile_model(model=src, target="host", out=Path(d) / "a.edgert", scheme=scheme,
+                              bits_budget=budget, force=True)
+            secs = time.perf_counter() - t0
+            rows.append({"variant": name, "avg_bits": s.avg_bits, "compile_s": secs,
+                         "ppl": ppl(reference_model(Artifact.open(s.out))),
+                         "bits_per_layer": list(s.bits_per_unit.values())})
+            print(rows[-1], flush=True)
+    print("| variant | avg bits | perplexity |\n|---|---|---|")
+    for r in rows:
+        bits = f"{r['avg_bits']:.2f}" if r["avg_bits"] else "—"
+        print(f"| {r['variant']} | {bits} | {r['ppl']:.3f} |")
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
