@@ -19,7 +19,7 @@ GROUP_SIZES = (32, 64, 128)
 class QuantScheme:
     fmt: str = "uniform"
     bits: int = 4
-    group_size: int = 64
+    group_size: int = 32
 
     def __post_init__(self) -> None:
         if self.fmt not in FORMAT_BITS:
@@ -43,9 +43,9 @@ class QuantScheme:
 
 #: named presets (``--preset``), the way users usually ask
 PRESETS = {
-    "q4": QuantScheme("uniform", 4, 64),
-    "q3": QuantScheme("uniform", 3, 64),
-    "q2": QuantScheme("uniform", 2, 64),
-    "hlq2": QuantScheme("hlq", 2, 64),
-    "hlq3": QuantScheme("hlq", 3, 64),
+    "q4": QuantScheme("uniform", 4, 32),
+    "q3": QuantScheme("uniform", 3, 32),
+    "q2": QuantScheme("uniform", 2, 32),
+    "hlq2": QuantScheme("hlq", 2, 32),
+    "hlq3": QuantScheme("hlq", 3, 32),
 }

@@ -34,6 +34,9 @@ VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
 
 
+CHROOT = shutil.which("chroot") or "/usr/sbin/chroot"
+
+
 class RigError(RuntimeError):
     pass
 
@@ -105,43 +108,44 @@ def _wheels(dest: Path) -> None:
 
 
 def ensure_root() -> Path:
-    """The cached root (built when missing)."""
+    """The cached root (built when missing; a failed build resumes after the bootstrap)."""
     ensure_binfmt()
     root = cache_root() / f"root-{key()}"
     with _lock(cache_root() / f".lock-{key()}"):
         if (root / ".edgert-ready").exists():
             return root
-        _need("mmdebstrap", "mmdebstrap")
-        tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".build-"))
-        try:
-            r = subprocess.run(
-                [
-                    "mmdebstrap",
-                    "--arch=arm64",
-                    "--variant=apt",
-                    f"--include={','.join(PACKAGES)}",
-                    SUITE,
-                    str(tmp / "root"),
-                    MIRROR,
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if r.returncode:
-                raise RigError(f"mmdebstrap failed: {r.stderr.strip()[-800:]}")
-            _wheels(tmp / "root" / "opt" / "wheels")
-            _chroot(tmp / "root", ["python3", "-m", "venv", "/opt/venv"])
-            wheels = [f"/opt/wheels/{w.name}" for w in (tmp / "root/opt/wheels").glob("*.whl")]
-            _chroot(
-                tmp / "root",
-                ["/opt/venv/bin/pip", "install", "-q", "--no-index", "--no-deps", *wheels],
-            )
-            (tmp / "root" / ".edgert-ready").write_text(key())
-            if root.exists():
-                shutil.rmtree(root)
-            (tmp / "root").rename(root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        if not (root / ".bootstrapped").exists():
+            _need("mmdebstrap", "mmdebstrap")
+            tmp = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".build-"))
+            try:
+                r = subprocess.run(
+                    [
+                        "mmdebstrap",
+                        "--arch=arm64",
+                        "--variant=apt",
+                        f"--include={','.join(PACKAGES)}",
+                        SUITE,
+                        str(tmp / "root"),
+                        MIRROR,
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
+                if r.returncode:
+                    raise RigError(f"mmdebstrap failed: {r.stderr.strip()[-800:]}")
+                (tmp / "root" / ".bootstrapped").write_text(key())
+                if root.exists():
+                    shutil.rmtree(root)
+                (tmp / "root").rename(root)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        wheels_dir = root / "opt" / "wheels"
+        _wheels(wheels_dir)
+        if not (root / "opt" / "venv" / "bin" / "python").exists():
+            _chroot(root, ["/usr/bin/python3", "-m", "venv", "/opt/venv"])
+        wheels = [f"/opt/wheels/{w.name}" for w in wheels_dir.glob("*.whl")]
+        _chroot(root, ["/opt/venv/bin/pip", "install", "-q", "--no-index", "--no-deps", *wheels])
+        (root / ".edgert-ready").write_text(key())
     return root
 
 
@@ -161,7 +165,7 @@ def _chroot(
             **(env or {}),
         }
         r = subprocess.run(
-            ["chroot", str(root), *cmd], capture_output=True, text=True, env=e, timeout=timeout
+            [CHROOT, str(root), *cmd], capture_output=True, text=True, env=e, timeout=timeout
         )
     finally:
         if mounted:

@@ -25,13 +25,14 @@ from edgert.runtime import reference_model
 
 TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpl-3.0.txt"
 VARIANTS = [
-    ("uniform 4-bit", QuantScheme("uniform", 4, 64), None),
-    ("uniform 3-bit", QuantScheme("uniform", 3, 64), None),
-    ("uniform 2-bit", QuantScheme("uniform", 2, 64), None),
-    ("HLQ 2-bit", QuantScheme("hlq", 2, 64), None),
-    ("HLQ 3-bit", QuantScheme("hlq", 3, 64), None),
-    ("uniform, budget 2.5", QuantScheme("uniform", 4, 64), 2.5),
-    ("HLQ, budget 2.5", QuantScheme("hlq", 4, 64), 2.5),
+    ("uniform 4-bit", QuantScheme("uniform", 4, 32), None),
+    ("uniform 3-bit", QuantScheme("uniform", 3, 32), None),
+    ("uniform 2-bit", QuantScheme("uniform", 2, 32), None),
+    ("HLQ 2-bit", QuantScheme("hlq", 2, 32), None),
+    ("HLQ 3-bit", QuantScheme("hlq", 3, 32), None),
+    ("uniform, budget 2.5", QuantScheme("uniform", 4, 32), 2.5),
+    ("uniform, budget 3.0", QuantScheme("uniform", 4, 32), 3.0),
+    ("HLQ, budget 2.5", QuantScheme("hlq", 4, 32), 2.5),
 ]
 
 

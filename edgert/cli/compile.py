@@ -10,7 +10,7 @@ def add_arguments(p) -> None:
     p.add_argument("--target", required=True, help="device target (see `edgert targets`)")
     p.add_argument("--bits", type=int, default=4, help="weight bits for every layer (4)")
     p.add_argument("--format", default="uniform", help="uniform (1-4 bit) or hlq (2-4 bit)")
-    p.add_argument("--group-size", type=int, default=64, help="weights per scale group (64)")
+    p.add_argument("--group-size", type=int, default=32, help="weights per scale group (32)")
     p.add_argument(
         "--bits-budget",
         type=float,

@@ -230,32 +230,58 @@ def _f16(a: np.ndarray) -> np.ndarray:
     return a.astype(np.float16).astype(np.float32)
 
 
-def quantize_uniform(w: np.ndarray, *, bits: int, group_size: int = 64) -> PackedWeight:
-    """Round-to-nearest asymmetric min/max quantization per group."""
+#: shrink factors of the [min, max] range tried per group (the best by squared error is kept)
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+
+
+def _uniform_params(g: np.ndarray, mask: np.ndarray, bits: int, clip: bool):
+    """Per-group (scale, zero) as float16 values, and codes, minimising the masked squared error
+    over range shrink factors (each end moved towards the group mean)."""
+    lo, hi = g.min(-1), g.max(-1)
+    mid = g.mean(-1)
+    levels = (1 << bits) - 1
+    wts = np.broadcast_to(mask, g.shape)
+    best = None
+    for r in CLIP_RATIOS if clip else (1.0,):
+        lo_r, hi_r = mid + (lo - mid) * r, mid + (hi - mid) * r
+        scale = _f16((hi_r - lo_r) / levels)
+        scale = np.where(scale > 0, scale, np.float32(1.0))  # constant (or tiny-range) groups
+        zero = _f16(-lo_r / scale)
+        q = np.clip(np.rint(g / scale[..., None] + zero[..., None]), 0, levels)
+        err = (((q - zero[..., None]) * scale[..., None] - g) ** 2 * wts).sum(-1)
+        if best is None:
+            best = [err, scale, zero, q]
+        else:
+            better = err < best[0]
+            best[0] = np.where(better, err, best[0])
+            best[1] = np.where(better, scale, best[1])
+            best[2] = np.where(better, zero, best[2])
+            best[3] = np.where(better[..., None], q, best[3])
+    return best[1], best[2], best[3].astype(np.uint8)
+
+
+def quantize_uniform(
+    w: np.ndarray, *, bits: int, group_size: int = 64, clip: bool = True
+) -> PackedWeight:
+    """Asymmetric round-to-nearest per group; with ``clip`` the range is the one of
+    :data:`CLIP_RATIOS` with the least squared error (else plain min/max)."""
     _check("uniform", bits, group_size)
     m, k = np.shape(w)
-    g, _ = _groups(w, group_size)
-    lo, hi = g.min(-1), g.max(-1)
-    levels = (1 << bits) - 1
-    scale = _f16((hi - lo) / levels)
-    scale = np.where(scale > 0, scale, np.float32(1.0))  # constant (or tiny-range) groups
-    zero = _f16(-lo / scale)
-    q = np.clip(np.rint(g / scale[..., None] + zero[..., None]), 0, levels).astype(np.uint8)
+    g, mask = _groups(w, group_size)
+    scale, zero, q = _uniform_params(g, mask, bits, clip)
     codes = q.reshape(m, -1)[:, :k]
     return pack_uniform(codes, scale, zero, bits=bits, group_size=group_size)
 
 
 def quantize_hlq(w: np.ndarray, *, bits: int, group_size: int = 64, iters: int = 8) -> PackedWeight:
     """HLQ: w ~ sum_j alpha_j bit_j + beta per group, by alternating least squares, starting
-    from uniform quantization (alpha_j = scale * 2^j, beta = min)."""
+    from the (range-searched) uniform quantization (alpha_j = scale * 2^j, beta = -zero*scale)."""
     _check("hlq", bits, group_size)
     m, k = np.shape(w)
     g, mask = _groups(w, group_size)
-    lo, hi = g.min(-1), g.max(-1)
-    levels = (1 << bits) - 1
-    s = np.maximum(hi - lo, 1e-8) / levels
-    alpha = s[..., None] * (1 << np.arange(bits)).astype(np.float32)  # (m, G, b)
-    beta = lo.copy()
+    scale, zero, _ = _uniform_params(g, mask, bits, clip=True)
+    alpha = scale[..., None] * (1 << np.arange(bits)).astype(np.float32)  # (m, G, b)
+    beta = -zero * scale
     combos = ((np.arange(1 << bits)[:, None] >> np.arange(bits)) & 1).astype(np.float32)  # (C, b)
     wts = np.broadcast_to(mask, g.shape).astype(np.float32)
     for it in range(iters + 1):
@@ -273,9 +299,16 @@ def quantize_hlq(w: np.ndarray, *, bits: int, group_size: int = 64, iters: int =
             break
         # least squares for [alpha, beta] given the bits (masked to real columns, ridge-regularised)
         B = np.concatenate([combos[q], np.ones((*g.shape, 1), np.float32)], -1) * wts[..., None]
-        A = np.einsum("mgci,mgcj->mgij", B, B) + 1e-6 * np.eye(bits + 1, dtype=np.float32)
-        rhs = np.einsum("mgci,mgc->mgi", B, g * wts)
-        sol = np.linalg.solve(A.astype(np.float64), rhs[..., None].astype(np.float64))[..., 0]
-        alpha, beta = sol[..., :bits].astype(np.float32), sol[..., bits].astype(np.float32)
+        B = B.astype(np.float64)
+        A = np.einsum("mgci,mgcj->mgij", B, B)
+        ridge = 1e-6 * (np.trace(A, axis1=-2, axis2=-1)[..., None, None] + 1.0)
+        A = A + ridge * np.eye(bits + 1)
+        rhs = np.einsum("mgci,mgc->mgi", B, (g * wts).astype(np.float64))
+        sol = np.linalg.solve(A, rhs[..., None])[..., 0]
+        # keep the previous fit where least squares would not improve the group's error
+        alpha_new, beta_new = sol[..., :bits].astype(np.float32), sol[..., bits].astype(np.float32)
+        ok = np.isfinite(sol).all(-1)
+        alpha = np.where(ok[..., None], alpha_new, alpha)
+        beta = np.where(ok, beta_new, beta)
     codes = q.reshape(m, -1)[:, :k]
     return pack_hlq(codes, _f16(alpha), _f16(beta), bits=bits, group_size=group_size)

@@ -85,10 +85,13 @@ def test_quantizer_quality(fmt, bits):
     assert nmse(pw.dequantize(), w) < WEIGHT_NMSE[(fmt, bits)]
 
 
-def test_hlq_beats_uniform_at_2_bits():
-    w, pu = make("uniform", 2, 256, 512, 64, seed=6)
-    _, ph = make("hlq", 2, 256, 512, 64, seed=6)
-    assert nmse(ph.dequantize(), w) < 0.6 * nmse(pu.dequantize(), w)
+def test_range_search_and_hlq_beat_min_max_at_2_bits():
+    w = np.random.default_rng(6).normal(size=(256, 512)).astype(np.float32)
+    minmax = nmse(quantize_uniform(w, bits=2, group_size=64, clip=False).dequantize(), w)
+    searched = nmse(quantize_uniform(w, bits=2, group_size=64).dequantize(), w)
+    hlq = nmse(quantize_hlq(w, bits=2, group_size=64).dequantize(), w)
+    assert searched < 0.6 * minmax
+    assert hlq < searched
 
 
 def test_pack_roundtrip_and_buffers():
