@@ -11,6 +11,7 @@ Tensors are generated and written one at a time, so a multi-GB model needs littl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass, replace
@@ -259,35 +260,11 @@ def main() -> None:
     ap.add_argument("--qtype", choices=QTYPES, default="Q8_0")
     ap.add_argument("--out", required=True)
     ap.add_argument("--seed", type=int, default=0)
-    for f in (
-        "layers",
-        "dim",
-        "ffn",
-        "heads",
-        "kv_heads",
-        "vocab",
-        "experts",
-        "top_k",
-        "expert_ffn",
-        "shared_ffn",
-    ):
+    fields = [f.name for f in dataclasses.fields(Shape) if f.name != "ctx"]
+    for f in fields:
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=None)
     a = ap.parse_args()
-    over = {
-        f: getattr(a, f)
-        for f in (
-            "layers",
-            "dim",
-            "ffn",
-            "heads",
-            "kv_heads",
-            "vocab",
-            "experts",
-            "top_k",
-            "expert_ffn",
-            "shared_ffn",
-        )
-    }
+    over = {f: getattr(a, f) for f in fields}
     p = make_synthetic_gguf(
         out=a.out, arch=a.arch, preset=a.preset, qtype=a.qtype, seed=a.seed, **over
     )

@@ -84,6 +84,18 @@ def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
+def _weight_args(pw: PackedWeight) -> tuple:
+    """The packed weight as the C functions take it: planes, scale, zero, bits, group, format."""
+    return (
+        _ptr(pw.planes),
+        _ptr(pw.scale),
+        _ptr(pw.zero),
+        pw.bits,
+        pw.group_size,
+        FMT_CODE[pw.fmt],
+    )
+
+
 def _check_packed(pw: PackedWeight) -> None:
     m, k = pw.shape
     tiles, k4 = -(-m // 32), pw.groups * pw.group_size // 4
@@ -127,20 +139,7 @@ def gemm(pw: PackedWeight, X: np.ndarray, *, threads: int = 1, ref: bool = False
     fn = lib.edgert_lut_gemm_ref if ref else lib.edgert_lut_gemm
     for s in range(0, X.shape[0], MAX_BATCH):
         xs = X[s : s + MAX_BATCH]
-        fn(
-            _ptr(Y[s:]),
-            _ptr(xs),
-            xs.shape[0],
-            m,
-            k,
-            _ptr(pw.planes),
-            _ptr(pw.scale),
-            _ptr(pw.zero),
-            pw.bits,
-            pw.group_size,
-            FMT_CODE[pw.fmt],
-            threads,
-        )
+        fn(_ptr(Y[s:]), _ptr(xs), xs.shape[0], m, k, *_weight_args(pw), threads)
     return Y
 
 
@@ -168,19 +167,5 @@ def gemv_rows(
     if rows.size:
         lib = load_library()
         fn = lib.edgert_lut_gemv_rows_ref if ref else lib.edgert_lut_gemv_rows
-        fn(
-            _ptr(y),
-            _ptr(x),
-            m,
-            k,
-            _ptr(rows),
-            rows.size,
-            _ptr(pw.planes),
-            _ptr(pw.scale),
-            _ptr(pw.zero),
-            pw.bits,
-            pw.group_size,
-            FMT_CODE[pw.fmt],
-            threads,
-        )
+        fn(_ptr(y), _ptr(x), m, k, _ptr(rows), rows.size, *_weight_args(pw), threads)
     return y

@@ -198,16 +198,9 @@ def pack_hlq(
         group_size,
         (m, k),
         pack_planes(codes, bits, group_size),
-        _tile_params_hlq(plane_scales, m_pad),
+        _tile_params(plane_scales, m_pad),
         _tile_params(offsets, m_pad),
     )
-
-
-def _tile_params_hlq(a: np.ndarray, m_pad: int) -> np.ndarray:
-    """(m, G, b) -> float16 bits [tiles, G, b, 32]."""
-    a = _pad_rows(np.asarray(a, np.float32), m_pad).astype(np.float16).view(np.uint16)
-    a = a.reshape(m_pad // TILE, TILE, *a.shape[1:])  # tiles, 32, G, b
-    return np.ascontiguousarray(a.transpose(0, 2, 3, 1))
 
 
 # -- quantization -----------------------------------------------------------------------------
