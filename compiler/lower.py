@@ -53,26 +53,14 @@ def _te_linear(x, w):
     )
 
 
-def _te_linear_q8(x, q, scale):
-    """y = x . dequant(q8)^T: int8 rows, one scale per group of columns."""
-    from tvm import te
-
-    kk = x.shape[1]
-    group = q.shape[1] // scale.shape[1]
-    k = te.reduce_axis((0, kk), "k")
-    return te.compute(
-        (x.shape[0], q.shape[0]),
-        lambda i, j: te.sum(x[i, k] * q[j, k].astype("float32") * scale[j, k // group], axis=k),
-        name="linear_q8",
-    )
-
-
 def _linear(bb, x, params, spec: LinearSpec):
 
     if spec.fmt == "f32":
         return bb.emit(bb.call_te(_te_linear, x, params[0]))
     if spec.fmt == "q8":
-        return bb.emit(bb.call_te(_te_linear_q8, x, params[0], params[1]))
+        from edgert.compiler.linear import emit_q8_linear
+
+        return emit_q8_linear(bb, x, params, spec)
     from edgert.compiler.linear import emit_lut_linear
 
     return emit_lut_linear(bb, x, params, spec)

@@ -43,6 +43,12 @@ void edgert_lut_gemv_rows_ref(float *y, const float *x, int64_t m, int64_t k,
                               const int32_t *rows, int64_t r, const uint8_t *planes,
                               const uint16_t *scale, const uint16_t *zero, int32_t bits,
                               int32_t group, int32_t fmt, int32_t threads);
+/* 8-bit rows (embeddings, output head): y (n, m) = x (n, k) . W^T with W = q * scale,
+ * q int8 [m][kpad] (kpad = k rounded up to 32), scale float [m][kpad/32]. */
+void edgert_q8_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k, const int8_t *q,
+                    const float *scale, int32_t threads);
+void edgert_q8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
+                        const int8_t *q, const float *scale, int32_t threads);
 /* which SIMD path this build uses: "neon", "avx2" or "scalar" */
 const char *edgert_kernels_isa(void);
 

@@ -500,3 +500,95 @@ void edgert_lut_gemv_rows_ref(float *y, const float *x, int64_t m, int64_t k,
                               int32_t group, int32_t fmt, int32_t threads) {
     gemv_rows_impl(y, x, m, k, rows, r, planes, scale, zero, bits, group, fmt, threads, tile_ref);
 }
+
+/* ---- 8-bit rows (token embeddings / output head): y (n, m) = x (n, k) . dequant(q)^T ------- */
+/* q int8 [m][kpad], scale float [m][kpad/32]: w = q * scale of its 32-column block */
+typedef struct {
+    float *y;
+    const float *x;
+    int64_t n, m, k, kpad;
+    const int8_t *q;
+    const float *scale;
+} q8_ctx;
+
+static inline float q8_row_ref(const float *x, const int8_t *q, const float *sc, int64_t k) {
+    float acc = 0.f;
+    for (int64_t b = 0; b * 32 < k; b++) {
+        float s = 0.f;
+        for (int64_t i = b * 32; i < b * 32 + 32 && i < k; i++) s += x[i] * (float)q[i];
+        acc += s * sc[b];
+    }
+    return acc;
+}
+
+static inline float q8_row_fast(const float *x, const int8_t *q, const float *sc, int64_t k) {
+#if defined(__AVX2__)
+    __m256 acc = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; (b + 1) * 32 <= k; b++) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)(q + b * 32));
+        __m256 s = _mm256_setzero_ps();
+        for (int h = 0; h < 4; h++) {
+            const __m128i part = h < 2 ? _mm256_castsi256_si128(v) : _mm256_extracti128_si256(v, 1);
+            const __m128i p8 = (h & 1) ? _mm_srli_si128(part, 8) : part;
+            const __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(p8));
+            s = _mm256_add_ps(s, _mm256_mul_ps(w, _mm256_loadu_ps(x + b * 32 + 8 * h)));
+        }
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(s, _mm256_set1_ps(sc[b])));
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, acc);
+    float r = 0.f;
+    for (int i = 0; i < 8; i++) r += lanes[i];
+    if (b * 32 < k) r += q8_row_ref(x + b * 32, q + b * 32, sc + b, k - b * 32);
+    return r;
+#elif defined(__ARM_NEON)
+    float32x4_t acc = vdupq_n_f32(0.f);
+    int64_t b = 0;
+    for (; (b + 1) * 32 <= k; b++) {
+        float32x4_t s = vdupq_n_f32(0.f);
+        for (int h = 0; h < 2; h++) {
+            const int8x16_t v = vld1q_s8(q + b * 32 + 16 * h);
+            const int16x8_t lo = vmovl_s8(vget_low_s8(v)), hi = vmovl_high_s8(v);
+            const int16x8_t p[2] = {lo, hi};
+            for (int j = 0; j < 2; j++) {
+                const float32x4_t w0 = vcvtq_f32_s32(vmovl_s16(vget_low_s16(p[j])));
+                const float32x4_t w1 = vcvtq_f32_s32(vmovl_high_s16(p[j]));
+                const float *xp = x + b * 32 + 16 * h + 8 * j;
+                s = vaddq_f32(s, vmulq_f32(w0, vld1q_f32(xp)));
+                s = vaddq_f32(s, vmulq_f32(w1, vld1q_f32(xp + 4)));
+            }
+        }
+        acc = vaddq_f32(acc, vmulq_f32(s, vdupq_n_f32(sc[b])));
+    }
+    float r = vaddvq_f32(acc);
+    if (b * 32 < k) r += q8_row_ref(x + b * 32, q + b * 32, sc + b, k - b * 32);
+    return r;
+#else
+    return q8_row_ref(x, q, sc, k);
+#endif
+}
+
+static void q8_range(void *vctx, int64_t begin, int64_t end) {
+    q8_ctx *c = vctx;
+    for (int64_t r = begin; r < end; r++)
+        for (int64_t i = 0; i < c->n; i++)
+            c->y[i * c->m + r] = q8_row_fast(c->x + i * c->k, c->q + r * c->kpad,
+                                             c->scale + r * (c->kpad / 32), c->k);
+}
+
+void edgert_q8_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k, const int8_t *q,
+                    const float *scale, int32_t threads) {
+    assert(y && x && q && scale && k > 0);
+    q8_ctx c = {y, x, n, m, k, (k + 31) / 32 * 32, q, scale};
+    parallel_for(m, threads, q8_range, &c);
+}
+
+void edgert_q8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
+                        const int8_t *q, const float *scale, int32_t threads) {
+    (void)threads;
+    int64_t kpad = (k + 31) / 32 * 32;
+    for (int64_t r = 0; r < m; r++)
+        for (int64_t i = 0; i < n; i++)
+            y[i * m + r] = q8_row_ref(x + i * k, q + r * kpad, scale + r * (kpad / 32), k);
+}

@@ -36,6 +36,7 @@ __all__ = [
     "gemv",
     "gemm",
     "gemv_rows",
+    "q8_gemm",
     "load_library",
     "build_shared",
     "build_objects",
@@ -68,6 +69,10 @@ def load_library(path: str | None = None) -> ctypes.CDLL:
             for name in ("edgert_lut_gemv_rows", "edgert_lut_gemv_rows_ref"):
                 fn = getattr(lib, name)
                 fn.argtypes = [_P, _P, _I64, _I64, _P, _I64, _P, _P, _P, _I32, _I32, _I32, _I32]
+                fn.restype = None
+            for name in ("edgert_q8_gemm", "edgert_q8_gemm_ref"):
+                fn = getattr(lib, name)
+                fn.argtypes = [_P, _P, _I64, _I64, _I64, _P, _P, _I32]
                 fn.restype = None
             lib.edgert_kernels_isa.restype = ctypes.c_char_p
             if path is not None:
@@ -169,3 +174,32 @@ def gemv_rows(
         fn = lib.edgert_lut_gemv_rows_ref if ref else lib.edgert_lut_gemv_rows
         fn(_ptr(y), _ptr(x), m, k, _ptr(rows), rows.size, *_weight_args(pw), threads)
     return y
+
+
+def q8_gemm(
+    q: np.ndarray,
+    scale: np.ndarray,
+    X: np.ndarray,
+    *,
+    k: int | None = None,
+    threads: int = 1,
+    ref: bool = False,
+) -> np.ndarray:
+    """Y (n, m) = X (n, k) . W^T for 8-bit rows (edgert.q8 layout: q int8 (m, kpad), scale
+    float32 (m, kpad/32))."""
+    q = np.ascontiguousarray(q)
+    scale = np.ascontiguousarray(scale)
+    if q.dtype != np.int8 or scale.dtype != np.float32 or q.ndim != 2 or q.shape[1] % 32:
+        raise EdgertError("q8 weights must be int8 (m, kpad) with kpad a multiple of 32")
+    m, kpad = q.shape
+    if scale.shape != (m, kpad // 32):
+        raise EdgertError(f"q8 scales must have shape {(m, kpad // 32)}, got {scale.shape}")
+    k = k or kpad
+    X = _activations(np.atleast_2d(X), k, "X")
+    if not 0 < k <= kpad:
+        raise EdgertError(f"k={k} does not fit q8 rows of {kpad} columns")
+    Y = np.empty((X.shape[0], m), np.float32)
+    lib = load_library()
+    fn = lib.edgert_q8_gemm_ref if ref else lib.edgert_q8_gemm
+    fn(_ptr(Y), _ptr(X), X.shape[0], m, k, _ptr(q), _ptr(scale), threads)
+    return Y

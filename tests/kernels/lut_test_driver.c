@@ -96,7 +96,30 @@ static void one_case(int64_t m, int64_t k, int bits, int group, int fmt, int64_t
     free(planes); free(scale); free(zero); free(x); free(y); free(yr); free(ys); free(rows);
 }
 
+/* 8-bit rows: the SIMD path within float rounding of its scalar twin */
+static void q8_case(int64_t m, int64_t k, int64_t n) {
+    int64_t kpad = (k + 31) / 32 * 32;
+    int8_t *q = malloc((size_t)(m * kpad));
+    float *sc = malloc((size_t)(m * kpad / 32) * 4), *x = malloc((size_t)(n * k) * 4);
+    float *y = malloc((size_t)(n * m) * 4), *yr = malloc((size_t)(n * m) * 4);
+    for (int64_t i = 0; i < m * kpad; i++) q[i] = (int8_t)(rnd() % 255 - 127);
+    for (int64_t i = 0; i < m * kpad / 32; i++) sc[i] = 0.001f + 0.01f * (frand() + 1.f);
+    for (int64_t i = 0; i < n * k; i++) x[i] = frand();
+    edgert_q8_gemm(y, x, n, m, k, q, sc, 2);
+    edgert_q8_gemm_ref(yr, x, n, m, k, q, sc, 1);
+    double err = 0, mag = 0;
+    for (int64_t i = 0; i < n * m; i++) {
+        err += (y[i] - yr[i]) * (double)(y[i] - yr[i]);
+        mag += (double)yr[i] * yr[i];
+    }
+    check(err <= 1e-10 * mag + 1e-12, "q8 fast ~ ref", m, k, 8, 32, -1);
+    free(q); free(sc); free(x); free(y); free(yr);
+}
+
 int main(void) {
+    static const int64_t q8_shapes[][2] = {{1, 1}, {3, 31}, {7, 32}, {33, 70}, {100, 576}};
+    for (size_t i = 0; i < sizeof q8_shapes / sizeof q8_shapes[0]; i++)
+        q8_case(q8_shapes[i][0], q8_shapes[i][1], 1 + (int64_t)(rnd() % 3));
     static const int64_t shapes[][2] = {{1, 4}, {7, 33}, {31, 100}, {32, 64}, {33, 129},
                                         {96, 576}, {65, 1000}, {128, 130}};
     static const int groups[] = {32, 64, 128};

@@ -139,3 +139,22 @@ def test_bad_input_is_refused_before_c():
     )
     with pytest.raises(EdgertError, match="planes"):
         gemv(broken, np.zeros(64, np.float32))
+
+
+Q8_REL_TOL = 1e-5  # max abs / max |y|: float32 summation order only
+
+
+@pytest.mark.parametrize("m,k", [(1, 1), (5, 31), (33, 70), (300, 576)])
+def test_q8_gemm(m, k):
+    from edgert.kernels import q8_gemm
+    from edgert.q8 import dequantize_q8, quantize_q8
+
+    rng = np.random.default_rng(8)
+    d = quantize_q8(rng.normal(size=(m, k)).astype(np.float32))
+    X = rng.normal(size=(4, k)).astype(np.float32)
+    want = X @ dequantize_q8(d["q"], d["scale"], k).T
+    for ref in (False, True):
+        y = q8_gemm(d["q"], d["scale"], X, k=k, threads=2, ref=ref)
+        assert np.max(np.abs(y - want)) <= Q8_REL_TOL * np.max(np.abs(want)) + 1e-7
+    with pytest.raises(EdgertError, match="k="):
+        q8_gemm(d["q"], d["scale"], np.zeros((1, k + 40), np.float32), k=k + 40)
