@@ -22,7 +22,13 @@ def run(args) -> int:
     if threads < 1 or args.repetitions < 1 or args.n_prompt < 0 or args.n_gen < 0:
         raise EdgertError("-t, -r must be >= 1 and -p, -n >= 0")
     # thread pools read these when first used, so they are set before numpy / TVM start
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "TVM_NUM_THREADS"):
+    for var in (
+        "OMP_NUM_THREADS",
+        "OPENBLAS_NUM_THREADS",
+        "MKL_NUM_THREADS",
+        "TVM_NUM_THREADS",
+        "EDGERT_THREADS",
+    ):
         os.environ[var] = str(threads)
     import time
     from pathlib import Path
