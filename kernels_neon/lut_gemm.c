@@ -311,8 +311,9 @@ static struct {
     void *ctx;
     int64_t n, chunk;
     atomic_llong next;
-    atomic_int busy;
-    int active;  // workers taking part in the current job
+    atomic_int busy;  // workers that may still be running chunks of the current job
+    int active;       // workers allowed to join the current job
+    int started;      // workers that joined it
 } pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
 
 static void run_chunks(void) {
@@ -325,13 +326,14 @@ static void run_chunks(void) {
 }
 
 static void *worker(void *arg) {
-    int id = (int)(intptr_t)arg;
+    (void)arg;
     uint64_t seen = 0;
     for (;;) {
         pthread_mutex_lock(&pool.mu);
         while (pool.generation == seen) pthread_cond_wait(&pool.cv, &pool.mu);
         seen = pool.generation;
-        int take = id < pool.active;
+        int take = pool.started < pool.active;
+        if (take) pool.started++;
         pthread_mutex_unlock(&pool.mu);
         if (take) {
             run_chunks();
@@ -366,7 +368,7 @@ static void parallel_for(int64_t n, int threads, range_fn fn, void *ctx) {
     pthread_mutex_lock(&pool.mu);
     while (pool.nworkers < threads - 1) {
         pthread_t th;
-        if (pthread_create(&th, NULL, worker, (void *)(intptr_t)pool.nworkers) != 0) break;
+        if (pthread_create(&th, NULL, worker, NULL) != 0) break;
         pthread_detach(th);
         pool.nworkers++;
     }
@@ -378,10 +380,16 @@ static void parallel_for(int64_t n, int threads, range_fn fn, void *ctx) {
     atomic_store(&pool.next, 0);
     atomic_store(&pool.busy, helpers);
     pool.active = helpers;
+    pool.started = 0;
     pool.generation++;
     pthread_cond_broadcast(&pool.cv);
     pthread_mutex_unlock(&pool.mu);
     run_chunks();
+    /* close the job: helpers that have not woken yet (a busy machine) are not waited for */
+    pthread_mutex_lock(&pool.mu);
+    atomic_fetch_sub(&pool.busy, pool.active - pool.started);
+    pool.active = pool.started;
+    pthread_mutex_unlock(&pool.mu);
     while (atomic_load(&pool.busy) > 0) sched_yield();
     pthread_mutex_unlock(&job_mu);
 }

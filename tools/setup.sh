@@ -10,7 +10,7 @@ CACHE=${EDGERT_CACHE:-$HOME/.cache/edgert}
 export PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-APT_PKGS=(build-essential gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static libasan8 libubsan1
+APT_PKGS=(build-essential gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static libasan8 libubsan1 libtsan2
           binfmt-support mmdebstrap file cmake git)
 missing=()
 for p in "${APT_PKGS[@]}"; do

@@ -1,5 +1,5 @@
 """The C test driver (fast == _ref bit for bit, row subsets, closeness to a float product) built
-for every path: host AVX2 under AddressSanitizer + UBSan, host scalar, and aarch64 NEON (Armv8-A
+for every path: host AVX2 under AddressSanitizer + UBSan and ThreadSanitizer, host scalar, and aarch64 NEON (Armv8-A
 as on rpi4, Armv8.2-A+dotprod as on rpi5) executed under qemu-aarch64."""
 
 import re
@@ -53,6 +53,13 @@ def test_host_simd_under_sanitizers(tmp_path):
         ],
     )
     assert "runtime error" not in out
+
+
+def test_thread_pool_under_thread_sanitizer(tmp_path):
+    out = build_and_run(
+        tmp_path, need("gcc", "build-essential"), ["-O1", "-g", "-fsanitize=thread", *host_flags()]
+    )
+    assert "WARNING: ThreadSanitizer" not in out
 
 
 def test_host_scalar(tmp_path):
