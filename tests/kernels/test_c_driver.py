@@ -1,6 +1,6 @@
 """The C test driver (fast == _ref bit for bit, row subsets, closeness to a float product) built
-for every path: host AVX2 under AddressSanitizer + UBSan and ThreadSanitizer, host scalar, and aarch64 NEON (Armv8-A
-as on rpi4, Armv8.2-A+dotprod as on rpi5) executed under qemu-aarch64."""
+for every path: host AVX2 under AddressSanitizer + UBSan and under ThreadSanitizer, host scalar,
+and aarch64 NEON (Armv8-A as on rpi4, Armv8.2-A+dotprod as on rpi5) executed under qemu-aarch64."""
 
 import re
 import shutil
