@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from edgert.compiler.compile import compile_model
+from conftest import compile_synthetic
 from edgert.compiler.quant import QuantScheme
-from make_synthetic_gguf import make_synthetic_gguf
 
 from edgert.artifact import Artifact, ArtifactError
 from edgert.generate import Sampler, generate
@@ -28,18 +27,7 @@ def artifacts(tmp_path_factory):
         ("qwen2moe", QuantScheme("hlq", 3, 32)),
         ("olmoe", QuantScheme("uniform", 3, 32)),
     ]:
-        g = make_synthetic_gguf(
-            out=d / f"{arch}.gguf",
-            arch=arch,
-            qtype="F32",
-            progress=False,
-            dim=128,
-            ffn=256,
-            heads=4,
-            kv_heads=2,
-            vocab=512,
-        )
-        out[arch] = compile_model(model=g, target="host", out=d / f"{arch}.edgert", scheme=scheme)
+        out[arch] = compile_synthetic(d, arch, scheme)
     return out
 
 
@@ -72,24 +60,7 @@ def test_manifest_and_formats(artifacts):
 
 
 def test_bits_budget_allocates_per_expert(tmp_path):
-    g = make_synthetic_gguf(
-        out=tmp_path / "m.gguf",
-        arch="mixtral",
-        qtype="F32",
-        progress=False,
-        dim=128,
-        ffn=256,
-        heads=4,
-        kv_heads=2,
-        vocab=512,
-    )
-    s = compile_model(
-        model=g,
-        target="host",
-        out=tmp_path / "b.edgert",
-        scheme=QuantScheme("uniform", 4, 32),
-        bits_budget=2.5,
-    )
+    s = compile_synthetic(tmp_path, "mixtral", QuantScheme("uniform", 4, 32), bits_budget=2.5)
     assert s.avg_bits <= 2.5 + 1e-9
     assert len(set(s.bits_per_unit.values())) > 1  # not one width for everything
     assert any(".expert." in u for u in s.bits_per_unit)

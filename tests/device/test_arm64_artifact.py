@@ -9,9 +9,8 @@ import shutil
 import numpy as np
 import pytest
 from arm64_root import ensure_root, run_python
-from edgert.compiler.compile import compile_model
+from conftest import compile_synthetic
 from edgert.compiler.quant import QuantScheme
-from make_synthetic_gguf import make_synthetic_gguf
 
 from edgert.artifact import Artifact
 from edgert.generate import Sampler, generate
@@ -59,18 +58,7 @@ def device_run(tmp_path_factory):
         ("llama", QuantScheme("uniform", 2, 32)),
         ("qwen2moe", QuantScheme("hlq", 3, 32)),
     ]:
-        g = make_synthetic_gguf(
-            out=d / f"{arch}.gguf",
-            arch=arch,
-            qtype="F32",
-            progress=False,
-            dim=128,
-            ffn=256,
-            heads=4,
-            kv_heads=2,
-            vocab=512,
-        )
-        s = compile_model(model=g, target="rpi5", out=d / f"{arch}.edgert", scheme=scheme)
+        s = compile_synthetic(d, arch, scheme, target="rpi5")
         dst = root / "tmp" / f"{arch}.edgert"
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(s.out, dst)

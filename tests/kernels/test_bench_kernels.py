@@ -4,8 +4,18 @@ from conftest import run_cli
 
 
 def test_bench_kernels_json():
-    r = run_cli("bench-kernels", "--shapes", "smollm2-down", "--bits", "2", "-t", "1",
-                "--seconds", "0.05", "--json")
+    r = run_cli(
+        "bench-kernels",
+        "--shapes",
+        "smollm2-down",
+        "--bits",
+        "2",
+        "-t",
+        "1",
+        "--seconds",
+        "0.05",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["dram_read_gbs"]["1"] > 0
