@@ -56,47 +56,55 @@ typedef struct {
     int group, bits, fmt;
 } shape_t;
 
-/* x (k,) -> tbl [k4][32]: each 16-entry table of partial sums as int16 v = 256 * hi + lo, stored
- * as hi bytes (int8, [0..15]) then lo bytes (uint8, [16..31]); ts [groups] table scale (amax /
- * 32767), xs [groups] sum of x. 16-bit tables keep the kernel error at ~1e-5 relative. */
-static void build_tables(const float *x, const shape_t *s, uint8_t *tbl, float *ts, float *xs) {
-    const int per = s->group / 4;
+/* x (k,) -> tbl [k4][32]: for each chunk of 4 activations the 16 partial sums
+ *   e[idx] = (((0 + [idx&1] x0) + [idx&2] x1) + [idx&4] x2) + [idx&8] x3   (float, this order)
+ * rounded to integers q = rint(e * lim / amax) with amax the group's largest |e|, stored as the
+ * two bytes of the int16 q: hi bytes (int8, [0..15]) then lo bytes (uint8, [16..31]);
+ * ts [groups] = amax / lim, xs [groups] = sum of x (sum of the chunks' e[15], in order).
+ * lim = TBL_LIMIT(per) = 32767 / per (per = chunks in a group: 4095 at group 32, 2047 at 64, 1023
+ * at 128), so one plane's sums over a group fit int16 and the SIMD paths accumulate 16-bit lanes;
+ * the tables keep 11-13 bits. The SIMD builders below do the same float operations in the same
+ * order (no FMA contraction), so every path gets bit-identical tables. */
+#define TBL_LIMIT(per) (32767 / (per))
+#define MAX_PER 64 /* group <= 256 */
+
+static inline void chunk_x(float v[4], const float *x, int64_t c, int64_t k) {
+    for (int i = 0; i < 4; i++) v[i] = 4 * c + i < k ? x[4 * c + i] : 0.f;
+}
+
+static void build_tables_ref(const float *x, const shape_t *s, uint8_t *tbl, float *ts,
+                             float *xs) {
+    const int per = s->group / 4, lim = TBL_LIMIT(per);
+    float e[MAX_PER * 16];
     for (int64_t g = 0; g < s->groups; g++) {
         float amax = 0.f, sum = 0.f;
-        for (int64_t c = g * per; c < (g + 1) * per; c++) {
-            float pos = 0.f, neg = 0.f;  /* largest |partial sum| = max(sum of +, -sum of -) */
-            for (int i = 0; i < 4; i++) {
-                int64_t col = 4 * c + i;
-                float v = col < s->k ? x[col] : 0.f;
-                sum += v;
-                if (v > 0.f) pos += v; else neg -= v;
-            }
-            if (pos > amax) amax = pos;
-            if (neg > amax) amax = neg;
-        }
-        float inv = amax > 0.f ? 32767.f / amax : 0.f;
-        ts[g] = amax / 32767.f;
-        xs[g] = sum;
-        for (int64_t c = g * per; c < (g + 1) * per; c++) {
+        for (int c = 0; c < per; c++) {  // stage 1: float partial sums, their range, sum of x
             float v[4];
-            for (int i = 0; i < 4; i++) {
-                int64_t col = 4 * c + i;
-                v[i] = col < s->k ? x[col] : 0.f;
-            }
+            chunk_x(v, x, g * per + c, s->k);
             for (int idx = 0; idx < 16; idx++) {
                 float a = 0.f;
-                for (int i = 0; i < 4; i++)
-                    if (idx >> i & 1) a += v[i];
-                long q = lrintf(a * inv);
-                q = q > 32767 ? 32767 : (q < -32767 ? -32767 : q);
-                tbl[c * 32 + idx] = (uint8_t)(int8_t)(q >> 8);   /* floor(q / 256) */
-                tbl[c * 32 + 16 + idx] = (uint8_t)(q & 255);
+                for (int i = 0; i < 4; i++) a += (idx >> i & 1) ? v[i] : 0.f;
+                e[c * 16 + idx] = a;
+                amax = fmaxf(amax, fabsf(a));
+            }
+            sum += e[c * 16 + 15];
+        }
+        const float inv = amax > 0.f ? (float)lim / amax : 0.f;
+        ts[g] = amax / (float)lim;
+        xs[g] = sum;
+        for (int c = 0; c < per; c++) {  // stage 2: round, split into bytes
+            uint8_t *tb = tbl + (g * per + c) * 32;
+            for (int idx = 0; idx < 16; idx++) {
+                long q = lrintf(e[c * 16 + idx] * inv);
+                q = q > lim ? lim : (q < -lim ? -lim : q);
+                tb[idx] = (uint8_t)(int8_t)(q >> 8); /* floor(q / 256) */
+                tb[16 + idx] = (uint8_t)(q & 255);
             }
         }
     }
 }
 
-static inline int32_t tbl_value(const uint8_t *tb, int idx) {
+static inline int32_t tbl_value(const uint8_t *tb, int idx) {  // the int16 entry idx
     return (int32_t)(int8_t)tb[idx] * 256 + (int32_t)tb[16 + idx];
 }
 
@@ -159,6 +167,56 @@ static void tile_ref(float *y, int64_t tile, const uint8_t *planes, const uint16
  * them in 16-bit lanes over the group, combine to int32 (256 * hi + lo) in acc[plane][row]; then
  * the vector epilogue (same float operations, in the same order, as epilogue_ref). */
 #if defined(__ARM_NEON)
+/* tables: the operations of build_tables_ref, four entries per vector */
+static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, float *ts,
+                              float *xs) {
+    const int per = s->group / 4, lim = TBL_LIMIT(per);
+    float e[MAX_PER * 16];
+    uint32x4_t mask[4][4];  // [entries 4h .. 4h+3][bit i]
+    for (int h = 0; h < 4; h++)
+        for (int i = 0; i < 4; i++) {
+            uint32_t mk[4];
+            for (int l = 0; l < 4; l++) mk[l] = ((4 * h + l) >> i & 1) ? 0xffffffffu : 0u;
+            mask[h][i] = vld1q_u32(mk);
+        }
+    for (int64_t g = 0; g < s->groups; g++) {
+        float32x4_t vmax = vdupq_n_f32(0.f);
+        float sum = 0.f;
+        for (int c = 0; c < per; c++) {
+            float v[4];
+            chunk_x(v, x, g * per + c, s->k);
+            for (int h = 0; h < 4; h++) {
+                float32x4_t a = vdupq_n_f32(0.f);
+                for (int i = 0; i < 4; i++)
+                    a = vaddq_f32(a, vreinterpretq_f32_u32(vandq_u32(
+                                         mask[h][i], vreinterpretq_u32_f32(vdupq_n_f32(v[i])))));
+                vst1q_f32(e + c * 16 + 4 * h, a);
+                vmax = vmaxq_f32(vmax, vabsq_f32(a));
+            }
+            sum += e[c * 16 + 15];
+        }
+        const float amax = vmaxvq_f32(vmax);
+        const float inv = amax > 0.f ? (float)lim / amax : 0.f;
+        ts[g] = amax / (float)lim;
+        xs[g] = sum;
+        const float32x4_t iv = vdupq_n_f32(inv);
+        const int32x4_t hi = vdupq_n_s32(lim), lo = vdupq_n_s32(-lim);
+        for (int c = 0; c < per; c++) {
+            int16x8_t q16[2];
+            for (int h = 0; h < 2; h++) {
+                int32x4_t q0 = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(e + c * 16 + 8 * h), iv));
+                int32x4_t q1 = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(e + c * 16 + 8 * h + 4), iv));
+                q0 = vminq_s32(vmaxq_s32(q0, lo), hi);
+                q1 = vminq_s32(vmaxq_s32(q1, lo), hi);
+                q16[h] = vcombine_s16(vmovn_s32(q0), vmovn_s32(q1));
+            }
+            const uint8x16_t b0 = vreinterpretq_u8_s16(q16[0]), b1 = vreinterpretq_u8_s16(q16[1]);
+            vst1q_u8(tbl + (g * per + c) * 32, vuzp2q_u8(b0, b1));       // hi bytes
+            vst1q_u8(tbl + (g * per + c) * 32 + 16, vuzp1q_u8(b0, b1));  // lo bytes
+        }
+    }
+}
+
 static inline void planes_neon(int32_t *acc, const uint8_t *p, int64_t stride, const uint8_t *tbl,
                                int per) {
     const uint8x16_t m15 = vdupq_n_u8(15);
@@ -227,76 +285,194 @@ static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint1
     for (int q = 0; q < 8; q++) vst1q_f32(y + 4 * q, yv[q]);
 }
 #elif defined(__AVX2__) && defined(__F16C__)
-static inline void planes_avx2(int32_t *acc, const uint8_t *p, int64_t stride, const uint8_t *tbl,
-                               int per) {
-    const __m128i m15 = _mm_set1_epi8(15);
-    __m256i h0 = _mm256_setzero_si256(), h1 = h0, l0 = h0, l1 = h0;  // rows 0-15 / 16-31
-    for (int c = 0; c < per; c++, p += stride, tbl += 32) {
-        const __m256i tb = _mm256_loadu_si256((const __m256i *)tbl);  // lane0 hi, lane1 lo bytes
-        const __m128i pk = _mm_loadu_si128((const __m128i *)p);
-        const __m128i lo = _mm_and_si128(pk, m15);
-        const __m128i hi = _mm_and_si128(_mm_srli_epi16(pk, 4), m15);
-        const __m256i va = _mm256_shuffle_epi8(tb, _mm256_set_m128i(lo, lo));  // rows 0-15
-        const __m256i vb = _mm256_shuffle_epi8(tb, _mm256_set_m128i(hi, hi));  // rows 16-31
-        h0 = _mm256_add_epi16(h0, _mm256_cvtepi8_epi16(_mm256_castsi256_si128(va)));
-        l0 = _mm256_add_epi16(l0, _mm256_cvtepu8_epi16(_mm256_extracti128_si256(va, 1)));
-        h1 = _mm256_add_epi16(h1, _mm256_cvtepi8_epi16(_mm256_castsi256_si128(vb)));
-        l1 = _mm256_add_epi16(l1, _mm256_cvtepu8_epi16(_mm256_extracti128_si256(vb, 1)));
-    }
-    const __m256i hs[2] = {h0, h1}, ls[2] = {l0, l1};
-    for (int q = 0; q < 4; q++) {  // rows 8q .. 8q+7
-        const __m128i hq = (q & 1) ? _mm256_extracti128_si256(hs[q >> 1], 1)
-                                   : _mm256_castsi256_si128(hs[q >> 1]);
-        const __m128i lq = (q & 1) ? _mm256_extracti128_si256(ls[q >> 1], 1)
-                                   : _mm256_castsi256_si128(ls[q >> 1]);
-        const __m256i v = _mm256_add_epi32(_mm256_slli_epi32(_mm256_cvtepi16_epi32(hq), 8),
-                                           _mm256_cvtepu16_epi32(lq));
-        _mm256_storeu_si256((__m256i *)(acc + 8 * q), v);
+/* tables: the operations of build_tables_ref, eight entries per vector */
+static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, float *ts,
+                              float *xs) {
+    const int per = s->group / 4, lim = TBL_LIMIT(per);
+    float e[MAX_PER * 16];
+    __m256 mask[2][4];  // [entries 8h .. 8h+7][bit i]
+    for (int h = 0; h < 2; h++)
+        for (int i = 0; i < 4; i++) {
+            int32_t mk[8];
+            for (int l = 0; l < 8; l++) mk[l] = ((8 * h + l) >> i & 1) ? -1 : 0;
+            mask[h][i] = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)mk));
+        }
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    // int16 entries -> [lo bytes | hi bytes] per 128-bit lane
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int64_t g = 0; g < s->groups; g++) {
+        __m256 vmax = _mm256_setzero_ps();
+        float sum = 0.f;
+        for (int c = 0; c < per; c++) {
+            float v[4];
+            chunk_x(v, x, g * per + c, s->k);
+            for (int h = 0; h < 2; h++) {
+                __m256 a = _mm256_setzero_ps();
+                for (int i = 0; i < 4; i++)
+                    a = _mm256_add_ps(a, _mm256_and_ps(mask[h][i], _mm256_set1_ps(v[i])));
+                _mm256_storeu_ps(e + c * 16 + 8 * h, a);
+                vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, a));
+            }
+            sum += e[c * 16 + 15];
+        }
+        float mx[8], amax = 0.f;
+        _mm256_storeu_ps(mx, vmax);
+        for (int i = 0; i < 8; i++) amax = fmaxf(amax, mx[i]);
+        const float inv = amax > 0.f ? (float)lim / amax : 0.f;
+        ts[g] = amax / (float)lim;
+        xs[g] = sum;
+        const __m256 iv = _mm256_set1_ps(inv);
+        const __m256i hi = _mm256_set1_epi32(lim), lo = _mm256_set1_epi32(-lim);
+        for (int c = 0; c < per; c++) {
+            __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(e + c * 16), iv));
+            __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(e + c * 16 + 8), iv));
+            q0 = _mm256_min_epi32(_mm256_max_epi32(q0, lo), hi);
+            q1 = _mm256_min_epi32(_mm256_max_epi32(q1, lo), hi);
+            // int16 entries 0-7 | 8-15, then lane 0 [lo 0-7, hi 0-7], lane 1 [lo 8-15, hi 8-15]
+            const __m256i q16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
+            const __m256i b = _mm256_shuffle_epi8(q16, split);
+            _mm256_storeu_si256((__m256i *)(tbl + (g * per + c) * 32),
+                                _mm256_permute4x64_epi64(b, 0x8D));  // [hi 0-15 | lo 0-15]
+        }
     }
 }
 
-static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint16_t *scale,
-                      const uint16_t *zero, const uint8_t *tbl, const float *ts, const float *xs,
-                      const shape_t *s) {
-    const int per = s->group / 4, b = s->bits;
+/* One group, all b planes of a tile: acc [b][32] int32 = per plane and row, the sum over the
+ * group's chunks of the table entry the row's 4-bit pattern selects.
+ * Planes are taken two at a time (32 contiguous bytes: plane j in lane 0, j+1 in lane 1) with the
+ * chunk's tables broadcast to both lanes; pshufb looks up the hi and lo bytes, unpack interleaves
+ * them back into the int16 entries, and 16-bit lanes accumulate the group (no overflow: see
+ * TBL_LIMIT). An odd last plane runs the same steps on 128-bit vectors. */
+static inline __attribute__((always_inline)) void group_avx2(int32_t *acc, const uint8_t *p,
+                                                             const uint8_t *tbl, int per,
+                                                             const int b) {
+    const __m256i m15 = _mm256_set1_epi8(15);
+    __m256i s[8];  // pair q: s[4q + r] rows 8r .. 8r+7, lane 0 plane 2q, lane 1 plane 2q+1
+    __m128i u[4];  // odd last plane: rows 8r .. 8r+7
+    for (int i = 0; i < 8; i++) s[i] = _mm256_setzero_si256();
+    for (int i = 0; i < 4; i++) u[i] = _mm_setzero_si128();
+    for (int c = 0; c < per; c++, p += b * 16, tbl += 32) {
+        const __m128i th1 = _mm_loadu_si128((const __m128i *)tbl);
+        const __m128i tl1 = _mm_loadu_si128((const __m128i *)(tbl + 16));
+        const __m256i th = _mm256_broadcastsi128_si256(th1), tl = _mm256_broadcastsi128_si256(tl1);
+        for (int q = 0; q < b / 2; q++) {
+            const __m256i pk = _mm256_loadu_si256((const __m256i *)(p + 32 * q));
+            const __m256i lo = _mm256_and_si256(pk, m15);                         // rows 0-15
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(pk, 4), m15);  // rows 16-31
+            const __m256i al = _mm256_shuffle_epi8(tl, lo), ah = _mm256_shuffle_epi8(th, lo);
+            s[4 * q + 0] = _mm256_add_epi16(s[4 * q + 0], _mm256_unpacklo_epi8(al, ah));
+            s[4 * q + 1] = _mm256_add_epi16(s[4 * q + 1], _mm256_unpackhi_epi8(al, ah));
+            const __m256i bl = _mm256_shuffle_epi8(tl, hi), bh = _mm256_shuffle_epi8(th, hi);
+            s[4 * q + 2] = _mm256_add_epi16(s[4 * q + 2], _mm256_unpacklo_epi8(bl, bh));
+            s[4 * q + 3] = _mm256_add_epi16(s[4 * q + 3], _mm256_unpackhi_epi8(bl, bh));
+        }
+        if (b & 1) {
+            const __m128i pk = _mm_loadu_si128((const __m128i *)(p + 32 * (b / 2)));
+            const __m128i lo = _mm_and_si128(pk, _mm256_castsi256_si128(m15));
+            const __m128i hi = _mm_and_si128(_mm_srli_epi16(pk, 4), _mm256_castsi256_si128(m15));
+            const __m128i al = _mm_shuffle_epi8(tl1, lo), ah = _mm_shuffle_epi8(th1, lo);
+            u[0] = _mm_add_epi16(u[0], _mm_unpacklo_epi8(al, ah));
+            u[1] = _mm_add_epi16(u[1], _mm_unpackhi_epi8(al, ah));
+            const __m128i bl = _mm_shuffle_epi8(tl1, hi), bh = _mm_shuffle_epi8(th1, hi);
+            u[2] = _mm_add_epi16(u[2], _mm_unpacklo_epi8(bl, bh));
+            u[3] = _mm_add_epi16(u[3], _mm_unpackhi_epi8(bl, bh));
+        }
+    }
+    for (int q = 0; q < b / 2; q++)
+        for (int r = 0; r < 4; r++) {
+            _mm256_storeu_si256((__m256i *)(acc + 2 * q * T + 8 * r),
+                                _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s[4 * q + r])));
+            _mm256_storeu_si256((__m256i *)(acc + (2 * q + 1) * T + 8 * r),
+                                _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s[4 * q + r], 1)));
+        }
+    if (b & 1)
+        for (int r = 0; r < 4; r++)
+            _mm256_storeu_si256((__m256i *)(acc + (b - 1) * T + 8 * r), _mm256_cvtepi16_epi32(u[r]));
+}
+
+/* the float epilogue of one group (same operations, in the same order, as epilogue_ref) */
+static inline __attribute__((always_inline)) void epilogue_avx2(__m256 *yv, const int32_t *acc,
+                                                                const uint16_t *sc,
+                                                                const uint16_t *zr, float ts,
+                                                                float xs, const int b,
+                                                                const int fmt) {
+    const __m256 tsv = _mm256_set1_ps(ts), xsv = _mm256_set1_ps(xs);
+    for (int q = 0; q < 4; q++) {  // 8 rows at a time
+        const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(zr + 8 * q)));
+        if (fmt == EDGERT_FMT_UNIFORM) {
+            __m256i tot = _mm256_loadu_si256((const __m256i *)(acc + 8 * q));
+            for (int j = 1; j < b; j++)
+                tot = _mm256_add_epi32(
+                    tot,
+                    _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(acc + j * T + 8 * q)), j));
+            const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + 8 * q)));
+            const __m256 t1 = _mm256_mul_ps(tsv, _mm256_cvtepi32_ps(tot));
+            const __m256 t2 = _mm256_mul_ps(z, xsv);
+            yv[q] = _mm256_add_ps(yv[q], _mm256_mul_ps(sv, _mm256_sub_ps(t1, t2)));
+        } else {
+            __m256 a = _mm256_setzero_ps();
+            for (int j = 0; j < b; j++) {
+                const __m256 al =
+                    _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + j * T + 8 * q)));
+                const __m256i aj = _mm256_loadu_si256((const __m256i *)(acc + j * T + 8 * q));
+                a = _mm256_add_ps(a, _mm256_mul_ps(al, _mm256_cvtepi32_ps(aj)));
+            }
+            const __m256 t1 = _mm256_mul_ps(tsv, a), t2 = _mm256_mul_ps(z, xsv);
+            yv[q] = _mm256_add_ps(yv[q], _mm256_add_ps(t1, t2));
+        }
+    }
+}
+
+// W tile (32, kpad) b bit-planes, tables (k4, 32) -> y (32,); b and fmt constant per instance
+static inline __attribute__((always_inline)) void tile_avx2(float *y, int64_t tile,
+                                                            const uint8_t *planes,
+                                                            const uint16_t *scale,
+                                                            const uint16_t *zero,
+                                                            const uint8_t *tbl, const float *ts,
+                                                            const float *xs, const shape_t *s,
+                                                            const int b, const int fmt) {
+    const int per = s->group / 4;
     __m256 yv[4];
     int32_t acc[4 * T];
     for (int i = 0; i < 4; i++) yv[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < s->groups; g++) {
-        const uint8_t *p = planes + (tile * s->k4 + g * per) * b * 16;
-        for (int j = 0; j < b; j++)
-            planes_avx2(acc + j * T, p + j * 16, (int64_t)b * 16, tbl + g * per * 32, per);
-        const uint16_t *sc = scale_at(scale, tile, g, s), *zr = zero_at(zero, tile, g, s);
-        const __m256 tsv = _mm256_set1_ps(ts[g]), xsv = _mm256_set1_ps(xs[g]);
-        for (int q = 0; q < 4; q++) {  // 8 rows at a time
-            const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(zr + 8 * q)));
-            if (s->fmt == EDGERT_FMT_UNIFORM) {
-                __m256i tot = _mm256_loadu_si256((const __m256i *)(acc + 8 * q));
-                for (int j = 1; j < b; j++)
-                    tot = _mm256_add_epi32(
-                        tot, _mm256_slli_epi32(
-                                 _mm256_loadu_si256((const __m256i *)(acc + j * T + 8 * q)), j));
-                const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + 8 * q)));
-                const __m256 t1 = _mm256_mul_ps(tsv, _mm256_cvtepi32_ps(tot));
-                const __m256 t2 = _mm256_mul_ps(z, xsv);
-                yv[q] = _mm256_add_ps(yv[q], _mm256_mul_ps(sv, _mm256_sub_ps(t1, t2)));
-            } else {
-                __m256 a = _mm256_setzero_ps();
-                for (int j = 0; j < b; j++) {
-                    const __m256 al =
-                        _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + j * T + 8 * q)));
-                    const __m256i aj = _mm256_loadu_si256((const __m256i *)(acc + j * T + 8 * q));
-                    a = _mm256_add_ps(a, _mm256_mul_ps(al, _mm256_cvtepi32_ps(aj)));
-                }
-                const __m256 t1 = _mm256_mul_ps(tsv, a), t2 = _mm256_mul_ps(z, xsv);
-                yv[q] = _mm256_add_ps(yv[q], _mm256_add_ps(t1, t2));
-            }
-        }
+        group_avx2(acc, planes + (tile * s->k4 + g * per) * b * 16, tbl + g * per * 32, per, b);
+        epilogue_avx2(yv, acc, scale_at(scale, tile, g, s), zero_at(zero, tile, g, s), ts[g],
+                      xs[g], b, fmt);
     }
     for (int q = 0; q < 4; q++) _mm256_storeu_ps(y + 8 * q, yv[q]);
 }
+
+#define TILE_INSTANCE(b, f)                                                                      \
+    static void tile_avx2_##b##_##f(float *y, int64_t tile, const uint8_t *planes,              \
+                                    const uint16_t *scale, const uint16_t *zero,                \
+                                    const uint8_t *tbl, const float *ts, const float *xs,       \
+                                    const shape_t *s) {                                         \
+        tile_avx2(y, tile, planes, scale, zero, tbl, ts, xs, s, b, f);                          \
+    }
+TILE_INSTANCE(1, 0)
+TILE_INSTANCE(2, 0)
+TILE_INSTANCE(3, 0)
+TILE_INSTANCE(4, 0)
+TILE_INSTANCE(1, 1)
+TILE_INSTANCE(2, 1)
+TILE_INSTANCE(3, 1)
+TILE_INSTANCE(4, 1)
+
+static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint16_t *scale,
+                      const uint16_t *zero, const uint8_t *tbl, const float *ts, const float *xs,
+                      const shape_t *s) {
+    static void (*const fns[2][4])(float *, int64_t, const uint8_t *, const uint16_t *,
+                                   const uint16_t *, const uint8_t *, const float *,
+                                   const float *, const shape_t *) = {
+        {tile_avx2_1_0, tile_avx2_2_0, tile_avx2_3_0, tile_avx2_4_0},
+        {tile_avx2_1_1, tile_avx2_2_1, tile_avx2_3_1, tile_avx2_4_1}};
+    fns[s->fmt][s->bits - 1](y, tile, planes, scale, zero, tbl, ts, xs, s);
+}
 #else
 #define tile_fast tile_ref
+#define build_tables_fast build_tables_ref
 #endif
 
 /* ---- a small persistent thread pool ------------------------------------------------------ */
@@ -408,22 +584,31 @@ typedef struct {
     tile_fn tile;
 } gemm_ctx;
 
+/* activation rows per pass over a tile: their tables (~256 KiB) stay in L2 while the tile's
+ * planes are reused from L1 */
+#define TABLE_BLOCK_BYTES (256 << 10)
+
 static void gemm_range(void *vctx, int64_t begin, int64_t end) {
     gemm_ctx *c = vctx;
     const shape_t *s = c->s;
     float buf[T];
-    for (int64_t t = begin; t < end; t++) {
-        for (int64_t i = 0; i < c->n; i++) {
-            c->tile(buf, t, c->planes, c->scale, c->zero, c->tbl + i * s->k4 * 32,
-                    c->ts + i * s->groups, c->xs + i * s->groups, s);
-            int64_t rows = c->m - t * T < T ? c->m - t * T : T;
-            memcpy(c->y + i * c->m + t * T, buf, rows * sizeof(float));
+    int64_t nb = TABLE_BLOCK_BYTES / (s->k4 * 32);
+    if (nb < 1) nb = 1;
+    for (int64_t i0 = 0; i0 < c->n; i0 += nb) {
+        const int64_t i1 = i0 + nb < c->n ? i0 + nb : c->n;
+        for (int64_t t = begin; t < end; t++) {
+            const int64_t rows = c->m - t * T < T ? c->m - t * T : T;
+            for (int64_t i = i0; i < i1; i++) {
+                c->tile(buf, t, c->planes, c->scale, c->zero, c->tbl + i * s->k4 * 32,
+                        c->ts + i * s->groups, c->xs + i * s->groups, s);
+                memcpy(c->y + i * c->m + t * T, buf, (size_t)rows * sizeof(float));
+            }
         }
     }
 }
 
 static int make_shape(shape_t *s, int64_t k, int32_t bits, int32_t group, int32_t fmt) {
-    if (bits < 1 || bits > 4 || group < 4 || group % 4 || group > 256 || k < 1) return 0;
+    if (bits < 1 || bits > 4 || group < 4 || group % 4 || group > 4 * MAX_PER || k < 1) return 0;
     if (fmt != EDGERT_FMT_UNIFORM && fmt != EDGERT_FMT_HLQ) return 0;
     s->k = k;
     s->groups = (k + group - 1) / group;
@@ -435,19 +620,47 @@ static int make_shape(shape_t *s, int64_t k, int32_t bits, int32_t group, int32_
     return 1;
 }
 
+typedef void (*table_fn)(const float *, const shape_t *, uint8_t *, float *, float *);
+typedef struct {
+    const float *x;
+    const shape_t *s;
+    uint8_t *tbl;
+    float *ts, *xs;
+    table_fn build;
+} tables_ctx;
+
+static void tables_range(void *vctx, int64_t begin, int64_t end) {
+    tables_ctx *c = vctx;
+    const shape_t *s = c->s;
+    for (int64_t i = begin; i < end; i++)
+        c->build(c->x + i * s->k, s, c->tbl + i * s->k4 * 32, c->ts + i * s->groups,
+                 c->xs + i * s->groups);
+}
+
+/* tables of n activation rows x (n, k) -> tbl [n][k4][32], ts, xs [n][groups]; NULL if out of
+ * memory */
+static uint8_t *make_tables(const float *x, int64_t n, const shape_t *s, int threads,
+                            table_fn build, float **ts, float **xs) {
+    uint8_t *tbl = malloc((size_t)(n * s->k4 * 32));
+    *ts = malloc((size_t)(n * s->groups) * sizeof(float));
+    *xs = malloc((size_t)(n * s->groups) * sizeof(float));
+    if (!tbl || !*ts || !*xs) abort();
+    tables_ctx c = {x, s, tbl, *ts, *xs, build};
+    parallel_for(n, n >= 8 ? threads : 1, tables_range, &c);
+    return tbl;
+}
+
+// W (m, k) b-bit planes, x (n, k) -> y (n, m)
 static void gemm_impl(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                       const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
-                      int32_t bits, int32_t group, int32_t fmt, int32_t threads, tile_fn tile) {
+                      int32_t bits, int32_t group, int32_t fmt, int32_t threads, tile_fn tile,
+                      table_fn build) {
     shape_t s;
     assert(y && x && planes && scale && zero && n >= 0 && m >= 0);
     if (!make_shape(&s, k, bits, group, fmt)) abort();  // validated by the caller
     if (n == 0 || m == 0) return;
-    uint8_t *tbl = malloc((size_t)(n * s.k4 * 32));
-    float *ts = malloc((size_t)(n * s.groups) * sizeof(float));
-    float *xs = malloc((size_t)(n * s.groups) * sizeof(float));
-    if (!tbl || !ts || !xs) abort();
-    for (int64_t i = 0; i < n; i++)
-        build_tables(x + i * k, &s, tbl + i * s.k4 * 32, ts + i * s.groups, xs + i * s.groups);
+    float *ts, *xs;
+    uint8_t *tbl = make_tables(x, n, &s, threads, build, &ts, &xs);
     gemm_ctx c = {y, n, m, planes, scale, zero, tbl, ts, xs, &s, tile};
     parallel_for((m + T - 1) / T, threads, gemm_range, &c);
     free(tbl);
@@ -458,38 +671,64 @@ static void gemm_impl(float *y, const float *x, int64_t n, int64_t m, int64_t k,
 void edgert_lut_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                      const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                      int32_t bits, int32_t group, int32_t fmt, int32_t threads) {
-    gemm_impl(y, x, n, m, k, planes, scale, zero, bits, group, fmt, threads, tile_fast);
+    gemm_impl(y, x, n, m, k, planes, scale, zero, bits, group, fmt, threads, tile_fast,
+              build_tables_fast);
 }
 
 void edgert_lut_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                          const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                          int32_t bits, int32_t group, int32_t fmt, int32_t threads) {
-    gemm_impl(y, x, n, m, k, planes, scale, zero, bits, group, fmt, threads, tile_ref);
+    gemm_impl(y, x, n, m, k, planes, scale, zero, bits, group, fmt, threads, tile_ref,
+              build_tables_ref);
 }
 
 /* ---- row-subset GEMV: only the tiles holding selected rows are computed ------------------- */
+typedef struct {
+    float *out;          // [ntiles][32]
+    const int64_t *tiles;  // tile indices
+    const uint8_t *planes, *tbl;
+    const uint16_t *scale, *zero;
+    const float *ts, *xs;
+    const shape_t *s;
+    tile_fn tile;
+} rows_ctx;
+
+static void rows_range(void *vctx, int64_t begin, int64_t end) {
+    rows_ctx *c = vctx;
+    for (int64_t i = begin; i < end; i++)
+        c->tile(c->out + i * T, c->tiles[i], c->planes, c->scale, c->zero, c->tbl, c->ts, c->xs,
+                c->s);
+}
+
+// W (m, k) b-bit planes, x (k,), rows (r,) in [0, m) -> y (r,) = (W x)[rows]
 static void gemv_rows_impl(float *y, const float *x, int64_t m, int64_t k, const int32_t *rows,
                            int64_t r, const uint8_t *planes, const uint16_t *scale,
                            const uint16_t *zero, int32_t bits, int32_t group, int32_t fmt,
-                           int32_t threads, tile_fn tile) {
+                           int32_t threads, tile_fn tile, table_fn build) {
     shape_t s;
-    (void)threads;
+    assert(y && x && rows && planes && scale && zero && r >= 0);
     if (!make_shape(&s, k, bits, group, fmt)) abort();
-    uint8_t *tbl = malloc((size_t)(s.k4 * 32));
-    float *ts = malloc((size_t)s.groups * sizeof(float)), *xs = malloc((size_t)s.groups * sizeof(float));
-    if (!tbl || !ts || !xs) abort();
-    build_tables(x, &s, tbl, ts, xs);
-    float buf[T];
-    int64_t last = -1;
+    if (r == 0) return;
+    float *ts, *xs;
+    uint8_t *tbl = make_tables(x, 1, &s, 1, build, &ts, &xs);
+    /* distinct tiles in order of first use (runs of rows in one tile share it) */
+    int64_t *tiles = malloc((size_t)r * sizeof(int64_t)), *slot = malloc((size_t)r * sizeof(int64_t));
+    if (!tiles || !slot) abort();
+    int64_t nt = 0;
     for (int64_t i = 0; i < r; i++) {
         assert(rows[i] >= 0 && rows[i] < m);
-        int64_t t = rows[i] / T;
-        if (t != last) {
-            tile(buf, t, planes, scale, zero, tbl, ts, xs, &s);
-            last = t;
-        }
-        y[i] = buf[rows[i] % T];
+        const int64_t t = rows[i] / T;
+        if (nt == 0 || tiles[nt - 1] != t) tiles[nt++] = t;
+        slot[i] = (nt - 1) * T + rows[i] % T;
     }
+    float *out = malloc((size_t)(nt * T) * sizeof(float));
+    if (!out) abort();
+    rows_ctx c = {out, tiles, planes, tbl, scale, zero, ts, xs, &s, tile};
+    parallel_for(nt, threads, rows_range, &c);
+    for (int64_t i = 0; i < r; i++) y[i] = out[slot[i]];
+    free(out);
+    free(slot);
+    free(tiles);
     free(tbl);
     free(ts);
     free(xs);
@@ -499,14 +738,17 @@ void edgert_lut_gemv_rows(float *y, const float *x, int64_t m, int64_t k, const 
                           int64_t r, const uint8_t *planes, const uint16_t *scale,
                           const uint16_t *zero, int32_t bits, int32_t group, int32_t fmt,
                           int32_t threads) {
-    gemv_rows_impl(y, x, m, k, rows, r, planes, scale, zero, bits, group, fmt, threads, tile_fast);
+    gemv_rows_impl(y, x, m, k, rows, r, planes, scale, zero, bits, group, fmt, threads, tile_fast,
+                   build_tables_fast);
 }
 
 void edgert_lut_gemv_rows_ref(float *y, const float *x, int64_t m, int64_t k,
                               const int32_t *rows, int64_t r, const uint8_t *planes,
                               const uint16_t *scale, const uint16_t *zero, int32_t bits,
                               int32_t group, int32_t fmt, int32_t threads) {
-    gemv_rows_impl(y, x, m, k, rows, r, planes, scale, zero, bits, group, fmt, threads, tile_ref);
+    (void)threads;
+    gemv_rows_impl(y, x, m, k, rows, r, planes, scale, zero, bits, group, fmt, 1, tile_ref,
+                   build_tables_ref);
 }
 
 /* ---- 8-bit rows (token embeddings / output head): y (n, m) = x (n, k) . dequant(q)^T ------- */

@@ -225,6 +225,8 @@ def _f16(a: np.ndarray) -> np.ndarray:
 
 #: shrink factors of the [min, max] range tried per group (the best by squared error is kept)
 CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+#: further factors tried at 1 bit (two levels sit near +-0.8 sigma, a third of a group's range)
+CLIP_RATIOS_1BIT = (0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
 
 
 def _uniform_params(g: np.ndarray, mask: np.ndarray, bits: int, clip: bool):
@@ -235,7 +237,8 @@ def _uniform_params(g: np.ndarray, mask: np.ndarray, bits: int, clip: bool):
     levels = (1 << bits) - 1
     wts = np.broadcast_to(mask, g.shape)
     best = None
-    for r in CLIP_RATIOS if clip else (1.0,):
+    ratios = CLIP_RATIOS + (CLIP_RATIOS_1BIT if bits == 1 else ())
+    for r in ratios if clip else (1.0,):
         lo_r, hi_r = mid + (lo - mid) * r, mid + (hi - mid) * r
         scale = _f16((hi_r - lo_r) / levels)
         scale = np.where(scale > 0, scale, np.float32(1.0))  # constant (or tiny-range) groups
