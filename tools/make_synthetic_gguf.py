@@ -5,7 +5,8 @@ weights do not matter.
 
     python tools/make_synthetic_gguf.py --arch mixtral --preset moe-1g --qtype Q4_0 --out m.gguf
 
-Tensors are generated and written one at a time, so a multi-GB model needs little memory.
+Tensors are generated, quantized and written one at a time (large ones in row chunks), so a
+multi-GB model needs little memory.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import dataclasses
 import math
 import sys
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -21,10 +23,24 @@ import numpy as np
 
 ARCHS = ("llama", "mixtral", "qwen2moe", "olmoe")
 QTYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
+#: arch -> GGUF general.architecture (GGUF has no mixtral: it is llama with experts)
+GGUF_ARCH = {"llama": "llama", "mixtral": "llama", "qwen2moe": "qwen2moe", "olmoe": "olmoe"}
+#: arch -> tokenizer.ggml.pre (the split regex llama.cpp applies before BPE)
+TOKENIZER_PRE = {"llama": "gpt-2", "mixtral": "gpt-2", "qwen2moe": "qwen2", "olmoe": "olmo"}
+#: qtype -> general.file_type (llama_ftype)
+FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_end|>")
+CHUNK_ELEMS = 1 << 22  # values generated and quantized at a time (16 MiB of float32)
+WEIGHT_STD = 0.02
 
 
 @dataclass(frozen=True)
 class Shape:
+    """Model dimensions. ``ffn`` is the dense FFN width, and the expert width of mixtral and
+    olmoe (llama.cpp sizes their experts by ``feed_forward_length``); ``expert_ffn``
+    (0: ``ffn / 2``) and ``shared_ffn`` (0: ``ffn``) are qwen2moe's routed and shared expert
+    widths. olmoe has no grouped-query attention: its ``kv_heads`` is always ``heads``."""
+
     layers: int
     dim: int
     ffn: int
@@ -39,20 +55,20 @@ class Shape:
 
 
 PRESETS = {
-    # unit tests: a couple of MB at most
+    # unit tests: well under 2 MB at Q8_0, written in a few ms
     "tiny": Shape(layers=2, dim=64, ffn=128, heads=4, kv_heads=2, vocab=512),
-    # TinyLlama-like 1.1B: dims multiples of 256 so llama.cpp's K-quants apply
+    # TinyLlama-like 1.1B: dims multiples of 256 so llama.cpp's K-quants apply; 0.6 GB at Q4_0
     "1b": Shape(layers=22, dim=2048, ffn=5632, heads=32, kv_heads=4, vocab=32000),
-    # mixtral layout, ~1.3 GB at Q4_0: 8 experts, top-2
+    # mixtral layout, 8 experts top-2, 2.0B parameters: 1.1 GB at Q4_0
     "moe-1g": Shape(
-        layers=12, dim=1024, ffn=3584, heads=16, kv_heads=4, vocab=32000, experts=8, top_k=2
+        layers=12, dim=1536, ffn=4096, heads=24, kv_heads=8, vocab=32000, experts=8, top_k=2
     ),
 }
-#: what each architecture needs beyond the shape
+#: what each architecture needs beyond the preset's shape (applied where the preset has 0)
 ARCH_DEFAULTS = {
     "llama": {},
     "mixtral": {"experts": 4, "top_k": 2},
-    "qwen2moe": {"experts": 8, "top_k": 2, "shared_ffn": 256},
+    "qwen2moe": {"experts": 8, "top_k": 2},
     "olmoe": {"experts": 8, "top_k": 2},
 }
 
@@ -75,15 +91,17 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def make_vocab(size: int, seed: int) -> tuple[list[str], list[int], list[str]]:
-    """Byte-level BPE vocabulary of ``size`` tokens: 256 bytes, merged tokens, 2 specials last."""
-    specials = ["<|endoftext|>", "<|im_end|>"]
-    base = list(bytes_to_unicode().values())
-    tokens, merges = list(base), []
+    """Byte-level BPE vocabulary of ``size`` tokens: the 256 byte characters, merged tokens (each
+    the concatenation of a merge's two earlier tokens), then the special tokens.
+
+    Returns (tokens, token types, merges "a b" in rank order)."""
+    byte_chars = bytes_to_unicode()
+    tokens, merges = list(byte_chars.values()), []
     seen = set(tokens)
     rng = np.random.default_rng(seed)
-    letters = [bytes_to_unicode()[b] for b in b" etaoinshrdlucmfwypvbgk"]
+    letters = [byte_chars[b] for b in b" etaoinshrdlucmfwypvbgk"]
     pool = list(letters)
-    while len(tokens) < size - len(specials):
+    while len(tokens) < size - len(SPECIAL_TOKENS):
         a = pool[int(rng.integers(len(pool)))]
         b = (
             letters[int(rng.integers(len(letters)))]
@@ -97,13 +115,59 @@ def make_vocab(size: int, seed: int) -> tuple[list[str], list[int], list[str]]:
         tokens.append(t)
         merges.append(f"{a} {b}")
         pool.append(t)
-    types = [1] * len(tokens) + [3] * len(specials)
-    return tokens + specials, types, merges
+    types = [1] * len(tokens) + [3] * len(SPECIAL_TOKENS)  # normal, control
+    return tokens + list(SPECIAL_TOKENS), types, merges
+
+
+def resolve_shape(arch: str, preset: str = "tiny", **overrides: int | None) -> Shape:
+    """The preset's shape with the architecture's defaults and ``overrides`` (None: keep) applied,
+    checked for what llama.cpp needs."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch {arch!r}: choose from {', '.join(ARCHS)}")
+    if preset not in PRESETS:
+        raise ValueError(f"preset {preset!r}: choose from {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(Shape)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown shape fields {unknown}: choose from {', '.join(sorted(fields))}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    s = PRESETS[preset]
+    defaults = {k: v for k, v in ARCH_DEFAULTS[arch].items() if getattr(s, k) == 0}
+    s = replace(s, **{**defaults, **given})
+    if arch in ("mixtral", "olmoe") and s.expert_ffn and s.expert_ffn != s.ffn:
+        if "ffn" in given:
+            raise ValueError(
+                f"{arch}: experts are ffn wide in llama.cpp; give --ffn or --expert-ffn, not both"
+            )
+        s = replace(s, ffn=s.expert_ffn)
+    if arch in ("mixtral", "olmoe"):
+        s = replace(s, expert_ffn=0)
+    if arch == "qwen2moe":
+        # Qwen-style: routed experts narrower than the shared one (which llama.cpp requires)
+        s = replace(s, expert_ffn=s.expert_ffn or s.ffn // 2, shared_ffn=s.shared_ffn or s.ffn)
+    if arch == "olmoe":
+        s = replace(s, kv_heads=s.heads)  # llama.cpp's OLMoE q/k norms are both n_embd wide
+    if arch != "llama" and not s.experts:
+        raise ValueError(f"{arch} needs --experts > 0")
+    if s.experts and not 0 < s.top_k <= s.experts:
+        raise ValueError(f"top_k {s.top_k}: choose 1..{s.experts} (the expert count)")
+    if arch != "qwen2moe" and s.shared_ffn:
+        raise ValueError(f"{arch} has no shared expert: drop --shared-ffn (qwen2moe has one)")
+    if s.dim % s.heads or s.heads % s.kv_heads or (s.dim // s.heads) % 2:
+        raise ValueError(
+            f"dim {s.dim}, heads {s.heads}, kv_heads {s.kv_heads}: heads must divide dim into an "
+            "even head size, and kv_heads must divide heads"
+        )
+    if s.vocab < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(
+            f"vocab {s.vocab}: at least {256 + len(SPECIAL_TOKENS)} (bytes + specials)"
+        )
+    return s
 
 
 def tensor_plan(arch: str, s: Shape) -> list[tuple[str, tuple[int, ...], str]]:
-    """(name, numpy shape (out, in), kind) for every tensor; kind: w (matrix), n (norm), b (bias),
-    r (router, kept F32)."""
+    """(name, numpy shape (..., out, in), kind) of every tensor in file order; kind: w (matrix),
+    o (matrix writing into the residual stream), n (norm), b (bias), r (router, kept F32)."""
     hd = s.dim // s.heads
     plan = [("token_embd.weight", (s.vocab, s.dim), "w")]
     for i in range(s.layers):
@@ -152,11 +216,53 @@ def tensor_plan(arch: str, s: Shape) -> list[tuple[str, tuple[int, ...], str]]:
     return plan
 
 
-def _values(kind: str, shape: tuple[int, ...], layers: int, rng) -> np.ndarray:
-    if kind == "n":
-        return (1.0 + 0.05 * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
-    std = {"w": 0.02, "o": 0.02 / math.sqrt(2 * layers), "b": 0.02, "r": 0.5}[kind]
-    return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
+def init_std(kind: str, s: Shape) -> float:
+    """Standard deviation of a tensor's random values (norms: of their deviation from 1).
+
+    Matrices 0.02; those adding into the residual stream 0.02 / sqrt(2 layers), so the stream's
+    scale stays put over many layers; routers 1 / sqrt(dim), so router logits have unit scale."""
+    return {
+        "w": WEIGHT_STD,
+        "o": WEIGHT_STD / math.sqrt(2 * s.layers),
+        "b": WEIGHT_STD,
+        "r": 1 / math.sqrt(s.dim),
+        "n": 0.05,  # near 1, not exactly: a norm applied in the wrong place shows in parity tests
+    }[kind]
+
+
+def _tensor_rng(seed: int, name: str) -> np.random.Generator:
+    # one stream per tensor: a tensor's values depend on seed and name only, not on what precedes
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _write_tensor(w, name: str, shape: tuple[int, ...], kind: str, t, s: Shape, seed: int) -> int:
+    """Generate, quantize and write one tensor in row chunks; returns the bytes written."""
+    import gguf
+
+    F32, F16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
+    cols = shape[-1]
+    rows = math.prod(shape[:-1])
+    if t == F32:
+        out = np.empty((rows, cols), np.float32)
+    elif t == F16:
+        out = np.empty((rows, cols), np.float16)
+    else:
+        out = np.empty(gguf.quants.quant_shape_to_byte_shape((rows, cols), t), np.uint8)
+    rng = _tensor_rng(seed, name)
+    std = np.float32(init_std(kind, s))
+    step = max(1, CHUNK_ELEMS // cols)
+    for r0 in range(0, rows, step):
+        a = rng.standard_normal((min(step, rows - r0), cols), dtype=np.float32) * std
+        if kind == "n":
+            a += np.float32(1.0)
+        if t == F32:
+            out[r0 : r0 + len(a)] = a
+        elif t == F16:
+            out[r0 : r0 + len(a)] = a.astype(np.float16)
+        else:
+            out[r0 : r0 + len(a)] = gguf.quants.quantize(a, t)
+    w.write_tensor_data(out)
+    return out.nbytes
 
 
 def make_synthetic_gguf(
@@ -167,34 +273,46 @@ def make_synthetic_gguf(
     qtype: str = "Q8_0",
     seed: int = 0,
     progress: bool = True,
-    **overrides: int,
+    **overrides: int | None,
 ) -> Path:
-    """Write a random-weight GGUF and return its path.
+    """Write a random-weight GGUF model that llama.cpp and edgert load, and return its path.
 
-    ``overrides`` replace fields of the preset's :class:`Shape` (layers, dim, ffn, heads, kv_heads,
-    vocab, experts, top_k, expert_ffn, shared_ffn). Matrices are stored as ``qtype`` when their
-    row length allows it (else F32); norms, biases and routers are F32.
+    Parameters
+    ----------
+    out : where to write the ``.gguf`` file.
+    arch : one of :data:`ARCHS`; ``mixtral`` is written as GGUF ``llama`` with stacked experts.
+    preset : a :data:`PRESETS` shape (``tiny``, ``1b``, ``moe-1g``).
+    qtype : storage of the matrices (:data:`QTYPES`); a matrix whose row length is not a multiple
+        of the quantization block stays F32, and norms, biases and routers are always F32.
+    seed : the same seed and arguments give the same bytes.
+    progress : a progress bar on stderr (when it is a terminal).
+    overrides : fields of :class:`Shape` (layers, dim, ffn, heads, kv_heads, vocab, experts,
+        top_k, expert_ffn, shared_ffn, ctx) replacing the preset's; None keeps the preset's.
+
+    Tokenizer: byte-level BPE (``gpt2``) of ``vocab`` tokens: 256 byte tokens, merges, and
+    ``<|endoftext|>`` (bos and eos) and ``<|im_end|>`` as the last two ids.
     """
     import gguf
 
-    if arch not in ARCHS:
-        raise ValueError(f"arch {arch!r}: choose from {', '.join(ARCHS)}")
+    from edgert.progress import Progress
+
     if qtype not in QTYPES:
         raise ValueError(f"qtype {qtype!r}: choose from {', '.join(QTYPES)}")
-    s = PRESETS[preset]
-    defaults = {k: v for k, v in ARCH_DEFAULTS[arch].items() if getattr(s, k) == 0}
-    s = replace(s, **{**defaults, **{k: v for k, v in overrides.items() if v is not None}})
-    if arch == "olmoe" and s.kv_heads != s.heads:
-        s = replace(s, kv_heads=s.heads)  # llama.cpp's OLMoE has q/k norms of width n_embd
-    if arch in ("mixtral", "qwen2moe", "olmoe") and not s.experts:
-        raise ValueError(f"{arch} needs experts > 0")
-    gguf_arch = "llama" if arch == "mixtral" else arch
-    qt = getattr(gguf.GGMLQuantizationType, qtype)
+    s = resolve_shape(arch, preset, **overrides)
+    qt = gguf.GGMLQuantizationType[qtype]
     block = gguf.GGML_QUANT_SIZES[qt][0]
+
+    def stored_type(kind: str, shape: tuple[int, ...]) -> gguf.GGMLQuantizationType:
+        if kind in ("w", "o") and shape[-1] % block == 0:
+            return qt
+        return gguf.GGMLQuantizationType.F32
+
     out = Path(out)
+    ga = GGUF_ARCH[arch]
     tokens, types, merges = make_vocab(s.vocab, seed)
-    w = gguf.GGUFWriter(str(out), gguf_arch)
+    w = gguf.GGUFWriter(str(out), ga)
     w.add_name(f"synthetic-{arch}-{preset}")
+    w.add_file_type(FILE_TYPE[qtype])
     w.add_context_length(s.ctx)
     w.add_embedding_length(s.dim)
     w.add_block_count(s.layers)
@@ -205,71 +323,80 @@ def make_synthetic_gguf(
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(s.vocab)
-    w.add_file_type({"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}[qtype])
     if s.experts:
         w.add_expert_count(s.experts)
         w.add_expert_used_count(s.top_k)
-        if arch in ("qwen2moe", "olmoe"):
-            w.add_expert_feed_forward_length(s.expert_ffn or s.ffn)
+    if arch == "qwen2moe":
+        w.add_expert_feed_forward_length(s.expert_ffn or s.ffn)
         if s.shared_ffn:
             w.add_expert_shared_feed_forward_length(s.shared_ffn)
     w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
+    w.add_tokenizer_pre(TOKENIZER_PRE[arch])
     w.add_token_list(tokens)
     w.add_token_types(types)
     w.add_token_merges(merges)
-    w.add_bos_token_id(len(tokens) - 2)
-    w.add_eos_token_id(len(tokens) - 2)
+    w.add_bos_token_id(len(tokens) - len(SPECIAL_TOKENS))
+    w.add_eos_token_id(len(tokens) - len(SPECIAL_TOKENS))
     w.add_add_bos_token(False)
 
-    plan = tensor_plan(arch, s)
-    rng = np.random.default_rng(seed)
-
-    def stored_type(kind: str, shape: tuple[int, ...]):
-        if kind in ("w", "o") and shape[-1] % block == 0 and qtype != "F32":
-            return qt
-        return gguf.GGMLQuantizationType.F32
-
-    for name, shape, kind in plan:
-        t = stored_type(kind, shape)
+    plan = [(n, shape, kind, stored_type(kind, shape)) for n, shape, kind in tensor_plan(arch, s)]
+    total = 0
+    for name, shape, _, t in plan:
+        # shape in numpy order; byte shape for quantized types (GGUFWriter reverses to GGUF order)
         if t == gguf.GGMLQuantizationType.F32:
-            w.add_tensor_info(name, shape, np.dtype(np.float32), int(np.prod(shape)) * 4)
+            nbytes = math.prod(shape) * 4
+            w.add_tensor_info(name, shape, np.dtype(np.float32), nbytes)
+        elif t == gguf.GGMLQuantizationType.F16:
+            nbytes = math.prod(shape) * 2
+            w.add_tensor_info(name, shape, np.dtype(np.float16), nbytes)
         else:
             bshape = gguf.quants.quant_shape_to_byte_shape(shape, t)
-            w.add_tensor_info(name, bshape, np.dtype(np.uint8), int(np.prod(bshape)), raw_dtype=t)
+            nbytes = math.prod(bshape)
+            w.add_tensor_info(name, bshape, np.dtype(np.uint8), nbytes, raw_dtype=t)
+        total += nbytes
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for k, (name, shape, kind) in enumerate(plan):
-        a = _values(kind, shape, s.layers, rng)
-        t = stored_type(kind, shape)
-        data = a if t == gguf.GGMLQuantizationType.F32 else gguf.quants.quantize(a, t)
-        w.write_tensor_data(data)
-        if progress and sys.stderr.isatty():
-            sys.stderr.write(f"\rwriting {out.name}: {k + 1}/{len(plan)} tensors")
-    if progress and sys.stderr.isatty():
-        sys.stderr.write("\n")
+    mib = max(1, total >> 20)
+    with Progress(
+        mib, f"writing {out.name}", unit=" MiB", enabled=None if progress else False
+    ) as p:
+        done = 0
+        for name, shape, kind, t in plan:
+            done += _write_tensor(w, name, shape, kind, t, s, seed)
+            p.update(min(mib, done >> 20) - p.n)
     w.close()
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--arch", choices=ARCHS, default="llama")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    ap.add_argument("--preset", choices=list(PRESETS), default="tiny")
     ap.add_argument("--qtype", choices=QTYPES, default="Q8_0")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", required=True, help="the .gguf file to write")
     ap.add_argument("--seed", type=int, default=0)
-    fields = [f.name for f in dataclasses.fields(Shape) if f.name != "ctx"]
+    ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    fields = [f.name for f in dataclasses.fields(Shape)]
     for f in fields:
-        ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=None)
-    a = ap.parse_args()
-    over = {f: getattr(a, f) for f in fields}
-    p = make_synthetic_gguf(
-        out=a.out, arch=a.arch, preset=a.preset, qtype=a.qtype, seed=a.seed, **over
-    )
+        ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=None, help="(preset's)")
+    a = ap.parse_args(argv)
+    try:
+        p = make_synthetic_gguf(
+            out=a.out,
+            arch=a.arch,
+            preset=a.preset,
+            qtype=a.qtype,
+            seed=a.seed,
+            progress=not a.quiet,
+            **{f: getattr(a, f) for f in fields},
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"{p} ({p.stat().st_size / 2**20:.1f} MiB)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

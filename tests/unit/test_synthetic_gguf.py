@@ -1,10 +1,24 @@
-"""Synthetic GGUFs (tools/make_synthetic_gguf.py) load and run through the reference path."""
+"""Synthetic GGUFs (tools/make_synthetic_gguf.py): the file as gguf's reader sees it (names,
+shapes, types, metadata, value scale), and that they load and run through the reference path."""
+
+import re
+import time
 
 import gguf
 import numpy as np
 import pytest
 from edgert.compiler.frontends import load_model
-from make_synthetic_gguf import ARCHS, make_synthetic_gguf
+from gguf.constants import MODEL_ARCH_NAMES, MODEL_TENSORS, TENSOR_NAMES
+from make_synthetic_gguf import (
+    ARCHS,
+    GGUF_ARCH,
+    QTYPES,
+    init_std,
+    main,
+    make_synthetic_gguf,
+    resolve_shape,
+    tensor_plan,
+)
 
 from edgert.generate import Sampler, generate
 from edgert.reference import ReferenceEngine
@@ -15,9 +29,67 @@ EXPECT = {  # arch -> (edgert arch, experts, a tensor only that arch has)
     "qwen2moe": ("qwen2moe", 8, "blk.0.ffn_gate_inp_shexp.weight"),
     "olmoe": ("olmoe", 8, "blk.1.attn_k_norm.weight"),
 }
+#: relative error of a tensor's sample std against the init std: sampling (>= 1024 values: ~2%)
+#: plus quantization noise (Q4_0 adds ~10% of the std in quadrature)
+STD_RTOL = 0.15
 
 
-@pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0", "Q4_0", "Q4_1"])
+def _names_llama_cpp_knows(arch: str) -> list[re.Pattern]:
+    ga = {v: k for k, v in MODEL_ARCH_NAMES.items()}[GGUF_ARCH[arch]]
+    pats = [TENSOR_NAMES[t].replace(".", r"\.").replace("{bid}", r"\d+") for t in MODEL_TENSORS[ga]]
+    return [re.compile(p + r"\.(weight|bias)") for p in pats]
+
+
+def _field(r: gguf.GGUFReader, key: str):
+    return r.fields[key].contents()
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("arch", ARCHS)
+def test_file_as_read_back(tmp_path, arch, qtype):
+    path = make_synthetic_gguf(out=tmp_path / "m.gguf", arch=arch, qtype=qtype, progress=False)
+    assert path.stat().st_size < 2 << 20
+    s = resolve_shape(arch)
+    r = gguf.GGUFReader(str(path))
+    ga = GGUF_ARCH[arch]
+    assert _field(r, "general.architecture") == ga
+    assert _field(r, f"{ga}.block_count") == s.layers
+    assert _field(r, f"{ga}.embedding_length") == s.dim
+    assert _field(r, f"{ga}.attention.head_count_kv") == s.kv_heads
+    if arch == "llama":
+        assert f"{ga}.expert_count" not in r.fields
+    else:
+        assert _field(r, f"{ga}.expert_count") == s.experts
+        assert _field(r, f"{ga}.expert_used_count") == s.top_k
+    if arch == "qwen2moe":
+        assert _field(r, "qwen2moe.expert_feed_forward_length") == s.ffn // 2
+        assert _field(r, "qwen2moe.expert_shared_feed_forward_length") == s.shared_ffn
+
+    tokens = _field(r, "tokenizer.ggml.tokens")
+    merges = _field(r, "tokenizer.ggml.merges")
+    assert _field(r, "tokenizer.ggml.model") == "gpt2"
+    assert len(tokens) == len(set(tokens)) == s.vocab == len(_field(r, "tokenizer.ggml.token_type"))
+    assert tokens[_field(r, "tokenizer.ggml.eos_token_id")] == "<|endoftext|>"
+    assert len(merges) == s.vocab - 256 - 2
+    assert all(m.replace(" ", "", 1) == t for m, t in zip(merges, tokens[256:]))
+
+    plan = {name: (shape, kind) for name, shape, kind in tensor_plan(arch, s)}
+    known = _names_llama_cpp_knows(arch)
+    assert [t.name for t in r.tensors] == list(plan)
+    for t in r.tensors:
+        shape, kind = plan[t.name]
+        assert any(p.fullmatch(t.name) for p in known), t.name
+        assert tuple(int(d) for d in t.shape) == shape[::-1]  # GGUF lists the row length first
+        want = qtype if kind in ("w", "o") else "F32"
+        assert t.tensor_type.name == want, t.name
+        if t.name.startswith(("blk.0.", "output")) and t.n_elements >= 1024:
+            v = gguf.quants.dequantize(t.data, t.tensor_type)
+            assert v.shape == shape and np.isfinite(v).all()
+            dev = v - 1.0 if kind == "n" else v
+            assert dev.std() == pytest.approx(init_std(kind, s), rel=STD_RTOL), t.name
+
+
+@pytest.mark.parametrize("qtype", ["F32", "Q4_0"])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_loads_and_generates(tmp_path, arch, qtype):
     path = make_synthetic_gguf(out=tmp_path / "m.gguf", arch=arch, qtype=qtype, progress=False)
@@ -25,10 +97,6 @@ def test_loads_and_generates(tmp_path, arch, qtype):
     want_arch, experts, special = EXPECT[arch]
     assert m.config.arch == want_arch and m.config.n_experts == experts
     assert special in m
-    r = gguf.GGUFReader(str(path))
-    types = {t.name: t.tensor_type.name for t in r.tensors}
-    assert types["blk.0.attn_q.weight"] == qtype
-    assert types["blk.0.attn_norm.weight"] == "F32"
     w = m.tensor("blk.0.attn_q.weight")
     assert np.isfinite(w).all() and 0.015 < w.std() < 0.025
     eng = ReferenceEngine(m, max_ctx=64)
@@ -43,10 +111,17 @@ def test_loads_and_generates(tmp_path, arch, qtype):
 def test_deterministic_and_tokenizer_roundtrip(tmp_path):
     a = make_synthetic_gguf(out=tmp_path / "a.gguf", arch="mixtral", seed=3, progress=False)
     b = make_synthetic_gguf(out=tmp_path / "b.gguf", arch="mixtral", seed=3, progress=False)
-    assert a.read_bytes() == b.read_bytes()
+    c = make_synthetic_gguf(out=tmp_path / "c.gguf", arch="mixtral", seed=4, progress=False)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
     tok = load_model(a).tokenizer
     text = "hello world, the 2 cats!"
     assert tok.decode(tok.encode(text)) == text
+
+
+def test_tiny_is_fast(tmp_path):
+    t0 = time.perf_counter()
+    make_synthetic_gguf(out=tmp_path / "m.gguf", arch="qwen2moe", progress=False)
+    assert time.perf_counter() - t0 < 1.0
 
 
 def test_overrides(tmp_path):
@@ -56,8 +131,37 @@ def test_overrides(tmp_path):
         layers=1,
         experts=4,
         top_k=1,
-        shared_ffn=64,
+        expert_ffn=64,
+        shared_ffn=96,
         progress=False,
     )
     c = load_model(p).config
-    assert (c.n_layers, c.n_experts, c.n_experts_used, c.shared_expert_ffn_dim) == (1, 4, 1, 64)
+    assert (c.n_layers, c.n_experts, c.n_experts_used) == (1, 4, 1)
+    assert (c.expert_ffn_dim, c.shared_expert_ffn_dim) == (64, 96)
+
+
+def test_shape_rules():
+    # mixtral/olmoe experts are ffn wide in llama.cpp; olmoe's q/k norms need kv_heads == heads
+    assert resolve_shape("mixtral", expert_ffn=96).ffn == 96
+    assert resolve_shape("olmoe", heads=4, kv_heads=2).kv_heads == 4
+    with pytest.raises(ValueError, match="not both"):
+        resolve_shape("olmoe", ffn=64, expert_ffn=96)
+    with pytest.raises(ValueError, match="experts"):
+        resolve_shape("mixtral", experts=0)
+    with pytest.raises(ValueError, match="top_k"):
+        resolve_shape("mixtral", top_k=5)
+    with pytest.raises(ValueError, match="shared"):
+        resolve_shape("olmoe", shared_ffn=64)
+    with pytest.raises(ValueError, match="preset"):
+        resolve_shape("llama", "huge")
+    assert resolve_shape("mixtral", "moe-1g").experts == 8
+
+
+def test_cli(tmp_path, capsys):
+    out = tmp_path / "m.gguf"
+    assert main(["--arch", "mixtral", "--out", str(out), "--layers", "1", "--qtype", "Q4_1"]) == 0
+    r = gguf.GGUFReader(str(out))
+    assert _field(r, "llama.block_count") == 1
+    assert {t.tensor_type.name for t in r.tensors} == {"F32", "Q4_1"}
+    assert main(["--arch", "olmoe", "--out", str(out), "--shared-ffn", "64", "--quiet"]) == 2
+    assert "shared" in capsys.readouterr().err
