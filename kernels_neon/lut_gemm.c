@@ -66,6 +66,10 @@ typedef struct {
  * the tables keep 11-13 bits. The SIMD builders below do the same float operations in the same
  * order (no FMA contraction), so every path gets bit-identical tables. */
 #define TBL_LIMIT(per) (32767 / (per))
+/* how far ahead of the kernel the weight stream is prefetched (cold weights come from DRAM) */
+#ifndef PREFETCH_BYTES
+#define PREFETCH_BYTES 2048
+#endif
 #define MAX_PER 64 /* group <= 256 */
 
 static inline void chunk_x(float v[4], const float *x, int64_t c, int64_t k) {
@@ -348,47 +352,55 @@ static inline __attribute__((always_inline)) void group_avx2(int32_t *acc, const
                                                              const uint8_t *tbl, int per,
                                                              const int b) {
     const __m256i m15 = _mm256_set1_epi8(15);
-    __m256i s[8];  // pair q: s[4q + r] rows 8r .. 8r+7, lane 0 plane 2q, lane 1 plane 2q+1
-    __m128i u[4];  // odd last plane: rows 8r .. 8r+7
-    for (int i = 0; i < 8; i++) s[i] = _mm256_setzero_si256();
-    for (int i = 0; i < 4; i++) u[i] = _mm_setzero_si128();
-    for (int c = 0; c < per; c++, p += b * 16, tbl += 32) {
-        const __m128i th1 = _mm_loadu_si128((const __m128i *)tbl);
-        const __m128i tl1 = _mm_loadu_si128((const __m128i *)(tbl + 16));
-        const __m256i th = _mm256_broadcastsi128_si256(th1), tl = _mm256_broadcastsi128_si256(tl1);
-        for (int q = 0; q < b / 2; q++) {
-            const __m256i pk = _mm256_loadu_si256((const __m256i *)(p + 32 * q));
+    for (int q = 0; q < b / 2; q++) {  // planes 2q, 2q+1 (one pass each: no register spills)
+        // s[r]: rows 8r .. 8r+7, lane 0 plane 2q, lane 1 plane 2q+1
+        __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
+        const uint8_t *pq = p + 32 * q, *tb = tbl;
+        for (int c = 0; c < per; c++, pq += b * 16, tb += 32) {
+            if (q == 0) _mm_prefetch((const char *)pq + PREFETCH_BYTES, _MM_HINT_T0);
+            const __m256i th = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tb));
+            const __m256i tl =
+                _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tb + 16)));
+            const __m256i pk = _mm256_loadu_si256((const __m256i *)pq);
             const __m256i lo = _mm256_and_si256(pk, m15);                         // rows 0-15
             const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(pk, 4), m15);  // rows 16-31
             const __m256i al = _mm256_shuffle_epi8(tl, lo), ah = _mm256_shuffle_epi8(th, lo);
-            s[4 * q + 0] = _mm256_add_epi16(s[4 * q + 0], _mm256_unpacklo_epi8(al, ah));
-            s[4 * q + 1] = _mm256_add_epi16(s[4 * q + 1], _mm256_unpackhi_epi8(al, ah));
+            s0 = _mm256_add_epi16(s0, _mm256_unpacklo_epi8(al, ah));
+            s1 = _mm256_add_epi16(s1, _mm256_unpackhi_epi8(al, ah));
             const __m256i bl = _mm256_shuffle_epi8(tl, hi), bh = _mm256_shuffle_epi8(th, hi);
-            s[4 * q + 2] = _mm256_add_epi16(s[4 * q + 2], _mm256_unpacklo_epi8(bl, bh));
-            s[4 * q + 3] = _mm256_add_epi16(s[4 * q + 3], _mm256_unpackhi_epi8(bl, bh));
+            s2 = _mm256_add_epi16(s2, _mm256_unpacklo_epi8(bl, bh));
+            s3 = _mm256_add_epi16(s3, _mm256_unpackhi_epi8(bl, bh));
         }
-        if (b & 1) {
-            const __m128i pk = _mm_loadu_si128((const __m128i *)(p + 32 * (b / 2)));
-            const __m128i lo = _mm_and_si128(pk, _mm256_castsi256_si128(m15));
-            const __m128i hi = _mm_and_si128(_mm_srli_epi16(pk, 4), _mm256_castsi256_si128(m15));
-            const __m128i al = _mm_shuffle_epi8(tl1, lo), ah = _mm_shuffle_epi8(th1, lo);
-            u[0] = _mm_add_epi16(u[0], _mm_unpacklo_epi8(al, ah));
-            u[1] = _mm_add_epi16(u[1], _mm_unpackhi_epi8(al, ah));
-            const __m128i bl = _mm_shuffle_epi8(tl1, hi), bh = _mm_shuffle_epi8(th1, hi);
-            u[2] = _mm_add_epi16(u[2], _mm_unpacklo_epi8(bl, bh));
-            u[3] = _mm_add_epi16(u[3], _mm_unpackhi_epi8(bl, bh));
-        }
-    }
-    for (int q = 0; q < b / 2; q++)
+        const __m256i sv[4] = {s0, s1, s2, s3};
         for (int r = 0; r < 4; r++) {
             _mm256_storeu_si256((__m256i *)(acc + 2 * q * T + 8 * r),
-                                _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s[4 * q + r])));
+                                _mm256_cvtepi16_epi32(_mm256_castsi256_si128(sv[r])));
             _mm256_storeu_si256((__m256i *)(acc + (2 * q + 1) * T + 8 * r),
-                                _mm256_cvtepi16_epi32(_mm256_extracti128_si256(s[4 * q + r], 1)));
+                                _mm256_cvtepi16_epi32(_mm256_extracti128_si256(sv[r], 1)));
         }
-    if (b & 1)
+    }
+    if (b & 1) {  // odd last plane, 128-bit vectors
+        const __m128i m15x = _mm_set1_epi8(15);
+        __m128i u0 = _mm_setzero_si128(), u1 = u0, u2 = u0, u3 = u0;  // rows 8r .. 8r+7
+        const uint8_t *pq = p + 32 * (b / 2), *tb = tbl;
+        for (int c = 0; c < per; c++, pq += b * 16, tb += 32) {
+            if (b == 1) _mm_prefetch((const char *)pq + PREFETCH_BYTES, _MM_HINT_T0);
+            const __m128i th = _mm_loadu_si128((const __m128i *)tb);
+            const __m128i tl = _mm_loadu_si128((const __m128i *)(tb + 16));
+            const __m128i pk = _mm_loadu_si128((const __m128i *)pq);
+            const __m128i lo = _mm_and_si128(pk, m15x);
+            const __m128i hi = _mm_and_si128(_mm_srli_epi16(pk, 4), m15x);
+            const __m128i al = _mm_shuffle_epi8(tl, lo), ah = _mm_shuffle_epi8(th, lo);
+            u0 = _mm_add_epi16(u0, _mm_unpacklo_epi8(al, ah));
+            u1 = _mm_add_epi16(u1, _mm_unpackhi_epi8(al, ah));
+            const __m128i bl = _mm_shuffle_epi8(tl, hi), bh = _mm_shuffle_epi8(th, hi);
+            u2 = _mm_add_epi16(u2, _mm_unpacklo_epi8(bl, bh));
+            u3 = _mm_add_epi16(u3, _mm_unpackhi_epi8(bl, bh));
+        }
+        const __m128i uv[4] = {u0, u1, u2, u3};
         for (int r = 0; r < 4; r++)
-            _mm256_storeu_si256((__m256i *)(acc + (b - 1) * T + 8 * r), _mm256_cvtepi16_epi32(u[r]));
+            _mm256_storeu_si256((__m256i *)(acc + (b - 1) * T + 8 * r), _mm256_cvtepi16_epi32(uv[r]));
+    }
 }
 
 /* the float epilogue of one group (same operations, in the same order, as epilogue_ref) */
@@ -437,9 +449,11 @@ static inline __attribute__((always_inline)) void tile_avx2(float *y, int64_t ti
     int32_t acc[4 * T];
     for (int i = 0; i < 4; i++) yv[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < s->groups; g++) {
+        const uint16_t *sc = scale_at(scale, tile, g, s), *zr = zero_at(zero, tile, g, s);
+        _mm_prefetch((const char *)sc + PREFETCH_BYTES / 4, _MM_HINT_T0);
+        _mm_prefetch((const char *)zr + PREFETCH_BYTES / 4, _MM_HINT_T0);
         group_avx2(acc, planes + (tile * s->k4 + g * per) * b * 16, tbl + g * per * 32, per, b);
-        epilogue_avx2(yv, acc, scale_at(scale, tile, g, s), zero_at(zero, tile, g, s), ts[g],
-                      xs[g], b, fmt);
+        epilogue_avx2(yv, acc, sc, zr, ts[g], xs[g], b, fmt);
     }
     for (int q = 0; q < 4; q++) _mm256_storeu_ps(y + 8 * q, yv[q]);
 }
