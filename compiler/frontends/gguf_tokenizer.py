@@ -23,6 +23,7 @@ _QWEN2 = (
 PRE_TOKENIZERS = {
     "default": [_GPT2],
     "gpt2": [_GPT2],
+    "gpt-2": [_GPT2],
     "olmo": [_GPT2],
     "smollm": [r"\p{N}", _GPT2],
     "starcoder": [r"\p{N}", _GPT2],
