@@ -90,8 +90,19 @@ def _ptr(a: np.ndarray) -> int:
 
 
 def _weight_args(pw: PackedWeight) -> tuple:
-    """The packed weight as the C functions take it: planes, scale, zero, bits, group, format."""
-    return (
+    """The packed weight as the C functions take it: planes, scale, zero, bits, group, format.
+    Validated on first use and cached on the object while its buffers stay the same arrays
+    (the cache holds them, so their addresses stay valid)."""
+    key = (pw.fmt, pw.bits, pw.group_size, tuple(pw.shape))
+    cached = pw.__dict__.get("_c_args")
+    if (
+        cached is not None
+        and cached[0] == key
+        and all(a is b for a, b in zip(cached[1], pw.to_buffers().values()))
+    ):
+        return cached[2]
+    _check_packed(pw)
+    args = (
         _ptr(pw.planes),
         _ptr(pw.scale),
         _ptr(pw.zero),
@@ -99,6 +110,8 @@ def _weight_args(pw: PackedWeight) -> tuple:
         pw.group_size,
         FMT_CODE[pw.fmt],
     )
+    pw.__dict__["_c_args"] = (key, tuple(pw.to_buffers().values()), args)
+    return args
 
 
 def _check_packed(pw: PackedWeight) -> None:
@@ -134,7 +147,7 @@ def _activations(x: np.ndarray, k: int, what: str) -> np.ndarray:
 
 def gemm(pw: PackedWeight, X: np.ndarray, *, threads: int = 1, ref: bool = False) -> np.ndarray:
     """Y (n, m) = X (n, k) . W^T."""
-    _check_packed(pw)
+    wargs = _weight_args(pw)
     m, k = pw.shape
     X = _activations(X, k, "X")
     if X.ndim != 2:
@@ -144,7 +157,7 @@ def gemm(pw: PackedWeight, X: np.ndarray, *, threads: int = 1, ref: bool = False
     fn = lib.edgert_lut_gemm_ref if ref else lib.edgert_lut_gemm
     for s in range(0, X.shape[0], MAX_BATCH):
         xs = X[s : s + MAX_BATCH]
-        fn(_ptr(Y[s:]), _ptr(xs), xs.shape[0], m, k, *_weight_args(pw), threads)
+        fn(_ptr(Y[s:]), _ptr(xs), xs.shape[0], m, k, *wargs, threads)
     return Y
 
 
@@ -160,7 +173,7 @@ def gemv_rows(
     pw: PackedWeight, x: np.ndarray, rows: np.ndarray, *, threads: int = 1, ref: bool = False
 ) -> np.ndarray:
     """Only the output rows listed in ``rows`` (sorted ascending is fastest)."""
-    _check_packed(pw)
+    wargs = _weight_args(pw)
     m, k = pw.shape
     x = _activations(x, k, "x")
     if x.ndim != 1:
@@ -172,7 +185,7 @@ def gemv_rows(
     if rows.size:
         lib = load_library()
         fn = lib.edgert_lut_gemv_rows_ref if ref else lib.edgert_lut_gemv_rows
-        fn(_ptr(y), _ptr(x), m, k, _ptr(rows), rows.size, *_weight_args(pw), threads)
+        fn(_ptr(y), _ptr(x), m, k, _ptr(rows), rows.size, *wargs, threads)
     return y
 
 

@@ -174,3 +174,17 @@ def test_q8_gemm(m, k):
         assert np.max(np.abs(y - want)) <= Q8_REL_TOL * np.max(np.abs(want)) + 1e-7
     with pytest.raises(EdgertError, match="k="):
         q8_gemm(d["q"], d["scale"], np.zeros((1, k + 40), np.float32), k=k + 40)
+
+
+def test_changed_buffers_are_checked_again():
+    _, pw = make("uniform", 2, 40, 64, 64)
+    x = np.zeros(64, np.float32)
+    gemv(pw, x)  # validated and cached
+    pw.planes = pw.planes[:, :-1].copy()
+    with pytest.raises(EdgertError, match="planes"):
+        gemv(pw, x)
+    _, pw = make("uniform", 2, 40, 64, 64)
+    gemv(pw, x)
+    pw.shape = (80, 64)
+    with pytest.raises(EdgertError, match="planes"):
+        gemv(pw, x)
