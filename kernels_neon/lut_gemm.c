@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #if defined(__ARM_NEON)
@@ -497,7 +498,7 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int nworkers;
-    uint64_t generation;
+    atomic_ullong generation;  // bumped (under mu) for every job
     range_fn fn;
     void *ctx;
     int64_t n, chunk;
@@ -516,10 +517,35 @@ static void run_chunks(void) {
     }
 }
 
+static inline void cpu_relax(void) {
+#if defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#elif defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static double now_us(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e6 + (double)t.tv_nsec * 1e-3;
+}
+
+/* after a job a helper watches for the next one this long before sleeping: decode calls come
+ * back to back, and waking a sleeping thread costs tens of microseconds */
+#ifndef SPIN_US
+#define SPIN_US 50.0
+#endif
+
 static void *worker(void *arg) {
     (void)arg;
     uint64_t seen = 0;
     for (;;) {
+        const double t0 = now_us();
+        for (int i = 1; atomic_load_explicit(&pool.generation, memory_order_acquire) == seen; i++) {
+            cpu_relax();
+            if (!(i & 63) && now_us() - t0 > SPIN_US) break;
+        }
         pthread_mutex_lock(&pool.mu);
         while (pool.generation == seen) pthread_cond_wait(&pool.cv, &pool.mu);
         seen = pool.generation;
