@@ -10,10 +10,15 @@
  *     uniform: scale[m_pad/32][G][32], zero[m_pad/32][G][32]      w = scale * (q - zero)
  *     hlq:     alpha[m_pad/32][G][b][32], beta[m_pad/32][G][32]    w = sum_j alpha_j bit_j + beta
  * Activations: for each group of 4 activations the 16 partial sums sum_i bit_i x_i are tabulated
- * and rounded to int16 with one scale per weight group, kept as a high (int8) and a low (uint8)
- * byte table; each plane's 4-bit pattern selects entries of both (tbl on NEON, pshufb on AVX2),
- * byte sums are combined to int32 and scaled at the end of the group. (int8 tables alone cost
- * ~1.4% relative error per product — too much over a 30-layer model.)
+ * and rounded to integers |q| <= 32767 / (g / 4) with one scale per weight group (so the sums of
+ * one plane over a group fit int16), kept as the high (int8) and low (uint8) bytes of q; each
+ * plane's 4-bit pattern selects entries of both (tbl on NEON, pshufb on AVX2), the two bytes are
+ * recombined (zip / unpack) or summed separately, accumulated in 16-bit lanes over the group, and
+ * planes are shift-added (uniform) or scaled by alpha (HLQ) in the float epilogue of the group.
+ * (8-bit tables alone cost ~1.4% relative error per product.) The Armv8.2 dotprod build runs the
+ * NEON path: the inner loop is table lookups, which dot-product instructions do not speed up.
+ * Threads: every entry point splits rows over `threads` workers of a persistent pool
+ * (threads <= 0: $EDGERT_THREADS or all cores); results do not depend on the thread count.
  */
 #ifndef EDGERT_KERNELS_H
 #define EDGERT_KERNELS_H
@@ -27,7 +32,7 @@
 extern "C" {
 #endif
 
-/* y (n, m) = x (n, k) . W^T ; threads <= 0: $EDGERT_THREADS or all cores. */
+/* y (n, m) = x (n, k) . W^T (GEMV: n = 1; prefill: n up to 512 and beyond) */
 void edgert_lut_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                      const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                      int32_t bits, int32_t group, int32_t fmt, int32_t threads);

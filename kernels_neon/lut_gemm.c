@@ -2,7 +2,8 @@
  *
  * Every fast path has a scalar _ref twin, always compiled; both share the table builder and the
  * float epilogue order, so results are bit-identical (build with -ffp-contract=off).
- * Define EDGERT_KERNELS_NO_MAIN_API to #include this file into a test program.
+ * A test program may #include this file directly (tests/kernels/lut_test_driver.c): everything
+ * but the edgert_* entry points is static, and the file defines no main.
  */
 #include "edgert_kernels.h"
 
