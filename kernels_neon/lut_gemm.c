@@ -1,7 +1,8 @@
 /* LUT GEMM / GEMV for bit-plane weights (see edgert_kernels.h for the formats).
  *
- * Every fast path has a scalar _ref twin, always compiled; both share the table builder and the
- * float epilogue order, so results are bit-identical (build with -ffp-contract=off).
+ * Every fast path has a scalar _ref twin, always compiled; the SIMD table builders and epilogues
+ * do the float operations of their scalar twins in the same order and the integer sums are
+ * exact, so results are bit-identical (build with -ffp-contract=off).
  * A test program may #include this file directly (tests/kernels/lut_test_driver.c): everything
  * but the edgert_* entry points is static, and the file defines no main.
  */

@@ -28,23 +28,23 @@ from edgert.kernels.formats import (
 )
 
 __all__ = [
-    "PackedWeight",
-    "pack_uniform",
-    "pack_hlq",
-    "quantize_uniform",
-    "quantize_hlq",
-    "gemv",
-    "gemm",
-    "gemv_rows",
-    "q8_gemm",
-    "load_library",
-    "build_shared",
-    "build_objects",
-    "host_flags",
-    "UNIFORM_BITS",
-    "HLQ_BITS",
     "GROUP_SIZES",
+    "HLQ_BITS",
     "MAX_BATCH",
+    "UNIFORM_BITS",
+    "PackedWeight",
+    "build_objects",
+    "build_shared",
+    "gemm",
+    "gemv",
+    "gemv_rows",
+    "host_flags",
+    "load_library",
+    "pack_hlq",
+    "pack_uniform",
+    "q8_gemm",
+    "quantize_hlq",
+    "quantize_uniform",
 ]
 
 MAX_BATCH = 512  # prefill rows per gemm call
@@ -115,7 +115,7 @@ def _weight_args(pw: PackedWeight) -> tuple:
 
 
 def _check_packed(pw: PackedWeight) -> None:
-    m, k = pw.shape
+    m, _k = pw.shape
     tiles, k4 = -(-m // 32), pw.groups * pw.group_size // 4
     per = pw.bits if pw.fmt == "hlq" else 1
     want = {

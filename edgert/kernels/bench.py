@@ -101,7 +101,7 @@ def bench_kernels(
             fp32 = {}
             for t in threads:
                 with threadpool_limits(limits=t, user_api="blas"):
-                    fp32[t] = _cycle(lambda a: a @ x, w32, seconds)
+                    fp32[t] = _cycle(lambda a, x=x: a @ x, w32, seconds)
                 bar.update(1)
             del w32
             for b in bits:
@@ -120,7 +120,7 @@ def bench_kernels(
                     for _ in range(n)
                 ]
                 for t in threads:
-                    s = _cycle(lambda c: gemv(c, x, threads=t), copies, seconds)
+                    s = _cycle(lambda c, x=x, t=t: gemv(c, x, threads=t), copies, seconds)
                     gbs = pw.nbytes / s / 1e9
                     rows.append(
                         KernelRow(
@@ -153,8 +153,10 @@ def table(res: dict) -> str:
     out = [
         f"kernels: {res['isa']}, group {res['group_size']}; DRAM read "
         + ", ".join(f"{t} thr {g:.1f} GB/s" for t, g in res["dram_read_gbs"].items()),
-        "| shape | m x k | bits | thr | ms | weight GB/s | % DRAM | fp32 ms | fp32 GB/s |"
-        " speedup | byte ratio |",
+        (
+            "| shape | m x k | bits | thr | ms | weight GB/s | % DRAM | fp32 ms | fp32 GB/s |"
+            " speedup | byte ratio |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:

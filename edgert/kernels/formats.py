@@ -65,7 +65,7 @@ class PackedWeight:
         return {"planes": self.planes, "scale": self.scale, "zero": self.zero}
 
     @classmethod
-    def from_buffers(cls, meta: dict[str, Any], buffers: dict[str, np.ndarray]) -> "PackedWeight":
+    def from_buffers(cls, meta: dict[str, Any], buffers: dict[str, np.ndarray]) -> PackedWeight:
         return cls(
             meta["fmt"],
             int(meta["bits"]),

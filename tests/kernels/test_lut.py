@@ -80,7 +80,7 @@ def test_gemv_exact_and_close(fmt, bits, m, k, group):
 @pytest.mark.parametrize("fmt,bits", [("uniform", 2), ("hlq", 3)])
 @pytest.mark.parametrize("n", [1, 5, 64, 513])
 def test_gemm_batches(fmt, bits, n):
-    w, pw = make(fmt, bits, 70, 200, 64)
+    _w, pw = make(fmt, bits, 70, 200, 64)
     X = np.random.default_rng(3).normal(size=(n, 200)).astype(np.float32)
     Y = gemm(pw, X, threads=2)
     assert Y.shape == (n, 70)
