@@ -101,7 +101,7 @@ class ArtifactWriter:
         f = self._fh(rel)
         entry: dict[str, Any] = {"file": rel, "residency": residency, **(meta or {}), "buffers": {}}
         for part, arr in buffers.items():
-            arr = np.ascontiguousarray(arr)
+            arr = np.require(arr, requirements="C")  # keeps 0-d arrays 0-d
             off = f.tell()
             pad = _align(off) - off
             if pad:

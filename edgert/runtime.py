@@ -112,6 +112,11 @@ def open_artifact_engine(path, *, max_ctx: int | None = None) -> "CompiledEngine
     from edgert.artifact import Artifact
 
     art = Artifact.open(path)
+    if art.manifest.get("kind") == "onnx":
+        raise EdgertError(
+            f"{art.path} is a compiled ONNX model, not a language model",
+            "run it with `edgert run ART --input FILE.npy`",
+        )
     art.check_target()
     cfg = art.config()
     plan = art.manifest.get("plan", {})

@@ -36,3 +36,19 @@ def default_threads() -> int:
     return max(
         1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
+
+
+#: environment variables the thread pools (BLAS, TVM, the LUT kernels) read when they start
+THREAD_VARS = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "TVM_NUM_THREADS",
+    "EDGERT_THREADS",
+)
+
+
+def set_threads(threads: int) -> None:
+    """Size every thread pool; call before numpy's BLAS or the TVM runtime first runs."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(int(threads))

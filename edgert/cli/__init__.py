@@ -19,6 +19,7 @@ COMMANDS = {
     "inspect": "inspect",
     "generate": "generate",
     "perplexity": "perplexity",
+    "run": "run",
     "bench": "bench",
     "targets": "targets",
     "bench-kernels": "bench_kernels",

@@ -2,13 +2,29 @@ from __future__ import annotations
 
 import sys
 
-HELP = "compile a model (GGUF / HF directory / known name) into an artifact for a target"
+HELP = (
+    "compile a model (GGUF / HF directory / known name / ONNX file) into an artifact for a target"
+)
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", help="GGUF file, HF model directory, or known name (smollm2-135m)")
+    p.add_argument(
+        "model", help="GGUF file, HF model directory, known name (smollm2-135m), or .onnx file"
+    )
     p.add_argument("--target", required=True, help="device target (see `edgert targets`)")
-    p.add_argument("--bits", type=int, default=4, help="weight bits for every layer (4)")
+    p.add_argument(
+        "--bits",
+        type=int,
+        default=None,
+        help="weight bits for every layer (4); ONNX models: 8 = int8 weights (default float32)",
+    )
+    p.add_argument(
+        "--input-shape",
+        action="append",
+        default=None,
+        metavar="NAME:DIMS",
+        help="ONNX models: pin an input's shape, e.g. input:1x3x224x224 (repeat per input)",
+    )
     p.add_argument("--format", default="uniform", help="uniform (1-4 bit) or hlq (2-4 bit)")
     p.add_argument("--group-size", type=int, default=32, help="weights per scale group (32)")
     p.add_argument(
@@ -33,13 +49,18 @@ def run(args) -> int:
     from edgert.cli.common import print_json, resolve_model
     from edgert.compiler.compile import compile_model
     from edgert.compiler.quant import QuantScheme
+    from edgert.errors import EdgertError
     from edgert.target import load_target
 
-    scheme = QuantScheme(args.format, args.bits, args.group_size)
+    if Path(args.model).suffix.lower() == ".onnx":
+        return _compile_onnx(args)
+    if args.input_shape:
+        raise EdgertError("--input-shape applies to ONNX models only")
+    scheme = QuantScheme(args.format, 4 if args.bits is None else args.bits, args.group_size)
     tgt = load_target(args.target)  # unknown target fails before any work
     tgt.require_toolchain()
     model = resolve_model(args.model)
-    tag = f"b{args.bits_budget:g}" if args.bits_budget else f"{args.bits}"
+    tag = f"b{args.bits_budget:g}" if args.bits_budget else f"{scheme.bits}"
     out = Path(args.output or f"{Path(model).stem}-{tgt.name}-{scheme.fmt}{tag}.edgert")
     s = compile_model(
         model=model,
@@ -55,4 +76,41 @@ def run(args) -> int:
     else:
         print(s.table(), file=sys.stderr)
         print(f"wrote {s.out} ({s.fmt}, {s.avg_bits:.2f} bits/weight avg, target {s.target})")
+    return 0
+
+
+def _compile_onnx(args) -> int:
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from edgert.cli.common import print_json
+    from edgert.errors import EdgertError
+
+    if args.bits_budget is not None or args.calib or args.format != "uniform":
+        raise EdgertError(
+            "--bits-budget, --calib and --format apply to language models only",
+            "for ONNX models use --bits 8 (int8 weights) or leave it out (float32)",
+        )
+    from edgert.compiler.dnn import compile_onnx
+    from edgert.compiler.frontends.onnx import parse_input_shapes
+    from edgert.target import load_target
+
+    shapes = parse_input_shapes(args.input_shape)
+    tgt = load_target(args.target)
+    tgt.require_toolchain()
+    tag = "int8" if args.bits == 8 else "f32"
+    out = Path(args.output or f"{Path(args.model).stem}-{tgt.name}-{tag}.edgert")
+    s = compile_onnx(
+        model=args.model,
+        target=tgt.name,
+        out=out,
+        bits=args.bits,
+        input_shapes=shapes,
+        force=args.force,
+    )
+    if args.json:
+        print_json(asdict(s))
+    else:
+        print(s.table(), file=sys.stderr)
+        print(f"wrote {s.out} (ONNX, {s.weights} weights, target {s.target})")
     return 0

@@ -14,6 +14,8 @@ def inspect_artifact(path) -> dict:
 
     art = Artifact.open(path, verify_resident=False)
     m = art.manifest
+    if m.get("kind") == "onnx":
+        return _inspect_dnn(art)
     by_res = {r: art.nbytes(r) for r in ("resident", "streamed")}
     q = m.get("quant", {})
     bits_by_layer = [v for v in m.get("plan", {}).get("layer_variants", [])]
@@ -62,12 +64,59 @@ def inspect_artifact(path) -> dict:
     return info
 
 
+def _inspect_dnn(art) -> dict:
+    m = art.manifest
+    g = m["graph"]
+    return {
+        "path": str(art.path),
+        "kind": "onnx",
+        "schema": m["schema"],
+        "edgert_version": m.get("edgert_version"),
+        "tvm_version": m.get("tvm_version"),
+        "target": art.target,
+        "source": m.get("source"),
+        "inputs": g["inputs"],
+        "outputs": g["outputs"],
+        "ops": g.get("ops", {}),
+        "weights": m.get("quant", {}).get("weights"),
+        "quantized_tensors": len(m.get("quant", {}).get("quantized_tensors", [])),
+        "bytes": {"resident": art.nbytes("resident"), "streamed": art.nbytes("streamed")},
+        "tensors": len(art.tensors),
+    }
+
+
+def _print_dnn(info: dict) -> None:
+    from edgert.dnn import TensorSpec
+
+    t = info["target"]
+    print(
+        f"artifact   {info['path']}  (ONNX; schema {info['schema']}, edgert "
+        f"{info['edgert_version']}, TVM {info['tvm_version']})"
+    )
+    print(f"target     {t.get('name')}  {t.get('triple')}  {t.get('tvm_target')}")
+    src = info.get("source") or {}
+    print(f"source     {src.get('path')}  (opset {src.get('opset')})")
+    for d in info["inputs"]:
+        print(f"input      {TensorSpec.from_dict(d).describe()}")
+    for d in info["outputs"]:
+        print(f"output     {TensorSpec.from_dict(d).describe()}")
+    print(
+        f"weights    {info['weights']}, {info['tensors']} tensors "
+        f"({info['quantized_tensors']} quantized), {info['bytes']['resident'] / 2**20:.2f} MiB"
+    )
+    ops = info["ops"]
+    print("operators  " + ", ".join(f"{k} x{v}" for k, v in ops.items()))
+
+
 def run(args) -> int:
     from edgert.cli.common import print_json
 
     info = inspect_artifact(args.artifact)
     if args.json:
         print_json(info)
+        return 0
+    if info.get("kind") == "onnx":
+        _print_dnn(info)
         return 0
     t = info["target"]
     mdl = info["model"]

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import sys
+
+HELP = (
+    "run an artifact on this machine: a compiled ONNX model on arrays (--input x.npy), "
+    "or a language model on a prompt (-p TEXT)"
+)
+
+#: outputs up to this many elements are printed in full with --json
+JSON_VALUES_MAX = 4096
+
+
+def add_arguments(p) -> None:
+    p.add_argument("artifact", help="NAME.edgert directory")
+    p.add_argument(
+        "-i",
+        "--input",
+        action="append",
+        default=None,
+        metavar="[NAME=]FILE",
+        help="ONNX models: an input array (.npy; NAME= when the model has several) or one .npz",
+    )
+    p.add_argument("-o", "--output", default=None, help="ONNX models: write outputs (.npy/.npz)")
+    p.add_argument("-p", "--prompt", default=None, help="language models: prompt text")
+    p.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate (64)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (all cores)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    from edgert.dnn import is_dnn_artifact
+    from edgert.errors import EdgertError
+    from edgert.settings import default_threads, set_threads
+
+    threads = args.threads or default_threads()
+    if threads < 1:
+        raise EdgertError("-t must be >= 1")
+    set_threads(threads)
+    if is_dnn_artifact(args.artifact):
+        if args.prompt is not None:
+            raise EdgertError(
+                f"{args.artifact} is a compiled ONNX model: it takes arrays, not a prompt",
+                "pass --input FILE.npy",
+            )
+        return _run_dnn(args)
+    if args.input or args.output:
+        raise EdgertError(
+            f"{args.artifact} is not a compiled ONNX model: --input/--output do not apply",
+            "language models take -p PROMPT",
+        )
+    if args.prompt is None:
+        raise EdgertError("a language model needs a prompt", "pass -p TEXT")
+    return _run_llm(args)
+
+
+def _run_dnn(args) -> int:
+    import time
+
+    from edgert.cli.common import print_json
+    from edgert.dnn import load_inputs, open_dnn, save_outputs
+
+    t0 = time.perf_counter()
+    eng = open_dnn(args.artifact)
+    load_s = time.perf_counter() - t0
+    if args.input:
+        feeds = load_inputs(args.input, eng.inputs)
+    else:
+        from edgert.errors import EdgertError
+
+        wanted = ", ".join(s.describe() for s in eng.inputs)
+        raise EdgertError(f"no --input given (the model takes {wanted})", "pass --input FILE.npy")
+    t = time.perf_counter()
+    outs = eng.run(feeds)
+    run_ms = (time.perf_counter() - t) * 1e3
+    saved = str(save_outputs(outs, args.output)) if args.output else None
+    if args.json:
+        print_json(
+            {
+                "outputs": {
+                    k: {
+                        "shape": list(v.shape),
+                        "dtype": str(v.dtype),
+                        **({"values": v.tolist()} if v.size <= JSON_VALUES_MAX else {}),
+                    }
+                    for k, v in outs.items()
+                },
+                "saved": saved,
+                "load_s": load_s,
+                "run_ms": run_ms,
+            }
+        )
+        return 0
+    import numpy as np
+
+    for k, v in outs.items():
+        with np.printoptions(precision=5, threshold=20, edgeitems=4, suppress=True):
+            body = np.array2string(v.reshape(-1)) if v.size else "[]"
+        print(f"{k} {'x'.join(map(str, v.shape)) or 'scalar'} {v.dtype}: {body}")
+    print(
+        f"load {load_s * 1e3:.1f} ms, inference {run_ms:.2f} ms"
+        + (f", outputs written to {saved}" if saved else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _run_llm(args) -> int:
+    from edgert.cli.common import print_json
+    from edgert.generate import Sampler, generate
+    from edgert.runtime import open_artifact_engine
+
+    engine = open_artifact_engine(args.artifact)
+    if not args.json:
+        sys.stdout.write(args.prompt)
+    res = generate(
+        engine,
+        prompt=args.prompt,
+        n_predict=args.n_predict,
+        sampler=Sampler(temp=0),
+        on_text=None if args.json else lambda s: (sys.stdout.write(s), sys.stdout.flush()),
+    )
+    if args.json:
+        print_json(res.to_dict())
+    else:
+        sys.stdout.write("\n")
+        print(
+            f"prompt: {res.prompt_tokens} tokens, {res.pp_tok_s:.1f} tok/s | "
+            f"generated: {len(res.tokens)} tokens, {res.tg_tok_s:.1f} tok/s",
+            file=sys.stderr,
+        )
+    return 0
