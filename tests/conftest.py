@@ -2,6 +2,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,3 +61,87 @@ def compile_synthetic(out_dir: Path, arch: str, scheme, *, target: str = "host",
     return compile_model(
         model=g, target=target, out=out_dir / f"{arch}.edgert", scheme=scheme, **kw
     )
+
+
+# -- ONNX models (compiler and device tiers) ---------------------------------------------------
+#: max |edgert - onnxruntime| / max(1, max |onnxruntime|): float32 on both sides, same graph
+F32_TOL = 1e-5
+#: NMSE of int8 weight-only outputs against the float32 model (per-channel symmetric int8)
+INT8_NMSE = 1e-3
+#: onnxruntime's QDQ models: outputs are quantized; a value may round to the neighbouring
+#: level when float order differs, so the bound is this many output quantization steps
+QDQ_STEPS = 1
+
+
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    ref = np.asarray(ref, np.float64)
+    return float(np.max(np.abs(got - ref)) / max(1.0, np.max(np.abs(ref))))
+
+
+def nmse(got: np.ndarray, ref: np.ndarray) -> float:
+    ref = np.asarray(ref, np.float64)
+    return float(np.mean((got - ref) ** 2) / np.mean(ref**2))
+
+
+def ort_run(model, feeds: dict, *, optimize: bool = True) -> list[np.ndarray]:
+    """onnxruntime's outputs. ``optimize=False`` keeps its graph as written: with optimizations
+    on, it turns DequantizeLinear + MatMul into an integer kernel that also quantizes the
+    activations, which is not the computation the graph states."""
+    import onnxruntime as ort
+
+    data = model if isinstance(model, bytes) else model.SerializeToString()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def feeds_for(name: str, rng) -> dict:
+    """Inputs for each test model, at the shapes in SHAPES."""
+    from make_onnx_models import causal_mask, digits_sample
+
+    return {
+        "convnet": lambda: {"image": rng.standard_normal((2, 3, 32, 32)).astype(np.float32)},
+        "mlp": lambda: {"x": rng.standard_normal((3, 64)).astype(np.float32)},
+        "attention": lambda: {
+            "x": rng.standard_normal((1, 16, 64)).astype(np.float32),
+            "mask": causal_mask(16),
+        },
+        "sklearn_mlp": lambda: {"X": digits_sample(5)},
+        "convnet_qdq": lambda: {"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)},
+    }[name]()
+
+
+#: model -> --input-shape values it is compiled with
+SHAPES = {
+    "convnet": {"image": (2, 3, 32, 32)},
+    "mlp": {"x": (3, 64)},
+    "attention": {},
+    "sklearn_mlp": {"X": (5, 64)},
+    "convnet_qdq": {},
+}
+
+
+def make_test_onnx_models(d: Path) -> dict[str, Path]:
+    """The ONNX test models as files in ``d``: built with onnx.helper, exported by skl2onnx, and
+    quantized by onnxruntime's static (QDQ) and dynamic (integer ops) quantizers."""
+    import onnx
+    from make_onnx_models import attention, convnet, mlp, ort_quantized, sklearn_mlp
+
+    paths = {}
+    for name, m in [
+        ("convnet", convnet()),
+        ("mlp", mlp()),
+        ("attention", attention()),
+        ("sklearn_mlp", sklearn_mlp()),
+    ]:
+        paths[name] = d / f"{name}.onnx"
+        onnx.save(m, paths[name])
+    one = convnet()
+    one.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    rng = np.random.default_rng(5)
+    calib = [{"image": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
+    paths["convnet_qdq"] = ort_quantized(one, d / "convnet_qdq.onnx", static=True, calib=calib)
+    paths["convnet_dyn"] = ort_quantized(one, d / "convnet_dyn.onnx", static=False)
+    return paths

@@ -1,0 +1,110 @@
+"""Compiled ONNX models on arm64: rpi5 artifacts run inside the emulated device (an arm64 Debian
+root under qemu-user, tools/arm64_root.py, with numpy and the TVM runtime only: no onnx, no
+compiler) and their outputs match onnxruntime on this host for the same inputs."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from arm64_root import ensure_root, run_python
+from conftest import (
+    F32_TOL,
+    QDQ_STEPS,
+    SHAPES,
+    feeds_for,
+    make_test_onnx_models,
+    ort_run,
+    rel_err,
+)
+from edgert.compiler.dnn import compile_onnx
+from edgert.compiler.frontends.onnx import load_onnx, quantize_weights_int8
+
+pytestmark = pytest.mark.device
+
+#: (model, bits) compiled for rpi5 and run on the device
+CASES = [
+    ("convnet", None),
+    ("mlp", 8),
+    ("attention", None),
+    ("attention", 8),
+    ("sklearn_mlp", None),
+    ("convnet_qdq", None),
+]
+#: float32 on aarch64 (NEON FMA contraction) vs onnxruntime on x86-64: relative max abs
+ARM_F32_TOL = 10 * F32_TOL
+
+DEVICE_SCRIPT = r"""
+import json, platform, sys
+import numpy as np
+from edgert.dnn import open_dnn
+assert "onnx" not in sys.modules
+out = {"machine": platform.machine()}
+for name in json.load(open("/tmp/onnx_cases.json")):
+    eng = open_dnn(f"/tmp/onnx/{name}.edgert")
+    with np.load(f"/tmp/onnx/{name}-in.npz") as f:
+        feeds = {k: f[k] for k in f.files}
+    np.savez(f"/tmp/onnx/{name}-out.npz", **eng.run(feeds))
+    out[name] = [o.name for o in eng.outputs]
+out["compiler_loaded"] = any(m.startswith("edgert.compiler") or m == "onnx" for m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def case_name(name: str, bits) -> str:
+    return f"{name}-{bits or 32}"
+
+
+@pytest.fixture(scope="module")
+def device_run(tmp_path_factory):
+    root = ensure_root()
+    d = tmp_path_factory.mktemp("onnx-rpi5")
+    models = make_test_onnx_models(d)
+    dev = root / "tmp" / "onnx"
+    shutil.rmtree(dev, ignore_errors=True)
+    dev.mkdir(parents=True)
+    feeds = {}
+    for name, bits in CASES:
+        cn = case_name(name, bits)
+        s = compile_onnx(
+            model=models[name],
+            target="rpi5",
+            out=d / f"{cn}.edgert",
+            bits=bits,
+            input_shapes=SHAPES[name],
+        )
+        shutil.copytree(s.out, dev / f"{cn}.edgert")
+        feeds[cn] = feeds_for(name, np.random.default_rng(len(feeds)))
+        np.savez(dev / f"{cn}-in.npz", **feeds[cn])
+    (root / "tmp" / "onnx_cases.json").write_text(json.dumps(list(feeds)))
+    out = json.loads(run_python(root, DEVICE_SCRIPT).strip().splitlines()[-1])
+    return dev, models, feeds, out
+
+
+def test_runs_on_aarch64_without_the_compiler(device_run):
+    _, _, _, out = device_run
+    assert out["machine"] == "aarch64"
+    assert out["compiler_loaded"] is False
+
+
+@pytest.mark.parametrize("name,bits", CASES, ids=[case_name(*c) for c in CASES])
+def test_matches_onnxruntime(device_run, name, bits):
+    dev, models, feeds, out = device_run
+    cn = case_name(name, bits)
+    model = onnx.load(models[name])
+    if bits == 8:  # the same int8 graph, run as written
+        model = quantize_weights_int8(load_onnx(models[name], input_shapes=SHAPES[name])).proto
+    refs = ort_run(model, feeds[cn], optimize=bits != 8 and name != "convnet_qdq")
+    assert out[cn] == [o.name for o in onnx.load(models[name]).graph.output]
+    with np.load(dev / f"{cn}-out.npz") as got:
+        for k, ref in zip(out[cn], refs):
+            g = got[k]
+            assert g.shape == ref.shape and g.dtype == ref.dtype
+            if name == "convnet_qdq":  # quantized outputs: at most one level apart
+                dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"][-1]
+                inits = {t.name: t for t in model.graph.initializer}
+                step = float(onnx.numpy_helper.to_array(inits[dq.input[1]]))
+                assert np.max(np.abs(g - ref)) <= QDQ_STEPS * step * 1.001
+            else:
+                assert rel_err(g, ref) < ARM_F32_TOL, (cn, k, rel_err(g, ref))
