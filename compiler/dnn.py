@@ -64,7 +64,12 @@ def compile_onnx(
 ) -> DnnCompileSummary:
     """Compile the ONNX file ``model`` for ``target`` into the artifact directory ``out``."""
     from edgert.compiler.compile import _tvm_version
-    from edgert.compiler.frontends.onnx import load_onnx, quantize_weights_int8, to_relax
+    from edgert.compiler.frontends.onnx import (
+        fold_batch_norms,
+        load_onnx,
+        quantize_weights_int8,
+        to_relax,
+    )
     from edgert.compiler.lower import compile_module
 
     t0 = time.perf_counter()
@@ -80,6 +85,7 @@ def compile_onnx(
     if out.exists() and not force:
         raise ArtifactError(f"{out} already exists", "choose another -o or pass --force")
     m = load_onnx(model, input_shapes=input_shapes)
+    folded = fold_batch_norms(m)
     if bits == 8:
         quantize_weights_int8(m)
     times = {"load + check": time.perf_counter() - t0}
@@ -99,6 +105,7 @@ def compile_onnx(
             tgt.tvm_target,
             out_so=str(w.path / "lib" / "model.so"),
             cxx=tgt.cxx if tgt.arch != "x86_64" else None,
+            parallel_fallback=True,
         )
         times["lower + link"] = time.perf_counter() - t
         weight_bytes = sum(int(a.nbytes) for _, a in params)
@@ -123,6 +130,7 @@ def compile_onnx(
                     "weights": "int8" if bits == 8 else "f32",
                     "quantized_tensors": m.quantized,
                 },
+                "rewrites": {"batch_norms_folded": folded},
                 "tokenizer": None,
                 "libs": {"model": "lib/model.so"},
             }

@@ -308,11 +308,18 @@ def f32_linears(cfg: ModelConfig) -> dict[str, LinearSpec]:
     return sp
 
 
-def cpu_pipeline(target):
-    """TVM's CPU pipeline with dlight's CPU schedules (GEMV, reductions) applied after fusion."""
+def cpu_pipeline(target, *, parallel_fallback: bool = False):
+    """TVM's CPU pipeline with dlight's CPU schedules (GEMV, reductions) applied after fusion;
+    ``parallel_fallback`` adds :mod:`edgert.compiler.schedule`'s rule for every other operator."""
     import tvm
     import tvm.relax.backend.cpu_generic.pipeline as cg
     import tvm.s_tir.dlight as dl
+
+    rules = [dl.cpu.GEMV(), dl.cpu.Reduction()]
+    if parallel_fallback:
+        from edgert.compiler.schedule import default_cpu_rules
+
+        rules = default_cpu_rules()
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod, _ctx):
@@ -320,7 +327,7 @@ def cpu_pipeline(target):
             passes = (
                 cg.library_dispatch_passes(target)
                 + cg.legalize_passes(target)
-                + [dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction())]
+                + [dl.ApplyDefaultSchedule(*rules)]
                 + cg.dataflow_lower_passes(target)
                 + cg.finalize_passes(target)
             )
@@ -330,7 +337,13 @@ def cpu_pipeline(target):
 
 
 def compile_module(
-    mod, tvm_target: dict, *, out_so: str, cxx: str | None = None, addons: list[str] | None = None
+    mod,
+    tvm_target: dict,
+    *,
+    out_so: str,
+    cxx: str | None = None,
+    addons: list[str] | None = None,
+    parallel_fallback: bool = False,
 ) -> None:
     """Compile ``mod`` for ``tvm_target`` and link it (with ``addons`` objects) into ``out_so``."""
     import tvm
@@ -338,7 +351,8 @@ def compile_module(
 
     target = tvm.target.Target(tvm_target)
     mod = relax.transform.DecomposeOpsForInference()(mod)
-    ex = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+    pipeline = cpu_pipeline(target, parallel_fallback=parallel_fallback)
+    ex = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     kw = {}
     if cxx:
         from tvm.support import cc

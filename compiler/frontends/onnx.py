@@ -232,6 +232,70 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
     )
 
 
+def fold_batch_norms(model: OnnxModel) -> int:
+    """Fold each inference-mode BatchNormalization that directly follows a Conv into the Conv's
+    weights and bias (exact up to float rounding) when the Conv feeds only that node and every
+    parameter is an initializer. Weights are function parameters, not constants, so otherwise
+    the normalisation (a square root and a division per output element) would be recomputed on
+    every inference. Returns how many were folded."""
+    from onnx import helper, numpy_helper
+
+    g = model.proto.graph
+    inits = {t.name: t for t in g.initializer}
+    uses = Counter(i for n in g.node for i in n.input)
+    graph_outputs = {o.name for o in g.output}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def arr(name: str) -> np.ndarray:
+        return numpy_helper.to_array(inits[name]).astype(np.float64)
+
+    n_folded = 0
+    for bn in list(g.node):
+        if bn.op_type != "BatchNormalization" or len(bn.input) != 5 or len(bn.output) != 1:
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or conv.output[0] in graph_outputs:
+            continue
+        w_name = conv.input[1]
+        b_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
+        if uses[conv.output[0]] != 1 or w_name not in inits or uses[w_name] != 1:
+            continue
+        if (b_name and (b_name not in inits or uses[b_name] != 1)) or not all(
+            x in inits for x in bn.input[1:]
+        ):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (arr(x) for x in bn.input[1:])
+        w = arr(w_name)
+        b = arr(b_name) if b_name else np.zeros(w.shape[0])
+        k = gamma / np.sqrt(var + eps)
+        w_new = (w * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
+        b_new = ((b - mean) * k + beta).astype(np.float32)
+        new_b_name = f"{w_name}__bn_bias"
+        g.initializer.remove(inits[w_name])
+        if b_name:
+            g.initializer.remove(inits[b_name])
+        g.initializer.extend(
+            [numpy_helper.from_array(w_new, w_name), numpy_helper.from_array(b_new, new_b_name)]
+        )
+        inits = {t.name: t for t in g.initializer}
+        fused = helper.make_node(
+            "Conv", [conv.input[0], w_name, new_b_name], list(bn.output), name=conv.name
+        )
+        fused.attribute.extend(conv.attribute)
+        idx = list(g.node).index(conv)
+        g.node.remove(conv)
+        g.node.insert(idx, fused)
+        g.node.remove(bn)
+        n_folded += 1
+    if n_folded:
+        used = {i for n in g.node for i in n.input} | graph_outputs
+        for t in [t for t in g.initializer if t.name not in used]:
+            g.initializer.remove(t)  # the normalisation's own parameters
+        model.ops = dict(sorted(Counter(n.op_type for n in g.node).items()))
+    return n_folded
+
+
 def quantize_weights_int8(model: OnnxModel) -> OnnxModel:
     """Rewrite float32 weights of Conv / ConvTranspose / Gemm / MatMul to int8 with a per-output-
     channel scale and a ``DequantizeLinear`` in front (symmetric, round to nearest)."""

@@ -4,6 +4,7 @@ onnxruntime on the same inputs; int8 weight-only matches onnxruntime on the same
 
 import json
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -21,7 +22,12 @@ from conftest import (
     run_cli,
 )
 from edgert.compiler.dnn import compile_onnx
-from edgert.compiler.frontends.onnx import load_onnx, parse_input_shapes, quantize_weights_int8
+from edgert.compiler.frontends.onnx import (
+    fold_batch_norms,
+    load_onnx,
+    parse_input_shapes,
+    quantize_weights_int8,
+)
 
 from edgert.dnn import load_inputs, open_dnn, save_outputs
 from edgert.errors import EdgertError
@@ -131,6 +137,20 @@ def test_unsupported_operators_named_before_compiling(models, tmp_path):
     for node in ("conv1_quant", "depthwise_quant", "pointwise_quant"):
         assert node in msg
     assert not out.exists()
+
+
+def test_batch_norm_folded_into_conv(models, compiled):
+    """Conv + BatchNormalization becomes one Conv with rescaled weights: same outputs."""
+    m = load_onnx(models["convnet"], input_shapes=SHAPES["convnet"])
+    assert m.ops["BatchNormalization"] == 1
+    assert fold_batch_norms(m) == 1
+    assert "BatchNormalization" not in m.ops
+    feeds = feeds_for("convnet", np.random.default_rng(4))
+    folded = ort_run(m.proto, feeds)[0]
+    assert rel_err(folded, ort_run(onnx.load(models["convnet"]), feeds)[0]) < F32_TOL
+    man = json.loads((Path(compiled["convnet", None]) / "manifest.json").read_text())
+    assert man["rewrites"]["batch_norms_folded"] == 1
+    assert "bn.mean" not in man["tensors"]
 
 
 def test_input_shape_parsing():

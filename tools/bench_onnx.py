@@ -1,0 +1,177 @@
+"""Compiled ONNX models vs onnxruntime, side by side: same model, same inputs, same threads, runs
+interleaved in one process per thread count (so both see the same machine state). Prints a table
+of median latencies and the ratio, and writes JSON.
+
+    python tools/bench_onnx.py [--size bench] [-t 1,2] [--reps 5] [--runs 20] [--out FILE.json]
+
+The models are the ones tools/make_onnx_models.py builds (``bench`` size: a 224x224 conv net, a
+1024-wide MLP, a 128-token transformer block); each is compiled for the host as float32 and as
+int8 weight-only, and onnxruntime runs the float32 model with its default optimizations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))
+
+#: model -> batch shape overrides for its dynamic axes
+SHAPES = {"convnet": {"image": (1, 3, 224, 224)}, "mlp": {"x": (1, 1024)}, "attention": {}}
+
+
+def prepare(size: str, work: Path) -> list[dict]:
+    """Build the models and compile them (cached in ``work`` by size)."""
+    import onnx
+    from edgert.compiler.dnn import compile_onnx
+    from make_onnx_models import BUILDERS
+
+    work.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for name, shapes in SHAPES.items():
+        src = work / f"{name}-{size}.onnx"
+        if not src.exists():
+            onnx.save(BUILDERS[name](size), src)
+        for bits in (None, 8):
+            art = work / f"{name}-{size}-{'int8' if bits else 'f32'}.edgert"
+            if not art.exists():
+                compile_onnx(model=src, target="host", out=art, bits=bits, input_shapes=shapes)
+            cases.append({"name": name, "onnx": str(src), "artifact": str(art), "bits": bits})
+    return cases
+
+
+def child(cases: list[dict], threads: int, reps: int, runs: int) -> list[dict]:
+    """Runs in a fresh process whose thread pools were sized by the parent's environment."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgert.dnn import open_dnn
+
+    out = []
+    for c in cases:
+        eng = open_dnn(c["artifact"])
+        feeds = eng.random_inputs(0)
+        if c["name"] == "attention":
+            from make_onnx_models import causal_mask
+
+            feeds["mask"] = causal_mask(feeds["mask"].shape[0])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        sess = ort.InferenceSession(c["onnx"], opts, providers=["CPUExecutionProvider"])
+        ref = sess.run(None, feeds)
+        got = eng.run(feeds)
+        err = max(
+            float(np.max(np.abs(g - r)) / max(1.0, float(np.max(np.abs(r)))))
+            for g, r in zip(got.values(), ref)
+        )
+        for _ in range(3):  # warm both
+            eng.run(feeds)
+            sess.run(None, feeds)
+        e_ms, o_ms = [], []
+        for _ in range(reps):
+            t = time.perf_counter()
+            for _ in range(runs):
+                eng.run(feeds)
+            e_ms.append((time.perf_counter() - t) * 1e3 / runs)
+            t = time.perf_counter()
+            for _ in range(runs):
+                sess.run(None, feeds)
+            o_ms.append((time.perf_counter() - t) * 1e3 / runs)
+        out.append(
+            {
+                **c,
+                "threads": threads,
+                "edgert_ms": statistics.median(e_ms),
+                "onnxruntime_ms": statistics.median(o_ms),
+                "edgert_samples": e_ms,
+                "onnxruntime_samples": o_ms,
+                "max_rel_err_vs_onnxruntime": err,
+            }
+        )
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        r = subprocess.run(["lscpu"], capture_output=True, text=True, check=False)
+        for line in r.stdout.splitlines():
+            if line.startswith("Model name:"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="bench", choices=["small", "bench"])
+    ap.add_argument("-t", "--threads", default="1,2")
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions (median)")
+    ap.add_argument("--runs", type=int, default=20, help="inferences per repetition")
+    ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_onnx")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        spec = json.loads(a.child)
+        print(json.dumps(child(spec["cases"], spec["threads"], a.reps, a.runs)))
+        return
+    cases = prepare(a.size, a.work)
+    results = []
+    for t in [int(x) for x in a.threads.split(",")]:
+        env = dict(os.environ)
+        for var in ("OMP_NUM_THREADS", "TVM_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            env[var] = str(t)
+        r = subprocess.run(
+            [sys.executable, __file__, "--reps", str(a.reps), "--runs", str(a.runs),
+             "--child", json.dumps({"cases": cases, "threads": t})],
+            capture_output=True, text=True, env=env, check=False,
+        )  # fmt: skip
+        if r.returncode:
+            sys.exit(f"benchmark child failed:\n{r.stderr[-3000:]}")
+        results += json.loads(r.stdout.strip().splitlines()[-1])
+    hdr = ("model", "weights", "threads", "edgert ms", "onnxruntime ms", "ort/edgert", "max err")
+    rows = [hdr]
+    for r in results:
+        rows.append(
+            (
+                r["name"],
+                "int8" if r["bits"] else "f32",
+                str(r["threads"]),
+                f"{r['edgert_ms']:.3f}",
+                f"{r['onnxruntime_ms']:.3f}",
+                f"{r['onnxruntime_ms'] / r['edgert_ms']:.2f}x",
+                f"{r['max_rel_err_vs_onnxruntime']:.1e}",
+            )
+        )
+    w = [max(len(x[i]) for x in rows) for i in range(len(hdr))]
+    for i, row in enumerate(rows):
+        print("| " + " | ".join(c.ljust(w[j]) for j, c in enumerate(row)) + " |")
+        if i == 0:
+            print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    meta = {
+        "machine": cpu_model(),
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+        "size": a.size,
+        "reps": a.reps,
+        "runs": a.runs,
+    }
+    print(f"{meta['machine']}, {meta['cores']} cores, {meta['date']}; medians of {a.reps} x "
+          f"{a.runs} inferences")  # fmt: skip
+    out = a.out or a.work / f"results-{a.size}.json"
+    out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
