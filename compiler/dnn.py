@@ -39,8 +39,10 @@ class DnnCompileSummary:
     seconds: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> str:
+        from edgert.dnn import format_bytes
+
         rows = [("stage", "seconds")] + [(k, f"{v:.1f}") for k, v in self.seconds.items()]
-        rows += [("", ""), ("weights", f"{self.weight_bytes / 2**20:.2f} MiB ({self.weights})")]
+        rows += [("", ""), ("weights", f"{format_bytes(self.weight_bytes)} ({self.weights})")]
         rows += [(f"input {i['name']}", f"{_shape(i)} {i['dtype']}") for i in self.inputs]
         rows += [(f"output {o['name']}", f"{_shape(o)} {o['dtype']}") for o in self.outputs]
         w = max(len(r[0]) for r in rows)
@@ -113,12 +115,7 @@ def compile_onnx(
             {
                 "kind": "onnx",
                 "tvm_version": _tvm_version(),
-                "target": {
-                    "name": tgt.name,
-                    "arch": tgt.arch,
-                    "triple": tgt.triple,
-                    "tvm_target": tgt.tvm_target,
-                },
+                "target": tgt.manifest_entry(),
                 "source": {"path": str(m.path.resolve()), "sha256": m.sha256, "opset": m.opset},
                 "graph": {
                     "inputs": [s.to_dict() for s in m.inputs],

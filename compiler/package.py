@@ -201,12 +201,7 @@ def write_artifact(
         w.manifest.update(
             {
                 "tvm_version": _tvm_version(),
-                "target": {
-                    "name": tgt.name,
-                    "arch": tgt.arch,
-                    "triple": tgt.triple,
-                    "tvm_target": tgt.tvm_target,
-                },
+                "target": tgt.manifest_entry(),
                 "model": c.to_dict(),
                 "source": {"path": str(m.source), "n_params": m.n_params()},
                 "tokenizer": "tokenizer.json" if tok is not None else None,

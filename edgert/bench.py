@@ -105,6 +105,14 @@ def bench(
     )
 
 
+def markdown_table(rows: list[tuple[str, ...]]) -> list[str]:
+    """Rows (the first one the header) as the lines of a padded Markdown table."""
+    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(row)) + " |" for row in rows]
+    lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
+    return lines
+
+
 def table(r: BenchResult) -> str:
     """The llama-bench table: model | size | bits | threads | test | t/s."""
     size = f"{r.size_bytes / 2**20:.1f} MiB"
@@ -132,9 +140,7 @@ def table(r: BenchResult) -> str:
                 f"{r.tg_tok_s:.2f} ± {r.tg_tok_s_std:.2f}",
             )
         )
-    w = [max(len(x[i]) for x in rows) for i in range(6)]
-    lines = ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(row)) + " |" for row in rows]
-    lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
+    lines = markdown_table(rows)
     lines.append(
         f"load {r.load_s:.2f} s, time to first token {r.ttft_s * 1e3:.1f} ms "
         f"(pp{r.n_prompt}), peak RSS {r.peak_rss_bytes / 2**20:.0f} MiB"

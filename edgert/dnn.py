@@ -49,6 +49,10 @@ def format_shape(shape: Iterable) -> str:
     return "x".join(parts) if parts else "scalar"
 
 
+def format_bytes(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB" if n >= 2**20 else f"{n / 1024:.1f} KiB"
+
+
 def is_dnn_artifact(path: str | Path) -> bool:
     """True for an artifact directory compiled from an ONNX model (no checks beyond the kind)."""
     import json
@@ -223,16 +227,16 @@ class DnnBenchResult:
             ("model", "size", "weights", "threads", "test", "ms"),
             (
                 self.model,
-                f"{self.size_bytes / 2**20:.2f} MiB",
+                format_bytes(self.size_bytes),
                 self.weights,
                 str(self.threads),
                 f"infer x{self.runs}",
                 f"{self.latency_ms:.3f} ± {self.latency_ms_std:.3f}",
             ),
         ]
-        w = [max(len(r[i]) for r in rows) for i in range(6)]
-        lines = ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |" for r in rows]
-        lines.insert(1, "|" + "|".join("-" * (x + 2) for x in w) + "|")
+        from edgert.bench import markdown_table
+
+        lines = markdown_table(rows)
         lines.append(
             f"init {self.init_s * 1e3:.1f} ms, first inference {self.first_ms:.3f} ms, "
             f"median {self.latency_ms_median:.3f} ms, min {self.latency_ms_min:.3f} ms, "

@@ -61,6 +61,15 @@ class Target:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def manifest_entry(self) -> dict[str, Any]:
+        """How an artifact records the target it was compiled for."""
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "triple": self.triple,
+            "tvm_target": self.tvm_target,
+        }
+
     def toolchain_missing(self) -> list[str]:
         return [t for t in (self.cc, self.cxx) if shutil.which(t) is None]
 

@@ -153,11 +153,9 @@ def main() -> None:
                 f"{r['max_rel_err_vs_onnxruntime']:.1e}",
             )
         )
-    w = [max(len(x[i]) for x in rows) for i in range(len(hdr))]
-    for i, row in enumerate(rows):
-        print("| " + " | ".join(c.ljust(w[j]) for j, c in enumerate(row)) + " |")
-        if i == 0:
-            print("|" + "|".join("-" * (x + 2) for x in w) + "|")
+    from edgert.bench import markdown_table
+
+    print("\n".join(markdown_table(rows)))
     meta = {
         "machine": cpu_model(),
         "cores": os.cpu_count(),

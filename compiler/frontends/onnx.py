@@ -342,13 +342,12 @@ def quantize_weights_int8(model: OnnxModel) -> OnnxModel:
             [
                 numpy_helper.from_array(q, f"{name}__q8"),
                 numpy_helper.from_array(scale, f"{name}__scale"),
-                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}__zero"),
             ]
         )
         new_nodes.append(
             helper.make_node(
                 "DequantizeLinear",
-                [f"{name}__q8", f"{name}__scale", f"{name}__zero"],
+                [f"{name}__q8", f"{name}__scale"],  # symmetric: no zero point
                 [name],
                 name=f"{name}__dequantize",
                 axis=axis,

@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from edgert.cli.common import print_json, resolve_model
+    from edgert.cli.common import resolve_model
     from edgert.engine import open_engine
     from edgert.generate import Sampler, generate
 
@@ -48,13 +48,20 @@ def run(args) -> int:
         on_text=None if args.json else stream,
         stop_at_eos=not args.ignore_eos,
     )
-    if args.json:
-        print_json(res.to_dict())
-    else:
-        sys.stdout.write("\n")
-        print(
-            f"prompt: {res.prompt_tokens} tokens, {res.pp_tok_s:.1f} tok/s | "
-            f"generated: {len(res.tokens)} tokens, {res.tg_tok_s:.1f} tok/s ({res.stop_reason})",
-            file=sys.stderr,
-        )
+    report(res, as_json=args.json)
     return 0
+
+
+def report(res, *, as_json: bool) -> None:
+    """After streaming: the JSON object, or a newline and the speed line on stderr."""
+    from edgert.cli.common import print_json
+
+    if as_json:
+        print_json(res.to_dict())
+        return
+    sys.stdout.write("\n")
+    print(
+        f"prompt: {res.prompt_tokens} tokens, {res.pp_tok_s:.1f} tok/s | "
+        f"generated: {len(res.tokens)} tokens, {res.tg_tok_s:.1f} tok/s ({res.stop_reason})",
+        file=sys.stderr,
+    )

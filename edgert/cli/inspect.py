@@ -86,7 +86,7 @@ def _inspect_dnn(art) -> dict:
 
 
 def _print_dnn(info: dict) -> None:
-    from edgert.dnn import TensorSpec
+    from edgert.dnn import TensorSpec, format_bytes
 
     t = info["target"]
     print(
@@ -102,7 +102,7 @@ def _print_dnn(info: dict) -> None:
         print(f"output     {TensorSpec.from_dict(d).describe()}")
     print(
         f"weights    {info['weights']}, {info['tensors']} tensors "
-        f"({info['quantized_tensors']} quantized), {info['bytes']['resident'] / 2**20:.2f} MiB"
+        f"({info['quantized_tensors']} quantized), {format_bytes(info['bytes']['resident'])}"
     )
     ops = info["ops"]
     print("operators  " + ", ".join(f"{k} x{v}" for k, v in ops.items()))

@@ -106,7 +106,7 @@ def _run_dnn(args) -> int:
 
 
 def _run_llm(args) -> int:
-    from edgert.cli.common import print_json
+    from edgert.cli.generate import report
     from edgert.generate import Sampler, generate
     from edgert.runtime import open_artifact_engine
 
@@ -120,13 +120,5 @@ def _run_llm(args) -> int:
         sampler=Sampler(temp=0),
         on_text=None if args.json else lambda s: (sys.stdout.write(s), sys.stdout.flush()),
     )
-    if args.json:
-        print_json(res.to_dict())
-    else:
-        sys.stdout.write("\n")
-        print(
-            f"prompt: {res.prompt_tokens} tokens, {res.pp_tok_s:.1f} tok/s | "
-            f"generated: {len(res.tokens)} tokens, {res.tg_tok_s:.1f} tok/s",
-            file=sys.stderr,
-        )
+    report(res, as_json=args.json)
     return 0
