@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgert.artifact import ArtifactError, ArtifactWriter
 from edgert.errors import EdgertError
 from edgert.progress import Progress
@@ -55,6 +57,96 @@ def _shape(spec: dict) -> str:
     return format_shape(spec["shape"])
 
 
+def _op_name(expr) -> str | None:
+    import tvm
+
+    op = getattr(expr, "op", None)
+    return op.name if isinstance(op, tvm.ir.Op) else None
+
+
+def fuse_dequantize_matmul(mod):
+    """``matmul(x, dequantize(w_int8, scale))`` (optionally through a transpose, as Gemm with
+    transB gives) becomes one computation that reads the int8 weight inside the reduction and
+    scales the sums: without it every inference first writes the whole weight back out as a
+    float32 temporary (4x the bytes the int8 weight was meant to save)."""
+    from tvm import relax, te
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    def zero_point_is_zero(zp) -> bool:
+        v = getattr(zp, "value", None)  # a constant (TVM 0.27; ``data`` before)
+        v = getattr(zp, "data", None) if v is None else v
+        try:
+            return not np.any(v.numpy() if hasattr(v, "numpy") else np.asarray(v))
+        except (TypeError, ValueError):
+            return False
+
+    @mutator
+    class Rewrite(PyExprMutator):
+        def __init__(self, module):
+            super().__init__(module)
+            self.module = module
+            self.count = 0
+
+        def transform(self):
+            for gv, func in self.module.functions_items():
+                if isinstance(func, relax.Function):
+                    self.builder_.update_func(gv, self.visit_expr(func))
+            return self.builder_.get()
+
+        def _bound(self, v):
+            return self.lookup_binding(v) if isinstance(v, relax.Var) else None
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if _op_name(call) != "relax.matmul":
+                return call
+            x, w = call.args
+            b = self._bound(w)
+            trans = _op_name(b) == "relax.permute_dims"
+            if trans:
+                axes = b.attrs.axes
+                if axes is not None and [int(a) for a in axes] != [1, 0]:
+                    return call
+                b = self._bound(b.args[0])
+            if _op_name(b) != "relax.dequantize":
+                return call
+            wq, scale, zp = b.args
+            wt, st, xt = wq.ty, scale.ty, x.ty
+            if (
+                str(wt.dtype) != "int8"
+                or wt.ndim != 2
+                or st.ndim != 1
+                or str(xt.dtype) != "float32"
+                or int(b.attrs.axis) != (0 if trans else 1)
+                or not zero_point_is_zero(zp)
+            ):
+                return call
+
+            def te_fn(xx, ww, ss):
+                k = te.reduce_axis((0, xx.shape[-1]), "k")
+                n = ww.shape[0] if trans else ww.shape[1]
+
+                def w_at(j):
+                    return (ww[j, k] if trans else ww[k, j]).astype("float32")
+
+                acc = te.compute(
+                    (*xx.shape[:-1], n),
+                    lambda *i: te.sum(xx[(*i[:-1], k)] * w_at(i[-1]), axis=k),
+                    name="matmul_int8",
+                )
+                return te.compute(acc.shape, lambda *i: acc[i] * ss[i[-1]], name="scale")
+
+            self.count += 1
+            return self.builder_.call_te(te_fn, x, wq, scale, primfunc_name_hint="matmul_int8")
+
+    rw = Rewrite(mod)
+    out = rw.transform()
+    if rw.count:
+        out = relax.transform.DeadCodeElimination(["main"])(out)
+    log.debug("dequantize+matmul fused: %d", rw.count)
+    return out
+
+
 def compile_onnx(
     *,
     model: str | Path,
@@ -93,6 +185,7 @@ def compile_onnx(
     times = {"load + check": time.perf_counter() - t0}
     t = time.perf_counter()
     mod, params, outputs = to_relax(m)
+    mod = fuse_dequantize_matmul(mod)
     times["import"] = time.perf_counter() - t
     with ArtifactWriter(out, force=force) as w:
         t = time.perf_counter()

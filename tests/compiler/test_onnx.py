@@ -21,12 +21,13 @@ from conftest import (
     rel_err,
     run_cli,
 )
-from edgert.compiler.dnn import compile_onnx
+from edgert.compiler.dnn import compile_onnx, fuse_dequantize_matmul
 from edgert.compiler.frontends.onnx import (
     fold_batch_norms,
     load_onnx,
     parse_input_shapes,
     quantize_weights_int8,
+    to_relax,
 )
 
 from edgert.dnn import load_inputs, open_dnn, save_outputs
@@ -90,6 +91,18 @@ def test_int8_weights(models, compiled, name):
         assert tensors[f"{w}__q8"]["buffers"]["data"]["dtype"] == "|i1"
     f32 = open_dnn(compiled[name, None])
     assert eng.weight_bytes < 0.5 * f32.weight_bytes
+
+
+def test_int8_matmuls_read_int8(models):
+    """Each MatMul / Gemm on an int8 weight becomes one computation reading the int8 weight (no
+    float32 copy of the weight per inference); test_int8_weights checks its results."""
+    for name, n in (("mlp", 3), ("attention", 6)):
+        m = quantize_weights_int8(load_onnx(models[name], input_shapes=SHAPES[name]))
+        mod, _, _ = to_relax(m)
+        assert mod["main"].script().count("R.dequantize") == n
+        fused = fuse_dequantize_matmul(mod)
+        assert "R.dequantize" not in fused["main"].script()
+        assert fused["main"].script().count("matmul_int8") == n
 
 
 def test_onnxruntime_qdq_model(models, compiled):
