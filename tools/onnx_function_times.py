@@ -28,8 +28,6 @@ def main() -> None:
     import tvm
     import tvm.relax.backend.cpu_generic.pipeline as cg
     import tvm.s_tir.dlight as dl
-    from tvm import relax
-
     from edgert.compiler.dnn import fuse_dequantize_matmul
     from edgert.compiler.frontends.onnx import (
         fold_batch_norms,
@@ -39,6 +37,8 @@ def main() -> None:
         to_relax,
     )
     from edgert.compiler.schedule import default_cpu_rules
+    from tvm import relax
+
     from edgert.target import load_target
 
     m = load_onnx(a.model, input_shapes=parse_input_shapes(a.input_shape))
