@@ -20,9 +20,11 @@ COMMANDS = {
     "generate": "generate",
     "perplexity": "perplexity",
     "run": "run",
+    "deploy": "deploy",
     "bench": "bench",
     "targets": "targets",
     "bench-kernels": "bench_kernels",
+    "agent": "agent",
 }
 
 

@@ -25,6 +25,11 @@ def add_arguments(p) -> None:
     p.add_argument("-p", "--prompt", default=None, help="language models: prompt text")
     p.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate (64)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (all cores)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="run on a device where the artifact was deployed (`edgert deploy ART DEVICE`)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -37,43 +42,115 @@ def run(args) -> int:
     if threads < 1:
         raise EdgertError("-t must be >= 1")
     set_threads(threads)
-    if is_dnn_artifact(args.artifact):
-        if args.prompt is not None:
-            raise EdgertError(
-                f"{args.artifact} is a compiled ONNX model: it takes arrays, not a prompt",
-                "pass --input FILE.npy",
-            )
-        return _run_dnn(args)
-    if args.input or args.output:
+    dnn = is_dnn_artifact(args.artifact)
+    _check_args(args, dnn)
+    if args.device:
+        return _run_remote(args, dnn=dnn)
+    return _run_dnn(args) if dnn else _run_llm(args)
+
+
+def _check_args(args, dnn: bool) -> None:
+    from edgert.errors import EdgertError
+
+    if dnn and args.prompt is not None:
+        raise EdgertError(
+            f"{args.artifact} is a compiled ONNX model: it takes arrays, not a prompt",
+            "pass --input FILE.npy",
+        )
+    if not dnn and (args.input or args.output):
         raise EdgertError(
             f"{args.artifact} is not a compiled ONNX model: --input/--output do not apply",
             "language models take -p PROMPT",
         )
-    if args.prompt is None:
+    if not dnn and args.prompt is None:
         raise EdgertError("a language model needs a prompt", "pass -p TEXT")
-    return _run_llm(args)
+    if dnn and not args.input:
+        from edgert.artifact import Artifact
+        from edgert.dnn import TensorSpec
+
+        g = Artifact.open(args.artifact, verify_resident=False).manifest["graph"]
+        wanted = ", ".join(TensorSpec.from_dict(d).describe() for d in g["inputs"])
+        raise EdgertError(f"no --input given (the model takes {wanted})", "pass --input FILE.npy")
+
+
+def _run_remote(args, *, dnn: bool) -> int:
+    """The same run on a device: the artifact (deployed under its name) is loaded by the agent."""
+    import io
+
+    import numpy as np
+
+    from edgert.cli.common import print_json
+    from edgert.deploy import artifact_name
+    from edgert.device import Device, DeviceError
+
+    name = artifact_name(args.artifact)
+    with Device(args.device) as dev:
+        names = [a["name"] for a in dev.call("artifact.list")[0]["artifacts"]]
+        if name not in names:
+            raise DeviceError(
+                f"{name} is not on device {args.device}",
+                f"deploy it first: edgert deploy {args.artifact} {args.device}",
+            )
+        dev.call("artifact.load", {"name": name})
+        if dnn:
+            from edgert.artifact import Artifact
+            from edgert.dnn import TensorSpec, load_inputs, save_outputs
+
+            g = Artifact.open(args.artifact, verify_resident=False).manifest["graph"]
+            feeds = load_inputs(args.input or [], [TensorSpec.from_dict(d) for d in g["inputs"]])
+            buf = io.BytesIO()
+            np.savez(buf, **feeds)
+            hdr, payload = dev.call("run.infer", {"name": name}, buf.getvalue())
+            with np.load(io.BytesIO(payload)) as f:
+                outs = {k: f[k] for k in f.files}
+            saved = str(save_outputs(outs, args.output)) if args.output else None
+            _print_outputs(args, outs, saved, load_s=None, run_ms=hdr["run_ms"])
+            return 0
+        if not args.json:
+            sys.stdout.write(args.prompt)
+        hdr, _ = dev.call(
+            "run.generate",
+            {"name": name, "prompt": args.prompt, "n_predict": args.n_predict, "temp": 0},
+            on_event=None
+            if args.json
+            else lambda e: (sys.stdout.write(e.get("text", "")), sys.stdout.flush()),
+        )
+    res = hdr["result"]
+    if args.json:
+        print_json(res)
+    else:
+        sys.stdout.write("\n")
+        print(
+            f"on {args.device}: prompt {res['prompt_tokens']} tokens, {res['pp_tok_s']:.1f} tok/s"
+            f" | generated {len(res['tokens'])} tokens, {res['tg_tok_s']:.1f} tok/s",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _run_dnn(args) -> int:
     import time
 
-    from edgert.cli.common import print_json
     from edgert.dnn import load_inputs, open_dnn, save_outputs
 
     t0 = time.perf_counter()
     eng = open_dnn(args.artifact)
     load_s = time.perf_counter() - t0
-    if args.input:
-        feeds = load_inputs(args.input, eng.inputs)
-    else:
-        from edgert.errors import EdgertError
-
-        wanted = ", ".join(s.describe() for s in eng.inputs)
-        raise EdgertError(f"no --input given (the model takes {wanted})", "pass --input FILE.npy")
+    feeds = load_inputs(args.input, eng.inputs)
     t = time.perf_counter()
     outs = eng.run(feeds)
     run_ms = (time.perf_counter() - t) * 1e3
     saved = str(save_outputs(outs, args.output)) if args.output else None
+    _print_outputs(args, outs, saved, load_s=load_s, run_ms=run_ms)
+    return 0
+
+
+def _print_outputs(args, outs: dict, saved: str | None, *, load_s, run_ms: float) -> None:
+    """--json: shapes, dtypes and (small) values; else a short line per output."""
+    import numpy as np
+
+    from edgert.cli.common import print_json
+
     if args.json:
         print_json(
             {
@@ -88,21 +165,21 @@ def _run_dnn(args) -> int:
                 "saved": saved,
                 "load_s": load_s,
                 "run_ms": run_ms,
+                "device": args.device,
             }
         )
-        return 0
-    import numpy as np
-
+        return
     for k, v in outs.items():
         with np.printoptions(precision=5, threshold=20, edgeitems=4, suppress=True):
             body = np.array2string(v.reshape(-1)) if v.size else "[]"
         print(f"{k} {'x'.join(map(str, v.shape)) or 'scalar'} {v.dtype}: {body}")
+    where = f" on {args.device}" if args.device else ""
+    load = f"load {load_s * 1e3:.1f} ms, " if load_s is not None else ""
     print(
-        f"load {load_s * 1e3:.1f} ms, inference {run_ms:.2f} ms"
+        f"{load}inference{where} {run_ms:.2f} ms"
         + (f", outputs written to {saved}" if saved else ""),
         file=sys.stderr,
     )
-    return 0
 
 
 def _run_llm(args) -> int:

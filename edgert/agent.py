@@ -1,0 +1,417 @@
+"""The device agent: ``edgert agent --stdio`` (or ``--serial PORT``) serves one client over a byte
+stream with the framed protocol of :mod:`edgert.protocol`.
+
+Actions (``REQUEST`` header ``{"id": N, "action": NAME, "args": {...}}``; the answer is a
+``REPLY`` with the same id, ``EVENT`` frames before it for streamed output, or an ``ERROR``):
+
+- ``device.info``: CPU model and features, cores, DRAM total/free, storage, temperature and
+  frequency governor where the device exposes them, machine, Python and edgert versions.
+- ``artifact.list`` / ``artifact.load`` / ``artifact.unload``: artifacts under ``ROOT/artifacts``.
+- ``run.generate``: a language-model artifact on a prompt; one EVENT per piece of text.
+- ``run.infer``: a compiled ONNX model on the arrays of an ``.npz`` payload; outputs as ``.npz``.
+- ``run.bench``: ``edgert bench`` figures for a loaded artifact.
+- ``file.stat`` / ``file.put`` / ``file.commit``: checksummed chunked upload into a staging
+  directory (resumable: ``file.stat`` says how much of a file already arrived), then an atomic
+  switch to ``ROOT/artifacts/NAME`` once every checksum of the artifact verifies.
+- ``agent.shutdown``.
+
+Every path a client names stays inside ``ROOT``. A malformed frame or request gets an ERROR reply
+and the agent keeps serving.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import platform
+import re
+import shutil
+import sys
+import zlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from edgert import __version__
+from edgert.errors import EdgertError
+from edgert.protocol import (
+    PROTOCOL_VERSION,
+    Code,
+    Frame,
+    FrameError,
+    FrameReader,
+    StreamClosed,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+CAPABILITIES = ("info", "artifacts", "generate", "infer", "bench", "files")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class RequestError(Exception):
+    """A request the agent refuses (bad arguments, unknown artifact, ...): sent back as ERROR."""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("EDGERT_AGENT_ROOT", Path.home() / ".edgert")).expanduser()
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def device_info(root: Path) -> dict[str, Any]:
+    """What the device is: enough to choose a target and to explain a measurement."""
+    cpu_model, features = None, []
+    text = _read_text("/proc/cpuinfo") or ""
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key = key.strip().lower()
+        if key in ("model name", "hardware", "cpu part") and cpu_model is None:
+            cpu_model = val.strip()
+        elif key in ("flags", "features") and not features:
+            features = val.split()
+    mem = {}
+    for line in (_read_text("/proc/meminfo") or "").splitlines():
+        k, _, v = line.partition(":")
+        if k in ("MemTotal", "MemAvailable") and v.strip().endswith("kB"):
+            mem[k] = int(v.split()[0]) * 1024
+    temps = []
+    for z in sorted(Path("/sys/class/thermal").glob("thermal_zone*/temp")):
+        t = _read_text(str(z))
+        if t and t.lstrip("-").isdigit():
+            temps.append(int(t) / 1000)
+    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    freq = _read_text(cpufreq + "scaling_cur_freq")
+    root.mkdir(parents=True, exist_ok=True)
+    disk = shutil.disk_usage(root)
+    return {
+        "machine": platform.machine(),
+        "system": platform.system(),
+        "cpu_model": cpu_model or platform.processor() or "unknown",
+        "cpu_features": features,
+        "cores": os.cpu_count(),
+        "dram_total_bytes": mem.get("MemTotal"),
+        "dram_free_bytes": mem.get("MemAvailable"),
+        "storage_total_bytes": disk.total,
+        "storage_free_bytes": disk.free,
+        "temperature_c": temps,
+        "governor": _read_text(cpufreq + "scaling_governor"),
+        "cpu_freq_khz": int(freq) if freq and freq.isdigit() else None,
+        "python": platform.python_version(),
+        "edgert_version": __version__,
+        "root": str(root),
+    }
+
+
+class Agent:
+    """Serves requests read from ``rfile`` and writes frames to ``wfile`` until BYE, shutdown or
+    the end of the stream."""
+
+    def __init__(self, rfile: BinaryIO, wfile: BinaryIO, *, root: Path | None = None):
+        self.reader = FrameReader(rfile)
+        self.wfile = wfile
+        self.root = Path(root or default_root())
+        self.loaded: dict[str, Any] = {}
+        self.errors = 0
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def send(self, code: Code, header: dict, payload: bytes = b"") -> None:
+        self.wfile.write(encode(code, header, payload))
+        self.wfile.flush()
+
+    def hello(self) -> dict:
+        return {
+            "protocol": PROTOCOL_VERSION,
+            "edgert_version": __version__,
+            "capabilities": list(CAPABILITIES),
+            "machine": platform.machine(),
+        }
+
+    def serve(self) -> None:
+        self.send(Code.HELLO, self.hello())
+        while True:
+            try:
+                frame = self.reader.read()
+            except StreamClosed:
+                return
+            except FrameError as e:
+                self.errors += 1
+                self.send(Code.ERROR, {"id": None, "error": f"bad frame: {e}"})
+                continue
+            if frame.code == Code.BYE:
+                return
+            if frame.code == Code.HELLO:
+                self.send(Code.HELLO, self.hello())
+                continue
+            if frame.code != Code.REQUEST:
+                self.send(Code.ERROR, {"id": None, "error": f"unexpected {frame.code.name}"})
+                continue
+            if self.handle(frame) == "shutdown":
+                return
+
+    def handle(self, frame: Frame) -> str | None:
+        rid = frame.header.get("id")
+        action = frame.header.get("action")
+        args = frame.header.get("args", {})
+        fn = ACTIONS.get(action) if isinstance(action, str) else None
+        try:
+            if fn is None:
+                raise RequestError(f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
+            if not isinstance(args, dict):
+                raise RequestError("args must be a JSON object")
+            header, payload = fn(self, rid, args, frame.payload)
+        except (RequestError, EdgertError) as e:
+            self.errors += 1
+            self.send(Code.ERROR, {"id": rid, "error": str(e)})
+            return None
+        except Exception as e:
+            self.errors += 1
+            log.exception("action %s failed", action)
+            self.send(Code.ERROR, {"id": rid, "error": f"{type(e).__name__}: {e}"})
+            return None
+        self.send(Code.REPLY, {"id": rid, **header}, payload)
+        return "shutdown" if action == "agent.shutdown" else None
+
+    def event(self, rid, **fields) -> None:
+        self.send(Code.EVENT, {"id": rid, **fields})
+
+    # -- paths --------------------------------------------------------------------------------
+    def inside(self, rel: Any) -> Path:
+        """``ROOT/rel``, refusing anything that would leave ROOT."""
+        if not isinstance(rel, str) or not rel or "\x00" in rel:
+            raise RequestError("path must be a non-empty string")
+        p = (self.root / rel).resolve()
+        root = self.root.resolve()
+        if p != root and root not in p.parents:
+            raise RequestError(f"path {rel!r} leaves the agent root")
+        return p
+
+    def artifact_dir(self, name: Any) -> Path:
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise RequestError(f"bad artifact name {name!r}")
+        return self.root / "artifacts" / name
+
+    def engine(self, name: Any):
+        if name not in self.loaded:
+            _load(self, None, {"name": name}, b"")
+        return self.loaded[name]
+
+
+# -- actions: (agent, request id, args, payload) -> (reply header, reply payload) --------------
+def _info(agent: Agent, rid, args, payload):
+    return {"info": device_info(agent.root)}, b""
+
+
+def _list(agent: Agent, rid, args, payload):
+    import json
+
+    out = []
+    for d in sorted((agent.root / "artifacts").glob("*/manifest.json")):
+        try:
+            m = json.loads(d.read_text())
+        except (OSError, ValueError):
+            continue
+        size = sum(f.stat().st_size for f in d.parent.rglob("*") if f.is_file())
+        out.append(
+            {
+                "name": d.parent.name,
+                "kind": m.get("kind", "llm"),
+                "target": m.get("target", {}).get("name"),
+                "bytes": size,
+                "loaded": d.parent.name in agent.loaded,
+            }
+        )
+    return {"artifacts": out}, b""
+
+
+def _load(agent: Agent, rid, args, payload):
+    name = args.get("name")
+    path = agent.artifact_dir(name)
+    if not (path / "manifest.json").exists():
+        raise RequestError(f"no artifact {name!r} on this device (deploy it first)")
+    from edgert.dnn import is_dnn_artifact
+
+    if is_dnn_artifact(path):
+        from edgert.dnn import open_dnn
+
+        agent.loaded[name] = open_dnn(path)
+    else:
+        from edgert.runtime import open_artifact_engine
+
+        agent.loaded[name] = open_artifact_engine(path, max_ctx=args.get("ctx"))
+    return {"loaded": name}, b""
+
+
+def _unload(agent: Agent, rid, args, payload):
+    return {"unloaded": agent.loaded.pop(args.get("name"), None) is not None}, b""
+
+
+def _generate(agent: Agent, rid, args, payload):
+    from edgert.generate import Sampler, generate
+
+    eng = agent.engine(args.get("name"))
+    if not hasattr(eng, "tokenizer"):
+        raise RequestError(f"{args.get('name')} is a compiled ONNX model: use run.infer")
+    eng.reset()
+    res = generate(
+        eng,
+        prompt=str(args.get("prompt", "")),
+        n_predict=int(args.get("n_predict", 64)),
+        sampler=Sampler(
+            temp=float(args.get("temp", 0.0)),
+            top_k=int(args.get("top_k", 40)),
+            top_p=float(args.get("top_p", 0.95)),
+            seed=args.get("seed"),
+        ),
+        on_text=lambda piece: agent.event(rid, text=piece),
+        stop_at_eos=not args.get("ignore_eos", False),
+    )
+    return {"result": res.to_dict()}, b""
+
+
+def _infer(agent: Agent, rid, args, payload):
+    import time
+
+    import numpy as np
+
+    eng = agent.engine(args.get("name"))
+    if not hasattr(eng, "inputs"):
+        raise RequestError(f"{args.get('name')} is a language model: use run.generate")
+    try:
+        with np.load(io.BytesIO(payload), allow_pickle=False) as f:
+            feeds = {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise RequestError(f"payload is not an .npz of inputs: {e}") from e
+    t = time.perf_counter()
+    outs = eng.run(feeds)
+    run_ms = (time.perf_counter() - t) * 1e3
+    buf = io.BytesIO()
+    np.savez(buf, **outs)
+    return {"outputs": list(outs), "run_ms": run_ms}, buf.getvalue()
+
+
+def _bench(agent: Agent, rid, args, payload):
+    name = args.get("name")
+    path = agent.artifact_dir(name)
+    from edgert.dnn import bench_dnn, is_dnn_artifact
+    from edgert.settings import default_threads
+
+    threads = int(args.get("threads") or default_threads())
+    if is_dnn_artifact(path):
+        r = bench_dnn(path, threads=threads, runs=int(args.get("runs", 50)))
+        return {"bench": r.to_dict()}, b""
+    import time
+
+    from edgert.bench import bench
+
+    t0 = time.perf_counter()
+    agent.loaded.pop(name, None)
+    n_prompt, n_gen = int(args.get("n_prompt", 128)), int(args.get("n_gen", 64))
+    from edgert.runtime import open_artifact_engine
+
+    eng = open_artifact_engine(path, max_ctx=n_prompt + n_gen + 16)
+    load_s = time.perf_counter() - t0
+    r = bench(
+        eng,
+        model=name,
+        kind="artifact",
+        size_bytes=eng.source.art.nbytes(),
+        bits=eng.source.art.manifest.get("quant", {}).get("avg_bits"),
+        threads=threads,
+        load_s=load_s,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        reps=int(args.get("reps", 3)),
+    )
+    return {"bench": r.to_dict()}, b""
+
+
+def _crc_of(path: Path, n: int) -> str:
+    crc = 0
+    with open(path, "rb") as f:
+        left = n
+        while left:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            left -= len(chunk)
+    return f"{crc & 0xFFFFFFFF:08x}"
+
+
+def _stat(agent: Agent, rid, args, payload):
+    p = agent.inside(args.get("path"))
+    if not p.is_file():
+        return {"exists": False, "size": 0, "crc32": f"{0:08x}"}, b""
+    size = p.stat().st_size
+    return {"exists": True, "size": size, "crc32": _crc_of(p, size)}, b""
+
+
+def _put(agent: Agent, rid, args, payload):
+    p = agent.inside(args.get("path"))
+    offset = args.get("offset")
+    want = args.get("crc32")
+    if not isinstance(offset, int) or offset < 0:
+        raise RequestError("offset must be a non-negative integer")
+    if want != f"{zlib.crc32(payload) & 0xFFFFFFFF:08x}":
+        raise RequestError(f"chunk at {offset} of {args.get('path')} fails its checksum; resend")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    size = p.stat().st_size if p.exists() else 0
+    if offset > size:
+        raise RequestError(f"offset {offset} is past the {size} bytes received; resume at {size}")
+    with open(p, "r+b" if p.exists() else "wb") as f:
+        f.seek(offset)
+        f.write(payload)
+        f.truncate(offset + len(payload))
+    return {"size": offset + len(payload)}, b""
+
+
+def _commit(agent: Agent, rid, args, payload):
+    """Verify a staged artifact completely, then switch it into place atomically."""
+    from edgert.artifact import Artifact
+
+    staging = agent.inside(args.get("staging"))
+    dest = agent.artifact_dir(args.get("name"))
+    art = Artifact.open(staging)  # schema + resident checksums
+    art.verify()  # every buffer, streamed ones too
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    agent.loaded.pop(args.get("name"), None)
+    return {"committed": dest.name, "bytes": art.nbytes()}, b""
+
+
+def _shutdown(agent: Agent, rid, args, payload):
+    return {"bye": True}, b""
+
+
+ACTIONS = {
+    "device.info": _info,
+    "artifact.list": _list,
+    "artifact.load": _load,
+    "artifact.unload": _unload,
+    "run.generate": _generate,
+    "run.infer": _infer,
+    "run.bench": _bench,
+    "file.stat": _stat,
+    "file.put": _put,
+    "file.commit": _commit,
+    "agent.shutdown": _shutdown,
+}
+
+
+def serve_stdio(root: Path | None = None) -> None:
+    """Serve on this process's stdin/stdout (what the SSH and local transports start)."""
+    out = sys.stdout.buffer
+    sys.stdout = sys.stderr  # stray prints must not corrupt the frame stream
+    Agent(sys.stdin.buffer, out, root=root).serve()

@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+HELP = "the device side of every transport: serve requests on stdin/stdout (or a serial port)"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--stdio", action="store_true", help="serve on stdin/stdout (SSH, local)")
+    p.add_argument("--root", default=None, help="where artifacts live (~/.edgert)")
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from edgert.agent import serve_stdio
+    from edgert.errors import EdgertError
+
+    if not args.stdio:
+        raise EdgertError("choose how to serve", "pass --stdio")
+    serve_stdio(Path(args.root).expanduser() if args.root else None)
+    return 0

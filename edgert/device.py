@@ -1,0 +1,130 @@
+"""Talking to a device: ``Device(url)`` opens a transport lazily (as a context manager), checks
+the agent's HELLO, then sends requests and collects replies and streamed events.
+
+Device URLs: ``local`` or ``local:///AGENT/ROOT`` (the agent as a child process on this machine).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlparse
+
+from edgert.errors import EdgertError
+from edgert.protocol import PROTOCOL_VERSION, Code, FrameError, FrameReader, StreamClosed, encode
+
+log = logging.getLogger(__name__)
+
+#: transports by URL scheme -> module and class (one file each: transport_<scheme>.py)
+TRANSPORTS = {"local": ("edgert.transport_local", "LocalTransport")}
+OPEN_ATTEMPTS = 3
+
+
+class DeviceError(EdgertError):
+    """A device that cannot be reached, or that refused a request."""
+
+
+def transport_for(url: str):
+    import importlib
+
+    u = urlparse(url if "://" in url else f"{url}://")
+    scheme = u.scheme or url
+    if scheme not in TRANSPORTS:
+        raise DeviceError(
+            f"unknown device {url!r}",
+            f"device URLs here: {', '.join(s + '[://AGENT_ROOT]' for s in TRANSPORTS)}",
+        )
+    modname, cls = TRANSPORTS[scheme]
+    return getattr(importlib.import_module(modname), cls)(root=u.path or None)
+
+
+class Device:
+    def __init__(self, url: str, *, transport=None):
+        self.url = url
+        self.transport = transport or transport_for(url)
+        self._reader: FrameReader | None = None
+        self._w = None
+        self._next_id = 0
+        self.hello: dict[str, Any] | None = None
+
+    def __enter__(self) -> Device:
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        if self._reader is not None:
+            return
+        last: Exception | None = None
+        for attempt in range(1, OPEN_ATTEMPTS + 1):
+            try:
+                r, self._w = self.transport.open()
+                self._reader = FrameReader(r)
+                frame = self._reader.read()
+                break
+            except (OSError, StreamClosed, FrameError) as e:
+                last = e
+                log.debug("opening %s failed (attempt %d): %s", self.url, attempt, e)
+                self.transport.close()
+                self._reader = None
+        else:
+            raise DeviceError(
+                f"cannot reach device {self.url}: {last}",
+                "check the device URL and that edgert is installed there",
+            )
+        if frame.code != Code.HELLO or frame.header.get("protocol") != PROTOCOL_VERSION:
+            self.close()
+            raise DeviceError(
+                f"device {self.url} speaks protocol {frame.header.get('protocol')}, "
+                f"this edgert speaks {PROTOCOL_VERSION}",
+                "install the same edgert version on both sides",
+            )
+        self.hello = frame.header
+
+    def close(self) -> None:
+        if self._w is not None:
+            try:
+                self._w.write(encode(Code.BYE, {}))
+                self._w.flush()
+            except OSError:
+                pass
+        self.transport.close()
+        self._reader = self._w = None
+
+    def call(
+        self,
+        action: str,
+        args: dict | None = None,
+        payload: bytes = b"",
+        *,
+        on_event: Callable[[dict], None] | None = None,
+    ) -> tuple[dict, bytes]:
+        """Send one request; returns the reply's header and payload. Errors name the device."""
+        self.open()
+        self._next_id += 1
+        rid = self._next_id
+        try:
+            self._w.write(encode(Code.REQUEST, {"id": rid, "action": action, "args": args or {}},
+                                 payload))  # fmt: skip
+            self._w.flush()
+            while True:
+                try:
+                    f = self._reader.read()
+                except FrameError as e:
+                    raise DeviceError(f"device {self.url}: garbled reply to {action}: {e}") from e
+                if f.header.get("id") not in (rid, None):
+                    continue  # a late answer to an earlier request
+                if f.code == Code.EVENT and on_event:
+                    on_event(f.header)
+                elif f.code == Code.REPLY:
+                    return f.header, f.payload
+                elif f.code == Code.ERROR:
+                    raise DeviceError(f"device {self.url}: {action}: {f.header.get('error')}")
+        except (OSError, StreamClosed) as e:
+            self.close()
+            raise DeviceError(
+                f"device {self.url} closed the connection during {action} ({e})"
+            ) from e
