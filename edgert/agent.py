@@ -12,7 +12,8 @@ Actions (``REQUEST`` header ``{"id": N, "action": NAME, "args": {...}}``; the an
 - ``run.bench``: ``edgert bench`` figures for a loaded artifact.
 - ``file.stat`` / ``file.put`` / ``file.commit``: checksummed chunked upload into a staging
   directory (resumable: ``file.stat`` says how much of a file already arrived), then an atomic
-  switch to ``ROOT/artifacts/NAME`` once every checksum of the artifact verifies.
+  switch of ``ROOT/artifacts/NAME`` (a link to ``ROOT/versions/NAME.N``) once every checksum of
+  the artifact verifies.
 - ``agent.shutdown``.
 
 Every path a client names stays inside ``ROOT``. A malformed frame or request gets an ERROR reply
@@ -232,7 +233,7 @@ def _list(agent: Agent, rid, args, payload):
 
 def _load(agent: Agent, rid, args, payload):
     name = args.get("name")
-    path = agent.artifact_dir(name)
+    path = agent.artifact_dir(name).resolve()  # this version's own path (see _commit)
     if not (path / "manifest.json").exists():
         raise RequestError(f"no artifact {name!r} on this device (deploy it first)")
     from edgert.dnn import is_dnn_artifact
@@ -298,7 +299,9 @@ def _infer(agent: Agent, rid, args, payload):
 
 def _bench(agent: Agent, rid, args, payload):
     name = args.get("name")
-    path = agent.artifact_dir(name)
+    path = agent.artifact_dir(name).resolve()
+    if not (path / "manifest.json").exists():
+        raise RequestError(f"no artifact {name!r} on this device (deploy it first)")
     from edgert.dnn import bench_dnn, is_dnn_artifact
     from edgert.settings import default_threads
 
@@ -373,20 +376,38 @@ def _put(agent: Agent, rid, args, payload):
 
 
 def _commit(agent: Agent, rid, args, payload):
-    """Verify a staged artifact completely, then switch it into place atomically."""
+    """Verify a staged artifact completely, then switch it into place atomically.
+
+    ``ROOT/artifacts/NAME`` is a symbolic link to ``ROOT/versions/NAME.N``: the switch is one
+    rename of a link, and each version keeps its own path, so a process that loaded an earlier
+    version's library (which the dynamic loader caches by path) loads the new one afresh."""
+    import time
+
     from edgert.artifact import Artifact
 
     staging = agent.inside(args.get("staging"))
     dest = agent.artifact_dir(args.get("name"))
     art = Artifact.open(staging)  # schema + resident checksums
     art.verify()  # every buffer, streamed ones too
+    versions = agent.root / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    version = versions / f"{dest.name}.{time.time_ns()}"
+    os.replace(staging, version)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    old = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists():
+    previous = dest.resolve() if dest.is_symlink() else None
+    link = dest.with_name(f".{dest.name}.link")
+    link.unlink(missing_ok=True)
+    link.symlink_to(os.path.relpath(version, dest.parent))
+    if dest.exists() and not dest.is_symlink():  # a plain directory from elsewhere
+        old = dest.with_name(f".{dest.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
         os.replace(dest, old)
-    os.replace(staging, dest)
-    shutil.rmtree(old, ignore_errors=True)
+        os.replace(link, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(link, dest)
+    if previous is not None and previous != version:
+        shutil.rmtree(previous, ignore_errors=True)  # open files of a loaded copy stay valid
     agent.loaded.pop(args.get("name"), None)
     return {"committed": dest.name, "bytes": art.nbytes()}, b""
 
