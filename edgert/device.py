@@ -1,7 +1,8 @@
 """Talking to a device: ``Device(url)`` opens a transport lazily (as a context manager), checks
 the agent's HELLO, then sends requests and collects replies and streamed events.
 
-Device URLs: ``local`` or ``local:///AGENT/ROOT`` (the agent as a child process on this machine).
+Device URLs: ``ssh://user@host[:port][?key=PATH]`` (the agent on an SSH exec channel), ``local``
+or ``local:///AGENT/ROOT`` (the agent as a child process on this machine).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from edgert.protocol import PROTOCOL_VERSION, Code, FrameError, FrameReader, Str
 log = logging.getLogger(__name__)
 
 #: transports by URL scheme -> module and class (one file each: transport_<scheme>.py)
-TRANSPORTS = {"local": ("edgert.transport_local", "LocalTransport")}
+TRANSPORTS = {
+    "local": ("edgert.transport_local", "LocalTransport"),
+    "ssh": ("edgert.transport_ssh", "SSHTransport"),
+}
 OPEN_ATTEMPTS = 3
 
 
@@ -25,24 +29,24 @@ class DeviceError(EdgertError):
     """A device that cannot be reached, or that refused a request."""
 
 
-def transport_for(url: str):
+def transport_for(url: str, **opts):
+    """The transport a device URL names (``scheme://...``; a bare scheme is allowed)."""
     import importlib
 
-    u = urlparse(url if "://" in url else f"{url}://")
-    scheme = u.scheme or url
+    scheme = urlparse(url).scheme if "://" in url else url
     if scheme not in TRANSPORTS:
         raise DeviceError(
             f"unknown device {url!r}",
-            f"device URLs here: {', '.join(s + '[://AGENT_ROOT]' for s in TRANSPORTS)}",
+            "device URLs: ssh://user@host[:port][?key=PATH], local[://AGENT_ROOT]",
         )
     modname, cls = TRANSPORTS[scheme]
-    return getattr(importlib.import_module(modname), cls)(root=u.path or None)
+    return getattr(importlib.import_module(modname), cls).from_url(url, **opts)
 
 
 class Device:
-    def __init__(self, url: str, *, transport=None):
+    def __init__(self, url: str, *, transport=None, accept_new_host_key: bool = False):
         self.url = url
-        self.transport = transport or transport_for(url)
+        self.transport = transport or transport_for(url, accept_new_host_key=accept_new_host_key)
         self._reader: FrameReader | None = None
         self._w = None
         self._next_id = 0
@@ -65,6 +69,9 @@ class Device:
                 self._reader = FrameReader(r)
                 frame = self._reader.read()
                 break
+            except EdgertError:
+                self.transport.close()
+                raise  # host key refused, no edgert on the device: retrying will not help
             except (OSError, StreamClosed, FrameError) as e:
                 last = e
                 log.debug("opening %s failed (attempt %d): %s", self.url, attempt, e)

@@ -16,6 +16,12 @@ class LocalTransport:
         self.root = root
         self.proc: subprocess.Popen | None = None
 
+    @classmethod
+    def from_url(cls, url: str, **_opts) -> "LocalTransport":
+        from urllib.parse import urlparse
+
+        return cls(root=(urlparse(url).path or None) if "://" in url else None)
+
     @property
     def name(self) -> str:
         return f"local://{self.root or ''}"

@@ -25,6 +25,7 @@ COMMANDS = {
     "targets": "targets",
     "bench-kernels": "bench_kernels",
     "agent": "agent",
+    "emulator": "emulator",
 }
 
 

@@ -5,7 +5,14 @@ HELP = "copy an artifact to a device (checksummed chunks, resumable, switched in
 
 def add_arguments(p) -> None:
     p.add_argument("artifact", help="NAME.edgert directory")
-    p.add_argument("device", help="device URL: local[://AGENT_ROOT]")
+    p.add_argument(
+        "device", help="device URL: ssh://user@host[:port][?key=PATH] or local[://AGENT_ROOT]"
+    )
+    p.add_argument(
+        "--accept-new-host-key",
+        action="store_true",
+        help="trust an SSH host key seen for the first time (and record it)",
+    )
     p.add_argument("--name", default=None, help="name on the device (the directory's name)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -13,14 +20,23 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
+    from edgert.artifact import Artifact
     from edgert.cli.common import print_json
     from edgert.deploy import deploy
     from edgert.device import Device
 
-    with Device(args.device) as dev:
-        r = deploy(args.artifact, dev, name=args.name, progress=None if not args.json else False)
+    Artifact.open(args.artifact)  # a corrupt artifact is refused before the device is touched
+    progress = None if not args.json else False
+    dev = Device(args.device, accept_new_host_key=args.accept_new_host_key)
+    runtime = None
+    if hasattr(dev.transport, "exec"):  # SSH: install or update edgert on the device first
+        from edgert.deploy import ensure_runtime
+
+        runtime = ensure_runtime(dev.transport, progress=progress)
+    with dev:
+        r = deploy(args.artifact, dev, name=args.name, progress=progress)
     if args.json:
-        print_json(r.to_dict())
+        print_json({**r.to_dict(), "runtime": runtime})
     else:
         resumed = f", {r.resumed_bytes} bytes resumed" if r.resumed_bytes else ""
         print(

@@ -30,6 +30,9 @@ def add_arguments(p) -> None:
         default=None,
         help="run on a device where the artifact was deployed (`edgert deploy ART DEVICE`)",
     )
+    p.add_argument(
+        "--accept-new-host-key", action="store_true", help="trust an unknown SSH host key"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -84,7 +87,7 @@ def _run_remote(args, *, dnn: bool) -> int:
     from edgert.device import Device, DeviceError
 
     name = artifact_name(args.artifact)
-    with Device(args.device) as dev:
+    with Device(args.device, accept_new_host_key=args.accept_new_host_key) as dev:
         names = [a["name"] for a in dev.call("artifact.list")[0]["artifacts"]]
         if name not in names:
             raise DeviceError(

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+HELP = "a local emulated arm64 device (qemu-user, its own sshd): up [--target rpi5] | down | status"
+
+
+def add_arguments(p) -> None:
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--target", default="rpi5", help="arm64 target whose DRAM limit applies")
+    p.add_argument("--port", type=int, default=None, help="loopback port for its sshd")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args) -> int:
+    import sys
+
+    from edgert import emulator
+    from edgert.cli.common import print_json
+
+    if args.action == "up":
+        st = emulator.up(target=args.target, port=args.port)
+        from edgert.transport_ssh import trust_host_key
+
+        trust_host_key(st["host_key"])
+    elif args.action == "down":
+        st = emulator.down()
+    else:
+        st = emulator.status()
+    if args.json:
+        print_json(st)
+    elif st.get("running"):
+        print(st["url"])
+        lim = st.get("dram_limit_bytes")
+        print(
+            f"emulated {st['target']} (arm64 under qemu-user) on 127.0.0.1:{st['port']}"
+            + (f", DRAM limited to {lim / 2**30:.1f} GiB" if lim else ""),
+            file=sys.stderr,
+        )
+    else:
+        print("emulator: not running" + (" (stopped)" if st.get("stopped") else ""))
+    return 0
