@@ -35,7 +35,7 @@ fi
 stamp="$VENV/.edgert-setup-$(cat pyproject.toml | sha256sum | cut -c1-16)-${1:-base}"
 if [ ! -f "$stamp" ]; then
   "$VENV/bin/pip" install -q --upgrade pip >/dev/null
-  extras="compiler,dev"
+  extras="compiler,remote,dev"
   [ "${1:-}" = "bench" ] && extras="$extras,bench"
   echo "setup: installing edgert[$extras] into $VENV" >&2
   "$VENV/bin/pip" install -q -e ".[$extras]"

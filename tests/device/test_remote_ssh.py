@@ -1,0 +1,128 @@
+"""Deploy and run over SSH against the emulated arm64 device (`edgert emulator up`: a real arm64
+sshd under qemu-user on a loopback port): the same greedy tokens as the host reference on the same
+weights; unknown host keys refused; remote arguments passed literally; an interrupted deploy
+leaves the previous version running and the rerun completes."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import compile_synthetic, run_cli
+from edgert.compiler.quant import QuantScheme
+
+from edgert import emulator, transport_ssh
+from edgert.artifact import Artifact
+from edgert.deploy import deploy
+from edgert.device import Device
+from edgert.errors import EdgertError
+from edgert.generate import Sampler, generate
+from edgert.reference import ReferenceEngine
+from edgert.runtime import reference_model
+from edgert.settings import cache_dir
+from edgert.transport_ssh import SSHTransport
+
+pytestmark = pytest.mark.device
+PROMPTS = ["the cat sat on", "a b c d e"]
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):
+    """The running emulator's URL, with a HOME of its own whose known_hosts trusts it."""
+    st = emulator.up(target="rpi5")
+    home = tmp_path_factory.mktemp("home")
+    kh = home / ".config" / "edgert" / "known_hosts"
+    kh.parent.mkdir(parents=True)
+    kh.write_text(st["host_key"] + "\n")
+    env = {"HOME": str(home), "EDGERT_CACHE": str(cache_dir())}
+    saved = transport_ssh.KNOWN_HOSTS
+    transport_ssh.KNOWN_HOSTS = kh  # in-process clients trust it too, without touching ~/.config
+    yield st["url"], env
+    transport_ssh.KNOWN_HOSTS = saved
+    emulator.down()
+
+
+@pytest.fixture(scope="module")
+def arts(tmp_path_factory):
+    da, db = tmp_path_factory.mktemp("ssh-a"), tmp_path_factory.mktemp("ssh-b")
+    a = compile_synthetic(da, "llama", QuantScheme("uniform", 4, 32), target="rpi5").out
+    b = compile_synthetic(db, "llama", QuantScheme("uniform", 2, 32), target="rpi5").out
+    return a, b
+
+
+def host_tokens(art_path, prompt, n=16):
+    model = reference_model(Artifact.open(art_path))
+    ref = ReferenceEngine(model, max_ctx=64)
+    return generate(ref, prompt=prompt, n_predict=n, sampler=Sampler(temp=0)).tokens
+
+
+def test_deploy_and_run_over_ssh(device, arts):
+    url, env = device
+    r = run_cli("deploy", str(arts[0]), url, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["runtime"] in ("installed", "present")
+    for p in PROMPTS:
+        r = run_cli("run", str(arts[0]), "--device", url, "-p", p, "-n", "16", "--json", env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["tokens"] == host_tokens(arts[0], p)
+    with Device(url) as dev:
+        info = dev.call("device.info")[0]["info"]
+        assert info["machine"] == "aarch64"
+
+
+def test_unknown_host_key_refused(device, arts, tmp_path):
+    url, env = device
+    r = run_cli("deploy", str(arts[0]), url, env={**env, "HOME": str(tmp_path)})
+    assert r.returncode == 2 and "unknown host key" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / ".config" / "edgert" / "known_hosts").exists()
+
+
+def test_remote_arguments_are_literal(device):
+    url, _ = device
+    t = SSHTransport(url)
+    try:
+        args = ["a b", "c'd", 'e"f', "g;h", "$(id)", "`uname`", "i\\j"]
+        status, out, _ = t.exec(["printf", "%s\\n", *args])
+    finally:
+        t.close()
+    assert status == 0 and out.splitlines() == args
+
+
+def test_interrupted_deploy_over_ssh(device, arts):
+    url, _ = device
+    a, b = arts
+
+    class Flaky:
+        def __init__(self, dev, puts):
+            self.dev, self.left, self.url = dev, puts, dev.url
+
+        def call(self, action, args=None, payload=b"", **kw):
+            if action == "file.put":
+                if self.left == 0:
+                    self.dev.transport.close()  # the connection dies
+                if self.left <= 0:
+                    raise OSError("connection lost")
+                self.left -= 1
+            return self.dev.call(action, args, payload, **kw)
+
+    with Device(url) as dev:
+        deploy(a, dev, name="model", progress=False)
+    with Device(url) as dev, pytest.raises((OSError, EdgertError)):
+        deploy(b, Flaky(dev, 3), name="model", chunk=8192, progress=False)
+    with Device(url) as dev:
+        dev.call("artifact.load", {"name": "model"})
+        got = dev.call("run.generate", {"name": "model", "prompt": PROMPTS[0], "n_predict": 16})
+        assert got[0]["result"]["tokens"] == host_tokens(a, PROMPTS[0])  # version a still runs
+        r = deploy(b, dev, name="model", chunk=8192, progress=False)
+        assert r.resumed_bytes >= 3 * 8192
+        dev.call("artifact.load", {"name": "model"})
+        got = dev.call("run.generate", {"name": "model", "prompt": PROMPTS[0], "n_predict": 16})
+        assert got[0]["result"]["tokens"] == host_tokens(b, PROMPTS[0])
+
+
+def test_emulator_status(device):
+    st = emulator.status()
+    assert st["running"] and st["url"] == device[0]
+    assert os.path.exists(st["key"])
+    if st["dram_limit_bytes"]:
+        assert np.isclose(st["dram_limit_bytes"], 8 * 2**30)
