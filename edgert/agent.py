@@ -9,7 +9,9 @@ Actions (``REQUEST`` header ``{"id": N, "action": NAME, "args": {...}}``; the an
 - ``artifact.list`` / ``artifact.load`` / ``artifact.unload``: artifacts under ``ROOT/artifacts``.
 - ``run.generate``: a language-model artifact on a prompt; one EVENT per piece of text.
 - ``run.infer``: a compiled ONNX model on the arrays of an ``.npz`` payload; outputs as ``.npz``.
-- ``run.bench``: ``edgert bench`` figures for a loaded artifact.
+- ``run.bench``: ``edgert bench`` figures for a deployed artifact.
+- ``run.profile``: bench figures plus per-layer time, RSS over time, temperature and frequency
+  (:mod:`edgert.profile`).
 - ``file.stat`` / ``file.put`` / ``file.commit``: checksummed chunked upload into a staging
   directory (resumable: ``file.stat`` says how much of a file already arrived), then an atomic
   switch of ``ROOT/artifacts/NAME`` (a link to ``ROOT/versions/NAME.N``) once every checksum of
@@ -47,7 +49,7 @@ from edgert.protocol import (
 
 log = logging.getLogger(__name__)
 
-CAPABILITIES = ("info", "artifacts", "generate", "infer", "bench", "files")
+CAPABILITIES = ("info", "artifacts", "generate", "infer", "bench", "profile", "files")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -335,6 +337,26 @@ def _bench(agent: Agent, rid, args, payload):
     return {"bench": r.to_dict()}, b""
 
 
+def _profile(agent: Agent, rid, args, payload):
+    from edgert.profile import profile_artifact
+    from edgert.settings import default_threads
+
+    path = agent.artifact_dir(args.get("name")).resolve()
+    if not (path / "manifest.json").exists():
+        raise RequestError(f"no artifact {args.get('name')!r} on this device (deploy it first)")
+    agent.loaded.pop(args.get("name"), None)
+    p = profile_artifact(
+        path,
+        threads=int(args.get("threads") or default_threads()),
+        n_prompt=int(args.get("n_prompt", 64)),
+        n_gen=int(args.get("n_gen", 32)),
+        reps=int(args.get("reps", 3)),
+    )
+    p["artifact"] = args.get("name")
+    p["device_info"] = device_info(agent.root)
+    return {"profile": p}, b""
+
+
 def _crc_of(path: Path, n: int) -> str:
     crc = 0
     with open(path, "rb") as f:
@@ -424,6 +446,7 @@ ACTIONS = {
     "run.generate": _generate,
     "run.infer": _infer,
     "run.bench": _bench,
+    "run.profile": _profile,
     "file.stat": _stat,
     "file.put": _put,
     "file.commit": _commit,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -29,10 +30,43 @@ class DeviceError(EdgertError):
     """A device that cannot be reached, or that refused a request."""
 
 
+def inventory_file() -> Path:
+    return Path.home() / ".config" / "edgert" / "devices.toml"
+
+
+def resolve(name_or_url: str) -> str:
+    """A device URL, or the name of one in the inventory (``~/.config/edgert/devices.toml``:
+    ``[devices.NAME]`` tables with a ``url`` key)."""
+    if "://" in name_or_url or name_or_url in TRANSPORTS:
+        return name_or_url
+    f = inventory_file()
+    devices = {}
+    if f.exists():
+        import sys
+
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        try:
+            devices = tomllib.loads(f.read_text()).get("devices", {})
+        except (OSError, ValueError) as e:
+            raise DeviceError(f"{f} is not valid TOML: {e}") from e
+    entry = devices.get(name_or_url)
+    if not isinstance(entry, dict) or "url" not in entry:
+        known = ", ".join(sorted(devices)) or "none"
+        raise DeviceError(
+            f"unknown device {name_or_url!r}",
+            f"give a URL (ssh://user@host[:port], local) or a name from {f} (known: {known})",
+        )
+    return str(entry["url"])
+
+
 def transport_for(url: str, **opts):
     """The transport a device URL names (``scheme://...``; a bare scheme is allowed)."""
     import importlib
 
+    url = resolve(url)
     scheme = urlparse(url).scheme if "://" in url else url
     if scheme not in TRANSPORTS:
         raise DeviceError(
@@ -45,7 +79,7 @@ def transport_for(url: str, **opts):
 
 class Device:
     def __init__(self, url: str, *, transport=None, accept_new_host_key: bool = False):
-        self.url = url
+        self.url = resolve(url) if transport is None else url
         self.transport = transport or transport_for(url, accept_new_host_key=accept_new_host_key)
         self._reader: FrameReader | None = None
         self._w = None

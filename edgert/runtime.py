@@ -8,6 +8,7 @@ so the runtime decides which expert weights to fetch — the hook flash streamin
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 import numpy as np
@@ -144,6 +145,19 @@ def _tvm():
     return tvm, relax
 
 
+class OpTimes:
+    """Seconds spent per (layer, operation) while set as an engine's ``profiler``."""
+
+    def __init__(self):
+        self.seconds: dict[tuple[int | None, str], float] = {}
+
+    def add(self, layer: int | None, op: str, since: float) -> float:
+        now = time.perf_counter()
+        key = (layer, op)
+        self.seconds[key] = self.seconds.get(key, 0.0) + now - since
+        return now
+
+
 class CompiledEngine:
     """Same interface as the reference engine: ``forward(tokens, last_only)``, ``reset()``."""
 
@@ -179,6 +193,8 @@ class CompiledEngine:
             [self.layer_variants[i]] * c.n_experts for i in range(c.n_layers)
         ]
         self._fns: dict[str, object] = {}
+        #: set to an OpTimes to time each layer's operations (None: no cost)
+        self.profiler = None
 
     def _fn(self, name: str, variant: str | None = None):
         """The compiled function ``name`` (of ``variant``: see edgert.compiler.lower)."""
@@ -257,6 +273,9 @@ class CompiledEngine:
         mask = np.zeros((n, t + n), np.float32)
         mask[:, t:] = np.triu(np.full((n, n), -np.inf, np.float32), 1)
         cos_t, sin_t, mask_t = self._t(cos), self._t(sin), self._t(mask)
+        prof = self.profiler
+        clock = time.perf_counter
+        t_op = clock() if prof is not None else 0.0
         for i in range(c.n_layers):
             p = f"blk.{i}."
             out = self._fn("attn", self.layer_variants[i])(
@@ -271,6 +290,8 @@ class CompiledEngine:
             x_t = out[0]
             self.k_cache[i, t : t + n] = out[1].numpy()
             self.v_cache[i, t : t + n] = out[2].numpy()
+            if prof is not None:
+                t_op = prof.add(i, "attention", t_op)
             if c.is_moe:
                 x = self._moe(i, x_t, x_t.numpy())
             else:
@@ -278,9 +299,13 @@ class CompiledEngine:
                 for r in ("gate", "up", "down"):
                     ws = ws + self._w(p + f"ffn_{r}.weight")
                 x = self._fn("ffn", self.layer_variants[i])(x_t, *ws).numpy()
+            if prof is not None:
+                t_op = prof.add(i, "moe" if c.is_moe else "ffn", t_op)
         self.pos += n
         xs = x[-1:] if last_only else x
         logits = self._fn("head")(
             self._t(xs), *self._w("output_norm.weight"), *self._w(self.head_name)
         ).numpy()
+        if prof is not None:
+            prof.add(None, "head", t_op)
         return logits[0] if last_only else logits

@@ -21,6 +21,7 @@ COMMANDS = {
     "perplexity": "perplexity",
     "run": "run",
     "deploy": "deploy",
+    "profile": "profile",
     "bench": "bench",
     "targets": "targets",
     "bench-kernels": "bench_kernels",

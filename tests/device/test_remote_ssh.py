@@ -120,6 +120,18 @@ def test_interrupted_deploy_over_ssh(device, arts):
         assert got[0]["result"]["tokens"] == host_tokens(b, PROMPTS[0])
 
 
+def test_profile_over_ssh(device, arts, tmp_path):
+    url, env = device
+    report = tmp_path / "pi.html"
+    r = run_cli("profile", str(arts[0]), "--device", url, "-p", "8", "-n", "4", "-r", "1",
+                "--html", str(report), "--json", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    p = json.loads(r.stdout)["profiles"][url]
+    assert p["device_info"]["machine"] == "aarch64"
+    assert p["bench"]["tg_tok_s"] > 0 and len(p["layers"]) == 3
+    assert report.read_text().count("<svg") >= 2
+
+
 def test_emulator_status(device):
     st = emulator.status()
     assert st["running"] and st["url"] == device[0]
