@@ -136,19 +136,21 @@ class Agent:
             "machine": platform.machine(),
         }
 
-    def serve(self) -> None:
-        self.send(Code.HELLO, self.hello())
+    def serve(self, *, greet: bool = True) -> str | None:
+        """Serve until BYE or the end of the stream (None), or ``agent.shutdown``."""
+        if greet:
+            self.send(Code.HELLO, self.hello())
         while True:
             try:
                 frame = self.reader.read()
             except StreamClosed:
-                return
+                return None
             except FrameError as e:
                 self.errors += 1
                 self.send(Code.ERROR, {"id": None, "error": f"bad frame: {e}"})
                 continue
             if frame.code == Code.BYE:
-                return
+                return None
             if frame.code == Code.HELLO:
                 self.send(Code.HELLO, self.hello())
                 continue
@@ -156,7 +158,7 @@ class Agent:
                 self.send(Code.ERROR, {"id": None, "error": f"unexpected {frame.code.name}"})
                 continue
             if self.handle(frame) == "shutdown":
-                return
+                return "shutdown"
 
     def handle(self, frame: Frame) -> str | None:
         rid = frame.header.get("id")
@@ -459,3 +461,37 @@ def serve_stdio(root: Path | None = None) -> None:
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # stray prints must not corrupt the frame stream
     Agent(sys.stdin.buffer, out, root=root).serve()
+
+
+def open_tty(port: str):
+    """A serial port as (readable, writable) raw byte streams (termios: no extra package)."""
+    import termios
+    import tty
+
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    except OSError as e:
+        raise EdgertError(f"cannot open serial port {port}: {e.strerror}") from e
+    if os.isatty(fd):
+        tty.setraw(fd)
+        attrs = termios.tcgetattr(fd)
+        attrs[3] &= ~termios.ECHO
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    return os.fdopen(fd, "rb", buffering=0), os.fdopen(os.dup(fd), "wb")
+
+
+def serve_serial(port: str, root: Path | None = None) -> None:
+    """Serve sessions on a serial line until ``agent.shutdown``: a client that goes away (BYE,
+    or silence) leaves the agent waiting for the next one's HELLO."""
+    rfile, wfile = open_tty(port)
+    agent = Agent(rfile, wfile, root=root)
+    while True:
+        try:
+            if agent.serve(greet=False) == "shutdown":
+                return
+        except OSError:  # the other end of a pty closed: wait for it to reopen
+            import time
+
+            time.sleep(0.2)
+            rfile, wfile = open_tty(port)
+            agent = Agent(rfile, wfile, root=root)

@@ -1,6 +1,7 @@
 """``edgert deploy ART DEVICE``: copy an artifact to a device through its agent.
 
-Files go to ``ROOT/staging/NAME`` in checksummed chunks; a deploy that is interrupted resumes
+Files go to ``ROOT/staging/NAME`` in checksummed chunks (a chunk the line corrupted is refused
+by its checksum and sent again, see edgert.device); a deploy that is interrupted resumes
 where the device's copy stops matching (``file.stat`` gives its size and checksum); only when
 every file has arrived does ``file.commit`` verify the artifact's checksums on the device and
 switch it into ``ROOT/artifacts/NAME`` atomically, so the previous version keeps running until

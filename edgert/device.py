@@ -1,8 +1,10 @@
 """Talking to a device: ``Device(url)`` opens a transport lazily (as a context manager), checks
 the agent's HELLO, then sends requests and collects replies and streamed events.
 
-Device URLs: ``ssh://user@host[:port][?key=PATH]`` (the agent on an SSH exec channel), ``local``
-or ``local:///AGENT/ROOT`` (the agent as a child process on this machine).
+Device URLs: ``ssh://user@host[:port][?key=PATH]`` (the agent on an SSH exec channel),
+``serial:///dev/ttyUSB0?baud=115200`` (the agent on a serial line), ``local`` or
+``local:///AGENT/ROOT`` (the agent as a child process on this machine); or a name from the
+inventory ``~/.config/edgert/devices.toml``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,16 @@ log = logging.getLogger(__name__)
 TRANSPORTS = {
     "local": ("edgert.transport_local", "LocalTransport"),
     "ssh": ("edgert.transport_ssh", "SSHTransport"),
+    "serial": ("edgert.transport_serial", "SerialTransport"),
 }
 OPEN_ATTEMPTS = 3
+#: sends of one idempotent request whose request or reply the line garbled
+LINE_RETRIES = 5
+#: requests that can be sent twice with the same effect
+IDEMPOTENT = frozenset(
+    {"device.info", "artifact.list", "artifact.load", "artifact.unload", "file.stat",
+     "file.put", "run.infer"}
+)  # fmt: skip
 
 
 class DeviceError(EdgertError):
@@ -71,7 +81,8 @@ def transport_for(url: str, **opts):
     if scheme not in TRANSPORTS:
         raise DeviceError(
             f"unknown device {url!r}",
-            "device URLs: ssh://user@host[:port][?key=PATH], local[://AGENT_ROOT]",
+            "device URLs: ssh://user@host[:port][?key=PATH], serial:///dev/ttyX?baud=N, "
+            "local[://AGENT_ROOT]",
         )
     modname, cls = TRANSPORTS[scheme]
     return getattr(importlib.import_module(modname), cls).from_url(url, **opts)
@@ -101,7 +112,10 @@ class Device:
             try:
                 r, self._w = self.transport.open()
                 self._reader = FrameReader(r)
-                frame = self._reader.read()
+                if getattr(self.transport, "needs_hello", False):  # agent already running
+                    self._w.write(encode(Code.HELLO, {"protocol": PROTOCOL_VERSION}))
+                    self._w.flush()
+                frame = self._first_hello()
                 break
             except EdgertError:
                 self.transport.close()
@@ -125,6 +139,18 @@ class Device:
             )
         self.hello = frame.header
 
+    def _first_hello(self):
+        """The agent's HELLO (line noise or a previous session's late frames before it are
+        skipped, a bounded number of times)."""
+        for _ in range(64):
+            try:
+                f = self._reader.read()
+            except FrameError:
+                continue
+            if f.code == Code.HELLO:
+                return f
+        raise StreamClosed("no HELLO from the agent")
+
     def close(self) -> None:
         if self._w is not None:
             try:
@@ -143,19 +169,31 @@ class Device:
         *,
         on_event: Callable[[dict], None] | None = None,
     ) -> tuple[dict, bytes]:
-        """Send one request; returns the reply's header and payload. Errors name the device."""
+        """Send one request; returns the reply's header and payload. A request or reply the line
+        garbled is sent again (bounded) when the action is idempotent. Errors name the device."""
+        attempts = LINE_RETRIES if action in IDEMPOTENT else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._call_once(action, args, payload, on_event)
+            except _Garbled as e:
+                if attempt == attempts:
+                    raise DeviceError(f"device {self.url}: {action}: {e} ({attempt} tries)") from e
+                log.info("%s garbled on the line (%s); sending again", action, e)
+        raise AssertionError("unreachable")
+
+    def _call_once(self, action, args, payload, on_event) -> tuple[dict, bytes]:
         self.open()
         self._next_id += 1
         rid = self._next_id
         try:
-            self._w.write(encode(Code.REQUEST, {"id": rid, "action": action, "args": args or {}},
-                                 payload))  # fmt: skip
+            req = {"id": rid, "action": action, "args": args or {}}
+            self._w.write(encode(Code.REQUEST, req, payload))
             self._w.flush()
             while True:
                 try:
                     f = self._reader.read()
                 except FrameError as e:
-                    raise DeviceError(f"device {self.url}: garbled reply to {action}: {e}") from e
+                    raise _Garbled(f"garbled reply: {e}") from e
                 if f.header.get("id") not in (rid, None):
                     continue  # a late answer to an earlier request
                 if f.code == Code.EVENT and on_event:
@@ -163,9 +201,16 @@ class Device:
                 elif f.code == Code.REPLY:
                     return f.header, f.payload
                 elif f.code == Code.ERROR:
-                    raise DeviceError(f"device {self.url}: {action}: {f.header.get('error')}")
+                    err = str(f.header.get("error"))
+                    if f.header.get("id") is None or "checksum" in err:
+                        raise _Garbled(err)  # the agent got our request garbled
+                    raise DeviceError(f"device {self.url}: {action}: {err}")
         except (OSError, StreamClosed) as e:
             self.close()
             raise DeviceError(
                 f"device {self.url} closed the connection during {action} ({e})"
             ) from e
+
+
+class _Garbled(Exception):
+    """A frame damaged on the line (either direction)."""

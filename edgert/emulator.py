@@ -251,7 +251,7 @@ def _port_open(port: int) -> bool:
 def _mount(root: Path) -> None:
     for sub, cmd in (
         ("proc", ["mount", "-t", "proc", "proc"]),
-        ("dev", ["mount", "--bind", "/dev"]),
+        ("dev", ["mount", "--rbind", "/dev"]),  # with /dev/pts: serial lines are ptys
     ):
         p = root / sub
         p.mkdir(exist_ok=True)
@@ -263,7 +263,7 @@ def _umount(root: Path) -> None:
     for sub in ("dev", "proc"):
         p = root / sub
         if os.path.ismount(p):
-            subprocess.run(["umount", "-l", str(p)], check=False)
+            subprocess.run(["umount", "-R", "-l", str(p)], check=False)
 
 
 def _dram_limit(limit: int | None) -> str | None:
@@ -364,3 +364,18 @@ def down() -> dict:
         _umount(Path(st["root"]))
         state_file().unlink(missing_ok=True)
     return {"running": False, "stopped": st.get("running", False)}
+
+
+def spawn(cmd: list[str], *, log_path: Path | None = None) -> subprocess.Popen:
+    """Start a long-running command inside the running emulator (e.g. an agent on a serial
+    line); the caller stops it."""
+    st = status()
+    if not st.get("running"):
+        raise RigError("the emulator is not running", "start it with `edgert emulator up`")
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    env = {"PATH": "/root/.edgert/venv/bin:/opt/venv/bin:/usr/bin:/bin", "HOME": "/root",
+           "LANG": "C.UTF-8"}  # fmt: skip
+    return subprocess.Popen(
+        [CHROOT, st["root"], *cmd], stdout=out, stderr=subprocess.STDOUT, env=env,
+        start_new_session=True,
+    )  # fmt: skip

@@ -145,3 +145,30 @@ def make_test_onnx_models(d: Path) -> dict[str, Path]:
     paths["convnet_qdq"] = ort_quantized(one, d / "convnet_qdq.onnx", static=True, calib=calib)
     paths["convnet_dyn"] = ort_quantized(one, d / "convnet_dyn.onnx", static=False)
     return paths
+
+
+# -- the emulated arm64 device (device tier) ------------------------------------------------------
+@pytest.fixture(scope="session")
+def emulated_device(tmp_path_factory):
+    """``(url, env)`` of the running emulator (`edgert emulator up`), with edgert's runtime
+    installed there, and a HOME for CLI subprocesses whose known_hosts trusts it (in-process
+    clients trust it too, without touching ~/.config). Stopped at the end of the session."""
+    from edgert import emulator, transport_ssh
+    from edgert.deploy import ensure_runtime
+    from edgert.settings import cache_dir
+
+    st = emulator.up(target="rpi5")
+    home = tmp_path_factory.mktemp("home")
+    kh = home / ".config" / "edgert" / "known_hosts"
+    kh.parent.mkdir(parents=True)
+    kh.write_text(st["host_key"] + "\n")
+    saved = transport_ssh.KNOWN_HOSTS
+    transport_ssh.KNOWN_HOSTS = kh
+    t = transport_ssh.SSHTransport(st["url"])
+    try:
+        ensure_runtime(t, progress=False)
+    finally:
+        t.close()
+    yield st["url"], {"HOME": str(home), "EDGERT_CACHE": str(cache_dir())}
+    transport_ssh.KNOWN_HOSTS = saved
+    emulator.down()

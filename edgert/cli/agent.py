@@ -5,16 +5,21 @@ HELP = "the device side of every transport: serve requests on stdin/stdout (or a
 
 def add_arguments(p) -> None:
     p.add_argument("--stdio", action="store_true", help="serve on stdin/stdout (SSH, local)")
+    p.add_argument("--serial", default=None, metavar="PORT", help="serve on a serial line")
     p.add_argument("--root", default=None, help="where artifacts live (~/.edgert)")
 
 
 def run(args) -> int:
     from pathlib import Path
 
-    from edgert.agent import serve_stdio
+    from edgert.agent import serve_serial, serve_stdio
     from edgert.errors import EdgertError
 
-    if not args.stdio:
-        raise EdgertError("choose how to serve", "pass --stdio")
-    serve_stdio(Path(args.root).expanduser() if args.root else None)
+    root = Path(args.root).expanduser() if args.root else None
+    if args.serial:
+        serve_serial(args.serial, root)
+    elif args.stdio:
+        serve_stdio(root)
+    else:
+        raise EdgertError("choose how to serve", "pass --stdio or --serial PORT")
     return 0

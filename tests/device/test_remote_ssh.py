@@ -11,7 +11,7 @@ import pytest
 from conftest import compile_synthetic, run_cli
 from edgert.compiler.quant import QuantScheme
 
-from edgert import emulator, transport_ssh
+from edgert import emulator
 from edgert.artifact import Artifact
 from edgert.deploy import deploy
 from edgert.device import Device
@@ -19,7 +19,6 @@ from edgert.errors import EdgertError
 from edgert.generate import Sampler, generate
 from edgert.reference import ReferenceEngine
 from edgert.runtime import reference_model
-from edgert.settings import cache_dir
 from edgert.transport_ssh import SSHTransport
 
 pytestmark = pytest.mark.device
@@ -27,19 +26,8 @@ PROMPTS = ["the cat sat on", "a b c d e"]
 
 
 @pytest.fixture(scope="module")
-def device(tmp_path_factory):
-    """The running emulator's URL, with a HOME of its own whose known_hosts trusts it."""
-    st = emulator.up(target="rpi5")
-    home = tmp_path_factory.mktemp("home")
-    kh = home / ".config" / "edgert" / "known_hosts"
-    kh.parent.mkdir(parents=True)
-    kh.write_text(st["host_key"] + "\n")
-    env = {"HOME": str(home), "EDGERT_CACHE": str(cache_dir())}
-    saved = transport_ssh.KNOWN_HOSTS
-    transport_ssh.KNOWN_HOSTS = kh  # in-process clients trust it too, without touching ~/.config
-    yield st["url"], env
-    transport_ssh.KNOWN_HOSTS = saved
-    emulator.down()
+def device(emulated_device):
+    return emulated_device
 
 
 @pytest.fixture(scope="module")
