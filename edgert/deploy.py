@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgert.errors import EdgertError
 from edgert.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,11 @@ def deploy(art_path: str | Path, device, *, name: str | None = None, chunk: int 
 
     art = Artifact.open(art_path)  # refuse to ship a corrupt artifact
     name = name or artifact_name(art.path)
+    machine = device.call("device.info")[0]["info"]["machine"]
+    try:
+        art.check_target(machine)
+    except EdgertError as e:
+        raise EdgertError(f"device {device.url}: {e}") from e
     files = sorted(p for p in art.path.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in files)
     sent = resumed = 0

@@ -357,10 +357,11 @@ def down() -> dict:
 
     st = status()
     if "pid" in st:
-        try:
-            os.killpg(st["pid"], signal.SIGTERM)
-        except OSError:
-            pass
+        for pid in [st["pid"], *st.get("serial_pids", [])]:
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except OSError:
+                pass
         _umount(Path(st["root"]))
         state_file().unlink(missing_ok=True)
     return {"running": False, "stopped": st.get("running", False)}
@@ -379,3 +380,54 @@ def spawn(cmd: list[str], *, log_path: Path | None = None) -> subprocess.Popen:
         [CHROOT, st["root"], *cmd], stdout=out, stderr=subprocess.STDOUT, env=env,
         start_new_session=True,
     )  # fmt: skip
+
+
+def serial_up(*, wait: float = 30) -> dict:
+    """Expose the agent on a pseudo-terminal pair (socat): the agent serves one end inside the
+    running emulator, the other end is this machine's serial device. Returns ``serial_url``."""
+    import json
+    import re
+    import time
+
+    st = status()
+    if not st.get("running"):
+        raise RigError("the emulator is not running", "start it with `edgert emulator up`")
+    if st.get("serial_url") and _alive(st.get("serial_pids", [])):
+        return st
+    _need("socat", "socat")
+    d = state_file().parent
+    log_path = d / "socat.log"
+    log_path.write_text("")
+    socat = subprocess.Popen(
+        ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
+        stderr=open(log_path, "ab"), stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    t0 = time.monotonic()
+    ptys: list[str] = []
+    while len(ptys) < 2:
+        if socat.poll() is not None or time.monotonic() - t0 > wait:
+            socat.kill()
+            raise RigError(f"socat did not open its ptys: {log_path.read_text()[-400:]}")
+        time.sleep(0.1)
+        ptys = re.findall(r"PTY is (/dev/pts/\d+)", log_path.read_text())
+    agent_cmd = ["sh", "-c", "exec $(command -v edgert || echo /root/.edgert/venv/bin/edgert) "
+                 f"agent --serial {ptys[1]}"]  # fmt: skip
+    agent = spawn(agent_cmd, log_path=d / "serial-agent.log")
+    st.update(
+        {
+            "serial_url": f"serial://{ptys[0]}?baud=115200",
+            "serial_pids": [socat.pid, agent.pid],
+        }
+    )
+    st.pop("running", None)
+    state_file().write_text(json.dumps(st, indent=1))
+    return {**st, "running": True}
+
+
+def _alive(pids: list[int]) -> bool:
+    try:
+        for pid in pids:
+            os.kill(pid, 0)
+    except OSError:
+        return False
+    return bool(pids)

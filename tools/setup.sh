@@ -11,7 +11,7 @@ export PIP_CACHE_DIR=${PIP_CACHE_DIR:-$CACHE/pip}
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 APT_PKGS=(build-essential gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user-static libasan8 libubsan1 libtsan2
-          binfmt-support mmdebstrap file cmake git)
+          binfmt-support mmdebstrap file cmake git openssh-client socat)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

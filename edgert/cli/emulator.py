@@ -7,6 +7,11 @@ def add_arguments(p) -> None:
     p.add_argument("action", choices=["up", "down", "status"])
     p.add_argument("--target", default="rpi5", help="arm64 target whose DRAM limit applies")
     p.add_argument("--port", type=int, default=None, help="loopback port for its sshd")
+    p.add_argument(
+        "--serial",
+        action="store_true",
+        help="also serve the agent on a pseudo-terminal (a serial:// device URL; needs socat)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -21,6 +26,8 @@ def run(args) -> int:
         from edgert.transport_ssh import trust_host_key
 
         trust_host_key(st["host_key"])
+        if args.serial:
+            st = emulator.serial_up()
     elif args.action == "down":
         st = emulator.down()
     else:
@@ -29,6 +36,8 @@ def run(args) -> int:
         print_json(st)
     elif st.get("running"):
         print(st["url"])
+        if st.get("serial_url"):
+            print(st["serial_url"])
         lim = st.get("dram_limit_bytes")
         print(
             f"emulated {st['target']} (arm64 under qemu-user) on 127.0.0.1:{st['port']}"

@@ -131,3 +131,18 @@ def test_serial_transfer_resumes(serial_device, arts):
         dev.call("artifact.load", {"name": "moe"})
         got = dev.call("run.generate", {"name": "moe", "prompt": "hello world", "n_predict": 8})
     assert got[0]["result"]["tokens"] == host_tokens(arts[1], "hello world", n=8)
+
+
+def test_emulator_serial_mode(emulated_device, arts, tmp_path):
+    """`edgert emulator up --serial` serves the agent on a socat pty pair as well."""
+    url, env = emulated_device
+    r = run_cli("emulator", "up", "--serial", "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    serial_url = json.loads(r.stdout)["serial_url"]
+    with Device(serial_url) as dev:
+        assert dev.call("device.info")[0]["info"]["machine"] == "aarch64"
+    r = run_cli("deploy", str(arts[0]), serial_url, env=env)
+    assert r.returncode == 0, r.stderr
+    host = compile_synthetic(tmp_path, "llama", QuantScheme("uniform", 4, 32)).out
+    r = run_cli("deploy", str(host), serial_url, env=env)
+    assert r.returncode == 2 and "compiled for target host" in r.stderr
