@@ -147,6 +147,17 @@ def make_test_onnx_models(d: Path) -> dict[str, Path]:
     return paths
 
 
+def reference_tokens(art_path, prompt: str, n: int = 16) -> list[int]:
+    """Greedy tokens of the reference forward on an artifact's own (dequantized) weights."""
+    from edgert.artifact import Artifact
+    from edgert.generate import Sampler, generate
+    from edgert.reference import ReferenceEngine
+    from edgert.runtime import reference_model
+
+    ref = ReferenceEngine(reference_model(Artifact.open(art_path)), max_ctx=64)
+    return generate(ref, prompt=prompt, n_predict=n, sampler=Sampler(temp=0)).tokens
+
+
 # -- the emulated arm64 device (device tier) ------------------------------------------------------
 @pytest.fixture(scope="session")
 def emulated_device(tmp_path_factory):

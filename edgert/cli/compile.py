@@ -43,10 +43,9 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from dataclasses import asdict
     from pathlib import Path
 
-    from edgert.cli.common import print_json, resolve_model
+    from edgert.cli.common import resolve_model
     from edgert.compiler.compile import compile_model
     from edgert.compiler.quant import QuantScheme
     from edgert.errors import EdgertError
@@ -71,19 +70,27 @@ def run(args) -> int:
         calib=args.calib,
         force=args.force,
     )
+    return _report(args, s, f"wrote {s.out} ({s.fmt}, {s.avg_bits:.2f} bits/weight avg, "
+                            f"target {s.target})")  # fmt: skip
+
+
+def _report(args, summary, line: str) -> int:
+    """--json: the summary as one object; else its table on stderr and one line."""
+    from dataclasses import asdict
+
+    from edgert.cli.common import print_json
+
     if args.json:
-        print_json(asdict(s))
+        print_json(asdict(summary))
     else:
-        print(s.table(), file=sys.stderr)
-        print(f"wrote {s.out} ({s.fmt}, {s.avg_bits:.2f} bits/weight avg, target {s.target})")
+        print(summary.table(), file=sys.stderr)
+        print(line)
     return 0
 
 
 def _compile_onnx(args) -> int:
-    from dataclasses import asdict
     from pathlib import Path
 
-    from edgert.cli.common import print_json
     from edgert.errors import EdgertError
 
     if args.bits_budget is not None or args.calib or args.format != "uniform":
@@ -108,9 +115,4 @@ def _compile_onnx(args) -> int:
         input_shapes=shapes,
         force=args.force,
     )
-    if args.json:
-        print_json(asdict(s))
-    else:
-        print(s.table(), file=sys.stderr)
-        print(f"wrote {s.out} (ONNX, {s.weights} weights, target {s.target})")
-    return 0
+    return _report(args, s, f"wrote {s.out} (ONNX, {s.weights} weights, target {s.target})")

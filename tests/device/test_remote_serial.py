@@ -11,16 +11,12 @@ import time
 import tty
 
 import pytest
-from conftest import compile_synthetic, run_cli
+from conftest import compile_synthetic, reference_tokens, run_cli
 from edgert.compiler.quant import QuantScheme
 
 from edgert import emulator
-from edgert.artifact import Artifact
 from edgert.deploy import deploy
 from edgert.device import Device
-from edgert.generate import Sampler, generate
-from edgert.reference import ReferenceEngine
-from edgert.runtime import reference_model
 
 pytestmark = pytest.mark.device
 #: byte offsets flipped on the line, host -> device and device -> host
@@ -90,11 +86,6 @@ def arts(tmp_path_factory):
     return a, b
 
 
-def host_tokens(art_path, prompt, n=16):
-    ref = ReferenceEngine(reference_model(Artifact.open(art_path)), max_ctx=64)
-    return generate(ref, prompt=prompt, n_predict=n, sampler=Sampler(temp=0)).tokens
-
-
 def test_deploy_and_run_over_a_noisy_serial_line(serial_device, arts):
     url, line, env = serial_device
     with Device(url) as dev:
@@ -106,7 +97,7 @@ def test_deploy_and_run_over_a_noisy_serial_line(serial_device, arts):
     r = run_cli("run", str(arts[0]), "--device", url, "-p", "the cat sat on", "-n", "16",
                 "--json", env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["tokens"] == host_tokens(arts[0], "the cat sat on")
+    assert json.loads(r.stdout)["tokens"] == reference_tokens(arts[0], "the cat sat on")
 
 
 def test_serial_transfer_resumes(serial_device, arts):
@@ -130,12 +121,12 @@ def test_serial_transfer_resumes(serial_device, arts):
         assert r.resumed_bytes >= 4 * 8192
         dev.call("artifact.load", {"name": "moe"})
         got = dev.call("run.generate", {"name": "moe", "prompt": "hello world", "n_predict": 8})
-    assert got[0]["result"]["tokens"] == host_tokens(arts[1], "hello world", n=8)
+    assert got[0]["result"]["tokens"] == reference_tokens(arts[1], "hello world", n=8)
 
 
 def test_emulator_serial_mode(emulated_device, arts, tmp_path):
     """`edgert emulator up --serial` serves the agent on a socat pty pair as well."""
-    url, env = emulated_device
+    _, env = emulated_device
     r = run_cli("emulator", "up", "--serial", "--json", env=env)
     assert r.returncode == 0, r.stderr
     serial_url = json.loads(r.stdout)["serial_url"]

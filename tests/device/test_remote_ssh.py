@@ -8,17 +8,13 @@ import os
 
 import numpy as np
 import pytest
-from conftest import compile_synthetic, run_cli
+from conftest import compile_synthetic, reference_tokens, run_cli
 from edgert.compiler.quant import QuantScheme
 
 from edgert import emulator
-from edgert.artifact import Artifact
 from edgert.deploy import deploy
 from edgert.device import Device
 from edgert.errors import EdgertError
-from edgert.generate import Sampler, generate
-from edgert.reference import ReferenceEngine
-from edgert.runtime import reference_model
 from edgert.transport_ssh import SSHTransport
 
 pytestmark = pytest.mark.device
@@ -38,12 +34,6 @@ def arts(tmp_path_factory):
     return a, b
 
 
-def host_tokens(art_path, prompt, n=16):
-    model = reference_model(Artifact.open(art_path))
-    ref = ReferenceEngine(model, max_ctx=64)
-    return generate(ref, prompt=prompt, n_predict=n, sampler=Sampler(temp=0)).tokens
-
-
 def test_deploy_and_run_over_ssh(device, arts):
     url, env = device
     r = run_cli("deploy", str(arts[0]), url, "--json", env=env)
@@ -52,7 +42,7 @@ def test_deploy_and_run_over_ssh(device, arts):
     for p in PROMPTS:
         r = run_cli("run", str(arts[0]), "--device", url, "-p", p, "-n", "16", "--json", env=env)
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["tokens"] == host_tokens(arts[0], p)
+        assert json.loads(r.stdout)["tokens"] == reference_tokens(arts[0], p)
     with Device(url) as dev:
         info = dev.call("device.info")[0]["info"]
         assert info["machine"] == "aarch64"
@@ -100,12 +90,12 @@ def test_interrupted_deploy_over_ssh(device, arts):
     with Device(url) as dev:
         dev.call("artifact.load", {"name": "model"})
         got = dev.call("run.generate", {"name": "model", "prompt": PROMPTS[0], "n_predict": 16})
-        assert got[0]["result"]["tokens"] == host_tokens(a, PROMPTS[0])  # version a still runs
+        assert got[0]["result"]["tokens"] == reference_tokens(a, PROMPTS[0])  # version a still runs
         r = deploy(b, dev, name="model", chunk=8192, progress=False)
         assert r.resumed_bytes >= 3 * 8192
         dev.call("artifact.load", {"name": "model"})
         got = dev.call("run.generate", {"name": "model", "prompt": PROMPTS[0], "n_predict": 16})
-        assert got[0]["result"]["tokens"] == host_tokens(b, PROMPTS[0])
+        assert got[0]["result"]["tokens"] == reference_tokens(b, PROMPTS[0])
 
 
 def test_profile_over_ssh(device, arts, tmp_path):
