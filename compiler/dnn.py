@@ -178,6 +178,7 @@ def compile_onnx(
     out = Path(out)
     if out.exists() and not force:
         raise ArtifactError(f"{out} already exists", "choose another -o or pass --force")
+    weights = "int8" if bits == 8 else "f32"
     m = load_onnx(model, input_shapes=input_shapes)
     folded = fold_batch_norms(m)
     if bits == 8:
@@ -186,6 +187,8 @@ def compile_onnx(
     t = time.perf_counter()
     mod, params, outputs = to_relax(m)
     mod = fuse_dequantize_matmul(mod)
+    inputs = [spec.to_dict() for spec in m.inputs]
+    outputs = [spec.to_dict() for spec in outputs]
     times["import"] = time.perf_counter() - t
     with ArtifactWriter(out, force=force) as w:
         t = time.perf_counter()
@@ -199,7 +202,7 @@ def compile_onnx(
             mod,
             tgt.tvm_target,
             out_so=str(w.path / "lib" / "model.so"),
-            cxx=tgt.cxx if tgt.arch != "x86_64" else None,
+            cxx=tgt.cross_cxx,
             parallel_fallback=True,
         )
         times["lower + link"] = time.perf_counter() - t
@@ -211,13 +214,13 @@ def compile_onnx(
                 "target": tgt.manifest_entry(),
                 "source": {"path": str(m.path.resolve()), "sha256": m.sha256, "opset": m.opset},
                 "graph": {
-                    "inputs": [s.to_dict() for s in m.inputs],
-                    "outputs": [s.to_dict() for s in outputs],
+                    "inputs": inputs,
+                    "outputs": outputs,
                     "params": [n for n, _ in params],
                     "ops": m.ops,
                 },
                 "quant": {
-                    "weights": "int8" if bits == 8 else "f32",
+                    "weights": weights,
                     "quantized_tensors": m.quantized,
                 },
                 "rewrites": {"batch_norms_folded": folded},
@@ -229,9 +232,9 @@ def compile_onnx(
     return DnnCompileSummary(
         out=str(out),
         target=tgt.name,
-        weights="int8" if bits == 8 else "f32",
-        inputs=[s.to_dict() for s in m.inputs],
-        outputs=[s.to_dict() for s in outputs],
+        weights=weights,
+        inputs=inputs,
+        outputs=outputs,
         n_params=int(sum(a.size for _, a in params)),
         weight_bytes=weight_bytes,
         quantized_tensors=len(m.quantized),

@@ -190,7 +190,7 @@ def write_artifact(
             build_module(c, variants),
             tgt.tvm_target,
             out_so=str(w.path / "lib" / "model.so"),
-            cxx=tgt.cxx if tgt.arch != "x86_64" else None,
+            cxx=tgt.cross_cxx,
             addons=[str(o) for o in objs],
         )
         for o in objs:

@@ -70,7 +70,7 @@ def _rule(*, strict: bool):
         """Whether a read buffer's innermost index moves with the innermost spatial axis (the
         vector loads this rule makes are then contiguous: matmul with (K, N) weights, NCHW
         convolutions); otherwise the block reduces along contiguous memory (softmax, norms,
-        x . W^T), which dlight's GEMV / Reduction rules schedule better."""
+        x . W^T): dlight's GEMV rule takes x . W^T, and the rest runs row-parallel here."""
         blk = sch.get(info.block_rv)
         kinds = info.dom_kind()
         spatial = [iv.var for iv, k in zip(blk.iter_vars, kinds) if k == "S"]
@@ -109,6 +109,14 @@ def _rule(*, strict: bool):
                 return i
         return None
 
+    def parallel_over(sch, loops):
+        """Fuse ``loops`` into one and run it on the thread pool when it is long enough."""
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        n = _const(sch.get(fused).extent)
+        if n is None or n >= MIN_PARALLEL:
+            sch.parallel(fused)
+        return fused
+
     def schedule_block(sch, info, lanes: int, vectors: int) -> None:
         """Schedule one block; ``vectors`` accumulators of ``lanes`` floats per reduction tile,
         kept in a block-local buffer (registers) and written out once per tile."""
@@ -125,10 +133,7 @@ def _rule(*, strict: bool):
             # a reduction along contiguous memory (norms, softmax): rows in parallel, each
             # reduced by a serial loop (no gathers across rows)
             sch.reorder(*s, *r)
-            fused = sch.fuse(*s) if len(s) > 1 else s[0]
-            n = _const(sch.get(fused).extent)
-            if n is None or n >= MIN_PARALLEL:
-                sch.parallel(fused)
+            parallel_over(sch, s)
             return
         if r:
             sch.reorder(*s, *r)
@@ -150,10 +155,7 @@ def _rule(*, strict: bool):
                 sch.reorder(*outer, *r, *rows, si)
                 for ri in rows:
                     sch.unroll(ri)
-            fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-            n = _const(sch.get(fused).extent)
-            if n is None or n >= MIN_PARALLEL:
-                sch.parallel(fused)
+            fused = parallel_over(sch, outer)
             if si is None:
                 return
             if vectors > 1:  # accumulate the tile locally, store it once
@@ -177,10 +179,7 @@ def _rule(*, strict: bool):
             if not rows:
                 rows = [lo]
         if rows:
-            fused = sch.fuse(*rows) if len(rows) > 1 else rows[0]
-            n = _const(sch.get(fused).extent)
-            if n is None or n >= MIN_PARALLEL:
-                sch.parallel(fused)
+            parallel_over(sch, rows)
 
     class ParallelVectorize(CPUScheduleRule):
         def __init__(self, strict: bool):
@@ -200,7 +199,7 @@ def _rule(*, strict: bool):
             if self.strict and any(
                 i.is_reduction() and not reads_along_inner_spatial(sch, i) for i in infos
             ):
-                return None  # leave it to the reduction rules that follow
+                return None  # dlight's GEMV rule first, then this rule without strictness
             for info in infos:
                 for vectors in (ACCUMULATORS, 1):  # register tile, else plain vector loop
                     trial = sch.copy()

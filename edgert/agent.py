@@ -31,11 +31,11 @@ import platform
 import re
 import shutil
 import sys
-import zlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from edgert import __version__
+from edgert.artifact import crc32, crc32_file
 from edgert.errors import EdgertError
 from edgert.protocol import (
     PROTOCOL_VERSION,
@@ -68,6 +68,22 @@ def _read_text(path: str) -> str | None:
         return None
 
 
+def thermal() -> dict[str, Any]:
+    """Temperatures (°C), CPU frequency and governor, where the device exposes them."""
+    temps = []
+    for z in sorted(Path("/sys/class/thermal").glob("thermal_zone*/temp")):
+        t = _read_text(str(z))
+        if t and t.lstrip("-").isdigit():
+            temps.append(int(t) / 1000)
+    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
+    freq = _read_text(cpufreq + "scaling_cur_freq")
+    return {
+        "temperature_c": temps,
+        "governor": _read_text(cpufreq + "scaling_governor"),
+        "cpu_freq_khz": int(freq) if freq and freq.isdigit() else None,
+    }
+
+
 def device_info(root: Path) -> dict[str, Any]:
     """What the device is: enough to choose a target and to explain a measurement."""
     cpu_model, features = None, []
@@ -84,13 +100,6 @@ def device_info(root: Path) -> dict[str, Any]:
         k, _, v = line.partition(":")
         if k in ("MemTotal", "MemAvailable") and v.strip().endswith("kB"):
             mem[k] = int(v.split()[0]) * 1024
-    temps = []
-    for z in sorted(Path("/sys/class/thermal").glob("thermal_zone*/temp")):
-        t = _read_text(str(z))
-        if t and t.lstrip("-").isdigit():
-            temps.append(int(t) / 1000)
-    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
-    freq = _read_text(cpufreq + "scaling_cur_freq")
     root.mkdir(parents=True, exist_ok=True)
     disk = shutil.disk_usage(root)
     return {
@@ -103,9 +112,7 @@ def device_info(root: Path) -> dict[str, Any]:
         "dram_free_bytes": mem.get("MemAvailable"),
         "storage_total_bytes": disk.total,
         "storage_free_bytes": disk.free,
-        "temperature_c": temps,
-        "governor": _read_text(cpufreq + "scaling_governor"),
-        "cpu_freq_khz": int(freq) if freq and freq.isdigit() else None,
+        **thermal(),
         "python": platform.python_version(),
         "edgert_version": __version__,
         "root": str(root),
@@ -121,7 +128,6 @@ class Agent:
         self.wfile = wfile
         self.root = Path(root or default_root())
         self.loaded: dict[str, Any] = {}
-        self.errors = 0
 
     # -- plumbing -------------------------------------------------------------------------------
     def send(self, code: Code, header: dict, payload: bytes = b"") -> None:
@@ -146,7 +152,6 @@ class Agent:
             except StreamClosed:
                 return None
             except FrameError as e:
-                self.errors += 1
                 self.send(Code.ERROR, {"id": None, "error": f"bad frame: {e}"})
                 continue
             if frame.code == Code.BYE:
@@ -172,11 +177,9 @@ class Agent:
                 raise RequestError("args must be a JSON object")
             header, payload = fn(self, rid, args, frame.payload)
         except (RequestError, EdgertError) as e:
-            self.errors += 1
             self.send(Code.ERROR, {"id": rid, "error": str(e)})
             return None
         except Exception as e:
-            self.errors += 1
             log.exception("action %s failed", action)
             self.send(Code.ERROR, {"id": rid, "error": f"{type(e).__name__}: {e}"})
             return None
@@ -201,6 +204,14 @@ class Agent:
         if not isinstance(name, str) or not NAME_RE.match(name):
             raise RequestError(f"bad artifact name {name!r}")
         return self.root / "artifacts" / name
+
+    def deployed(self, name: Any) -> Path:
+        """The directory of the current version of artifact ``name`` (its own path: see
+        ``_commit``), refusing a name that is not deployed."""
+        path = self.artifact_dir(name).resolve()
+        if not (path / "manifest.json").exists():
+            raise RequestError(f"no artifact {name!r} on this device (deploy it first)")
+        return path
 
     def engine(self, name: Any):
         if name not in self.loaded:
@@ -237,9 +248,7 @@ def _list(agent: Agent, rid, args, payload):
 
 def _load(agent: Agent, rid, args, payload):
     name = args.get("name")
-    path = agent.artifact_dir(name).resolve()  # this version's own path (see _commit)
-    if not (path / "manifest.json").exists():
-        raise RequestError(f"no artifact {name!r} on this device (deploy it first)")
+    path = agent.deployed(name)
     from edgert.dnn import is_dnn_artifact
 
     if is_dnn_artifact(path):
@@ -303,9 +312,7 @@ def _infer(agent: Agent, rid, args, payload):
 
 def _bench(agent: Agent, rid, args, payload):
     name = args.get("name")
-    path = agent.artifact_dir(name).resolve()
-    if not (path / "manifest.json").exists():
-        raise RequestError(f"no artifact {name!r} on this device (deploy it first)")
+    path = agent.deployed(name)
     from edgert.dnn import bench_dnn, is_dnn_artifact
     from edgert.settings import default_threads
 
@@ -313,28 +320,16 @@ def _bench(agent: Agent, rid, args, payload):
     if is_dnn_artifact(path):
         r = bench_dnn(path, threads=threads, runs=int(args.get("runs", 50)))
         return {"bench": r.to_dict()}, b""
-    import time
+    from edgert.bench import bench_model
 
-    from edgert.bench import bench
-
-    t0 = time.perf_counter()
     agent.loaded.pop(name, None)
-    n_prompt, n_gen = int(args.get("n_prompt", 128)), int(args.get("n_gen", 64))
-    from edgert.runtime import open_artifact_engine
-
-    eng = open_artifact_engine(path, max_ctx=n_prompt + n_gen + 16)
-    load_s = time.perf_counter() - t0
-    r = bench(
-        eng,
-        model=name,
-        kind="artifact",
-        size_bytes=eng.source.art.nbytes(),
-        bits=eng.source.art.manifest.get("quant", {}).get("avg_bits"),
+    r, _ = bench_model(
+        path,
         threads=threads,
-        load_s=load_s,
-        n_prompt=n_prompt,
-        n_gen=n_gen,
+        n_prompt=int(args.get("n_prompt", 128)),
+        n_gen=int(args.get("n_gen", 64)),
         reps=int(args.get("reps", 3)),
+        name=name,
     )
     return {"bench": r.to_dict()}, b""
 
@@ -343,9 +338,7 @@ def _profile(agent: Agent, rid, args, payload):
     from edgert.profile import profile_artifact
     from edgert.settings import default_threads
 
-    path = agent.artifact_dir(args.get("name")).resolve()
-    if not (path / "manifest.json").exists():
-        raise RequestError(f"no artifact {args.get('name')!r} on this device (deploy it first)")
+    path = agent.deployed(args.get("name"))
     agent.loaded.pop(args.get("name"), None)
     p = profile_artifact(
         path,
@@ -359,25 +352,12 @@ def _profile(agent: Agent, rid, args, payload):
     return {"profile": p}, b""
 
 
-def _crc_of(path: Path, n: int) -> str:
-    crc = 0
-    with open(path, "rb") as f:
-        left = n
-        while left:
-            chunk = f.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            crc = zlib.crc32(chunk, crc)
-            left -= len(chunk)
-    return f"{crc & 0xFFFFFFFF:08x}"
-
-
 def _stat(agent: Agent, rid, args, payload):
     p = agent.inside(args.get("path"))
     if not p.is_file():
-        return {"exists": False, "size": 0, "crc32": f"{0:08x}"}, b""
+        return {"exists": False, "size": 0, "crc32": crc32(b"")}, b""
     size = p.stat().st_size
-    return {"exists": True, "size": size, "crc32": _crc_of(p, size)}, b""
+    return {"exists": True, "size": size, "crc32": crc32_file(p, size)}, b""
 
 
 def _put(agent: Agent, rid, args, payload):
@@ -386,7 +366,7 @@ def _put(agent: Agent, rid, args, payload):
     want = args.get("crc32")
     if not isinstance(offset, int) or offset < 0:
         raise RequestError("offset must be a non-negative integer")
-    if want != f"{zlib.crc32(payload) & 0xFFFFFFFF:08x}":
+    if want != crc32(payload):
         raise RequestError(f"chunk at {offset} of {args.get('path')} fails its checksum; resend")
     p.parent.mkdir(parents=True, exist_ok=True)
     size = p.stat().st_size if p.exists() else 0

@@ -39,6 +39,19 @@ def crc32(buf: np.ndarray | bytes | memoryview) -> str:
     return f"{zlib.crc32(memoryview(buf).cast('B')) & 0xFFFFFFFF:08x}"
 
 
+def crc32_file(path: str | Path, n: int) -> str:
+    """:func:`crc32` of the first ``n`` bytes of a file (fewer if it is shorter), read in pieces."""
+    crc, left = 0, n
+    with open(path, "rb") as f:
+        while left:
+            piece = f.read(min(left, 1 << 20))
+            if not piece:
+                break
+            crc = zlib.crc32(piece, crc)
+            left -= len(piece)
+    return f"{crc & 0xFFFFFFFF:08x}"
+
+
 def _align(n: int) -> int:
     return (n + PAGE - 1) // PAGE * PAGE
 

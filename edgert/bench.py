@@ -105,6 +105,47 @@ def bench(
     )
 
 
+def bench_model(
+    path,
+    *,
+    threads: int,
+    n_prompt: int = 128,
+    n_gen: int = 64,
+    reps: int = 3,
+    name: str | None = None,
+):
+    """Open a model file or artifact (the opening timed as load) and :func:`bench` it.
+    Returns ``(result, engine)``."""
+    import time
+    from pathlib import Path
+
+    from edgert.engine import open_engine
+
+    p = Path(path)
+    t0 = time.perf_counter()
+    engine = open_engine(p, max_ctx=n_prompt + n_gen + 16)
+    load_s = time.perf_counter() - t0
+    is_art = p.is_dir() and (p / "manifest.json").exists()
+    if is_art:
+        art = engine.source.art
+        size, bits = art.nbytes(), art.manifest.get("quant", {}).get("avg_bits")
+    else:
+        size, bits = (p.stat().st_size if p.is_file() else 0), None
+    r = bench(
+        engine,
+        model=name or p.name,
+        kind="artifact" if is_art else "reference",
+        size_bytes=size,
+        bits=bits,
+        threads=threads,
+        load_s=load_s,
+        n_prompt=n_prompt,
+        n_gen=n_gen,
+        reps=reps,
+    )
+    return r, engine
+
+
 def markdown_table(rows: list[tuple[str, ...]]) -> list[str]:
     """Rows (the first one the header) as the lines of a padded Markdown table."""
     w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -11,7 +11,6 @@ then.
 from __future__ import annotations
 
 import logging
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,22 +51,10 @@ def artifact_name(path: str | Path) -> str:
     return Path(path).expanduser().resolve().name
 
 
-def _crc_prefix(path: Path, n: int) -> str:
-    crc, left = 0, n
-    with open(path, "rb") as f:
-        while left:
-            b = f.read(min(left, CHUNK))
-            if not b:
-                break
-            crc = zlib.crc32(b, crc)
-            left -= len(b)
-    return f"{crc & 0xFFFFFFFF:08x}"
-
-
 def deploy(art_path: str | Path, device, *, name: str | None = None, chunk: int = CHUNK,
            progress: bool | None = None) -> DeployResult:  # fmt: skip
     """Send the artifact at ``art_path`` to ``device`` (an open-able :class:`Device`)."""
-    from edgert.artifact import Artifact
+    from edgert.artifact import Artifact, crc32, crc32_file
 
     art = Artifact.open(art_path)  # refuse to ship a corrupt artifact
     name = name or artifact_name(art.path)
@@ -85,21 +72,24 @@ def deploy(art_path: str | Path, device, *, name: str | None = None, chunk: int 
             size = f.stat().st_size
             st, _ = device.call("file.stat", {"path": rel})
             offset = 0
-            if st["exists"] and st["size"] <= size and st["crc32"] == _crc_prefix(f, st["size"]):
+            if st["exists"] and st["size"] <= size and st["crc32"] == crc32_file(f, st["size"]):
                 offset = st["size"]  # resume after what already arrived intact
                 resumed += offset
                 bar.update(offset)
+            if size == 0 and not st["exists"]:  # an empty file still has to exist there
+                device.call("file.put", {"path": rel, "offset": 0, "crc32": crc32(b"")}, b"")
             with open(f, "rb") as fh:
                 fh.seek(offset)
-                while offset < size or (size == 0 and offset == 0 and not st["exists"]):
+                while offset < size:
                     data = fh.read(chunk)
-                    crc = f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"
-                    device.call("file.put", {"path": rel, "offset": offset, "crc32": crc}, data)
+                    if not data:  # the file shrank under us: commit's checksums will say so
+                        break
+                    device.call(
+                        "file.put", {"path": rel, "offset": offset, "crc32": crc32(data)}, data
+                    )
                     offset += len(data)
                     sent += len(data)
                     bar.update(len(data))
-                    if not data:
-                        break
     device.call("file.commit", {"staging": f"staging/{name}", "name": name})
     return DeployResult(
         device=device.url,
@@ -125,13 +115,11 @@ def source_digest() -> str | None:
     return h.hexdigest()[:16]
 
 
-def download_wheels(machine: str, python: str, dest: Path) -> list[Path]:
-    """The runtime's wheels for a Linux device (``machine`` aarch64/x86_64, ``python`` "3.11")
-    plus edgert's own, fetched or built on this host (devices are often offline)."""
+def download_runtime_wheels(machine: str, python: str, dest: Path) -> None:
+    """RUNTIME_WHEELS (and what they need) for a Linux device — ``machine`` aarch64/x86_64,
+    ``python`` "3.11" — fetched into ``dest`` on this host (devices are often offline)."""
     import subprocess
     import sys
-
-    from edgert.errors import EdgertError
 
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
@@ -140,9 +128,17 @@ def download_wheels(machine: str, python: str, dest: Path) -> list[Path]:
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode:
         raise EdgertError(
-            f"cannot download the device runtime wheels: {r.stderr.strip()[-400:]}",
+            f"cannot download the {machine} runtime wheels: {r.stderr.strip()[-400:]}",
             "this host needs access to the package index (the device does not)",
         )
+
+
+def download_wheels(machine: str, python: str, dest: Path) -> list[Path]:
+    """The runtime's wheels plus edgert's own (built from this source tree, or downloaded)."""
+    import subprocess
+    import sys
+
+    download_runtime_wheels(machine, python, dest)
     own = dest / "edgert-own"
     if own.exists():
         import shutil
@@ -171,7 +167,6 @@ def download_wheels(machine: str, python: str, dest: Path) -> list[Path]:
 def ensure_runtime(transport, *, progress: bool | None = None) -> str:
     """Install (or update) edgert and its runtime in ``~/.edgert/venv`` on an SSH device.
     Returns what was done: "present" or "installed"."""
-    from edgert.errors import EdgertError
     from edgert.settings import cache_dir
 
     digest = source_digest()

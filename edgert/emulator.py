@@ -16,12 +16,12 @@ import hashlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 from edgert.deploy import RUNTIME_WHEELS as WHEELS
+from edgert.deploy import download_runtime_wheels
 from edgert.errors import EdgertError
 
 SUITE = "bookworm"
@@ -81,29 +81,6 @@ def _lock(path: Path):
         yield
 
 
-def _wheels(dest: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "-q",
-        "--only-binary=:all:",
-        "--platform",
-        "manylinux_2_28_aarch64",
-        "--platform",
-        "manylinux2014_aarch64",
-        "--python-version",
-        "3.11",
-        "-d",
-        str(dest),
-        *WHEELS,
-    ]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        raise RigError(f"downloading aarch64 wheels failed: {r.stderr.strip()[-500:]}")
-
-
 def ensure_root() -> Path:
     """The cached root (built when missing; a failed build resumes after the bootstrap)."""
     ensure_binfmt()
@@ -137,7 +114,7 @@ def ensure_root() -> Path:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         wheels_dir = root / "opt" / "wheels"
-        _wheels(wheels_dir)
+        download_runtime_wheels("aarch64", "3.11", wheels_dir)
         if not (root / "opt" / "venv" / "bin" / "python").exists():
             _chroot(root, ["/usr/bin/python3", "-m", "venv", "/opt/venv"])
         wheels = [f"/opt/wheels/{w.name}" for w in wheels_dir.glob("*.whl")]
@@ -323,10 +300,10 @@ def up(*, target: str = "rpi5", port: int | None = None, wait: float = 120) -> d
     procs = _dram_limit(tgt.dram_bytes)
     log_path = d / "sshd.log"
     join = f"echo $$ > {procs} && " if procs else ""
-    proc = subprocess.Popen(
+    proc = _daemon(
         ["sh", "-c", f"{join}exec {CHROOT} {root} /usr/sbin/sshd -D -e -f "
          "/etc/ssh/sshd_config.edgert"],
-        stdout=open(log_path, "ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        log_path,
     )  # fmt: skip
     t0 = time.monotonic()
     while not _port_open(port):
@@ -367,19 +344,26 @@ def down() -> dict:
     return {"running": False, "stopped": st.get("running", False)}
 
 
+def _daemon(argv: list[str], log_path: Path | None, env: dict | None = None) -> subprocess.Popen:
+    """A process in a session of its own (stopped with its group), output appended to
+    ``log_path``."""
+    if log_path is None:
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                env=env, start_new_session=True)  # fmt: skip
+    with open(log_path, "ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)  # fmt: skip
+
+
 def spawn(cmd: list[str], *, log_path: Path | None = None) -> subprocess.Popen:
     """Start a long-running command inside the running emulator (e.g. an agent on a serial
     line); the caller stops it."""
     st = status()
     if not st.get("running"):
         raise RigError("the emulator is not running", "start it with `edgert emulator up`")
-    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     env = {"PATH": "/root/.edgert/venv/bin:/opt/venv/bin:/usr/bin:/bin", "HOME": "/root",
            "LANG": "C.UTF-8"}  # fmt: skip
-    return subprocess.Popen(
-        [CHROOT, st["root"], *cmd], stdout=out, stderr=subprocess.STDOUT, env=env,
-        start_new_session=True,
-    )  # fmt: skip
+    return _daemon([CHROOT, st["root"], *cmd], log_path, env)
 
 
 def serial_up(*, wait: float = 30) -> dict:
@@ -398,10 +382,7 @@ def serial_up(*, wait: float = 30) -> dict:
     d = state_file().parent
     log_path = d / "socat.log"
     log_path.write_text("")
-    socat = subprocess.Popen(
-        ["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"],
-        stderr=open(log_path, "ab"), stdout=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+    socat = _daemon(["socat", "-d", "-d", "pty,raw,echo=0", "pty,raw,echo=0"], log_path)
     t0 = time.monotonic()
     ptys: list[str] = []
     while len(ptys) < 2:

@@ -50,20 +50,14 @@ class RSSSampler:
         self.samples.append((time.perf_counter() - self._t0, self.rss()))
 
 
-def _thermal() -> dict[str, Any]:
-    from edgert.agent import device_info
-
-    info = device_info(Path(os.environ.get("TMPDIR", "/tmp")))
-    return {k: info[k] for k in ("temperature_c", "cpu_freq_khz", "governor")}
-
-
 def profile_artifact(
     path: str | Path, *, threads: int, n_prompt: int = 64, n_gen: int = 32, reps: int = 3
 ) -> dict[str, Any]:
     """Profile the artifact at ``path`` on this machine (see the module docstring)."""
+    from edgert.agent import thermal
     from edgert.dnn import is_dnn_artifact
 
-    before = _thermal()
+    before = thermal()
     with RSSSampler() as rss:
         if is_dnn_artifact(path):
             from edgert.dnn import bench_dnn
@@ -72,7 +66,7 @@ def profile_artifact(
             out: dict[str, Any] = {"kind": "onnx", "bench": r.to_dict(), "layers": []}
         else:
             out = _profile_llm(path, threads=threads, n_prompt=n_prompt, n_gen=n_gen, reps=reps)
-    after = _thermal()
+    after = thermal()
     peak = max(b for _, b in rss.samples)
     out.update(
         {
@@ -90,25 +84,10 @@ def profile_artifact(
 def _profile_llm(path, *, threads: int, n_prompt: int, n_gen: int, reps: int) -> dict[str, Any]:
     import numpy as np
 
-    from edgert.bench import bench
-    from edgert.runtime import OpTimes, open_artifact_engine
+    from edgert.bench import bench_model
+    from edgert.runtime import OpTimes
 
-    t0 = time.perf_counter()
-    eng = open_artifact_engine(path, max_ctx=n_prompt + n_gen + 16)
-    load_s = time.perf_counter() - t0
-    art = eng.source.art
-    r = bench(
-        eng,
-        model=Path(path).name,
-        kind="artifact",
-        size_bytes=art.nbytes(),
-        bits=art.manifest.get("quant", {}).get("avg_bits"),
-        threads=threads,
-        load_s=load_s,
-        n_prompt=n_prompt,
-        n_gen=n_gen,
-        reps=reps,
-    )
+    r, eng = bench_model(path, threads=threads, n_prompt=n_prompt, n_gen=n_gen, reps=reps)
     # one more decode run with the timing hooks on: per-layer, per-operation time per token
     ops = OpTimes()
     rng = np.random.default_rng(1)

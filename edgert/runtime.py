@@ -274,8 +274,7 @@ class CompiledEngine:
         mask[:, t:] = np.triu(np.full((n, n), -np.inf, np.float32), 1)
         cos_t, sin_t, mask_t = self._t(cos), self._t(sin), self._t(mask)
         prof = self.profiler
-        clock = time.perf_counter
-        t_op = clock() if prof is not None else 0.0
+        t_op = time.perf_counter() if prof is not None else 0.0
         for i in range(c.n_layers):
             p = f"blk.{i}."
             out = self._fn("attn", self.layer_variants[i])(

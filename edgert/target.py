@@ -61,6 +61,11 @@ class Target:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def cross_cxx(self) -> str | None:
+        """The C++ compiler TVM links with for this target; None on the x86-64 host itself."""
+        return self.cxx if self.arch != "x86_64" else None
+
     def manifest_entry(self) -> dict[str, Any]:
         """How an artifact records the target it was compiled for."""
         return {

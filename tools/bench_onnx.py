@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from edgert.settings import THREAD_VARS
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
 
@@ -128,9 +130,7 @@ def main() -> None:
     cases = prepare(a.size, a.work)
     results = []
     for t in [int(x) for x in a.threads.split(",")]:
-        env = dict(os.environ)
-        for var in ("OMP_NUM_THREADS", "TVM_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            env[var] = str(t)
+        env = {**os.environ, **{var: str(t) for var in THREAD_VARS}}  # sized before start
         r = subprocess.run(
             [sys.executable, __file__, "--reps", str(a.reps), "--runs", str(a.runs),
              "--child", json.dumps({"cases": cases, "threads": t})],

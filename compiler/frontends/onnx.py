@@ -45,8 +45,12 @@ class OnnxModel:
     inputs: list[TensorSpec]
     opset: int
     sha256: str
-    ops: dict[str, int] = field(default_factory=dict)
     quantized: list[str] = field(default_factory=list)  # weights rewritten to int8
+
+    @property
+    def ops(self) -> dict[str, int]:
+        """Operator type -> node count of the graph as it is now."""
+        return dict(sorted(Counter(n.op_type for n in self.proto.graph.node).items()))
 
     @property
     def output_names(self) -> list[str]:
@@ -221,14 +225,12 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
             "re-export without them (for quantized models: QDQ format rather than integer ops)",
         )
     inputs = _pin_inputs(proto, p, dict(input_shapes or {}))
-    ops = Counter(n.op_type for n in proto.graph.node)
     return OnnxModel(
         path=p,
         proto=proto,
         inputs=inputs,
         opset=int(opset),
         sha256=hashlib.sha256(data).hexdigest(),
-        ops=dict(sorted(ops.items())),
     )
 
 
@@ -292,7 +294,6 @@ def fold_batch_norms(model: OnnxModel) -> int:
         used = {i for n in g.node for i in n.input} | graph_outputs
         for t in [t for t in g.initializer if t.name not in used]:
             g.initializer.remove(t)  # the normalisation's own parameters
-        model.ops = dict(sorted(Counter(n.op_type for n in g.node).items()))
     return n_folded
 
 
@@ -359,7 +360,6 @@ def quantize_weights_int8(model: OnnxModel) -> OnnxModel:
     del g.node[:]
     g.node.extend(new_nodes + nodes)
     model.quantized = sorted(quantized)
-    model.ops = dict(sorted(Counter(n.op_type for n in g.node).items()))
     return model
 
 

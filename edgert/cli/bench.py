@@ -41,33 +41,12 @@ def run(args) -> int:
 
     if is_dnn_artifact(args.model):
         return _bench_dnn(args, threads)
-    import time
-    from pathlib import Path
-
-    from edgert.bench import bench, table
+    from edgert.bench import bench_model, table
     from edgert.cli.common import print_json, resolve_model
-    from edgert.engine import open_engine
 
-    path = resolve_model(args.model)
-    t0 = time.perf_counter()
-    engine = open_engine(path, max_ctx=args.n_prompt + args.n_gen + 16)
-    load_s = time.perf_counter() - t0
-    is_art = Path(path).is_dir() and (Path(path) / "manifest.json").exists()
-    if is_art:
-        man = engine.source.art.manifest
-        size = engine.source.art.nbytes()
-        bits = man.get("quant", {}).get("avg_bits")
-    else:
-        size = Path(path).stat().st_size if Path(path).is_file() else 0
-        bits = None
-    r = bench(
-        engine,
-        model=Path(path).name,
-        kind="artifact" if is_art else "reference",
-        size_bytes=size,
-        bits=bits,
+    r, _ = bench_model(
+        resolve_model(args.model),
         threads=threads,
-        load_s=load_s,
         n_prompt=args.n_prompt,
         n_gen=args.n_gen,
         reps=args.repetitions or 3,

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgert.agent import Agent
-from edgert.artifact import ArtifactWriter
+from edgert.artifact import ArtifactWriter, crc32
 from edgert.protocol import (
     HEAD,
     MAX_PAYLOAD,
@@ -150,10 +150,6 @@ def request(rid, action, args, payload=b""):
     return encode(Code.REQUEST, {"id": rid, "action": action, "args": args}, payload)
 
 
-def crc(b: bytes) -> str:
-    return f"{zlib.crc32(b) & 0xFFFFFFFF:08x}"
-
-
 def replies(got) -> dict:
     return {g.header.get("id"): g for g in got if not isinstance(g, str) and g.code != Code.HELLO}
 
@@ -163,16 +159,16 @@ def test_file_actions(tmp_path):
     data = b"hello world" * 100
     got = replies(
         serve(
-            request(1, "file.put", {"path": "s/a", "offset": 0, "crc32": crc(data[:500])},
+            request(1, "file.put", {"path": "s/a", "offset": 0, "crc32": crc32(data[:500])},
                     data[:500])
             + request(2, "file.put", {"path": "s/a", "offset": 500, "crc32": "00000000"},
                       data[500:])  # wrong checksum: refused
-            + request(3, "file.put", {"path": "s/a", "offset": 900, "crc32": crc(data[500:])},
+            + request(3, "file.put", {"path": "s/a", "offset": 900, "crc32": crc32(data[500:])},
                       data[500:])  # a gap: refused
             + request(4, "file.stat", {"path": "s/a"})
-            + request(5, "file.put", {"path": "../escape", "offset": 0, "crc32": crc(b"x")},
+            + request(5, "file.put", {"path": "../escape", "offset": 0, "crc32": crc32(b"x")},
                       b"x")
-            + request(6, "file.put", {"path": "s/a", "offset": 500, "crc32": crc(data[500:])},
+            + request(6, "file.put", {"path": "s/a", "offset": 500, "crc32": crc32(data[500:])},
                       data[500:]),
             root,
         )
@@ -180,7 +176,7 @@ def test_file_actions(tmp_path):
     assert got[1].code == Code.REPLY and got[1].header["size"] == 500
     assert got[2].code == Code.ERROR and "checksum" in got[2].header["error"]
     assert got[3].code == Code.ERROR and "resume at 500" in got[3].header["error"]
-    assert got[4].header["size"] == 500 and got[4].header["crc32"] == crc(data[:500])
+    assert got[4].header["size"] == 500 and got[4].header["crc32"] == crc32(data[:500])
     assert got[5].code == Code.ERROR and "leaves the agent root" in got[5].header["error"]
     assert not (tmp_path / "escape").exists()
     assert got[6].header["size"] == len(data)
