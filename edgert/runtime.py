@@ -46,6 +46,12 @@ class ModelGraphSource:
     def embedding(self, tokens: np.ndarray) -> np.ndarray:
         return self.model.tensor("token_embd.weight")[tokens]
 
+    def weight(self, name: str):
+        """(format, {"m", "k", ...}, arrays): how the native forward pass reads ``name``."""
+        (a,) = self.arrays(name)
+        m, k = (a.shape[0], a.shape[1]) if a.ndim == 2 else (a.shape[0], 1)
+        return "f32", {"m": m, "k": k}, [a]
+
 
 class ArtifactSource:
     """Weights from an artifact: each tensor's buffers in the order the compiler stored them."""
@@ -56,6 +62,19 @@ class ArtifactSource:
 
     def arrays(self, name: str) -> list[np.ndarray]:
         return list(self.art.read_tensor(name).values())
+
+    def weight(self, name: str):
+        """(format, {"m", "k", ...}, arrays): how the native forward pass reads ``name``."""
+        e = self.art.tensors[name]
+        b = self.art.read_tensor(name)
+        shape = e["shape"]
+        meta = {"m": shape[0], "k": shape[1] if len(shape) > 1 else 1}
+        if e["format"] in ("uniform", "hlq"):
+            meta.update(bits=e["kernel"]["bits"], group_size=e["kernel"]["group_size"])
+            return e["format"], meta, [b["planes"], b["scale"], b["zero"]]
+        if e["format"] == "q8":
+            return "q8", meta, [b["q"], b["scale"]]
+        return e["format"], meta, list(b.values())
 
     def embedding(self, tokens: np.ndarray) -> np.ndarray:
         from edgert.q8 import dequantize_q8
@@ -108,8 +127,11 @@ def reference_model(art):
     return ModelGraph(cfg, infos, loader, tokenizer=tok, source=str(art.path))
 
 
-def open_artifact_engine(path, *, max_ctx: int | None = None) -> "CompiledEngine":
-    """Load an artifact (schema, target and resident checksums verified) as an engine."""
+def open_artifact_engine(
+    path, *, max_ctx: int | None = None, native: bool = True
+) -> "CompiledEngine":
+    """Load an artifact (schema, target and resident checksums verified) as an engine;
+    ``native=False`` runs every step through the compiled functions (no C forward pass)."""
     from edgert.artifact import Artifact
 
     art = Artifact.open(path)
@@ -131,6 +153,7 @@ def open_artifact_engine(path, *, max_ctx: int | None = None) -> "CompiledEngine
         head_name=plan.get("head"),
         layer_variants=plan.get("layer_variants"),
         expert_variants=plan.get("expert_variants"),
+        native=native,
     )
 
 
@@ -157,6 +180,14 @@ class OpTimes:
         self.seconds[key] = self.seconds.get(key, 0.0) + now - since
         return now
 
+    def add_native(self, times: np.ndarray) -> None:
+        """Times the native forward pass measured: (n_layers + 1, 2) seconds, attention and FFN
+        per layer, then the head."""
+        for i in range(times.shape[0] - 1):
+            for j, op in enumerate(("attention", "ffn")):
+                self.seconds[(i, op)] = self.seconds.get((i, op), 0.0) + float(times[i, j])
+        self.seconds[(None, "head")] = self.seconds.get((None, "head"), 0.0) + float(times[-1, 0])
+
 
 class CompiledEngine:
     """Same interface as the reference engine: ``forward(tokens, last_only)``, ``reset()``."""
@@ -172,6 +203,7 @@ class CompiledEngine:
         head_name: str | None = None,
         layer_variants: list[str] | None = None,
         expert_variants: list[list[str]] | None = None,
+        native: bool = True,
     ):
         tvm, relax = _tvm()
         self._tvm = tvm
@@ -193,6 +225,14 @@ class CompiledEngine:
             [self.layer_variants[i]] * c.n_experts for i in range(c.n_layers)
         ]
         self._fns: dict[str, object] = {}
+        #: the C forward pass of dense models (None: every step runs the compiled functions)
+        self.native = None
+        if native and hasattr(source, "weight"):
+            from edgert.native import NativeForward
+
+            self.native = NativeForward.load(
+                lib_path, config, source.weight, self.head_name, self.k_cache, self.v_cache
+            )
         #: set to an OpTimes to time each layer's operations (None: no cost)
         self.profiler = None
 
@@ -260,6 +300,31 @@ class CompiledEngine:
             out += self._fn("shared_expert", self.layer_variants[i])(h_t, *ws).numpy()
         return out
 
+    def _forward_native(self, x, cos, sin, last_only: bool) -> np.ndarray:
+        """Every layer and the head in C, MAX_BATCH tokens per call (the kernels' tables of a
+        chunk stay small)."""
+        from edgert.kernels import MAX_BATCH
+
+        prof, n, out = self.profiler, x.shape[0], []
+        times = np.zeros((self.cfg.n_layers + 1, 2)) if prof is not None else None
+        for s in range(0, n, MAX_BATCH):
+            e = min(n, s + MAX_BATCH)
+            last = last_only and e == n
+            if last_only and not last:  # only the final chunk's logits are wanted
+                self.native.forward(
+                    x[s:e], self.pos, cos[s:e], sin[s:e], threads=0, times=times, logits=False
+                )
+            else:
+                out.append(
+                    self.native.forward(
+                        x[s:e], self.pos, cos[s:e], sin[s:e], last_only=last, threads=0, times=times
+                    )
+                )
+            self.pos += e - s
+        if prof is not None:
+            prof.add_native(times)
+        return out[0][0] if last_only else np.concatenate(out)
+
     def forward(self, tokens, *, last_only: bool = False) -> np.ndarray:
         c = self.cfg
         tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -270,10 +335,12 @@ class CompiledEngine:
             raise EdgertError(f"sequence of {t + n} tokens exceeds the context of {self.max_ctx}")
         x = self.source.embedding(tokens).astype(np.float32)
         cos, sin = rope_tables(c, np.arange(t, t + n))
+        prof = self.profiler
+        if self.native is not None:
+            return self._forward_native(x, cos, sin, last_only)
         mask = np.zeros((n, t + n), np.float32)
         mask[:, t:] = np.triu(np.full((n, n), -np.inf, np.float32), 1)
         cos_t, sin_t, mask_t = self._t(cos), self._t(sin), self._t(mask)
-        prof = self.profiler
         t_op = time.perf_counter() if prof is not None else 0.0
         for i in range(c.n_layers):
             p = f"blk.{i}."

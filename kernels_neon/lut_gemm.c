@@ -4,7 +4,7 @@
  * do the float operations of their scalar twins in the same order and the integer sums are
  * exact, so results are bit-identical (build with -ffp-contract=off).
  * A test program may #include this file directly (tests/kernels/lut_test_driver.c): everything
- * but the edgert_* entry points is static, and the file defines no main.
+ * but the edgert_* entry points (and the hidden edgert_parallel_for) is static; no main.
  */
 #include "edgert_kernels.h"
 
@@ -575,7 +575,11 @@ static int default_threads(void) {
 
 static pthread_mutex_t job_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static void parallel_for(int64_t n, int threads, range_fn fn, void *ctx) {
+/* shared with forward.c (not exported from the library) */
+__attribute__((visibility("hidden"))) void edgert_parallel_for(int64_t n, int threads,
+                                                               range_fn fn, void *ctx);
+
+void edgert_parallel_for(int64_t n, int threads, range_fn fn, void *ctx) {
     if (threads <= 0) threads = default_threads();
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if (threads > n) threads = (int)n;
@@ -689,7 +693,7 @@ static uint8_t *make_tables(const float *x, int64_t n, const shape_t *s, int thr
     *xs = malloc((size_t)(n * s->groups) * sizeof(float));
     if (!tbl || !*ts || !*xs) abort();
     tables_ctx c = {x, s, tbl, *ts, *xs, build};
-    parallel_for(n, n >= 8 ? threads : 1, tables_range, &c);
+    edgert_parallel_for(n, n >= 8 ? threads : 1, tables_range, &c);
     return tbl;
 }
 
@@ -705,7 +709,7 @@ static void gemm_impl(float *y, const float *x, int64_t n, int64_t m, int64_t k,
     float *ts, *xs;
     uint8_t *tbl = make_tables(x, n, &s, threads, build, &ts, &xs);
     gemm_ctx c = {y, n, m, planes, scale, zero, tbl, ts, xs, &s, tile};
-    parallel_for((m + T - 1) / T, threads, gemm_range, &c);
+    edgert_parallel_for((m + T - 1) / T, threads, gemm_range, &c);
     free(tbl);
     free(ts);
     free(xs);
@@ -767,7 +771,7 @@ static void gemv_rows_impl(float *y, const float *x, int64_t m, int64_t k, const
     float *out = malloc((size_t)(nt * T) * sizeof(float));
     if (!out) abort();
     rows_ctx c = {out, tiles, planes, tbl, scale, zero, ts, xs, &s, tile};
-    parallel_for(nt, threads, rows_range, &c);
+    edgert_parallel_for(nt, threads, rows_range, &c);
     for (int64_t i = 0; i < r; i++) y[i] = out[slot[i]];
     free(out);
     free(slot);
@@ -795,93 +799,162 @@ void edgert_lut_gemv_rows_ref(float *y, const float *x, int64_t m, int64_t k,
 }
 
 /* ---- 8-bit rows (token embeddings / output head): y (n, m) = x (n, k) . dequant(q)^T ------- */
-/* q int8 [m][kpad], scale float [m][kpad/32]: w = q * scale of its 32-column block */
+/* q int8 [m][kpad], scale float [m][kpad/32]: w = q * scale of its 32-column block.
+ * Each activation row is rounded once to int16 with one scale (xq = rint(x * 32767 / max|x|),
+ * ~15 bits), so a block's 32 products sum exactly in int32 (|sum| <= 32 * 127 * 32767 < 2^31):
+ *   y = xscale * sum_b float(sum_i q_i xq_i) * scale_b
+ * The SIMD paths keep 8 (AVX2) or 4 (NEON) float partial sums across blocks, so they differ from
+ * the _ref twin's block-order sum only in float rounding (relative 1e-6). */
 typedef struct {
     float *y;
-    const float *x;
-    int64_t n, m, k, kpad;
+    const int16_t *xq;  // [n][kpad]
+    const float *xscale;  // [n]
+    int64_t n, m, kpad;
     const int8_t *q;
     const float *scale;
 } q8_ctx;
 
-static inline float q8_row_ref(const float *x, const int8_t *q, const float *sc, int64_t k) {
+// x (k,) -> xq (kpad,) int16 (zero padded); returns the scale
+static float q8_activations(int16_t *xq, const float *x, int64_t k, int64_t kpad) {
+    float amax = 0.f;
+    for (int64_t i = 0; i < k; i++) amax = fmaxf(amax, fabsf(x[i]));
+    const float inv = amax > 0.f ? 32767.f / amax : 0.f;
+    for (int64_t i = 0; i < k; i++) {
+        float v = rintf(x[i] * inv);
+        v = v > 32767.f ? 32767.f : v < -32767.f ? -32767.f : v;
+        xq[i] = (int16_t)v;
+    }
+    for (int64_t i = k; i < kpad; i++) xq[i] = 0;
+    return amax / 32767.f;
+}
+
+static inline float q8_row_ref(const int16_t *xq, const int8_t *q, const float *sc, int64_t kpad) {
     float acc = 0.f;
-    for (int64_t b = 0; b * 32 < k; b++) {
-        float s = 0.f;
-        for (int64_t i = b * 32; i < b * 32 + 32 && i < k; i++) s += x[i] * (float)q[i];
-        acc += s * sc[b];
+    for (int64_t b = 0; b * 32 < kpad; b++) {
+        int32_t s = 0;
+        for (int64_t i = b * 32; i < b * 32 + 32; i++) s += (int32_t)xq[i] * (int32_t)q[i];
+        acc += (float)s * sc[b];
     }
     return acc;
 }
 
-static inline float q8_row_fast(const float *x, const int8_t *q, const float *sc, int64_t k) {
 #if defined(__AVX2__)
-    __m256 acc = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; (b + 1) * 32 <= k; b++) {
-        const __m256i v = _mm256_loadu_si256((const __m256i *)(q + b * 32));
-        __m256 s = _mm256_setzero_ps();
-        for (int h = 0; h < 4; h++) {
-            const __m128i part = h < 2 ? _mm256_castsi256_si128(v) : _mm256_extracti128_si256(v, 1);
-            const __m128i p8 = (h & 1) ? _mm_srli_si128(part, 8) : part;
-            const __m256 w = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(p8));
-            s = _mm256_add_ps(s, _mm256_mul_ps(w, _mm256_loadu_ps(x + b * 32 + 8 * h)));
-        }
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(s, _mm256_set1_ps(sc[b])));
-    }
-    float lanes[8];
-    _mm256_storeu_ps(lanes, acc);
-    float r = 0.f;
-    for (int i = 0; i < 8; i++) r += lanes[i];
-    if (b * 32 < k) r += q8_row_ref(x + b * 32, q + b * 32, sc + b, k - b * 32);
+static inline __m256i q8_block_avx2(const int8_t *q, __m256i x0, __m256i x1) {
+    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)q));
+    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(q + 16)));
+    return _mm256_add_epi32(_mm256_madd_epi16(w0, x0), _mm256_madd_epi16(w1, x1));
+}
+
+static inline float hsum_avx2(__m256 v) {
+    float l[8], r = 0.f;
+    _mm256_storeu_ps(l, v);
+    for (int i = 0; i < 8; i++) r += l[i];
     return r;
+}
+#endif
+
+/* rows r0 .. r0+nr-1 (nr <= 2 share the activation loads) */
+static inline void q8_rows_fast(float *out, const int16_t *xq, const int8_t *q, const float *sc,
+                                int64_t kpad, int nr) {
+    const int64_t nb = kpad / 32;
+#if defined(__AVX2__)
+    if (nr == 2) {
+        const int8_t *q1 = q + kpad;
+        const float *sc1 = sc + nb;
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+        for (int64_t b = 0; b < nb; b++) {
+            const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b));
+            const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b + 16));
+            _mm_prefetch((const char *)(q + 32 * b) + 512, _MM_HINT_T0);
+            _mm_prefetch((const char *)(q1 + 32 * b) + 512, _MM_HINT_T0);
+            a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_cvtepi32_ps(q8_block_avx2(q + 32 * b, x0, x1)),
+                                                 _mm256_broadcast_ss(sc + b)));
+            a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_cvtepi32_ps(q8_block_avx2(q1 + 32 * b, x0, x1)),
+                                                 _mm256_broadcast_ss(sc1 + b)));
+        }
+        out[0] = hsum_avx2(a0);
+        out[1] = hsum_avx2(a1);
+        return;
+    }
+    __m256 a0 = _mm256_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b));
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b + 16));
+        a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_cvtepi32_ps(q8_block_avx2(q + 32 * b, x0, x1)),
+                                             _mm256_broadcast_ss(sc + b)));
+    }
+    out[0] = hsum_avx2(a0);
 #elif defined(__ARM_NEON)
-    float32x4_t acc = vdupq_n_f32(0.f);
-    int64_t b = 0;
-    for (; (b + 1) * 32 <= k; b++) {
-        float32x4_t s = vdupq_n_f32(0.f);
-        for (int h = 0; h < 2; h++) {
-            const int8x16_t v = vld1q_s8(q + b * 32 + 16 * h);
-            const int16x8_t lo = vmovl_s8(vget_low_s8(v)), hi = vmovl_high_s8(v);
-            const int16x8_t p[2] = {lo, hi};
-            for (int j = 0; j < 2; j++) {
-                const float32x4_t w0 = vcvtq_f32_s32(vmovl_s16(vget_low_s16(p[j])));
-                const float32x4_t w1 = vcvtq_f32_s32(vmovl_high_s16(p[j]));
-                const float *xp = x + b * 32 + 16 * h + 8 * j;
-                s = vaddq_f32(s, vmulq_f32(w0, vld1q_f32(xp)));
-                s = vaddq_f32(s, vmulq_f32(w1, vld1q_f32(xp + 4)));
+    for (int r = 0; r < nr; r++) {
+        const int8_t *qr = q + r * kpad;
+        const float *sr = sc + r * nb;
+        float32x4_t a = vdupq_n_f32(0.f);
+        for (int64_t b = 0; b < nb; b++) {
+            int32x4_t s = vdupq_n_s32(0);
+            for (int h = 0; h < 2; h++) {
+                const int8x16_t w = vld1q_s8(qr + 32 * b + 16 * h);
+                const int16x8_t wl = vmovl_s8(vget_low_s8(w)), wh = vmovl_high_s8(w);
+                const int16x8_t xl = vld1q_s16(xq + 32 * b + 16 * h);
+                const int16x8_t xh = vld1q_s16(xq + 32 * b + 16 * h + 8);
+                s = vmlal_s16(s, vget_low_s16(wl), vget_low_s16(xl));
+                s = vmlal_high_s16(s, wl, xl);
+                s = vmlal_s16(s, vget_low_s16(wh), vget_low_s16(xh));
+                s = vmlal_high_s16(s, wh, xh);
             }
+            a = vaddq_f32(a, vmulq_n_f32(vcvtq_f32_s32(s), sr[b]));
         }
-        acc = vaddq_f32(acc, vmulq_f32(s, vdupq_n_f32(sc[b])));
+        out[r] = vaddvq_f32(a);
     }
-    float r = vaddvq_f32(acc);
-    if (b * 32 < k) r += q8_row_ref(x + b * 32, q + b * 32, sc + b, k - b * 32);
-    return r;
 #else
-    return q8_row_ref(x, q, sc, k);
+    for (int r = 0; r < nr; r++) out[r] = q8_row_ref(xq, q + r * kpad, sc + r * nb, kpad);
 #endif
 }
 
 static void q8_range(void *vctx, int64_t begin, int64_t end) {
     q8_ctx *c = vctx;
-    for (int64_t r = begin; r < end; r++)
-        for (int64_t i = 0; i < c->n; i++)
-            c->y[i * c->m + r] = q8_row_fast(c->x + i * c->k, c->q + r * c->kpad,
-                                             c->scale + r * (c->kpad / 32), c->k);
+    const int64_t nb = c->kpad / 32;
+    for (int64_t r = begin; r < end; r += 2) {
+        const int nr = r + 1 < end ? 2 : 1;
+        for (int64_t i = 0; i < c->n; i++) {
+            float out[2];
+            q8_rows_fast(out, c->xq + i * c->kpad, c->q + r * c->kpad, c->scale + r * nb,
+                         c->kpad, nr);
+            for (int j = 0; j < nr; j++) c->y[i * c->m + r + j] = out[j] * c->xscale[i];
+        }
+    }
+}
+
+static int16_t *q8_prepare(const float *x, int64_t n, int64_t k, int64_t kpad, float **xscale) {
+    int16_t *xq = malloc((size_t)(n * kpad) * sizeof(int16_t));
+    *xscale = malloc((size_t)n * sizeof(float));
+    if (!xq || !*xscale) abort();
+    for (int64_t i = 0; i < n; i++) (*xscale)[i] = q8_activations(xq + i * kpad, x + i * k, k, kpad);
+    return xq;
 }
 
 void edgert_q8_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k, const int8_t *q,
                     const float *scale, int32_t threads) {
     assert(y && x && q && scale && k > 0);
-    q8_ctx c = {y, x, n, m, k, (k + 31) / 32 * 32, q, scale};
-    parallel_for(m, threads, q8_range, &c);
+    const int64_t kpad = (k + 31) / 32 * 32;
+    float *xs;
+    int16_t *xq = q8_prepare(x, n, k, kpad, &xs);
+    q8_ctx c = {y, xq, xs, n, m, kpad, q, scale};
+    /* split in row pairs so every worker's chunk keeps the two-row path */
+    edgert_parallel_for(m, threads, q8_range, &c);
+    free(xq);
+    free(xs);
 }
 
 void edgert_q8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                         const int8_t *q, const float *scale, int32_t threads) {
     (void)threads;
-    int64_t kpad = (k + 31) / 32 * 32;
+    const int64_t kpad = (k + 31) / 32 * 32;
+    float *xs;
+    int16_t *xq = q8_prepare(x, n, k, kpad, &xs);
     for (int64_t r = 0; r < m; r++)
         for (int64_t i = 0; i < n; i++)
-            y[i * m + r] = q8_row_ref(x + i * k, q + r * kpad, scale + r * (kpad / 32), k);
+            y[i * m + r] = q8_row_ref(xq + i * kpad, q + r * kpad, scale + r * (kpad / 32), kpad) *
+                           xs[i];
+    free(xq);
+    free(xs);
 }

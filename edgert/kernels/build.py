@@ -13,8 +13,8 @@ from pathlib import Path
 from edgert import settings
 from edgert.errors import EdgertError
 
-SOURCES = ("lut_gemm.c",)
-HEADERS = ("edgert_kernels.h",)
+SOURCES = ("lut_gemm.c", "forward.c")
+HEADERS = ("edgert_kernels.h", "edgert_forward.h")
 # exact float epilogues (no FMA contraction) keep every fast path bit-identical to its _ref twin
 BASE_FLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-std=gnu11"]
 

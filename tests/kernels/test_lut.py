@@ -157,7 +157,7 @@ def test_bad_input_is_refused_before_c():
         gemv(broken, np.zeros(64, np.float32))
 
 
-Q8_REL_TOL = 1e-5  # max abs / max |y|: float32 summation order only
+Q8_REL_TOL = 1e-4  # max abs / max |y|: activations rounded to int16 (15 bits), float32 order
 
 
 @pytest.mark.parametrize("m,k", [(1, 1), (5, 31), (33, 70), (300, 576)])

@@ -1,0 +1,209 @@
+"""The C forward pass (``kernels_neon/forward.c``) bound with ctypes: every layer of a dense
+model and its head in one call per step, on the weights an artifact holds in DRAM.
+
+The symbol lives in the artifact's own ``lib/model.so`` (the kernels are linked into it for the
+target), so the device needs no compiler. Weights are described to C by address; this object keeps
+the arrays alive.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.model import ModelConfig
+
+W_LUT, W_Q8, W_F32 = 0, 1, 2
+_LUT_FMT = {"uniform": 0, "hlq": 1}
+_P = ctypes.c_void_p
+_I32 = ctypes.c_int32
+_I64 = ctypes.c_int64
+
+
+class _Weight(ctypes.Structure):
+    _fields_ = [
+        ("kind", _I32),
+        ("bits", _I32),
+        ("group", _I32),
+        ("fmt", _I32),
+        ("m", _I64),
+        ("k", _I64),
+        ("p0", _P),
+        ("p1", _P),
+        ("p2", _P),
+    ]
+
+
+_PROJ = ("wq", "wk", "wv", "wo", "gate", "up", "down")
+_NAMES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+_VECS = ("attn_norm", "ffn_norm", "bq", "bk", "bv", "q_norm", "k_norm")
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(p, _Weight) for p in _PROJ] + [(v, _P) for v in _VECS]
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        ("n_layers", _I32),
+        ("dim", _I32),
+        ("n_heads", _I32),
+        ("n_kv_heads", _I32),
+        ("head_dim", _I32),
+        ("ffn_dim", _I32),
+        ("rope_dim", _I32),
+        ("rope_neox", _I32),
+        ("max_ctx", _I64),
+        ("rms_eps", ctypes.c_float),
+        ("layers", ctypes.POINTER(_Layer)),
+        ("output_norm", _P),
+        ("head", _Weight),
+        ("k_cache", _P),
+        ("v_cache", _P),
+    ]
+
+
+def _symbol(lib_path: str):
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+        fn = lib.edgert_forward
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.POINTER(_Model), _P, _I64, _I64, _P, _P, _I32, _P, _P, _I32]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class NativeForward:
+    """``forward(x, pos, cos, sin, ...)`` for a dense model whose weights come from ``weight``:
+    a function of a tensor name returning ``(format, meta, [arrays])`` (see
+    :meth:`edgert.runtime.ArtifactSource.weight`)."""
+
+    def __init__(self, fn, cfg: ModelConfig, weight, head_name: str, k_cache, v_cache):
+        self._fn = fn
+        self._keep: list[np.ndarray] = [k_cache, v_cache]
+        c = cfg
+        layers = (_Layer * c.n_layers)()
+        for i in range(c.n_layers):
+            p = f"blk.{i}."
+            for proj, name in zip(_PROJ, _NAMES):
+                setattr(layers[i], proj, self._weight(weight(p + name + ".weight")))
+            layers[i].attn_norm = self._vec(weight(p + "attn_norm.weight"))
+            layers[i].ffn_norm = self._vec(weight(p + "ffn_norm.weight"))
+            if c.qkv_bias:
+                for r in "qkv":
+                    setattr(layers[i], f"b{r}", self._vec(weight(p + f"attn_{r}.bias")))
+            if c.qk_norm:
+                layers[i].q_norm = self._vec(weight(p + "attn_q_norm.weight"))
+                layers[i].k_norm = self._vec(weight(p + "attn_k_norm.weight"))
+        self._layers = layers
+        self.model = _Model(
+            n_layers=c.n_layers,
+            dim=c.dim,
+            n_heads=c.n_heads,
+            n_kv_heads=c.n_kv_heads,
+            head_dim=c.head_dim,
+            ffn_dim=c.ffn_dim,
+            rope_dim=c.rope_dim,
+            rope_neox=int(c.rope_style == "neox"),
+            max_ctx=k_cache.shape[1],
+            rms_eps=c.rms_eps,
+            layers=layers,
+            output_norm=self._vec(weight("output_norm.weight")),
+            head=self._weight(weight(head_name)),
+            k_cache=k_cache.ctypes.data,
+            v_cache=v_cache.ctypes.data,
+        )
+        self.cfg = cfg
+
+    @classmethod
+    def load(cls, lib_path: str, cfg: ModelConfig, weight, head_name, k_cache, v_cache):
+        """The fast path for this model, or None where it does not apply (mixture-of-experts
+        models, or a module compiled before the C forward pass existed)."""
+        if cfg.is_moe:
+            return None
+        fn = _symbol(lib_path)
+        if fn is None:
+            return None
+        return cls(fn, cfg, weight, head_name, k_cache, v_cache)
+
+    def _hold(self, a: np.ndarray) -> int:
+        if not a.flags.c_contiguous:
+            raise EdgertError("weight buffers must be contiguous")
+        self._keep.append(a)
+        return a.ctypes.data
+
+    def _vec(self, w) -> int:
+        fmt, _meta, arrays = w
+        a = np.ascontiguousarray(arrays[0], dtype=np.float32)
+        if fmt != "f32":
+            raise EdgertError(f"a norm or bias weight is stored as {fmt}, expected f32")
+        return self._hold(a)
+
+    def _weight(self, w) -> _Weight:
+        fmt, meta, arrays = w
+        m, k = meta["m"], meta["k"]
+        if fmt in _LUT_FMT:
+            planes, scale, zero = arrays
+            return _Weight(
+                W_LUT,
+                meta["bits"],
+                meta["group_size"],
+                _LUT_FMT[fmt],
+                m,
+                k,
+                self._hold(planes),
+                self._hold(scale),
+                self._hold(zero),
+            )
+        if fmt == "q8":
+            q, scale = arrays
+            return _Weight(W_Q8, 8, 32, 0, m, k, self._hold(q), self._hold(scale), None)
+        if fmt == "f32":
+            a = np.ascontiguousarray(arrays[0], dtype=np.float32)
+            return _Weight(W_F32, 32, 0, 0, m, k, self._hold(a), None, None)
+        raise EdgertError(f"weight format {fmt!r} has no native path")
+
+    def forward(
+        self,
+        x: np.ndarray,
+        pos: int,
+        cos: np.ndarray,
+        sin: np.ndarray,
+        *,
+        threads: int,
+        last_only: bool = False,
+        logits: bool = True,
+        times: np.ndarray | None = None,
+    ) -> np.ndarray | None:
+        """Logits for the tokens whose embeddings are ``x`` (n, dim), at positions pos.. (of the
+        last only with ``last_only``; none with ``logits=False``); the KV cache is written.
+        ``times`` (n_layers + 1, 2) float64 accumulates seconds."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        n = x.shape[0]
+        cos = np.ascontiguousarray(cos, dtype=np.float32)
+        sin = np.ascontiguousarray(sin, dtype=np.float32)
+        rows = 1 if last_only else n
+        out = np.empty((rows, self.model.head.m), np.float32) if logits else None
+        rc = self._fn(
+            ctypes.byref(self.model),
+            x.ctypes.data,
+            n,
+            pos,
+            cos.ctypes.data,
+            sin.ctypes.data,
+            int(last_only),
+            None if out is None else out.ctypes.data,
+            None if times is None else times.ctypes.data,
+            threads,
+        )
+        if rc == -2:
+            raise EdgertError("out of memory in the forward pass")
+        if rc:
+            raise EdgertError(
+                f"the forward pass refused its arguments ({n} tokens at position {pos}, "
+                f"context {self.model.max_ctx}; or model and weights disagree)"
+            )
+        return out

@@ -1,0 +1,267 @@
+/* The forward pass of a dense transformer in C (see edgert_forward.h).
+ *
+ * Follows edgert.reference operation by operation: RMSNorm with the mean of squares in double,
+ * attention scores divided by sqrt(head_dim), softmax with the running max subtracted, SiLU as
+ * x / (1 + exp(-x)). Linear layers are the kernels of lut_gemm.c. Results do not depend on the
+ * thread count: work is split by output rows and by (token, head) pairs, never inside a sum.
+ */
+#include "edgert_forward.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "edgert_kernels.h"
+
+#if defined(__ARM_NEON)
+#include <arm_neon.h>
+#elif defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
+__attribute__((visibility("hidden"))) void edgert_parallel_for(int64_t n, int threads,
+                                                               range_fn fn, void *ctx);
+
+/* below this many multiply-adds a parallel section costs more than it saves */
+#define PARALLEL_MIN_WORK (1 << 16)
+
+static double seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* ---- vector helpers ------------------------------------------------------------------------ */
+static float dot(const float *a, const float *b, int64_t n) {
+    int64_t i = 0;
+    float r = 0.f;
+#if defined(__AVX2__)
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_add_ps(s0, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
+        s1 = _mm256_add_ps(s1,
+                           _mm256_mul_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8)));
+    }
+    float l[8];
+    _mm256_storeu_ps(l, _mm256_add_ps(s0, s1));
+    for (int j = 0; j < 8; j++) r += l[j];
+#elif defined(__ARM_NEON)
+    float32x4_t s0 = vdupq_n_f32(0.f), s1 = s0;
+    for (; i + 8 <= n; i += 8) {
+        s0 = vaddq_f32(s0, vmulq_f32(vld1q_f32(a + i), vld1q_f32(b + i)));
+        s1 = vaddq_f32(s1, vmulq_f32(vld1q_f32(a + i + 4), vld1q_f32(b + i + 4)));
+    }
+    r = vaddvq_f32(vaddq_f32(s0, s1));
+#endif
+    for (; i < n; i++) r += a[i] * b[i];
+    return r;
+}
+
+static void axpy(float *y, float a, const float *x, int64_t n) { /* y += a x */
+    int64_t i = 0;
+#if defined(__AVX2__)
+    const __m256 av = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i),
+                                              _mm256_mul_ps(av, _mm256_loadu_ps(x + i))));
+#elif defined(__ARM_NEON)
+    const float32x4_t av = vdupq_n_f32(a);
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vaddq_f32(vld1q_f32(y + i), vmulq_f32(av, vld1q_f32(x + i))));
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+static void rms_norm(float *out, const float *x, const float *w, int64_t d, float eps) {
+    double ss = 0.0;
+    for (int64_t i = 0; i < d; i++) ss += (double)x[i] * (double)x[i];
+    const double s = sqrt(ss / (double)d + (double)eps);
+    for (int64_t i = 0; i < d; i++) out[i] = (float)((double)x[i] / s) * w[i];
+}
+
+/* ---- linear layers: y (n, m) = x (n, k) . W^T ---------------------------------------------- */
+typedef struct {
+    const edgert_weight *w;
+    const float *x;
+    float *y;
+    int64_t n;
+} f32_ctx;
+
+static void f32_rows(void *vctx, int64_t begin, int64_t end) {
+    const f32_ctx *c = vctx;
+    const float *W = c->w->p0;
+    for (int64_t r = begin; r < end; r++)
+        for (int64_t i = 0; i < c->n; i++)
+            c->y[i * c->w->m + r] = dot(c->x + i * c->w->k, W + r * c->w->k, c->w->k);
+}
+
+static void linear(const edgert_weight *w, const float *x, int64_t n, float *y, int threads) {
+    switch (w->kind) {
+    case EDGERT_W_LUT:
+        edgert_lut_gemm(y, x, n, w->m, w->k, w->p0, w->p1, w->p2, w->bits, w->group, w->fmt,
+                        threads);
+        break;
+    case EDGERT_W_Q8:
+        edgert_q8_gemm(y, x, n, w->m, w->k, w->p0, w->p1, threads);
+        break;
+    default: {
+        f32_ctx c = {w, x, y, n};
+        edgert_parallel_for(w->m, w->m * w->k * n >= PARALLEL_MIN_WORK ? threads : 1, f32_rows,
+                            &c);
+    }
+    }
+}
+
+/* ---- rotary embedding of one token's heads (x: heads x head_dim) ---------------------------- */
+static void rope(float *x, int heads, int hd, int rd, int neox, const float *cs, const float *sn) {
+    const int half = rd / 2;
+    for (int h = 0; h < heads; h++) {
+        float *v = x + (int64_t)h * hd;
+        for (int j = 0; j < half; j++) {
+            float *pa = neox ? v + j : v + 2 * j, *pb = neox ? v + j + half : v + 2 * j + 1;
+            const float a = *pa, b = *pb;
+            *pa = a * cs[j] - b * sn[j];
+            *pb = a * sn[j] + b * cs[j];
+        }
+    }
+}
+
+/* ---- attention over the cache: one (token, head) pair per item ----------------------------- */
+typedef struct {
+    const edgert_model *m;
+    const float *q;  /* (n, heads, hd) */
+    float *out;      /* (n, heads, hd) */
+    const float *kc, *vc; /* this layer's cache [max_ctx][kv][hd] */
+    int64_t pos;
+    int failed;
+} attn_ctx;
+
+static void attn_items(void *vctx, int64_t begin, int64_t end) {
+    attn_ctx *c = vctx;
+    const edgert_model *m = c->m;
+    const int hd = m->head_dim, nh = m->n_heads, kv = m->n_kv_heads, group = nh / kv;
+    const int64_t last = c->pos + (end - 1) / nh + 1; /* keys seen by the last item */
+    float *p = malloc((size_t)last * sizeof(float));
+    if (!p) {
+        c->failed = 1;
+        return;
+    }
+    const float scale = (float)sqrt((double)hd);
+    for (int64_t it = begin; it < end; it++) {
+        const int64_t i = it / nh;
+        const int h = (int)(it % nh), g = h / group;
+        const int64_t t1 = c->pos + i + 1;
+        const float *q = c->q + it * hd;
+        float mx = -INFINITY;
+        for (int64_t t = 0; t < t1; t++) {
+            p[t] = dot(q, c->kc + (t * kv + g) * hd, hd) / scale;
+            if (p[t] > mx) mx = p[t];
+        }
+        float sum = 0.f;
+        for (int64_t t = 0; t < t1; t++) {
+            p[t] = expf(p[t] - mx);
+            sum += p[t];
+        }
+        float *o = c->out + it * hd;
+        memset(o, 0, (size_t)hd * sizeof(float));
+        for (int64_t t = 0; t < t1; t++) axpy(o, p[t] / sum, c->vc + (t * kv + g) * hd, hd);
+    }
+    free(p);
+}
+
+/* ---- the forward pass ------------------------------------------------------------------------ */
+static int check(const edgert_model *m, int64_t n, int64_t pos) {
+    if (!m || !m->layers || n < 1 || pos < 0 || pos + n > m->max_ctx || !m->k_cache ||
+        !m->v_cache)
+        return 0;
+    if (m->n_heads < 1 || m->n_kv_heads < 1 || m->n_heads % m->n_kv_heads || m->rope_dim < 0 ||
+        m->rope_dim > m->head_dim || m->rope_dim % 2)
+        return 0;
+    const int64_t qd = (int64_t)m->n_heads * m->head_dim, kd = (int64_t)m->n_kv_heads * m->head_dim;
+    for (int l = 0; l < m->n_layers; l++) {
+        const edgert_layer *L = &m->layers[l];
+        const edgert_weight *w[7] = {&L->wq, &L->wk, &L->wv, &L->wo, &L->gate, &L->up, &L->down};
+        const int64_t shape[7][2] = {{qd, m->dim}, {kd, m->dim}, {kd, m->dim}, {m->dim, qd},
+                                     {m->ffn_dim, m->dim}, {m->ffn_dim, m->dim},
+                                     {m->dim, m->ffn_dim}};
+        for (int j = 0; j < 7; j++)
+            if (!w[j]->p0 || w[j]->m != shape[j][0] || w[j]->k != shape[j][1]) return 0;
+        if (!L->attn_norm || !L->ffn_norm) return 0;
+    }
+    return m->head.p0 && m->head.k == m->dim && m->output_norm;
+}
+
+int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, const float *cos,
+                   const float *sin, int32_t last_only, float *logits, double *times,
+                   int32_t threads) {
+    if (!check(m, n, pos) || !x || (m->rope_dim && (!cos || !sin))) return -1;
+    const int64_t d = m->dim, hd = m->head_dim, qd = m->n_heads * hd, kd = m->n_kv_heads * hd;
+    const int64_t f = m->ffn_dim, half = m->rope_dim / 2;
+    const int64_t big = qd > d ? qd : d;
+    float *buf = malloc((size_t)(n * (d + 2 * qd + 2 * kd + big + 2 * f)) * sizeof(float));
+    if (!buf) return -2;
+    float *xn = buf, *q = xn + n * d, *k = q + n * qd, *v = k + n * kd, *att = v + n * kd;
+    float *o = att + n * qd, *g = o + n * big, *u = g + n * f;
+    double t0 = times ? seconds() : 0.0;
+    int rc = 0;
+    for (int l = 0; l < m->n_layers && !rc; l++) {
+        const edgert_layer *L = &m->layers[l];
+        float *kc = m->k_cache + (int64_t)l * m->max_ctx * kd;
+        float *vc = m->v_cache + (int64_t)l * m->max_ctx * kd;
+        for (int64_t i = 0; i < n; i++) rms_norm(xn + i * d, x + i * d, L->attn_norm, d, m->rms_eps);
+        linear(&L->wq, xn, n, q, threads);
+        linear(&L->wk, xn, n, k, threads);
+        linear(&L->wv, xn, n, v, threads);
+        for (int64_t i = 0; i < n; i++) {
+            float *qi = q + i * qd, *ki = k + i * kd, *vi = v + i * kd;
+            if (L->bq)
+                for (int64_t j = 0; j < qd; j++) qi[j] += L->bq[j];
+            if (L->bk)
+                for (int64_t j = 0; j < kd; j++) ki[j] += L->bk[j];
+            if (L->bv)
+                for (int64_t j = 0; j < kd; j++) vi[j] += L->bv[j];
+            if (L->q_norm) rms_norm(qi, qi, L->q_norm, qd, m->rms_eps);
+            if (L->k_norm) rms_norm(ki, ki, L->k_norm, kd, m->rms_eps);
+            if (half) {
+                rope(qi, m->n_heads, (int)hd, m->rope_dim, m->rope_neox, cos + i * half, sin + i * half);
+                rope(ki, m->n_kv_heads, (int)hd, m->rope_dim, m->rope_neox, cos + i * half,
+                     sin + i * half);
+            }
+            memcpy(kc + (pos + i) * kd, ki, (size_t)kd * sizeof(float));
+            memcpy(vc + (pos + i) * kd, vi, (size_t)kd * sizeof(float));
+        }
+        attn_ctx ac = {m, q, att, kc, vc, pos, 0};
+        const int64_t items = n * m->n_heads;
+        const int64_t work = items * (pos + n) * hd;
+        edgert_parallel_for(items, work >= PARALLEL_MIN_WORK ? threads : 1, attn_items, &ac);
+        if (ac.failed) rc = -2;
+        linear(&L->wo, att, n, o, threads);
+        for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
+        if (times) {
+            const double t = seconds();
+            times[2 * l] += t - t0;
+            t0 = t;
+        }
+        for (int64_t i = 0; i < n; i++) rms_norm(xn + i * d, x + i * d, L->ffn_norm, d, m->rms_eps);
+        linear(&L->gate, xn, n, g, threads);
+        linear(&L->up, xn, n, u, threads);
+        for (int64_t j = 0; j < n * f; j++) g[j] = g[j] / (1.f + expf(-g[j])) * u[j];
+        linear(&L->down, g, n, o, threads);
+        for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
+        if (times) {
+            const double t = seconds();
+            times[2 * l + 1] += t - t0;
+            t0 = t;
+        }
+    }
+    if (!rc && logits) {
+        const int64_t first = last_only ? n - 1 : 0, rows = n - first;
+        for (int64_t i = 0; i < rows; i++)
+            rms_norm(xn + i * d, x + (first + i) * d, m->output_norm, d, m->rms_eps);
+        linear(&m->head, xn, rows, logits, threads);
+        if (times) times[2 * m->n_layers] += seconds() - t0;
+    }
+    free(buf);
+    return rc;
+}
