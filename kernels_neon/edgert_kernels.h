@@ -27,6 +27,7 @@
 #define EDGERT_TILE 32
 #define EDGERT_FMT_UNIFORM 0
 #define EDGERT_FMT_HLQ 1
+#define EDGERT_MAX_MULTI 4
 
 #ifdef __cplusplus
 extern "C" {
@@ -39,6 +40,13 @@ void edgert_lut_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k,
 void edgert_lut_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                          const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                          int32_t bits, int32_t group, int32_t fmt, int32_t threads);
+/* count (<= EDGERT_MAX_MULTI) weights with the same k, bits, group and format applied to the same
+ * x (a layer's q/k/v or gate/up projections): y[j] (n, m[j]) = x . W_j^T with one table build and
+ * one parallel job; each y[j] equals what edgert_lut_gemm computes for W_j alone. */
+void edgert_lut_gemm_multi(int32_t count, float *const *y, const float *x, int64_t n,
+                           const int64_t *m, int64_t k, const uint8_t *const *planes,
+                           const uint16_t *const *scale, const uint16_t *const *zero,
+                           int32_t bits, int32_t group, int32_t fmt, int32_t threads);
 /* y (r,) = rows of x (k,) . W^T, only the rows listed in rows (r,) */
 void edgert_lut_gemv_rows(float *y, const float *x, int64_t m, int64_t k, const int32_t *rows,
                           int64_t r, const uint8_t *planes, const uint16_t *scale,

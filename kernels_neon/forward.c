@@ -113,6 +113,31 @@ static void linear(const edgert_weight *w, const float *x, int64_t n, float *y, 
     }
 }
 
+/* several weights applied to the same x: LUT weights of one shape family share their tables and
+ * one parallel job; anything else runs one by one */
+static void linear_multi(int count, const edgert_weight *const *w, const float *x, int64_t n,
+                         float *const *y, int threads) {
+    int same = count <= EDGERT_MAX_MULTI;
+    for (int j = 0; j < count && same; j++)
+        same = w[j]->kind == EDGERT_W_LUT && w[j]->k == w[0]->k && w[j]->bits == w[0]->bits &&
+               w[j]->group == w[0]->group && w[j]->fmt == w[0]->fmt;
+    if (!same) {
+        for (int j = 0; j < count; j++) linear(w[j], x, n, y[j], threads);
+        return;
+    }
+    int64_t m[EDGERT_MAX_MULTI];
+    const uint8_t *planes[EDGERT_MAX_MULTI];
+    const uint16_t *scale[EDGERT_MAX_MULTI], *zero[EDGERT_MAX_MULTI];
+    for (int j = 0; j < count; j++) {
+        m[j] = w[j]->m;
+        planes[j] = w[j]->p0;
+        scale[j] = w[j]->p1;
+        zero[j] = w[j]->p2;
+    }
+    edgert_lut_gemm_multi(count, y, x, n, m, w[0]->k, planes, scale, zero, w[0]->bits,
+                          w[0]->group, w[0]->fmt, threads);
+}
+
 /* ---- rotary embedding of one token's heads (x: heads x head_dim) ---------------------------- */
 static void rope(float *x, int heads, int hd, int rd, int neox, const float *cs, const float *sn) {
     const int half = rd / 2;
@@ -210,9 +235,11 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
         float *kc = m->k_cache + (int64_t)l * m->max_ctx * kd;
         float *vc = m->v_cache + (int64_t)l * m->max_ctx * kd;
         for (int64_t i = 0; i < n; i++) rms_norm(xn + i * d, x + i * d, L->attn_norm, d, m->rms_eps);
-        linear(&L->wq, xn, n, q, threads);
-        linear(&L->wk, xn, n, k, threads);
-        linear(&L->wv, xn, n, v, threads);
+        {
+            const edgert_weight *w[3] = {&L->wq, &L->wk, &L->wv};
+            float *const y[3] = {q, k, v};
+            linear_multi(3, w, xn, n, y, threads);
+        }
         for (int64_t i = 0; i < n; i++) {
             float *qi = q + i * qd, *ki = k + i * kd, *vi = v + i * kd;
             if (L->bq)
@@ -244,8 +271,11 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
             t0 = t;
         }
         for (int64_t i = 0; i < n; i++) rms_norm(xn + i * d, x + i * d, L->ffn_norm, d, m->rms_eps);
-        linear(&L->gate, xn, n, g, threads);
-        linear(&L->up, xn, n, u, threads);
+        {
+            const edgert_weight *w[2] = {&L->gate, &L->up};
+            float *const y[2] = {g, u};
+            linear_multi(2, w, xn, n, y, threads);
+        }
         for (int64_t j = 0; j < n * f; j++) g[j] = g[j] / (1.f + expf(-g[j])) * u[j];
         linear(&L->down, g, n, o, threads);
         for (int64_t j = 0; j < n * d; j++) x[j] += o[j];

@@ -620,11 +620,15 @@ void edgert_parallel_for(int64_t n, int threads, range_fn fn, void *ctx) {
 /* ---- GEMM ---------------------------------------------------------------------------------- */
 typedef void (*tile_fn)(float *, int64_t, const uint8_t *, const uint16_t *, const uint16_t *,
                         const uint8_t *, const float *, const float *, const shape_t *);
+/* up to EDGERT_MAX_MULTI weights of one shape family (same k, bits, group, format) sharing the
+ * activation tables; their tiles are numbered one after the other (first[j] .. first[j+1]) */
 typedef struct {
-    float *y;
-    int64_t n, m;
-    const uint8_t *planes;
-    const uint16_t *scale, *zero;
+    int count;
+    float *y[EDGERT_MAX_MULTI];
+    int64_t m[EDGERT_MAX_MULTI], first[EDGERT_MAX_MULTI + 1];
+    const uint8_t *planes[EDGERT_MAX_MULTI];
+    const uint16_t *scale[EDGERT_MAX_MULTI], *zero[EDGERT_MAX_MULTI];
+    int64_t n;
     const uint8_t *tbl;  // [n][k4][32]
     const float *ts, *xs;  // [n][groups]
     const shape_t *s;
@@ -643,12 +647,15 @@ static void gemm_range(void *vctx, int64_t begin, int64_t end) {
     if (nb < 1) nb = 1;
     for (int64_t i0 = 0; i0 < c->n; i0 += nb) {
         const int64_t i1 = i0 + nb < c->n ? i0 + nb : c->n;
-        for (int64_t t = begin; t < end; t++) {
-            const int64_t rows = c->m - t * T < T ? c->m - t * T : T;
+        int j = 0;
+        for (int64_t g = begin; g < end; g++) {
+            while (g >= c->first[j + 1]) j++;
+            const int64_t t = g - c->first[j], m = c->m[j];
+            const int64_t rows = m - t * T < T ? m - t * T : T;
             for (int64_t i = i0; i < i1; i++) {
-                c->tile(buf, t, c->planes, c->scale, c->zero, c->tbl + i * s->k4 * 32,
+                c->tile(buf, t, c->planes[j], c->scale[j], c->zero[j], c->tbl + i * s->k4 * 32,
                         c->ts + i * s->groups, c->xs + i * s->groups, s);
-                memcpy(c->y + i * c->m + t * T, buf, (size_t)rows * sizeof(float));
+                memcpy(c->y[j] + i * m + t * T, buf, (size_t)rows * sizeof(float));
             }
         }
     }
@@ -697,19 +704,31 @@ static uint8_t *make_tables(const float *x, int64_t n, const shape_t *s, int thr
     return tbl;
 }
 
-// W (m, k) b-bit planes, x (n, k) -> y (n, m)
-static void gemm_impl(float *y, const float *x, int64_t n, int64_t m, int64_t k,
-                      const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
-                      int32_t bits, int32_t group, int32_t fmt, int32_t threads, tile_fn tile,
-                      table_fn build) {
+// count weights W_j (m_j, k) b-bit planes, x (n, k) -> y_j (n, m_j)
+static void gemm_impl(int count, float *const *y, const float *x, int64_t n, const int64_t *m,
+                      int64_t k, const uint8_t *const *planes, const uint16_t *const *scale,
+                      const uint16_t *const *zero, int32_t bits, int32_t group, int32_t fmt,
+                      int32_t threads, tile_fn tile, table_fn build) {
     shape_t s;
-    assert(y && x && planes && scale && zero && n >= 0 && m >= 0);
+    assert(y && x && planes && scale && zero && n >= 0 && count >= 1 && count <= EDGERT_MAX_MULTI);
     if (!make_shape(&s, k, bits, group, fmt)) abort();  // validated by the caller
-    if (n == 0 || m == 0) return;
+    gemm_ctx c = {.count = count, .n = n, .s = &s, .tile = tile};
+    for (int j = 0; j < count; j++) {
+        assert(y[j] && planes[j] && scale[j] && zero[j] && m[j] >= 0);
+        c.y[j] = y[j];
+        c.m[j] = m[j];
+        c.planes[j] = planes[j];
+        c.scale[j] = scale[j];
+        c.zero[j] = zero[j];
+        c.first[j + 1] = c.first[j] + (m[j] + T - 1) / T;
+    }
+    if (n == 0 || c.first[count] == 0) return;
     float *ts, *xs;
     uint8_t *tbl = make_tables(x, n, &s, threads, build, &ts, &xs);
-    gemm_ctx c = {y, n, m, planes, scale, zero, tbl, ts, xs, &s, tile};
-    edgert_parallel_for((m + T - 1) / T, threads, gemm_range, &c);
+    c.tbl = tbl;
+    c.ts = ts;
+    c.xs = xs;
+    edgert_parallel_for(c.first[count], threads, gemm_range, &c);
     free(tbl);
     free(ts);
     free(xs);
@@ -718,14 +737,22 @@ static void gemm_impl(float *y, const float *x, int64_t n, int64_t m, int64_t k,
 void edgert_lut_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                      const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                      int32_t bits, int32_t group, int32_t fmt, int32_t threads) {
-    gemm_impl(y, x, n, m, k, planes, scale, zero, bits, group, fmt, threads, tile_fast,
+    gemm_impl(1, &y, x, n, &m, k, &planes, &scale, &zero, bits, group, fmt, threads, tile_fast,
+              build_tables_fast);
+}
+
+void edgert_lut_gemm_multi(int32_t count, float *const *y, const float *x, int64_t n,
+                           const int64_t *m, int64_t k, const uint8_t *const *planes,
+                           const uint16_t *const *scale, const uint16_t *const *zero,
+                           int32_t bits, int32_t group, int32_t fmt, int32_t threads) {
+    gemm_impl(count, y, x, n, m, k, planes, scale, zero, bits, group, fmt, threads, tile_fast,
               build_tables_fast);
 }
 
 void edgert_lut_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                          const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                          int32_t bits, int32_t group, int32_t fmt, int32_t threads) {
-    gemm_impl(y, x, n, m, k, planes, scale, zero, bits, group, fmt, threads, tile_ref,
+    gemm_impl(1, &y, x, n, &m, k, &planes, &scale, &zero, bits, group, fmt, threads, tile_ref,
               build_tables_ref);
 }
 

@@ -36,6 +36,7 @@ __all__ = [
     "build_objects",
     "build_shared",
     "gemm",
+    "gemm_multi",
     "gemv",
     "gemv_rows",
     "host_flags",
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 MAX_BATCH = 512  # prefill rows per gemm call
+MAX_MULTI = 4  # weights per gemm_multi call (EDGERT_MAX_MULTI)
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 
@@ -74,6 +76,9 @@ def load_library(path: str | None = None) -> ctypes.CDLL:
                 fn = getattr(lib, name)
                 fn.argtypes = [_P, _P, _I64, _I64, _I64, _P, _P, _I32]
                 fn.restype = None
+            fn = lib.edgert_lut_gemm_multi
+            fn.argtypes = [_I32, _P, _P, _I64, _P, _I64, _P, _P, _P, _I32, _I32, _I32, _I32]
+            fn.restype = None
             lib.edgert_kernels_isa.restype = ctypes.c_char_p
             if path is not None:
                 return lib
@@ -159,6 +164,33 @@ def gemm(pw: PackedWeight, X: np.ndarray, *, threads: int = 1, ref: bool = False
         xs = X[s : s + MAX_BATCH]
         fn(_ptr(Y[s:]), _ptr(xs), xs.shape[0], m, k, *wargs, threads)
     return Y
+
+
+def gemm_multi(pws: list[PackedWeight], X: np.ndarray, *, threads: int = 1) -> list[np.ndarray]:
+    """[X . W_j^T for each W_j] with one table build and one parallel job: the weights share k,
+    bits, group size and format (a layer's q/k/v or gate/up projections)."""
+    if not 1 <= len(pws) <= MAX_MULTI:
+        raise EdgertError(f"gemm_multi takes 1 to {MAX_MULTI} weights, got {len(pws)}")
+    args = [_weight_args(pw) for pw in pws]
+    k = pws[0].shape[1]
+    for pw, a in zip(pws, args):
+        if pw.shape[1] != k or a[3:] != args[0][3:]:
+            raise EdgertError(
+                "gemm_multi weights must share k, bits, group size and format "
+                f"({pw.shape[1]}/{a[3:]} vs {k}/{args[0][3:]})"
+            )
+    X = _activations(X, k, "X")
+    if X.ndim != 2:
+        raise EdgertError(f"X must be (n, k), got shape {X.shape}")
+    ys = [np.empty((X.shape[0], pw.shape[0]), np.float32) for pw in pws]
+    count = len(pws)
+    ptrs = [(ctypes.c_void_p * count)(*[a[i] for a in args]) for i in range(3)]
+    yp = (ctypes.c_void_p * count)(*[_ptr(y) for y in ys])
+    ms = (ctypes.c_int64 * count)(*[pw.shape[0] for pw in pws])
+    load_library().edgert_lut_gemm_multi(
+        count, yp, _ptr(X), X.shape[0], ms, k, *ptrs, *args[0][3:], threads
+    )
+    return ys
 
 
 def gemv(pw: PackedWeight, x: np.ndarray, *, threads: int = 1, ref: bool = False) -> np.ndarray:

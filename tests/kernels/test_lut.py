@@ -188,3 +188,15 @@ def test_changed_buffers_are_checked_again():
     pw.shape = (80, 64)
     with pytest.raises(EdgertError, match="planes"):
         gemv(pw, x)
+
+
+@pytest.mark.parametrize("fmt,bits", [("uniform", 4), ("hlq", 3), ("uniform", 1)])
+def test_gemm_multi_equals_separate_calls(fmt, bits):
+    from edgert.kernels import gemm, gemm_multi
+
+    pws = [make(fmt, bits, m, 70, 32)[1] for m in (40, 33, 96)]
+    X = np.random.default_rng(5).normal(size=(3, 70)).astype(np.float32)
+    for got, pw in zip(gemm_multi(pws, X, threads=2), pws):
+        assert np.array_equal(got, gemm(pw, X, threads=1))
+    with pytest.raises(EdgertError, match="share k"):
+        gemm_multi([pws[0], make(fmt, bits, 8, 64, 32)[1]], X)
