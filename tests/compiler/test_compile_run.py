@@ -65,6 +65,19 @@ def test_decode_fast_path_equals_compiled_functions(artifacts, arch):
         assert np.argmax(a) == np.argmax(b)
 
 
+@pytest.mark.parametrize("arch", ["llama", "olmoe"])
+def test_perplexity_through_runtime_within_half_percent(artifacts, arch):
+    from edgert.perplexity import perplexity
+
+    path = artifacts[arch].out
+    eng = open_artifact_engine(path, max_ctx=64)
+    ref = ReferenceEngine(reference_model(Artifact.open(path)), max_ctx=64)
+    toks = eng.tokenizer.encode(" ".join(PROMPTS * 12))
+    got = perplexity(eng, tokens=toks, ctx=32, max_chunks=3).ppl
+    want = perplexity(ref, tokens=toks, ctx=32, max_chunks=3).ppl
+    assert np.isfinite(want) and abs(got / want - 1) < 0.005, (got, want)
+
+
 def test_manifest_and_formats(artifacts):
     art = Artifact.open(artifacts["qwen2moe"].out)
     m = art.manifest
