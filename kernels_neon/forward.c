@@ -196,7 +196,7 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
 }
 
 /* ---- the forward pass ------------------------------------------------------------------------ */
-static int check(const edgert_model *m, int64_t n, int64_t pos) {
+static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
     if (!m || !m->layers || n < 1 || pos < 0 || pos + n > m->max_ctx || !m->k_cache ||
         !m->v_cache)
         return 0;
@@ -220,7 +220,7 @@ static int check(const edgert_model *m, int64_t n, int64_t pos) {
 int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, const float *cos,
                    const float *sin, int32_t last_only, float *logits, double *times,
                    int32_t threads) {
-    if (!check(m, n, pos) || !x || (m->rope_dim && (!cos || !sin))) return -1;
+    if (!valid_model(m, n, pos) || !x || (m->rope_dim && (!cos || !sin))) return -1;
     const int64_t d = m->dim, hd = m->head_dim, qd = m->n_heads * hd, kd = m->n_kv_heads * hd;
     const int64_t f = m->ffn_dim, half = m->rope_dim / 2;
     const int64_t big = qd > d ? qd : d;

@@ -1,9 +1,11 @@
 /* Randomised checks of the LUT kernels, compiled with the kernel source included directly so it
  * runs anywhere a C compiler targets (host with AddressSanitizer, aarch64 under qemu):
  *   fast path == _ref twin bit for bit, row-subset == full GEMV rows, and both within two table
- *   steps (rms, relative to sum |w x|) of a double product with the dequantized weights.
- *   Prints "N passed, N failed". */
+ *   steps (rms, relative to sum |w x|) of a double product with the dequantized weights;
+ *   the forward pass: prefill == token-by-token decode, independent of threads, bad arguments
+ *   refused. Prints "N passed, N failed". */
 #include "../../kernels_neon/lut_gemm.c"
+#include "../../kernels_neon/forward.c"
 
 #include <stdio.h>
 
@@ -119,6 +121,84 @@ static void q8_case(int64_t m, int64_t k, int64_t n) {
     free(q); free(sc); free(x); free(y); free(yr);
 }
 
+/* a small dense model: float32 projections with biases, q/k norms and partial rotary, 8-bit head */
+static float *rand_vec(int64_t n, float scale, float offset) {
+    float *v = malloc((size_t)n * sizeof(float));
+    for (int64_t i = 0; i < n; i++) v[i] = offset + scale * frand();
+    return v;
+}
+
+static edgert_weight f32_weight(int64_t m, int64_t k) {
+    edgert_weight w = {EDGERT_W_F32, 32, 0, 0, m, k, rand_vec(m * k, 1.f / (float)k, 0.f), 0, 0};
+    return w;
+}
+
+static void forward_case(int neox) {
+    enum { L = 2, D = 40, H = 4, KV = 2, HD = 10, F = 24, V = 37, CTX = 12, N = 7 };
+    edgert_layer layers[L];
+    for (int l = 0; l < L; l++) {
+        edgert_layer *y = &layers[l];
+        y->wq = f32_weight(H * HD, D);
+        y->wk = f32_weight(KV * HD, D);
+        y->wv = f32_weight(KV * HD, D);
+        y->wo = f32_weight(D, H * HD);
+        y->gate = f32_weight(F, D);
+        y->up = f32_weight(F, D);
+        y->down = f32_weight(D, F);
+        y->attn_norm = rand_vec(D, 0.1f, 1.f);
+        y->ffn_norm = rand_vec(D, 0.1f, 1.f);
+        y->bq = rand_vec(H * HD, 0.1f, 0.f);
+        y->bk = rand_vec(KV * HD, 0.1f, 0.f);
+        y->bv = rand_vec(KV * HD, 0.1f, 0.f);
+        y->q_norm = rand_vec(H * HD, 0.1f, 1.f);
+        y->k_norm = rand_vec(KV * HD, 0.1f, 1.f);
+    }
+    int8_t *hq = malloc(V * 64);
+    float *hs = rand_vec(V * 2, 0.001f, 0.01f);
+    for (int i = 0; i < V * 64; i++) hq[i] = (int8_t)(rnd() % 255 - 127);
+    float *kc = calloc(L * CTX * KV * HD, sizeof(float)), *vc = calloc(L * CTX * KV * HD, sizeof(float));
+    edgert_model m = {L, D, H, KV, HD, F, 6, neox, CTX, 1e-5f, layers, rand_vec(D, 0.1f, 1.f),
+                      {EDGERT_W_Q8, 8, 32, 0, V, D, hq, hs, 0}, kc, vc};
+    float *emb = rand_vec(N * D, 1.f, 0.f), *cs = rand_vec(N * 3, 1.f, 0.f), *sn = rand_vec(N * 3, 1.f, 0.f);
+    float *x = malloc(N * D * sizeof(float)), *all = malloc(N * V * sizeof(float));
+    float *one = malloc(V * sizeof(float)), *again = malloc(N * V * sizeof(float));
+    memcpy(x, emb, N * D * sizeof(float));
+    int rc = edgert_forward(&m, x, N, 0, cs, sn, 0, all, NULL, 3);
+    check(rc == 0, "forward prefill", N, D, 32, 0, neox);
+    double err = 0, mag = 0;
+    double times[2 * L + 2] = {0};
+    for (int i = 0; i < N; i++) { /* token by token (threads 1) == prefill (threads 3) */
+        memcpy(x, emb + i * D, D * sizeof(float));
+        rc |= edgert_forward(&m, x, 1, i, cs + 3 * i, sn + 3 * i, 1, one, times, 1);
+        for (int j = 0; j < V; j++) {
+            err += (one[j] - all[i * V + j]) * (double)(one[j] - all[i * V + j]);
+            mag += (double)all[i * V + j] * all[i * V + j];
+        }
+    }
+    check(rc == 0 && err <= 1e-10 * mag && mag > 0, "forward decode == prefill", N, D, 32, 0, neox);
+    check(times[2 * L] > 0 && times[0] > 0, "forward times", N, D, 32, 0, neox);
+    memcpy(x, emb, N * D * sizeof(float));
+    rc = edgert_forward(&m, x, N, 0, cs, sn, 0, again, NULL, 1);
+    check(rc == 0 && !memcmp(again, all, N * V * sizeof(float)), "forward threads 1 == 3", N, D,
+          32, 0, neox);
+    check(edgert_forward(&m, x, N, CTX - N + 1, cs, sn, 0, all, NULL, 1) == -1,
+          "forward refuses positions past the context", N, D, 32, 0, neox);
+    layers[1].wo.m = D + 1;
+    check(edgert_forward(&m, x, 1, 0, cs, sn, 0, all, NULL, 1) == -1,
+          "forward refuses mismatched weights", N, D, 32, 0, neox);
+    layers[1].wo.m = D;
+    for (int l = 0; l < L; l++) {
+        const edgert_weight *w[7] = {&layers[l].wq, &layers[l].wk, &layers[l].wv, &layers[l].wo,
+                                     &layers[l].gate, &layers[l].up, &layers[l].down};
+        for (int j = 0; j < 7; j++) free((void *)w[j]->p0);
+        const float *v[7] = {layers[l].attn_norm, layers[l].ffn_norm, layers[l].bq, layers[l].bk,
+                             layers[l].bv, layers[l].q_norm, layers[l].k_norm};
+        for (int j = 0; j < 7; j++) free((void *)v[j]);
+    }
+    free(hq); free(hs); free(kc); free(vc); free((void *)m.output_norm);
+    free(emb); free(cs); free(sn); free(x); free(all); free(one); free(again);
+}
+
 int main(void) {
     static const int64_t q8_shapes[][2] = {{1, 1}, {3, 31}, {7, 32}, {33, 70}, {100, 576}};
     for (size_t i = 0; i < sizeof q8_shapes / sizeof q8_shapes[0]; i++)
@@ -132,6 +212,8 @@ int main(void) {
                 for (int gi = 0; gi < 3; gi++)
                     one_case(shapes[si][0], shapes[si][1], bits, groups[gi], fmt,
                              1 + (int64_t)(rnd() % 3), 1 + (int)(rnd() % 3));
+    forward_case(0);
+    forward_case(1);
     printf("isa %s\n%d passed, %d failed\n", edgert_kernels_isa(), passes, failures);
     return failures != 0;
 }
