@@ -66,12 +66,24 @@ def main() -> None:
             if only and not any(o in name for o in only):
                 continue
             t0 = time.perf_counter()
-            s = compile_model(model=src, target="host", out=Path(d) / "a.edgert", scheme=scheme,
-                              bits_budget=budget, force=True)
+            s = compile_model(
+                model=src,
+                target="host",
+                out=Path(d) / "a.edgert",
+                scheme=scheme,
+                bits_budget=budget,
+                force=True,
+            )
             secs = time.perf_counter() - t0
-            rows.append({"variant": name, "avg_bits": s.avg_bits, "compile_s": secs,
-                         "ppl": ppl(reference_model(Artifact.open(s.out))),
-                         "bits_per_layer": list(s.bits_per_unit.values())})
+            rows.append(
+                {
+                    "variant": name,
+                    "avg_bits": s.avg_bits,
+                    "compile_s": secs,
+                    "ppl": ppl(reference_model(Artifact.open(s.out))),
+                    "bits_per_layer": list(s.bits_per_unit.values()),
+                }
+            )
             if a.runtime:
                 rows[-1]["runtime_ppl"] = run_ppl(open_artifact_engine(s.out, max_ctx=512))
             print(rows[-1], flush=True)
