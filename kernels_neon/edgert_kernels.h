@@ -62,6 +62,8 @@ void edgert_q8_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k, c
                     const float *scale, int32_t threads);
 void edgert_q8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                         const int8_t *q, const float *scale, int32_t threads);
+/* reads n bytes at p once with `threads` workers; returns a checksum (a bandwidth probe) */
+uint64_t edgert_read_bytes(const uint8_t *p, int64_t n, int32_t threads);
 /* which SIMD path this build uses: "neon", "avx2" or "scalar" */
 const char *edgert_kernels_isa(void);
 

@@ -985,3 +985,54 @@ void edgert_q8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t 
     free(xq);
     free(xs);
 }
+
+/* ---- memory read bandwidth probe ----------------------------------------------------------- */
+/* reads p[0, n) once with `threads` workers (wide loads, independent accumulators, so the loop is
+ * bound by memory, not by adds) and returns a checksum of what it read */
+typedef struct {
+    const uint8_t *p;
+    int64_t n;
+    _Atomic uint64_t sum;
+} read_ctx;
+
+#define READ_BLOCK 4096
+
+static void read_range(void *vctx, int64_t begin, int64_t end) {
+    read_ctx *c = vctx;
+    uint64_t s = 0;
+    for (int64_t b = begin; b < end; b++) {
+        const int64_t lo = b * READ_BLOCK, hi = lo + READ_BLOCK < c->n ? lo + READ_BLOCK : c->n;
+        int64_t i = lo;
+#if defined(__AVX2__)
+        __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
+        for (; i + 128 <= hi; i += 128) {
+            a0 = _mm256_xor_si256(a0, _mm256_loadu_si256((const __m256i *)(c->p + i)));
+            a1 = _mm256_xor_si256(a1, _mm256_loadu_si256((const __m256i *)(c->p + i + 32)));
+            a2 = _mm256_xor_si256(a2, _mm256_loadu_si256((const __m256i *)(c->p + i + 64)));
+            a3 = _mm256_xor_si256(a3, _mm256_loadu_si256((const __m256i *)(c->p + i + 96)));
+        }
+        uint64_t l[4];
+        _mm256_storeu_si256((__m256i *)l, _mm256_xor_si256(_mm256_xor_si256(a0, a1),
+                                                           _mm256_xor_si256(a2, a3)));
+        s += l[0] ^ l[1] ^ l[2] ^ l[3];
+#elif defined(__ARM_NEON)
+        uint8x16_t a0 = vdupq_n_u8(0), a1 = a0, a2 = a0, a3 = a0;
+        for (; i + 64 <= hi; i += 64) {
+            a0 = veorq_u8(a0, vld1q_u8(c->p + i));
+            a1 = veorq_u8(a1, vld1q_u8(c->p + i + 16));
+            a2 = veorq_u8(a2, vld1q_u8(c->p + i + 32));
+            a3 = veorq_u8(a3, vld1q_u8(c->p + i + 48));
+        }
+        const uint64x2_t v = vreinterpretq_u64_u8(veorq_u8(veorq_u8(a0, a1), veorq_u8(a2, a3)));
+        s += vgetq_lane_u64(v, 0) ^ vgetq_lane_u64(v, 1);
+#endif
+        for (; i < hi; i++) s += c->p[i];
+    }
+    atomic_fetch_add(&c->sum, s);
+}
+
+uint64_t edgert_read_bytes(const uint8_t *p, int64_t n, int32_t threads) {
+    read_ctx c = {p, n, 0};
+    if (n > 0) edgert_parallel_for((n + READ_BLOCK - 1) / READ_BLOCK, threads, read_range, &c);
+    return atomic_load(&c.sum);
+}

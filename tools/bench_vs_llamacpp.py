@@ -136,6 +136,22 @@ def run_edgert(art: str, threads: int, n_prompt: int, n_gen: int) -> dict:
     return json.loads(r.stdout)
 
 
+def weight_bytes_per_token(art_path: str) -> int | None:
+    """Bytes of weights one decode step reads: every tensor, less the embedding table when the
+    head is a separate tensor (a lookup reads one row of it). None for a model file."""
+    from edgert.artifact import Artifact
+
+    try:
+        art = Artifact.open(art_path, verify_resident=False)
+    except Exception:  # a GGUF or HF model run by edgert's reference path
+        return None
+    head = art.manifest.get("plan", {}).get("head", "output.weight")
+    total = art.nbytes()
+    if head != "token_embd.weight" and "token_embd.weight" in art.tensors:
+        total -= art.tensors["token_embd.weight"]["nbytes"]
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gguf", default=None, help="source GGUF (default: smollm2-135m)")
@@ -154,6 +170,7 @@ def main() -> None:
     src = Path(a.gguf) if a.gguf else pull("smollm2-135m")
     peer = peer_quantize(src, a.peer_quant) if a.peer_quant else src
     rows = []
+    per_token = weight_bytes_per_token(a.edgert)
     for threads in [int(x) for x in a.threads.split(",")]:
         ours, theirs = [], []
         for _ in range(a.repetitions):  # interleaved: noise hits both sides alike
@@ -176,6 +193,12 @@ def main() -> None:
             "samples": {"edgert": ours, "llama_cpp": theirs},
         }
         row["tg_ratio"] = row["edgert_tg"] / row["llama_tg"]
+        if per_token:
+            from edgert.kernels.bench import dram_read_gbs
+
+            row["dram_read_gbs"] = dram_read_gbs(threads)
+            row["roofline_tg"] = row["dram_read_gbs"] * 1e9 / per_token
+            row["tg_of_roofline"] = row["edgert_tg"] / row["roofline_tg"]
         row["pp_ratio"] = row["edgert_pp"] / row["llama_pp"]
         rows.append(row)
     print(f"| threads | test | llama.cpp ({peer.name}) t/s | edgert t/s | edgert / llama.cpp |")
@@ -190,6 +213,13 @@ def main() -> None:
             f"{r['tg_ratio']:.2f}x |"
         )
     print(f"(medians of {a.repetitions} interleaved runs; edgert artifact {a.edgert})")
+    for r in rows:
+        if "roofline_tg" in r:
+            print(
+                f"roofline, {r['threads']} thread(s): {r['dram_read_gbs']:.1f} GB/s DRAM read / "
+                f"{per_token / 1e6:.1f} MB weights per token = {r['roofline_tg']:.1f} t/s; "
+                f"edgert decode at {100 * r['tg_of_roofline']:.0f}%"
+            )
     if a.json_out:
         Path(a.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json_out).write_text(json.dumps(rows, indent=1))

@@ -79,6 +79,8 @@ def load_library(path: str | None = None) -> ctypes.CDLL:
             fn = lib.edgert_lut_gemm_multi
             fn.argtypes = [_I32, _P, _P, _I64, _P, _I64, _P, _P, _P, _I32, _I32, _I32, _I32]
             fn.restype = None
+            lib.edgert_read_bytes.argtypes = [_P, _I64, _I32]
+            lib.edgert_read_bytes.restype = ctypes.c_uint64
             lib.edgert_kernels_isa.restype = ctypes.c_char_p
             if path is not None:
                 return lib

@@ -5,7 +5,6 @@ distinct copies so caches do not flatter the figures (cold, as in decode of a la
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -27,17 +26,16 @@ MIN_BYTES = 512 << 20
 
 
 def dram_read_gbs(threads: int, *, nbytes: int = 1 << 30, reps: int = 5) -> float:
-    """Read bandwidth: ``threads`` threads summing disjoint parts of a 1 GiB array (median)."""
-    a = np.ones(nbytes // 4, np.float32)
-    parts = np.array_split(a, threads)
+    """Read bandwidth: ``threads`` workers of the kernel library reading a 1 GiB buffer once with
+    wide loads (median of ``reps``; the buffer is far larger than any cache)."""
+    from edgert.kernels import load_library
+
+    lib = load_library()
+    a = np.ones(nbytes, np.uint8)
     out = []
     for _ in range(reps + 1):
-        ts = [threading.Thread(target=p.sum) for p in parts]
         t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
+        lib.edgert_read_bytes(a.ctypes.data, a.nbytes, threads)
         out.append(a.nbytes / (time.perf_counter() - t0) / 1e9)
     return statistics.median(out[1:])
 
