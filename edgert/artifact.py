@@ -271,9 +271,12 @@ class Artifact:
         return {p: self.read_buffer(name, p, verify=verify) for p in self.tensors[name]["buffers"]}
 
     def verify(self, *, residency: str | None = None) -> None:
+        """Check every buffer's checksum (buffers already read and checked are not read again)."""
         for name, e in self.tensors.items():
             if residency is None or e["residency"] == residency:
-                self.read_tensor(name)
+                for part in e["buffers"]:
+                    if f"{name}/{part}" not in self._verified:
+                        self.read_buffer(name, part)
 
     def nbytes(self, residency: str | None = None) -> int:
         return sum(

@@ -116,7 +116,6 @@ class NativeForward:
             k_cache=k_cache.ctypes.data,
             v_cache=v_cache.ctypes.data,
         )
-        self.cfg = cfg
 
     @classmethod
     def load(cls, lib_path: str, cfg: ModelConfig, weight, head_name, k_cache, v_cache):
@@ -137,10 +136,9 @@ class NativeForward:
 
     def _vec(self, w) -> int:
         fmt, _meta, arrays = w
-        a = np.ascontiguousarray(arrays[0], dtype=np.float32)
         if fmt != "f32":
             raise EdgertError(f"a norm or bias weight is stored as {fmt}, expected f32")
-        return self._hold(a)
+        return self._hold(np.ascontiguousarray(arrays[0], dtype=np.float32))
 
     def _weight(self, w) -> _Weight:
         fmt, meta, arrays = w

@@ -66,7 +66,7 @@ class ArtifactSource:
     def weight(self, name: str):
         """(format, {"m", "k", ...}, arrays): how the native forward pass reads ``name``."""
         e = self.art.tensors[name]
-        b = self.art.read_tensor(name)
+        b = self._embedding() if name == "token_embd.weight" else self.art.read_tensor(name)
         shape = e["shape"]
         meta = {"m": shape[0], "k": shape[1] if len(shape) > 1 else 1}
         if e["format"] in ("uniform", "hlq"):
@@ -76,12 +76,16 @@ class ArtifactSource:
             return "q8", meta, [b["q"], b["scale"]]
         return e["format"], meta, list(b.values())
 
+    def _embedding(self) -> dict[str, np.ndarray]:
+        """The embedding table's buffers, read once (a tied head uses the same arrays)."""
+        if self._emb is None:
+            self._emb = self.art.read_tensor("token_embd.weight")
+        return self._emb
+
     def embedding(self, tokens: np.ndarray) -> np.ndarray:
         from edgert.q8 import dequantize_q8
 
-        if self._emb is None:
-            self._emb = self.art.read_tensor("token_embd.weight")
-        e = self._emb
+        e = self._embedding()
         dim = self.art.tensors["token_embd.weight"]["shape"][1]
         return dequantize_q8(e["q"][tokens], e["scale"][tokens], dim)
 
@@ -134,7 +138,8 @@ def open_artifact_engine(
     ``native=False`` runs every step through the compiled functions (no C forward pass)."""
     from edgert.artifact import Artifact
 
-    art = Artifact.open(path)
+    # checksums are verified as the engine reads its weights, then for whatever it did not read
+    art = Artifact.open(path, verify_resident=False)
     if art.manifest.get("kind") == "onnx":
         raise EdgertError(
             f"{art.path} is a compiled ONNX model, not a language model",
@@ -144,7 +149,7 @@ def open_artifact_engine(
     cfg = art.config()
     plan = art.manifest.get("plan", {})
     tok = art.tokenizer() if art.manifest.get("tokenizer") else None
-    return CompiledEngine(
+    engine = CompiledEngine(
         str(art.path / art.manifest["libs"]["model"]),
         cfg,
         ArtifactSource(art),
@@ -155,6 +160,8 @@ def open_artifact_engine(
         expert_variants=plan.get("expert_variants"),
         native=native,
     )
+    art.verify(residency="resident")
+    return engine
 
 
 def _tvm():
@@ -176,8 +183,7 @@ class OpTimes:
 
     def add(self, layer: int | None, op: str, since: float) -> float:
         now = time.perf_counter()
-        key = (layer, op)
-        self.seconds[key] = self.seconds.get(key, 0.0) + now - since
+        self._accumulate((layer, op), now - since)
         return now
 
     def add_native(self, times: np.ndarray) -> None:
@@ -185,8 +191,11 @@ class OpTimes:
         per layer, then the head."""
         for i in range(times.shape[0] - 1):
             for j, op in enumerate(("attention", "ffn")):
-                self.seconds[(i, op)] = self.seconds.get((i, op), 0.0) + float(times[i, j])
-        self.seconds[(None, "head")] = self.seconds.get((None, "head"), 0.0) + float(times[-1, 0])
+                self._accumulate((i, op), float(times[i, j]))
+        self._accumulate((None, "head"), float(times[-1, 0]))
+
+    def _accumulate(self, key: tuple[int | None, str], seconds: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
 
 
 class CompiledEngine:
@@ -309,17 +318,18 @@ class CompiledEngine:
         times = np.zeros((self.cfg.n_layers + 1, 2)) if prof is not None else None
         for s in range(0, n, MAX_BATCH):
             e = min(n, s + MAX_BATCH)
-            last = last_only and e == n
-            if last_only and not last:  # only the final chunk's logits are wanted
-                self.native.forward(
-                    x[s:e], self.pos, cos[s:e], sin[s:e], threads=0, times=times, logits=False
-                )
-            else:
-                out.append(
-                    self.native.forward(
-                        x[s:e], self.pos, cos[s:e], sin[s:e], last_only=last, threads=0, times=times
-                    )
-                )
+            y = self.native.forward(
+                x[s:e],
+                self.pos,
+                cos[s:e],
+                sin[s:e],
+                threads=0,
+                times=times,
+                last_only=last_only,
+                logits=not last_only or e == n,
+            )  # with last_only, only the final chunk's logits are wanted
+            if y is not None:
+                out.append(y)
             self.pos += e - s
         if prof is not None:
             prof.add_native(times)
@@ -335,12 +345,12 @@ class CompiledEngine:
             raise EdgertError(f"sequence of {t + n} tokens exceeds the context of {self.max_ctx}")
         x = self.source.embedding(tokens).astype(np.float32)
         cos, sin = rope_tables(c, np.arange(t, t + n))
-        prof = self.profiler
         if self.native is not None:
             return self._forward_native(x, cos, sin, last_only)
         mask = np.zeros((n, t + n), np.float32)
         mask[:, t:] = np.triu(np.full((n, n), -np.inf, np.float32), 1)
         cos_t, sin_t, mask_t = self._t(cos), self._t(sin), self._t(mask)
+        prof = self.profiler
         t_op = time.perf_counter() if prof is not None else 0.0
         for i in range(c.n_layers):
             p = f"blk.{i}."

@@ -223,11 +223,10 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
     if (!valid_model(m, n, pos) || !x || (m->rope_dim && (!cos || !sin))) return -1;
     const int64_t d = m->dim, hd = m->head_dim, qd = m->n_heads * hd, kd = m->n_kv_heads * hd;
     const int64_t f = m->ffn_dim, half = m->rope_dim / 2;
-    const int64_t big = qd > d ? qd : d;
-    float *buf = malloc((size_t)(n * (d + 2 * qd + 2 * kd + big + 2 * f)) * sizeof(float));
+    float *buf = malloc((size_t)(n * (2 * d + 2 * qd + 2 * kd + 2 * f)) * sizeof(float));
     if (!buf) return -2;
     float *xn = buf, *q = xn + n * d, *k = q + n * qd, *v = k + n * kd, *att = v + n * kd;
-    float *o = att + n * qd, *g = o + n * big, *u = g + n * f;
+    float *o = att + n * qd, *g = o + n * d, *u = g + n * f;
     double t0 = times ? seconds() : 0.0;
     int rc = 0;
     for (int l = 0; l < m->n_layers && !rc; l++) {
