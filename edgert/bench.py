@@ -113,6 +113,7 @@ def bench_model(
     n_gen: int = 64,
     reps: int = 3,
     name: str | None = None,
+    dram_budget: int | None = None,
 ):
     """Open a model file or artifact (the opening timed as load) and :func:`bench` it.
     Returns ``(result, engine)``."""
@@ -123,7 +124,7 @@ def bench_model(
 
     p = Path(path)
     t0 = time.perf_counter()
-    engine = open_engine(p, max_ctx=n_prompt + n_gen + 16)
+    engine = open_engine(p, max_ctx=n_prompt + n_gen + 16, dram_budget=dram_budget)
     load_s = time.perf_counter() - t0
     is_art = p.is_dir() and (p / "manifest.json").exists()
     if is_art:

@@ -11,8 +11,9 @@ from pathlib import Path
 from edgert.errors import EdgertError
 
 
-def open_engine(path: str | Path, *, max_ctx: int | None = None):
-    """An artifact's CompiledEngine, or a ReferenceEngine over a GGUF file / HF directory."""
+def open_engine(path: str | Path, *, max_ctx: int | None = None, dram_budget: int | None = None):
+    """An artifact's CompiledEngine, or a ReferenceEngine over a GGUF file / HF directory;
+    ``dram_budget`` (bytes) applies to artifacts only."""
     p = Path(path).expanduser()
     if not p.exists():
         raise EdgertError(
@@ -21,7 +22,11 @@ def open_engine(path: str | Path, *, max_ctx: int | None = None):
     if p.is_dir() and (p / "manifest.json").exists():
         from edgert.runtime import open_artifact_engine
 
-        return open_artifact_engine(p, max_ctx=max_ctx)
+        return open_artifact_engine(p, max_ctx=max_ctx, dram_budget=dram_budget)
+    if dram_budget is not None:
+        raise EdgertError(
+            "--dram-budget applies to compiled artifacts", f"compile {p.name} with `edgert compile`"
+        )
     try:
         from edgert.compiler.frontends import load_model
     except ImportError as e:  # pragma: no cover - depends on the install

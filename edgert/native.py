@@ -37,7 +37,7 @@ class _Weight(ctypes.Structure):
 
 
 _PROJ = ("wq", "wk", "wv", "wo", "gate", "up", "down")
-_NAMES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 _VECS = ("attn_norm", "ffn_norm", "bq", "bk", "bv", "q_norm", "k_norm")
 
 
@@ -84,12 +84,19 @@ class NativeForward:
     def __init__(self, fn, cfg: ModelConfig, weight, head_name: str, k_cache, v_cache):
         self._fn = fn
         self._keep: list[np.ndarray] = [k_cache, v_cache]
+        self._k_cache, self._v_cache = k_cache, v_cache
+        #: (format, meta) of each layer's projections, for weights swapped in per step
+        self._formats: dict[tuple[int, str], tuple[str, dict]] = {}
+        #: the residual stream after the last call (forward updates x in place)
+        self.last_x: np.ndarray | None = None
         c = cfg
         layers = (_Layer * c.n_layers)()
         for i in range(c.n_layers):
             p = f"blk.{i}."
-            for proj, name in zip(_PROJ, _NAMES):
-                setattr(layers[i], proj, self._weight(weight(p + name + ".weight")))
+            for proj, name in zip(_PROJ, PROJECTIONS):
+                w = weight(p + name + ".weight")
+                self._formats[(i, name)] = w[:2]
+                setattr(layers[i], proj, self._weight(w))
             layers[i].attn_norm = self._vec(weight(p + "attn_norm.weight"))
             layers[i].ffn_norm = self._vec(weight(p + "ffn_norm.weight"))
             if c.qkv_bias:
@@ -140,11 +147,30 @@ class NativeForward:
             raise EdgertError(f"a norm or bias weight is stored as {fmt}, expected f32")
         return self._hold(np.ascontiguousarray(arrays[0], dtype=np.float32))
 
-    def _weight(self, w) -> _Weight:
+    def set_layer(self, i: int, arrays: dict[str, list[np.ndarray]] | None) -> None:
+        """Point layer ``i``'s projections at ``arrays`` (tensor name -> buffers, kept alive by
+        the caller until the next call), or at nothing (None): weights streamed per step."""
+        layer = self._layers[i]
+        for proj, name in zip(_PROJ, PROJECTIONS):
+            fmt, meta = self._formats[(i, name)]
+            a = None if arrays is None else arrays[f"blk.{i}.{name}.weight"]
+            setattr(layer, proj, self._weight((fmt, meta, a), hold=False))
+
+    def _weight(self, w, *, hold: bool = True) -> _Weight:
+        """The C description of a weight; arrays None: its shape only (no data yet)."""
         fmt, meta, arrays = w
         m, k = meta["m"], meta["k"]
+        if arrays is None:
+            return _Weight(-1, 0, 0, 0, m, k, None, None, None)
+        if not hold:
+            arrays = [np.ascontiguousarray(a) for a in arrays]
+            return self._described(fmt, meta, [a.ctypes.data for a in arrays])
+        return self._described(fmt, meta, [self._hold(a) for a in arrays])
+
+    def _described(self, fmt: str, meta: dict, ptrs: list[int]) -> _Weight:
+        m, k = meta["m"], meta["k"]
         if fmt in _LUT_FMT:
-            planes, scale, zero = arrays
+            planes, scale, zero = ptrs
             return _Weight(
                 W_LUT,
                 meta["bits"],
@@ -152,16 +178,15 @@ class NativeForward:
                 _LUT_FMT[fmt],
                 m,
                 k,
-                self._hold(planes),
-                self._hold(scale),
-                self._hold(zero),
+                planes,
+                scale,
+                zero,
             )
         if fmt == "q8":
-            q, scale = arrays
-            return _Weight(W_Q8, 8, 32, 0, m, k, self._hold(q), self._hold(scale), None)
+            q, scale = ptrs
+            return _Weight(W_Q8, 8, 32, 0, m, k, q, scale, None)
         if fmt == "f32":
-            a = np.ascontiguousarray(arrays[0], dtype=np.float32)
-            return _Weight(W_F32, 32, 0, 0, m, k, self._hold(a), None, None)
+            return _Weight(W_F32, 32, 0, 0, m, k, ptrs[0], None, None)
         raise EdgertError(f"weight format {fmt!r} has no native path")
 
     def forward(
@@ -175,18 +200,38 @@ class NativeForward:
         last_only: bool = False,
         logits: bool = True,
         times: np.ndarray | None = None,
+        layers: tuple[int, int] | None = None,
     ) -> np.ndarray | None:
         """Logits for the tokens whose embeddings are ``x`` (n, dim), at positions pos.. (of the
         last only with ``last_only``; none with ``logits=False``); the KV cache is written.
-        ``times`` (n_layers + 1, 2) float64 accumulates seconds."""
+        ``times`` (n_layers + 1, 2) float64 accumulates seconds. ``layers=(a, b)`` runs layers
+        a .. b-1 only (x: the residual stream entering layer a; logits only when b is the
+        last layer); the stream leaving them is :attr:`last_x`."""
         x = np.ascontiguousarray(x, dtype=np.float32)
+        self.last_x = x
+        model = self.model
+        if layers is not None and layers != (0, model.n_layers):
+            a, b = layers
+            if not 0 <= a < b <= model.n_layers:
+                raise EdgertError(f"layer range {layers} outside 0..{model.n_layers}")
+            row = self._k_cache[0].nbytes
+            model = _Model.from_buffer_copy(self.model)
+            model.n_layers = b - a
+            model.layers = ctypes.cast(
+                ctypes.byref(self._layers, a * ctypes.sizeof(_Layer)), ctypes.POINTER(_Layer)
+            )
+            model.k_cache = self._k_cache.ctypes.data + a * row
+            model.v_cache = self._v_cache.ctypes.data + a * row
+            logits = logits and b == self.model.n_layers
+            if times is not None:
+                times = times[a:]
         n = x.shape[0]
         cos = np.ascontiguousarray(cos, dtype=np.float32)
         sin = np.ascontiguousarray(sin, dtype=np.float32)
         rows = 1 if last_only else n
         out = np.empty((rows, self.model.head.m), np.float32) if logits else None
         rc = self._fn(
-            ctypes.byref(self.model),
+            ctypes.byref(model),
             x.ctypes.data,
             n,
             pos,

@@ -54,10 +54,13 @@ class ModelGraphSource:
 
 
 class ArtifactSource:
-    """Weights from an artifact: each tensor's buffers in the order the compiler stored them."""
+    """Weights from an artifact: each tensor's buffers in the order the compiler stored them.
+    Tensors in ``streamed`` are not read: :meth:`weight` describes them without data (they are
+    read per step by :class:`edgert.stream.LayerStreamer`)."""
 
-    def __init__(self, art):
+    def __init__(self, art, *, streamed: set[str] | frozenset = frozenset()):
         self.art = art
+        self.streamed = set(streamed)
         self._emb = None
 
     def arrays(self, name: str) -> list[np.ndarray]:
@@ -66,11 +69,14 @@ class ArtifactSource:
     def weight(self, name: str):
         """(format, {"m", "k", ...}, arrays): how the native forward pass reads ``name``."""
         e = self.art.tensors[name]
-        b = self._embedding() if name == "token_embd.weight" else self.art.read_tensor(name)
         shape = e["shape"]
         meta = {"m": shape[0], "k": shape[1] if len(shape) > 1 else 1}
         if e["format"] in ("uniform", "hlq"):
             meta.update(bits=e["kernel"]["bits"], group_size=e["kernel"]["group_size"])
+        if name in self.streamed:
+            return e["format"], meta, None
+        b = self._embedding() if name == "token_embd.weight" else self.art.read_tensor(name)
+        if e["format"] in ("uniform", "hlq"):
             return e["format"], meta, [b["planes"], b["scale"], b["zero"]]
         if e["format"] == "q8":
             return "q8", meta, [b["q"], b["scale"]]
@@ -132,11 +138,14 @@ def reference_model(art):
 
 
 def open_artifact_engine(
-    path, *, max_ctx: int | None = None, native: bool = True
-) -> "CompiledEngine":
+    path, *, max_ctx: int | None = None, native: bool = True, dram_budget: int | None = None
+) -> CompiledEngine:
     """Load an artifact (schema, target and resident checksums verified) as an engine;
-    ``native=False`` runs every step through the compiled functions (no C forward pass)."""
+    ``native=False`` runs every step through the compiled functions (no C forward pass).
+    ``dram_budget`` (bytes): weights, KV cache and scratch fit in it — the layers that do not fit
+    stream from flash each step (dense models; see edgert.stream)."""
     from edgert.artifact import Artifact
+    from edgert.stream import PROJECTIONS, LayerStreamer, plan_dram
 
     # checksums are verified as the engine reads its weights, then for whatever it did not read
     art = Artifact.open(path, verify_resident=False)
@@ -149,18 +158,39 @@ def open_artifact_engine(
     cfg = art.config()
     plan = art.manifest.get("plan", {})
     tok = art.tokenizer() if art.manifest.get("tokenizer") else None
+    max_ctx = int(max_ctx or min(cfg.context_length, 4096))
+    dram = None
+    if dram_budget is not None:
+        if cfg.is_moe or not native:
+            raise EdgertError(
+                "--dram-budget streams dense models through the native forward pass; "
+                "this model "
+                + ("is a mixture of experts" if cfg.is_moe else "runs with native off"),
+                "run it without --dram-budget",
+            )
+        dram = plan_dram(art, cfg, max_ctx=max_ctx, budget=int(dram_budget))
+    streamed = {f"blk.{i}.{p}.weight" for i in (dram.streamed if dram else []) for p in PROJECTIONS}
     engine = CompiledEngine(
         str(art.path / art.manifest["libs"]["model"]),
         cfg,
-        ArtifactSource(art),
+        ArtifactSource(art, streamed=streamed),
         tokenizer=tok,
-        max_ctx=int(max_ctx or min(cfg.context_length, 4096)),
+        max_ctx=max_ctx,
         head_name=plan.get("head"),
         layer_variants=plan.get("layer_variants"),
         expert_variants=plan.get("expert_variants"),
         native=native,
     )
-    art.verify(residency="resident")
+    engine.dram_plan = dram
+    if dram is not None and dram.streamed:
+        if engine.native is None:
+            raise EdgertError(
+                f"{art.path}'s module has no native forward pass to stream layers through",
+                "recompile the artifact with this edgert version",
+            )
+        engine.streamer = LayerStreamer(art, dram, engine.native)
+    # streamed tensors are verified on their first read
+    art.verify(residency="resident", skip=streamed)
     return engine
 
 
@@ -244,6 +274,14 @@ class CompiledEngine:
             )
         #: set to an OpTimes to time each layer's operations (None: no cost)
         self.profiler = None
+        #: the DRAM plan (edgert.stream.DramPlan) and the streamer of its streamed layers
+        self.dram_plan = None
+        self.streamer = None
+
+    @property
+    def flash_bytes_per_token(self) -> float:
+        """Flash bytes read per forward call (= per token in decode); 0 when nothing streams."""
+        return self.streamer.stats.bytes_per_call if self.streamer is not None else 0.0
 
     def _fn(self, name: str, variant: str | None = None):
         """The compiled function ``name`` (of ``variant``: see edgert.compiler.lower)."""
@@ -318,7 +356,8 @@ class CompiledEngine:
         times = np.zeros((self.cfg.n_layers + 1, 2)) if prof is not None else None
         for s in range(0, n, MAX_BATCH):
             e = min(n, s + MAX_BATCH)
-            y = self.native.forward(
+            run = self.streamer.forward if self.streamer is not None else self.native.forward
+            y = run(
                 x[s:e],
                 self.pos,
                 cos[s:e],

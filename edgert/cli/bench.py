@@ -22,6 +22,9 @@ def add_arguments(p) -> None:
         "--warmup", type=int, default=3, help="untimed inferences before timing (ONNX; 3)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from edgert.cli.common import add_dram_budget
+
+    add_dram_budget(p)
 
 
 def run(args) -> int:
@@ -42,7 +45,7 @@ def run(args) -> int:
     if is_dnn_artifact(args.model):
         return _bench_dnn(args, threads)
     from edgert.bench import bench_model, table
-    from edgert.cli.common import print_json, resolve_model
+    from edgert.cli.common import dram_budget, print_json, resolve_model
 
     r, _ = bench_model(
         resolve_model(args.model),
@@ -50,6 +53,7 @@ def run(args) -> int:
         n_prompt=args.n_prompt,
         n_gen=args.n_gen,
         reps=args.repetitions or 3,
+        dram_budget=dram_budget(args),
     )
     if args.json:
         print_json(r.to_dict())

@@ -24,3 +24,19 @@ def print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=None, default=float)
     sys.stdout.write("\n")
     sys.stdout.flush()
+
+
+def add_dram_budget(p) -> None:
+    p.add_argument(
+        "--dram-budget",
+        default=None,
+        metavar="SIZE",
+        help="artifacts: keep weights + KV cache + scratch within SIZE (300M, 1.5G); "
+        "layers that do not fit stream from flash each step",
+    )
+
+
+def dram_budget(args) -> int | None:
+    from edgert.stream import parse_size
+
+    return None if args.dram_budget is None else parse_size(args.dram_budget)

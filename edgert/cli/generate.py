@@ -21,15 +21,18 @@ def add_arguments(p) -> None:
         "--ctx", type=int, default=None, help="context length (default: model's, max 4096)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    from edgert.cli.common import add_dram_budget
+
+    add_dram_budget(p)
 
 
 def run(args) -> int:
-    from edgert.cli.common import resolve_model
+    from edgert.cli.common import dram_budget, resolve_model
     from edgert.engine import open_engine
     from edgert.generate import Sampler, generate
 
     sampler = Sampler(temp=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    engine = open_engine(resolve_model(args.model), max_ctx=args.ctx)
+    engine = open_engine(resolve_model(args.model), max_ctx=args.ctx, dram_budget=dram_budget(args))
     prompt = args.prompt
     if args.chat:
         prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
@@ -48,16 +51,23 @@ def run(args) -> int:
         on_text=None if args.json else stream,
         stop_at_eos=not args.ignore_eos,
     )
-    report(res, as_json=args.json)
+    report(res, as_json=args.json, engine=engine)
     return 0
 
 
-def report(res, *, as_json: bool) -> None:
-    """After streaming: the JSON object, or a newline and the speed line on stderr."""
+def report(res, *, as_json: bool, engine=None) -> None:
+    """After streaming: the JSON object, or a newline and the speed line on stderr (and, when
+    the engine streams layers under --dram-budget, what it read from flash)."""
     from edgert.cli.common import print_json
 
+    plan = getattr(engine, "dram_plan", None)
+    streamer = getattr(engine, "streamer", None)
     if as_json:
-        print_json(res.to_dict())
+        d = res.to_dict()
+        if plan is not None:
+            d["dram"] = plan.to_dict()
+            d["stream"] = streamer.stats.to_dict() if streamer is not None else None
+        print_json(d)
         return
     sys.stdout.write("\n")
     print(
@@ -65,3 +75,17 @@ def report(res, *, as_json: bool) -> None:
         f"generated: {len(res.tokens)} tokens, {res.tg_tok_s:.1f} tok/s ({res.stop_reason})",
         file=sys.stderr,
     )
+    if plan is not None:
+        from edgert.stream import fmt_size
+
+        line = (
+            f"dram budget {fmt_size(plan.budget)}: plan {fmt_size(plan.planned)}, "
+            f"{len(plan.streamed)} of {len(plan.layer_bytes)} layers stream"
+        )
+        if streamer is not None:
+            st = streamer.stats
+            line += (
+                f", {fmt_size(st.bytes_per_call)} read from flash per step, "
+                f"{st.stall_seconds:.2f} s waiting for reads"
+            )
+        print(line, file=sys.stderr)

@@ -26,6 +26,9 @@ def add_arguments(p) -> None:
     p.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate (64)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (all cores)")
     p.add_argument(
+        "--ctx", type=int, default=None, help="language models: context length (model's, max 4096)"
+    )
+    p.add_argument(
         "--device",
         default=None,
         help="run on a device where the artifact was deployed (`edgert deploy ART DEVICE`)",
@@ -34,6 +37,9 @@ def add_arguments(p) -> None:
         "--accept-new-host-key", action="store_true", help="trust an unknown SSH host key"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from edgert.cli.common import add_dram_budget
+
+    add_dram_budget(p)
 
 
 def run(args) -> int:
@@ -64,6 +70,12 @@ def _check_args(args, dnn: bool) -> None:
         raise EdgertError(
             f"{args.artifact} is not a compiled ONNX model: --input/--output do not apply",
             "language models take -p PROMPT",
+        )
+    if args.dram_budget is not None and (dnn or args.device):
+        raise EdgertError(
+            "--dram-budget applies to language models run on this machine",
+            "drop --dram-budget"
+            + (" (the device agent plans its own memory)" if args.device else ""),
         )
     if not dnn and args.prompt is None:
         raise EdgertError("a language model needs a prompt", "pass -p TEXT")
@@ -186,11 +198,12 @@ def _print_outputs(args, outs: dict, saved: str | None, *, load_s, run_ms: float
 
 
 def _run_llm(args) -> int:
+    from edgert.cli.common import dram_budget
     from edgert.cli.generate import report
     from edgert.generate import Sampler, generate
     from edgert.runtime import open_artifact_engine
 
-    engine = open_artifact_engine(args.artifact)
+    engine = open_artifact_engine(args.artifact, max_ctx=args.ctx, dram_budget=dram_budget(args))
     if not args.json:
         sys.stdout.write(args.prompt)
     res = generate(
@@ -200,5 +213,5 @@ def _run_llm(args) -> int:
         sampler=Sampler(temp=0),
         on_text=None if args.json else lambda s: (sys.stdout.write(s), sys.stdout.flush()),
     )
-    report(res, as_json=args.json)
+    report(res, as_json=args.json, engine=engine)
     return 0

@@ -1,0 +1,403 @@
+"""Running a dense model within a DRAM budget: layers that do not fit stay on flash and are read,
+one layer's projections per read, into a few staging buffers while the layers before them compute.
+
+- :func:`parse_size` reads ``--dram-budget`` values (``300M``, ``1.5GiB``, bytes).
+- :class:`FlashReader` reads page-aligned spans of an artifact's weight file with ``pread``
+  (``O_DIRECT`` where the filesystem allows it, so streamed weights do not pile up in the page
+  cache), retrying short reads and I/O errors a bounded number of times, then failing with the
+  file and offset — never returning a partly filled buffer.
+- :func:`plan_dram` decides which layers stream under a budget (resident tensors + KV cache +
+  scratch + staging buffers <= budget) and refuses a budget below the minimum, naming it.
+- :class:`LayerStreamer` runs the C forward pass layer range by layer range, swapping a streamed
+  layer's weights in from a staging buffer; the next streamed layer is read on an I/O thread
+  while the current ones compute. Streaming changes speed, never results: the bytes are the
+  artifact's (checksums verified on a layer's first read).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import os
+import re
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from edgert.artifact import PAGE, ArtifactError, crc32
+from edgert.errors import EdgertError
+from edgert.native import PROJECTIONS  # a layer's projections stream together
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK = 4 << 20
+RETRIES = 3
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "m": 1e6,
+    "g": 1e9,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "kb": 1e3,
+    "mb": 1e6,
+    "gb": 1e9,
+}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``123``, ``300M`` / ``300MB`` (10^6), ``1.5GiB`` (2^30)."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _UNITS:
+        raise EdgertError(
+            f"cannot read the size {text!r}", "write it as bytes or with a unit: 300M, 1.5G, 512MiB"
+        )
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def fmt_size(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def aligned_buffer(nbytes: int) -> np.ndarray:
+    """A page-aligned uint8 buffer (anonymous mapping) for O_DIRECT reads."""
+    mm = mmap.mmap(-1, max(PAGE, (nbytes + PAGE - 1) // PAGE * PAGE))
+    return np.frombuffer(mm, np.uint8)
+
+
+class FlashError(ArtifactError):
+    """A streamed read that failed after its retries."""
+
+
+@dataclass
+class FlashStats:
+    bytes: int = 0
+    reads: int = 0
+    retries: int = 0
+    seconds: float = 0.0
+
+
+class FlashReader:
+    """Whole-span reads from one file; thread-safe (``pread`` has no shared offset)."""
+
+    def __init__(self, path, *, direct: bool = True, retries: int = RETRIES):
+        self.path = str(path)
+        self.retries = retries
+        self.stats = FlashStats()
+        self._lock = threading.Lock()
+        self.direct = False
+        fd = -1
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+                self.direct = True
+            except OSError:  # tmpfs and some others refuse O_DIRECT: buffered reads then
+                fd = -1
+        if fd < 0:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError as e:
+                raise FlashError(f"cannot open {self.path}: {e.strerror}") from e
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _pread(self, view: memoryview, offset: int) -> int:
+        return os.preadv(self.fd, [view], offset)
+
+    def read_into(self, buf: np.ndarray, offset: int, nbytes: int) -> None:
+        """Fill ``buf[:nbytes]`` from ``offset`` (both page-aligned for O_DIRECT)."""
+        if self.direct and (offset % PAGE or nbytes % PAGE or buf.ctypes.data % PAGE):
+            raise ValueError("O_DIRECT reads need page-aligned offset, size and buffer")
+        view = memoryview(buf).cast("B")[:nbytes]
+        t0, got, retries = time.perf_counter(), 0, 0
+        while got < nbytes:
+            piece = view[got : min(nbytes, got + READ_CHUNK)]
+            try:
+                n = self._pread(piece, offset + got)
+                if n <= 0:
+                    raise OSError(errno.EIO, "the file ends early (truncated?)")
+            except OSError as e:
+                if e.errno not in (errno.EIO, errno.EINTR, errno.EAGAIN, None):
+                    raise FlashError(
+                        f"reading {self.path} at offset {offset + got} failed: {e.strerror}"
+                    ) from e
+                retries += 1
+                if retries > self.retries:
+                    raise FlashError(
+                        f"reading {self.path} at offset {offset + got} failed after "
+                        f"{self.retries} retries: {e.strerror or e}",
+                        "check the storage, or copy the artifact again",
+                    ) from e
+                time.sleep(0.001 * retries)
+                continue
+            got += n  # a short read continues where it stopped
+        if not self.direct:  # keep the page cache from holding what was streamed
+            os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+        with self._lock:
+            s = self.stats
+            s.bytes += nbytes
+            s.reads += 1
+            s.retries += retries
+            s.seconds += time.perf_counter() - t0
+
+
+@dataclass
+class LayerSpan:
+    """Where one layer's projections lie in a weight file: [offset, offset + nbytes), page
+    aligned; each buffer's place relative to offset."""
+
+    layer: int
+    file: str
+    offset: int
+    nbytes: int
+    buffers: dict = field(
+        default_factory=dict
+    )  # tensor -> part -> (rel, nbytes, dtype, shape, crc)
+
+
+def layer_spans(art, n_layers: int) -> list[LayerSpan]:
+    spans = []
+    for i in range(n_layers):
+        names = [f"blk.{i}.{p}.weight" for p in PROJECTIONS]
+        es = [art.tensors[n] for n in names]
+        files = {e["file"] for e in es}
+        if len(files) != 1:
+            raise ArtifactError(f"{art.path}: layer {i}'s projections span several files")
+        lo = min(b["offset"] for e in es for b in e["buffers"].values())
+        hi = max(b["offset"] + b["nbytes"] for e in es for b in e["buffers"].values())
+        lo -= lo % PAGE
+        hi = (hi + PAGE - 1) // PAGE * PAGE
+        bufs = {
+            n: {
+                part: (b["offset"] - lo, b["nbytes"], b["dtype"], tuple(b["shape"]), b["crc32"])
+                for part, b in e["buffers"].items()
+            }
+            for n, e in zip(names, es)
+        }
+        spans.append(LayerSpan(i, files.pop(), lo, hi - lo, bufs))
+    return spans
+
+
+@dataclass
+class DramPlan:
+    """What a budget keeps in DRAM. Bytes: ``fixed`` = tensors that never stream (embeddings,
+    head, norms) + KV cache + scratch; each layer's projections either resident or streamed
+    through ``slots`` staging buffers of the largest streamed span."""
+
+    budget: int | None
+    fixed: int
+    kv: int
+    scratch: int
+    layer_bytes: list[int]
+    streamed: list[int]
+    slots: int
+    minimum: int
+
+    @property
+    def staging(self) -> int:
+        return self.slots * max((self.layer_bytes[i] for i in self.streamed), default=0)
+
+    @property
+    def resident_layers(self) -> int:
+        return sum(b for i, b in enumerate(self.layer_bytes) if i not in set(self.streamed))
+
+    @property
+    def planned(self) -> int:
+        """Bytes the plan uses (<= budget)."""
+        return self.fixed + self.resident_layers + self.staging
+
+    @property
+    def streamed_bytes_per_token(self) -> int:
+        return sum(self.layer_bytes[i] for i in self.streamed)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(
+            planned=self.planned,
+            staging=self.staging,
+            streamed_bytes_per_token=self.streamed_bytes_per_token,
+        )
+        return d
+
+
+def scratch_bytes(cfg, n_batch: int, n_logits: int = 1) -> int:
+    """The forward pass's working memory for ``n_batch`` tokens per call: its activation buffers,
+    the LUT tables (8 bytes per activation), the embeddings in and ``n_logits`` rows of logits
+    out (generation keeps the last row; scoring every position needs n_batch rows)."""
+    d, qd, kd, f = cfg.dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
+    acts = n_batch * (3 * d + 2 * qd + 2 * kd + 2 * f) * 4
+    tables = n_batch * max(d, f) * 8
+    return acts + tables + n_logits * cfg.vocab_size * 4
+
+
+def plan_dram(
+    art, cfg, *, max_ctx: int, budget: int | None, n_batch: int | None = None, slots: int = 2
+) -> DramPlan:
+    """Stream the fewest layers that make the budget (spread evenly over the depth, so reads
+    overlap resident layers' compute); refuse a budget below the minimum (every layer streamed)."""
+    from edgert.kernels import MAX_BATCH  # the engine's tokens per forward call
+
+    spans = layer_spans(art, cfg.n_layers)
+    in_spans = {n for s in spans for n in s.buffers}
+    never = sum(e["nbytes"] for n, e in art.tensors.items() if n not in in_spans)
+    kv = 2 * cfg.n_layers * max_ctx * cfg.n_kv_heads * cfg.head_dim * 4
+    scratch = scratch_bytes(cfg, n_batch or MAX_BATCH)
+    fixed = never + kv + scratch
+    sizes = [s.nbytes for s in spans]
+    minimum = fixed + slots * max(sizes)
+    plan = DramPlan(budget, fixed, kv, scratch, sizes, [], slots, minimum)
+    if budget is None or fixed + sum(sizes) <= budget:
+        return plan
+    if budget < minimum:
+        raise EdgertError(
+            f"--dram-budget {fmt_size(budget)} is below the minimum this artifact needs: "
+            f"{fmt_size(minimum)} (tensors that never stream {fmt_size(never)}, KV cache for "
+            f"{max_ctx} tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, {slots} staging "
+            f"buffers of {fmt_size(max(sizes))})",
+            "raise the budget, or lower the context with --ctx",
+        )
+    n = cfg.n_layers
+    for k in range(1, n + 1):
+        streamed = sorted({(j * n) // k + (n // k) // 2 for j in range(k)})
+        resident = sum(b for i, b in enumerate(sizes) if i not in streamed)
+        if fixed + resident + slots * max(sizes[i] for i in streamed) <= budget:
+            plan.streamed = streamed
+            return plan
+    raise AssertionError("unreachable: the minimum streams every layer")
+
+
+@dataclass
+class StreamStats:
+    """Since load: forward calls (a call reads each streamed layer once, so in decode the flash
+    bytes per call are the bytes per token), tokens, seconds waiting for reads."""
+
+    calls: int = 0
+    tokens: int = 0
+    stall_seconds: float = 0.0
+    flash: FlashStats = field(default_factory=FlashStats)
+
+    @property
+    def bytes_per_call(self) -> float:
+        return self.flash.bytes / max(self.calls, 1)
+
+    def to_dict(self) -> dict:
+        d = {"calls": self.calls, "tokens": self.tokens, "stall_seconds": self.stall_seconds}
+        d.update({f"flash_{k}": v for k, v in asdict(self.flash).items()})
+        d["flash_bytes_per_call"] = self.bytes_per_call
+        return d
+
+
+class LayerStreamer:
+    """Runs the native forward pass with the plan's streamed layers read from flash."""
+
+    def __init__(self, art, plan: DramPlan, native, *, reader: FlashReader | None = None):
+        self.plan = plan
+        self.native = native
+        self.spans = {s.layer: s for s in layer_spans(art, len(plan.layer_bytes))}
+        files = {self.spans[i].file for i in plan.streamed}
+        if len(files) > 1:
+            raise ArtifactError(f"{art.path}: streamed layers span several files")
+        self.reader = reader or FlashReader(art.path / files.pop())
+        size = max(self.spans[i].nbytes for i in plan.streamed)
+        self._free = [aligned_buffer(size) for _ in range(plan.slots)]
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgert-flash")
+        self._pending: dict[int, tuple[Future, np.ndarray]] = {}
+        self._order = list(plan.streamed)
+        self._next = 0  # index into _order of the next layer to submit
+        self._verified: set[int] = set()
+        self.stats = StreamStats(flash=self.reader.stats)
+        self._fill()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.reader.close()
+
+    def _read(self, layer: int, buf: np.ndarray) -> None:
+        s = self.spans[layer]
+        self.reader.read_into(buf, s.offset, s.nbytes)
+        if layer not in self._verified:  # first read of this layer: the artifact's checksums
+            for name, parts in s.buffers.items():
+                for rel, nb, _dt, _shape, crc in parts.values():
+                    if crc32(buf[rel : rel + nb]) != crc:
+                        raise ArtifactError(
+                            f"{self.reader.path}: tensor {name} fails its checksum "
+                            "(the weight file is corrupt)",
+                            "copy or compile the artifact again",
+                        )
+            self._verified.add(layer)
+
+    def _fill(self) -> None:
+        """Submit reads, in execution order (wrapping to the next step), while buffers are free."""
+        while self._free and self._order:
+            layer = self._order[self._next]
+            if layer in self._pending:
+                return
+            buf = self._free.pop()
+            self._pending[layer] = (self._pool.submit(self._read, layer, buf), buf)
+            self._next = (self._next + 1) % len(self._order)
+
+    def _arrays(self, layer: int, buf: np.ndarray) -> dict[str, list[np.ndarray]]:
+        out = {}
+        for name, parts in self.spans[layer].buffers.items():
+            out[name] = [
+                buf[rel : rel + nb].view(np.dtype(dt)).reshape(shape)
+                for rel, nb, dt, shape, _crc in parts.values()
+            ]
+        return out
+
+    def forward(self, x, pos, cos, sin, *, threads, last_only, logits, times):
+        n_layers = len(self.plan.layer_bytes)
+        streamed = set(self.plan.streamed)
+        out, i = None, 0
+        while i < n_layers:
+            if i in streamed:
+                t0 = time.perf_counter()
+                fut, buf = self._pending.pop(i)
+                try:
+                    fut.result()
+                except BaseException:
+                    self._free.append(buf)
+                    raise
+                self.stats.stall_seconds += time.perf_counter() - t0
+                self.native.set_layer(i, self._arrays(i, buf))
+                j = i + 1
+            else:
+                buf, j = None, i
+                while j < n_layers and j not in streamed:
+                    j += 1
+            try:
+                out = self.native.forward(
+                    x,
+                    pos,
+                    cos,
+                    sin,
+                    threads=threads,
+                    last_only=last_only,
+                    logits=logits and j == n_layers,
+                    times=times,
+                    layers=(i, j),
+                )
+            finally:
+                if buf is not None:
+                    self.native.set_layer(i, None)
+                    self._free.append(buf)
+                    self._fill()
+            x = self.native.last_x
+            i = j
+        self.stats.calls += 1
+        self.stats.tokens += x.shape[0]
+        return out
