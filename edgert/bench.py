@@ -12,7 +12,16 @@ import numpy as np
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far (Linux reports KiB)."""
+    """Peak resident set size of this process so far: VmHWM of its own address space.
+    (``getrusage``'s ru_maxrss also carries the parent's peak into a child it forked and exec'd,
+    so a benchmark started by a large process would report the parent's size.)"""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 

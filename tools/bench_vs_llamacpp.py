@@ -64,9 +64,10 @@ def peer_quantize(src: Path, qtype: str) -> Path:
 def peer_worker(model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
     """One llama.cpp measurement (runs in a child process)."""
     import random
-    import resource
 
     from llama_cpp import Llama
+
+    from edgert.bench import peak_rss_bytes
 
     t0 = time.perf_counter()
     llm = Llama(
@@ -98,7 +99,7 @@ def peer_worker(model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
         "pp_tok_s": pp,
         "tg_tok_s": tg,
         "load_s": load_s,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
     }
 
 
