@@ -162,8 +162,9 @@ class NativeForward:
         m, k = meta["m"], meta["k"]
         if arrays is None:
             return _Weight(-1, 0, 0, 0, m, k, None, None, None)
-        if not hold:
-            arrays = [np.ascontiguousarray(a) for a in arrays]
+        if not hold:  # the caller keeps them alive: a contiguous copy here would dangle
+            if not all(a.flags.c_contiguous for a in arrays):
+                raise EdgertError("weight buffers must be contiguous")
             return self._described(fmt, meta, [a.ctypes.data for a in arrays])
         return self._described(fmt, meta, [self._hold(a) for a in arrays])
 

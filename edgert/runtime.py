@@ -354,9 +354,9 @@ class CompiledEngine:
 
         prof, n, out = self.profiler, x.shape[0], []
         times = np.zeros((self.cfg.n_layers + 1, 2)) if prof is not None else None
+        run = self.streamer.forward if self.streamer is not None else self.native.forward
         for s in range(0, n, MAX_BATCH):
             e = min(n, s + MAX_BATCH)
-            run = self.streamer.forward if self.streamer is not None else self.native.forward
             y = run(
                 x[s:e],
                 self.pos,

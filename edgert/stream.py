@@ -17,7 +17,6 @@ one layer's projections per read, into a few staging buffers while the layers be
 from __future__ import annotations
 
 import errno
-import logging
 import mmap
 import os
 import re
@@ -31,8 +30,6 @@ import numpy as np
 from edgert.artifact import PAGE, ArtifactError, crc32
 from edgert.errors import EdgertError
 from edgert.native import PROJECTIONS  # a layer's projections stream together
-
-log = logging.getLogger(__name__)
 
 READ_CHUNK = 4 << 20
 RETRIES = 3
@@ -213,7 +210,8 @@ class DramPlan:
 
     @property
     def resident_layers(self) -> int:
-        return sum(b for i, b in enumerate(self.layer_bytes) if i not in set(self.streamed))
+        streamed = set(self.streamed)
+        return sum(b for i, b in enumerate(self.layer_bytes) if i not in streamed)
 
     @property
     def planned(self) -> int:

@@ -163,7 +163,6 @@ def test_flash_reader_short_reads_and_truncation(tmp_path):
 
 SOAK = """
 import json, sys
-import numpy as np
 from edgert.runtime import open_artifact_engine
 from edgert.generate import Sampler, generate
 from edgert.bench import peak_rss_bytes  # VmHWM: ru_maxrss would carry pytest's own peak
