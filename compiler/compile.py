@@ -17,6 +17,7 @@ import numpy as np
 from edgert.compiler.quant import QuantScheme
 
 from edgert.artifact import ArtifactError
+from edgert.errors import EdgertError
 from edgert.target import Target, load_target
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def compile_model(
     bits_budget: float | None = None,
     calib: str | None = None,
     force: bool = False,
+    dram: tuple[int, int | None] | None = None,
 ) -> CompileSummary:
     t0 = time.perf_counter()
     tgt: Target = load_target(target)
@@ -96,6 +98,12 @@ def compile_model(
     from edgert.compiler.frontends import load_model
 
     m = load_model(model)
+    if dram is not None and m.config.is_moe:
+        raise EdgertError(
+            "--dram-budget plans dense models (a mixture of experts streams its experts at run "
+            "time)",
+            "compile without --dram-budget",
+        )
     m.materialize()
     times = {"load": time.perf_counter() - t0}
     t = time.perf_counter()
@@ -105,7 +113,7 @@ def compile_model(
 
     t = time.perf_counter()
     summary = write_artifact(
-        m, tgt, out, scheme=scheme, bits=bits, units=units, force=force, times=times
+        m, tgt, out, scheme=scheme, bits=bits, units=units, force=force, times=times, dram=dram
     )
     times["quantize + lower + write"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0

@@ -60,8 +60,11 @@ def write_artifact(
     units: list,
     force: bool,
     times: dict[str, float],
+    dram: tuple[int, int | None] | None = None,
 ):
-    """Everything after the bit plan: returns a CompileSummary."""
+    """Everything after the bit plan: returns a CompileSummary. ``dram`` = (budget bytes,
+    context tokens): the DRAM plan for that budget is made (an impossible budget fails the
+    compile, naming the minimum) and recorded as the artifact's default budget."""
     from edgert.compiler.compile import CompileSummary, _tvm_version
 
     from edgert.kernels import build_objects, quantize_hlq, quantize_uniform
@@ -223,6 +226,19 @@ def write_artifact(
                 },
             }
         )
+        if dram is not None:
+            from edgert.artifact import Artifact
+            from edgert.stream import plan_dram
+
+            budget, ctx = dram[0], dram[1] or min(c.context_length, 4096)
+            dp = plan_dram(Artifact(w.path, w.manifest), c, max_ctx=ctx, budget=budget)
+            w.manifest["dram"] = {
+                "budget": budget,
+                "ctx": ctx,
+                "streamed_layers": dp.streamed,
+                "planned": dp.planned,
+                "minimum": dp.minimum,
+            }
     return CompileSummary(
         out=str(out),
         target=tgt.name,

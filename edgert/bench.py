@@ -11,18 +11,28 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far: VmHWM of its own address space.
     (``getrusage``'s ru_maxrss also carries the parent's peak into a child it forked and exec'd,
     so a benchmark started by a large process would report the parent's size.)"""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    v = _status_bytes("VmHWM")
+    return v if v is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now (0 where /proc is missing)."""
+    return _status_bytes("VmRSS") or 0
 
 
 @dataclass
@@ -44,6 +54,15 @@ class BenchResult:
     peak_rss_bytes: int
     flash_bytes_per_token: float
     samples: dict[str, list[float]] = field(default_factory=dict)
+    #: RSS before the model was opened (interpreter and libraries)
+    baseline_rss_bytes: int = 0
+    #: the DRAM plan (edgert.stream.DramPlan.to_dict) of a dense artifact
+    dram: dict | None = None
+    #: the cost model's decode figures for this run (edgert.costmodel.Prediction.to_dict) and
+    #: the peak RSS it predicts (baseline + plan)
+    prediction: dict | None = None
+    #: the device limits the run was under (edgert.emulate.Emulation.to_dict)
+    emulation: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +93,7 @@ def bench(
     pp, tg, ttft = [], [], []
     # one warm-up of each so first-call costs (page faults, JIT caches) are not in the samples
     engine.reset()
-    engine.forward(rng.integers(0, vocab, min(n_prompt, 8)).tolist(), last_only=True)
+    engine.forward(rng.integers(0, vocab, max(1, min(n_prompt, 8))).tolist(), last_only=True)
     for _ in range(reps):
         if n_prompt:
             toks = rng.integers(0, vocab, n_prompt).tolist()
@@ -132,6 +151,11 @@ def bench_model(
     from edgert.engine import open_engine
 
     p = Path(path)
+    if p.is_dir() and (p / "manifest.json").exists():
+        from edgert.runtime import _tvm
+
+        _tvm()  # the runtime's libraries belong to the baseline, not to the model
+    baseline = rss_bytes()
     t0 = time.perf_counter()
     engine = open_engine(p, max_ctx=n_prompt + n_gen + 16, dram_budget=dram_budget)
     load_s = time.perf_counter() - t0
@@ -153,7 +177,22 @@ def bench_model(
         n_gen=n_gen,
         reps=reps,
     )
+    r.baseline_rss_bytes = baseline
+    plan = getattr(engine, "dram_plan", None)
+    if plan is not None:
+        r.dram = plan.to_dict()
     return r, engine
+
+
+def predict(r: BenchResult, plan, figures) -> None:
+    """Fill ``r.prediction`` from ``plan`` (edgert.stream.DramPlan) on ``figures``
+    (edgert.costmodel.DeviceFigures): decode at the middle of the tg run's context."""
+    from edgert.costmodel import predict_decode
+
+    d = predict_decode(plan, figures, pos=1 + r.n_gen // 2).to_dict()
+    d["peak_rss_bytes"] = r.baseline_rss_bytes + plan.planned
+    d["tg_measured_over_predicted"] = r.tg_tok_s / d["tok_s"] if d["tok_s"] else None
+    r.prediction = d
 
 
 def markdown_table(rows: list[tuple[str, ...]]) -> list[str]:
@@ -196,4 +235,29 @@ def table(r: BenchResult) -> str:
         f"load {r.load_s:.2f} s, time to first token {r.ttft_s * 1e3:.1f} ms "
         f"(pp{r.n_prompt}), peak RSS {r.peak_rss_bytes / 2**20:.0f} MiB"
     )
+    if r.dram and r.dram["streamed"]:
+        d = r.dram
+        lines.append(
+            f"DRAM plan: {len(d['streamed'])} of {len(d['layer_bytes'])} layers stream "
+            f"({d['streamed_bytes_per_token'] / 1e6:.1f} MB per token), plan "
+            f"{d['planned'] / 1e6:.1f} MB of budget {d['budget'] / 1e6:.1f} MB; flash "
+            f"{r.flash_bytes_per_token / 1e6:.1f} MB per token measured"
+        )
+    if r.emulation:
+        e = r.emulation
+        u = e.get("usage") or {}
+        lines.append(
+            f"emulated {e['target']}: memory limit {e['memory_limit_bytes'] / 1e6:.1f} MB "
+            f"(cgroup peak {u.get('memory_peak_bytes', 0) / 1e6:.1f} MB, page cache included), "
+            f"flash reads throttled to {e['flash_read_bps'] / 1e6:.0f} MB/s "
+            f"({u.get('disk_read_bytes', 0) / 1e6:.1f} MB read)"
+        )
+    if r.prediction and r.n_gen:
+        p = r.prediction
+        lines.append(
+            f"predicted on {p['device']}: tg {p['tok_s']:.2f} t/s ({p['bound']}-bound: DRAM "
+            f"{p['dram_seconds'] * 1e3:.1f} ms, flash {p['flash_seconds'] * 1e3:.1f} ms per "
+            f"token), peak RSS {p['peak_rss_bytes'] / 2**20:.0f} MiB; measured/predicted tg "
+            f"{p['tg_measured_over_predicted']:.2f}"
+        )
     return "\n".join(lines)

@@ -191,7 +191,7 @@ StrictModes no
 PidFile /run/sshd-edgert.pid
 Subsystem sftp internal-sftp
 """
-CGROUP = Path("/sys/fs/cgroup/memory/edgert-emulator")
+CGROUP = "edgert-emulator"
 
 
 def state_file() -> Path:
@@ -245,11 +245,11 @@ def _umount(root: Path) -> None:
 
 def _dram_limit(limit: int | None) -> str | None:
     """A cgroup v1 memory limit for everything the emulated device runs (page cache included)."""
-    if not limit or not CGROUP.parent.exists():
+    from edgert.emulate import MEMORY_ROOT, Cgroups
+
+    if not limit or not MEMORY_ROOT.exists():
         return None
-    CGROUP.mkdir(exist_ok=True)
-    (CGROUP / "memory.limit_in_bytes").write_text(str(limit))
-    return str(CGROUP / "cgroup.procs")
+    return Cgroups(CGROUP, memory_bytes=limit).create().procs
 
 
 def status() -> dict:

@@ -23,7 +23,7 @@ def open_engine(path: str | Path, *, max_ctx: int | None = None, dram_budget: in
         from edgert.runtime import open_artifact_engine
 
         return open_artifact_engine(p, max_ctx=max_ctx, dram_budget=dram_budget)
-    if dram_budget is not None:
+    if dram_budget:
         raise EdgertError(
             "--dram-budget applies to compiled artifacts", f"compile {p.name} with `edgert compile`"
         )

@@ -143,9 +143,10 @@ def open_artifact_engine(
     """Load an artifact (schema, target and resident checksums verified) as an engine;
     ``native=False`` runs every step through the compiled functions (no C forward pass).
     ``dram_budget`` (bytes): weights, KV cache and scratch fit in it — the layers that do not fit
-    stream from flash each step (dense models; see edgert.stream)."""
+    stream from flash each step (dense models; see edgert.stream). None: the budget the artifact
+    was compiled for, if any (and its context as the default ``max_ctx``); 0: no budget."""
     from edgert.artifact import Artifact
-    from edgert.stream import PROJECTIONS, LayerStreamer, plan_dram
+    from edgert.stream import PROJECTIONS, LayerStreamer, plan_dram, target_chunk
 
     # checksums are verified as the engine reads its weights, then for whatever it did not read
     art = Artifact.open(path, verify_resident=False)
@@ -158,9 +159,12 @@ def open_artifact_engine(
     cfg = art.config()
     plan = art.manifest.get("plan", {})
     tok = art.tokenizer() if art.manifest.get("tokenizer") else None
+    compiled = art.manifest.get("dram")
+    if dram_budget is None and compiled:
+        dram_budget, max_ctx = compiled["budget"], max_ctx or compiled["ctx"]
     max_ctx = int(max_ctx or min(cfg.context_length, 4096))
     dram = None
-    if dram_budget is not None:
+    if dram_budget:
         if cfg.is_moe or not native:
             raise EdgertError(
                 "--dram-budget streams dense models through the native forward pass; "
@@ -168,7 +172,9 @@ def open_artifact_engine(
                 + ("is a mixture of experts" if cfg.is_moe else "runs with native off"),
                 "run it without --dram-budget",
             )
-        dram = plan_dram(art, cfg, max_ctx=max_ctx, budget=int(dram_budget))
+        dram = plan_dram(
+            art, cfg, max_ctx=max_ctx, budget=int(dram_budget), chunk=target_chunk(art)
+        )
     streamed = {f"blk.{i}.{p}.weight" for i in (dram.streamed if dram else []) for p in PROJECTIONS}
     engine = CompiledEngine(
         str(art.path / art.manifest["libs"]["model"]),

@@ -34,6 +34,29 @@ from edgert.native import PROJECTIONS  # a layer's projections stream together
 READ_CHUNK = 4 << 20
 RETRIES = 3
 
+
+def read_chunk(flash_mbs: float, latency_us: float) -> int:
+    """The read request size for a flash: the smallest power of two whose transfer takes 20x the
+    per-request latency (latency then costs <= 5% of bandwidth), between 256 KiB and 8 MiB."""
+    want = 20 * flash_mbs * 1e6 * latency_us * 1e-6
+    chunk = 256 << 10
+    while chunk < want and chunk < (8 << 20):
+        chunk *= 2
+    return chunk
+
+
+def target_chunk(art) -> int:
+    """The read size for the flash of the device ``art`` was compiled for (its target file), or
+    :data:`READ_CHUNK` where that file is not on this machine."""
+    from edgert.target import load_target
+
+    try:
+        t = load_target(art.target["name"])
+    except (EdgertError, KeyError):
+        return READ_CHUNK
+    return read_chunk(t.flash_read_mbs, t.flash_latency_us)
+
+
 _UNITS = {
     "": 1,
     "b": 1,
@@ -87,9 +110,12 @@ class FlashStats:
 class FlashReader:
     """Whole-span reads from one file; thread-safe (``pread`` has no shared offset)."""
 
-    def __init__(self, path, *, direct: bool = True, retries: int = RETRIES):
+    def __init__(
+        self, path, *, direct: bool = True, retries: int = RETRIES, chunk: int = READ_CHUNK
+    ):
         self.path = str(path)
         self.retries = retries
+        self.chunk = chunk
         self.stats = FlashStats()
         self._lock = threading.Lock()
         self.direct = False
@@ -122,7 +148,7 @@ class FlashReader:
         view = memoryview(buf).cast("B")[:nbytes]
         t0, got, retries = time.perf_counter(), 0, 0
         while got < nbytes:
-            piece = view[got : min(nbytes, got + READ_CHUNK)]
+            piece = view[got : min(nbytes, got + self.chunk)]
             try:
                 n = self._pread(piece, offset + got)
                 if n <= 0:
@@ -203,6 +229,12 @@ class DramPlan:
     streamed: list[int]
     slots: int
     minimum: int
+    max_ctx: int = 0
+    #: bytes per flash read request (edgert.stream.read_chunk of the device's flash)
+    chunk: int = READ_CHUNK
+    #: never-streamed weights read every token (the head and the norms; not the embedding
+    #: table, of which a token reads one row, unless the head shares it)
+    head_bytes: int = 0
 
     @property
     def staging(self) -> int:
@@ -222,12 +254,26 @@ class DramPlan:
     def streamed_bytes_per_token(self) -> int:
         return sum(self.layer_bytes[i] for i in self.streamed)
 
+    @property
+    def weight_bytes_per_token(self) -> int:
+        """Weight bytes a decode step reads from DRAM (streamed layers from their staging
+        buffers), whatever the budget."""
+        return self.head_bytes + sum(self.layer_bytes)
+
+    def kv_bytes_at(self, pos: int) -> int:
+        """KV cache bytes a decode step at position ``pos`` reads."""
+        return self.kv * pos // max(self.max_ctx, 1)
+
+    def flash_reads_per_token(self) -> int:
+        return sum(-(-self.layer_bytes[i] // self.chunk) for i in self.streamed)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.update(
             planned=self.planned,
             staging=self.staging,
             streamed_bytes_per_token=self.streamed_bytes_per_token,
+            weight_bytes_per_token=self.weight_bytes_per_token,
         )
         return d
 
@@ -243,7 +289,14 @@ def scratch_bytes(cfg, n_batch: int, n_logits: int = 1) -> int:
 
 
 def plan_dram(
-    art, cfg, *, max_ctx: int, budget: int | None, n_batch: int | None = None, slots: int = 2
+    art,
+    cfg,
+    *,
+    max_ctx: int,
+    budget: int | None,
+    n_batch: int | None = None,
+    slots: int = 2,
+    chunk: int = READ_CHUNK,
 ) -> DramPlan:
     """Stream the fewest layers that make the budget (spread evenly over the depth, so reads
     overlap resident layers' compute); refuse a budget below the minimum (every layer streamed)."""
@@ -252,12 +305,18 @@ def plan_dram(
     spans = layer_spans(art, cfg.n_layers)
     in_spans = {n for s in spans for n in s.buffers}
     never = sum(e["nbytes"] for n, e in art.tensors.items() if n not in in_spans)
+    head = art.manifest.get("plan", {}).get("head") or "output.weight"
+    touched = sum(
+        e["nbytes"]
+        for n, e in art.tensors.items()
+        if n not in in_spans and (n == head or n != "token_embd.weight")
+    )
     kv = 2 * cfg.n_layers * max_ctx * cfg.n_kv_heads * cfg.head_dim * 4
     scratch = scratch_bytes(cfg, n_batch or MAX_BATCH)
     fixed = never + kv + scratch
     sizes = [s.nbytes for s in spans]
     minimum = fixed + slots * max(sizes)
-    plan = DramPlan(budget, fixed, kv, scratch, sizes, [], slots, minimum)
+    plan = DramPlan(budget, fixed, kv, scratch, sizes, [], slots, minimum, max_ctx, chunk, touched)
     if budget is None or fixed + sum(sizes) <= budget:
         return plan
     if budget < minimum:
@@ -309,10 +368,11 @@ class LayerStreamer:
         files = {self.spans[i].file for i in plan.streamed}
         if len(files) > 1:
             raise ArtifactError(f"{art.path}: streamed layers span several files")
-        self.reader = reader or FlashReader(art.path / files.pop())
+        self.reader = reader or FlashReader(art.path / files.pop(), chunk=plan.chunk)
         size = max(self.spans[i].nbytes for i in plan.streamed)
         self._free = [aligned_buffer(size) for _ in range(plan.slots)]
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgert-flash")
+        # one read in flight per staging buffer
+        self._pool = ThreadPoolExecutor(max_workers=plan.slots, thread_name_prefix="edgert-flash")
         self._pending: dict[int, tuple[Future, np.ndarray]] = {}
         self._order = list(plan.streamed)
         self._next = 0  # index into _order of the next layer to submit

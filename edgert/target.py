@@ -17,6 +17,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+#: the share of the DRAM read bandwidth decode reaches where a target does not state its own
+KERNEL_EFFICIENCY = 0.6
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "targets"
 
 
@@ -55,6 +57,10 @@ class Target:
     flash_kind: str
     flash_read_mbs: float
     flash_latency_us: float
+    #: decode's share of dram_bandwidth_gbs when memory-bound (optional [memory] key; 0.6 default)
+    kernel_efficiency: float = KERNEL_EFFICIENCY
+    #: weight GB/s one core's decode reaches when compute-bound (optional [cpu] key; 0: no cap)
+    gemv_gbs_per_core: float = 0.0
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -101,6 +107,17 @@ def _get(d: dict, dotted: str, typ: type | tuple, path: Path) -> Any:
     return cur
 
 
+def _opt(d: dict, dotted: str, default: float, path: Path) -> float:
+    """An optional number (``default`` where the key is absent)."""
+    section, key = dotted.split(".")
+    if key not in d.get(section, {}):
+        return default
+    v = _get(d, dotted, (int, float), path)
+    if v < 0:
+        raise EdgertError(f"{path}: key {dotted!r} must not be negative, not {v!r}")
+    return v
+
+
 def parse_target(path: Path) -> Target:
     try:
         d = tomllib.loads(path.read_text())
@@ -125,6 +142,8 @@ def parse_target(path: Path) -> Target:
         flash_kind=_get(d, "flash.kind", str, path),
         flash_read_mbs=float(_get(d, "flash.read_bandwidth_mbs", num, path)),
         flash_latency_us=float(_get(d, "flash.read_latency_us", num, path)),
+        kernel_efficiency=float(_opt(d, "memory.kernel_efficiency", KERNEL_EFFICIENCY, path)),
+        gemv_gbs_per_core=float(_opt(d, "cpu.gemv_gbs_per_core", 0.0, path)),
         path=str(path),
         extra={k: v for k, v in d.get("tvm", {}).items() if k != "target"},
     )

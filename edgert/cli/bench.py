@@ -25,6 +25,18 @@ def add_arguments(p) -> None:
     from edgert.cli.common import add_dram_budget
 
     add_dram_budget(p)
+    p.add_argument(
+        "--emulate",
+        default=None,
+        metavar="TARGET",
+        help="run under TARGET's memory (cgroup limit: --dram-budget, default the device's DRAM, "
+        "page cache included) and flash (reads throttled to its bandwidth) after dropping the "
+        "page cache; needs root and cgroup v1",
+    )
+    import argparse
+
+    # the flash figures for the prediction, "MBS,LATENCY_US" (set by --emulate for its child)
+    p.add_argument("--flash-figures", default=None, help=argparse.SUPPRESS)
 
 
 def run(args) -> int:
@@ -43,23 +55,88 @@ def run(args) -> int:
     from edgert.dnn import is_dnn_artifact
 
     if is_dnn_artifact(args.model):
+        if args.emulate or args.dram_budget:
+            raise EdgertError("--emulate and --dram-budget apply to language models")
         return _bench_dnn(args, threads)
     from edgert.bench import bench_model, table
     from edgert.cli.common import dram_budget, print_json, resolve_model
 
-    r, _ = bench_model(
-        resolve_model(args.model),
-        threads=threads,
-        n_prompt=args.n_prompt,
-        n_gen=args.n_gen,
-        reps=args.repetitions or 3,
-        dram_budget=dram_budget(args),
-    )
+    path = resolve_model(args.model)
+    if args.emulate:
+        r = _bench_emulated(args, path, threads)
+    else:
+        r, engine = bench_model(
+            path,
+            threads=threads,
+            n_prompt=args.n_prompt,
+            n_gen=args.n_gen,
+            reps=args.repetitions or 3,
+            dram_budget=dram_budget(args),
+        )
+        plan = getattr(engine, "dram_plan", None)
+        if plan is not None:
+            from edgert.bench import predict
+
+            predict(r, plan, _figures(args, engine, threads))
     if args.json:
         print_json(r.to_dict())
     else:
         print(table(r))
     return 0
+
+
+def _figures(args, engine, threads: int):
+    """This machine's figures (targets/host.toml) with its flash measured on the model's disk,
+    or as --flash-figures gives them."""
+    from edgert.costmodel import DeviceFigures
+    from edgert.target import load_target
+
+    fig = DeviceFigures.from_target(load_target("host"), threads=threads)
+    if args.flash_figures:
+        name, mbs, lat = args.flash_figures.split(",")
+        return fig.with_flash(name, float(mbs), float(lat))
+    if engine.streamer is None:
+        return fig
+    from edgert.emulate import measure_flash
+
+    mbs, lat = measure_flash(engine.streamer.reader.path)
+    return fig.with_flash("host", mbs, lat)
+
+
+def _bench_emulated(args, path, threads: int):
+    """``edgert bench`` again in a child process under the target's limits."""
+    import json
+    import sys
+
+    from edgert.bench import BenchResult
+    from edgert.cli.common import dram_budget
+    from edgert.emulate import emulation, measure_flash, run_emulated
+    from edgert.errors import EdgertError
+    from edgert.target import load_target
+
+    if not (path.is_dir() and (path / "manifest.json").exists()):
+        raise EdgertError("--emulate benchmarks compiled artifacts", "compile the model first")
+    tgt = load_target(args.emulate)
+    budget = dram_budget(args)
+    if budget is None:  # the artifact's compiled budget, else the device's DRAM
+        budget = json.loads((path / "manifest.json").read_text()).get("dram", {}).get("budget")
+    em = emulation(tgt, budget=budget, model_path=path)
+    weights = max((f for f in path.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    host_mbs, host_lat = measure_flash(weights)
+    # the throttle cannot make the disk faster than it is, nor add latency
+    flash = f"{tgt.name},{min(tgt.flash_read_mbs, host_mbs)},{max(tgt.flash_latency_us, host_lat)}"
+    argv = [sys.executable, "-m", "edgert", "bench", str(path), "--json",
+            "-p", str(args.n_prompt), "-n", str(args.n_gen), "-t", str(threads),
+            "-r", str(args.repetitions or 3), "--dram-budget", str(em.budget_bytes),
+            "--flash-figures", flash]  # fmt: skip
+    p = run_emulated(argv, em, capture_output=True, text=True)
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise EdgertError(f"the emulated run failed (exit {p.returncode}): {tail[0]}")
+    r = BenchResult(**json.loads(p.stdout))
+    r.emulation = em.to_dict()
+    r.emulation["host_flash"] = {"read_mbs": host_mbs, "latency_us": host_lat}
+    return r
 
 
 def _bench_dnn(args, threads: int) -> int:

@@ -32,11 +32,16 @@ def add_dram_budget(p) -> None:
         default=None,
         metavar="SIZE",
         help="artifacts: keep weights + KV cache + scratch within SIZE (300M, 1.5G); "
-        "layers that do not fit stream from flash each step",
+        "layers that do not fit stream from flash each step (default: the budget the artifact "
+        "was compiled for; off: none)",
     )
 
 
 def dram_budget(args) -> int | None:
     from edgert.stream import parse_size
 
-    return None if args.dram_budget is None else parse_size(args.dram_budget)
+    if args.dram_budget is None:
+        return None
+    if args.dram_budget.strip().lower() == "off":
+        return 0  # not the artifact's compiled budget either
+    return parse_size(args.dram_budget)

@@ -37,6 +37,16 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--calib", default=None, help="calibration text (default: sampled from the model)"
     )
+    p.add_argument(
+        "--dram-budget",
+        default=None,
+        metavar="SIZE",
+        help="plan for a device DRAM budget (300M, 1.5G): layers that do not fit stream from "
+        "flash; recorded as the artifact's default budget (refused below the minimum)",
+    )
+    p.add_argument(
+        "--ctx", type=int, default=None, help="context the --dram-budget plan keeps a KV cache for"
+    )
     p.add_argument("-o", "--output", default=None, help="artifact directory (NAME.edgert)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -52,9 +62,16 @@ def run(args) -> int:
     from edgert.target import load_target
 
     if Path(args.model).suffix.lower() == ".onnx":
+        if args.dram_budget or args.ctx:
+            raise EdgertError("--dram-budget and --ctx apply to language models")
         return _compile_onnx(args)
     if args.input_shape:
         raise EdgertError("--input-shape applies to ONNX models only")
+    from edgert.cli.common import dram_budget
+
+    budget = dram_budget(args) or None
+    if args.ctx is not None and (budget is None or args.ctx < 1):
+        raise EdgertError("--ctx goes with --dram-budget and must be >= 1")
     scheme = QuantScheme(args.format, 4 if args.bits is None else args.bits, args.group_size)
     tgt = load_target(args.target)  # unknown target fails before any work
     tgt.require_toolchain()
@@ -69,6 +86,7 @@ def run(args) -> int:
         bits_budget=args.bits_budget,
         calib=args.calib,
         force=args.force,
+        dram=None if budget is None else (budget, args.ctx),
     )
     return _report(args, s, f"wrote {s.out} ({s.fmt}, {s.avg_bits:.2f} bits/weight avg, "
                             f"target {s.target})")  # fmt: skip

@@ -6,10 +6,16 @@ HELP = "describe an artifact: target, sizes by residency, bits per layer, roofli
 def add_arguments(p) -> None:
     p.add_argument("artifact", help="NAME.edgert directory")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from edgert.cli.common import add_dram_budget
+
+    add_dram_budget(p)
+    p.add_argument("--ctx", type=int, default=None, help="context for the plan (model's, max 4096)")
 
 
-def inspect_artifact(path) -> dict:
-    """What `edgert inspect` shows, as a dict (no checksum verification: it only reads)."""
+def inspect_artifact(path, *, dram_budget: int | None = None, ctx: int | None = None) -> dict:
+    """What `edgert inspect` shows, as a dict (no checksum verification: it only reads).
+    Dense models: the DRAM plan for ``dram_budget`` (default: the compiled one) at ``ctx`` and
+    the cost model's decode prediction on the artifact's target."""
     from edgert.artifact import Artifact
 
     art = Artifact.open(path, verify_resident=False)
@@ -60,7 +66,21 @@ def inspect_artifact(path) -> dict:
             "dram_fits": per_token < t.dram_bytes,
         }
     except Exception:  # target file not on this machine: no prediction
-        info["prediction"] = None
+        t, info["prediction"] = None, None
+    cfg = art.config()
+    if not cfg.is_moe:
+        from edgert.costmodel import DeviceFigures, predict_decode
+        from edgert.stream import plan_dram, target_chunk
+
+        compiled = m.get("dram") or {}
+        if dram_budget is None:
+            dram_budget = compiled.get("budget")
+        ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
+        plan = plan_dram(art, cfg, max_ctx=ctx, budget=dram_budget or None, chunk=target_chunk(art))
+        info["dram"] = {**plan.to_dict(), "compiled": bool(compiled)}
+        if t is not None:
+            fig = DeviceFigures.from_target(t)
+            info["prediction"]["cost_model"] = predict_decode(plan, fig, pos=ctx // 2).to_dict()
     return info
 
 
@@ -109,9 +129,9 @@ def _print_dnn(info: dict) -> None:
 
 
 def run(args) -> int:
-    from edgert.cli.common import print_json
+    from edgert.cli.common import dram_budget, print_json
 
-    info = inspect_artifact(args.artifact)
+    info = inspect_artifact(args.artifact, dram_budget=dram_budget(args), ctx=args.ctx)
     if args.json:
         print_json(info)
         return 0
@@ -149,5 +169,22 @@ def run(args) -> int:
             f"predicted  <= {p['roofline_tok_s']:.1f} tok/s decode (DRAM roofline: "
             f"{p['weight_bytes_per_token'] / 2**20:.1f} MiB/token at "
             f"{p['dram_bandwidth_gbs']:g} GB/s)"
+        )
+    d = info.get("dram")
+    if d:
+        budget = "no budget" if d["budget"] is None else f"budget {d['budget'] / 1e6:.1f} MB"
+        if d["compiled"]:
+            budget += " (compiled)"
+        print(
+            f"DRAM plan  {budget} at ctx {d['max_ctx']}: {len(d['streamed'])} of "
+            f"{len(d['layer_bytes'])} layers stream ({d['streamed_bytes_per_token'] / 1e6:.1f} MB "
+            f"per token), plan {d['planned'] / 1e6:.1f} MB, minimum {d['minimum'] / 1e6:.1f} MB"
+        )
+    c = (p or {}).get("cost_model")
+    if c:
+        print(
+            f"cost model {c['tok_s']:.1f} tok/s decode on {c['device']} at half context "
+            f"({c['bound']}-bound: DRAM {c['dram_seconds'] * 1e3:.1f} ms, flash "
+            f"{c['flash_seconds'] * 1e3:.1f} ms per token)"
         )
     return 0

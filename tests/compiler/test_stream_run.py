@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,14 +166,10 @@ SOAK = """
 import json, sys
 from edgert.runtime import open_artifact_engine
 from edgert.generate import Sampler, generate
-from edgert.bench import peak_rss_bytes  # VmHWM: ru_maxrss would carry pytest's own peak
+from edgert.bench import peak_rss_bytes, rss_bytes  # VmHWM: ru_maxrss carries pytest's peak
 path, budget, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-def rss():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
 import tvm  # the runtime's own footprint belongs to the baseline
-base = rss()
+base = rss_bytes()
 eng = open_artifact_engine(path, max_ctx=n + 16, dram_budget=budget)
 r = generate(eng, prompt="a", n_predict=n, sampler=Sampler(temp=0), stop_at_eos=False)
 print(json.dumps({"base": base, "peak": peak_rss_bytes(),
@@ -196,3 +193,87 @@ def test_peak_rss_within_budget_over_10k_token_soak(art):
     assert d["planned"] <= mid
     print("soak", d)
     assert d["peak"] <= d["base"] + mid + FIXED_OVERHEAD, d
+
+
+def test_compiled_budget_is_the_default(art, tmp_path):
+    from edgert.compiler.compile import compile_model
+
+    from edgert.cli.inspect import inspect_artifact
+
+    src = Path(art).parent / "m.gguf"  # what the module's artifact was compiled from
+    lo, mid, _ = budgets(art, 64)
+    scheme = QuantScheme("uniform", 4, 32)
+    bad = tmp_path / "bad.edgert"
+    with pytest.raises(EdgertError, match=r"below the minimum this artifact needs: [0-9.]+ MB"):
+        compile_model(model=src, target="host", out=bad, scheme=scheme, dram=(lo - 1, 64))
+    assert not bad.exists()  # nothing that looks like an artifact is left
+    out = compile_model(
+        model=src, target="host", out=tmp_path / "b.edgert", scheme=scheme, dram=(mid, 64)
+    ).out
+    m = json.loads((tmp_path / "b.edgert" / "manifest.json").read_text())
+    assert m["dram"]["budget"] == mid and m["dram"]["ctx"] == 64 and m["dram"]["streamed_layers"]
+    eng = open_artifact_engine(out)  # the compiled budget and context
+    assert eng.dram_plan.budget == mid and eng.max_ctx == 64 and eng.streamer is not None
+    assert eng.dram_plan.streamed == m["dram"]["streamed_layers"]
+    assert tokens(eng, 8) == tokens(open_artifact_engine(out, dram_budget=0), 8)
+    assert open_artifact_engine(out, dram_budget=0).dram_plan is None  # `--dram-budget off`
+    info = inspect_artifact(out)
+    assert info["dram"]["compiled"] and info["dram"]["budget"] == mid
+    c = info["prediction"]["cost_model"]
+    assert c["flash_bytes_per_token"] == eng.dram_plan.streamed_bytes_per_token > 0
+    assert c["tok_s"] > 0 and c["planned_bytes"] <= mid
+
+
+# -- device emulation: cgroup v1 memory limit + blkio read throttle (root) --------------------
+
+
+def test_bench_under_an_emulated_device(art):
+    from conftest import run_cli
+
+    from edgert.emulate import PROCESS_OVERHEAD
+
+    n_prompt, n_gen = 8, 16
+    _, mid, _ = budgets(art, n_prompt + n_gen + 16)  # bench's context
+    r = run_cli(
+        "bench", str(art), "--emulate", "rpi5", "--dram-budget", str(mid),
+        "-p", str(n_prompt), "-n", str(n_gen), "-r", "1", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads(r.stdout)
+    e, u = d["emulation"], d["emulation"]["usage"]
+    assert e["target"] == "rpi5" and e["flash_read_bps"] == 450_000_000
+    assert e["memory_limit_bytes"] == mid + PROCESS_OVERHEAD and e["budget_bytes"] == mid
+    assert 0 < u["memory_peak_bytes"] <= e["memory_limit_bytes"]
+    # the streamed reads went to the disk through the throttled group (O_DIRECT: no page cache)
+    per_token = d["dram"]["streamed_bytes_per_token"]
+    assert per_token > 0 and d["flash_bytes_per_token"] >= per_token
+    assert u["disk_read_bytes"] >= per_token * n_gen
+    p = d["prediction"]
+    assert p["device"] == "rpi5" and p["flash_bytes_per_token"] == per_token
+    assert p["tok_s"] > 0 and p["bound"] in ("dram", "flash")
+    assert p["peak_rss_bytes"] == d["baseline_rss_bytes"] + d["dram"]["planned"]
+    assert d["tg_tok_s"] > 0 and p["tg_measured_over_predicted"] == d["tg_tok_s"] / p["tok_s"]
+
+
+def test_emulated_memory_limit_is_enforced(tmp_path):
+    from edgert.emulate import Emulation, EmulationError, block_device, run_emulated
+
+    em = Emulation("t", 96 << 20, 96 << 20, 0, 450_000_000, block_device(tmp_path))
+    grab = "import numpy as np; a = np.ones(512 << 20, np.uint8); print(a.sum())"
+    with pytest.raises(EmulationError, match="killed at the memory limit of 100.7 MB"):
+        run_emulated([sys.executable, "-c", grab], em, capture_output=True)
+    ok = run_emulated([sys.executable, "-c", "print(1)"], em, capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout == "1\n"
+    assert 0 < em.usage.memory_peak_bytes <= 96 << 20
+
+
+def test_emulation_unavailable_is_a_clear_error(monkeypatch, tmp_path):
+    import edgert.emulate as emu
+    from edgert.target import load_target
+
+    monkeypatch.setattr(emu, "MEMORY_ROOT", tmp_path / "nowhere")
+    with pytest.raises(emu.EmulationError, match="cgroup v1 memory controller is not mounted"):
+        emu.emulation(load_target("rpi5"), budget=None, model_path=tmp_path)
+    monkeypatch.undo()
+    with pytest.raises(emu.EmulationError, match="not on a block device"):
+        emu.block_device("/proc/self/status")

@@ -1,0 +1,104 @@
+"""Predicted decode speed and memory of a model under a DRAM plan (:class:`edgert.stream.DramPlan`)
+on a device, from the device's figures in ``targets/*.toml``.
+
+A decode step reads every weight once from DRAM (streamed layers from their staging buffers) plus
+the KV cache so far, and reads the streamed layers from flash. Reads run on an I/O thread ahead of
+compute, so a step takes the longer of the two:
+
+- DRAM: (weight bytes + KV bytes) / min(DRAM bandwidth x kernel efficiency,
+  cores x per-core decode rate) — memory-bound or compute-bound, whichever binds;
+- flash: streamed bytes / flash bandwidth + one read latency per read request.
+
+Memory: the plan's bytes (resident weights + KV + scratch + staging) on top of the process's own
+baseline (interpreter, libraries), which the caller measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class DeviceFigures:
+    """What the prediction needs from a device."""
+
+    name: str
+    dram_gbs: float
+    kernel_efficiency: float
+    gemv_gbs_per_core: float  # 0: no compute cap
+    cores: int
+    flash_mbs: float
+    flash_latency_us: float
+
+    @classmethod
+    def from_target(cls, t, *, threads: int | None = None) -> DeviceFigures:
+        return cls(
+            t.name,
+            t.dram_bandwidth_gbs,
+            t.kernel_efficiency,
+            t.gemv_gbs_per_core,
+            threads or t.cores,
+            t.flash_read_mbs,
+            t.flash_latency_us,
+        )
+
+    def with_flash(self, name: str, mbs: float, latency_us: float) -> DeviceFigures:
+        """These compute figures with another flash (an emulated device's, on this machine)."""
+        return DeviceFigures(
+            name,
+            self.dram_gbs,
+            self.kernel_efficiency,
+            self.gemv_gbs_per_core,
+            self.cores,
+            mbs,
+            latency_us,
+        )
+
+    @property
+    def decode_gbs(self) -> float:
+        """Weight bytes per second decode reads from DRAM."""
+        mem = self.dram_gbs * self.kernel_efficiency
+        if self.gemv_gbs_per_core > 0:
+            return min(mem, self.gemv_gbs_per_core * self.cores)
+        return mem
+
+
+@dataclass
+class Prediction:
+    device: str
+    tok_s: float
+    bound: str  # "dram" | "flash"
+    dram_seconds: float
+    flash_seconds: float
+    dram_bytes_per_token: int
+    flash_bytes_per_token: int
+    flash_reads_per_token: int
+    planned_bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def predict_decode(plan, fig: DeviceFigures, *, pos: int) -> Prediction:
+    """Decode tok/s of ``plan`` on ``fig`` at context position ``pos`` (the KV cache read)."""
+    dram_bytes = plan.weight_bytes_per_token + plan.kv_bytes_at(pos)
+    t_dram = dram_bytes / (fig.decode_gbs * 1e9)
+    flash_bytes = plan.streamed_bytes_per_token
+    reads = plan.flash_reads_per_token()
+    t_flash = (
+        flash_bytes / (fig.flash_mbs * 1e6) + reads * fig.flash_latency_us * 1e-6
+        if flash_bytes
+        else 0.0
+    )
+    t = max(t_dram, t_flash)
+    return Prediction(
+        device=fig.name,
+        tok_s=1.0 / t,
+        bound="flash" if t_flash > t_dram else "dram",
+        dram_seconds=t_dram,
+        flash_seconds=t_flash,
+        dram_bytes_per_token=dram_bytes,
+        flash_bytes_per_token=flash_bytes,
+        flash_reads_per_token=reads,
+        planned_bytes=plan.planned,
+    )

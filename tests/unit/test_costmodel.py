@@ -1,0 +1,70 @@
+"""The cost model's arithmetic on a hand-made plan, read sizes per flash, optional target keys."""
+
+from pathlib import Path
+
+import pytest
+
+from edgert.costmodel import DeviceFigures, predict_decode
+from edgert.errors import EdgertError
+from edgert.stream import DramPlan, read_chunk
+
+MB = 1_000_000
+
+
+def plan(streamed):
+    # 10 layers of 8 MB, a 20 MB head, 4 MB of KV cache for 1000 tokens, 1 MB read requests
+    return DramPlan(
+        budget=None, fixed=30 * MB, kv=4 * MB, scratch=MB, layer_bytes=[8 * MB] * 10,
+        streamed=streamed, slots=2, minimum=0, max_ctx=1000, chunk=MB, head_bytes=20 * MB,
+    )  # fmt: skip
+
+
+def fig(**kw):
+    d = {"name": "d", "dram_gbs": 10.0, "kernel_efficiency": 0.5, "gemv_gbs_per_core": 0.0,
+         "cores": 4, "flash_mbs": 500.0, "flash_latency_us": 100.0}  # fmt: skip
+    return DeviceFigures(**{**d, **kw})
+
+
+def test_dram_bound_when_nothing_streams():
+    p = predict_decode(plan([]), fig(), pos=500)
+    # 100 MB of weights + half the KV cache at 5 GB/s
+    assert p.bound == "dram" and p.flash_seconds == 0 and p.flash_reads_per_token == 0
+    assert p.dram_bytes_per_token == 102 * MB
+    assert p.tok_s == pytest.approx(5e9 / (102 * MB))
+
+
+def test_flash_bound_counts_bytes_and_requests():
+    p = predict_decode(plan([1, 4, 7]), fig(), pos=0)
+    # 24 MB at 500 MB/s + 24 requests of 1 MB x 100 us
+    assert p.flash_bytes_per_token == 24 * MB and p.flash_reads_per_token == 24
+    assert p.flash_seconds == pytest.approx(0.048 + 0.0024)
+    assert p.bound == "flash" and p.tok_s == pytest.approx(1 / 0.0504)
+    # streaming does not change what compute reads from DRAM
+    assert p.dram_bytes_per_token == predict_decode(plan([]), fig(), pos=0).dram_bytes_per_token
+
+
+def test_compute_cap_per_core():
+    f = fig(gemv_gbs_per_core=1.0, cores=2)  # 2 GB/s < 10 x 0.5
+    assert f.decode_gbs == 2.0
+    assert fig(gemv_gbs_per_core=4.0).decode_gbs == 5.0  # memory binds first
+    assert f.with_flash("e", 42.0, 1000.0).decode_gbs == 2.0
+
+
+def test_read_chunk_follows_the_flash():
+    assert read_chunk(42, 1000) == 1 << 20  # SD card: 840 KB -> 1 MiB
+    assert read_chunk(4200, 40) == 4 << 20  # UFS 4.0: 3.4 MB -> 4 MiB
+    assert read_chunk(10, 10) == 256 << 10  # floor
+    assert read_chunk(1e5, 1e4) == 8 << 20  # ceiling
+
+
+def test_target_optional_figures(tmp_path):
+    from edgert.target import KERNEL_EFFICIENCY, load_target, parse_target
+
+    t = load_target("rpi5")
+    assert t.kernel_efficiency == KERNEL_EFFICIENCY and t.gemv_gbs_per_core == 0
+    host = load_target("host")
+    assert 0 < host.kernel_efficiency <= 1 and host.gemv_gbs_per_core > 0
+    src = Path(t.path).read_text().replace("[cpu]\n", "[cpu]\ngemv_gbs_per_core = -1\n")
+    (tmp_path / "rpi5.toml").write_text(src)
+    with pytest.raises(EdgertError, match="'cpu.gemv_gbs_per_core' must not be negative"):
+        parse_target(tmp_path / "rpi5.toml")
