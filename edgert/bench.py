@@ -58,6 +58,8 @@ class BenchResult:
     baseline_rss_bytes: int = 0
     #: the DRAM plan (edgert.stream.DramPlan.to_dict) of a dense artifact
     dram: dict | None = None
+    #: what streaming did over the run (edgert.stream.StreamStats / edgert.experts.ExpertStats)
+    stream: dict | None = None
     #: the cost model's decode figures for this run (edgert.costmodel.Prediction.to_dict) and
     #: the peak RSS it predicts (baseline + plan)
     prediction: dict | None = None
@@ -142,6 +144,7 @@ def bench_model(
     reps: int = 3,
     name: str | None = None,
     dram_budget: int | None = None,
+    experts: dict | None = None,
 ):
     """Open a model file or artifact (the opening timed as load) and :func:`bench` it.
     Returns ``(result, engine)``."""
@@ -157,7 +160,7 @@ def bench_model(
         _tvm()  # the runtime's libraries belong to the baseline, not to the model
     baseline = rss_bytes()
     t0 = time.perf_counter()
-    engine = open_engine(p, max_ctx=n_prompt + n_gen + 16, dram_budget=dram_budget)
+    engine = open_engine(p, max_ctx=n_prompt + n_gen + 16, dram_budget=dram_budget, experts=experts)
     load_s = time.perf_counter() - t0
     is_art = p.is_dir() and (p / "manifest.json").exists()
     if is_art:
@@ -181,6 +184,9 @@ def bench_model(
     plan = getattr(engine, "dram_plan", None)
     if plan is not None:
         r.dram = plan.to_dict()
+    stats = getattr(engine, "stream_stats", None)
+    if stats is not None:
+        r.stream = stats.to_dict()
     return r, engine
 
 
@@ -235,13 +241,22 @@ def table(r: BenchResult) -> str:
         f"load {r.load_s:.2f} s, time to first token {r.ttft_s * 1e3:.1f} ms "
         f"(pp{r.n_prompt}), peak RSS {r.peak_rss_bytes / 2**20:.0f} MiB"
     )
-    if r.dram and r.dram["streamed"]:
+    if r.dram and r.dram.get("streamed"):
         d = r.dram
         lines.append(
             f"DRAM plan: {len(d['streamed'])} of {len(d['layer_bytes'])} layers stream "
             f"({d['streamed_bytes_per_token'] / 1e6:.1f} MB per token), plan "
             f"{d['planned'] / 1e6:.1f} MB of budget {d['budget'] / 1e6:.1f} MB; flash "
             f"{r.flash_bytes_per_token / 1e6:.1f} MB per token measured"
+        )
+    if r.stream and "hit_rate" in r.stream:
+        s = r.stream
+        acc = ", ".join(f"{k} {v:.0%}" for k, v in s["predictor_accuracy"].items())
+        lines.append(
+            f"experts: {r.dram['slots']} of {r.dram['n_experts']} cached, hit rate "
+            f"{s['hit_rate']:.0%}, prefetch accuracy {s['prefetch_accuracy']:.0%} (predictors: "
+            f"{acc}), {r.flash_bytes_per_token / 1e6:.1f} MB read per token, "
+            f"{s['stall_seconds']:.2f} s waiting for reads"
         )
     if r.emulation:
         e = r.emulation

@@ -11,7 +11,13 @@ from pathlib import Path
 from edgert.errors import EdgertError
 
 
-def open_engine(path: str | Path, *, max_ctx: int | None = None, dram_budget: int | None = None):
+def open_engine(
+    path: str | Path,
+    *,
+    max_ctx: int | None = None,
+    dram_budget: int | None = None,
+    experts: dict | None = None,
+):
     """An artifact's CompiledEngine, or a ReferenceEngine over a GGUF file / HF directory;
     ``dram_budget`` (bytes) applies to artifacts only."""
     p = Path(path).expanduser()
@@ -22,7 +28,7 @@ def open_engine(path: str | Path, *, max_ctx: int | None = None, dram_budget: in
     if p.is_dir() and (p / "manifest.json").exists():
         from edgert.runtime import open_artifact_engine
 
-        return open_artifact_engine(p, max_ctx=max_ctx, dram_budget=dram_budget)
+        return open_artifact_engine(p, max_ctx=max_ctx, dram_budget=dram_budget, experts=experts)
     if dram_budget:
         raise EdgertError(
             "--dram-budget applies to compiled artifacts", f"compile {p.name} with `edgert compile`"

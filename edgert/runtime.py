@@ -138,13 +138,21 @@ def reference_model(art):
 
 
 def open_artifact_engine(
-    path, *, max_ctx: int | None = None, native: bool = True, dram_budget: int | None = None
+    path,
+    *,
+    max_ctx: int | None = None,
+    native: bool = True,
+    dram_budget: int | None = None,
+    experts: dict | None = None,
 ) -> CompiledEngine:
     """Load an artifact (schema, target and resident checksums verified) as an engine;
     ``native=False`` runs every step through the compiled functions (no C forward pass).
     ``dram_budget`` (bytes): weights, KV cache and scratch fit in it — the layers that do not fit
     stream from flash each step (dense models; see edgert.stream). None: the budget the artifact
-    was compiled for, if any (and its context as the default ``max_ctx``); 0: no budget."""
+    was compiled for, if any (and its context as the default ``max_ctx``); 0: no budget.
+    A mixture of experts keeps its experts on flash and caches what the budget holds
+    (edgert.experts); ``experts``: the cache's options (``policy``, ``predictor``,
+    ``prefetch``)."""
     from edgert.artifact import Artifact
     from edgert.stream import PROJECTIONS, LayerStreamer, plan_dram, target_chunk
 
@@ -163,19 +171,27 @@ def open_artifact_engine(
     if dram_budget is None and compiled:
         dram_budget, max_ctx = compiled["budget"], max_ctx or compiled["ctx"]
     max_ctx = int(max_ctx or min(cfg.context_length, 4096))
-    dram = None
-    if dram_budget:
-        if cfg.is_moe or not native:
+    dram = moe = None
+    streamed: set[str] = set()
+    if dram_budget and cfg.is_moe:
+        from edgert.experts import expert_tensors, plan_moe
+
+        moe = plan_moe(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), chunk=target_chunk(art))
+        if moe.streams:
+            streamed = {
+                n for i in range(cfg.n_layers) for e in range(cfg.n_experts)
+                for n in expert_tensors(i, e)
+            }  # fmt: skip
+    elif dram_budget:
+        if not native:
             raise EdgertError(
-                "--dram-budget streams dense models through the native forward pass; "
-                "this model "
-                + ("is a mixture of experts" if cfg.is_moe else "runs with native off"),
+                "--dram-budget streams dense models through the native forward pass, which is off",
                 "run it without --dram-budget",
             )
         dram = plan_dram(
             art, cfg, max_ctx=max_ctx, budget=int(dram_budget), chunk=target_chunk(art)
         )
-    streamed = {f"blk.{i}.{p}.weight" for i in (dram.streamed if dram else []) for p in PROJECTIONS}
+        streamed = {f"blk.{i}.{p}.weight" for i in dram.streamed for p in PROJECTIONS}
     engine = CompiledEngine(
         str(art.path / art.manifest["libs"]["model"]),
         cfg,
@@ -187,7 +203,13 @@ def open_artifact_engine(
         expert_variants=plan.get("expert_variants"),
         native=native,
     )
-    engine.dram_plan = dram
+    engine.dram_plan = dram or moe
+    if moe is not None and moe.streams:
+        from edgert.experts import ExpertCache
+
+        engine.expert_cache = ExpertCache(
+            art, cfg, moe, engine._tvm.runtime.from_dlpack, **(experts or {})
+        )
     if dram is not None and dram.streamed:
         if engine.native is None:
             raise EdgertError(
@@ -280,14 +302,32 @@ class CompiledEngine:
             )
         #: set to an OpTimes to time each layer's operations (None: no cost)
         self.profiler = None
-        #: the DRAM plan (edgert.stream.DramPlan) and the streamer of its streamed layers
+        #: the DRAM plan (edgert.stream.DramPlan, or edgert.experts.MoePlan) and what streams
+        #: under it: a dense model's layers, or a mixture's experts
         self.dram_plan = None
         self.streamer = None
+        self.expert_cache = None
 
     @property
     def flash_bytes_per_token(self) -> float:
         """Flash bytes read per forward call (= per token in decode); 0 when nothing streams."""
-        return self.streamer.stats.bytes_per_call if self.streamer is not None else 0.0
+        st = self.stream_stats
+        return st.bytes_per_call if st is not None else 0.0
+
+    @property
+    def stream_stats(self):
+        """What streaming did since load (edgert.stream.StreamStats or
+        edgert.experts.ExpertStats), None when nothing streams."""
+        for s in (self.streamer, self.expert_cache):
+            if s is not None:
+                return s.stats
+        return None
+
+    def close(self) -> None:
+        """Stop the flash reader threads and close their files (the engine is done)."""
+        for s in (self.streamer, self.expert_cache):
+            if s is not None:
+                s.close()
 
     def _fn(self, name: str, variant: str | None = None):
         """The compiled function ``name`` (of ``variant``: see edgert.compiler.lower)."""
@@ -338,12 +378,22 @@ class CompiledEngine:
         ).numpy()
         idx, wts = route(c, logits)
         out = x.copy()
-        for e in np.unique(idx):
+        experts = np.unique(idx)
+        cache = self.expert_cache
+        if cache is not None:  # experts on flash: start reads, read ahead the next layer's
+            cache.want(i, experts)
+            if i + 1 < c.n_layers:
+                cache.predict_next(i, experts, self._next_experts(i + 1, x_t))
+            tensors = cache.tensors(i, experts)
+        for e in experts:
             rows, slot = np.nonzero(idx == e)
             self.expert_counts[i, e] += len(rows)
-            ws = []
-            for proj in ("gate", "up", "down"):
-                ws += self._w(expert_name(i, proj, int(e)))
+            if cache is not None:
+                ws = tensors[int(e)]
+            else:
+                ws = []
+                for proj in ("gate", "up", "down"):
+                    ws += self._w(expert_name(i, proj, int(e)))
             y = self._fn("expert", self.expert_variants[i][int(e)])(self._t(h[rows]), *ws).numpy()
             out[rows] += wts[rows, slot][:, None] * y
         if c.shared_expert_ffn_dim:
@@ -352,6 +402,19 @@ class CompiledEngine:
                 ws = ws + self._w(p + f"ffn_{proj}_shexp.weight")
             out += self._fn("shared_expert", self.layer_variants[i])(h_t, *ws).numpy()
         return out
+
+    def _next_experts(self, i: int, x_t) -> list[int]:
+        """Layer ``i``'s router on the hidden state before it (the residual stream changes
+        little per layer): its most chosen experts, at most the top-k per token."""
+        p = f"blk.{i}."
+        h = self._fn("ffn_norm")(x_t, *self._w(p + "ffn_norm.weight"))
+        logits = self._fn("router", self.layer_variants[i])(
+            h, *self._w(p + "ffn_gate_inp.weight")
+        ).numpy()
+        idx, _ = route(self.cfg, logits)
+        e, n = np.unique(idx, return_counts=True)
+        cap = max(self.cfg.n_experts_used, self.expert_cache.plan.slots // 4)
+        return e[np.argsort(-n, kind="stable")][:cap].tolist()
 
     def _forward_native(self, x, cos, sin, last_only: bool) -> np.ndarray:
         """Every layer and the head in C, MAX_BATCH tokens per call (the kernels' tables of a
@@ -390,6 +453,9 @@ class CompiledEngine:
             raise EdgertError(f"sequence of {t + n} tokens exceeds the context of {self.max_ctx}")
         x = self.source.embedding(tokens).astype(np.float32)
         cos, sin = rope_tables(c, np.arange(t, t + n))
+        if self.expert_cache is not None:
+            self.expert_cache.stats.calls += 1
+            self.expert_cache.stats.tokens += n
         if self.native is not None:
             return self._forward_native(x, cos, sin, last_only)
         mask = np.zeros((n, t + n), np.float32)

@@ -179,11 +179,11 @@ class FlashReader:
 
 
 @dataclass
-class LayerSpan:
-    """Where one layer's projections lie in a weight file: [offset, offset + nbytes), page
-    aligned; each buffer's place relative to offset."""
+class Span:
+    """Where tensors stored together (a layer's projections, an expert's) lie in a weight file:
+    [offset, offset + nbytes), page aligned; each buffer's place relative to offset."""
 
-    layer: int
+    key: object  # a layer, or (layer, expert)
     file: str
     offset: int
     nbytes: int
@@ -191,28 +191,49 @@ class LayerSpan:
         default_factory=dict
     )  # tensor -> part -> (rel, nbytes, dtype, shape, crc)
 
-
-def layer_spans(art, n_layers: int) -> list[LayerSpan]:
-    spans = []
-    for i in range(n_layers):
-        names = [f"blk.{i}.{p}.weight" for p in PROJECTIONS]
-        es = [art.tensors[n] for n in names]
-        files = {e["file"] for e in es}
-        if len(files) != 1:
-            raise ArtifactError(f"{art.path}: layer {i}'s projections span several files")
-        lo = min(b["offset"] for e in es for b in e["buffers"].values())
-        hi = max(b["offset"] + b["nbytes"] for e in es for b in e["buffers"].values())
-        lo -= lo % PAGE
-        hi = (hi + PAGE - 1) // PAGE * PAGE
-        bufs = {
-            n: {
-                part: (b["offset"] - lo, b["nbytes"], b["dtype"], tuple(b["shape"]), b["crc32"])
-                for part, b in e["buffers"].items()
-            }
-            for n, e in zip(names, es)
+    def arrays(self, buf: np.ndarray) -> dict[str, list[np.ndarray]]:
+        """Each tensor's buffers as views of ``buf`` (the span read into it)."""
+        return {
+            name: [
+                buf[rel : rel + nb].view(np.dtype(dt)).reshape(shape)
+                for rel, nb, dt, shape, _crc in parts.values()
+            ]
+            for name, parts in self.buffers.items()
         }
-        spans.append(LayerSpan(i, files.pop(), lo, hi - lo, bufs))
-    return spans
+
+    def verify(self, buf: np.ndarray, path) -> None:
+        """The artifact's checksums of every buffer read into ``buf``."""
+        for name, parts in self.buffers.items():
+            for rel, nb, _dt, _shape, crc in parts.values():
+                if crc32(buf[rel : rel + nb]) != crc:
+                    raise ArtifactError(
+                        f"{path}: tensor {name} fails its checksum (the weight file is corrupt)",
+                        "copy or compile the artifact again",
+                    )
+
+
+def span_of(art, names: list[str], key) -> Span:
+    es = [art.tensors[n] for n in names]
+    files = {e["file"] for e in es}
+    if len(files) != 1:
+        raise ArtifactError(f"{art.path}: {', '.join(names)} span several files")
+    lo = min(b["offset"] for e in es for b in e["buffers"].values())
+    hi = max(b["offset"] + b["nbytes"] for e in es for b in e["buffers"].values())
+    lo -= lo % PAGE
+    hi = (hi + PAGE - 1) // PAGE * PAGE
+    bufs = {
+        n: {
+            part: (b["offset"] - lo, b["nbytes"], b["dtype"], tuple(b["shape"]), b["crc32"])
+            for part, b in e["buffers"].items()
+        }
+        for n, e in zip(names, es)
+    }
+    return Span(key, files.pop(), lo, hi - lo, bufs)
+
+
+def layer_spans(art, n_layers: int) -> list[Span]:
+    """Each layer's projections (written one after another by the compiler)."""
+    return [span_of(art, [f"blk.{i}.{p}.weight" for p in PROJECTIONS], i) for i in range(n_layers)]
 
 
 @dataclass
@@ -266,6 +287,12 @@ class DramPlan:
 
     def flash_reads_per_token(self) -> int:
         return sum(-(-self.layer_bytes[i] // self.chunk) for i in self.streamed)
+
+    def describe(self) -> str:
+        return (
+            f"dram budget {fmt_size(self.budget)}: plan {fmt_size(self.planned)}, "
+            f"{len(self.streamed)} of {len(self.layer_bytes)} layers stream"
+        )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -351,6 +378,12 @@ class StreamStats:
     def bytes_per_call(self) -> float:
         return self.flash.bytes / max(self.calls, 1)
 
+    def describe(self) -> str:
+        return (
+            f"{fmt_size(self.bytes_per_call)} read from flash per step, "
+            f"{self.stall_seconds:.2f} s waiting for reads"
+        )
+
     def to_dict(self) -> dict:
         d = {"calls": self.calls, "tokens": self.tokens, "stall_seconds": self.stall_seconds}
         d.update({f"flash_{k}": v for k, v in asdict(self.flash).items()})
@@ -364,7 +397,7 @@ class LayerStreamer:
     def __init__(self, art, plan: DramPlan, native, *, reader: FlashReader | None = None):
         self.plan = plan
         self.native = native
-        self.spans = {s.layer: s for s in layer_spans(art, len(plan.layer_bytes))}
+        self.spans = {s.key: s for s in layer_spans(art, len(plan.layer_bytes))}
         files = {self.spans[i].file for i in plan.streamed}
         if len(files) > 1:
             raise ArtifactError(f"{art.path}: streamed layers span several files")
@@ -388,14 +421,7 @@ class LayerStreamer:
         s = self.spans[layer]
         self.reader.read_into(buf, s.offset, s.nbytes)
         if layer not in self._verified:  # first read of this layer: the artifact's checksums
-            for name, parts in s.buffers.items():
-                for rel, nb, _dt, _shape, crc in parts.values():
-                    if crc32(buf[rel : rel + nb]) != crc:
-                        raise ArtifactError(
-                            f"{self.reader.path}: tensor {name} fails its checksum "
-                            "(the weight file is corrupt)",
-                            "copy or compile the artifact again",
-                        )
+            s.verify(buf, self.reader.path)
             self._verified.add(layer)
 
     def _fill(self) -> None:
@@ -407,15 +433,6 @@ class LayerStreamer:
             buf = self._free.pop()
             self._pending[layer] = (self._pool.submit(self._read, layer, buf), buf)
             self._next = (self._next + 1) % len(self._order)
-
-    def _arrays(self, layer: int, buf: np.ndarray) -> dict[str, list[np.ndarray]]:
-        out = {}
-        for name, parts in self.spans[layer].buffers.items():
-            out[name] = [
-                buf[rel : rel + nb].view(np.dtype(dt)).reshape(shape)
-                for rel, nb, dt, shape, _crc in parts.values()
-            ]
-        return out
 
     def forward(self, x, pos, cos, sin, *, threads, last_only, logits, times):
         n_layers = len(self.plan.layer_bytes)
@@ -431,7 +448,7 @@ class LayerStreamer:
                     self._free.append(buf)
                     raise
                 self.stats.stall_seconds += time.perf_counter() - t0
-                self.native.set_layer(i, self._arrays(i, buf))
+                self.native.set_layer(i, self.spans[i].arrays(buf))
                 j = i + 1
             else:
                 buf, j = None, i

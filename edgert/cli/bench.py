@@ -59,7 +59,7 @@ def run(args) -> int:
             raise EdgertError("--emulate and --dram-budget apply to language models")
         return _bench_dnn(args, threads)
     from edgert.bench import bench_model, table
-    from edgert.cli.common import dram_budget, print_json, resolve_model
+    from edgert.cli.common import dram_budget, expert_options, print_json, resolve_model
 
     path = resolve_model(args.model)
     if args.emulate:
@@ -72,9 +72,12 @@ def run(args) -> int:
             n_gen=args.n_gen,
             reps=args.repetitions or 3,
             dram_budget=dram_budget(args),
+            experts=expert_options(args),
         )
+        from edgert.stream import DramPlan
+
         plan = getattr(engine, "dram_plan", None)
-        if plan is not None:
+        if isinstance(plan, DramPlan):  # the cost model covers dense plans
             from edgert.bench import predict
 
             predict(r, plan, _figures(args, engine, threads))
@@ -128,7 +131,10 @@ def _bench_emulated(args, path, threads: int):
     argv = [sys.executable, "-m", "edgert", "bench", str(path), "--json",
             "-p", str(args.n_prompt), "-n", str(args.n_gen), "-t", str(threads),
             "-r", str(args.repetitions or 3), "--dram-budget", str(em.budget_bytes),
-            "--flash-figures", flash]  # fmt: skip
+            "--flash-figures", flash, "--expert-cache", args.expert_cache,
+            "--expert-predictor", args.expert_predictor]  # fmt: skip
+    if args.no_prefetch:
+        argv.append("--no-prefetch")
     p = run_emulated(argv, em, capture_output=True, text=True)
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["(no output)"]

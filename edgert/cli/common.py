@@ -26,7 +26,7 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def add_dram_budget(p) -> None:
+def add_dram_budget(p, *, experts: bool = True) -> None:
     p.add_argument(
         "--dram-budget",
         default=None,
@@ -35,6 +35,35 @@ def add_dram_budget(p) -> None:
         "layers that do not fit stream from flash each step (default: the budget the artifact "
         "was compiled for; off: none)",
     )
+    if experts:
+        add_expert_options(p)
+
+
+def add_expert_options(p) -> None:
+    """How a mixture of experts under --dram-budget caches and reads ahead its experts."""
+    from edgert.experts import POLICIES, PREDICTORS
+
+    p.add_argument(
+        "--expert-cache", choices=POLICIES, default="lru",
+        help="mixtures of experts under --dram-budget: which cached expert to evict (lru)",
+    )  # fmt: skip
+    p.add_argument(
+        "--expert-predictor", choices=PREDICTORS, default="router",
+        help="how the next layer's experts are guessed for reading ahead: its router on the "
+        "current hidden state, or a co-activation table learned as the model runs (router)",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-prefetch", action="store_true",
+        help="read experts only when a layer needs them (no reading ahead)",
+    )  # fmt: skip
+
+
+def expert_options(args) -> dict:
+    return {
+        "policy": args.expert_cache,
+        "predictor": args.expert_predictor,
+        "prefetch": not args.no_prefetch,
+    }
 
 
 def dram_budget(args) -> int | None:

@@ -27,12 +27,17 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from edgert.cli.common import dram_budget, resolve_model
+    from edgert.cli.common import dram_budget, expert_options, resolve_model
     from edgert.engine import open_engine
     from edgert.generate import Sampler, generate
 
     sampler = Sampler(temp=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    engine = open_engine(resolve_model(args.model), max_ctx=args.ctx, dram_budget=dram_budget(args))
+    engine = open_engine(
+        resolve_model(args.model),
+        max_ctx=args.ctx,
+        dram_budget=dram_budget(args),
+        experts=expert_options(args),
+    )
     prompt = args.prompt
     if args.chat:
         prompt = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
@@ -61,12 +66,12 @@ def report(res, *, as_json: bool, engine=None) -> None:
     from edgert.cli.common import print_json
 
     plan = getattr(engine, "dram_plan", None)
-    streamer = getattr(engine, "streamer", None)
+    stats = getattr(engine, "stream_stats", None)
     if as_json:
         d = res.to_dict()
         if plan is not None:
             d["dram"] = plan.to_dict()
-            d["stream"] = streamer.stats.to_dict() if streamer is not None else None
+            d["stream"] = stats.to_dict() if stats is not None else None
         print_json(d)
         return
     sys.stdout.write("\n")
@@ -76,16 +81,7 @@ def report(res, *, as_json: bool, engine=None) -> None:
         file=sys.stderr,
     )
     if plan is not None:
-        from edgert.stream import fmt_size
-
-        line = (
-            f"dram budget {fmt_size(plan.budget)}: plan {fmt_size(plan.planned)}, "
-            f"{len(plan.streamed)} of {len(plan.layer_bytes)} layers stream"
-        )
-        if streamer is not None:
-            st = streamer.stats
-            line += (
-                f", {fmt_size(st.bytes_per_call)} read from flash per step, "
-                f"{st.stall_seconds:.2f} s waiting for reads"
-            )
+        line = plan.describe()
+        if stats is not None:
+            line += ", " + stats.describe()
         print(line, file=sys.stderr)

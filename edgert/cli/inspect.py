@@ -8,7 +8,7 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     from edgert.cli.common import add_dram_budget
 
-    add_dram_budget(p)
+    add_dram_budget(p, experts=False)
     p.add_argument("--ctx", type=int, default=None, help="context for the plan (model's, max 4096)")
 
 
@@ -68,14 +68,19 @@ def inspect_artifact(path, *, dram_budget: int | None = None, ctx: int | None = 
     except Exception:  # target file not on this machine: no prediction
         t, info["prediction"] = None, None
     cfg = art.config()
+    compiled = m.get("dram") or {}
+    ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
+    if cfg.is_moe and dram_budget:
+        from edgert.experts import plan_moe
+
+        info["dram"] = {**plan_moe(art, cfg, max_ctx=ctx, budget=dram_budget).to_dict(),
+                        "compiled": False}  # fmt: skip
     if not cfg.is_moe:
         from edgert.costmodel import DeviceFigures, predict_decode
         from edgert.stream import plan_dram, target_chunk
 
-        compiled = m.get("dram") or {}
         if dram_budget is None:
             dram_budget = compiled.get("budget")
-        ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
         plan = plan_dram(art, cfg, max_ctx=ctx, budget=dram_budget or None, chunk=target_chunk(art))
         info["dram"] = {**plan.to_dict(), "compiled": bool(compiled)}
         if t is not None:
@@ -171,7 +176,13 @@ def run(args) -> int:
             f"{p['dram_bandwidth_gbs']:g} GB/s)"
         )
     d = info.get("dram")
-    if d:
+    if d and "slots" in d:
+        print(
+            f"DRAM plan  budget {d['budget'] / 1e6:.1f} MB: {d['slots']} of "
+            f"{d['n_experts']} experts cached ({d['expert_bytes'] / 1e6:.2f} MB each), plan "
+            f"{d['planned'] / 1e6:.1f} MB, minimum {d['minimum'] / 1e6:.1f} MB"
+        )
+    elif d:
         budget = "no budget" if d["budget"] is None else f"budget {d['budget'] / 1e6:.1f} MB"
         if d["compiled"]:
             budget += " (compiled)"

@@ -198,12 +198,17 @@ def _print_outputs(args, outs: dict, saved: str | None, *, load_s, run_ms: float
 
 
 def _run_llm(args) -> int:
-    from edgert.cli.common import dram_budget
+    from edgert.cli.common import dram_budget, expert_options
     from edgert.cli.generate import report
     from edgert.generate import Sampler, generate
     from edgert.runtime import open_artifact_engine
 
-    engine = open_artifact_engine(args.artifact, max_ctx=args.ctx, dram_budget=dram_budget(args))
+    engine = open_artifact_engine(
+        args.artifact,
+        max_ctx=args.ctx,
+        dram_budget=dram_budget(args),
+        experts=expert_options(args),
+    )
     if not args.json:
         sys.stdout.write(args.prompt)
     res = generate(

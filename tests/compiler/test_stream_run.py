@@ -277,3 +277,87 @@ def test_emulation_unavailable_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.undo()
     with pytest.raises(emu.EmulationError, match="not on a block device"):
         emu.block_device("/proc/self/status")
+
+
+# -- mixtures of experts: experts on flash, a bounded cache, reading ahead ---------------------
+
+
+@pytest.fixture(scope="module")
+def moe_art(tmp_path_factory):
+    from edgert.compiler.compile import compile_model
+    from make_synthetic_gguf import make_synthetic_gguf
+
+    d = tmp_path_factory.mktemp("moe")
+    shape = {**SMALL_MODEL, "layers": 4, "experts": 8, "top_k": 2}
+    g = make_synthetic_gguf(out=d / "m.gguf", arch="mixtral", qtype="F32", progress=False, **shape)
+    return compile_model(
+        model=g, target="host", out=d / "m.edgert", scheme=QuantScheme("uniform", 4, 32)
+    ).out
+
+
+def moe_budgets(path, max_ctx=64):
+    from edgert.artifact import Artifact
+    from edgert.experts import plan_moe
+
+    a = Artifact.open(path)
+    p = plan_moe(a, a.config(), max_ctx=max_ctx, budget=None)
+    quarter = p.fixed + max(p.n_experts // 4, 4) * p.expert_bytes
+    return p.minimum, quarter, p
+
+
+def test_moe_tokens_equal_unbudgeted_run_under_every_cache_setting(moe_art):
+    want = tokens(open_artifact_engine(moe_art, max_ctx=64))
+    lo, quarter, full = moe_budgets(moe_art)
+    assert lo < quarter < full.planned
+    settings = [
+        (quarter, {"policy": "lru", "predictor": "router", "prefetch": True}),
+        (quarter, {"policy": "lfu", "predictor": "coact", "prefetch": True}),
+        (quarter, {"policy": "lru", "prefetch": False}),
+        (lo, {"policy": "lfu", "predictor": "router", "prefetch": True}),
+    ]
+    for budget, opts in settings:
+        eng = open_artifact_engine(moe_art, max_ctx=64, dram_budget=budget, experts=opts)
+        plan, cache = eng.dram_plan, eng.expert_cache
+        assert plan.streams and plan.planned <= budget and cache is not None
+        assert tokens(eng) == want, (budget, opts)
+        s = cache.stats
+        c = eng.cfg  # each call computes top-k distinct experts per token in every layer
+        assert (
+            c.n_experts_used * c.n_layers * s.calls
+            <= s.lookups
+            <= c.n_experts * c.n_layers * s.calls
+        )
+        assert 0 <= s.hits <= s.lookups and s.read_bytes > 0 and s.calls > 0
+        assert len(cache._entries) <= plan.slots + eng.cfg.n_experts_used  # bounded
+        if opts["prefetch"]:
+            assert s.prefetched > 0 and s.prefetch_used <= s.prefetched
+        else:
+            assert s.prefetched == 0 and s.prefetch_used == 0
+        # both predictors are scored whichever one reads ahead
+        assert all(s.predicted[k] > 0 for k in ("router", "coact"))
+        eng.close()
+    # everything fits: nothing streams
+    eng = open_artifact_engine(moe_art, max_ctx=64, dram_budget=full.planned)
+    assert eng.expert_cache is None and not eng.dram_plan.streams
+
+
+def test_moe_budget_below_minimum_and_unreadable_expert(moe_art, monkeypatch):
+    from edgert.artifact import Artifact
+    from edgert.experts import expert_spans
+
+    lo, quarter, _ = moe_budgets(moe_art)
+    with pytest.raises(EdgertError, match=r"below the minimum .*this layer's and the next's"):
+        open_artifact_engine(moe_art, max_ctx=64, dram_budget=lo - 1)
+    a = Artifact.open(moe_art)
+    spans = expert_spans(a, a.config())
+    real = FlashReader._pread
+
+    def failing(self, view, offset):
+        if any(s.offset <= offset < s.offset + s.nbytes for s in spans.values()):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(self, view, offset)
+
+    monkeypatch.setattr(FlashReader, "_pread", failing)
+    eng = open_artifact_engine(moe_art, max_ctx=64, dram_budget=quarter)
+    with pytest.raises(FlashError, match="failed after 3 retries"):
+        tokens(eng, 2)

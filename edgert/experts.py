@@ -1,0 +1,339 @@
+"""A mixture of experts within a DRAM budget: everything but the experts stays resident; experts
+are read from flash on activation into a bounded cache (:class:`ExpertCache`), and the experts
+the next layer will want are predicted while the current layer computes and read ahead.
+
+- :func:`plan_moe`: how many experts the budget caches (resident tensors + KV cache + scratch +
+  cached experts <= budget); below the minimum (two layers' worth of active experts: the
+  current layer's and the next one's, read ahead) the budget is refused, naming it.
+- Cache policies (measured, not assumed): ``lru`` evicts the expert used longest ago, ``lfu``
+  the one used least often (frequency-aware; ties to the least recent).
+- Predictors of the next layer's experts: ``router`` runs the next layer's router on the
+  current hidden state (the residual stream changes little between layers), ``coact`` looks up
+  a co-activation table (which next-layer experts followed these experts so far). The engine
+  prefetches with one and scores both, so the report says which predicts better.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.stream import (
+    READ_CHUNK,
+    FlashReader,
+    Span,
+    aligned_buffer,
+    fmt_size,
+    scratch_bytes,
+    span_of,
+)
+
+PROJS = ("gate", "up", "down")
+POLICIES = ("lru", "lfu")
+PREDICTORS = ("router", "coact")
+
+
+def expert_tensors(layer: int, e: int) -> list[str]:
+    from edgert.runtime import expert_name
+
+    return [expert_name(layer, p, e) for p in PROJS]
+
+
+def expert_spans(art, cfg) -> dict[tuple[int, int], Span]:
+    """Each expert's three projections (written one after another by the compiler)."""
+    return {
+        (i, e): span_of(art, expert_tensors(i, e), (i, e))
+        for i in range(cfg.n_layers)
+        for e in range(cfg.n_experts)
+    }
+
+
+@dataclass
+class MoePlan:
+    """Bytes: ``fixed`` = every tensor but the experts + KV cache + scratch; ``slots`` experts
+    of at most ``expert_bytes`` each are cached (all of them: nothing streams)."""
+
+    budget: int | None
+    fixed: int
+    kv: int
+    scratch: int
+    expert_bytes: int
+    n_experts: int  # over all layers
+    slots: int
+    minimum: int
+    chunk: int = READ_CHUNK
+
+    @property
+    def streams(self) -> bool:
+        return self.slots < self.n_experts
+
+    @property
+    def planned(self) -> int:
+        return self.fixed + self.slots * self.expert_bytes
+
+    def describe(self) -> str:
+        return (
+            f"dram budget {fmt_size(self.budget)}: plan {fmt_size(self.planned)}, "
+            f"{self.slots} of {self.n_experts} experts cached"
+        )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "planned": self.planned, "streams": self.streams}
+
+
+def plan_moe(
+    art, cfg, *, max_ctx: int, budget: int | None, chunk: int = READ_CHUNK, n_batch: int = 1
+) -> MoePlan:
+    from edgert.kernels import MAX_BATCH
+
+    spans = expert_spans(art, cfg)
+    in_spans = {n for s in spans.values() for n in s.buffers}
+    never = sum(e["nbytes"] for n, e in art.tensors.items() if n not in in_spans)
+    kv = 2 * cfg.n_layers * max_ctx * cfg.n_kv_heads * cfg.head_dim * 4
+    scratch = scratch_bytes(cfg, max(n_batch, MAX_BATCH))
+    fixed = never + kv + scratch
+    size = max(s.nbytes for s in spans.values())
+    minimum = fixed + 2 * cfg.n_experts_used * size
+    n = len(spans)
+    if budget is None or fixed + n * size <= budget:
+        return MoePlan(budget, fixed, kv, scratch, size, n, n, minimum, chunk)
+    if budget < minimum:
+        raise EdgertError(
+            f"--dram-budget {fmt_size(budget)} is below the minimum this artifact needs: "
+            f"{fmt_size(minimum)} (tensors other than experts {fmt_size(never)}, KV cache for "
+            f"{max_ctx} tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, "
+            f"{2 * cfg.n_experts_used} experts of {fmt_size(size)}: this layer's and the next's)",
+            "raise the budget, or lower the context with --ctx",
+        )
+    return MoePlan(budget, fixed, kv, scratch, size, n, (budget - fixed) // size, minimum, chunk)
+
+
+@dataclass
+class ExpertStats:
+    """Since load. ``lookups`` = experts a layer computed; ``hits`` found them in the cache
+    (ready or read ahead); ``prefetched`` reads started ahead, ``prefetch_used`` of those the
+    next layer computed; ``predicted``/``predicted_right`` per predictor: experts the next layer
+    was predicted to use / of those it used; ``stall_seconds``: compute waiting for reads."""
+
+    calls: int = 0
+    tokens: int = 0
+    lookups: int = 0
+    hits: int = 0
+    prefetched: int = 0
+    prefetch_used: int = 0
+    evictions: int = 0
+    stall_seconds: float = 0.0
+    read_bytes: int = 0
+    predicted: dict | None = None
+    predicted_right: dict | None = None
+
+    def __post_init__(self):
+        self.predicted = self.predicted or dict.fromkeys(PREDICTORS, 0)
+        self.predicted_right = self.predicted_right or dict.fromkeys(PREDICTORS, 0)
+
+    @property
+    def bytes_per_call(self) -> float:
+        return self.read_bytes / max(self.calls, 1)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.lookups if self.lookups else 0.0
+
+    @property
+    def prefetch_accuracy(self) -> float:
+        return self.prefetch_used / self.prefetched if self.prefetched else 0.0
+
+    def predictor_accuracy(self) -> dict[str, float]:
+        return {
+            k: self.predicted_right[k] / self.predicted[k] if self.predicted[k] else 0.0
+            for k in PREDICTORS
+        }
+
+    def describe(self) -> str:
+        acc = ", ".join(f"{k} {v:.0%}" for k, v in self.predictor_accuracy().items())
+        return (
+            f"expert hit rate {self.hit_rate:.0%} ({self.prefetch_used} of them read ahead), "
+            f"prefetch accuracy {self.prefetch_accuracy:.0%}, predictors: {acc}; "
+            f"{fmt_size(self.bytes_per_call)} read from flash per step, "
+            f"{self.stall_seconds:.2f} s waiting for reads"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "hit_rate": self.hit_rate,
+            "prefetch_accuracy": self.prefetch_accuracy,
+            "predictor_accuracy": self.predictor_accuracy(),
+        }
+
+
+class _Entry:
+    __slots__ = ("future", "last", "prefetched", "tensors", "used")
+
+    def __init__(self, future: Future, prefetched: bool):
+        self.future: Future | None = future
+        self.tensors: list | None = None
+        self.last = 0
+        self.prefetched, self.used = prefetched, False
+
+
+class ExpertCache:
+    """Experts by (layer, expert) as the compiled functions' inputs, read from flash on a miss
+    (or ahead, by :meth:`prefetch`) into at most ``plan.slots`` cached experts."""
+
+    def __init__(
+        self,
+        art,
+        cfg,
+        plan: MoePlan,
+        to_tensor,
+        *,
+        policy: str = "lru",
+        predictor: str = "router",
+        prefetch: bool = True,
+        reader: FlashReader | None = None,
+    ):
+        if policy not in POLICIES:
+            raise EdgertError(f"unknown expert cache policy {policy!r}", f"one of {POLICIES}")
+        if predictor not in PREDICTORS:
+            raise EdgertError(f"unknown expert predictor {predictor!r}", f"one of {PREDICTORS}")
+        self.cfg, self.plan, self.policy, self.predictor = cfg, plan, policy, predictor
+        self.prefetch_on = prefetch
+        self.spans = expert_spans(art, cfg)
+        files = {s.file for s in self.spans.values()}
+        if len(files) > 1:
+            raise EdgertError(f"{art.path}: experts span several files")
+        self.reader = reader or FlashReader(art.path / files.pop(), chunk=plan.chunk)
+        self._to_tensor = to_tensor
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgert-experts")
+        self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._verified: set[tuple[int, int]] = set()
+        self._clock = 0
+        n = cfg.n_experts
+        self._coact = np.zeros((cfg.n_layers, n, n), np.int64)  # (layer, e at i, e at i+1)
+        self._freq: dict[tuple[int, int], int] = dict.fromkeys(self.spans, 0)
+        self._guess: dict[str, tuple[int, set[int]]] = {}
+        self._prev: tuple[int, set[int]] | None = None  # the last layer's experts
+        self.stats = ExpertStats()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.reader.close()
+
+    # -- reads -------------------------------------------------------------------------------
+    def _read(self, key: tuple[int, int]) -> list:
+        s = self.spans[key]
+        buf = aligned_buffer(s.nbytes)
+        self.reader.read_into(buf, s.offset, s.nbytes)
+        if key not in self._verified:
+            s.verify(buf, self.reader.path)
+            self._verified.add(key)
+        arrays = s.arrays(buf)
+        # zero-copy views of the read buffer, in the functions' argument order
+        return [self._to_tensor(a) for n in expert_tensors(*key) for a in arrays[n]]
+
+    def _evict_for(self, n_new: int, keep: set) -> None:
+        while len(self._entries) + n_new > self.plan.slots:
+            victims = [k for k in self._entries if k not in keep]
+            if not victims:
+                return  # everything cached is wanted now: briefly over (the plan's minimum)
+            if self.policy == "lru":
+                victim = min(victims, key=lambda k: self._entries[k].last)
+            else:  # frequency over the whole run, not just while cached
+                victim = min(victims, key=lambda k: (self._freq[k], self._entries[k].last))
+            ent = self._entries.pop(victim)
+            if ent.future is not None:
+                ent.future.cancel()
+            self.stats.evictions += 1
+
+    def _start(self, key: tuple[int, int], *, prefetched: bool) -> None:
+        self._entries[key] = _Entry(self._pool.submit(self._read, key), prefetched)
+        self.stats.read_bytes += self.spans[key].nbytes
+
+    # -- the engine's side: want(i) -> predict_next(i) -> tensors(i) ---------------------------
+    def want(self, layer: int, experts) -> None:
+        """``layer`` will compute ``experts``: start reading those not cached nor read ahead."""
+        keys = [(layer, int(e)) for e in experts]
+        used = {k[1] for k in keys}
+        self._score(layer, used)
+        missing = [k for k in keys if k not in self._entries]
+        self._evict_for(len(missing), set(keys))
+        for k in missing:
+            self._start(k, prefetched=False)
+        for k in keys:
+            ent = self._entries[k]
+            self._clock += 1
+            self._freq[k] += 1
+            ent.last = self._clock
+            self.stats.lookups += 1
+            if k not in missing:
+                self.stats.hits += 1
+            if ent.prefetched and not ent.used:
+                self.stats.prefetch_used += 1
+            ent.used = True
+        self._prev = (layer, used)
+
+    def tensors(self, layer: int, experts) -> dict[int, list]:
+        """The compiled functions' inputs of ``experts`` (wanted before), waiting for reads."""
+        out = {}
+        for e in experts:
+            k = (layer, int(e))
+            ent = self._entries[k]
+            if ent.tensors is None:
+                t0 = time.perf_counter()
+                try:
+                    ent.tensors = ent.future.result()
+                except BaseException:
+                    self._entries.pop(k, None)
+                    raise
+                finally:
+                    self.stats.stall_seconds += time.perf_counter() - t0
+                ent.future = None
+            out[int(e)] = ent.tensors
+        return out
+
+    def predict_next(self, layer: int, experts, router_guess) -> None:
+        """After ``layer`` routed to ``experts``: guess layer+1's experts with both predictors
+        (``router_guess``: the next router's choice on this hidden state) and read the chosen
+        predictor's guess ahead."""
+        if layer + 1 >= self.cfg.n_layers:
+            return
+        k = self.cfg.n_experts_used
+        counts = self._coact[layer][sorted(int(e) for e in experts)].sum(axis=0)
+        coact = set(np.argsort(-counts, kind="stable")[:k].tolist()) if counts.any() else set()
+        guesses = {"router": {int(e) for e in router_guess}, "coact": coact}
+        self._guess = {name: (layer + 1, g) for name, g in guesses.items()}
+        if self.prefetch_on:
+            now = {(layer, int(e)) for e in experts}
+            self.prefetch(layer + 1, guesses[self.predictor], keep=now)
+
+    def prefetch(self, layer: int, experts, *, keep: set = frozenset()) -> None:
+        """Start reading ``experts`` of ``layer`` (as many as the cache holds besides
+        ``keep``)."""
+        want = [(layer, int(e)) for e in experts]
+        keep = set(keep) | set(want)
+        new = [k for k in want if k not in self._entries]
+        held = len([k for k in keep if k in self._entries])
+        new = new[: max(self.plan.slots - held, 0)]
+        self._evict_for(len(new), keep)
+        for key in new:
+            self._start(key, prefetched=True)
+            self.stats.prefetched += 1
+
+    def _score(self, layer: int, used: set[int]) -> None:
+        """Score the guesses made for ``layer``; learn co-activation from the layer before."""
+        for name, (at, g) in self._guess.items():
+            if at == layer:
+                self.stats.predicted[name] += len(g)
+                self.stats.predicted_right[name] += len(g & used)
+        self._guess = {}
+        prev = self._prev
+        if prev is not None and prev[0] == layer - 1:
+            for a in prev[1]:
+                for b in used:
+                    self._coact[layer - 1, a, b] += 1
