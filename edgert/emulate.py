@@ -184,17 +184,19 @@ class Emulation:
         return d
 
 
-def emulation(target, *, budget: int | None, model_path) -> Emulation:
+def emulation(
+    target, *, budget: int | None, model_path, overhead: int = PROCESS_OVERHEAD
+) -> Emulation:
     """The limits that emulate ``target`` (an :class:`edgert.target.Target`) for a model at
-    ``model_path``: memory = ``budget`` (default: the device's DRAM) + the process overhead,
-    flash reads throttled to the device's bandwidth."""
+    ``model_path``: memory = ``budget`` (default: the device's DRAM) + ``overhead`` (what the
+    process holds besides the model), flash reads throttled to the device's bandwidth."""
     require()
     budget = int(budget or target.dram_bytes)
     return Emulation(
         target=target.name,
-        memory_limit_bytes=budget + PROCESS_OVERHEAD,
+        memory_limit_bytes=budget + overhead,
         budget_bytes=budget,
-        process_overhead_bytes=PROCESS_OVERHEAD,
+        process_overhead_bytes=overhead,
         flash_read_bps=int(target.flash_read_mbs * 1e6),
         device=block_device(model_path),
     )
@@ -222,6 +224,19 @@ def run_emulated(argv: list[str], em: Emulation, *, name: str | None = None, **k
             "raise --dram-budget",
         )
     return p
+
+
+def baseline_rss(code: str) -> int:
+    """Resident bytes of a fresh interpreter after running ``code`` (its imports): what a
+    benchmarked process of that kind holds before its model loads."""
+    import sys
+
+    probe = (
+        f"{code}\nfor l in open('/proc/self/status'):\n"
+        "    if l.startswith('VmRSS:'): print(int(l.split()[1]) * 1024)"
+    )
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return int(p.stdout.strip().splitlines()[-1])
 
 
 def measure_flash(path, *, nbytes: int = 256 << 20, latency_reads: int = 64) -> tuple[float, float]:

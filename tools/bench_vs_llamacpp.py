@@ -8,6 +8,12 @@ this process tree. Prints a table with ratios and writes JSON.
 
 ``--peer-quant`` re-quantizes the GGUF with llama.cpp's own quantizer (Q4_0, Q2_K, ...) into the
 cache first; ``--edgert`` takes an artifact (or a model file: edgert's reference path).
+
+``--emulate TARGET --dram-budget SIZE`` runs both sides under the same device limits (root):
+a cgroup v1 memory limit of SIZE + the side's own process baseline (the RSS of an interpreter
+that imported that side's runtime, + 16 MiB) — page cache included, so what llama.cpp
+memory-maps counts — and reads throttled to TARGET's flash bandwidth, page cache dropped before
+every run; edgert gets ``--dram-budget SIZE``, llama.cpp its default mmap.
 """
 
 from __future__ import annotations
@@ -103,19 +109,31 @@ def peer_worker(model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
     }
 
 
-def run_peer(model: Path, threads: int, n_prompt: int, n_gen: int) -> dict:
+def _run(cmd: list[str], em) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """``cmd`` as a child, under the emulated device's limits when ``em`` is given."""
+    if em is None:
+        return subprocess.run(cmd, capture_output=True, text=True, check=False), None
+    from edgert.emulate import run_emulated
+
+    r = run_emulated(cmd, em, capture_output=True, text=True)
+    return r, em.usage.to_dict()
+
+
+def run_peer(model: Path, threads: int, n_prompt: int, n_gen: int, em=None) -> dict:
     code = (
         f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
         f"import bench_vs_llamacpp as b; "
         f"print(json.dumps(b.peer_worker({str(model)!r}, {threads}, {n_prompt}, {n_gen})))"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    r, usage = _run([sys.executable, "-c", code], em)
     if r.returncode:
         raise SystemExit(f"llama.cpp run failed: {r.stderr.strip()[-500:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    return {**json.loads(r.stdout.strip().splitlines()[-1]), "cgroup": usage}
 
 
-def run_edgert(art: str, threads: int, n_prompt: int, n_gen: int) -> dict:
+def run_edgert(
+    art: str, threads: int, n_prompt: int, n_gen: int, em=None, extra: tuple = ()
+) -> dict:
     exe = Path(sys.executable).parent / "edgert"
     cmd = [
         str(exe) if exe.exists() else "edgert",
@@ -130,11 +148,12 @@ def run_edgert(art: str, threads: int, n_prompt: int, n_gen: int) -> dict:
         "-r",
         "1",
         "--json",
+        *extra,
     ]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r, usage = _run(cmd, em)
     if r.returncode:
         raise SystemExit(f"edgert bench failed: {r.stderr.strip()[-500:]}")
-    return json.loads(r.stdout)
+    return {**json.loads(r.stdout), "cgroup": usage}
 
 
 def weight_bytes_per_token(art_path: str) -> int | None:
@@ -165,18 +184,47 @@ def main() -> None:
     ap.add_argument("-n", "--n-gen", type=int, default=64)
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--emulate", default=None, metavar="TARGET", help="device limits (root)")
+    ap.add_argument("--dram-budget", default=None, metavar="SIZE", help="with --emulate")
+    ap.add_argument(
+        "--edgert-args", default="", help="more `edgert bench` options, e.g. '--no-prefetch'"
+    )
     a = ap.parse_args()
     from edgert.hub import pull
 
     src = Path(a.gguf) if a.gguf else pull("smollm2-135m")
     peer = peer_quantize(src, a.peer_quant) if a.peer_quant else src
+    em = peer_em = None
+    extra = tuple(a.edgert_args.split())
+    if a.emulate:
+        from edgert.emulate import baseline_rss, emulation
+        from edgert.stream import parse_size
+        from edgert.target import load_target
+
+        if not a.dram_budget:
+            raise SystemExit("--emulate needs --dram-budget")
+        budget, tgt = parse_size(a.dram_budget), load_target(a.emulate)
+        slack = 16 << 20
+        em = emulation(  # edgert's runtime: numpy + the TVM runtime + the kernels
+            tgt, budget=budget, model_path=a.edgert,
+            overhead=baseline_rss("import edgert.runtime, edgert.stream, tvm") + slack,
+        )  # fmt: skip
+        peer_em = emulation(
+            tgt, budget=budget, model_path=peer, overhead=baseline_rss("import llama_cpp") + slack
+        )
+        if peer_em.device != em.device:
+            raise SystemExit(f"{peer} and {a.edgert} must be on the same disk (one throttle)")
+        extra += ("--dram-budget", str(budget))
     rows = []
     per_token = weight_bytes_per_token(a.edgert)
     for threads in [int(x) for x in a.threads.split(",")]:
         ours, theirs = [], []
         for _ in range(a.repetitions):  # interleaved: noise hits both sides alike
-            theirs.append(run_peer(peer, threads, a.n_prompt, a.n_gen))
-            ours.append(run_edgert(a.edgert, threads, a.n_prompt, a.n_gen))
+            theirs.append(run_peer(peer, threads, a.n_prompt, a.n_gen, peer_em))
+            ours.append(run_edgert(a.edgert, threads, a.n_prompt, a.n_gen, em, extra))
+
+        for x in ours + theirs:
+            x["cgroup_read"] = (x["cgroup"] or {}).get("disk_read_bytes", 0)
 
         def med(xs, k):
             return statistics.median(x[k] for x in xs)
@@ -192,7 +240,11 @@ def main() -> None:
             "edgert_rss": med(ours, "peak_rss_bytes"),
             "llama_rss": med(theirs, "peak_rss_bytes"),
             "samples": {"edgert": ours, "llama_cpp": theirs},
+            "emulation": {"edgert": em.to_dict(), "llama_cpp": peer_em.to_dict()} if em else None,
         }
+        if em:  # bytes each side read from the throttled disk per run (load included)
+            row["edgert_disk_read"] = med(ours, "cgroup_read")
+            row["llama_disk_read"] = med(theirs, "cgroup_read")
         row["tg_ratio"] = row["edgert_tg"] / row["llama_tg"]
         if per_token:
             from edgert.kernels.bench import dram_read_gbs
@@ -214,6 +266,18 @@ def main() -> None:
             f"{r['tg_ratio']:.2f}x |"
         )
     print(f"(medians of {a.repetitions} interleaved runs; edgert artifact {a.edgert})")
+    if em:
+        print(
+            f"emulated {em.target}: budget {em.budget_bytes / 1e6:.1f} MB + each process's "
+            f"baseline (edgert {em.process_overhead_bytes / 1e6:.1f} MB, llama.cpp "
+            f"{peer_em.process_overhead_bytes / 1e6:.1f} MB) as the memory limit, page cache "
+            f"included; reads throttled to {em.flash_read_bps / 1e6:.0f} MB/s"
+        )
+        for r in rows:
+            print(
+                f"disk reads per run, {r['threads']} thread(s): llama.cpp "
+                f"{r['llama_disk_read'] / 1e6:.1f} MB, edgert {r['edgert_disk_read'] / 1e6:.1f} MB"
+            )
     for r in rows:
         if "roofline_tg" in r:
             print(

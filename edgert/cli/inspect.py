@@ -176,7 +176,7 @@ def run(args) -> int:
             f"{p['dram_bandwidth_gbs']:g} GB/s)"
         )
     d = info.get("dram")
-    if d and "slots" in d:
+    if d and "n_experts" in d:
         print(
             f"DRAM plan  budget {d['budget'] / 1e6:.1f} MB: {d['slots']} of "
             f"{d['n_experts']} experts cached ({d['expert_bytes'] / 1e6:.2f} MB each), plan "
