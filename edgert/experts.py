@@ -126,6 +126,7 @@ class ExpertStats:
     hits: int = 0
     prefetched: int = 0
     prefetch_used: int = 0
+    prefetch_cancelled: int = 0
     evictions: int = 0
     stall_seconds: float = 0.0
     read_bytes: int = 0
@@ -146,7 +147,10 @@ class ExpertStats:
 
     @property
     def prefetch_accuracy(self) -> float:
-        return self.prefetch_used / self.prefetched if self.prefetched else 0.0
+        """Of the experts read ahead (not cancelled before their read started), the share the
+        next layer used."""
+        done = self.prefetched - self.prefetch_cancelled
+        return self.prefetch_used / done if done > 0 else 0.0
 
     def predictor_accuracy(self) -> dict[str, float]:
         return {
@@ -261,6 +265,13 @@ class ExpertCache:
         keys = [(layer, int(e)) for e in experts]
         used = {k[1] for k in keys}
         self._score(layer, used)
+        for k in [k for k, v in self._entries.items() if k[0] == layer and v.prefetched]:
+            ent = self._entries[k]
+            if k[1] not in used and not ent.used and ent.future is not None:
+                if ent.future.cancel():  # a wrong guess still queued: its bandwidth is freed
+                    del self._entries[k]
+                    self.stats.prefetch_cancelled += 1
+                    self.stats.read_bytes -= self.spans[k].nbytes
         missing = [k for k in keys if k not in self._entries]
         self._evict_for(len(missing), set(keys))
         for k in missing:
