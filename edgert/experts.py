@@ -267,11 +267,11 @@ class ExpertCache:
         self._score(layer, used)
         for k in [k for k, v in self._entries.items() if k[0] == layer and v.prefetched]:
             ent = self._entries[k]
-            if k[1] not in used and not ent.used and ent.future is not None:
-                if ent.future.cancel():  # a wrong guess still queued: its bandwidth is freed
-                    del self._entries[k]
-                    self.stats.prefetch_cancelled += 1
-                    self.stats.read_bytes -= self.spans[k].nbytes
+            # a wrong guess still queued: cancelled, its bandwidth freed
+            if k[1] not in used and not ent.used and ent.future and ent.future.cancel():
+                del self._entries[k]
+                self.stats.prefetch_cancelled += 1
+                self.stats.read_bytes -= self.spans[k].nbytes
         missing = [k for k in keys if k not in self._entries]
         self._evict_for(len(missing), set(keys))
         for k in missing:
