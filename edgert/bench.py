@@ -154,7 +154,8 @@ def bench_model(
     from edgert.engine import open_engine
 
     p = Path(path)
-    if p.is_dir() and (p / "manifest.json").exists():
+    is_art = p.is_dir() and (p / "manifest.json").exists()
+    if is_art:
         from edgert.runtime import _tvm
 
         _tvm()  # the runtime's libraries belong to the baseline, not to the model
@@ -162,7 +163,6 @@ def bench_model(
     t0 = time.perf_counter()
     engine = open_engine(p, max_ctx=n_prompt + n_gen + 16, dram_budget=dram_budget, experts=experts)
     load_s = time.perf_counter() - t0
-    is_art = p.is_dir() and (p / "manifest.json").exists()
     if is_art:
         art = engine.source.art
         size, bits = art.nbytes(), art.manifest.get("quant", {}).get("avg_bits")

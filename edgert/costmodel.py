@@ -15,7 +15,7 @@ baseline (interpreter, libraries), which the caller measures.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass
@@ -44,15 +44,7 @@ class DeviceFigures:
 
     def with_flash(self, name: str, mbs: float, latency_us: float) -> DeviceFigures:
         """These compute figures with another flash (an emulated device's, on this machine)."""
-        return DeviceFigures(
-            name,
-            self.dram_gbs,
-            self.kernel_efficiency,
-            self.gemv_gbs_per_core,
-            self.cores,
-            mbs,
-            latency_us,
-        )
+        return replace(self, name=name, flash_mbs=mbs, flash_latency_us=latency_us)
 
     @property
     def decode_gbs(self) -> float:

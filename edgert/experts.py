@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -29,6 +29,8 @@ from edgert.stream import (
     Span,
     aligned_buffer,
     fmt_size,
+    kv_cache_bytes,
+    outside_spans,
     scratch_bytes,
     span_of,
 )
@@ -86,16 +88,13 @@ class MoePlan:
         return {**asdict(self), "planned": self.planned, "streams": self.streams}
 
 
-def plan_moe(
-    art, cfg, *, max_ctx: int, budget: int | None, chunk: int = READ_CHUNK, n_batch: int = 1
-) -> MoePlan:
-    from edgert.kernels import MAX_BATCH
+def plan_moe(art, cfg, *, max_ctx: int, budget: int | None, chunk: int = READ_CHUNK) -> MoePlan:
+    from edgert.kernels import MAX_BATCH  # the engine's tokens per forward call
 
     spans = expert_spans(art, cfg)
-    in_spans = {n for s in spans.values() for n in s.buffers}
-    never = sum(e["nbytes"] for n, e in art.tensors.items() if n not in in_spans)
-    kv = 2 * cfg.n_layers * max_ctx * cfg.n_kv_heads * cfg.head_dim * 4
-    scratch = scratch_bytes(cfg, max(n_batch, MAX_BATCH))
+    never = sum(outside_spans(art, spans.values()).values())
+    kv = kv_cache_bytes(cfg, max_ctx)
+    scratch = scratch_bytes(cfg, MAX_BATCH)
     fixed = never + kv + scratch
     size = max(s.nbytes for s in spans.values())
     minimum = fixed + 2 * cfg.n_experts_used * size
@@ -130,12 +129,8 @@ class ExpertStats:
     evictions: int = 0
     stall_seconds: float = 0.0
     read_bytes: int = 0
-    predicted: dict | None = None
-    predicted_right: dict | None = None
-
-    def __post_init__(self):
-        self.predicted = self.predicted or dict.fromkeys(PREDICTORS, 0)
-        self.predicted_right = self.predicted_right or dict.fromkeys(PREDICTORS, 0)
+    predicted: dict = field(default_factory=lambda: dict.fromkeys(PREDICTORS, 0))
+    predicted_right: dict = field(default_factory=lambda: dict.fromkeys(PREDICTORS, 0))
 
     @property
     def bytes_per_call(self) -> float:
@@ -233,10 +228,7 @@ class ExpertCache:
     def _read(self, key: tuple[int, int]) -> list:
         s = self.spans[key]
         buf = aligned_buffer(s.nbytes)
-        self.reader.read_into(buf, s.offset, s.nbytes)
-        if key not in self._verified:
-            s.verify(buf, self.reader.path)
-            self._verified.add(key)
+        s.read(self.reader, buf, self._verified)
         arrays = s.arrays(buf)
         # zero-copy views of the read buffer, in the functions' argument order
         return [self._to_tensor(a) for n in expert_tensors(*key) for a in arrays[n]]

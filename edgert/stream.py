@@ -201,15 +201,21 @@ class Span:
             for name, parts in self.buffers.items()
         }
 
-    def verify(self, buf: np.ndarray, path) -> None:
-        """The artifact's checksums of every buffer read into ``buf``."""
+    def read(self, reader: FlashReader, buf: np.ndarray, verified: set) -> None:
+        """Read the span into ``buf``; on its first read (key not in ``verified``), check the
+        artifact's checksums of every buffer."""
+        reader.read_into(buf, self.offset, self.nbytes)
+        if self.key in verified:
+            return
         for name, parts in self.buffers.items():
             for rel, nb, _dt, _shape, crc in parts.values():
                 if crc32(buf[rel : rel + nb]) != crc:
                     raise ArtifactError(
-                        f"{path}: tensor {name} fails its checksum (the weight file is corrupt)",
+                        f"{reader.path}: tensor {name} fails its checksum "
+                        "(the weight file is corrupt)",
                         "copy or compile the artifact again",
                     )
+        verified.add(self.key)
 
 
 def span_of(art, names: list[str], key) -> Span:
@@ -305,6 +311,17 @@ class DramPlan:
         return d
 
 
+def kv_cache_bytes(cfg, max_ctx: int) -> int:
+    """The float32 K and V caches of every layer for ``max_ctx`` tokens."""
+    return 2 * cfg.n_layers * max_ctx * cfg.n_kv_heads * cfg.head_dim * 4
+
+
+def outside_spans(art, spans) -> dict[str, int]:
+    """Bytes of each tensor that none of ``spans`` holds (what stays resident)."""
+    in_spans = {n for s in spans for n in s.buffers}
+    return {n: e["nbytes"] for n, e in art.tensors.items() if n not in in_spans}
+
+
 def scratch_bytes(cfg, n_batch: int, n_logits: int = 1) -> int:
     """The forward pass's working memory for ``n_batch`` tokens per call: its activation buffers,
     the LUT tables (8 bytes per activation), the embeddings in and ``n_logits`` rows of logits
@@ -330,15 +347,11 @@ def plan_dram(
     from edgert.kernels import MAX_BATCH  # the engine's tokens per forward call
 
     spans = layer_spans(art, cfg.n_layers)
-    in_spans = {n for s in spans for n in s.buffers}
-    never = sum(e["nbytes"] for n, e in art.tensors.items() if n not in in_spans)
+    outside = outside_spans(art, spans)
+    never = sum(outside.values())
     head = art.manifest.get("plan", {}).get("head") or "output.weight"
-    touched = sum(
-        e["nbytes"]
-        for n, e in art.tensors.items()
-        if n not in in_spans and (n == head or n != "token_embd.weight")
-    )
-    kv = 2 * cfg.n_layers * max_ctx * cfg.n_kv_heads * cfg.head_dim * 4
+    touched = sum(b for n, b in outside.items() if n == head or n != "token_embd.weight")
+    kv = kv_cache_bytes(cfg, max_ctx)
     scratch = scratch_bytes(cfg, n_batch or MAX_BATCH)
     fixed = never + kv + scratch
     sizes = [s.nbytes for s in spans]
@@ -418,11 +431,7 @@ class LayerStreamer:
         self.reader.close()
 
     def _read(self, layer: int, buf: np.ndarray) -> None:
-        s = self.spans[layer]
-        self.reader.read_into(buf, s.offset, s.nbytes)
-        if layer not in self._verified:  # first read of this layer: the artifact's checksums
-            s.verify(buf, self.reader.path)
-            self._verified.add(layer)
+        self.spans[layer].read(self.reader, buf, self._verified)
 
     def _fill(self) -> None:
         """Submit reads, in execution order (wrapping to the next step), while buffers are free."""
