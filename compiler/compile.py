@@ -22,6 +22,9 @@ from edgert.target import Target, load_target
 
 log = logging.getLogger(__name__)
 
+#: calibration tokens for --sparse-ffn thresholds
+SPARSE_CALIB_TOKENS = 256
+
 
 @dataclass
 class CompileSummary:
@@ -88,6 +91,7 @@ def compile_model(
     calib: str | None = None,
     force: bool = False,
     dram: tuple[int, int | None] | None = None,
+    sparse_ffn: bool = False,
 ) -> CompileSummary:
     t0 = time.perf_counter()
     tgt: Target = load_target(target)
@@ -104,17 +108,33 @@ def compile_model(
             "time)",
             "compile without --dram-budget",
         )
+    if sparse_ffn and m.config.is_moe:
+        raise EdgertError(
+            "--sparse-ffn applies to dense models (a mixture of experts streams its experts)",
+            "compile without --sparse-ffn",
+        )
     m.materialize()
     times = {"load": time.perf_counter() - t0}
     t = time.perf_counter()
     bits, units = plan_bits(m, scheme, bits_budget=bits_budget, calib=calib)
     times["plan bits"] = time.perf_counter() - t
+    sparse = None
+    if sparse_ffn:
+        from edgert.compiler.calibrate import calibration_tokens
+        from edgert.compiler.sparsify import calibrate
+
+        t = time.perf_counter()
+        tokens = calibration_tokens(m, file=calib, n_tokens=SPARSE_CALIB_TOKENS)
+        thresholds, order = calibrate(m, tokens)
+        sparse = {"thresholds": thresholds, "order": order, "calib_tokens": len(tokens)}
+        times["calibrate sparsity"] = time.perf_counter() - t
     from edgert.compiler.package import write_artifact
 
     t = time.perf_counter()
     summary = write_artifact(
-        m, tgt, out, scheme=scheme, bits=bits, units=units, force=force, times=times, dram=dram
-    )
+        m, tgt, out, scheme=scheme, bits=bits, units=units, force=force, times=times, dram=dram,
+        sparse=sparse,
+    )  # fmt: skip
     times["quantize + lower + write"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     return summary

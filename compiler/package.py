@@ -61,10 +61,13 @@ def write_artifact(
     force: bool,
     times: dict[str, float],
     dram: tuple[int, int | None] | None = None,
+    sparse: dict | None = None,
 ):
     """Everything after the bit plan: returns a CompileSummary. ``dram`` = (budget bytes,
     context tokens): the DRAM plan for that budget is made (an impossible budget fails the
-    compile, naming the minimum) and recorded as the artifact's default budget."""
+    compile, naming the minimum) and recorded as the artifact's default budget. ``sparse``
+    (thresholds, order, calib_tokens from edgert.compiler.sparsify.calibrate): neuron bundles
+    are written too."""
     from edgert.compiler.compile import CompileSummary, _tvm_version
 
     from edgert.kernels import build_objects, quantize_hlq, quantize_uniform
@@ -142,6 +145,21 @@ def write_artifact(
                         stacked = m.tensor(p + f"ffn_{proj}_exps.weight")
                         put_lut(expert_name(i, proj, e), stacked[e], expert_bits[i][e], role, ev)
                     bar.update(3)
+        if sparse is not None:
+            from edgert.compiler.sparsify import write_bundles
+
+            from edgert.sparse import SPARSITIES
+
+            bf = write_bundles(w, m, layer_bits, scheme.group_size, sparse["order"])
+            sizes["bundles"] = c.n_layers * c.ffn_dim * bf.nbytes
+            w.manifest["sparse_ffn"] = {
+                "dim": bf.dim,
+                "bits": bf.bits,
+                "group": bf.group,
+                "sparsities": list(SPARSITIES),
+                "thresholds": sparse["thresholds"].tolist(),
+                "calib_tokens": sparse["calib_tokens"],
+            }
         # embeddings and head: 8-bit
         emb = quantize_q8(m.tensor("token_embd.weight"))
         w.add_tensor(

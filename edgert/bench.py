@@ -145,6 +145,7 @@ def bench_model(
     name: str | None = None,
     dram_budget: int | None = None,
     experts: dict | None = None,
+    ffn: dict | None = None,
 ):
     """Open a model file or artifact (the opening timed as load) and :func:`bench` it.
     Returns ``(result, engine)``."""
@@ -161,7 +162,9 @@ def bench_model(
         _tvm()  # the runtime's libraries belong to the baseline, not to the model
     baseline = rss_bytes()
     t0 = time.perf_counter()
-    engine = open_engine(p, max_ctx=n_prompt + n_gen + 16, dram_budget=dram_budget, experts=experts)
+    engine = open_engine(
+        p, max_ctx=n_prompt + n_gen + 16, dram_budget=dram_budget, experts=experts, ffn=ffn
+    )
     load_s = time.perf_counter() - t0
     if is_art:
         art = engine.source.art

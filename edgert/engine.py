@@ -17,6 +17,7 @@ def open_engine(
     max_ctx: int | None = None,
     dram_budget: int | None = None,
     experts: dict | None = None,
+    ffn: dict | None = None,
 ):
     """An artifact's CompiledEngine, or a ReferenceEngine over a GGUF file / HF directory;
     ``dram_budget`` (bytes) applies to artifacts only."""
@@ -28,10 +29,13 @@ def open_engine(
     if p.is_dir() and (p / "manifest.json").exists():
         from edgert.runtime import open_artifact_engine
 
-        return open_artifact_engine(p, max_ctx=max_ctx, dram_budget=dram_budget, experts=experts)
-    if dram_budget:
+        return open_artifact_engine(
+            p, max_ctx=max_ctx, dram_budget=dram_budget, experts=experts, ffn=ffn
+        )
+    if dram_budget or ffn:
         raise EdgertError(
-            "--dram-budget applies to compiled artifacts", f"compile {p.name} with `edgert compile`"
+            "--dram-budget and --sparsity apply to compiled artifacts",
+            f"compile {p.name} with `edgert compile`",
         )
     try:
         from edgert.compiler.frontends import load_model

@@ -41,8 +41,27 @@ PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up"
 _VECS = ("attn_norm", "ffn_norm", "bq", "bk", "bv", "q_norm", "k_norm")
 
 
+#: edgert_forward_abi() of modules whose structs match these
+FORWARD_ABI = 2
+
+
+class _Sparse(ctypes.Structure):
+    _fields_ = [
+        ("threshold", ctypes.c_float),
+        ("bits", _I32),
+        ("group", _I32),
+        ("dim_pad", _I64),
+        ("fetch", _P),
+        ("ctx", _P),
+    ]
+
+
 class _Layer(ctypes.Structure):
-    _fields_ = [(p, _Weight) for p in _PROJ] + [(v, _P) for v in _VECS]
+    _fields_ = (
+        [(p, _Weight) for p in _PROJ]
+        + [(v, _P) for v in _VECS]
+        + [("sparse", ctypes.POINTER(_Sparse))]
+    )
 
 
 class _Model(ctypes.Structure):
@@ -69,7 +88,11 @@ def _symbol(lib_path: str):
     try:
         lib = ctypes.CDLL(str(lib_path))
         fn = lib.edgert_forward
+        abi = lib.edgert_forward_abi
     except (OSError, AttributeError):
+        return None
+    abi.restype = _I32
+    if abi() != FORWARD_ABI:
         return None
     fn.argtypes = [ctypes.POINTER(_Model), _P, _I64, _I64, _P, _P, _I32, _P, _P, _I32]
     fn.restype = ctypes.c_int
@@ -89,6 +112,8 @@ class NativeForward:
         self._formats: dict[tuple[int, str], tuple[str, dict]] = {}
         #: the residual stream after the last call (forward updates x in place)
         self.last_x: np.ndarray | None = None
+        #: the neuron cache of sparse FFN layers (set_sparse), None: dense FFNs
+        self._sparse_cache = None
         c = cfg
         layers = (_Layer * c.n_layers)()
         for i in range(c.n_layers):
@@ -155,6 +180,25 @@ class NativeForward:
             fmt, meta = self._formats[(i, name)]
             a = None if arrays is None else arrays[f"blk.{i}.{name}.weight"]
             setattr(layer, proj, self._weight((fmt, meta, a), hold=False))
+
+    def set_sparse(self, cache) -> None:
+        """Run every layer's FFN on its active neurons, bundles from ``cache``
+        (an edgert.sparse.NeuronCache)."""
+        fmt = cache.fmt
+        self._sparse_cache = cache
+        self._sparse = [
+            _Sparse(
+                float(t),
+                fmt.bits,
+                fmt.group,
+                fmt.dim_pad,
+                ctypes.cast(cache.callback, _P),
+                None,
+            )
+            for t in cache.thresholds
+        ]
+        for i, sp in enumerate(self._sparse):
+            self._layers[i].sparse = ctypes.pointer(sp)
 
     def _weight(self, w, *, hold: bool = True) -> _Weight:
         """The C description of a weight; arrays None: its shape only (no data yet)."""
@@ -245,6 +289,11 @@ class NativeForward:
         )
         if rc == -2:
             raise EdgertError("out of memory in the forward pass")
+        if rc == -3:
+            err, self._sparse_cache.error = self._sparse_cache.error, None
+            if isinstance(err, EdgertError):
+                raise err
+            raise EdgertError(f"reading neuron bundles failed: {err}") from err
         if rc:
             raise EdgertError(
                 f"the forward pass refused its arguments ({n} tokens at position {pos}, "

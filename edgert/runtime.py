@@ -144,6 +144,7 @@ def open_artifact_engine(
     native: bool = True,
     dram_budget: int | None = None,
     experts: dict | None = None,
+    ffn: dict | None = None,
 ) -> CompiledEngine:
     """Load an artifact (schema, target and resident checksums verified) as an engine;
     ``native=False`` runs every step through the compiled functions (no C forward pass).
@@ -152,9 +153,11 @@ def open_artifact_engine(
     was compiled for, if any (and its context as the default ``max_ctx``); 0: no budget.
     A mixture of experts keeps its experts on flash and caches what the budget holds
     (edgert.experts); ``experts``: the cache's options (``policy``, ``predictor``,
-    ``prefetch``)."""
+    ``prefetch``). ``ffn``: ``sparsity`` (one the artifact was calibrated for; None: dense) and
+    ``window`` (tokens a neuron stays cached idle; 0: as long as the budget allows) run a dense
+    model's FFN on its active neurons, their bundles read from flash (edgert.sparse)."""
     from edgert.artifact import Artifact
-    from edgert.stream import PROJECTIONS, LayerStreamer, plan_dram, target_chunk
+    from edgert.stream import PROJECTIONS, LayerStreamer, plan_dram, target_chunk, target_gap
 
     # checksums are verified as the engine reads its weights, then for whatever it did not read
     art = Artifact.open(path, verify_resident=False)
@@ -171,9 +174,23 @@ def open_artifact_engine(
     if dram_budget is None and compiled:
         dram_budget, max_ctx = compiled["budget"], max_ctx or compiled["ctx"]
     max_ctx = int(max_ctx or min(cfg.context_length, 4096))
-    dram = moe = None
+    dram = moe = sparse = None
     streamed: set[str] = set()
-    if dram_budget and cfg.is_moe:
+    sparsity = (ffn or {}).get("sparsity")
+    if sparsity is not None:
+        from edgert.sparse import plan_sparse
+
+        if cfg.is_moe or not native:
+            raise EdgertError(
+                "--sparsity runs dense models through the native forward pass",
+                "run it without --sparsity",
+            )
+        sparse = plan_sparse(
+            art, cfg, max_ctx=max_ctx, budget=int(dram_budget or 0) or None,
+            sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0),
+        )  # fmt: skip
+        streamed = {f"blk.{i}.ffn_{p}.weight" for i in range(cfg.n_layers) for p in ("up", "down")}
+    elif dram_budget and cfg.is_moe:
         from edgert.experts import expert_tensors, plan_moe
 
         moe = plan_moe(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), chunk=target_chunk(art))
@@ -203,7 +220,20 @@ def open_artifact_engine(
         expert_variants=plan.get("expert_variants"),
         native=native,
     )
-    engine.dram_plan = dram or moe
+    engine.dram_plan = dram or moe or sparse
+    if sparse is not None:
+        from edgert.sparse import NeuronCache
+
+        if engine.native is None:
+            raise EdgertError(
+                f"{art.path}'s module has no native forward pass to run sparse FFNs through",
+                "recompile the artifact with this edgert version",
+            )
+        gap = (ffn or {}).get("gap_bytes")
+        engine.neurons = NeuronCache(
+            art, cfg, sparse, gap_bytes=target_gap(art) if gap is None else int(gap)
+        )
+        engine.native.set_sparse(engine.neurons)
     if moe is not None and moe.streams:
         from edgert.experts import ExpertCache
 
@@ -307,6 +337,8 @@ class CompiledEngine:
         self.dram_plan = None
         self.streamer = None
         self.expert_cache = None
+        #: the window cache of neuron bundles under --sparsity (edgert.sparse.NeuronCache)
+        self.neurons = None
 
     @property
     def flash_bytes_per_token(self) -> float:
@@ -318,14 +350,14 @@ class CompiledEngine:
     def stream_stats(self):
         """What streaming did since load (edgert.stream.StreamStats or
         edgert.experts.ExpertStats), None when nothing streams."""
-        for s in (self.streamer, self.expert_cache):
+        for s in (self.streamer, self.expert_cache, self.neurons):
             if s is not None:
                 return s.stats
         return None
 
     def close(self) -> None:
         """Stop the flash reader threads and close their files (the engine is done)."""
-        for s in (self.streamer, self.expert_cache):
+        for s in (self.streamer, self.expert_cache, self.neurons):
             if s is not None:
                 s.close()
 
@@ -418,14 +450,17 @@ class CompiledEngine:
 
     def _forward_native(self, x, cos, sin, last_only: bool) -> np.ndarray:
         """Every layer and the head in C, MAX_BATCH tokens per call (the kernels' tables of a
-        chunk stay small)."""
+        chunk stay small; fewer where the DRAM plan sized the scratch for fewer)."""
         from edgert.kernels import MAX_BATCH
 
+        batch = getattr(self.dram_plan, "batch", 0) or MAX_BATCH
         prof, n, out = self.profiler, x.shape[0], []
         times = np.zeros((self.cfg.n_layers + 1, 2)) if prof is not None else None
         run = self.streamer.forward if self.streamer is not None else self.native.forward
-        for s in range(0, n, MAX_BATCH):
-            e = min(n, s + MAX_BATCH)
+        for s in range(0, n, batch):
+            e = min(n, s + batch)
+            if self.neurons is not None:
+                self.neurons.begin_step(e - s)
             y = run(
                 x[s:e],
                 self.pos,

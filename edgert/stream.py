@@ -45,16 +45,29 @@ def read_chunk(flash_mbs: float, latency_us: float) -> int:
     return chunk
 
 
-def target_chunk(art) -> int:
-    """The read size for the flash of the device ``art`` was compiled for (its target file), or
-    :data:`READ_CHUNK` where that file is not on this machine."""
+def _flash(art) -> tuple[float, float] | None:
+    """(read MB/s, latency us) of the flash of the device ``art`` was compiled for (its target
+    file), None where that file is not on this machine."""
     from edgert.target import load_target
 
     try:
         t = load_target(art.target["name"])
     except (EdgertError, KeyError):
-        return READ_CHUNK
-    return read_chunk(t.flash_read_mbs, t.flash_latency_us)
+        return None
+    return t.flash_read_mbs, t.flash_latency_us
+
+
+def target_chunk(art) -> int:
+    """The read size for the target's flash, or :data:`READ_CHUNK` where it is not known."""
+    f = _flash(art)
+    return READ_CHUNK if f is None else read_chunk(*f)
+
+
+def target_gap(art) -> int:
+    """Bytes the target's flash transfers in one request latency: a gap between two wanted
+    ranges shorter than this costs less to read through than to skip with a second request."""
+    f = _flash(art)
+    return 0 if f is None else int(f[0] * f[1])
 
 
 _UNITS = {
@@ -317,9 +330,14 @@ def kv_cache_bytes(cfg, max_ctx: int) -> int:
 
 
 def outside_spans(art, spans) -> dict[str, int]:
-    """Bytes of each tensor that none of ``spans`` holds (what stays resident)."""
+    """Bytes of each tensor that none of ``spans`` holds (what stays resident; tensors stored
+    for streaming only, like neuron bundles, are never loaded)."""
     in_spans = {n for s in spans for n in s.buffers}
-    return {n: e["nbytes"] for n, e in art.tensors.items() if n not in in_spans}
+    return {
+        n: e["nbytes"]
+        for n, e in art.tensors.items()
+        if n not in in_spans and e["residency"] != "streamed"
+    }
 
 
 def scratch_bytes(cfg, n_batch: int, n_logits: int = 1) -> int:

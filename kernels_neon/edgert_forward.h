@@ -24,11 +24,31 @@ typedef struct {
     const void *p0, *p1, *p2;
 } edgert_weight;
 
+/* Neuron bundles (a layer's FFN on its active neurons only; edgert.sparse writes them): neuron j's
+ * up-projection row and down-projection column, each dim_pad uniform `bits`-bit codes (2, 4 or 8;
+ * element i in byte i*bits/8, low bits first), then per group of `group` elements a float16 scale
+ * and minimum (w = scale * q + min): [up codes][down codes][up scale][up min][down scale][down min]. */
+#define EDGERT_FORWARD_ABI 2
+
+/* Fills bundles[0..count) with the addresses of the listed neurons' bundles (valid until the
+ * layer's FFN is done); nonzero stops the forward pass, which then returns -3. */
+typedef int32_t (*edgert_fetch_fn)(void *ctx, int32_t layer, const int32_t *neurons, int64_t count,
+                                   const uint8_t **bundles);
+
+typedef struct {
+    float threshold;   /* a neuron is active for a token when |silu(gate)| > threshold */
+    int32_t bits, group;
+    int64_t dim_pad;   /* dim rounded up to a multiple of group */
+    edgert_fetch_fn fetch;
+    void *ctx;
+} edgert_sparse_ffn;
+
 typedef struct {
     edgert_weight wq, wk, wv, wo, gate, up, down;
     const float *attn_norm, *ffn_norm;
     const float *bq, *bk, *bv;    /* NULL: no bias */
     const float *q_norm, *k_norm; /* NULL: no q/k norm (over the whole projection) */
+    const edgert_sparse_ffn *sparse; /* NULL: the dense FFN (gate, up, down); else gate + bundles */
 } edgert_layer;
 
 typedef struct {
@@ -41,10 +61,21 @@ typedef struct {
     float *k_cache, *v_cache; /* [n_layers][max_ctx][n_kv_heads][head_dim] */
 } edgert_model;
 
+/* The layout version of the structs above (an artifact's module and the runtime must agree). */
+int32_t edgert_forward_abi(void);
+
+/* y (n, dim) = the FFN of x (n, dim) over `count` neurons (ids in neurons, bundle addresses in
+ * bundles), given a (n, ffn_dim) = silu(gate x): sum over the listed neurons j active for token t
+ * of a[t, j] (up_j . x[t]) down_j. h (n, count) is scratch. */
+void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int64_t dim,
+                       int64_t ffn_dim, const edgert_sparse_ffn *sp, const int32_t *neurons,
+                       const uint8_t *const *bundles, int64_t count, float *h, int32_t threads);
+
 /* x (n, dim): the token embeddings in, the final residual stream out. cos/sin (n, rope_dim/2) for
  * the positions. logits (n, vocab), or (1, vocab) of the last token with last_only; NULL: no head.
  * times (NULL: not measured) accumulates seconds: [layer][0] attention, [layer][1] FFN, then
- * [n_layers][0] the head. Returns 0, or -1 on bad arguments, -2 out of memory. */
+ * [n_layers][0] the head. Returns 0, or -1 on bad arguments, -2 out of memory, -3 when a sparse
+ * layer's fetch failed. */
 int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, const float *cos,
                    const float *sin, int32_t last_only, float *logits, double *times,
                    int32_t threads);

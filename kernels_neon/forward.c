@@ -24,6 +24,8 @@ typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
 __attribute__((visibility("hidden"))) void edgert_parallel_for(int64_t n, int threads,
                                                                range_fn fn, void *ctx);
 
+__attribute__((visibility("hidden"))) float edgert_h2f(uint16_t h);
+
 /* below this many multiply-adds a parallel section costs more than it saves */
 #define PARALLEL_MIN_WORK (1 << 16)
 
@@ -196,6 +198,115 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
 }
 
 /* ---- the forward pass ------------------------------------------------------------------------ */
+/* ---- FFN over neuron bundles (edgert_forward.h) ------------------------------------------- */
+int32_t edgert_forward_abi(void) { return EDGERT_FORWARD_ABI; }
+
+/* codes [0, 2^bits) of elements [begin, end) (a whole number of bytes) as floats */
+static void unpack_codes(float *out, const uint8_t *codes, int32_t bits, int64_t begin,
+                         int64_t end) {
+    if (bits == 8) {
+        for (int64_t i = begin; i < end; i++) out[i - begin] = (float)codes[i];
+    } else if (bits == 4) {
+        for (int64_t i = begin; i < end; i += 2) {
+            const uint8_t b = codes[i / 2];
+            out[i - begin] = (float)(b & 15);
+            out[i - begin + 1] = (float)(b >> 4);
+        }
+    } else { /* 2 */
+        for (int64_t i = begin; i < end; i += 4) {
+            const uint8_t b = codes[i / 4];
+            for (int j = 0; j < 4; j++) out[i - begin + j] = (float)((b >> (2 * j)) & 3);
+        }
+    }
+}
+
+typedef struct {
+    const float *x, *a;
+    int64_t n, dim, f, groups;
+    const edgert_sparse_ffn *sp;
+    const int32_t *neurons;
+    const uint8_t *const *bundles;
+    int64_t count;
+    float *h, *y;
+} bundle_ctx;
+
+#define BUNDLE_GROUP_MAX 256
+#define BUNDLE_DIM_MAX 16384
+
+/* h[t, c] = a[t, j] (up_j . x[t]) for active (t, j = neurons[c]), else 0; the row is dequantized
+ * once per neuron */
+static void bundle_up(void *vctx, int64_t begin, int64_t end) {
+    const bundle_ctx *c = vctx;
+    const edgert_sparse_ffn *sp = c->sp;
+    const int64_t g = sp->group, dp = sp->dim_pad, cb = dp * sp->bits / 8;
+    float w[BUNDLE_DIM_MAX];
+    for (int64_t k = begin; k < end; k++) {
+        const int64_t j = c->neurons[k];
+        const uint8_t *b = c->bundles[k];
+        const uint16_t *scale = (const uint16_t *)(b + 2 * cb), *mn = scale + c->groups;
+        int unpacked = 0;
+        for (int64_t t = 0; t < c->n; t++) {
+            const float at = c->a[t * c->f + j];
+            float acc = 0.f;
+            if (fabsf(at) > sp->threshold) {
+                if (!unpacked) {
+                    unpack_codes(w, b, sp->bits, 0, dp);
+                    for (int64_t q = 0; q < c->groups; q++) {
+                        const float s = edgert_h2f(scale[q]), m0 = edgert_h2f(mn[q]);
+                        for (int64_t i = q * g; i < (q + 1) * g; i++) w[i] = s * w[i] + m0;
+                    }
+                    unpacked = 1;
+                }
+                acc = at * dot(w, c->x + t * c->dim, c->dim);
+            }
+            c->h[t * c->count + k] = acc;
+        }
+    }
+}
+
+/* y[t, group q] = sum over c of h[t, c] down_j[group q], for groups [begin, end) */
+static void bundle_down(void *vctx, int64_t begin, int64_t end) {
+    const bundle_ctx *c = vctx;
+    const edgert_sparse_ffn *sp = c->sp;
+    const int64_t g = sp->group, dp = sp->dim_pad, cb = dp * sp->bits / 8;
+    float w[BUNDLE_GROUP_MAX];
+    for (int64_t q = begin; q < end; q++) {
+        const int64_t lo = q * g, hi = lo + g <= c->dim ? lo + g : c->dim;
+        for (int64_t t = 0; t < c->n; t++) memset(c->y + t * c->dim + lo, 0, (size_t)(hi - lo) * 4);
+        for (int64_t k = 0; k < c->count; k++) {
+            const uint8_t *b = c->bundles[k];
+            const uint16_t *scale = (const uint16_t *)(b + 2 * cb) + 2 * c->groups;
+            const uint16_t *mn = scale + c->groups;
+            int any = 0;
+            for (int64_t t = 0; t < c->n && !any; t++) any = c->h[t * c->count + k] != 0.f;
+            if (!any) continue;
+            unpack_codes(w, b + cb, sp->bits, lo, lo + g);
+            const float s = edgert_h2f(scale[q]), m0 = edgert_h2f(mn[q]);
+            for (int64_t i = 0; i < hi - lo; i++) w[i] = s * w[i] + m0;
+            for (int64_t t = 0; t < c->n; t++) {
+                const float ht = c->h[t * c->count + k];
+                if (ht != 0.f) axpy(c->y + t * c->dim + lo, ht, w, hi - lo);
+            }
+        }
+    }
+}
+
+void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int64_t dim,
+                       int64_t ffn_dim, const edgert_sparse_ffn *sp, const int32_t *neurons,
+                       const uint8_t *const *bundles, int64_t count, float *h, int32_t threads) {
+    const int64_t groups = sp->dim_pad / sp->group;
+    bundle_ctx c = {x, a, n, dim, ffn_dim, groups, sp, neurons, bundles, count, h, y};
+    const int64_t work = 2 * n * count * dim;
+    edgert_parallel_for(count, work >= PARALLEL_MIN_WORK ? threads : 1, bundle_up, &c);
+    edgert_parallel_for(groups, work >= PARALLEL_MIN_WORK ? threads : 1, bundle_down, &c);
+}
+
+static int valid_sparse(const edgert_sparse_ffn *sp, int64_t dim) {
+    return sp->fetch && (sp->bits == 2 || sp->bits == 4 || sp->bits == 8) && sp->group >= 8 &&
+           sp->group <= BUNDLE_GROUP_MAX && sp->group % 8 == 0 && sp->dim_pad % sp->group == 0 &&
+           sp->dim_pad >= dim && sp->dim_pad < dim + sp->group && sp->dim_pad <= BUNDLE_DIM_MAX;
+}
+
 static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
     if (!m || !m->layers || n < 1 || pos < 0 || pos + n > m->max_ctx || !m->k_cache ||
         !m->v_cache)
@@ -210,8 +321,11 @@ static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
         const int64_t shape[7][2] = {{qd, m->dim}, {kd, m->dim}, {kd, m->dim}, {m->dim, qd},
                                      {m->ffn_dim, m->dim}, {m->ffn_dim, m->dim},
                                      {m->dim, m->ffn_dim}};
-        for (int j = 0; j < 7; j++)
+        for (int j = 0; j < 7; j++) {
+            if (L->sparse && j >= 5) break; /* up and down come from the bundles */
             if (!w[j]->p0 || w[j]->m != shape[j][0] || w[j]->k != shape[j][1]) return 0;
+        }
+        if (L->sparse && !valid_sparse(L->sparse, m->dim)) return 0;
         if (!L->attn_norm || !L->ffn_norm) return 0;
     }
     return m->head.p0 && m->head.k == m->dim && m->output_norm;
@@ -224,7 +338,14 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
     const int64_t d = m->dim, hd = m->head_dim, qd = m->n_heads * hd, kd = m->n_kv_heads * hd;
     const int64_t f = m->ffn_dim, half = m->rope_dim / 2;
     float *buf = malloc((size_t)(n * (2 * d + 2 * qd + 2 * kd + 2 * f)) * sizeof(float));
-    if (!buf) return -2;
+    int32_t *active = malloc((size_t)f * sizeof(int32_t));
+    const uint8_t **bundles = malloc((size_t)f * sizeof(*bundles));
+    if (!buf || !active || !bundles) {
+        free(buf);
+        free(active);
+        free(bundles);
+        return -2;
+    }
     float *xn = buf, *q = xn + n * d, *k = q + n * qd, *v = k + n * kd, *att = v + n * kd;
     float *o = att + n * qd, *g = o + n * d, *u = g + n * f;
     double t0 = times ? seconds() : 0.0;
@@ -270,14 +391,33 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
             t0 = t;
         }
         for (int64_t i = 0; i < n; i++) rms_norm(xn + i * d, x + i * d, L->ffn_norm, d, m->rms_eps);
-        {
+        if (L->sparse) { /* gate, then only the neurons some token activates */
+            const edgert_sparse_ffn *sp = L->sparse;
+            linear(&L->gate, xn, n, g, threads);
+            for (int64_t j = 0; j < n * f; j++) g[j] = g[j] / (1.f + expf(-g[j]));
+            int64_t count = 0;
+            for (int64_t j = 0; j < f; j++)
+                for (int64_t i = 0; i < n; i++)
+                    if (fabsf(g[i * f + j]) > sp->threshold) {
+                        active[count++] = (int32_t)j;
+                        break;
+                    }
+            if (count && sp->fetch(sp->ctx, l, active, count, bundles)) {
+                rc = -3;
+                break;
+            }
+            if (count) {
+                edgert_bundle_ffn(o, xn, g, n, d, f, sp, active, bundles, count, u, threads);
+                for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
+            }
+        } else {
             const edgert_weight *w[2] = {&L->gate, &L->up};
             float *const y[2] = {g, u};
             linear_multi(2, w, xn, n, y, threads);
+            for (int64_t j = 0; j < n * f; j++) g[j] = g[j] / (1.f + expf(-g[j])) * u[j];
+            linear(&L->down, g, n, o, threads);
+            for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
         }
-        for (int64_t j = 0; j < n * f; j++) g[j] = g[j] / (1.f + expf(-g[j])) * u[j];
-        linear(&L->down, g, n, o, threads);
-        for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
         if (times) {
             const double t = seconds();
             times[2 * l + 1] += t - t0;
@@ -292,5 +432,7 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
         if (times) times[2 * m->n_layers] += seconds() - t0;
     }
     free(buf);
+    free(active);
+    free(bundles);
     return rc;
 }

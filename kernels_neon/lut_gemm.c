@@ -53,6 +53,10 @@ static inline float h2f(uint16_t h) {
     return f;
 }
 
+/* shared with forward.c (not exported from the library) */
+__attribute__((visibility("hidden"))) float edgert_h2f(uint16_t h);
+float edgert_h2f(uint16_t h) { return h2f(h); }
+
 /* ---- activation tables --------------------------------------------------------------------- */
 typedef struct {
     int64_t k, kpad, k4, groups;

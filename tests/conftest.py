@@ -147,6 +147,18 @@ def make_test_onnx_models(d: Path) -> dict[str, Path]:
     return paths
 
 
+def greedy_tokens(engine, prompts: list[str], n: int) -> list[list[int]]:
+    """``n`` greedy tokens after each prompt (the engine reset before each; no stop at EOS)."""
+    from edgert.generate import Sampler, generate
+
+    out = []
+    for p in prompts:
+        engine.reset()
+        r = generate(engine, prompt=p, n_predict=n, sampler=Sampler(temp=0), stop_at_eos=False)
+        out.append(r.tokens)
+    return out
+
+
 def reference_tokens(art_path, prompt: str, n: int = 16) -> list[int]:
     """Greedy tokens of the reference forward on an artifact's own (dequantized) weights."""
     from edgert.artifact import Artifact

@@ -73,6 +73,7 @@ def run(args) -> int:
             reps=args.repetitions or 3,
             dram_budget=dram_budget(args),
             experts=expert_options(args),
+            ffn=_ffn_options(args),
         )
         from edgert.stream import DramPlan
 
@@ -86,6 +87,18 @@ def run(args) -> int:
     else:
         print(table(r))
     return 0
+
+
+def _ffn_options(args) -> dict | None:
+    """--sparsity options; reads are joined across gaps of what --flash-figures' device reads in
+    one latency (an emulated device's flash, not the artifact target's)."""
+    from edgert.cli.common import ffn_options
+
+    ffn = ffn_options(args)
+    if ffn is not None and args.flash_figures:
+        _name, mbs, lat = args.flash_figures.split(",")
+        ffn["gap_bytes"] = int(float(mbs) * float(lat))
+    return ffn
 
 
 def _figures(args, engine, threads: int):
@@ -135,6 +148,8 @@ def _bench_emulated(args, path, threads: int):
             "--expert-predictor", args.expert_predictor]  # fmt: skip
     if args.no_prefetch:
         argv.append("--no-prefetch")
+    if args.sparsity is not None:
+        argv += ["--sparsity", str(args.sparsity), "--window", str(args.window)]
     p = run_emulated(argv, em, capture_output=True, text=True)
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["(no output)"]

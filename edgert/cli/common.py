@@ -37,6 +37,34 @@ def add_dram_budget(p, *, experts: bool = True) -> None:
     )
     if experts:
         add_expert_options(p)
+    add_ffn_options(p)
+
+
+def add_ffn_options(p) -> None:
+    """FFN sparsity (artifacts compiled with --sparse-ffn)."""
+    p.add_argument(
+        "--sparsity", type=float, default=None, metavar="S",
+        help="dense artifacts compiled with --sparse-ffn: compute only the FFN neurons above "
+        "the threshold calibrated for this fraction off (e.g. 0.5); their bundles are read from "
+        "flash into a window cache (changes results; default: dense)",
+    )  # fmt: skip
+    p.add_argument(
+        "--window", type=int, default=0, metavar="K",
+        help="with --sparsity: drop neurons from the cache once idle K tokens (0: keep them "
+        "while the budget has room)",
+    )  # fmt: skip
+
+
+def ffn_options(args) -> dict | None:
+    from edgert.errors import EdgertError
+
+    if args.sparsity is None:
+        if args.window:
+            raise EdgertError("--window goes with --sparsity")
+        return None
+    if not 0 <= args.sparsity < 1 or args.window < 0:
+        raise EdgertError("--sparsity is a fraction in [0, 1), --window a count >= 0")
+    return {"sparsity": args.sparsity, "window": args.window}
 
 
 def add_expert_options(p) -> None:

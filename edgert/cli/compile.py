@@ -47,6 +47,12 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--ctx", type=int, default=None, help="context the --dram-budget plan keeps a KV cache for"
     )
+    p.add_argument(
+        "--sparse-ffn",
+        action="store_true",
+        help="also write each FFN as neuron bundles with sparsity thresholds calibrated per "
+        "layer (run with --sparsity: only active neurons are computed and read from flash)",
+    )
     p.add_argument("-o", "--output", default=None, help="artifact directory (NAME.edgert)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -62,8 +68,8 @@ def run(args) -> int:
     from edgert.target import load_target
 
     if Path(args.model).suffix.lower() == ".onnx":
-        if args.dram_budget or args.ctx:
-            raise EdgertError("--dram-budget and --ctx apply to language models")
+        if args.dram_budget or args.ctx or args.sparse_ffn:
+            raise EdgertError("--dram-budget, --ctx and --sparse-ffn apply to language models")
         return _compile_onnx(args)
     if args.input_shape:
         raise EdgertError("--input-shape applies to ONNX models only")
@@ -87,6 +93,7 @@ def run(args) -> int:
         calib=args.calib,
         force=args.force,
         dram=None if budget is None else (budget, args.ctx),
+        sparse_ffn=args.sparse_ffn,
     )
     return _report(args, s, f"wrote {s.out} ({s.fmt}, {s.avg_bits:.2f} bits/weight avg, "
                             f"target {s.target})")  # fmt: skip

@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from edgert.cli.common import dram_budget, expert_options, resolve_model
+    from edgert.cli.common import dram_budget, expert_options, ffn_options, resolve_model
     from edgert.engine import open_engine
     from edgert.generate import Sampler, generate
 
@@ -37,6 +37,7 @@ def run(args) -> int:
         max_ctx=args.ctx,
         dram_budget=dram_budget(args),
         experts=expert_options(args),
+        ffn=ffn_options(args),
     )
     prompt = args.prompt
     if args.chat:

@@ -12,7 +12,9 @@ def add_arguments(p) -> None:
     p.add_argument("--ctx", type=int, default=None, help="context for the plan (model's, max 4096)")
 
 
-def inspect_artifact(path, *, dram_budget: int | None = None, ctx: int | None = None) -> dict:
+def inspect_artifact(
+    path, *, dram_budget: int | None = None, ctx: int | None = None, sparsity: float | None = None
+) -> dict:
     """What `edgert inspect` shows, as a dict (no checksum verification: it only reads).
     Dense models: the DRAM plan for ``dram_budget`` (default: the compiled one) at ``ctx`` and
     the cost model's decode prediction on the artifact's target."""
@@ -58,7 +60,7 @@ def inspect_artifact(path, *, dram_budget: int | None = None, ctx: int | None = 
         from edgert.target import load_target
 
         t = load_target(art.target["name"])
-        per_token = by_res["resident"] + by_res["streamed"]
+        per_token = by_res["resident"]  # what a dense step reads (bundles only with --sparsity)
         info["prediction"] = {
             "weight_bytes_per_token": per_token,
             "dram_bandwidth_gbs": t.dram_bandwidth_gbs,
@@ -86,6 +88,16 @@ def inspect_artifact(path, *, dram_budget: int | None = None, ctx: int | None = 
         if t is not None:
             fig = DeviceFigures.from_target(t)
             info["prediction"]["cost_model"] = predict_decode(plan, fig, pos=ctx // 2).to_dict()
+    sp = m.get("sparse_ffn")
+    if sp:
+        info["sparse_ffn"] = {k: sp[k] for k in ("bits", "group", "sparsities", "calib_tokens")}
+        info["sparse_ffn"]["bundle_bytes"] = by_res["streamed"]
+    if sparsity is not None:
+        from edgert.sparse import plan_sparse
+
+        info["sparse_plan"] = plan_sparse(
+            art, cfg, max_ctx=ctx, budget=dram_budget or None, sparsity=sparsity
+        ).to_dict()
     return info
 
 
@@ -136,7 +148,9 @@ def _print_dnn(info: dict) -> None:
 def run(args) -> int:
     from edgert.cli.common import dram_budget, print_json
 
-    info = inspect_artifact(args.artifact, dram_budget=dram_budget(args), ctx=args.ctx)
+    info = inspect_artifact(
+        args.artifact, dram_budget=dram_budget(args), ctx=args.ctx, sparsity=args.sparsity
+    )
     if args.json:
         print_json(info)
         return 0
@@ -190,6 +204,21 @@ def run(args) -> int:
             f"DRAM plan  {budget} at ctx {d['max_ctx']}: {len(d['streamed'])} of "
             f"{len(d['layer_bytes'])} layers stream ({d['streamed_bytes_per_token'] / 1e6:.1f} MB "
             f"per token), plan {d['planned'] / 1e6:.1f} MB, minimum {d['minimum'] / 1e6:.1f} MB"
+        )
+    s = info.get("sparse_ffn")
+    if s:
+        print(
+            f"sparse FFN neuron bundles: {s['bits']}-bit g{s['group']}, "
+            f"{s['bundle_bytes'] / 2**20:.1f} MiB on flash; --sparsity "
+            + ", ".join(f"{x:g}" for x in s["sparsities"])
+            + f" (calibrated on {s['calib_tokens']} tokens)"
+        )
+    sp = info.get("sparse_plan")
+    if sp:
+        print(
+            f"sparse plan --sparsity {sp['sparsity']:g}: window cache {sp['slots']} of "
+            f"{sp['neurons']} neurons ({sp['slots'] * sp['bundle_bytes'] / 1e6:.1f} MB), plan "
+            f"{sp['planned'] / 1e6:.1f} MB, minimum {sp['minimum'] / 1e6:.1f} MB"
         )
     c = (p or {}).get("cost_model")
     if c:

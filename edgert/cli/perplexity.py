@@ -11,10 +11,13 @@ def add_arguments(p) -> None:
     p.add_argument("-c", "--ctx", type=int, default=512, help="tokens per chunk (512)")
     p.add_argument("--chunks", type=int, default=None, help="evaluate at most this many chunks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from edgert.cli.common import add_dram_budget
+
+    add_dram_budget(p, experts=False)
 
 
 def run(args) -> int:
-    from edgert.cli.common import print_json, resolve_model
+    from edgert.cli.common import dram_budget, ffn_options, print_json, resolve_model
     from edgert.engine import open_engine
     from edgert.errors import EdgertError
     from edgert.perplexity import perplexity
@@ -27,7 +30,12 @@ def run(args) -> int:
         raise EdgertError(f"no such text file: {path}") from e
     except (OSError, UnicodeDecodeError) as e:
         raise EdgertError(f"cannot read {path} as UTF-8 text: {e}") from e
-    engine = open_engine(resolve_model(args.model), max_ctx=args.ctx)
+    engine = open_engine(
+        resolve_model(args.model),
+        max_ctx=args.ctx,
+        dram_budget=dram_budget(args),
+        ffn=ffn_options(args),
+    )
     tok = engine.tokenizer
     tokens = tok.encode(text)
     bos = tok.meta.bos_id if tok.meta.add_bos else None
@@ -46,8 +54,10 @@ def run(args) -> int:
             max_chunks=args.chunks,
             on_chunk=on_chunk,
         )
+    stats = getattr(engine, "stream_stats", None)
     if args.json:
-        print_json({**res.to_dict(), "tokens": len(tokens)})
+        extra = {"stream": stats.to_dict()} if stats is not None else {}
+        print_json({**res.to_dict(), "tokens": len(tokens), **extra})
     else:
         print(
             f"ppl = {res.ppl:.4f} over {res.scored} scored tokens "

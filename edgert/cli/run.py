@@ -198,7 +198,7 @@ def _print_outputs(args, outs: dict, saved: str | None, *, load_s, run_ms: float
 
 
 def _run_llm(args) -> int:
-    from edgert.cli.common import dram_budget, expert_options
+    from edgert.cli.common import dram_budget, expert_options, ffn_options
     from edgert.cli.generate import report
     from edgert.generate import Sampler, generate
     from edgert.runtime import open_artifact_engine
@@ -208,6 +208,7 @@ def _run_llm(args) -> int:
         max_ctx=args.ctx,
         dram_budget=dram_budget(args),
         experts=expert_options(args),
+        ffn=ffn_options(args),
     )
     if not args.json:
         sys.stdout.write(args.prompt)

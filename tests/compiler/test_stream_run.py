@@ -12,12 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL_MODEL
+from conftest import SMALL_MODEL, greedy_tokens
 from edgert.compiler.quant import QuantScheme
 
 from edgert.artifact import ArtifactError
 from edgert.errors import EdgertError
-from edgert.generate import Sampler, generate
 from edgert.runtime import open_artifact_engine
 from edgert.stream import FlashError, FlashReader, layer_spans, plan_dram
 
@@ -44,12 +43,7 @@ def art(tmp_path_factory):
 
 
 def tokens(engine, n=32):
-    out = []
-    for p in PROMPTS:
-        engine.reset()
-        r = generate(engine, prompt=p, n_predict=n, sampler=Sampler(temp=0), stop_at_eos=False)
-        out.append(r.tokens)
-    return out
+    return greedy_tokens(engine, PROMPTS, n)
 
 
 def budgets(path, max_ctx):
@@ -164,8 +158,8 @@ def test_flash_reader_short_reads_and_truncation(tmp_path):
 
 SOAK = """
 import json, sys
-from edgert.runtime import open_artifact_engine
 from edgert.generate import Sampler, generate
+from edgert.runtime import open_artifact_engine
 from edgert.bench import peak_rss_bytes, rss_bytes  # VmHWM: ru_maxrss carries pytest's peak
 path, budget, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 import tvm  # the runtime's own footprint belongs to the baseline

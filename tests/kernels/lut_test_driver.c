@@ -148,6 +148,7 @@ static edgert_weight f32_weight(int64_t m, int64_t k) {
 static void forward_case(int neox) {
     enum { L = 2, D = 40, H = 4, KV = 2, HD = 10, F = 24, V = 37, CTX = 12, N = 7 };
     edgert_layer layers[L];
+    memset(layers, 0, sizeof layers); /* every optional part (biases, norms, sparse FFN) off */
     for (int l = 0; l < L; l++) {
         edgert_layer *y = &layers[l];
         y->wq = f32_weight(H * HD, D);

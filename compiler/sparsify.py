@@ -1,0 +1,67 @@
+"""Neuron bundles for FFN sparsity (``edgert compile --sparse-ffn``; see edgert.sparse).
+
+Calibration runs the float model over calibration tokens and records every FFN neuron's gated
+activation |silu(gate x)|. Per layer and target sparsity s, the threshold is the s-quantile of
+those values (a fraction s of neurons falls below it on calibration text). Neurons are stored in
+order of how often they pass the threshold of the middle sparsity, hot first.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from edgert.reference import ReferenceEngine, silu
+from edgert.sparse import INDEX, SPARSITIES, BundleFormat, bundle_name, pack_bundles
+
+
+class _Recorder(ReferenceEngine):
+    """The reference forward that keeps each layer's |silu(gate x)|."""
+
+    def __init__(self, model, **kw):
+        super().__init__(model, **kw)
+        self.acts: list[list[np.ndarray]] = [[] for _ in range(model.config.n_layers)]
+
+    def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
+        g = silu(self._mm(x, f"blk.{i}.ffn_gate.weight"))
+        self.acts[i].append(np.abs(g).astype(np.float32))
+        return super()._ffn(i, x)
+
+
+def calibrate(model, tokens: list[int], sparsities=SPARSITIES) -> tuple[np.ndarray, np.ndarray]:
+    """(thresholds (len(sparsities), n_layers), hot-first neuron order (n_layers, ffn_dim))."""
+    eng = _Recorder(model, max_ctx=len(tokens))
+    eng.forward(tokens)
+    c = model.config
+    thr = np.zeros((len(sparsities), c.n_layers), np.float64)
+    order = np.zeros((c.n_layers, c.ffn_dim), np.int32)
+    mid = 0.5  # hotness: how often a neuron is in the top half
+    for i in range(c.n_layers):
+        a = np.concatenate(eng.acts[i])  # (tokens, ffn_dim)
+        thr[:, i] = np.quantile(a, sparsities)
+        hot = (a > np.quantile(a, mid)).mean(axis=0)
+        order[i] = np.argsort(-hot, kind="stable")
+    thr[np.asarray(sparsities) == 0] = -1.0  # sparsity 0: every neuron, whatever its value
+    return thr, order
+
+
+def write_bundles(w, model, layer_bits: list[int], group: int, order: np.ndarray) -> BundleFormat:
+    """Each layer's bundles (file order ``order``) as a streamed tensor, and the resident index
+    of neurons and checksums; returns their format."""
+    c = model.config
+    crc = np.zeros((c.n_layers, c.ffn_dim), np.uint32)
+    fmt = BundleFormat.for_layer_bits(c.dim, max(layer_bits), group)
+    for i in range(c.n_layers):
+        up = model.tensor(f"blk.{i}.ffn_up.weight")[order[i]]
+        down = model.tensor(f"blk.{i}.ffn_down.weight")[:, order[i]]
+        b = pack_bundles(up, down, fmt)
+        crc[i] = [zlib.crc32(r) for r in b]
+        w.add_tensor(
+            bundle_name(i),
+            {"data": b},
+            residency="streamed",
+            meta={"format": "bundles", "shape": list(b.shape)},
+        )
+    w.add_tensor(INDEX, {"order": order, "crc": crc}, meta={"format": "index", "shape": []})
+    return fmt

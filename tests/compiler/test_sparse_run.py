@@ -1,0 +1,220 @@
+"""FFN sparsity over neuron bundles (compile --sparse-ffn, run --sparsity): the bundle format
+round-trips, the C kernel equals numpy, the sparse forward pass equals a numpy forward that drops
+the same neurons, the window cache's size never changes tokens, and corrupt or missing bundles
+end in clear errors."""
+
+import ctypes
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import SMALL_MODEL, greedy_tokens
+from edgert.compiler.quant import QuantScheme
+
+from edgert.artifact import Artifact, ArtifactError
+from edgert.errors import EdgertError
+from edgert.kernels import build_shared
+from edgert.native import _Sparse
+from edgert.reference import ReferenceEngine, silu
+from edgert.runtime import open_artifact_engine, reference_model
+from edgert.sparse import (
+    SPARSITIES,
+    BundleFormat,
+    SparseSpec,
+    bundle_name,
+    pack_bundles,
+    plan_sparse,
+    unpack_bundles,
+)
+
+PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    from edgert.compiler.compile import compile_model
+    from make_synthetic_gguf import make_synthetic_gguf
+
+    d = tmp_path_factory.mktemp("sparse")
+    g = make_synthetic_gguf(
+        out=d / "m.gguf", arch="llama", qtype="F32", progress=False, layers=4, **SMALL_MODEL
+    )
+    return compile_model(
+        model=g,
+        target="host",
+        out=d / "m.edgert",
+        scheme=QuantScheme("uniform", 4, 32),
+        sparse_ffn=True,
+    ).out
+
+
+def tokens(engine, n=24):
+    return greedy_tokens(engine, PROMPTS, n)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_bundles_round_trip_within_a_quantization_step(bits):
+    rng = np.random.default_rng(bits)
+    dim, f = 72, 40  # dim not a multiple of the group
+    up, down = rng.standard_normal((f, dim)), rng.standard_normal((dim, f))
+    fmt = BundleFormat(dim, bits, 32)
+    b = pack_bundles(up, down, fmt)
+    assert b.shape == (f, fmt.nbytes) and b.dtype == np.uint8
+    u, d = unpack_bundles(b, fmt)
+    # each group's step is (max - min) / (2^bits - 1); rounding is within half a step (+ f16)
+    for w, got in ((up, u), (down.T, d.T)):
+        wp = np.zeros((f, fmt.dim_pad))
+        wp[:, :dim] = w
+        g = wp.reshape(f, fmt.groups, fmt.group)
+        step = (g.max(2) - g.min(2)) / ((1 << bits) - 1)
+        err = np.abs(got - w).reshape(f, -1)
+        bound = np.repeat(step, fmt.group, axis=1)[:, :dim] * 0.51 + 2e-3 * np.abs(w).max()
+        assert (err <= bound).all()
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_bundle_ffn_kernel_equals_numpy(n):
+    lib = ctypes.CDLL(str(build_shared()))
+    fn = lib.edgert_bundle_ffn
+    rng = np.random.default_rng(n)
+    dim, f, bits = 100, 64, 4
+    fmt = BundleFormat(dim, bits, 32)
+    up, down = rng.standard_normal((f, dim)), rng.standard_normal((dim, f))
+    b = pack_bundles(up, down, fmt)
+    u, d = unpack_bundles(b, fmt)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    a = silu(rng.standard_normal((n, f))).astype(np.float32)
+    thr = 0.3
+    neurons = np.array([j for j in range(f) if (np.abs(a[:, j]) > thr).any()], np.int32)
+    order = rng.permutation(len(neurons))  # any order of the listed neurons
+    neurons = neurons[order]
+    ptrs = np.array([b[j].ctypes.data for j in neurons], np.uint64)
+    sp = _Sparse(thr, bits, 32, fmt.dim_pad, None, None)
+    y = np.zeros((n, dim), np.float32)
+    h = np.zeros((n, len(neurons)), np.float32)
+    P = ctypes.c_void_p
+    fn.argtypes = [P, P, P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, P, P, P,
+                   ctypes.c_int64, P, ctypes.c_int32]  # fmt: skip
+    fn.restype = None
+    for threads in (1, 2):
+        fn(y.ctypes.data, x.ctypes.data, a.ctypes.data, n, dim, f, ctypes.addressof(sp),
+           neurons.ctypes.data, ptrs.ctypes.data, len(neurons), h.ctypes.data, threads)  # fmt: skip
+        mask = np.abs(a) > thr
+        want = ((a * mask) * (x @ u.T)) @ d.T
+        np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_thresholds_rise_with_sparsity(art):
+    spec = SparseSpec.of(Artifact.open(art))
+    assert spec.sparsities == list(SPARSITIES)
+    t = np.array(spec.thresholds)
+    assert t.shape == (len(SPARSITIES), 4)
+    assert (np.diff(t, axis=0) > 0).all()
+
+
+class _SparseReference(ReferenceEngine):
+    """The numpy forward on the artifact's weights with the bundles' up/down and the same
+    neurons dropped."""
+
+    def __init__(self, model, thresholds, weights, **kw):
+        super().__init__(model, **kw)
+        self.thr, self.weights = thresholds, weights
+
+    def _ffn(self, i, x):
+        g = silu(self._mm(x, f"blk.{i}.ffn_gate.weight"))
+        up, down = self.weights[i]
+        return ((g * (np.abs(g) > self.thr[i])) * (x @ up.T)) @ down.T
+
+
+@pytest.mark.parametrize("sparsity", [None, 0.5, 0.8])
+def test_sparse_forward_equals_numpy_dropping_the_same_neurons(art, sparsity):
+    """None: every neuron active (threshold -1), so the bundle path is checked as tightly as the
+    dense one (LUT activation tables, 5e-4 relative here); at a real threshold the C pass and
+    numpy may disagree on neurons within rounding of it, so logits are checked looser and their
+    argmax exactly."""
+    a = Artifact.open(art)
+    spec = SparseSpec.of(a)
+    index = a.read_tensor("ffn_bundle_index")
+    weights = []
+    for i in range(4):
+        u, d = unpack_bundles(a.read_tensor(bundle_name(i))["data"], spec.fmt)
+        inv = np.argsort(index["order"][i])  # bundles are stored hot-first
+        weights.append((u[inv], d[:, inv]))
+    eng = open_artifact_engine(art, max_ctx=64, ffn={"sparsity": sparsity or 0.5})
+    if sparsity is None:
+        thr, tol = [-1.0] * 4, 1e-3
+        for sp in eng.native._sparse:
+            sp.threshold = -1.0
+    else:
+        thr, tol = spec.thresholds_for(sparsity), 2e-2
+    ref = _SparseReference(reference_model(a), thr, weights, max_ctx=64)
+    toks = [5, 17, 99, 3, 250, 7, 42]
+    for step in (toks, [11]):  # a prompt, then one decode step
+        want, got = ref.forward(step), eng.forward(step)
+        assert np.abs(got - want).max() <= tol * np.abs(want).max()
+        assert (got.argmax(-1) == want.argmax(-1)).all()
+    st = eng.stream_stats
+    assert st.decode_calls == 1
+    assert st.active_fraction == 1 if sparsity is None else 0 < st.active_fraction < 1
+    eng.close()
+
+
+def test_window_cache_size_never_changes_tokens(art):
+    a = Artifact.open(art)
+    full = open_artifact_engine(art, max_ctx=64, ffn={"sparsity": 0.5})
+    want = tokens(full)
+    assert full.stream_stats.hit_rate > 0.5  # every neuron read stays cached
+    full.close()
+    minimum = plan_sparse(a, a.config(), max_ctx=64, budget=1 << 40, sparsity=0.5).minimum
+    B = SparseSpec.of(a).fmt.nbytes
+    reads = []
+    for budget, window in ((minimum, 0), (minimum + 300 * B, 0), (minimum + 300 * B, 2)):
+        e = open_artifact_engine(
+            art, max_ctx=64, dram_budget=budget, ffn={"sparsity": 0.5, "window": window}
+        )
+        assert tokens(e) == want, (budget, window)
+        assert e.dram_plan.planned <= budget
+        reads.append(e.stream_stats.hit_rate)
+        e.close()
+    assert reads[0] == 0 < reads[1]  # no cache at the minimum: every active neuron is read
+
+
+def test_budget_below_minimum_is_refused(art):
+    a = Artifact.open(art)
+    minimum = plan_sparse(a, a.config(), max_ctx=64, budget=1 << 40, sparsity=0.5).minimum
+    with pytest.raises(EdgertError, match="below the minimum for --sparsity"):
+        open_artifact_engine(art, max_ctx=64, dram_budget=minimum - 1, ffn={"sparsity": 0.5})
+
+
+def test_corrupt_bundle_is_a_clear_error(art, tmp_path):
+    bad = tmp_path / "bad.edgert"
+    shutil.copytree(art, bad)
+    m = json.loads((bad / "manifest.json").read_text())
+    e = m["tensors"][bundle_name(0)]
+    with open(bad / e["file"], "r+b") as f:  # every byte of layer 0's bundles
+        f.seek(e["buffers"]["data"]["offset"])
+        f.write(b"\xff" * e["buffers"]["data"]["nbytes"])
+    eng = open_artifact_engine(bad, max_ctx=64, ffn={"sparsity": 0.5})
+    with pytest.raises(ArtifactError, match="fails its checksum"):
+        eng.forward([1, 2, 3])
+    eng.close()
+
+
+def test_cli_errors_name_the_fix(art, tmp_path):
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "edgert", *args], capture_output=True, text=True, check=False
+        )
+
+    r = run("generate", str(art), "-p", "hi", "-n", "2", "--sparsity", "0.42")
+    assert r.returncode == 2 and "0.42 was not calibrated" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = run("generate", str(art), "-p", "hi", "-n", "2", "--window", "3")
+    assert r.returncode == 2 and "--window goes with --sparsity" in r.stderr
+    r = run("generate", str(art), "-p", "hi", "-n", "4", "--sparsity", "0.5", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert len(out["tokens"]) == 4 and out["stream"]["flash_bytes"] > 0
