@@ -178,7 +178,7 @@ def open_artifact_engine(
     streamed: set[str] = set()
     sparsity = (ffn or {}).get("sparsity")
     if sparsity is not None:
-        from edgert.sparse import plan_sparse
+        from edgert.sparse import ffn_tensors, plan_sparse
 
         if cfg.is_moe or not native:
             raise EdgertError(
@@ -189,7 +189,7 @@ def open_artifact_engine(
             art, cfg, max_ctx=max_ctx, budget=int(dram_budget or 0) or None,
             sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0),
         )  # fmt: skip
-        streamed = {f"blk.{i}.ffn_{p}.weight" for i in range(cfg.n_layers) for p in ("up", "down")}
+        streamed = ffn_tensors(cfg)
     elif dram_budget and cfg.is_moe:
         from edgert.experts import expert_tensors, plan_moe
 

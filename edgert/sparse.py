@@ -23,7 +23,7 @@ import ctypes
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -31,11 +31,14 @@ from edgert.artifact import PAGE, ArtifactError
 from edgert.errors import EdgertError
 from edgert.stream import (
     FlashReader,
-    FlashStats,
+    StreamStats,
     aligned_buffer,
     fmt_size,
     kv_cache_bytes,
+    resident_besides,
     scratch_bytes,
+    target_chunk,
+    touched_per_step,
 )
 
 BUNDLE_BITS = (2, 4, 8)
@@ -48,6 +51,11 @@ SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 def bundle_name(layer: int) -> str:
     return f"blk.{layer}.ffn_bundles"
+
+
+def ffn_tensors(cfg) -> set[str]:
+    """The dense up/down projections the bundles stand in for (never loaded under --sparsity)."""
+    return {f"blk.{i}.ffn_{p}.weight" for i in range(cfg.n_layers) for p in ("up", "down")}
 
 
 INDEX = "ffn_bundle_index"  # resident: per layer and file position, the neuron and its crc32
@@ -186,7 +194,6 @@ class SparsePlan:
     bundle_bytes: int
     slots: int
     neurons: int  # bundles in all (layers x ffn_dim)
-    minimum: int
     max_ctx: int = 0
     #: FFN up/down bytes of the dense layers (what streaming whole layers would read)
     dense_ffn_bytes: int = 0
@@ -194,6 +201,11 @@ class SparsePlan:
     resident_touched: int = 0
     #: tokens per forward call (the scratch is sized for it)
     batch: int = 0
+
+    @property
+    def minimum(self) -> int:
+        """The plan with no cache: every active neuron read each step."""
+        return self.fixed
 
     @property
     def planned(self) -> int:
@@ -215,7 +227,7 @@ class SparsePlan:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(planned=self.planned, all_bundle_bytes=self.all_bundle_bytes)
+        d.update(planned=self.planned, minimum=self.minimum, all_bundle_bytes=self.all_bundle_bytes)
         return d
 
 
@@ -234,15 +246,10 @@ def plan_sparse(
 
     spec = SparseSpec.of(art)
     spec.thresholds_for(sparsity)
-    ffn = {f"blk.{i}.ffn_{p}.weight" for i in range(cfg.n_layers) for p in ("up", "down")}
-    resident = {
-        n: e["nbytes"]
-        for n, e in art.tensors.items()
-        if e["residency"] == "resident" and n not in ffn
-    }
+    ffn = ffn_tensors(cfg)
+    resident = resident_besides(art, ffn)
     never = sum(resident.values())
-    head = art.manifest.get("plan", {}).get("head") or "output.weight"
-    touched = sum(b for n, b in resident.items() if n == head or n != "token_embd.weight")
+    touched = touched_per_step(art, resident)
     kv = kv_cache_bytes(cfg, max_ctx)
     batch = n_batch or (BUDGET_BATCH if budget else MAX_BATCH)
     scratch = scratch_bytes(cfg, batch)
@@ -253,7 +260,7 @@ def plan_sparse(
     dense = sum(art.tensors[n]["nbytes"] for n in ffn if n in art.tensors)
     slots = neurons if not budget else max(0, min(neurons, (budget - fixed) // B))
     plan = SparsePlan(
-        budget, sparsity, int(window), fixed, kv, scratch, staging, B, slots, neurons, fixed,
+        budget, sparsity, int(window), fixed, kv, scratch, staging, B, slots, neurons,
         max_ctx, dense, touched, batch,
     )  # fmt: skip
     if budget and budget < fixed:
@@ -272,16 +279,13 @@ def _layer_pages(ffn_dim: int, bundle_bytes: int) -> int:
 
 
 @dataclass
-class SparseStats:
-    """Since load: forward calls and tokens, neurons asked for (summed over layers), how many of
-    them the window cache held, flash reads, seconds waiting for them; ``decode_*`` count the
-    single-token calls only (prompts read more: a batch's tokens activate more neurons)."""
+class SparseStats(StreamStats):
+    """What :class:`edgert.stream.StreamStats` counts, and: neurons asked for (summed over
+    layers), how many of them the window cache held; ``decode_*`` count the single-token calls
+    only (prompts read more: a batch's tokens activate more neurons)."""
 
-    calls: int = 0
-    tokens: int = 0
     active: int = 0
     hits: int = 0
-    stall_seconds: float = 0.0
     layer_calls: int = 0
     decode_calls: int = 0
     decode_active: int = 0
@@ -290,14 +294,13 @@ class SparseStats:
     #: bytes of every bundle (reading all neurons of every layer), and their number
     all_bytes: int = 0
     neurons: int = 0
-    flash: FlashStats = field(default_factory=FlashStats)
 
     @property
     def bytes_per_call(self) -> float:
         """Flash bytes per decode step (per call when nothing was decoded yet)."""
         if self.decode_calls:
             return self.decode_bytes / self.decode_calls
-        return self.flash.bytes / max(self.calls, 1)
+        return super().bytes_per_call
 
     @property
     def hit_rate(self) -> float:
@@ -325,16 +328,9 @@ class SparseStats:
         )
 
     def to_dict(self) -> dict:
-        d = {
-            k: getattr(self, k)
-            for k in (
-                "calls", "tokens", "active", "hits", "stall_seconds", "layer_calls",
-                "decode_calls", "decode_active", "decode_hits", "decode_bytes", "all_bytes", "neurons",
-            )
-        }  # fmt: skip
-        d.update({f"flash_{k}": v for k, v in asdict(self.flash).items()})
+        d = super().to_dict()
+        d.update({k: v for k, v in asdict(self).items() if k != "flash"})
         d.update(
-            flash_bytes_per_call=self.bytes_per_call,
             neuron_hit_rate=self.hit_rate,
             active_fraction=self.active_fraction,
             flash_fraction=self.flash_fraction,
@@ -373,8 +369,6 @@ class NeuronCache:
         if len(files) != 1:
             raise ArtifactError(f"{art.path}: neuron bundles span several files")
         self.offsets = [art.tensors[bundle_name(i)]["buffers"]["data"]["offset"] for i in range(L)]
-        from edgert.stream import target_chunk
-
         self.reader = FlashReader(art.path / files.pop(), chunk=target_chunk(art))
         self.gap_pages = max(0, gap_bytes // PAGE)
         self.B = B

@@ -330,14 +330,25 @@ def kv_cache_bytes(cfg, max_ctx: int) -> int:
 
 
 def outside_spans(art, spans) -> dict[str, int]:
-    """Bytes of each tensor that none of ``spans`` holds (what stays resident; tensors stored
-    for streaming only, like neuron bundles, are never loaded)."""
-    in_spans = {n for s in spans for n in s.buffers}
+    """Bytes of each tensor that none of ``spans`` holds (what stays resident)."""
+    return resident_besides(art, {n for s in spans for n in s.buffers})
+
+
+def resident_besides(art, names) -> dict[str, int]:
+    """Bytes of each tensor but ``names`` that a run loads (tensors stored for streaming only,
+    like neuron bundles, are never loaded)."""
     return {
         n: e["nbytes"]
         for n, e in art.tensors.items()
-        if n not in in_spans and e["residency"] != "streamed"
+        if n not in names and e["residency"] != "streamed"
     }
+
+
+def touched_per_step(art, resident: dict[str, int]) -> int:
+    """Bytes of ``resident`` a step reads: all but the embedding table (a token reads one row),
+    unless the head shares it."""
+    head = art.manifest.get("plan", {}).get("head") or "output.weight"
+    return sum(b for n, b in resident.items() if n == head or n != "token_embd.weight")
 
 
 def scratch_bytes(cfg, n_batch: int, n_logits: int = 1) -> int:
@@ -367,8 +378,7 @@ def plan_dram(
     spans = layer_spans(art, cfg.n_layers)
     outside = outside_spans(art, spans)
     never = sum(outside.values())
-    head = art.manifest.get("plan", {}).get("head") or "output.weight"
-    touched = sum(b for n, b in outside.items() if n == head or n != "token_embd.weight")
+    touched = touched_per_step(art, outside)
     kv = kv_cache_bytes(cfg, max_ctx)
     scratch = scratch_bytes(cfg, n_batch or MAX_BATCH)
     fixed = never + kv + scratch

@@ -94,11 +94,18 @@ def _ffn_options(args) -> dict | None:
     one latency (an emulated device's flash, not the artifact target's)."""
     from edgert.cli.common import ffn_options
 
-    ffn = ffn_options(args)
-    if ffn is not None and args.flash_figures:
-        _name, mbs, lat = args.flash_figures.split(",")
-        ffn["gap_bytes"] = int(float(mbs) * float(lat))
+    ffn, flash = ffn_options(args), _flash_figures(args)
+    if ffn is not None and flash is not None:
+        ffn["gap_bytes"] = int(flash[1] * flash[2])
     return ffn
+
+
+def _flash_figures(args) -> tuple[str, float, float] | None:
+    """--flash-figures NAME,MB/S,LATENCY_US, or None."""
+    if not args.flash_figures:
+        return None
+    name, mbs, lat = args.flash_figures.split(",")
+    return name, float(mbs), float(lat)
 
 
 def _figures(args, engine, threads: int):
@@ -108,9 +115,9 @@ def _figures(args, engine, threads: int):
     from edgert.target import load_target
 
     fig = DeviceFigures.from_target(load_target("host"), threads=threads)
-    if args.flash_figures:
-        name, mbs, lat = args.flash_figures.split(",")
-        return fig.with_flash(name, float(mbs), float(lat))
+    flash = _flash_figures(args)
+    if flash is not None:
+        return fig.with_flash(*flash)
     if engine.streamer is None:
         return fig
     from edgert.emulate import measure_flash
