@@ -33,6 +33,7 @@ from edgert.stream import (
     FlashReader,
     StreamStats,
     aligned_buffer,
+    budget_batch,
     fmt_size,
     kv_cache_bytes,
     resident_besides,
@@ -42,9 +43,6 @@ from edgert.stream import (
 )
 
 BUNDLE_BITS = (2, 4, 8)
-#: tokens per forward call under a budget (the scratch for a batch of 512 would be most of a
-#: small model's budget; prompts run in more calls instead)
-BUDGET_BATCH = 64
 #: target sparsities the compiler calibrates thresholds for (0: every neuron, through the bundles)
 SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -242,8 +240,6 @@ def plan_sparse(
     n_batch: int | None = None,
 ) -> SparsePlan:
     """The window cache the budget leaves room for; refuse a budget below the minimum (no cache)."""
-    from edgert.kernels import MAX_BATCH
-
     spec = SparseSpec.of(art)
     spec.thresholds_for(sparsity)
     ffn = ffn_tensors(cfg)
@@ -251,7 +247,7 @@ def plan_sparse(
     never = sum(resident.values())
     touched = touched_per_step(art, resident)
     kv = kv_cache_bytes(cfg, max_ctx)
-    batch = n_batch or (BUDGET_BATCH if budget else MAX_BATCH)
+    batch = budget_batch(budget, n_batch)
     scratch = scratch_bytes(cfg, batch)
     B = spec.fmt.nbytes
     staging = _layer_pages(cfg.ffn_dim, B) * PAGE

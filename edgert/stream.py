@@ -33,6 +33,9 @@ from edgert.native import PROJECTIONS  # a layer's projections stream together
 
 READ_CHUNK = 4 << 20
 RETRIES = 3
+#: tokens per forward call under a budget (the scratch for a batch of 512 would be most of a
+#: small model's budget; prompts run in more calls instead)
+BUDGET_BATCH = 64
 
 
 def read_chunk(flash_mbs: float, latency_us: float) -> int:
@@ -275,6 +278,8 @@ class DramPlan:
     #: never-streamed weights read every token (the head and the norms; not the embedding
     #: table, of which a token reads one row, unless the head shares it)
     head_bytes: int = 0
+    #: tokens per forward call the scratch is sized for (longer prompts run in several calls)
+    batch: int = 0
 
     @property
     def staging(self) -> int:
@@ -361,6 +366,14 @@ def scratch_bytes(cfg, n_batch: int, n_logits: int = 1) -> int:
     return acts + tables + n_logits * cfg.vocab_size * 4
 
 
+def budget_batch(budget: int | None, n_batch: int | None = None) -> int:
+    """Tokens per forward call: ``n_batch`` if given, else :data:`BUDGET_BATCH` under a budget and
+    the kernels' largest batch without one."""
+    from edgert.kernels import MAX_BATCH
+
+    return n_batch or (BUDGET_BATCH if budget else MAX_BATCH)
+
+
 def plan_dram(
     art,
     cfg,
@@ -372,19 +385,21 @@ def plan_dram(
     chunk: int = READ_CHUNK,
 ) -> DramPlan:
     """Stream the fewest layers that make the budget (spread evenly over the depth, so reads
-    overlap resident layers' compute); refuse a budget below the minimum (every layer streamed)."""
-    from edgert.kernels import MAX_BATCH  # the engine's tokens per forward call
-
+    overlap resident layers' compute); refuse a budget below the minimum (every layer streamed).
+    Under a budget, prompts run :data:`BUDGET_BATCH` tokens per call."""
     spans = layer_spans(art, cfg.n_layers)
     outside = outside_spans(art, spans)
     never = sum(outside.values())
     touched = touched_per_step(art, outside)
     kv = kv_cache_bytes(cfg, max_ctx)
-    scratch = scratch_bytes(cfg, n_batch or MAX_BATCH)
+    batch = budget_batch(budget, n_batch)
+    scratch = scratch_bytes(cfg, batch)
     fixed = never + kv + scratch
     sizes = [s.nbytes for s in spans]
     minimum = fixed + slots * max(sizes)
-    plan = DramPlan(budget, fixed, kv, scratch, sizes, [], slots, minimum, max_ctx, chunk, touched)
+    plan = DramPlan(
+        budget, fixed, kv, scratch, sizes, [], slots, minimum, max_ctx, chunk, touched, batch
+    )
     if budget is None or fixed + sum(sizes) <= budget:
         return plan
     if budget < minimum:

@@ -172,6 +172,25 @@ def weight_bytes_per_token(art_path: str) -> int | None:
     return total
 
 
+def _or_killed(run, *args) -> dict:
+    """``run(*args)``, or ``{"killed": why}`` where the emulated device's memory limit killed it
+    (the side cannot run on that device; the other side's runs go on)."""
+    from edgert.emulate import EmulationError
+
+    try:
+        return run(*args)
+    except EmulationError as e:
+        return {"killed": str(e)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def _fmt(v: float | None, unit: str = "", digits: int = 2) -> str:
+    return "killed" if v is None else f"{v:.{digits}f}{unit}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--gguf", default=None, help="source GGUF (default: smollm2-135m)")
@@ -220,14 +239,16 @@ def main() -> None:
     for threads in [int(x) for x in a.threads.split(",")]:
         ours, theirs = [], []
         for _ in range(a.repetitions):  # interleaved: noise hits both sides alike
-            theirs.append(run_peer(peer, threads, a.n_prompt, a.n_gen, peer_em))
-            ours.append(run_edgert(a.edgert, threads, a.n_prompt, a.n_gen, em, extra))
+            theirs.append(_or_killed(run_peer, peer, threads, a.n_prompt, a.n_gen, peer_em))
+            ours.append(_or_killed(run_edgert, a.edgert, threads, a.n_prompt, a.n_gen, em, extra))
 
         for x in ours + theirs:
-            x["cgroup_read"] = (x["cgroup"] or {}).get("disk_read_bytes", 0)
+            x["cgroup_read"] = (x.get("cgroup") or {}).get("disk_read_bytes", 0)
 
         def med(xs, k):
-            return statistics.median(x[k] for x in xs)
+            """Median over the runs that finished; None where every run was killed."""
+            vals = [x[k] for x in xs if "killed" not in x]
+            return statistics.median(vals) if vals else None
 
         row = {
             "threads": threads,
@@ -245,26 +266,27 @@ def main() -> None:
         if em:  # bytes each side read from the throttled disk per run (load included)
             row["edgert_disk_read"] = med(ours, "cgroup_read")
             row["llama_disk_read"] = med(theirs, "cgroup_read")
-        row["tg_ratio"] = row["edgert_tg"] / row["llama_tg"]
+        row["tg_ratio"] = _ratio(row["edgert_tg"], row["llama_tg"])
         if per_token:
             from edgert.kernels.bench import dram_read_gbs
 
             row["dram_read_gbs"] = dram_read_gbs(threads)
             row["roofline_tg"] = row["dram_read_gbs"] * 1e9 / per_token
-            row["tg_of_roofline"] = row["edgert_tg"] / row["roofline_tg"]
-        row["pp_ratio"] = row["edgert_pp"] / row["llama_pp"]
+            row["tg_of_roofline"] = _ratio(row["edgert_tg"], row["roofline_tg"])
+        row["pp_ratio"] = _ratio(row["edgert_pp"], row["llama_pp"])
         rows.append(row)
     print(f"| threads | test | llama.cpp ({peer.name}) t/s | edgert t/s | edgert / llama.cpp |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(
-            f"| {r['threads']} | pp{a.n_prompt} | {r['llama_pp']:.2f} | {r['edgert_pp']:.2f} | "
-            f"{r['pp_ratio']:.2f}x |"
-        )
-        print(
-            f"| {r['threads']} | tg{a.n_gen} | {r['llama_tg']:.2f} | {r['edgert_tg']:.2f} | "
-            f"{r['tg_ratio']:.2f}x |"
-        )
+        for test, k in ((f"pp{a.n_prompt}", "pp"), (f"tg{a.n_gen}", "tg")):
+            print(
+                f"| {r['threads']} | {test} | {_fmt(r['llama_' + k])} | {_fmt(r['edgert_' + k])} "
+                f"| {_fmt(r[k + '_ratio'], 'x')} |"
+            )
+        for side, xs in r["samples"].items():
+            for x in xs:
+                if "killed" in x:
+                    print(f"{side}, {r['threads']} thread(s): {x['killed']}")
     print(f"(medians of {a.repetitions} interleaved runs; edgert artifact {a.edgert})")
     if em:
         print(
@@ -274,12 +296,14 @@ def main() -> None:
             f"included; reads throttled to {em.flash_read_bps / 1e6:.0f} MB/s"
         )
         for r in rows:
+            mb = {k: _fmt(r[k + "_disk_read"] and r[k + "_disk_read"] / 1e6, " MB", 1)
+                  for k in ("llama", "edgert")}  # fmt: skip
             print(
-                f"disk reads per run, {r['threads']} thread(s): llama.cpp "
-                f"{r['llama_disk_read'] / 1e6:.1f} MB, edgert {r['edgert_disk_read'] / 1e6:.1f} MB"
+                f"disk reads per run, {r['threads']} thread(s): llama.cpp {mb['llama']}, "
+                f"edgert {mb['edgert']}"
             )
     for r in rows:
-        if "roofline_tg" in r:
+        if r.get("tg_of_roofline") is not None:
             print(
                 f"roofline, {r['threads']} thread(s): {r['dram_read_gbs']:.1f} GB/s DRAM read / "
                 f"{per_token / 1e6:.1f} MB weights per token = {r['roofline_tg']:.1f} t/s; "

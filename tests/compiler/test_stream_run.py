@@ -18,7 +18,7 @@ from edgert.compiler.quant import QuantScheme
 from edgert.artifact import ArtifactError
 from edgert.errors import EdgertError
 from edgert.runtime import open_artifact_engine
-from edgert.stream import FlashError, FlashReader, layer_spans, plan_dram
+from edgert.stream import BUDGET_BATCH, FlashError, FlashReader, layer_spans, plan_dram
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
 CTX = 10_240
@@ -50,7 +50,8 @@ def budgets(path, max_ctx):
     from edgert.artifact import Artifact
 
     a = Artifact.open(path)
-    p = plan_dram(a, a.config(), max_ctx=max_ctx, budget=None)
+    # under a budget the scratch is sized for BUDGET_BATCH-token calls
+    p = plan_dram(a, a.config(), max_ctx=max_ctx, budget=None, n_batch=BUDGET_BATCH)
     full = p.fixed + sum(p.layer_bytes)
     return p.minimum, (p.minimum + full) // 2, full
 
@@ -67,10 +68,28 @@ def test_tokens_equal_unbudgeted_run(art):
         st, per_step = eng.streamer.stats, plan.streamed_bytes_per_token
         assert 0 <= st.flash.bytes - st.calls * per_step <= plan.staging and per_step > 0
         assert eng.flash_bytes_per_token == st.flash.bytes / st.calls
+        assert plan.batch == BUDGET_BATCH
     # everything fits: nothing streams
     eng = open_artifact_engine(art, max_ctx=64, dram_budget=full)
     assert eng.streamer is None and eng.dram_plan.streamed == []
     assert tokens(eng, 8) == [t[:8] for t in want]
+
+
+def test_long_prompt_in_budget_sized_calls(art):
+    """A prompt longer than BUDGET_BATCH runs in several forward calls under a budget (the scratch
+    is sized for that many tokens), with the same logits and tokens as one unbudgeted call."""
+    prompt = np.random.default_rng(0).integers(3, 200, 3 * BUDGET_BATCH + 5).tolist()
+    ctx = len(prompt) + 16
+    free = open_artifact_engine(art, max_ctx=ctx)
+    lo, _, _ = budgets(art, ctx)
+    eng = open_artifact_engine(art, max_ctx=ctx, dram_budget=lo)
+    want, got = free.forward(prompt, last_only=True), eng.forward(prompt, last_only=True)
+    assert eng.streamer.stats.calls == 4  # 64 + 64 + 64 + 5 tokens
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    for _ in range(8):
+        nxt = int(np.argmax(want))
+        assert nxt == int(np.argmax(got))
+        want, got = free.forward([nxt], last_only=True), eng.forward([nxt], last_only=True)
 
 
 def test_budget_below_minimum_refused(art):
