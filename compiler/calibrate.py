@@ -42,3 +42,18 @@ def calibration_tokens(
         ids.append(nxt)
         logits = eng.forward([nxt], last_only=True)
     return [int(i) for i in np.asarray(ids)]
+
+
+def ffn_inputs(model: ModelGraph, tokens: list[int]) -> list[np.ndarray]:
+    """Each layer's FFN input (after its norm), (len(tokens), dim) float32, from one float forward
+    pass of the model over ``tokens``."""
+    from edgert.reference import ReferenceEngine
+
+    class Recorder(ReferenceEngine):
+        def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
+            xs[i].append(x.astype(np.float32))
+            return super()._ffn(i, x)
+
+    xs: list[list[np.ndarray]] = [[] for _ in range(model.config.n_layers)]
+    Recorder(model, max_ctx=len(tokens)).forward(tokens)
+    return [np.concatenate(x) for x in xs]

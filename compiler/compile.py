@@ -92,7 +92,10 @@ def compile_model(
     force: bool = False,
     dram: tuple[int, int | None] | None = None,
     sparse_ffn: bool = False,
+    moefy: tuple[int, int] | None = None,
 ) -> CompileSummary:
+    """``moefy`` = (experts, top-k): split every dense FFN into that many experts with a router
+    (edgert.compiler.moefy) before quantizing; the artifact is then a mixture of experts."""
     t0 = time.perf_counter()
     tgt: Target = load_target(target)
     tgt.require_toolchain()
@@ -102,6 +105,17 @@ def compile_model(
     from edgert.compiler.frontends import load_model
 
     m = load_model(model)
+    if moefy is not None:
+        from edgert.compiler.moefy import parse_moefy
+
+        if m.config.is_moe:
+            raise EdgertError("--moefy splits dense FFNs; this model already has experts")
+        if dram is not None or sparse_ffn:
+            raise EdgertError(
+                "--moefy makes a mixture of experts, which streams its experts at run time",
+                "compile without --dram-budget / --sparse-ffn (pass --dram-budget to run)",
+            )
+        parse_moefy(f"{moefy[0]}x{moefy[1]}", m.config.ffn_dim)  # fails before any work
     if dram is not None and m.config.is_moe:
         raise EdgertError(
             "--dram-budget plans dense models (a mixture of experts streams its experts at run "
@@ -115,6 +129,15 @@ def compile_model(
         )
     m.materialize()
     times = {"load": time.perf_counter() - t0}
+    moe_record = None
+    if moefy is not None:
+        from edgert.compiler.calibrate import calibration_tokens
+        from edgert.compiler.moefy import MOEFY_CALIB_TOKENS, moefy_model
+
+        t = time.perf_counter()
+        tokens = calibration_tokens(m, file=calib, n_tokens=MOEFY_CALIB_TOKENS)
+        m, moe_record = moefy_model(m, *moefy, tokens)
+        times["split into experts"] = time.perf_counter() - t
     t = time.perf_counter()
     bits, units = plan_bits(m, scheme, bits_budget=bits_budget, calib=calib)
     times["plan bits"] = time.perf_counter() - t
@@ -133,7 +156,7 @@ def compile_model(
     t = time.perf_counter()
     summary = write_artifact(
         m, tgt, out, scheme=scheme, bits=bits, units=units, force=force, times=times, dram=dram,
-        sparse=sparse,
+        sparse=sparse, moefy=moe_record,
     )  # fmt: skip
     times["quantize + lower + write"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0

@@ -62,12 +62,14 @@ def write_artifact(
     times: dict[str, float],
     dram: tuple[int, int | None] | None = None,
     sparse: dict | None = None,
+    moefy: dict | None = None,
 ):
     """Everything after the bit plan: returns a CompileSummary. ``dram`` = (budget bytes,
     context tokens): the DRAM plan for that budget is made (an impossible budget fails the
     compile, naming the minimum) and recorded as the artifact's default budget. ``sparse``
     (thresholds, order, calib_tokens from edgert.compiler.sparsify.calibrate): neuron bundles
-    are written too."""
+    are written too. ``moefy``: how the model's experts were split from its dense FFNs
+    (edgert.compiler.moefy), recorded in the manifest."""
     from edgert.compiler.compile import CompileSummary, _tvm_version
 
     from edgert.kernels import build_objects, quantize_hlq, quantize_uniform
@@ -145,6 +147,8 @@ def write_artifact(
                         stacked = m.tensor(p + f"ffn_{proj}_exps.weight")
                         put_lut(expert_name(i, proj, e), stacked[e], expert_bits[i][e], role, ev)
                     bar.update(3)
+        if moefy is not None:
+            w.manifest["moefy"] = moefy
         if sparse is not None:
             from edgert.compiler.sparsify import write_bundles
 

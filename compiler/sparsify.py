@@ -12,33 +12,21 @@ import zlib
 
 import numpy as np
 
-from edgert.reference import ReferenceEngine, silu
+from edgert.reference import silu
 from edgert.sparse import INDEX, SPARSITIES, BundleFormat, bundle_name, pack_bundles
-
-
-class _Recorder(ReferenceEngine):
-    """The reference forward that keeps each layer's |silu(gate x)|."""
-
-    def __init__(self, model, **kw):
-        super().__init__(model, **kw)
-        self.acts: list[list[np.ndarray]] = [[] for _ in range(model.config.n_layers)]
-
-    def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
-        g = silu(self._mm(x, f"blk.{i}.ffn_gate.weight"))
-        self.acts[i].append(np.abs(g).astype(np.float32))
-        return super()._ffn(i, x)
 
 
 def calibrate(model, tokens: list[int], sparsities=SPARSITIES) -> tuple[np.ndarray, np.ndarray]:
     """(thresholds (len(sparsities), n_layers), hot-first neuron order (n_layers, ffn_dim))."""
-    eng = _Recorder(model, max_ctx=len(tokens))
-    eng.forward(tokens)
+    from edgert.compiler.calibrate import ffn_inputs
+
+    xs = ffn_inputs(model, tokens)
     c = model.config
     thr = np.zeros((len(sparsities), c.n_layers), np.float64)
     order = np.zeros((c.n_layers, c.ffn_dim), np.int32)
     mid = 0.5  # hotness: how often a neuron is in the top half
     for i in range(c.n_layers):
-        a = np.concatenate(eng.acts[i])  # (tokens, ffn_dim)
+        a = np.abs(silu(xs[i] @ model.tensor(f"blk.{i}.ffn_gate.weight").T))  # (tokens, ffn_dim)
         thr[:, i] = np.quantile(a, sparsities)
         hot = (a > np.quantile(a, mid)).mean(axis=0)
         order[i] = np.argsort(-hot, kind="stable")

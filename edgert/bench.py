@@ -194,8 +194,8 @@ def bench_model(
 
 
 def predict(r: BenchResult, plan, figures) -> None:
-    """Fill ``r.prediction`` from ``plan`` (edgert.stream.DramPlan) on ``figures``
-    (edgert.costmodel.DeviceFigures): decode at the middle of the tg run's context."""
+    """Fill ``r.prediction`` from ``plan`` (edgert.stream.DramPlan, edgert.experts.MoePlan) on
+    ``figures`` (edgert.costmodel.DeviceFigures): decode at the middle of the tg run's context."""
     from edgert.costmodel import predict_decode
 
     d = predict_decode(plan, figures, pos=1 + r.n_gen // 2).to_dict()

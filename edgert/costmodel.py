@@ -1,9 +1,11 @@
-"""Predicted decode speed and memory of a model under a DRAM plan (:class:`edgert.stream.DramPlan`)
-on a device, from the device's figures in ``targets/*.toml``.
+"""Predicted decode speed and memory of a model under a DRAM plan (a dense model's
+:class:`edgert.stream.DramPlan`, a mixture of experts' :class:`edgert.experts.MoePlan`) on a
+device, from the device's figures in ``targets/*.toml``.
 
-A decode step reads every weight once from DRAM (streamed layers from their staging buffers) plus
-the KV cache so far, and reads the streamed layers from flash. Reads run on an I/O thread ahead of
-compute, so a step takes the longer of the two:
+A decode step reads every weight it uses once from DRAM (streamed layers from their staging
+buffers; a mixture of experts' resident part and top-k experts per layer) plus the KV cache so
+far, and reads the streamed layers (the experts the cache misses: the plan's expected hit rate)
+from flash. Reads run on I/O threads beside compute, so a step takes the longer of the two:
 
 - DRAM: (weight bytes + KV bytes) / min(DRAM bandwidth x kernel efficiency,
   cores x per-core decode rate) — memory-bound or compute-bound, whichever binds;

@@ -33,6 +33,7 @@ from edgert.stream import (
     outside_spans,
     scratch_bytes,
     span_of,
+    touched_per_step,
 )
 
 PROJS = ("gate", "up", "down")
@@ -69,10 +70,40 @@ class MoePlan:
     slots: int
     minimum: int
     chunk: int = READ_CHUNK
+    max_ctx: int = 0
+    #: resident weights a decode step reads (attention, routers, norms, head)
+    head_bytes: int = 0
+    n_layers: int = 0
+    top_k: int = 0
 
     @property
     def streams(self) -> bool:
         return self.slots < self.n_experts
+
+    @property
+    def expected_hit_rate(self) -> float:
+        """The cache hit rate the cost model assumes: the cached share of the experts (what an
+        LRU cache hits when routing is uniform; skewed routing hits more)."""
+        return min(1.0, self.slots / self.n_experts) if self.n_experts else 1.0
+
+    @property
+    def weight_bytes_per_token(self) -> int:
+        """Weight bytes a decode step reads from DRAM: the resident part and top-k experts per
+        layer."""
+        return self.head_bytes + self.n_layers * self.top_k * self.expert_bytes
+
+    @property
+    def streamed_bytes_per_token(self) -> int:
+        """Expected flash bytes per decode step: the experts the cache misses."""
+        misses = self.n_layers * self.top_k * (1.0 - self.expected_hit_rate)
+        return int(misses * self.expert_bytes)
+
+    def kv_bytes_at(self, pos: int) -> int:
+        return self.kv * pos // max(self.max_ctx, 1)
+
+    def flash_reads_per_token(self) -> int:
+        per_expert = -(-self.expert_bytes // self.chunk)
+        return round(self.n_layers * self.top_k * (1.0 - self.expected_hit_rate) * per_expert)
 
     @property
     def planned(self) -> int:
@@ -85,22 +116,36 @@ class MoePlan:
         )
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "planned": self.planned, "streams": self.streams}
+        return {
+            **asdict(self),
+            "planned": self.planned,
+            "streams": self.streams,
+            "expected_hit_rate": self.expected_hit_rate,
+            "weight_bytes_per_token": self.weight_bytes_per_token,
+            "streamed_bytes_per_token": self.streamed_bytes_per_token,
+        }
 
 
 def plan_moe(art, cfg, *, max_ctx: int, budget: int | None, chunk: int = READ_CHUNK) -> MoePlan:
     from edgert.kernels import MAX_BATCH  # the engine's tokens per forward call
 
     spans = expert_spans(art, cfg)
-    never = sum(outside_spans(art, spans.values()).values())
+    outside = outside_spans(art, spans.values())
+    never = sum(outside.values())
     kv = kv_cache_bytes(cfg, max_ctx)
     scratch = scratch_bytes(cfg, MAX_BATCH)
     fixed = never + kv + scratch
     size = max(s.nbytes for s in spans.values())
     minimum = fixed + 2 * cfg.n_experts_used * size
     n = len(spans)
+    shape = {
+        "max_ctx": max_ctx,
+        "head_bytes": touched_per_step(art, outside),
+        "n_layers": cfg.n_layers,
+        "top_k": cfg.n_experts_used,
+    }
     if budget is None or fixed + n * size <= budget:
-        return MoePlan(budget, fixed, kv, scratch, size, n, n, minimum, chunk)
+        return MoePlan(budget, fixed, kv, scratch, size, n, n, minimum, chunk, **shape)
     if budget < minimum:
         raise EdgertError(
             f"--dram-budget {fmt_size(budget)} is below the minimum this artifact needs: "
@@ -109,7 +154,8 @@ def plan_moe(art, cfg, *, max_ctx: int, budget: int | None, chunk: int = READ_CH
             f"{2 * cfg.n_experts_used} experts of {fmt_size(size)}: this layer's and the next's)",
             "raise the budget, or lower the context with --ctx",
         )
-    return MoePlan(budget, fixed, kv, scratch, size, n, (budget - fixed) // size, minimum, chunk)
+    slots = (budget - fixed) // size
+    return MoePlan(budget, fixed, kv, scratch, size, n, slots, minimum, chunk, **shape)
 
 
 @dataclass

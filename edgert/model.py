@@ -44,6 +44,9 @@ class ModelConfig:
     expert_ffn_dim: int = 0
     shared_expert_ffn_dim: int = 0
     expert_weights_norm: bool = False  # renormalize the top-k router probabilities to sum to 1
+    #: every chosen expert counts with weight 1 (experts split from one dense FFN: the chosen
+    #: experts' neurons add up as in that FFN; all experts chosen = the dense model)
+    expert_weights_unit: bool = False
     qkv_bias: bool = False
     qk_norm: bool = False  # RMSNorm over the whole q / k projection (OLMoE)
     name: str = ""

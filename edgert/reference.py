@@ -59,11 +59,14 @@ def route(cfg: ModelConfig, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     """Top-k experts per token: (indices (n, k), weights (n, k)).
 
     Softmax over all experts, keep the k largest probabilities, and renormalise them to sum to 1
-    when the architecture does (Mixtral) — Qwen2-MoE and OLMoE use the raw probabilities.
+    when the architecture does (Mixtral) — Qwen2-MoE and OLMoE use the raw probabilities; experts
+    split from a dense FFN (``expert_weights_unit``) count with weight 1.
     """
     probs = softmax(logits.astype(np.float32), axis=-1)
     k = cfg.n_experts_used
     idx = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    if cfg.expert_weights_unit:
+        return idx, np.ones(idx.shape, np.float32)
     w = np.take_along_axis(probs, idx, axis=-1)
     if cfg.expert_weights_norm:
         w = w / np.sum(w, axis=-1, keepdims=True)

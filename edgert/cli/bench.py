@@ -75,10 +75,11 @@ def run(args) -> int:
             experts=expert_options(args),
             ffn=_ffn_options(args),
         )
+        from edgert.experts import MoePlan
         from edgert.stream import DramPlan
 
         plan = getattr(engine, "dram_plan", None)
-        if isinstance(plan, DramPlan):  # the cost model covers dense plans
+        if isinstance(plan, (DramPlan, MoePlan)):  # the cost model covers layer and expert plans
             from edgert.bench import predict
 
             predict(r, plan, _figures(args, engine, threads))

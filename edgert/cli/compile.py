@@ -53,6 +53,14 @@ def add_arguments(p) -> None:
         help="also write each FFN as neuron bundles with sparsity thresholds calibrated per "
         "layer (run with --sparsity: only active neurons are computed and read from flash)",
     )
+    p.add_argument(
+        "--moefy",
+        default=None,
+        metavar="EXPERTSxTOPK",
+        help="split each dense FFN into EXPERTS experts (neurons clustered on calibration "
+        "activations) with a router choosing TOPK per token, e.g. 8x2: the artifact is a mixture "
+        "of experts whose experts stream under --dram-budget",
+    )
     p.add_argument("-o", "--output", default=None, help="artifact directory (NAME.edgert)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -68,8 +76,10 @@ def run(args) -> int:
     from edgert.target import load_target
 
     if Path(args.model).suffix.lower() == ".onnx":
-        if args.dram_budget or args.ctx or args.sparse_ffn:
-            raise EdgertError("--dram-budget, --ctx and --sparse-ffn apply to language models")
+        if args.dram_budget or args.ctx or args.sparse_ffn or args.moefy:
+            raise EdgertError(
+                "--dram-budget, --ctx, --sparse-ffn and --moefy apply to language models"
+            )
         return _compile_onnx(args)
     if args.input_shape:
         raise EdgertError("--input-shape applies to ONNX models only")
@@ -78,6 +88,11 @@ def run(args) -> int:
     budget = dram_budget(args) or None
     if args.ctx is not None and (budget is None or args.ctx < 1):
         raise EdgertError("--ctx goes with --dram-budget and must be >= 1")
+    moefy = None
+    if args.moefy:
+        from edgert.compiler.moefy import parse_moefy
+
+        moefy = parse_moefy(args.moefy)
     scheme = QuantScheme(args.format, 4 if args.bits is None else args.bits, args.group_size)
     tgt = load_target(args.target)  # unknown target fails before any work
     tgt.require_toolchain()
@@ -94,6 +109,7 @@ def run(args) -> int:
         force=args.force,
         dram=None if budget is None else (budget, args.ctx),
         sparse_ffn=args.sparse_ffn,
+        moefy=moefy,
     )
     return _report(args, s, f"wrote {s.out} ({s.fmt}, {s.avg_bits:.2f} bits/weight avg, "
                             f"target {s.target})")  # fmt: skip

@@ -72,26 +72,31 @@ def inspect_artifact(
     cfg = art.config()
     compiled = m.get("dram") or {}
     ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
+    from edgert.costmodel import DeviceFigures, predict_decode
+    from edgert.stream import target_chunk
+
+    plan = None
     if cfg.is_moe and dram_budget:
         from edgert.experts import plan_moe
 
-        info["dram"] = {**plan_moe(art, cfg, max_ctx=ctx, budget=dram_budget).to_dict(),
-                        "compiled": False}  # fmt: skip
+        plan = plan_moe(art, cfg, max_ctx=ctx, budget=dram_budget, chunk=target_chunk(art))
+        info["dram"] = {**plan.to_dict(), "compiled": False}
     if not cfg.is_moe:
-        from edgert.costmodel import DeviceFigures, predict_decode
-        from edgert.stream import plan_dram, target_chunk
+        from edgert.stream import plan_dram
 
         if dram_budget is None:
             dram_budget = compiled.get("budget")
         plan = plan_dram(art, cfg, max_ctx=ctx, budget=dram_budget or None, chunk=target_chunk(art))
         info["dram"] = {**plan.to_dict(), "compiled": bool(compiled)}
-        if t is not None:
-            fig = DeviceFigures.from_target(t)
-            info["prediction"]["cost_model"] = predict_decode(plan, fig, pos=ctx // 2).to_dict()
+    if t is not None and plan is not None:
+        fig = DeviceFigures.from_target(t)
+        info["prediction"]["cost_model"] = predict_decode(plan, fig, pos=ctx // 2).to_dict()
     sp = m.get("sparse_ffn")
     if sp:
         info["sparse_ffn"] = {k: sp[k] for k in ("bits", "group", "sparsities", "calib_tokens")}
         info["sparse_ffn"]["bundle_bytes"] = by_res["streamed"]
+    if m.get("moefy"):
+        info["moefy"] = m["moefy"]
     if sparsity is not None:
         from edgert.sparse import plan_sparse
 
@@ -194,7 +199,9 @@ def run(args) -> int:
         print(
             f"DRAM plan  budget {d['budget'] / 1e6:.1f} MB: {d['slots']} of "
             f"{d['n_experts']} experts cached ({d['expert_bytes'] / 1e6:.2f} MB each), plan "
-            f"{d['planned'] / 1e6:.1f} MB, minimum {d['minimum'] / 1e6:.1f} MB"
+            f"{d['planned'] / 1e6:.1f} MB, minimum {d['minimum'] / 1e6:.1f} MB; "
+            f"{d['streamed_bytes_per_token'] / 1e6:.1f} MB per token from flash at a hit rate "
+            f"of {d['expected_hit_rate']:.0%} (routing assumed uniform)"
         )
     elif d:
         budget = "no budget" if d["budget"] is None else f"budget {d['budget'] / 1e6:.1f} MB"
@@ -212,6 +219,14 @@ def run(args) -> int:
             f"{s['bundle_bytes'] / 2**20:.1f} MiB on flash; --sparsity "
             + ", ".join(f"{x:g}" for x in s["sparsities"])
             + f" (calibrated on {s['calib_tokens']} tokens)"
+        )
+    mf = info.get("moefy")
+    if mf:
+        print(
+            f"experts    split from dense FFNs (--moefy {mf['experts']}x{mf['top_k']}): the "
+            f"router's experts hold {100 * sum(mf['router_share']) / len(mf['router_share']):.1f}% of the FFN "
+            f"contribution (best {mf['top_k']}: {100 * sum(mf['oracle_share']) / len(mf['oracle_share']):.1f}%) on "
+            f"held-out calibration tokens"
         )
     sp = info.get("sparse_plan")
     if sp:

@@ -214,7 +214,8 @@ def test_cli_errors_name_the_fix(art, tmp_path):
     assert "Traceback" not in r.stderr
     r = run("generate", str(art), "-p", "hi", "-n", "2", "--window", "3")
     assert r.returncode == 2 and "--window goes with --sparsity" in r.stderr
-    r = run("generate", str(art), "-p", "hi", "-n", "4", "--sparsity", "0.5", "--json")
+    r = run("generate", str(art), "-p", "hi", "-n", "4", "--sparsity", "0.5", "--json",
+            "--temp", "0", "--ignore-eos")  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["tokens"]) == 4 and out["stream"]["flash_bytes"] > 0

@@ -43,6 +43,27 @@ def test_flash_bound_counts_bytes_and_requests():
     assert p.dram_bytes_per_token == predict_decode(plan([]), fig(), pos=0).dram_bytes_per_token
 
 
+def test_mixture_of_experts_plan():
+    from edgert.experts import MoePlan
+
+    # 4 layers x 8 experts of 3 MB, top-2; 10 MB resident read per step; 16 of 32 cached
+    moe = MoePlan(
+        budget=200 * MB, fixed=40 * MB, kv=4 * MB, scratch=MB, expert_bytes=3 * MB, n_experts=32,
+        slots=16, minimum=0, chunk=MB, max_ctx=1000, head_bytes=10 * MB, n_layers=4, top_k=2,
+    )  # fmt: skip
+    assert moe.expected_hit_rate == 0.5
+    assert moe.weight_bytes_per_token == 10 * MB + 8 * 3 * MB
+    # half of the 8 experts a token uses miss: 4 x 3 MB, 3 requests each
+    assert moe.streamed_bytes_per_token == 12 * MB and moe.flash_reads_per_token() == 12
+    p = predict_decode(moe, fig(), pos=500)
+    assert p.dram_bytes_per_token == 36 * MB
+    assert p.flash_seconds == pytest.approx(12 * MB / 500e6 + 12 * 100e-6)
+    assert p.bound == "flash" and p.planned_bytes == 40 * MB + 16 * 3 * MB
+    every = MoePlan(**{**moe.__dict__, "slots": 32})
+    assert every.streamed_bytes_per_token == 0 and not every.streams
+    assert predict_decode(every, fig(), pos=500).bound == "dram"
+
+
 def test_compute_cap_per_core():
     f = fig(gemv_gbs_per_core=1.0, cores=2)  # 2 GB/s < 10 x 0.5
     assert f.decode_gbs == 2.0

@@ -1,0 +1,170 @@
+"""``edgert compile --moefy EXPERTSxTOPK``: a dense FFN split into experts is the same function
+when every expert runs, the clusters are balanced and find planted groups, the router's share of
+the contribution is reported, and the artifact is a mixture of experts that expert offloading
+runs (same tokens under a budget as without), with clear errors on bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import SMALL_MODEL, greedy_tokens
+from edgert.compiler.moefy import balanced_kmeans, moefy_model, parse_moefy
+from edgert.compiler.quant import QuantScheme
+
+from edgert.artifact import Artifact
+from edgert.errors import EdgertError
+from edgert.reference import ReferenceEngine
+from edgert.runtime import open_artifact_engine, reference_model
+
+PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory):
+    from make_synthetic_gguf import make_synthetic_gguf
+
+    d = tmp_path_factory.mktemp("moefy")
+    return make_synthetic_gguf(
+        out=d / "m.gguf", arch="llama", qtype="F32", progress=False, layers=3, **SMALL_MODEL
+    )
+
+
+@pytest.fixture(scope="module")
+def dense(gguf):
+    from edgert.compiler.frontends import load_model
+
+    m = load_model(gguf)
+    m.materialize(progress=False)
+    return m
+
+
+@pytest.fixture(scope="module")
+def art(gguf, tmp_path_factory):
+    from edgert.compiler.compile import compile_model
+
+    out = tmp_path_factory.mktemp("moefy-art") / "m.edgert"
+    return compile_model(
+        model=gguf, target="host", out=out, scheme=QuantScheme("uniform", 4, 32), moefy=(4, 2)
+    ).out
+
+
+def test_parse_moefy():
+    assert parse_moefy("8x2") == (8, 2)
+    assert parse_moefy(" 16X4 ", 1536) == (16, 4)
+    for bad in ("8", "8x0", "2x3", "1x1", "ax2", "8x2x1"):
+        with pytest.raises(EdgertError, match="--moefy"):
+            parse_moefy(bad)
+    with pytest.raises(EdgertError, match=r"1536 does not split into 7 .* 2, 3, 4, 6, 8"):
+        parse_moefy("7x2", 1536)
+
+
+def test_balanced_kmeans_finds_planted_groups():
+    rng = np.random.default_rng(0)
+    k, size, dim = 4, 24, 40
+    centers = rng.standard_normal((k, dim)) * 3
+    truth = rng.permutation(np.repeat(np.arange(k), size))
+    x = centers[truth] + rng.standard_normal((k * size, dim))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    labels = balanced_kmeans(x, k)
+    assert np.bincount(labels, minlength=k).tolist() == [size] * k
+    # each found cluster is one planted group (labels are a permutation of the truth)
+    pairs = {(int(a), int(b)) for a, b in zip(truth, labels)}
+    assert len(pairs) == k
+    # random rows still split into equal clusters
+    noise = rng.standard_normal((60, 8))
+    noise /= np.linalg.norm(noise, axis=1, keepdims=True)
+    assert np.bincount(balanced_kmeans(noise, 6), minlength=6).tolist() == [10] * 6
+
+
+def test_all_experts_equal_the_dense_model(dense):
+    c = dense.config
+    ids = list(range(3, 3 + 48))
+    calib = list(np.random.default_rng(1).integers(3, c.vocab_size, 128))
+    want = ReferenceEngine(dense, max_ctx=64).forward(ids)
+    for experts in (2, 4, 8):
+        m, rec = moefy_model(dense, experts, experts, calib, progress=False)
+        mc = m.config
+        assert (mc.n_experts, mc.n_experts_used, mc.expert_ffn_dim) == (
+            experts, experts, c.ffn_dim // experts,
+        )  # fmt: skip
+        assert mc.expert_weights_unit and not mc.expert_weights_norm
+        assert "blk.0.ffn_up.weight" not in m and "blk.0.ffn_gate_exps.weight" in m
+        got = ReferenceEngine(m, max_ctx=64).forward(ids)
+        np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max(), rtol=0)
+        # every expert chosen: the whole contribution, for the router and the oracle
+        assert rec["router_share"] == pytest.approx([1.0] * c.n_layers, abs=1e-4)
+    # fewer experts per token: a different function, shares below 1, oracle >= router
+    m, rec = moefy_model(dense, 4, 1, calib, progress=False)
+    assert rec["experts"] == 4 and rec["top_k"] == 1 and rec["calib_tokens"] == len(calib)
+    r, o = np.array(rec["router_share"]), np.array(rec["oracle_share"])
+    assert ((0.25 - 1e-6 <= o) & (o < 1) & (r <= o + 1e-6) & (r > 0)).all()
+    assert np.abs(ReferenceEngine(m, max_ctx=64).forward(ids) - want).max() > 1e-2
+
+
+def test_artifact_is_a_moe_that_streams_its_experts(art):
+    a = Artifact.open(art)
+    c = a.config()
+    assert c.is_moe and (c.n_experts, c.n_experts_used) == (4, 2) and c.expert_weights_unit
+    m = a.manifest["moefy"]
+    assert (m["experts"], m["top_k"]) == (4, 2) and len(m["router_share"]) == c.n_layers
+    eng = open_artifact_engine(art, max_ctx=64)
+    ref = ReferenceEngine(reference_model(a), max_ctx=64)
+    want = greedy_tokens(eng, PROMPTS, 16)
+    assert want == greedy_tokens(ref, PROMPTS, 16)
+    from edgert.experts import plan_moe
+
+    p = plan_moe(a, c, max_ctx=64, budget=None)
+    budget = p.minimum + p.expert_bytes  # the minimum and one more expert
+    b = open_artifact_engine(art, max_ctx=64, dram_budget=budget)
+    assert b.expert_cache is not None and b.dram_plan.streams
+    assert greedy_tokens(b, PROMPTS, 16) == want
+    assert b.expert_cache.stats.read_bytes > 0
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "edgert", *args], capture_output=True, text=True, check=False
+    )
+
+
+def test_cli_errors_and_json(gguf, art, tmp_path):
+    for extra, msg in (
+        (["--moefy", "3x2"], "does not split into 3"),
+        (["--moefy", "4"], "cannot read --moefy"),
+        (["--moefy", "4x2", "--sparse-ffn"], "streams its experts at run time"),
+        (["--moefy", "4x2", "--dram-budget", "100M"], "streams its experts at run time"),
+    ):
+        r = _cli("compile", str(gguf), "--target", "host", "-o", str(tmp_path / "x.edgert"), *extra)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert not (tmp_path / "x.edgert").exists()
+    # a mixture of experts cannot be split again
+    moe = tmp_path / "moe.gguf"
+    from make_synthetic_gguf import make_synthetic_gguf
+
+    make_synthetic_gguf(out=moe, arch="mixtral", qtype="F32", progress=False, **SMALL_MODEL)
+    r = _cli("compile", str(moe), "--target", "host", "--moefy", "4x2", "-o", str(tmp_path / "y"))
+    assert r.returncode == 2 and "already has experts" in r.stderr
+    r = _cli("inspect", str(art), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["moefy"]["experts"] == 4
+
+
+def test_bench_and_inspect_predict_expert_streaming(art):
+    """The cost model covers a mixture of experts: inspect and bench predict decode under a
+    budget from the expected cache hit rate; bench reports it beside the measured run."""
+    from edgert.experts import plan_moe
+
+    a = Artifact.open(art)
+    p = plan_moe(a, a.config(), max_ctx=64, budget=None)
+    budget = str(p.minimum + p.expert_bytes)
+    r = _cli("inspect", str(art), "--dram-budget", budget, "--ctx", "64")
+    assert r.returncode == 0, r.stderr
+    assert "split from dense FFNs (--moefy 4x2)" in r.stdout and "cost model" in r.stdout
+    r = _cli("bench", str(art), "-p", "4", "-n", "4", "-r", "1", "--dram-budget", budget, "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    pred = d["prediction"]
+    assert pred["tok_s"] > 0 and pred["flash_bytes_per_token"] > 0
+    assert pred["tg_measured_over_predicted"] == pytest.approx(d["tg_tok_s"] / pred["tok_s"])
+    assert d["dram"]["expected_hit_rate"] == pytest.approx(d["dram"]["slots"] / 12)
