@@ -7,6 +7,8 @@ Actions (``REQUEST`` header ``{"id": N, "action": NAME, "args": {...}}``; the an
 - ``device.info``: CPU model and features, cores, DRAM total/free, storage, temperature and
   frequency governor where the device exposes them, machine, Python and edgert versions.
 - ``artifact.list`` / ``artifact.load`` / ``artifact.unload``: artifacts under ``ROOT/artifacts``.
+  ``artifact.load`` takes ``ctx``, ``dram_budget`` (bytes; 0: none), ``experts`` and ``ffn``
+  (the options of ``edgert run``): the engine runs within that budget, streaming from flash.
 - ``run.generate``: a language-model artifact on a prompt; one EVENT per piece of text.
 - ``run.infer``: a compiled ONNX model on the arrays of an ``.npz`` payload; outputs as ``.npz``.
 - ``run.bench``: ``edgert bench`` figures for a deployed artifact.
@@ -258,7 +260,15 @@ def _load(agent: Agent, rid, args, payload):
     else:
         from edgert.runtime import open_artifact_engine
 
-        agent.loaded[name] = open_artifact_engine(path, max_ctx=args.get("ctx"))
+        budget = args.get("dram_budget")  # bytes; 0: none; absent: the compiled budget
+        if budget is not None and (not isinstance(budget, int) or budget < 0):
+            raise RequestError("dram_budget must be a number of bytes (0: no budget)")
+        opts = {k: args.get(k) for k in ("experts", "ffn")}  # as `edgert run` takes them
+        if any(v is not None and not isinstance(v, dict) for v in opts.values()):
+            raise RequestError("experts and ffn must be JSON objects")
+        agent.loaded[name] = open_artifact_engine(
+            path, max_ctx=args.get("ctx"), dram_budget=budget, **opts
+        )
     return {"loaded": name}, b""
 
 
@@ -286,7 +296,7 @@ def _generate(agent: Agent, rid, args, payload):
         on_text=lambda piece: agent.event(rid, text=piece),
         stop_at_eos=not args.get("ignore_eos", False),
     )
-    return {"result": res.to_dict()}, b""
+    return {"result": res.to_dict(eng)}, b""
 
 
 def _infer(agent: Agent, rid, args, payload):

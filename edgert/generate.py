@@ -54,8 +54,16 @@ class GenerateResult:
     pp_tok_s: float
     tg_tok_s: float
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, engine=None) -> dict:
+        """The result; with ``engine``, also its DRAM plan and what it read from flash (where it
+        runs under a budget)."""
+        d = asdict(self)
+        plan = getattr(engine, "dram_plan", None)
+        if plan is not None:
+            stats = getattr(engine, "stream_stats", None)
+            d["dram"] = plan.to_dict()
+            d["stream"] = stats.to_dict() if stats is not None else None
+        return d
 
 
 class _Detok:

@@ -50,13 +50,17 @@ def run_cli(*args: str, env: dict | None = None, cwd: str | None = None):
 SMALL_MODEL = dict(dim=128, ffn=256, heads=4, kv_heads=2, vocab=512)
 
 
-def compile_synthetic(out_dir: Path, arch: str, scheme, *, target: str = "host", **kw):
-    """A small random-weight model of ``arch`` compiled for ``target``; returns the summary."""
+def compile_synthetic(
+    out_dir: Path, arch: str, scheme, *, target: str = "host", layers: int | None = None, **kw
+):
+    """A small random-weight model of ``arch`` (``layers`` deep; the generator's default if
+    None) compiled for ``target``; returns the summary."""
     from edgert.compiler.compile import compile_model
     from make_synthetic_gguf import make_synthetic_gguf
 
+    shape = {**SMALL_MODEL, **({"layers": layers} if layers else {})}
     g = make_synthetic_gguf(
-        out=out_dir / f"{arch}.gguf", arch=arch, qtype="F32", progress=False, **SMALL_MODEL
+        out=out_dir / f"{arch}.gguf", arch=arch, qtype="F32", progress=False, **shape
     )
     return compile_model(
         model=g, target=target, out=out_dir / f"{arch}.edgert", scheme=scheme, **kw

@@ -69,11 +69,7 @@ def report(res, *, as_json: bool, engine=None) -> None:
     plan = getattr(engine, "dram_plan", None)
     stats = getattr(engine, "stream_stats", None)
     if as_json:
-        d = res.to_dict()
-        if plan is not None:
-            d["dram"] = plan.to_dict()
-            d["stream"] = stats.to_dict() if stats is not None else None
-        print_json(d)
+        print_json(res.to_dict(engine))
         return
     sys.stdout.write("\n")
     print(

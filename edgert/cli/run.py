@@ -71,12 +71,8 @@ def _check_args(args, dnn: bool) -> None:
             f"{args.artifact} is not a compiled ONNX model: --input/--output do not apply",
             "language models take -p PROMPT",
         )
-    if args.dram_budget is not None and (dnn or args.device):
-        raise EdgertError(
-            "--dram-budget applies to language models run on this machine",
-            "drop --dram-budget"
-            + (" (the device agent plans its own memory)" if args.device else ""),
-        )
+    if args.dram_budget is not None and dnn:
+        raise EdgertError("--dram-budget applies to language models", "drop --dram-budget")
     if not dnn and args.prompt is None:
         raise EdgertError("a language model needs a prompt", "pass -p TEXT")
     if dnn and not args.input:
@@ -106,7 +102,17 @@ def _run_remote(args, *, dnn: bool) -> int:
                 f"{name} is not on device {args.device}",
                 f"deploy it first: edgert deploy {args.artifact} {args.device}",
             )
-        dev.call("artifact.load", {"name": name})
+        load = {"name": name}
+        if not dnn:  # the same budget and options as a run on this machine
+            from edgert.cli.common import dram_budget, expert_options, ffn_options
+
+            load.update(
+                ctx=args.ctx,
+                dram_budget=dram_budget(args),
+                experts=expert_options(args),
+                ffn=ffn_options(args),
+            )
+        dev.call("artifact.load", {k: v for k, v in load.items() if v is not None})
         if dnn:
             from edgert.artifact import Artifact
             from edgert.dnn import TensorSpec, load_inputs, save_outputs
@@ -140,6 +146,13 @@ def _run_remote(args, *, dnn: bool) -> int:
             f" | generated {len(res['tokens'])} tokens, {res['tg_tok_s']:.1f} tok/s",
             file=sys.stderr,
         )
+        d, st = res.get("dram"), res.get("stream")
+        if d and d.get("budget"):
+            line = f"dram budget {d['budget'] / 1e6:.1f} MB: plan {d['planned'] / 1e6:.1f} MB"
+            per_step = (st or {}).get("flash_bytes_per_call")
+            if per_step is not None:
+                line += f", {per_step / 1e6:.1f} MB read from flash per step"
+            print(line, file=sys.stderr)
     return 0
 
 

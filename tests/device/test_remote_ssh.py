@@ -29,7 +29,8 @@ def device(emulated_device):
 @pytest.fixture(scope="module")
 def arts(tmp_path_factory):
     da, db = tmp_path_factory.mktemp("ssh-a"), tmp_path_factory.mktemp("ssh-b")
-    a = compile_synthetic(da, "llama", QuantScheme("uniform", 4, 32), target="rpi5").out
+    # 4 layers: under the minimum budget some of them stream
+    a = compile_synthetic(da, "llama", QuantScheme("uniform", 4, 32), target="rpi5", layers=4).out
     b = compile_synthetic(db, "llama", QuantScheme("uniform", 2, 32), target="rpi5").out
     return a, b
 
@@ -46,6 +47,23 @@ def test_deploy_and_run_over_ssh(device, arts):
     with Device(url) as dev:
         info = dev.call("device.info")[0]["info"]
         assert info["machine"] == "aarch64"
+    # within a DRAM budget on the device: layers stream from its flash, same tokens
+    from edgert.artifact import Artifact
+    from edgert.stream import BUDGET_BATCH, plan_dram
+
+    a = Artifact.open(arts[0])
+    lo = plan_dram(a, a.config(), max_ctx=64, budget=None, n_batch=BUDGET_BATCH).minimum
+    p = PROMPTS[0]
+    r = run_cli("run", str(arts[0]), "--device", url, "-p", p, "-n", "16", "--ctx", "64",
+                "--dram-budget", str(lo), "--json", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["tokens"] == reference_tokens(arts[0], p)
+    assert out["dram"]["budget"] == lo and out["dram"]["streamed"]
+    assert out["dram"]["planned"] <= lo and out["stream"]["flash_bytes"] > 0
+    r = run_cli("run", str(arts[0]), "--device", url, "-p", p, "-n", "4", "--ctx", "64",
+                "--dram-budget", str(lo - 1), env=env)  # fmt: skip
+    assert r.returncode == 2 and "below the minimum" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_unknown_host_key_refused(device, arts, tmp_path):
@@ -106,7 +124,7 @@ def test_profile_over_ssh(device, arts, tmp_path):
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)["profiles"][url]
     assert p["device_info"]["machine"] == "aarch64"
-    assert p["bench"]["tg_tok_s"] > 0 and len(p["layers"]) == 3
+    assert p["bench"]["tg_tok_s"] > 0 and len(p["layers"]) == 4 + 1  # the layers and the head
     assert report.read_text().count("<svg") >= 2
 
 
