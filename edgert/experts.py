@@ -28,6 +28,7 @@ from edgert.stream import (
     FlashReader,
     Span,
     aligned_buffer,
+    budget_batch,
     fmt_size,
     kv_cache_bytes,
     outside_spans,
@@ -75,6 +76,8 @@ class MoePlan:
     head_bytes: int = 0
     n_layers: int = 0
     top_k: int = 0
+    #: tokens per forward call the scratch is sized for (longer prompts run in several calls)
+    batch: int = 0
 
     @property
     def streams(self) -> bool:
@@ -126,14 +129,23 @@ class MoePlan:
         }
 
 
-def plan_moe(art, cfg, *, max_ctx: int, budget: int | None, chunk: int = READ_CHUNK) -> MoePlan:
-    from edgert.kernels import MAX_BATCH  # the engine's tokens per forward call
-
+def plan_moe(
+    art,
+    cfg,
+    *,
+    max_ctx: int,
+    budget: int | None,
+    chunk: int = READ_CHUNK,
+    n_batch: int | None = None,
+) -> MoePlan:
+    """How many experts ``budget`` caches; refuses a budget below the minimum (two layers' active
+    experts). Under a budget, prompts run :data:`edgert.stream.BUDGET_BATCH` tokens per call."""
     spans = expert_spans(art, cfg)
     outside = outside_spans(art, spans.values())
     never = sum(outside.values())
     kv = kv_cache_bytes(cfg, max_ctx)
-    scratch = scratch_bytes(cfg, MAX_BATCH)
+    batch = budget_batch(budget, n_batch)
+    scratch = scratch_bytes(cfg, batch)
     fixed = never + kv + scratch
     size = max(s.nbytes for s in spans.values())
     minimum = fixed + 2 * cfg.n_experts_used * size
@@ -143,6 +155,7 @@ def plan_moe(art, cfg, *, max_ctx: int, budget: int | None, chunk: int = READ_CH
         "head_bytes": touched_per_step(art, outside),
         "n_layers": cfg.n_layers,
         "top_k": cfg.n_experts_used,
+        "batch": batch,
     }
     if budget is None or fixed + n * size <= budget:
         return MoePlan(budget, fixed, kv, scratch, size, n, n, minimum, chunk, **shape)

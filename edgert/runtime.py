@@ -486,6 +486,12 @@ class CompiledEngine:
             raise EdgertError("no tokens to evaluate")
         if t + n > self.max_ctx:
             raise EdgertError(f"sequence of {t + n} tokens exceeds the context of {self.max_ctx}")
+        batch = getattr(self.dram_plan, "batch", 0)
+        if self.native is None and batch and n > batch:  # the plan's scratch holds `batch` tokens
+            outs = [
+                self.forward(tokens[s : s + batch], last_only=last_only) for s in range(0, n, batch)
+            ]
+            return outs[-1] if last_only else np.concatenate(outs)
         x = self.source.embedding(tokens).astype(np.float32)
         cos, sin = rope_tables(c, np.arange(t, t + n))
         if self.expert_cache is not None:

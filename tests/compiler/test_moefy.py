@@ -17,6 +17,7 @@ from edgert.artifact import Artifact
 from edgert.errors import EdgertError
 from edgert.reference import ReferenceEngine
 from edgert.runtime import open_artifact_engine, reference_model
+from edgert.stream import BUDGET_BATCH
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
 
@@ -115,7 +116,7 @@ def test_artifact_is_a_moe_that_streams_its_experts(art):
     assert want == greedy_tokens(ref, PROMPTS, 16)
     from edgert.experts import plan_moe
 
-    p = plan_moe(a, c, max_ctx=64, budget=None)
+    p = plan_moe(a, c, max_ctx=64, budget=None, n_batch=BUDGET_BATCH)
     budget = p.minimum + p.expert_bytes  # the minimum and one more expert
     b = open_artifact_engine(art, max_ctx=64, dram_budget=budget)
     assert b.expert_cache is not None and b.dram_plan.streams
@@ -156,7 +157,7 @@ def test_bench_and_inspect_predict_expert_streaming(art):
     from edgert.experts import plan_moe
 
     a = Artifact.open(art)
-    p = plan_moe(a, a.config(), max_ctx=64, budget=None)
+    p = plan_moe(a, a.config(), max_ctx=64, budget=None, n_batch=BUDGET_BATCH)
     budget = str(p.minimum + p.expert_bytes)
     r = _cli("inspect", str(art), "--dram-budget", budget, "--ctx", "64")
     assert r.returncode == 0, r.stderr

@@ -314,7 +314,7 @@ def moe_budgets(path, max_ctx=64):
     from edgert.experts import plan_moe
 
     a = Artifact.open(path)
-    p = plan_moe(a, a.config(), max_ctx=max_ctx, budget=None)
+    p = plan_moe(a, a.config(), max_ctx=max_ctx, budget=None, n_batch=BUDGET_BATCH)
     quarter = p.fixed + max(p.n_experts // 4, 4) * p.expert_bytes
     return p.minimum, quarter, p
 
@@ -353,6 +353,24 @@ def test_moe_tokens_equal_unbudgeted_run_under_every_cache_setting(moe_art):
     # everything fits: nothing streams
     eng = open_artifact_engine(moe_art, max_ctx=64, dram_budget=full.planned)
     assert eng.expert_cache is None and not eng.dram_plan.streams
+
+
+def test_moe_long_prompt_in_budget_sized_calls(moe_art):
+    """Under a budget a mixture of experts also runs prompts BUDGET_BATCH tokens per call (its
+    scratch is sized for that), with the logits and tokens of one unbudgeted call."""
+    prompt = np.random.default_rng(1).integers(3, 200, 2 * BUDGET_BATCH + 7).tolist()
+    ctx = len(prompt) + 16
+    free = open_artifact_engine(moe_art, max_ctx=ctx)
+    lo, _, _ = moe_budgets(moe_art, ctx)
+    eng = open_artifact_engine(moe_art, max_ctx=ctx, dram_budget=lo)
+    assert eng.dram_plan.batch == BUDGET_BATCH
+    want, got = free.forward(prompt, last_only=True), eng.forward(prompt, last_only=True)
+    assert eng.expert_cache.stats.calls == 3  # 64 + 64 + 7 tokens
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    for _ in range(4):
+        nxt = int(np.argmax(want))
+        assert nxt == int(np.argmax(got))
+        want, got = free.forward([nxt], last_only=True), eng.forward([nxt], last_only=True)
 
 
 def test_moe_budget_below_minimum_and_unreadable_expert(moe_art, monkeypatch):
