@@ -106,16 +106,14 @@ def compile_model(
 
     m = load_model(model)
     if moefy is not None:
-        from edgert.compiler.moefy import parse_moefy
+        from edgert.compiler.moefy import check_moefy
 
-        if m.config.is_moe:
-            raise EdgertError("--moefy splits dense FFNs; this model already has experts")
+        check_moefy(m.config, *moefy)
         if dram is not None or sparse_ffn:
             raise EdgertError(
                 "--moefy makes a mixture of experts, which streams its experts at run time",
                 "compile without --dram-budget / --sparse-ffn (pass --dram-budget to run)",
             )
-        parse_moefy(f"{moefy[0]}x{moefy[1]}", m.config.ffn_dim)  # fails before any work
     if dram is not None and m.config.is_moe:
         raise EdgertError(
             "--dram-budget plans dense models (a mixture of experts streams its experts at run "

@@ -57,6 +57,13 @@ def parse_moefy(text: str, ffn_dim: int | None = None) -> tuple[int, int]:
     return e, k
 
 
+def check_moefy(cfg, experts: int, top_k: int) -> None:
+    """Refuse a model or split ``--moefy`` cannot make (before any work)."""
+    if cfg.is_moe:
+        raise EdgertError("--moefy splits dense FFNs; this model already has experts")
+    parse_moefy(f"{experts}x{top_k}", cfg.ffn_dim)
+
+
 def balanced_kmeans(x: np.ndarray, k: int, *, iters: int = KMEANS_ITERS, seed: int = 0):
     """Labels (n,) putting exactly n // k of the unit-norm rows of ``x`` in each of ``k``
     clusters (n must be a multiple of k): k-means on cosine similarity whose assignment step
@@ -131,9 +138,7 @@ def moefy_model(model: ModelGraph, experts: int, top_k: int, tokens: list[int], 
     from edgert.progress import Progress
 
     c = model.config
-    if c.is_moe:
-        raise EdgertError("--moefy splits dense FFNs; this model already has experts")
-    parse_moefy(f"{experts}x{top_k}", c.ffn_dim)
+    check_moefy(c, experts, top_k)
     fe = c.ffn_dim // experts
     xs = ffn_inputs(model, tokens)
     arrays: dict[str, np.ndarray] = {}
