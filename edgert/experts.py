@@ -28,13 +28,10 @@ from edgert.stream import (
     FlashReader,
     Span,
     aligned_buffer,
-    budget_batch,
+    fixed_memory,
     fmt_size,
-    kv_cache_bytes,
-    outside_spans,
-    scratch_bytes,
+    span_names,
     span_of,
-    touched_per_step,
 )
 
 PROJS = ("gate", "up", "down")
@@ -96,17 +93,20 @@ class MoePlan:
         return self.head_bytes + self.n_layers * self.top_k * self.expert_bytes
 
     @property
+    def misses_per_token(self) -> float:
+        """Experts a decode step is expected to read from flash."""
+        return self.n_layers * self.top_k * (1.0 - self.expected_hit_rate)
+
+    @property
     def streamed_bytes_per_token(self) -> int:
         """Expected flash bytes per decode step: the experts the cache misses."""
-        misses = self.n_layers * self.top_k * (1.0 - self.expected_hit_rate)
-        return int(misses * self.expert_bytes)
+        return int(self.misses_per_token * self.expert_bytes)
 
     def kv_bytes_at(self, pos: int) -> int:
         return self.kv * pos // max(self.max_ctx, 1)
 
     def flash_reads_per_token(self) -> int:
-        per_expert = -(-self.expert_bytes // self.chunk)
-        return round(self.n_layers * self.top_k * (1.0 - self.expected_hit_rate) * per_expert)
+        return round(self.misses_per_token * -(-self.expert_bytes // self.chunk))
 
     @property
     def planned(self) -> int:
@@ -141,21 +141,19 @@ def plan_moe(
     """How many experts ``budget`` caches; refuses a budget below the minimum (two layers' active
     experts). Under a budget, prompts run :data:`edgert.stream.BUDGET_BATCH` tokens per call."""
     spans = expert_spans(art, cfg)
-    outside = outside_spans(art, spans.values())
-    never = sum(outside.values())
-    kv = kv_cache_bytes(cfg, max_ctx)
-    batch = budget_batch(budget, n_batch)
-    scratch = scratch_bytes(cfg, batch)
-    fixed = never + kv + scratch
+    f = fixed_memory(
+        art, cfg, span_names(spans.values()), max_ctx=max_ctx, budget=budget, n_batch=n_batch
+    )
+    never, kv, scratch, fixed = f.never, f.kv, f.scratch, f.total
     size = max(s.nbytes for s in spans.values())
     minimum = fixed + 2 * cfg.n_experts_used * size
     n = len(spans)
     shape = {
         "max_ctx": max_ctx,
-        "head_bytes": touched_per_step(art, outside),
+        "head_bytes": f.touched,
         "n_layers": cfg.n_layers,
         "top_k": cfg.n_experts_used,
-        "batch": batch,
+        "batch": f.batch,
     }
     if budget is None or fixed + n * size <= budget:
         return MoePlan(budget, fixed, kv, scratch, size, n, n, minimum, chunk, **shape)

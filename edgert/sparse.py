@@ -33,13 +33,9 @@ from edgert.stream import (
     FlashReader,
     StreamStats,
     aligned_buffer,
-    budget_batch,
+    fixed_memory,
     fmt_size,
-    kv_cache_bytes,
-    resident_besides,
-    scratch_bytes,
     target_chunk,
-    touched_per_step,
 )
 
 BUNDLE_BITS = (2, 4, 8)
@@ -243,15 +239,11 @@ def plan_sparse(
     spec = SparseSpec.of(art)
     spec.thresholds_for(sparsity)
     ffn = ffn_tensors(cfg)
-    resident = resident_besides(art, ffn)
-    never = sum(resident.values())
-    touched = touched_per_step(art, resident)
-    kv = kv_cache_bytes(cfg, max_ctx)
-    batch = budget_batch(budget, n_batch)
-    scratch = scratch_bytes(cfg, batch)
+    f = fixed_memory(art, cfg, ffn, max_ctx=max_ctx, budget=budget, n_batch=n_batch)
+    never, touched, kv, scratch, batch = f.never, f.touched, f.kv, f.scratch, f.batch
     B = spec.fmt.nbytes
     staging = _layer_pages(cfg.ffn_dim, B) * PAGE
-    fixed = never + kv + scratch + staging
+    fixed = f.total + staging
     neurons = cfg.n_layers * cfg.ffn_dim
     dense = sum(art.tensors[n]["nbytes"] for n in ffn if n in art.tensors)
     slots = neurons if not budget else max(0, min(neurons, (budget - fixed) // B))

@@ -334,11 +334,6 @@ def kv_cache_bytes(cfg, max_ctx: int) -> int:
     return 2 * cfg.n_layers * max_ctx * cfg.n_kv_heads * cfg.head_dim * 4
 
 
-def outside_spans(art, spans) -> dict[str, int]:
-    """Bytes of each tensor that none of ``spans`` holds (what stays resident)."""
-    return resident_besides(art, {n for s in spans for n in s.buffers})
-
-
 def resident_besides(art, names) -> dict[str, int]:
     """Bytes of each tensor but ``names`` that a run loads (tensors stored for streaming only,
     like neuron bundles, are never loaded)."""
@@ -366,6 +361,42 @@ def scratch_bytes(cfg, n_batch: int, n_logits: int = 1) -> int:
     return acts + tables + n_logits * cfg.vocab_size * 4
 
 
+@dataclass
+class Fixed:
+    """What a plan holds whatever streams: the tensors that never stream (``never`` bytes, of
+    which a step reads ``touched``), the KV cache, and the scratch for ``batch`` tokens per call."""
+
+    never: int
+    touched: int
+    kv: int
+    scratch: int
+    batch: int
+
+    @property
+    def total(self) -> int:
+        return self.never + self.kv + self.scratch
+
+
+def fixed_memory(
+    art, cfg, streamed, *, max_ctx: int, budget: int | None, n_batch: int | None = None
+) -> Fixed:
+    """:class:`Fixed` for a plan that streams the tensors named in ``streamed``."""
+    resident = resident_besides(art, streamed)
+    batch = budget_batch(budget, n_batch)
+    return Fixed(
+        never=sum(resident.values()),
+        touched=touched_per_step(art, resident),
+        kv=kv_cache_bytes(cfg, max_ctx),
+        scratch=scratch_bytes(cfg, batch),
+        batch=batch,
+    )
+
+
+def span_names(spans) -> set[str]:
+    """The tensors ``spans`` hold."""
+    return {n for s in spans for n in s.buffers}
+
+
 def budget_batch(budget: int | None, n_batch: int | None = None) -> int:
     """Tokens per forward call: ``n_batch`` if given, else :data:`BUDGET_BATCH` under a budget and
     the kernels' largest batch without one."""
@@ -388,17 +419,12 @@ def plan_dram(
     overlap resident layers' compute); refuse a budget below the minimum (every layer streamed).
     Under a budget, prompts run :data:`BUDGET_BATCH` tokens per call."""
     spans = layer_spans(art, cfg.n_layers)
-    outside = outside_spans(art, spans)
-    never = sum(outside.values())
-    touched = touched_per_step(art, outside)
-    kv = kv_cache_bytes(cfg, max_ctx)
-    batch = budget_batch(budget, n_batch)
-    scratch = scratch_bytes(cfg, batch)
-    fixed = never + kv + scratch
+    f = fixed_memory(art, cfg, span_names(spans), max_ctx=max_ctx, budget=budget, n_batch=n_batch)
+    never, kv, scratch, fixed = f.never, f.kv, f.scratch, f.total
     sizes = [s.nbytes for s in spans]
     minimum = fixed + slots * max(sizes)
     plan = DramPlan(
-        budget, fixed, kv, scratch, sizes, [], slots, minimum, max_ctx, chunk, touched, batch
+        budget, fixed, kv, scratch, sizes, [], slots, minimum, max_ctx, chunk, f.touched, f.batch
     )
     if budget is None or fixed + sum(sizes) <= budget:
         return plan
