@@ -136,6 +136,16 @@ def compile_model(
         tokens = calibration_tokens(m, file=calib, n_tokens=MOEFY_CALIB_TOKENS)
         m, moe_record = moefy_model(m, *moefy, tokens)
         times["split into experts"] = time.perf_counter() - t
+    trace = None
+    if m.config.is_moe:
+        from edgert.compiler.calibrate import calibration_tokens, routing_trace
+
+        from edgert.experts import TRACE_PROMPT_TOKENS, TRACE_TOKENS
+
+        t = time.perf_counter()
+        n = TRACE_PROMPT_TOKENS + TRACE_TOKENS
+        trace = routing_trace(m, calibration_tokens(m, file=calib, n_tokens=n), n - TRACE_TOKENS)
+        times["trace routing"] = time.perf_counter() - t
     t = time.perf_counter()
     bits, units = plan_bits(m, scheme, bits_budget=bits_budget, calib=calib)
     times["plan bits"] = time.perf_counter() - t
@@ -154,7 +164,7 @@ def compile_model(
     t = time.perf_counter()
     summary = write_artifact(
         m, tgt, out, scheme=scheme, bits=bits, units=units, force=force, times=times, dram=dram,
-        sparse=sparse, moefy=moe_record,
+        sparse=sparse, moefy=moe_record, trace=trace,
     )  # fmt: skip
     times["quantize + lower + write"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0

@@ -63,13 +63,15 @@ def write_artifact(
     dram: tuple[int, int | None] | None = None,
     sparse: dict | None = None,
     moefy: dict | None = None,
+    trace: dict | None = None,
 ):
     """Everything after the bit plan: returns a CompileSummary. ``dram`` = (budget bytes,
     context tokens): the DRAM plan for that budget is made (an impossible budget fails the
     compile, naming the minimum) and recorded as the artifact's default budget. ``sparse``
     (thresholds, order, calib_tokens from edgert.compiler.sparsify.calibrate): neuron bundles
     are written too. ``moefy``: how the model's experts were split from its dense FFNs
-    (edgert.compiler.moefy), recorded in the manifest."""
+    (edgert.compiler.moefy), recorded in the manifest. ``trace``: a mixture's routing while it
+    decodes (edgert.compiler.calibrate.routing_trace), stored for the planner."""
     from edgert.compiler.compile import CompileSummary, _tvm_version
 
     from edgert.kernels import build_objects, quantize_hlq, quantize_uniform
@@ -149,6 +151,14 @@ def write_artifact(
                     bar.update(3)
         if moefy is not None:
             w.manifest["moefy"] = moefy
+        if trace is not None:
+            from edgert.experts import TRACE
+
+            shape = list(trace["route"].shape)
+            # read by the planner only, never loaded by a run
+            w.add_tensor(
+                TRACE, trace, residency="streamed", meta={"format": "trace", "shape": shape}
+            )
         if sparse is not None:
             from edgert.compiler.sparsify import write_bundles
 

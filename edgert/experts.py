@@ -37,6 +37,14 @@ from edgert.stream import (
 PROJS = ("gate", "up", "down")
 POLICIES = ("lru", "lfu")
 PREDICTORS = ("router", "coact")
+#: the compiler's record of how the mixture routes while decoding
+#: (edgert.compiler.calibrate.routing_trace), replayed by the planner to predict the cache
+TRACE = "moe_routing_trace"
+TRACE_PROMPT_TOKENS = 16
+TRACE_TOKENS = 96
+#: replayed steps that warm the cache before hits and reads are counted (a run's decode starts
+#: after its prompt has filled the cache)
+TRACE_WARMUP = 16
 
 
 def expert_tensors(layer: int, e: int) -> list[str]:
@@ -75,6 +83,10 @@ class MoePlan:
     top_k: int = 0
     #: tokens per forward call the scratch is sized for (longer prompts run in several calls)
     batch: int = 0
+    #: the compiler's routing trace replayed through the cache (:func:`replay_trace`): hits
+    #: per lookup and experts read from flash per decode step; None: no trace (uniform routing
+    #: assumed)
+    replayed: dict | None = None
 
     @property
     def streams(self) -> bool:
@@ -82,9 +94,13 @@ class MoePlan:
 
     @property
     def expected_hit_rate(self) -> float:
-        """The cache hit rate the cost model assumes: the cached share of the experts (what an
-        LRU cache hits when routing is uniform; skewed routing hits more)."""
-        return min(1.0, self.slots / self.n_experts) if self.n_experts else 1.0
+        """The cache hit rate the cost model assumes: the replayed trace's, else the cached share
+        of the experts (what an LRU cache hits when routing is uniform)."""
+        if not self.streams:
+            return 1.0
+        if self.replayed is not None:
+            return self.replayed["hit_rate"]
+        return self.slots / self.n_experts
 
     @property
     def weight_bytes_per_token(self) -> int:
@@ -94,7 +110,12 @@ class MoePlan:
 
     @property
     def misses_per_token(self) -> float:
-        """Experts a decode step is expected to read from flash."""
+        """Experts a decode step is expected to read from flash (with the trace: its misses and
+        what it read ahead)."""
+        if not self.streams:
+            return 0.0
+        if self.replayed is not None:
+            return self.replayed["reads_per_token"]
         return self.n_layers * self.top_k * (1.0 - self.expected_hit_rate)
 
     @property
@@ -137,9 +158,12 @@ def plan_moe(
     budget: int | None,
     chunk: int = READ_CHUNK,
     n_batch: int | None = None,
+    cache: dict | None = None,
 ) -> MoePlan:
     """How many experts ``budget`` caches; refuses a budget below the minimum (two layers' active
-    experts). Under a budget, prompts run :data:`edgert.stream.BUDGET_BATCH` tokens per call."""
+    experts). Under a budget, prompts run :data:`edgert.stream.BUDGET_BATCH` tokens per call.
+    Where experts stream and the artifact has a routing trace, it is replayed through a cache
+    with ``cache``'s options (those of :class:`ExpertCache`) for the expected hits and reads."""
     spans = expert_spans(art, cfg)
     f = fixed_memory(
         art, cfg, span_names(spans.values()), max_ctx=max_ctx, budget=budget, n_batch=n_batch
@@ -166,7 +190,10 @@ def plan_moe(
             "raise the budget, or lower the context with --ctx",
         )
     slots = (budget - fixed) // size
-    return MoePlan(budget, fixed, kv, scratch, size, n, slots, minimum, chunk, **shape)
+    plan = MoePlan(budget, fixed, kv, scratch, size, n, slots, minimum, chunk, **shape)
+    if TRACE in art.tensors:
+        plan.replayed = replay_trace(art, cfg, plan, **(cache or {}))
+    return plan
 
 
 @dataclass
@@ -238,16 +265,23 @@ class _Entry:
         self.prefetched, self.used = prefetched, False
 
 
+def tvm_inputs(to_tensor):
+    """``convert`` for an :class:`ExpertCache` feeding the compiled functions: an expert's
+    buffers as their inputs, in argument order."""
+    return lambda key, arrays: [to_tensor(a) for n in expert_tensors(*key) for a in arrays[n]]
+
+
 class ExpertCache:
-    """Experts by (layer, expert) as the compiled functions' inputs, read from flash on a miss
-    (or ahead, by :meth:`prefetch`) into at most ``plan.slots`` cached experts."""
+    """Experts by (layer, expert), read from flash on a miss (or ahead, by :meth:`prefetch`)
+    into at most ``plan.slots`` cached experts; ``convert(key, arrays)`` makes what the engine
+    computes with from an expert's buffers (tensor name -> views of the read)."""
 
     def __init__(
         self,
         art,
         cfg,
         plan: MoePlan,
-        to_tensor,
+        convert,
         *,
         policy: str = "lru",
         predictor: str = "router",
@@ -265,7 +299,9 @@ class ExpertCache:
         if len(files) > 1:
             raise EdgertError(f"{art.path}: experts span several files")
         self.reader = reader or FlashReader(art.path / files.pop(), chunk=plan.chunk)
-        self._to_tensor = to_tensor
+        self._convert = convert
+        #: what made the last native fetch fail (edgert.native reports it)
+        self.error: BaseException | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgert-experts")
         self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
         self._verified: set[tuple[int, int]] = set()
@@ -286,9 +322,7 @@ class ExpertCache:
         s = self.spans[key]
         buf = aligned_buffer(s.nbytes)
         s.read(self.reader, buf, self._verified)
-        arrays = s.arrays(buf)
-        # zero-copy views of the read buffer, in the functions' argument order
-        return [self._to_tensor(a) for n in expert_tensors(*key) for a in arrays[n]]
+        return self._convert(key, s.arrays(buf))  # zero-copy views of the read buffer
 
     def _evict_for(self, n_new: int, keep: set) -> None:
         while len(self._entries) + n_new > self.plan.slots:
@@ -308,7 +342,26 @@ class ExpertCache:
         self._entries[key] = _Entry(self._pool.submit(self._read, key), prefetched)
         self.stats.read_bytes += self.spans[key].nbytes
 
-    # -- the engine's side: want(i) -> predict_next(i) -> tensors(i) ---------------------------
+    # -- the engine's side: fetch(i), or want(i) -> predict_next(i) -> tensors(i) --------------
+    def fetch(self, layer: int, experts, next_experts) -> dict[int, object]:
+        """``layer`` computes ``experts``: read the missing ones, read ahead the next layer's
+        (``next_experts``: per token, the experts the next layer's router picks on this hidden
+        state, or None), and return the experts once read."""
+        self.want(layer, experts)
+        if layer + 1 < self.cfg.n_layers:
+            guess = [] if next_experts is None else self.router_guess(next_experts)
+            self.predict_next(layer, experts, guess)
+        return self.tensors(layer, experts)
+
+    def router_guess(self, next_experts) -> list[int]:
+        """What to read ahead from the next router's picks per token: most picked first, at
+        most the top-k per token (or a quarter of the cache)."""
+        if len(next_experts) == 1:  # one token: its picks, most probable first
+            return [int(e) for e in next_experts[0]]
+        e, n = np.unique(np.asarray(next_experts), return_counts=True)
+        cap = max(self.cfg.n_experts_used, self.plan.slots // 4)
+        return e[np.argsort(-n, kind="stable")][:cap].tolist()
+
     def want(self, layer: int, experts) -> None:
         """``layer`` will compute ``experts``: start reading those not cached nor read ahead."""
         keys = [(layer, int(e)) for e in experts]
@@ -397,3 +450,48 @@ class ExpertCache:
             for a in prev[1]:
                 for b in used:
                     self._coact[layer - 1, a, b] += 1
+
+
+class _NoReads:
+    """A reader for a replay: nothing is read."""
+
+    def close(self) -> None:
+        pass
+
+
+class _ReplayCache(ExpertCache):
+    """The cache's policy without reads: every read completes at once."""
+
+    def _start(self, key: tuple[int, int], *, prefetched: bool) -> None:
+        done: Future = Future()
+        done.set_result(())  # what tensors() hands back: nothing was read
+        self._entries[key] = _Entry(done, prefetched)
+        self.stats.read_bytes += self.spans[key].nbytes
+
+
+def replay_trace(art, cfg, plan: MoePlan, **cache) -> dict:
+    """The artifact's routing trace (one decode step at a time, as a run decodes) through an
+    expert cache of ``plan.slots`` with ``cache``'s options: the hit rate and the experts read
+    from flash per step (on a miss, or ahead), counted after :data:`TRACE_WARMUP` steps."""
+    from edgert.reference import route
+
+    t = art.read_tensor(TRACE)
+    routes, guesses = t["route"], t["guess"]
+    rc = _ReplayCache(art, cfg, plan, None, reader=_NoReads(), **cache)
+    try:
+        for step in range(routes.shape[0]):
+            if step == TRACE_WARMUP:
+                rc.stats = ExpertStats()
+            for i in range(cfg.n_layers):
+                experts = np.unique(route(cfg, routes[step, i][None])[0])
+                nxt = route(cfg, guesses[step, i][None])[0] if i + 1 < cfg.n_layers else None
+                rc.fetch(i, experts, nxt)
+    finally:
+        rc.close()
+    st, steps = rc.stats, max(routes.shape[0] - TRACE_WARMUP, 1)
+    return {
+        "steps": steps,
+        "hit_rate": st.hit_rate,
+        "reads_per_token": st.read_bytes / plan.expert_bytes / steps,
+        "prefetch_accuracy": st.prefetch_accuracy,
+    }

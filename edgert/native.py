@@ -1,5 +1,7 @@
-"""The C forward pass (``kernels_neon/forward.c``) bound with ctypes: every layer of a dense
-model and its head in one call per step, on the weights an artifact holds in DRAM.
+"""The C forward pass (``kernels_neon/forward.c``) bound with ctypes: every layer of a model
+(dense, or a mixture of experts) and its head in one call per step, on the weights an artifact
+holds in DRAM; experts that stream come from an :class:`edgert.experts.ExpertCache` through a
+callback per layer.
 
 The symbol lives in the artifact's own ``lib/model.so`` (the kernels are linked into it for the
 target), so the device needs no compiler. Weights are described to C by address; this object keeps
@@ -42,7 +44,8 @@ _VECS = ("attn_norm", "ffn_norm", "bq", "bk", "bv", "q_norm", "k_norm")
 
 
 #: edgert_forward_abi() of modules whose structs match these
-FORWARD_ABI = 2
+FORWARD_ABI = 3
+ROUTE_PROBS, ROUTE_NORM, ROUTE_UNIT = 0, 1, 2
 
 
 class _Sparse(ctypes.Structure):
@@ -56,11 +59,41 @@ class _Sparse(ctypes.Structure):
     ]
 
 
+_EXPERTS_FN = ctypes.CFUNCTYPE(
+    _I32,
+    _P,
+    _I32,
+    ctypes.POINTER(_I32),
+    _I64,
+    ctypes.POINTER(_I32),
+    _I64,
+    _P,
+)
+
+
+class _Moe(ctypes.Structure):
+    _fields_ = [
+        ("n_experts", _I32),
+        ("n_used", _I32),
+        ("weighting", _I32),
+        ("predict", _I32),
+        ("expert_ffn_dim", _I64),
+        ("shared_ffn_dim", _I64),
+        ("router", _Weight),
+        ("experts", ctypes.POINTER(_Weight)),
+        ("fetch", _P),
+        ("ctx", _P),
+        ("shared", _Weight * 3),
+        ("sh_inp", _P),
+        ("counts", _P),
+    ]
+
+
 class _Layer(ctypes.Structure):
     _fields_ = (
         [(p, _Weight) for p in _PROJ]
         + [(v, _P) for v in _VECS]
-        + [("sparse", ctypes.POINTER(_Sparse))]
+        + [("sparse", ctypes.POINTER(_Sparse)), ("moe", ctypes.POINTER(_Moe))]
     )
 
 
@@ -112,16 +145,25 @@ class NativeForward:
         self._formats: dict[tuple[int, str], tuple[str, dict]] = {}
         #: the residual stream after the last call (forward updates x in place)
         self.last_x: np.ndarray | None = None
-        #: the neuron cache of sparse FFN layers (set_sparse), None: dense FFNs
-        self._sparse_cache = None
+        #: what a failed fetch callback reports (set_sparse's or set_experts's cache)
+        self._fetcher = None
         c = cfg
+        self.cfg = cfg
         layers = (_Layer * c.n_layers)()
+        #: tokens routed to each expert, (n_layers, n_experts), counted by the C side
+        self.expert_counts = np.zeros((c.n_layers, max(c.n_experts, 1)), np.int64)
+        self._moe: list[_Moe] = []
         for i in range(c.n_layers):
             p = f"blk.{i}."
             for proj, name in zip(_PROJ, PROJECTIONS):
+                if c.is_moe and proj in ("gate", "up", "down"):
+                    continue  # the layer's experts stand in for them
                 w = weight(p + name + ".weight")
                 self._formats[(i, name)] = w[:2]
                 setattr(layers[i], proj, self._weight(w))
+            if c.is_moe:
+                self._moe.append(self._moe_layer(i, weight))
+                layers[i].moe = ctypes.pointer(self._moe[-1])
             layers[i].attn_norm = self._vec(weight(p + "attn_norm.weight"))
             layers[i].ffn_norm = self._vec(weight(p + "ffn_norm.weight"))
             if c.qkv_bias:
@@ -149,12 +191,88 @@ class NativeForward:
             v_cache=v_cache.ctypes.data,
         )
 
+    def _moe_layer(self, i: int, weight) -> _Moe:
+        """Layer ``i``'s router and experts; experts that stream (described without data) are
+        asked for per step (set_experts)."""
+        from edgert.experts import expert_tensors
+
+        c, p = self.cfg, f"blk.{i}."
+        weighting = (
+            ROUTE_UNIT if c.expert_weights_unit else ROUTE_NORM if c.expert_weights_norm
+            else ROUTE_PROBS
+        )  # fmt: skip
+        moe = _Moe(
+            n_experts=c.n_experts,
+            n_used=c.n_experts_used,
+            weighting=weighting,
+            predict=1,
+            expert_ffn_dim=c.expert_ffn_dim,
+            shared_ffn_dim=c.shared_expert_ffn_dim,
+            router=self._weight(weight(p + "ffn_gate_inp.weight")),
+            counts=self.expert_counts[i].ctypes.data,
+        )
+        table = (_Weight * (3 * c.n_experts))()
+        resident = True
+        for e in range(c.n_experts):
+            for j, name in enumerate(expert_tensors(i, e)):
+                w = weight(name)
+                self._formats[(i, name)] = w[:2]
+                resident = resident and w[2] is not None
+                table[3 * e + j] = self._weight(w)
+        if resident:
+            self._keep.append(table)
+            moe.experts = table
+        if c.shared_expert_ffn_dim:
+            for j, proj in enumerate(("gate", "up", "down")):
+                moe.shared[j] = self._weight(weight(p + f"ffn_{proj}_shexp.weight"))
+            moe.sh_inp = self._vec(weight(p + "ffn_gate_inp_shexp.weight"))
+        return moe
+
+    def expert_weights(self, key: tuple[int, int], arrays: dict[str, list[np.ndarray]]):
+        """The C description of expert ``key`` = (layer, expert) from its buffers (tensor name
+        -> buffers, as edgert.stream.Span.arrays gives them): (gate, up, down), and the arrays
+        it points into (keep both together)."""
+        from edgert.experts import expert_tensors
+
+        names = expert_tensors(*key)
+        ws = (_Weight * 3)()
+        for j, name in enumerate(names):
+            fmt, meta = self._formats[(key[0], name)]
+            ws[j] = self._weight((fmt, meta, arrays[name]), hold=False)
+        return ws, arrays
+
+    def set_experts(self, cache) -> None:
+        """Fetch every layer's experts from ``cache`` (an edgert.experts.ExpertCache whose
+        entries are :meth:`expert_weights`) as the forward pass routes to them."""
+        k = self.cfg.n_experts_used
+        size = 3 * ctypes.sizeof(_Weight)
+
+        def fetch(_ctx, layer, experts_p, count, next_p, n, out) -> int:
+            try:  # per layer and step: plain ctypes reads and copies, no array wrapping
+                chosen = experts_p[:count]
+                nxt = None
+                if next_p:
+                    flat = next_p[: n * k]
+                    nxt = [flat[t * k : (t + 1) * k] for t in range(n)]
+                got = cache.fetch(layer, chosen, nxt)
+                for c, e in enumerate(chosen):
+                    ctypes.memmove(out + c * size, ctypes.addressof(got[e][0]), size)
+                return 0
+            except BaseException as e:  # noqa: BLE001 - reported by the forward pass's caller
+                cache.error = e
+                return 1
+
+        self._fetcher = cache
+        self._experts_fn = _EXPERTS_FN(fetch)
+        for i, moe in enumerate(self._moe):
+            moe.experts = None
+            moe.fetch = ctypes.cast(self._experts_fn, _P)
+            self._layers[i].moe = ctypes.pointer(moe)
+
     @classmethod
     def load(cls, lib_path: str, cfg: ModelConfig, weight, head_name, k_cache, v_cache):
-        """The fast path for this model, or None where it does not apply (mixture-of-experts
-        models, or a module compiled before the C forward pass existed)."""
-        if cfg.is_moe:
-            return None
+        """The fast path for this model, or None where it does not apply (a module compiled
+        before the C forward pass, or before this layout of its structs)."""
         fn = _symbol(lib_path)
         if fn is None:
             return None
@@ -185,7 +303,7 @@ class NativeForward:
         """Run every layer's FFN on its active neurons, bundles from ``cache``
         (an edgert.sparse.NeuronCache)."""
         fmt = cache.fmt
-        self._sparse_cache = cache
+        self._fetcher = cache
         self._sparse = [
             _Sparse(
                 float(t),
@@ -290,10 +408,10 @@ class NativeForward:
         if rc == -2:
             raise EdgertError("out of memory in the forward pass")
         if rc == -3:
-            err, self._sparse_cache.error = self._sparse_cache.error, None
+            err, self._fetcher.error = self._fetcher.error, None
             if isinstance(err, EdgertError):
                 raise err
-            raise EdgertError(f"reading neuron bundles failed: {err}") from err
+            raise EdgertError(f"reading weights from flash failed: {err}") from err
         if rc:
             raise EdgertError(
                 f"the forward pass refused its arguments ({n} tokens at position {pos}, "

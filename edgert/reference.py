@@ -92,6 +92,8 @@ class ReferenceEngine:
         self.v_cache = np.zeros(shape, np.float32)
         self.pos = 0
         self.expert_counts = np.zeros((c.n_layers, max(c.n_experts, 1)), np.int64)
+        #: the residual stream entering the FFN being run (what a recorder of FFNs reads)
+        self.ffn_stream: np.ndarray | None = None
 
     def reset(self) -> None:
         self.pos = 0
@@ -197,6 +199,7 @@ class ReferenceEngine:
             h = rms_norm(x, self._w(p + "attn_norm.weight"), c.rms_eps)
             x = x + self._attention(i, h, cos, sin)
             h = rms_norm(x, self._w(p + "ffn_norm.weight"), c.rms_eps)
+            self.ffn_stream = x
             x = x + self._ffn(i, h)
         return x
 

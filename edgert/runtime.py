@@ -1,8 +1,10 @@
 """The device-side executor: runs a compiled module (``lib/model.so``, see edgert.compiler.lower)
 layer by layer with a KV cache, feeding it weights from a :class:`WeightSource`.
 
-Needs numpy and the TVM runtime only. MoE routing (top-k over the router's logits) happens here,
-so the runtime decides which expert weights to fetch — the hook flash streaming builds on.
+Needs numpy and the TVM runtime only. Where the module has the C forward pass (edgert.native),
+a step is one call into it; a mixture of experts routes there, and asks the runtime for the
+experts each layer chose (edgert.experts reads them from flash). Without it, routing (top-k over
+the router's logits) happens here, between compiled functions.
 """
 
 from __future__ import annotations
@@ -193,7 +195,10 @@ def open_artifact_engine(
     elif dram_budget and cfg.is_moe:
         from edgert.experts import expert_tensors, plan_moe
 
-        moe = plan_moe(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), chunk=target_chunk(art))
+        moe = plan_moe(
+            art, cfg, max_ctx=max_ctx, budget=int(dram_budget), chunk=target_chunk(art),
+            cache=experts,
+        )  # fmt: skip
         if moe.streams:
             streamed = {
                 n for i in range(cfg.n_layers) for e in range(cfg.n_experts)
@@ -235,11 +240,16 @@ def open_artifact_engine(
         )
         engine.native.set_sparse(engine.neurons)
     if moe is not None and moe.streams:
-        from edgert.experts import ExpertCache
+        from edgert.experts import ExpertCache, tvm_inputs
 
-        engine.expert_cache = ExpertCache(
-            art, cfg, moe, engine._tvm.runtime.from_dlpack, **(experts or {})
-        )
+        native_fwd = engine.native
+        convert = (
+            native_fwd.expert_weights if native_fwd is not None
+            else tvm_inputs(engine._tvm.runtime.from_dlpack)
+        )  # fmt: skip
+        engine.expert_cache = ExpertCache(art, cfg, moe, convert, **(experts or {}))
+        if native_fwd is not None:
+            native_fwd.set_experts(engine.expert_cache)
     if dram is not None and dram.streamed:
         if engine.native is None:
             raise EdgertError(
@@ -330,6 +340,8 @@ class CompiledEngine:
             self.native = NativeForward.load(
                 lib_path, config, source.weight, self.head_name, self.k_cache, self.v_cache
             )
+            if self.native is not None and c.is_moe:
+                self.expert_counts = self.native.expert_counts  # counted in C
         #: set to an OpTimes to time each layer's operations (None: no cost)
         self.profiler = None
         #: the DRAM plan (edgert.stream.DramPlan, or edgert.experts.MoePlan) and what streams
@@ -413,10 +425,8 @@ class CompiledEngine:
         experts = np.unique(idx)
         cache = self.expert_cache
         if cache is not None:  # experts on flash: start reads, read ahead the next layer's
-            cache.want(i, experts)
-            if i + 1 < c.n_layers:
-                cache.predict_next(i, experts, self._next_experts(i + 1, x_t))
-            tensors = cache.tensors(i, experts)
+            nxt = route(c, self._router_logits(i + 1, x_t))[0] if i + 1 < c.n_layers else None
+            tensors = cache.fetch(i, experts, nxt)
         for e in experts:
             rows, slot = np.nonzero(idx == e)
             self.expert_counts[i, e] += len(rows)
@@ -435,18 +445,14 @@ class CompiledEngine:
             out += self._fn("shared_expert", self.layer_variants[i])(h_t, *ws).numpy()
         return out
 
-    def _next_experts(self, i: int, x_t) -> list[int]:
-        """Layer ``i``'s router on the hidden state before it (the residual stream changes
-        little per layer): its most chosen experts, at most the top-k per token."""
+    def _router_logits(self, i: int, x_t) -> np.ndarray:
+        """Layer ``i``'s router on the residual stream ``x_t`` before it (the stream changes
+        little per layer): a guess at the experts layer ``i`` will want."""
         p = f"blk.{i}."
         h = self._fn("ffn_norm")(x_t, *self._w(p + "ffn_norm.weight"))
-        logits = self._fn("router", self.layer_variants[i])(
+        return self._fn("router", self.layer_variants[i])(
             h, *self._w(p + "ffn_gate_inp.weight")
         ).numpy()
-        idx, _ = route(self.cfg, logits)
-        e, n = np.unique(idx, return_counts=True)
-        cap = max(self.cfg.n_experts_used, self.expert_cache.plan.slots // 4)
-        return e[np.argsort(-n, kind="stable")][:cap].tolist()
 
     def _forward_native(self, x, cos, sin, last_only: bool) -> np.ndarray:
         """Every layer and the head in C, MAX_BATCH tokens per call (the kernels' tables of a
@@ -461,6 +467,9 @@ class CompiledEngine:
             e = min(n, s + batch)
             if self.neurons is not None:
                 self.neurons.begin_step(e - s)
+            if self.expert_cache is not None:
+                self.expert_cache.stats.calls += 1
+                self.expert_cache.stats.tokens += e - s
             y = run(
                 x[s:e],
                 self.pos,
@@ -494,11 +503,11 @@ class CompiledEngine:
             return outs[-1] if last_only else np.concatenate(outs)
         x = self.source.embedding(tokens).astype(np.float32)
         cos, sin = rope_tables(c, np.arange(t, t + n))
+        if self.native is not None:
+            return self._forward_native(x, cos, sin, last_only)
         if self.expert_cache is not None:
             self.expert_cache.stats.calls += 1
             self.expert_cache.stats.tokens += n
-        if self.native is not None:
-            return self._forward_native(x, cos, sin, last_only)
         mask = np.zeros((n, t + n), np.float32)
         mask[:, t:] = np.triu(np.full((n, n), -np.inf, np.float32), 1)
         cos_t, sin_t, mask_t = self._t(cos), self._t(sin), self._t(mask)

@@ -1,6 +1,7 @@
-/* edgert forward pass in C: every layer of a dense transformer (RMSNorm, q/k/v/o projections with
+/* edgert forward pass in C: every layer of a transformer (RMSNorm, q/k/v/o projections with
  * optional biases and q/k norms, RoPE, grouped-query attention over a float32 KV cache, SwiGLU
- * FFN) and the output head, for n tokens at positions pos .. pos+n-1, in one call.
+ * FFN or a mixture of SwiGLU experts) and the output head, for n tokens at positions
+ * pos .. pos+n-1, in one call.
  *
  * The runtime's fast path: a decode step is one call instead of a few interpreted VM calls per
  * layer. Linear layers run the LUT kernels (edgert_kernels.h), 8-bit rows, or float32 rows.
@@ -28,7 +29,7 @@ typedef struct {
  * up-projection row and down-projection column, each dim_pad uniform `bits`-bit codes (2, 4 or 8;
  * element i in byte i*bits/8, low bits first), then per group of `group` elements a float16 scale
  * and minimum (w = scale * q + min): [up codes][down codes][up scale][up min][down scale][down min]. */
-#define EDGERT_FORWARD_ABI 2
+#define EDGERT_FORWARD_ABI 3
 
 /* Fills bundles[0..count) with the addresses of the listed neurons' bundles (valid until the
  * layer's FFN is done); nonzero stops the forward pass, which then returns -3. */
@@ -43,12 +44,41 @@ typedef struct {
     void *ctx;
 } edgert_sparse_ffn;
 
+/* A mixture-of-experts FFN: per token the router keeps the n_used experts of highest softmax
+ * probability (ties to the lower index) and adds their SwiGLU outputs, weighted as `weighting`
+ * says; a shared expert (shared_ffn_dim > 0) is added behind a sigmoid gate. */
+#define EDGERT_ROUTE_PROBS 0 /* the kept probabilities as they are (Qwen2-MoE, OLMoE) */
+#define EDGERT_ROUTE_NORM 1  /* renormalised to sum to 1 (Mixtral) */
+#define EDGERT_ROUTE_UNIT 2  /* weight 1 (experts split from one dense FFN) */
+
+/* Fills weights[3c .. 3c+2] with the gate, up and down projections of experts[c], c < count
+ * (valid until the layer's FFN is done). next (n, next layer's n_used): the experts the next
+ * layer's router picks on this layer's FFN input, per token, most probable first: a guess at
+ * what that layer will want; NULL on the last layer or without `predict`. Nonzero stops the
+ * forward pass, which then returns -3. */
+typedef int32_t (*edgert_experts_fn)(void *ctx, int32_t layer, const int32_t *experts,
+                                     int64_t count, const int32_t *next, int64_t n,
+                                     edgert_weight *weights);
+
 typedef struct {
-    edgert_weight wq, wk, wv, wo, gate, up, down;
+    int32_t n_experts, n_used, weighting, predict;
+    int64_t expert_ffn_dim, shared_ffn_dim; /* shared_ffn_dim 0: no shared expert */
+    edgert_weight router;                   /* (n_experts, dim) */
+    const edgert_weight *experts; /* n_experts x (gate, up, down); NULL: ask fetch per layer */
+    edgert_experts_fn fetch;
+    void *ctx;
+    edgert_weight shared[3]; /* the shared expert's gate, up and down projections */
+    const float *sh_inp;     /* (dim): the shared expert's gate */
+    int64_t *counts;     /* NULL, or (n_experts): tokens routed to each expert are added */
+} edgert_moe_ffn;
+
+typedef struct {
+    edgert_weight wq, wk, wv, wo, gate, up, down; /* gate, up, down unused with moe */
     const float *attn_norm, *ffn_norm;
     const float *bq, *bk, *bv;    /* NULL: no bias */
     const float *q_norm, *k_norm; /* NULL: no q/k norm (over the whole projection) */
     const edgert_sparse_ffn *sparse; /* NULL: the dense FFN (gate, up, down); else gate + bundles */
+    const edgert_moe_ffn *moe;       /* NULL: not a mixture of experts */
 } edgert_layer;
 
 typedef struct {
@@ -74,8 +104,8 @@ void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int6
 /* x (n, dim): the token embeddings in, the final residual stream out. cos/sin (n, rope_dim/2) for
  * the positions. logits (n, vocab), or (1, vocab) of the last token with last_only; NULL: no head.
  * times (NULL: not measured) accumulates seconds: [layer][0] attention, [layer][1] FFN, then
- * [n_layers][0] the head. Returns 0, or -1 on bad arguments, -2 out of memory, -3 when a sparse
- * layer's fetch failed. */
+ * [n_layers][0] the head. Returns 0, or -1 on bad arguments (fetched experts included), -2 out of
+ * memory, -3 when a sparse layer's or an expert layer's fetch failed. */
 int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, const float *cos,
                    const float *sin, int32_t last_only, float *logits, double *times,
                    int32_t threads);

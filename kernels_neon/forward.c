@@ -1,4 +1,4 @@
-/* The forward pass of a dense transformer in C (see edgert_forward.h).
+/* The forward pass of a transformer in C (see edgert_forward.h).
  *
  * Follows edgert.reference operation by operation: RMSNorm with the mean of squares in double,
  * attention scores divided by sqrt(head_dim), softmax with the running max subtracted, SiLU as
@@ -301,6 +301,143 @@ void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int6
     edgert_parallel_for(groups, work >= PARALLEL_MIN_WORK ? threads : 1, bundle_down, &c);
 }
 
+/* ---- mixture of experts (edgert_forward.h) ------------------------------------------------- */
+static int same_shape(const edgert_weight *w, int64_t m, int64_t k) {
+    return w->p0 && w->m == m && w->k == k;
+}
+
+static int valid_expert(const edgert_weight *w, int64_t f, int64_t d) {
+    return same_shape(&w[0], f, d) && same_shape(&w[1], f, d) && same_shape(&w[2], d, f);
+}
+
+static int valid_moe(const edgert_moe_ffn *e, int64_t d) {
+    if (e->n_experts < 1 || e->n_used < 1 || e->n_used > e->n_experts || e->expert_ffn_dim < 1 ||
+        e->weighting < EDGERT_ROUTE_PROBS || e->weighting > EDGERT_ROUTE_UNIT ||
+        !same_shape(&e->router, e->n_experts, d) || (!e->experts && !e->fetch))
+        return 0;
+    for (int32_t j = 0; e->experts && j < e->n_experts; j++)
+        if (!valid_expert(e->experts + 3 * j, e->expert_ffn_dim, d)) return 0;
+    const int64_t s = e->shared_ffn_dim;
+    return s == 0 || (s > 0 && e->sh_inp && valid_expert(e->shared, s, d));
+}
+
+/* logits (n, E) in place -> the kept experts idx (n, k) and their weights w (n, k) */
+static void route(const edgert_moe_ffn *e, const float *logits, int64_t n, int32_t *idx,
+                  float *w, float *p) {
+    const int32_t E = e->n_experts, k = e->n_used;
+    for (int64_t t = 0; t < n; t++) {
+        const float *l = logits + t * E;
+        float mx = l[0], sum = 0.f;
+        for (int32_t j = 1; j < E; j++) mx = l[j] > mx ? l[j] : mx;
+        for (int32_t j = 0; j < E; j++) sum += p[j] = expf(l[j] - mx);
+        for (int32_t j = 0; j < E; j++) p[j] /= sum;
+        float kept = 0.f;
+        for (int32_t s = 0; s < k; s++) { /* the largest left; ties to the lower index */
+            int32_t best = -1;
+            for (int32_t j = 0; j < E; j++)
+                if (p[j] >= 0.f && (best < 0 || p[j] > p[best])) best = j;
+            idx[t * k + s] = best;
+            w[t * k + s] = p[best];
+            kept += p[best];
+            p[best] = -1.f;
+        }
+        for (int32_t s = 0; s < k; s++)
+            w[t * k + s] = e->weighting == EDGERT_ROUTE_UNIT   ? 1.f
+                           : e->weighting == EDGERT_ROUTE_NORM ? w[t * k + s] / kept
+                                                               : w[t * k + s];
+    }
+}
+
+/* h (r, f) = silu(x gate^T) * (x up^T); y (r, d) = h down^T */
+static void swiglu(const edgert_weight *w, const float *x, int64_t r, float *g, float *u,
+                   float *y, int threads) {
+    const edgert_weight *gu[2] = {&w[0], &w[1]};
+    float *const out[2] = {g, u};
+    linear_multi(2, gu, x, r, out, threads);
+    const int64_t f = w[0].m;
+    for (int64_t j = 0; j < r * f; j++) g[j] = g[j] / (1.f + expf(-g[j])) * u[j];
+    linear(&w[2], g, r, y, threads);
+}
+
+/* x (n, d), the residual stream entering layer l's FFN, += the mixture on xn (n, d), x normed */
+static int moe_ffn(const edgert_model *m, int32_t l, float *x, const float *xn, int64_t n,
+                   int threads) {
+    const edgert_moe_ffn *e = m->layers[l].moe;
+    const int64_t d = m->dim, E = e->n_experts, k = e->n_used;
+    const int64_t f = e->expert_ffn_dim > e->shared_ffn_dim ? e->expert_ffn_dim : e->shared_ffn_dim;
+    const edgert_moe_ffn *next = l + 1 < m->n_layers ? m->layers[l + 1].moe : NULL;
+    const int guess = e->fetch && !e->experts && e->predict && next;
+    const int64_t nk = next ? next->n_used : 0, nE = next ? next->n_experts : 0;
+    float *buf = malloc((size_t)(n * E + n * nE + (E > nE ? E : nE) + n * k + n * nk + 2 * n * d +
+                                 2 * n * f) * sizeof(float));
+    int32_t *idx = malloc((size_t)(n * k + E + n * nk) * sizeof(int32_t));
+    int64_t *rows = malloc((size_t)n * sizeof(int64_t));
+    edgert_weight *ws = malloc((size_t)(3 * E) * sizeof(edgert_weight));
+    if (!buf || !idx || !rows || !ws) {
+        free(buf);
+        free(idx);
+        free(rows);
+        free(ws);
+        return -2;
+    }
+    float *logits = buf, *nl = logits + n * E, *p = nl + n * nE, *w = p + (E > nE ? E : nE);
+    float *nw = w + n * k, *xe = nw + n * nk, *ye = xe + n * d, *g = ye + n * d, *u = g + n * f;
+    int32_t *chosen = idx + n * k, *nidx = chosen + E;
+    int rc = 0;
+    linear(&e->router, xn, n, logits, threads);
+    route(e, logits, n, idx, w, p);
+    int64_t count = 0;
+    for (int32_t j = 0; j < E; j++) /* the experts some token chose, ascending */
+        for (int64_t q = 0; q < n * k; q++)
+            if (idx[q] == j) {
+                chosen[count++] = j;
+                break;
+            }
+    if (guess) { /* the next router on this hidden state: what to read ahead */
+        for (int64_t t = 0; t < n; t++)
+            rms_norm(xe + t * d, x + t * d, m->layers[l + 1].ffn_norm, d, m->rms_eps);
+        linear(&next->router, xe, n, nl, threads);
+        route(next, nl, n, nidx, nw, p);
+    }
+    if (e->experts) {
+        for (int64_t c = 0; c < count; c++)
+            memcpy(ws + 3 * c, e->experts + 3 * chosen[c], 3 * sizeof(edgert_weight));
+    } else if (e->fetch(e->ctx, l, chosen, count, guess ? nidx : NULL, n, ws)) {
+        rc = -3;
+    } else {
+        for (int64_t c = 0; c < count && !rc; c++)
+            if (!valid_expert(ws + 3 * c, e->expert_ffn_dim, d)) rc = -1;
+    }
+    for (int64_t c = 0; c < count && !rc; c++) {
+        int64_t r = 0;
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t s = 0; s < k; s++)
+                if (idx[t * k + s] == chosen[c]) {
+                    rows[r] = t * k + s;
+                    memcpy(xe + r * d, xn + t * d, (size_t)d * sizeof(float));
+                    r++;
+                }
+        if (e->counts) e->counts[chosen[c]] += r;
+        swiglu(ws + 3 * c, xe, r, g, u, ye, threads);
+        for (int64_t q = 0; q < r; q++) {
+            const int64_t t = rows[q] / k;
+            axpy(x + t * d, w[rows[q]], ye + q * d, d);
+        }
+    }
+    if (!rc && e->shared_ffn_dim) {
+        swiglu(e->shared, xn, n, g, u, ye, threads);
+        for (int64_t t = 0; t < n; t++) {
+            const float s = dot(xn + t * d, e->sh_inp, d);
+            axpy(x + t * d, 1.f / (1.f + expf(-s)), ye + t * d, d);
+        }
+    }
+    free(buf);
+    free(idx);
+    free(rows);
+    free(ws);
+    return rc;
+}
+
 static int valid_sparse(const edgert_sparse_ffn *sp, int64_t dim) {
     return sp->fetch && (sp->bits == 2 || sp->bits == 4 || sp->bits == 8) && sp->group >= 8 &&
            sp->group <= BUNDLE_GROUP_MAX && sp->group % 8 == 0 && sp->dim_pad % sp->group == 0 &&
@@ -322,10 +459,11 @@ static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
                                      {m->ffn_dim, m->dim}, {m->ffn_dim, m->dim},
                                      {m->dim, m->ffn_dim}};
         for (int j = 0; j < 7; j++) {
-            if (L->sparse && j >= 5) break; /* up and down come from the bundles */
+            if ((L->sparse && j >= 5) || (L->moe && j >= 4)) break; /* bundles, or experts */
             if (!w[j]->p0 || w[j]->m != shape[j][0] || w[j]->k != shape[j][1]) return 0;
         }
         if (L->sparse && !valid_sparse(L->sparse, m->dim)) return 0;
+        if (L->moe && (L->sparse || !valid_moe(L->moe, m->dim))) return 0;
         if (!L->attn_norm || !L->ffn_norm) return 0;
     }
     return m->head.p0 && m->head.k == m->dim && m->output_norm;
@@ -391,7 +529,10 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
             t0 = t;
         }
         for (int64_t i = 0; i < n; i++) rms_norm(xn + i * d, x + i * d, L->ffn_norm, d, m->rms_eps);
-        if (L->sparse) { /* gate, then only the neurons some token activates */
+        if (L->moe) {
+            rc = moe_ffn(m, l, x, xn, n, threads);
+            if (rc) break;
+        } else if (L->sparse) { /* gate, then only the neurons some token activates */
             const edgert_sparse_ffn *sp = L->sparse;
             linear(&L->gate, xn, n, g, threads);
             for (int64_t j = 0; j < n * f; j++) g[j] = g[j] / (1.f + expf(-g[j]));

@@ -196,12 +196,17 @@ def run(args) -> int:
         )
     d = info.get("dram")
     if d and "n_experts" in d:
+        r = d["replayed"]
+        how = (
+            "routing assumed uniform" if r is None
+            else f"the compiled routing trace replayed, {r['steps']} decode steps"
+        )  # fmt: skip
         print(
             f"DRAM plan  budget {d['budget'] / 1e6:.1f} MB: {d['slots']} of "
             f"{d['n_experts']} experts cached ({d['expert_bytes'] / 1e6:.2f} MB each), plan "
             f"{d['planned'] / 1e6:.1f} MB, minimum {d['minimum'] / 1e6:.1f} MB; "
             f"{d['streamed_bytes_per_token'] / 1e6:.1f} MB per token from flash at a hit rate "
-            f"of {d['expected_hit_rate']:.0%} (routing assumed uniform)"
+            f"of {d['expected_hit_rate']:.0%} ({how})"
         )
     elif d:
         budget = "no budget" if d["budget"] is None else f"budget {d['budget'] / 1e6:.1f} MB"

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import compile_synthetic
+from conftest import compile_synthetic, greedy_divergence
 from edgert.compiler.quant import QuantScheme
 
 from edgert.artifact import Artifact, ArtifactError
@@ -33,13 +33,17 @@ def artifacts(tmp_path_factory):
 
 @pytest.mark.parametrize("arch", ["llama", "mixtral", "qwen2moe", "olmoe"])
 def test_greedy_tokens_equal_reference_on_same_weights(artifacts, arch):
+    """Greedy tokens equal the reference's, except after a step the reference itself decides by
+    less than the kernels' error (then they agree up to that step)."""
     path = artifacts[arch].out
     eng = open_artifact_engine(path, max_ctx=64)
     ref = ReferenceEngine(reference_model(Artifact.open(path)), max_ctx=64)
+    ties = 0
     for p in PROMPTS:
         a = generate(eng, prompt=p, n_predict=32, sampler=Sampler(temp=0), stop_at_eos=False)
         b = generate(ref, prompt=p, n_predict=32, sampler=Sampler(temp=0), stop_at_eos=False)
-        assert a.tokens == b.tokens
+        ties += greedy_divergence(ref, eng.tokenizer, p, a.tokens, b.tokens)
+    assert ties <= 1  # near-ties are rare: the other prompts agree on all 32 tokens
     ids = eng.tokenizer.encode("the quick brown fox")
     eng.reset()
     ref.reset()
@@ -48,11 +52,11 @@ def test_greedy_tokens_equal_reference_on_same_weights(artifacts, arch):
 
 @pytest.mark.parametrize("arch", ["llama", "mixtral"])
 def test_decode_fast_path_equals_compiled_functions(artifacts, arch):
-    """Dense models decode through the C forward pass, MoE models through the compiled
-    functions; both read the same weights and agree step by step."""
+    """Dense and MoE models decode through the C forward pass by default; the compiled
+    functions read the same weights and agree step by step."""
     path = artifacts[arch].out
     fast = open_artifact_engine(path, max_ctx=64)
-    assert (fast.native is not None) == (arch == "llama")
+    assert fast.native is not None
     slow = open_artifact_engine(path, max_ctx=64, native=False)
     assert slow.native is None
     ids = fast.tokenizer.encode("the quick brown fox")

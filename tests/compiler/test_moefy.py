@@ -154,7 +154,7 @@ def test_cli_errors_and_json(gguf, art, tmp_path):
 def test_bench_and_inspect_predict_expert_streaming(art):
     """The cost model covers a mixture of experts: inspect and bench predict decode under a
     budget from the expected cache hit rate; bench reports it beside the measured run."""
-    from edgert.experts import plan_moe
+    from edgert.experts import TRACE_TOKENS, TRACE_WARMUP, plan_moe
 
     a = Artifact.open(art)
     p = plan_moe(a, a.config(), max_ctx=64, budget=None, n_batch=BUDGET_BATCH)
@@ -162,10 +162,15 @@ def test_bench_and_inspect_predict_expert_streaming(art):
     r = _cli("inspect", str(art), "--dram-budget", budget, "--ctx", "64")
     assert r.returncode == 0, r.stderr
     assert "split from dense FFNs (--moefy 4x2)" in r.stdout and "cost model" in r.stdout
+    assert "the compiled routing trace replayed" in r.stdout
     r = _cli("bench", str(art), "-p", "4", "-n", "4", "-r", "1", "--dram-budget", budget, "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     pred = d["prediction"]
     assert pred["tok_s"] > 0 and pred["flash_bytes_per_token"] > 0
     assert pred["tg_measured_over_predicted"] == pytest.approx(d["tg_tok_s"] / pred["tok_s"])
-    assert d["dram"]["expected_hit_rate"] == pytest.approx(d["dram"]["slots"] / 12)
+    # from the routing trace the compiler recorded, replayed through the cache
+    rep = d["dram"]["replayed"]
+    assert rep["steps"] == TRACE_TOKENS - TRACE_WARMUP and 0 <= rep["hit_rate"] <= 1
+    assert d["dram"]["expected_hit_rate"] == rep["hit_rate"]
+    assert pred["flash_bytes_per_token"] == int(rep["reads_per_token"] * d["dram"]["expert_bytes"])

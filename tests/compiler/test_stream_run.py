@@ -323,17 +323,21 @@ def test_moe_tokens_equal_unbudgeted_run_under_every_cache_setting(moe_art):
     want = tokens(open_artifact_engine(moe_art, max_ctx=64))
     lo, quarter, full = moe_budgets(moe_art)
     assert lo < quarter < full.planned
-    settings = [
-        (quarter, {"policy": "lru", "predictor": "router", "prefetch": True}),
-        (quarter, {"policy": "lfu", "predictor": "coact", "prefetch": True}),
-        (quarter, {"policy": "lru", "prefetch": False}),
-        (lo, {"policy": "lfu", "predictor": "router", "prefetch": True}),
+    settings = [  # (budget, cache options, the C forward pass or the compiled functions)
+        (quarter, {"policy": "lru", "predictor": "router", "prefetch": True}, True),
+        (quarter, {"policy": "lfu", "predictor": "coact", "prefetch": True}, True),
+        (quarter, {"policy": "lru", "prefetch": False}, True),
+        (lo, {"policy": "lfu", "predictor": "router", "prefetch": True}, True),
+        (quarter, {"policy": "lru", "predictor": "router", "prefetch": True}, False),
     ]
-    for budget, opts in settings:
-        eng = open_artifact_engine(moe_art, max_ctx=64, dram_budget=budget, experts=opts)
+    for budget, opts, native in settings:
+        eng = open_artifact_engine(
+            moe_art, max_ctx=64, dram_budget=budget, experts=opts, native=native
+        )
         plan, cache = eng.dram_plan, eng.expert_cache
         assert plan.streams and plan.planned <= budget and cache is not None
-        assert tokens(eng) == want, (budget, opts)
+        assert (eng.native is not None) == native
+        assert tokens(eng) == want, (budget, opts, native)
         s = cache.stats
         c = eng.cfg  # each call computes top-k distinct experts per token in every layer
         assert (
@@ -353,6 +357,62 @@ def test_moe_tokens_equal_unbudgeted_run_under_every_cache_setting(moe_art):
     # everything fits: nothing streams
     eng = open_artifact_engine(moe_art, max_ctx=64, dram_budget=full.planned)
     assert eng.expert_cache is None and not eng.dram_plan.streams
+
+
+def test_routing_trace_is_how_the_model_routes_while_decoding():
+    """Per decode step and layer, the trace's router logits pick the experts the reference
+    forward uses (the same counts per expert over the text fed one token per step); the next
+    layer's guess is recorded for every layer but the last."""
+    from edgert.compiler.calibrate import routing_trace
+    from test_reference_archs import CONFIGS as ARCHS
+    from test_reference_archs import random_model
+
+    from edgert.reference import ReferenceEngine, route
+
+    for name in ("mixtral", "olmoe"):
+        m = random_model(ARCHS[name], seed=2)
+        c, text, n = m.config, [1, 7, 3, 9, 9, 4, 0, 12, 5], 6
+        trace = routing_trace(m, text, len(text) - n)
+        ref = ReferenceEngine(m, max_ctx=16)
+        ref.forward(text[:-n], last_only=True)
+        before = ref.expert_counts.copy()
+        for t in text[-n:]:
+            ref.forward([t], last_only=True)
+        got = np.zeros_like(before)
+        for t in range(n):
+            for i in range(c.n_layers):
+                got[i, route(c, trace["route"][t, i][None])[0][0]] += 1
+        assert np.array_equal(got, ref.expert_counts - before), name
+        assert (trace["guess"][:, -1] == 0).all() and (trace["guess"][:, :-1] != 0).any()
+
+
+def test_moe_plan_replays_the_compiled_routing_trace(moe_art):
+    """The compiler records how the mixture routes while decoding; the planner replays it
+    through the cache's policy: without reading ahead every miss is one read, reading ahead
+    adds its reads, and a budget that caches every expert reads nothing."""
+    from edgert.artifact import Artifact
+    from edgert.experts import TRACE, TRACE_TOKENS, TRACE_WARMUP, plan_moe
+
+    a = Artifact.open(moe_art)
+    c = a.config()
+    assert a.tensors[TRACE]["shape"] == [TRACE_TOKENS, c.n_layers, c.n_experts]
+    assert a.tensors[TRACE]["residency"] == "streamed"  # never loaded by a run
+    lo, quarter, full = moe_budgets(moe_art)
+
+    def plan(budget, **cache):
+        return plan_moe(a, c, max_ctx=64, budget=budget, n_batch=BUDGET_BATCH, cache=cache)
+
+    on_demand = plan(quarter, prefetch=False)
+    r = on_demand.replayed
+    assert r["steps"] == TRACE_TOKENS - TRACE_WARMUP and 0 < r["hit_rate"] < 1
+    # one decode step looks up top-k experts per layer; each miss is one read
+    per_step = c.n_layers * c.n_experts_used
+    assert r["reads_per_token"] == pytest.approx(per_step * (1 - r["hit_rate"]))
+    assert on_demand.replayed == plan(quarter, prefetch=False).replayed  # deterministic
+    ahead = plan(quarter, prefetch=True, predictor="router").replayed
+    assert ahead["reads_per_token"] >= per_step * (1 - ahead["hit_rate"]) - 1e-9
+    assert plan(lo, policy="lfu").replayed["hit_rate"] <= 1
+    assert not full.streams and full.expected_hit_rate == 1 and full.streamed_bytes_per_token == 0
 
 
 def test_moe_long_prompt_in_budget_sized_calls(moe_art):

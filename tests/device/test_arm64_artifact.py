@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from arm64_root import ensure_root, run_python
-from conftest import compile_synthetic
+from conftest import compile_synthetic, greedy_divergence
 from edgert.compiler.quant import QuantScheme
 
 from edgert.artifact import Artifact
@@ -81,13 +81,15 @@ def test_matches_host_reference(device_run, arch):
     root, arts, out = device_run
     art = Artifact.open(arts[arch])
     assert art.target["name"] == "rpi5"
-    # dense models decode through the C forward pass (NEON kernels), MoE through the VM
-    assert out[arch]["native"] == (arch == "llama")
+    # dense and MoE models decode through the C forward pass (NEON kernels)
+    assert out[arch]["native"]
     model = reference_model(art)
     ref = ReferenceEngine(model, max_ctx=64)
+    ties = 0
     for p, toks in zip(PROMPTS, out[arch]["greedy"]):
         want = generate(ref, prompt=p, n_predict=32, sampler=Sampler(temp=0), stop_at_eos=False)
-        assert toks == want.tokens
+        ties += greedy_divergence(ref, model.tokenizer, p, toks, want.tokens)
+    assert ties <= 1
     ids = model.tokenizer.encode("the quick brown fox")
     x = model.tensor("token_embd.weight")[ids]
     cos, sin = rope_tables(model.config, np.arange(len(ids)))

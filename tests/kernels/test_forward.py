@@ -1,6 +1,7 @@
 """The C forward pass (kernels_neon/forward.c) against the numpy reference on float32 weights:
 every option a dense layer has (q/k/v biases, q/k norms, neox and partial rotary, grouped-query
-attention), prefill then decode; results independent of the thread count; refused arguments."""
+attention) and every mixture of experts the reference runs, prefill then decode; experts fetched
+per layer; results independent of the thread count; refused arguments."""
 
 import numpy as np
 import pytest
@@ -118,19 +119,79 @@ def test_bad_arguments_are_refused():
         nf.forward(src.embedding(np.array([1, 2])), 4, cos, sin, last_only=True, threads=1)
 
 
-def test_moe_models_have_no_native_path():
-    cfg = ModelConfig(
-        arch="qwen2moe",
-        n_layers=1,
-        dim=8,
-        n_heads=2,
-        n_kv_heads=2,
-        head_dim=4,
-        ffn_dim=8,
-        vocab_size=10,
-        n_experts=4,
-        n_experts_used=2,
-        expert_ffn_dim=8,
-    )
-    z = np.zeros((1, 4, 2, 4), np.float32)
-    assert NativeForward.load(str(build_shared()), cfg, None, "output.weight", z, z) is None
+MOE_ARCHS = ("mixtral", "qwen2moe", "olmoe")
+MOE_CHUNKS = [[3, 17, 42, 8, 8], [0], [49], [21, 5], [30]]
+
+
+def moe_model(name: str) -> ModelGraph:
+    from test_reference_archs import CONFIGS as ARCHS
+    from test_reference_archs import random_model as arch_model
+
+    return arch_model(ARCHS[name], seed=len(name))
+
+
+@pytest.mark.parametrize("name", MOE_ARCHS)
+def test_moe_prefill_and_decode_equal_reference(name):
+    """Routing (renormalised, raw or unit top-k), the experts, the shared expert behind its
+    gate: the same logits and the same tokens per expert as the reference."""
+    model = moe_model(name)
+    nf, src = native_for(model)
+    got = run(nf, src, model.config, MOE_CHUNKS, threads=2)
+    ref = ReferenceEngine(model, max_ctx=32)
+    want = np.concatenate([ref.forward(c) for c in MOE_CHUNKS])
+    assert np.max(np.abs(got - want)) <= REL_TOL * np.max(np.abs(want))
+    assert (got.argmax(-1) == want.argmax(-1)).all()
+    assert np.array_equal(nf.expert_counts, ref.expert_counts)
+
+
+class ListCache:
+    """Experts from the model's arrays, asked for one layer at a time (what an ExpertCache
+    does, without flash)."""
+
+    def __init__(self, nf, src, fail_layer=None):
+        from edgert.experts import expert_tensors
+
+        self.nf, self.src, self.fail_layer, self.error = nf, src, fail_layer, None
+        self.names, self.asked = expert_tensors, []
+
+    def fetch(self, layer, experts, next_experts):
+        self.asked.append((layer, list(experts), next_experts))
+        if layer == self.fail_layer:
+            raise OSError(5, "Input/output error")
+        return {
+            int(e): self.nf.expert_weights(
+                (layer, int(e)), {n: self.src.arrays(n) for n in self.names(layer, int(e))}
+            )
+            for e in experts
+        }
+
+
+def test_moe_experts_fetched_per_layer():
+    """Experts asked for through the callback: the same logits as resident experts, each layer
+    asks for exactly the experts its tokens chose, with the next router's top-k per token (none
+    on the last layer); a failed fetch is an error naming the cause, not wrong logits."""
+    model = moe_model("mixtral")
+    c = model.config
+    nf, src = native_for(model)
+    want = run(nf, src, c, MOE_CHUNKS, threads=2)
+    nf2, src2 = native_for(model)
+    cache = ListCache(nf2, src2)
+    nf2.set_experts(cache)
+    got = run(nf2, src2, c, MOE_CHUNKS, threads=2)
+    assert np.array_equal(got, want)
+    assert np.array_equal(nf2.expert_counts, nf.expert_counts)
+    assert len(cache.asked) == c.n_layers * len(MOE_CHUNKS)
+    for j, (layer, experts, nxt) in enumerate(cache.asked):
+        n = len(MOE_CHUNKS[j // c.n_layers])
+        assert layer == j % c.n_layers
+        assert experts == sorted(set(experts)) and c.n_experts_used <= len(experts) <= c.n_experts
+        if layer + 1 < c.n_layers:  # top-k distinct experts per token
+            assert len(nxt) == n
+            assert all(len(set(g)) == c.n_experts_used <= c.n_experts for g in nxt)
+            assert all(0 <= e < c.n_experts for g in nxt for e in g)
+        else:
+            assert nxt is None
+    nf3, src3 = native_for(model)
+    nf3.set_experts(ListCache(nf3, src3, fail_layer=1))
+    with pytest.raises(EdgertError, match="reading weights from flash failed: .*Input/output"):
+        run(nf3, src3, c, MOE_CHUNKS[:1], threads=1)

@@ -62,6 +62,17 @@ def test_mixture_of_experts_plan():
     every = MoePlan(**{**moe.__dict__, "slots": 32})
     assert every.streamed_bytes_per_token == 0 and not every.streams
     assert predict_decode(every, fig(), pos=500).bound == "dram"
+    # a replayed routing trace replaces uniform routing: its hit rate, and its reads per step
+    # (misses and experts read ahead)
+    traced = MoePlan(
+        **{**moe.__dict__, "replayed": {"steps": 80, "hit_rate": 0.75, "reads_per_token": 2.5}}
+    )
+    assert traced.expected_hit_rate == 0.75 and traced.misses_per_token == 2.5
+    assert traced.streamed_bytes_per_token == int(2.5 * 3 * MB)
+    assert traced.flash_reads_per_token() == round(2.5 * 3)
+    assert traced.weight_bytes_per_token == moe.weight_bytes_per_token
+    every_traced = MoePlan(**{**traced.__dict__, "slots": 32})
+    assert every_traced.expected_hit_rate == 1.0 and every_traced.streamed_bytes_per_token == 0
 
 
 def test_compute_cap_per_core():
