@@ -5,7 +5,8 @@ device, from the device's figures in ``targets/*.toml``.
 A decode step reads every weight it uses once from DRAM (streamed layers from their staging
 buffers; a mixture of experts' resident part and top-k experts per layer) plus the KV cache so
 far, and reads the streamed layers (a mixture's experts the cache misses or reads ahead: the
-compiler's routing trace replayed through the cache, else uniform routing) from flash. Reads run on I/O threads beside compute, so a step takes the longer of the two:
+compiler's routing trace replayed through the cache, else uniform routing) from flash. Reads
+run on I/O threads beside compute, so a step takes the longer of the two:
 
 - DRAM: (weight bytes + KV bytes) / min(DRAM bandwidth x kernel efficiency,
   cores x per-core decode rate) — memory-bound or compute-bound, whichever binds;

@@ -476,19 +476,22 @@ def replay_trace(art, cfg, plan: MoePlan, **cache) -> dict:
     from edgert.reference import route
 
     t = art.read_tensor(TRACE)
-    routes, guesses = t["route"], t["guess"]
+    n_steps, L, E = t["route"].shape
+    # the top-k of every step and layer at once: (steps, layers, k)
+    picks, guesses = (
+        route(cfg, t[k].reshape(-1, E))[0].reshape(n_steps, L, -1) for k in ("route", "guess")
+    )
     rc = _ReplayCache(art, cfg, plan, None, reader=_NoReads(), **cache)
     try:
-        for step in range(routes.shape[0]):
+        for step in range(n_steps):
             if step == TRACE_WARMUP:
                 rc.stats = ExpertStats()
-            for i in range(cfg.n_layers):
-                experts = np.unique(route(cfg, routes[step, i][None])[0])
-                nxt = route(cfg, guesses[step, i][None])[0] if i + 1 < cfg.n_layers else None
-                rc.fetch(i, experts, nxt)
+            for i in range(L):
+                nxt = guesses[step, i][None] if i + 1 < L else None
+                rc.fetch(i, np.unique(picks[step, i]), nxt)
     finally:
         rc.close()
-    st, steps = rc.stats, max(routes.shape[0] - TRACE_WARMUP, 1)
+    st, steps = rc.stats, max(n_steps - TRACE_WARMUP, 1)
     return {
         "steps": steps,
         "hit_rate": st.hit_rate,

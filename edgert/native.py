@@ -264,10 +264,9 @@ class NativeForward:
 
         self._fetcher = cache
         self._experts_fn = _EXPERTS_FN(fetch)
-        for i, moe in enumerate(self._moe):
+        for moe in self._moe:  # the layers point at these structs
             moe.experts = None
             moe.fetch = ctypes.cast(self._experts_fn, _P)
-            self._layers[i].moe = ctypes.pointer(moe)
 
     @classmethod
     def load(cls, lib_path: str, cfg: ModelConfig, weight, head_name, k_cache, v_cache):

@@ -321,7 +321,7 @@ static int valid_moe(const edgert_moe_ffn *e, int64_t d) {
     return s == 0 || (s > 0 && e->sh_inp && valid_expert(e->shared, s, d));
 }
 
-/* logits (n, E) in place -> the kept experts idx (n, k) and their weights w (n, k) */
+/* logits (n, E) -> the kept experts idx (n, k) and their weights w (n, k); p (E) is scratch */
 static void route(const edgert_moe_ffn *e, const float *logits, int64_t n, int32_t *idx,
                   float *w, float *p) {
     const int32_t E = e->n_experts, k = e->n_used;
@@ -348,15 +348,15 @@ static void route(const edgert_moe_ffn *e, const float *logits, int64_t n, int32
     }
 }
 
-/* h (r, f) = silu(x gate^T) * (x up^T); y (r, d) = h down^T */
-static void swiglu(const edgert_weight *w, const float *x, int64_t r, float *g, float *u,
-                   float *y, int threads) {
-    const edgert_weight *gu[2] = {&w[0], &w[1]};
+/* g (r, f) = silu(x gate^T) * (x up^T) (u: scratch); y (r, d) = g down^T */
+static void swiglu(const edgert_weight *gate, const edgert_weight *up, const edgert_weight *down,
+                   const float *x, int64_t r, float *g, float *u, float *y, int threads) {
+    const edgert_weight *gu[2] = {gate, up};
     float *const out[2] = {g, u};
     linear_multi(2, gu, x, r, out, threads);
-    const int64_t f = w[0].m;
+    const int64_t f = gate->m;
     for (int64_t j = 0; j < r * f; j++) g[j] = g[j] / (1.f + expf(-g[j])) * u[j];
-    linear(&w[2], g, r, y, threads);
+    linear(down, g, r, y, threads);
 }
 
 /* x (n, d), the residual stream entering layer l's FFN, += the mixture on xn (n, d), x normed */
@@ -418,14 +418,14 @@ static int moe_ffn(const edgert_model *m, int32_t l, float *x, const float *xn, 
                     r++;
                 }
         if (e->counts) e->counts[chosen[c]] += r;
-        swiglu(ws + 3 * c, xe, r, g, u, ye, threads);
+        swiglu(&ws[3 * c], &ws[3 * c + 1], &ws[3 * c + 2], xe, r, g, u, ye, threads);
         for (int64_t q = 0; q < r; q++) {
             const int64_t t = rows[q] / k;
             axpy(x + t * d, w[rows[q]], ye + q * d, d);
         }
     }
     if (!rc && e->shared_ffn_dim) {
-        swiglu(e->shared, xn, n, g, u, ye, threads);
+        swiglu(&e->shared[0], &e->shared[1], &e->shared[2], xn, n, g, u, ye, threads);
         for (int64_t t = 0; t < n; t++) {
             const float s = dot(xn + t * d, e->sh_inp, d);
             axpy(x + t * d, 1.f / (1.f + expf(-s)), ye + t * d, d);
@@ -460,7 +460,7 @@ static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
                                      {m->dim, m->ffn_dim}};
         for (int j = 0; j < 7; j++) {
             if ((L->sparse && j >= 5) || (L->moe && j >= 4)) break; /* bundles, or experts */
-            if (!w[j]->p0 || w[j]->m != shape[j][0] || w[j]->k != shape[j][1]) return 0;
+            if (!same_shape(w[j], shape[j][0], shape[j][1])) return 0;
         }
         if (L->sparse && !valid_sparse(L->sparse, m->dim)) return 0;
         if (L->moe && (L->sparse || !valid_moe(L->moe, m->dim))) return 0;
@@ -552,11 +552,7 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
                 for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
             }
         } else {
-            const edgert_weight *w[2] = {&L->gate, &L->up};
-            float *const y[2] = {g, u};
-            linear_multi(2, w, xn, n, y, threads);
-            for (int64_t j = 0; j < n * f; j++) g[j] = g[j] / (1.f + expf(-g[j])) * u[j];
-            linear(&L->down, g, n, o, threads);
+            swiglu(&L->gate, &L->up, &L->down, xn, n, g, u, o, threads);
             for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
         }
         if (times) {
