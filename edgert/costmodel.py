@@ -5,12 +5,17 @@ device, from the device's figures in ``targets/*.toml``.
 A decode step reads every weight it uses once from DRAM (streamed layers from their staging
 buffers; a mixture of experts' resident part and top-k experts per layer) plus the KV cache so
 far, and reads the streamed layers (a mixture's experts the cache misses or reads ahead: the
-compiler's routing trace replayed through the cache, else uniform routing) from flash. Reads
-run on I/O threads beside compute, so a step takes the longer of the two:
+compiler's routing trace replayed through the cache, else uniform routing) from flash:
 
 - DRAM: (weight bytes + KV bytes) / min(DRAM bandwidth x kernel efficiency,
   cores x per-core decode rate) — memory-bound or compute-bound, whichever binds;
 - flash: streamed bytes / flash bandwidth + one read latency per read request.
+
+A dense model's streamed layers are read ahead on I/O threads beside compute, so a step takes
+the longer of the two. A mixture with a replayed trace reads as the replay says: the experts a
+layer reads ahead (issued as it routes, for the next layer) overlap one layer's compute, and
+experts read on a miss are waited for, so a step takes
+sum over layers of max(layer compute, its reads ahead) + reads on a miss.
 
 Memory: the plan's bytes (resident weights + KV + scratch + staging) on top of the process's own
 baseline (interpreter, libraries), which the caller measures.
@@ -85,7 +90,7 @@ def predict_decode(plan, fig: DeviceFigures, *, pos: int) -> Prediction:
         if flash_bytes
         else 0.0
     )
-    t = max(t_dram, t_flash)
+    t = _step_seconds(plan, fig, t_dram, t_flash)
     return Prediction(
         device=fig.name,
         tok_s=1.0 / t,
@@ -97,3 +102,15 @@ def predict_decode(plan, fig: DeviceFigures, *, pos: int) -> Prediction:
         flash_reads_per_token=reads,
         planned_bytes=plan.planned,
     )
+
+
+def _step_seconds(plan, fig: DeviceFigures, t_dram: float, t_flash: float) -> float:
+    """A decode step: DRAM and flash time overlapped as far as ``plan``'s reads allow."""
+    r = getattr(plan, "replayed", None)
+    if not r or "ahead_per_call" not in r or not t_flash:
+        return max(t_dram, t_flash)
+    size = plan.expert_bytes
+    t_read = size / (fig.flash_mbs * 1e6) + -(-size // plan.chunk) * fig.flash_latency_us * 1e-6
+    layer = t_dram / plan.n_layers
+    ahead = sum(share * max(layer, a * t_read) for a, share in enumerate(r["ahead_per_call"]))
+    return plan.n_layers * ahead + r["demand_per_token"] * t_read

@@ -274,7 +274,11 @@ def tvm_inputs(to_tensor):
 class ExpertCache:
     """Experts by (layer, expert), read from flash on a miss (or ahead, by :meth:`prefetch`)
     into at most ``plan.slots`` cached experts; ``convert(key, arrays)`` makes what the engine
-    computes with from an expert's buffers (tensor name -> views of the read)."""
+    computes with from an expert's buffers (tensor name -> views of the read).
+
+    A layer's lookups cost O(top-k) (the engine asks once per layer and step): the entries are
+    kept in eviction order, those read ahead and not used yet apart (LRU evicts them first,
+    oldest first, then the least recently used)."""
 
     def __init__(
         self,
@@ -303,11 +307,17 @@ class ExpertCache:
         #: what made the last native fetch fail (edgert.native reports it)
         self.error: BaseException | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgert-experts")
-        self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self._entries: dict[tuple[int, int], _Entry] = {}
+        #: eviction order: entries read ahead and not used yet (by insertion), the others by use
+        self._unused: OrderedDict[tuple[int, int], None] = OrderedDict()
+        self._recent: OrderedDict[tuple[int, int], None] = OrderedDict()
+        #: per layer, the entries read ahead and not used yet (a wrong guess is cancelled)
+        self._pending: list[set[tuple[int, int]]] = [set() for _ in range(cfg.n_layers)]
         self._verified: set[tuple[int, int]] = set()
         self._clock = 0
         n = cfg.n_experts
-        self._coact = np.zeros((cfg.n_layers, n, n), np.int64)  # (layer, e at i, e at i+1)
+        # (layer, e at i, e at i+1): which next-layer experts followed these
+        self._coact = [[[0] * n for _ in range(n)] for _ in range(cfg.n_layers)]
         self._freq: dict[tuple[int, int], int] = dict.fromkeys(self.spans, 0)
         self._guess: dict[str, tuple[int, set[int]]] = {}
         self._prev: tuple[int, set[int]] | None = None  # the last layer's experts
@@ -324,23 +334,45 @@ class ExpertCache:
         s.read(self.reader, buf, self._verified)
         return self._convert(key, s.arrays(buf))  # zero-copy views of the read buffer
 
+    def _drop(self, key: tuple[int, int]) -> _Entry:
+        ent = self._entries.pop(key)
+        self._unused.pop(key, None)
+        self._recent.pop(key, None)
+        self._pending[key[0]].discard(key)
+        return ent
+
+    def _victim(self, keep: set) -> tuple[int, int] | None:
+        if self.policy == "lru":
+            for order in (self._unused, self._recent):
+                for k in order:
+                    if k not in keep:
+                        return k
+            return None
+        victims = [k for k in self._entries if k not in keep]
+        if not victims:
+            return None
+        # frequency over the whole run, not just while cached; ties to the least recent
+        return min(victims, key=lambda k: (self._freq[k], self._entries[k].last))
+
     def _evict_for(self, n_new: int, keep: set) -> None:
         while len(self._entries) + n_new > self.plan.slots:
-            victims = [k for k in self._entries if k not in keep]
-            if not victims:
+            victim = self._victim(keep)
+            if victim is None:
                 return  # everything cached is wanted now: briefly over (the plan's minimum)
-            if self.policy == "lru":
-                victim = min(victims, key=lambda k: self._entries[k].last)
-            else:  # frequency over the whole run, not just while cached
-                victim = min(victims, key=lambda k: (self._freq[k], self._entries[k].last))
-            ent = self._entries.pop(victim)
+            ent = self._drop(victim)
             if ent.future is not None:
                 ent.future.cancel()
             self.stats.evictions += 1
 
     def _start(self, key: tuple[int, int], *, prefetched: bool) -> None:
-        self._entries[key] = _Entry(self._pool.submit(self._read, key), prefetched)
+        self._entries[key] = _Entry(self._submit(key), prefetched)
+        self._unused[key] = None
+        if prefetched:
+            self._pending[key[0]].add(key)
         self.stats.read_bytes += self.spans[key].nbytes
+
+    def _submit(self, key: tuple[int, int]) -> Future:
+        return self._pool.submit(self._read, key)
 
     # -- the engine's side: fetch(i), or want(i) -> predict_next(i) -> tensors(i) --------------
     def fetch(self, layer: int, experts, next_experts) -> dict[int, object]:
@@ -367,27 +399,33 @@ class ExpertCache:
         keys = [(layer, int(e)) for e in experts]
         used = {k[1] for k in keys}
         self._score(layer, used)
-        for k in [k for k, v in self._entries.items() if k[0] == layer and v.prefetched]:
-            ent = self._entries[k]
+        entries, st = self._entries, self.stats
+        for k in [k for k in self._pending[layer] if k[1] not in used]:
+            ent = entries[k]
             # a wrong guess still queued: cancelled, its bandwidth freed
-            if k[1] not in used and not ent.used and ent.future and ent.future.cancel():
-                del self._entries[k]
-                self.stats.prefetch_cancelled += 1
-                self.stats.read_bytes -= self.spans[k].nbytes
-        missing = [k for k in keys if k not in self._entries]
-        self._evict_for(len(missing), set(keys))
-        for k in missing:
-            self._start(k, prefetched=False)
+            if ent.future and ent.future.cancel():
+                self._drop(k)
+                st.prefetch_cancelled += 1
+                st.read_bytes -= self.spans[k].nbytes
+        missing = [k for k in keys if k not in entries]
+        if missing or len(entries) > self.plan.slots:
+            self._evict_for(len(missing), set(keys))
+            for k in missing:
+                self._start(k, prefetched=False)
         for k in keys:
-            ent = self._entries[k]
+            ent = entries[k]
             self._clock += 1
             self._freq[k] += 1
             ent.last = self._clock
-            self.stats.lookups += 1
+            self._unused.pop(k, None)
+            self._recent[k] = None
+            self._recent.move_to_end(k)
+            st.lookups += 1
             if k not in missing:
-                self.stats.hits += 1
+                st.hits += 1
             if ent.prefetched and not ent.used:
-                self.stats.prefetch_used += 1
+                st.prefetch_used += 1
+                self._pending[layer].discard(k)
             ent.used = True
         self._prev = (layer, used)
 
@@ -402,7 +440,8 @@ class ExpertCache:
                 try:
                     ent.tensors = ent.future.result()
                 except BaseException:
-                    self._entries.pop(k, None)
+                    if k in self._entries:
+                        self._drop(k)
                     raise
                 finally:
                     self.stats.stall_seconds += time.perf_counter() - t0
@@ -416,9 +455,12 @@ class ExpertCache:
         predictor's guess ahead."""
         if layer + 1 >= self.cfg.n_layers:
             return
-        k = self.cfg.n_experts_used
-        counts = self._coact[layer][sorted(int(e) for e in experts)].sum(axis=0)
-        coact = set(np.argsort(-counts, kind="stable")[:k].tolist()) if counts.any() else set()
+        rows = [self._coact[layer][int(e)] for e in set(experts)]
+        counts = [sum(c) for c in zip(*rows)]
+        coact = set()
+        if any(counts):  # the top-k by count (a stable sort: ties to the lower index)
+            order = sorted(range(len(counts)), key=lambda j: -counts[j])
+            coact = set(order[: self.cfg.n_experts_used])
         guesses = {"router": {int(e) for e in router_guess}, "coact": coact}
         self._guess = {name: (layer + 1, g) for name, g in guesses.items()}
         if self.prefetch_on:
@@ -429,9 +471,11 @@ class ExpertCache:
         """Start reading ``experts`` of ``layer`` (as many as the cache holds besides
         ``keep``)."""
         want = [(layer, int(e)) for e in experts]
-        keep = set(keep) | set(want)
         new = [k for k in want if k not in self._entries]
-        held = len([k for k in keep if k in self._entries])
+        if not new and len(self._entries) <= self.plan.slots:
+            return
+        keep = set(keep) | set(want)
+        held = sum(k in self._entries for k in keep)
         new = new[: max(self.plan.slots - held, 0)]
         self._evict_for(len(new), keep)
         for key in new:
@@ -447,9 +491,11 @@ class ExpertCache:
         self._guess = {}
         prev = self._prev
         if prev is not None and prev[0] == layer - 1:
+            table = self._coact[layer - 1]
             for a in prev[1]:
+                row = table[a]
                 for b in used:
-                    self._coact[layer - 1, a, b] += 1
+                    row[b] += 1
 
 
 class _NoReads:
@@ -462,17 +508,18 @@ class _NoReads:
 class _ReplayCache(ExpertCache):
     """The cache's policy without reads: every read completes at once."""
 
-    def _start(self, key: tuple[int, int], *, prefetched: bool) -> None:
+    def _submit(self, key: tuple[int, int]) -> Future:
         done: Future = Future()
         done.set_result(())  # what tensors() hands back: nothing was read
-        self._entries[key] = _Entry(done, prefetched)
-        self.stats.read_bytes += self.spans[key].nbytes
+        return done
 
 
 def replay_trace(art, cfg, plan: MoePlan, **cache) -> dict:
     """The artifact's routing trace (one decode step at a time, as a run decodes) through an
-    expert cache of ``plan.slots`` with ``cache``'s options: the hit rate and the experts read
-    from flash per step (on a miss, or ahead), counted after :data:`TRACE_WARMUP` steps."""
+    expert cache of ``plan.slots`` with ``cache``'s options, counted after :data:`TRACE_WARMUP`
+    steps: the hit rate, the experts read from flash per step (on a miss, or ahead), those read on
+    a miss (``demand_per_token``: the layer waits for them), and how many a layer's call reads
+    ahead for the next layer (``ahead_per_call[a]``: the share of calls that read ``a``)."""
     from edgert.reference import route
 
     t = art.read_tensor(TRACE)
@@ -482,19 +529,28 @@ def replay_trace(art, cfg, plan: MoePlan, **cache) -> dict:
         route(cfg, t[k].reshape(-1, E))[0].reshape(n_steps, L, -1) for k in ("route", "guess")
     )
     rc = _ReplayCache(art, cfg, plan, None, reader=_NoReads(), **cache)
+    ahead: list[int] = []
     try:
         for step in range(n_steps):
             if step == TRACE_WARMUP:
                 rc.stats = ExpertStats()
             for i in range(L):
                 nxt = guesses[step, i][None] if i + 1 < L else None
+                before = rc.stats.prefetched
                 rc.fetch(i, np.unique(picks[step, i]), nxt)
+                if step >= TRACE_WARMUP:
+                    a = rc.stats.prefetched - before
+                    ahead += [0] * (a + 1 - len(ahead))
+                    ahead[a] += 1
     finally:
         rc.close()
     st, steps = rc.stats, max(n_steps - TRACE_WARMUP, 1)
+    calls = max(sum(ahead), 1)
     return {
         "steps": steps,
         "hit_rate": st.hit_rate,
         "reads_per_token": st.read_bytes / plan.expert_bytes / steps,
+        "demand_per_token": (st.lookups - st.hits) / steps,
+        "ahead_per_call": [n / calls for n in ahead],
         "prefetch_accuracy": st.prefetch_accuracy,
     }

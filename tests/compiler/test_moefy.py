@@ -174,3 +174,8 @@ def test_bench_and_inspect_predict_expert_streaming(art):
     assert rep["steps"] == TRACE_TOKENS - TRACE_WARMUP and 0 <= rep["hit_rate"] <= 1
     assert d["dram"]["expected_hit_rate"] == rep["hit_rate"]
     assert pred["flash_bytes_per_token"] == int(rep["reads_per_token"] * d["dram"]["expert_bytes"])
+    # what the tg runs alone did, to hold beside the prediction: top-k lookups per layer and step
+    tg, cfg = d["stream_tg"], a.config()
+    assert tg["tokens"] == 4 and tg["lookups"] == 4 * cfg.n_layers * cfg.n_experts_used
+    assert 0 <= tg["hits"] <= tg["lookups"] and tg["hit_rate"] == tg["hits"] / tg["lookups"]
+    assert tg["flash_bytes_per_token"] == tg["read_bytes"] / 4

@@ -262,6 +262,12 @@ def test_bench_under_an_emulated_device(art):
     per_token = d["dram"]["streamed_bytes_per_token"]
     assert per_token > 0 and d["flash_bytes_per_token"] >= per_token
     assert u["disk_read_bytes"] >= per_token * n_gen
+    # the tg runs alone: every decode step reads the streamed layers once (give or take the
+    # reads ahead in flight as the runs start and end: at most the staging buffers' worth each)
+    tg, plan = d["stream_tg"], d["dram"]
+    assert tg["tokens"] == n_gen and tg["calls"] == n_gen
+    in_flight = plan["slots"] * max(plan["layer_bytes"])
+    assert abs(tg["flash_bytes_per_token"] * n_gen - per_token * n_gen) <= 2 * in_flight
     p = d["prediction"]
     assert p["device"] == "rpi5" and p["flash_bytes_per_token"] == per_token
     assert p["tok_s"] > 0 and p["bound"] in ("dram", "flash")
@@ -408,9 +414,18 @@ def test_moe_plan_replays_the_compiled_routing_trace(moe_art):
     # one decode step looks up top-k experts per layer; each miss is one read
     per_step = c.n_layers * c.n_experts_used
     assert r["reads_per_token"] == pytest.approx(per_step * (1 - r["hit_rate"]))
+    # ... read on demand: no layer reads ahead
+    assert r["demand_per_token"] == pytest.approx(r["reads_per_token"])
+    assert r["ahead_per_call"] == [1.0]
     assert on_demand.replayed == plan(quarter, prefetch=False).replayed  # deterministic
     ahead = plan(quarter, prefetch=True, predictor="router").replayed
     assert ahead["reads_per_token"] >= per_step * (1 - ahead["hit_rate"]) - 1e-9
+    # every read is a miss's or one read ahead by a layer's call (n_layers calls per step)
+    shares = ahead["ahead_per_call"]
+    assert sum(shares) == pytest.approx(1) and len(shares) > 1
+    read_ahead = c.n_layers * sum(a * share for a, share in enumerate(shares))
+    assert ahead["demand_per_token"] == pytest.approx(per_step * (1 - ahead["hit_rate"]))
+    assert ahead["reads_per_token"] == pytest.approx(ahead["demand_per_token"] + read_ahead)
     assert plan(lo, policy="lfu").replayed["hit_rate"] <= 1
     assert not full.streams and full.expected_hit_rate == 1 and full.streamed_bytes_per_token == 0
 

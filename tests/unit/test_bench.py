@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 from conftest import run_cli
 from test_reference_archs import CONFIGS, random_model
 
@@ -47,3 +48,35 @@ def test_cli_json(smollm2_path):
     d = json.loads(r.stdout)
     assert KEYS <= set(d)
     assert d["threads"] == 1 and len(d["samples"]["tg_tok_s"]) == 2 and d["tg_tok_s"] > 0
+
+
+class _Peaked:
+    """An engine whose last logits always peak at ``peak``: what it was fed is recorded."""
+
+    def __init__(self, vocab: int, peak: int):
+        self.cfg = type("C", (), {"vocab_size": vocab})()
+        self.peak, self.fed = peak, []
+
+    def reset(self):
+        self.fed.append(None)
+
+    def forward(self, tokens, last_only=True):
+        self.fed.append(list(tokens))
+        logits = np.zeros(self.cfg.vocab_size, np.float32)
+        logits[self.peak] = 100.0  # Gumbel noise above 100 is never drawn in practice
+        return logits
+
+
+def test_tg_feeds_back_tokens_sampled_from_the_logits():
+    """tg decodes what the model writes (sampled from its last logits), not random ids, so a
+    mixture of experts routes as in use; with no stream stats there is nothing per tg run."""
+    eng = _Peaked(vocab=1000, peak=417)
+    r = bench(
+        eng, model="m", kind="reference", size_bytes=1, bits=None, threads=1, load_s=0.0,
+        n_prompt=0, n_gen=6, reps=2,
+    )  # fmt: skip
+    runs = [i for i, f in enumerate(eng.fed) if f is None][1:]  # after the warm-up's reset
+    for i in runs:
+        first, gen = eng.fed[i + 1], eng.fed[i + 2 : i + 8]
+        assert len(first) == 1 and gen == [[417]] * 6
+    assert r.stream_tg is None and len(r.samples["tg_tok_s"]) == 2

@@ -73,6 +73,21 @@ def test_mixture_of_experts_plan():
     assert traced.weight_bytes_per_token == moe.weight_bytes_per_token
     every_traced = MoePlan(**{**traced.__dict__, "slots": 32})
     assert every_traced.expected_hit_rate == 1.0 and every_traced.streamed_bytes_per_token == 0
+    # the traced plan predicts as the experts are read: 2 of 4 layers' calls read 1 expert
+    # ahead (it overlaps one layer's compute), 0.5 experts a step are read on a miss (waited for)
+    split = MoePlan(
+        **{**traced.__dict__, "replayed": {**traced.replayed, "demand_per_token": 0.5,
+                                           "ahead_per_call": [0.5, 0.5]}}
+    )  # fmt: skip
+    t_read = 3 * MB / 500e6 + 3 * 100e-6  # one expert: 3 requests of 1 MB
+    for dram_gbs, layer in ((10.0, 36 * MB / 5e9 / 4), (1.0, 36 * MB / 5e8 / 4)):
+        p = predict_decode(split, fig(dram_gbs=dram_gbs), pos=500)
+        want = 4 * (0.5 * layer + 0.5 * max(layer, t_read)) + 0.5 * t_read
+        assert 1 / p.tok_s == pytest.approx(want)
+        # all the step's reads: 7.5 MB, 8 requests (7.5 rounded)
+        assert p.flash_seconds == pytest.approx(7.5 * MB / 500e6 + 8 * 100e-6)
+    # reads on a miss never overlap: slower than the fully overlapped max(DRAM, flash)
+    assert 1 / p.tok_s > max(p.dram_seconds, p.flash_seconds)
 
 
 def test_compute_cap_per_core():
