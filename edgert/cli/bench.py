@@ -9,7 +9,13 @@ HELP = (
 def add_arguments(p) -> None:
     p.add_argument("model", help="artifact (NAME.edgert), GGUF file, HF directory or known name")
     p.add_argument("-p", "--n-prompt", type=int, default=128, help="prompt tokens (128)")
-    p.add_argument("-n", "--n-gen", type=int, default=64, help="generated tokens (64)")
+    p.add_argument(
+        "-n",
+        "--n-gen",
+        type=int,
+        default=64,
+        help="generated tokens (64; each sampled from the model, temperature 1, seeded)",
+    )
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (all cores)")
     p.add_argument(
         "-r",
