@@ -95,33 +95,35 @@ def bench(
     cache; tg = ``n_gen`` single-token forwards after a 1-token prompt, each token sampled from
     the last logits at temperature 1 (seeded): text the model writes itself, as its calibration
     text is, so a mixture of experts routes as in use rather than on random ids. The sampling
-    noise (Gumbel-max) is drawn before the clock starts; the argmax is timed."""
+    noise (Gumbel-max) is drawn before the clock starts; the argmax is timed.
+
+    As llama-bench, the pp runs come first, then the tg runs, each test after one untimed
+    warm-up: first-call costs (page faults, JIT caches) stay out of the samples, and tg's
+    warm-up decodes :data:`~edgert.experts.TRACE_WARMUP` tokens, so the timed tokens meet an
+    expert cache in the steady state the cost model's replay counts from, not the experts random
+    prompt ids left in it."""
+    from edgert.experts import TRACE_WARMUP
+
     vocab = engine.cfg.vocab_size
     rng = np.random.default_rng(seed)
     pp, tg, ttft = [], [], []
     tg_stream: dict | None = None
-    # one warm-up of each so first-call costs (page faults, JIT caches) are not in the samples
     engine.reset()
     engine.forward(rng.integers(0, vocab, max(1, min(n_prompt, 8))).tolist(), last_only=True)
-    for _ in range(reps):
-        if n_prompt:
-            toks = rng.integers(0, vocab, n_prompt).tolist()
-            engine.reset()
-            t0 = time.perf_counter()
-            engine.forward(toks, last_only=True)
-            dt = time.perf_counter() - t0
-            pp.append(n_prompt / dt)
-            ttft.append(dt)
-        if n_gen:
-            engine.reset()
-            logits = engine.forward([int(rng.integers(0, vocab))], last_only=True)
-            noise = rng.gumbel(size=(n_gen, logits.shape[-1])).astype(np.float32)
-            before = _counters(engine)
-            t0 = time.perf_counter()
-            for g in noise:
-                logits = engine.forward([int(np.argmax(logits + g))], last_only=True)
-            tg.append(n_gen / (time.perf_counter() - t0))
-            tg_stream = _add_counters(tg_stream, before, _counters(engine))
+    for _ in range(reps if n_prompt else 0):
+        toks = rng.integers(0, vocab, n_prompt).tolist()
+        engine.reset()
+        t0 = time.perf_counter()
+        engine.forward(toks, last_only=True)
+        dt = time.perf_counter() - t0
+        pp.append(n_prompt / dt)
+        ttft.append(dt)
+    if n_gen:
+        _generate(engine, rng, TRACE_WARMUP)
+    for _ in range(reps if n_gen else 0):
+        dt, before, after = _generate(engine, rng, n_gen)
+        tg.append(n_gen / dt)
+        tg_stream = _add_counters(tg_stream, before, after)
     flash = getattr(engine, "flash_bytes_per_token", 0.0)
     return BenchResult(
         model=model,
@@ -143,6 +145,20 @@ def bench(
         samples={"pp_tok_s": pp, "tg_tok_s": tg, "ttft_s": ttft},
         stream_tg=_tg_summary(tg_stream, len(tg) * n_gen),
     )
+
+
+def _generate(engine, rng, n: int) -> tuple[float, dict | None, dict | None]:
+    """Decode ``n`` tokens sampled at temperature 1 after a 1-token prompt: the seconds they
+    took, and the engine's streaming counters before and after them."""
+    engine.reset()
+    logits = engine.forward([int(rng.integers(0, engine.cfg.vocab_size))], last_only=True)
+    noise = rng.gumbel(size=(n, logits.shape[-1])).astype(np.float32)
+    before = _counters(engine)
+    t0 = time.perf_counter()
+    for g in noise:
+        logits = engine.forward([int(np.argmax(logits + g))], last_only=True)
+    dt = time.perf_counter() - t0
+    return dt, before, _counters(engine)
 
 
 def _counters(engine) -> dict | None:

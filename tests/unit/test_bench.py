@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import numpy as np
@@ -5,6 +6,7 @@ from conftest import run_cli
 from test_reference_archs import CONFIGS, random_model
 
 from edgert.bench import bench, table
+from edgert.experts import TRACE_WARMUP, ExpertStats
 from edgert.reference import ReferenceEngine
 
 KEYS = {
@@ -75,8 +77,36 @@ def test_tg_feeds_back_tokens_sampled_from_the_logits():
         eng, model="m", kind="reference", size_bytes=1, bits=None, threads=1, load_s=0.0,
         n_prompt=0, n_gen=6, reps=2,
     )  # fmt: skip
-    runs = [i for i, f in enumerate(eng.fed) if f is None][1:]  # after the warm-up's reset
-    for i in runs:
-        first, gen = eng.fed[i + 1], eng.fed[i + 2 : i + 8]
-        assert len(first) == 1 and gen == [[417]] * 6
+    resets = [i for i, f in enumerate(eng.fed) if f is None] + [len(eng.fed)]
+    runs = [eng.fed[a + 1 : b] for a, b in itertools.pairwise(resets)]
+    # pp's warm-up (1 random id), tg's untimed warm-up, then the two timed tg runs
+    assert [len(r) for r in runs] == [1, 1 + TRACE_WARMUP, 7, 7]
+    for first, *gen in runs[1:]:
+        assert len(first) == 1 and gen == [[417]] * len(gen)
     assert r.stream_tg is None and len(r.samples["tg_tok_s"]) == 2
+
+
+class _Counting(_Peaked):
+    """A streaming engine: one lookup per forward, counted in ``stream_stats``."""
+
+    def __init__(self, vocab: int, peak: int):
+        super().__init__(vocab, peak)
+        self.stream_stats = ExpertStats()
+
+    def forward(self, tokens, last_only=True):
+        self.stream_stats.lookups += 1
+        return super().forward(tokens, last_only)
+
+
+def test_pp_runs_before_tg_and_tg_counts_only_its_timed_tokens():
+    """pp's random ids run before tg's warm-up, not between tg runs; stream_tg counts the timed
+    tokens' lookups alone (not the 1-token prompts, warm-ups or pp)."""
+    eng = _Counting(vocab=1000, peak=417)
+    r = bench(
+        eng, model="m", kind="reference", size_bytes=1, bits=None, threads=1, load_s=0.0,
+        n_prompt=5, n_gen=4, reps=3,
+    )  # fmt: skip
+    lengths = [len(f) for f in eng.fed if f is not None]
+    assert lengths[:4] == [5, 5, 5, 5]  # the pp warm-up and 3 pp runs, then only 1-token calls
+    assert set(lengths[4:]) == {1} and len(lengths[4:]) == (1 + TRACE_WARMUP) + 3 * (1 + 4)
+    assert r.stream_tg["lookups"] == r.stream_tg["tokens"] == 12
