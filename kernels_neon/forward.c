@@ -204,16 +204,52 @@ int32_t edgert_forward_abi(void) { return EDGERT_FORWARD_ABI; }
 /* codes [0, 2^bits) of elements [begin, end) (a whole number of bytes) as floats */
 static void unpack_codes(float *out, const uint8_t *codes, int32_t bits, int64_t begin,
                          int64_t end) {
+    int64_t i = begin;
     if (bits == 8) {
-        for (int64_t i = begin; i < end; i++) out[i - begin] = (float)codes[i];
+#if defined(__AVX2__)
+        for (; i + 8 <= end; i += 8) {
+            const __m128i b = _mm_loadl_epi64((const __m128i *)(codes + i));
+            _mm256_storeu_ps(out + i - begin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
+        }
+#elif defined(__ARM_NEON)
+        for (; i + 8 <= end; i += 8) {
+            const uint16x8_t b = vmovl_u8(vld1_u8(codes + i));
+            vst1q_f32(out + i - begin, vcvtq_f32_u32(vmovl_u16(vget_low_u16(b))));
+            vst1q_f32(out + i - begin + 4, vcvtq_f32_u32(vmovl_u16(vget_high_u16(b))));
+        }
+#endif
+        for (; i < end; i++) out[i - begin] = (float)codes[i];
     } else if (bits == 4) {
-        for (int64_t i = begin; i < end; i += 2) {
+        /* 16 codes from 8 bytes: low nibble first */
+#if defined(__AVX2__)
+        const __m128i m4 = _mm_set1_epi8(15);
+        for (; i + 16 <= end; i += 16) {
+            const __m128i b = _mm_loadl_epi64((const __m128i *)(codes + i / 2));
+            const __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
+            const __m128i v = _mm_unpacklo_epi8(lo, hi);
+            _mm256_storeu_ps(out + i - begin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)));
+            _mm256_storeu_ps(out + i - begin + 8,
+                             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))));
+        }
+#elif defined(__ARM_NEON)
+        for (; i + 16 <= end; i += 16) {
+            const uint8x8_t b = vld1_u8(codes + i / 2);
+            const uint8x8x2_t z = vzip_u8(vand_u8(b, vdup_n_u8(15)), vshr_n_u8(b, 4));
+            const uint16x8_t a0 = vmovl_u8(z.val[0]), a1 = vmovl_u8(z.val[1]);
+            float *o = out + i - begin;
+            vst1q_f32(o, vcvtq_f32_u32(vmovl_u16(vget_low_u16(a0))));
+            vst1q_f32(o + 4, vcvtq_f32_u32(vmovl_u16(vget_high_u16(a0))));
+            vst1q_f32(o + 8, vcvtq_f32_u32(vmovl_u16(vget_low_u16(a1))));
+            vst1q_f32(o + 12, vcvtq_f32_u32(vmovl_u16(vget_high_u16(a1))));
+        }
+#endif
+        for (; i < end; i += 2) {
             const uint8_t b = codes[i / 2];
             out[i - begin] = (float)(b & 15);
             out[i - begin + 1] = (float)(b >> 4);
         }
     } else { /* 2 */
-        for (int64_t i = begin; i < end; i += 4) {
+        for (; i < end; i += 4) {
             const uint8_t b = codes[i / 4];
             for (int j = 0; j < 4; j++) out[i - begin + j] = (float)((b >> (2 * j)) & 3);
         }
@@ -228,7 +264,12 @@ typedef struct {
     const uint8_t *const *bundles;
     int64_t count;
     float *h, *y;
+    float *part; /* one token: BUNDLE_PARTS partial sums of y, one per share of the neurons */
 } bundle_ctx;
+
+/* a decode step's down projection runs over the neurons in this many fixed shares (summed in
+ * order afterwards), so results do not depend on the thread count */
+#define BUNDLE_PARTS 4
 
 #define BUNDLE_GROUP_MAX 256
 #define BUNDLE_DIM_MAX 16384
@@ -291,14 +332,53 @@ static void bundle_down(void *vctx, int64_t begin, int64_t end) {
     }
 }
 
+/* one token: part[p] = sum over share p of the neurons of h[c] down_j, each column dequantized
+ * once (the group-wise walk above would dequantize every column once per group) */
+static void bundle_down_parts(void *vctx, int64_t begin, int64_t end) {
+    const bundle_ctx *c = vctx;
+    const edgert_sparse_ffn *sp = c->sp;
+    const int64_t g = sp->group, dp = sp->dim_pad, cb = dp * sp->bits / 8;
+    float w[BUNDLE_DIM_MAX];
+    for (int64_t p = begin; p < end; p++) {
+        float *yp = c->part + p * c->dim;
+        memset(yp, 0, (size_t)c->dim * 4);
+        for (int64_t k = p * c->count / BUNDLE_PARTS; k < (p + 1) * c->count / BUNDLE_PARTS;
+             k++) {
+            const float ht = c->h[k];
+            if (ht == 0.f) continue;
+            const uint8_t *b = c->bundles[k];
+            const uint16_t *scale = (const uint16_t *)(b + 2 * cb) + 2 * c->groups;
+            const uint16_t *mn = scale + c->groups;
+            unpack_codes(w, b + cb, sp->bits, 0, dp);
+            for (int64_t q = 0; q < c->groups; q++) {
+                const float s = edgert_h2f(scale[q]), m0 = edgert_h2f(mn[q]);
+                for (int64_t i = q * g; i < (q + 1) * g; i++) w[i] = s * w[i] + m0;
+            }
+            axpy(yp, ht, w, c->dim);
+        }
+    }
+}
+
 void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int64_t dim,
                        int64_t ffn_dim, const edgert_sparse_ffn *sp, const int32_t *neurons,
                        const uint8_t *const *bundles, int64_t count, float *h, int32_t threads) {
     const int64_t groups = sp->dim_pad / sp->group;
-    bundle_ctx c = {x, a, n, dim, ffn_dim, groups, sp, neurons, bundles, count, h, y};
+    bundle_ctx c = {x, a, n, dim, ffn_dim, groups, sp, neurons, bundles, count, h, y, NULL};
     const int64_t work = 2 * n * count * dim;
-    edgert_parallel_for(count, work >= PARALLEL_MIN_WORK ? threads : 1, bundle_up, &c);
-    edgert_parallel_for(groups, work >= PARALLEL_MIN_WORK ? threads : 1, bundle_down, &c);
+    const int t = work >= PARALLEL_MIN_WORK ? threads : 1;
+    edgert_parallel_for(count, t, bundle_up, &c);
+    c.part = n == 1 ? malloc((size_t)BUNDLE_PARTS * (size_t)dim * 4) : NULL;
+    if (!c.part) { /* a prompt (each column used by several tokens), or no memory */
+        edgert_parallel_for(groups, t, bundle_down, &c);
+        return;
+    }
+    edgert_parallel_for(BUNDLE_PARTS, t, bundle_down_parts, &c);
+    for (int64_t i = 0; i < dim; i++) {
+        float acc = 0.f;
+        for (int p = 0; p < BUNDLE_PARTS; p++) acc += c.part[p * dim + i];
+        y[i] = acc;
+    }
+    free(c.part);
 }
 
 /* ---- mixture of experts (edgert_forward.h) ------------------------------------------------- */

@@ -3,7 +3,9 @@
  *   fast path == _ref twin bit for bit, row-subset == full GEMV rows, and every row within the
  *   worst-case table-rounding bound of a double product with the dequantized weights;
  *   the forward pass: prefill == token-by-token decode, independent of threads, bad arguments
- *   refused. Prints "N passed, N failed". */
+ *   refused; the neuron-bundle FFN (every code width, one token and several) within float
+ *   rounding of a double product with the bundles decoded here, the same for any thread count.
+ *   Prints "N passed, N failed". */
 #include "../../kernels_neon/lut_gemm.c"
 #include "../../kernels_neon/forward.c"
 
@@ -212,6 +214,67 @@ static void forward_case(int neox) {
     free(emb); free(cs); free(sn); free(x); free(all); free(one); free(again);
 }
 
+/* element i's code in a bundle's codes (low bits first) */
+static int bundle_code(const uint8_t *codes, int bits, int64_t i) {
+    return (codes[i * bits / 8] >> (i * bits % 8)) & ((1 << bits) - 1);
+}
+
+static void bundle_case(int bits, int64_t dim, int64_t n, int64_t count) {
+    const int32_t g = 32;
+    const int64_t dp = (dim + g - 1) / g * g, groups = dp / g, cb = dp * bits / 8;
+    const int64_t nb = 2 * cb + 8 * groups, f = count + 3;
+    uint8_t *all = malloc((size_t)(f * nb));
+    const uint8_t **ptr = malloc((size_t)count * sizeof *ptr);
+    int32_t *neurons = malloc((size_t)count * 4);
+    float *x = malloc((size_t)(n * dim) * 4), *a = malloc((size_t)(n * f) * 4);
+    float *h = malloc((size_t)(n * count) * 4), *y = malloc((size_t)(n * dim) * 4),
+          *y1 = malloc((size_t)(n * dim) * 4);
+    double *want = calloc((size_t)(n * dim), sizeof(double));
+    for (int64_t j = 0; j < f; j++) {
+        uint8_t *b = all + j * nb;
+        for (int64_t i = 0; i < 2 * cb; i++) b[i] = (uint8_t)rnd();
+        uint16_t *sc = (uint16_t *)(b + 2 * cb);
+        for (int64_t q = 0; q < 4 * groups; q++) sc[q] = f2h(q % (2 * groups) < groups ? 0.02f * (frand() + 1.5f) : frand());
+    }
+    for (int64_t i = 0; i < n * dim; i++) x[i] = frand();
+    for (int64_t i = 0; i < n * f; i++) a[i] = frand();
+    for (int64_t c = 0; c < count; c++) { /* neurons 3.. in reverse: any order is allowed */
+        neurons[c] = (int32_t)(f - 1 - c);
+        ptr[c] = all + neurons[c] * nb;
+    }
+    edgert_sparse_ffn sp = {0.25f, bits, g, dp, NULL, NULL};
+    double mag = 0;
+    for (int64_t c = 0; c < count; c++) {
+        const uint8_t *b = ptr[c];
+        const uint16_t *sc = (const uint16_t *)(b + 2 * cb);
+        for (int64_t t = 0; t < n; t++) {
+            const float at = a[t * f + neurons[c]];
+            if (fabsf(at) <= sp.threshold) continue;
+            double u = 0;
+            for (int64_t i = 0; i < dim; i++)
+                u += ((double)edgert_h2f(sc[i / g]) * bundle_code(b, bits, i) +
+                      edgert_h2f(sc[groups + i / g])) * x[t * dim + i];
+            for (int64_t i = 0; i < dim; i++) {
+                const double w = (double)edgert_h2f(sc[2 * groups + i / g]) *
+                                     bundle_code(b + cb, bits, i) + edgert_h2f(sc[3 * groups + i / g]);
+                want[t * dim + i] += at * u * w;
+                mag = fmax(mag, fabs(at * u * w));
+            }
+        }
+    }
+    edgert_bundle_ffn(y, x, a, n, dim, f, &sp, neurons, ptr, count, h, 1);
+    edgert_bundle_ffn(y1, x, a, n, dim, f, &sp, neurons, ptr, count, h, 3);
+    double err = 0;
+    int same = 1;
+    for (int64_t i = 0; i < n * dim; i++) {
+        err = fmax(err, fabs(y[i] - want[i]));
+        same &= y[i] == y1[i];
+    }
+    check(err <= 1e-4 * mag * (double)count, "bundle ffn", n, dim, bits, g, (int)count);
+    check(same, "bundle ffn threads", n, dim, bits, g, (int)count);
+    free(all); free(ptr); free(neurons); free(x); free(a); free(h); free(y); free(y1); free(want);
+}
+
 int main(void) {
     static const int64_t q8_shapes[][2] = {{1, 1}, {3, 31}, {7, 32}, {33, 70}, {100, 576}};
     for (size_t i = 0; i < sizeof q8_shapes / sizeof q8_shapes[0]; i++)
@@ -227,6 +290,11 @@ int main(void) {
                              1 + (int64_t)(rnd() % 3), 1 + (int)(rnd() % 3));
     forward_case(0);
     forward_case(1);
+    static const int64_t bundle_shapes[][3] = {{100, 1, 2}, {100, 1, 37}, {576, 1, 300},
+                                               {72, 3, 37}, {33, 2, 9}};
+    for (int bits = 2; bits <= 8; bits *= 2)
+        for (size_t i = 0; i < sizeof bundle_shapes / sizeof bundle_shapes[0]; i++)
+            bundle_case(bits, bundle_shapes[i][0], bundle_shapes[i][1], bundle_shapes[i][2]);
     printf("isa %s\n%d passed, %d failed\n", edgert_kernels_isa(), passes, failures);
     return failures != 0;
 }
