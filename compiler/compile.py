@@ -156,8 +156,13 @@ def compile_model(
 
         t = time.perf_counter()
         tokens = calibration_tokens(m, file=calib, n_tokens=SPARSE_CALIB_TOKENS)
-        thresholds, order = calibrate(m, tokens)
-        sparse = {"thresholds": thresholds, "order": order, "calib_tokens": len(tokens)}
+        thresholds, order, levels = calibrate(m, tokens)
+        sparse = {
+            "thresholds": thresholds,
+            "order": order,
+            "levels": levels,
+            "calib_tokens": len(tokens),
+        }
         times["calibrate sparsity"] = time.perf_counter() - t
     from edgert.compiler.package import write_artifact
 

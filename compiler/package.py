@@ -160,11 +160,12 @@ def write_artifact(
                 TRACE, trace, residency="streamed", meta={"format": "trace", "shape": shape}
             )
         if sparse is not None:
-            from edgert.compiler.sparsify import write_bundles
+            from edgert.compiler.sparsify import write_activity, write_bundles
 
             from edgert.sparse import SPARSITIES
 
             bf = write_bundles(w, m, layer_bits, scheme.group_size, sparse["order"])
+            write_activity(w, sparse["levels"])
             sizes["bundles"] = c.n_layers * c.ffn_dim * bf.nbytes
             w.manifest["sparse_ffn"] = {
                 "dim": bf.dim,

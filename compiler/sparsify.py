@@ -13,25 +13,43 @@ import zlib
 import numpy as np
 
 from edgert.reference import silu
-from edgert.sparse import INDEX, SPARSITIES, BundleFormat, bundle_name, pack_bundles
+from edgert.sparse import (
+    ACTIVITY,
+    INDEX,
+    SPARSITIES,
+    BundleFormat,
+    bundle_name,
+    pack_bundles,
+)
 
 
-def calibrate(model, tokens: list[int], sparsities=SPARSITIES) -> tuple[np.ndarray, np.ndarray]:
-    """(thresholds (len(sparsities), n_layers), hot-first neuron order (n_layers, ffn_dim))."""
+def calibrate(
+    model, tokens: list[int], sparsities=SPARSITIES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds (len(sparsities), n_layers), hot-first neuron order (n_layers, ffn_dim),
+    activity trace): the trace is the last :data:`~edgert.experts.TRACE_TOKENS` tokens' neuron
+    levels (tokens, n_layers, ffn_dim; uint8, neuron ids): how many of the thresholds each
+    neuron's activation passes, so a neuron is active at ``sparsities[k]`` where its level > k —
+    what the planner replays through the window cache (edgert.sparse.replay_activity)."""
     from edgert.compiler.calibrate import ffn_inputs
+
+    from edgert.experts import TRACE_TOKENS
 
     xs = ffn_inputs(model, tokens)
     c = model.config
     thr = np.zeros((len(sparsities), c.n_layers), np.float64)
     order = np.zeros((c.n_layers, c.ffn_dim), np.int32)
+    n = min(TRACE_TOKENS, len(tokens))
+    levels = np.zeros((n, c.n_layers, c.ffn_dim), np.uint8)
     mid = 0.5  # hotness: how often a neuron is in the top half
     for i in range(c.n_layers):
         a = np.abs(silu(xs[i] @ model.tensor(f"blk.{i}.ffn_gate.weight").T))  # (tokens, ffn_dim)
         thr[:, i] = np.quantile(a, sparsities)
+        thr[np.asarray(sparsities) == 0, i] = -1.0  # sparsity 0: every neuron, whatever its value
         hot = (a > np.quantile(a, mid)).mean(axis=0)
         order[i] = np.argsort(-hot, kind="stable")
-    thr[np.asarray(sparsities) == 0] = -1.0  # sparsity 0: every neuron, whatever its value
-    return thr, order
+        levels[:, i] = (a[-n:, :, None] > thr[None, None, :, i]).sum(axis=-1)
+    return thr, order, levels
 
 
 def write_bundles(w, model, layer_bits: list[int], group: int, order: np.ndarray) -> BundleFormat:
@@ -53,3 +71,13 @@ def write_bundles(w, model, layer_bits: list[int], group: int, order: np.ndarray
         )
     w.add_tensor(INDEX, {"order": order, "crc": crc}, meta={"format": "index", "shape": []})
     return fmt
+
+
+def write_activity(w, levels: np.ndarray) -> None:
+    """The activity trace (:func:`calibrate`), read by the planner only, never by a run."""
+    w.add_tensor(
+        ACTIVITY,
+        {"levels": levels},
+        residency="streamed",
+        meta={"format": "trace", "shape": list(levels.shape)},
+    )

@@ -15,7 +15,9 @@ A dense model's streamed layers are read ahead on I/O threads beside compute, so
 the longer of the two. A mixture with a replayed trace reads as the replay says: the experts a
 layer reads ahead (issued as it routes, for the next layer) overlap one layer's compute, and
 experts read on a miss are waited for, so a step takes
-sum over layers of max(layer compute, its reads ahead) + reads on a miss.
+sum over layers of max(layer compute, its reads ahead) + reads on a miss. A sparse FFN's reads
+(the active neurons its window cache misses, as the replayed activity trace says) wait for the
+layer's gate, which picks them, so a step takes DRAM + flash time.
 
 Memory: the plan's bytes (resident weights + KV + scratch + staging) on top of the process's own
 baseline (interpreter, libraries), which the caller measures.
@@ -106,6 +108,8 @@ def predict_decode(plan, fig: DeviceFigures, *, pos: int) -> Prediction:
 
 def _step_seconds(plan, fig: DeviceFigures, t_dram: float, t_flash: float) -> float:
     """A decode step: DRAM and flash time overlapped as far as ``plan``'s reads allow."""
+    if getattr(plan, "reads_wait", False):  # the reads are decided as the step computes
+        return t_dram + t_flash
     r = getattr(plan, "replayed", None)
     if not r or "ahead_per_call" not in r or not t_flash:
         return max(t_dram, t_flash)

@@ -187,9 +187,11 @@ def open_artifact_engine(
                 "--sparsity runs dense models through the native forward pass",
                 "run it without --sparsity",
             )
+        gap = (ffn or {}).get("gap_bytes")
+        gap = target_gap(art) if gap is None else int(gap)
         sparse = plan_sparse(
             art, cfg, max_ctx=max_ctx, budget=int(dram_budget or 0) or None,
-            sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0),
+            sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0), gap_bytes=gap,
         )  # fmt: skip
         streamed = ffn_tensors(cfg)
     elif dram_budget and cfg.is_moe:
@@ -234,10 +236,7 @@ def open_artifact_engine(
                 f"{art.path}'s module has no native forward pass to run sparse FFNs through",
                 "recompile the artifact with this edgert version",
             )
-        gap = (ffn or {}).get("gap_bytes")
-        engine.neurons = NeuronCache(
-            art, cfg, sparse, gap_bytes=target_gap(art) if gap is None else int(gap)
-        )
+        engine.neurons = NeuronCache(art, cfg, sparse, gap_bytes=gap)
         engine.native.set_sparse(engine.neurons)
     if moe is not None and moe.streams:
         from edgert.experts import ExpertCache, tvm_inputs

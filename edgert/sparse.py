@@ -30,12 +30,14 @@ import numpy as np
 from edgert.artifact import PAGE, ArtifactError
 from edgert.errors import EdgertError
 from edgert.stream import (
+    READ_CHUNK,
     FlashReader,
     StreamStats,
     aligned_buffer,
     fixed_memory,
     fmt_size,
     target_chunk,
+    target_gap,
 )
 
 BUNDLE_BITS = (2, 4, 8)
@@ -53,6 +55,9 @@ def ffn_tensors(cfg) -> set[str]:
 
 
 INDEX = "ffn_bundle_index"  # resident: per layer and file position, the neuron and its crc32
+#: the compiler's record of the neurons decode activates (edgert.compiler.sparsify.calibrate),
+#: replayed by the planner through the window cache to predict its reads
+ACTIVITY = "ffn_activity_trace"
 
 
 @dataclass(frozen=True)
@@ -195,11 +200,49 @@ class SparsePlan:
     resident_touched: int = 0
     #: tokens per forward call (the scratch is sized for it)
     batch: int = 0
+    n_layers: int = 0
+    chunk: int = READ_CHUNK
+    #: the compiler's activity trace replayed through the window cache
+    #: (:func:`replay_activity`): per decode step, the active neurons, the bytes and requests
+    #: read from flash; None: no trace (a share 1 - sparsity active, the cache hitting as often
+    #: as it holds a neuron, is assumed)
+    replayed: dict | None = None
+    #: a layer's reads wait for its gate (which picks the neurons): nothing overlaps compute
+    reads_wait = True
 
     @property
     def minimum(self) -> int:
         """The plan with no cache: every active neuron read each step."""
         return self.fixed
+
+    @property
+    def active_per_token(self) -> float:
+        """Neurons a decode step computes (over all layers)."""
+        if self.replayed is not None:
+            return self.replayed["active_per_token"]
+        return self.neurons * (1.0 - self.sparsity)
+
+    @property
+    def weight_bytes_per_token(self) -> int:
+        """Weight bytes a decode step reads from DRAM: resident ones and the active bundles."""
+        return self.resident_touched + int(self.active_per_token * self.bundle_bytes)
+
+    @property
+    def streamed_bytes_per_token(self) -> int:
+        """Expected flash bytes per decode step (whole pages)."""
+        if self.replayed is not None:
+            return int(self.replayed["bytes_per_token"])
+        miss = 1.0 - min(1.0, self.slots / max(self.neurons, 1))
+        return int(self.active_per_token * miss * self.bundle_bytes)
+
+    def kv_bytes_at(self, pos: int) -> int:
+        return self.kv * pos // max(self.max_ctx, 1)
+
+    def flash_reads_per_token(self) -> int:
+        if self.replayed is not None:
+            return round(self.replayed["requests_per_token"])
+        per_layer = self.streamed_bytes_per_token / max(self.n_layers, 1)
+        return self.n_layers * -(-int(per_layer) // self.chunk)
 
     @property
     def planned(self) -> int:
@@ -234,8 +277,11 @@ def plan_sparse(
     sparsity: float,
     window: int = 0,
     n_batch: int | None = None,
+    gap_bytes: int | None = None,
 ) -> SparsePlan:
-    """The window cache the budget leaves room for; refuse a budget below the minimum (no cache)."""
+    """The window cache the budget leaves room for; refuse a budget below the minimum (no cache).
+    With the artifact's activity trace, what the cache will read is replayed (``gap_bytes``: as
+    :class:`NeuronCache` joins reads; the target's by default)."""
     spec = SparseSpec.of(art)
     spec.thresholds_for(sparsity)
     ffn = ffn_tensors(cfg)
@@ -249,7 +295,7 @@ def plan_sparse(
     slots = neurons if not budget else max(0, min(neurons, (budget - fixed) // B))
     plan = SparsePlan(
         budget, sparsity, int(window), fixed, kv, scratch, staging, B, slots, neurons,
-        max_ctx, dense, touched, batch,
+        max_ctx, dense, touched, batch, cfg.n_layers, target_chunk(art),
     )  # fmt: skip
     if budget and budget < fixed:
         raise EdgertError(
@@ -258,6 +304,9 @@ def plan_sparse(
             f"tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, staging {fmt_size(staging)})",
             "raise the budget, or lower the context with --ctx",
         )
+    if ACTIVITY in art.tensors:
+        gap = target_gap(art) if gap_bytes is None else int(gap_bytes)
+        plan.replayed = replay_activity(art, cfg, plan, gap_bytes=gap)
     return plan
 
 
@@ -279,6 +328,7 @@ class SparseStats(StreamStats):
     decode_active: int = 0
     decode_hits: int = 0
     decode_bytes: int = 0
+    decode_requests: int = 0
     #: bytes of every bundle (reading all neurons of every layer), and their number
     all_bytes: int = 0
     neurons: int = 0
@@ -447,12 +497,25 @@ class NeuronCache:
 
         if self.decoding:
             self.stats.decode_bytes += sum(b - a + 1 for a, b in runs) * PAGE
+            self.stats.decode_requests += sum(self._requests(a, b) for a, b in runs)
         if len(runs) == 1 or self.workers == 1:
             read(runs)
             return
         parts = [runs[i :: self.workers] for i in range(self.workers)]
         for fut in [self._pool.submit(read, p) for p in parts if p]:
             fut.result()
+
+    def _requests(self, a: int, b: int) -> int:
+        """Read requests for the page run [a, b] (the reader splits it in chunks)."""
+        return -(-(b - a + 1) * PAGE // self.reader.chunk)
+
+    def _store(self, layer: int, slots: np.ndarray, pos: np.ndarray) -> None:
+        """Copy the bundles at file positions ``pos`` from the staging area into ``slots``."""
+        first = self.offsets[layer] % PAGE
+        rows = np.lib.stride_tricks.as_strided(  # the layer's bundles as rows (read ones used)
+            self.staging[first:], shape=(self.cfg.ffn_dim, self.B), strides=(self.B, 1)
+        )
+        self._cache_rows[slots] = rows[pos]
 
     def _fetch(self, _ctx, layer, neurons_p, count, out_p) -> int:
         try:
@@ -491,12 +554,7 @@ class NeuronCache:
             got = self._take(len(ids))
             k = len(got)
             if k:
-                # the layer's bundles as rows of the staging area (only read rows are used)
-                first = self.offsets[layer] % PAGE
-                rows = np.lib.stride_tricks.as_strided(
-                    self.staging[first:], shape=(self.cfg.ffn_dim, self.B), strides=(self.B, 1)
-                )
-                self._cache_rows[got] = rows[pos[:k]]
+                self._store(layer, got, pos[:k])
                 self.slot_of[layer, ids[:k]] = got
                 self.owner[got] = layer * self.cfg.ffn_dim + ids[:k]
                 self.last[got] = self.step
@@ -517,3 +575,53 @@ class NeuronCache:
                     "copy or compile the artifact again",
                 )
         self.verified[layer, ids[todo]] = True
+
+
+class _ReplayNeuronCache(NeuronCache):
+    """The window cache's policy without reads: what a run would read is counted."""
+
+    def _read_runs(self, layer: int, runs: list[tuple[int, int]]) -> None:
+        st = self.stats
+        st.decode_bytes += sum(b - a + 1 for a, b in runs) * PAGE
+        st.decode_requests += sum(self._requests(a, b) for a, b in runs)
+
+    def _verify(self, layer: int, ids: np.ndarray, pos: np.ndarray, rel: np.ndarray) -> None:
+        pass
+
+    def _store(self, layer: int, slots: np.ndarray, pos: np.ndarray) -> None:
+        pass
+
+
+def replay_activity(art, cfg, plan: SparsePlan, *, gap_bytes: int) -> dict:
+    """The artifact's activity trace (one decode step per token, as a run decodes) through a
+    window cache of ``plan``'s slots and window, counted after :data:`TRACE_WARMUP` steps: per
+    step the active neurons, the share of them cached, and the bytes and read requests from
+    flash."""
+    from edgert.experts import TRACE_WARMUP
+
+    levels = art.read_tensor(ACTIVITY)["levels"]  # (steps, layers, ffn_dim)
+    k = SPARSITIES.index(min(SPARSITIES, key=lambda s: abs(s - plan.sparsity)))
+    rc = _ReplayNeuronCache(art, cfg, plan, workers=1, gap_bytes=gap_bytes)
+    out = np.empty(cfg.ffn_dim, np.uint64)
+    keys = ("decode_active", "decode_hits", "decode_bytes", "decode_requests")
+    try:
+        for step, lv in enumerate(levels):
+            if step == TRACE_WARMUP:
+                start = {n: getattr(rc.stats, n) for n in keys}
+            rc.begin_step(1)
+            for i in range(cfg.n_layers):
+                ids = np.flatnonzero(lv[i] > k)
+                rc.fetch(i, ids, out[: len(ids)])
+    finally:
+        rc.close()
+    steps = len(levels) - TRACE_WARMUP
+    if steps <= 0:
+        raise ArtifactError(f"{art.path}: the activity trace has only {len(levels)} steps")
+    d = {n: (getattr(rc.stats, n) - start[n]) / steps for n in keys}
+    return {
+        "steps": steps,
+        "active_per_token": d["decode_active"],
+        "hit_rate": d["decode_hits"] / max(d["decode_active"], 1e-9),
+        "bytes_per_token": d["decode_bytes"],
+        "requests_per_token": d["decode_requests"],
+    }

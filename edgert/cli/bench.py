@@ -81,11 +81,8 @@ def run(args) -> int:
             experts=expert_options(args),
             ffn=_ffn_options(args),
         )
-        from edgert.experts import MoePlan
-        from edgert.stream import DramPlan
-
         plan = getattr(engine, "dram_plan", None)
-        if isinstance(plan, (DramPlan, MoePlan)):  # the cost model covers layer and expert plans
+        if plan is not None:  # layer, expert and sparse plans
             from edgert.bench import predict
 
             predict(r, plan, _figures(args, engine, threads))
@@ -125,11 +122,12 @@ def _figures(args, engine, threads: int):
     flash = _flash_figures(args)
     if flash is not None:
         return fig.with_flash(*flash)
-    if engine.streamer is None:
+    streams = engine.streamer or engine.expert_cache or engine.neurons
+    if streams is None:
         return fig
     from edgert.emulate import measure_flash
 
-    mbs, lat = measure_flash(engine.streamer.reader.path)
+    mbs, lat = measure_flash(streams.reader.path)
     return fig.with_flash("host", mbs, lat)
 
 

@@ -94,15 +94,19 @@ def inspect_artifact(
     sp = m.get("sparse_ffn")
     if sp:
         info["sparse_ffn"] = {k: sp[k] for k in ("bits", "group", "sparsities", "calib_tokens")}
-        info["sparse_ffn"]["bundle_bytes"] = by_res["streamed"]
+        info["sparse_ffn"]["bundle_bytes"] = sum(
+            e["nbytes"] for n, e in art.tensors.items() if n.endswith(".ffn_bundles")
+        )
     if m.get("moefy"):
         info["moefy"] = m["moefy"]
     if sparsity is not None:
         from edgert.sparse import plan_sparse
 
-        info["sparse_plan"] = plan_sparse(
-            art, cfg, max_ctx=ctx, budget=dram_budget or None, sparsity=sparsity
-        ).to_dict()
+        sparse = plan_sparse(art, cfg, max_ctx=ctx, budget=dram_budget or None, sparsity=sparsity)
+        info["sparse_plan"] = sparse.to_dict()
+        if t is not None:
+            fig = DeviceFigures.from_target(t)
+            info["sparse_plan"]["cost_model"] = predict_decode(sparse, fig, pos=ctx // 2).to_dict()
     return info
 
 
@@ -240,7 +244,17 @@ def run(args) -> int:
             f"{sp['neurons']} neurons ({sp['slots'] * sp['bundle_bytes'] / 1e6:.1f} MB), plan "
             f"{sp['planned'] / 1e6:.1f} MB, minimum {sp['minimum'] / 1e6:.1f} MB"
         )
-    c = (p or {}).get("cost_model")
+        r = sp.get("replayed")
+        if r:
+            print(
+                f"           activity trace replayed ({r['steps']} decode steps): "
+                f"{r['active_per_token']:.0f} neurons active per token, "
+                f"{100 * r['hit_rate']:.1f}% of them cached, "
+                f"{r['bytes_per_token'] / 1e6:.2f} MB in {r['requests_per_token']:.0f} reads "
+                "from flash per token"
+            )
+    # the sparse plan's prediction where --sparsity is given, else the dense or expert plan's
+    c = (sp or {}).get("cost_model") or (p or {}).get("cost_model")
     if c:
         print(
             f"cost model {c['tok_s']:.1f} tok/s decode on {c['device']} at half context "

@@ -11,16 +11,18 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SMALL_MODEL, greedy_tokens
+from conftest import SMALL_MODEL, greedy_tokens, run_cli
 from edgert.compiler.quant import QuantScheme
 
 from edgert.artifact import Artifact, ArtifactError
 from edgert.errors import EdgertError
+from edgert.experts import TRACE_TOKENS, TRACE_WARMUP
 from edgert.kernels import build_shared
 from edgert.native import _Sparse
 from edgert.reference import ReferenceEngine, silu
 from edgert.runtime import open_artifact_engine, reference_model
 from edgert.sparse import (
+    ACTIVITY,
     SPARSITIES,
     BundleFormat,
     SparseSpec,
@@ -180,6 +182,58 @@ def test_window_cache_size_never_changes_tokens(art):
         reads.append(e.stream_stats.hit_rate)
         e.close()
     assert reads[0] == 0 < reads[1]  # no cache at the minimum: every active neuron is read
+
+
+def test_activity_trace_replayed_through_the_window_cache(art):
+    """The compiler records which neurons decode activates; the planner replays it through the
+    window cache of each plan (what a run would read, without reading)."""
+    a = Artifact.open(art)
+    cfg = a.config()
+    levels = a.read_tensor(ACTIVITY)["levels"]
+    assert levels.shape == (TRACE_TOKENS, 4, cfg.ffn_dim) and levels.min() >= 1
+    B = SparseSpec.of(a).fmt.nbytes
+
+    def replayed(sparsity, budget=None, window=0, gap=0):
+        p = plan_sparse(
+            a, cfg, max_ctx=64, budget=budget, sparsity=sparsity, window=window, gap_bytes=gap
+        )
+        return p, p.replayed
+
+    # sparsity 0: every neuron active; no budget: all read while warming up, then all hits
+    p, r = replayed(0.0)
+    assert r["steps"] == TRACE_TOKENS - TRACE_WARMUP and r["active_per_token"] == p.neurons
+    assert r["hit_rate"] == 1.0 and r["bytes_per_token"] == r["requests_per_token"] == 0
+    # sparsity 0.5 on the calibration text the thresholds came from: about half active
+    p, r = replayed(0.5)
+    assert 0.35 < r["active_per_token"] / p.neurons < 0.65
+    active = r["active_per_token"]
+    # no cache: every active neuron read each step (its pages: at least its bundle)
+    minimum = replayed(0.5, 1 << 40)[0].minimum
+    p0, r0 = replayed(0.5, minimum)
+    assert p0.slots == 0 and r0["hit_rate"] == 0 and r0["active_per_token"] == active
+    assert r0["bytes_per_token"] >= active * B and r0["requests_per_token"] >= 4
+    # a cache of 300 neurons hits and reads less; the window drops idle ones and reads more;
+    # the replay is deterministic
+    _, r1 = replayed(0.5, minimum + 300 * B)
+    assert 0 < r1["hit_rate"] < 1 and r1["bytes_per_token"] < r0["bytes_per_token"]
+    assert replayed(0.5, minimum + 300 * B)[1] == r1
+    _, rw = replayed(0.5, minimum + 300 * B, window=1)
+    assert rw["hit_rate"] < r1["hit_rate"]
+
+
+def test_bench_and_inspect_predict_sparse_plans(art):
+    """bench --sparsity reports the cost model's decode speed next to the measured one, with the
+    replayed trace's flash bytes; inspect --sparsity shows the prediction for the target."""
+    r = run_cli("bench", str(art), "--sparsity", "0.5", "--dram-budget", "off", "-p", "4",
+                "-n", "4", "-r", "1", "--json")  # fmt: skip
+    b = json.loads(r.stdout)
+    p = b["prediction"]
+    assert p["tok_s"] > 0 and p["tg_measured_over_predicted"] == b["tg_tok_s"] / p["tok_s"]
+    assert b["stream_tg"]["decode_calls"] == 4
+    i = json.loads(run_cli("inspect", str(art), "--sparsity", "0.5", "--json").stdout)
+    sp = i["sparse_plan"]
+    assert sp["replayed"]["active_per_token"] > 0 and sp["cost_model"]["tok_s"] > 0
+    assert sp["cost_model"]["flash_bytes_per_token"] == int(sp["replayed"]["bytes_per_token"])
 
 
 def test_budget_below_minimum_is_refused(art):

@@ -90,6 +90,32 @@ def test_mixture_of_experts_plan():
     assert 1 / p.tok_s > max(p.dram_seconds, p.flash_seconds)
 
 
+def test_sparse_ffn_plan_reads_after_its_gate():
+    from edgert.sparse import SparsePlan
+
+    # 4 layers x 1000 neurons of 1000 B bundles, 5 MB resident read per step, sparsity 0.5
+    sp = SparsePlan(
+        budget=100 * MB, sparsity=0.5, window=0, fixed=20 * MB, kv=4 * MB, scratch=MB,
+        staging=MB, bundle_bytes=1000, slots=3000, neurons=4000, max_ctx=1000,
+        resident_touched=5 * MB, n_layers=4, chunk=MB,
+    )  # fmt: skip
+    # no trace: half the neurons active, a quarter of them missing the 3000-of-4000 cache
+    assert sp.active_per_token == 2000 and sp.weight_bytes_per_token == 5 * MB + 2 * MB
+    assert sp.streamed_bytes_per_token == 500_000 and sp.flash_reads_per_token() == 4
+    # the replayed activity trace replaces that: its active neurons, bytes and requests
+    traced = SparsePlan(
+        **{**sp.__dict__, "replayed": {"steps": 80, "active_per_token": 1500.0, "hit_rate": 0.6,
+                                       "bytes_per_token": 3 * MB, "requests_per_token": 40.4}}
+    )  # fmt: skip
+    assert traced.weight_bytes_per_token == 5 * MB + 1_500_000
+    assert traced.streamed_bytes_per_token == 3 * MB and traced.flash_reads_per_token() == 40
+    p = predict_decode(traced, fig(), pos=500)
+    assert p.dram_bytes_per_token == 5 * MB + 1_500_000 + 2 * MB
+    assert p.flash_seconds == pytest.approx(3 * MB / 500e6 + 40 * 100e-6)
+    # the gate picks the neurons a layer reads: reads never overlap compute
+    assert 1 / p.tok_s == pytest.approx(p.dram_seconds + p.flash_seconds)
+
+
 def test_compute_cap_per_core():
     f = fig(gemv_gbs_per_core=1.0, cores=2)  # 2 GB/s < 10 x 0.5
     assert f.decode_gbs == 2.0
