@@ -274,6 +274,16 @@ typedef struct {
 #define BUNDLE_GROUP_MAX 256
 #define BUNDLE_DIM_MAX 16384
 
+/* w[0, groups * g) = scale * code + min per group of g: one bundle row or column */
+static void dequantize(float *w, const uint8_t *codes, const uint16_t *scale, const uint16_t *mn,
+                       int32_t bits, int64_t groups, int64_t g) {
+    unpack_codes(w, codes, bits, 0, groups * g);
+    for (int64_t q = 0; q < groups; q++) {
+        const float s = edgert_h2f(scale[q]), m0 = edgert_h2f(mn[q]);
+        for (int64_t i = q * g; i < (q + 1) * g; i++) w[i] = s * w[i] + m0;
+    }
+}
+
 /* h[t, c] = a[t, j] (up_j . x[t]) for active (t, j = neurons[c]), else 0; the row is dequantized
  * once per neuron */
 static void bundle_up(void *vctx, int64_t begin, int64_t end) {
@@ -291,11 +301,7 @@ static void bundle_up(void *vctx, int64_t begin, int64_t end) {
             float acc = 0.f;
             if (fabsf(at) > sp->threshold) {
                 if (!unpacked) {
-                    unpack_codes(w, b, sp->bits, 0, dp);
-                    for (int64_t q = 0; q < c->groups; q++) {
-                        const float s = edgert_h2f(scale[q]), m0 = edgert_h2f(mn[q]);
-                        for (int64_t i = q * g; i < (q + 1) * g; i++) w[i] = s * w[i] + m0;
-                    }
+                    dequantize(w, b, scale, mn, sp->bits, c->groups, g);
                     unpacked = 1;
                 }
                 acc = at * dot(w, c->x + t * c->dim, c->dim);
@@ -349,11 +355,7 @@ static void bundle_down_parts(void *vctx, int64_t begin, int64_t end) {
             const uint8_t *b = c->bundles[k];
             const uint16_t *scale = (const uint16_t *)(b + 2 * cb) + 2 * c->groups;
             const uint16_t *mn = scale + c->groups;
-            unpack_codes(w, b + cb, sp->bits, 0, dp);
-            for (int64_t q = 0; q < c->groups; q++) {
-                const float s = edgert_h2f(scale[q]), m0 = edgert_h2f(mn[q]);
-                for (int64_t i = q * g; i < (q + 1) * g; i++) w[i] = s * w[i] + m0;
-            }
+            dequantize(w, b + cb, scale, mn, sp->bits, c->groups, g);
             axpy(yp, ht, w, c->dim);
         }
     }
