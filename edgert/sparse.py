@@ -474,17 +474,10 @@ class NeuronCache:
         start = self.offsets[layer]
         first_page = start // PAGE
         lo = (start + pos * self.B) // PAGE - first_page
-        hi = (start + (pos + 1) * self.B - 1) // PAGE - first_page
-        runs: list[tuple[int, int]] = []
-        a, b = int(lo[0]), int(hi[0])
-        for x, y in zip(lo[1:].tolist(), hi[1:].tolist()):
-            if x <= b + 1 + self.gap_pages:
-                b = max(b, y)
-            else:
-                runs.append((a, b))
-                a, b = x, y
-        runs.append((a, b))
-        return runs
+        hi = (start + (pos + 1) * self.B - 1) // PAGE - first_page  # sorted too
+        # a run ends where the next bundle starts more than gap_pages past its last page
+        cut = np.flatnonzero(lo[1:] > hi[:-1] + 1 + self.gap_pages)
+        return list(zip(lo[np.r_[0, cut + 1]].tolist(), hi[np.r_[cut, len(hi) - 1]].tolist()))
 
     def _read_runs(self, layer: int, runs: list[tuple[int, int]]) -> None:
         first = self.offsets[layer] // PAGE * PAGE
