@@ -66,6 +66,34 @@ def test_deploy_and_run_over_ssh(device, arts):
     assert r.returncode == 2 and "below the minimum" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_sparse_ffn_on_the_device(device, tmp_path_factory):
+    """--sparsity on the device: bundles read from its flash (NEON bundle kernel) into a window
+    cache that fits the budget, the activity trace replayed by its planner; the cache's size
+    never changes the tokens."""
+    from edgert.artifact import Artifact
+    from edgert.sparse import plan_sparse
+
+    url, env = device
+    d = tmp_path_factory.mktemp("ssh-sparse")
+    scheme = QuantScheme("uniform", 4, 32)
+    art = compile_synthetic(d, "llama", scheme, target="rpi5", layers=4, sparse_ffn=True).out
+    r = run_cli("deploy", str(art), url, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    a = Artifact.open(art)
+    lo = plan_sparse(a, a.config(), max_ctx=64, budget=1 << 40, sparsity=0.5).minimum
+    outs = []
+    for budget in ([], ["--dram-budget", str(lo)]):
+        r = run_cli("run", str(art), "--device", url, "-p", PROMPTS[0], "-n", "12", "--ctx", "64",
+                    "--sparsity", "0.5", *budget, "--json", env=env)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        outs.append(json.loads(r.stdout))
+    assert outs[0]["tokens"] == outs[1]["tokens"] and len(outs[0]["tokens"]) == 12
+    plan, stream = outs[1]["dram"], outs[1]["stream"]
+    assert plan["budget"] == lo and plan["slots"] == 0 and plan["planned"] <= lo
+    assert plan["replayed"]["active_per_token"] > 0 and plan["replayed"]["hit_rate"] == 0
+    assert stream["decode_calls"] > 0 and stream["decode_bytes"] > 0 and stream["decode_hits"] == 0
+
+
 def test_unknown_host_key_refused(device, arts, tmp_path):
     url, env = device
     r = run_cli("deploy", str(arts[0]), url, env={**env, "HOME": str(tmp_path)})
