@@ -83,7 +83,8 @@ class Prediction:
 
 def predict_decode(plan, fig: DeviceFigures, *, pos: int) -> Prediction:
     """Decode tok/s of ``plan`` on ``fig`` at context position ``pos`` (the KV cache read)."""
-    dram_bytes = plan.weight_bytes_per_token + plan.kv_bytes_at(pos)
+    # the KV cache so far: a plan's ``kv`` bytes hold ``max_ctx`` positions
+    dram_bytes = plan.weight_bytes_per_token + plan.kv * pos // max(plan.max_ctx, 1)
     t_dram = dram_bytes / (fig.decode_gbs * 1e9)
     flash_bytes = plan.streamed_bytes_per_token
     reads = plan.flash_reads_per_token()

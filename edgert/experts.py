@@ -123,9 +123,6 @@ class MoePlan:
         """Expected flash bytes per decode step: the experts the cache misses."""
         return int(self.misses_per_token * self.expert_bytes)
 
-    def kv_bytes_at(self, pos: int) -> int:
-        return self.kv * pos // max(self.max_ctx, 1)
-
     def flash_reads_per_token(self) -> int:
         return round(self.misses_per_token * -(-self.expert_bytes // self.chunk))
 

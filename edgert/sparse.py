@@ -167,9 +167,13 @@ class SparseSpec:
         return cls(fmt, list(d["sparsities"]), d["thresholds"], d.get("calib_tokens", 0))
 
     def thresholds_for(self, sparsity: float) -> list[float]:
-        for s, t in zip(self.sparsities, self.thresholds):
+        return self.thresholds[self.index_of(sparsity)]
+
+    def index_of(self, sparsity: float) -> int:
+        """Where ``sparsity`` is among the calibrated ones (an error naming them if nowhere)."""
+        for k, s in enumerate(self.sparsities):
             if abs(s - sparsity) < 1e-9:
-                return t
+                return k
         have = ", ".join(f"{s:g}" for s in self.sparsities)
         raise EdgertError(
             f"--sparsity {sparsity:g} was not calibrated for this artifact (it has {have})",
@@ -234,9 +238,6 @@ class SparsePlan:
             return int(self.replayed["bytes_per_token"])
         miss = 1.0 - min(1.0, self.slots / max(self.neurons, 1))
         return int(self.active_per_token * miss * self.bundle_bytes)
-
-    def kv_bytes_at(self, pos: int) -> int:
-        return self.kv * pos // max(self.max_ctx, 1)
 
     def flash_reads_per_token(self) -> int:
         if self.replayed is not None:
@@ -480,6 +481,17 @@ class NeuronCache:
         return list(zip(lo[np.r_[0, cut + 1]].tolist(), hi[np.r_[cut, len(hi) - 1]].tolist()))
 
     def _read_runs(self, layer: int, runs: list[tuple[int, int]]) -> None:
+        """Count a decode step's reads (bytes, requests), then read."""
+        if self.decoding:
+            self.stats.decode_bytes += sum(b - a + 1 for a, b in runs) * PAGE
+            # read requests: the reader splits each run in chunks
+            self.stats.decode_requests += sum(
+                -(-(b - a + 1) * PAGE // self.reader.chunk) for a, b in runs
+            )
+        self._read_pages(layer, runs)
+
+    def _read_pages(self, layer: int, runs: list[tuple[int, int]]) -> None:
+        """Read the page runs into the staging area (on the I/O threads)."""
         first = self.offsets[layer] // PAGE * PAGE
 
         def read(part):
@@ -488,19 +500,12 @@ class NeuronCache:
                     self.staging[a * PAGE : (b + 1) * PAGE], first + a * PAGE, (b - a + 1) * PAGE
                 )
 
-        if self.decoding:
-            self.stats.decode_bytes += sum(b - a + 1 for a, b in runs) * PAGE
-            self.stats.decode_requests += sum(self._requests(a, b) for a, b in runs)
         if len(runs) == 1 or self.workers == 1:
             read(runs)
             return
         parts = [runs[i :: self.workers] for i in range(self.workers)]
         for fut in [self._pool.submit(read, p) for p in parts if p]:
             fut.result()
-
-    def _requests(self, a: int, b: int) -> int:
-        """Read requests for the page run [a, b] (the reader splits it in chunks)."""
-        return -(-(b - a + 1) * PAGE // self.reader.chunk)
 
     def _store(self, layer: int, slots: np.ndarray, pos: np.ndarray) -> None:
         """Copy the bundles at file positions ``pos`` from the staging area into ``slots``."""
@@ -573,10 +578,8 @@ class NeuronCache:
 class _ReplayNeuronCache(NeuronCache):
     """The window cache's policy without reads: what a run would read is counted."""
 
-    def _read_runs(self, layer: int, runs: list[tuple[int, int]]) -> None:
-        st = self.stats
-        st.decode_bytes += sum(b - a + 1 for a, b in runs) * PAGE
-        st.decode_requests += sum(self._requests(a, b) for a, b in runs)
+    def _read_pages(self, layer: int, runs: list[tuple[int, int]]) -> None:
+        pass
 
     def _verify(self, layer: int, ids: np.ndarray, pos: np.ndarray, rel: np.ndarray) -> None:
         pass
@@ -593,7 +596,7 @@ def replay_activity(art, cfg, plan: SparsePlan, *, gap_bytes: int) -> dict:
     from edgert.experts import TRACE_WARMUP
 
     levels = art.read_tensor(ACTIVITY)["levels"]  # (steps, layers, ffn_dim)
-    k = SPARSITIES.index(min(SPARSITIES, key=lambda s: abs(s - plan.sparsity)))
+    k = SparseSpec.of(art).index_of(plan.sparsity)  # active at it: level > k
     rc = _ReplayNeuronCache(art, cfg, plan, workers=1, gap_bytes=gap_bytes)
     out = np.empty(cfg.ffn_dim, np.uint64)
     keys = ("decode_active", "decode_hits", "decode_bytes", "decode_requests")

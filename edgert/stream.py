@@ -305,10 +305,6 @@ class DramPlan:
         buffers), whatever the budget."""
         return self.head_bytes + sum(self.layer_bytes)
 
-    def kv_bytes_at(self, pos: int) -> int:
-        """KV cache bytes a decode step at position ``pos`` reads."""
-        return self.kv * pos // max(self.max_ctx, 1)
-
     def flash_reads_per_token(self) -> int:
         return sum(-(-self.layer_bytes[i] // self.chunk) for i in self.streamed)
 

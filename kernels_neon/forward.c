@@ -327,9 +327,7 @@ static void bundle_down(void *vctx, int64_t begin, int64_t end) {
             int any = 0;
             for (int64_t t = 0; t < c->n && !any; t++) any = c->h[t * c->count + k] != 0.f;
             if (!any) continue;
-            unpack_codes(w, b + cb, sp->bits, lo, lo + g);
-            const float s = edgert_h2f(scale[q]), m0 = edgert_h2f(mn[q]);
-            for (int64_t i = 0; i < hi - lo; i++) w[i] = s * w[i] + m0;
+            dequantize(w, b + cb + lo * sp->bits / 8, scale + q, mn + q, sp->bits, 1, g);
             for (int64_t t = 0; t < c->n; t++) {
                 const float ht = c->h[t * c->count + k];
                 if (ht != 0.f) axpy(c->y + t * c->dim + lo, ht, w, hi - lo);
