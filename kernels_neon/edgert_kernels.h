@@ -12,7 +12,7 @@
  * Activations: for each group of 4 activations the 16 partial sums sum_i bit_i x_i are tabulated
  * and rounded to integers |q| <= 32767 / (g / 4) with one scale per weight group (so the sums of
  * one plane over a group fit int16), kept as the high (int8) and low (uint8) bytes of q; each
- * plane's 4-bit pattern selects entries of both (tbl on NEON, pshufb on AVX2), the two bytes are
+ * plane's 4-bit pattern selects entries of both (tbl on NEON, pshufb on AVX2/AVX-512), the bytes are
  * recombined (zip / unpack) or summed separately, accumulated in 16-bit lanes over the group, and
  * planes are shift-added (uniform) or scaled by alpha (HLQ) in the float epilogue of the group.
  * (8-bit tables alone cost ~1.4% relative error per product.) The Armv8.2 dotprod build runs the
@@ -64,7 +64,7 @@ void edgert_q8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t 
                         const int8_t *q, const float *scale, int32_t threads);
 /* reads n bytes at p once with `threads` workers; returns a checksum (a bandwidth probe) */
 uint64_t edgert_read_bytes(const uint8_t *p, int64_t n, int32_t threads);
-/* which SIMD path this build uses: "neon", "avx2" or "scalar" */
+/* which SIMD path this build uses: "neon", "avx512", "avx2" or "scalar" */
 const char *edgert_kernels_isa(void);
 
 #ifdef __cplusplus

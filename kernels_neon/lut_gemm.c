@@ -23,7 +23,12 @@
 #define EDGERT_ISA "neon"
 #elif defined(__AVX2__) && defined(__F16C__)
 #include <immintrin.h>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define EDGERT_AVX512 1
+#define EDGERT_ISA "avx512"
+#else
 #define EDGERT_ISA "avx2"
+#endif
 #else
 #define EDGERT_ISA "scalar"
 #endif
@@ -73,9 +78,15 @@ typedef struct {
  * the tables keep 11-13 bits. The SIMD builders below do the same float operations in the same
  * order (no FMA contraction), so every path gets bit-identical tables. */
 #define TBL_LIMIT(per) (32767 / (per))
-/* how far ahead of the kernel the weight stream is prefetched (cold weights come from DRAM) */
+/* how far ahead of the kernel the weight stream is prefetched (cold weights come from DRAM): at
+ * least DRAM latency x one core's read bandwidth (x86-64: 2 KiB ran at 21 GB/s where 16 KiB ran at
+ * 28-35 GB/s on a 39 GB/s core; the NEON value is unmeasured on hardware and stays small) */
 #ifndef PREFETCH_BYTES
+#if defined(__ARM_NEON)
 #define PREFETCH_BYTES 2048
+#else
+#define PREFETCH_BYTES 16384
+#endif
 #endif
 #define MAX_PER 64 /* group <= 256 */
 
@@ -482,14 +493,125 @@ TILE_INSTANCE(2, 1)
 TILE_INSTANCE(3, 1)
 TILE_INSTANCE(4, 1)
 
+#if defined(EDGERT_AVX512)
+/* AVX-512 (2 and 4 planes): the steps of group_avx2 on 64-byte vectors. 4 planes: one chunk's
+ * planes fill a vector (lane j = plane j) and its tables are broadcast to every lane. 2 planes: two
+ * chunks fill a vector (lanes: chunk c planes 0, 1, chunk c+1 planes 0, 1; needs an even number of
+ * chunks per group), each chunk's tables in its own two lanes; the two chunks' 16-bit sums are
+ * added at the group's end (exact: see TBL_LIMIT). The epilogue then runs on 16 rows at a time in
+ * registers: the same float operations, in the same order, as epilogue_ref. */
+static inline __attribute__((always_inline)) void tile_avx512(float *y, int64_t tile,
+                                                              const uint8_t *planes,
+                                                              const uint16_t *scale,
+                                                              const uint16_t *zero,
+                                                              const uint8_t *tbl, const float *ts,
+                                                              const float *xs, const shape_t *s,
+                                                              const int b, const int fmt) {
+    const int per = s->group / 4;
+    const __m512i m15 = _mm512_set1_epi8(15);
+    // 64-bit words of (A, B) -> [A lane 0, B lane 0, A lane 1, B lane 1] and the same for 2, 3
+    const __m512i pick01 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
+    const __m512i pick23 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    __m512 yv[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};  // rows 0-15, 16-31
+    for (int64_t g = 0; g < s->groups; g++) {
+        const uint16_t *sc = scale_at(scale, tile, g, s), *zr = zero_at(zero, tile, g, s);
+        _mm_prefetch((const char *)sc + PREFETCH_BYTES / 4, _MM_HINT_T0);
+        _mm_prefetch((const char *)zr + PREFETCH_BYTES / 4, _MM_HINT_T0);
+        const uint8_t *pq = planes + (tile * s->k4 + g * per) * b * 16, *tb = tbl + g * per * 32;
+        // s[r]: 16-bit sums of rows 8r .. 8r+7, one plane (and chunk) per lane
+        __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
+        for (int c = 0; c < per; c += 4 / b, pq += 64, tb += 32 * (4 / b)) {
+            _mm_prefetch((const char *)pq + PREFETCH_BYTES, _MM_HINT_T0);
+            __m512i th, tl;
+            if (b == 4) {
+                th = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tb));
+                tl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tb + 16)));
+            } else {  // [hi c | lo c | hi c+1 | lo c+1] -> hi c, hi c, hi c+1, hi c+1 (and lo)
+                const __m512i t = _mm512_loadu_si512(tb);
+                th = _mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(2, 2, 0, 0));
+                tl = _mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 3, 1, 1));
+            }
+            const __m512i pk = _mm512_loadu_si512(pq);
+            const __m512i lo = _mm512_and_si512(pk, m15);                         // rows 0-15
+            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(pk, 4), m15);  // rows 16-31
+            const __m512i al = _mm512_shuffle_epi8(tl, lo), ah = _mm512_shuffle_epi8(th, lo);
+            s0 = _mm512_add_epi16(s0, _mm512_unpacklo_epi8(al, ah));
+            s1 = _mm512_add_epi16(s1, _mm512_unpackhi_epi8(al, ah));
+            const __m512i bl = _mm512_shuffle_epi8(tl, hi), bh = _mm512_shuffle_epi8(th, hi);
+            s2 = _mm512_add_epi16(s2, _mm512_unpacklo_epi8(bl, bh));
+            s3 = _mm512_add_epi16(s3, _mm512_unpackhi_epi8(bl, bh));
+        }
+        const __m512i sv[4] = {s0, s1, s2, s3};
+        const __m512 tsv = _mm512_set1_ps(ts[g]), xsv = _mm512_set1_ps(xs[g]);
+        for (int h = 0; h < 2; h++) {  // rows 16h .. 16h+15
+            const __m512i p01 = _mm512_permutex2var_epi64(sv[2 * h], pick01, sv[2 * h + 1]);
+            const __m512i p23 = _mm512_permutex2var_epi64(sv[2 * h], pick23, sv[2 * h + 1]);
+            __m512i a[4];  // int32 sums of plane j
+            if (b == 4) {
+                a[0] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p01));
+                a[1] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p01, 1));
+                a[2] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p23));
+                a[3] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p23, 1));
+            } else {  // p01: chunk c, p23: chunk c+1
+                const __m512i p = _mm512_add_epi16(p01, p23);
+                a[0] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p));
+                a[1] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p, 1));
+            }
+            const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zr + 16 * h)));
+            if (fmt == EDGERT_FMT_UNIFORM) {
+                __m512i tot = a[0];
+                for (int j = 1; j < b; j++) tot = _mm512_add_epi32(tot, _mm512_slli_epi32(a[j], j));
+                const __m512 sv16 =
+                    _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 16 * h)));
+                const __m512 t1 = _mm512_mul_ps(tsv, _mm512_cvtepi32_ps(tot));
+                const __m512 t2 = _mm512_mul_ps(z, xsv);
+                yv[h] = _mm512_add_ps(yv[h], _mm512_mul_ps(sv16, _mm512_sub_ps(t1, t2)));
+            } else {
+                __m512 acc = _mm512_setzero_ps();
+                for (int j = 0; j < b; j++) {
+                    const __m512 al16 =
+                        _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + j * T + 16 * h)));
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(al16, _mm512_cvtepi32_ps(a[j])));
+                }
+                const __m512 t1 = _mm512_mul_ps(tsv, acc), t2 = _mm512_mul_ps(z, xsv);
+                yv[h] = _mm512_add_ps(yv[h], _mm512_add_ps(t1, t2));
+            }
+        }
+    }
+    _mm512_storeu_ps(y, yv[0]);
+    _mm512_storeu_ps(y + 16, yv[1]);
+}
+
+#define TILE512_INSTANCE(b, f)                                                                   \
+    static void tile_avx512_##b##_##f(float *y, int64_t tile, const uint8_t *planes,            \
+                                      const uint16_t *scale, const uint16_t *zero,              \
+                                      const uint8_t *tbl, const float *ts, const float *xs,     \
+                                      const shape_t *s) {                                       \
+        tile_avx512(y, tile, planes, scale, zero, tbl, ts, xs, s, b, f);                        \
+    }
+TILE512_INSTANCE(2, 0)
+TILE512_INSTANCE(4, 0)
+TILE512_INSTANCE(2, 1)
+TILE512_INSTANCE(4, 1)
+#endif
+
 static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint16_t *scale,
                       const uint16_t *zero, const uint8_t *tbl, const float *ts, const float *xs,
                       const shape_t *s) {
     static void (*const fns[2][4])(float *, int64_t, const uint8_t *, const uint16_t *,
                                    const uint16_t *, const uint8_t *, const float *,
                                    const float *, const shape_t *) = {
+#if defined(EDGERT_AVX512)
+        {tile_avx2_1_0, tile_avx512_2_0, tile_avx2_3_0, tile_avx512_4_0},
+        {tile_avx2_1_1, tile_avx512_2_1, tile_avx2_3_1, tile_avx512_4_1}};
+    if (s->bits == 2 && (s->group / 4) % 2) {  // two chunks per vector need an even count
+        (s->fmt ? tile_avx2_2_1 : tile_avx2_2_0)(y, tile, planes, scale, zero, tbl, ts, xs, s);
+        return;
+    }
+#else
         {tile_avx2_1_0, tile_avx2_2_0, tile_avx2_3_0, tile_avx2_4_0},
         {tile_avx2_1_1, tile_avx2_2_1, tile_avx2_3_1, tile_avx2_4_1}};
+#endif
     fns[s->fmt][s->bits - 1](y, tile, planes, scale, zero, tbl, ts, xs, s);
 }
 #else
@@ -727,6 +849,12 @@ static void gemm_impl(int count, float *const *y, const float *x, int64_t n, con
         c.first[j + 1] = c.first[j] + (m[j] + T - 1) / T;
     }
     if (n == 0 || c.first[count] == 0) return;
+    /* the first tile's weights start coming from DRAM while the tables are built (the kernel's
+     * own prefetches run PREFETCH_BYTES ahead of it from there on) */
+    const int64_t lead = s.k4 * bits * 16 < PREFETCH_BYTES ? s.k4 * bits * 16 : PREFETCH_BYTES;
+    for (int64_t o = 0; o < lead; o += 64) __builtin_prefetch(planes[0] + o);
+    __builtin_prefetch(scale[0]);
+    __builtin_prefetch(zero[0]);
     float *ts, *xs;
     uint8_t *tbl = make_tables(x, n, &s, threads, build, &ts, &xs);
     c.tbl = tbl;

@@ -32,17 +32,21 @@ def source_dir() -> Path:
 
 
 def host_flags() -> list[str]:
-    """SIMD flags for this machine: AVX2 (+FMA, F16C) on x86-64 when present; NEON is baseline
-    on aarch64."""
+    """SIMD flags for this machine: AVX2 (+FMA, F16C) on x86-64 when present, with AVX-512
+    (F, BW, VL) on top where the CPU has it; NEON is baseline on aarch64."""
     m = platform.machine().lower()
     if m in ("x86_64", "amd64"):
         try:
             cpu = Path("/proc/cpuinfo").read_text()
         except OSError:
             cpu = ""
-        if all(f" {f}" in cpu for f in ("avx2", "fma", "f16c")):
-            return ["-mavx2", "-mfma", "-mf16c"]
-        return []
+        flags = set(cpu.split())
+        if not {"avx2", "fma", "f16c"} <= flags:
+            return []
+        avx2 = ["-mavx2", "-mfma", "-mf16c"]
+        if {"avx512f", "avx512bw", "avx512vl"} <= flags:
+            return [*avx2, "-mavx512f", "-mavx512bw", "-mavx512vl"]
+        return avx2
     if m in ("aarch64", "arm64"):
         return ["-march=armv8-a"]
     return []

@@ -281,11 +281,12 @@ int main(void) {
         q8_case(q8_shapes[i][0], q8_shapes[i][1], 1 + (int64_t)(rnd() % 3));
     static const int64_t shapes[][2] = {{1, 4}, {7, 33}, {31, 100}, {32, 64}, {33, 129},
                                         {96, 576}, {65, 1000}, {128, 130}};
-    static const int groups[] = {32, 64, 128, 8};
+    // 12: an odd number of 4-column chunks per group (AVX-512 pairs chunks for 2 planes)
+    static const int groups[] = {32, 64, 128, 8, 12};
     for (int fmt = 0; fmt < 2; fmt++)
         for (int bits = fmt ? 2 : 1; bits <= 4; bits++)
             for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
-                for (int gi = 0; gi < 4; gi++)
+                for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++)
                     one_case(shapes[si][0], shapes[si][1], bits, groups[gi], fmt,
                              1 + (int64_t)(rnd() % 3), 1 + (int)(rnd() % 3));
     forward_case(0);

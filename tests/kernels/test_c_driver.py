@@ -1,5 +1,6 @@
 """The C test driver (fast == _ref bit for bit, row subsets, closeness to a float product) built
-for every path: host AVX2 under AddressSanitizer + UBSan and under ThreadSanitizer, host scalar,
+for every path: host AVX-512 (where the CPU has it) and AVX2 under AddressSanitizer + UBSan, the
+best host path under ThreadSanitizer, host scalar,
 and aarch64 NEON (Armv8-A as on rpi4, Armv8.2-A+dotprod as on rpi5) executed under qemu-aarch64."""
 
 import re
@@ -41,7 +42,19 @@ def build_and_run(tmp_path, cc, flags, runner=()):
     return r.stdout
 
 
-def test_host_simd_under_sanitizers(tmp_path):
+def host_simd_builds() -> dict[str, list[str]]:
+    """Every SIMD path this machine runs, by the ISA name the library reports: the best one
+    (host_flags) and, on an AVX-512 machine, the AVX2 path it would otherwise use."""
+    flags = host_flags()
+    if "-mavx512bw" in flags:
+        return {"avx512": flags, "avx2": [f for f in flags if not f.startswith("-mavx512")]}
+    if "-mavx2" in flags:
+        return {"avx2": flags}
+    return {"neon" if "-march=armv8-a" in flags else "scalar": flags}
+
+
+@pytest.mark.parametrize("isa", sorted(host_simd_builds()))
+def test_host_simd_under_sanitizers(tmp_path, isa):
     out = build_and_run(
         tmp_path,
         need("gcc", "build-essential"),
@@ -51,9 +64,10 @@ def test_host_simd_under_sanitizers(tmp_path):
             "-fsanitize=address,undefined",
             "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer",
-            *host_flags(),
+            *host_simd_builds()[isa],
         ],
     )
+    assert f"isa {isa}\n" in out
     assert "runtime error" not in out
 
 
