@@ -308,6 +308,45 @@ static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint1
     for (int q = 0; q < 8; q++) vst1q_f32(y + 4 * q, yv[q]);
 }
 #elif defined(__AVX2__) && defined(__F16C__)
+#if defined(EDGERT_AVX512)
+/* tables: the operations of build_tables_ref, a chunk's sixteen entries per vector */
+static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, float *ts,
+                              float *xs) {
+    const int per = s->group / 4, lim = TBL_LIMIT(per);
+    float e[MAX_PER * 16];
+    // entry idx has x_i where bit i of idx is set
+    const __mmask16 mask[4] = {0xAAAA, 0xCCCC, 0xF0F0, 0xFF00};
+    const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
+                                           0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    for (int64_t g = 0; g < s->groups; g++) {
+        __m512 vmax = _mm512_setzero_ps();
+        float sum = 0.f;
+        for (int c = 0; c < per; c++) {
+            float v[4];
+            chunk_x(v, x, g * per + c, s->k);
+            __m512 a = _mm512_setzero_ps();
+            for (int i = 0; i < 4; i++)
+                a = _mm512_add_ps(a, _mm512_maskz_mov_ps(mask[i], _mm512_set1_ps(v[i])));
+            _mm512_storeu_ps(e + c * 16, a);
+            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(a));
+            sum += e[c * 16 + 15];
+        }
+        const float amax = _mm512_reduce_max_ps(vmax);
+        const float inv = amax > 0.f ? (float)lim / amax : 0.f;
+        ts[g] = amax / (float)lim;
+        xs[g] = sum;
+        const __m512 iv = _mm512_set1_ps(inv);
+        const __m512i hi = _mm512_set1_epi32(lim), lo = _mm512_set1_epi32(-lim);
+        for (int c = 0; c < per; c++) {
+            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(e + c * 16), iv));
+            q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+            const __m256i b = _mm256_shuffle_epi8(_mm512_cvtepi32_epi16(q), split);
+            _mm256_storeu_si256((__m256i *)(tbl + (g * per + c) * 32),
+                                _mm256_permute4x64_epi64(b, 0x8D));  // [hi 0-15 | lo 0-15]
+        }
+    }
+}
+#else
 /* tables: the operations of build_tables_ref, eight entries per vector */
 static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, float *ts,
                               float *xs) {
@@ -360,6 +399,8 @@ static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, fl
         }
     }
 }
+
+#endif
 
 /* One group, all b planes of a tile: acc [b][32] int32 = per plane and row, the sum over the
  * group's chunks of the table entry the row's 4-bit pattern selects.
@@ -849,12 +890,6 @@ static void gemm_impl(int count, float *const *y, const float *x, int64_t n, con
         c.first[j + 1] = c.first[j] + (m[j] + T - 1) / T;
     }
     if (n == 0 || c.first[count] == 0) return;
-    /* the first tile's weights start coming from DRAM while the tables are built (the kernel's
-     * own prefetches run PREFETCH_BYTES ahead of it from there on) */
-    const int64_t lead = s.k4 * bits * 16 < PREFETCH_BYTES ? s.k4 * bits * 16 : PREFETCH_BYTES;
-    for (int64_t o = 0; o < lead; o += 64) __builtin_prefetch(planes[0] + o);
-    __builtin_prefetch(scale[0]);
-    __builtin_prefetch(zero[0]);
     float *ts, *xs;
     uint8_t *tbl = make_tables(x, n, &s, threads, build, &ts, &xs);
     c.tbl = tbl;
