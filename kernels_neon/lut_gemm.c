@@ -90,6 +90,14 @@ typedef struct {
 #endif
 #define MAX_PER 64 /* group <= 256 */
 
+/* the prefetch distance for one tile's weight stream: PREFETCH_BYTES, but at most half a tile's
+ * planes, so a small matrix split over threads does not read much past a thread's tiles (2-thread
+ * decode of SmolLM2 lost 9% to full-length prefetches) */
+static inline int64_t prefetch_ahead(const shape_t *s) {
+    const int64_t half = s->k4 * s->bits * 8;
+    return half < PREFETCH_BYTES ? (half + 63) / 64 * 64 : PREFETCH_BYTES;
+}
+
 static inline void chunk_x(float v[4], const float *x, int64_t c, int64_t k) {
     for (int i = 0; i < 4; i++) v[i] = 4 * c + i < k ? x[4 * c + i] : 0.f;
 }
@@ -410,14 +418,14 @@ static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, fl
  * TBL_LIMIT). An odd last plane runs the same steps on 128-bit vectors. */
 static inline __attribute__((always_inline)) void group_avx2(int32_t *acc, const uint8_t *p,
                                                              const uint8_t *tbl, int per,
-                                                             const int b) {
+                                                             const int b, int64_t pf) {
     const __m256i m15 = _mm256_set1_epi8(15);
     for (int q = 0; q < b / 2; q++) {  // planes 2q, 2q+1 (one pass each: no register spills)
         // s[r]: rows 8r .. 8r+7, lane 0 plane 2q, lane 1 plane 2q+1
         __m256i s0 = _mm256_setzero_si256(), s1 = s0, s2 = s0, s3 = s0;
         const uint8_t *pq = p + 32 * q, *tb = tbl;
         for (int c = 0; c < per; c++, pq += b * 16, tb += 32) {
-            if (q == 0) _mm_prefetch((const char *)pq + PREFETCH_BYTES, _MM_HINT_T0);
+            if (q == 0) _mm_prefetch((const char *)pq + pf, _MM_HINT_T0);
             const __m256i th = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)tb));
             const __m256i tl =
                 _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(tb + 16)));
@@ -444,7 +452,7 @@ static inline __attribute__((always_inline)) void group_avx2(int32_t *acc, const
         __m128i u0 = _mm_setzero_si128(), u1 = u0, u2 = u0, u3 = u0;  // rows 8r .. 8r+7
         const uint8_t *pq = p + 32 * (b / 2), *tb = tbl;
         for (int c = 0; c < per; c++, pq += b * 16, tb += 32) {
-            if (b == 1) _mm_prefetch((const char *)pq + PREFETCH_BYTES, _MM_HINT_T0);
+            if (b == 1) _mm_prefetch((const char *)pq + pf, _MM_HINT_T0);
             const __m128i th = _mm_loadu_si128((const __m128i *)tb);
             const __m128i tl = _mm_loadu_si128((const __m128i *)(tb + 16));
             const __m128i pk = _mm_loadu_si128((const __m128i *)pq);
@@ -507,12 +515,14 @@ static inline __attribute__((always_inline)) void tile_avx2(float *y, int64_t ti
     const int per = s->group / 4;
     __m256 yv[4];
     int32_t acc[4 * T];
+    const int64_t pf = prefetch_ahead(s), spf = pf / 4;  // group parameters: pf / 4 ahead
     for (int i = 0; i < 4; i++) yv[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < s->groups; g++) {
         const uint16_t *sc = scale_at(scale, tile, g, s), *zr = zero_at(zero, tile, g, s);
-        _mm_prefetch((const char *)sc + PREFETCH_BYTES / 4, _MM_HINT_T0);
-        _mm_prefetch((const char *)zr + PREFETCH_BYTES / 4, _MM_HINT_T0);
-        group_avx2(acc, planes + (tile * s->k4 + g * per) * b * 16, tbl + g * per * 32, per, b);
+        _mm_prefetch((const char *)sc + spf, _MM_HINT_T0);
+        _mm_prefetch((const char *)zr + spf, _MM_HINT_T0);
+        group_avx2(acc, planes + (tile * s->k4 + g * per) * b * 16, tbl + g * per * 32, per, b,
+                   pf);
         epilogue_avx2(yv, acc, sc, zr, ts[g], xs[g], b, fmt);
     }
     for (int q = 0; q < 4; q++) _mm256_storeu_ps(y + 8 * q, yv[q]);
@@ -553,16 +563,17 @@ static inline __attribute__((always_inline)) void tile_avx512(float *y, int64_t 
     // 64-bit words of (A, B) -> [A lane 0, B lane 0, A lane 1, B lane 1] and the same for 2, 3
     const __m512i pick01 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     const __m512i pick23 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
+    const int64_t pf = prefetch_ahead(s), spf = pf / 4;  // group parameters: pf / 4 ahead
     __m512 yv[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};  // rows 0-15, 16-31
     for (int64_t g = 0; g < s->groups; g++) {
         const uint16_t *sc = scale_at(scale, tile, g, s), *zr = zero_at(zero, tile, g, s);
-        _mm_prefetch((const char *)sc + PREFETCH_BYTES / 4, _MM_HINT_T0);
-        _mm_prefetch((const char *)zr + PREFETCH_BYTES / 4, _MM_HINT_T0);
+        _mm_prefetch((const char *)sc + spf, _MM_HINT_T0);
+        _mm_prefetch((const char *)zr + spf, _MM_HINT_T0);
         const uint8_t *pq = planes + (tile * s->k4 + g * per) * b * 16, *tb = tbl + g * per * 32;
         // s[r]: 16-bit sums of rows 8r .. 8r+7, one plane (and chunk) per lane
         __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
         for (int c = 0; c < per; c += 4 / b, pq += 64, tb += 32 * (4 / b)) {
-            _mm_prefetch((const char *)pq + PREFETCH_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)pq + pf, _MM_HINT_T0);
             __m512i th, tl;
             if (b == 4) {
                 th = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tb));
