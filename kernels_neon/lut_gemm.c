@@ -102,6 +102,14 @@ static inline void chunk_x(float v[4], const float *x, int64_t c, int64_t k) {
     for (int i = 0; i < 4; i++) v[i] = 4 * c + i < k ? x[4 * c + i] : 0.f;
 }
 
+/* a group's table scale ts = amax / lim and sum of x (every builder); returns lim / amax, the
+ * factor its partial sums are rounded with */
+static inline float group_scale(float amax, float sum, int lim, float *ts, float *xs) {
+    *ts = amax / (float)lim;
+    *xs = sum;
+    return amax > 0.f ? (float)lim / amax : 0.f;
+}
+
 static void build_tables_ref(const float *x, const shape_t *s, uint8_t *tbl, float *ts,
                              float *xs) {
     const int per = s->group / 4, lim = TBL_LIMIT(per);
@@ -119,9 +127,7 @@ static void build_tables_ref(const float *x, const shape_t *s, uint8_t *tbl, flo
             }
             sum += e[c * 16 + 15];
         }
-        const float inv = amax > 0.f ? (float)lim / amax : 0.f;
-        ts[g] = amax / (float)lim;
-        xs[g] = sum;
+        const float inv = group_scale(amax, sum, lim, ts + g, xs + g);
         for (int c = 0; c < per; c++) {  // stage 2: round, split into bytes
             uint8_t *tb = tbl + (g * per + c) * 32;
             for (int idx = 0; idx < 16; idx++) {
@@ -226,9 +232,7 @@ static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, fl
             sum += e[c * 16 + 15];
         }
         const float amax = vmaxvq_f32(vmax);
-        const float inv = amax > 0.f ? (float)lim / amax : 0.f;
-        ts[g] = amax / (float)lim;
-        xs[g] = sum;
+        const float inv = group_scale(amax, sum, lim, ts + g, xs + g);
         const float32x4_t iv = vdupq_n_f32(inv);
         const int32x4_t hi = vdupq_n_s32(lim), lo = vdupq_n_s32(-lim);
         for (int c = 0; c < per; c++) {
@@ -340,9 +344,7 @@ static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, fl
             sum += e[c * 16 + 15];
         }
         const float amax = _mm512_reduce_max_ps(vmax);
-        const float inv = amax > 0.f ? (float)lim / amax : 0.f;
-        ts[g] = amax / (float)lim;
-        xs[g] = sum;
+        const float inv = group_scale(amax, sum, lim, ts + g, xs + g);
         const __m512 iv = _mm512_set1_ps(inv);
         const __m512i hi = _mm512_set1_epi32(lim), lo = _mm512_set1_epi32(-lim);
         for (int c = 0; c < per; c++) {
@@ -389,9 +391,7 @@ static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, fl
         float mx[8], amax = 0.f;
         _mm256_storeu_ps(mx, vmax);
         for (int i = 0; i < 8; i++) amax = fmaxf(amax, mx[i]);
-        const float inv = amax > 0.f ? (float)lim / amax : 0.f;
-        ts[g] = amax / (float)lim;
-        xs[g] = sum;
+        const float inv = group_scale(amax, sum, lim, ts + g, xs + g);
         const __m256 iv = _mm256_set1_ps(inv);
         const __m256i hi = _mm256_set1_epi32(lim), lo = _mm256_set1_epi32(-lim);
         for (int c = 0; c < per; c++) {
@@ -528,21 +528,22 @@ static inline __attribute__((always_inline)) void tile_avx2(float *y, int64_t ti
     for (int q = 0; q < 4; q++) _mm256_storeu_ps(y + 8 * q, yv[q]);
 }
 
-#define TILE_INSTANCE(b, f)                                                                      \
-    static void tile_avx2_##b##_##f(float *y, int64_t tile, const uint8_t *planes,              \
-                                    const uint16_t *scale, const uint16_t *zero,                \
-                                    const uint8_t *tbl, const float *ts, const float *xs,       \
-                                    const shape_t *s) {                                         \
-        tile_avx2(y, tile, planes, scale, zero, tbl, ts, xs, s, b, f);                          \
+// tile_<kernel>_<b>_<fmt>: one instance of a tile kernel per plane count and format
+#define TILE_INSTANCE(kernel, b, f)                                                              \
+    static void tile_##kernel##_##b##_##f(float *y, int64_t tile, const uint8_t *planes,        \
+                                          const uint16_t *scale, const uint16_t *zero,          \
+                                          const uint8_t *tbl, const float *ts, const float *xs, \
+                                          const shape_t *s) {                                   \
+        tile_##kernel(y, tile, planes, scale, zero, tbl, ts, xs, s, b, f);                      \
     }
-TILE_INSTANCE(1, 0)
-TILE_INSTANCE(2, 0)
-TILE_INSTANCE(3, 0)
-TILE_INSTANCE(4, 0)
-TILE_INSTANCE(1, 1)
-TILE_INSTANCE(2, 1)
-TILE_INSTANCE(3, 1)
-TILE_INSTANCE(4, 1)
+TILE_INSTANCE(avx2, 1, 0)
+TILE_INSTANCE(avx2, 2, 0)
+TILE_INSTANCE(avx2, 3, 0)
+TILE_INSTANCE(avx2, 4, 0)
+TILE_INSTANCE(avx2, 1, 1)
+TILE_INSTANCE(avx2, 2, 1)
+TILE_INSTANCE(avx2, 3, 1)
+TILE_INSTANCE(avx2, 4, 1)
 
 #if defined(EDGERT_AVX512)
 /* AVX-512 (2 and 4 planes): the steps of group_avx2 on 64-byte vectors. 4 planes: one chunk's
@@ -634,17 +635,10 @@ static inline __attribute__((always_inline)) void tile_avx512(float *y, int64_t 
     _mm512_storeu_ps(y + 16, yv[1]);
 }
 
-#define TILE512_INSTANCE(b, f)                                                                   \
-    static void tile_avx512_##b##_##f(float *y, int64_t tile, const uint8_t *planes,            \
-                                      const uint16_t *scale, const uint16_t *zero,              \
-                                      const uint8_t *tbl, const float *ts, const float *xs,     \
-                                      const shape_t *s) {                                       \
-        tile_avx512(y, tile, planes, scale, zero, tbl, ts, xs, s, b, f);                        \
-    }
-TILE512_INSTANCE(2, 0)
-TILE512_INSTANCE(4, 0)
-TILE512_INSTANCE(2, 1)
-TILE512_INSTANCE(4, 1)
+TILE_INSTANCE(avx512, 2, 0)
+TILE_INSTANCE(avx512, 4, 0)
+TILE_INSTANCE(avx512, 2, 1)
+TILE_INSTANCE(avx512, 4, 1)
 #endif
 
 static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint16_t *scale,
