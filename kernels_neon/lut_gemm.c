@@ -287,10 +287,11 @@ static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint1
     const int per = s->group / 4, b = s->bits;
     float32x4_t yv[8];
     int32_t acc[4 * T];
+    const int64_t pf = prefetch_ahead(s);
     for (int i = 0; i < 8; i++) yv[i] = vdupq_n_f32(0.f);
     for (int64_t g = 0; g < s->groups; g++) {
         const uint8_t *p = planes + (tile * s->k4 + g * per) * b * 16;
-        for (int o = 0; o < per * b * 16; o += 64) __builtin_prefetch(p + o + PREFETCH_BYTES);
+        for (int o = 0; o < per * b * 16; o += 64) __builtin_prefetch(p + o + pf);
         for (int j = 0; j < b; j++)
             planes_neon(acc + j * T, p + j * 16, (int64_t)b * 16, tbl + g * per * 32, per);
         const uint16_t *sc = scale_at(scale, tile, g, s), *zr = zero_at(zero, tile, g, s);
