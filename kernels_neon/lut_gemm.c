@@ -79,11 +79,15 @@ typedef struct {
  * order (no FMA contraction), so every path gets bit-identical tables. */
 #define TBL_LIMIT(per) (32767 / (per))
 /* how far ahead of the kernel the weight stream is prefetched (cold weights come from DRAM): at
- * least DRAM latency x one core's read bandwidth (x86-64: 2 KiB ran at 21 GB/s where 16 KiB ran at
- * 28-35 GB/s on a 39 GB/s core; the NEON value is unmeasured on hardware and stays small) */
+ * least DRAM latency x one core's read bandwidth, and no more than L1 holds beside the tables
+ * (AVX2: 2 KiB ran at 21 GB/s, 8 KiB at 25, 16 KiB at 28-35 on a 39 GB/s core; AVX-512, 2-bit
+ * 4096x4096: 6 KiB 35.5 GB/s, 8 KiB 37.5, 16 KiB 36.2, as prefetched lines and the 32 KiB of
+ * tables outgrow a 48 KiB L1; the NEON value is unmeasured on hardware and stays small) */
 #ifndef PREFETCH_BYTES
 #if defined(__ARM_NEON)
 #define PREFETCH_BYTES 2048
+#elif defined(EDGERT_AVX512)
+#define PREFETCH_BYTES 8192
 #else
 #define PREFETCH_BYTES 16384
 #endif
