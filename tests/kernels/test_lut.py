@@ -190,6 +190,24 @@ def test_changed_buffers_are_checked_again():
         gemv(pw, x)
 
 
+def test_read_only_and_strided_buffers():
+    """Weights mapped read-only (as from an artifact) and strided or float64 activations take
+    the same pointers' slower path and give the same outputs."""
+    _, pw = make("uniform", 2, 70, 200, 64)
+    x = np.random.default_rng(9).normal(size=400)
+    want = gemv(pw, x[::2].astype(np.float32))
+    frozen = {}
+    for name, a in pw.to_buffers().items():
+        frozen[name] = np.frombuffer(a.tobytes(), a.dtype).reshape(a.shape)
+        assert not frozen[name].flags.writeable
+    ro = type(pw).from_buffers(pw.meta, frozen)
+    xr = x[::2].astype(np.float32)
+    xr.flags.writeable = False
+    assert np.array_equal(gemv(ro, xr), want)
+    assert np.array_equal(gemv(pw, x[::2]), want)  # float64, strided
+    assert np.array_equal(gemm(ro, np.stack([xr, xr]))[1], want)
+
+
 @pytest.mark.parametrize("fmt,bits", [("uniform", 4), ("hlq", 3), ("uniform", 1)])
 def test_gemm_multi_equals_separate_calls(fmt, bits):
     from edgert.kernels import gemm, gemm_multi
