@@ -89,10 +89,21 @@ def test_gemm_batches(fmt, bits, n):
     assert kernel_err(Y, pw.dequantize(), X) < KERNEL_NMSE[64]
 
 
-def test_threads_do_not_change_results():
-    _, pw = make("uniform", 4, 1000, 512, 64)
-    x = np.random.default_rng(4).normal(size=512).astype(np.float32)
-    assert np.array_equal(gemv(pw, x, threads=1), gemv(pw, x, threads=3))
+@pytest.mark.parametrize(
+    "fmt,bits,k,group",
+    [
+        ("uniform", 4, 512, 64),
+        # 130 groups, the last one partial: a GEMV's tables are built in 3 blocks of groups
+        ("uniform", 2, 4133, 32),
+        ("hlq", 3, 4133, 32),
+    ],
+)
+def test_threads_do_not_change_results(fmt, bits, k, group):
+    _, pw = make(fmt, bits, 1000, k, group)
+    x = np.random.default_rng(4).normal(size=k).astype(np.float32)
+    y = gemv(pw, x, threads=1)
+    assert np.array_equal(y, gemv(pw, x, threads=3))
+    assert np.array_equal(y, gemv(pw, x, threads=3, ref=True))
 
 
 @pytest.mark.parametrize("fmt,bits", list(WEIGHT_NMSE))
