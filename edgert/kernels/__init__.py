@@ -61,6 +61,8 @@ _I32 = ctypes.c_int32
 def load_library(path: str | None = None) -> ctypes.CDLL:
     """The kernel library (built for this machine on first use, then cached)."""
     global _lib
+    if _lib is not None and path is None:  # every call takes this path; the lock costs 0.1 us
+        return _lib
     with _lock:
         if _lib is None or path is not None:
             lib = ctypes.CDLL(str(path or build_shared()))
