@@ -1,10 +1,14 @@
 """`edgert bench-kernels`: LUT GEMV weight bandwidth against measured DRAM read bandwidth and
 against float32 BLAS GEMV (numpy) on the same shapes. Weights are cycled over >= 512 MB of
-distinct copies so caches do not flatter the figures (cold, as in decode of a large model)."""
+distinct copies so caches do not flatter the figures (cold, as in decode of a large model). The
+three are measured in rounds that take turns (read probe, BLAS, LUT), and ratios are medians of
+the per-round ratios: each compares one machine state."""
 
 from __future__ import annotations
 
+import os
 import statistics
+import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -23,47 +27,96 @@ SHAPES = {
     "7b-down": (4096, 11008),
 }
 MIN_BYTES = 512 << 20
+PROBE_BYTES = 256 << 20  # the per-round DRAM read: far larger than any cache
+
+
+def _read_gbs(buf: np.ndarray, threads: int) -> float:
+    """One read of ``buf`` by ``threads`` workers of the kernel library (wide loads), in GB/s."""
+    from edgert.kernels import load_library
+
+    t0 = time.perf_counter()
+    load_library().edgert_read_bytes(buf.ctypes.data, buf.nbytes, threads)
+    return buf.nbytes / (time.perf_counter() - t0) / 1e9
 
 
 def dram_read_gbs(threads: int, *, nbytes: int = 1 << 30, reps: int = 5) -> float:
     """Read bandwidth: ``threads`` workers of the kernel library reading a 1 GiB buffer once with
     wide loads (median of ``reps``; the buffer is far larger than any cache)."""
-    from edgert.kernels import load_library
-
-    lib = load_library()
     a = np.ones(nbytes, np.uint8)
+    return statistics.median([_read_gbs(a, threads) for _ in range(reps + 1)][1:])
+
+
+def _per_call(fn, items) -> float:
+    """Seconds per call over one pass through ``items``."""
+    t0 = time.perf_counter()
+    for it in items:
+        fn(it)
+    return (time.perf_counter() - t0) / len(items)
+
+
+def _others_running() -> bool:
+    """Whether a thread of this process other than the caller is on a CPU (Linux /proc)."""
+    me = threading.get_native_id()
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:  # the thread has exited
+            continue
+        if state == "R":
+            return True
+    return False
+
+
+def _quiesce(timeout: float = 0.5) -> None:
+    """Return once no other thread of this process runs, polling (so this core stays busy).
+    OpenBLAS's workers spin for about 0.1 s after a multithreaded call before they sleep; a LUT
+    round started meanwhile would share its cores with them. Without /proc, returns at once."""
+    if not os.path.isdir("/proc/self/task"):
+        return
+    t_end = time.perf_counter() + timeout
+    while _others_running() and time.perf_counter() < t_end:
+        pass
+
+
+def _side_by_side(probe, blas, w32, lut, copies, threads: int, seconds: float):
+    """Rounds of (DRAM read GB/s, fp32 BLAS s/call, LUT s/call) taken one after the other, so each
+    round compares the three in the same machine state (a VM's bandwidth can move by 40% from one
+    second to the next). At least 5 rounds, and rounds until ``seconds`` have passed."""
+    from threadpoolctl import threadpool_limits
+
     out = []
-    for _ in range(reps + 1):
-        t0 = time.perf_counter()
-        lib.edgert_read_bytes(a.ctypes.data, a.nbytes, threads)
-        out.append(a.nbytes / (time.perf_counter() - t0) / 1e9)
-    return statistics.median(out[1:])
-
-
-def _cycle(fn, items, seconds: float) -> float:
-    """Median seconds per call over rounds through every item."""
-    fn(items[0])
-    per_round = []
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(per_round) < 3:
-        t0 = time.perf_counter()
-        for it in items:
-            fn(it)
-        per_round.append((time.perf_counter() - t0) / len(items))
-    return statistics.median(per_round)
+    with threadpool_limits(limits=threads, user_api="blas"):
+        _per_call(blas, w32[:1])  # warm up both pools
+        _per_call(lut, copies[:1])
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end or len(out) < 5:
+            dram = _read_gbs(probe, threads)
+            f = _per_call(blas, w32)
+            _quiesce()
+            out.append((dram, f, _per_call(lut, copies)))
+    return out
 
 
 @dataclass
 class KernelRow:
+    """One shape, bit width and thread count. ``ms``, ``gbs``, ``dram_gbs`` and ``fp32_*`` are
+    medians over the rounds; ``pct_dram`` and ``speedup_vs_fp32`` are medians of per-round
+    ratios."""
+
     shape: str
     m: int
     k: int
     bits: int
     threads: int
     weight_bytes: int
+    rounds: int
     ms: float
     gbs: float
     pct_dram: float
+    dram_gbs: float
     fp32_ms: float
     fp32_gbs: float
     speedup_vs_fp32: float
@@ -84,24 +137,17 @@ def bench_kernels(
     for b in bits:
         if b not in (1, 2, 3, 4):
             raise EdgertError(f"--bits {b}: the kernels take 1-4 bits")
-    from threadpoolctl import threadpool_limits
-
     rng = np.random.default_rng(0)
-    dram = {t: dram_read_gbs(t) for t in threads}
+    probe = np.ones(PROBE_BYTES, np.uint8)
+    dram: dict[int, list[float]] = {t: [] for t in threads}
     rows = []
-    with Progress(len(shapes) * (len(bits) + 1) * len(threads), "bench-kernels") as bar:
+    med = statistics.median
+    with Progress(len(shapes) * len(bits) * len(threads), "bench-kernels") as bar:
         for name in shapes:
             m, k = SHAPES[name]
             w = rng.normal(size=(m, k)).astype(np.float32)
             x = rng.normal(size=k).astype(np.float32)
-            n32 = max(2, -(-MIN_BYTES // w.nbytes))
-            w32 = [w.copy() for _ in range(n32)]
-            fp32 = {}
-            for t in threads:
-                with threadpool_limits(limits=t, user_api="blas"):
-                    fp32[t] = _cycle(lambda a, x=x: a @ x, w32, seconds)
-                bar.update(1)
-            del w32
+            w32 = [w.copy() for _ in range(max(2, -(-MIN_BYTES // w.nbytes)))]
             for b in bits:
                 pw = quantize_uniform(w, bits=b, group_size=group_size)
                 n = max(2, -(-MIN_BYTES // pw.nbytes))
@@ -118,8 +164,17 @@ def bench_kernels(
                     for _ in range(n)
                 ]
                 for t in threads:
-                    s = _cycle(lambda c, x=x, t=t: gemv(c, x, threads=t), copies, seconds)
-                    gbs = pw.nbytes / s / 1e9
+                    rounds = _side_by_side(
+                        probe,
+                        lambda a, x=x: a @ x,
+                        w32,
+                        lambda c, x=x, t=t: gemv(c, x, threads=t),
+                        copies,
+                        t,
+                        seconds,
+                    )
+                    dram[t] += [d for d, _, _ in rounds]
+                    s, f = med(r[2] for r in rounds), med(r[1] for r in rounds)
                     rows.append(
                         KernelRow(
                             name,
@@ -128,21 +183,24 @@ def bench_kernels(
                             b,
                             t,
                             pw.nbytes,
+                            len(rounds),
                             s * 1e3,
-                            gbs,
-                            100 * gbs / dram[t],
-                            fp32[t] * 1e3,
-                            w.nbytes / fp32[t] / 1e9,
-                            fp32[t] / s,
+                            pw.nbytes / s / 1e9,
+                            med(100 * pw.nbytes / r[2] / 1e9 / r[0] for r in rounds),
+                            med(r[0] for r in rounds),
+                            f * 1e3,
+                            w.nbytes / f / 1e9,
+                            med(r[1] / r[2] for r in rounds),
                             w.nbytes / pw.nbytes,
                         )
                     )
                     bar.update(1)
                 del copies
+            del w32
     return {
         "isa": isa(),
         "group_size": group_size,
-        "dram_read_gbs": dram,
+        "dram_read_gbs": {t: med(v) for t, v in dram.items()},
         "rows": [asdict(r) for r in rows],
     }
 
@@ -152,15 +210,16 @@ def table(res: dict) -> str:
         f"kernels: {res['isa']}, group {res['group_size']}; DRAM read "
         + ", ".join(f"{t} thr {g:.1f} GB/s" for t, g in res["dram_read_gbs"].items()),
         (
-            "| shape | m x k | bits | thr | ms | weight GB/s | % DRAM | fp32 ms | fp32 GB/s |"
-            " speedup | byte ratio |"
+            "| shape | m x k | bits | thr | ms | weight GB/s | DRAM GB/s | % DRAM | fp32 ms |"
+            " fp32 GB/s | speedup | byte ratio |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         out.append(
             f"| {r['shape']} | {r['m']}x{r['k']} | {r['bits']} | {r['threads']} | "
-            f"{r['ms']:.3f} | {r['gbs']:.2f} | {r['pct_dram']:.0f}% | {r['fp32_ms']:.3f} | "
+            f"{r['ms']:.3f} | {r['gbs']:.2f} | {r['dram_gbs']:.1f} | {r['pct_dram']:.0f}% | "
+            f"{r['fp32_ms']:.3f} | "
             f"{r['fp32_gbs']:.2f} | {r['speedup_vs_fp32']:.1f}x | {r['byte_ratio']:.1f}x |"
         )
     return "\n".join(out)
