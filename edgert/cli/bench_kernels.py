@@ -11,7 +11,12 @@ def add_arguments(p) -> None:
         help="comma-separated: smollm2-qkvo, smollm2-up, smollm2-down, 7b-qkvo, 7b-up, 7b-down",
     )
     p.add_argument("-t", "--threads", default="1,2", help="comma-separated thread counts (1,2)")
-    p.add_argument("--seconds", type=float, default=1.0, help="time per measurement (1.0)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=1.0,
+        help="seconds per row, in rounds of read probe, BLAS and LUT taking turns (at least 5; 1.0)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
