@@ -874,11 +874,9 @@ static void tables_range(void *vctx, int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; i++) {
         const int64_t row = i / c->blocks, b = i % c->blocks;
         const int64_t g0 = s->groups * b / c->blocks, g1 = s->groups * (b + 1) / c->blocks;
-        shape_t sub = *s;
-        sub.groups = g1 - g0;
-        sub.kpad = sub.groups * s->group;
-        sub.k4 = sub.kpad / 4;
-        sub.k = (s->k < g1 * s->group ? s->k : g1 * s->group) - g0 * s->group;
+        shape_t sub;  // the block's columns [g0 * group, min(k, g1 * group)): groups g1 - g0
+        const int64_t k1 = s->k < g1 * s->group ? s->k : g1 * s->group;
+        if (!make_shape(&sub, k1 - g0 * s->group, s->bits, s->group, s->fmt)) abort();
         c->build(c->x + row * s->k + g0 * s->group, &sub,
                  c->tbl + (row * s->k4 + g0 * s->group / 4) * 32, c->ts + row * s->groups + g0,
                  c->xs + row * s->groups + g0);

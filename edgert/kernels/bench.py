@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgert.errors import EdgertError
-from edgert.kernels import PackedWeight, gemv, isa, quantize_uniform
+from edgert.kernels import PackedWeight, gemv, isa, load_library, quantize_uniform
 from edgert.progress import Progress
 
 SHAPES = {
@@ -32,8 +32,6 @@ PROBE_BYTES = 256 << 20  # the per-round DRAM read: far larger than any cache
 
 def _read_gbs(buf: np.ndarray, threads: int) -> float:
     """One read of ``buf`` by ``threads`` workers of the kernel library (wide loads), in GB/s."""
-    from edgert.kernels import load_library
-
     t0 = time.perf_counter()
     load_library().edgert_read_bytes(buf.ctypes.data, buf.nbytes, threads)
     return buf.nbytes / (time.perf_counter() - t0) / 1e9
