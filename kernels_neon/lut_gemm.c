@@ -106,6 +106,18 @@ static inline void chunk_x(float v[4], const float *x, int64_t c, int64_t k) {
     for (int i = 0; i < 4; i++) v[i] = 4 * c + i < k ? x[4 * c + i] : 0.f;
 }
 
+/* chunk c's four activations: in x itself, or (the last, partial chunk) zero-padded in v */
+static inline const float *chunk_at(float v[4], const float *x, int64_t c, int64_t k) {
+    if (4 * c + 4 <= k) return x + 4 * c;
+    chunk_x(v, x, c, k);
+    return v;
+}
+
+/* the SIMD builders take this many groups per pass: each stage runs over all of them, so one
+ * group's reduction and scale overlap the next group's work instead of stalling it (k = 4096,
+ * group 64: AVX-512 2.2 -> 1.6 us, AVX2 3.1 -> 2.65 us) */
+#define TABLE_GROUPS 8
+
 /* a group's table scale ts = amax / lim and sum of x (every builder); returns lim / amax, the
  * factor its partial sums are rounded with */
 static inline float group_scale(float amax, float sum, int lim, float *ts, float *xs) {
@@ -326,47 +338,59 @@ static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint1
 }
 #elif defined(__AVX2__) && defined(__F16C__)
 #if defined(EDGERT_AVX512)
-/* tables: the operations of build_tables_ref, a chunk's sixteen entries per vector */
+/* tables: the operations of build_tables_ref, a chunk's sixteen entries per vector, TABLE_GROUPS
+ * groups at a time (see there) */
 static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, float *ts,
                               float *xs) {
     const int per = s->group / 4, lim = TBL_LIMIT(per);
-    float e[MAX_PER * 16];
+    float e[TABLE_GROUPS * MAX_PER * 16];
     // entry idx has x_i where bit i of idx is set
     const __mmask16 mask[4] = {0xAAAA, 0xCCCC, 0xF0F0, 0xFF00};
     const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
                                            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    for (int64_t g = 0; g < s->groups; g++) {
-        __m512 vmax = _mm512_setzero_ps();
-        float sum = 0.f;
-        for (int c = 0; c < per; c++) {
-            float v[4];
-            chunk_x(v, x, g * per + c, s->k);
-            __m512 a = _mm512_setzero_ps();
-            for (int i = 0; i < 4; i++)
-                a = _mm512_add_ps(a, _mm512_maskz_mov_ps(mask[i], _mm512_set1_ps(v[i])));
-            _mm512_storeu_ps(e + c * 16, a);
-            vmax = _mm512_max_ps(vmax, _mm512_abs_ps(a));
-            sum += e[c * 16 + 15];
+    const __m512i hi = _mm512_set1_epi32(lim), lo = _mm512_set1_epi32(-lim);
+    for (int64_t g0 = 0; g0 < s->groups; g0 += TABLE_GROUPS) {
+        const int ng = s->groups - g0 < TABLE_GROUPS ? (int)(s->groups - g0) : TABLE_GROUPS;
+        __m512 vmax[TABLE_GROUPS];
+        float sum[TABLE_GROUPS], inv[TABLE_GROUPS];
+        for (int gi = 0; gi < ng; gi++) {
+            __m512 vm = _mm512_setzero_ps();
+            sum[gi] = 0.f;
+            for (int c = gi * per; c < (gi + 1) * per; c++) {
+                float v[4];
+                const float *xc = chunk_at(v, x, g0 * per + c, s->k);
+                __m512 a = _mm512_setzero_ps();
+                for (int i = 0; i < 4; i++)
+                    a = _mm512_add_ps(a, _mm512_maskz_mov_ps(mask[i], _mm512_set1_ps(xc[i])));
+                _mm512_storeu_ps(e + c * 16, a);
+                vm = _mm512_max_ps(vm, _mm512_abs_ps(a));
+                const __m128 a3 = _mm512_extractf32x4_ps(a, 3);
+                sum[gi] += _mm_cvtss_f32(_mm_shuffle_ps(a3, a3, 0xFF));  // entry 15
+            }
+            vmax[gi] = vm;
         }
-        const float amax = _mm512_reduce_max_ps(vmax);
-        const float inv = group_scale(amax, sum, lim, ts + g, xs + g);
-        const __m512 iv = _mm512_set1_ps(inv);
-        const __m512i hi = _mm512_set1_epi32(lim), lo = _mm512_set1_epi32(-lim);
-        for (int c = 0; c < per; c++) {
-            __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(e + c * 16), iv));
-            q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
-            const __m256i b = _mm256_shuffle_epi8(_mm512_cvtepi32_epi16(q), split);
-            _mm256_storeu_si256((__m256i *)(tbl + (g * per + c) * 32),
-                                _mm256_permute4x64_epi64(b, 0x8D));  // [hi 0-15 | lo 0-15]
+        for (int gi = 0; gi < ng; gi++)
+            inv[gi] = group_scale(_mm512_reduce_max_ps(vmax[gi]), sum[gi], lim, ts + g0 + gi,
+                                  xs + g0 + gi);
+        for (int gi = 0; gi < ng; gi++) {
+            const __m512 iv = _mm512_set1_ps(inv[gi]);
+            for (int c = gi * per; c < (gi + 1) * per; c++) {
+                __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(e + c * 16), iv));
+                q = _mm512_min_epi32(_mm512_max_epi32(q, lo), hi);
+                const __m256i b = _mm256_shuffle_epi8(_mm512_cvtepi32_epi16(q), split);
+                _mm256_storeu_si256((__m256i *)(tbl + (g0 * per + c) * 32),
+                                    _mm256_permute4x64_epi64(b, 0x8D));  // [hi 0-15 | lo 0-15]
+            }
         }
     }
 }
 #else
-/* tables: the operations of build_tables_ref, eight entries per vector */
+/* tables: the operations of build_tables_ref, eight entries per vector, TABLE_GROUPS groups at a
+ * time */
 static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, float *ts,
                               float *xs) {
     const int per = s->group / 4, lim = TBL_LIMIT(per);
-    float e[MAX_PER * 16];
+    float e[TABLE_GROUPS * MAX_PER * 16];
     __m256 mask[2][4];  // [entries 8h .. 8h+7][bit i]
     for (int h = 0; h < 2; h++)
         for (int i = 0; i < 4; i++) {
@@ -378,37 +402,49 @@ static void build_tables_fast(const float *x, const shape_t *s, uint8_t *tbl, fl
     // int16 entries -> [lo bytes | hi bytes] per 128-bit lane
     const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
                                            0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    for (int64_t g = 0; g < s->groups; g++) {
-        __m256 vmax = _mm256_setzero_ps();
-        float sum = 0.f;
-        for (int c = 0; c < per; c++) {
-            float v[4];
-            chunk_x(v, x, g * per + c, s->k);
-            for (int h = 0; h < 2; h++) {
-                __m256 a = _mm256_setzero_ps();
-                for (int i = 0; i < 4; i++)
-                    a = _mm256_add_ps(a, _mm256_and_ps(mask[h][i], _mm256_set1_ps(v[i])));
-                _mm256_storeu_ps(e + c * 16 + 8 * h, a);
-                vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, a));
+    const __m256i hi = _mm256_set1_epi32(lim), lo = _mm256_set1_epi32(-lim);
+    for (int64_t g0 = 0; g0 < s->groups; g0 += TABLE_GROUPS) {
+        const int ng = s->groups - g0 < TABLE_GROUPS ? (int)(s->groups - g0) : TABLE_GROUPS;
+        float amax[TABLE_GROUPS], sum[TABLE_GROUPS], inv[TABLE_GROUPS];
+        for (int gi = 0; gi < ng; gi++) {
+            __m256 vmax = _mm256_setzero_ps();
+            sum[gi] = 0.f;
+            for (int c = gi * per; c < (gi + 1) * per; c++) {
+                float v[4];
+                const float *xc = chunk_at(v, x, g0 * per + c, s->k);
+                __m256 a[2];
+                for (int h = 0; h < 2; h++) {
+                    a[h] = _mm256_setzero_ps();
+                    for (int i = 0; i < 4; i++)
+                        a[h] = _mm256_add_ps(a[h],
+                                             _mm256_and_ps(mask[h][i], _mm256_set1_ps(xc[i])));
+                    _mm256_storeu_ps(e + c * 16 + 8 * h, a[h]);
+                    vmax = _mm256_max_ps(vmax, _mm256_andnot_ps(sign, a[h]));
+                }
+                const __m128 a1 = _mm256_extractf128_ps(a[1], 1);
+                sum[gi] += _mm_cvtss_f32(_mm_shuffle_ps(a1, a1, 0xFF));  // entry 15
             }
-            sum += e[c * 16 + 15];
+            float mx[8];
+            _mm256_storeu_ps(mx, vmax);
+            amax[gi] = 0.f;
+            for (int i = 0; i < 8; i++) amax[gi] = fmaxf(amax[gi], mx[i]);
         }
-        float mx[8], amax = 0.f;
-        _mm256_storeu_ps(mx, vmax);
-        for (int i = 0; i < 8; i++) amax = fmaxf(amax, mx[i]);
-        const float inv = group_scale(amax, sum, lim, ts + g, xs + g);
-        const __m256 iv = _mm256_set1_ps(inv);
-        const __m256i hi = _mm256_set1_epi32(lim), lo = _mm256_set1_epi32(-lim);
-        for (int c = 0; c < per; c++) {
-            __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(e + c * 16), iv));
-            __m256i q1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(e + c * 16 + 8), iv));
-            q0 = _mm256_min_epi32(_mm256_max_epi32(q0, lo), hi);
-            q1 = _mm256_min_epi32(_mm256_max_epi32(q1, lo), hi);
-            // int16 entries 0-7 | 8-15, then lane 0 [lo 0-7, hi 0-7], lane 1 [lo 8-15, hi 8-15]
-            const __m256i q16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
-            const __m256i b = _mm256_shuffle_epi8(q16, split);
-            _mm256_storeu_si256((__m256i *)(tbl + (g * per + c) * 32),
-                                _mm256_permute4x64_epi64(b, 0x8D));  // [hi 0-15 | lo 0-15]
+        for (int gi = 0; gi < ng; gi++)
+            inv[gi] = group_scale(amax[gi], sum[gi], lim, ts + g0 + gi, xs + g0 + gi);
+        for (int gi = 0; gi < ng; gi++) {
+            const __m256 iv = _mm256_set1_ps(inv[gi]);
+            for (int c = gi * per; c < (gi + 1) * per; c++) {
+                __m256i q0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(e + c * 16), iv));
+                __m256i q1 =
+                    _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(e + c * 16 + 8), iv));
+                q0 = _mm256_min_epi32(_mm256_max_epi32(q0, lo), hi);
+                q1 = _mm256_min_epi32(_mm256_max_epi32(q1, lo), hi);
+                // int16 entries 0-7 | 8-15, then lane 0 [lo 0-7, hi 0-7], lane 1 [lo 8-15, hi 8-15]
+                const __m256i q16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(q0, q1), 0xD8);
+                const __m256i b = _mm256_shuffle_epi8(q16, split);
+                _mm256_storeu_si256((__m256i *)(tbl + (g0 * per + c) * 32),
+                                    _mm256_permute4x64_epi64(b, 0x8D));  // [hi 0-15 | lo 0-15]
+            }
         }
     }
 }

@@ -93,7 +93,7 @@ def test_gemm_batches(fmt, bits, n):
     "fmt,bits,k,group",
     [
         ("uniform", 4, 512, 64),
-        # 130 groups, the last one partial: a GEMV's tables are built in 3 blocks of groups
+        # 130 groups, the last one partial: the table builders' last pass of 8 groups takes 2
         ("uniform", 2, 4133, 32),
         ("hlq", 3, 4133, 32),
     ],
