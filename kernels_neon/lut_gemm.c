@@ -975,17 +975,17 @@ static void gemm_impl(int count, float *const *y, const float *x, int64_t n, con
         c.first[j + 1] = c.first[j] + (m[j] + T - 1) / T;
     }
     if (n == 0 || c.first[count] == 0) return;
-    if (n < FEW_ROWS) {
+    float *ts = NULL, *xs = NULL;
+    uint8_t *tbl = NULL;
+    if (n < FEW_ROWS) {  // every thread builds its own tables (see FEW_ROWS)
         c.x = x;
         c.build = build;
-        parallel_chunks(c.first[count], threads, 1, gemm_range, &c);
-        return;
+    } else {
+        tbl = make_tables(x, n, &s, threads, build, &ts, &xs);
+        c.tbl = tbl;
+        c.ts = ts;
+        c.xs = xs;
     }
-    float *ts, *xs;
-    uint8_t *tbl = make_tables(x, n, &s, threads, build, &ts, &xs);
-    c.tbl = tbl;
-    c.ts = ts;
-    c.xs = xs;
     /* one run of tiles per thread: every new run restarts the weight stream and its prefetch
      * (2-bit 4096x4096 at 2 threads, in rounds taking turns with fp32 BLAS: 11.9-12.1x its speed
      * with four runs per thread, 12.1-12.7x with one; SmolLM2 decode at 2 threads +7%) */
