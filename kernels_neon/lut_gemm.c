@@ -67,6 +67,13 @@ typedef struct {
     int64_t k, kpad, k4, groups;
     int group, bits, fmt;
 } shape_t;
+/* a tile kernel: W tile `tile` (32, kpad) of b bit-planes, tables (k4, 32) -> y (32,); a pair
+ * kernel: the same for two tiles (of the same or other weights of one shape) at once */
+typedef void (*tile_fn)(float *, int64_t, const uint8_t *, const uint16_t *, const uint16_t *,
+                        const uint8_t *, const float *, const float *, const shape_t *);
+typedef void (*pair_fn)(float *const *, const int64_t *, const uint8_t *const *,
+                        const uint16_t *const *, const uint16_t *const *, const uint8_t *,
+                        const float *, const float *, const shape_t *);
 
 /* x (k,) -> tbl [k4][32]: for each chunk of 4 activations the 16 partial sums
  *   e[idx] = (((0 + [idx&1] x0) + [idx&2] x1) + [idx&4] x2) + [idx&8] x3   (float, this order)
@@ -94,12 +101,21 @@ typedef struct {
 #endif
 #define MAX_PER 64 /* group <= 256 */
 
-/* the prefetch distance for one tile's weight stream: PREFETCH_BYTES, but at most half a tile's
- * planes, so a small matrix split over threads does not read much past a thread's tiles (2-thread
- * decode of SmolLM2 lost 9% to full-length prefetches) */
-static inline int64_t prefetch_ahead(const shape_t *s) {
-    const int64_t half = s->k4 * s->bits * 8;
-    return half < PREFETCH_BYTES ? (half + 63) / 64 * 64 : PREFETCH_BYTES;
+/* with two tiles in turn (see PAIR_MIN_TILES), each stream is prefetched this far ahead: the two
+ * together keep more lines in flight than one stream did, and less of L1 (2-bit 4096x4096 at 2
+ * threads, AVX-512, two streams: 8 KiB each 12.4x fp32 BLAS, 6 KiB 12.6x, 4 KiB 12.6x; 1 thread
+ * 13.0-13.3x, 13.4-13.8x, 13.6-13.8x; 4-bit at 2 threads 7.0x, 7.0x, 6.8-6.9x) */
+#ifndef PAIR_PREFETCH_BYTES
+#define PAIR_PREFETCH_BYTES (PREFETCH_BYTES * 3 / 4)
+#endif
+
+/* the prefetch distance for the weight streams of u (1 or 2) tiles in turn: PREFETCH_BYTES or
+ * PAIR_PREFETCH_BYTES, but at most half a tile's planes, so a small matrix split over threads
+ * does not read much past a thread's tiles (2-thread decode of SmolLM2 lost 9% to full-length
+ * prefetches) */
+static inline int64_t prefetch_ahead(const shape_t *s, int u) {
+    const int64_t half = s->k4 * s->bits * 8, want = u == 1 ? PREFETCH_BYTES : PAIR_PREFETCH_BYTES;
+    return half < want ? (half + 63) / 64 * 64 : want;
 }
 
 static inline void chunk_x(float v[4], const float *x, int64_t c, int64_t k) {
@@ -303,7 +319,7 @@ static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint1
     const int per = s->group / 4, b = s->bits;
     float32x4_t yv[8];
     int32_t acc[4 * T];
-    const int64_t pf = prefetch_ahead(s);
+    const int64_t pf = prefetch_ahead(s, 1);
     for (int i = 0; i < 8; i++) yv[i] = vdupq_n_f32(0.f);
     for (int64_t g = 0; g < s->groups; g++) {
         const uint8_t *p = planes + (tile * s->k4 + g * per) * b * 16;
@@ -556,7 +572,7 @@ static inline __attribute__((always_inline)) void tile_avx2(float *y, int64_t ti
     const int per = s->group / 4;
     __m256 yv[4];
     int32_t acc[4 * T];
-    const int64_t pf = prefetch_ahead(s), spf = pf / 4;  // group parameters: pf / 4 ahead
+    const int64_t pf = prefetch_ahead(s, 1), spf = pf / 4;  // group parameters: pf / 4 ahead
     for (int i = 0; i < 4; i++) yv[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < s->groups; g++) {
         const uint16_t *sc = scale_at(scale, tile, g, s), *zr = zero_at(zero, tile, g, s);
@@ -592,31 +608,40 @@ TILE_INSTANCE(avx2, 4, 1)
  * chunks fill a vector (lanes: chunk c planes 0, 1, chunk c+1 planes 0, 1; needs an even number of
  * chunks per group), each chunk's tables in its own two lanes; the two chunks' 16-bit sums are
  * added at the group's end (exact: see TBL_LIMIT). The epilogue then runs on 16 rows at a time in
- * registers: the same float operations, in the same order, as epilogue_ref. */
-static inline __attribute__((always_inline)) void tile_avx512(float *y, int64_t tile,
-                                                              const uint8_t *planes,
-                                                              const uint16_t *scale,
-                                                              const uint16_t *zero,
-                                                              const uint8_t *tbl, const float *ts,
-                                                              const float *xs, const shape_t *s,
-                                                              const int b, const int fmt) {
+ * registers: the same float operations, in the same order, as epilogue_ref. u (1 or 2) tiles go
+ * chunk by chunk in turn, sharing the table loads (see PAIR_MIN_TILES). */
+static inline __attribute__((always_inline)) void tiles_avx512(const int u, float *const *y,
+                                                               const int64_t *tile,
+                                                               const uint8_t *const *planes,
+                                                               const uint16_t *const *scale,
+                                                               const uint16_t *const *zero,
+                                                               const uint8_t *tbl,
+                                                               const float *ts, const float *xs,
+                                                               const shape_t *s, const int b,
+                                                               const int fmt) {
     const int per = s->group / 4;
     const __m512i m15 = _mm512_set1_epi8(15);
     // 64-bit words of (A, B) -> [A lane 0, B lane 0, A lane 1, B lane 1] and the same for 2, 3
     const __m512i pick01 = _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11);
     const __m512i pick23 = _mm512_setr_epi64(4, 5, 12, 13, 6, 7, 14, 15);
-    const int64_t pf = prefetch_ahead(s), spf = pf / 4;  // group parameters: pf / 4 ahead
-    __m512 yv[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};  // rows 0-15, 16-31
+    const int64_t pf = prefetch_ahead(s, u), spf = pf / 4;  // group parameters: pf / 4 ahead
+    __m512 yv[2][2];  // tile v: rows 0-15, 16-31
+    for (int v = 0; v < u; v++) yv[v][0] = yv[v][1] = _mm512_setzero_ps();
     for (int64_t g = 0; g < s->groups; g++) {
-        const uint16_t *sc = scale_at(scale, tile, g, s), *zr = zero_at(zero, tile, g, s);
-        _mm_prefetch((const char *)sc + spf, _MM_HINT_T0);
-        _mm_prefetch((const char *)zr + spf, _MM_HINT_T0);
-        const uint8_t *pq = planes + (tile * s->k4 + g * per) * b * 16, *tb = tbl + g * per * 32;
-        // s[r]: 16-bit sums of rows 8r .. 8r+7, one plane (and chunk) per lane
-        __m512i s0 = _mm512_setzero_si512(), s1 = s0, s2 = s0, s3 = s0;
-        for (int c = 0; c < per; c += 4 / b, pq += 64, tb += 32 * (4 / b)) {
-            _mm_prefetch((const char *)pq + pf, _MM_HINT_T0);
-            __m512i th, tl;
+        const uint16_t *sc[2], *zr[2];
+        const uint8_t *pq[2];
+        __m512i sm[2][4];  // sm[v][r]: 16-bit sums of rows 8r .. 8r+7, one plane (and chunk) a lane
+        for (int v = 0; v < u; v++) {
+            sc[v] = scale_at(scale[v], tile[v], g, s);
+            zr[v] = zero_at(zero[v], tile[v], g, s);
+            _mm_prefetch((const char *)sc[v] + spf, _MM_HINT_T0);
+            _mm_prefetch((const char *)zr[v] + spf, _MM_HINT_T0);
+            pq[v] = planes[v] + (tile[v] * s->k4 + g * per) * b * 16;
+            sm[v][0] = sm[v][1] = sm[v][2] = sm[v][3] = _mm512_setzero_si512();
+        }
+        const uint8_t *tb = tbl + g * per * 32;
+        for (int c = 0; c < per; c += 4 / b, tb += 32 * (4 / b)) {
+            __m512i th, tl;  // the tables, loaded once for the u tiles
             if (b == 4) {
                 th = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)tb));
                 tl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(tb + 16)));
@@ -625,73 +650,116 @@ static inline __attribute__((always_inline)) void tile_avx512(float *y, int64_t 
                 th = _mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(2, 2, 0, 0));
                 tl = _mm512_shuffle_i64x2(t, t, _MM_SHUFFLE(3, 3, 1, 1));
             }
-            const __m512i pk = _mm512_loadu_si512(pq);
-            const __m512i lo = _mm512_and_si512(pk, m15);                         // rows 0-15
-            const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(pk, 4), m15);  // rows 16-31
-            const __m512i al = _mm512_shuffle_epi8(tl, lo), ah = _mm512_shuffle_epi8(th, lo);
-            s0 = _mm512_add_epi16(s0, _mm512_unpacklo_epi8(al, ah));
-            s1 = _mm512_add_epi16(s1, _mm512_unpackhi_epi8(al, ah));
-            const __m512i bl = _mm512_shuffle_epi8(tl, hi), bh = _mm512_shuffle_epi8(th, hi);
-            s2 = _mm512_add_epi16(s2, _mm512_unpacklo_epi8(bl, bh));
-            s3 = _mm512_add_epi16(s3, _mm512_unpackhi_epi8(bl, bh));
+            for (int v = 0; v < u; v++) {
+                _mm_prefetch((const char *)pq[v] + pf, _MM_HINT_T0);
+                const __m512i pk = _mm512_loadu_si512(pq[v]);
+                pq[v] += 64;
+                const __m512i lo = _mm512_and_si512(pk, m15);                         // rows 0-15
+                const __m512i hi = _mm512_and_si512(_mm512_srli_epi16(pk, 4), m15);  // 16-31
+                const __m512i al = _mm512_shuffle_epi8(tl, lo), ah = _mm512_shuffle_epi8(th, lo);
+                sm[v][0] = _mm512_add_epi16(sm[v][0], _mm512_unpacklo_epi8(al, ah));
+                sm[v][1] = _mm512_add_epi16(sm[v][1], _mm512_unpackhi_epi8(al, ah));
+                const __m512i bl = _mm512_shuffle_epi8(tl, hi), bh = _mm512_shuffle_epi8(th, hi);
+                sm[v][2] = _mm512_add_epi16(sm[v][2], _mm512_unpacklo_epi8(bl, bh));
+                sm[v][3] = _mm512_add_epi16(sm[v][3], _mm512_unpackhi_epi8(bl, bh));
+            }
         }
-        const __m512i sv[4] = {s0, s1, s2, s3};
         const __m512 tsv = _mm512_set1_ps(ts[g]), xsv = _mm512_set1_ps(xs[g]);
-        for (int h = 0; h < 2; h++) {  // rows 16h .. 16h+15
-            const __m512i p01 = _mm512_permutex2var_epi64(sv[2 * h], pick01, sv[2 * h + 1]);
-            const __m512i p23 = _mm512_permutex2var_epi64(sv[2 * h], pick23, sv[2 * h + 1]);
-            __m512i a[4];  // int32 sums of plane j
-            if (b == 4) {
-                a[0] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p01));
-                a[1] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p01, 1));
-                a[2] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p23));
-                a[3] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p23, 1));
-            } else {  // p01: chunk c, p23: chunk c+1
-                const __m512i p = _mm512_add_epi16(p01, p23);
-                a[0] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p));
-                a[1] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p, 1));
-            }
-            const __m512 z = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zr + 16 * h)));
-            if (fmt == EDGERT_FMT_UNIFORM) {
-                __m512i tot = a[0];
-                for (int j = 1; j < b; j++) tot = _mm512_add_epi32(tot, _mm512_slli_epi32(a[j], j));
-                const __m512 sv16 =
-                    _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + 16 * h)));
-                const __m512 t1 = _mm512_mul_ps(tsv, _mm512_cvtepi32_ps(tot));
-                const __m512 t2 = _mm512_mul_ps(z, xsv);
-                yv[h] = _mm512_add_ps(yv[h], _mm512_mul_ps(sv16, _mm512_sub_ps(t1, t2)));
-            } else {
-                __m512 acc = _mm512_setzero_ps();
-                for (int j = 0; j < b; j++) {
-                    const __m512 al16 =
-                        _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc + j * T + 16 * h)));
-                    acc = _mm512_add_ps(acc, _mm512_mul_ps(al16, _mm512_cvtepi32_ps(a[j])));
+        for (int v = 0; v < u; v++)
+            for (int h = 0; h < 2; h++) {  // rows 16h .. 16h+15
+                const __m512i s0 = sm[v][2 * h], s1 = sm[v][2 * h + 1];
+                const __m512i p01 = _mm512_permutex2var_epi64(s0, pick01, s1);
+                const __m512i p23 = _mm512_permutex2var_epi64(s0, pick23, s1);
+                __m512i a[4];  // int32 sums of plane j
+                if (b == 4) {
+                    a[0] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p01));
+                    a[1] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p01, 1));
+                    a[2] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p23));
+                    a[3] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p23, 1));
+                } else {  // p01: chunk c, p23: chunk c+1
+                    const __m512i p = _mm512_add_epi16(p01, p23);
+                    a[0] = _mm512_cvtepi16_epi32(_mm512_castsi512_si256(p));
+                    a[1] = _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(p, 1));
                 }
-                const __m512 t1 = _mm512_mul_ps(tsv, acc), t2 = _mm512_mul_ps(z, xsv);
-                yv[h] = _mm512_add_ps(yv[h], _mm512_add_ps(t1, t2));
+                const __m512 z =
+                    _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(zr[v] + 16 * h)));
+                if (fmt == EDGERT_FMT_UNIFORM) {
+                    __m512i tot = a[0];
+                    for (int j = 1; j < b; j++)
+                        tot = _mm512_add_epi32(tot, _mm512_slli_epi32(a[j], j));
+                    const __m512 sv16 =
+                        _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sc[v] + 16 * h)));
+                    const __m512 t1 = _mm512_mul_ps(tsv, _mm512_cvtepi32_ps(tot));
+                    const __m512 t2 = _mm512_mul_ps(z, xsv);
+                    yv[v][h] =
+                        _mm512_add_ps(yv[v][h], _mm512_mul_ps(sv16, _mm512_sub_ps(t1, t2)));
+                } else {
+                    __m512 acc = _mm512_setzero_ps();
+                    for (int j = 0; j < b; j++) {
+                        const __m512 al16 = _mm512_cvtph_ps(
+                            _mm256_loadu_si256((const __m256i *)(sc[v] + j * T + 16 * h)));
+                        acc = _mm512_add_ps(acc, _mm512_mul_ps(al16, _mm512_cvtepi32_ps(a[j])));
+                    }
+                    const __m512 t1 = _mm512_mul_ps(tsv, acc), t2 = _mm512_mul_ps(z, xsv);
+                    yv[v][h] = _mm512_add_ps(yv[v][h], _mm512_add_ps(t1, t2));
+                }
             }
-        }
     }
-    _mm512_storeu_ps(y, yv[0]);
-    _mm512_storeu_ps(y + 16, yv[1]);
+    for (int v = 0; v < u; v++) {
+        _mm512_storeu_ps(y[v], yv[v][0]);
+        _mm512_storeu_ps(y[v] + 16, yv[v][1]);
+    }
 }
 
+static inline __attribute__((always_inline)) void tile_avx512(float *y, int64_t tile,
+                                                              const uint8_t *planes,
+                                                              const uint16_t *scale,
+                                                              const uint16_t *zero,
+                                                              const uint8_t *tbl, const float *ts,
+                                                              const float *xs, const shape_t *s,
+                                                              const int b, const int fmt) {
+    tiles_avx512(1, &y, &tile, &planes, &scale, &zero, tbl, ts, xs, s, b, fmt);
+}
+
+// pair_avx512_<b>_<fmt>: two tiles in turn
+#define PAIR_INSTANCE(b, f)                                                                      \
+    static void pair_avx512_##b##_##f(float *const *y, const int64_t *tile,                     \
+                                      const uint8_t *const *planes, const uint16_t *const *scale, \
+                                      const uint16_t *const *zero, const uint8_t *tbl,          \
+                                      const float *ts, const float *xs, const shape_t *s) {     \
+        tiles_avx512(2, y, tile, planes, scale, zero, tbl, ts, xs, s, b, f);                    \
+    }
 TILE_INSTANCE(avx512, 2, 0)
 TILE_INSTANCE(avx512, 4, 0)
 TILE_INSTANCE(avx512, 2, 1)
 TILE_INSTANCE(avx512, 4, 1)
+PAIR_INSTANCE(2, 0)
+PAIR_INSTANCE(4, 0)
+PAIR_INSTANCE(2, 1)
+PAIR_INSTANCE(4, 1)
+
+/* the AVX-512 kernels take 2 planes (with an even number of chunks per group: two chunks fill a
+ * vector) and 4; the AVX2 ones the rest */
+static int avx512_planes(const shape_t *s) {
+    return s->bits == 4 || (s->bits == 2 && (s->group / 4) % 2 == 0);
+}
+
+/* the pair kernel of a shape (see PAIR_MIN_TILES), or NULL: tiles go one at a time */
+static pair_fn pair_of(const shape_t *s) {
+    static const pair_fn fns[2][2] = {{pair_avx512_2_0, pair_avx512_4_0},
+                                      {pair_avx512_2_1, pair_avx512_4_1}};
+    return avx512_planes(s) ? fns[s->fmt][s->bits / 2 - 1] : NULL;
+}
 #endif
 
 static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint16_t *scale,
                       const uint16_t *zero, const uint8_t *tbl, const float *ts, const float *xs,
                       const shape_t *s) {
-    static void (*const fns[2][4])(float *, int64_t, const uint8_t *, const uint16_t *,
-                                   const uint16_t *, const uint8_t *, const float *,
-                                   const float *, const shape_t *) = {
+    static const tile_fn fns[2][4] = {
 #if defined(EDGERT_AVX512)
         {tile_avx2_1_0, tile_avx512_2_0, tile_avx2_3_0, tile_avx512_4_0},
         {tile_avx2_1_1, tile_avx512_2_1, tile_avx2_3_1, tile_avx512_4_1}};
-    if (s->bits == 2 && (s->group / 4) % 2) {  // two chunks per vector need an even count
+    if (s->bits == 2 && !avx512_planes(s)) {
         (s->fmt ? tile_avx2_2_1 : tile_avx2_2_0)(y, tile, planes, scale, zero, tbl, ts, xs, s);
         return;
     }
@@ -704,6 +772,12 @@ static void tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint1
 #else
 #define tile_fast tile_ref
 #define build_tables_fast build_tables_ref
+#endif
+/* pair kernels (see PAIR_MIN_TILES) exist for AVX-512 only: on AVX2 two tiles in turn ran 2-3%
+ * slower (one core's AVX2 kernel is bound by its lookups, 28-29 GB/s, not by DRAM), and NEON is
+ * unmeasured on hardware */
+#if !defined(EDGERT_AVX512)
+#define pair_of NULL
 #endif
 
 /* ---- a small persistent thread pool ------------------------------------------------------ */
@@ -836,8 +910,6 @@ void edgert_parallel_for(int64_t n, int threads, range_fn fn, void *ctx) {
 }
 
 /* ---- GEMM ---------------------------------------------------------------------------------- */
-typedef void (*tile_fn)(float *, int64_t, const uint8_t *, const uint16_t *, const uint16_t *,
-                        const uint8_t *, const float *, const float *, const shape_t *);
 typedef void (*table_fn)(const float *, const shape_t *, uint8_t *, float *, float *);
 /* up to EDGERT_MAX_MULTI weights of one shape family (same k, bits, group, format) sharing the
  * activation tables; their tiles are numbered one after the other (first[j] .. first[j+1]) */
@@ -852,6 +924,7 @@ typedef struct {
     const float *ts, *xs;  // [n][groups]
     const shape_t *s;
     tile_fn tile;
+    pair_fn pair;    // set: a thread's tiles go two at a time (see PAIR_MIN_TILES)
     const float *x;  // set (a few rows): every thread builds the tables of x itself
     table_fn build;
 } gemm_ctx;
@@ -895,6 +968,29 @@ static uint8_t *own_table_buffer(size_t bytes) {
  * planes are reused from L1 */
 #define TABLE_BLOCK_BYTES (256 << 10)
 
+/* A run of L tiles goes as pairs (i, i + ceil(L/2)), where the ISA has a pair kernel: two weight
+ * streams per core, as one read stream leaves DRAM bandwidth unused (reading 1 GiB, one core: one
+ * stream 35-36 GB/s, one stream prefetched 8 KiB ahead 38, two streams 40-41; two cores: 63-68,
+ * 74, 70-78). AVX-512, in rounds taking turns with fp32 BLAS (three runs, two cores sharing one
+ * memory link): 2-bit 4096x4096 11.8-12.3x -> 12.4-12.9x its speed at 2 threads, 13.1-13.3x ->
+ * 13.9x at 1; 4-bit 6.7-6.9x -> 6.9-7.1x at 2 threads; 2-bit 4096x11008 11.8-13.3x ->
+ * 12.7-14.2x. Runs shorter than this go one tile at a time. */
+#define PAIR_MIN_TILES 4
+
+/* tile g of the weights in c (numbered one after the other): weight j, tile t of it */
+static inline void locate(const gemm_ctx *c, int64_t g, int *j, int64_t *t) {
+    int w = 0;
+    while (g >= c->first[w + 1]) w++;
+    *j = w;
+    *t = g - c->first[w];
+}
+
+/* y_j[i, 32t ..] = the tile's output rows that exist */
+static inline void put_rows(const gemm_ctx *c, int j, int64_t t, int64_t i, const float *buf) {
+    const int64_t m = c->m[j], rows = m - t * T < T ? m - t * T : T;
+    memcpy(c->y[j] + i * m + t * T, buf, (size_t)rows * sizeof(float));
+}
+
 static void gemm_range(void *vctx, int64_t begin, int64_t end) {
     gemm_ctx *c = vctx;
     const shape_t *s = c->s;
@@ -912,20 +1008,35 @@ static void gemm_range(void *vctx, int64_t begin, int64_t end) {
         gemm_range(&own, begin, end);
         return;
     }
-    float buf[T];
+    float buf[2][T];
+    float *const ys[2] = {buf[0], buf[1]};
+    const int two = c->pair && end - begin >= PAIR_MIN_TILES;
+    const int64_t half = two ? (end - begin + 1) / 2 : end - begin;
     int64_t nb = TABLE_BLOCK_BYTES / (s->k4 * 32);
     if (nb < 1) nb = 1;
     for (int64_t i0 = 0; i0 < c->n; i0 += nb) {
         const int64_t i1 = i0 + nb < c->n ? i0 + nb : c->n;
-        int j = 0;
-        for (int64_t g = begin; g < end; g++) {
-            while (g >= c->first[j + 1]) j++;
-            const int64_t t = g - c->first[j], m = c->m[j];
-            const int64_t rows = m - t * T < T ? m - t * T : T;
+        for (int64_t p = 0; p < half; p++) {
+            const int64_t g[2] = {begin + p, begin + half + p};
+            const int u = two && g[1] < end ? 2 : 1;
+            int j[2];
+            int64_t t[2];
+            const uint8_t *pl[2];
+            const uint16_t *sc[2], *zr[2];
+            for (int v = 0; v < u; v++) {
+                locate(c, g[v], &j[v], &t[v]);
+                pl[v] = c->planes[j[v]];
+                sc[v] = c->scale[j[v]];
+                zr[v] = c->zero[j[v]];
+            }
             for (int64_t i = i0; i < i1; i++) {
-                c->tile(buf, t, c->planes[j], c->scale[j], c->zero[j], c->tbl + i * s->k4 * 32,
-                        c->ts + i * s->groups, c->xs + i * s->groups, s);
-                memcpy(c->y[j] + i * m + t * T, buf, (size_t)rows * sizeof(float));
+                const uint8_t *tbl = c->tbl + i * s->k4 * 32;
+                const float *ts = c->ts + i * s->groups, *xs = c->xs + i * s->groups;
+                if (u == 2)
+                    c->pair(ys, t, pl, sc, zr, tbl, ts, xs, s);
+                else
+                    c->tile(buf[0], t[0], pl[0], sc[0], zr[0], tbl, ts, xs, s);
+                for (int v = 0; v < u; v++) put_rows(c, j[v], t[v], i, buf[v]);
             }
         }
     }
@@ -960,7 +1071,8 @@ static uint8_t *make_tables(const float *x, int64_t n, const shape_t *s, int thr
 static void gemm_impl(int count, float *const *y, const float *x, int64_t n, const int64_t *m,
                       int64_t k, const uint8_t *const *planes, const uint16_t *const *scale,
                       const uint16_t *const *zero, int32_t bits, int32_t group, int32_t fmt,
-                      int32_t threads, tile_fn tile, table_fn build) {
+                      int32_t threads, tile_fn tile, pair_fn (*pairs)(const shape_t *),
+                      table_fn build) {
     shape_t s;
     assert(y && x && planes && scale && zero && n >= 0 && count >= 1 && count <= EDGERT_MAX_MULTI);
     if (!make_shape(&s, k, bits, group, fmt)) abort();  // validated by the caller
@@ -977,9 +1089,10 @@ static void gemm_impl(int count, float *const *y, const float *x, int64_t n, con
     if (n == 0 || c.first[count] == 0) return;
     float *ts = NULL, *xs = NULL;
     uint8_t *tbl = NULL;
-    if (n < FEW_ROWS) {  // every thread builds its own tables (see FEW_ROWS)
+    if (n < FEW_ROWS) {  // every thread builds its own tables (see FEW_ROWS); tiles in pairs
         c.x = x;
         c.build = build;
+        c.pair = pairs ? pairs(&s) : NULL;
     } else {
         tbl = make_tables(x, n, &s, threads, build, &ts, &xs);
         c.tbl = tbl;
@@ -999,7 +1112,7 @@ void edgert_lut_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                      const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                      int32_t bits, int32_t group, int32_t fmt, int32_t threads) {
     gemm_impl(1, &y, x, n, &m, k, &planes, &scale, &zero, bits, group, fmt, threads, tile_fast,
-              build_tables_fast);
+              pair_of, build_tables_fast);
 }
 
 void edgert_lut_gemm_multi(int32_t count, float *const *y, const float *x, int64_t n,
@@ -1007,14 +1120,14 @@ void edgert_lut_gemm_multi(int32_t count, float *const *y, const float *x, int64
                            const uint16_t *const *scale, const uint16_t *const *zero,
                            int32_t bits, int32_t group, int32_t fmt, int32_t threads) {
     gemm_impl(count, y, x, n, m, k, planes, scale, zero, bits, group, fmt, threads, tile_fast,
-              build_tables_fast);
+              pair_of, build_tables_fast);
 }
 
 void edgert_lut_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                          const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                          int32_t bits, int32_t group, int32_t fmt, int32_t threads) {
     gemm_impl(1, &y, x, n, &m, k, &planes, &scale, &zero, bits, group, fmt, threads, tile_ref,
-              build_tables_ref);
+              NULL, build_tables_ref);
 }
 
 /* ---- row-subset GEMV: only the tiles holding selected rows are computed ------------------- */

@@ -279,8 +279,9 @@ int main(void) {
     static const int64_t q8_shapes[][2] = {{1, 1}, {3, 31}, {7, 32}, {33, 70}, {100, 576}};
     for (size_t i = 0; i < sizeof q8_shapes / sizeof q8_shapes[0]; i++)
         q8_case(q8_shapes[i][0], q8_shapes[i][1], 1 + (int64_t)(rnd() % 3));
+    // 300 rows: 10 tiles, the last partial, so a thread's run of 4-10 goes in pairs of tiles
     static const int64_t shapes[][2] = {{1, 4}, {7, 33}, {31, 100}, {32, 64}, {33, 129},
-                                        {96, 576}, {65, 1000}, {128, 130}};
+                                        {96, 576}, {65, 1000}, {128, 130}, {300, 257}};
     // 12: an odd number of 4-column chunks per group (AVX-512 pairs chunks for 2 planes)
     static const int groups[] = {32, 64, 128, 8, 12};
     for (int fmt = 0; fmt < 2; fmt++)
