@@ -15,7 +15,10 @@ def add_arguments(p) -> None:
         "--seconds",
         type=float,
         default=1.0,
-        help="seconds per row, in rounds of read probe, BLAS and LUT taking turns (at least 5; 1.0)",
+        help=(
+            "seconds per row, in rounds of read probe, BLAS, LUT kernel and LUT gemv taking turns"
+            " (at least 5; 1.0)"
+        ),
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

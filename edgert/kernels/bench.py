@@ -1,11 +1,16 @@
 """`edgert bench-kernels`: LUT GEMV weight bandwidth against measured DRAM read bandwidth and
 against float32 BLAS GEMV (numpy) on the same shapes. Weights are cycled over >= 512 MB of
-distinct copies so caches do not flatter the figures (cold, as in decode of a large model). The
-three are measured in rounds that take turns (read probe, BLAS, LUT), and ratios are medians of
-the per-round ratios: each compares one machine state."""
+distinct copies so caches do not flatter the figures (cold, as in decode of a large model). They
+are measured in rounds that take turns (read probe, BLAS, LUT kernel, LUT through `gemv`), and
+ratios are medians of the per-round ratios: each compares one machine state.
+
+The kernel is timed at its C entry point with its arguments prepared beforehand, as the C forward
+pass calls it (its weights are described once, at load); `api_ms` is the same GEMV through the
+Python `gemv`, which validates, allocates and converts its arguments on every call."""
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import threading
@@ -15,7 +20,15 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgert.errors import EdgertError
-from edgert.kernels import PackedWeight, gemv, isa, load_library, quantize_uniform
+from edgert.kernels import (
+    PackedWeight,
+    _ptr,
+    _weight_args,
+    gemv,
+    isa,
+    load_library,
+    quantize_uniform,
+)
 from edgert.progress import Progress
 
 SHAPES = {
@@ -79,30 +92,41 @@ def _quiesce(timeout: float = 0.5) -> None:
         pass
 
 
-def _side_by_side(probe, blas, w32, lut, copies, threads: int, seconds: float):
-    """Rounds of (DRAM read GB/s, fp32 BLAS s/call, LUT s/call) taken one after the other, so each
-    round compares the three in the same machine state (a VM's bandwidth can move by 40% from one
-    second to the next). At least 5 rounds, and rounds until ``seconds`` have passed."""
+def _kernel_calls(copies: list[PackedWeight], x: np.ndarray, threads: int):
+    """One GEMV a copy at the kernel's C entry, its arguments checked and converted now; and the
+    output buffer they write, to keep while they run."""
+    fn = load_library().edgert_lut_gemm
+    m, k = copies[0].shape
+    y = np.empty(m, np.float32)
+    head = (_ptr(y), _ptr(x), 1, m, k)
+    return [functools.partial(fn, *head, *_weight_args(c), threads) for c in copies], y
+
+
+def _side_by_side(probe, blas, w32, kernel, api, copies, threads: int, seconds: float):
+    """Rounds of (DRAM read GB/s, fp32 BLAS s/call, LUT kernel s/call, LUT `gemv` s/call) taken
+    one after the other, so each round compares them in the same machine state (a VM's bandwidth
+    can move by 40% from one second to the next). At least 5 rounds, and rounds until ``seconds``
+    have passed."""
     from threadpoolctl import threadpool_limits
 
     out = []
     with threadpool_limits(limits=threads, user_api="blas"):
         _per_call(blas, w32[:1])  # warm up both pools
-        _per_call(lut, copies[:1])
+        _per_call(api, copies[:1])
         t_end = time.perf_counter() + seconds
         while time.perf_counter() < t_end or len(out) < 5:
             dram = _read_gbs(probe, threads)
             f = _per_call(blas, w32)
             _quiesce()
-            out.append((dram, f, _per_call(lut, copies)))
+            out.append((dram, f, _per_call(lambda call: call(), kernel), _per_call(api, copies)))
     return out
 
 
 @dataclass
 class KernelRow:
-    """One shape, bit width and thread count. ``ms``, ``gbs``, ``dram_gbs`` and ``fp32_*`` are
-    medians over the rounds; ``pct_dram`` and ``speedup_vs_fp32`` are medians of per-round
-    ratios."""
+    """One shape, bit width and thread count. ``ms`` (the kernel), ``api_ms`` (through `gemv`),
+    ``gbs``, ``dram_gbs`` and ``fp32_*`` are medians over the rounds; ``pct_dram`` and
+    ``speedup_vs_fp32`` (the kernel's) are medians of per-round ratios."""
 
     shape: str
     m: int
@@ -112,6 +136,7 @@ class KernelRow:
     weight_bytes: int
     rounds: int
     ms: float
+    api_ms: float
     gbs: float
     pct_dram: float
     dram_gbs: float
@@ -162,16 +187,18 @@ def bench_kernels(
                     for _ in range(n)
                 ]
                 for t in threads:
+                    calls, _y = _kernel_calls(copies, x, t)
                     rounds = _side_by_side(
                         probe,
                         lambda a, x=x: a @ x,
                         w32,
+                        calls,
                         lambda c, x=x, t=t: gemv(c, x, threads=t),
                         copies,
                         t,
                         seconds,
                     )
-                    dram[t] += [d for d, _, _ in rounds]
+                    dram[t] += [r[0] for r in rounds]
                     s, f = med(r[2] for r in rounds), med(r[1] for r in rounds)
                     rows.append(
                         KernelRow(
@@ -183,6 +210,7 @@ def bench_kernels(
                             pw.nbytes,
                             len(rounds),
                             s * 1e3,
+                            med(r[3] for r in rounds) * 1e3,
                             pw.nbytes / s / 1e9,
                             med(100 * pw.nbytes / r[2] / 1e9 / r[0] for r in rounds),
                             med(r[0] for r in rounds),
@@ -208,15 +236,16 @@ def table(res: dict) -> str:
         f"kernels: {res['isa']}, group {res['group_size']}; DRAM read "
         + ", ".join(f"{t} thr {g:.1f} GB/s" for t, g in res["dram_read_gbs"].items()),
         (
-            "| shape | m x k | bits | thr | ms | weight GB/s | DRAM GB/s | % DRAM | fp32 ms |"
-            " fp32 GB/s | speedup | byte ratio |"
+            "| shape | m x k | bits | thr | ms | gemv ms | weight GB/s | DRAM GB/s | % DRAM |"
+            " fp32 ms | fp32 GB/s | speedup | byte ratio |"
         ),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in res["rows"]:
         out.append(
             f"| {r['shape']} | {r['m']}x{r['k']} | {r['bits']} | {r['threads']} | "
-            f"{r['ms']:.3f} | {r['gbs']:.2f} | {r['dram_gbs']:.1f} | {r['pct_dram']:.0f}% | "
+            f"{r['ms']:.3f} | {r['api_ms']:.3f} | {r['gbs']:.2f} | {r['dram_gbs']:.1f} | "
+            f"{r['pct_dram']:.0f}% | "
             f"{r['fp32_ms']:.3f} | "
             f"{r['fp32_gbs']:.2f} | {r['speedup_vs_fp32']:.1f}x | {r['byte_ratio']:.1f}x |"
         )

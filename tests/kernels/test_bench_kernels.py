@@ -21,7 +21,8 @@ def test_bench_kernels_json():
     assert d["dram_read_gbs"]["1"] > 0
     (row,) = d["rows"]
     assert (row["m"], row["k"], row["bits"], row["threads"]) == (576, 1536, 2, 1)
-    assert row["gbs"] > 0 and row["fp32_gbs"] > 0
+    assert row["gbs"] > 0 and row["fp32_gbs"] > 0 and row["api_ms"] > 0
+    assert abs(row["gbs"] - row["weight_bytes"] / row["ms"] / 1e6) < 1e-6 * row["gbs"]
     assert abs(row["byte_ratio"] - 576 * 1536 * 4 / row["weight_bytes"]) < 1e-6
 
 
