@@ -46,7 +46,7 @@ PROBE_BYTES = 256 << 20  # the per-round DRAM read: far larger than any cache
 def _read_gbs(buf: np.ndarray, threads: int) -> float:
     """One read of ``buf`` by ``threads`` workers of the kernel library (wide loads), in GB/s."""
     t0 = time.perf_counter()
-    load_library().edgert_read_bytes(buf.ctypes.data, buf.nbytes, threads)
+    load_library().edgert_read_bytes(_ptr(buf), buf.nbytes, threads)
     return buf.nbytes / (time.perf_counter() - t0) / 1e9
 
 
