@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 from conftest import run_cli
 
 
@@ -29,3 +30,23 @@ def test_bench_kernels_json():
 def test_bench_kernels_bad_shape():
     r = run_cli("bench-kernels", "--shapes", "huge")
     assert r.returncode == 2 and "unknown shape 'huge'" in r.stderr
+
+
+def test_bench_copies_share_one_huge_page_buffer():
+    from edgert.kernels.bench import _copies
+    from edgert.stream import HUGE_PAGE, aligned_buffer
+
+    buf = aligned_buffer(HUGE_PAGE + 100, huge=True)
+    assert buf.ctypes.data % HUGE_PAGE == 0 and len(buf) == HUGE_PAGE + 4096
+    buf[:] = 7  # the whole length is writable
+    planes = np.arange(1000, dtype=np.uint8)
+    scale = np.arange(30, dtype=np.uint16).reshape(3, 10)
+    copies = _copies([planes, scale], 3)
+    assert len(copies) == 3
+    for p, s in copies:
+        assert np.array_equal(p, planes) and np.array_equal(s, scale)
+        assert p.ctypes.data % 64 == 0 and s.ctypes.data % 64 == 0
+        assert s.shape == (3, 10) and s.dtype == np.uint16 and s.flags.c_contiguous
+    copies[0][0][:] = 0  # distinct memory for every copy
+    assert np.array_equal(copies[1][0], planes)
+    assert copies[0][0].ctypes.data % HUGE_PAGE == 0
