@@ -159,11 +159,11 @@ def run_edgert(
 def weight_bytes_per_token(art_path: str) -> int | None:
     """Bytes of weights one decode step reads: every tensor, less the embedding table when the
     head is a separate tensor (a lookup reads one row of it). None for a model file."""
-    from edgert.artifact import Artifact
+    from edgert.artifact import Artifact, ArtifactError
 
     try:
         art = Artifact.open(art_path, verify_resident=False)
-    except Exception:  # a GGUF or HF model run by edgert's reference path
+    except ArtifactError:  # a GGUF or HF model run by edgert's reference path
         return None
     head = art.manifest.get("plan", {}).get("head", "output.weight")
     total = art.nbytes()
@@ -237,10 +237,14 @@ def main() -> None:
     rows = []
     per_token = weight_bytes_per_token(a.edgert)
     for threads in [int(x) for x in a.threads.split(",")]:
-        ours, theirs = [], []
+        ours, theirs, dram = [], [], []
         for _ in range(a.repetitions):  # interleaved: noise hits both sides alike
             theirs.append(_or_killed(run_peer, peer, threads, a.n_prompt, a.n_gen, peer_em))
             ours.append(_or_killed(run_edgert, a.edgert, threads, a.n_prompt, a.n_gen, em, extra))
+            if per_token:  # the read bandwidth of this round's machine state (it moves on a VM)
+                from edgert.kernels.bench import dram_read_gbs
+
+                dram.append(dram_read_gbs(threads))
 
         for x in ours + theirs:
             x["cgroup_read"] = (x.get("cgroup") or {}).get("disk_read_bytes", 0)
@@ -267,12 +271,15 @@ def main() -> None:
             row["edgert_disk_read"] = med(ours, "cgroup_read")
             row["llama_disk_read"] = med(theirs, "cgroup_read")
         row["tg_ratio"] = _ratio(row["edgert_tg"], row["llama_tg"])
-        if per_token:
-            from edgert.kernels.bench import dram_read_gbs
-
-            row["dram_read_gbs"] = dram_read_gbs(threads)
+        if per_token:  # medians over the rounds; the fraction is the median of per-round ones
+            row["dram_read_gbs"] = statistics.median(dram)
             row["roofline_tg"] = row["dram_read_gbs"] * 1e9 / per_token
-            row["tg_of_roofline"] = _ratio(row["edgert_tg"], row["roofline_tg"])
+            of = [
+                x["tg_tok_s"] / (g * 1e9 / per_token)
+                for x, g in zip(ours, dram)
+                if "killed" not in x
+            ]
+            row["tg_of_roofline"] = statistics.median(of) if of else None
         row["pp_ratio"] = _ratio(row["edgert_pp"], row["llama_pp"])
         rows.append(row)
     print(f"| threads | test | llama.cpp ({peer.name}) t/s | edgert t/s | edgert / llama.cpp |")
