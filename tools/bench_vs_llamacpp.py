@@ -236,15 +236,17 @@ def main() -> None:
         extra += ("--dram-budget", str(budget))
     rows = []
     per_token = weight_bytes_per_token(a.edgert)
+    if per_token:  # one buffer for every round's read probe
+        from edgert.kernels.bench import dram_read_gbs, probe_buffer
+
+        probe = probe_buffer()
     for threads in [int(x) for x in a.threads.split(",")]:
         ours, theirs, dram = [], [], []
         for _ in range(a.repetitions):  # interleaved: noise hits both sides alike
             theirs.append(_or_killed(run_peer, peer, threads, a.n_prompt, a.n_gen, peer_em))
             ours.append(_or_killed(run_edgert, a.edgert, threads, a.n_prompt, a.n_gen, em, extra))
             if per_token:  # the read bandwidth of this round's machine state (it moves on a VM)
-                from edgert.kernels.bench import dram_read_gbs
-
-                dram.append(dram_read_gbs(threads))
+                dram.append(dram_read_gbs(threads, buf=probe))
 
         for x in ours + theirs:
             x["cgroup_read"] = (x.get("cgroup") or {}).get("disk_read_bytes", 0)

@@ -51,7 +51,7 @@ def _read_gbs(buf: np.ndarray, threads: int) -> float:
     return buf.nbytes / (time.perf_counter() - t0) / 1e9
 
 
-def _filled(nbytes: int) -> np.ndarray:
+def probe_buffer(nbytes: int = 1 << 30) -> np.ndarray:
     """A read probe's buffer: ``nbytes`` on huge pages, like the weights (see :func:`_copies`),
     written once so every page is mapped."""
     a = aligned_buffer(nbytes, huge=True)
@@ -59,10 +59,11 @@ def _filled(nbytes: int) -> np.ndarray:
     return a
 
 
-def dram_read_gbs(threads: int, *, nbytes: int = 1 << 30, reps: int = 5) -> float:
-    """Read bandwidth: ``threads`` workers of the kernel library reading a 1 GiB buffer once with
-    wide loads (median of ``reps``; the buffer is far larger than any cache)."""
-    a = _filled(nbytes)
+def dram_read_gbs(threads: int, *, buf: np.ndarray | None = None, reps: int = 5) -> float:
+    """Read bandwidth: ``threads`` workers of the kernel library reading ``buf`` (by default a
+    new 1 GiB :func:`probe_buffer`; pass one to measure again without allocating it again) once
+    with wide loads (median of ``reps``; the buffer is far larger than any cache)."""
+    a = probe_buffer() if buf is None else buf
     return statistics.median([_read_gbs(a, threads) for _ in range(reps + 1)][1:])
 
 
@@ -190,7 +191,7 @@ def bench_kernels(
         if b not in (1, 2, 3, 4):
             raise EdgertError(f"--bits {b}: the kernels take 1-4 bits")
     rng = np.random.default_rng(0)
-    probe = _filled(PROBE_BYTES)
+    probe = probe_buffer(PROBE_BYTES)
     dram: dict[int, list[float]] = {t: [] for t in threads}
     rows = []
     med = statistics.median
