@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.artifact import ArtifactError
+from edgert.format.artifact import ArtifactError
 from edgert.errors import EdgertError
-from edgert.target import Target, load_target
+from edgert.format.target import Target, load_target
 
 log = logging.getLogger(__name__)
 
@@ -60,15 +60,15 @@ def plan_bits(
     calib_tokens: int = 64,
 ) -> tuple[dict[str, int], list]:
     """Bits for each unit (layer, or expert) — uniform, or allocated under the budget."""
-    from edgert.compiler.bitalloc import allocate, measure_sensitivity, units_for
+    from edgert.compiler.quant.bitalloc import allocate, measure_sensitivity, units_for
 
-    from edgert.kernels import quantize_hlq, quantize_uniform
+    from edgert.runtime.kernels import quantize_hlq, quantize_uniform
 
     units = units_for(model)
     if bits_budget is None:
         return {u.name: scheme.bits for u in units}, units
-    from edgert.compiler.calibrate import calibration_tokens
-    from edgert.compiler.quant import FORMAT_BITS
+    from edgert.compiler.transform.calibrate import calibration_tokens
+    from edgert.compiler.quant.scheme import FORMAT_BITS
 
     cands = tuple(b for b in FORMAT_BITS[scheme.fmt] if b >= 2)
     quant = quantize_hlq if scheme.fmt == "hlq" else quantize_uniform
@@ -95,7 +95,7 @@ def compile_model(
     moefy: tuple[int, int] | None = None,
 ) -> CompileSummary:
     """``moefy`` = (experts, top-k): split every dense FFN into that many experts with a router
-    (edgert.compiler.moefy) before quantizing; the artifact is then a mixture of experts."""
+    (edgert.compiler.transform.moefy) before quantizing; the artifact is then a mixture of experts."""
     t0 = time.perf_counter()
     tgt: Target = load_target(target)
     tgt.require_toolchain()
@@ -106,7 +106,7 @@ def compile_model(
 
     m = load_model(model)
     if moefy is not None:
-        from edgert.compiler.moefy import check_moefy
+        from edgert.compiler.transform.moefy import check_moefy
 
         check_moefy(m.config, *moefy)
         if dram is not None or sparse_ffn:
@@ -129,8 +129,8 @@ def compile_model(
     times = {"load": time.perf_counter() - t0}
     moe_record = None
     if moefy is not None:
-        from edgert.compiler.calibrate import calibration_tokens
-        from edgert.compiler.moefy import MOEFY_CALIB_TOKENS, moefy_model
+        from edgert.compiler.transform.calibrate import calibration_tokens
+        from edgert.compiler.transform.moefy import MOEFY_CALIB_TOKENS, moefy_model
 
         t = time.perf_counter()
         tokens = calibration_tokens(m, file=calib, n_tokens=MOEFY_CALIB_TOKENS)
@@ -138,9 +138,9 @@ def compile_model(
         times["split into experts"] = time.perf_counter() - t
     trace = None
     if m.config.is_moe:
-        from edgert.compiler.calibrate import calibration_tokens, routing_trace
+        from edgert.compiler.transform.calibrate import calibration_tokens, routing_trace
 
-        from edgert.experts import TRACE_PROMPT_TOKENS, TRACE_TOKENS
+        from edgert.runtime.experts import TRACE_PROMPT_TOKENS, TRACE_TOKENS
 
         t = time.perf_counter()
         n = TRACE_PROMPT_TOKENS + TRACE_TOKENS
@@ -151,8 +151,8 @@ def compile_model(
     times["plan bits"] = time.perf_counter() - t
     sparse = None
     if sparse_ffn:
-        from edgert.compiler.calibrate import calibration_tokens
-        from edgert.compiler.sparsify import calibrate
+        from edgert.compiler.transform.calibrate import calibration_tokens
+        from edgert.compiler.transform.sparsify import calibrate
 
         t = time.perf_counter()
         tokens = calibration_tokens(m, file=calib, n_tokens=SPARSE_CALIB_TOKENS)

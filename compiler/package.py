@@ -1,4 +1,4 @@
-"""Quantize, pack, lower and write: the artifact for one target (see edgert.artifact)."""
+"""Quantize, pack, lower and write: the artifact for one target (see edgert.format.artifact)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from edgert.compiler.lower import LinearSpec, build_module, compile_module
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.lower.relax import LinearSpec, build_module, compile_module
+from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.artifact import ArtifactWriter
+from edgert.format.artifact import ArtifactWriter
 from edgert.progress import Progress
-from edgert.q8 import quantize_q8
-from edgert.runtime import expert_name
-from edgert.target import Target
+from edgert.format.q8 import quantize_q8
+from edgert.runtime.engine import expert_name
+from edgert.format.target import Target
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def variant_name(fmt: str, bits: int) -> str:
 
 
 def lut_spec(m: int, k: int, fmt: str, bits: int, group: int) -> LinearSpec:
-    """The function-input layout of an (m, k) weight in a LUT format (see edgert.kernels)."""
+    """The function-input layout of an (m, k) weight in a LUT format (see edgert.runtime.kernels)."""
     tiles, groups = -(-m // 32), -(-k // group)
     scale = (tiles, groups, bits, 32) if fmt == "hlq" else (tiles, groups, 32)
     bufs = (
@@ -68,13 +68,13 @@ def write_artifact(
     """Everything after the bit plan: returns a CompileSummary. ``dram`` = (budget bytes,
     context tokens): the DRAM plan for that budget is made (an impossible budget fails the
     compile, naming the minimum) and recorded as the artifact's default budget. ``sparse``
-    (thresholds, order, calib_tokens from edgert.compiler.sparsify.calibrate): neuron bundles
+    (thresholds, order, calib_tokens from edgert.compiler.transform.sparsify.calibrate): neuron bundles
     are written too. ``moefy``: how the model's experts were split from its dense FFNs
-    (edgert.compiler.moefy), recorded in the manifest. ``trace``: a mixture's routing while it
-    decodes (edgert.compiler.calibrate.routing_trace), stored for the planner."""
+    (edgert.compiler.transform.moefy), recorded in the manifest. ``trace``: a mixture's routing while it
+    decodes (edgert.compiler.transform.calibrate.routing_trace), stored for the planner."""
     from edgert.compiler.compile import CompileSummary, _tvm_version
 
-    from edgert.kernels import build_objects, quantize_hlq, quantize_uniform
+    from edgert.runtime.kernels import build_objects, quantize_hlq, quantize_uniform
 
     c = m.config
     quant = quantize_hlq if scheme.fmt == "hlq" else quantize_uniform
@@ -152,7 +152,7 @@ def write_artifact(
         if moefy is not None:
             w.manifest["moefy"] = moefy
         if trace is not None:
-            from edgert.experts import TRACE
+            from edgert.runtime.experts import TRACE
 
             shape = list(trace["route"].shape)
             # read by the planner only, never loaded by a run
@@ -160,9 +160,9 @@ def write_artifact(
                 TRACE, trace, residency="streamed", meta={"format": "trace", "shape": shape}
             )
         if sparse is not None:
-            from edgert.compiler.sparsify import write_activity, write_bundles
+            from edgert.compiler.transform.sparsify import write_activity, write_bundles
 
-            from edgert.sparse import SPARSITIES
+            from edgert.runtime.sparse import SPARSITIES
 
             bf = write_bundles(w, m, layer_bits, scheme.group_size, sparse["order"])
             write_activity(w, sparse["levels"])
@@ -260,8 +260,8 @@ def write_artifact(
             }
         )
         if dram is not None:
-            from edgert.artifact import Artifact
-            from edgert.stream import plan_dram
+            from edgert.format.artifact import Artifact
+            from edgert.runtime.stream import plan_dram
 
             budget, ctx = dram[0], dram[1] or min(c.context_length, 4096)
             dp = plan_dram(Artifact(w.path, w.manifest), c, max_ctx=ctx, budget=budget)

@@ -16,7 +16,7 @@ os.environ.setdefault("EDGERT_NO_PROGRESS", "1")
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The real SmolLM2-135M GGUF (pulled into the cache on first use, then verified)."""
-    from edgert.hub import pull
+    from edgert.device.hub import pull
 
     return pull("smollm2-135m")
 
@@ -153,7 +153,7 @@ def make_test_onnx_models(d: Path) -> dict[str, Path]:
 
 def greedy_tokens(engine, prompts: list[str], n: int) -> list[list[int]]:
     """``n`` greedy tokens after each prompt (the engine reset before each; no stop at EOS)."""
-    from edgert.generate import Sampler, generate
+    from edgert.runtime.generate import Sampler, generate
 
     out = []
     for p in prompts:
@@ -184,10 +184,10 @@ def greedy_divergence(ref, tokenizer, prompt: str, got: list[int], want: list[in
 
 def reference_tokens(art_path, prompt: str, n: int = 16) -> list[int]:
     """Greedy tokens of the reference forward on an artifact's own (dequantized) weights."""
-    from edgert.artifact import Artifact
-    from edgert.generate import Sampler, generate
-    from edgert.reference import ReferenceEngine
-    from edgert.runtime import reference_model
+    from edgert.format.artifact import Artifact
+    from edgert.runtime.generate import Sampler, generate
+    from edgert.runtime.reference import ReferenceEngine
+    from edgert.runtime.engine import reference_model
 
     ref = ReferenceEngine(reference_model(Artifact.open(art_path)), max_ctx=64)
     return generate(ref, prompt=prompt, n_predict=n, sampler=Sampler(temp=0)).tokens
@@ -199,8 +199,9 @@ def emulated_device(tmp_path_factory):
     """``(url, env)`` of the running emulator (`edgert emulator up`), with edgert's runtime
     installed there, and a HOME for CLI subprocesses whose known_hosts trusts it (in-process
     clients trust it too, without touching ~/.config). Stopped at the end of the session."""
-    from edgert import emulator, transport_ssh
-    from edgert.deploy import ensure_runtime
+    from edgert.device import transport_ssh
+    from edgert.emulation import arm64 as emulator
+    from edgert.device.deploy import ensure_runtime
     from edgert.settings import cache_dir
 
     st = emulator.up(target="rpi5")

@@ -1,4 +1,4 @@
-"""The arm64 Debian root of the emulated device (the code lives in edgert.emulator).
+"""The arm64 Debian root of the emulated device (the code lives in edgert.emulation.arm64).
 
 python tools/arm64_root.py            # build (or reuse) the root, print its path
 python tools/arm64_root.py -- uname -m
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from edgert.emulator import _chroot, ensure_root, install_edgert, run_python  # noqa: F401
+from edgert.emulation.arm64 import _chroot, ensure_root, install_edgert, run_python  # noqa: F401
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ SHAPES = {"convnet": {"image": (1, 3, 224, 224)}, "mlp": {"x": (1, 1024)}, "atte
 def prepare(size: str, work: Path) -> list[dict]:
     """Build the models and compile them (cached in ``work`` by size)."""
     import onnx
-    from edgert.compiler.dnn import compile_onnx
+    from edgert.compiler.onnx.compile import compile_onnx
     from make_onnx_models import BUILDERS
 
     work.mkdir(parents=True, exist_ok=True)
@@ -55,7 +55,7 @@ def child(cases: list[dict], threads: int, reps: int, runs: int) -> list[dict]:
     import numpy as np
     import onnxruntime as ort
 
-    from edgert.dnn import open_dnn
+    from edgert.runtime.onnx import open_dnn
 
     out = []
     for c in cases:
@@ -153,7 +153,7 @@ def main() -> None:
                 f"{r['max_rel_err_vs_onnxruntime']:.1e}",
             )
         )
-    from edgert.bench import markdown_table
+    from edgert.measure.bench import markdown_table
 
     print("\n".join(markdown_table(rows)))
     meta = {

@@ -46,7 +46,7 @@ FTYPES = {
 
 def peer_quantize(src: Path, qtype: str) -> Path:
     """``src`` re-quantized by llama.cpp to ``qtype`` (cached next to edgert's models)."""
-    from edgert.hub import sha256_file
+    from edgert.device.hub import sha256_file
     from edgert.settings import cache_dir
 
     key = sha256_file(src)[:16]
@@ -73,7 +73,7 @@ def peer_worker(model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
 
     from llama_cpp import Llama
 
-    from edgert.bench import peak_rss_bytes
+    from edgert.measure.bench import peak_rss_bytes
 
     t0 = time.perf_counter()
     llm = Llama(
@@ -113,7 +113,7 @@ def _run(cmd: list[str], em) -> tuple[subprocess.CompletedProcess, dict | None]:
     """``cmd`` as a child, under the emulated device's limits when ``em`` is given."""
     if em is None:
         return subprocess.run(cmd, capture_output=True, text=True, check=False), None
-    from edgert.emulate import run_emulated
+    from edgert.emulation.limits import run_emulated
 
     r = run_emulated(cmd, em, capture_output=True, text=True)
     return r, em.usage.to_dict()
@@ -159,7 +159,7 @@ def run_edgert(
 def weight_bytes_per_token(art_path: str) -> int | None:
     """Bytes of weights one decode step reads: every tensor, less the embedding table when the
     head is a separate tensor (a lookup reads one row of it). None for a model file."""
-    from edgert.artifact import Artifact, ArtifactError
+    from edgert.format.artifact import Artifact, ArtifactError
 
     try:
         art = Artifact.open(art_path, verify_resident=False)
@@ -175,7 +175,7 @@ def weight_bytes_per_token(art_path: str) -> int | None:
 def _or_killed(run, *args) -> dict:
     """``run(*args)``, or ``{"killed": why}`` where the emulated device's memory limit killed it
     (the side cannot run on that device; the other side's runs go on)."""
-    from edgert.emulate import EmulationError
+    from edgert.emulation.limits import EmulationError
 
     try:
         return run(*args)
@@ -209,16 +209,16 @@ def main() -> None:
         "--edgert-args", default="", help="more `edgert bench` options, e.g. '--no-prefetch'"
     )
     a = ap.parse_args()
-    from edgert.hub import pull
+    from edgert.device.hub import pull
 
     src = Path(a.gguf) if a.gguf else pull("smollm2-135m")
     peer = peer_quantize(src, a.peer_quant) if a.peer_quant else src
     em = peer_em = None
     extra = tuple(a.edgert_args.split())
     if a.emulate:
-        from edgert.emulate import baseline_rss, emulation
-        from edgert.stream import parse_size
-        from edgert.target import load_target
+        from edgert.emulation.limits import baseline_rss, emulation
+        from edgert.runtime.stream import parse_size
+        from edgert.format.target import load_target
 
         if not a.dram_budget:
             raise SystemExit("--emulate needs --dram-budget")
@@ -226,7 +226,7 @@ def main() -> None:
         slack = 16 << 20
         em = emulation(  # edgert's runtime: numpy + the TVM runtime + the kernels
             tgt, budget=budget, model_path=a.edgert,
-            overhead=baseline_rss("import edgert.runtime, edgert.stream, tvm") + slack,
+            overhead=baseline_rss("import edgert.runtime.engine, edgert.runtime.stream, tvm") + slack,
         )  # fmt: skip
         peer_em = emulation(
             tgt, budget=budget, model_path=peer, overhead=baseline_rss("import llama_cpp") + slack
@@ -237,7 +237,7 @@ def main() -> None:
     rows = []
     per_token = weight_bytes_per_token(a.edgert)
     if per_token:  # one buffer for every round's read probe
-        from edgert.kernels.bench import dram_read_gbs, probe_buffer
+        from edgert.measure.kernels import dram_read_gbs, probe_buffer
 
         probe = probe_buffer()
     for threads in [int(x) for x in a.threads.split(",")]:

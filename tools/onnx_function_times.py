@@ -28,18 +28,18 @@ def main() -> None:
     import tvm
     import tvm.relax.backend.cpu_generic.pipeline as cg
     import tvm.s_tir.dlight as dl
-    from edgert.compiler.dnn import fuse_dequantize_matmul
-    from edgert.compiler.frontends.onnx import (
+    from edgert.compiler.onnx.compile import fuse_dequantize_matmul
+    from edgert.compiler.onnx.frontend import (
         fold_batch_norms,
         load_onnx,
         parse_input_shapes,
         quantize_weights_int8,
         to_relax,
     )
-    from edgert.compiler.schedule import default_cpu_rules
+    from edgert.compiler.lower.schedule import default_cpu_rules
     from tvm import relax
 
-    from edgert.target import load_target
+    from edgert.format.target import load_target
 
     m = load_onnx(a.model, input_shapes=parse_input_shapes(a.input_shape))
     fold_batch_norms(m)

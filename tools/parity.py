@@ -37,7 +37,7 @@ def _llama(path: str, ctx: int, threads: int, f32_kv: bool = False):
 
 
 def _nll(logits: np.ndarray, chunk: list[int], first: int) -> np.ndarray:
-    from edgert.perplexity import log_softmax
+    from edgert.runtime.perplexity import log_softmax
 
     lp = log_softmax(logits[first:-1])
     tgt = np.asarray(chunk[first + 1 :])
@@ -68,7 +68,7 @@ def compare(
 ) -> dict:
     from edgert.compiler.frontends import load_model
 
-    from edgert.reference import ReferenceEngine
+    from edgert.runtime.reference import ReferenceEngine
 
     m = load_model(model)
     m.materialize(progress=False)
@@ -137,7 +137,7 @@ def main() -> None:
     ap.add_argument("--f32", action="store_true", help="also compare on an F32 conversion")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
-    from edgert.hub import pull
+    from edgert.device.hub import pull
 
     model = Path(a.model) if a.model else pull("smollm2-135m")
     text = Path(a.text).read_text()

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from edgert.compiler.compile import compile_model
 from edgert.compiler.frontends import load_model
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.artifact import Artifact
-from edgert.hub import pull
-from edgert.perplexity import perplexity
-from edgert.reference import ReferenceEngine
-from edgert.runtime import open_artifact_engine, reference_model
+from edgert.format.artifact import Artifact
+from edgert.device.hub import pull
+from edgert.runtime.perplexity import perplexity
+from edgert.runtime.reference import ReferenceEngine
+from edgert.runtime.engine import open_artifact_engine, reference_model
 
 TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpl-3.0.txt"
 VARIANTS = [

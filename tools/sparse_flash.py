@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
-from edgert.runtime import open_artifact_engine
-from edgert.stream import parse_size
+from edgert.runtime.engine import open_artifact_engine
+from edgert.runtime.stream import parse_size
 
 
 def measure(art, tokens, *, sparsity, window, budget, warm, gap):
@@ -70,7 +70,7 @@ def main() -> None:
     )  # fmt: skip
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
-    from edgert.artifact import Artifact
+    from edgert.format.artifact import Artifact
 
     tok = Artifact.open(args.artifact, verify_resident=False).tokenizer()
     tokens = tok.encode(Path(args.file).read_text(encoding="utf-8"))[: args.warm + args.n]

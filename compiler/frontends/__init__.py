@@ -1,11 +1,11 @@
-"""Model frontends: a file or directory in, an :class:`edgert.model.ModelGraph` out."""
+"""Model frontends: a file or directory in, an :class:`edgert.format.model.ModelGraph` out."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from edgert.errors import EdgertError
-from edgert.model import ModelGraph
+from edgert.format.model import ModelGraph
 
 
 def load_model(path: str | Path) -> ModelGraph:

@@ -10,7 +10,7 @@ import numpy as np
 from edgert.compiler.frontends.archs import GGUF_ARCHS
 
 from edgert.errors import ModelFormatError, UnsupportedError
-from edgert.model import ModelConfig, ModelGraph, TensorInfo
+from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from edgert.errors import UnsupportedError
-from edgert.tokenizer import Tokenizer, TokenizerMeta
+from edgert.runtime.tokenizer import Tokenizer, TokenizerMeta
 
 log = logging.getLogger(__name__)
 

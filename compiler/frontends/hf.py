@@ -18,8 +18,8 @@ from edgert.compiler.frontends.archs import GGUF_ARCHS, HF_MODEL_TYPES, supporte
 from edgert.compiler.frontends.safetensors import SafetensorsFile
 
 from edgert.errors import ModelFormatError, UnsupportedError
-from edgert.model import ModelConfig, ModelGraph, TensorInfo
-from edgert.tokenizer import Tokenizer, TokenizerMeta
+from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
+from edgert.runtime.tokenizer import Tokenizer, TokenizerMeta
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from edgert.agent import serve_serial, serve_stdio
+    from edgert.device.agent import serve_serial, serve_stdio
     from edgert.errors import EdgertError
 
     root = Path(args.root).expanduser() if args.root else None

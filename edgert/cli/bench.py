@@ -58,13 +58,13 @@ def run(args) -> int:
     ):
         raise EdgertError("-t, -r must be >= 1 and -p, -n >= 0")
     set_threads(threads)  # before numpy / TVM start their pools
-    from edgert.dnn import is_dnn_artifact
+    from edgert.runtime.onnx import is_dnn_artifact
 
     if is_dnn_artifact(args.model):
         if args.emulate or args.dram_budget:
             raise EdgertError("--emulate and --dram-budget apply to language models")
         return _bench_dnn(args, threads)
-    from edgert.bench import bench_model, table
+    from edgert.measure.bench import bench_model, table
     from edgert.cli.common import dram_budget, expert_options, print_json, resolve_model
 
     path = resolve_model(args.model)
@@ -83,7 +83,7 @@ def run(args) -> int:
         )
         plan = getattr(engine, "dram_plan", None)
         if plan is not None:  # layer, expert and sparse plans
-            from edgert.bench import predict
+            from edgert.measure.bench import predict
 
             predict(r, plan, _figures(args, engine, threads))
     if args.json:
@@ -115,8 +115,8 @@ def _flash_figures(args) -> tuple[str, float, float] | None:
 def _figures(args, engine, threads: int):
     """This machine's figures (targets/host.toml) with its flash measured on the model's disk,
     or as --flash-figures gives them."""
-    from edgert.costmodel import DeviceFigures
-    from edgert.target import load_target
+    from edgert.plan.cost import DeviceFigures
+    from edgert.format.target import load_target
 
     fig = DeviceFigures.from_target(load_target("host"), threads=threads)
     flash = _flash_figures(args)
@@ -125,7 +125,7 @@ def _figures(args, engine, threads: int):
     streams = engine.streamer or engine.expert_cache or engine.neurons
     if streams is None:
         return fig
-    from edgert.emulate import measure_flash
+    from edgert.emulation.limits import measure_flash
 
     mbs, lat = measure_flash(streams.reader.path)
     return fig.with_flash("host", mbs, lat)
@@ -136,11 +136,11 @@ def _bench_emulated(args, path, threads: int):
     import json
     import sys
 
-    from edgert.bench import BenchResult
+    from edgert.measure.bench import BenchResult
     from edgert.cli.common import dram_budget
-    from edgert.emulate import emulation, measure_flash, run_emulated
+    from edgert.emulation.limits import emulation, measure_flash, run_emulated
     from edgert.errors import EdgertError
-    from edgert.target import load_target
+    from edgert.format.target import load_target
 
     if not (path.is_dir() and (path / "manifest.json").exists()):
         raise EdgertError("--emulate benchmarks compiled artifacts", "compile the model first")
@@ -174,7 +174,7 @@ def _bench_emulated(args, path, threads: int):
 
 def _bench_dnn(args, threads: int) -> int:
     from edgert.cli.common import print_json
-    from edgert.dnn import bench_dnn
+    from edgert.runtime.onnx import bench_dnn
 
     r = bench_dnn(args.model, threads=threads, runs=args.repetitions or 50, warmup=args.warmup)
     if args.json:

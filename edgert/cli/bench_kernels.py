@@ -26,7 +26,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from edgert.cli.common import print_json
     from edgert.errors import EdgertError
-    from edgert.kernels.bench import bench_kernels, table
+    from edgert.measure.kernels import bench_kernels, table
 
     try:
         bits = [int(b) for b in args.bits.split(",")]

@@ -13,7 +13,7 @@ def resolve_model(arg: str) -> Path:
     p = Path(arg).expanduser()
     if p.exists():
         return p
-    from edgert.hub import KNOWN_MODELS, pull
+    from edgert.device.hub import KNOWN_MODELS, pull
 
     if arg in KNOWN_MODELS or arg.startswith("hf:"):
         return pull(arg)
@@ -69,7 +69,7 @@ def ffn_options(args) -> dict | None:
 
 def add_expert_options(p) -> None:
     """How a mixture of experts under --dram-budget caches and reads ahead its experts."""
-    from edgert.experts import POLICIES, PREDICTORS
+    from edgert.runtime.experts import POLICIES, PREDICTORS
 
     p.add_argument(
         "--expert-cache", choices=POLICIES, default="lru",
@@ -95,7 +95,7 @@ def expert_options(args) -> dict:
 
 
 def dram_budget(args) -> int | None:
-    from edgert.stream import parse_size
+    from edgert.runtime.stream import parse_size
 
     if args.dram_budget is None:
         return None

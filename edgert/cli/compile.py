@@ -71,9 +71,9 @@ def run(args) -> int:
 
     from edgert.cli.common import resolve_model
     from edgert.compiler.compile import compile_model
-    from edgert.compiler.quant import QuantScheme
+    from edgert.compiler.quant.scheme import QuantScheme
     from edgert.errors import EdgertError
-    from edgert.target import load_target
+    from edgert.format.target import load_target
 
     if Path(args.model).suffix.lower() == ".onnx":
         if args.dram_budget or args.ctx or args.sparse_ffn or args.moefy:
@@ -90,7 +90,7 @@ def run(args) -> int:
         raise EdgertError("--ctx goes with --dram-budget and must be >= 1")
     moefy = None
     if args.moefy:
-        from edgert.compiler.moefy import parse_moefy
+        from edgert.compiler.transform.moefy import parse_moefy
 
         moefy = parse_moefy(args.moefy)
     scheme = QuantScheme(args.format, 4 if args.bits is None else args.bits, args.group_size)
@@ -139,9 +139,9 @@ def _compile_onnx(args) -> int:
             "--bits-budget, --calib and --format apply to language models only",
             "for ONNX models use --bits 8 (int8 weights) or leave it out (float32)",
         )
-    from edgert.compiler.dnn import compile_onnx
-    from edgert.compiler.frontends.onnx import parse_input_shapes
-    from edgert.target import load_target
+    from edgert.compiler.onnx.compile import compile_onnx
+    from edgert.compiler.onnx.frontend import parse_input_shapes
+    from edgert.format.target import load_target
 
     shapes = parse_input_shapes(args.input_shape)
     tgt = load_target(args.target)

@@ -20,17 +20,17 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
-    from edgert.artifact import Artifact
+    from edgert.format.artifact import Artifact
     from edgert.cli.common import print_json
-    from edgert.deploy import deploy
-    from edgert.device import Device
+    from edgert.device.deploy import deploy
+    from edgert.device.client import Device
 
     Artifact.open(args.artifact)  # a corrupt artifact is refused before the device is touched
     progress = None if not args.json else False
     dev = Device(args.device, accept_new_host_key=args.accept_new_host_key)
     runtime = None
     if hasattr(dev.transport, "exec"):  # SSH: install or update edgert on the device first
-        from edgert.deploy import ensure_runtime
+        from edgert.device.deploy import ensure_runtime
 
         runtime = ensure_runtime(dev.transport, progress=progress)
     with dev:

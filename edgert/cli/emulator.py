@@ -18,12 +18,12 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
-    from edgert import emulator
+    from edgert.emulation import arm64 as emulator
     from edgert.cli.common import print_json
 
     if args.action == "up":
         st = emulator.up(target=args.target, port=args.port)
-        from edgert.transport_ssh import trust_host_key
+        from edgert.device.transport_ssh import trust_host_key
 
         trust_host_key(st["host_key"])
         if args.serial:

@@ -18,7 +18,7 @@ def inspect_artifact(
     """What `edgert inspect` shows, as a dict (no checksum verification: it only reads).
     Dense models: the DRAM plan for ``dram_budget`` (default: the compiled one) at ``ctx`` and
     the cost model's decode prediction on the artifact's target."""
-    from edgert.artifact import Artifact
+    from edgert.format.artifact import Artifact
 
     art = Artifact.open(path, verify_resident=False)
     m = art.manifest
@@ -57,7 +57,7 @@ def inspect_artifact(
         "tensors": len(art.tensors),
     }
     try:
-        from edgert.target import load_target
+        from edgert.format.target import load_target
 
         t = load_target(art.target["name"])
         per_token = by_res["resident"]  # what a dense step reads (bundles only with --sparsity)
@@ -72,17 +72,17 @@ def inspect_artifact(
     cfg = art.config()
     compiled = m.get("dram") or {}
     ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
-    from edgert.costmodel import DeviceFigures, predict_decode
-    from edgert.stream import target_chunk
+    from edgert.plan.cost import DeviceFigures, predict_decode
+    from edgert.runtime.stream import target_chunk
 
     plan = None
     if cfg.is_moe and dram_budget:
-        from edgert.experts import plan_moe
+        from edgert.runtime.experts import plan_moe
 
         plan = plan_moe(art, cfg, max_ctx=ctx, budget=dram_budget, chunk=target_chunk(art))
         info["dram"] = {**plan.to_dict(), "compiled": False}
     if not cfg.is_moe:
-        from edgert.stream import plan_dram
+        from edgert.runtime.stream import plan_dram
 
         if dram_budget is None:
             dram_budget = compiled.get("budget")
@@ -100,7 +100,7 @@ def inspect_artifact(
     if m.get("moefy"):
         info["moefy"] = m["moefy"]
     if sparsity is not None:
-        from edgert.sparse import plan_sparse
+        from edgert.runtime.sparse import plan_sparse
 
         sparse = plan_sparse(art, cfg, max_ctx=ctx, budget=dram_budget or None, sparsity=sparsity)
         info["sparse_plan"] = sparse.to_dict()
@@ -132,7 +132,7 @@ def _inspect_dnn(art) -> dict:
 
 
 def _print_dnn(info: dict) -> None:
-    from edgert.dnn import TensorSpec, format_bytes
+    from edgert.runtime.onnx import TensorSpec, format_bytes
 
     t = info["target"]
     print(

@@ -18,9 +18,9 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from edgert.cli.common import dram_budget, ffn_options, print_json, resolve_model
-    from edgert.engine import open_engine
+    from edgert.runtime.open import open_engine
     from edgert.errors import EdgertError
-    from edgert.perplexity import perplexity
+    from edgert.runtime.perplexity import perplexity
     from edgert.progress import Progress
 
     path = Path(args.file).expanduser()

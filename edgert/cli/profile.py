@@ -29,9 +29,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from edgert.cli.common import print_json
-    from edgert.deploy import artifact_name
+    from edgert.device.deploy import artifact_name
     from edgert.errors import EdgertError
-    from edgert.profile import headline, html_report
+    from edgert.measure.profile import headline, html_report
 
     if not (Path(args.artifact) / "manifest.json").exists():
         raise EdgertError(f"no artifact at {args.artifact}", "compile one with `edgert compile`")
@@ -39,7 +39,7 @@ def run(args) -> int:
     if args.threads:
         opts["threads"] = args.threads
     if args.device:
-        from edgert.device import Device
+        from edgert.device.client import Device
 
         devices = [d.strip() for d in args.device.split(",") if d.strip()]
 
@@ -51,8 +51,8 @@ def run(args) -> int:
         with ThreadPoolExecutor(len(devices)) as ex:
             profiles = dict(zip(devices, ex.map(one, devices)))
     else:
-        from edgert.agent import device_info
-        from edgert.profile import profile_artifact
+        from edgert.device.agent import device_info
+        from edgert.measure.profile import profile_artifact
         from edgert.settings import default_threads, set_threads
 
         threads = args.threads or default_threads()

@@ -11,7 +11,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from edgert.cli.common import print_json
-    from edgert.hub import pull
+    from edgert.device.hub import pull
 
     path = pull(args.name, force=args.force)
     if args.json:

@@ -43,7 +43,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from edgert.dnn import is_dnn_artifact
+    from edgert.runtime.onnx import is_dnn_artifact
     from edgert.errors import EdgertError
     from edgert.settings import default_threads, set_threads
 
@@ -76,8 +76,8 @@ def _check_args(args, dnn: bool) -> None:
     if not dnn and args.prompt is None:
         raise EdgertError("a language model needs a prompt", "pass -p TEXT")
     if dnn and not args.input:
-        from edgert.artifact import Artifact
-        from edgert.dnn import TensorSpec
+        from edgert.format.artifact import Artifact
+        from edgert.runtime.onnx import TensorSpec
 
         g = Artifact.open(args.artifact, verify_resident=False).manifest["graph"]
         wanted = ", ".join(TensorSpec.from_dict(d).describe() for d in g["inputs"])
@@ -91,8 +91,8 @@ def _run_remote(args, *, dnn: bool) -> int:
     import numpy as np
 
     from edgert.cli.common import print_json
-    from edgert.deploy import artifact_name
-    from edgert.device import Device, DeviceError
+    from edgert.device.deploy import artifact_name
+    from edgert.device.client import Device, DeviceError
 
     name = artifact_name(args.artifact)
     with Device(args.device, accept_new_host_key=args.accept_new_host_key) as dev:
@@ -114,8 +114,8 @@ def _run_remote(args, *, dnn: bool) -> int:
             )
         dev.call("artifact.load", {k: v for k, v in load.items() if v is not None})
         if dnn:
-            from edgert.artifact import Artifact
-            from edgert.dnn import TensorSpec, load_inputs, save_outputs
+            from edgert.format.artifact import Artifact
+            from edgert.runtime.onnx import TensorSpec, load_inputs, save_outputs
 
             g = Artifact.open(args.artifact, verify_resident=False).manifest["graph"]
             feeds = load_inputs(args.input or [], [TensorSpec.from_dict(d) for d in g["inputs"]])
@@ -159,7 +159,7 @@ def _run_remote(args, *, dnn: bool) -> int:
 def _run_dnn(args) -> int:
     import time
 
-    from edgert.dnn import load_inputs, open_dnn, save_outputs
+    from edgert.runtime.onnx import load_inputs, open_dnn, save_outputs
 
     t0 = time.perf_counter()
     eng = open_dnn(args.artifact)
@@ -213,8 +213,8 @@ def _print_outputs(args, outs: dict, saved: str | None, *, load_s, run_ms: float
 def _run_llm(args) -> int:
     from edgert.cli.common import dram_budget, expert_options, ffn_options
     from edgert.cli.generate import report
-    from edgert.generate import Sampler, generate
-    from edgert.runtime import open_artifact_engine
+    from edgert.runtime.generate import Sampler, generate
+    from edgert.runtime.engine import open_artifact_engine
 
     engine = open_artifact_engine(
         args.artifact,

@@ -9,7 +9,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from edgert.cli.common import print_json
-    from edgert.target import list_targets
+    from edgert.format.target import list_targets
 
     targets = list_targets()
     if args.json:

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 from conftest import compile_synthetic, greedy_divergence
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.artifact import Artifact, ArtifactError
-from edgert.generate import Sampler, generate
-from edgert.reference import ReferenceEngine
-from edgert.runtime import open_artifact_engine, reference_model
+from edgert.format.artifact import Artifact, ArtifactError
+from edgert.runtime.generate import Sampler, generate
+from edgert.runtime.reference import ReferenceEngine
+from edgert.runtime.engine import open_artifact_engine, reference_model
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
 
@@ -71,7 +71,7 @@ def test_decode_fast_path_equals_compiled_functions(artifacts, arch):
 
 @pytest.mark.parametrize("arch", ["llama", "olmoe"])
 def test_perplexity_through_runtime_within_half_percent(artifacts, arch):
-    from edgert.perplexity import perplexity
+    from edgert.runtime.perplexity import perplexity
 
     path = artifacts[arch].out
     eng = open_artifact_engine(path, max_ctx=64)

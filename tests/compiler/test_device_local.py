@@ -8,15 +8,15 @@ import numpy as np
 import onnx
 import pytest
 from conftest import SMALL_MODEL, compile_synthetic, run_cli
-from edgert.compiler.dnn import compile_onnx
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.onnx.compile import compile_onnx
+from edgert.compiler.quant.scheme import QuantScheme
 from make_onnx_models import mlp
 
-from edgert.deploy import deploy
-from edgert.device import Device, DeviceError
-from edgert.dnn import open_dnn
-from edgert.generate import Sampler, generate
-from edgert.runtime import open_artifact_engine
+from edgert.device.deploy import deploy
+from edgert.device.client import Device, DeviceError
+from edgert.runtime.onnx import open_dnn
+from edgert.runtime.generate import Sampler, generate
+from edgert.runtime.engine import open_artifact_engine
 
 assert SMALL_MODEL  # the synthetic models are the conftest's small shapes
 

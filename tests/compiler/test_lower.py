@@ -3,11 +3,11 @@ architecture, through prefill and incremental decode with the KV cache."""
 
 import numpy as np
 import pytest
-from edgert.compiler.lower import build_module, compile_module, f32_linears
+from edgert.compiler.lower.relax import build_module, compile_module, f32_linears
 from test_reference_archs import CONFIGS, random_model
 
-from edgert.reference import ReferenceEngine
-from edgert.runtime import CompiledEngine, ModelGraphSource
+from edgert.runtime.reference import ReferenceEngine
+from edgert.runtime.engine import CompiledEngine, ModelGraphSource
 
 LOGIT_TOL = 1e-4  # max abs, float32 on both sides, different summation order
 

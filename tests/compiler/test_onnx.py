@@ -21,8 +21,8 @@ from conftest import (
     rel_err,
     run_cli,
 )
-from edgert.compiler.dnn import compile_onnx, fuse_dequantize_matmul
-from edgert.compiler.frontends.onnx import (
+from edgert.compiler.onnx.compile import compile_onnx, fuse_dequantize_matmul
+from edgert.compiler.onnx.frontend import (
     fold_batch_norms,
     load_onnx,
     parse_input_shapes,
@@ -30,7 +30,7 @@ from edgert.compiler.frontends.onnx import (
     to_relax,
 )
 
-from edgert.dnn import load_inputs, open_dnn, save_outputs
+from edgert.runtime.onnx import load_inputs, open_dnn, save_outputs
 from edgert.errors import EdgertError
 
 
@@ -215,7 +215,7 @@ def test_engine_checks_inputs(compiled):
 
 
 def test_io_files(tmp_path):
-    from edgert.dnn import TensorSpec
+    from edgert.runtime.onnx import TensorSpec
 
     one = [TensorSpec("x", (2,), "float32")]
     np.save(tmp_path / "a.npy", np.ones(2, np.float32))

@@ -6,9 +6,9 @@ from html.parser import HTMLParser
 
 import pytest
 from conftest import compile_synthetic, run_cli
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.profile import headline
+from edgert.measure.profile import headline
 
 
 @pytest.fixture(scope="module")

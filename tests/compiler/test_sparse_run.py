@@ -12,16 +12,16 @@ import sys
 import numpy as np
 import pytest
 from conftest import SMALL_MODEL, greedy_tokens, run_cli
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.artifact import Artifact, ArtifactError
+from edgert.format.artifact import Artifact, ArtifactError
 from edgert.errors import EdgertError
-from edgert.experts import TRACE_TOKENS, TRACE_WARMUP
-from edgert.kernels import build_shared
-from edgert.native import _Sparse
-from edgert.reference import ReferenceEngine, silu
-from edgert.runtime import open_artifact_engine, reference_model
-from edgert.sparse import (
+from edgert.runtime.experts import TRACE_TOKENS, TRACE_WARMUP
+from edgert.runtime.kernels import build_shared
+from edgert.runtime.forward import _Sparse
+from edgert.runtime.reference import ReferenceEngine, silu
+from edgert.runtime.engine import open_artifact_engine, reference_model
+from edgert.runtime.sparse import (
     ACTIVITY,
     SPARSITIES,
     BundleFormat,

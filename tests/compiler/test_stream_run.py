@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import SMALL_MODEL, greedy_tokens
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.artifact import ArtifactError
+from edgert.format.artifact import ArtifactError
 from edgert.errors import EdgertError
-from edgert.runtime import open_artifact_engine
-from edgert.stream import BUDGET_BATCH, FlashError, FlashReader, layer_spans, plan_dram
+from edgert.runtime.engine import open_artifact_engine
+from edgert.runtime.stream import BUDGET_BATCH, FlashError, FlashReader, layer_spans, plan_dram
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
 CTX = 10_240
@@ -47,7 +47,7 @@ def tokens(engine, n=32):
 
 
 def budgets(path, max_ctx):
-    from edgert.artifact import Artifact
+    from edgert.format.artifact import Artifact
 
     a = Artifact.open(path)
     # under a budget the scratch is sized for BUDGET_BATCH-token calls
@@ -117,7 +117,7 @@ def test_transient_read_errors_are_retried(art, monkeypatch):
 
 
 def test_unreadable_chunk_is_an_error_not_wrong_tokens(art, monkeypatch):
-    from edgert.artifact import Artifact
+    from edgert.format.artifact import Artifact
 
     lo, _, _ = budgets(art, 64)
     eng = open_artifact_engine(art, max_ctx=64, dram_budget=lo)
@@ -136,7 +136,7 @@ def test_unreadable_chunk_is_an_error_not_wrong_tokens(art, monkeypatch):
 
 
 def test_corrupt_streamed_layer_fails_its_checksum(art, tmp_path):
-    from edgert.artifact import Artifact
+    from edgert.format.artifact import Artifact
 
     copy = tmp_path / "c.edgert"
     shutil.copytree(art, copy)
@@ -160,7 +160,7 @@ def test_flash_reader_short_reads_and_truncation(tmp_path):
     data = np.random.default_rng(0).integers(0, 255, 5 * 4096, dtype=np.uint8)
     f = tmp_path / "w.bin"
     f.write_bytes(data.tobytes())
-    from edgert.stream import aligned_buffer
+    from edgert.runtime.stream import aligned_buffer
 
     class Short(FlashReader):
         def _pread(self, view, offset):  # at most 1000 bytes per call
@@ -177,9 +177,9 @@ def test_flash_reader_short_reads_and_truncation(tmp_path):
 
 SOAK = """
 import json, sys
-from edgert.generate import Sampler, generate
-from edgert.runtime import open_artifact_engine
-from edgert.bench import peak_rss_bytes, rss_bytes  # VmHWM: ru_maxrss carries pytest's peak
+from edgert.runtime.generate import Sampler, generate
+from edgert.runtime.engine import open_artifact_engine
+from edgert.measure.bench import peak_rss_bytes, rss_bytes  # VmHWM: ru_maxrss carries pytest's peak
 path, budget, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 import tvm  # the runtime's own footprint belongs to the baseline
 base = rss_bytes()
@@ -244,7 +244,7 @@ def test_compiled_budget_is_the_default(art, tmp_path):
 def test_bench_under_an_emulated_device(art):
     from conftest import run_cli
 
-    from edgert.emulate import PROCESS_OVERHEAD
+    from edgert.emulation.limits import PROCESS_OVERHEAD
 
     n_prompt, n_gen = 8, 16
     _, mid, _ = budgets(art, n_prompt + n_gen + 16)  # bench's context
@@ -276,7 +276,7 @@ def test_bench_under_an_emulated_device(art):
 
 
 def test_emulated_memory_limit_is_enforced(tmp_path):
-    from edgert.emulate import Emulation, EmulationError, block_device, run_emulated
+    from edgert.emulation.limits import Emulation, EmulationError, block_device, run_emulated
 
     em = Emulation("t", 96 << 20, 96 << 20, 0, 450_000_000, block_device(tmp_path))
     grab = "import numpy as np; a = np.ones(512 << 20, np.uint8); print(a.sum())"
@@ -288,8 +288,8 @@ def test_emulated_memory_limit_is_enforced(tmp_path):
 
 
 def test_emulation_unavailable_is_a_clear_error(monkeypatch, tmp_path):
-    import edgert.emulate as emu
-    from edgert.target import load_target
+    import edgert.emulation.limits as emu
+    from edgert.format.target import load_target
 
     monkeypatch.setattr(emu, "MEMORY_ROOT", tmp_path / "nowhere")
     with pytest.raises(emu.EmulationError, match="cgroup v1 memory controller is not mounted"):
@@ -316,8 +316,8 @@ def moe_art(tmp_path_factory):
 
 
 def moe_budgets(path, max_ctx=64):
-    from edgert.artifact import Artifact
-    from edgert.experts import plan_moe
+    from edgert.format.artifact import Artifact
+    from edgert.runtime.experts import plan_moe
 
     a = Artifact.open(path)
     p = plan_moe(a, a.config(), max_ctx=max_ctx, budget=None, n_batch=BUDGET_BATCH)
@@ -369,11 +369,11 @@ def test_routing_trace_is_how_the_model_routes_while_decoding():
     """Per decode step and layer, the trace's router logits pick the experts the reference
     forward uses (the same counts per expert over the text fed one token per step); the next
     layer's guess is recorded for every layer but the last."""
-    from edgert.compiler.calibrate import routing_trace
+    from edgert.compiler.transform.calibrate import routing_trace
     from test_reference_archs import CONFIGS as ARCHS
     from test_reference_archs import random_model
 
-    from edgert.reference import ReferenceEngine, route
+    from edgert.runtime.reference import ReferenceEngine, route
 
     for name in ("mixtral", "olmoe"):
         m = random_model(ARCHS[name], seed=2)
@@ -396,8 +396,8 @@ def test_moe_plan_replays_the_compiled_routing_trace(moe_art):
     """The compiler records how the mixture routes while decoding; the planner replays it
     through the cache's policy: without reading ahead every miss is one read, reading ahead
     adds its reads, and a budget that caches every expert reads nothing."""
-    from edgert.artifact import Artifact
-    from edgert.experts import TRACE, TRACE_TOKENS, TRACE_WARMUP, plan_moe
+    from edgert.format.artifact import Artifact
+    from edgert.runtime.experts import TRACE, TRACE_TOKENS, TRACE_WARMUP, plan_moe
 
     a = Artifact.open(moe_art)
     c = a.config()
@@ -449,8 +449,8 @@ def test_moe_long_prompt_in_budget_sized_calls(moe_art):
 
 
 def test_moe_budget_below_minimum_and_unreadable_expert(moe_art, monkeypatch):
-    from edgert.artifact import Artifact
-    from edgert.experts import expert_spans
+    from edgert.format.artifact import Artifact
+    from edgert.runtime.experts import expert_spans
 
     lo, quarter, _ = moe_budgets(moe_art)
     with pytest.raises(EdgertError, match=r"below the minimum .*this layer's and the next's"):

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from arm64_root import ensure_root, run_python
 from conftest import compile_synthetic, greedy_divergence
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.artifact import Artifact
-from edgert.generate import Sampler, generate
-from edgert.reference import ReferenceEngine, rms_norm, rope_tables
-from edgert.runtime import reference_model
+from edgert.format.artifact import Artifact
+from edgert.runtime.generate import Sampler, generate
+from edgert.runtime.reference import ReferenceEngine, rms_norm, rope_tables
+from edgert.runtime.engine import reference_model
 
 pytestmark = pytest.mark.device
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
@@ -26,9 +26,9 @@ LOGIT_TOL = 1e-2
 DEVICE_SCRIPT = r"""
 import json, platform
 import numpy as np
-from edgert.generate import Sampler, generate
-from edgert.reference import rope_tables
-from edgert.runtime import open_artifact_engine
+from edgert.runtime.generate import Sampler, generate
+from edgert.runtime.reference import rope_tables
+from edgert.runtime.engine import open_artifact_engine
 out = {"machine": platform.machine()}
 prompts = json.load(open("/tmp/prompts.json"))
 for name in json.load(open("/tmp/names.json")):

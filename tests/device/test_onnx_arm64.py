@@ -18,8 +18,8 @@ from conftest import (
     ort_run,
     rel_err,
 )
-from edgert.compiler.dnn import compile_onnx
-from edgert.compiler.frontends.onnx import load_onnx, quantize_weights_int8
+from edgert.compiler.onnx.compile import compile_onnx
+from edgert.compiler.onnx.frontend import load_onnx, quantize_weights_int8
 
 pytestmark = pytest.mark.device
 
@@ -38,7 +38,7 @@ ARM_F32_TOL = 10 * F32_TOL
 DEVICE_SCRIPT = r"""
 import json, platform, sys
 import numpy as np
-from edgert.dnn import open_dnn
+from edgert.runtime.onnx import open_dnn
 assert "onnx" not in sys.modules
 out = {"machine": platform.machine()}
 for name in json.load(open("/tmp/onnx_cases.json")):

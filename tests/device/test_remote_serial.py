@@ -12,11 +12,11 @@ import tty
 
 import pytest
 from conftest import compile_synthetic, reference_tokens, run_cli
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert import emulator
-from edgert.deploy import deploy
-from edgert.device import Device
+from edgert.emulation import arm64 as emulator
+from edgert.device.deploy import deploy
+from edgert.device.client import Device
 
 pytestmark = pytest.mark.device
 #: byte offsets flipped on the line, host -> device and device -> host

@@ -9,13 +9,13 @@ import os
 import numpy as np
 import pytest
 from conftest import compile_synthetic, reference_tokens, run_cli
-from edgert.compiler.quant import QuantScheme
+from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert import emulator
-from edgert.deploy import deploy
-from edgert.device import Device
+from edgert.emulation import arm64 as emulator
+from edgert.device.deploy import deploy
+from edgert.device.client import Device
 from edgert.errors import EdgertError
-from edgert.transport_ssh import SSHTransport
+from edgert.device.transport_ssh import SSHTransport
 
 pytestmark = pytest.mark.device
 PROMPTS = ["the cat sat on", "a b c d e"]
@@ -48,8 +48,8 @@ def test_deploy_and_run_over_ssh(device, arts):
         info = dev.call("device.info")[0]["info"]
         assert info["machine"] == "aarch64"
     # within a DRAM budget on the device: layers stream from its flash, same tokens
-    from edgert.artifact import Artifact
-    from edgert.stream import BUDGET_BATCH, plan_dram
+    from edgert.format.artifact import Artifact
+    from edgert.runtime.stream import BUDGET_BATCH, plan_dram
 
     a = Artifact.open(arts[0])
     lo = plan_dram(a, a.config(), max_ctx=64, budget=None, n_batch=BUDGET_BATCH).minimum
@@ -70,8 +70,8 @@ def test_sparse_ffn_on_the_device(device, tmp_path_factory):
     """--sparsity on the device: bundles read from its flash (NEON bundle kernel) into a window
     cache that fits the budget, the activity trace replayed by its planner; the cache's size
     never changes the tokens."""
-    from edgert.artifact import Artifact
-    from edgert.sparse import plan_sparse
+    from edgert.format.artifact import Artifact
+    from edgert.runtime.sparse import plan_sparse
 
     url, env = device
     d = tmp_path_factory.mktemp("ssh-sparse")

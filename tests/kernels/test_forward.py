@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from edgert.errors import EdgertError
-from edgert.kernels import build_shared
-from edgert.model import ModelConfig, ModelGraph, TensorInfo
-from edgert.native import NativeForward
-from edgert.reference import ReferenceEngine, rope_tables
-from edgert.runtime import ModelGraphSource
+from edgert.runtime.kernels import build_shared
+from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
+from edgert.runtime.forward import NativeForward
+from edgert.runtime.reference import ReferenceEngine, rope_tables
+from edgert.runtime.engine import ModelGraphSource
 
 REL_TOL = 1e-4  # max |native - reference| / max |reference|, float32 on both sides
 
@@ -149,7 +149,7 @@ class ListCache:
     does, without flash)."""
 
     def __init__(self, nf, src, fail_layer=None):
-        from edgert.experts import expert_tensors
+        from edgert.runtime.experts import expert_tensors
 
         self.nf, self.src, self.fail_layer, self.error = nf, src, fail_layer, None
         self.names, self.asked = expert_tensors, []

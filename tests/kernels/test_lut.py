@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from edgert.errors import EdgertError
-from edgert.kernels import (
+from edgert.runtime.kernels import (
     gemm,
     gemv,
     gemv_rows,
@@ -173,8 +173,8 @@ Q8_REL_TOL = 1e-4  # max abs / max |y|: activations rounded to int16 (15 bits), 
 
 @pytest.mark.parametrize("m,k", [(1, 1), (5, 31), (33, 70), (300, 576)])
 def test_q8_gemm(m, k):
-    from edgert.kernels import q8_gemm
-    from edgert.q8 import dequantize_q8, quantize_q8
+    from edgert.runtime.kernels import q8_gemm
+    from edgert.format.q8 import dequantize_q8, quantize_q8
 
     rng = np.random.default_rng(8)
     d = quantize_q8(rng.normal(size=(m, k)).astype(np.float32))
@@ -221,7 +221,7 @@ def test_read_only_and_strided_buffers():
 
 @pytest.mark.parametrize("fmt,bits", [("uniform", 4), ("hlq", 3), ("uniform", 1)])
 def test_gemm_multi_equals_separate_calls(fmt, bits):
-    from edgert.kernels import gemm, gemm_multi
+    from edgert.runtime.kernels import gemm, gemm_multi
 
     pws = [make(fmt, bits, m, 70, 32)[1] for m in (40, 33, 96)]
     X = np.random.default_rng(5).normal(size=(3, 70)).astype(np.float32)

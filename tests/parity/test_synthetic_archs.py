@@ -6,7 +6,7 @@ import pytest
 from edgert.compiler.frontends import load_model
 from make_synthetic_gguf import ARCHS, make_synthetic_gguf
 
-from edgert.reference import ReferenceEngine
+from edgert.runtime.reference import ReferenceEngine
 
 pytestmark = pytest.mark.parity
 LOGIT_TOL = 1e-5  # max abs, both sides float32 with an F32 KV cache

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from edgert.artifact import PAGE, Artifact, ArtifactError, ArtifactWriter
+from edgert.format.artifact import PAGE, Artifact, ArtifactError, ArtifactWriter
 
 
 def build(out, **kw):

@@ -5,9 +5,9 @@ import numpy as np
 from conftest import run_cli
 from test_reference_archs import CONFIGS, random_model
 
-from edgert.bench import bench, table
-from edgert.experts import TRACE_WARMUP, ExpertStats
-from edgert.reference import ReferenceEngine
+from edgert.measure.bench import bench, table
+from edgert.runtime.experts import TRACE_WARMUP, ExpertStats
+from edgert.runtime.reference import ReferenceEngine
 
 KEYS = {
     "pp_tok_s",

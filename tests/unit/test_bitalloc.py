@@ -3,11 +3,11 @@ and beats uniform widths at the same average bits."""
 
 import numpy as np
 import pytest
-from edgert.compiler.bitalloc import allocate, average_bits, measure_sensitivity, units_for
+from edgert.compiler.quant.bitalloc import allocate, average_bits, measure_sensitivity, units_for
 from test_reference_archs import CONFIGS, random_model
 
 from edgert.errors import EdgertError
-from edgert.reference import ReferenceEngine
+from edgert.runtime.reference import ReferenceEngine
 
 
 def rtn(w: np.ndarray, bits: int, group: int = 8) -> np.ndarray:

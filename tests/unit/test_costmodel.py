@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from edgert.costmodel import DeviceFigures, predict_decode
+from edgert.plan.cost import DeviceFigures, predict_decode
 from edgert.errors import EdgertError
-from edgert.stream import DramPlan, read_chunk
+from edgert.runtime.stream import DramPlan, read_chunk
 
 MB = 1_000_000
 
@@ -44,7 +44,7 @@ def test_flash_bound_counts_bytes_and_requests():
 
 
 def test_mixture_of_experts_plan():
-    from edgert.experts import MoePlan
+    from edgert.runtime.experts import MoePlan
 
     # 4 layers x 8 experts of 3 MB, top-2; 10 MB resident read per step; 16 of 32 cached
     moe = MoePlan(
@@ -91,7 +91,7 @@ def test_mixture_of_experts_plan():
 
 
 def test_sparse_ffn_plan_reads_after_its_gate():
-    from edgert.sparse import SparsePlan
+    from edgert.runtime.sparse import SparsePlan
 
     # 4 layers x 1000 neurons of 1000 B bundles, 5 MB resident read per step, sparsity 0.5
     sp = SparsePlan(
@@ -131,7 +131,7 @@ def test_read_chunk_follows_the_flash():
 
 
 def test_target_optional_figures(tmp_path):
-    from edgert.target import KERNEL_EFFICIENCY, load_target, parse_target
+    from edgert.format.target import KERNEL_EFFICIENCY, load_target, parse_target
 
     t = load_target("rpi5")
     assert t.kernel_efficiency == KERNEL_EFFICIENCY and t.gemv_gbs_per_core == 0

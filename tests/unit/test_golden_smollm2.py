@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgert.generate import Sampler, generate
-from edgert.reference import ReferenceEngine
+from edgert.runtime.generate import Sampler, generate
+from edgert.runtime.reference import ReferenceEngine
 
 GOLDEN = json.loads((Path(__file__).parents[1] / "data" / "golden_smollm2.json").read_text())
 

@@ -15,7 +15,7 @@ from edgert.compiler.frontends import load_model
 from test_reference_archs import CONFIGS, random_model
 
 from edgert.errors import EdgertError
-from edgert.reference import ReferenceEngine
+from edgert.runtime.reference import ReferenceEngine
 
 TOL = 1e-4
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import run_cli
 
-from edgert import hub
+from edgert.device import hub
 from edgert.errors import EdgertError
 
 PAYLOAD = b"GGUF" + bytes(range(256)) * 64

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from edgert.errors import EdgertError
-from edgert.perplexity import perplexity
+from edgert.runtime.perplexity import perplexity
 
 V = 11
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgert.agent import Agent
-from edgert.artifact import ArtifactWriter, crc32
-from edgert.protocol import (
+from edgert.device.agent import Agent
+from edgert.format.artifact import ArtifactWriter, crc32
+from edgert.device.protocol import (
     HEAD,
     MAX_PAYLOAD,
     Code,

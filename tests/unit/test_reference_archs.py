@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from edgert.model import ModelConfig, ModelGraph, TensorInfo
-from edgert.reference import ReferenceEngine
+from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
+from edgert.runtime.reference import ReferenceEngine
 
 LOGIT_TOL = 2e-4  # max abs difference, float32 vs float64 loops
 

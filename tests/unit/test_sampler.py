@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from edgert.errors import EdgertError
-from edgert.generate import Sampler
+from edgert.runtime.generate import Sampler
 
 LOGITS = np.log(np.array([0.5, 0.25, 0.15, 0.07, 0.03], dtype=np.float32))
 

@@ -20,8 +20,8 @@ from make_synthetic_gguf import (
     tensor_plan,
 )
 
-from edgert.generate import Sampler, generate
-from edgert.reference import ReferenceEngine
+from edgert.runtime.generate import Sampler, generate
+from edgert.runtime.reference import ReferenceEngine
 
 EXPECT = {  # arch -> (edgert arch, experts, a tensor only that arch has)
     "llama": ("llama", 0, "blk.0.ffn_gate.weight"),

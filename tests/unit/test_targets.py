@@ -4,7 +4,7 @@ import pytest
 from conftest import run_cli
 
 from edgert.errors import EdgertError
-from edgert.target import list_targets, load_target
+from edgert.format.target import list_targets, load_target
 
 BUILTIN = {"host", "rpi4", "rpi5", "jetson-orin-nano", "android-arm64"}
 

@@ -4,7 +4,7 @@ import pytest
 from edgert.compiler.frontends.gguf_tokenizer import tokenizer_from_gguf
 
 from edgert.errors import EdgertError, ModelFormatError
-from edgert.tokenizer import Tokenizer
+from edgert.runtime.tokenizer import Tokenizer
 
 NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6
 

@@ -1,0 +1,440 @@
+"""ONNX frontend: a ``.onnx`` file in, a checked graph with every input shape pinned out.
+
+Everything a user can get wrong is reported here, before any compilation work: a file that is not
+ONNX (or is truncated), operators TVM's ONNX importer does not handle (listed by name with the
+nodes that use them), dynamic input dimensions nobody pinned, ``--input-shape`` values that do not
+fit the model. The graph then goes through TVM's Relax importer with the weights as function
+parameters (never constants), so the artifact stores them as checksummed buffers.
+
+``--bits 8`` quantizes weights to int8 here, in the ONNX graph itself: each Conv / ConvTranspose /
+Gemm / MatMul weight becomes an int8 initializer with one float scale per output channel followed
+by a standard ``DequantizeLinear`` node. TVM lowers that node like any other, and onnxruntime can
+run the rewritten graph too, which is what the tests compare with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgert.runtime.onnx import TensorSpec, format_shape
+from edgert.errors import EdgertError, ModelFormatError, UnsupportedError
+
+log = logging.getLogger(__name__)
+
+#: per-axis DequantizeLinear (int8 weight-only quantization) needs this default-domain opset
+MIN_OPSET_INT8 = 13
+#: op type -> index of its weight input and the output-channel axis of that weight
+WEIGHT_INPUTS = {"Conv": (1, 0), "ConvTranspose": (1, 1), "Gemm": (1, None), "MatMul": (1, -1)}
+#: weights smaller than this stay float32 (scales would cost more than they save)
+MIN_QUANT_ELEMENTS = 256
+
+
+@dataclass
+class OnnxModel:
+    """A loaded, checked ONNX model whose inputs all have static shapes."""
+
+    path: Path
+    proto: object  # onnx.ModelProto
+    inputs: list[TensorSpec]
+    opset: int
+    sha256: str
+    quantized: list[str] = field(default_factory=list)  # weights rewritten to int8
+
+    @property
+    def ops(self) -> dict[str, int]:
+        """Operator type -> node count of the graph as it is now."""
+        return dict(sorted(Counter(n.op_type for n in self.proto.graph.node).items()))
+
+    @property
+    def output_names(self) -> list[str]:
+        return [o.name for o in self.proto.graph.output]
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise EdgertError(
+            "compiling ONNX models needs the onnx package", "pip install 'edgert[compiler]'"
+        ) from e
+    return onnx
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str | None, tuple[int, ...]]:
+    """``--input-shape`` values: ``NAME:1x3x224x224`` (or ``NAME:1,3,224,224``), or just the dims
+    when the model has one input (key ``None``)."""
+    out: dict[str | None, tuple[int, ...]] = {}
+    for s in specs or []:
+        name, sep, dims = s.rpartition(":")
+        key = name if sep else None
+        try:
+            shape = tuple(int(d) for d in re.split(r"[x,]", dims.strip()) if d != "")
+        except ValueError:
+            shape = ()
+        if not shape or any(d <= 0 for d in shape):
+            raise EdgertError(
+                f"--input-shape {s!r} is not NAME:DIMS with positive dimensions",
+                "write e.g. --input-shape input:1x3x224x224",
+            )
+        if key in out:
+            raise EdgertError(f"--input-shape names {key or 'the input'} twice")
+        out[key] = shape
+    return out
+
+
+def unsupported_ops(proto) -> dict[str, list[str]]:
+    """Operators TVM's ONNX importer cannot convert -> the names of the nodes using them."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = _get_convert_map()
+    bad: dict[str, list[str]] = {}
+
+    def walk(graph) -> None:
+        for i, node in enumerate(graph.node):
+            if node.op_type not in known:
+                bad.setdefault(node.op_type, []).append(node.name or f"#{i}")
+            for a in node.attribute:  # subgraphs of control flow (if the op itself is known)
+                for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    walk(g)
+
+    walk(proto.graph)
+    return bad
+
+
+def _describe_unsupported(bad: dict[str, list[str]]) -> str:
+    parts = []
+    for op, nodes in sorted(bad.items()):
+        shown = ", ".join(nodes[:5]) + (f", ... ({len(nodes)} nodes)" if len(nodes) > 5 else "")
+        parts.append(f"{op} (node{'s' if len(nodes) > 1 else ''} {shown})")
+    return "; ".join(parts)
+
+
+def _dims(value_info) -> list[int | str | None]:
+    t = value_info.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in t.shape.dim]
+
+
+def _pin_inputs(proto, path: Path, shapes: dict[str | None, tuple[int, ...]]) -> list[TensorSpec]:
+    onnx = _onnx()
+    inits = {i.name for i in proto.graph.initializer}
+    graph_inputs = [i for i in proto.graph.input if i.name not in inits]
+    names = [i.name for i in graph_inputs]
+    if None in shapes:
+        if len(graph_inputs) != 1:
+            raise EdgertError(
+                f"{path.name} has {len(names)} inputs ({', '.join(names)}); "
+                "an --input-shape without a name is ambiguous",
+                "write --input-shape NAME:DIMS for each",
+            )
+        shapes = {names[0]: shapes.pop(None), **shapes}
+    unknown = sorted(set(shapes) - set(names))
+    if unknown:
+        raise EdgertError(
+            f"--input-shape names {', '.join(unknown)}, which {path.name} has no input called",
+            f"its inputs are {', '.join(names) or 'none'}",
+        )
+    specs = []
+    for vi in graph_inputs:
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise UnsupportedError(f"{path.name}: input {vi.name} is not a tensor")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)).name
+        dims = _dims(vi)
+        given = shapes.get(vi.name)
+        if given is not None:
+            if dims and len(dims) != len(given):
+                raise EdgertError(
+                    f"--input-shape {vi.name}:{format_shape(given)} has rank {len(given)}, but "
+                    f"{path.name} declares {vi.name} as {format_shape(d or '?' for d in dims)} "
+                    f"(rank {len(dims)})",
+                    "give one dimension per axis",
+                )
+            for ax, (want, got) in enumerate(zip(dims, given)):
+                if isinstance(want, int) and want > 0 and want != got:
+                    raise EdgertError(
+                        f"--input-shape {vi.name}:{format_shape(given)} conflicts with the "
+                        f"model: axis {ax} of {vi.name} is fixed at {want}",
+                        "change only the dynamic axes",
+                    )
+            shape = tuple(given)
+        else:
+            if not tt.HasField("shape"):
+                raise EdgertError(
+                    f"input {vi.name} of {path.name} has no declared shape",
+                    f"pin it with --input-shape {vi.name}:DIMS",
+                )
+            if any(not (isinstance(d, int) and d > 0) for d in dims):
+                shown = format_shape(d or "?" for d in dims)
+                raise EdgertError(
+                    f"input {vi.name} of {path.name} has dynamic dimensions ({shown})",
+                    f"pin them with --input-shape {vi.name}:"
+                    + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in dims),
+                )
+            shape = tuple(int(d) for d in dims)
+        specs.append(TensorSpec(vi.name, shape, dtype))
+    return specs
+
+
+def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxModel:
+    """Read and check ``path``; pin its input shapes; refuse unsupported operators by name."""
+    onnx = _onnx()
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise EdgertError(f"no such file: {p}", "check the path")
+    data = p.read_bytes()
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise ModelFormatError(
+            f"{p} is not a valid ONNX file ({type(e).__name__}: {str(e)[:120] or 'parse error'})",
+            "check the file is a complete .onnx export",
+        ) from e
+    if not proto.graph.node and not proto.graph.output:
+        raise ModelFormatError(f"{p} holds no ONNX graph", "check the file is a .onnx export")
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        try:
+            from onnx.external_data_helper import load_external_data_for_model
+
+            load_external_data_for_model(proto, str(p.parent))
+        except OSError as e:
+            raise ModelFormatError(
+                f"{p}: its external weight data cannot be read ({e})",
+                "keep the .onnx file next to its data files",
+            ) from e
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "validation failed"
+        raise ModelFormatError(
+            f"{p} is not a valid ONNX model: {first[:200]}", "re-export the model"
+        ) from e
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    bad = unsupported_ops(proto)
+    if bad:
+        raise UnsupportedError(
+            f"{p.name} uses operators edgert cannot compile: {_describe_unsupported(bad)}",
+            "re-export without them (for quantized models: QDQ format rather than integer ops)",
+        )
+    inputs = _pin_inputs(proto, p, dict(input_shapes or {}))
+    return OnnxModel(
+        path=p,
+        proto=proto,
+        inputs=inputs,
+        opset=int(opset),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def fold_batch_norms(model: OnnxModel) -> int:
+    """Fold each inference-mode BatchNormalization that directly follows a Conv into the Conv's
+    weights and bias (exact up to float rounding) when the Conv feeds only that node and every
+    parameter is an initializer. Weights are function parameters, not constants, so otherwise
+    the normalisation (a square root and a division per output element) would be recomputed on
+    every inference. Returns how many were folded."""
+    from onnx import helper, numpy_helper
+
+    g = model.proto.graph
+    inits = {t.name: t for t in g.initializer}
+    uses = Counter(i for n in g.node for i in n.input)
+    graph_outputs = {o.name for o in g.output}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def arr(name: str) -> np.ndarray:
+        return numpy_helper.to_array(inits[name]).astype(np.float64)
+
+    n_folded = 0
+    for bn in list(g.node):
+        if bn.op_type != "BatchNormalization" or len(bn.input) != 5 or len(bn.output) != 1:
+            continue
+        conv = producer.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or conv.output[0] in graph_outputs:
+            continue
+        w_name = conv.input[1]
+        b_name = conv.input[2] if len(conv.input) > 2 and conv.input[2] else None
+        if uses[conv.output[0]] != 1 or w_name not in inits or uses[w_name] != 1:
+            continue
+        if (b_name and (b_name not in inits or uses[b_name] != 1)) or not all(
+            x in inits for x in bn.input[1:]
+        ):
+            continue
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        gamma, beta, mean, var = (arr(x) for x in bn.input[1:])
+        w = arr(w_name)
+        b = arr(b_name) if b_name else np.zeros(w.shape[0])
+        k = gamma / np.sqrt(var + eps)
+        w_new = (w * k.reshape(-1, *([1] * (w.ndim - 1)))).astype(np.float32)
+        b_new = ((b - mean) * k + beta).astype(np.float32)
+        new_b_name = f"{w_name}__bn_bias"
+        g.initializer.remove(inits[w_name])
+        if b_name:
+            g.initializer.remove(inits[b_name])
+        g.initializer.extend(
+            [numpy_helper.from_array(w_new, w_name), numpy_helper.from_array(b_new, new_b_name)]
+        )
+        inits = {t.name: t for t in g.initializer}
+        fused = helper.make_node(
+            "Conv", [conv.input[0], w_name, new_b_name], list(bn.output), name=conv.name
+        )
+        fused.attribute.extend(conv.attribute)
+        idx = list(g.node).index(conv)
+        g.node.remove(conv)
+        g.node.insert(idx, fused)
+        g.node.remove(bn)
+        n_folded += 1
+    if n_folded:
+        used = {i for n in g.node for i in n.input} | graph_outputs
+        for t in [t for t in g.initializer if t.name not in used]:
+            g.initializer.remove(t)  # the normalisation's own parameters
+    return n_folded
+
+
+def quantize_weights_int8(model: OnnxModel) -> OnnxModel:
+    """Rewrite float32 weights of Conv / ConvTranspose / Gemm / MatMul to int8 with a per-output-
+    channel scale and a ``DequantizeLinear`` in front (symmetric, round to nearest)."""
+    onnx = _onnx()
+    from onnx import helper, numpy_helper
+
+    if model.opset < MIN_OPSET_INT8:
+        raise UnsupportedError(
+            f"--bits 8 needs ONNX opset >= {MIN_OPSET_INT8} (per-channel DequantizeLinear); "
+            f"{model.path.name} uses opset {model.opset}",
+            "convert it with onnx.version_converter.convert_version(model, 13), or compile "
+            "without --bits",
+        )
+    g = model.proto.graph
+    inits = {t.name: t for t in g.initializer}
+    axes: dict[str, int] = {}
+    for node in g.node:
+        spec = WEIGHT_INPUTS.get(node.op_type)
+        if spec is None or len(node.input) <= spec[0]:
+            continue
+        name = node.input[spec[0]]
+        t = inits.get(name)
+        if t is None or t.data_type != onnx.TensorProto.FLOAT or len(t.dims) < 2:
+            continue
+        axis = spec[1]
+        if node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            axis = 0 if trans_b else 1
+        axes.setdefault(name, axis % len(t.dims))
+    new_nodes, quantized = [], []
+    for name, axis in axes.items():
+        t = inits[name]
+        w = numpy_helper.to_array(t).astype(np.float32)
+        if w.size < MIN_QUANT_ELEMENTS:
+            continue
+        red = tuple(i for i in range(w.ndim) if i != axis)
+        amax = np.max(np.abs(w), axis=red)
+        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        bshape = [1] * w.ndim
+        bshape[axis] = -1
+        q = np.clip(np.rint(w / scale.reshape(bshape)), -127, 127).astype(np.int8)
+        g.initializer.remove(t)
+        g.initializer.extend(
+            [
+                numpy_helper.from_array(q, f"{name}__q8"),
+                numpy_helper.from_array(scale, f"{name}__scale"),
+            ]
+        )
+        new_nodes.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{name}__q8", f"{name}__scale"],  # symmetric: no zero point
+                [name],
+                name=f"{name}__dequantize",
+                axis=axis,
+            )
+        )
+        quantized.append(name)
+    # dequantize nodes first: the graph stays topologically sorted
+    nodes = list(g.node)
+    del g.node[:]
+    g.node.extend(new_nodes + nodes)
+    model.quantized = sorted(quantized)
+    return model
+
+
+def _sanitize(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.:/-]", "_", name) or "param"
+    out, k = base, 1
+    while out in taken:
+        k += 1
+        out = f"{base}~{k}"
+    taken.add(out)
+    return out
+
+
+def to_relax(model: OnnxModel):
+    """Import into Relax with weights as parameters.
+
+    Returns ``(mod, params, outputs)``: the IRModule (``main(inputs..., params...)``), a list of
+    ``(name, ndarray)`` in parameter order, and the output TensorSpecs.
+    """
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    shape_dict = {s.name: list(s.shape) for s in model.inputs}
+    dtype_dict = {s.name: s.dtype for s in model.inputs}
+    try:
+        mod = from_onnx(
+            model.proto, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True
+        )
+        mod, params = relax.frontend.detach_params(mod)
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise UnsupportedError(
+            f"TVM could not import {model.path.name}: {type(e).__name__}: "
+            f"{(msg[-1] if msg else '')[:300]}",
+            "check the operators and their attributes against TVM's ONNX frontend",
+        ) from e
+    fn = mod["main"]
+    n_in = len(model.inputs)
+    pvars = list(fn.params)[n_in:]
+    arrays = [p.numpy() for p in params.get("main", [])]
+    if len(pvars) != len(arrays):  # pragma: no cover - TVM invariant
+        raise RuntimeError("parameter count mismatch after detach_params")
+    taken: set[str] = set()
+    named = [(_sanitize(_var_name(v), taken), a) for v, a in zip(pvars, arrays)]
+    outputs = _output_specs(_ret_type(fn), model.output_names)
+    return mod, named, outputs
+
+
+def _var_name(v) -> str:
+    return str(getattr(v, "name", None) or getattr(v, "name_hint", "param"))
+
+
+def _ret_type(fn):
+    """The function's return type (``ret_ty`` in TVM 0.27, ``ret_struct_info`` before)."""
+    return getattr(fn, "ret_ty", None) or fn.ret_struct_info
+
+
+def _output_specs(rtype, names: list[str]) -> list[TensorSpec]:
+    fields = list(rtype.fields) if hasattr(rtype, "fields") else [rtype]
+    out = []
+    for i, f in enumerate(fields):
+        name = names[i] if i < len(names) else f"output_{i}"
+        shape_expr = getattr(f, "shape", None)
+        if shape_expr is None or not hasattr(shape_expr, "values"):
+            raise UnsupportedError(
+                f"output {name} is not a tensor of static shape ({f})",
+                "pin the inputs with --input-shape so every output shape is known",
+            )
+        try:
+            shape = tuple(int(d) for d in shape_expr.values)
+        except (TypeError, ValueError) as e:
+            raise UnsupportedError(
+                f"output {name} has a data-dependent shape ({shape_expr}); edgert compiles "
+                "static shapes only",
+                "pin the inputs with --input-shape so every output shape is known",
+            ) from e
+        out.append(TensorSpec(name, shape, str(f.dtype)))
+    return out

@@ -1,0 +1,2 @@
+"""Transforms of a model before quantization: calibration, dense-to-MoE (--moefy) and FFN
+sparsity (--sparse-ffn)."""

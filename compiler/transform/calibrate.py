@@ -1,0 +1,92 @@
+"""Calibration tokens: from a text file (``--calib FILE``) or sampled from the model itself
+(data-free calibration: the model writes its own calibration text, temperature 1, fixed seed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.format.model import ModelGraph
+
+
+def calibration_tokens(
+    model: ModelGraph, *, file: str | Path | None = None, n_tokens: int = 64, seed: int = 0
+) -> list[int]:
+    tok = model.tokenizer
+    if file is not None:
+        p = Path(file)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise EdgertError(f"cannot read calibration text {p}: {e}") from e
+        if tok is None:
+            raise EdgertError("the model has no tokenizer to read --calib text with")
+        ids = tok.encode(text)
+        if len(ids) < n_tokens:
+            raise EdgertError(
+                f"{p} has {len(ids)} tokens; calibration needs {n_tokens}", "pass a longer text"
+            )
+        return ids[:n_tokens]
+    from edgert.runtime.generate import Sampler
+    from edgert.runtime.reference import ReferenceEngine
+
+    eng = ReferenceEngine(model, max_ctx=n_tokens + 1)
+    start = tok.meta.bos_id if tok is not None and tok.meta.bos_id is not None else 0
+    sampler = Sampler(temp=1.0, top_k=0, top_p=1.0, seed=seed)
+    ids = [start]
+    logits = eng.forward(ids, last_only=True)
+    while len(ids) < n_tokens:
+        nxt = sampler(logits)
+        ids.append(nxt)
+        logits = eng.forward([nxt], last_only=True)
+    return [int(i) for i in np.asarray(ids)]
+
+
+def ffn_inputs(model: ModelGraph, tokens: list[int]) -> list[np.ndarray]:
+    """Each layer's FFN input (after its norm), (len(tokens), dim) float32, from one float forward
+    pass of the model over ``tokens``."""
+    from edgert.runtime.reference import ReferenceEngine
+
+    class Recorder(ReferenceEngine):
+        def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
+            xs[i].append(x.astype(np.float32))
+            return super()._ffn(i, x)
+
+    xs: list[list[np.ndarray]] = [[] for _ in range(model.config.n_layers)]
+    Recorder(model, max_ctx=len(tokens)).forward(tokens)
+    return [np.concatenate(x) for x in xs]
+
+
+def routing_trace(model: ModelGraph, tokens: list[int], n_prompt: int) -> dict[str, np.ndarray]:
+    """How a mixture of experts routes while it decodes text: after the first ``n_prompt`` of
+    ``tokens`` in one call, each further token one step at a time, with per step and layer
+    (float32 (steps, layers, experts)) ``route``, the layer's router logits, and ``guess``, the
+    next layer's router on the stream entering this layer's FFN (what the runtime reads ahead
+    by; zero on the last layer). The planner replays it through the expert cache to predict
+    hits and flash reads."""
+    from edgert.runtime.reference import ReferenceEngine, rms_norm
+
+    c = model.config
+    steps = len(tokens) - n_prompt
+    route = np.zeros((steps, c.n_layers, c.n_experts), np.float32)
+    guess = np.zeros_like(route)
+    step = [-1]
+
+    class Recorder(ReferenceEngine):
+        def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
+            if step[0] >= 0:
+                route[step[0], i] = self._mm(x, f"blk.{i}.ffn_gate_inp.weight")[-1]
+                if i + 1 < c.n_layers:
+                    p = f"blk.{i + 1}."
+                    h = rms_norm(self.ffn_stream[-1:], self._w(p + "ffn_norm.weight"), c.rms_eps)
+                    guess[step[0], i] = self._mm(h, p + "ffn_gate_inp.weight")[0]
+            return super()._ffn(i, x)
+
+    eng = Recorder(model, max_ctx=len(tokens))
+    eng.forward(tokens[:n_prompt], last_only=True)
+    for t in range(steps):
+        step[0] = t
+        eng.forward([tokens[n_prompt + t]], last_only=True)
+    return {"route": route, "guess": guess}

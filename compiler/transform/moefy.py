@@ -1,0 +1,196 @@
+"""Dense FFNs split into experts (``edgert compile --moefy EXPERTSxTOPK``), so expert offloading
+(edgert.runtime.experts) serves dense models too.
+
+Calibration runs the float model over calibration tokens and records each layer's FFN input x.
+A neuron's contribution to a token is |silu(gate x) * (up x)| times the norm of its down column.
+Per layer:
+
+- **Experts**: neurons are split into EXPERTS groups of equal size by balanced k-means on their
+  contribution patterns over the calibration tokens (cosine similarity), so neurons that fire
+  together land in the same expert.
+- **Router**: a linear map (EXPERTS x dim, no bias: the artifact's router) fitted by ridge
+  regression from x to each expert's share of the token's total contribution. At run time the
+  TOPK experts with the highest scores run, each with weight 1: their neurons add up exactly as
+  in the dense FFN, so TOPK = EXPERTS is the dense model.
+- **Shares**: the fraction of a token's FFN contribution the router's TOPK experts hold, and the
+  best TOPK experts' (an oracle that knew the activations); measured on the last fifth of the
+  calibration tokens with a router fitted on the rest, then the router is refitted on all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.format.model import ModelGraph, TensorInfo
+from edgert.runtime.reference import silu
+
+#: calibration tokens (the router fit has dim unknowns per expert)
+MOEFY_CALIB_TOKENS = 512
+#: ridge strength relative to the mean diagonal of x^T x
+RIDGE = 1e-2
+KMEANS_ITERS = 20
+
+
+def parse_moefy(text: str, ffn_dim: int | None = None) -> tuple[int, int]:
+    """``"8x2"`` -> (8 experts, 2 used per token), checked against the FFN width if given."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not m:
+        raise EdgertError(
+            f"cannot read --moefy {text!r}", "write EXPERTSxTOPK, e.g. 8x2: 8 experts, 2 per token"
+        )
+    e, k = int(m.group(1)), int(m.group(2))
+    if e < 2 or not 1 <= k <= e:
+        raise EdgertError(
+            f"--moefy {text}: needs at least 2 experts and 1 <= TOPK <= EXPERTS",
+            "for example 8x2",
+        )
+    if ffn_dim is not None and ffn_dim % e:
+        divs = [d for d in range(2, min(ffn_dim, 64) + 1) if ffn_dim % d == 0]
+        raise EdgertError(
+            f"--moefy {text}: the FFN width {ffn_dim} does not split into {e} equal experts",
+            f"choose EXPERTS among {', '.join(map(str, divs))}",
+        )
+    return e, k
+
+
+def check_moefy(cfg, experts: int, top_k: int) -> None:
+    """Refuse a model or split ``--moefy`` cannot make (before any work)."""
+    if cfg.is_moe:
+        raise EdgertError("--moefy splits dense FFNs; this model already has experts")
+    parse_moefy(f"{experts}x{top_k}", cfg.ffn_dim)
+
+
+def balanced_kmeans(x: np.ndarray, k: int, *, iters: int = KMEANS_ITERS, seed: int = 0):
+    """Labels (n,) putting exactly n // k of the unit-norm rows of ``x`` in each of ``k``
+    clusters (n must be a multiple of k): k-means on cosine similarity whose assignment step
+    gives rows to their most similar centroid that still has room, most similar pairs first."""
+    n = len(x)
+    size = n // k
+    rng = np.random.default_rng(seed)
+    cent = x[rng.choice(n, k, replace=False)]
+    labels = np.full(n, -1)
+    for _ in range(iters):
+        new = _assign(x @ cent.T, size)
+        if (new == labels).all():
+            break
+        labels = new
+        cent = np.stack([x[labels == j].mean(axis=0) for j in range(k)])
+        cent /= np.linalg.norm(cent, axis=1, keepdims=True) + 1e-12
+    return labels
+
+
+def _assign(sim: np.ndarray, size: int) -> np.ndarray:
+    n, k = sim.shape
+    labels = np.full(n, -1)
+    room = np.full(k, size)
+    left = n
+    for flat in np.argsort(-sim, axis=None, kind="stable"):
+        i, j = divmod(int(flat), k)
+        if labels[i] < 0 and room[j]:
+            labels[i] = j
+            room[j] -= 1
+            left -= 1
+            if not left:
+                break
+    return labels
+
+
+def fit_router(x: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """(experts, dim) least-squares map from x (n, dim) to share (n, experts), ridge regularized."""
+    g = x.T @ x
+    g += RIDGE * np.trace(g) / len(g) * np.eye(len(g))
+    return np.linalg.solve(g, x.T @ share).T.astype(np.float32)
+
+
+def shares(x: np.ndarray, share: np.ndarray, router: np.ndarray, top_k: int) -> tuple[float, float]:
+    """Mean fraction of a token's FFN contribution held by the router's top-k experts, and by the
+    best top-k experts (an oracle that knew the activations)."""
+    pick = np.argsort(-(x @ router.T), axis=1, kind="stable")[:, :top_k]
+    got = np.take_along_axis(share, pick, axis=1).sum(axis=1).mean()
+    best = -np.sort(-share, axis=1)[:, :top_k].sum(axis=1).mean()
+    return float(got), float(best)
+
+
+def split_layer(x: np.ndarray, gate, up, down, experts: int, top_k: int, seed: int = 0):
+    """One dense FFN -> (neuron order grouped by expert (ffn,), router (experts, dim), (router's,
+    oracle's) share of the contribution on held-out tokens)."""
+    contrib = np.abs(silu(x @ gate.T) * (x @ up.T)) * np.linalg.norm(down, axis=0)  # (n, ffn)
+    feats = contrib.T / (np.linalg.norm(contrib.T, axis=1, keepdims=True) + 1e-12)
+    labels = balanced_kmeans(feats, experts, seed=seed)
+    onehot = np.eye(experts, dtype=np.float32)[labels]  # (ffn, experts)
+    share = contrib @ onehot
+    share /= share.sum(axis=1, keepdims=True) + 1e-12
+    cut = len(x) * 4 // 5
+    held_out = shares(x[cut:], share[cut:], fit_router(x[:cut], share[:cut]), top_k)
+    order = np.argsort(labels, kind="stable")
+    return order, fit_router(x, share), held_out
+
+
+def moefy_model(model: ModelGraph, experts: int, top_k: int, tokens: list[int], *, progress=None):
+    """The model with every dense FFN split into ``experts`` experts (``top_k`` per token) and a
+    router per layer; returns (model, manifest record)."""
+    from edgert.compiler.transform.calibrate import ffn_inputs
+
+    from edgert.progress import Progress
+
+    c = model.config
+    check_moefy(c, experts, top_k)
+    fe = c.ffn_dim // experts
+    xs = ffn_inputs(model, tokens)
+    arrays: dict[str, np.ndarray] = {}
+    infos = [
+        i
+        for n, i in model.infos.items()
+        if not re.fullmatch(r"blk\.\d+\.ffn_(gate|up|down)\.weight", n)
+    ]
+    held = []
+    with Progress(c.n_layers, "splitting FFNs into experts", enabled=progress) as bar:
+        for i in range(c.n_layers):
+            p = f"blk.{i}."
+            gate, up, down = (model.tensor(p + f"ffn_{r}.weight") for r in ("gate", "up", "down"))
+            order, router, sh = split_layer(xs[i], gate, up, down, experts, top_k, seed=i)
+            held.append(sh)
+            src = model.infos[p + "ffn_up.weight"].source_type
+            new = {
+                "ffn_gate_inp.weight": router,
+                "ffn_gate_exps.weight": gate[order].reshape(experts, fe, c.dim),
+                "ffn_up_exps.weight": up[order].reshape(experts, fe, c.dim),
+                "ffn_down_exps.weight": np.ascontiguousarray(
+                    down[:, order].reshape(c.dim, experts, fe).transpose(1, 0, 2)
+                ),
+            }
+            for n, a in new.items():
+                arrays[p + n] = a
+                infos.append(
+                    TensorInfo(p + n, a.shape, "F32" if n == "ffn_gate_inp.weight" else src)
+                )
+            for r in ("gate", "up", "down"):
+                model.drop(p + f"ffn_{r}.weight")
+            bar.update(1)
+    cfg = dataclasses.replace(
+        c,
+        n_experts=experts,
+        n_experts_used=top_k,
+        expert_ffn_dim=fe,
+        expert_weights_norm=False,
+        expert_weights_unit=True,
+    )
+    out = ModelGraph(
+        cfg,
+        infos,
+        lambda n: arrays[n] if n in arrays else model.tensor(n),
+        tokenizer=model.tokenizer,
+        source=model.source,
+    )
+    record = {
+        "experts": experts,
+        "top_k": top_k,
+        "calib_tokens": len(tokens),
+        "router_share": [round(h[0], 4) for h in held],
+        "oracle_share": [round(h[1], 4) for h in held],
+    }
+    return out, record

@@ -1,0 +1,83 @@
+"""Neuron bundles for FFN sparsity (``edgert compile --sparse-ffn``; see edgert.runtime.sparse).
+
+Calibration runs the float model over calibration tokens and records every FFN neuron's gated
+activation |silu(gate x)|. Per layer and target sparsity s, the threshold is the s-quantile of
+those values (a fraction s of neurons falls below it on calibration text). Neurons are stored in
+order of how often they pass the threshold of the middle sparsity, hot first.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from edgert.runtime.reference import silu
+from edgert.runtime.sparse import (
+    ACTIVITY,
+    INDEX,
+    SPARSITIES,
+    BundleFormat,
+    bundle_name,
+    pack_bundles,
+)
+
+
+def calibrate(
+    model, tokens: list[int], sparsities=SPARSITIES
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds (len(sparsities), n_layers), hot-first neuron order (n_layers, ffn_dim),
+    activity trace): the trace is the last :data:`~edgert.runtime.experts.TRACE_TOKENS` tokens' neuron
+    levels (tokens, n_layers, ffn_dim; uint8, neuron ids): how many of the thresholds each
+    neuron's activation passes, so a neuron is active at ``sparsities[k]`` where its level > k —
+    what the planner replays through the window cache (edgert.runtime.sparse.replay_activity)."""
+    from edgert.compiler.transform.calibrate import ffn_inputs
+
+    from edgert.runtime.experts import TRACE_TOKENS
+
+    xs = ffn_inputs(model, tokens)
+    c = model.config
+    thr = np.zeros((len(sparsities), c.n_layers), np.float64)
+    order = np.zeros((c.n_layers, c.ffn_dim), np.int32)
+    n = min(TRACE_TOKENS, len(tokens))
+    levels = np.zeros((n, c.n_layers, c.ffn_dim), np.uint8)
+    mid = 0.5  # hotness: how often a neuron is in the top half
+    for i in range(c.n_layers):
+        a = np.abs(silu(xs[i] @ model.tensor(f"blk.{i}.ffn_gate.weight").T))  # (tokens, ffn_dim)
+        thr[:, i] = np.quantile(a, sparsities)
+        thr[np.asarray(sparsities) == 0, i] = -1.0  # sparsity 0: every neuron, whatever its value
+        hot = (a > np.quantile(a, mid)).mean(axis=0)
+        order[i] = np.argsort(-hot, kind="stable")
+        levels[:, i] = (a[-n:, :, None] > thr[None, None, :, i]).sum(axis=-1)
+    return thr, order, levels
+
+
+def write_bundles(w, model, layer_bits: list[int], group: int, order: np.ndarray) -> BundleFormat:
+    """Each layer's bundles (file order ``order``) as a streamed tensor, and the resident index
+    of neurons and checksums; returns their format."""
+    c = model.config
+    crc = np.zeros((c.n_layers, c.ffn_dim), np.uint32)
+    fmt = BundleFormat.for_layer_bits(c.dim, max(layer_bits), group)
+    for i in range(c.n_layers):
+        up = model.tensor(f"blk.{i}.ffn_up.weight")[order[i]]
+        down = model.tensor(f"blk.{i}.ffn_down.weight")[:, order[i]]
+        b = pack_bundles(up, down, fmt)
+        crc[i] = [zlib.crc32(r) for r in b]
+        w.add_tensor(
+            bundle_name(i),
+            {"data": b},
+            residency="streamed",
+            meta={"format": "bundles", "shape": list(b.shape)},
+        )
+    w.add_tensor(INDEX, {"order": order, "crc": crc}, meta={"format": "index", "shape": []})
+    return fmt
+
+
+def write_activity(w, levels: np.ndarray) -> None:
+    """The activity trace (:func:`calibrate`), read by the planner only, never by a run."""
+    w.add_tensor(
+        ACTIVITY,
+        {"levels": levels},
+        residency="streamed",
+        meta={"format": "trace", "shape": list(levels.shape)},
+    )

@@ -1,0 +1,121 @@
+"""Predicted decode speed and memory of a model under a DRAM plan (a dense model's
+:class:`edgert.runtime.stream.DramPlan`, a mixture of experts' :class:`edgert.runtime.experts.MoePlan`) on a
+device, from the device's figures in ``targets/*.toml``.
+
+A decode step reads every weight it uses once from DRAM (streamed layers from their staging
+buffers; a mixture of experts' resident part and top-k experts per layer) plus the KV cache so
+far, and reads the streamed layers (a mixture's experts the cache misses or reads ahead: the
+compiler's routing trace replayed through the cache, else uniform routing) from flash:
+
+- DRAM: (weight bytes + KV bytes) / min(DRAM bandwidth x kernel efficiency,
+  cores x per-core decode rate) — memory-bound or compute-bound, whichever binds;
+- flash: streamed bytes / flash bandwidth + one read latency per read request.
+
+A dense model's streamed layers are read ahead on I/O threads beside compute, so a step takes
+the longer of the two. A mixture with a replayed trace reads as the replay says: the experts a
+layer reads ahead (issued as it routes, for the next layer) overlap one layer's compute, and
+experts read on a miss are waited for, so a step takes
+sum over layers of max(layer compute, its reads ahead) + reads on a miss. A sparse FFN's reads
+(the active neurons its window cache misses, as the replayed activity trace says) wait for the
+layer's gate, which picks them, so a step takes DRAM + flash time.
+
+Memory: the plan's bytes (resident weights + KV + scratch + staging) on top of the process's own
+baseline (interpreter, libraries), which the caller measures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+
+@dataclass
+class DeviceFigures:
+    """What the prediction needs from a device."""
+
+    name: str
+    dram_gbs: float
+    kernel_efficiency: float
+    gemv_gbs_per_core: float  # 0: no compute cap
+    cores: int
+    flash_mbs: float
+    flash_latency_us: float
+
+    @classmethod
+    def from_target(cls, t, *, threads: int | None = None) -> DeviceFigures:
+        return cls(
+            t.name,
+            t.dram_bandwidth_gbs,
+            t.kernel_efficiency,
+            t.gemv_gbs_per_core,
+            threads or t.cores,
+            t.flash_read_mbs,
+            t.flash_latency_us,
+        )
+
+    def with_flash(self, name: str, mbs: float, latency_us: float) -> DeviceFigures:
+        """These compute figures with another flash (an emulated device's, on this machine)."""
+        return replace(self, name=name, flash_mbs=mbs, flash_latency_us=latency_us)
+
+    @property
+    def decode_gbs(self) -> float:
+        """Weight bytes per second decode reads from DRAM."""
+        mem = self.dram_gbs * self.kernel_efficiency
+        if self.gemv_gbs_per_core > 0:
+            return min(mem, self.gemv_gbs_per_core * self.cores)
+        return mem
+
+
+@dataclass
+class Prediction:
+    device: str
+    tok_s: float
+    bound: str  # "dram" | "flash"
+    dram_seconds: float
+    flash_seconds: float
+    dram_bytes_per_token: int
+    flash_bytes_per_token: int
+    flash_reads_per_token: int
+    planned_bytes: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def predict_decode(plan, fig: DeviceFigures, *, pos: int) -> Prediction:
+    """Decode tok/s of ``plan`` on ``fig`` at context position ``pos`` (the KV cache read)."""
+    # the KV cache so far: a plan's ``kv`` bytes hold ``max_ctx`` positions
+    dram_bytes = plan.weight_bytes_per_token + plan.kv * pos // max(plan.max_ctx, 1)
+    t_dram = dram_bytes / (fig.decode_gbs * 1e9)
+    flash_bytes = plan.streamed_bytes_per_token
+    reads = plan.flash_reads_per_token()
+    t_flash = (
+        flash_bytes / (fig.flash_mbs * 1e6) + reads * fig.flash_latency_us * 1e-6
+        if flash_bytes
+        else 0.0
+    )
+    t = _step_seconds(plan, fig, t_dram, t_flash)
+    return Prediction(
+        device=fig.name,
+        tok_s=1.0 / t,
+        bound="flash" if t_flash > t_dram else "dram",
+        dram_seconds=t_dram,
+        flash_seconds=t_flash,
+        dram_bytes_per_token=dram_bytes,
+        flash_bytes_per_token=flash_bytes,
+        flash_reads_per_token=reads,
+        planned_bytes=plan.planned,
+    )
+
+
+def _step_seconds(plan, fig: DeviceFigures, t_dram: float, t_flash: float) -> float:
+    """A decode step: DRAM and flash time overlapped as far as ``plan``'s reads allow."""
+    if getattr(plan, "reads_wait", False):  # the reads are decided as the step computes
+        return t_dram + t_flash
+    r = getattr(plan, "replayed", None)
+    if not r or "ahead_per_call" not in r or not t_flash:
+        return max(t_dram, t_flash)
+    size = plan.expert_bytes
+    t_read = size / (fig.flash_mbs * 1e6) + -(-size // plan.chunk) * fig.flash_latency_us * 1e-6
+    layer = t_dram / plan.n_layers
+    ahead = sum(share * max(layer, a * t_read) for a, share in enumerate(r["ahead_per_call"]))
+    return plan.n_layers * ahead + r["demand_per_token"] * t_read

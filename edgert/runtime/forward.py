@@ -1,0 +1,419 @@
+"""The C forward pass (``kernels_neon/forward.c``) bound with ctypes: every layer of a model
+(dense, or a mixture of experts) and its head in one call per step, on the weights an artifact
+holds in DRAM; experts that stream come from an :class:`edgert.runtime.experts.ExpertCache` through a
+callback per layer.
+
+The symbol lives in the artifact's own ``lib/model.so`` (the kernels are linked into it for the
+target), so the device needs no compiler. Weights are described to C by address; this object keeps
+the arrays alive.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.format.model import ModelConfig
+
+W_LUT, W_Q8, W_F32 = 0, 1, 2
+_LUT_FMT = {"uniform": 0, "hlq": 1}
+_P = ctypes.c_void_p
+_I32 = ctypes.c_int32
+_I64 = ctypes.c_int64
+
+
+class _Weight(ctypes.Structure):
+    _fields_ = [
+        ("kind", _I32),
+        ("bits", _I32),
+        ("group", _I32),
+        ("fmt", _I32),
+        ("m", _I64),
+        ("k", _I64),
+        ("p0", _P),
+        ("p1", _P),
+        ("p2", _P),
+    ]
+
+
+_PROJ = ("wq", "wk", "wv", "wo", "gate", "up", "down")
+PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+_VECS = ("attn_norm", "ffn_norm", "bq", "bk", "bv", "q_norm", "k_norm")
+
+
+#: edgert_forward_abi() of modules whose structs match these
+FORWARD_ABI = 3
+ROUTE_PROBS, ROUTE_NORM, ROUTE_UNIT = 0, 1, 2
+
+
+class _Sparse(ctypes.Structure):
+    _fields_ = [
+        ("threshold", ctypes.c_float),
+        ("bits", _I32),
+        ("group", _I32),
+        ("dim_pad", _I64),
+        ("fetch", _P),
+        ("ctx", _P),
+    ]
+
+
+_EXPERTS_FN = ctypes.CFUNCTYPE(
+    _I32,
+    _P,
+    _I32,
+    ctypes.POINTER(_I32),
+    _I64,
+    ctypes.POINTER(_I32),
+    _I64,
+    _P,
+)
+
+
+class _Moe(ctypes.Structure):
+    _fields_ = [
+        ("n_experts", _I32),
+        ("n_used", _I32),
+        ("weighting", _I32),
+        ("predict", _I32),
+        ("expert_ffn_dim", _I64),
+        ("shared_ffn_dim", _I64),
+        ("router", _Weight),
+        ("experts", ctypes.POINTER(_Weight)),
+        ("fetch", _P),
+        ("ctx", _P),
+        ("shared", _Weight * 3),
+        ("sh_inp", _P),
+        ("counts", _P),
+    ]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = (
+        [(p, _Weight) for p in _PROJ]
+        + [(v, _P) for v in _VECS]
+        + [("sparse", ctypes.POINTER(_Sparse)), ("moe", ctypes.POINTER(_Moe))]
+    )
+
+
+class _Model(ctypes.Structure):
+    _fields_ = [
+        ("n_layers", _I32),
+        ("dim", _I32),
+        ("n_heads", _I32),
+        ("n_kv_heads", _I32),
+        ("head_dim", _I32),
+        ("ffn_dim", _I32),
+        ("rope_dim", _I32),
+        ("rope_neox", _I32),
+        ("max_ctx", _I64),
+        ("rms_eps", ctypes.c_float),
+        ("layers", ctypes.POINTER(_Layer)),
+        ("output_norm", _P),
+        ("head", _Weight),
+        ("k_cache", _P),
+        ("v_cache", _P),
+    ]
+
+
+def _symbol(lib_path: str):
+    try:
+        lib = ctypes.CDLL(str(lib_path))
+        fn = lib.edgert_forward
+        abi = lib.edgert_forward_abi
+    except (OSError, AttributeError):
+        return None
+    abi.restype = _I32
+    if abi() != FORWARD_ABI:
+        return None
+    fn.argtypes = [ctypes.POINTER(_Model), _P, _I64, _I64, _P, _P, _I32, _P, _P, _I32]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class NativeForward:
+    """``forward(x, pos, cos, sin, ...)`` for a dense model whose weights come from ``weight``:
+    a function of a tensor name returning ``(format, meta, [arrays])`` (see
+    :meth:`edgert.runtime.engine.ArtifactSource.weight`)."""
+
+    def __init__(self, fn, cfg: ModelConfig, weight, head_name: str, k_cache, v_cache):
+        self._fn = fn
+        self._keep: list[np.ndarray] = [k_cache, v_cache]
+        self._k_cache, self._v_cache = k_cache, v_cache
+        #: (format, meta) of each layer's projections, for weights swapped in per step
+        self._formats: dict[tuple[int, str], tuple[str, dict]] = {}
+        #: the residual stream after the last call (forward updates x in place)
+        self.last_x: np.ndarray | None = None
+        #: what a failed fetch callback reports (set_sparse's or set_experts's cache)
+        self._fetcher = None
+        c = cfg
+        self.cfg = cfg
+        layers = (_Layer * c.n_layers)()
+        #: tokens routed to each expert, (n_layers, n_experts), counted by the C side
+        self.expert_counts = np.zeros((c.n_layers, max(c.n_experts, 1)), np.int64)
+        self._moe: list[_Moe] = []
+        for i in range(c.n_layers):
+            p = f"blk.{i}."
+            for proj, name in zip(_PROJ, PROJECTIONS):
+                if c.is_moe and proj in ("gate", "up", "down"):
+                    continue  # the layer's experts stand in for them
+                w = weight(p + name + ".weight")
+                self._formats[(i, name)] = w[:2]
+                setattr(layers[i], proj, self._weight(w))
+            if c.is_moe:
+                self._moe.append(self._moe_layer(i, weight))
+                layers[i].moe = ctypes.pointer(self._moe[-1])
+            layers[i].attn_norm = self._vec(weight(p + "attn_norm.weight"))
+            layers[i].ffn_norm = self._vec(weight(p + "ffn_norm.weight"))
+            if c.qkv_bias:
+                for r in "qkv":
+                    setattr(layers[i], f"b{r}", self._vec(weight(p + f"attn_{r}.bias")))
+            if c.qk_norm:
+                layers[i].q_norm = self._vec(weight(p + "attn_q_norm.weight"))
+                layers[i].k_norm = self._vec(weight(p + "attn_k_norm.weight"))
+        self._layers = layers
+        self.model = _Model(
+            n_layers=c.n_layers,
+            dim=c.dim,
+            n_heads=c.n_heads,
+            n_kv_heads=c.n_kv_heads,
+            head_dim=c.head_dim,
+            ffn_dim=c.ffn_dim,
+            rope_dim=c.rope_dim,
+            rope_neox=int(c.rope_style == "neox"),
+            max_ctx=k_cache.shape[1],
+            rms_eps=c.rms_eps,
+            layers=layers,
+            output_norm=self._vec(weight("output_norm.weight")),
+            head=self._weight(weight(head_name)),
+            k_cache=k_cache.ctypes.data,
+            v_cache=v_cache.ctypes.data,
+        )
+
+    def _moe_layer(self, i: int, weight) -> _Moe:
+        """Layer ``i``'s router and experts; experts that stream (described without data) are
+        asked for per step (set_experts)."""
+        from edgert.runtime.experts import expert_tensors
+
+        c, p = self.cfg, f"blk.{i}."
+        weighting = (
+            ROUTE_UNIT if c.expert_weights_unit else ROUTE_NORM if c.expert_weights_norm
+            else ROUTE_PROBS
+        )  # fmt: skip
+        moe = _Moe(
+            n_experts=c.n_experts,
+            n_used=c.n_experts_used,
+            weighting=weighting,
+            predict=1,
+            expert_ffn_dim=c.expert_ffn_dim,
+            shared_ffn_dim=c.shared_expert_ffn_dim,
+            router=self._weight(weight(p + "ffn_gate_inp.weight")),
+            counts=self.expert_counts[i].ctypes.data,
+        )
+        table = (_Weight * (3 * c.n_experts))()
+        resident = True
+        for e in range(c.n_experts):
+            for j, name in enumerate(expert_tensors(i, e)):
+                w = weight(name)
+                self._formats[(i, name)] = w[:2]
+                resident = resident and w[2] is not None
+                table[3 * e + j] = self._weight(w)
+        if resident:
+            self._keep.append(table)
+            moe.experts = table
+        if c.shared_expert_ffn_dim:
+            for j, proj in enumerate(("gate", "up", "down")):
+                moe.shared[j] = self._weight(weight(p + f"ffn_{proj}_shexp.weight"))
+            moe.sh_inp = self._vec(weight(p + "ffn_gate_inp_shexp.weight"))
+        return moe
+
+    def expert_weights(self, key: tuple[int, int], arrays: dict[str, list[np.ndarray]]):
+        """The C description of expert ``key`` = (layer, expert) from its buffers (tensor name
+        -> buffers, as edgert.runtime.stream.Span.arrays gives them): (gate, up, down), and the arrays
+        it points into (keep both together)."""
+        from edgert.runtime.experts import expert_tensors
+
+        names = expert_tensors(*key)
+        ws = (_Weight * 3)()
+        for j, name in enumerate(names):
+            fmt, meta = self._formats[(key[0], name)]
+            ws[j] = self._weight((fmt, meta, arrays[name]), hold=False)
+        return ws, arrays
+
+    def set_experts(self, cache) -> None:
+        """Fetch every layer's experts from ``cache`` (an edgert.runtime.experts.ExpertCache whose
+        entries are :meth:`expert_weights`) as the forward pass routes to them."""
+        k = self.cfg.n_experts_used
+        size = 3 * ctypes.sizeof(_Weight)
+
+        def fetch(_ctx, layer, experts_p, count, next_p, n, out) -> int:
+            try:  # per layer and step: plain ctypes reads and copies, no array wrapping
+                chosen = experts_p[:count]
+                nxt = None
+                if next_p:
+                    flat = next_p[: n * k]
+                    nxt = [flat[t * k : (t + 1) * k] for t in range(n)]
+                got = cache.fetch(layer, chosen, nxt)
+                for c, e in enumerate(chosen):
+                    ctypes.memmove(out + c * size, ctypes.addressof(got[e][0]), size)
+                return 0
+            except BaseException as e:  # noqa: BLE001 - reported by the forward pass's caller
+                cache.error = e
+                return 1
+
+        self._fetcher = cache
+        self._experts_fn = _EXPERTS_FN(fetch)
+        for moe in self._moe:  # the layers point at these structs
+            moe.experts = None
+            moe.fetch = ctypes.cast(self._experts_fn, _P)
+
+    @classmethod
+    def load(cls, lib_path: str, cfg: ModelConfig, weight, head_name, k_cache, v_cache):
+        """The fast path for this model, or None where it does not apply (a module compiled
+        before the C forward pass, or before this layout of its structs)."""
+        fn = _symbol(lib_path)
+        if fn is None:
+            return None
+        return cls(fn, cfg, weight, head_name, k_cache, v_cache)
+
+    def _hold(self, a: np.ndarray) -> int:
+        if not a.flags.c_contiguous:
+            raise EdgertError("weight buffers must be contiguous")
+        self._keep.append(a)
+        return a.ctypes.data
+
+    def _vec(self, w) -> int:
+        fmt, _meta, arrays = w
+        if fmt != "f32":
+            raise EdgertError(f"a norm or bias weight is stored as {fmt}, expected f32")
+        return self._hold(np.ascontiguousarray(arrays[0], dtype=np.float32))
+
+    def set_layer(self, i: int, arrays: dict[str, list[np.ndarray]] | None) -> None:
+        """Point layer ``i``'s projections at ``arrays`` (tensor name -> buffers, kept alive by
+        the caller until the next call), or at nothing (None): weights streamed per step."""
+        layer = self._layers[i]
+        for proj, name in zip(_PROJ, PROJECTIONS):
+            fmt, meta = self._formats[(i, name)]
+            a = None if arrays is None else arrays[f"blk.{i}.{name}.weight"]
+            setattr(layer, proj, self._weight((fmt, meta, a), hold=False))
+
+    def set_sparse(self, cache) -> None:
+        """Run every layer's FFN on its active neurons, bundles from ``cache``
+        (an edgert.runtime.sparse.NeuronCache)."""
+        fmt = cache.fmt
+        self._fetcher = cache
+        self._sparse = [
+            _Sparse(
+                float(t),
+                fmt.bits,
+                fmt.group,
+                fmt.dim_pad,
+                ctypes.cast(cache.callback, _P),
+                None,
+            )
+            for t in cache.thresholds
+        ]
+        for i, sp in enumerate(self._sparse):
+            self._layers[i].sparse = ctypes.pointer(sp)
+
+    def _weight(self, w, *, hold: bool = True) -> _Weight:
+        """The C description of a weight; arrays None: its shape only (no data yet)."""
+        fmt, meta, arrays = w
+        m, k = meta["m"], meta["k"]
+        if arrays is None:
+            return _Weight(-1, 0, 0, 0, m, k, None, None, None)
+        if not hold:  # the caller keeps them alive: a contiguous copy here would dangle
+            if not all(a.flags.c_contiguous for a in arrays):
+                raise EdgertError("weight buffers must be contiguous")
+            return self._described(fmt, meta, [a.ctypes.data for a in arrays])
+        return self._described(fmt, meta, [self._hold(a) for a in arrays])
+
+    def _described(self, fmt: str, meta: dict, ptrs: list[int]) -> _Weight:
+        m, k = meta["m"], meta["k"]
+        if fmt in _LUT_FMT:
+            planes, scale, zero = ptrs
+            return _Weight(
+                W_LUT,
+                meta["bits"],
+                meta["group_size"],
+                _LUT_FMT[fmt],
+                m,
+                k,
+                planes,
+                scale,
+                zero,
+            )
+        if fmt == "q8":
+            q, scale = ptrs
+            return _Weight(W_Q8, 8, 32, 0, m, k, q, scale, None)
+        if fmt == "f32":
+            return _Weight(W_F32, 32, 0, 0, m, k, ptrs[0], None, None)
+        raise EdgertError(f"weight format {fmt!r} has no native path")
+
+    def forward(
+        self,
+        x: np.ndarray,
+        pos: int,
+        cos: np.ndarray,
+        sin: np.ndarray,
+        *,
+        threads: int,
+        last_only: bool = False,
+        logits: bool = True,
+        times: np.ndarray | None = None,
+        layers: tuple[int, int] | None = None,
+    ) -> np.ndarray | None:
+        """Logits for the tokens whose embeddings are ``x`` (n, dim), at positions pos.. (of the
+        last only with ``last_only``; none with ``logits=False``); the KV cache is written.
+        ``times`` (n_layers + 1, 2) float64 accumulates seconds. ``layers=(a, b)`` runs layers
+        a .. b-1 only (x: the residual stream entering layer a; logits only when b is the
+        last layer); the stream leaving them is :attr:`last_x`."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        self.last_x = x
+        model = self.model
+        if layers is not None and layers != (0, model.n_layers):
+            a, b = layers
+            if not 0 <= a < b <= model.n_layers:
+                raise EdgertError(f"layer range {layers} outside 0..{model.n_layers}")
+            row = self._k_cache[0].nbytes
+            model = _Model.from_buffer_copy(self.model)
+            model.n_layers = b - a
+            model.layers = ctypes.cast(
+                ctypes.byref(self._layers, a * ctypes.sizeof(_Layer)), ctypes.POINTER(_Layer)
+            )
+            model.k_cache = self._k_cache.ctypes.data + a * row
+            model.v_cache = self._v_cache.ctypes.data + a * row
+            logits = logits and b == self.model.n_layers
+            if times is not None:
+                times = times[a:]
+        n = x.shape[0]
+        cos = np.ascontiguousarray(cos, dtype=np.float32)
+        sin = np.ascontiguousarray(sin, dtype=np.float32)
+        rows = 1 if last_only else n
+        out = np.empty((rows, self.model.head.m), np.float32) if logits else None
+        rc = self._fn(
+            ctypes.byref(model),
+            x.ctypes.data,
+            n,
+            pos,
+            cos.ctypes.data,
+            sin.ctypes.data,
+            int(last_only),
+            None if out is None else out.ctypes.data,
+            None if times is None else times.ctypes.data,
+            threads,
+        )
+        if rc == -2:
+            raise EdgertError("out of memory in the forward pass")
+        if rc == -3:
+            err, self._fetcher.error = self._fetcher.error, None
+            if isinstance(err, EdgertError):
+                raise err
+            raise EdgertError(f"reading weights from flash failed: {err}") from err
+        if rc:
+            raise EdgertError(
+                f"the forward pass refused its arguments ({n} tokens at position {pos}, "
+                f"context {self.model.max_ctx}; or model and weights disagree)"
+            )
+        return out

@@ -1,0 +1,263 @@
+"""Low-bit LUT kernels: formats and packing (numpy) and the C library (ctypes, no Python ABI).
+
+    pw = quantize_uniform(w, bits=2, group_size=64)      # or quantize_hlq / pack_uniform / pack_hlq
+    y = gemv(pw, x, threads=2); Y = gemm(pw, X); y_sel = gemv_rows(pw, x, rows)
+
+Every call is validated in Python before any C code runs. ``ref=True`` runs the scalar twin.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.runtime.build import build_objects, build_shared, host_flags
+from edgert.format.lut import (
+    FMT_CODE,
+    GROUP_SIZES,
+    HLQ_BITS,
+    UNIFORM_BITS,
+    PackedWeight,
+    pack_hlq,
+    pack_uniform,
+    quantize_hlq,
+    quantize_uniform,
+)
+
+__all__ = [
+    "GROUP_SIZES",
+    "HLQ_BITS",
+    "MAX_BATCH",
+    "UNIFORM_BITS",
+    "PackedWeight",
+    "build_objects",
+    "build_shared",
+    "gemm",
+    "gemm_multi",
+    "gemv",
+    "gemv_rows",
+    "host_flags",
+    "load_library",
+    "pack_hlq",
+    "pack_uniform",
+    "q8_gemm",
+    "quantize_hlq",
+    "quantize_uniform",
+]
+
+MAX_BATCH = 512  # prefill rows per gemm call
+MAX_MULTI = 4  # weights per gemm_multi call (EDGERT_MAX_MULTI)
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+
+_P = ctypes.c_void_p
+_I64 = ctypes.c_int64
+_I32 = ctypes.c_int32
+
+
+def load_library(path: str | None = None) -> ctypes.CDLL:
+    """The kernel library (built for this machine on first use, then cached)."""
+    global _lib
+    if _lib is not None and path is None:  # every call takes this path; the lock costs 0.1 us
+        return _lib
+    with _lock:
+        if _lib is None or path is not None:
+            lib = ctypes.CDLL(str(path or build_shared()))
+            for name in ("edgert_lut_gemm", "edgert_lut_gemm_ref"):
+                fn = getattr(lib, name)
+                fn.argtypes = [_P, _P, _I64, _I64, _I64, _P, _P, _P, _I32, _I32, _I32, _I32]
+                fn.restype = None
+            for name in ("edgert_lut_gemv_rows", "edgert_lut_gemv_rows_ref"):
+                fn = getattr(lib, name)
+                fn.argtypes = [_P, _P, _I64, _I64, _P, _I64, _P, _P, _P, _I32, _I32, _I32, _I32]
+                fn.restype = None
+            for name in ("edgert_q8_gemm", "edgert_q8_gemm_ref"):
+                fn = getattr(lib, name)
+                fn.argtypes = [_P, _P, _I64, _I64, _I64, _P, _P, _I32]
+                fn.restype = None
+            fn = lib.edgert_lut_gemm_multi
+            fn.argtypes = [_I32, _P, _P, _I64, _P, _I64, _P, _P, _P, _I32, _I32, _I32, _I32]
+            fn.restype = None
+            lib.edgert_read_bytes.argtypes = [_P, _I64, _I32]
+            lib.edgert_read_bytes.restype = ctypes.c_uint64
+            lib.edgert_kernels_isa.restype = ctypes.c_char_p
+            if path is not None:
+                return lib
+            _lib = lib
+        return _lib
+
+
+def isa() -> str:
+    return load_library().edgert_kernels_isa().decode()
+
+
+def _ptr(a: np.ndarray) -> int:
+    """The address of a contiguous array's data (through the buffer protocol: a third of the
+    time of ``a.ctypes.data``, which matters on sub-millisecond decode GEMVs); read-only arrays
+    take the slower way."""
+    try:
+        return ctypes.addressof(ctypes.c_char.from_buffer(a))
+    except (TypeError, ValueError, BufferError):
+        return a.ctypes.data
+
+
+def _weight_args(pw: PackedWeight) -> tuple:
+    """The packed weight as the C functions take it: planes, scale, zero, bits, group, format.
+    Validated on first use and cached on the object while its buffers stay the same arrays
+    (the cache holds them, so their addresses stay valid)."""
+    c = pw.__dict__.get("_c_args")
+    if (
+        c is not None
+        and c[0] is pw.planes
+        and c[1] is pw.scale
+        and c[2] is pw.zero
+        and c[3] == (pw.fmt, pw.bits, pw.group_size, tuple(pw.shape))
+    ):
+        return c[4]
+    _check_packed(pw)
+    args = (
+        _ptr(pw.planes),
+        _ptr(pw.scale),
+        _ptr(pw.zero),
+        pw.bits,
+        pw.group_size,
+        FMT_CODE[pw.fmt],
+    )
+    key = (pw.fmt, pw.bits, pw.group_size, tuple(pw.shape))
+    pw.__dict__["_c_args"] = (pw.planes, pw.scale, pw.zero, key, args)
+    return args
+
+
+def _check_packed(pw: PackedWeight) -> None:
+    m, _k = pw.shape
+    tiles, k4 = -(-m // 32), pw.groups * pw.group_size // 4
+    per = pw.bits if pw.fmt == "hlq" else 1
+    want = {
+        "planes": ((tiles, k4, pw.bits, 16), np.uint8),
+        "scale": ((tiles, pw.groups, per, 32) if per > 1 else (tiles, pw.groups, 32), np.uint16),
+        "zero": ((tiles, pw.groups, 32), np.uint16),
+    }
+    for name, (shape, dt) in want.items():
+        a = getattr(pw, name)
+        if a.shape != shape or a.dtype != dt or not a.flags.c_contiguous:
+            raise EdgertError(
+                f"packed weight buffer {name} is {a.dtype}{a.shape}, "
+                f"expected contiguous {np.dtype(dt)}{shape}"
+            )
+    if pw.fmt not in FMT_CODE:
+        raise EdgertError(f"unknown weight format {pw.fmt!r}")
+
+
+def _activations(x: np.ndarray, k: int, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        if not np.issubdtype(x.dtype, np.floating):
+            raise EdgertError(f"{what} must be floating point, got {x.dtype}")
+        x = x.astype(np.float32)
+    if x.shape[-1] != k:
+        raise EdgertError(f"{what} has {x.shape[-1]} columns but the weight has k={k}")
+    return np.ascontiguousarray(x)
+
+
+def gemm(pw: PackedWeight, X: np.ndarray, *, threads: int = 1, ref: bool = False) -> np.ndarray:
+    """Y (n, m) = X (n, k) . W^T."""
+    wargs = _weight_args(pw)
+    m, k = pw.shape
+    X = _activations(X, k, "X")
+    if X.ndim != 2:
+        raise EdgertError(f"X must be (n, k), got shape {X.shape}")
+    n = X.shape[0]
+    Y = np.empty((n, m), np.float32)
+    lib = load_library()
+    fn = lib.edgert_lut_gemm_ref if ref else lib.edgert_lut_gemm
+    yp, xp = _ptr(Y), _ptr(X)  # batches by address: views cost microseconds on a decode GEMV
+    for s in range(0, n, MAX_BATCH):
+        fn(yp + 4 * s * m, xp + 4 * s * k, min(MAX_BATCH, n - s), m, k, *wargs, threads)
+    return Y
+
+
+def gemm_multi(pws: list[PackedWeight], X: np.ndarray, *, threads: int = 1) -> list[np.ndarray]:
+    """[X . W_j^T for each W_j] with one table build and one parallel job: the weights share k,
+    bits, group size and format (a layer's q/k/v or gate/up projections)."""
+    if not 1 <= len(pws) <= MAX_MULTI:
+        raise EdgertError(f"gemm_multi takes 1 to {MAX_MULTI} weights, got {len(pws)}")
+    args = [_weight_args(pw) for pw in pws]
+    k = pws[0].shape[1]
+    for pw, a in zip(pws, args):
+        if pw.shape[1] != k or a[3:] != args[0][3:]:
+            raise EdgertError(
+                "gemm_multi weights must share k, bits, group size and format "
+                f"({pw.shape[1]}/{a[3:]} vs {k}/{args[0][3:]})"
+            )
+    X = _activations(X, k, "X")
+    if X.ndim != 2:
+        raise EdgertError(f"X must be (n, k), got shape {X.shape}")
+    ys = [np.empty((X.shape[0], pw.shape[0]), np.float32) for pw in pws]
+    count = len(pws)
+    ptrs = [(ctypes.c_void_p * count)(*[a[i] for a in args]) for i in range(3)]
+    yp = (ctypes.c_void_p * count)(*[_ptr(y) for y in ys])
+    ms = (ctypes.c_int64 * count)(*[pw.shape[0] for pw in pws])
+    load_library().edgert_lut_gemm_multi(
+        count, yp, _ptr(X), X.shape[0], ms, k, *ptrs, *args[0][3:], threads
+    )
+    return ys
+
+
+def gemv(pw: PackedWeight, x: np.ndarray, *, threads: int = 1, ref: bool = False) -> np.ndarray:
+    """y (m,) = W . x (k,)."""
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise EdgertError(f"x must be a vector (k,), got shape {x.shape}")
+    return gemm(pw, x[None], threads=threads, ref=ref)[0]
+
+
+def gemv_rows(
+    pw: PackedWeight, x: np.ndarray, rows: np.ndarray, *, threads: int = 1, ref: bool = False
+) -> np.ndarray:
+    """Only the output rows listed in ``rows`` (sorted ascending is fastest)."""
+    wargs = _weight_args(pw)
+    m, k = pw.shape
+    x = _activations(x, k, "x")
+    if x.ndim != 1:
+        raise EdgertError(f"x must be a vector (k,), got shape {x.shape}")
+    rows = np.ascontiguousarray(rows, dtype=np.int32)
+    if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= m)):
+        raise EdgertError(f"rows must be indices in [0, {m})")
+    y = np.empty(rows.size, np.float32)
+    if rows.size:
+        lib = load_library()
+        fn = lib.edgert_lut_gemv_rows_ref if ref else lib.edgert_lut_gemv_rows
+        fn(_ptr(y), _ptr(x), m, k, _ptr(rows), rows.size, *wargs, threads)
+    return y
+
+
+def q8_gemm(
+    q: np.ndarray,
+    scale: np.ndarray,
+    X: np.ndarray,
+    *,
+    k: int | None = None,
+    threads: int = 1,
+    ref: bool = False,
+) -> np.ndarray:
+    """Y (n, m) = X (n, k) . W^T for 8-bit rows (edgert.format.q8 layout: q int8 (m, kpad), scale
+    float32 (m, kpad/32))."""
+    q = np.ascontiguousarray(q)
+    scale = np.ascontiguousarray(scale)
+    if q.dtype != np.int8 or scale.dtype != np.float32 or q.ndim != 2 or q.shape[1] % 32:
+        raise EdgertError("q8 weights must be int8 (m, kpad) with kpad a multiple of 32")
+    m, kpad = q.shape
+    if scale.shape != (m, kpad // 32):
+        raise EdgertError(f"q8 scales must have shape {(m, kpad // 32)}, got {scale.shape}")
+    k = k or kpad
+    X = _activations(np.atleast_2d(X), k, "X")
+    if not 0 < k <= kpad:
+        raise EdgertError(f"k={k} does not fit q8 rows of {kpad} columns")
+    Y = np.empty((X.shape[0], m), np.float32)
+    lib = load_library()
+    fn = lib.edgert_q8_gemm_ref if ref else lib.edgert_q8_gemm
+    fn(_ptr(Y), _ptr(X), X.shape[0], m, k, _ptr(q), _ptr(scale), threads)
+    return Y

@@ -1,0 +1,214 @@
+"""The reference forward pass in numpy float32: the correctness oracle every faster path is
+checked against. Simple and readable on purpose: RMSNorm, RoPE, grouped-query attention with a KV
+cache, SwiGLU, MoE routing (top-k with each architecture's normalisation, shared experts), tied
+embeddings; batched prefill and single-token decode through the same code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.format.model import ModelConfig, ModelGraph
+
+
+def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
+    # x (n, d), w (d,) -> (n, d)
+    var = np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)
+    return (x / np.sqrt(var + eps)).astype(np.float32) * w
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1.0 + np.exp(-x))
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def rope_tables(cfg: ModelConfig, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin of shape (n, rope_dim/2) for the given positions."""
+    half = cfg.rope_dim // 2
+    inv_freq = cfg.rope_theta ** (-np.arange(half, dtype=np.float64) * 2.0 / cfg.rope_dim)
+    ang = positions.astype(np.float64)[:, None] * inv_freq[None, :]
+    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+
+
+def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> np.ndarray:
+    """Rotate x (n, heads, head_dim) in place of its first rope_dim dims.
+
+    ``norm``: pairs (2i, 2i+1) rotate together (GGUF llama layout);
+    ``neox``: pairs (i, i + rope_dim/2).
+    """
+    rd = cos.shape[1] * 2
+    out = x.copy()
+    c, s = cos[:, None, :], sin[:, None, :]
+    if style == "norm":
+        a, b = x[..., 0:rd:2], x[..., 1:rd:2]
+        out[..., 0:rd:2] = a * c - b * s
+        out[..., 1:rd:2] = a * s + b * c
+    else:
+        a, b = x[..., : rd // 2], x[..., rd // 2 : rd]
+        out[..., : rd // 2] = a * c - b * s
+        out[..., rd // 2 : rd] = a * s + b * c
+    return out
+
+
+def route(cfg: ModelConfig, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k experts per token: (indices (n, k), weights (n, k)).
+
+    Softmax over all experts, keep the k largest probabilities, and renormalise them to sum to 1
+    when the architecture does (Mixtral) — Qwen2-MoE and OLMoE use the raw probabilities; experts
+    split from a dense FFN (``expert_weights_unit``) count with weight 1.
+    """
+    probs = softmax(logits.astype(np.float32), axis=-1)
+    k = cfg.n_experts_used
+    idx = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    if cfg.expert_weights_unit:
+        return idx, np.ones(idx.shape, np.float32)
+    w = np.take_along_axis(probs, idx, axis=-1)
+    if cfg.expert_weights_norm:
+        w = w / np.sum(w, axis=-1, keepdims=True)
+    return idx, w.astype(np.float32)
+
+
+class ReferenceEngine:
+    """Runs a :class:`ModelGraph` token by token with a KV cache.
+
+    ``forward(tokens)`` appends ``tokens`` to the sequence and returns logits for each of them
+    (or only the last with ``last_only=True``); ``reset()`` clears the cache.
+    """
+
+    def __init__(self, model: ModelGraph, *, max_ctx: int | None = None):
+        self.model = model
+        #: tensors used instead of the model's (e.g. a quantized copy while measuring sensitivity)
+        self.overrides: dict[str, np.ndarray] = {}
+        self.cfg = model.config
+        self.max_ctx = int(max_ctx or min(self.cfg.context_length, 4096))
+        c = self.cfg
+        shape = (c.n_layers, self.max_ctx, c.n_kv_heads, c.head_dim)
+        self.k_cache = np.zeros(shape, np.float32)
+        self.v_cache = np.zeros(shape, np.float32)
+        self.pos = 0
+        self.expert_counts = np.zeros((c.n_layers, max(c.n_experts, 1)), np.int64)
+        #: the residual stream entering the FFN being run (what a recorder of FFNs reads)
+        self.ffn_stream: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    @property
+    def tokenizer(self):
+        return self.model.tokenizer
+
+    def _w(self, name: str) -> np.ndarray:
+        w = self.overrides.get(name)
+        return w if w is not None else self.model.tensor(name)
+
+    def _mm(self, x: np.ndarray, name: str) -> np.ndarray:
+        """x (n, in) @ W(name).T -> (n, out)."""
+        return x @ self._w(name).T
+
+    def _attention(self, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        c, p, n = self.cfg, f"blk.{i}.", x.shape[0]
+        q = self._mm(x, p + "attn_q.weight")
+        k = self._mm(x, p + "attn_k.weight")
+        v = self._mm(x, p + "attn_v.weight")
+        if c.qkv_bias:
+            q += self._w(p + "attn_q.bias")
+            k += self._w(p + "attn_k.bias")
+            v += self._w(p + "attn_v.bias")
+        if c.qk_norm:
+            q = rms_norm(q, self._w(p + "attn_q_norm.weight"), c.rms_eps)
+            k = rms_norm(k, self._w(p + "attn_k_norm.weight"), c.rms_eps)
+        q = apply_rope(q.reshape(n, c.n_heads, c.head_dim), cos, sin, c.rope_style)
+        k = apply_rope(k.reshape(n, c.n_kv_heads, c.head_dim), cos, sin, c.rope_style)
+        v = v.reshape(n, c.n_kv_heads, c.head_dim)
+        t0, t1 = self.pos, self.pos + n
+        self.k_cache[i, t0:t1] = k
+        self.v_cache[i, t0:t1] = v
+        keys, vals = self.k_cache[i, :t1], self.v_cache[i, :t1]  # (T, kv, hd)
+        group = c.n_heads // c.n_kv_heads
+        # q (n, kv, group, hd) x keys (T, kv, hd) -> scores (kv, group, n, T)
+        qg = q.reshape(n, c.n_kv_heads, group, c.head_dim).transpose(1, 2, 0, 3)
+        scores = qg @ keys.transpose(1, 2, 0)[:, None] / np.float32(np.sqrt(c.head_dim))
+        qpos = np.arange(t0, t1)[:, None]
+        kpos = np.arange(t1)[None, :]
+        scores = np.where(kpos <= qpos, scores, np.float32(-np.inf))
+        probs = softmax(scores, axis=-1)
+        out = probs @ vals.transpose(1, 0, 2)[:, None]  # (kv, group, n, hd)
+        out = out.transpose(2, 0, 1, 3).reshape(n, c.n_heads * c.head_dim)
+        return self._mm(out, p + "attn_output.weight")
+
+    def _moe(self, i: int, x: np.ndarray) -> np.ndarray:
+        c, p = self.cfg, f"blk.{i}."
+        idx, w = route(c, self._mm(x, p + "ffn_gate_inp.weight"))
+        names = [p + f"ffn_{n}_exps.weight" for n in ("gate", "up", "down")]
+        gate, up, down = (self._w(n) for n in names)
+        out = np.zeros_like(x)
+        for e in np.unique(idx):
+            rows, slot = np.nonzero(idx == e)
+            self.expert_counts[i, e] += len(rows)
+            xe = x[rows]
+            h = silu(xe @ gate[e].T) * (xe @ up[e].T)
+            out[rows] += w[rows, slot][:, None] * (h @ down[e].T)
+        if c.shared_expert_ffn_dim:
+            sh = self._swiglu(x, p, "_shexp")
+            g = x @ self._w(p + "ffn_gate_inp_shexp.weight").reshape(-1, c.dim).T  # (n, 1)
+            out += sh / (1.0 + np.exp(-g))
+        return out
+
+    def _swiglu(self, x: np.ndarray, p: str, suffix: str = "") -> np.ndarray:
+        h = silu(self._mm(x, f"{p}ffn_gate{suffix}.weight")) * self._mm(
+            x, f"{p}ffn_up{suffix}.weight"
+        )
+        return self._mm(h, f"{p}ffn_down{suffix}.weight")
+
+    def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
+        if self.cfg.is_moe:
+            return self._moe(i, x)
+        return self._swiglu(x, f"blk.{i}.")
+
+    def hidden(self, tokens: list[int] | np.ndarray) -> np.ndarray:
+        """Run ``tokens`` through every layer; return the final normed hidden states (n, dim)."""
+        c = self.cfg
+        tokens = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        n = len(tokens)
+        if n == 0:
+            raise EdgertError("no tokens to evaluate")
+        if self.pos + n > self.max_ctx:
+            raise EdgertError(
+                f"sequence of {self.pos + n} tokens exceeds the context of {self.max_ctx}",
+                "use a shorter prompt / fewer tokens, or a larger context",
+            )
+        if tokens.min() < 0 or tokens.max() >= c.vocab_size:
+            raise EdgertError(f"token id out of range for a vocabulary of {c.vocab_size}")
+        x = self._w("token_embd.weight")[tokens]
+        x = self.run_layers(x, 0, c.n_layers)
+        self.pos += n
+        return rms_norm(x, self._w("output_norm.weight"), c.rms_eps)
+
+    def run_layers(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """Residual stream x (n, dim) through layers [start, stop) at positions pos..pos+n-1
+        (the KV cache of those layers is written; ``pos`` is not advanced)."""
+        c = self.cfg
+        cos, sin = rope_tables(c, np.arange(self.pos, self.pos + x.shape[0]))
+        for i in range(start, stop):
+            p = f"blk.{i}."
+            h = rms_norm(x, self._w(p + "attn_norm.weight"), c.rms_eps)
+            x = x + self._attention(i, h, cos, sin)
+            h = rms_norm(x, self._w(p + "ffn_norm.weight"), c.rms_eps)
+            self.ffn_stream = x
+            x = x + self._ffn(i, h)
+        return x
+
+    def lm_head_name(self) -> str:
+        return "output.weight" if "output.weight" in self.model else "token_embd.weight"
+
+    def forward(self, tokens: list[int] | np.ndarray, *, last_only: bool = False) -> np.ndarray:
+        """Logits (n, vocab) for the tokens appended; (vocab,) of the last with ``last_only``."""
+        h = self.hidden(tokens)
+        if last_only:
+            return self._mm(h[-1:], self.lm_head_name())[0]
+        return self._mm(h, self.lm_head_name())
