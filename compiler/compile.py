@@ -1,9 +1,9 @@
 """`edgert compile`: a model file in, a deployable artifact for one target out.
 
 Stages: load (frontend) -> plan bits (uniform, or allocated under --bits-budget from measured
-sensitivity) -> quantize + pack every linear weight into the LUT kernel formats -> lower the
-compute with TVM for the target and link it with the target's kernel library -> write the
-artifact atomically.
+sensitivity) -> quantize + pack every linear weight into the LUT kernel formats -> build the
+target's library (the C forward pass and the kernels, with the target's toolchain through TVM's
+compiler driver) -> write the artifact atomically.
 """
 
 from __future__ import annotations
@@ -171,6 +171,6 @@ def compile_model(
         m, tgt, out, scheme=scheme, bits=bits, units=units, force=force, times=times, dram=dram,
         sparse=sparse, moefy=moe_record, trace=trace,
     )  # fmt: skip
-    times["quantize + lower + write"] = time.perf_counter() - t
+    times["quantize + build + write"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0
     return summary

@@ -7,47 +7,24 @@ import time
 from pathlib import Path
 
 import numpy as np
-from edgert.compiler.lower.relax import LinearSpec, build_module, compile_module
+from edgert.compiler.lower.library import build_library
 from edgert.compiler.quant.scheme import QuantScheme
 
+from edgert.format import names
 from edgert.format.artifact import ArtifactWriter
-from edgert.progress import Progress
 from edgert.format.q8 import quantize_q8
-from edgert.runtime.engine import expert_name
 from edgert.format.target import Target
+from edgert.progress import Progress
 
 log = logging.getLogger(__name__)
 
-#: role in the lowering -> GGUF tensor suffix (per layer)
-DENSE_ROLES = {
-    "q": "attn_q",
-    "k": "attn_k",
-    "v": "attn_v",
-    "o": "attn_output",
-    "gate": "ffn_gate",
-    "up": "ffn_up",
-    "down": "ffn_down",
-}
-ATTN_ROLES = {r: t for r, t in DENSE_ROLES.items() if r in "qkvo"}
-EXPERT_ROLES = {"e_gate": "gate", "e_up": "up", "e_down": "down"}
-SHARED_ROLES = {"s_gate": "ffn_gate_shexp", "s_up": "ffn_up_shexp", "s_down": "ffn_down_shexp"}
+#: float32 tensors a layer may have besides its norms, in the order they are written
+LAYER_F32 = ("attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_q_norm.weight",
+             "attn_k_norm.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")  # fmt: skip
 
 
 def variant_name(fmt: str, bits: int) -> str:
     return f"{'u' if fmt == 'uniform' else 'h'}{bits}"
-
-
-def lut_spec(m: int, k: int, fmt: str, bits: int, group: int) -> LinearSpec:
-    """The function-input layout of an (m, k) weight in a LUT format (see edgert.runtime.kernels)."""
-    tiles, groups = -(-m // 32), -(-k // group)
-    scale = (tiles, groups, bits, 32) if fmt == "hlq" else (tiles, groups, 32)
-    bufs = (
-        ("planes", (tiles, groups * group // 4, bits, 16), "uint8"),
-        ("scale", scale, "uint16"),
-        ("zero", (tiles, groups, 32), "uint16"),
-    )
-    meta = {"fmt": fmt, "bits": bits, "group_size": group, "m": m, "k": k}
-    return LinearSpec(m, k, fmt=fmt, buffers=bufs, meta=tuple(sorted(meta.items())))
 
 
 def write_artifact(
@@ -74,7 +51,7 @@ def write_artifact(
     decodes (edgert.compiler.transform.calibrate.routing_trace), stored for the planner."""
     from edgert.compiler.compile import CompileSummary, _tvm_version
 
-    from edgert.runtime.kernels import build_objects, quantize_hlq, quantize_uniform
+    from edgert.runtime.kernels import quantize_hlq, quantize_uniform
 
     c = m.config
     quant = quantize_hlq if scheme.fmt == "hlq" else quantize_uniform
@@ -85,20 +62,16 @@ def write_artifact(
             expert_bits[u.layer][int(u.name.rsplit(".", 1)[1])] = bits[u.name]
         else:
             layer_bits[u.layer] = bits[u.name]
-    variants: dict[str, dict[str, LinearSpec]] = {}
     sizes = {"quantized": 0, "q8": 0, "f32": 0}
     t0 = time.perf_counter()
     with ArtifactWriter(out, force=force) as w:
 
-        def put_lut(
-            name: str, wt: np.ndarray, b: int, role: str, variant: str, residency: str = "resident"
-        ) -> None:
+        def put_lut(name: str, wt: np.ndarray, b: int) -> None:
             pw = quant(wt, bits=b, group_size=scheme.group_size)
             meta = dict(pw.meta) if hasattr(pw, "meta") else {}
             w.add_tensor(
                 name,
                 pw.to_buffers(),
-                residency=residency,
                 meta={
                     "format": pw.fmt,
                     "bits": b,
@@ -108,11 +81,6 @@ def write_artifact(
                 },
             )
             sizes["quantized"] += pw.nbytes
-            spec = lut_spec(*pw.shape, pw.fmt, b, scheme.group_size)
-            old = variants.setdefault(variant, {}).get(role)
-            if old is not None and old != spec:
-                raise RuntimeError(f"{name}: layout differs from other {role} weights")
-            variants[variant][role] = spec
 
         def put_f32(name: str) -> None:
             a = m.tensor(name)
@@ -122,32 +90,23 @@ def write_artifact(
         n_lin = sum(len(u.tensors) for u in units)
         with Progress(n_lin, "quantizing") as bar:
             for i in range(c.n_layers):
-                p = f"blk.{i}."
-                lv = variant_name(scheme.fmt, layer_bits[i])
-                for name in ("attn_norm.weight", "ffn_norm.weight"):
-                    put_f32(p + name)
-                for extra in (
-                    "attn_q.bias",
-                    "attn_k.bias",
-                    "attn_v.bias",
-                    "attn_q_norm.weight",
-                    "attn_k_norm.weight",
-                    "ffn_gate_inp.weight",
-                    "ffn_gate_inp_shexp.weight",
-                ):
-                    if p + extra in m:
-                        put_f32(p + extra)
-                roles = ATTN_ROLES if c.is_moe else DENSE_ROLES
+                for name in (names.attn_norm(i), names.ffn_norm(i)):
+                    put_f32(name)
+                for extra in LAYER_F32:
+                    if names.layer(i, extra) in m:
+                        put_f32(names.layer(i, extra))
+                # a layer's projections one after another: it streams as one read
+                projs = names.ATTN_PROJECTIONS if c.is_moe else names.PROJECTIONS
+                linear = [names.weight(i, p) for p in projs]
                 if c.shared_expert_ffn_dim:
-                    roles = {**roles, **SHARED_ROLES}
-                for role, t in roles.items():
-                    put_lut(p + t + ".weight", m.tensor(p + t + ".weight"), layer_bits[i], role, lv)
+                    linear += [names.shared(i, p) for p in names.EXPERT_PROJECTIONS]
+                for name in linear:
+                    put_lut(name, m.tensor(name), layer_bits[i])
                     bar.update(1)
-                for e in range(c.n_experts):
-                    ev = variant_name(scheme.fmt, expert_bits[i][e])
-                    for role, proj in EXPERT_ROLES.items():
-                        stacked = m.tensor(p + f"ffn_{proj}_exps.weight")
-                        put_lut(expert_name(i, proj, e), stacked[e], expert_bits[i][e], role, ev)
+                for e in range(c.n_experts):  # each expert's projections together, too
+                    for proj in names.EXPERT_PROJECTIONS:
+                        stacked = m.tensor(names.experts(i, proj))
+                        put_lut(names.expert(i, proj, e), stacked[e], expert_bits[i][e])
                     bar.update(3)
         if moefy is not None:
             w.manifest["moefy"] = moefy
@@ -176,63 +135,24 @@ def write_artifact(
                 "calib_tokens": sparse["calib_tokens"],
             }
         # embeddings and head: 8-bit
-        emb = quantize_q8(m.tensor("token_embd.weight"))
-        w.add_tensor(
-            "token_embd.weight", emb, meta={"format": "q8", "shape": [c.vocab_size, c.dim]}
-        )
+        emb = quantize_q8(m.tensor(names.EMBEDDING))
+        w.add_tensor(names.EMBEDDING, emb, meta={"format": "q8", "shape": [c.vocab_size, c.dim]})
         sizes["q8"] += sum(a.nbytes for a in emb.values())
-        head_name = "token_embd.weight"
-        if "output.weight" in m:
-            head = quantize_q8(m.tensor("output.weight"))
-            w.add_tensor(
-                "output.weight", head, meta={"format": "q8", "shape": [c.vocab_size, c.dim]}
-            )
+        head_name = names.EMBEDDING
+        if names.OUTPUT in m:
+            head = quantize_q8(m.tensor(names.OUTPUT))
+            w.add_tensor(names.OUTPUT, head, meta={"format": "q8", "shape": [c.vocab_size, c.dim]})
             sizes["q8"] += sum(a.nbytes for a in head.values())
-            head_name = "output.weight"
-            emb_for_spec = head
-        else:
-            emb_for_spec = emb
-        put_f32("output_norm.weight")
-        head_spec = LinearSpec(
-            c.vocab_size,
-            c.dim,
-            fmt="q8",
-            buffers=tuple((k, tuple(a.shape), str(a.dtype)) for k, a in emb_for_spec.items()),
-        )
-        # every variant gets every role (a budget may put only experts, or only attention, at
-        # some width): the lowering emits complete function sets per variant
-        shapes = {
-            r: (sp.out_features, sp.in_features) for v in variants.values() for r, sp in v.items()
-        }
-        for name, v in variants.items():
-            b = int(name[1:])
-            for r, (mm, kk) in shapes.items():
-                if r not in v:
-                    v[r] = lut_spec(mm, kk, scheme.fmt, b, scheme.group_size)
-        router = LinearSpec(c.n_experts, c.dim) if c.is_moe else None
-        for v in variants.values():
-            if router is not None:
-                v["router"] = router
-        first = next(iter(variants))
-        variants[first]["head"] = head_spec
+            head_name = names.OUTPUT
+        put_f32(names.OUTPUT_NORM)
         times["quantize"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()
         tok = m.tokenizer
         if tok is not None:
             tok.save(w.path)
-        objs = build_objects(cc=tgt.cc, cflags=tgt.cflags, out_dir=w.path / "lib" / "obj")
-        compile_module(
-            build_module(c, variants),
-            tgt.tvm_target,
-            out_so=str(w.path / "lib" / "model.so"),
-            cxx=tgt.cross_cxx,
-            addons=[str(o) for o in objs],
-        )
-        for o in objs:
-            Path(o).unlink()
-        (w.path / "lib" / "obj").rmdir()
-        times["lower + link"] = time.perf_counter() - t1
+        build_library(tgt, w.path / "lib" / "model.so")
+        times["build library"] = time.perf_counter() - t1
         avg = sum(u.params * bits[u.name] for u in units) / sum(u.params for u in units)
         w.manifest.update(
             {

@@ -187,7 +187,7 @@ def reference_tokens(art_path, prompt: str, n: int = 16) -> list[int]:
     from edgert.format.artifact import Artifact
     from edgert.runtime.generate import Sampler, generate
     from edgert.runtime.reference import ReferenceEngine
-    from edgert.runtime.engine import reference_model
+    from edgert.runtime.weights import reference_model
 
     ref = ReferenceEngine(reference_model(Artifact.open(art_path)), max_ctx=64)
     return generate(ref, prompt=prompt, n_predict=n, sampler=Sampler(temp=0)).tokens

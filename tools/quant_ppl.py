@@ -25,7 +25,8 @@ from edgert.format.artifact import Artifact
 from edgert.device.hub import pull
 from edgert.runtime.perplexity import perplexity
 from edgert.runtime.reference import ReferenceEngine
-from edgert.runtime.engine import open_artifact_engine, reference_model
+from edgert.runtime.open import open_artifact_engine
+from edgert.runtime.weights import reference_model
 
 TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpl-3.0.txt"
 VARIANTS = [

@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from edgert.runtime.engine import open_artifact_engine
+from edgert.runtime.open import open_artifact_engine
 from edgert.runtime.stream import parse_size
 
 

@@ -164,7 +164,7 @@ def compile_onnx(
         quantize_weights_int8,
         to_relax,
     )
-    from edgert.compiler.lower.relax import compile_module
+    from edgert.compiler.lower.pipeline import compile_module
 
     t0 = time.perf_counter()
     bits = 32 if bits is None else int(bits)

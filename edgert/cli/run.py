@@ -214,7 +214,7 @@ def _run_llm(args) -> int:
     from edgert.cli.common import dram_budget, expert_options, ffn_options
     from edgert.cli.generate import report
     from edgert.runtime.generate import Sampler, generate
-    from edgert.runtime.engine import open_artifact_engine
+    from edgert.runtime.open import open_artifact_engine
 
     engine = open_artifact_engine(
         args.artifact,

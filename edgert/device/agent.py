@@ -258,7 +258,7 @@ def _load(agent: Agent, rid, args, payload):
 
         agent.loaded[name] = open_dnn(path)
     else:
-        from edgert.runtime.engine import open_artifact_engine
+        from edgert.runtime.open import open_artifact_engine
 
         budget = args.get("dram_budget")  # bytes; 0: none; absent: the compiled budget
         if budget is not None and (not isinstance(budget, int) or budget < 0):

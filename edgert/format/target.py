@@ -61,6 +61,9 @@ class Target:
     kernel_efficiency: float = KERNEL_EFFICIENCY
     #: weight GB/s one core's decode reaches when compute-bound (optional [cpu] key; 0: no cap)
     gemv_gbs_per_core: float = 0.0
+    #: tuning values of the kernels for this device (optional [kernels] table: name -> number,
+    #: e.g. prefetch_bytes = 2048); the kernels' defaults (kernels_neon/tuning.h) elsewhere
+    kernels: dict[str, int | float] = field(default_factory=dict)
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -80,6 +83,11 @@ class Target:
             "triple": self.triple,
             "tvm_target": self.tvm_target,
         }
+
+    def kernel_cflags(self) -> list[str]:
+        """The compiler flags of the target's kernel build: its cflags, then each tuning value
+        as ``-DEDGERT_<NAME>=<value>``."""
+        return [*self.cflags, *(f"-DEDGERT_{k.upper()}={v}" for k, v in self.kernels.items())]
 
     def toolchain_missing(self) -> list[str]:
         return [t for t in (self.cc, self.cxx) if shutil.which(t) is None]
@@ -118,6 +126,23 @@ def _opt(d: dict, dotted: str, default: float, path: Path) -> float:
     return v
 
 
+#: tuning values a target may set in its [kernels] table (kernels_neon/tuning.h says what each is)
+KERNEL_TUNING = ("prefetch_bytes", "pair_prefetch_bytes", "spin_us")
+
+
+def _kernels(d: Any, path: Path) -> dict[str, int | float]:
+    if not isinstance(d, dict):
+        raise EdgertError(f"{path}: [kernels] must be a table")
+    for k, v in d.items():
+        if k not in KERNEL_TUNING:
+            raise EdgertError(
+                f"{path}: unknown kernel tuning value {k!r}", f"known: {', '.join(KERNEL_TUNING)}"
+            )
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
+            raise EdgertError(f"{path}: [kernels] {k} must be a non-negative number, not {v!r}")
+    return dict(d)
+
+
 def parse_target(path: Path) -> Target:
     try:
         d = tomllib.loads(path.read_text())
@@ -144,6 +169,7 @@ def parse_target(path: Path) -> Target:
         flash_latency_us=float(_get(d, "flash.read_latency_us", num, path)),
         kernel_efficiency=float(_opt(d, "memory.kernel_efficiency", KERNEL_EFFICIENCY, path)),
         gemv_gbs_per_core=float(_opt(d, "cpu.gemv_gbs_per_core", 0.0, path)),
+        kernels=_kernels(d.get("kernels", {}), path),
         path=str(path),
         extra={k: v for k, v in d.get("tvm", {}).items() if k != "target"},
     )

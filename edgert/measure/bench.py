@@ -218,10 +218,10 @@ def bench_model(
 
     p = Path(path)
     is_art = p.is_dir() and (p / "manifest.json").exists()
-    if is_art:
-        from edgert.runtime.engine import _tvm
+    if is_art:  # the runtime's libraries belong to the baseline, not to the model
+        import tokenizers  # noqa: F401
 
-        _tvm()  # the runtime's libraries belong to the baseline, not to the model
+        import edgert.runtime.engine  # noqa: F401
     baseline = rss_bytes()
     t0 = time.perf_counter()
     engine = open_engine(

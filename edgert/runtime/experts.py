@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from edgert.errors import EdgertError
+from edgert.format import names
 from edgert.runtime.stream import (
     READ_CHUNK,
     FlashReader,
@@ -48,9 +49,7 @@ TRACE_WARMUP = 16
 
 
 def expert_tensors(layer: int, e: int) -> list[str]:
-    from edgert.runtime.engine import expert_name
-
-    return [expert_name(layer, p, e) for p in PROJS]
+    return names.expert_tensors(layer, e)
 
 
 def expert_spans(art, cfg) -> dict[tuple[int, int], Span]:
@@ -260,12 +259,6 @@ class _Entry:
         self.tensors: list | None = None
         self.last = 0
         self.prefetched, self.used = prefetched, False
-
-
-def tvm_inputs(to_tensor):
-    """``convert`` for an :class:`ExpertCache` feeding the compiled functions: an expert's
-    buffers as their inputs, in argument order."""
-    return lambda key, arrays: [to_tensor(a) for n in expert_tensors(*key) for a in arrays[n]]
 
 
 class ExpertCache:

@@ -64,20 +64,40 @@ def is_dnn_artifact(path: str | Path) -> bool:
         return False
 
 
+def tvm_runtime():
+    """(tvm, the Relax VirtualMachine class) with TVM's runtime library alone: where this process
+    has not imported TVM yet, ``TVM_USE_RUNTIME_LIB=1`` keeps its compiler library (259 MB) out."""
+    import os
+    import sys
+
+    set_here = "tvm" not in sys.modules and "TVM_USE_RUNTIME_LIB" not in os.environ
+    if set_here:
+        os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    try:
+        import tvm
+        from tvm.runtime.vm import VirtualMachine
+    except ImportError as e:  # pragma: no cover - depends on the install
+        raise EdgertError(
+            "running compiled ONNX models needs the TVM runtime", "pip install 'edgert[runtime]'"
+        ) from e
+    finally:
+        if set_here:  # the mode is chosen at import; children start as they would have
+            del os.environ["TVM_USE_RUNTIME_LIB"]
+    return tvm, VirtualMachine
+
+
 class DnnEngine:
     """``run({name: array}) -> {name: array}`` over a compiled ONNX artifact."""
 
     def __init__(self, art):
-        from edgert.runtime.engine import _tvm
-
-        tvm, relax = _tvm()
+        tvm, VirtualMachine = tvm_runtime()
         self._tvm = tvm
         self.art = art
         g = art.manifest["graph"]
         self.inputs = [TensorSpec.from_dict(d) for d in g["inputs"]]
         self.outputs = [TensorSpec.from_dict(d) for d in g["outputs"]]
         lib = art.path / art.manifest["libs"]["model"]
-        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+        self.vm = VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
         self._main = self.vm["main"]
         self._params = [tvm.runtime.tensor(art.read_buffer(name, "data")) for name in g["params"]]
 

@@ -1,7 +1,9 @@
-"""Open whatever the user points at (a model file, a HF directory, later an artifact) as an engine.
+"""Open what the user points at as a language model: an artifact (the C forward pass on its
+weights, within a DRAM budget) or, on a workstation, a model file (the numpy reference on its
+float weights; that needs the compiler's frontends).
 
 An engine has ``forward(tokens, last_only=False) -> logits``, ``reset()``, ``pos``,
-``tokenizer``.
+``tokenizer`` (:class:`edgert.runtime.engine.LanguageModel`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,114 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgert.errors import EdgertError
+
+
+def open_artifact_engine(
+    path,
+    *,
+    max_ctx: int | None = None,
+    dram_budget: int | None = None,
+    experts: dict | None = None,
+    ffn: dict | None = None,
+):
+    """Load an artifact (schema, target and resident checksums verified) as a
+    :class:`~edgert.runtime.engine.CompiledEngine`.
+    ``dram_budget`` (bytes): weights, KV cache and scratch fit in it — the layers that do not fit
+    stream from flash each step (dense models; see edgert.runtime.stream). None: the budget the
+    artifact was compiled for, if any (and its context as the default ``max_ctx``); 0: no budget.
+    A mixture of experts keeps its experts on flash and caches what the budget holds
+    (edgert.runtime.experts); ``experts``: the cache's options (``policy``, ``predictor``,
+    ``prefetch``). ``ffn``: ``sparsity`` (one the artifact was calibrated for; None: dense) and
+    ``window`` (tokens a neuron stays cached idle; 0: as long as the budget allows) run a dense
+    model's FFN on its active neurons, their bundles read from flash (edgert.runtime.sparse)."""
+    from edgert.format import names
+    from edgert.format.artifact import Artifact
+    from edgert.runtime.engine import CompiledEngine
+    from edgert.runtime.stream import (
+        PROJECTIONS,
+        LayerStreamer,
+        plan_dram,
+        target_chunk,
+        target_gap,
+    )
+    from edgert.runtime.weights import ArtifactSource
+
+    # checksums are verified as the engine reads its weights, then for whatever it did not read
+    art = Artifact.open(path, verify_resident=False)
+    if art.manifest.get("kind") == "onnx":
+        raise EdgertError(
+            f"{art.path} is a compiled ONNX model, not a language model",
+            "run it with `edgert run ART --input FILE.npy`",
+        )
+    art.check_target()
+    cfg = art.config()
+    plan = art.manifest.get("plan", {})
+    tok = art.tokenizer() if art.manifest.get("tokenizer") else None
+    compiled = art.manifest.get("dram")
+    if dram_budget is None and compiled:
+        dram_budget, max_ctx = compiled["budget"], max_ctx or compiled["ctx"]
+    max_ctx = int(max_ctx or min(cfg.context_length, 4096))
+    dram = moe = sparse = None
+    streamed: set[str] = set()
+    sparsity = (ffn or {}).get("sparsity")
+    if sparsity is not None:
+        from edgert.runtime.sparse import ffn_tensors, plan_sparse
+
+        if cfg.is_moe:
+            raise EdgertError(
+                "--sparsity runs dense models (a mixture of experts streams its experts)",
+                "run it without --sparsity",
+            )
+        gap = (ffn or {}).get("gap_bytes")
+        gap = target_gap(art) if gap is None else int(gap)
+        sparse = plan_sparse(
+            art, cfg, max_ctx=max_ctx, budget=int(dram_budget or 0) or None,
+            sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0), gap_bytes=gap,
+        )  # fmt: skip
+        streamed = ffn_tensors(cfg)
+    elif dram_budget and cfg.is_moe:
+        from edgert.runtime.experts import plan_moe
+
+        moe = plan_moe(
+            art, cfg, max_ctx=max_ctx, budget=int(dram_budget), chunk=target_chunk(art),
+            cache=experts,
+        )  # fmt: skip
+        if moe.streams:
+            streamed = {
+                n for i in range(cfg.n_layers) for e in range(cfg.n_experts)
+                for n in names.expert_tensors(i, e)
+            }  # fmt: skip
+    elif dram_budget:
+        dram = plan_dram(
+            art, cfg, max_ctx=max_ctx, budget=int(dram_budget), chunk=target_chunk(art)
+        )
+        streamed = {names.weight(i, p) for i in dram.streamed for p in PROJECTIONS}
+    engine = CompiledEngine(
+        str(art.path / art.manifest["libs"]["model"]),
+        cfg,
+        ArtifactSource(art, streamed=streamed),
+        tokenizer=tok,
+        max_ctx=max_ctx,
+        head_name=plan.get("head"),
+    )
+    engine.dram_plan = dram or moe or sparse
+    if sparse is not None:
+        from edgert.runtime.sparse import NeuronCache
+
+        engine.neurons = NeuronCache(art, cfg, sparse, gap_bytes=gap)
+        engine.native.set_sparse(engine.neurons)
+    if moe is not None and moe.streams:
+        from edgert.runtime.experts import ExpertCache
+
+        engine.expert_cache = ExpertCache(
+            art, cfg, moe, engine.native.expert_weights, **(experts or {})
+        )
+        engine.native.set_experts(engine.expert_cache)
+    if dram is not None and dram.streamed:
+        engine.streamer = LayerStreamer(art, dram, engine.native)
+    # streamed tensors are verified on their first read
+    art.verify(residency="resident", skip=streamed)
+    return engine
 
 
 def open_engine(
@@ -27,8 +137,6 @@ def open_engine(
             f"no such file or directory: {p}", "check the path, or `edgert pull NAME`"
         )
     if p.is_dir() and (p / "manifest.json").exists():
-        from edgert.runtime.engine import open_artifact_engine
-
         return open_artifact_engine(
             p, max_ctx=max_ctx, dram_budget=dram_budget, experts=experts, ffn=ffn
         )

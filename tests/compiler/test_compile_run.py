@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import compile_synthetic, greedy_divergence
+from conftest import NEAR_TIE, compile_synthetic, greedy_divergence
 from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format.artifact import Artifact, ArtifactError
 from edgert.runtime.generate import Sampler, generate
 from edgert.runtime.reference import ReferenceEngine
-from edgert.runtime.engine import open_artifact_engine, reference_model
+from edgert.runtime.open import open_artifact_engine
+from edgert.runtime.weights import reference_model
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
 
@@ -51,22 +52,20 @@ def test_greedy_tokens_equal_reference_on_same_weights(artifacts, arch):
 
 
 @pytest.mark.parametrize("arch", ["llama", "mixtral"])
-def test_decode_fast_path_equals_compiled_functions(artifacts, arch):
-    """Dense and MoE models decode through the C forward pass by default; the compiled
-    functions read the same weights and agree step by step."""
+def test_decode_steps_follow_the_reference(artifacts, arch):
+    """Dense and MoE models decode through the C forward pass; step by step, after a prompt, its
+    logits stay within the kernels' error of the reference on the same dequantized weights."""
     path = artifacts[arch].out
-    fast = open_artifact_engine(path, max_ctx=64)
-    assert fast.native is not None
-    slow = open_artifact_engine(path, max_ctx=64, native=False)
-    assert slow.native is None
-    ids = fast.tokenizer.encode("the quick brown fox")
-    a, b = fast.forward(ids, last_only=True), slow.forward(ids, last_only=True)
+    eng = open_artifact_engine(path, max_ctx=64)
+    ref = ReferenceEngine(reference_model(Artifact.open(path)), max_ctx=64)
+    ids = eng.tokenizer.encode("the quick brown fox")
+    a, b = eng.forward(ids, last_only=True), ref.forward(ids, last_only=True)
     for _ in range(8):
+        # activations are rounded into the kernels' tables: within NEAR_TIE of the largest logit
+        assert np.max(np.abs(a - b)) <= NEAR_TIE * np.max(np.abs(b))
         nxt = int(np.argmax(b))
-        a, b = fast.forward([nxt], last_only=True), slow.forward([nxt], last_only=True)
-        # the same tables and weights; float order and the head's int16 activations differ
-        assert np.max(np.abs(a - b)) <= 1e-3 * np.max(np.abs(b))
-        assert np.argmax(a) == np.argmax(b)
+        a, b = eng.forward([nxt], last_only=True), ref.forward([nxt], last_only=True)
+    assert np.array_equal(eng.expert_counts, ref.expert_counts)
 
 
 @pytest.mark.parametrize("arch", ["llama", "olmoe"])

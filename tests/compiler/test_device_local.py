@@ -16,7 +16,7 @@ from edgert.device.deploy import deploy
 from edgert.device.client import Device, DeviceError
 from edgert.runtime.onnx import open_dnn
 from edgert.runtime.generate import Sampler, generate
-from edgert.runtime.engine import open_artifact_engine
+from edgert.runtime.open import open_artifact_engine
 
 assert SMALL_MODEL  # the synthetic models are the conftest's small shapes
 

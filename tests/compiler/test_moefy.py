@@ -16,7 +16,8 @@ from edgert.compiler.quant.scheme import QuantScheme
 from edgert.format.artifact import Artifact
 from edgert.errors import EdgertError
 from edgert.runtime.reference import ReferenceEngine
-from edgert.runtime.engine import open_artifact_engine, reference_model
+from edgert.runtime.open import open_artifact_engine
+from edgert.runtime.weights import reference_model
 from edgert.runtime.stream import BUDGET_BATCH
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]

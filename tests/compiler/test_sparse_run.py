@@ -20,7 +20,8 @@ from edgert.runtime.experts import TRACE_TOKENS, TRACE_WARMUP
 from edgert.runtime.kernels import build_shared
 from edgert.runtime.forward import _Sparse
 from edgert.runtime.reference import ReferenceEngine, silu
-from edgert.runtime.engine import open_artifact_engine, reference_model
+from edgert.runtime.open import open_artifact_engine
+from edgert.runtime.weights import reference_model
 from edgert.runtime.sparse import (
     ACTIVITY,
     SPARSITIES,

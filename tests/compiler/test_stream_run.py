@@ -17,7 +17,7 @@ from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format.artifact import ArtifactError
 from edgert.errors import EdgertError
-from edgert.runtime.engine import open_artifact_engine
+from edgert.runtime.open import open_artifact_engine
 from edgert.runtime.stream import BUDGET_BATCH, FlashError, FlashReader, layer_spans, plan_dram
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
@@ -178,10 +178,10 @@ def test_flash_reader_short_reads_and_truncation(tmp_path):
 SOAK = """
 import json, sys
 from edgert.runtime.generate import Sampler, generate
-from edgert.runtime.engine import open_artifact_engine
+from edgert.runtime.open import open_artifact_engine
 from edgert.measure.bench import peak_rss_bytes, rss_bytes  # VmHWM: ru_maxrss carries pytest's peak
 path, budget, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-import tvm  # the runtime's own footprint belongs to the baseline
+import tokenizers, edgert.runtime.engine  # the runtime's own footprint: the baseline
 base = rss_bytes()
 eng = open_artifact_engine(path, max_ctx=n + 16, dram_budget=budget)
 r = generate(eng, prompt="a", n_predict=n, sampler=Sampler(temp=0), stop_at_eos=False)
@@ -329,21 +329,17 @@ def test_moe_tokens_equal_unbudgeted_run_under_every_cache_setting(moe_art):
     want = tokens(open_artifact_engine(moe_art, max_ctx=64))
     lo, quarter, full = moe_budgets(moe_art)
     assert lo < quarter < full.planned
-    settings = [  # (budget, cache options, the C forward pass or the compiled functions)
-        (quarter, {"policy": "lru", "predictor": "router", "prefetch": True}, True),
-        (quarter, {"policy": "lfu", "predictor": "coact", "prefetch": True}, True),
-        (quarter, {"policy": "lru", "prefetch": False}, True),
-        (lo, {"policy": "lfu", "predictor": "router", "prefetch": True}, True),
-        (quarter, {"policy": "lru", "predictor": "router", "prefetch": True}, False),
+    settings = [  # (budget, cache options)
+        (quarter, {"policy": "lru", "predictor": "router", "prefetch": True}),
+        (quarter, {"policy": "lfu", "predictor": "coact", "prefetch": True}),
+        (quarter, {"policy": "lru", "prefetch": False}),
+        (lo, {"policy": "lfu", "predictor": "router", "prefetch": True}),
     ]
-    for budget, opts, native in settings:
-        eng = open_artifact_engine(
-            moe_art, max_ctx=64, dram_budget=budget, experts=opts, native=native
-        )
+    for budget, opts in settings:
+        eng = open_artifact_engine(moe_art, max_ctx=64, dram_budget=budget, experts=opts)
         plan, cache = eng.dram_plan, eng.expert_cache
         assert plan.streams and plan.planned <= budget and cache is not None
-        assert (eng.native is not None) == native
-        assert tokens(eng) == want, (budget, opts, native)
+        assert tokens(eng) == want, (budget, opts)
         s = cache.stats
         c = eng.cfg  # each call computes top-k distinct experts per token in every layer
         assert (

@@ -1,8 +1,7 @@
 """rpi5 artifacts executed on arm64: the emulated device (an arm64 Debian root under qemu-user,
-tools/arm64_root.py) loads the artifact's aarch64 library with the TVM runtime and runs the
-NEON kernels and, for dense models, the C forward pass; one compiled layer and the whole model's
-greedy tokens must match the reference forward on the same dequantized weights computed on this
-host."""
+tools/arm64_root.py) loads the artifact's aarch64 library with ctypes and runs the C forward pass
+on the NEON kernels; one layer and the whole model's greedy tokens must match the reference
+forward on the same dequantized weights computed on this host."""
 
 import json
 import shutil
@@ -15,8 +14,9 @@ from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format.artifact import Artifact
 from edgert.runtime.generate import Sampler, generate
-from edgert.runtime.reference import ReferenceEngine, rms_norm, rope_tables
-from edgert.runtime.engine import reference_model
+from edgert.format import names
+from edgert.runtime.reference import ReferenceEngine
+from edgert.runtime.weights import reference_model
 
 pytestmark = pytest.mark.device
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
@@ -28,23 +28,18 @@ import json, platform
 import numpy as np
 from edgert.runtime.generate import Sampler, generate
 from edgert.runtime.reference import rope_tables
-from edgert.runtime.engine import open_artifact_engine
+from edgert.runtime.open import open_artifact_engine
 out = {"machine": platform.machine()}
 prompts = json.load(open("/tmp/prompts.json"))
 for name in json.load(open("/tmp/names.json")):
     eng = open_artifact_engine(f"/tmp/{name}.edgert", max_ctx=64)
     out[name] = {"greedy": [generate(eng, prompt=p, n_predict=32, sampler=Sampler(temp=0),
-                                     stop_at_eos=False).tokens for p in prompts],
-                 "native": eng.native is not None}
+                                     stop_at_eos=False).tokens for p in prompts]}
     ids = eng.tokenizer.encode("the quick brown fox")
     x = eng.source.embedding(np.asarray(ids))
     cos, sin = rope_tables(eng.cfg, np.arange(len(ids)))
-    mask = np.triu(np.full((len(ids), len(ids)), -np.inf, np.float32), 1)
-    empty = np.zeros((0, eng.cfg.n_kv_heads, eng.cfg.head_dim), np.float32)
-    layer = eng._fn("attn", eng.layer_variants[0])(
-        eng._t(x), eng._t(cos), eng._t(sin), eng._t(mask), eng._t(empty), eng._t(empty),
-        *eng._attn_weights("blk.0."))[0].numpy()
-    np.save(f"/tmp/{name}-layer0.npy", layer)
+    eng.native.forward(x, 0, cos, sin, threads=0, logits=False, layers=(0, 1))
+    np.save(f"/tmp/{name}-layer0.npy", eng.native.last_x)
     eng.reset()
     np.save(f"/tmp/{name}-logits.npy", eng.forward(ids))
 print(json.dumps(out))
@@ -81,8 +76,6 @@ def test_matches_host_reference(device_run, arch):
     root, arts, out = device_run
     art = Artifact.open(arts[arch])
     assert art.target["name"] == "rpi5"
-    # dense and MoE models decode through the C forward pass (NEON kernels)
-    assert out[arch]["native"]
     model = reference_model(art)
     ref = ReferenceEngine(model, max_ctx=64)
     ties = 0
@@ -91,11 +84,9 @@ def test_matches_host_reference(device_run, arch):
         ties += greedy_divergence(ref, model.tokenizer, p, toks, want.tokens)
     assert ties <= 1
     ids = model.tokenizer.encode("the quick brown fox")
-    x = model.tensor("token_embd.weight")[ids]
-    cos, sin = rope_tables(model.config, np.arange(len(ids)))
+    x = model.tensor(names.EMBEDDING)[ids]
     ref.reset()
-    h = rms_norm(x, model.tensor("blk.0.attn_norm.weight"), model.config.rms_eps)
-    layer = x + ref._attention(0, h, cos, sin)
+    layer = ref.run_layers(x, 0, 1)  # attention and FFN of layer 0
     got = np.load(root / "tmp" / f"{arch}-layer0.npy")
     assert np.max(np.abs(got - layer)) < LAYER_TOL
     ref.reset()

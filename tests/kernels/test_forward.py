@@ -11,7 +11,7 @@ from edgert.runtime.kernels import build_shared
 from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
 from edgert.runtime.forward import NativeForward
 from edgert.runtime.reference import ReferenceEngine, rope_tables
-from edgert.runtime.engine import ModelGraphSource
+from edgert.runtime.weights import ModelGraphSource
 
 REL_TOL = 1e-4  # max |native - reference| / max |reference|, float32 on both sides
 
@@ -119,22 +119,29 @@ def test_bad_arguments_are_refused():
         nf.forward(src.embedding(np.array([1, 2])), 4, cos, sin, last_only=True, threads=1)
 
 
-MOE_ARCHS = ("mixtral", "qwen2moe", "olmoe")
 MOE_CHUNKS = [[3, 17, 42, 8, 8], [0], [49], [21, 5], [30]]
 
 
-def moe_model(name: str) -> ModelGraph:
+def arch_model(name: str) -> ModelGraph:
     from test_reference_archs import CONFIGS as ARCHS
-    from test_reference_archs import random_model as arch_model
+    from test_reference_archs import random_model as make
 
-    return arch_model(ARCHS[name], seed=len(name))
+    return make(ARCHS[name], seed=len(name))
 
 
-@pytest.mark.parametrize("name", MOE_ARCHS)
-def test_moe_prefill_and_decode_equal_reference(name):
-    """Routing (renormalised, raw or unit top-k), the experts, the shared expert behind its
-    gate: the same logits and the same tokens per expert as the reference."""
-    model = moe_model(name)
+def _arch_names() -> list[str]:
+    from test_reference_archs import CONFIGS as ARCHS
+
+    return list(ARCHS)
+
+
+@pytest.mark.parametrize("name", _arch_names())
+def test_every_architecture_prefill_and_decode_equal_reference(name):
+    """Every architecture the reference runs (dense, partial neox rotary; routing renormalised,
+    raw or unit top-k, the experts, the shared expert behind its gate), on float32 weights: the
+    same logits and the same tokens per expert as the reference, through a prompt, decode steps
+    and a last-token-only call."""
+    model = arch_model(name)
     nf, src = native_for(model)
     got = run(nf, src, model.config, MOE_CHUNKS, threads=2)
     ref = ReferenceEngine(model, max_ctx=32)
@@ -142,6 +149,13 @@ def test_moe_prefill_and_decode_equal_reference(name):
     assert np.max(np.abs(got - want)) <= REL_TOL * np.max(np.abs(want))
     assert (got.argmax(-1) == want.argmax(-1)).all()
     assert np.array_equal(nf.expert_counts, ref.expert_counts)
+    toks = np.asarray(MOE_CHUNKS[0][:3])
+    cos, sin = rope_tables(model.config, np.arange(3))
+    last = nf.forward(src.embedding(toks), 0, cos, sin, last_only=True, threads=1)
+    ref.reset()
+    assert np.max(np.abs(last[0] - ref.forward(toks, last_only=True))) <= REL_TOL * np.max(
+        np.abs(want)
+    )
 
 
 class ListCache:
@@ -160,7 +174,7 @@ class ListCache:
             raise OSError(5, "Input/output error")
         return {
             int(e): self.nf.expert_weights(
-                (layer, int(e)), {n: self.src.arrays(n) for n in self.names(layer, int(e))}
+                (layer, int(e)), {n: self.src.weight(n)[2] for n in self.names(layer, int(e))}
             )
             for e in experts
         }
@@ -170,7 +184,7 @@ def test_moe_experts_fetched_per_layer():
     """Experts asked for through the callback: the same logits as resident experts, each layer
     asks for exactly the experts its tokens chose, with the next router's top-k per token (none
     on the last layer); a failed fetch is an error naming the cause, not wrong logits."""
-    model = moe_model("mixtral")
+    model = arch_model("mixtral")
     c = model.config
     nf, src = native_for(model)
     want = run(nf, src, c, MOE_CHUNKS, threads=2)

@@ -1,0 +1,32 @@
+"""A language-model artifact's ``lib/model.so``: the C forward pass and the LUT kernels
+(kernels_neon) compiled with the target's toolchain and linked by TVM's compiler driver
+(``tvm.support.cc``) into one shared library that depends on libc, libm and pthreads only, so a
+device loads it with ctypes and nothing else."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from edgert.errors import EdgertError
+from edgert.format.target import Target
+
+
+def build_library(tgt: Target, out_so: str | Path) -> None:
+    """Compile the kernels for ``tgt`` (its cflags and kernel tuning) and link them into
+    ``out_so``."""
+    from tvm.support import cc
+
+    from edgert.runtime.build import build_objects
+
+    with tempfile.TemporaryDirectory(prefix="edgert-lib-") as tmp:
+        objs = build_objects(cc=tgt.cc, cflags=tgt.kernel_cflags(), out_dir=Path(tmp))
+        try:
+            cc.create_shared(
+                str(out_so), [str(o) for o in objs], options=["-lpthread", "-lm"], cc=tgt.cc
+            )
+        except RuntimeError as e:
+            raise EdgertError(
+                f"linking the kernels for target {tgt.name} failed: {str(e).strip()[-800:]}",
+                f"check the toolchain ({tgt.cc})",
+            ) from e

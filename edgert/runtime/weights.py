@@ -1,0 +1,123 @@
+"""Where an executor's weights come from: an artifact's buffers as stored (what runs on a device),
+or a ModelGraph's float32 tensors (checks of the C forward pass against the reference), and the
+artifact's weights dequantized back into a ModelGraph (the reference's input when it is the
+oracle for an artifact)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from edgert.format import names
+from edgert.format.q8 import dequantize_q8
+
+
+class WeightSource(Protocol):
+    def weight(self, name: str) -> tuple[str, dict, list[np.ndarray] | None]:
+        """(format, {"m", "k", ...}, arrays): how the C forward pass reads tensor ``name``;
+        arrays None: the tensor streams (its shape only)."""
+
+    def embedding(self, tokens: np.ndarray) -> np.ndarray:
+        """The float32 embeddings (n, dim) of ``tokens``."""
+
+
+class ModelGraphSource:
+    """Weights straight from a ModelGraph as float32 (an artifact's experts are stored one by
+    one; here a per-expert name reads that expert of the stacked tensor)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def _array(self, name: str) -> np.ndarray:
+        e = names.parse_expert(name)
+        if e is not None:
+            layer, proj, i = e
+            return self.model.tensor(names.experts(layer, proj))[i]
+        return self.model.tensor(name)
+
+    def embedding(self, tokens: np.ndarray) -> np.ndarray:
+        return self.model.tensor(names.EMBEDDING)[tokens]
+
+    def weight(self, name: str):
+        a = self._array(name)
+        m, k = (a.shape[0], a.shape[1]) if a.ndim == 2 else (a.shape[0], 1)
+        return "f32", {"m": m, "k": k}, [a]
+
+
+class ArtifactSource:
+    """Weights from an artifact: each tensor's buffers in the order the compiler stored them.
+    Tensors in ``streamed`` are not read: :meth:`weight` describes them without data (they are
+    read per step by the layer streamer or the expert cache)."""
+
+    def __init__(self, art, *, streamed: set[str] | frozenset = frozenset()):
+        self.art = art
+        self.streamed = set(streamed)
+        self._emb = None
+
+    def weight(self, name: str):
+        e = self.art.tensors[name]
+        shape = e["shape"]
+        meta = {"m": shape[0], "k": shape[1] if len(shape) > 1 else 1}
+        if e["format"] in ("uniform", "hlq"):
+            meta.update(bits=e["kernel"]["bits"], group_size=e["kernel"]["group_size"])
+        if name in self.streamed:
+            return e["format"], meta, None
+        b = self._embedding() if name == names.EMBEDDING else self.art.read_tensor(name)
+        if e["format"] in ("uniform", "hlq"):
+            return e["format"], meta, [b["planes"], b["scale"], b["zero"]]
+        if e["format"] == "q8":
+            return "q8", meta, [b["q"], b["scale"]]
+        return e["format"], meta, list(b.values())
+
+    def _embedding(self) -> dict[str, np.ndarray]:
+        """The embedding table's buffers, read once (a tied head uses the same arrays)."""
+        if self._emb is None:
+            self._emb = self.art.read_tensor(names.EMBEDDING)
+        return self._emb
+
+    def embedding(self, tokens: np.ndarray) -> np.ndarray:
+        e = self._embedding()
+        dim = self.art.tensors[names.EMBEDDING]["shape"][1]
+        return dequantize_q8(e["q"][tokens], e["scale"][tokens], dim)
+
+
+def reference_model(art):
+    """A ModelGraph of the artifact's weights dequantized to float32: the reference forward on
+    exactly the weights the C forward pass uses (the oracle for checking it)."""
+    from edgert.format.lut import PackedWeight
+    from edgert.format.model import ModelGraph, TensorInfo
+
+    cfg = art.config()
+    tensors = art.tensors
+
+    def one(name: str) -> np.ndarray:
+        e = tensors[name]
+        b = art.read_tensor(name)
+        if e["format"] == "f32":
+            return b["data"]
+        if e["format"] == "q8":
+            return dequantize_q8(b["q"], b["scale"], e["shape"][1])
+        return PackedWeight.from_buffers(e["kernel"], b).dequantize()
+
+    stacked: dict[str, tuple[int, str]] = {}  # stacked experts' name -> (layer, proj)
+    infos = []
+    for name, e in tensors.items():
+        ex = names.parse_expert(name)
+        if ex is not None:
+            layer, proj, _ = ex
+            s = names.experts(layer, proj)
+            if s not in stacked:
+                stacked[s] = (layer, proj)
+                infos.append(TensorInfo(s, (cfg.n_experts, *e["shape"]), e["format"]))
+            continue
+        infos.append(TensorInfo(name, tuple(e["shape"]), e["format"]))
+
+    def loader(name: str) -> np.ndarray:
+        if name in stacked:
+            layer, proj = stacked[name]
+            return np.stack([one(names.expert(layer, proj, e)) for e in range(cfg.n_experts)])
+        return one(name)
+
+    tok = art.tokenizer() if art.manifest.get("tokenizer") else None
+    return ModelGraph(cfg, infos, loader, tokenizer=tok, source=str(art.path))
