@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.format.artifact import ArtifactError
 from edgert.errors import EdgertError
+from edgert.format.artifact import ArtifactError
 from edgert.format.target import Target, load_target
 
 log = logging.getLogger(__name__)
@@ -67,8 +67,8 @@ def plan_bits(
     units = units_for(model)
     if bits_budget is None:
         return {u.name: scheme.bits for u in units}, units
-    from edgert.compiler.transform.calibrate import calibration_tokens
     from edgert.compiler.quant.scheme import FORMAT_BITS
+    from edgert.compiler.transform.calibrate import calibration_tokens
 
     cands = tuple(b for b in FORMAT_BITS[scheme.fmt] if b >= 2)
     quant = quantize_hlq if scheme.fmt == "hlq" else quantize_uniform
@@ -140,7 +140,7 @@ def compile_model(
     if m.config.is_moe:
         from edgert.compiler.transform.calibrate import calibration_tokens, routing_trace
 
-        from edgert.runtime.experts import TRACE_PROMPT_TOKENS, TRACE_TOKENS
+        from edgert.plan.moe import TRACE_PROMPT_TOKENS, TRACE_TOKENS
 
         t = time.perf_counter()
         n = TRACE_PROMPT_TOKENS + TRACE_TOKENS

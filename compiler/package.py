@@ -18,9 +18,11 @@ from edgert.progress import Progress
 
 log = logging.getLogger(__name__)
 
-#: float32 tensors a layer may have besides its norms, in the order they are written
-LAYER_F32 = ("attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_q_norm.weight",
-             "attn_k_norm.weight", "ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")  # fmt: skip
+
+def layer_f32(i: int) -> list[str]:
+    """Float32 tensors layer ``i`` may have besides its norms, in the order they are written."""
+    return [*(names.bias(i, p) for p in names.BIASES), names.q_norm(i), names.k_norm(i),
+            names.router(i), names.shared_gate(i)]  # fmt: skip
 
 
 def variant_name(fmt: str, bits: int) -> str:
@@ -92,9 +94,9 @@ def write_artifact(
             for i in range(c.n_layers):
                 for name in (names.attn_norm(i), names.ffn_norm(i)):
                     put_f32(name)
-                for extra in LAYER_F32:
-                    if names.layer(i, extra) in m:
-                        put_f32(names.layer(i, extra))
+                for name in layer_f32(i):
+                    if name in m:
+                        put_f32(name)
                 # a layer's projections one after another: it streams as one read
                 projs = names.ATTN_PROJECTIONS if c.is_moe else names.PROJECTIONS
                 linear = [names.weight(i, p) for p in projs]
@@ -111,17 +113,16 @@ def write_artifact(
         if moefy is not None:
             w.manifest["moefy"] = moefy
         if trace is not None:
-            from edgert.runtime.experts import TRACE
-
             shape = list(trace["route"].shape)
             # read by the planner only, never loaded by a run
             w.add_tensor(
-                TRACE, trace, residency="streamed", meta={"format": "trace", "shape": shape}
+                names.ROUTING_TRACE,
+                trace,
+                residency="streamed",
+                meta={"format": "trace", "shape": shape},
             )
         if sparse is not None:
-            from edgert.compiler.transform.sparsify import write_activity, write_bundles
-
-            from edgert.runtime.sparse import SPARSITIES
+            from edgert.compiler.transform.sparsify import SPARSITIES, write_activity, write_bundles
 
             bf = write_bundles(w, m, layer_bits, scheme.group_size, sparse["order"])
             write_activity(w, sparse["levels"])
@@ -181,7 +182,7 @@ def write_artifact(
         )
         if dram is not None:
             from edgert.format.artifact import Artifact
-            from edgert.runtime.stream import plan_dram
+            from edgert.plan.dram import plan_dram
 
             budget, ctx = dram[0], dram[1] or min(c.context_length, 4096)
             dp = plan_dram(Artifact(w.path, w.manifest), c, max_ctx=ctx, budget=budget)

@@ -200,8 +200,8 @@ def emulated_device(tmp_path_factory):
     installed there, and a HOME for CLI subprocesses whose known_hosts trusts it (in-process
     clients trust it too, without touching ~/.config). Stopped at the end of the session."""
     from edgert.device import transport_ssh
-    from edgert.emulation import arm64 as emulator
     from edgert.device.deploy import ensure_runtime
+    from edgert.emulation import arm64 as emulator
     from edgert.settings import cache_dir
 
     st = emulator.up(target="rpi5")

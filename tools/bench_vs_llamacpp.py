@@ -217,16 +217,16 @@ def main() -> None:
     extra = tuple(a.edgert_args.split())
     if a.emulate:
         from edgert.emulation.limits import baseline_rss, emulation
-        from edgert.runtime.stream import parse_size
         from edgert.format.target import load_target
+        from edgert.plan.sizes import parse_size
 
         if not a.dram_budget:
             raise SystemExit("--emulate needs --dram-budget")
         budget, tgt = parse_size(a.dram_budget), load_target(a.emulate)
         slack = 16 << 20
-        em = emulation(  # edgert's runtime: numpy + the TVM runtime + the kernels
-            tgt, budget=budget, model_path=a.edgert,
-            overhead=baseline_rss("import edgert.runtime.engine, edgert.runtime.stream, tvm") + slack,
+        runtime = "import tokenizers, edgert.runtime.engine, edgert.runtime.streamer"
+        em = emulation(  # edgert's runtime: numpy, the tokenizer, the kernels' bindings
+            tgt, budget=budget, model_path=a.edgert, overhead=baseline_rss(runtime) + slack
         )  # fmt: skip
         peer_em = emulation(
             tgt, budget=budget, model_path=peer, overhead=baseline_rss("import llama_cpp") + slack

@@ -32,9 +32,9 @@ N_TOKENS = 32
 def main() -> None:
     from llama_cpp import Llama
 
-    from edgert.runtime.open import open_engine
-    from edgert.runtime.generate import Sampler, generate
     from edgert.device.hub import pull
+    from edgert.runtime.generate import Sampler, generate
+    from edgert.runtime.open import open_engine
 
     path = pull("smollm2-135m")
     llm = Llama(str(path), n_ctx=256, verbose=False, vocab_only=True)

@@ -28,6 +28,7 @@ def main() -> None:
     import tvm
     import tvm.relax.backend.cpu_generic.pipeline as cg
     import tvm.s_tir.dlight as dl
+    from edgert.compiler.lower.schedule import default_cpu_rules
     from edgert.compiler.onnx.compile import fuse_dequantize_matmul
     from edgert.compiler.onnx.frontend import (
         fold_batch_norms,
@@ -36,7 +37,6 @@ def main() -> None:
         quantize_weights_int8,
         to_relax,
     )
-    from edgert.compiler.lower.schedule import default_cpu_rules
     from tvm import relax
 
     from edgert.format.target import load_target

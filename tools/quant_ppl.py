@@ -21,11 +21,11 @@ from edgert.compiler.compile import compile_model
 from edgert.compiler.frontends import load_model
 from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.format.artifact import Artifact
 from edgert.device.hub import pull
+from edgert.format.artifact import Artifact
+from edgert.runtime.open import open_artifact_engine
 from edgert.runtime.perplexity import perplexity
 from edgert.runtime.reference import ReferenceEngine
-from edgert.runtime.open import open_artifact_engine
 from edgert.runtime.weights import reference_model
 
 TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpl-3.0.txt"

@@ -15,8 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from edgert.plan.sizes import parse_size
 from edgert.runtime.open import open_artifact_engine
-from edgert.runtime.stream import parse_size
 
 
 def measure(art, tokens, *, sparsity, window, budget, warm, gap):

@@ -10,6 +10,7 @@ import numpy as np
 from edgert.compiler.frontends.archs import GGUF_ARCHS
 
 from edgert.errors import ModelFormatError, UnsupportedError
+from edgert.format import names
 from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ def load_gguf(path: str | Path, *, with_tokenizer: bool = True) -> ModelGraph:
                 f"{src}: tensor {t.name} uses quant type {tname}",
                 f"edgert reads {', '.join(SUPPORTED_TYPES)}; re-quantize the model to one of them",
             )
-    embd = tensors.get("token_embd.weight")
+    embd = tensors.get(names.EMBEDDING)
     embd_rows = int(embd.shape[-1]) if embd is not None else None
     config = config_from_metadata(meta, src, embd_rows)
     infos = [

@@ -18,6 +18,7 @@ from edgert.compiler.frontends.archs import GGUF_ARCHS, HF_MODEL_TYPES, supporte
 from edgert.compiler.frontends.safetensors import SafetensorsFile
 
 from edgert.errors import ModelFormatError, UnsupportedError
+from edgert.format import names
 from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
 from edgert.runtime.tokenizer import Tokenizer, TokenizerMeta
 
@@ -48,9 +49,9 @@ _LAYER_MAP = {
     "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
 }
 _GLOBAL_MAP = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
+    "model.embed_tokens.weight": names.EMBEDDING,
+    "model.norm.weight": names.OUTPUT_NORM,
+    "lm_head.weight": names.OUTPUT,
 }
 #: expert tensors: regex -> (GGUF stacked name, projection)
 _EXPERT = re.compile(
@@ -190,11 +191,11 @@ def load_hf(d: str | Path) -> ModelGraph:
             m = _EXPERT.match(hf_name)
             if m:
                 layer, e, proj = int(m.group(1)), int(m.group(2)), _EXPERT_PROJ[m.group(3)]
-                experts.setdefault(f"blk.{layer}.ffn_{proj}_exps.weight", {})[e] = (st, hf_name)
+                experts.setdefault(names.experts(layer, proj), {})[e] = (st, hf_name)
                 continue
             m = re.match(_LAYER + r"(.+)$", hf_name)
             if m and m.group(2) in _LAYER_MAP:
-                where[f"blk.{m.group(1)}.{_LAYER_MAP[m.group(2)]}"] = (st, hf_name)
+                where[names.layer(int(m.group(1)), _LAYER_MAP[m.group(2)])] = (st, hf_name)
             elif not hf_name.endswith("rotary_emb.inv_freq"):
                 log.debug("%s: ignoring tensor %s", src, hf_name)
     infos = [TensorInfo(g, st.shape(h), st.dtype(h)) for g, (st, h) in where.items()]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgert.format.artifact import ArtifactError, ArtifactWriter
 from edgert.errors import EdgertError
-from edgert.progress import Progress
+from edgert.format.artifact import ArtifactError, ArtifactWriter
 from edgert.format.target import load_target
+from edgert.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -158,13 +158,13 @@ def compile_onnx(
 ) -> DnnCompileSummary:
     """Compile the ONNX file ``model`` for ``target`` into the artifact directory ``out``."""
     from edgert.compiler.compile import _tvm_version
+    from edgert.compiler.lower.pipeline import compile_module
     from edgert.compiler.onnx.frontend import (
         fold_batch_norms,
         load_onnx,
         quantize_weights_int8,
         to_relax,
     )
-    from edgert.compiler.lower.pipeline import compile_module
 
     t0 = time.perf_counter()
     bits = 32 if bits is None else int(bits)

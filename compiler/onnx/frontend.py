@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgert.runtime.onnx import TensorSpec, format_shape
 from edgert.errors import EdgertError, ModelFormatError, UnsupportedError
+from edgert.runtime.onnx import TensorSpec, format_shape
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from edgert.errors import EdgertError
+from edgert.format import names
 from edgert.format.model import ModelGraph
 from edgert.progress import Progress
 from edgert.runtime.reference import ReferenceEngine, rms_norm
@@ -34,30 +35,26 @@ class Unit:
 
 
 def dense_linears(layer: int) -> list[str]:
-    p = f"blk.{layer}."
-    return [p + f"attn_{r}.weight" for r in ("q", "k", "v", "output")] + [
-        p + f"ffn_{r}.weight" for r in ("gate", "up", "down")
-    ]
+    return [names.weight(layer, p) for p in names.PROJECTIONS]
 
 
 def units_for(model: ModelGraph) -> list[Unit]:
     c = model.config
     units = []
     for i in range(c.n_layers):
-        p = f"blk.{i}."
         if not c.is_moe:
-            units.append(Unit(f"blk.{i}", i, [(t, None) for t in dense_linears(i)]))
+            units.append(Unit(names.block(i), i, [(t, None) for t in dense_linears(i)]))
             continue
-        attn = [(p + f"attn_{r}.weight", None) for r in ("q", "k", "v", "output")]
+        attn = [(names.weight(i, p), None) for p in names.ATTN_PROJECTIONS]
         if c.shared_expert_ffn_dim:
-            attn += [(p + f"ffn_{r}_shexp.weight", None) for r in ("gate", "up", "down")]
-        units.append(Unit(f"blk.{i}.attn", i, attn))
+            attn += [(names.shared(i, p), None) for p in names.EXPERT_PROJECTIONS]
+        units.append(Unit(names.layer(i, "attn"), i, attn))
         for e in range(c.n_experts):
             units.append(
                 Unit(
-                    f"blk.{i}.expert.{e}",
+                    names.layer(i, f"expert.{e}"),
                     i,
-                    [(p + f"ffn_{r}_exps.weight", e) for r in ("gate", "up", "down")],
+                    [(names.experts(i, p), e) for p in names.EXPERT_PROJECTIONS],
                 )
             )
     for u in units:
@@ -79,14 +76,14 @@ def measure_sensitivity(
     """Fill ``unit.errors[bits]`` = mean KL of the output with only ``unit`` quantized."""
     c = model.config
     eng = ReferenceEngine(model, max_ctx=len(tokens))
-    head = model.tensor("output.weight" if "output.weight" in model else "token_embd.weight")
-    out_norm = model.tensor("output_norm.weight")
+    head = model.tensor(names.OUTPUT if names.OUTPUT in model else names.EMBEDDING)
+    out_norm = model.tensor(names.OUTPUT_NORM)
 
     def logits_from(x: np.ndarray, layer: int) -> np.ndarray:
         x = eng.run_layers(x, layer, c.n_layers)
         return _log_softmax(rms_norm(x, out_norm, c.rms_eps) @ head.T)
 
-    x = model.tensor("token_embd.weight")[np.asarray(tokens)]
+    x = model.tensor(names.EMBEDDING)[np.asarray(tokens)]
     inputs = [x]
     for i in range(c.n_layers):
         inputs.append(eng.run_layers(inputs[-1], i, i + 1))

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgert.errors import EdgertError
+from edgert.format import names
 from edgert.format.model import ModelGraph
 
 
@@ -77,11 +78,10 @@ def routing_trace(model: ModelGraph, tokens: list[int], n_prompt: int) -> dict[s
     class Recorder(ReferenceEngine):
         def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
             if step[0] >= 0:
-                route[step[0], i] = self._mm(x, f"blk.{i}.ffn_gate_inp.weight")[-1]
+                route[step[0], i] = self._mm(x, names.router(i))[-1]
                 if i + 1 < c.n_layers:
-                    p = f"blk.{i + 1}."
-                    h = rms_norm(self.ffn_stream[-1:], self._w(p + "ffn_norm.weight"), c.rms_eps)
-                    guess[step[0], i] = self._mm(h, p + "ffn_gate_inp.weight")[0]
+                    h = rms_norm(self.ffn_stream[-1:], self._w(names.ffn_norm(i + 1)), c.rms_eps)
+                    guess[step[0], i] = self._mm(h, names.router(i + 1))[0]
             return super()._ffn(i, x)
 
     eng = Recorder(model, max_ctx=len(tokens))

@@ -25,6 +25,7 @@ import re
 import numpy as np
 
 from edgert.errors import EdgertError
+from edgert.format import names
 from edgert.format.model import ModelGraph, TensorInfo
 from edgert.runtime.reference import silu
 
@@ -142,34 +143,30 @@ def moefy_model(model: ModelGraph, experts: int, top_k: int, tokens: list[int], 
     fe = c.ffn_dim // experts
     xs = ffn_inputs(model, tokens)
     arrays: dict[str, np.ndarray] = {}
-    infos = [
-        i
-        for n, i in model.infos.items()
-        if not re.fullmatch(r"blk\.\d+\.ffn_(gate|up|down)\.weight", n)
-    ]
+    split = {names.weight(i, p) for i in range(c.n_layers) for p in names.FFN_PROJECTIONS}
+    infos = [i for n, i in model.infos.items() if n not in split]
     held = []
     with Progress(c.n_layers, "splitting FFNs into experts", enabled=progress) as bar:
         for i in range(c.n_layers):
-            p = f"blk.{i}."
-            gate, up, down = (model.tensor(p + f"ffn_{r}.weight") for r in ("gate", "up", "down"))
+            dense = [names.weight(i, p) for p in names.FFN_PROJECTIONS]
+            gate, up, down = (model.tensor(n) for n in dense)
             order, router, sh = split_layer(xs[i], gate, up, down, experts, top_k, seed=i)
             held.append(sh)
-            src = model.infos[p + "ffn_up.weight"].source_type
+            src = model.infos[names.weight(i, "ffn_up")].source_type
             new = {
-                "ffn_gate_inp.weight": router,
-                "ffn_gate_exps.weight": gate[order].reshape(experts, fe, c.dim),
-                "ffn_up_exps.weight": up[order].reshape(experts, fe, c.dim),
-                "ffn_down_exps.weight": np.ascontiguousarray(
+                names.experts(i, "gate"): gate[order].reshape(experts, fe, c.dim),
+                names.experts(i, "up"): up[order].reshape(experts, fe, c.dim),
+                names.experts(i, "down"): np.ascontiguousarray(
                     down[:, order].reshape(c.dim, experts, fe).transpose(1, 0, 2)
                 ),
             }
+            arrays[names.router(i)] = router
+            infos.append(TensorInfo(names.router(i), router.shape, "F32"))
             for n, a in new.items():
-                arrays[p + n] = a
-                infos.append(
-                    TensorInfo(p + n, a.shape, "F32" if n == "ffn_gate_inp.weight" else src)
-                )
-            for r in ("gate", "up", "down"):
-                model.drop(p + f"ffn_{r}.weight")
+                arrays[n] = a
+                infos.append(TensorInfo(n, a.shape, src))
+            for n in dense:
+                model.drop(n)
             bar.update(1)
     cfg = dataclasses.replace(
         c,

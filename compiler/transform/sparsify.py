@@ -1,4 +1,4 @@
-"""Neuron bundles for FFN sparsity (``edgert compile --sparse-ffn``; see edgert.runtime.sparse).
+"""Neuron bundles for FFN sparsity (``edgert compile --sparse-ffn``; see edgert.plan.sparse, edgert.runtime.neurons).
 
 Calibration runs the float model over calibration tokens and records every FFN neuron's gated
 activation |silu(gate x)|. Per layer and target sparsity s, the threshold is the s-quantile of
@@ -12,28 +12,25 @@ import zlib
 
 import numpy as np
 
+from edgert.format import names
+from edgert.format.bundles import BundleFormat, pack_bundles
 from edgert.runtime.reference import silu
-from edgert.runtime.sparse import (
-    ACTIVITY,
-    INDEX,
-    SPARSITIES,
-    BundleFormat,
-    bundle_name,
-    pack_bundles,
-)
+
+#: target sparsities the compiler calibrates thresholds for (0: every neuron, through the bundles)
+SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def calibrate(
     model, tokens: list[int], sparsities=SPARSITIES
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(thresholds (len(sparsities), n_layers), hot-first neuron order (n_layers, ffn_dim),
-    activity trace): the trace is the last :data:`~edgert.runtime.experts.TRACE_TOKENS` tokens' neuron
+    activity trace): the trace is the last :data:`~edgert.plan.moe.TRACE_TOKENS` tokens' neuron
     levels (tokens, n_layers, ffn_dim; uint8, neuron ids): how many of the thresholds each
     neuron's activation passes, so a neuron is active at ``sparsities[k]`` where its level > k —
-    what the planner replays through the window cache (edgert.runtime.sparse.replay_activity)."""
+    what the planner replays through the window cache (edgert.plan.sparse.replay_activity)."""
     from edgert.compiler.transform.calibrate import ffn_inputs
 
-    from edgert.runtime.experts import TRACE_TOKENS
+    from edgert.plan.moe import TRACE_TOKENS
 
     xs = ffn_inputs(model, tokens)
     c = model.config
@@ -43,7 +40,7 @@ def calibrate(
     levels = np.zeros((n, c.n_layers, c.ffn_dim), np.uint8)
     mid = 0.5  # hotness: how often a neuron is in the top half
     for i in range(c.n_layers):
-        a = np.abs(silu(xs[i] @ model.tensor(f"blk.{i}.ffn_gate.weight").T))  # (tokens, ffn_dim)
+        a = np.abs(silu(xs[i] @ model.tensor(names.weight(i, "ffn_gate")).T))  # (tokens, ffn_dim)
         thr[:, i] = np.quantile(a, sparsities)
         thr[np.asarray(sparsities) == 0, i] = -1.0  # sparsity 0: every neuron, whatever its value
         hot = (a > np.quantile(a, mid)).mean(axis=0)
@@ -59,24 +56,26 @@ def write_bundles(w, model, layer_bits: list[int], group: int, order: np.ndarray
     crc = np.zeros((c.n_layers, c.ffn_dim), np.uint32)
     fmt = BundleFormat.for_layer_bits(c.dim, max(layer_bits), group)
     for i in range(c.n_layers):
-        up = model.tensor(f"blk.{i}.ffn_up.weight")[order[i]]
-        down = model.tensor(f"blk.{i}.ffn_down.weight")[:, order[i]]
+        up = model.tensor(names.weight(i, "ffn_up"))[order[i]]
+        down = model.tensor(names.weight(i, "ffn_down"))[:, order[i]]
         b = pack_bundles(up, down, fmt)
         crc[i] = [zlib.crc32(r) for r in b]
         w.add_tensor(
-            bundle_name(i),
+            names.bundles(i),
             {"data": b},
             residency="streamed",
             meta={"format": "bundles", "shape": list(b.shape)},
         )
-    w.add_tensor(INDEX, {"order": order, "crc": crc}, meta={"format": "index", "shape": []})
+    w.add_tensor(
+        names.BUNDLE_INDEX, {"order": order, "crc": crc}, meta={"format": "index", "shape": []}
+    )
     return fmt
 
 
 def write_activity(w, levels: np.ndarray) -> None:
     """The activity trace (:func:`calibrate`), read by the planner only, never by a run."""
     w.add_tensor(
-        ACTIVITY,
+        names.ACTIVITY_TRACE,
         {"levels": levels},
         residency="streamed",
         meta={"format": "trace", "shape": list(levels.shape)},

@@ -64,8 +64,8 @@ def run(args) -> int:
         if args.emulate or args.dram_budget:
             raise EdgertError("--emulate and --dram-budget apply to language models")
         return _bench_dnn(args, threads)
-    from edgert.measure.bench import bench_model, table
     from edgert.cli.common import dram_budget, expert_options, print_json, resolve_model
+    from edgert.measure.bench import bench_model, table
 
     path = resolve_model(args.model)
     if args.emulate:
@@ -115,8 +115,8 @@ def _flash_figures(args) -> tuple[str, float, float] | None:
 def _figures(args, engine, threads: int):
     """This machine's figures (targets/host.toml) with its flash measured on the model's disk,
     or as --flash-figures gives them."""
-    from edgert.plan.cost import DeviceFigures
     from edgert.format.target import load_target
+    from edgert.plan.cost import DeviceFigures
 
     fig = DeviceFigures.from_target(load_target("host"), threads=threads)
     flash = _flash_figures(args)
@@ -136,11 +136,11 @@ def _bench_emulated(args, path, threads: int):
     import json
     import sys
 
-    from edgert.measure.bench import BenchResult
     from edgert.cli.common import dram_budget
     from edgert.emulation.limits import emulation, measure_flash, run_emulated
     from edgert.errors import EdgertError
     from edgert.format.target import load_target
+    from edgert.measure.bench import BenchResult
 
     if not (path.is_dir() and (path / "manifest.json").exists()):
         raise EdgertError("--emulate benchmarks compiled artifacts", "compile the model first")

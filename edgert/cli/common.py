@@ -69,7 +69,8 @@ def ffn_options(args) -> dict | None:
 
 def add_expert_options(p) -> None:
     """How a mixture of experts under --dram-budget caches and reads ahead its experts."""
-    from edgert.runtime.experts import POLICIES, PREDICTORS
+    from edgert.plan.moe import POLICIES
+    from edgert.plan.stats import PREDICTORS
 
     p.add_argument(
         "--expert-cache", choices=POLICIES, default="lru",
@@ -95,7 +96,7 @@ def expert_options(args) -> dict:
 
 
 def dram_budget(args) -> int | None:
-    from edgert.runtime.stream import parse_size
+    from edgert.plan.sizes import parse_size
 
     if args.dram_budget is None:
         return None

@@ -20,10 +20,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
-    from edgert.format.artifact import Artifact
     from edgert.cli.common import print_json
-    from edgert.device.deploy import deploy
     from edgert.device.client import Device
+    from edgert.device.deploy import deploy
+    from edgert.format.artifact import Artifact
 
     Artifact.open(args.artifact)  # a corrupt artifact is refused before the device is touched
     progress = None if not args.json else False

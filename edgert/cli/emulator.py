@@ -18,8 +18,8 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import sys
 
-    from edgert.emulation import arm64 as emulator
     from edgert.cli.common import print_json
+    from edgert.emulation import arm64 as emulator
 
     if args.action == "up":
         st = emulator.up(target=args.target, port=args.port)

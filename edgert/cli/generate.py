@@ -28,8 +28,8 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from edgert.cli.common import dram_budget, expert_options, ffn_options, resolve_model
-    from edgert.runtime.open import open_engine
     from edgert.runtime.generate import Sampler, generate
+    from edgert.runtime.open import open_engine
 
     sampler = Sampler(temp=args.temp, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
     engine = open_engine(

@@ -18,6 +18,7 @@ def inspect_artifact(
     """What `edgert inspect` shows, as a dict (no checksum verification: it only reads).
     Dense models: the DRAM plan for ``dram_budget`` (default: the compiled one) at ``ctx`` and
     the cost model's decode prediction on the artifact's target."""
+    from edgert.format import names
     from edgert.format.artifact import Artifact
 
     art = Artifact.open(path, verify_resident=False)
@@ -73,20 +74,16 @@ def inspect_artifact(
     compiled = m.get("dram") or {}
     ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
     from edgert.plan.cost import DeviceFigures, predict_decode
-    from edgert.runtime.stream import target_chunk
+    from edgert.runtime.open import dense_plan, moe_plan, sparse_plan
 
     plan = None
     if cfg.is_moe and dram_budget:
-        from edgert.runtime.experts import plan_moe
-
-        plan = plan_moe(art, cfg, max_ctx=ctx, budget=dram_budget, chunk=target_chunk(art))
+        plan = moe_plan(art, cfg, max_ctx=ctx, budget=dram_budget)
         info["dram"] = {**plan.to_dict(), "compiled": False}
     if not cfg.is_moe:
-        from edgert.runtime.stream import plan_dram
-
         if dram_budget is None:
             dram_budget = compiled.get("budget")
-        plan = plan_dram(art, cfg, max_ctx=ctx, budget=dram_budget or None, chunk=target_chunk(art))
+        plan = dense_plan(art, cfg, max_ctx=ctx, budget=dram_budget or None)
         info["dram"] = {**plan.to_dict(), "compiled": bool(compiled)}
     if t is not None and plan is not None:
         fig = DeviceFigures.from_target(t)
@@ -95,14 +92,12 @@ def inspect_artifact(
     if sp:
         info["sparse_ffn"] = {k: sp[k] for k in ("bits", "group", "sparsities", "calib_tokens")}
         info["sparse_ffn"]["bundle_bytes"] = sum(
-            e["nbytes"] for n, e in art.tensors.items() if n.endswith(".ffn_bundles")
+            art.tensors[names.bundles(i)]["nbytes"] for i in range(cfg.n_layers)
         )
     if m.get("moefy"):
         info["moefy"] = m["moefy"]
     if sparsity is not None:
-        from edgert.runtime.sparse import plan_sparse
-
-        sparse = plan_sparse(art, cfg, max_ctx=ctx, budget=dram_budget or None, sparsity=sparsity)
+        sparse = sparse_plan(art, cfg, max_ctx=ctx, budget=dram_budget or None, sparsity=sparsity)
         info["sparse_plan"] = sparse.to_dict()
         if t is not None:
             fig = DeviceFigures.from_target(t)

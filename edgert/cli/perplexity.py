@@ -18,10 +18,10 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from edgert.cli.common import dram_budget, ffn_options, print_json, resolve_model
-    from edgert.runtime.open import open_engine
     from edgert.errors import EdgertError
-    from edgert.runtime.perplexity import perplexity
     from edgert.progress import Progress
+    from edgert.runtime.open import open_engine
+    from edgert.runtime.perplexity import perplexity
 
     path = Path(args.file).expanduser()
     try:

@@ -43,8 +43,8 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from edgert.runtime.onnx import is_dnn_artifact
     from edgert.errors import EdgertError
+    from edgert.runtime.onnx import is_dnn_artifact
     from edgert.settings import default_threads, set_threads
 
     threads = args.threads or default_threads()
@@ -91,8 +91,8 @@ def _run_remote(args, *, dnn: bool) -> int:
     import numpy as np
 
     from edgert.cli.common import print_json
-    from edgert.device.deploy import artifact_name
     from edgert.device.client import Device, DeviceError
+    from edgert.device.deploy import artifact_name
 
     name = artifact_name(args.artifact)
     with Device(args.device, accept_new_host_key=args.accept_new_host_key) as dev:

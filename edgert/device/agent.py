@@ -37,8 +37,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from edgert import __version__
-from edgert.format.artifact import crc32, crc32_file
-from edgert.errors import EdgertError
 from edgert.device.protocol import (
     PROTOCOL_VERSION,
     Code,
@@ -48,6 +46,8 @@ from edgert.device.protocol import (
     StreamClosed,
     encode,
 )
+from edgert.errors import EdgertError
+from edgert.format.artifact import crc32, crc32_file
 
 log = logging.getLogger(__name__)
 

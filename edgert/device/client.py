@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from edgert.device.protocol import (
+    PROTOCOL_VERSION,
+    Code,
+    FrameError,
+    FrameReader,
+    StreamClosed,
+    encode,
+)
 from edgert.errors import EdgertError
-from edgert.device.protocol import PROTOCOL_VERSION, Code, FrameError, FrameReader, StreamClosed, encode
 
 log = logging.getLogger(__name__)
 

@@ -244,7 +244,8 @@ def measure_flash(path, *, nbytes: int = 256 << 20, latency_reads: int = 64) -> 
     the disk holding ``path`` (a file of at least a few MB)."""
     import random
 
-    from edgert.runtime.stream import READ_CHUNK, FlashReader, aligned_buffer
+    from edgert.plan.sizes import READ_CHUNK
+    from edgert.runtime.flash import FlashReader, aligned_buffer
 
     size = os.path.getsize(path)
     chunk = min(READ_CHUNK, size // 4096 * 4096)

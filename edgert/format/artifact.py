@@ -270,6 +270,11 @@ class Artifact:
     def read_tensor(self, name: str, *, verify: bool = True) -> dict[str, np.ndarray]:
         return {p: self.read_buffer(name, p, verify=verify) for p in self.tensors[name]["buffers"]}
 
+    def record(self, name: str) -> dict[str, np.ndarray] | None:
+        """A record the compiler stored beside the model (a routing or activity trace, the
+        bundle index), or None where this artifact has none."""
+        return self.read_tensor(name) if name in self.tensors else None
+
     def verify(self, *, residency: str | None = None, skip=()) -> None:
         """Check every buffer's checksum (buffers already read and checked, and tensors in
         ``skip``, are not read)."""

@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from edgert.errors import ModelFormatError
+from edgert.format import names
 
 log = logging.getLogger(__name__)
 
@@ -175,24 +176,23 @@ class ModelGraph:
     def required_tensors(self) -> list[str]:
         """Names the architecture needs; frontends check them before anything runs."""
         c = self.config
-        names = ["token_embd.weight", "output_norm.weight"]
+        out = [names.EMBEDDING, names.OUTPUT_NORM]
         for i in range(c.n_layers):
-            p = f"blk.{i}."
-            names += [p + "attn_norm.weight", p + "ffn_norm.weight"]
-            names += [p + f"attn_{x}.weight" for x in ("q", "k", "v", "output")]
+            out += [names.attn_norm(i), names.ffn_norm(i)]
+            out += [names.weight(i, p) for p in names.ATTN_PROJECTIONS]
             if c.qkv_bias:
-                names += [p + f"attn_{x}.bias" for x in ("q", "k", "v")]
+                out += [names.bias(i, p) for p in names.BIASES]
             if c.qk_norm:
-                names += [p + "attn_q_norm.weight", p + "attn_k_norm.weight"]
+                out += [names.q_norm(i), names.k_norm(i)]
             if c.is_moe:
-                names += [p + "ffn_gate_inp.weight"]
-                names += [p + f"ffn_{x}_exps.weight" for x in ("gate", "up", "down")]
+                out += [names.router(i)]
+                out += [names.experts(i, p) for p in names.EXPERT_PROJECTIONS]
                 if c.shared_expert_ffn_dim:
-                    names += [p + f"ffn_{x}_shexp.weight" for x in ("gate", "up", "down")]
-                    names += [p + "ffn_gate_inp_shexp.weight"]
+                    out += [names.shared(i, p) for p in names.EXPERT_PROJECTIONS]
+                    out += [names.shared_gate(i)]
             else:
-                names += [p + f"ffn_{x}.weight" for x in ("gate", "up", "down")]
-        return names
+                out += [names.weight(i, p) for p in names.FFN_PROJECTIONS]
+        return out
 
     def validate(self) -> None:
         missing = [n for n in self.required_tensors() if n not in self.infos]

@@ -205,3 +205,13 @@ def load_target(name: str) -> Target:
         f"unknown target {name!r}",
         f"known targets: {', '.join(known)}; add one as ~/.config/edgert/targets/NAME.toml",
     )
+
+
+def target_flash(art) -> tuple[float, float] | None:
+    """(read MB/s, latency us) of the flash of the device ``art`` was compiled for (its target
+    file), None where that file is not on this machine."""
+    try:
+        t = load_target(art.target["name"])
+    except (EdgertError, KeyError):
+        return None
+    return t.flash_read_mbs, t.flash_latency_us

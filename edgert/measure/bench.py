@@ -56,9 +56,9 @@ class BenchResult:
     samples: dict[str, list[float]] = field(default_factory=dict)
     #: RSS before the model was opened (interpreter and libraries)
     baseline_rss_bytes: int = 0
-    #: the DRAM plan (edgert.runtime.stream.DramPlan.to_dict) of a dense artifact
+    #: the DRAM plan (edgert.plan.dram.DramPlan.to_dict) of a dense artifact
     dram: dict | None = None
-    #: what streaming did over the run (edgert.runtime.stream.StreamStats / edgert.runtime.experts.ExpertStats)
+    #: what streaming did over the run (edgert.plan.stats)
     stream: dict | None = None
     #: the same counters over the timed tg runs alone (their numeric fields; ``hit_rate`` where
     #: lookups are counted), comparable to the cost model's per-token figures
@@ -99,10 +99,10 @@ def bench(
 
     As llama-bench, the pp runs come first, then the tg runs, each test after one untimed
     warm-up: first-call costs (page faults, JIT caches) stay out of the samples, and tg's
-    warm-up decodes :data:`~edgert.runtime.experts.TRACE_WARMUP` tokens, so the timed tokens meet an
+    warm-up decodes :data:`~edgert.plan.moe.TRACE_WARMUP` tokens, so the timed tokens meet an
     expert cache in the steady state the cost model's replay counts from, not the experts random
     prompt ids left in it."""
-    from edgert.runtime.experts import TRACE_WARMUP
+    from edgert.plan.moe import TRACE_WARMUP
 
     vocab = engine.cfg.vocab_size
     rng = np.random.default_rng(seed)
@@ -256,7 +256,7 @@ def bench_model(
 
 
 def predict(r: BenchResult, plan, figures) -> None:
-    """Fill ``r.prediction`` from ``plan`` (edgert.runtime.stream.DramPlan, edgert.runtime.experts.MoePlan) on
+    """Fill ``r.prediction`` from ``plan`` (edgert.plan: DramPlan, MoePlan, SparsePlan) on
     ``figures`` (edgert.plan.cost.DeviceFigures): decode at the middle of the tg run's context."""
     from edgert.plan.cost import predict_decode
 

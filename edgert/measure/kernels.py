@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgert.errors import EdgertError
+from edgert.progress import Progress
+from edgert.runtime.flash import aligned_buffer
 from edgert.runtime.kernels import (
     PackedWeight,
     _ptr,
@@ -29,8 +31,6 @@ from edgert.runtime.kernels import (
     load_library,
     quantize_uniform,
 )
-from edgert.progress import Progress
-from edgert.runtime.stream import aligned_buffer
 
 SHAPES = {
     "smollm2-qkvo": (576, 576),

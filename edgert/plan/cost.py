@@ -1,5 +1,5 @@
 """Predicted decode speed and memory of a model under a DRAM plan (a dense model's
-:class:`edgert.runtime.stream.DramPlan`, a mixture of experts' :class:`edgert.runtime.experts.MoePlan`) on a
+:class:`edgert.plan.dram.DramPlan`, a mixture of experts' :class:`edgert.plan.moe.MoePlan`) on a
 device, from the device's figures in ``targets/*.toml``.
 
 A decode step reads every weight it uses once from DRAM (streamed layers from their staging

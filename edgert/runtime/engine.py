@@ -97,7 +97,7 @@ class CompiledEngine:
         self.dram_plan = None
         self.streamer = None
         self.expert_cache = None
-        #: the window cache of neuron bundles under --sparsity (edgert.runtime.sparse)
+        #: the window cache of neuron bundles under --sparsity (edgert.runtime.neurons)
         self.neurons = None
 
     @property

@@ -15,6 +15,7 @@ import ctypes
 import numpy as np
 
 from edgert.errors import EdgertError
+from edgert.format import names
 from edgert.format.model import ModelConfig
 
 W_LUT, W_Q8, W_F32 = 0, 1, 2
@@ -38,8 +39,8 @@ class _Weight(ctypes.Structure):
     ]
 
 
+#: the layer struct's projection fields, in the order of names.PROJECTIONS
 _PROJ = ("wq", "wk", "wv", "wo", "gate", "up", "down")
-PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 _VECS = ("attn_norm", "ffn_norm", "bq", "bk", "bv", "q_norm", "k_norm")
 
 
@@ -154,24 +155,23 @@ class NativeForward:
         self.expert_counts = np.zeros((c.n_layers, max(c.n_experts, 1)), np.int64)
         self._moe: list[_Moe] = []
         for i in range(c.n_layers):
-            p = f"blk.{i}."
-            for proj, name in zip(_PROJ, PROJECTIONS):
-                if c.is_moe and proj in ("gate", "up", "down"):
+            for proj, name in zip(_PROJ, names.PROJECTIONS):
+                if c.is_moe and name in names.FFN_PROJECTIONS:
                     continue  # the layer's experts stand in for them
-                w = weight(p + name + ".weight")
+                w = weight(names.weight(i, name))
                 self._formats[(i, name)] = w[:2]
                 setattr(layers[i], proj, self._weight(w))
             if c.is_moe:
                 self._moe.append(self._moe_layer(i, weight))
                 layers[i].moe = ctypes.pointer(self._moe[-1])
-            layers[i].attn_norm = self._vec(weight(p + "attn_norm.weight"))
-            layers[i].ffn_norm = self._vec(weight(p + "ffn_norm.weight"))
+            layers[i].attn_norm = self._vec(weight(names.attn_norm(i)))
+            layers[i].ffn_norm = self._vec(weight(names.ffn_norm(i)))
             if c.qkv_bias:
-                for r in "qkv":
-                    setattr(layers[i], f"b{r}", self._vec(weight(p + f"attn_{r}.bias")))
+                for field, proj in zip(("bq", "bk", "bv"), names.BIASES):
+                    setattr(layers[i], field, self._vec(weight(names.bias(i, proj))))
             if c.qk_norm:
-                layers[i].q_norm = self._vec(weight(p + "attn_q_norm.weight"))
-                layers[i].k_norm = self._vec(weight(p + "attn_k_norm.weight"))
+                layers[i].q_norm = self._vec(weight(names.q_norm(i)))
+                layers[i].k_norm = self._vec(weight(names.k_norm(i)))
         self._layers = layers
         self.model = _Model(
             n_layers=c.n_layers,
@@ -185,7 +185,7 @@ class NativeForward:
             max_ctx=k_cache.shape[1],
             rms_eps=c.rms_eps,
             layers=layers,
-            output_norm=self._vec(weight("output_norm.weight")),
+            output_norm=self._vec(weight(names.OUTPUT_NORM)),
             head=self._weight(weight(head_name)),
             k_cache=k_cache.ctypes.data,
             v_cache=v_cache.ctypes.data,
@@ -194,9 +194,7 @@ class NativeForward:
     def _moe_layer(self, i: int, weight) -> _Moe:
         """Layer ``i``'s router and experts; experts that stream (described without data) are
         asked for per step (set_experts)."""
-        from edgert.runtime.experts import expert_tensors
-
-        c, p = self.cfg, f"blk.{i}."
+        c = self.cfg
         weighting = (
             ROUTE_UNIT if c.expert_weights_unit else ROUTE_NORM if c.expert_weights_norm
             else ROUTE_PROBS
@@ -208,13 +206,13 @@ class NativeForward:
             predict=1,
             expert_ffn_dim=c.expert_ffn_dim,
             shared_ffn_dim=c.shared_expert_ffn_dim,
-            router=self._weight(weight(p + "ffn_gate_inp.weight")),
+            router=self._weight(weight(names.router(i))),
             counts=self.expert_counts[i].ctypes.data,
         )
         table = (_Weight * (3 * c.n_experts))()
         resident = True
         for e in range(c.n_experts):
-            for j, name in enumerate(expert_tensors(i, e)):
+            for j, name in enumerate(names.expert_tensors(i, e)):
                 w = weight(name)
                 self._formats[(i, name)] = w[:2]
                 resident = resident and w[2] is not None
@@ -223,20 +221,17 @@ class NativeForward:
             self._keep.append(table)
             moe.experts = table
         if c.shared_expert_ffn_dim:
-            for j, proj in enumerate(("gate", "up", "down")):
-                moe.shared[j] = self._weight(weight(p + f"ffn_{proj}_shexp.weight"))
-            moe.sh_inp = self._vec(weight(p + "ffn_gate_inp_shexp.weight"))
+            for j, proj in enumerate(names.EXPERT_PROJECTIONS):
+                moe.shared[j] = self._weight(weight(names.shared(i, proj)))
+            moe.sh_inp = self._vec(weight(names.shared_gate(i)))
         return moe
 
     def expert_weights(self, key: tuple[int, int], arrays: dict[str, list[np.ndarray]]):
         """The C description of expert ``key`` = (layer, expert) from its buffers (tensor name
-        -> buffers, as edgert.runtime.stream.Span.arrays gives them): (gate, up, down), and the arrays
+        -> buffers, as edgert.format.spans.Span.arrays gives them): (gate, up, down), and the arrays
         it points into (keep both together)."""
-        from edgert.runtime.experts import expert_tensors
-
-        names = expert_tensors(*key)
         ws = (_Weight * 3)()
-        for j, name in enumerate(names):
+        for j, name in enumerate(names.expert_tensors(*key)):
             fmt, meta = self._formats[(key[0], name)]
             ws[j] = self._weight((fmt, meta, arrays[name]), hold=False)
         return ws, arrays
@@ -293,14 +288,14 @@ class NativeForward:
         """Point layer ``i``'s projections at ``arrays`` (tensor name -> buffers, kept alive by
         the caller until the next call), or at nothing (None): weights streamed per step."""
         layer = self._layers[i]
-        for proj, name in zip(_PROJ, PROJECTIONS):
+        for proj, name in zip(_PROJ, names.PROJECTIONS):
             fmt, meta = self._formats[(i, name)]
-            a = None if arrays is None else arrays[f"blk.{i}.{name}.weight"]
+            a = None if arrays is None else arrays[names.weight(i, name)]
             setattr(layer, proj, self._weight((fmt, meta, a), hold=False))
 
     def set_sparse(self, cache) -> None:
         """Run every layer's FFN on its active neurons, bundles from ``cache``
-        (an edgert.runtime.sparse.NeuronCache)."""
+        (an edgert.runtime.neurons.NeuronCache)."""
         fmt = cache.fmt
         self._fetcher = cache
         self._sparse = [

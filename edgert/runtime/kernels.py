@@ -14,7 +14,6 @@ import threading
 import numpy as np
 
 from edgert.errors import EdgertError
-from edgert.runtime.build import build_objects, build_shared, host_flags
 from edgert.format.lut import (
     FMT_CODE,
     GROUP_SIZES,
@@ -26,6 +25,7 @@ from edgert.format.lut import (
     quantize_hlq,
     quantize_uniform,
 )
+from edgert.runtime.build import build_objects, build_shared, host_flags
 
 __all__ = [
     "GROUP_SIZES",

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgert.errors import EdgertError
+from edgert.format import names
 
 
 def open_artifact_engine(
@@ -24,23 +25,16 @@ def open_artifact_engine(
     """Load an artifact (schema, target and resident checksums verified) as a
     :class:`~edgert.runtime.engine.CompiledEngine`.
     ``dram_budget`` (bytes): weights, KV cache and scratch fit in it — the layers that do not fit
-    stream from flash each step (dense models; see edgert.runtime.stream). None: the budget the
+    stream from flash each step (dense models; see edgert.plan.dram, edgert.runtime.streamer). None: the budget the
     artifact was compiled for, if any (and its context as the default ``max_ctx``); 0: no budget.
     A mixture of experts keeps its experts on flash and caches what the budget holds
     (edgert.runtime.experts); ``experts``: the cache's options (``policy``, ``predictor``,
     ``prefetch``). ``ffn``: ``sparsity`` (one the artifact was calibrated for; None: dense) and
     ``window`` (tokens a neuron stays cached idle; 0: as long as the budget allows) run a dense
-    model's FFN on its active neurons, their bundles read from flash (edgert.runtime.sparse)."""
-    from edgert.format import names
+    model's FFN on its active neurons, their bundles read from flash (edgert.runtime.neurons)."""
     from edgert.format.artifact import Artifact
+    from edgert.plan.sparse import ffn_tensors
     from edgert.runtime.engine import CompiledEngine
-    from edgert.runtime.stream import (
-        PROJECTIONS,
-        LayerStreamer,
-        plan_dram,
-        target_chunk,
-        target_gap,
-    )
     from edgert.runtime.weights import ArtifactSource
 
     # checksums are verified as the engine reads its weights, then for whatever it did not read
@@ -62,37 +56,27 @@ def open_artifact_engine(
     streamed: set[str] = set()
     sparsity = (ffn or {}).get("sparsity")
     if sparsity is not None:
-        from edgert.runtime.sparse import ffn_tensors, plan_sparse
-
         if cfg.is_moe:
             raise EdgertError(
                 "--sparsity runs dense models (a mixture of experts streams its experts)",
                 "run it without --sparsity",
             )
-        gap = (ffn or {}).get("gap_bytes")
-        gap = target_gap(art) if gap is None else int(gap)
-        sparse = plan_sparse(
+        sparse = sparse_plan(
             art, cfg, max_ctx=max_ctx, budget=int(dram_budget or 0) or None,
-            sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0), gap_bytes=gap,
+            sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0),
+            gap_bytes=(ffn or {}).get("gap_bytes"),
         )  # fmt: skip
         streamed = ffn_tensors(cfg)
     elif dram_budget and cfg.is_moe:
-        from edgert.runtime.experts import plan_moe
-
-        moe = plan_moe(
-            art, cfg, max_ctx=max_ctx, budget=int(dram_budget), chunk=target_chunk(art),
-            cache=experts,
-        )  # fmt: skip
+        moe = moe_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), experts=experts)
         if moe.streams:
             streamed = {
                 n for i in range(cfg.n_layers) for e in range(cfg.n_experts)
                 for n in names.expert_tensors(i, e)
             }  # fmt: skip
     elif dram_budget:
-        dram = plan_dram(
-            art, cfg, max_ctx=max_ctx, budget=int(dram_budget), chunk=target_chunk(art)
-        )
-        streamed = {names.weight(i, p) for i in dram.streamed for p in PROJECTIONS}
+        dram = dense_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget))
+        streamed = {names.weight(i, p) for i in dram.streamed for p in names.PROJECTIONS}
     engine = CompiledEngine(
         str(art.path / art.manifest["libs"]["model"]),
         cfg,
@@ -103,9 +87,9 @@ def open_artifact_engine(
     )
     engine.dram_plan = dram or moe or sparse
     if sparse is not None:
-        from edgert.runtime.sparse import NeuronCache
+        from edgert.runtime.neurons import NeuronCache
 
-        engine.neurons = NeuronCache(art, cfg, sparse, gap_bytes=gap)
+        engine.neurons = NeuronCache(art, cfg, sparse)
         engine.native.set_sparse(engine.neurons)
     if moe is not None and moe.streams:
         from edgert.runtime.experts import ExpertCache
@@ -115,10 +99,58 @@ def open_artifact_engine(
         )
         engine.native.set_experts(engine.expert_cache)
     if dram is not None and dram.streamed:
+        from edgert.runtime.streamer import LayerStreamer
+
         engine.streamer = LayerStreamer(art, dram, engine.native)
     # streamed tensors are verified on their first read
     art.verify(residency="resident", skip=streamed)
     return engine
+
+
+def dense_plan(art, cfg, *, max_ctx: int, budget: int | None):
+    """A dense model's DRAM plan for ``budget`` (edgert.plan.dram), read sizes from the flash of
+    the artifact's target."""
+    from edgert.format.target import target_flash
+    from edgert.plan.dram import plan_dram
+    from edgert.plan.sizes import flash_chunk
+
+    return plan_dram(art, cfg, max_ctx=max_ctx, budget=budget, chunk=flash_chunk(target_flash(art)))
+
+
+def moe_plan(art, cfg, *, max_ctx: int, budget: int | None, experts: dict | None = None):
+    """A mixture's expert cache for ``budget`` (edgert.plan.moe), with the compiler's routing
+    trace replayed through a cache of ``experts``' options."""
+    from edgert.format.target import target_flash
+    from edgert.plan.moe import plan_moe
+    from edgert.plan.sizes import flash_chunk
+
+    return plan_moe(
+        art, cfg, max_ctx=max_ctx, budget=budget, chunk=flash_chunk(target_flash(art)),
+        cache=experts, trace=art.record(names.ROUTING_TRACE),
+    )  # fmt: skip
+
+
+def sparse_plan(
+    art, cfg, *, max_ctx: int, budget: int | None, sparsity: float, window: int = 0,
+    gap_bytes: int | None = None,
+):  # fmt: skip
+    """The window cache of ``--sparsity`` for ``budget`` (edgert.plan.sparse), with the
+    compiler's activity trace replayed; ``gap_bytes``: the gap reads join across (None: what the
+    target's flash moves in one latency)."""
+    from edgert.format.target import target_flash
+    from edgert.plan.sizes import flash_chunk, flash_gap
+    from edgert.plan.sparse import plan_sparse
+
+    flash = target_flash(art)
+    levels = art.record(names.ACTIVITY_TRACE)
+    trace = None
+    if levels is not None:
+        trace = {"levels": levels["levels"], "order": art.read_tensor(names.BUNDLE_INDEX)["order"]}
+    return plan_sparse(
+        art, cfg, max_ctx=max_ctx, budget=budget, sparsity=sparsity, window=window,
+        chunk=flash_chunk(flash), gap_bytes=flash_gap(flash) if gap_bytes is None else gap_bytes,
+        trace=trace,
+    )  # fmt: skip
 
 
 def open_engine(

@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from edgert.errors import EdgertError
+from edgert.format import names
 from edgert.format.model import ModelConfig, ModelGraph
+from edgert.format.routing import route, softmax
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -20,11 +22,6 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
 
 def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
-
-
-def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
-    return e / np.sum(e, axis=axis, keepdims=True)
 
 
 def rope_tables(cfg: ModelConfig, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,24 +50,6 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> n
         out[..., : rd // 2] = a * c - b * s
         out[..., rd // 2 : rd] = a * s + b * c
     return out
-
-
-def route(cfg: ModelConfig, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k experts per token: (indices (n, k), weights (n, k)).
-
-    Softmax over all experts, keep the k largest probabilities, and renormalise them to sum to 1
-    when the architecture does (Mixtral) — Qwen2-MoE and OLMoE use the raw probabilities; experts
-    split from a dense FFN (``expert_weights_unit``) count with weight 1.
-    """
-    probs = softmax(logits.astype(np.float32), axis=-1)
-    k = cfg.n_experts_used
-    idx = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
-    if cfg.expert_weights_unit:
-        return idx, np.ones(idx.shape, np.float32)
-    w = np.take_along_axis(probs, idx, axis=-1)
-    if cfg.expert_weights_norm:
-        w = w / np.sum(w, axis=-1, keepdims=True)
-    return idx, w.astype(np.float32)
 
 
 class ReferenceEngine:
@@ -111,17 +90,17 @@ class ReferenceEngine:
         return x @ self._w(name).T
 
     def _attention(self, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-        c, p, n = self.cfg, f"blk.{i}.", x.shape[0]
-        q = self._mm(x, p + "attn_q.weight")
-        k = self._mm(x, p + "attn_k.weight")
-        v = self._mm(x, p + "attn_v.weight")
+        c, n = self.cfg, x.shape[0]
+        q = self._mm(x, names.weight(i, "attn_q"))
+        k = self._mm(x, names.weight(i, "attn_k"))
+        v = self._mm(x, names.weight(i, "attn_v"))
         if c.qkv_bias:
-            q += self._w(p + "attn_q.bias")
-            k += self._w(p + "attn_k.bias")
-            v += self._w(p + "attn_v.bias")
+            q += self._w(names.bias(i, "attn_q"))
+            k += self._w(names.bias(i, "attn_k"))
+            v += self._w(names.bias(i, "attn_v"))
         if c.qk_norm:
-            q = rms_norm(q, self._w(p + "attn_q_norm.weight"), c.rms_eps)
-            k = rms_norm(k, self._w(p + "attn_k_norm.weight"), c.rms_eps)
+            q = rms_norm(q, self._w(names.q_norm(i)), c.rms_eps)
+            k = rms_norm(k, self._w(names.k_norm(i)), c.rms_eps)
         q = apply_rope(q.reshape(n, c.n_heads, c.head_dim), cos, sin, c.rope_style)
         k = apply_rope(k.reshape(n, c.n_kv_heads, c.head_dim), cos, sin, c.rope_style)
         v = v.reshape(n, c.n_kv_heads, c.head_dim)
@@ -139,13 +118,12 @@ class ReferenceEngine:
         probs = softmax(scores, axis=-1)
         out = probs @ vals.transpose(1, 0, 2)[:, None]  # (kv, group, n, hd)
         out = out.transpose(2, 0, 1, 3).reshape(n, c.n_heads * c.head_dim)
-        return self._mm(out, p + "attn_output.weight")
+        return self._mm(out, names.weight(i, "attn_output"))
 
     def _moe(self, i: int, x: np.ndarray) -> np.ndarray:
-        c, p = self.cfg, f"blk.{i}."
-        idx, w = route(c, self._mm(x, p + "ffn_gate_inp.weight"))
-        names = [p + f"ffn_{n}_exps.weight" for n in ("gate", "up", "down")]
-        gate, up, down = (self._w(n) for n in names)
+        c = self.cfg
+        idx, w = route(c, self._mm(x, names.router(i)))
+        gate, up, down = (self._w(names.experts(i, p)) for p in names.EXPERT_PROJECTIONS)
         out = np.zeros_like(x)
         for e in np.unique(idx):
             rows, slot = np.nonzero(idx == e)
@@ -154,21 +132,19 @@ class ReferenceEngine:
             h = silu(xe @ gate[e].T) * (xe @ up[e].T)
             out[rows] += w[rows, slot][:, None] * (h @ down[e].T)
         if c.shared_expert_ffn_dim:
-            sh = self._swiglu(x, p, "_shexp")
-            g = x @ self._w(p + "ffn_gate_inp_shexp.weight").reshape(-1, c.dim).T  # (n, 1)
+            sh = self._swiglu(x, *(names.shared(i, p) for p in names.EXPERT_PROJECTIONS))
+            g = x @ self._w(names.shared_gate(i)).reshape(-1, c.dim).T  # (n, 1)
             out += sh / (1.0 + np.exp(-g))
         return out
 
-    def _swiglu(self, x: np.ndarray, p: str, suffix: str = "") -> np.ndarray:
-        h = silu(self._mm(x, f"{p}ffn_gate{suffix}.weight")) * self._mm(
-            x, f"{p}ffn_up{suffix}.weight"
-        )
-        return self._mm(h, f"{p}ffn_down{suffix}.weight")
+    def _swiglu(self, x: np.ndarray, gate: str, up: str, down: str) -> np.ndarray:
+        h = silu(self._mm(x, gate)) * self._mm(x, up)
+        return self._mm(h, down)
 
     def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
         if self.cfg.is_moe:
             return self._moe(i, x)
-        return self._swiglu(x, f"blk.{i}.")
+        return self._swiglu(x, *(names.weight(i, p) for p in names.FFN_PROJECTIONS))
 
     def hidden(self, tokens: list[int] | np.ndarray) -> np.ndarray:
         """Run ``tokens`` through every layer; return the final normed hidden states (n, dim)."""
@@ -184,10 +160,10 @@ class ReferenceEngine:
             )
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
             raise EdgertError(f"token id out of range for a vocabulary of {c.vocab_size}")
-        x = self._w("token_embd.weight")[tokens]
+        x = self._w(names.EMBEDDING)[tokens]
         x = self.run_layers(x, 0, c.n_layers)
         self.pos += n
-        return rms_norm(x, self._w("output_norm.weight"), c.rms_eps)
+        return rms_norm(x, self._w(names.OUTPUT_NORM), c.rms_eps)
 
     def run_layers(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
         """Residual stream x (n, dim) through layers [start, stop) at positions pos..pos+n-1
@@ -195,16 +171,15 @@ class ReferenceEngine:
         c = self.cfg
         cos, sin = rope_tables(c, np.arange(self.pos, self.pos + x.shape[0]))
         for i in range(start, stop):
-            p = f"blk.{i}."
-            h = rms_norm(x, self._w(p + "attn_norm.weight"), c.rms_eps)
+            h = rms_norm(x, self._w(names.attn_norm(i)), c.rms_eps)
             x = x + self._attention(i, h, cos, sin)
-            h = rms_norm(x, self._w(p + "ffn_norm.weight"), c.rms_eps)
+            h = rms_norm(x, self._w(names.ffn_norm(i)), c.rms_eps)
             self.ffn_stream = x
             x = x + self._ffn(i, h)
         return x
 
     def lm_head_name(self) -> str:
-        return "output.weight" if "output.weight" in self.model else "token_embd.weight"
+        return names.OUTPUT if names.OUTPUT in self.model else names.EMBEDDING
 
     def forward(self, tokens: list[int] | np.ndarray, *, last_only: bool = False) -> np.ndarray:
         """Logits (n, vocab) for the tokens appended; (vocab,) of the last with ``last_only``."""

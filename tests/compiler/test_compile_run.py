@@ -11,8 +11,8 @@ from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format.artifact import Artifact, ArtifactError
 from edgert.runtime.generate import Sampler, generate
-from edgert.runtime.reference import ReferenceEngine
 from edgert.runtime.open import open_artifact_engine
+from edgert.runtime.reference import ReferenceEngine
 from edgert.runtime.weights import reference_model
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]

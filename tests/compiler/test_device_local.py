@@ -12,10 +12,10 @@ from edgert.compiler.onnx.compile import compile_onnx
 from edgert.compiler.quant.scheme import QuantScheme
 from make_onnx_models import mlp
 
-from edgert.device.deploy import deploy
 from edgert.device.client import Device, DeviceError
-from edgert.runtime.onnx import open_dnn
+from edgert.device.deploy import deploy
 from edgert.runtime.generate import Sampler, generate
+from edgert.runtime.onnx import open_dnn
 from edgert.runtime.open import open_artifact_engine
 
 assert SMALL_MODEL  # the synthetic models are the conftest's small shapes

@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import pytest
 from conftest import SMALL_MODEL, greedy_tokens
-from edgert.compiler.transform.moefy import balanced_kmeans, moefy_model, parse_moefy
 from edgert.compiler.quant.scheme import QuantScheme
+from edgert.compiler.transform.moefy import balanced_kmeans, moefy_model, parse_moefy
 
-from edgert.format.artifact import Artifact
 from edgert.errors import EdgertError
-from edgert.runtime.reference import ReferenceEngine
+from edgert.format.artifact import Artifact
+from edgert.plan.sizes import BUDGET_BATCH
 from edgert.runtime.open import open_artifact_engine
+from edgert.runtime.reference import ReferenceEngine
 from edgert.runtime.weights import reference_model
-from edgert.runtime.stream import BUDGET_BATCH
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
 
@@ -115,7 +115,7 @@ def test_artifact_is_a_moe_that_streams_its_experts(art):
     ref = ReferenceEngine(reference_model(a), max_ctx=64)
     want = greedy_tokens(eng, PROMPTS, 16)
     assert want == greedy_tokens(ref, PROMPTS, 16)
-    from edgert.runtime.experts import plan_moe
+    from edgert.plan.moe import plan_moe
 
     p = plan_moe(a, c, max_ctx=64, budget=None, n_batch=BUDGET_BATCH)
     budget = p.minimum + p.expert_bytes  # the minimum and one more expert
@@ -155,7 +155,7 @@ def test_cli_errors_and_json(gguf, art, tmp_path):
 def test_bench_and_inspect_predict_expert_streaming(art):
     """The cost model covers a mixture of experts: inspect and bench predict decode under a
     budget from the expected cache hit rate; bench reports it beside the measured run."""
-    from edgert.runtime.experts import TRACE_TOKENS, TRACE_WARMUP, plan_moe
+    from edgert.plan.moe import TRACE_TOKENS, TRACE_WARMUP, plan_moe
 
     a = Artifact.open(art)
     p = plan_moe(a, a.config(), max_ctx=64, budget=None, n_batch=BUDGET_BATCH)

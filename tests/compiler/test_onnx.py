@@ -30,8 +30,8 @@ from edgert.compiler.onnx.frontend import (
     to_relax,
 )
 
-from edgert.runtime.onnx import load_inputs, open_dnn, save_outputs
 from edgert.errors import EdgertError
+from edgert.runtime.onnx import load_inputs, open_dnn, save_outputs
 
 
 @pytest.fixture(scope="module")

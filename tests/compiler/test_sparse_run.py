@@ -13,25 +13,19 @@ import numpy as np
 import pytest
 from conftest import SMALL_MODEL, greedy_tokens, run_cli
 from edgert.compiler.quant.scheme import QuantScheme
+from edgert.compiler.transform.sparsify import SPARSITIES
 
-from edgert.format.artifact import Artifact, ArtifactError
 from edgert.errors import EdgertError
-from edgert.runtime.experts import TRACE_TOKENS, TRACE_WARMUP
-from edgert.runtime.kernels import build_shared
+from edgert.format import names
+from edgert.format.artifact import Artifact, ArtifactError
+from edgert.format.bundles import BundleFormat, SparseSpec, pack_bundles, unpack_bundles
+from edgert.plan.moe import TRACE_TOKENS, TRACE_WARMUP
+from edgert.plan.sparse import plan_sparse
 from edgert.runtime.forward import _Sparse
+from edgert.runtime.kernels import build_shared
+from edgert.runtime.open import open_artifact_engine, sparse_plan
 from edgert.runtime.reference import ReferenceEngine, silu
-from edgert.runtime.open import open_artifact_engine
 from edgert.runtime.weights import reference_model
-from edgert.runtime.sparse import (
-    ACTIVITY,
-    SPARSITIES,
-    BundleFormat,
-    SparseSpec,
-    bundle_name,
-    pack_bundles,
-    plan_sparse,
-    unpack_bundles,
-)
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
 
@@ -143,7 +137,7 @@ def test_sparse_forward_equals_numpy_dropping_the_same_neurons(art, sparsity):
     index = a.read_tensor("ffn_bundle_index")
     weights = []
     for i in range(4):
-        u, d = unpack_bundles(a.read_tensor(bundle_name(i))["data"], spec.fmt)
+        u, d = unpack_bundles(a.read_tensor(names.bundles(i))["data"], spec.fmt)
         inv = np.argsort(index["order"][i])  # bundles are stored hot-first
         weights.append((u[inv], d[:, inv]))
     eng = open_artifact_engine(art, max_ctx=64, ffn={"sparsity": sparsity or 0.5})
@@ -190,12 +184,12 @@ def test_activity_trace_replayed_through_the_window_cache(art):
     window cache of each plan (what a run would read, without reading)."""
     a = Artifact.open(art)
     cfg = a.config()
-    levels = a.read_tensor(ACTIVITY)["levels"]
+    levels = a.read_tensor(names.ACTIVITY_TRACE)["levels"]
     assert levels.shape == (TRACE_TOKENS, 4, cfg.ffn_dim) and levels.min() >= 1
     B = SparseSpec.of(a).fmt.nbytes
 
     def replayed(sparsity, budget=None, window=0, gap=0):
-        p = plan_sparse(
+        p = sparse_plan(
             a, cfg, max_ctx=64, budget=budget, sparsity=sparsity, window=window, gap_bytes=gap
         )
         return p, p.replayed
@@ -248,7 +242,7 @@ def test_corrupt_bundle_is_a_clear_error(art, tmp_path):
     bad = tmp_path / "bad.edgert"
     shutil.copytree(art, bad)
     m = json.loads((bad / "manifest.json").read_text())
-    e = m["tensors"][bundle_name(0)]
+    e = m["tensors"][names.bundles(0)]
     with open(bad / e["file"], "r+b") as f:  # every byte of layer 0's bundles
         f.seek(e["buffers"]["data"]["offset"])
         f.write(b"\xff" * e["buffers"]["data"]["nbytes"])

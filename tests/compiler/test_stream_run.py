@@ -15,10 +15,13 @@ import pytest
 from conftest import SMALL_MODEL, greedy_tokens
 from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.format.artifact import ArtifactError
 from edgert.errors import EdgertError
+from edgert.format.artifact import ArtifactError
+from edgert.format.spans import layer_spans
+from edgert.plan.dram import plan_dram
+from edgert.plan.sizes import BUDGET_BATCH
+from edgert.runtime.flash import FlashError, FlashReader
 from edgert.runtime.open import open_artifact_engine
-from edgert.runtime.stream import BUDGET_BATCH, FlashError, FlashReader, layer_spans, plan_dram
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
 CTX = 10_240
@@ -160,7 +163,7 @@ def test_flash_reader_short_reads_and_truncation(tmp_path):
     data = np.random.default_rng(0).integers(0, 255, 5 * 4096, dtype=np.uint8)
     f = tmp_path / "w.bin"
     f.write_bytes(data.tobytes())
-    from edgert.runtime.stream import aligned_buffer
+    from edgert.runtime.flash import aligned_buffer
 
     class Short(FlashReader):
         def _pread(self, view, offset):  # at most 1000 bytes per call
@@ -317,7 +320,7 @@ def moe_art(tmp_path_factory):
 
 def moe_budgets(path, max_ctx=64):
     from edgert.format.artifact import Artifact
-    from edgert.runtime.experts import plan_moe
+    from edgert.plan.moe import plan_moe
 
     a = Artifact.open(path)
     p = plan_moe(a, a.config(), max_ctx=max_ctx, budget=None, n_batch=BUDGET_BATCH)
@@ -392,17 +395,21 @@ def test_moe_plan_replays_the_compiled_routing_trace(moe_art):
     """The compiler records how the mixture routes while decoding; the planner replays it
     through the cache's policy: without reading ahead every miss is one read, reading ahead
     adds its reads, and a budget that caches every expert reads nothing."""
+    from edgert.format import names
     from edgert.format.artifact import Artifact
-    from edgert.runtime.experts import TRACE, TRACE_TOKENS, TRACE_WARMUP, plan_moe
+    from edgert.plan.moe import TRACE_TOKENS, TRACE_WARMUP, plan_moe
 
     a = Artifact.open(moe_art)
     c = a.config()
-    assert a.tensors[TRACE]["shape"] == [TRACE_TOKENS, c.n_layers, c.n_experts]
-    assert a.tensors[TRACE]["residency"] == "streamed"  # never loaded by a run
+    assert a.tensors[names.ROUTING_TRACE]["shape"] == [TRACE_TOKENS, c.n_layers, c.n_experts]
+    assert a.tensors[names.ROUTING_TRACE]["residency"] == "streamed"  # never loaded by a run
     lo, quarter, full = moe_budgets(moe_art)
 
     def plan(budget, **cache):
-        return plan_moe(a, c, max_ctx=64, budget=budget, n_batch=BUDGET_BATCH, cache=cache)
+        trace = a.record(names.ROUTING_TRACE)
+        return plan_moe(
+            a, c, max_ctx=64, budget=budget, n_batch=BUDGET_BATCH, cache=cache, trace=trace
+        )
 
     on_demand = plan(quarter, prefetch=False)
     r = on_demand.replayed
@@ -446,7 +453,7 @@ def test_moe_long_prompt_in_budget_sized_calls(moe_art):
 
 def test_moe_budget_below_minimum_and_unreadable_expert(moe_art, monkeypatch):
     from edgert.format.artifact import Artifact
-    from edgert.runtime.experts import expert_spans
+    from edgert.format.spans import expert_spans
 
     lo, quarter, _ = moe_budgets(moe_art)
     with pytest.raises(EdgertError, match=r"below the minimum .*this layer's and the next's"):

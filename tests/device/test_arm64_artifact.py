@@ -12,9 +12,9 @@ from arm64_root import ensure_root, run_python
 from conftest import compile_synthetic, greedy_divergence
 from edgert.compiler.quant.scheme import QuantScheme
 
+from edgert.format import names
 from edgert.format.artifact import Artifact
 from edgert.runtime.generate import Sampler, generate
-from edgert.format import names
 from edgert.runtime.reference import ReferenceEngine
 from edgert.runtime.weights import reference_model
 

@@ -14,9 +14,9 @@ import pytest
 from conftest import compile_synthetic, reference_tokens, run_cli
 from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.emulation import arm64 as emulator
-from edgert.device.deploy import deploy
 from edgert.device.client import Device
+from edgert.device.deploy import deploy
+from edgert.emulation import arm64 as emulator
 
 pytestmark = pytest.mark.device
 #: byte offsets flipped on the line, host -> device and device -> host

@@ -11,11 +11,11 @@ import pytest
 from conftest import compile_synthetic, reference_tokens, run_cli
 from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.emulation import arm64 as emulator
-from edgert.device.deploy import deploy
 from edgert.device.client import Device
-from edgert.errors import EdgertError
+from edgert.device.deploy import deploy
 from edgert.device.transport_ssh import SSHTransport
+from edgert.emulation import arm64 as emulator
+from edgert.errors import EdgertError
 
 pytestmark = pytest.mark.device
 PROMPTS = ["the cat sat on", "a b c d e"]
@@ -49,7 +49,8 @@ def test_deploy_and_run_over_ssh(device, arts):
         assert info["machine"] == "aarch64"
     # within a DRAM budget on the device: layers stream from its flash, same tokens
     from edgert.format.artifact import Artifact
-    from edgert.runtime.stream import BUDGET_BATCH, plan_dram
+    from edgert.plan.dram import plan_dram
+    from edgert.plan.sizes import BUDGET_BATCH
 
     a = Artifact.open(arts[0])
     lo = plan_dram(a, a.config(), max_ctx=64, budget=None, n_batch=BUDGET_BATCH).minimum
@@ -71,7 +72,7 @@ def test_sparse_ffn_on_the_device(device, tmp_path_factory):
     cache that fits the budget, the activity trace replayed by its planner; the cache's size
     never changes the tokens."""
     from edgert.format.artifact import Artifact
-    from edgert.runtime.sparse import plan_sparse
+    from edgert.plan.sparse import plan_sparse
 
     url, env = device
     d = tmp_path_factory.mktemp("ssh-sparse")

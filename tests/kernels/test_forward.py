@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from edgert.errors import EdgertError
-from edgert.runtime.kernels import build_shared
 from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
 from edgert.runtime.forward import NativeForward
+from edgert.runtime.kernels import build_shared
 from edgert.runtime.reference import ReferenceEngine, rope_tables
 from edgert.runtime.weights import ModelGraphSource
 
@@ -163,10 +163,10 @@ class ListCache:
     does, without flash)."""
 
     def __init__(self, nf, src, fail_layer=None):
-        from edgert.runtime.experts import expert_tensors
+        from edgert.format import names
 
         self.nf, self.src, self.fail_layer, self.error = nf, src, fail_layer, None
-        self.names, self.asked = expert_tensors, []
+        self.names, self.asked = names.expert_tensors, []
 
     def fetch(self, layer, experts, next_experts):
         self.asked.append((layer, list(experts), next_experts))

@@ -173,8 +173,8 @@ Q8_REL_TOL = 1e-4  # max abs / max |y|: activations rounded to int16 (15 bits), 
 
 @pytest.mark.parametrize("m,k", [(1, 1), (5, 31), (33, 70), (300, 576)])
 def test_q8_gemm(m, k):
-    from edgert.runtime.kernels import q8_gemm
     from edgert.format.q8 import dequantize_q8, quantize_q8
+    from edgert.runtime.kernels import q8_gemm
 
     rng = np.random.default_rng(8)
     d = quantize_q8(rng.normal(size=(m, k)).astype(np.float32))

@@ -6,7 +6,8 @@ from conftest import run_cli
 from test_reference_archs import CONFIGS, random_model
 
 from edgert.measure.bench import bench, table
-from edgert.runtime.experts import TRACE_WARMUP, ExpertStats
+from edgert.plan.moe import TRACE_WARMUP
+from edgert.plan.stats import ExpertStats
 from edgert.runtime.reference import ReferenceEngine
 
 KEYS = {

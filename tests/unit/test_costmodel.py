@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from edgert.plan.cost import DeviceFigures, predict_decode
 from edgert.errors import EdgertError
-from edgert.runtime.stream import DramPlan, read_chunk
+from edgert.plan.cost import DeviceFigures, predict_decode
+from edgert.plan.dram import DramPlan
+from edgert.plan.sizes import read_chunk
 
 MB = 1_000_000
 
@@ -44,7 +45,7 @@ def test_flash_bound_counts_bytes_and_requests():
 
 
 def test_mixture_of_experts_plan():
-    from edgert.runtime.experts import MoePlan
+    from edgert.plan.moe import MoePlan
 
     # 4 layers x 8 experts of 3 MB, top-2; 10 MB resident read per step; 16 of 32 cached
     moe = MoePlan(
@@ -91,7 +92,7 @@ def test_mixture_of_experts_plan():
 
 
 def test_sparse_ffn_plan_reads_after_its_gate():
-    from edgert.runtime.sparse import SparsePlan
+    from edgert.plan.sparse import SparsePlan
 
     # 4 layers x 1000 neurons of 1000 B bundles, 5 MB resident read per step, sparsity 0.5
     sp = SparsePlan(

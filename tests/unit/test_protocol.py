@@ -11,7 +11,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgert.device.agent import Agent
-from edgert.format.artifact import ArtifactWriter, crc32
 from edgert.device.protocol import (
     HEAD,
     MAX_PAYLOAD,
@@ -21,6 +20,7 @@ from edgert.device.protocol import (
     StreamClosed,
     encode,
 )
+from edgert.format.artifact import ArtifactWriter, crc32
 
 #: frames the fuzz test sends the agent (the acceptance asks for at least 10 000)
 FUZZ_FRAMES = 10_000

@@ -1,0 +1,140 @@
+"""Sizes and the memory every plan counts first: ``--dram-budget`` values, the KV cache, the
+forward pass's scratch, the tensors that never stream, and the size of a flash read."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from edgert.errors import EdgertError
+from edgert.format import names
+
+#: prefill rows per kernel call (the C forward pass runs longer prompts in several calls)
+MAX_BATCH = 512
+#: tokens per forward call under a budget (the scratch for a batch of 512 would be most of a
+#: small model's budget; prompts run in more calls instead)
+BUDGET_BATCH = 64
+#: bytes per flash read request where the device's flash is not known
+READ_CHUNK = 4 << 20
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "m": 1e6,
+    "g": 1e9,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "kb": 1e3,
+    "mb": 1e6,
+    "gb": 1e9,
+}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``123``, ``300M`` / ``300MB`` (10^6), ``1.5GiB`` (2^30)."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = m.group(2).lower() if m else None
+    if not m or unit not in _UNITS:
+        raise EdgertError(
+            f"cannot read the size {text!r}", "write it as bytes or with a unit: 300M, 1.5G, 512MiB"
+        )
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def fmt_size(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def read_chunk(flash_mbs: float, latency_us: float) -> int:
+    """The read request size for a flash: the smallest power of two whose transfer takes 20x the
+    per-request latency (latency then costs <= 5% of bandwidth), between 256 KiB and 8 MiB."""
+    want = 20 * flash_mbs * 1e6 * latency_us * 1e-6
+    chunk = 256 << 10
+    while chunk < want and chunk < (8 << 20):
+        chunk *= 2
+    return chunk
+
+
+def flash_chunk(flash: tuple[float, float] | None) -> int:
+    """The read size for a flash of (MB/s, latency us), :data:`READ_CHUNK` where not known."""
+    return READ_CHUNK if flash is None else read_chunk(*flash)
+
+
+def flash_gap(flash: tuple[float, float] | None) -> int:
+    """Bytes a flash of (MB/s, latency us) transfers in one request latency: a gap between two
+    wanted ranges shorter than this costs less to read through than to skip with a second
+    request (0 where the flash is not known)."""
+    return 0 if flash is None else int(flash[0] * flash[1])
+
+
+def kv_cache_bytes(cfg, max_ctx: int) -> int:
+    """The float32 K and V caches of every layer for ``max_ctx`` tokens."""
+    return 2 * cfg.n_layers * max_ctx * cfg.n_kv_heads * cfg.head_dim * 4
+
+
+def resident_besides(art, tensors) -> dict[str, int]:
+    """Bytes of each tensor but ``tensors`` that a run loads (tensors stored for streaming only,
+    like neuron bundles, are never loaded)."""
+    return {
+        n: e["nbytes"]
+        for n, e in art.tensors.items()
+        if n not in tensors and e["residency"] != "streamed"
+    }
+
+
+def touched_per_step(art, resident: dict[str, int]) -> int:
+    """Bytes of ``resident`` a step reads: all but the embedding table (a token reads one row),
+    unless the head shares it."""
+    head = art.manifest.get("plan", {}).get("head") or names.OUTPUT
+    return sum(b for n, b in resident.items() if n == head or n != names.EMBEDDING)
+
+
+def scratch_bytes(cfg, n_batch: int, n_logits: int = 1) -> int:
+    """The forward pass's working memory for ``n_batch`` tokens per call: its activation buffers,
+    the LUT tables (8 bytes per activation), the embeddings in and ``n_logits`` rows of logits
+    out (generation keeps the last row; scoring every position needs n_batch rows)."""
+    d, qd, kd, f = cfg.dim, cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
+    acts = n_batch * (3 * d + 2 * qd + 2 * kd + 2 * f) * 4
+    tables = n_batch * max(d, f) * 8
+    return acts + tables + n_logits * cfg.vocab_size * 4
+
+
+def budget_batch(budget: int | None, n_batch: int | None = None) -> int:
+    """Tokens per forward call: ``n_batch`` if given, else :data:`BUDGET_BATCH` under a budget and
+    the kernels' largest batch without one."""
+    return n_batch or (BUDGET_BATCH if budget else MAX_BATCH)
+
+
+@dataclass
+class Fixed:
+    """What a plan holds whatever streams: the tensors that never stream (``never`` bytes, of
+    which a step reads ``touched``), the KV cache, and the scratch for ``batch`` tokens per call."""
+
+    never: int
+    touched: int
+    kv: int
+    scratch: int
+    batch: int
+
+    @property
+    def total(self) -> int:
+        return self.never + self.kv + self.scratch
+
+
+def fixed_memory(
+    art, cfg, streamed, *, max_ctx: int, budget: int | None, n_batch: int | None = None
+) -> Fixed:
+    """:class:`Fixed` for a plan that streams the tensors named in ``streamed``."""
+    resident = resident_besides(art, streamed)
+    batch = budget_batch(budget, n_batch)
+    return Fixed(
+        never=sum(resident.values()),
+        touched=touched_per_step(art, resident),
+        kv=kv_cache_bytes(cfg, max_ctx),
+        scratch=scratch_bytes(cfg, batch),
+        batch=batch,
+    )

@@ -1,0 +1,129 @@
+"""Reading weights from flash: page-aligned spans of an artifact's weight file with ``pread``
+(``O_DIRECT`` where the filesystem allows it, so streamed weights do not pile up in the page
+cache), retrying short reads and I/O errors a bounded number of times, then failing with the
+file and offset — never returning a partly filled buffer; and the page-aligned buffers they
+are read into."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import threading
+import time
+
+import numpy as np
+
+from edgert.format.artifact import PAGE, ArtifactError
+from edgert.plan.sizes import READ_CHUNK
+from edgert.plan.stats import FlashStats
+
+RETRIES = 3
+
+
+#: a transparent huge page (x86-64 and arm64 with 4 KiB base pages)
+HUGE_PAGE = 2 << 20
+
+
+def aligned_buffer(nbytes: int, *, huge: bool = False) -> np.ndarray:
+    """A page-aligned uint8 buffer (anonymous mapping) for O_DIRECT reads, ``nbytes`` rounded up
+    to whole pages. With ``huge`` it starts on a :data:`HUGE_PAGE` boundary and is advised for
+    transparent huge pages where the OS has them: a stream through it then takes a TLB miss every
+    2 MiB instead of every 4 KiB (a 64 MiB fp32 BLAS GEMV reads about 5% faster, the 2-bit LUT
+    kernel about 1%; BENCHMARKS.md)."""
+    size = max(PAGE, (nbytes + PAGE - 1) // PAGE * PAGE)
+    if not huge:
+        return np.frombuffer(mmap.mmap(-1, size), np.uint8)
+    # private: the OS backs shared anonymous mappings with shmem, which it keeps on 4 KiB pages
+    mm = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        mm.madvise(mmap.MADV_HUGEPAGE)
+    except (AttributeError, OSError):  # no transparent huge pages here: 4 KiB pages
+        pass
+    a = np.frombuffer(mm, np.uint8)
+    start = -a.ctypes.data % HUGE_PAGE
+    return a[start : start + size]
+
+
+class FlashError(ArtifactError):
+    """A streamed read that failed after its retries."""
+
+
+class FlashReader:
+    """Whole-span reads from one file; thread-safe (``pread`` has no shared offset)."""
+
+    def __init__(
+        self, path, *, direct: bool = True, retries: int = RETRIES, chunk: int = READ_CHUNK
+    ):
+        self.path = str(path)
+        self.retries = retries
+        self.chunk = chunk
+        self.stats = FlashStats()
+        self._lock = threading.Lock()
+        self.direct = False
+        fd = -1
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT)
+                self.direct = True
+            except OSError:  # tmpfs and some others refuse O_DIRECT: buffered reads then
+                fd = -1
+        if fd < 0:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError as e:
+                raise FlashError(f"cannot open {self.path}: {e.strerror}") from e
+        self.fd = fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def _pread(self, view: memoryview, offset: int) -> int:
+        return os.preadv(self.fd, [view], offset)
+
+    def read_into(self, buf: np.ndarray, offset: int, nbytes: int) -> None:
+        """Fill ``buf[:nbytes]`` from ``offset`` (both page-aligned for O_DIRECT)."""
+        if self.direct and (offset % PAGE or nbytes % PAGE or buf.ctypes.data % PAGE):
+            raise ValueError("O_DIRECT reads need page-aligned offset, size and buffer")
+        view = memoryview(buf).cast("B")[:nbytes]
+        t0, got, retries = time.perf_counter(), 0, 0
+        while got < nbytes:
+            piece = view[got : min(nbytes, got + self.chunk)]
+            try:
+                n = self._pread(piece, offset + got)
+                if n <= 0:
+                    raise OSError(errno.EIO, "the file ends early (truncated?)")
+            except OSError as e:
+                if e.errno not in (errno.EIO, errno.EINTR, errno.EAGAIN, None):
+                    raise FlashError(
+                        f"reading {self.path} at offset {offset + got} failed: {e.strerror}"
+                    ) from e
+                retries += 1
+                if retries > self.retries:
+                    raise FlashError(
+                        f"reading {self.path} at offset {offset + got} failed after "
+                        f"{self.retries} retries: {e.strerror or e}",
+                        "check the storage, or copy the artifact again",
+                    ) from e
+                time.sleep(0.001 * retries)
+                continue
+            got += n  # a short read continues where it stopped
+        if not self.direct:  # keep the page cache from holding what was streamed
+            os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
+        with self._lock:
+            s = self.stats
+            s.bytes += nbytes
+            s.reads += 1
+            s.retries += retries
+            s.seconds += time.perf_counter() - t0
+
+
+def read_span(reader: FlashReader, span, buf: np.ndarray, verified: set) -> None:
+    """Read ``span`` (edgert.format.spans.Span) into ``buf``; on its first read (key not in
+    ``verified``), check the artifact's checksums of every buffer."""
+    reader.read_into(buf, span.offset, span.nbytes)
+    if span.key not in verified:
+        span.check(buf, reader.path)
+        verified.add(span.key)
