@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from edgert.compiler.package import CompileSummary
 from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.errors import EdgertError
@@ -26,31 +26,6 @@ log = logging.getLogger(__name__)
 SPARSE_CALIB_TOKENS = 256
 
 
-@dataclass
-class CompileSummary:
-    out: str
-    target: str
-    fmt: str
-    avg_bits: float
-    bits_per_unit: dict[str, int]
-    bytes_by_kind: dict[str, int]
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def table(self) -> str:
-        rows = [("stage", "seconds")] + [(k, f"{v:.1f}") for k, v in self.seconds.items()]
-        rows += [("", "")] + [
-            (f"{k} bytes", f"{v / 2**20:.2f} MiB") for k, v in self.bytes_by_kind.items()
-        ]
-        w = max(len(r[0]) for r in rows)
-        return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
-
-
-def _tvm_version() -> str:
-    import tvm
-
-    return tvm.__version__
-
-
 def plan_bits(
     model,
     scheme: QuantScheme,
@@ -61,8 +36,7 @@ def plan_bits(
 ) -> tuple[dict[str, int], list]:
     """Bits for each unit (layer, or expert) — uniform, or allocated under the budget."""
     from edgert.compiler.quant.bitalloc import allocate, measure_sensitivity, units_for
-
-    from edgert.runtime.kernels import quantize_hlq, quantize_uniform
+    from edgert.compiler.quant.lut import quantize_hlq, quantize_uniform
 
     units = units_for(model)
     if bits_budget is None:

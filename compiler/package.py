@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from edgert.compiler.lower.library import build_library
+from edgert.compiler.lower.library import build_library, tvm_version
 from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format import names
@@ -17,6 +18,25 @@ from edgert.format.target import Target
 from edgert.progress import Progress
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class CompileSummary:
+    out: str
+    target: str
+    fmt: str
+    avg_bits: float
+    bits_per_unit: dict[str, int]
+    bytes_by_kind: dict[str, int]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def table(self) -> str:
+        rows = [("stage", "seconds")] + [(k, f"{v:.1f}") for k, v in self.seconds.items()]
+        rows += [("", "")] + [
+            (f"{k} bytes", f"{v / 2**20:.2f} MiB") for k, v in self.bytes_by_kind.items()
+        ]
+        w = max(len(r[0]) for r in rows)
+        return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
 
 
 def layer_f32(i: int) -> list[str]:
@@ -51,9 +71,7 @@ def write_artifact(
     are written too. ``moefy``: how the model's experts were split from its dense FFNs
     (edgert.compiler.transform.moefy), recorded in the manifest. ``trace``: a mixture's routing while it
     decodes (edgert.compiler.transform.calibrate.routing_trace), stored for the planner."""
-    from edgert.compiler.compile import CompileSummary, _tvm_version
-
-    from edgert.runtime.kernels import quantize_hlq, quantize_uniform
+    from edgert.compiler.quant.lut import quantize_hlq, quantize_uniform
 
     c = m.config
     quant = quantize_hlq if scheme.fmt == "hlq" else quantize_uniform
@@ -157,7 +175,7 @@ def write_artifact(
         avg = sum(u.params * bits[u.name] for u in units) / sum(u.params for u in units)
         w.manifest.update(
             {
-                "tvm_version": _tvm_version(),
+                "tvm_version": tvm_version(),
                 "target": tgt.manifest_entry(),
                 "model": c.to_dict(),
                 "source": {"path": str(m.source), "n_params": m.n_params()},

@@ -71,8 +71,9 @@ def main() -> None:
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     from edgert.format.artifact import Artifact
+    from edgert.runtime.tokenizer import Tokenizer
 
-    tok = Artifact.open(args.artifact, verify_resident=False).tokenizer()
+    tok = Tokenizer.of_artifact(Artifact.open(args.artifact, verify_resident=False))
     tokens = tok.encode(Path(args.file).read_text(encoding="utf-8"))[: args.warm + args.n]
     budget = parse_size(args.dram_budget) if args.dram_budget else None
     rows = []

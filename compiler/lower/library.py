@@ -12,6 +12,13 @@ from edgert.errors import EdgertError
 from edgert.format.target import Target
 
 
+def tvm_version() -> str:
+    """The version of the TVM that built an artifact's library (recorded in its manifest)."""
+    import tvm
+
+    return tvm.__version__
+
+
 def build_library(tgt: Target, out_so: str | Path) -> None:
     """Compile the kernels for ``tgt`` (its cflags and kernel tuning) and link them into
     ``out_so``."""

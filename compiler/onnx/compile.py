@@ -157,7 +157,7 @@ def compile_onnx(
     force: bool = False,
 ) -> DnnCompileSummary:
     """Compile the ONNX file ``model`` for ``target`` into the artifact directory ``out``."""
-    from edgert.compiler.compile import _tvm_version
+    from edgert.compiler.lower.library import tvm_version
     from edgert.compiler.lower.pipeline import compile_module
     from edgert.compiler.onnx.frontend import (
         fold_batch_norms,
@@ -210,7 +210,7 @@ def compile_onnx(
         w.manifest.update(
             {
                 "kind": "onnx",
-                "tvm_version": _tvm_version(),
+                "tvm_version": tvm_version(),
                 "target": tgt.manifest_entry(),
                 "source": {"path": str(m.path.resolve()), "sha256": m.sha256, "opset": m.opset},
                 "graph": {

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgert.errors import EdgertError
+from edgert.format.lut import GROUP_SIZES, HLQ_BITS, UNIFORM_BITS
 
-FORMAT_BITS = {"uniform": (1, 2, 3, 4), "hlq": (2, 3, 4)}
-GROUP_SIZES = (32, 64, 128)
+FORMAT_BITS = {"uniform": UNIFORM_BITS, "hlq": HLQ_BITS}
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ def run(args) -> int:
 
     from edgert.device.agent import serve_serial, serve_stdio
     from edgert.errors import EdgertError
+    from edgert.measure import actions
 
     root = Path(args.root).expanduser() if args.root else None
+    extra = (actions.ACTIONS, actions.CAPABILITIES)  # run.bench, run.profile
     if args.serial:
-        serve_serial(args.serial, root)
+        serve_serial(args.serial, root, extra)
     elif args.stdio:
-        serve_stdio(root)
+        serve_stdio(root, extra)
     else:
         raise EdgertError("choose how to serve", "pass --stdio or --serial PORT")
     return 0

@@ -125,7 +125,7 @@ def _figures(args, engine, threads: int):
     streams = engine.streamer or engine.expert_cache or engine.neurons
     if streams is None:
         return fig
-    from edgert.emulation.limits import measure_flash
+    from edgert.measure.flash import measure_flash
 
     mbs, lat = measure_flash(streams.reader.path)
     return fig.with_flash("host", mbs, lat)
@@ -137,10 +137,11 @@ def _bench_emulated(args, path, threads: int):
     import sys
 
     from edgert.cli.common import dram_budget
-    from edgert.emulation.limits import emulation, measure_flash, run_emulated
+    from edgert.emulation.limits import emulation, run_emulated
     from edgert.errors import EdgertError
     from edgert.format.target import load_target
     from edgert.measure.bench import BenchResult
+    from edgert.measure.flash import measure_flash
 
     if not (path.is_dir() and (path / "manifest.json").exists()):
         raise EdgertError("--emulate benchmarks compiled artifacts", "compile the model first")
@@ -174,7 +175,7 @@ def _bench_emulated(args, path, threads: int):
 
 def _bench_dnn(args, threads: int) -> int:
     from edgert.cli.common import print_json
-    from edgert.runtime.onnx import bench_dnn
+    from edgert.measure.onnx import bench_dnn
 
     r = bench_dnn(args.model, threads=threads, runs=args.repetitions or 50, warmup=args.warmup)
     if args.json:

@@ -25,14 +25,16 @@ def run(args) -> int:
     from edgert.device.deploy import deploy
     from edgert.format.artifact import Artifact
 
-    Artifact.open(args.artifact)  # a corrupt artifact is refused before the device is touched
+    art = Artifact.open(args.artifact)  # a corrupt artifact is refused before the device is touched
     progress = None if not args.json else False
     dev = Device(args.device, accept_new_host_key=args.accept_new_host_key)
     runtime = None
     if hasattr(dev.transport, "exec"):  # SSH: install or update edgert on the device first
         from edgert.device.deploy import ensure_runtime
 
-        runtime = ensure_runtime(dev.transport, progress=progress)
+        # the TVM runtime only where the artifact is a compiled ONNX model
+        onnx = art.manifest.get("kind") == "onnx"
+        runtime = ensure_runtime(dev.transport, onnx=onnx, progress=progress)
     with dev:
         r = deploy(args.artifact, dev, name=args.name, progress=progress)
     if args.json:

@@ -12,120 +12,6 @@ def add_arguments(p) -> None:
     p.add_argument("--ctx", type=int, default=None, help="context for the plan (model's, max 4096)")
 
 
-def inspect_artifact(
-    path, *, dram_budget: int | None = None, ctx: int | None = None, sparsity: float | None = None
-) -> dict:
-    """What `edgert inspect` shows, as a dict (no checksum verification: it only reads).
-    Dense models: the DRAM plan for ``dram_budget`` (default: the compiled one) at ``ctx`` and
-    the cost model's decode prediction on the artifact's target."""
-    from edgert.format import names
-    from edgert.format.artifact import Artifact
-
-    art = Artifact.open(path, verify_resident=False)
-    m = art.manifest
-    if m.get("kind") == "onnx":
-        return _inspect_dnn(art)
-    by_res = {r: art.nbytes(r) for r in ("resident", "streamed")}
-    q = m.get("quant", {})
-    bits_by_layer = [v for v in m.get("plan", {}).get("layer_variants", [])]
-    info = {
-        "path": str(art.path),
-        "schema": m["schema"],
-        "edgert_version": m.get("edgert_version"),
-        "tvm_version": m.get("tvm_version"),
-        "target": art.target,
-        "model": {
-            k: m["model"][k]
-            for k in (
-                "arch",
-                "name",
-                "n_layers",
-                "dim",
-                "n_heads",
-                "n_kv_heads",
-                "ffn_dim",
-                "vocab_size",
-                "n_experts",
-                "n_experts_used",
-            )
-        },
-        "format": q.get("format"),
-        "group_size": q.get("group_size"),
-        "avg_bits": q.get("avg_bits"),
-        "bits_per_unit": q.get("units", {}),
-        "layer_variants": bits_by_layer,
-        "bytes": by_res,
-        "tensors": len(art.tensors),
-    }
-    try:
-        from edgert.format.target import load_target
-
-        t = load_target(art.target["name"])
-        per_token = by_res["resident"]  # what a dense step reads (bundles only with --sparsity)
-        info["prediction"] = {
-            "weight_bytes_per_token": per_token,
-            "dram_bandwidth_gbs": t.dram_bandwidth_gbs,
-            "roofline_tok_s": t.dram_bandwidth_gbs * 1e9 / per_token,
-            "dram_fits": per_token < t.dram_bytes,
-        }
-    except Exception:  # target file not on this machine: no prediction
-        t, info["prediction"] = None, None
-    cfg = art.config()
-    compiled = m.get("dram") or {}
-    ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
-    from edgert.plan.cost import DeviceFigures, predict_decode
-    from edgert.runtime.open import dense_plan, moe_plan, sparse_plan
-
-    plan = None
-    if cfg.is_moe and dram_budget:
-        plan = moe_plan(art, cfg, max_ctx=ctx, budget=dram_budget)
-        info["dram"] = {**plan.to_dict(), "compiled": False}
-    if not cfg.is_moe:
-        if dram_budget is None:
-            dram_budget = compiled.get("budget")
-        plan = dense_plan(art, cfg, max_ctx=ctx, budget=dram_budget or None)
-        info["dram"] = {**plan.to_dict(), "compiled": bool(compiled)}
-    if t is not None and plan is not None:
-        fig = DeviceFigures.from_target(t)
-        info["prediction"]["cost_model"] = predict_decode(plan, fig, pos=ctx // 2).to_dict()
-    sp = m.get("sparse_ffn")
-    if sp:
-        info["sparse_ffn"] = {k: sp[k] for k in ("bits", "group", "sparsities", "calib_tokens")}
-        info["sparse_ffn"]["bundle_bytes"] = sum(
-            art.tensors[names.bundles(i)]["nbytes"] for i in range(cfg.n_layers)
-        )
-    if m.get("moefy"):
-        info["moefy"] = m["moefy"]
-    if sparsity is not None:
-        sparse = sparse_plan(art, cfg, max_ctx=ctx, budget=dram_budget or None, sparsity=sparsity)
-        info["sparse_plan"] = sparse.to_dict()
-        if t is not None:
-            fig = DeviceFigures.from_target(t)
-            info["sparse_plan"]["cost_model"] = predict_decode(sparse, fig, pos=ctx // 2).to_dict()
-    return info
-
-
-def _inspect_dnn(art) -> dict:
-    m = art.manifest
-    g = m["graph"]
-    return {
-        "path": str(art.path),
-        "kind": "onnx",
-        "schema": m["schema"],
-        "edgert_version": m.get("edgert_version"),
-        "tvm_version": m.get("tvm_version"),
-        "target": art.target,
-        "source": m.get("source"),
-        "inputs": g["inputs"],
-        "outputs": g["outputs"],
-        "ops": g.get("ops", {}),
-        "weights": m.get("quant", {}).get("weights"),
-        "quantized_tensors": len(m.get("quant", {}).get("quantized_tensors", [])),
-        "bytes": {"resident": art.nbytes("resident"), "streamed": art.nbytes("streamed")},
-        "tensors": len(art.tensors),
-    }
-
-
 def _print_dnn(info: dict) -> None:
     from edgert.runtime.onnx import TensorSpec, format_bytes
 
@@ -151,6 +37,7 @@ def _print_dnn(info: dict) -> None:
 
 def run(args) -> int:
     from edgert.cli.common import dram_budget, print_json
+    from edgert.measure.inspect import inspect_artifact
 
     info = inspect_artifact(
         args.artifact, dram_budget=dram_budget(args), ctx=args.ctx, sparsity=args.sparsity

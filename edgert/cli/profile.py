@@ -51,7 +51,7 @@ def run(args) -> int:
         with ThreadPoolExecutor(len(devices)) as ex:
             profiles = dict(zip(devices, ex.map(one, devices)))
     else:
-        from edgert.device.agent import device_info
+        from edgert.device.sysinfo import device_info
         from edgert.measure.profile import profile_artifact
         from edgert.settings import default_threads, set_threads
 

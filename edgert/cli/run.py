@@ -86,57 +86,34 @@ def _check_args(args, dnn: bool) -> None:
 
 def _run_remote(args, *, dnn: bool) -> int:
     """The same run on a device: the artifact (deployed under its name) is loaded by the agent."""
-    import io
-
-    import numpy as np
-
     from edgert.cli.common import print_json
-    from edgert.device.client import Device, DeviceError
+    from edgert.device.client import Device
     from edgert.device.deploy import artifact_name
 
     name = artifact_name(args.artifact)
     with Device(args.device, accept_new_host_key=args.accept_new_host_key) as dev:
-        names = [a["name"] for a in dev.call("artifact.list")[0]["artifacts"]]
-        if name not in names:
-            raise DeviceError(
-                f"{name} is not on device {args.device}",
-                f"deploy it first: edgert deploy {args.artifact} {args.device}",
-            )
-        load = {"name": name}
-        if not dnn:  # the same budget and options as a run on this machine
-            from edgert.cli.common import dram_budget, expert_options, ffn_options
-
-            load.update(
-                ctx=args.ctx,
-                dram_budget=dram_budget(args),
-                experts=expert_options(args),
-                ffn=ffn_options(args),
-            )
-        dev.call("artifact.load", {k: v for k, v in load.items() if v is not None})
         if dnn:
             from edgert.format.artifact import Artifact
             from edgert.runtime.onnx import TensorSpec, load_inputs, save_outputs
 
+            dev.load(name, local=args.artifact)
             g = Artifact.open(args.artifact, verify_resident=False).manifest["graph"]
             feeds = load_inputs(args.input or [], [TensorSpec.from_dict(d) for d in g["inputs"]])
-            buf = io.BytesIO()
-            np.savez(buf, **feeds)
-            hdr, payload = dev.call("run.infer", {"name": name}, buf.getvalue())
-            with np.load(io.BytesIO(payload)) as f:
-                outs = {k: f[k] for k in f.files}
+            outs, run_ms = dev.infer(name, feeds)
             saved = str(save_outputs(outs, args.output)) if args.output else None
-            _print_outputs(args, outs, saved, load_s=None, run_ms=hdr["run_ms"])
+            _print_outputs(args, outs, saved, load_s=None, run_ms=run_ms)
             return 0
+        from edgert.cli.common import dram_budget, expert_options, ffn_options
+
+        # the same budget and options as a run on this machine
+        dev.load(name, local=args.artifact, ctx=args.ctx, dram_budget=dram_budget(args),
+                 experts=expert_options(args), ffn=ffn_options(args))  # fmt: skip
         if not args.json:
             sys.stdout.write(args.prompt)
-        hdr, _ = dev.call(
-            "run.generate",
-            {"name": name, "prompt": args.prompt, "n_predict": args.n_predict, "temp": 0},
-            on_event=None
-            if args.json
-            else lambda e: (sys.stdout.write(e.get("text", "")), sys.stdout.flush()),
-        )
-    res = hdr["result"]
+        res = dev.generate(
+            name, args.prompt, n_predict=args.n_predict,
+            on_text=None if args.json else lambda s: (sys.stdout.write(s), sys.stdout.flush()),
+        )  # fmt: skip
     if args.json:
         print_json(res)
     else:

@@ -46,12 +46,13 @@ from edgert.device.protocol import (
     StreamClosed,
     encode,
 )
+from edgert.device.sysinfo import device_info
 from edgert.errors import EdgertError
 from edgert.format.artifact import crc32, crc32_file
 
 log = logging.getLogger(__name__)
 
-CAPABILITIES = ("info", "artifacts", "generate", "infer", "bench", "profile", "files")
+CAPABILITIES = ("info", "artifacts", "generate", "infer", "files")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -63,73 +64,26 @@ def default_root() -> Path:
     return Path(os.environ.get("EDGERT_AGENT_ROOT", Path.home() / ".edgert")).expanduser()
 
 
-def _read_text(path: str) -> str | None:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return None
-
-
-def thermal() -> dict[str, Any]:
-    """Temperatures (°C), CPU frequency and governor, where the device exposes them."""
-    temps = []
-    for z in sorted(Path("/sys/class/thermal").glob("thermal_zone*/temp")):
-        t = _read_text(str(z))
-        if t and t.lstrip("-").isdigit():
-            temps.append(int(t) / 1000)
-    cpufreq = "/sys/devices/system/cpu/cpu0/cpufreq/"
-    freq = _read_text(cpufreq + "scaling_cur_freq")
-    return {
-        "temperature_c": temps,
-        "governor": _read_text(cpufreq + "scaling_governor"),
-        "cpu_freq_khz": int(freq) if freq and freq.isdigit() else None,
-    }
-
-
-def device_info(root: Path) -> dict[str, Any]:
-    """What the device is: enough to choose a target and to explain a measurement."""
-    cpu_model, features = None, []
-    text = _read_text("/proc/cpuinfo") or ""
-    for line in text.splitlines():
-        key, _, val = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu part") and cpu_model is None:
-            cpu_model = val.strip()
-        elif key in ("flags", "features") and not features:
-            features = val.split()
-    mem = {}
-    for line in (_read_text("/proc/meminfo") or "").splitlines():
-        k, _, v = line.partition(":")
-        if k in ("MemTotal", "MemAvailable") and v.strip().endswith("kB"):
-            mem[k] = int(v.split()[0]) * 1024
-    root.mkdir(parents=True, exist_ok=True)
-    disk = shutil.disk_usage(root)
-    return {
-        "machine": platform.machine(),
-        "system": platform.system(),
-        "cpu_model": cpu_model or platform.processor() or "unknown",
-        "cpu_features": features,
-        "cores": os.cpu_count(),
-        "dram_total_bytes": mem.get("MemTotal"),
-        "dram_free_bytes": mem.get("MemAvailable"),
-        "storage_total_bytes": disk.total,
-        "storage_free_bytes": disk.free,
-        **thermal(),
-        "python": platform.python_version(),
-        "edgert_version": __version__,
-        "root": str(root),
-    }
-
-
 class Agent:
     """Serves requests read from ``rfile`` and writes frames to ``wfile`` until BYE, shutdown or
-    the end of the stream."""
+    the end of the stream. ``extra``: (actions, capabilities) served beside :data:`ACTIONS` (the
+    measuring ones, edgert.measure.actions, which ``edgert agent`` adds)."""
 
-    def __init__(self, rfile: BinaryIO, wfile: BinaryIO, *, root: Path | None = None):
+    def __init__(
+        self,
+        rfile: BinaryIO,
+        wfile: BinaryIO,
+        *,
+        root: Path | None = None,
+        extra: tuple[dict, tuple] | None = None,
+    ):
         self.reader = FrameReader(rfile)
         self.wfile = wfile
         self.root = Path(root or default_root())
         self.loaded: dict[str, Any] = {}
+        actions, caps = extra or ({}, ())
+        self.actions = {**ACTIONS, **actions}
+        self.capabilities = (*CAPABILITIES, *caps)
 
     # -- plumbing -------------------------------------------------------------------------------
     def send(self, code: Code, header: dict, payload: bytes = b"") -> None:
@@ -140,7 +94,7 @@ class Agent:
         return {
             "protocol": PROTOCOL_VERSION,
             "edgert_version": __version__,
-            "capabilities": list(CAPABILITIES),
+            "capabilities": list(self.capabilities),
             "machine": platform.machine(),
         }
 
@@ -171,10 +125,11 @@ class Agent:
         rid = frame.header.get("id")
         action = frame.header.get("action")
         args = frame.header.get("args", {})
-        fn = ACTIONS.get(action) if isinstance(action, str) else None
+        fn = self.actions.get(action) if isinstance(action, str) else None
         try:
             if fn is None:
-                raise RequestError(f"unknown action {action!r}; known: {', '.join(ACTIONS)}")
+                known = ", ".join(self.actions)
+                raise RequestError(f"unknown action {action!r}; known: {known}")
             if not isinstance(args, dict):
                 raise RequestError("args must be a JSON object")
             header, payload = fn(self, rid, args, frame.payload)
@@ -320,48 +275,6 @@ def _infer(agent: Agent, rid, args, payload):
     return {"outputs": list(outs), "run_ms": run_ms}, buf.getvalue()
 
 
-def _bench(agent: Agent, rid, args, payload):
-    name = args.get("name")
-    path = agent.deployed(name)
-    from edgert.runtime.onnx import bench_dnn, is_dnn_artifact
-    from edgert.settings import default_threads
-
-    threads = int(args.get("threads") or default_threads())
-    if is_dnn_artifact(path):
-        r = bench_dnn(path, threads=threads, runs=int(args.get("runs", 50)))
-        return {"bench": r.to_dict()}, b""
-    from edgert.measure.bench import bench_model
-
-    agent.loaded.pop(name, None)
-    r, _ = bench_model(
-        path,
-        threads=threads,
-        n_prompt=int(args.get("n_prompt", 128)),
-        n_gen=int(args.get("n_gen", 64)),
-        reps=int(args.get("reps", 3)),
-        name=name,
-    )
-    return {"bench": r.to_dict()}, b""
-
-
-def _profile(agent: Agent, rid, args, payload):
-    from edgert.measure.profile import profile_artifact
-    from edgert.settings import default_threads
-
-    path = agent.deployed(args.get("name"))
-    agent.loaded.pop(args.get("name"), None)
-    p = profile_artifact(
-        path,
-        threads=int(args.get("threads") or default_threads()),
-        n_prompt=int(args.get("n_prompt", 64)),
-        n_gen=int(args.get("n_gen", 32)),
-        reps=int(args.get("reps", 3)),
-    )
-    p["artifact"] = args.get("name")
-    p["device_info"] = device_info(agent.root)
-    return {"profile": p}, b""
-
-
 def _stat(agent: Agent, rid, args, payload):
     p = agent.inside(args.get("path"))
     if not p.is_file():
@@ -437,8 +350,6 @@ ACTIONS = {
     "artifact.unload": _unload,
     "run.generate": _generate,
     "run.infer": _infer,
-    "run.bench": _bench,
-    "run.profile": _profile,
     "file.stat": _stat,
     "file.put": _put,
     "file.commit": _commit,
@@ -446,11 +357,11 @@ ACTIONS = {
 }
 
 
-def serve_stdio(root: Path | None = None) -> None:
+def serve_stdio(root: Path | None = None, extra: tuple[dict, tuple] | None = None) -> None:
     """Serve on this process's stdin/stdout (what the SSH and local transports start)."""
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # stray prints must not corrupt the frame stream
-    Agent(sys.stdin.buffer, out, root=root).serve()
+    Agent(sys.stdin.buffer, out, root=root, extra=extra).serve()
 
 
 def open_tty(port: str):
@@ -470,11 +381,13 @@ def open_tty(port: str):
     return os.fdopen(fd, "rb", buffering=0), os.fdopen(os.dup(fd), "wb")
 
 
-def serve_serial(port: str, root: Path | None = None) -> None:
+def serve_serial(
+    port: str, root: Path | None = None, extra: tuple[dict, tuple] | None = None
+) -> None:
     """Serve sessions on a serial line until ``agent.shutdown``: a client that goes away (BYE,
     or silence) leaves the agent waiting for the next one's HELLO."""
     rfile, wfile = open_tty(port)
-    agent = Agent(rfile, wfile, root=root)
+    agent = Agent(rfile, wfile, root=root, extra=extra)
     while True:
         try:
             if agent.serve(greet=False) == "shutdown":
@@ -484,4 +397,4 @@ def serve_serial(port: str, root: Path | None = None) -> None:
 
             time.sleep(0.2)
             rfile, wfile = open_tty(port)
-            agent = Agent(rfile, wfile, root=root)
+            agent = Agent(rfile, wfile, root=root, extra=extra)

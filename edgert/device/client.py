@@ -188,6 +188,45 @@ class Device:
                 log.info("%s garbled on the line (%s); sending again", action, e)
         raise AssertionError("unreachable")
 
+    # -- the actions a run on a device takes ----------------------------------------------------
+    def load(self, name: str, *, local: str | None = None, **options) -> None:
+        """Load deployed artifact ``name`` (``options``: ``ctx``, ``dram_budget``, ``experts``,
+        ``ffn``, as ``edgert run`` takes them; None values are left out); refused, naming the
+        deploy command, where it is not on the device (``local``: the artifact's path here)."""
+        have = [a["name"] for a in self.call("artifact.list")[0]["artifacts"]]
+        if name not in have:
+            raise DeviceError(
+                f"{name} is not on device {self.url}",
+                f"deploy it first: edgert deploy {local or name} {self.url}",
+            )
+        self.call("artifact.load", {"name": name, **{k: v for k, v in options.items()
+                                                     if v is not None}})  # fmt: skip
+
+    def generate(
+        self, name: str, prompt: str, *, n_predict: int, temp: float = 0.0, on_text=None
+    ) -> dict:
+        """Generate with loaded artifact ``name``; ``on_text(piece)`` as text streams back.
+        Returns the run's result (edgert.runtime.generate.GenerateResult.to_dict)."""
+        args = {"name": name, "prompt": prompt, "n_predict": n_predict, "temp": temp}
+        hdr, _ = self.call(
+            "run.generate", args,
+            on_event=None if on_text is None else lambda e: on_text(e.get("text", "")),
+        )  # fmt: skip
+        return hdr["result"]
+
+    def infer(self, name: str, feeds: dict) -> tuple[dict, float]:
+        """Run loaded ONNX artifact ``name`` on ``feeds`` (name -> array): (outputs, ms)."""
+        import io
+
+        import numpy as np
+
+        buf = io.BytesIO()
+        np.savez(buf, **feeds)
+        hdr, payload = self.call("run.infer", {"name": name}, buf.getvalue())
+        with np.load(io.BytesIO(payload)) as f:
+            outs = {k: f[k] for k in f.files}
+        return outs, hdr["run_ms"]
+
     def _call_once(self, action, args, payload, on_event) -> tuple[dict, bytes]:
         self.open()
         self._next_id += 1

@@ -20,16 +20,12 @@ from edgert.progress import Progress
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-#: what a device needs to run artifacts (edgert's own wheel goes with them): numpy, the TVM
-#: runtime and the tokenizer, as wheels for the device's platform
-RUNTIME_WHEELS = [
-    "apache-tvm==0.27.0.post1",
-    "numpy",
-    "tokenizers",
-    "jinja2",
-    "threadpoolctl",
-    "typing_extensions",
-]
+#: what a device needs to run language-model artifacts (edgert's own wheel goes with them):
+#: numpy and the tokenizer, as wheels for the device's platform; the artifact brings its library
+RUNTIME_WHEELS = ["numpy", "tokenizers", "jinja2", "threadpoolctl"]
+#: and what compiled ONNX models need besides: the TVM runtime (the wheel also holds TVM's
+#: compiler library, which edgert.runtime.onnx never loads)
+ONNX_WHEELS = ["apache-tvm==0.27.0.post1", "typing_extensions"]
 
 
 @dataclass
@@ -115,16 +111,17 @@ def source_digest() -> str | None:
     return h.hexdigest()[:16]
 
 
-def download_runtime_wheels(machine: str, python: str, dest: Path) -> None:
-    """RUNTIME_WHEELS (and what they need) for a Linux device — ``machine`` aarch64/x86_64,
-    ``python`` "3.11" — fetched into ``dest`` on this host (devices are often offline)."""
+def download_runtime_wheels(machine: str, python: str, dest: Path, *, onnx: bool = False) -> None:
+    """RUNTIME_WHEELS (with ``onnx``, ONNX_WHEELS too) and what they need for a Linux device —
+    ``machine`` aarch64/x86_64, ``python`` "3.11" — fetched into ``dest`` on this host (devices
+    are often offline)."""
     import subprocess
     import sys
 
     dest.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
            "--platform", f"manylinux_2_28_{machine}", "--platform", f"manylinux2014_{machine}",
-           "--python-version", python, "-d", str(dest), *RUNTIME_WHEELS]  # fmt: skip
+           "--python-version", python, "-d", str(dest), *runtime_wheels(onnx)]  # fmt: skip
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode:
         raise EdgertError(
@@ -133,12 +130,16 @@ def download_runtime_wheels(machine: str, python: str, dest: Path) -> None:
         )
 
 
-def download_wheels(machine: str, python: str, dest: Path) -> list[Path]:
+def runtime_wheels(onnx: bool) -> list[str]:
+    return RUNTIME_WHEELS + (ONNX_WHEELS if onnx else [])
+
+
+def download_wheels(machine: str, python: str, dest: Path, *, onnx: bool = False) -> list[Path]:
     """The runtime's wheels plus edgert's own (built from this source tree, or downloaded)."""
     import subprocess
     import sys
 
-    download_runtime_wheels(machine, python, dest)
+    download_runtime_wheels(machine, python, dest, onnx=onnx)
     own = dest / "edgert-own"
     if own.exists():
         import shutil
@@ -164,16 +165,19 @@ def download_wheels(machine: str, python: str, dest: Path) -> list[Path]:
     return sorted(dest.glob("*.whl")) + sorted(own.glob("*.whl"))
 
 
-def ensure_runtime(transport, *, progress: bool | None = None) -> str:
-    """Install (or update) edgert and its runtime in ``~/.edgert/venv`` on an SSH device.
-    Returns what was done: "present" or "installed"."""
+def ensure_runtime(transport, *, onnx: bool = False, progress: bool | None = None) -> str:
+    """Install (or update) edgert and its runtime in ``~/.edgert/venv`` on an SSH device; with
+    ``onnx``, the TVM runtime too (language models need numpy, the tokenizer and the artifact's
+    own library only). Returns what was done: "present" or "installed"."""
     from edgert.settings import cache_dir
 
     digest = source_digest()
     stamp = "~/.edgert/venv/edgert-source"
     status, out, _ = transport.exec(["sh", "-c", f"cat {stamp} 2>/dev/null"])
-    if status == 0 and digest and out.strip() == digest:
+    have = out.split() if status == 0 else []  # [digest] or [digest, "onnx"]
+    if digest and have[:1] == [digest] and (not onnx or "onnx" in have):
         return "present"
+    onnx = onnx or "onnx" in have  # an update keeps what the device had
     status, out, err = transport.exec(
         ["python3", "-c", "import platform, sys; print(platform.machine(), "
          "'%d.%d' % sys.version_info[:2])"]
@@ -184,7 +188,11 @@ def ensure_runtime(transport, *, progress: bool | None = None) -> str:
             "install Python 3.10+ there (e.g. apt-get install python3 python3-venv)",
         )
     machine, python = out.split()
-    wheels = download_wheels(machine, python, cache_dir() / "wheels" / f"{machine}-py{python}")
+    # one folder per set of wheels: a language-model device is sent no TVM
+    kind = "-onnx" if onnx else ""
+    wheels = download_wheels(
+        machine, python, cache_dir() / "wheels" / f"{machine}-py{python}{kind}", onnx=onnx
+    )
     client = transport.connect()
     sftp = client.open_sftp()
     try:
@@ -210,10 +218,10 @@ def ensure_runtime(transport, *, progress: bool | None = None) -> str:
     steps = [
         ["sh", "-c", "test -x ~/.edgert/venv/bin/python || python3 -m venv ~/.edgert/venv"],
         ["sh", "-c", "~/.edgert/venv/bin/pip install -q --no-index --find-links ~/.edgert/wheels "
-         + " ".join(_sh_quote(r) for r in RUNTIME_WHEELS)],
+         + " ".join(_sh_quote(r) for r in runtime_wheels(onnx))],
         ["sh", "-c", "~/.edgert/venv/bin/pip install -q --no-index --no-deps --force-reinstall "
          f"~/.edgert/wheels/{_sh_quote(own)}"],
-        ["sh", "-c", f"echo {digest or 'unknown'} > {stamp}"],
+        ["sh", "-c", f"echo {digest or 'unknown'}{' onnx' if onnx else ''} > {stamp}"],
     ]  # fmt: skip
     for argv in steps:
         status, out, err = transport.exec(argv, timeout=1800)

@@ -20,8 +20,7 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
-from edgert.device.deploy import RUNTIME_WHEELS as WHEELS
-from edgert.device.deploy import download_runtime_wheels
+from edgert.device.deploy import download_runtime_wheels, runtime_wheels
 from edgert.errors import EdgertError
 
 SUITE = "bookworm"
@@ -45,7 +44,10 @@ def cache_root() -> Path:
 
 
 def key() -> str:
-    h = hashlib.sha256(repr((VERSION, SUITE, PACKAGES, WHEELS)).encode()).hexdigest()
+    # the test venv in the root runs ONNX artifacts too: the TVM runtime is in it
+    h = hashlib.sha256(
+        repr((VERSION, SUITE, PACKAGES, sorted(runtime_wheels(onnx=True)))).encode()
+    ).hexdigest()
     return h[:12]
 
 
@@ -114,7 +116,7 @@ def ensure_root() -> Path:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         wheels_dir = root / "opt" / "wheels"
-        download_runtime_wheels("aarch64", "3.11", wheels_dir)
+        download_runtime_wheels("aarch64", "3.11", wheels_dir, onnx=True)
         if not (root / "opt" / "venv" / "bin" / "python").exists():
             _chroot(root, ["/usr/bin/python3", "-m", "venv", "/opt/venv"])
         wheels = [f"/opt/wheels/{w.name}" for w in wheels_dir.glob("*.whl")]

@@ -213,11 +213,6 @@ class Artifact:
 
         return ModelConfig.from_dict(self.manifest["model"])
 
-    def tokenizer(self):
-        from edgert.runtime.tokenizer import Tokenizer
-
-        return Tokenizer.load(self.path)
-
     def check_target(self, machine: str | None = None) -> None:
         """Refuse an artifact built for another CPU architecture, naming both."""
         machine = machine or platform.machine()

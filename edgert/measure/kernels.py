@@ -20,17 +20,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgert.errors import EdgertError
+from edgert.format.lut import PackedWeight, random_packed
 from edgert.progress import Progress
-from edgert.runtime.flash import aligned_buffer
-from edgert.runtime.kernels import (
-    PackedWeight,
-    _ptr,
-    _weight_args,
-    gemv,
-    isa,
-    load_library,
-    quantize_uniform,
-)
+from edgert.runtime.kernels import address, gemv, isa, load_library, weight_args
+from edgert.runtime.memory import aligned_buffer
 
 SHAPES = {
     "smollm2-qkvo": (576, 576),
@@ -47,7 +40,7 @@ PROBE_BYTES = 256 << 20  # the per-round DRAM read: far larger than any cache
 def _read_gbs(buf: np.ndarray, threads: int) -> float:
     """One read of ``buf`` by ``threads`` workers of the kernel library (wide loads), in GB/s."""
     t0 = time.perf_counter()
-    load_library().edgert_read_bytes(_ptr(buf), buf.nbytes, threads)
+    load_library().edgert_read_bytes(address(buf), buf.nbytes, threads)
     return buf.nbytes / (time.perf_counter() - t0) / 1e9
 
 
@@ -128,8 +121,8 @@ def _kernel_calls(copies: list[PackedWeight], x: np.ndarray, threads: int):
     fn = load_library().edgert_lut_gemm
     m, k = copies[0].shape
     y = np.empty(m, np.float32)
-    head = (_ptr(y), _ptr(x), 1, m, k)
-    return [functools.partial(fn, *head, *_weight_args(c), threads) for c in copies], y
+    head = (address(y), address(x), 1, m, k)
+    return [functools.partial(fn, *head, *weight_args(c), threads) for c in copies], y
 
 
 def _side_by_side(probe, blas, w32, kernel, api, copies, threads: int, seconds: float):
@@ -202,7 +195,7 @@ def bench_kernels(
             x = rng.normal(size=k).astype(np.float32)
             w32 = [c for (c,) in _copies([w], max(2, -(-MIN_BYTES // w.nbytes)))]
             for b in bits:
-                pw = quantize_uniform(w, bits=b, group_size=group_size)
+                pw = random_packed(m, k, bits=b, group_size=group_size)
                 n = max(2, -(-MIN_BYTES // pw.nbytes))
                 copies = [
                     PackedWeight(pw.fmt, pw.bits, pw.group_size, pw.shape, *c)

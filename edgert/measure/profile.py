@@ -54,13 +54,13 @@ def profile_artifact(
     path: str | Path, *, threads: int, n_prompt: int = 64, n_gen: int = 32, reps: int = 3
 ) -> dict[str, Any]:
     """Profile the artifact at ``path`` on this machine (see the module docstring)."""
-    from edgert.device.agent import thermal
+    from edgert.device.sysinfo import thermal
     from edgert.runtime.onnx import is_dnn_artifact
 
     before = thermal()
     with RSSSampler() as rss:
         if is_dnn_artifact(path):
-            from edgert.runtime.onnx import bench_dnn
+            from edgert.measure.onnx import bench_dnn
 
             r = bench_dnn(path, threads=threads, runs=max(reps, 1) * 10)
             out: dict[str, Any] = {"kind": "onnx", "bench": r.to_dict(), "layers": []}

@@ -16,8 +16,9 @@ import numpy as np
 from edgert.errors import EdgertError
 from edgert.format import names
 from edgert.format.model import ModelConfig
+from edgert.plan.sizes import MAX_BATCH
 from edgert.runtime.forward import NativeForward
-from edgert.runtime.kernels import MAX_BATCH
+from edgert.runtime.memory import zeros
 from edgert.runtime.reference import rope_tables
 
 
@@ -75,8 +76,9 @@ class CompiledEngine:
         self.max_ctx = int(max_ctx)
         c = config
         shape = (c.n_layers, self.max_ctx, c.n_kv_heads, c.head_dim)
-        self.k_cache = np.zeros(shape, np.float32)
-        self.v_cache = np.zeros(shape, np.float32)
+        # held as written: a run at position p holds p positions of each layer, not max_ctx
+        self.k_cache = zeros(shape)
+        self.v_cache = zeros(shape)
         self.pos = 0
         self.head_name = head_name or names.OUTPUT
         #: the C forward pass over this model's weights

@@ -11,7 +11,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from edgert.errors import EdgertError
 from edgert.format.spans import expert_spans
 from edgert.plan.moe import ExpertPolicy, MoePlan
-from edgert.runtime.flash import FlashReader, aligned_buffer, read_span
+from edgert.runtime.flash import FlashReader, read_span
+from edgert.runtime.memory import aligned_buffer
 
 
 class ExpertCache(ExpertPolicy):

@@ -7,7 +7,6 @@ are read into."""
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import threading
 import time
@@ -19,30 +18,6 @@ from edgert.plan.sizes import READ_CHUNK
 from edgert.plan.stats import FlashStats
 
 RETRIES = 3
-
-
-#: a transparent huge page (x86-64 and arm64 with 4 KiB base pages)
-HUGE_PAGE = 2 << 20
-
-
-def aligned_buffer(nbytes: int, *, huge: bool = False) -> np.ndarray:
-    """A page-aligned uint8 buffer (anonymous mapping) for O_DIRECT reads, ``nbytes`` rounded up
-    to whole pages. With ``huge`` it starts on a :data:`HUGE_PAGE` boundary and is advised for
-    transparent huge pages where the OS has them: a stream through it then takes a TLB miss every
-    2 MiB instead of every 4 KiB (a 64 MiB fp32 BLAS GEMV reads about 5% faster, the 2-bit LUT
-    kernel about 1%; BENCHMARKS.md)."""
-    size = max(PAGE, (nbytes + PAGE - 1) // PAGE * PAGE)
-    if not huge:
-        return np.frombuffer(mmap.mmap(-1, size), np.uint8)
-    # private: the OS backs shared anonymous mappings with shmem, which it keeps on 4 KiB pages
-    mm = mmap.mmap(-1, size + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        mm.madvise(mmap.MADV_HUGEPAGE)
-    except (AttributeError, OSError):  # no transparent huge pages here: 4 KiB pages
-        pass
-    a = np.frombuffer(mm, np.uint8)
-    start = -a.ctypes.data % HUGE_PAGE
-    return a[start : start + size]
 
 
 class FlashError(ArtifactError):

@@ -1,6 +1,7 @@
-"""Low-bit LUT kernels: formats and packing (numpy) and the C library (ctypes, no Python ABI).
+"""Bindings of the LUT kernels' C library (ctypes, no Python ABI) for packed weights
+(edgert.format.lut):
 
-    pw = quantize_uniform(w, bits=2, group_size=64)      # or quantize_hlq / pack_uniform / pack_hlq
+    pw = pack_uniform(codes, scales, zeros, bits=2, group_size=64)   # or a compiler quantizer
     y = gemv(pw, x, threads=2); Y = gemm(pw, X); y_sel = gemv_rows(pw, x, rows)
 
 Every call is validated in Python before any C code runs. ``ref=True`` runs the scalar twin.
@@ -14,41 +15,10 @@ import threading
 import numpy as np
 
 from edgert.errors import EdgertError
-from edgert.format.lut import (
-    FMT_CODE,
-    GROUP_SIZES,
-    HLQ_BITS,
-    UNIFORM_BITS,
-    PackedWeight,
-    pack_hlq,
-    pack_uniform,
-    quantize_hlq,
-    quantize_uniform,
-)
-from edgert.runtime.build import build_objects, build_shared, host_flags
+from edgert.format.lut import FMT_CODE, PackedWeight
+from edgert.plan.sizes import MAX_BATCH
+from edgert.runtime.build import build_shared
 
-__all__ = [
-    "GROUP_SIZES",
-    "HLQ_BITS",
-    "MAX_BATCH",
-    "UNIFORM_BITS",
-    "PackedWeight",
-    "build_objects",
-    "build_shared",
-    "gemm",
-    "gemm_multi",
-    "gemv",
-    "gemv_rows",
-    "host_flags",
-    "load_library",
-    "pack_hlq",
-    "pack_uniform",
-    "q8_gemm",
-    "quantize_hlq",
-    "quantize_uniform",
-]
-
-MAX_BATCH = 512  # prefill rows per gemm call
 MAX_MULTI = 4  # weights per gemm_multi call (EDGERT_MAX_MULTI)
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -94,7 +64,7 @@ def isa() -> str:
     return load_library().edgert_kernels_isa().decode()
 
 
-def _ptr(a: np.ndarray) -> int:
+def address(a: np.ndarray) -> int:
     """The address of a contiguous array's data (through the buffer protocol: a third of the
     time of ``a.ctypes.data``, which matters on sub-millisecond decode GEMVs); read-only arrays
     take the slower way."""
@@ -104,7 +74,7 @@ def _ptr(a: np.ndarray) -> int:
         return a.ctypes.data
 
 
-def _weight_args(pw: PackedWeight) -> tuple:
+def weight_args(pw: PackedWeight) -> tuple:
     """The packed weight as the C functions take it: planes, scale, zero, bits, group, format.
     Validated on first use and cached on the object while its buffers stay the same arrays
     (the cache holds them, so their addresses stay valid)."""
@@ -119,9 +89,9 @@ def _weight_args(pw: PackedWeight) -> tuple:
         return c[4]
     _check_packed(pw)
     args = (
-        _ptr(pw.planes),
-        _ptr(pw.scale),
-        _ptr(pw.zero),
+        address(pw.planes),
+        address(pw.scale),
+        address(pw.zero),
         pw.bits,
         pw.group_size,
         FMT_CODE[pw.fmt],
@@ -164,7 +134,7 @@ def _activations(x: np.ndarray, k: int, what: str) -> np.ndarray:
 
 def gemm(pw: PackedWeight, X: np.ndarray, *, threads: int = 1, ref: bool = False) -> np.ndarray:
     """Y (n, m) = X (n, k) . W^T."""
-    wargs = _weight_args(pw)
+    wargs = weight_args(pw)
     m, k = pw.shape
     X = _activations(X, k, "X")
     if X.ndim != 2:
@@ -173,7 +143,7 @@ def gemm(pw: PackedWeight, X: np.ndarray, *, threads: int = 1, ref: bool = False
     Y = np.empty((n, m), np.float32)
     lib = load_library()
     fn = lib.edgert_lut_gemm_ref if ref else lib.edgert_lut_gemm
-    yp, xp = _ptr(Y), _ptr(X)  # batches by address: views cost microseconds on a decode GEMV
+    yp, xp = address(Y), address(X)  # batches by address: views cost microseconds on a decode GEMV
     for s in range(0, n, MAX_BATCH):
         fn(yp + 4 * s * m, xp + 4 * s * k, min(MAX_BATCH, n - s), m, k, *wargs, threads)
     return Y
@@ -184,7 +154,7 @@ def gemm_multi(pws: list[PackedWeight], X: np.ndarray, *, threads: int = 1) -> l
     bits, group size and format (a layer's q/k/v or gate/up projections)."""
     if not 1 <= len(pws) <= MAX_MULTI:
         raise EdgertError(f"gemm_multi takes 1 to {MAX_MULTI} weights, got {len(pws)}")
-    args = [_weight_args(pw) for pw in pws]
+    args = [weight_args(pw) for pw in pws]
     k = pws[0].shape[1]
     for pw, a in zip(pws, args):
         if pw.shape[1] != k or a[3:] != args[0][3:]:
@@ -198,10 +168,10 @@ def gemm_multi(pws: list[PackedWeight], X: np.ndarray, *, threads: int = 1) -> l
     ys = [np.empty((X.shape[0], pw.shape[0]), np.float32) for pw in pws]
     count = len(pws)
     ptrs = [(ctypes.c_void_p * count)(*[a[i] for a in args]) for i in range(3)]
-    yp = (ctypes.c_void_p * count)(*[_ptr(y) for y in ys])
+    yp = (ctypes.c_void_p * count)(*[address(y) for y in ys])
     ms = (ctypes.c_int64 * count)(*[pw.shape[0] for pw in pws])
     load_library().edgert_lut_gemm_multi(
-        count, yp, _ptr(X), X.shape[0], ms, k, *ptrs, *args[0][3:], threads
+        count, yp, address(X), X.shape[0], ms, k, *ptrs, *args[0][3:], threads
     )
     return ys
 
@@ -218,7 +188,7 @@ def gemv_rows(
     pw: PackedWeight, x: np.ndarray, rows: np.ndarray, *, threads: int = 1, ref: bool = False
 ) -> np.ndarray:
     """Only the output rows listed in ``rows`` (sorted ascending is fastest)."""
-    wargs = _weight_args(pw)
+    wargs = weight_args(pw)
     m, k = pw.shape
     x = _activations(x, k, "x")
     if x.ndim != 1:
@@ -230,7 +200,7 @@ def gemv_rows(
     if rows.size:
         lib = load_library()
         fn = lib.edgert_lut_gemv_rows_ref if ref else lib.edgert_lut_gemv_rows
-        fn(_ptr(y), _ptr(x), m, k, _ptr(rows), rows.size, *wargs, threads)
+        fn(address(y), address(x), m, k, address(rows), rows.size, *wargs, threads)
     return y
 
 
@@ -259,5 +229,5 @@ def q8_gemm(
     Y = np.empty((X.shape[0], m), np.float32)
     lib = load_library()
     fn = lib.edgert_q8_gemm_ref if ref else lib.edgert_q8_gemm
-    fn(_ptr(Y), _ptr(X), X.shape[0], m, k, _ptr(q), _ptr(scale), threads)
+    fn(address(Y), address(X), X.shape[0], m, k, address(q), address(scale), threads)
     return Y

@@ -21,7 +21,8 @@ from edgert.format import names
 from edgert.format.artifact import PAGE, ArtifactError
 from edgert.format.bundles import SparseSpec
 from edgert.plan.sparse import SparsePlan, WindowPolicy, bundle_offsets
-from edgert.runtime.flash import FlashReader, aligned_buffer
+from edgert.runtime.flash import FlashReader
+from edgert.runtime.memory import aligned_buffer
 
 _FETCH = ctypes.CFUNCTYPE(
     ctypes.c_int32,

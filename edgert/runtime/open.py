@@ -35,6 +35,7 @@ def open_artifact_engine(
     from edgert.format.artifact import Artifact
     from edgert.plan.sparse import ffn_tensors
     from edgert.runtime.engine import CompiledEngine
+    from edgert.runtime.tokenizer import Tokenizer
     from edgert.runtime.weights import ArtifactSource
 
     # checksums are verified as the engine reads its weights, then for whatever it did not read
@@ -47,7 +48,7 @@ def open_artifact_engine(
     art.check_target()
     cfg = art.config()
     plan = art.manifest.get("plan", {})
-    tok = art.tokenizer() if art.manifest.get("tokenizer") else None
+    tok = Tokenizer.of_artifact(art)
     compiled = art.manifest.get("dram")
     if dram_budget is None and compiled:
         dram_budget, max_ctx = compiled["budget"], max_ctx or compiled["ctx"]

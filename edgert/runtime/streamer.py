@@ -14,7 +14,8 @@ from edgert.format.artifact import ArtifactError
 from edgert.format.spans import layer_spans
 from edgert.plan.dram import DramPlan
 from edgert.plan.stats import StreamStats
-from edgert.runtime.flash import FlashReader, aligned_buffer, read_span
+from edgert.runtime.flash import FlashReader, read_span
+from edgert.runtime.memory import aligned_buffer
 
 
 class LayerStreamer:

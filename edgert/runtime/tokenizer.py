@@ -87,7 +87,12 @@ class Tokenizer:
         (d / "tokenizer_meta.json").write_text(json.dumps(asdict(self.meta), indent=1))
 
     @classmethod
-    def load(cls, directory: str | Path) -> "Tokenizer":
+    def of_artifact(cls, art) -> Tokenizer | None:
+        """An artifact's tokenizer, None where it was compiled without one."""
+        return cls.load(art.path) if art.manifest.get("tokenizer") else None
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Tokenizer:
         from tokenizers import Tokenizer as HFTokenizer
 
         d = Path(directory)

@@ -87,6 +87,7 @@ def reference_model(art):
     exactly the weights the C forward pass uses (the oracle for checking it)."""
     from edgert.format.lut import PackedWeight
     from edgert.format.model import ModelGraph, TensorInfo
+    from edgert.runtime.tokenizer import Tokenizer
 
     cfg = art.config()
     tensors = art.tensors
@@ -119,5 +120,5 @@ def reference_model(art):
             return np.stack([one(names.expert(layer, proj, e)) for e in range(cfg.n_experts)])
         return one(name)
 
-    tok = art.tokenizer() if art.manifest.get("tokenizer") else None
+    tok = Tokenizer.of_artifact(art)
     return ModelGraph(cfg, infos, loader, tokenizer=tok, source=str(art.path))

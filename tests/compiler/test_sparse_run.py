@@ -21,8 +21,8 @@ from edgert.format.artifact import Artifact, ArtifactError
 from edgert.format.bundles import BundleFormat, SparseSpec, pack_bundles, unpack_bundles
 from edgert.plan.moe import TRACE_TOKENS, TRACE_WARMUP
 from edgert.plan.sparse import plan_sparse
+from edgert.runtime.build import build_shared
 from edgert.runtime.forward import _Sparse
-from edgert.runtime.kernels import build_shared
 from edgert.runtime.open import open_artifact_engine, sparse_plan
 from edgert.runtime.reference import ReferenceEngine, silu
 from edgert.runtime.weights import reference_model

@@ -163,7 +163,7 @@ def test_flash_reader_short_reads_and_truncation(tmp_path):
     data = np.random.default_rng(0).integers(0, 255, 5 * 4096, dtype=np.uint8)
     f = tmp_path / "w.bin"
     f.write_bytes(data.tobytes())
-    from edgert.runtime.flash import aligned_buffer
+    from edgert.runtime.memory import aligned_buffer
 
     class Short(FlashReader):
         def _pread(self, view, offset):  # at most 1000 bytes per call
@@ -214,7 +214,7 @@ def test_peak_rss_within_budget_over_10k_token_soak(art):
 def test_compiled_budget_is_the_default(art, tmp_path):
     from edgert.compiler.compile import compile_model
 
-    from edgert.cli.inspect import inspect_artifact
+    from edgert.measure.inspect import inspect_artifact
 
     src = Path(art).parent / "m.gguf"  # what the module's artifact was compiled from
     lo, mid, _ = budgets(art, 64)

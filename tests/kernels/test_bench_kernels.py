@@ -34,7 +34,7 @@ def test_bench_kernels_bad_shape():
 
 def test_bench_copies_share_one_huge_page_buffer():
     from edgert.measure.kernels import _copies
-    from edgert.runtime.flash import HUGE_PAGE, aligned_buffer
+    from edgert.runtime.memory import HUGE_PAGE, aligned_buffer
 
     buf = aligned_buffer(HUGE_PAGE + 100, huge=True)
     assert buf.ctypes.data % HUGE_PAGE == 0 and len(buf) == HUGE_PAGE + 4096

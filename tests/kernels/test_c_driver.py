@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgert.runtime.kernels import host_flags
+from edgert.runtime.build import host_flags
 
 HERE = Path(__file__).parent
 DRIVER = HERE / "lut_test_driver.c"

@@ -8,8 +8,8 @@ import pytest
 
 from edgert.errors import EdgertError
 from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
+from edgert.runtime.build import build_shared
 from edgert.runtime.forward import NativeForward
-from edgert.runtime.kernels import build_shared
 from edgert.runtime.reference import ReferenceEngine, rope_tables
 from edgert.runtime.weights import ModelGraphSource
 

@@ -3,16 +3,11 @@ dequantized weights, packing round trips, quantizer quality, and input validatio
 
 import numpy as np
 import pytest
+from edgert.compiler.quant.lut import quantize_hlq, quantize_uniform
 
 from edgert.errors import EdgertError
-from edgert.runtime.kernels import (
-    gemm,
-    gemv,
-    gemv_rows,
-    pack_uniform,
-    quantize_hlq,
-    quantize_uniform,
-)
+from edgert.format.lut import pack_uniform
+from edgert.runtime.kernels import gemm, gemv, gemv_rows
 
 # Kernel error against float32 numpy on the same dequantized weights, as a squared error
 # normalised by sum((|W| |x|)^2): the only error is rounding the activation tables to integers

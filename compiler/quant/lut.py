@@ -1,0 +1,116 @@
+"""Round-to-nearest quantizers into the LUT kernels' formats (edgert.format.lut): uniform with a
+per-group range search, and HLQ (hierarchical linear quantization: per-bit-plane scales fitted
+by alternating least squares)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgert.errors import EdgertError
+from edgert.format.lut import PackedWeight, check_format, pack_hlq, pack_uniform
+
+
+def _groups(w: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """w (m, k) -> (m, G, g) padded by repeating each group's last value (no effect on min/max),
+    and a mask of real columns."""
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2 or w.size == 0 or not np.isfinite(w).all():
+        raise EdgertError(f"weights must be a finite non-empty (m, k) matrix, got {w.shape}")
+    m, k = w.shape
+    G = -(-k // group_size)
+    pad = G * group_size - k
+    wp = np.pad(w, ((0, 0), (0, pad)), mode="edge")
+    mask = np.zeros(G * group_size, bool)
+    mask[:k] = True
+    return wp.reshape(m, G, group_size), mask.reshape(G, group_size)
+
+
+def _f16(a: np.ndarray) -> np.ndarray:
+    return a.astype(np.float16).astype(np.float32)
+
+
+#: shrink factors of the [min, max] range tried per group (the best by squared error is kept)
+CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+#: further factors tried at 1 bit (two levels sit near +-0.8 sigma, a third of a group's range)
+CLIP_RATIOS_1BIT = (0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
+
+
+def _uniform_params(g: np.ndarray, mask: np.ndarray, bits: int, clip: bool):
+    """Per-group (scale, zero) as float16 values, and codes, minimising the masked squared error
+    over range shrink factors (each end moved towards the group mean)."""
+    lo, hi = g.min(-1), g.max(-1)
+    mid = g.mean(-1)
+    levels = (1 << bits) - 1
+    wts = np.broadcast_to(mask, g.shape)
+    best = None
+    ratios = CLIP_RATIOS + (CLIP_RATIOS_1BIT if bits == 1 else ())
+    for r in ratios if clip else (1.0,):
+        lo_r, hi_r = mid + (lo - mid) * r, mid + (hi - mid) * r
+        scale = _f16((hi_r - lo_r) / levels)
+        scale = np.where(scale > 0, scale, np.float32(1.0))  # constant (or tiny-range) groups
+        zero = _f16(-lo_r / scale)
+        q = np.clip(np.rint(g / scale[..., None] + zero[..., None]), 0, levels)
+        err = (((q - zero[..., None]) * scale[..., None] - g) ** 2 * wts).sum(-1)
+        if best is None:
+            best = [err, scale, zero, q]
+        else:
+            better = err < best[0]
+            best[0] = np.where(better, err, best[0])
+            best[1] = np.where(better, scale, best[1])
+            best[2] = np.where(better, zero, best[2])
+            best[3] = np.where(better[..., None], q, best[3])
+    return best[1], best[2], best[3].astype(np.uint8)
+
+
+def quantize_uniform(
+    w: np.ndarray, *, bits: int, group_size: int = 64, clip: bool = True
+) -> PackedWeight:
+    """Asymmetric round-to-nearest per group; with ``clip`` the range is the one of
+    :data:`CLIP_RATIOS` with the least squared error (else plain min/max)."""
+    check_format("uniform", bits, group_size)
+    m, k = np.shape(w)
+    g, mask = _groups(w, group_size)
+    scale, zero, q = _uniform_params(g, mask, bits, clip)
+    codes = q.reshape(m, -1)[:, :k]
+    return pack_uniform(codes, scale, zero, bits=bits, group_size=group_size)
+
+
+def quantize_hlq(w: np.ndarray, *, bits: int, group_size: int = 64, iters: int = 8) -> PackedWeight:
+    """HLQ: w ~ sum_j alpha_j bit_j + beta per group, by alternating least squares, starting
+    from the (range-searched) uniform quantization (alpha_j = scale * 2^j, beta = -zero*scale)."""
+    check_format("hlq", bits, group_size)
+    m, k = np.shape(w)
+    g, mask = _groups(w, group_size)
+    scale, zero, _ = _uniform_params(g, mask, bits, clip=True)
+    alpha = scale[..., None] * (1 << np.arange(bits)).astype(np.float32)  # (m, G, b)
+    beta = -zero * scale
+    combos = ((np.arange(1 << bits)[:, None] >> np.arange(bits)) & 1).astype(np.float32)  # (C, b)
+    wts = np.broadcast_to(mask, g.shape).astype(np.float32)
+    for it in range(iters + 1):
+        a16, b16 = _f16(alpha), _f16(beta)
+        values = np.einsum("cb,mgb->mgc", combos, a16) + b16[..., None]  # (m, G, C)
+        # assign each weight to the nearest representable value
+        q = np.empty(g.shape, np.uint8)
+        best = np.full(g.shape, np.inf, np.float32)
+        for c in range(1 << bits):
+            d = np.abs(g - values[..., c : c + 1])
+            better = d < best
+            best = np.where(better, d, best)
+            q = np.where(better, c, q).astype(np.uint8)
+        if it == iters:
+            break
+        # least squares for [alpha, beta] given the bits (masked to real columns, ridge-regularised)
+        B = np.concatenate([combos[q], np.ones((*g.shape, 1), np.float32)], -1) * wts[..., None]
+        B = B.astype(np.float64)
+        A = np.einsum("mgci,mgcj->mgij", B, B)
+        ridge = 1e-6 * (np.trace(A, axis1=-2, axis2=-1)[..., None, None] + 1.0)
+        A = A + ridge * np.eye(bits + 1)
+        rhs = np.einsum("mgci,mgc->mgi", B, (g * wts).astype(np.float64))
+        sol = np.linalg.solve(A, rhs[..., None])[..., 0]
+        # keep the previous fit where least squares would not improve the group's error
+        alpha_new, beta_new = sol[..., :bits].astype(np.float32), sol[..., bits].astype(np.float32)
+        ok = np.isfinite(sol).all(-1)
+        alpha = np.where(ok[..., None], alpha_new, alpha)
+        beta = np.where(ok, beta_new, beta)
+    codes = q.reshape(m, -1)[:, :k]
+    return pack_hlq(codes, _f16(alpha), _f16(beta), bits=bits, group_size=group_size)
