@@ -30,6 +30,8 @@ typedef struct {
  * element i in byte i*bits/8, low bits first), then per group of `group` elements a float16 scale
  * and minimum (w = scale * q + min): [up codes][down codes][up scale][up min][down scale][down min]. */
 #define EDGERT_FORWARD_ABI 3
+#define EDGERT_BUNDLE_GROUP_MAX 256 /* the largest bundle group */
+#define EDGERT_BUNDLE_DIM_MAX 16384 /* the largest model dimension with bundles */
 
 /* Fills bundles[0..count) with the addresses of the listed neurons' bundles (valid until the
  * layer's FFN is done); nonzero stops the forward pass, which then returns -3. */

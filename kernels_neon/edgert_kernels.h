@@ -66,6 +66,8 @@ void edgert_q8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t 
 uint64_t edgert_read_bytes(const uint8_t *p, int64_t n, int32_t threads);
 /* which SIMD path this build uses: "neon", "avx512", "avx2" or "scalar" */
 const char *edgert_kernels_isa(void);
+/* the build's ISA and tuning values (tuning.h), e.g. "isa=neon prefetch_bytes=2048 ..." */
+const char *edgert_kernels_config(void);
 
 #ifdef __cplusplus
 }

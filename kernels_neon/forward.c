@@ -2,77 +2,20 @@
  *
  * Follows edgert.reference operation by operation: RMSNorm with the mean of squares in double,
  * attention scores divided by sqrt(head_dim), softmax with the running max subtracted, SiLU as
- * x / (1 + exp(-x)). Linear layers are the kernels of lut_gemm.c. Results do not depend on the
+ * x / (1 + exp(-x)). Linear layers are the kernels of lut_gemm.c; vector helpers are vec.h's. Results do not depend on the
  * thread count: work is split by output rows and by (token, head) pairs, never inside a sum.
  */
 #include "edgert_forward.h"
 
-#include <math.h>
 #include <stdlib.h>
-#include <string.h>
 #include <time.h>
 
-#include "edgert_kernels.h"
-
-#if defined(__ARM_NEON)
-#include <arm_neon.h>
-#elif defined(__AVX2__)
-#include <immintrin.h>
-#endif
-
-typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
-__attribute__((visibility("hidden"))) void edgert_parallel_for(int64_t n, int threads,
-                                                               range_fn fn, void *ctx);
-
-__attribute__((visibility("hidden"))) float edgert_h2f(uint16_t h);
-
-/* below this many multiply-adds a parallel section costs more than it saves */
-#define PARALLEL_MIN_WORK (1 << 16)
+#include "vec.h"
 
 static double seconds(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-/* ---- vector helpers ------------------------------------------------------------------------ */
-static float dot(const float *a, const float *b, int64_t n) {
-    int64_t i = 0;
-    float r = 0.f;
-#if defined(__AVX2__)
-    __m256 s0 = _mm256_setzero_ps(), s1 = s0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = _mm256_add_ps(s0, _mm256_mul_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i)));
-        s1 = _mm256_add_ps(s1,
-                           _mm256_mul_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8)));
-    }
-    float l[8];
-    _mm256_storeu_ps(l, _mm256_add_ps(s0, s1));
-    for (int j = 0; j < 8; j++) r += l[j];
-#elif defined(__ARM_NEON)
-    float32x4_t s0 = vdupq_n_f32(0.f), s1 = s0;
-    for (; i + 8 <= n; i += 8) {
-        s0 = vaddq_f32(s0, vmulq_f32(vld1q_f32(a + i), vld1q_f32(b + i)));
-        s1 = vaddq_f32(s1, vmulq_f32(vld1q_f32(a + i + 4), vld1q_f32(b + i + 4)));
-    }
-    r = vaddvq_f32(vaddq_f32(s0, s1));
-#endif
-    for (; i < n; i++) r += a[i] * b[i];
-    return r;
-}
-
-static void axpy(float *y, float a, const float *x, int64_t n) { /* y += a x */
-    int64_t i = 0;
-#if defined(__AVX2__)
-    const __m256 av = _mm256_set1_ps(a);
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i),
-                                              _mm256_mul_ps(av, _mm256_loadu_ps(x + i))));
-#elif defined(__ARM_NEON)
-    const float32x4_t av = vdupq_n_f32(a);
-    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vaddq_f32(vld1q_f32(y + i), vmulq_f32(av, vld1q_f32(x + i))));
-#endif
-    for (; i < n; i++) y[i] += a * x[i];
 }
 
 static void rms_norm(float *out, const float *x, const float *w, int64_t d, float eps) {
@@ -109,7 +52,7 @@ static void linear(const edgert_weight *w, const float *x, int64_t n, float *y, 
         break;
     default: {
         f32_ctx c = {w, x, y, n};
-        edgert_parallel_for(w->m, w->m * w->k * n >= PARALLEL_MIN_WORK ? threads : 1, f32_rows,
+        edgert_parallel_for(w->m, w->m * w->k * n >= EDGERT_PARALLEL_MIN_WORK ? threads : 1, f32_rows,
                             &c);
     }
     }
@@ -197,189 +140,7 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
     free(p);
 }
 
-/* ---- the forward pass ------------------------------------------------------------------------ */
-/* ---- FFN over neuron bundles (edgert_forward.h) ------------------------------------------- */
 int32_t edgert_forward_abi(void) { return EDGERT_FORWARD_ABI; }
-
-/* codes [0, 2^bits) of elements [begin, end) (a whole number of bytes) as floats */
-static void unpack_codes(float *out, const uint8_t *codes, int32_t bits, int64_t begin,
-                         int64_t end) {
-    int64_t i = begin;
-    if (bits == 8) {
-#if defined(__AVX2__)
-        for (; i + 8 <= end; i += 8) {
-            const __m128i b = _mm_loadl_epi64((const __m128i *)(codes + i));
-            _mm256_storeu_ps(out + i - begin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(b)));
-        }
-#elif defined(__ARM_NEON)
-        for (; i + 8 <= end; i += 8) {
-            const uint16x8_t b = vmovl_u8(vld1_u8(codes + i));
-            vst1q_f32(out + i - begin, vcvtq_f32_u32(vmovl_u16(vget_low_u16(b))));
-            vst1q_f32(out + i - begin + 4, vcvtq_f32_u32(vmovl_u16(vget_high_u16(b))));
-        }
-#endif
-        for (; i < end; i++) out[i - begin] = (float)codes[i];
-    } else if (bits == 4) {
-        /* 16 codes from 8 bytes: low nibble first */
-#if defined(__AVX2__)
-        const __m128i m4 = _mm_set1_epi8(15);
-        for (; i + 16 <= end; i += 16) {
-            const __m128i b = _mm_loadl_epi64((const __m128i *)(codes + i / 2));
-            const __m128i lo = _mm_and_si128(b, m4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), m4);
-            const __m128i v = _mm_unpacklo_epi8(lo, hi);
-            _mm256_storeu_ps(out + i - begin, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)));
-            _mm256_storeu_ps(out + i - begin + 8,
-                             _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(v, 8))));
-        }
-#elif defined(__ARM_NEON)
-        for (; i + 16 <= end; i += 16) {
-            const uint8x8_t b = vld1_u8(codes + i / 2);
-            const uint8x8x2_t z = vzip_u8(vand_u8(b, vdup_n_u8(15)), vshr_n_u8(b, 4));
-            const uint16x8_t a0 = vmovl_u8(z.val[0]), a1 = vmovl_u8(z.val[1]);
-            float *o = out + i - begin;
-            vst1q_f32(o, vcvtq_f32_u32(vmovl_u16(vget_low_u16(a0))));
-            vst1q_f32(o + 4, vcvtq_f32_u32(vmovl_u16(vget_high_u16(a0))));
-            vst1q_f32(o + 8, vcvtq_f32_u32(vmovl_u16(vget_low_u16(a1))));
-            vst1q_f32(o + 12, vcvtq_f32_u32(vmovl_u16(vget_high_u16(a1))));
-        }
-#endif
-        for (; i < end; i += 2) {
-            const uint8_t b = codes[i / 2];
-            out[i - begin] = (float)(b & 15);
-            out[i - begin + 1] = (float)(b >> 4);
-        }
-    } else { /* 2 */
-        for (; i < end; i += 4) {
-            const uint8_t b = codes[i / 4];
-            for (int j = 0; j < 4; j++) out[i - begin + j] = (float)((b >> (2 * j)) & 3);
-        }
-    }
-}
-
-typedef struct {
-    const float *x, *a;
-    int64_t n, dim, f, groups;
-    const edgert_sparse_ffn *sp;
-    const int32_t *neurons;
-    const uint8_t *const *bundles;
-    int64_t count;
-    float *h, *y;
-    float *part; /* one token: BUNDLE_PARTS partial sums of y, one per share of the neurons */
-} bundle_ctx;
-
-/* a decode step's down projection runs over the neurons in this many fixed shares (summed in
- * order afterwards), so results do not depend on the thread count */
-#define BUNDLE_PARTS 4
-
-#define BUNDLE_GROUP_MAX 256
-#define BUNDLE_DIM_MAX 16384
-
-/* w[0, groups * g) = scale * code + min per group of g: one bundle row or column */
-static void dequantize(float *w, const uint8_t *codes, const uint16_t *scale, const uint16_t *mn,
-                       int32_t bits, int64_t groups, int64_t g) {
-    unpack_codes(w, codes, bits, 0, groups * g);
-    for (int64_t q = 0; q < groups; q++) {
-        const float s = edgert_h2f(scale[q]), m0 = edgert_h2f(mn[q]);
-        for (int64_t i = q * g; i < (q + 1) * g; i++) w[i] = s * w[i] + m0;
-    }
-}
-
-/* h[t, c] = a[t, j] (up_j . x[t]) for active (t, j = neurons[c]), else 0; the row is dequantized
- * once per neuron */
-static void bundle_up(void *vctx, int64_t begin, int64_t end) {
-    const bundle_ctx *c = vctx;
-    const edgert_sparse_ffn *sp = c->sp;
-    const int64_t g = sp->group, dp = sp->dim_pad, cb = dp * sp->bits / 8;
-    float w[BUNDLE_DIM_MAX];
-    for (int64_t k = begin; k < end; k++) {
-        const int64_t j = c->neurons[k];
-        const uint8_t *b = c->bundles[k];
-        const uint16_t *scale = (const uint16_t *)(b + 2 * cb), *mn = scale + c->groups;
-        int unpacked = 0;
-        for (int64_t t = 0; t < c->n; t++) {
-            const float at = c->a[t * c->f + j];
-            float acc = 0.f;
-            if (fabsf(at) > sp->threshold) {
-                if (!unpacked) {
-                    dequantize(w, b, scale, mn, sp->bits, c->groups, g);
-                    unpacked = 1;
-                }
-                acc = at * dot(w, c->x + t * c->dim, c->dim);
-            }
-            c->h[t * c->count + k] = acc;
-        }
-    }
-}
-
-/* y[t, group q] = sum over c of h[t, c] down_j[group q], for groups [begin, end) */
-static void bundle_down(void *vctx, int64_t begin, int64_t end) {
-    const bundle_ctx *c = vctx;
-    const edgert_sparse_ffn *sp = c->sp;
-    const int64_t g = sp->group, dp = sp->dim_pad, cb = dp * sp->bits / 8;
-    float w[BUNDLE_GROUP_MAX];
-    for (int64_t q = begin; q < end; q++) {
-        const int64_t lo = q * g, hi = lo + g <= c->dim ? lo + g : c->dim;
-        for (int64_t t = 0; t < c->n; t++) memset(c->y + t * c->dim + lo, 0, (size_t)(hi - lo) * 4);
-        for (int64_t k = 0; k < c->count; k++) {
-            const uint8_t *b = c->bundles[k];
-            const uint16_t *scale = (const uint16_t *)(b + 2 * cb) + 2 * c->groups;
-            const uint16_t *mn = scale + c->groups;
-            int any = 0;
-            for (int64_t t = 0; t < c->n && !any; t++) any = c->h[t * c->count + k] != 0.f;
-            if (!any) continue;
-            dequantize(w, b + cb + lo * sp->bits / 8, scale + q, mn + q, sp->bits, 1, g);
-            for (int64_t t = 0; t < c->n; t++) {
-                const float ht = c->h[t * c->count + k];
-                if (ht != 0.f) axpy(c->y + t * c->dim + lo, ht, w, hi - lo);
-            }
-        }
-    }
-}
-
-/* one token: part[p] = sum over share p of the neurons of h[c] down_j, each column dequantized
- * once (the group-wise walk above would dequantize every column once per group) */
-static void bundle_down_parts(void *vctx, int64_t begin, int64_t end) {
-    const bundle_ctx *c = vctx;
-    const edgert_sparse_ffn *sp = c->sp;
-    const int64_t g = sp->group, dp = sp->dim_pad, cb = dp * sp->bits / 8;
-    float w[BUNDLE_DIM_MAX];
-    for (int64_t p = begin; p < end; p++) {
-        float *yp = c->part + p * c->dim;
-        memset(yp, 0, (size_t)c->dim * 4);
-        for (int64_t k = p * c->count / BUNDLE_PARTS; k < (p + 1) * c->count / BUNDLE_PARTS;
-             k++) {
-            const float ht = c->h[k];
-            if (ht == 0.f) continue;
-            const uint8_t *b = c->bundles[k];
-            const uint16_t *scale = (const uint16_t *)(b + 2 * cb) + 2 * c->groups;
-            const uint16_t *mn = scale + c->groups;
-            dequantize(w, b + cb, scale, mn, sp->bits, c->groups, g);
-            axpy(yp, ht, w, c->dim);
-        }
-    }
-}
-
-void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int64_t dim,
-                       int64_t ffn_dim, const edgert_sparse_ffn *sp, const int32_t *neurons,
-                       const uint8_t *const *bundles, int64_t count, float *h, int32_t threads) {
-    const int64_t groups = sp->dim_pad / sp->group;
-    bundle_ctx c = {x, a, n, dim, ffn_dim, groups, sp, neurons, bundles, count, h, y, NULL};
-    const int64_t work = 2 * n * count * dim;
-    const int t = work >= PARALLEL_MIN_WORK ? threads : 1;
-    edgert_parallel_for(count, t, bundle_up, &c);
-    c.part = n == 1 ? malloc((size_t)BUNDLE_PARTS * (size_t)dim * 4) : NULL;
-    if (!c.part) { /* a prompt (each column used by several tokens), or no memory */
-        edgert_parallel_for(groups, t, bundle_down, &c);
-        return;
-    }
-    edgert_parallel_for(BUNDLE_PARTS, t, bundle_down_parts, &c);
-    for (int64_t i = 0; i < dim; i++) {
-        float acc = 0.f;
-        for (int p = 0; p < BUNDLE_PARTS; p++) acc += c.part[p * dim + i];
-        y[i] = acc;
-    }
-    free(c.part);
-}
 
 /* ---- mixture of experts (edgert_forward.h) ------------------------------------------------- */
 static int same_shape(const edgert_weight *w, int64_t m, int64_t k) {
@@ -520,8 +281,8 @@ static int moe_ffn(const edgert_model *m, int32_t l, float *x, const float *xn, 
 
 static int valid_sparse(const edgert_sparse_ffn *sp, int64_t dim) {
     return sp->fetch && (sp->bits == 2 || sp->bits == 4 || sp->bits == 8) && sp->group >= 8 &&
-           sp->group <= BUNDLE_GROUP_MAX && sp->group % 8 == 0 && sp->dim_pad % sp->group == 0 &&
-           sp->dim_pad >= dim && sp->dim_pad < dim + sp->group && sp->dim_pad <= BUNDLE_DIM_MAX;
+           sp->group <= EDGERT_BUNDLE_GROUP_MAX && sp->group % 8 == 0 && sp->dim_pad % sp->group == 0 &&
+           sp->dim_pad >= dim && sp->dim_pad < dim + sp->group && sp->dim_pad <= EDGERT_BUNDLE_DIM_MAX;
 }
 
 static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
@@ -599,7 +360,7 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
         attn_ctx ac = {m, q, att, kc, vc, pos, 0};
         const int64_t items = n * m->n_heads;
         const int64_t work = items * (pos + n) * hd;
-        edgert_parallel_for(items, work >= PARALLEL_MIN_WORK ? threads : 1, attn_items, &ac);
+        edgert_parallel_for(items, work >= EDGERT_PARALLEL_MIN_WORK ? threads : 1, attn_items, &ac);
         if (ac.failed) rc = -2;
         linear(&L->wo, att, n, o, threads);
         for (int64_t j = 0; j < n * d; j++) x[j] += o[j];

@@ -22,7 +22,7 @@ import numpy as np
 from edgert.errors import EdgertError
 from edgert.format.lut import PackedWeight, random_packed
 from edgert.progress import Progress
-from edgert.runtime.kernels import address, gemv, isa, load_library, weight_args
+from edgert.runtime.kernels import address, config, gemv, isa, load_library, weight_args
 from edgert.runtime.memory import aligned_buffer
 
 SHAPES = {
@@ -240,6 +240,7 @@ def bench_kernels(
             del w32
     return {
         "isa": isa(),
+        "kernels": config(),
         "group_size": group_size,
         "dram_read_gbs": {t: med(v) for t, v in dram.items()},
         "rows": [asdict(r) for r in rows],

@@ -13,9 +13,8 @@ from pathlib import Path
 from edgert import settings
 from edgert.errors import EdgertError
 
-SOURCES = ("lut_gemm.c", "forward.c")
-HEADERS = ("edgert_kernels.h", "edgert_forward.h")
 # exact float epilogues (no FMA contraction) keep every fast path bit-identical to its _ref twin
+# (kernels_neon/Makefile builds with the same flags)
 BASE_FLAGS = ["-O3", "-fPIC", "-ffp-contract=off", "-std=gnu11"]
 
 
@@ -24,11 +23,21 @@ def source_dir() -> Path:
         from importlib.resources import files
 
         d = Path(str(files("edgert.kernels_neon")))
-        if (d / SOURCES[0]).exists():
+        if (d / "lut_gemm.c").exists():
             return d
     except (ImportError, ModuleNotFoundError, TypeError):
         pass
     return Path(__file__).resolve().parents[2] / "kernels_neon"
+
+
+def sources() -> list[Path]:
+    """The library's C files: every one in kernels_neon (one per ISA beside the scalar twins,
+    the thread pool, the GEMM entry points, the forward pass)."""
+    return sorted(source_dir().glob("*.c"))
+
+
+def headers() -> list[Path]:
+    return sorted(source_dir().glob("*.h"))
 
 
 def host_flags() -> list[str]:
@@ -54,9 +63,8 @@ def host_flags() -> list[str]:
 
 def _key(cc: str, flags: list[str]) -> str:
     h = hashlib.sha256()
-    d = source_dir()
-    for f in SOURCES + HEADERS:
-        h.update((d / f).read_bytes())
+    for f in sources() + headers():
+        h.update(f.name.encode() + f.read_bytes())
     h.update(" ".join([cc, *flags]).encode())
     return h.hexdigest()[:16]
 
@@ -86,11 +94,10 @@ def build_shared(
         if out.exists():
             return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    d = source_dir()
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".so")
     os.close(fd)
     try:
-        _run([cc, *flags, "-shared", "-o", tmp, *(str(d / s) for s in SOURCES), "-lpthread", "-lm"])
+        _run([cc, *flags, "-shared", "-o", tmp, *map(str, sources()), "-lpthread", "-lm"])
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
@@ -102,10 +109,9 @@ def build_objects(*, cc: str, cflags: list[str], out_dir: Path) -> list[Path]:
     """Object files of the kernels for linking into a target's TVM module."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    d = source_dir()
     objs = []
-    for s in SOURCES:
-        o = out_dir / (Path(s).stem + ".o")
-        _run([cc, *BASE_FLAGS, *cflags, "-c", "-o", str(o), str(d / s)])
+    for s in sources():
+        o = out_dir / (s.stem + ".o")
+        _run([cc, *BASE_FLAGS, *cflags, "-c", "-o", str(o), str(s)])
         objs.append(o)
     return objs

@@ -64,6 +64,14 @@ def isa() -> str:
     return load_library().edgert_kernels_isa().decode()
 
 
+def config(lib: ctypes.CDLL | None = None) -> dict[str, str]:
+    """The ISA and tuning values a kernel library was built with (``lib``; this machine's by
+    default), e.g. ``{"isa": "avx2", "prefetch_bytes": "16384", ...}``."""
+    fn = (lib or load_library()).edgert_kernels_config
+    fn.restype = ctypes.c_char_p
+    return dict(kv.split("=", 1) for kv in fn().decode().split())
+
+
 def address(a: np.ndarray) -> int:
     """The address of a contiguous array's data (through the buffer protocol: a third of the
     time of ``a.ctypes.data``, which matters on sub-millisecond decode GEMVs); read-only arrays

@@ -6,10 +6,11 @@
  *   refused; the neuron-bundle FFN (every code width, one token and several) within float
  *   rounding of a double product with the bundles decoded here, the same for any thread count.
  *   Prints "N passed, N failed". */
-#include "../../kernels_neon/lut_gemm.c"
-#include "../../kernels_neon/forward.c"
-
 #include <stdio.h>
+#include <stdlib.h>
+
+#include "../../kernels_neon/edgert_forward.h"
+#include "../../kernels_neon/vec.h"
 
 static uint64_t rng_state = 88172645463325252ull;
 static uint64_t rnd(void) {
@@ -76,7 +77,7 @@ static void one_case(int64_t m, int64_t k, int bits, int group, int fmt, int64_t
      * scale * 2^j, HLQ: alpha_j), plus float rounding (1e-5 of sum |w x|). */
     uint8_t *tb = malloc((size_t)(s.k4 * 32));
     float *ts = malloc((size_t)s.groups * 4), *xs = malloc((size_t)s.groups * 4);
-    build_tables_ref(x, &s, tb, ts, xs);
+    edgert_build_tables_ref(x, &s, tb, ts, xs);
     int close = 1;
     for (int64_t row = 0; row < m; row++) {
         int64_t t = row / T, rr = row % T;
@@ -252,11 +253,11 @@ static void bundle_case(int bits, int64_t dim, int64_t n, int64_t count) {
             if (fabsf(at) <= sp.threshold) continue;
             double u = 0;
             for (int64_t i = 0; i < dim; i++)
-                u += ((double)edgert_h2f(sc[i / g]) * bundle_code(b, bits, i) +
-                      edgert_h2f(sc[groups + i / g])) * x[t * dim + i];
+                u += ((double)h2f(sc[i / g]) * bundle_code(b, bits, i) +
+                      h2f(sc[groups + i / g])) * x[t * dim + i];
             for (int64_t i = 0; i < dim; i++) {
-                const double w = (double)edgert_h2f(sc[2 * groups + i / g]) *
-                                     bundle_code(b + cb, bits, i) + edgert_h2f(sc[3 * groups + i / g]);
+                const double w = (double)h2f(sc[2 * groups + i / g]) *
+                                     bundle_code(b + cb, bits, i) + h2f(sc[3 * groups + i / g]);
                 want[t * dim + i] += at * u * w;
                 mag = fmax(mag, fabs(at * u * w));
             }
@@ -275,7 +276,38 @@ static void bundle_case(int bits, int64_t dim, int64_t n, int64_t count) {
     free(all); free(ptr); free(neurons); free(x); free(a); free(h); free(y); free(y1); free(want);
 }
 
+/* vec.h: each helper equals its _ref twin bit for bit, for every length around the vector widths */
+static void vec_case(void) {
+    enum { N = 300 };
+    float a[N], b[N], y0[N], y1[N];
+    uint8_t codes[N];
+    for (int i = 0; i < N; i++) {
+        a[i] = frand();
+        b[i] = frand();
+        codes[i] = (uint8_t)rnd();
+    }
+    for (int64_t n = 0; n <= 70; n++) {
+        const float d0 = dot(a, b, n), d1 = dot_ref(a, b, n);
+        check(memcmp(&d0, &d1, sizeof d0) == 0, "dot == dot_ref", n, 0, 0, 0, 0);
+        const float s = frand();
+        memcpy(y0, b, sizeof y0);
+        memcpy(y1, b, sizeof y1);
+        axpy(y0, s, a, n);
+        axpy_ref(y1, s, a, n);
+        check(memcmp(y0, y1, sizeof y0) == 0, "axpy == axpy_ref", n, 0, 0, 0, 0);
+    }
+    for (int bits = 2; bits <= 8; bits *= 2)
+        for (int64_t begin = 0; begin <= 48; begin += 8 / bits * 8)
+            for (int64_t end = begin; end <= 200; end += 8) {
+                unpack_codes(y0, codes, bits, begin, end);
+                unpack_codes_ref(y1, codes, bits, begin, end);
+                check(memcmp(y0, y1, (size_t)(end - begin) * sizeof(float)) == 0,
+                      "unpack_codes == unpack_codes_ref", end - begin, begin, bits, 0, 0);
+            }
+}
+
 int main(void) {
+    vec_case();
     static const int64_t q8_shapes[][2] = {{1, 1}, {3, 31}, {7, 32}, {33, 70}, {100, 576}};
     for (size_t i = 0; i < sizeof q8_shapes / sizeof q8_shapes[0]; i++)
         q8_case(q8_shapes[i][0], q8_shapes[i][1], 1 + (int64_t)(rnd() % 3));

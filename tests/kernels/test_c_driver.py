@@ -1,5 +1,5 @@
-"""The C test driver (fast == _ref bit for bit, row subsets, closeness to a float product) built
-for every path: host AVX-512 (where the CPU has it) and AVX2 under AddressSanitizer + UBSan, the
+"""The C test driver (fast == _ref bit for bit — LUT tiles and tables, q8 rows, vec.h's helpers —
+row subsets, closeness to a float product) built with the library's files for every path: host AVX-512 (where the CPU has it) and AVX2 under AddressSanitizer + UBSan, the
 best host path under ThreadSanitizer, host scalar,
 and aarch64 NEON (Armv8-A as on rpi4, Armv8.2-A+dotprod as on rpi5) executed under qemu-aarch64."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edgert.runtime.build import host_flags
+from edgert.runtime.build import host_flags, sources
 
 HERE = Path(__file__).parent
 DRIVER = HERE / "lut_test_driver.c"
@@ -26,8 +26,9 @@ def need(tool: str, package: str) -> str:
 
 def build_and_run(tmp_path, cc, flags, runner=()):
     exe = tmp_path / "driver"
+    srcs = [str(s) for s in sources()]  # the library's files, each its own unit as in a build
     subprocess.run(
-        [cc, *flags, "-ffp-contract=off", "-o", str(exe), str(DRIVER), "-lpthread", "-lm"],
+        [cc, *flags, "-ffp-contract=off", "-o", str(exe), str(DRIVER), *srcs, "-lpthread", "-lm"],
         check=True,
         capture_output=True,
         text=True,

@@ -43,3 +43,11 @@ def test_checker_reports_a_cycle_and_a_layer_violation(tmp_path):
     assert "import cycle among edgert.format.a, edgert.runtime.b" in text
     assert "edgert.plan.c imports tvm at module level" in text
     assert len(problems) == 3
+
+
+def test_kernel_files_stay_small():
+    """The kernels split by ISA: no C file of kernels_neon over 600 lines."""
+    src = Path(check_imports.ROOT) / "kernels_neon"
+    sizes = {f.name: len(f.read_text().splitlines()) for f in src.glob("*.c")}
+    assert {"lut_ref.c", "lut_neon.c", "lut_x86.c", "threadpool.c", "forward.c"} <= set(sizes)
+    assert max(sizes.values()) <= 600, sizes

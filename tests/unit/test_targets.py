@@ -36,6 +36,17 @@ def test_user_target_and_errors(tmp_path, monkeypatch):
         load_target("broken")
     with pytest.raises(EdgertError, match="unknown target 'nope'.*rpi5"):
         load_target("nope")
+    tuned = text.replace('name = "rpi5"', 'name = "tuned"') + "\n[kernels]\nprefetch_bytes = 4096\n"
+    (tmp_path / "tuned.toml").write_text(tuned)
+    t = load_target("tuned")
+    assert t.kernels == {"prefetch_bytes": 4096}
+    assert t.kernel_cflags() == [*t.cflags, "-DEDGERT_PREFETCH_BYTES=4096"]
+    bad.write_text(tuned.replace('name = "tuned"', 'name = "broken"').replace("prefetch_", "pf_"))
+    with pytest.raises(EdgertError, match="unknown kernel tuning value 'pf_bytes'"):
+        load_target("broken")
+    bad.write_text(tuned.replace('name = "tuned"', 'name = "broken"').replace("4096", "-1"))
+    with pytest.raises(EdgertError, match="prefetch_bytes must be a non-negative number"):
+        load_target("broken")
 
 
 def test_cli_json():
