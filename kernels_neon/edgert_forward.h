@@ -29,7 +29,7 @@ typedef struct {
  * up-projection row and down-projection column, each dim_pad uniform `bits`-bit codes (2, 4 or 8;
  * element i in byte i*bits/8, low bits first), then per group of `group` elements a float16 scale
  * and minimum (w = scale * q + min): [up codes][down codes][up scale][up min][down scale][down min]. */
-#define EDGERT_FORWARD_ABI 3
+#define EDGERT_FORWARD_ABI 4
 #define EDGERT_BUNDLE_GROUP_MAX 256 /* the largest bundle group */
 #define EDGERT_BUNDLE_DIM_MAX 16384 /* the largest model dimension with bundles */
 
@@ -81,6 +81,11 @@ typedef struct {
     const float *q_norm, *k_norm; /* NULL: no q/k norm (over the whole projection) */
     const edgert_sparse_ffn *sparse; /* NULL: the dense FFN (gate, up, down); else gate + bundles */
     const edgert_moe_ffn *moe;       /* NULL: not a mixture of experts */
+    /* this layer's K and V cache: position p's (n_kv_heads, head_dim) row at k_cache + p *
+     * kv_stride, for positions < max_ctx (the runtime gives each layer its own block:
+     * kv_stride = n_kv_heads * head_dim) */
+    float *k_cache, *v_cache;
+    int64_t kv_stride;
 } edgert_layer;
 
 typedef struct {
@@ -90,7 +95,6 @@ typedef struct {
     const edgert_layer *layers; /* n_layers */
     const float *output_norm;
     edgert_weight head;
-    float *k_cache, *v_cache; /* [n_layers][max_ctx][n_kv_heads][head_dim] */
 } edgert_model;
 
 /* The layout version of the structs above (an artifact's module and the runtime must agree). */

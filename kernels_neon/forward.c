@@ -102,7 +102,8 @@ typedef struct {
     const edgert_model *m;
     const float *q;  /* (n, heads, hd) */
     float *out;      /* (n, heads, hd) */
-    const float *kc, *vc; /* this layer's cache [max_ctx][kv][hd] */
+    const float *kc, *vc; /* this layer's cache: position t at kc + t * stride */
+    int64_t stride;
     int64_t pos;
     int failed;
 } attn_ctx;
@@ -125,7 +126,7 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
         const float *q = c->q + it * hd;
         float mx = -INFINITY;
         for (int64_t t = 0; t < t1; t++) {
-            p[t] = dot(q, c->kc + (t * kv + g) * hd, hd) / scale;
+            p[t] = dot(q, c->kc + t * c->stride + g * hd, hd) / scale;
             if (p[t] > mx) mx = p[t];
         }
         float sum = 0.f;
@@ -135,7 +136,7 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
         }
         float *o = c->out + it * hd;
         memset(o, 0, (size_t)hd * sizeof(float));
-        for (int64_t t = 0; t < t1; t++) axpy(o, p[t] / sum, c->vc + (t * kv + g) * hd, hd);
+        for (int64_t t = 0; t < t1; t++) axpy(o, p[t] / sum, c->vc + t * c->stride + g * hd, hd);
     }
     free(p);
 }
@@ -286,9 +287,7 @@ static int valid_sparse(const edgert_sparse_ffn *sp, int64_t dim) {
 }
 
 static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
-    if (!m || !m->layers || n < 1 || pos < 0 || pos + n > m->max_ctx || !m->k_cache ||
-        !m->v_cache)
-        return 0;
+    if (!m || !m->layers || n < 1 || pos < 0 || pos + n > m->max_ctx) return 0;
     if (m->n_heads < 1 || m->n_kv_heads < 1 || m->n_heads % m->n_kv_heads || m->rope_dim < 0 ||
         m->rope_dim > m->head_dim || m->rope_dim % 2)
         return 0;
@@ -305,7 +304,8 @@ static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
         }
         if (L->sparse && !valid_sparse(L->sparse, m->dim)) return 0;
         if (L->moe && (L->sparse || !valid_moe(L->moe, m->dim))) return 0;
-        if (!L->attn_norm || !L->ffn_norm) return 0;
+        if (!L->attn_norm || !L->ffn_norm || !L->k_cache || !L->v_cache || L->kv_stride < kd)
+            return 0;
     }
     return m->head.p0 && m->head.k == m->dim && m->output_norm;
 }
@@ -331,8 +331,8 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
     int rc = 0;
     for (int l = 0; l < m->n_layers && !rc; l++) {
         const edgert_layer *L = &m->layers[l];
-        float *kc = m->k_cache + (int64_t)l * m->max_ctx * kd;
-        float *vc = m->v_cache + (int64_t)l * m->max_ctx * kd;
+        float *kc = L->k_cache, *vc = L->v_cache;
+        const int64_t stride = L->kv_stride;
         for (int64_t i = 0; i < n; i++) rms_norm(xn + i * d, x + i * d, L->attn_norm, d, m->rms_eps);
         {
             const edgert_weight *w[3] = {&L->wq, &L->wk, &L->wv};
@@ -354,10 +354,10 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
                 rope(ki, m->n_kv_heads, (int)hd, m->rope_dim, m->rope_neox, cos + i * half,
                      sin + i * half);
             }
-            memcpy(kc + (pos + i) * kd, ki, (size_t)kd * sizeof(float));
-            memcpy(vc + (pos + i) * kd, vi, (size_t)kd * sizeof(float));
+            memcpy(kc + (pos + i) * stride, ki, (size_t)kd * sizeof(float));
+            memcpy(vc + (pos + i) * stride, vi, (size_t)kd * sizeof(float));
         }
-        attn_ctx ac = {m, q, att, kc, vc, pos, 0};
+        attn_ctx ac = {m, q, att, kc, vc, stride, pos, 0};
         const int64_t items = n * m->n_heads;
         const int64_t work = items * (pos + n) * hd;
         edgert_parallel_for(items, work >= EDGERT_PARALLEL_MIN_WORK ? threads : 1, attn_items, &ac);

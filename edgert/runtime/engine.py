@@ -18,7 +18,6 @@ from edgert.format import names
 from edgert.format.model import ModelConfig
 from edgert.plan.sizes import MAX_BATCH
 from edgert.runtime.forward import NativeForward
-from edgert.runtime.memory import zeros
 from edgert.runtime.reference import rope_tables
 
 
@@ -74,16 +73,11 @@ class CompiledEngine:
         self.source = source
         self.tokenizer = tokenizer
         self.max_ctx = int(max_ctx)
-        c = config
-        shape = (c.n_layers, self.max_ctx, c.n_kv_heads, c.head_dim)
-        # held as written: a run at position p holds p positions of each layer, not max_ctx
-        self.k_cache = zeros(shape)
-        self.v_cache = zeros(shape)
         self.pos = 0
         self.head_name = head_name or names.OUTPUT
-        #: the C forward pass over this model's weights
+        #: the C forward pass over this model's weights, and its KV cache
         self.native = NativeForward.load(
-            lib_path, config, source.weight, self.head_name, self.k_cache, self.v_cache
+            lib_path, config, source.weight, self.head_name, self.max_ctx
         )
         if self.native is None:
             raise EdgertError(

@@ -172,9 +172,15 @@ static void forward_case(int neox) {
     int8_t *hq = malloc(V * 64);
     float *hs = rand_vec(V * 2, 0.001f, 0.01f);
     for (int i = 0; i < V * 64; i++) hq[i] = (int8_t)(rnd() % 255 - 127);
+    /* the layers' caches interleaved position by position (any stride will do) */
     float *kc = calloc(L * CTX * KV * HD, sizeof(float)), *vc = calloc(L * CTX * KV * HD, sizeof(float));
+    for (int l = 0; l < L; l++) {
+        layers[l].k_cache = kc + l * KV * HD;
+        layers[l].v_cache = vc + l * KV * HD;
+        layers[l].kv_stride = L * KV * HD;
+    }
     edgert_model m = {L, D, H, KV, HD, F, 6, neox, CTX, 1e-5f, layers, rand_vec(D, 0.1f, 1.f),
-                      {EDGERT_W_Q8, 8, 32, 0, V, D, hq, hs, 0}, kc, vc};
+                      {EDGERT_W_Q8, 8, 32, 0, V, D, hq, hs, 0}};
     float *emb = rand_vec(N * D, 1.f, 0.f), *cs = rand_vec(N * 3, 1.f, 0.f), *sn = rand_vec(N * 3, 1.f, 0.f);
     float *x = malloc(N * D * sizeof(float)), *all = malloc(N * V * sizeof(float));
     float *one = malloc(V * sizeof(float)), *again = malloc(N * V * sizeof(float));

@@ -71,11 +71,9 @@ def random_model(**over) -> ModelGraph:
 
 
 def native_for(model: ModelGraph, max_ctx: int = 32):
-    c = model.config
-    shape = (c.n_layers, max_ctx, c.n_kv_heads, c.head_dim)
-    kc, vc = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
     src = ModelGraphSource(model)
-    nf = NativeForward.load(str(build_shared()), c, src.weight, "token_embd.weight", kc, vc)
+    nf = NativeForward.load(str(build_shared()), model.config, src.weight, "token_embd.weight",
+                            max_ctx)  # fmt: skip
     assert nf is not None
     return nf, src
 
