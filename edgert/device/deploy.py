@@ -188,10 +188,13 @@ def ensure_runtime(transport, *, onnx: bool = False, progress: bool | None = Non
             "install Python 3.10+ there (e.g. apt-get install python3 python3-venv)",
         )
     machine, python = out.split()
-    # one folder per set of wheels: a language-model device is sent no TVM
-    kind = "-onnx" if onnx else ""
+    # one folder per set of wheels (keyed by what it holds): a language-model device is sent
+    # no TVM
+    import hashlib
+
+    key = hashlib.sha256(" ".join(runtime_wheels(onnx)).encode()).hexdigest()[:12]
     wheels = download_wheels(
-        machine, python, cache_dir() / "wheels" / f"{machine}-py{python}{kind}", onnx=onnx
+        machine, python, cache_dir() / "wheels" / f"{machine}-py{python}-{key}", onnx=onnx
     )
     client = transport.connect()
     sftp = client.open_sftp()
