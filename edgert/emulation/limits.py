@@ -19,8 +19,9 @@ from edgert.errors import EdgertError
 
 MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
 BLKIO_ROOT = Path("/sys/fs/cgroup/blkio")
-#: what a benchmarked process holds besides its model: the interpreter, numpy, the runtime's
-#: libraries (edgert's process peaks at about 200 MB before a model loads: BENCHMARKS.md)
+#: the margin a benchmarked process gets besides its model's budget (callers that measure the
+#: process's own baseline pass that instead): the interpreter, numpy, the runtime's libraries
+#: (31 MiB for a language model, BENCHMARKS.md "Memory"; TVM's runtime for ONNX), and page cache
 PROCESS_OVERHEAD = 256 << 20
 
 

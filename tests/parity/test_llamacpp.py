@@ -1,6 +1,6 @@
 """Parity with llama.cpp on the real SmolLM2-135M GGUF (tier `parity`: `./test.sh parity`).
 
-Figures are recorded in BENCHMARKS.md by `python tools/parity.py --f32`.
+Figures are recorded in docs/benchmarks-history.md by `python tools/parity.py --f32`.
 """
 
 from pathlib import Path
