@@ -1,5 +1,6 @@
 """The emulated device: an arm64 Debian root entered through qemu-user binfmt, with edgert's
-device-side dependencies (numpy, the TVM runtime, tokenizers) installed from aarch64 wheels and
+device-side dependencies (numpy, tokenizers, and the TVM runtime for ONNX artifacts) installed
+from aarch64 wheels into /opt/venv (the tests' runtime; a deploy installs its own), and
 its own arm64 OpenSSH server on a loopback port. It runs the device side of edgert as an ARM
 board would, for tests and for anyone without a board (``edgert emulator up``). The root is built
 once (about 4 minutes) and cached under ~/.cache/edgert/arm64/<key>, keyed by its package list

@@ -106,7 +106,7 @@ def build_shared(
 
 
 def build_objects(*, cc: str, cflags: list[str], out_dir: Path) -> list[Path]:
-    """Object files of the kernels for linking into a target's TVM module."""
+    """Object files of the kernels, for a target's library (compiler/lower/library.py)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     objs = []

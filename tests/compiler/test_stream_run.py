@@ -26,9 +26,9 @@ from edgert.runtime.open import open_artifact_engine
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
 CTX = 10_240
 SOAK_TOKENS = 10_000
-#: what the process holds beyond its baseline (Python, numpy and the TVM runtime imported) and the
-#: plan: the compiled module and VM, tokenizer, thread stacks, allocator slack. Measured 9 MB on
-#: x86-64 (baseline 199.5 MB, plan 35.1 MB, peak 243.3 MB over 10 000 tokens)
+#: what the process holds beyond its baseline (Python, numpy, the tokenizer and the runtime
+#: imported) and the plan: the library, tokenizer, thread stacks, allocator slack (9 MB on x86-64
+#: with TVM's runtime in the baseline: 199.5 MB, plan 35.1 MB, peak 243.3 MB over 10 000 tokens)
 FIXED_OVERHEAD = 64 << 20
 
 
