@@ -9,7 +9,10 @@ Measures, with llama.cpp's perplexity convention (chunks of --ctx, second half s
   - with --f32: the same model converted to F32 by llama.cpp's own quantizer, F32 KV cache —
     where both sides compute in float32, so differences are summation order only.
 
-    python tools/parity.py [--model PATH] [--text FILE] [--ctx 512] [--f32] [--json]
+Either the numpy reference or (--engine c) the C forward pass on the model's float weights (the
+kernels library built for this host) is compared.
+
+    python tools/parity.py [--model PATH] [--text FILE] [--ctx 512] [--f32] [--engine c] [--json]
 """
 
 from __future__ import annotations
@@ -25,6 +28,65 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpl-3.0.txt"
+
+
+VOCAB_SEP = "\n__ggml_vocab_test__\n"
+
+
+def llama_cpp_models_dir() -> Path:
+    """llama.cpp's tokenizer test files (``ggml-vocab-*.gguf`` with ``.inp``/``.out`` cases) and,
+    in ``templates/``, the chat templates of the model families it knows (``*.jinja``), from the
+    source distribution of the installed llama-cpp-python (``pip download --no-binary``), cached
+    under ``~/.cache/edgert/llama-cpp-models/<version>-<sdist sha256>``."""
+    import hashlib
+    import subprocess
+    import sys
+    import tarfile
+    from importlib.metadata import version
+
+    from edgert import settings
+
+    ver = version("llama-cpp-python")
+    root = settings.cache_dir() / "llama-cpp-models"
+    done = sorted(root.glob(f"{ver}-*/models"))
+    if done:
+        return done[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+             f"llama-cpp-python=={ver}", "-d", tmp],
+            check=True,
+        )  # fmt: skip
+        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        digest = hashlib.sha256(sdist.read_bytes()).hexdigest()[:16]
+        dst = root / f"{ver}-{digest}" / "models"
+        part = dst.with_name("models.part")
+        (part / "templates").mkdir(parents=True, exist_ok=True)
+        with tarfile.open(sdist) as tf:
+            for m in tf.getmembers():
+                name = Path(m.name).name
+                if m.name.endswith(f"/vendor/llama.cpp/models/{name}") and name.startswith(
+                    "ggml-vocab-"
+                ):
+                    where = part / name
+                elif m.name.endswith(f"/vendor/llama.cpp/models/templates/{name}") and (
+                    name.endswith(".jinja")
+                ):
+                    where = part / "templates" / name
+                else:
+                    continue
+                f = tf.extractfile(m)
+                if f is not None:
+                    where.write_bytes(f.read())
+        part.rename(dst)
+    return dst
+
+
+def vocab_cases(vocab: Path) -> list[tuple[str, list[int]]]:
+    """A vocabulary file's cases: (text, llama.cpp's token ids without BOS)."""
+    texts = Path(f"{vocab}.inp").read_text(encoding="utf-8").split(VOCAB_SEP)
+    ids = Path(f"{vocab}.out").read_text(encoding="utf-8").split("\n")
+    return [(t, [int(x) for x in o.split()]) for t, o in zip(texts, ids)]
 
 
 def _llama(path: str, ctx: int, threads: int, f32_kv: bool = False):
@@ -56,6 +118,21 @@ def to_f32_gguf(src: Path, dst: Path) -> None:
         raise RuntimeError(f"llama.cpp could not convert {src} to F32")
 
 
+def c_engine(m, max_ctx: int):
+    """The C forward pass (kernels library built for this host) on model ``m``'s float32
+    weights, as the runtime drives it."""
+    from edgert.format import names
+    from edgert.runtime.build import build_shared
+    from edgert.runtime.engine import CompiledEngine
+    from edgert.runtime.weights import ModelGraphSource
+
+    head = names.OUTPUT if names.OUTPUT in m else names.EMBEDDING
+    return CompiledEngine(
+        str(build_shared()), m.config, ModelGraphSource(m), tokenizer=m.tokenizer,
+        max_ctx=max_ctx, head_name=head,
+    )  # fmt: skip
+
+
 def compare(
     model: Path,
     text: str,
@@ -65,6 +142,7 @@ def compare(
     threads: int = 2,
     f32_kv: bool = False,
     self_check: bool = True,
+    engine: str = "reference",
 ) -> dict:
     from edgert.compiler.frontends import load_model
 
@@ -78,7 +156,7 @@ def compare(
     n_chunks = len(ours_ids) // ctx
     if max_chunks:
         n_chunks = min(n_chunks, max_chunks)
-    eng = ReferenceEngine(m, max_ctx=ctx)
+    eng = c_engine(m, ctx) if engine == "c" else ReferenceEngine(m, max_ctx=ctx)
     first = ctx // 2
     nll_a, nll_b = [], []
     agree = self_agree = total = 0
@@ -111,6 +189,7 @@ def compare(
     ppl_b = float(np.exp(np.concatenate(nll_b).mean()))
     return {
         "model": str(model),
+        "engine": engine,
         "tokens": len(ours_ids),
         "tokenization_equal": ours_ids == list(theirs_ids),
         "ctx": ctx,
@@ -135,13 +214,14 @@ def main() -> None:
     ap.add_argument("--ctx", type=int, default=512)
     ap.add_argument("--chunks", type=int, default=None)
     ap.add_argument("--f32", action="store_true", help="also compare on an F32 conversion")
+    ap.add_argument("--engine", choices=("reference", "c"), default="reference")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     from edgert.device.hub import pull
 
     model = Path(a.model) if a.model else pull("smollm2-135m")
     text = Path(a.text).read_text()
-    rows = [("gguf", compare(model, text, ctx=a.ctx, max_chunks=a.chunks))]
+    rows = [("gguf", compare(model, text, ctx=a.ctx, max_chunks=a.chunks, engine=a.engine))]
     if a.f32:
         with tempfile.TemporaryDirectory() as d:
             f32 = Path(d) / "f32.gguf"
@@ -150,7 +230,13 @@ def main() -> None:
                 (
                     "f32",
                     compare(
-                        f32, text, ctx=a.ctx, max_chunks=a.chunks, f32_kv=True, self_check=False
+                        f32,
+                        text,
+                        ctx=a.ctx,
+                        max_chunks=a.chunks,
+                        f32_kv=True,
+                        self_check=False,
+                        engine=a.engine,
                     ),
                 )
             )

@@ -1,4 +1,6 @@
-"""A `tokenizers` tokenizer from GGUF metadata (GPT-2 byte-level BPE or SentencePiece)."""
+"""A `tokenizers` tokenizer from GGUF metadata: GPT-2 byte-level BPE (``gpt2``), SentencePiece
+(``llama``), or Gemma 4's BPE over raw UTF-8 with spaces as "▁" (``gemma4``). Checked against
+llama.cpp's own tokenizer cases (tests/parity/test_tokenizer_vocabs.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,26 @@ _QWEN2 = (
     r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)"
 )
+_QWEN35 = (  # Qwen2's, with combining marks (\p{M}) kept inside words
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+"
+    r"|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+_CJK = "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+"
+#: DeepSeek LLM (v1, a llama model): Latin-like letters, ASCII and full-width punctuation, CJK runs
+#: and digit runs split apart, newlines alone
+_DEEPSEEK_LLM = [
+    r"[\r\n]",
+    r"\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    r"\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    r"\s+$",
+    _CJK,
+    r"\p{N}+",
+]
+#: DeepSeek Coder (v1, a llama model): letters, punctuation, CJK runs and single digits apart
+_DEEPSEEK_CODER = [r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", _CJK, r"\p{N}"]
+#: tokenizer.ggml.pre values whose words found whole in the vocabulary are not merged (llama.cpp's
+#: ignore_merges: Llama 3's tokenizer)
+IGNORE_MERGES = ("llama3", "llama-v3", "llama-bpe")
 #: tokenizer.ggml.pre -> list of split regexes applied in order (as llama.cpp's llama-vocab does)
 PRE_TOKENIZERS = {
     "default": [_GPT2],
@@ -30,6 +52,9 @@ PRE_TOKENIZERS = {
     "llama3": [_LLAMA3],
     "llama-bpe": [_LLAMA3],
     "qwen2": [_QWEN2],
+    "qwen35": [_QWEN35],
+    "deepseek-llm": _DEEPSEEK_LLM,
+    "deepseek-coder": _DEEPSEEK_CODER,
 }
 
 CONTROL, USER_DEFINED, BYTE = 3, 4, 6
@@ -47,8 +72,8 @@ def _gpt2_bpe(meta: dict[str, Any], tokens: list[str]):
 
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     vocab = {t: i for i, t in enumerate(tokens)}
-    tok = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False))
     pre = str(meta.get("tokenizer.ggml.pre", "default"))
+    tok = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False, ignore_merges=pre in IGNORE_MERGES))
     regexes = PRE_TOKENIZERS.get(pre)
     if regexes is None:
         log.warning("unknown GGUF pre-tokenizer %r; using the GPT-2 split", pre)
@@ -99,6 +124,24 @@ def _spm_bpe(meta: dict[str, Any], tokens: list[str]):
     return tok
 
 
+def _gemma4_bpe(meta: dict[str, Any], tokens: list[str]):
+    """Gemma 4: spaces become "▁", the text splits into runs of newlines and runs of anything
+    else, BPE merges each run over raw UTF-8 (no byte-level map), and a piece not in the
+    vocabulary falls back to its ``<0xXX>`` byte tokens."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tok = HFTokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[^\n]+|\n+"), behavior="isolated")
+    tok.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    return tok
+
+
 def tokenizer_from_gguf(meta: dict[str, Any], source: str = "") -> Tokenizer:
     from tokenizers import AddedToken
 
@@ -112,10 +155,14 @@ def tokenizer_from_gguf(meta: dict[str, Any], source: str = "") -> Tokenizer:
     elif kind == "llama":
         tok = _spm_bpe(meta, tokens)
         default_add_bos = True
+    elif kind == "gemma4":
+        tok = _gemma4_bpe(meta, tokens)
+        default_add_bos = True
     else:
         raise UnsupportedError(
             f"{source}: unsupported tokenizer model {kind!r}",
-            "edgert reads GPT-2 BPE ('gpt2') and SentencePiece ('llama') vocabularies",
+            "edgert reads GPT-2 BPE ('gpt2'), SentencePiece ('llama') and Gemma 4 ('gemma4') "
+            "vocabularies",
         )
     specials = _special_tokens(tokens, meta.get("tokenizer.ggml.token_type"))
     if specials:

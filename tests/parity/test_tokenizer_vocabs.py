@@ -1,0 +1,62 @@
+"""llama.cpp's own tokenizer cases (``ggml-vocab-*.gguf`` with ``.inp``/``.out``, from the
+llama-cpp-python source distribution; tools/parity.py fetches and caches them): every vocabulary
+of a model family edgert runs tokenizes every case to llama.cpp's ids."""
+
+import gguf
+import pytest
+from edgert.compiler.frontends.archs import GGUF_ARCHS
+from edgert.compiler.frontends.gguf import read_metadata
+from edgert.compiler.frontends.gguf_tokenizer import tokenizer_from_gguf
+from parity import llama_cpp_models_dir, vocab_cases
+
+pytestmark = pytest.mark.parity
+#: vocabularies checked besides those whose architecture edgert runs: Gemma's (the suite ships
+#: Gemma 4's) and GPT-2's split (what edgert's synthetic models use)
+ALSO = ("gemma-4", "gpt-2")
+#: at least these must be among them (a suite that lost its files must not pass empty)
+EXPECTED = {
+    "llama-spm", "llama-bpe", "qwen2", "qwen35", "phi-3", "gemma-4", "gpt-2", "deepseek-coder",
+    "deepseek-llm",
+}  # fmt: skip
+
+
+def _vocabs() -> dict[str, object]:
+    out = {}
+    for f in sorted(llama_cpp_models_dir().glob("ggml-vocab-*.gguf")):
+        name = f.name[len("ggml-vocab-") : -len(".gguf")]
+        if not f.with_name(f.name + ".inp").exists():
+            continue
+        meta = read_metadata(gguf.GGUFReader(str(f)))
+        if meta.get("general.architecture") in GGUF_ARCHS or name in ALSO:
+            out[name] = (f, meta)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vocabs():
+    try:
+        v = _vocabs()
+    except Exception as e:  # noqa: BLE001 - reported as a failure with its cause
+        pytest.fail(f"llama.cpp's tokenizer files could not be fetched: {e}")
+    assert EXPECTED <= set(v), sorted(v)
+    return v
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_case_equals_llama_cpp(vocabs, name):
+    f, meta = vocabs[name]
+    tok = tokenizer_from_gguf(meta, f.name)
+    cases = vocab_cases(f)
+    assert len(cases) >= 40
+    bad = [(t, tok.encode(t, add_bos=False), want) for t, want in cases
+           if tok.encode(t, add_bos=False) != want]  # fmt: skip
+    assert not bad, f"{len(bad)} of {len(cases)} differ; first: {bad[0]!r}"
+
+
+def test_no_other_supported_vocabulary_left_out(vocabs):
+    """A vocabulary of a supported architecture the suite gains later is checked too."""
+    for name, (f, meta) in vocabs.items():
+        tok = tokenizer_from_gguf(meta, f.name)
+        cases = vocab_cases(f)
+        bad = [t for t, want in cases if tok.encode(t, add_bos=False) != want]
+        assert not bad, (name, bad[:3])
