@@ -42,7 +42,8 @@ class CompileSummary:
 def layer_f32(i: int) -> list[str]:
     """Float32 tensors layer ``i`` may have besides its norms, in the order they are written."""
     return [*(names.bias(i, p) for p in names.BIASES), names.q_norm(i), names.k_norm(i),
-            names.router(i), names.shared_gate(i)]  # fmt: skip
+            names.post_attn_norm(i), names.post_ffn_norm(i), names.router(i),
+            names.shared_gate(i)]  # fmt: skip
 
 
 def variant_name(fmt: str, bits: int) -> str:
@@ -164,6 +165,9 @@ def write_artifact(
             sizes["q8"] += sum(a.nbytes for a in head.values())
             head_name = names.OUTPUT
         put_f32(names.OUTPUT_NORM)
+        for name in (names.ROPE_FREQS, names.ROPE_FACTORS_LONG, names.ROPE_FACTORS_SHORT):
+            if name in m:
+                put_f32(name)
         times["quantize"] = time.perf_counter() - t0
 
         t1 = time.perf_counter()

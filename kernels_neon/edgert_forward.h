@@ -1,7 +1,9 @@
 /* edgert forward pass in C: every layer of a transformer (RMSNorm, q/k/v/o projections with
- * optional biases and q/k norms, RoPE, grouped-query attention over a float32 KV cache, SwiGLU
- * FFN or a mixture of SwiGLU experts) and the output head, for n tokens at positions
- * pos .. pos+n-1, in one call.
+ * optional biases and q/k norms over the whole projection or per head, RoPE from one of the
+ * caller's tables or none, grouped-query attention over a float32 KV cache, whole or over a
+ * sliding window, optional norms on the attention's and the FFN's outputs, a SwiGLU or GeGLU
+ * FFN or a mixture of experts) and the output head, for n tokens at positions pos .. pos+n-1,
+ * in one call.
  *
  * The runtime's fast path: a decode step is one call instead of a few interpreted VM calls per
  * layer. Linear layers run the LUT kernels (edgert_kernels.h), 8-bit rows, or float32 rows.
@@ -29,7 +31,7 @@ typedef struct {
  * up-projection row and down-projection column, each dim_pad uniform `bits`-bit codes (2, 4 or 8;
  * element i in byte i*bits/8, low bits first), then per group of `group` elements a float16 scale
  * and minimum (w = scale * q + min): [up codes][down codes][up scale][up min][down scale][down min]. */
-#define EDGERT_FORWARD_ABI 4
+#define EDGERT_FORWARD_ABI 5
 #define EDGERT_BUNDLE_GROUP_MAX 256 /* the largest bundle group */
 #define EDGERT_BUNDLE_DIM_MAX 16384 /* the largest model dimension with bundles */
 
@@ -39,7 +41,7 @@ typedef int32_t (*edgert_fetch_fn)(void *ctx, int32_t layer, const int32_t *neur
                                    const uint8_t **bundles);
 
 typedef struct {
-    float threshold;   /* a neuron is active for a token when |silu(gate)| > threshold */
+    float threshold;   /* a neuron is active for a token when |act(gate)| > threshold */
     int32_t bits, group;
     int64_t dim_pad;   /* dim rounded up to a multiple of group */
     edgert_fetch_fn fetch;
@@ -78,20 +80,32 @@ typedef struct {
     edgert_weight wq, wk, wv, wo, gate, up, down; /* gate, up, down unused with moe */
     const float *attn_norm, *ffn_norm;
     const float *bq, *bk, *bv;    /* NULL: no bias */
-    const float *q_norm, *k_norm; /* NULL: no q/k norm (over the whole projection) */
+    const float *q_norm, *k_norm; /* NULL: no q/k norm; else over the whole projection, or per
+                                   * head (the model's qk_norm_head) */
+    const float *post_attn_norm, *post_ffn_norm; /* NULL: none (Gemma 3) */
     const edgert_sparse_ffn *sparse; /* NULL: the dense FFN (gate, up, down); else gate + bundles */
     const edgert_moe_ffn *moe;       /* NULL: not a mixture of experts */
-    /* this layer's K and V cache: position p's (n_kv_heads, head_dim) row at k_cache + p *
-     * kv_stride, for positions < max_ctx (the runtime gives each layer its own block:
-     * kv_stride = n_kv_heads * head_dim) */
+    /* this layer's K and V cache: position p's (n_kv_heads, head_dim) row at k_cache +
+     * (p % kv_cap) * kv_stride (the runtime gives each layer its own block: kv_stride =
+     * n_kv_heads * head_dim). A layer that attends to all positions needs kv_cap >= pos + n; a
+     * sliding one, min(pos + n, window + n - 1): a ring of its window and one call's tokens */
     float *k_cache, *v_cache;
-    int64_t kv_stride;
+    int64_t kv_stride, kv_cap;
+    int32_t rope;   /* the rotary table the layer applies (cos/sin of edgert_forward); -1: none */
+    int32_t window; /* a query sees the last `window` positions, its own included; 0: all */
 } edgert_layer;
+
+#define EDGERT_ACT_SILU 0 /* the FFN's gate: silu (SwiGLU) */
+#define EDGERT_ACT_GELU_TANH 1 /* gelu, tanh approximation (GeGLU) */
 
 typedef struct {
     int32_t n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim, rope_dim, rope_neox;
+    int32_t n_rope;       /* rotary tables in cos/sin */
+    int32_t qk_norm_head; /* q/k norms per head (head_dim wide), else over the projection */
+    int32_t act;          /* EDGERT_ACT_* */
     int64_t max_ctx;
     float rms_eps;
+    float attn_scale; /* scores times this; 0: divided by sqrt(head_dim) */
     const edgert_layer *layers; /* n_layers */
     const float *output_norm;
     edgert_weight head;
@@ -101,14 +115,14 @@ typedef struct {
 int32_t edgert_forward_abi(void);
 
 /* y (n, dim) = the FFN of x (n, dim) over `count` neurons (ids in neurons, bundle addresses in
- * bundles), given a (n, ffn_dim) = silu(gate x): sum over the listed neurons j active for token t
+ * bundles), given a (n, ffn_dim) = act(gate x): sum over the listed neurons j active for token t
  * of a[t, j] (up_j . x[t]) down_j. h (n, count) is scratch. */
 void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int64_t dim,
                        int64_t ffn_dim, const edgert_sparse_ffn *sp, const int32_t *neurons,
                        const uint8_t *const *bundles, int64_t count, float *h, int32_t threads);
 
-/* x (n, dim): the token embeddings in, the final residual stream out. cos/sin (n, rope_dim/2) for
- * the positions. logits (n, vocab), or (1, vocab) of the last token with last_only; NULL: no head.
+/* x (n, dim): the token embeddings in, the final residual stream out. cos/sin (n_rope, n,
+ * rope_dim/2): each rotary table for the positions. logits (n, vocab), or (1, vocab) of the last token with last_only; NULL: no head.
  * times (NULL: not measured) accumulates seconds: [layer][0] attention, [layer][1] FFN, then
  * [n_layers][0] the head. Returns 0, or -1 on bad arguments (fetched experts included), -2 out of
  * memory, -3 when a sparse layer's or an expert layer's fetch failed. */

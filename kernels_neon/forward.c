@@ -2,7 +2,7 @@
  *
  * Follows edgert.reference operation by operation: RMSNorm with the mean of squares in double,
  * attention scores divided by sqrt(head_dim), softmax with the running max subtracted, SiLU as
- * x / (1 + exp(-x)). Linear layers are the kernels of lut_gemm.c; vector helpers are vec.h's. Results do not depend on the
+ * x / (1 + exp(-x)), GELU by its tanh form in float. Linear layers are the kernels of lut_gemm.c; vector helpers are vec.h's. Results do not depend on the
  * thread count: work is split by output rows and by (token, head) pairs, never inside a sum.
  */
 #include "edgert_forward.h"
@@ -83,6 +83,22 @@ static void linear_multi(int count, const edgert_weight *const *w, const float *
                           w[0]->group, w[0]->fmt, threads);
 }
 
+static void rms_norm_rows(float *x, const float *w, int64_t rows, int64_t d, float eps) {
+    for (int64_t r = 0; r < rows; r++) rms_norm(x + r * d, x + r * d, w, d, eps);
+}
+
+static void activate(float *g, int64_t count, int act) {
+    if (act == EDGERT_ACT_GELU_TANH) {
+        const float c = 0.7978845608028654f; /* sqrt(2 / pi) */
+        for (int64_t j = 0; j < count; j++) {
+            const float x = g[j];
+            g[j] = 0.5f * x * (1.f + tanhf(c * (x + 0.044715f * x * x * x)));
+        }
+    } else {
+        for (int64_t j = 0; j < count; j++) g[j] = g[j] / (1.f + expf(-g[j]));
+    }
+}
+
 /* ---- rotary embedding of one token's heads (x: heads x head_dim) ---------------------------- */
 static void rope(float *x, int heads, int hd, int rd, int neox, const float *cs, const float *sn) {
     const int half = rd / 2;
@@ -102,9 +118,10 @@ typedef struct {
     const edgert_model *m;
     const float *q;  /* (n, heads, hd) */
     float *out;      /* (n, heads, hd) */
-    const float *kc, *vc; /* this layer's cache: position t at kc + t * stride */
-    int64_t stride;
+    const float *kc, *vc; /* this layer's cache: position t at kc + (t % cap) * stride */
+    int64_t stride, cap;
     int64_t pos;
+    int32_t window;
     int failed;
 } attn_ctx;
 
@@ -118,25 +135,27 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
         c->failed = 1;
         return;
     }
-    const float scale = (float)sqrt((double)hd);
+    const float scale = (float)sqrt((double)hd), mul = m->attn_scale;
     for (int64_t it = begin; it < end; it++) {
         const int64_t i = it / nh;
         const int h = (int)(it % nh), g = h / group;
-        const int64_t t1 = c->pos + i + 1;
+        const int64_t t1 = c->pos + i + 1, t0 = c->window && t1 > c->window ? t1 - c->window : 0;
         const float *q = c->q + it * hd;
         float mx = -INFINITY;
-        for (int64_t t = 0; t < t1; t++) {
-            p[t] = dot(q, c->kc + t * c->stride + g * hd, hd) / scale;
-            if (p[t] > mx) mx = p[t];
+        for (int64_t t = t0; t < t1; t++) {
+            const float s = dot(q, c->kc + (t % c->cap) * c->stride + g * hd, hd);
+            p[t - t0] = mul != 0.f ? s * mul : s / scale;
+            if (p[t - t0] > mx) mx = p[t - t0];
         }
         float sum = 0.f;
-        for (int64_t t = 0; t < t1; t++) {
+        for (int64_t t = 0; t < t1 - t0; t++) {
             p[t] = expf(p[t] - mx);
             sum += p[t];
         }
         float *o = c->out + it * hd;
         memset(o, 0, (size_t)hd * sizeof(float));
-        for (int64_t t = 0; t < t1; t++) axpy(o, p[t] / sum, c->vc + t * c->stride + g * hd, hd);
+        for (int64_t t = t0; t < t1; t++)
+            axpy(o, p[t - t0] / sum, c->vc + (t % c->cap) * c->stride + g * hd, hd);
     }
     free(p);
 }
@@ -190,20 +209,22 @@ static void route(const edgert_moe_ffn *e, const float *logits, int64_t n, int32
     }
 }
 
-/* g (r, f) = silu(x gate^T) * (x up^T) (u: scratch); y (r, d) = g down^T */
+/* g (r, f) = act(x gate^T) * (x up^T) (u: scratch); y (r, d) = g down^T */
 static void swiglu(const edgert_weight *gate, const edgert_weight *up, const edgert_weight *down,
-                   const float *x, int64_t r, float *g, float *u, float *y, int threads) {
+                   const float *x, int64_t r, float *g, float *u, float *y, int act, int threads) {
     const edgert_weight *gu[2] = {gate, up};
     float *const out[2] = {g, u};
     linear_multi(2, gu, x, r, out, threads);
     const int64_t f = gate->m;
-    for (int64_t j = 0; j < r * f; j++) g[j] = g[j] / (1.f + expf(-g[j])) * u[j];
+    activate(g, r * f, act);
+    for (int64_t j = 0; j < r * f; j++) g[j] *= u[j];
     linear(down, g, r, y, threads);
 }
 
-/* x (n, d), the residual stream entering layer l's FFN, += the mixture on xn (n, d), x normed */
-static int moe_ffn(const edgert_model *m, int32_t l, float *x, const float *xn, int64_t n,
-                   int threads) {
+/* y (n, d) += the mixture on xn (n, d), x normed; x (n, d): the residual stream entering layer l's
+ * FFN (what the next layer's router is guessed on) */
+static int moe_ffn(const edgert_model *m, int32_t l, const float *x, float *y, const float *xn,
+                   int64_t n, int threads) {
     const edgert_moe_ffn *e = m->layers[l].moe;
     const int64_t d = m->dim, E = e->n_experts, k = e->n_used;
     const int64_t f = e->expert_ffn_dim > e->shared_ffn_dim ? e->expert_ffn_dim : e->shared_ffn_dim;
@@ -260,17 +281,17 @@ static int moe_ffn(const edgert_model *m, int32_t l, float *x, const float *xn, 
                     r++;
                 }
         if (e->counts) e->counts[chosen[c]] += r;
-        swiglu(&ws[3 * c], &ws[3 * c + 1], &ws[3 * c + 2], xe, r, g, u, ye, threads);
+        swiglu(&ws[3 * c], &ws[3 * c + 1], &ws[3 * c + 2], xe, r, g, u, ye, m->act, threads);
         for (int64_t q = 0; q < r; q++) {
             const int64_t t = rows[q] / k;
-            axpy(x + t * d, w[rows[q]], ye + q * d, d);
+            axpy(y + t * d, w[rows[q]], ye + q * d, d);
         }
     }
     if (!rc && e->shared_ffn_dim) {
-        swiglu(&e->shared[0], &e->shared[1], &e->shared[2], xn, n, g, u, ye, threads);
+        swiglu(&e->shared[0], &e->shared[1], &e->shared[2], xn, n, g, u, ye, m->act, threads);
         for (int64_t t = 0; t < n; t++) {
             const float s = dot(xn + t * d, e->sh_inp, d);
-            axpy(x + t * d, 1.f / (1.f + expf(-s)), ye + t * d, d);
+            axpy(y + t * d, 1.f / (1.f + expf(-s)), ye + t * d, d);
         }
     }
     free(buf);
@@ -289,7 +310,8 @@ static int valid_sparse(const edgert_sparse_ffn *sp, int64_t dim) {
 static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
     if (!m || !m->layers || n < 1 || pos < 0 || pos + n > m->max_ctx) return 0;
     if (m->n_heads < 1 || m->n_kv_heads < 1 || m->n_heads % m->n_kv_heads || m->rope_dim < 0 ||
-        m->rope_dim > m->head_dim || m->rope_dim % 2)
+        m->rope_dim > m->head_dim || m->rope_dim % 2 || m->n_rope < 0 ||
+        (m->act != EDGERT_ACT_SILU && m->act != EDGERT_ACT_GELU_TANH))
         return 0;
     const int64_t qd = (int64_t)m->n_heads * m->head_dim, kd = (int64_t)m->n_kv_heads * m->head_dim;
     for (int l = 0; l < m->n_layers; l++) {
@@ -306,6 +328,9 @@ static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
         if (L->moe && (L->sparse || !valid_moe(L->moe, m->dim))) return 0;
         if (!L->attn_norm || !L->ffn_norm || !L->k_cache || !L->v_cache || L->kv_stride < kd)
             return 0;
+        if (L->rope >= m->n_rope || (L->rope >= 0 && m->rope_dim == 0) || L->window < 0) return 0;
+        const int64_t need = L->window && L->window + n - 1 < pos + n ? L->window + n - 1 : pos + n;
+        if (L->kv_cap < need || L->kv_cap > m->max_ctx) return 0;
     }
     return m->head.p0 && m->head.k == m->dim && m->output_norm;
 }
@@ -313,7 +338,7 @@ static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
 int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, const float *cos,
                    const float *sin, int32_t last_only, float *logits, double *times,
                    int32_t threads) {
-    if (!valid_model(m, n, pos) || !x || (m->rope_dim && (!cos || !sin))) return -1;
+    if (!valid_model(m, n, pos) || !x || (m->n_rope && (!cos || !sin))) return -1;
     const int64_t d = m->dim, hd = m->head_dim, qd = m->n_heads * hd, kd = m->n_kv_heads * hd;
     const int64_t f = m->ffn_dim, half = m->rope_dim / 2;
     float *buf = malloc((size_t)(n * (2 * d + 2 * qd + 2 * kd + 2 * f)) * sizeof(float));
@@ -332,7 +357,7 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
     for (int l = 0; l < m->n_layers && !rc; l++) {
         const edgert_layer *L = &m->layers[l];
         float *kc = L->k_cache, *vc = L->v_cache;
-        const int64_t stride = L->kv_stride;
+        const int64_t stride = L->kv_stride, cap = L->kv_cap;
         for (int64_t i = 0; i < n; i++) rms_norm(xn + i * d, x + i * d, L->attn_norm, d, m->rms_eps);
         {
             const edgert_weight *w[3] = {&L->wq, &L->wk, &L->wv};
@@ -347,22 +372,28 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
                 for (int64_t j = 0; j < kd; j++) ki[j] += L->bk[j];
             if (L->bv)
                 for (int64_t j = 0; j < kd; j++) vi[j] += L->bv[j];
-            if (L->q_norm) rms_norm(qi, qi, L->q_norm, qd, m->rms_eps);
-            if (L->k_norm) rms_norm(ki, ki, L->k_norm, kd, m->rms_eps);
-            if (half) {
-                rope(qi, m->n_heads, (int)hd, m->rope_dim, m->rope_neox, cos + i * half, sin + i * half);
-                rope(ki, m->n_kv_heads, (int)hd, m->rope_dim, m->rope_neox, cos + i * half,
-                     sin + i * half);
+            if (m->qk_norm_head) {
+                if (L->q_norm) rms_norm_rows(qi, L->q_norm, m->n_heads, hd, m->rms_eps);
+                if (L->k_norm) rms_norm_rows(ki, L->k_norm, m->n_kv_heads, hd, m->rms_eps);
+            } else {
+                if (L->q_norm) rms_norm(qi, qi, L->q_norm, qd, m->rms_eps);
+                if (L->k_norm) rms_norm(ki, ki, L->k_norm, kd, m->rms_eps);
             }
-            memcpy(kc + (pos + i) * stride, ki, (size_t)kd * sizeof(float));
-            memcpy(vc + (pos + i) * stride, vi, (size_t)kd * sizeof(float));
+            if (half && L->rope >= 0) {
+                const float *cs = cos + (L->rope * n + i) * half, *sn = sin + (L->rope * n + i) * half;
+                rope(qi, m->n_heads, (int)hd, m->rope_dim, m->rope_neox, cs, sn);
+                rope(ki, m->n_kv_heads, (int)hd, m->rope_dim, m->rope_neox, cs, sn);
+            }
+            memcpy(kc + ((pos + i) % cap) * stride, ki, (size_t)kd * sizeof(float));
+            memcpy(vc + ((pos + i) % cap) * stride, vi, (size_t)kd * sizeof(float));
         }
-        attn_ctx ac = {m, q, att, kc, vc, stride, pos, 0};
+        attn_ctx ac = {m, q, att, kc, vc, stride, cap, pos, L->window, 0};
         const int64_t items = n * m->n_heads;
-        const int64_t work = items * (pos + n) * hd;
+        const int64_t work = items * (L->window && L->window < pos + n ? L->window : pos + n) * hd;
         edgert_parallel_for(items, work >= EDGERT_PARALLEL_MIN_WORK ? threads : 1, attn_items, &ac);
         if (ac.failed) rc = -2;
         linear(&L->wo, att, n, o, threads);
+        if (L->post_attn_norm) rms_norm_rows(o, L->post_attn_norm, n, d, m->rms_eps);
         for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
         if (times) {
             const double t = seconds();
@@ -371,12 +402,21 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
         }
         for (int64_t i = 0; i < n; i++) rms_norm(xn + i * d, x + i * d, L->ffn_norm, d, m->rms_eps);
         if (L->moe) {
-            rc = moe_ffn(m, l, x, xn, n, threads);
+            float *y = x;
+            if (L->post_ffn_norm) { /* the mixture alone, normed, then added */
+                y = o;
+                memset(o, 0, (size_t)(n * d) * sizeof(float));
+            }
+            rc = moe_ffn(m, l, x, y, xn, n, threads);
             if (rc) break;
+            if (L->post_ffn_norm) {
+                rms_norm_rows(o, L->post_ffn_norm, n, d, m->rms_eps);
+                for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
+            }
         } else if (L->sparse) { /* gate, then only the neurons some token activates */
             const edgert_sparse_ffn *sp = L->sparse;
             linear(&L->gate, xn, n, g, threads);
-            for (int64_t j = 0; j < n * f; j++) g[j] = g[j] / (1.f + expf(-g[j]));
+            activate(g, n * f, m->act);
             int64_t count = 0;
             for (int64_t j = 0; j < f; j++)
                 for (int64_t i = 0; i < n; i++)
@@ -390,10 +430,12 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
             }
             if (count) {
                 edgert_bundle_ffn(o, xn, g, n, d, f, sp, active, bundles, count, u, threads);
+                if (L->post_ffn_norm) rms_norm_rows(o, L->post_ffn_norm, n, d, m->rms_eps);
                 for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
             }
         } else {
-            swiglu(&L->gate, &L->up, &L->down, xn, n, g, u, o, threads);
+            swiglu(&L->gate, &L->up, &L->down, xn, n, g, u, o, m->act, threads);
+            if (L->post_ffn_norm) rms_norm_rows(o, L->post_ffn_norm, n, d, m->rms_eps);
             for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
         }
         if (times) {

@@ -1,9 +1,14 @@
-"""Write random-weight GGUF models that both edgert and llama.cpp load: llama (dense), mixtral
-(llama with experts), qwen2moe (qkv bias, shared expert) and olmoe (q/k norm), any size, in
-F32/F16/Q8_0/Q4_0/Q4_1. Used for loader tests and for speed benchmarks at 1B+ sizes, where the
-weights do not matter.
+"""Write random-weight GGUF models that both edgert and llama.cpp load, any size, in
+F32/F16/Q8_0/Q4_0/Q4_1: llama (dense), llama3 (llama with ``rope_freqs`` as Llama 3.1/3.2),
+mixtral (llama with experts), qwen2 (qkv bias), qwen2moe (qkv bias, shared expert), qwen3
+(per-head q/k norm, head_dim != dim/heads), qwen3moe (qwen3 with 8-of-N experts, renormalised),
+olmoe (q/k norm), gemma3 (sliding window on 5 of 6 layers with its own rope base, post norms,
+GeGLU, sqrt(dim) embeddings, tied head), phi3 (fused qkv and gate|up, partial rotary, LongRoPE
+factors as Phi-4-mini) and smollm3 (no RoPE on every 4th layer). Used for loader and parity tests
+and, with the real shapes (``--preset qwen3-30b-a3b``, ``--preset gemma3-1b`` ...), for speed
+benchmarks, where the weights do not matter.
 
-    python tools/make_synthetic_gguf.py --arch mixtral --preset moe-1g --qtype Q4_0 --out m.gguf
+    python tools/make_synthetic_gguf.py --arch qwen3moe --preset qwen3-30b-a3b --qtype Q4_0 --out m.gguf
 
 Tensors are generated, quantized and written one at a time (large ones in row chunks), so a
 multi-GB model needs little memory.
@@ -21,15 +26,29 @@ from pathlib import Path
 
 import numpy as np
 
-ARCHS = ("llama", "mixtral", "qwen2moe", "olmoe")
+ARCHS = (
+    "llama", "llama3", "mixtral", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "olmoe", "gemma3",
+    "phi3", "smollm3",
+)  # fmt: skip
+MOE_ARCHS = ("mixtral", "qwen2moe", "qwen3moe", "olmoe")
 QTYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
 #: arch -> GGUF general.architecture (GGUF has no mixtral: it is llama with experts)
-GGUF_ARCH = {"llama": "llama", "mixtral": "llama", "qwen2moe": "qwen2moe", "olmoe": "olmoe"}
+GGUF_ARCH = {a: a for a in ARCHS} | {"mixtral": "llama", "llama3": "llama"}
 #: arch -> tokenizer.ggml.pre (the split regex llama.cpp applies before BPE)
-TOKENIZER_PRE = {"llama": "gpt-2", "mixtral": "gpt-2", "qwen2moe": "qwen2", "olmoe": "olmo"}
+TOKENIZER_PRE = {a: "gpt-2" for a in ARCHS} | {
+    "qwen2": "qwen2", "qwen2moe": "qwen2", "qwen3": "qwen2", "qwen3moe": "qwen2", "olmoe": "olmo",
+    "llama3": "llama-bpe", "smollm3": "llama-bpe",
+}  # fmt: skip
 #: qtype -> general.file_type (llama_ftype)
 FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_end|>")
+#: rope bases (others: 10000)
+ROPE_THETA = {"gemma3": 1000000.0, "llama3": 500000.0}
+#: Llama 3.1's rope scaling, as its config.json gives it
+LLAMA3_SCALING = {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}  # fmt: skip
 CHUNK_ELEMS = 1 << 22  # values generated and quantized at a time (16 MiB of float32)
 WEIGHT_STD = 0.02
 
@@ -52,6 +71,15 @@ class Shape:
     expert_ffn: int = 0
     shared_ffn: int = 0
     ctx: int = 2048
+    head_dim: int = 0  # 0: dim / heads
+    rope_dim: int = 0  # rotated dims per head; 0: head_dim
+    window: int = 0  # gemma3: the sliding window
+    swa_pattern: int = 0  # gemma3: every n-th layer global
+    orig_ctx: int = 0  # phi3: the context the short LongRoPE factors serve
+
+    @property
+    def hd(self) -> int:
+        return self.head_dim or self.dim // self.heads
 
 
 PRESETS = {
@@ -63,13 +91,63 @@ PRESETS = {
     "moe-1g": Shape(
         layers=12, dim=1536, ffn=4096, heads=24, kv_heads=8, vocab=32000, experts=8, top_k=2
     ),
+    # the real shapes of the models people run on boards (for benchmarks and plans)
+    "qwen3-30b-a3b": Shape(
+        layers=48,
+        dim=2048,
+        ffn=6144,
+        heads=32,
+        kv_heads=4,
+        vocab=151936,
+        experts=128,
+        top_k=8,
+        expert_ffn=768,
+        head_dim=128,
+        ctx=40960,
+    ),
+    "qwen3-0.6b": Shape(
+        layers=28, dim=1024, ffn=3072, heads=16, kv_heads=8, vocab=151936, head_dim=128, ctx=40960
+    ),
+    "qwen2.5-0.5b": Shape(layers=24, dim=896, ffn=4864, heads=14, kv_heads=2, vocab=151936),
+    "llama3.2-1b": Shape(layers=16, dim=2048, ffn=8192, heads=32, kv_heads=8, vocab=128256),
+    "gemma3-1b": Shape(
+        layers=26,
+        dim=1152,
+        ffn=6912,
+        heads=4,
+        kv_heads=1,
+        vocab=262144,
+        head_dim=256,
+        window=512,
+        swa_pattern=6,
+        ctx=32768,
+    ),
+    "phi4-mini": Shape(
+        layers=32,
+        dim=3072,
+        ffn=8192,
+        heads=24,
+        kv_heads=8,
+        vocab=200064,
+        rope_dim=96,
+        orig_ctx=4096,
+        ctx=131072,
+    ),
+    "smollm3-3b": Shape(layers=36, dim=2048, ffn=11008, heads=16, kv_heads=4, vocab=128256),
 }
 #: what each architecture needs beyond the preset's shape (applied where the preset has 0)
 ARCH_DEFAULTS = {
     "llama": {},
+    "llama3": {},
     "mixtral": {"experts": 4, "top_k": 2},
+    "qwen2": {},
     "qwen2moe": {"experts": 8, "top_k": 2},
+    "qwen3": {},
+    "qwen3moe": {"experts": 8, "top_k": 2},
     "olmoe": {"experts": 8, "top_k": 2},
+    "gemma3": {"window": 8, "swa_pattern": 6},
+    "phi3": {"orig_ctx": 32},
+    "smollm3": {},
 }
 
 
@@ -145,15 +223,25 @@ def resolve_shape(arch: str, preset: str = "tiny", **overrides: int | None) -> S
     if arch == "qwen2moe":
         # Qwen-style: routed experts narrower than the shared one (which llama.cpp requires)
         s = replace(s, expert_ffn=s.expert_ffn or s.ffn // 2, shared_ffn=s.shared_ffn or s.ffn)
+    if arch == "qwen3moe":
+        s = replace(s, expert_ffn=s.expert_ffn or s.ffn // 2)
+    if arch in ("qwen3", "qwen3moe", "gemma3") and not s.head_dim and preset == "tiny":
+        s = replace(s, head_dim=2 * s.dim // s.heads)  # head_dim != dim / heads, as they have
+    if arch == "phi3" and not s.rope_dim and preset == "tiny":
+        s = replace(s, rope_dim=s.hd * 3 // 4)  # partial rotary, as Phi-4-mini
     if arch == "olmoe":
         s = replace(s, kv_heads=s.heads)  # llama.cpp's OLMoE q/k norms are both n_embd wide
-    if arch != "llama" and not s.experts:
+    if arch in MOE_ARCHS and not s.experts:
         raise ValueError(f"{arch} needs --experts > 0")
+    if arch not in MOE_ARCHS and s.experts:
+        raise ValueError(f"{arch} is dense: drop --experts")
+    if (s.rope_dim or s.hd) % 2 or (s.rope_dim or 0) > s.hd:
+        raise ValueError(f"rope_dim {s.rope_dim}: even, at most the head size {s.hd}")
     if s.experts and not 0 < s.top_k <= s.experts:
         raise ValueError(f"top_k {s.top_k}: choose 1..{s.experts} (the expert count)")
     if arch != "qwen2moe" and s.shared_ffn:
         raise ValueError(f"{arch} has no shared expert: drop --shared-ffn (qwen2moe has one)")
-    if s.dim % s.heads or s.heads % s.kv_heads or (s.dim // s.heads) % 2:
+    if (not s.head_dim and s.dim % s.heads) or s.heads % s.kv_heads or s.hd % 2:
         raise ValueError(
             f"dim {s.dim}, heads {s.heads}, kv_heads {s.kv_heads}: heads must divide dim into an "
             "even head size, and kv_heads must divide heads"
@@ -168,18 +256,34 @@ def resolve_shape(arch: str, preset: str = "tiny", **overrides: int | None) -> S
 def tensor_plan(arch: str, s: Shape) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, numpy shape (..., out, in), kind) of every tensor in file order; kind: w (matrix),
     o (matrix writing into the residual stream), n (norm), b (bias), r (router, kept F32)."""
-    hd = s.dim // s.heads
+    hd = s.hd
     plan = [("token_embd.weight", (s.vocab, s.dim), "w")]
+    half = (s.rope_dim or hd) // 2
+    if arch == "llama3":
+        plan.append(("rope_freqs.weight", (half,), "f"))
     for i in range(s.layers):
         p = f"blk.{i}."
-        plan += [
-            (p + "attn_norm.weight", (s.dim,), "n"),
-            (p + "attn_q.weight", (s.heads * hd, s.dim), "w"),
-            (p + "attn_k.weight", (s.kv_heads * hd, s.dim), "w"),
-            (p + "attn_v.weight", (s.kv_heads * hd, s.dim), "w"),
-            (p + "attn_output.weight", (s.dim, s.heads * hd), "o"),
-        ]
-        if arch == "qwen2moe":
+        plan.append((p + "attn_norm.weight", (s.dim,), "n"))
+        if arch == "phi3":
+            plan.append((p + "attn_qkv.weight", ((s.heads + 2 * s.kv_heads) * hd, s.dim), "w"))
+        else:
+            plan += [
+                (p + "attn_q.weight", (s.heads * hd, s.dim), "w"),
+                (p + "attn_k.weight", (s.kv_heads * hd, s.dim), "w"),
+                (p + "attn_v.weight", (s.kv_heads * hd, s.dim), "w"),
+            ]
+        plan.append((p + "attn_output.weight", (s.dim, s.heads * hd), "o"))
+        if arch == "phi3" and i == 0 and s.orig_ctx:  # LongRoPE, read for every layer
+            plan += [("rope_factors_long.weight", (half,), "f"),
+                     ("rope_factors_short.weight", (half,), "f")]  # fmt: skip
+        if arch in ("qwen3", "qwen3moe", "gemma3"):
+            plan += [
+                (p + "attn_q_norm.weight", (hd,), "n"),
+                (p + "attn_k_norm.weight", (hd,), "n"),
+            ]
+        if arch == "gemma3":
+            plan.append((p + "post_attention_norm.weight", (s.dim,), "n"))
+        if arch in ("qwen2moe", "qwen2"):
             plan += [
                 (p + "attn_q.bias", (s.heads * hd,), "b"),
                 (p + "attn_k.bias", (s.kv_heads * hd,), "b"),
@@ -206,13 +310,22 @@ def tensor_plan(arch: str, s: Shape) -> list[tuple[str, tuple[int, ...], str]]:
                     (p + "ffn_up_shexp.weight", (s.shared_ffn, s.dim), "w"),
                     (p + "ffn_down_shexp.weight", (s.dim, s.shared_ffn), "o"),
                 ]
+        elif arch == "phi3":
+            plan += [
+                (p + "ffn_up.weight", (2 * s.ffn, s.dim), "w"),
+                (p + "ffn_down.weight", (s.dim, s.ffn), "o"),
+            ]
         else:
             plan += [
                 (p + "ffn_gate.weight", (s.ffn, s.dim), "w"),
                 (p + "ffn_up.weight", (s.ffn, s.dim), "w"),
                 (p + "ffn_down.weight", (s.dim, s.ffn), "o"),
             ]
-    plan += [("output_norm.weight", (s.dim,), "n"), ("output.weight", (s.vocab, s.dim), "w")]
+        if arch == "gemma3":
+            plan.append((p + "post_ffw_norm.weight", (s.dim,), "n"))
+    plan.append(("output_norm.weight", (s.dim,), "n"))
+    if arch != "gemma3":  # Gemma ties its head to the embedding
+        plan.append(("output.weight", (s.vocab, s.dim), "w"))
     return plan
 
 
@@ -227,6 +340,7 @@ def init_std(kind: str, s: Shape) -> float:
         "b": WEIGHT_STD,
         "r": 1 / math.sqrt(s.dim),
         "n": 0.05,  # near 1, not exactly: a norm applied in the wrong place shows in parity tests
+        "f": 0.0,  # rope frequency factors (see _write_tensor)
     }[kind]
 
 
@@ -255,6 +369,12 @@ def _write_tensor(w, name: str, shape: tuple[int, ...], kind: str, t, s: Shape, 
         a = rng.standard_normal((min(step, rows - r0), cols), dtype=np.float32) * std
         if kind == "n":
             a += np.float32(1.0)
+        elif kind == "f" and name == "rope_freqs.weight":  # Llama 3.1's, for this head size
+            from edgert.compiler.frontends.hf import llama3_factors
+
+            a = llama3_factors(ROPE_THETA["llama3"], 2 * cols, LLAMA3_SCALING)[None, :]
+        elif kind == "f":  # LongRoPE's, drawn from 1..8
+            a = rng.uniform(1.0, 8.0, a.shape).astype(np.float32)
         if t == F32:
             out[r0 : r0 + len(a)] = a
         elif t == F16:
@@ -273,6 +393,7 @@ def make_synthetic_gguf(
     qtype: str = "Q8_0",
     seed: int = 0,
     progress: bool = True,
+    chat_template: str | None = None,
     **overrides: int | None,
 ) -> Path:
     """Write a random-weight GGUF model that llama.cpp and edgert load, and return its path.
@@ -286,6 +407,7 @@ def make_synthetic_gguf(
         of the quantization block stays F32, and norms, biases and routers are always F32.
     seed : the same seed and arguments give the same bytes.
     progress : a progress bar on stderr (when it is a terminal).
+    chat_template : a jinja chat template stored as ``tokenizer.chat_template``.
     overrides : fields of :class:`Shape` (layers, dim, ffn, heads, kv_heads, vocab, experts,
         top_k, expert_ffn, shared_ffn, ctx) replacing the preset's; None keeps the preset's.
 
@@ -311,7 +433,8 @@ def make_synthetic_gguf(
     ga = GGUF_ARCH[arch]
     tokens, types, merges = make_vocab(s.vocab, seed)
     w = gguf.GGUFWriter(str(out), ga)
-    w.add_name(f"synthetic-{arch}-{preset}")
+    # (a name containing "phi3" makes llama.cpp look for Phi-3's special tokens in the vocabulary)
+    w.add_name(f"synthetic-{arch.replace('phi3', 'phi')}-{preset}")
     w.add_file_type(FILE_TYPE[qtype])
     w.add_context_length(s.ctx)
     w.add_embedding_length(s.dim)
@@ -319,14 +442,25 @@ def make_synthetic_gguf(
     w.add_feed_forward_length(s.ffn)
     w.add_head_count(s.heads)
     w.add_head_count_kv(s.kv_heads)
-    w.add_rope_dimension_count(s.dim // s.heads)
-    w.add_rope_freq_base(10000.0)
+    w.add_rope_dimension_count(s.rope_dim or s.hd)
+    if s.head_dim:
+        w.add_key_length(s.hd)
+        w.add_value_length(s.hd)
+    w.add_rope_freq_base(ROPE_THETA.get(arch, 10000.0))
+    if arch == "gemma3":
+        w.add_sliding_window(s.window)
+        w.add_sliding_window_pattern(s.swa_pattern)
+        w.add_rope_freq_base_swa(10000.0)
+    if arch == "phi3" and s.orig_ctx:
+        w.add_rope_scaling_orig_ctx_len(s.orig_ctx)
+        scale = s.ctx / s.orig_ctx
+        w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(s.orig_ctx)))
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(s.vocab)
     if s.experts:
         w.add_expert_count(s.experts)
         w.add_expert_used_count(s.top_k)
-    if arch == "qwen2moe":
+    if arch in ("qwen2moe", "qwen3moe"):
         w.add_expert_feed_forward_length(s.expert_ffn or s.ffn)
         if s.shared_ffn:
             w.add_expert_shared_feed_forward_length(s.shared_ffn)
@@ -338,6 +472,8 @@ def make_synthetic_gguf(
     w.add_bos_token_id(len(tokens) - len(SPECIAL_TOKENS))
     w.add_eos_token_id(len(tokens) - len(SPECIAL_TOKENS))
     w.add_add_bos_token(False)
+    if chat_template is not None:
+        w.add_chat_template(chat_template)
 
     plan = [(n, shape, kind, stored_type(kind, shape)) for n, shape, kind in tensor_plan(arch, s)]
     total = 0
@@ -377,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="the .gguf file to write")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--chat-template", help="a jinja file stored as the model's chat template")
     fields = [f.name for f in dataclasses.fields(Shape)]
     for f in fields:
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=None, help="(preset's)")
@@ -389,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             qtype=a.qtype,
             seed=a.seed,
             progress=not a.quiet,
+            chat_template=Path(a.chat_template).read_text() if a.chat_template else None,
             **{f: getattr(a, f) for f in fields},
         )
     except ValueError as e:

@@ -15,16 +15,39 @@ class ArchSpec:
     arch: str  # edgert's architecture name (ModelConfig.arch)
     rope_style: str  # rotary style of the weights as stored in GGUF
     qkv_bias: bool = False
-    qk_norm: bool = False
+    qk_norm: bool = False  # over the whole projection (OLMoE)
+    qk_norm_per_head: bool = False  # over each head (Qwen3, Gemma 3)
+    post_norms: bool = False  # norms on attention and FFN outputs (Gemma 3)
+    activation: str = "silu"
+    embed_scale_sqrt: bool = False  # embeddings times sqrt(dim) (Gemma)
     expert_weights_norm: bool = False  # default when the file does not say
     hf_permute_qk: bool = False  # HF checkpoints store q/k for "neox" rotation; GGUF permutes them
+    hf_norm_offset: bool = False  # HF stores RMSNorm weights as w - 1 (Gemma); GGUF as w
+    swa_pattern: int = 0  # every n-th layer global, the others sliding (Gemma 3: 6)
+    no_rope_every: int = 0  # every n-th layer without RoPE (SmolLM3: 4)
+    fused: bool = False  # q|k|v and gate|up stored as one matrix each (Phi-3)
 
 
 #: GGUF general.architecture -> spec ("mixtral" GGUFs say "llama" and carry experts)
 GGUF_ARCHS = {
     "llama": ArchSpec("llama", "norm", expert_weights_norm=True, hf_permute_qk=True),
+    "qwen2": ArchSpec("qwen2", "neox", qkv_bias=True),
     "qwen2moe": ArchSpec("qwen2moe", "neox", qkv_bias=True),
+    "qwen3": ArchSpec("qwen3", "neox", qk_norm_per_head=True),
+    "qwen3moe": ArchSpec("qwen3moe", "neox", qk_norm_per_head=True, expert_weights_norm=True),
     "olmoe": ArchSpec("olmoe", "neox", qk_norm=True),
+    "gemma3": ArchSpec(
+        "gemma3",
+        "neox",
+        qk_norm_per_head=True,
+        post_norms=True,
+        activation="gelu_tanh",
+        embed_scale_sqrt=True,
+        hf_norm_offset=True,
+        swa_pattern=6,
+    ),
+    "phi3": ArchSpec("phi3", "neox", fused=True),
+    "smollm3": ArchSpec("smollm3", "norm", hf_permute_qk=True, no_rope_every=4),
 }
 
 #: HF config.json model_type -> GGUF architecture name
@@ -32,10 +55,23 @@ HF_MODEL_TYPES = {
     "llama": "llama",
     "mistral": "llama",
     "mixtral": "llama",
+    "qwen2": "qwen2",
     "qwen2_moe": "qwen2moe",
+    "qwen3": "qwen3",
+    "qwen3_moe": "qwen3moe",
     "olmoe": "olmoe",
+    "gemma3_text": "gemma3",
+    "gemma3": "gemma3",
+    "phi3": "phi3",
+    "smollm3": "smollm3",
 }
 
 
+def supported_gguf() -> str:
+    """The GGUF architectures edgert runs, for error messages."""
+    return ", ".join(sorted(GGUF_ARCHS)) + " (mixtral = llama with experts)"
+
+
 def supported_names() -> str:
-    return ", ".join(sorted(set(GGUF_ARCHS) | set(HF_MODEL_TYPES)))
+    """The HF model types edgert runs, for error messages."""
+    return ", ".join(sorted(HF_MODEL_TYPES))

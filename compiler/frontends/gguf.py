@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgert.compiler.frontends.archs import GGUF_ARCHS
+from edgert.compiler.frontends.archs import GGUF_ARCHS, ArchSpec, supported_gguf
 
 from edgert.errors import ModelFormatError, UnsupportedError
 from edgert.format import names
@@ -57,7 +57,7 @@ def read_metadata(reader) -> dict[str, Any]:
     return meta
 
 
-def config_from_metadata(meta: dict[str, Any], source: str, embd_rows: int | None) -> ModelConfig:
+def _spec(meta: dict[str, Any], source: str) -> tuple[str, ArchSpec]:
     arch_name = meta.get("general.architecture")
     if arch_name is None:
         raise ModelFormatError(f"{source}: GGUF file has no general.architecture")
@@ -65,8 +65,15 @@ def config_from_metadata(meta: dict[str, Any], source: str, embd_rows: int | Non
     if spec is None:
         raise UnsupportedError(
             f"{source}: unsupported architecture {arch_name!r}",
-            f"edgert runs {', '.join(sorted(GGUF_ARCHS))} GGUF models",
+            f"edgert runs these GGUF architectures: {supported_gguf()}",
         )
+    return arch_name, spec
+
+
+def config_from_metadata(
+    meta: dict[str, Any], source: str, embd_rows: int | None, tensor_names: set[str] = frozenset()
+) -> ModelConfig:
+    arch_name, spec = _spec(meta, source)
 
     def get(key: str, default: Any = KeyError) -> Any:
         full = f"{arch_name}.{key}"
@@ -86,15 +93,49 @@ def config_from_metadata(meta: dict[str, Any], source: str, embd_rows: int | Non
         vocab = len(tokens) if tokens is not None else embd_rows
     if vocab is None:
         raise ModelFormatError(f"{source}: cannot tell the vocabulary size")
-    known_prefix = f"{arch_name}."
+    n_layers = int(get("block_count"))
+    head_dim = int(get("attention.key_length", dim // n_heads))
+    scaling = str(get("rope.scaling.type", "linear"))
+    if scaling not in ("linear", "none", "longrope", "su"):
+        raise UnsupportedError(
+            f"{source}: rope scaling {scaling!r}", "edgert applies linear, llama3 and LongRoPE"
+        )
+    factor = float(get("rope.scaling.factor", 0.0) or get("rope.scale_linear", 0.0) or 0.0)
+    if float(get("final_logit_softcapping", 0.0) or 0.0):
+        raise UnsupportedError(f"{source}: final logit soft-capping is not implemented")
+    extra: dict[str, Any] = {}
+    if names.ROPE_FREQS in tensor_names:
+        extra["rope_factors"] = "freqs"
+    elif names.ROPE_FACTORS_LONG in tensor_names:
+        extra.update(
+            rope_factors="longrope",
+            rope_orig_ctx=int(get("rope.scaling.original_context_length", 0)),
+            rope_attn_factor=float(get("rope.scaling.attn_factor", 1.0)),
+        )
+    window = int(get("attention.sliding_window", 0) or 0) if spec.swa_pattern else 0
+    if window:
+        pattern = get("attention.sliding_window_pattern", spec.swa_pattern)
+        if isinstance(pattern, (list, tuple)):  # per layer: does it slide
+            swa = [i for i, slides in enumerate(pattern[:n_layers]) if slides]
+        else:
+            swa = [i for i in range(n_layers) if i % int(pattern) < int(pattern) - 1]
+        extra.update(
+            sliding_window=window,
+            swa_layers=swa,
+            rope_theta_swa=float(get("rope.freq_base_swa", 10000.0)),
+        )
+    if spec.no_rope_every:
+        extra["no_rope_layers"] = [i for i in range(n_layers) if (i + 1) % spec.no_rope_every == 0]
+    if spec.arch == "gemma3" and n_layers == 62:  # Gemma 3 27B scales by dim / heads
+        extra["attn_scale"] = 1.0 / float(np.sqrt(dim // n_heads))
     return ModelConfig(
         arch=spec.arch,
         name=str(meta.get("general.name", "")),
-        n_layers=int(get("block_count")),
+        n_layers=n_layers,
         dim=dim,
         n_heads=n_heads,
         n_kv_heads=int(get("attention.head_count_kv", n_heads)),
-        head_dim=int(get("attention.key_length", dim // n_heads)),
+        head_dim=head_dim,
         ffn_dim=ffn,
         vocab_size=int(vocab),
         rope_theta=float(get("rope.freq_base", 10000.0)),
@@ -109,8 +150,36 @@ def config_from_metadata(meta: dict[str, Any], source: str, embd_rows: int | Non
         expert_weights_norm=bool(get("expert_weights_norm", spec.expert_weights_norm)),
         qkv_bias=spec.qkv_bias,
         qk_norm=spec.qk_norm,
-        extra={k: v for k, v in meta.items() if k.startswith(known_prefix) and "rope.scaling" in k},
+        qk_norm_per_head=spec.qk_norm_per_head,
+        post_norms=spec.post_norms,
+        activation=spec.activation,
+        embed_scale=float(np.float32(np.sqrt(np.float32(dim)))) if spec.embed_scale_sqrt else 1.0,
+        rope_scale=1.0 / factor if factor else 1.0,
+        **extra,
     )
+
+
+def _fused_views(spec: ArchSpec, cfg: ModelConfig, tensors) -> dict[str, tuple[str, int, int]]:
+    """Phi-3 stores q|k|v as ``attn_qkv`` and gate|up as ``ffn_up`` (2 x ffn rows): edgert's name
+    -> (stored name, first row, end row) of its part."""
+    if not spec.fused:
+        return {}
+    qd, kd, f = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
+    views = {}
+    for i in range(cfg.n_layers):
+        qkv = names.weight(i, "attn_qkv")
+        if qkv in tensors:
+            for p, a, b in (
+                ("attn_q", 0, qd),
+                ("attn_k", qd, qd + kd),
+                ("attn_v", qd + kd, qd + 2 * kd),
+            ):
+                views[names.weight(i, p)] = (qkv, a, b)
+        up = names.weight(i, "ffn_up")
+        if up in tensors and names.weight(i, "ffn_gate") not in tensors:
+            views[names.weight(i, "ffn_gate")] = (up, 0, f)
+            views[up] = (up, f, 2 * f)
+    return views
 
 
 def load_gguf(path: str | Path, *, with_tokenizer: bool = True) -> ModelGraph:
@@ -145,13 +214,25 @@ def load_gguf(path: str | Path, *, with_tokenizer: bool = True) -> ModelGraph:
             )
     embd = tensors.get(names.EMBEDDING)
     embd_rows = int(embd.shape[-1]) if embd is not None else None
-    config = config_from_metadata(meta, src, embd_rows)
+    config = config_from_metadata(meta, src, embd_rows, set(tensors))
+    _, spec = _spec(meta, src)
+    views = _fused_views(spec, config, tensors)
     infos = [
         TensorInfo(t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name)
         for t in reader.tensors
+        if t.name not in views and t.name.rsplit(".", 2)[-2] != "attn_qkv"
     ]
+    for name, (stored, a, b) in views.items():
+        t = tensors[stored]
+        infos.append(TensorInfo(name, (b - a, int(t.shape[0])), t.tensor_type.name))
 
     def loader(name: str) -> np.ndarray:
+        if name in views:
+            stored, a, b = views[name]
+            return read(stored)[a:b]
+        return read(name)
+
+    def read(name: str) -> np.ndarray:
         t = tensors[name]
         tname = t.tensor_type.name
         if tname == "F32":

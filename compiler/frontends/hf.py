@@ -2,19 +2,24 @@
 
 HF names map to GGUF names; per-expert tensors are stacked into ``ffn_*_exps`` (E, out, in).
 HF checkpoints rotate q/k by halves, so the config says ``rope_style="neox"`` and weights are
-used as stored.
+used as stored. What llama.cpp's converter does to a checkpoint is done here on load, so a model
+gives the same logits from either file: fused q|k|v and gate|up matrices are split (Phi-3),
+Gemma's norm weights (stored as w - 1) get their 1 back, and rope scaling given in config.json
+becomes the frequency factors a GGUF carries as tensors (Llama 3.1's ``llama3`` type,
+Phi-3's LongRoPE).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgert.compiler.frontends.archs import GGUF_ARCHS, HF_MODEL_TYPES, supported_names
+from edgert.compiler.frontends.archs import GGUF_ARCHS, HF_MODEL_TYPES, ArchSpec, supported_names
 from edgert.compiler.frontends.safetensors import SafetensorsFile
 
 from edgert.errors import ModelFormatError, UnsupportedError
@@ -48,6 +53,17 @@ _LAYER_MAP = {
     "mlp.shared_expert.down_proj.weight": "ffn_down_shexp.weight",
     "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight",
 }
+#: Gemma names its four norms after where they sit
+_GEMMA_LAYER_MAP = _LAYER_MAP | {
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
+#: fused matrices (Phi-3): HF name -> the GGUF names of its row blocks, in order
+_FUSED = {
+    "self_attn.qkv_proj.weight": ("attn_q.weight", "attn_k.weight", "attn_v.weight"),
+    "mlp.gate_up_proj.weight": ("ffn_gate.weight", "ffn_up.weight"),
+}
 _GLOBAL_MAP = {
     "model.embed_tokens.weight": names.EMBEDDING,
     "model.norm.weight": names.OUTPUT_NORM,
@@ -74,6 +90,46 @@ def _req(cfg: dict[str, Any], key: str, src: str) -> Any:
     return cfg[key]
 
 
+def _rope(cfg: dict[str, Any], src: str) -> dict[str, Any]:
+    """config.json's rope scaling (``rope_scaling``, or ``rope_parameters`` in newer files)."""
+    r = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    if "full_attention" in r:  # per attention type (newer Gemma files)
+        r = r["full_attention"]
+    kind = str(r.get("rope_type") or r.get("type") or "default").lower()
+    if kind not in ("default", "linear", "llama3", "longrope", "su"):
+        raise UnsupportedError(
+            f"{src}: rope scaling {kind!r}", "edgert applies linear, llama3 and LongRoPE"
+        )
+    return {**r, "rope_type": kind}
+
+
+def llama3_factors(theta: float, rope_dim: int, r: dict[str, Any]) -> np.ndarray:
+    """Llama 3.1's per-frequency divisors (``rope_scaling.rope_type = "llama3"``): long
+    wavelengths divided by ``factor``, short ones kept, a smooth blend between."""
+    factor = float(r.get("factor", 8.0))
+    low, high = float(r.get("low_freq_factor", 1.0)), float(r.get("high_freq_factor", 4.0))
+    old = float(r.get("original_max_position_embeddings", 8192))
+    out = []
+    for i in range(rope_dim // 2):
+        wavelen = 2 * math.pi * theta ** (2 * i / rope_dim)
+        if wavelen < old / high:
+            out.append(1.0)
+        elif wavelen > old / low:
+            out.append(factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.asarray(out, np.float32)
+
+
+def _text_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """A multimodal checkpoint's language model (Gemma 3 4B+): its config, and the prefix of its
+    tensors' names."""
+    if cfg.get("model_type") == "gemma3" and isinstance(cfg.get("text_config"), dict):
+        return {**cfg["text_config"], "model_type": "gemma3_text"}, "language_model."
+    return cfg, ""
+
+
 def config_from_hf(cfg: dict[str, Any], src: str) -> ModelConfig:
     mt = cfg.get("model_type")
     gguf_arch = HF_MODEL_TYPES.get(mt)
@@ -84,8 +140,55 @@ def config_from_hf(cfg: dict[str, Any], src: str) -> ModelConfig:
     spec = GGUF_ARCHS[gguf_arch]
     dim = int(_req(cfg, "hidden_size", src))
     n_heads = int(_req(cfg, "num_attention_heads", src))
+    n_layers = int(_req(cfg, "num_hidden_layers", src))
+    head_dim = int(cfg.get("head_dim") or dim // n_heads)
     n_experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
     ffn = int(cfg.get("intermediate_size") or 0)
+    r = _rope(cfg, src)
+    theta = float(cfg.get("rope_theta", r.get("rope_theta", 10000.0)))
+    rot = float(cfg.get("partial_rotary_factor", r.get("partial_rotary_factor", 1.0)))
+    rope_dim = int(rot * dim) // n_heads if rot != 1.0 else head_dim
+    extra: dict[str, Any] = {}
+    if r["rope_type"] == "linear":
+        extra["rope_scale"] = 1.0 / float(r["factor"])
+    elif r["rope_type"] == "llama3":
+        extra["rope_factors"] = "freqs"
+    elif r["rope_type"] in ("longrope", "su"):
+        orig = int(
+            cfg.get("original_max_position_embeddings") or r["original_max_position_embeddings"]
+        )
+        scale = int(cfg.get("max_position_embeddings", orig)) / orig
+        attn = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
+        extra.update(rope_factors="longrope", rope_orig_ctx=orig, rope_attn_factor=attn)
+    if spec.swa_pattern and cfg.get("sliding_window"):
+        types = cfg.get("layer_types")
+        if types:
+            swa = [i for i, t in enumerate(types[:n_layers]) if t == "sliding_attention"]
+        else:
+            pat = int(cfg.get("sliding_window_pattern") or spec.swa_pattern)
+            swa = [i for i in range(n_layers) if i % pat < pat - 1]
+        extra.update(
+            sliding_window=int(cfg["sliding_window"]),
+            swa_layers=swa,
+            rope_theta_swa=float(cfg.get("rope_local_base_freq", 10000.0)),
+        )
+    if spec.no_rope_every:
+        flags = cfg.get("no_rope_layers")  # per layer: 1 applies RoPE, 0 does not
+        every = int(cfg.get("no_rope_layer_interval") or spec.no_rope_every)
+        if flags is None:
+            flags = [int((i + 1) % every != 0) for i in range(n_layers)]
+        extra["no_rope_layers"] = [i for i, use in enumerate(flags[:n_layers]) if not use]
+    if spec.embed_scale_sqrt:
+        extra["embed_scale"] = float(np.float32(np.sqrt(np.float32(dim))))
+    qpas = cfg.get("query_pre_attn_scalar")
+    if qpas and int(qpas) != head_dim:
+        extra["attn_scale"] = float(qpas) ** -0.5
+    if cfg.get("final_logit_softcapping") or cfg.get("attn_logit_softcapping"):
+        raise UnsupportedError(f"{src}: logit soft-capping is not implemented")
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
+    activation = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}.get(act)
+    if activation is None:
+        raise UnsupportedError(f"{src}: FFN activation {act!r}", "edgert runs silu and gelu_tanh")
     known = {
         "model_type",
         "hidden_size",
@@ -106,18 +209,32 @@ def config_from_hf(cfg: dict[str, Any], src: str) -> ModelConfig:
         "norm_topk_prob",
         "tie_word_embeddings",
         "attention_bias",
+        "rope_scaling",
+        "rope_parameters",
+        "partial_rotary_factor",
+        "sliding_window",
+        "sliding_window_pattern",
+        "layer_types",
+        "rope_local_base_freq",
+        "no_rope_layers",
+        "no_rope_layer_interval",
+        "query_pre_attn_scalar",
+        "hidden_activation",
+        "hidden_act",
+        "original_max_position_embeddings",
     }
     return ModelConfig(
         arch=spec.arch,
         name=str(cfg.get("_name_or_path", "")),
-        n_layers=int(_req(cfg, "num_hidden_layers", src)),
+        n_layers=n_layers,
         dim=dim,
         n_heads=n_heads,
         n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
-        head_dim=int(cfg.get("head_dim") or dim // n_heads),
+        head_dim=head_dim,
         ffn_dim=ffn,
         vocab_size=int(_req(cfg, "vocab_size", src)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
+        rope_theta=theta,
+        rope_dim=rope_dim,
         rope_style="neox",
         rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
         context_length=int(cfg.get("max_position_embeddings", 2048)),
@@ -128,6 +245,10 @@ def config_from_hf(cfg: dict[str, Any], src: str) -> ModelConfig:
         expert_weights_norm=bool(cfg.get("norm_topk_prob", spec.expert_weights_norm)),
         qkv_bias=spec.qkv_bias or bool(cfg.get("attention_bias", False)),
         qk_norm=spec.qk_norm,
+        qk_norm_per_head=spec.qk_norm_per_head,
+        post_norms=spec.post_norms,
+        activation=activation,
+        **extra,
         extra={k: v for k, v in cfg.items() if k not in known},
     )
 
@@ -169,36 +290,82 @@ def _tokenizer(d: Path) -> Tokenizer | None:
     return Tokenizer(tok, meta)
 
 
+def _rope_tensors(config: ModelConfig, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The frequency factors a GGUF of this model carries as tensors, from config.json."""
+    r = _rope(cfg, "")
+    if config.rope_factors == "freqs":
+        return {names.ROPE_FREQS: llama3_factors(config.rope_theta, config.rope_dim, r)}
+    if config.rope_factors == "longrope":
+        long, short = (np.asarray(r[k], np.float32) for k in ("long_factor", "short_factor"))
+        if long.shape != short.shape or long.shape != (config.rope_dim // 2,):
+            raise ModelFormatError(
+                f"LongRoPE factors of {long.shape} and {short.shape} for {config.rope_dim // 2} "
+                "rotary pairs"
+            )
+        return {names.ROPE_FACTORS_LONG: long, names.ROPE_FACTORS_SHORT: short}
+    return {}
+
+
+def _fused_rows(config: ModelConfig, hf_suffix: str) -> list[int]:
+    """Row counts of a fused matrix's blocks."""
+    if hf_suffix == "self_attn.qkv_proj.weight":
+        qd, kd = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
+        return [qd, kd, kd]
+    return [config.ffn_dim, config.ffn_dim]
+
+
 def load_hf(d: str | Path) -> ModelGraph:
     d = Path(d)
     src = str(d)
     try:
-        cfg = json.loads((d / "config.json").read_text())
+        full = json.loads((d / "config.json").read_text())
     except (OSError, ValueError) as e:
         raise ModelFormatError(f"{d / 'config.json'}: {e}") from e
+    cfg, prefix = _text_config(full)
     config = config_from_hf(cfg, src)
+    spec: ArchSpec = GGUF_ARCHS[HF_MODEL_TYPES[cfg["model_type"]]]
+    layer_map = _GEMMA_LAYER_MAP if spec.hf_norm_offset else _LAYER_MAP
     files = sorted(d.glob("*.safetensors"))
     if not files:
         raise ModelFormatError(f"{src} has no *.safetensors files", "edgert reads safetensors only")
     where: dict[str, tuple[SafetensorsFile, str]] = {}  # gguf name -> (file, hf name)
+    #: gguf name -> (file, hf name, first row, end row) of a block of a fused matrix
+    parts_of: dict[str, tuple[SafetensorsFile, str, int, int]] = {}
     experts: dict[str, dict[int, tuple[SafetensorsFile, str]]] = {}
     for f in files:
         st = SafetensorsFile(f)
         for hf_name in st.names():
-            if hf_name in _GLOBAL_MAP:
-                where[_GLOBAL_MAP[hf_name]] = (st, hf_name)
+            if prefix:
+                if not hf_name.startswith(prefix):
+                    continue  # the vision tower and projector
+                name = hf_name[len(prefix) :]
+            else:
+                name = hf_name
+            if name in _GLOBAL_MAP:
+                where[_GLOBAL_MAP[name]] = (st, hf_name)
                 continue
-            m = _EXPERT.match(hf_name)
+            m = _EXPERT.match(name)
             if m:
                 layer, e, proj = int(m.group(1)), int(m.group(2)), _EXPERT_PROJ[m.group(3)]
                 experts.setdefault(names.experts(layer, proj), {})[e] = (st, hf_name)
                 continue
-            m = re.match(_LAYER + r"(.+)$", hf_name)
-            if m and m.group(2) in _LAYER_MAP:
-                where[names.layer(int(m.group(1)), _LAYER_MAP[m.group(2)])] = (st, hf_name)
-            elif not hf_name.endswith("rotary_emb.inv_freq"):
+            m = re.match(_LAYER + r"(.+)$", name)
+            if m and m.group(2) in _FUSED:
+                row = 0
+                for g, rows in zip(_FUSED[m.group(2)], _fused_rows(config, m.group(2))):
+                    parts_of[names.layer(int(m.group(1)), g)] = (st, hf_name, row, row + rows)
+                    row += rows
+                if row != st.shape(hf_name)[0]:
+                    raise ModelFormatError(
+                        f"{src}: {hf_name} has {st.shape(hf_name)[0]} rows, expected {row}"
+                    )
+            elif m and m.group(2) in layer_map:
+                where[names.layer(int(m.group(1)), layer_map[m.group(2)])] = (st, hf_name)
+            elif not name.endswith("rotary_emb.inv_freq"):
                 log.debug("%s: ignoring tensor %s", src, hf_name)
     infos = [TensorInfo(g, st.shape(h), st.dtype(h)) for g, (st, h) in where.items()]
+    for g, (st, h, a, b) in parts_of.items():
+        infos.append(TensorInfo(g, (b - a, *st.shape(h)[1:]), st.dtype(h)))
     for g, parts in experts.items():
         if sorted(parts) != list(range(config.n_experts)):
             raise ModelFormatError(
@@ -206,13 +373,23 @@ def load_hf(d: str | Path) -> ModelGraph:
             )
         st, h = parts[0]
         infos.append(TensorInfo(g, (config.n_experts, *st.shape(h)), st.dtype(h)))
+    computed = _rope_tensors(config, cfg)
+    infos += [TensorInfo(g, a.shape, "F32") for g, a in computed.items()]
 
     def loader(name: str) -> np.ndarray:
+        if name in computed:
+            return computed[name]
         if name in experts:
             parts = experts[name]
             return np.stack([parts[e][0].get(parts[e][1]) for e in range(len(parts))])
+        if name in parts_of:
+            st, h, a, b = parts_of[name]
+            return st.get(h)[a:b]
         st, h = where[name]
-        return st.get(h)
+        a = st.get(h)
+        if spec.hf_norm_offset and name.endswith("norm.weight"):
+            a = a.astype(np.float32) + np.float32(1.0)  # Gemma's RMSNorm scales by 1 + w
+        return a
 
     model = ModelGraph(config, infos, loader, tokenizer=_tokenizer(d), source=src)
     model.validate()

@@ -2,7 +2,7 @@
 (edgert.runtime.experts) serves dense models too.
 
 Calibration runs the float model over calibration tokens and records each layer's FFN input x.
-A neuron's contribution to a token is |silu(gate x) * (up x)| times the norm of its down column.
+A neuron's contribution to a token is |act(gate x) * (up x)| times the norm of its down column.
 Per layer:
 
 - **Experts**: neurons are split into EXPERTS groups of equal size by balanced k-means on their
@@ -27,7 +27,7 @@ import numpy as np
 from edgert.errors import EdgertError
 from edgert.format import names
 from edgert.format.model import ModelGraph, TensorInfo
-from edgert.runtime.reference import silu
+from edgert.runtime.reference import ACTIVATION
 
 #: calibration tokens (the router fit has dim unknowns per expert)
 MOEFY_CALIB_TOKENS = 512
@@ -116,10 +116,13 @@ def shares(x: np.ndarray, share: np.ndarray, router: np.ndarray, top_k: int) -> 
     return float(got), float(best)
 
 
-def split_layer(x: np.ndarray, gate, up, down, experts: int, top_k: int, seed: int = 0):
+def split_layer(
+    x: np.ndarray, gate, up, down, experts: int, top_k: int, seed: int = 0, act: str = "silu"
+):
     """One dense FFN -> (neuron order grouped by expert (ffn,), router (experts, dim), (router's,
-    oracle's) share of the contribution on held-out tokens)."""
-    contrib = np.abs(silu(x @ gate.T) * (x @ up.T)) * np.linalg.norm(down, axis=0)  # (n, ffn)
+    oracle's) share of the contribution on held-out tokens). ``act``: the FFN's gate activation."""
+    h = ACTIVATION[act](x @ gate.T) * (x @ up.T)
+    contrib = np.abs(h) * np.linalg.norm(down, axis=0)  # (n, ffn)
     feats = contrib.T / (np.linalg.norm(contrib.T, axis=1, keepdims=True) + 1e-12)
     labels = balanced_kmeans(feats, experts, seed=seed)
     onehot = np.eye(experts, dtype=np.float32)[labels]  # (ffn, experts)
@@ -150,7 +153,9 @@ def moefy_model(model: ModelGraph, experts: int, top_k: int, tokens: list[int], 
         for i in range(c.n_layers):
             dense = [names.weight(i, p) for p in names.FFN_PROJECTIONS]
             gate, up, down = (model.tensor(n) for n in dense)
-            order, router, sh = split_layer(xs[i], gate, up, down, experts, top_k, seed=i)
+            order, router, sh = split_layer(
+                xs[i], gate, up, down, experts, top_k, seed=i, act=model.config.activation
+            )
             held.append(sh)
             src = model.infos[names.weight(i, "ffn_up")].source_type
             new = {

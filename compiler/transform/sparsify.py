@@ -1,7 +1,7 @@
 """Neuron bundles for FFN sparsity (``edgert compile --sparse-ffn``; see edgert.plan.sparse, edgert.runtime.neurons).
 
 Calibration runs the float model over calibration tokens and records every FFN neuron's gated
-activation |silu(gate x)|. Per layer and target sparsity s, the threshold is the s-quantile of
+activation |act(gate x)| (silu, or Gemma's gelu). Per layer and target sparsity s, the threshold is the s-quantile of
 those values (a fraction s of neurons falls below it on calibration text). Neurons are stored in
 order of how often they pass the threshold of the middle sparsity, hot first.
 """
@@ -14,7 +14,7 @@ import numpy as np
 
 from edgert.format import names
 from edgert.format.bundles import BundleFormat, pack_bundles
-from edgert.runtime.reference import silu
+from edgert.runtime.reference import ACTIVATION
 
 #: target sparsities the compiler calibrates thresholds for (0: every neuron, through the bundles)
 SPARSITIES = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -40,7 +40,8 @@ def calibrate(
     levels = np.zeros((n, c.n_layers, c.ffn_dim), np.uint8)
     mid = 0.5  # hotness: how often a neuron is in the top half
     for i in range(c.n_layers):
-        a = np.abs(silu(xs[i] @ model.tensor(names.weight(i, "ffn_gate")).T))  # (tokens, ffn_dim)
+        gate = xs[i] @ model.tensor(names.weight(i, "ffn_gate")).T
+        a = np.abs(ACTIVATION[c.activation](gate))  # (tokens, ffn_dim)
         thr[:, i] = np.quantile(a, sparsities)
         thr[np.asarray(sparsities) == 0, i] = -1.0  # sparsity 0: every neuron, whatever its value
         hot = (a > np.quantile(a, mid)).mean(axis=0)

@@ -21,7 +21,13 @@ from edgert.format import names
 log = logging.getLogger(__name__)
 
 #: architectures the reference forward executes; "mixtral" is llama with experts
-ARCHITECTURES = ("llama", "qwen2moe", "olmoe")
+ARCHITECTURES = (
+    "llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "olmoe", "gemma3", "phi3", "smollm3"
+)  # fmt: skip
+ACTIVATIONS = ("silu", "gelu_tanh")
+#: how the rotary frequencies are divided per dimension: "" not at all, "freqs" by
+#: ``rope_freqs.weight`` (Llama 3.1), "longrope" by Phi-3's long or short factors
+ROPE_FACTORS = ("", "freqs", "longrope")
 
 
 @dataclass
@@ -50,6 +56,22 @@ class ModelConfig:
     expert_weights_unit: bool = False
     qkv_bias: bool = False
     qk_norm: bool = False  # RMSNorm over the whole q / k projection (OLMoE)
+    qk_norm_per_head: bool = False  # RMSNorm over each head of q and k (Qwen3, Gemma 3)
+    post_norms: bool = False  # RMSNorm on the attention's and the FFN's outputs (Gemma 3)
+    activation: str = "silu"  # the FFN's gate: silu (SwiGLU) or gelu_tanh (GeGLU)
+    embed_scale: float = 1.0  # embeddings are multiplied by this (Gemma: sqrt(dim))
+    attn_scale: float = 0.0  # attention scores times this; 0: 1 / sqrt(head_dim)
+    rope_scale: float = 1.0  # linear rope scaling: positions times this (1 / factor)
+    rope_factors: str = ""  # see ROPE_FACTORS
+    rope_orig_ctx: int = 0  # LongRoPE: the long factors apply to contexts longer than this
+    rope_attn_factor: float = 1.0  # cos and sin times this (LongRoPE)
+    #: sliding-window attention: the layers in ``swa_layers`` see the last ``sliding_window``
+    #: positions (their own included), with their own rope base and scale
+    sliding_window: int = 0
+    swa_layers: list[int] = field(default_factory=list)
+    rope_theta_swa: float = 0.0  # 0: rope_theta
+    rope_scale_swa: float = 1.0
+    no_rope_layers: list[int] = field(default_factory=list)  # layers without RoPE (SmolLM3)
     name: str = ""
     extra: dict[str, Any] = field(default_factory=dict)  # unknown metadata kept aside
 
@@ -71,6 +93,40 @@ class ModelConfig:
             raise ModelFormatError(
                 f"{self.n_experts_used} experts used per token out of {self.n_experts}"
             )
+        if self.activation not in ACTIVATIONS:
+            raise ModelFormatError(
+                f"unknown FFN activation {self.activation!r}",
+                f"edgert runs {', '.join(ACTIVATIONS)}",
+            )
+        if self.rope_factors not in ROPE_FACTORS:
+            raise ModelFormatError(f"unknown rope factors {self.rope_factors!r}")
+        if self.rope_dim > self.head_dim or self.rope_dim % 2:
+            raise ModelFormatError(f"{self.rope_dim} rotary dims of a {self.head_dim}-wide head")
+        self.swa_layers = sorted(int(i) for i in self.swa_layers)
+        self.no_rope_layers = sorted(int(i) for i in self.no_rope_layers)
+        for what, ls in (("sliding-window", self.swa_layers), ("no-rope", self.no_rope_layers)):
+            if ls and not 0 <= ls[0] <= ls[-1] < self.n_layers:
+                raise ModelFormatError(f"{what} layers {ls} outside 0..{self.n_layers - 1}")
+        if self.swa_layers and self.sliding_window < 1:
+            raise ModelFormatError("sliding-window layers without a window size")
+        if not self.rope_theta_swa:
+            self.rope_theta_swa = self.rope_theta
+
+    def window(self, layer: int) -> int:
+        """The positions layer ``layer`` attends to (its own included); 0: all."""
+        return self.sliding_window if layer in self.swa_layers else 0
+
+    def rope_kind(self, layer: int) -> str | None:
+        """Which rotary embedding layer ``layer`` applies: "global", "swa" (sliding layers'
+        base and scale) or None."""
+        if layer in self.no_rope_layers or self.rope_dim == 0:
+            return None
+        return "swa" if layer in self.swa_layers else "global"
+
+    @property
+    def scale(self) -> float:
+        """What attention scores are multiplied by."""
+        return self.attn_scale or 1.0 / float(np.sqrt(self.head_dim))
 
     @property
     def is_moe(self) -> bool:
@@ -177,13 +233,19 @@ class ModelGraph:
         """Names the architecture needs; frontends check them before anything runs."""
         c = self.config
         out = [names.EMBEDDING, names.OUTPUT_NORM]
+        if c.rope_factors == "freqs":
+            out.append(names.ROPE_FREQS)
+        elif c.rope_factors == "longrope":
+            out += [names.ROPE_FACTORS_LONG, names.ROPE_FACTORS_SHORT]
         for i in range(c.n_layers):
             out += [names.attn_norm(i), names.ffn_norm(i)]
             out += [names.weight(i, p) for p in names.ATTN_PROJECTIONS]
             if c.qkv_bias:
                 out += [names.bias(i, p) for p in names.BIASES]
-            if c.qk_norm:
+            if c.qk_norm or c.qk_norm_per_head:
                 out += [names.q_norm(i), names.k_norm(i)]
+            if c.post_norms:
+                out += [names.post_attn_norm(i), names.post_ffn_norm(i)]
             if c.is_moe:
                 out += [names.router(i)]
                 out += [names.experts(i, p) for p in names.EXPERT_PROJECTIONS]

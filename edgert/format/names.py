@@ -14,6 +14,11 @@ import re
 EMBEDDING = "token_embd.weight"
 OUTPUT_NORM = "output_norm.weight"
 OUTPUT = "output.weight"  # the head; absent when it is tied to the embedding
+#: rotary frequency factors, (rope_dim / 2,): Llama-3.1's ``rope_freqs``; Phi-3's LongRoPE pair
+#: (the long one past the original context, the short one within it)
+ROPE_FREQS = "rope_freqs.weight"
+ROPE_FACTORS_LONG = "rope_factors_long.weight"
+ROPE_FACTORS_SHORT = "rope_factors_short.weight"
 
 #: a layer's attention and FFN projections, in the order the C forward pass's layer holds them
 ATTN_PROJECTIONS = ("attn_q", "attn_k", "attn_v", "attn_output")
@@ -66,6 +71,16 @@ def q_norm(i: int) -> str:
 
 def k_norm(i: int) -> str:
     return weight(i, "attn_k_norm")
+
+
+def post_attn_norm(i: int) -> str:
+    """The norm of the attention's output before it joins the residual stream (Gemma 3)."""
+    return weight(i, "post_attention_norm")
+
+
+def post_ffn_norm(i: int) -> str:
+    """The norm of the FFN's output before it joins the residual stream (Gemma 3)."""
+    return weight(i, "post_ffw_norm")
 
 
 def router(i: int) -> str:

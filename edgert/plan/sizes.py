@@ -71,9 +71,18 @@ def flash_gap(flash: tuple[float, float] | None) -> int:
     return 0 if flash is None else int(flash[0] * flash[1])
 
 
-def kv_cache_bytes(cfg, max_ctx: int) -> int:
-    """The float32 K and V caches of every layer for ``max_ctx`` tokens."""
-    return 2 * cfg.n_layers * max_ctx * cfg.n_kv_heads * cfg.head_dim * 4
+def kv_positions(cfg, layer: int, max_ctx: int, batch: int = MAX_BATCH) -> int:
+    """Positions layer ``layer``'s KV cache holds at context ``max_ctx``: all of them, or for a
+    sliding-window layer a ring of its window and one call's ``batch`` tokens less one (the
+    oldest key the first token of a call still sees must outlive the call's writes)."""
+    w = cfg.window(layer)
+    return min(max_ctx, w + batch - 1) if w else max_ctx
+
+
+def kv_cache_bytes(cfg, max_ctx: int, batch: int = MAX_BATCH) -> int:
+    """The float32 K and V caches of every layer for ``max_ctx`` tokens, ``batch`` per call."""
+    row = 2 * cfg.n_kv_heads * cfg.head_dim * 4
+    return row * sum(kv_positions(cfg, i, max_ctx, batch) for i in range(cfg.n_layers))
 
 
 def resident_besides(art, tensors) -> dict[str, int]:
@@ -134,7 +143,7 @@ def fixed_memory(
     return Fixed(
         never=sum(resident.values()),
         touched=touched_per_step(art, resident),
-        kv=kv_cache_bytes(cfg, max_ctx),
+        kv=kv_cache_bytes(cfg, max_ctx, batch),
         scratch=scratch_bytes(cfg, batch),
         batch=batch,
     )

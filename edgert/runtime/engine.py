@@ -17,8 +17,8 @@ from edgert.errors import EdgertError
 from edgert.format import names
 from edgert.format.model import ModelConfig
 from edgert.plan.sizes import MAX_BATCH
+from edgert.runtime import rope
 from edgert.runtime.forward import NativeForward
-from edgert.runtime.reference import rope_tables
 
 
 class LanguageModel(Protocol):
@@ -68,6 +68,7 @@ class CompiledEngine:
         tokenizer=None,
         max_ctx: int = 2048,
         head_name: str | None = None,
+        batch: int = MAX_BATCH,
     ):
         self.cfg = config
         self.source = source
@@ -75,10 +76,19 @@ class CompiledEngine:
         self.max_ctx = int(max_ctx)
         self.pos = 0
         self.head_name = head_name or names.OUTPUT
+        #: tokens per call into C (sliding-window layers' caches are sized for it)
+        self.batch = int(batch)
         #: the C forward pass over this model's weights, and its KV cache
         self.native = NativeForward.load(
-            lib_path, config, source.weight, self.head_name, self.max_ctx
+            lib_path, config, source.weight, self.head_name, self.max_ctx, self.batch
         )
+        fname = rope.factors_name(config, self.max_ctx)
+        self._rope_factors = None
+        if fname:
+            fmt, _meta, arrays = source.weight(fname)
+            if fmt != "f32" or arrays is None:
+                raise EdgertError(f"{fname} is stored as {fmt}, expected f32 in DRAM")
+            self._rope_factors = np.array(arrays[0], np.float32)
         if self.native is None:
             raise EdgertError(
                 f"{lib_path} has no forward pass this edgert can call",
@@ -130,8 +140,10 @@ class CompiledEngine:
         if t + n > self.max_ctx:
             raise EdgertError(f"sequence of {t + n} tokens exceeds the context of {self.max_ctx}")
         x = self.source.embedding(tokens).astype(np.float32)
-        cos, sin = rope_tables(self.cfg, np.arange(t, t + n))
-        batch = getattr(self.dram_plan, "batch", 0) or MAX_BATCH
+        if self.cfg.embed_scale != 1.0:
+            x *= np.float32(self.cfg.embed_scale)
+        cos, sin = rope.tables(self.cfg, np.arange(t, t + n), self._rope_factors)
+        batch = self.batch
         prof, out = self.profiler, []
         times = np.zeros((self.cfg.n_layers + 1, 2)) if prof is not None else None
         run = self.streamer.forward if self.streamer is not None else self.native.forward
@@ -145,8 +157,8 @@ class CompiledEngine:
             y = run(
                 x[s:e],
                 self.pos,
-                cos[s:e],
-                sin[s:e],
+                np.ascontiguousarray(cos[:, s:e]),
+                np.ascontiguousarray(sin[:, s:e]),
                 threads=0,
                 times=times,
                 last_only=last_only,

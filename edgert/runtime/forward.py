@@ -17,6 +17,8 @@ import numpy as np
 from edgert.errors import EdgertError
 from edgert.format import names
 from edgert.format.model import ModelConfig
+from edgert.plan.sizes import MAX_BATCH, kv_positions
+from edgert.runtime import rope
 from edgert.runtime.memory import zeros
 
 W_LUT, W_Q8, W_F32 = 0, 1, 2
@@ -42,11 +44,14 @@ class _Weight(ctypes.Structure):
 
 #: the layer struct's projection fields, in the order of names.PROJECTIONS
 _PROJ = ("wq", "wk", "wv", "wo", "gate", "up", "down")
-_VECS = ("attn_norm", "ffn_norm", "bq", "bk", "bv", "q_norm", "k_norm")
+_VECS = (
+    "attn_norm", "ffn_norm", "bq", "bk", "bv", "q_norm", "k_norm", "post_attn_norm", "post_ffn_norm"
+)  # fmt: skip
 
 
 #: edgert_forward_abi() of modules whose structs match these
-FORWARD_ABI = 4
+FORWARD_ABI = 5
+ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 ROUTE_PROBS, ROUTE_NORM, ROUTE_UNIT = 0, 1, 2
 
 
@@ -96,7 +101,8 @@ class _Layer(ctypes.Structure):
         [(p, _Weight) for p in _PROJ]
         + [(v, _P) for v in _VECS]
         + [("sparse", ctypes.POINTER(_Sparse)), ("moe", ctypes.POINTER(_Moe))]
-        + [("k_cache", _P), ("v_cache", _P), ("kv_stride", _I64)]
+        + [("k_cache", _P), ("v_cache", _P), ("kv_stride", _I64), ("kv_cap", _I64)]
+        + [("rope", _I32), ("window", _I32)]
     )
 
 
@@ -110,8 +116,12 @@ class _Model(ctypes.Structure):
         ("ffn_dim", _I32),
         ("rope_dim", _I32),
         ("rope_neox", _I32),
+        ("n_rope", _I32),
+        ("qk_norm_head", _I32),
+        ("act", _I32),
         ("max_ctx", _I64),
         ("rms_eps", ctypes.c_float),
+        ("attn_scale", ctypes.c_float),
         ("layers", ctypes.POINTER(_Layer)),
         ("output_norm", _P),
         ("head", _Weight),
@@ -138,14 +148,20 @@ class NativeForward:
     a function of a tensor name returning ``(format, meta, [arrays])`` (see
     :meth:`edgert.runtime.engine.ArtifactSource.weight`)."""
 
-    def __init__(self, fn, cfg: ModelConfig, weight, head_name: str, max_ctx: int):
+    def __init__(
+        self, fn, cfg: ModelConfig, weight, head_name: str, max_ctx: int, batch: int = MAX_BATCH
+    ):
         self._fn = fn
         # layer by layer, on 4 KiB pages held as written: a run at position p holds p positions
         # of each layer, not max_ctx (SmolLM2 decode at 1 / 2 threads, 10 rounds: 111 / 150
-        # tok/s; on 2 MiB pages 108 / 147; position by position on 2 MiB pages 104 / 142)
-        shape = (cfg.n_layers, int(max_ctx), cfg.n_kv_heads, cfg.head_dim)
-        self.k_cache = k_cache = zeros(shape)
-        self.v_cache = v_cache = zeros(shape)
+        # tok/s; on 2 MiB pages 108 / 147; position by position on 2 MiB pages 104 / 142).
+        # A sliding-window layer holds a ring of its window and one call's tokens.
+        self.batch = int(batch)
+        caps = [kv_positions(cfg, i, int(max_ctx), self.batch) for i in range(cfg.n_layers)]
+        row = cfg.n_kv_heads * cfg.head_dim
+        self.k_cache = k_cache = zeros((sum(caps), row))
+        self.v_cache = v_cache = zeros((sum(caps), row))
+        starts = np.concatenate([[0], np.cumsum(caps)])
         self._keep: list[np.ndarray] = []
         #: (format, meta) of each layer's projections, for weights swapped in per step
         self._formats: dict[tuple[int, str], tuple[str, dict]] = {}
@@ -156,6 +172,7 @@ class NativeForward:
         c = cfg
         self.cfg = cfg
         layers = (_Layer * c.n_layers)()
+        ropes = rope.layer_index(c)
         #: tokens routed to each expert, (n_layers, n_experts), counted by the C side
         self.expert_counts = np.zeros((c.n_layers, max(c.n_experts, 1)), np.int64)
         self._moe: list[_Moe] = []
@@ -174,12 +191,18 @@ class NativeForward:
             if c.qkv_bias:
                 for field, proj in zip(("bq", "bk", "bv"), names.BIASES):
                     setattr(layers[i], field, self._vec(weight(names.bias(i, proj))))
-            if c.qk_norm:
+            if c.qk_norm or c.qk_norm_per_head:
                 layers[i].q_norm = self._vec(weight(names.q_norm(i)))
                 layers[i].k_norm = self._vec(weight(names.k_norm(i)))
-            layers[i].k_cache = k_cache[i].ctypes.data
-            layers[i].v_cache = v_cache[i].ctypes.data
-            layers[i].kv_stride = k_cache.strides[1] // 4
+            if c.post_norms:
+                layers[i].post_attn_norm = self._vec(weight(names.post_attn_norm(i)))
+                layers[i].post_ffn_norm = self._vec(weight(names.post_ffn_norm(i)))
+            layers[i].k_cache = k_cache[starts[i]].ctypes.data
+            layers[i].v_cache = v_cache[starts[i]].ctypes.data
+            layers[i].kv_stride = row
+            layers[i].kv_cap = caps[i]
+            layers[i].rope = ropes[i]
+            layers[i].window = c.window(i)
         self._layers = layers
         self.model = _Model(
             n_layers=c.n_layers,
@@ -190,8 +213,12 @@ class NativeForward:
             ffn_dim=c.ffn_dim,
             rope_dim=c.rope_dim,
             rope_neox=int(c.rope_style == "neox"),
-            max_ctx=k_cache.shape[1],
+            n_rope=len(rope.KINDS),
+            qk_norm_head=int(c.qk_norm_per_head),
+            act=ACTIVATIONS[c.activation],
+            max_ctx=int(max_ctx),
             rms_eps=c.rms_eps,
+            attn_scale=c.attn_scale,
             layers=layers,
             output_norm=self._vec(weight(names.OUTPUT_NORM)),
             head=self._weight(weight(head_name)),
@@ -270,13 +297,16 @@ class NativeForward:
             moe.fetch = ctypes.cast(self._experts_fn, _P)
 
     @classmethod
-    def load(cls, lib_path: str, cfg: ModelConfig, weight, head_name, max_ctx: int):
+    def load(
+        cls, lib_path: str, cfg: ModelConfig, weight, head_name, max_ctx: int,
+        batch: int = MAX_BATCH,
+    ):  # fmt: skip
         """The fast path for this model, or None where it does not apply (a module compiled
         before the C forward pass, or before this layout of its structs)."""
         fn = _symbol(lib_path)
         if fn is None:
             return None
-        return cls(fn, cfg, weight, head_name, max_ctx)
+        return cls(fn, cfg, weight, head_name, max_ctx, batch)
 
     def _hold(self, a: np.ndarray) -> int:
         if not a.flags.c_contiguous:
@@ -367,6 +397,7 @@ class NativeForward:
     ) -> np.ndarray | None:
         """Logits for the tokens whose embeddings are ``x`` (n, dim), at positions pos.. (of the
         last only with ``last_only``; none with ``logits=False``); the KV cache is written.
+        cos/sin: (len(rope.KINDS), n, rope_dim / 2), edgert.runtime.rope.tables.
         ``times`` (n_layers + 1, 2) float64 accumulates seconds. ``layers=(a, b)`` runs layers
         a .. b-1 only (x: the residual stream entering layer a; logits only when b is the
         last layer); the stream leaving them is :attr:`last_x`."""

@@ -33,6 +33,7 @@ def open_artifact_engine(
     ``window`` (tokens a neuron stays cached idle; 0: as long as the budget allows) run a dense
     model's FFN on its active neurons, their bundles read from flash (edgert.runtime.neurons)."""
     from edgert.format.artifact import Artifact
+    from edgert.plan.sizes import MAX_BATCH
     from edgert.plan.sparse import ffn_tensors
     from edgert.runtime.engine import CompiledEngine
     from edgert.runtime.tokenizer import Tokenizer
@@ -85,6 +86,7 @@ def open_artifact_engine(
         tokenizer=tok,
         max_ctx=max_ctx,
         head_name=plan.get("head"),
+        batch=getattr(dram or moe or sparse, "batch", 0) or MAX_BATCH,
     )
     engine.dram_plan = dram or moe or sparse
     if sparse is not None:

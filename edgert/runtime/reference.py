@@ -1,7 +1,8 @@
 """The reference forward pass in numpy float32: the correctness oracle every faster path is
-checked against. Simple and readable on purpose: RMSNorm, RoPE, grouped-query attention with a KV
-cache, SwiGLU, MoE routing (top-k with each architecture's normalisation, shared experts), tied
-embeddings; batched prefill and single-token decode through the same code.
+checked against. Simple and readable on purpose: RMSNorm, RoPE (per layer: global, sliding or
+none), grouped-query attention with a KV cache (full or a sliding window), q/k norms, norms after
+attention and FFN, SwiGLU or GeGLU, MoE routing (top-k with each architecture's normalisation,
+shared experts), tied embeddings; batched prefill and single-token decode through the same code.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import numpy as np
 
 from edgert.errors import EdgertError
 from edgert.format import names
-from edgert.format.model import ModelConfig, ModelGraph
+from edgert.format.model import ModelGraph
 from edgert.format.routing import route, softmax
+from edgert.runtime import rope
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -24,12 +26,13 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
-def rope_tables(cfg: ModelConfig, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cos/sin of shape (n, rope_dim/2) for the given positions."""
-    half = cfg.rope_dim // 2
-    inv_freq = cfg.rope_theta ** (-np.arange(half, dtype=np.float64) * 2.0 / cfg.rope_dim)
-    ang = positions.astype(np.float64)[:, None] * inv_freq[None, :]
-    return np.cos(ang).astype(np.float32), np.sin(ang).astype(np.float32)
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """GELU, tanh approximation (Gemma's ``gelu_pytorch_tanh``)."""
+    c = np.float32(np.sqrt(2.0 / np.pi))
+    return np.float32(0.5) * x * (np.float32(1.0) + np.tanh(c * (x + np.float32(0.044715) * x**3)))
+
+
+ACTIVATION = {"silu": silu, "gelu_tanh": gelu_tanh}
 
 
 def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, style: str) -> np.ndarray:
@@ -89,7 +92,8 @@ class ReferenceEngine:
         """x (n, in) @ W(name).T -> (n, out)."""
         return x @ self._w(name).T
 
-    def _attention(self, i: int, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    def _attention(self, i: int, x: np.ndarray, cos, sin) -> np.ndarray:
+        """Layer ``i``'s attention; cos/sin None: no rotary embedding in this layer."""
         c, n = self.cfg, x.shape[0]
         q = self._mm(x, names.weight(i, "attn_q"))
         k = self._mm(x, names.weight(i, "attn_k"))
@@ -101,8 +105,14 @@ class ReferenceEngine:
         if c.qk_norm:
             q = rms_norm(q, self._w(names.q_norm(i)), c.rms_eps)
             k = rms_norm(k, self._w(names.k_norm(i)), c.rms_eps)
-        q = apply_rope(q.reshape(n, c.n_heads, c.head_dim), cos, sin, c.rope_style)
-        k = apply_rope(k.reshape(n, c.n_kv_heads, c.head_dim), cos, sin, c.rope_style)
+        q = q.reshape(n, c.n_heads, c.head_dim)
+        k = k.reshape(n, c.n_kv_heads, c.head_dim)
+        if c.qk_norm_per_head:
+            q = rms_norm(q, self._w(names.q_norm(i)), c.rms_eps)
+            k = rms_norm(k, self._w(names.k_norm(i)), c.rms_eps)
+        if cos is not None:
+            q = apply_rope(q, cos, sin, c.rope_style)
+            k = apply_rope(k, cos, sin, c.rope_style)
         v = v.reshape(n, c.n_kv_heads, c.head_dim)
         t0, t1 = self.pos, self.pos + n
         self.k_cache[i, t0:t1] = k
@@ -111,10 +121,17 @@ class ReferenceEngine:
         group = c.n_heads // c.n_kv_heads
         # q (n, kv, group, hd) x keys (T, kv, hd) -> scores (kv, group, n, T)
         qg = q.reshape(n, c.n_kv_heads, group, c.head_dim).transpose(1, 2, 0, 3)
-        scores = qg @ keys.transpose(1, 2, 0)[:, None] / np.float32(np.sqrt(c.head_dim))
+        scores = qg @ keys.transpose(1, 2, 0)[:, None]
+        if c.attn_scale:
+            scores = scores * np.float32(c.attn_scale)
+        else:
+            scores = scores / np.float32(np.sqrt(c.head_dim))
         qpos = np.arange(t0, t1)[:, None]
         kpos = np.arange(t1)[None, :]
-        scores = np.where(kpos <= qpos, scores, np.float32(-np.inf))
+        seen = kpos <= qpos
+        if c.window(i):
+            seen &= kpos > qpos - c.window(i)
+        scores = np.where(seen, scores, np.float32(-np.inf))
         probs = softmax(scores, axis=-1)
         out = probs @ vals.transpose(1, 0, 2)[:, None]  # (kv, group, n, hd)
         out = out.transpose(2, 0, 1, 3).reshape(n, c.n_heads * c.head_dim)
@@ -129,7 +146,7 @@ class ReferenceEngine:
             rows, slot = np.nonzero(idx == e)
             self.expert_counts[i, e] += len(rows)
             xe = x[rows]
-            h = silu(xe @ gate[e].T) * (xe @ up[e].T)
+            h = self._act(xe @ gate[e].T) * (xe @ up[e].T)
             out[rows] += w[rows, slot][:, None] * (h @ down[e].T)
         if c.shared_expert_ffn_dim:
             sh = self._swiglu(x, *(names.shared(i, p) for p in names.EXPERT_PROJECTIONS))
@@ -137,8 +154,12 @@ class ReferenceEngine:
             out += sh / (1.0 + np.exp(-g))
         return out
 
+    def _act(self, x: np.ndarray) -> np.ndarray:
+        return ACTIVATION[self.cfg.activation](x)
+
     def _swiglu(self, x: np.ndarray, gate: str, up: str, down: str) -> np.ndarray:
-        h = silu(self._mm(x, gate)) * self._mm(x, up)
+        """The gated FFN: act(x gate^T) * (x up^T), then down (SwiGLU, or GeGLU)."""
+        h = self._act(self._mm(x, gate)) * self._mm(x, up)
         return self._mm(h, down)
 
     def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
@@ -161,6 +182,8 @@ class ReferenceEngine:
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
             raise EdgertError(f"token id out of range for a vocabulary of {c.vocab_size}")
         x = self._w(names.EMBEDDING)[tokens]
+        if c.embed_scale != 1.0:
+            x = x * np.float32(c.embed_scale)
         x = self.run_layers(x, 0, c.n_layers)
         self.pos += n
         return rms_norm(x, self._w(names.OUTPUT_NORM), c.rms_eps)
@@ -169,13 +192,23 @@ class ReferenceEngine:
         """Residual stream x (n, dim) through layers [start, stop) at positions pos..pos+n-1
         (the KV cache of those layers is written; ``pos`` is not advanced)."""
         c = self.cfg
-        cos, sin = rope_tables(c, np.arange(self.pos, self.pos + x.shape[0]))
+        fname = rope.factors_name(c, self.max_ctx)
+        factors = self._w(fname) if fname else None
+        cos, sin = rope.tables(c, np.arange(self.pos, self.pos + x.shape[0]), factors)
+        kinds = rope.layer_index(c)
         for i in range(start, stop):
             h = rms_norm(x, self._w(names.attn_norm(i)), c.rms_eps)
-            x = x + self._attention(i, h, cos, sin)
+            r = kinds[i]
+            a = self._attention(i, h, *((cos[r], sin[r]) if r >= 0 else (None, None)))
+            if c.post_norms:
+                a = rms_norm(a, self._w(names.post_attn_norm(i)), c.rms_eps)
+            x = x + a
             h = rms_norm(x, self._w(names.ffn_norm(i)), c.rms_eps)
             self.ffn_stream = x
-            x = x + self._ffn(i, h)
+            f = self._ffn(i, h)
+            if c.post_norms:
+                f = rms_norm(f, self._w(names.post_ffn_norm(i)), c.rms_eps)
+            x = x + f
         return x
 
     def lm_head_name(self) -> str:

@@ -148,8 +148,23 @@ static edgert_weight f32_weight(int64_t m, int64_t k) {
     return w;
 }
 
-static void forward_case(int neox) {
-    enum { L = 2, D = 40, H = 4, KV = 2, HD = 10, F = 24, V = 37, CTX = 12, N = 7 };
+/* the prompt in one call, or (split) in calls of 4 and 3 tokens; logits of every token */
+static int prefill(const edgert_model *m, float *x, const float *emb, int64_t n, int64_t d,
+                   const float *cs, const float *sn, int64_t half, float *out, int64_t v,
+                   int split, int threads) {
+    memcpy(x, emb, (size_t)(n * d) * sizeof(float));
+    if (!split) return edgert_forward(m, x, n, 0, cs, sn, 0, out, NULL, threads);
+    const int64_t a = 4;
+    int rc = edgert_forward(m, x, a, 0, cs, sn, 0, out, NULL, threads);
+    return rc | edgert_forward(m, x + a * d, n - a, a, cs + a * half, sn + a * half, 0, out + a * v,
+                               NULL, threads);
+}
+
+/* gemma: per-head q/k norms, post norms, GeGLU, scaled scores, layer 0 sliding over 3 positions
+ * in a ring of 6 rows (the prompt comes in calls of 4 and 3 tokens: the ring wraps), layer 1
+ * without RoPE; else norms over the projections, SwiGLU, RoPE */
+static void forward_case(int neox, int gemma) {
+    enum { L = 2, D = 40, H = 4, KV = 2, HD = 10, F = 24, V = 37, CTX = 12, N = 7, W = 3 };
     edgert_layer layers[L];
     memset(layers, 0, sizeof layers); /* every optional part (biases, norms, sparse FFN) off */
     for (int l = 0; l < L; l++) {
@@ -168,6 +183,16 @@ static void forward_case(int neox) {
         y->bv = rand_vec(KV * HD, 0.1f, 0.f);
         y->q_norm = rand_vec(H * HD, 0.1f, 1.f);
         y->k_norm = rand_vec(KV * HD, 0.1f, 1.f);
+        y->kv_cap = CTX;
+        if (gemma) {
+            y->post_attn_norm = rand_vec(D, 0.1f, 1.f);
+            y->post_ffn_norm = rand_vec(D, 0.1f, 1.f);
+        }
+    }
+    if (gemma) {
+        layers[0].window = W;
+        layers[0].kv_cap = W + 4 - 1;
+        layers[1].rope = -1;
     }
     int8_t *hq = malloc(V * 64);
     float *hs = rand_vec(V * 2, 0.001f, 0.01f);
@@ -179,14 +204,17 @@ static void forward_case(int neox) {
         layers[l].v_cache = vc + l * KV * HD;
         layers[l].kv_stride = L * KV * HD;
     }
-    edgert_model m = {L, D, H, KV, HD, F, 6, neox, CTX, 1e-5f, layers, rand_vec(D, 0.1f, 1.f),
-                      {EDGERT_W_Q8, 8, 32, 0, V, D, hq, hs, 0}};
+    edgert_model m = {.n_layers = L, .dim = D, .n_heads = H, .n_kv_heads = KV, .head_dim = HD,
+                      .ffn_dim = F, .rope_dim = 6, .rope_neox = neox, .n_rope = 1,
+                      .qk_norm_head = gemma, .act = gemma ? EDGERT_ACT_GELU_TANH : EDGERT_ACT_SILU,
+                      .max_ctx = CTX, .rms_eps = 1e-5f, .attn_scale = gemma ? 0.3f : 0.f,
+                      .layers = layers, .output_norm = rand_vec(D, 0.1f, 1.f),
+                      .head = {EDGERT_W_Q8, 8, 32, 0, V, D, hq, hs, 0}};
     float *emb = rand_vec(N * D, 1.f, 0.f), *cs = rand_vec(N * 3, 1.f, 0.f), *sn = rand_vec(N * 3, 1.f, 0.f);
     float *x = malloc(N * D * sizeof(float)), *all = malloc(N * V * sizeof(float));
     float *one = malloc(V * sizeof(float)), *again = malloc(N * V * sizeof(float));
-    memcpy(x, emb, N * D * sizeof(float));
-    int rc = edgert_forward(&m, x, N, 0, cs, sn, 0, all, NULL, 3);
-    check(rc == 0, "forward prefill", N, D, 32, 0, neox);
+    int rc = prefill(&m, x, emb, N, D, cs, sn, 3, all, V, gemma, 3);
+    check(rc == 0, "forward prefill", N, D, 32, gemma, neox);
     double err = 0, mag = 0;
     double times[2 * L + 2] = {0};
     for (int i = 0; i < N; i++) { /* token by token (threads 1) == prefill (threads 3) */
@@ -197,10 +225,9 @@ static void forward_case(int neox) {
             mag += (double)all[i * V + j] * all[i * V + j];
         }
     }
-    check(rc == 0 && err <= 1e-10 * mag && mag > 0, "forward decode == prefill", N, D, 32, 0, neox);
+    check(rc == 0 && err <= 1e-10 * mag && mag > 0, "forward decode == prefill", N, D, 32, gemma, neox);
     check(times[2 * L] > 0 && times[0] > 0, "forward times", N, D, 32, 0, neox);
-    memcpy(x, emb, N * D * sizeof(float));
-    rc = edgert_forward(&m, x, N, 0, cs, sn, 0, again, NULL, 1);
+    rc = prefill(&m, x, emb, N, D, cs, sn, 3, again, V, gemma, 1);
     check(rc == 0 && !memcmp(again, all, N * V * sizeof(float)), "forward threads 1 == 3", N, D,
           32, 0, neox);
     check(edgert_forward(&m, x, N, CTX - N + 1, cs, sn, 0, all, NULL, 1) == -1,
@@ -209,13 +236,21 @@ static void forward_case(int neox) {
     check(edgert_forward(&m, x, 1, 0, cs, sn, 0, all, NULL, 1) == -1,
           "forward refuses mismatched weights", N, D, 32, 0, neox);
     layers[1].wo.m = D;
+    if (gemma) { /* 3 tokens at position 4: the first sees position 2, which a ring of 4 rows
+                  * would overwrite with position 6 */
+        layers[0].kv_cap = 4;
+        check(edgert_forward(&m, x, 3, 4, cs, sn, 0, all, NULL, 1) == -1,
+              "forward refuses a ring smaller than window + tokens - 1", N, D, 32, 1, neox);
+        layers[0].kv_cap = W + 4 - 1;
+    }
     for (int l = 0; l < L; l++) {
         const edgert_weight *w[7] = {&layers[l].wq, &layers[l].wk, &layers[l].wv, &layers[l].wo,
                                      &layers[l].gate, &layers[l].up, &layers[l].down};
         for (int j = 0; j < 7; j++) free((void *)w[j]->p0);
-        const float *v[7] = {layers[l].attn_norm, layers[l].ffn_norm, layers[l].bq, layers[l].bk,
-                             layers[l].bv, layers[l].q_norm, layers[l].k_norm};
-        for (int j = 0; j < 7; j++) free((void *)v[j]);
+        const float *v[9] = {layers[l].attn_norm, layers[l].ffn_norm, layers[l].bq, layers[l].bk,
+                             layers[l].bv, layers[l].q_norm, layers[l].k_norm,
+                             layers[l].post_attn_norm, layers[l].post_ffn_norm};
+        for (int j = 0; j < 9; j++) free((void *)v[j]);
     }
     free(hq); free(hs); free(kc); free(vc); free((void *)m.output_norm);
     free(emb); free(cs); free(sn); free(x); free(all); free(one); free(again);
@@ -328,8 +363,9 @@ int main(void) {
                 for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++)
                     one_case(shapes[si][0], shapes[si][1], bits, groups[gi], fmt,
                              1 + (int64_t)(rnd() % 3), 1 + (int)(rnd() % 3));
-    forward_case(0);
-    forward_case(1);
+    forward_case(0, 0);
+    forward_case(1, 0);
+    forward_case(1, 1);
     static const int64_t bundle_shapes[][3] = {{100, 1, 2}, {100, 1, 37}, {576, 1, 300},
                                                {72, 3, 37}, {33, 2, 9}};
     for (int bits = 2; bits <= 8; bits *= 2)

@@ -8,9 +8,10 @@ import pytest
 
 from edgert.errors import EdgertError
 from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
+from edgert.runtime import rope
 from edgert.runtime.build import build_shared
 from edgert.runtime.forward import NativeForward
-from edgert.runtime.reference import ReferenceEngine, rope_tables
+from edgert.runtime.reference import ReferenceEngine
 from edgert.runtime.weights import ModelGraphSource
 
 REL_TOL = 1e-4  # max |native - reference| / max |reference|, float32 on both sides
@@ -70,20 +71,31 @@ def random_model(**over) -> ModelGraph:
     return ModelGraph(cfg, infos, data.__getitem__)
 
 
-def native_for(model: ModelGraph, max_ctx: int = 32):
+def native_for(model: ModelGraph, max_ctx: int = 32, batch: int = 512):
     src = ModelGraphSource(model)
     nf = NativeForward.load(str(build_shared()), model.config, src.weight, "token_embd.weight",
-                            max_ctx)  # fmt: skip
+                            max_ctx, batch)  # fmt: skip
     assert nf is not None
     return nf, src
 
 
-def run(nf, src, cfg, chunks, threads):
+def tables(model: ModelGraph, positions, max_ctx: int = 32):
+    """The rotary tables the engine would give the C side."""
+    name = rope.factors_name(model.config, max_ctx)
+    return rope.tables(model.config, positions, model.tensor(name) if name else None)
+
+
+def embed(src, cfg, toks):
+    return src.embedding(toks) * np.float32(cfg.embed_scale)
+
+
+def run(nf, src, model, chunks, threads, max_ctx: int = 32):
     out, pos = [], 0
     for toks in chunks:
         toks = np.asarray(toks)
-        cos, sin = rope_tables(cfg, np.arange(pos, pos + len(toks)))
-        out.append(nf.forward(src.embedding(toks), pos, cos, sin, last_only=False, threads=threads))
+        cos, sin = tables(model, np.arange(pos, pos + len(toks)), max_ctx)
+        x = embed(src, model.config, toks)
+        out.append(nf.forward(x, pos, cos, sin, last_only=False, threads=threads))
         pos += len(toks)
     return np.concatenate(out)
 
@@ -93,7 +105,7 @@ def test_prefill_and_decode_equal_reference(name):
     model = random_model(**CONFIGS[name])
     nf, src = native_for(model)
     chunks = [[1, 5, 9, 2, 7], [3], [11], [4, 4], [60]]
-    got = run(nf, src, model.config, chunks, threads=2)
+    got = run(nf, src, model, chunks, threads=2)
     ref = ReferenceEngine(model, max_ctx=32)
     want = np.concatenate([ref.forward(c) for c in chunks])
     assert np.max(np.abs(got - want)) <= REL_TOL * np.max(np.abs(want))
@@ -105,14 +117,14 @@ def test_results_do_not_depend_on_threads():
     got = []
     for threads in (1, 2, 3):
         nf, src = native_for(model)
-        got.append(run(nf, src, model.config, [[1, 2, 3, 4, 5, 6, 7, 8], [9], [10]], threads))
+        got.append(run(nf, src, model, [[1, 2, 3, 4, 5, 6, 7, 8], [9], [10]], threads))
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
 
 
 def test_bad_arguments_are_refused():
     model = random_model()
     nf, src = native_for(model, max_ctx=4)
-    cos, sin = rope_tables(model.config, np.arange(4, 6))
+    cos, sin = tables(model, np.arange(4, 6))
     with pytest.raises(EdgertError, match="refused"):
         nf.forward(src.embedding(np.array([1, 2])), 4, cos, sin, last_only=True, threads=1)
 
@@ -141,15 +153,16 @@ def test_every_architecture_prefill_and_decode_equal_reference(name):
     and a last-token-only call."""
     model = arch_model(name)
     nf, src = native_for(model)
-    got = run(nf, src, model.config, MOE_CHUNKS, threads=2)
+    got = run(nf, src, model, MOE_CHUNKS, threads=2)
     ref = ReferenceEngine(model, max_ctx=32)
     want = np.concatenate([ref.forward(c) for c in MOE_CHUNKS])
     assert np.max(np.abs(got - want)) <= REL_TOL * np.max(np.abs(want))
     assert (got.argmax(-1) == want.argmax(-1)).all()
     assert np.array_equal(nf.expert_counts, ref.expert_counts)
     toks = np.asarray(MOE_CHUNKS[0][:3])
-    cos, sin = rope_tables(model.config, np.arange(3))
-    last = nf.forward(src.embedding(toks), 0, cos, sin, last_only=True, threads=1)
+    nf, src = native_for(model)
+    cos, sin = tables(model, np.arange(3))
+    last = nf.forward(embed(src, model.config, toks), 0, cos, sin, last_only=True, threads=1)
     ref.reset()
     assert np.max(np.abs(last[0] - ref.forward(toks, last_only=True))) <= REL_TOL * np.max(
         np.abs(want)
@@ -185,11 +198,11 @@ def test_moe_experts_fetched_per_layer():
     model = arch_model("mixtral")
     c = model.config
     nf, src = native_for(model)
-    want = run(nf, src, c, MOE_CHUNKS, threads=2)
+    want = run(nf, src, model, MOE_CHUNKS, threads=2)
     nf2, src2 = native_for(model)
     cache = ListCache(nf2, src2)
     nf2.set_experts(cache)
-    got = run(nf2, src2, c, MOE_CHUNKS, threads=2)
+    got = run(nf2, src2, model, MOE_CHUNKS, threads=2)
     assert np.array_equal(got, want)
     assert np.array_equal(nf2.expert_counts, nf.expert_counts)
     assert len(cache.asked) == c.n_layers * len(MOE_CHUNKS)
@@ -206,4 +219,4 @@ def test_moe_experts_fetched_per_layer():
     nf3, src3 = native_for(model)
     nf3.set_experts(ListCache(nf3, src3, fail_layer=1))
     with pytest.raises(EdgertError, match="reading weights from flash failed: .*Input/output"):
-        run(nf3, src3, c, MOE_CHUNKS[:1], threads=1)
+        run(nf3, src3, model, MOE_CHUNKS[:1], threads=1)

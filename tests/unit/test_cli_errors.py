@@ -64,11 +64,20 @@ def test_unsupported_quant_type(tmp_path):
 
 
 def test_unknown_architecture(tmp_path):
+    """The error names the architecture and lists exactly the ones edgert runs."""
+    import re
+
+    from edgert.compiler.frontends.archs import GGUF_ARCHS
+
     p = tmp_path / "gpt2.gguf"
     write_gguf(p, arch="gpt2")
-    assert_one_line_error(
-        run_cli("generate", str(p), "-p", "hi"), "unsupported architecture", "gpt2"
-    )
+    r = run_cli("generate", str(p), "-p", "hi")
+    assert_one_line_error(r, "unsupported architecture", "gpt2")
+    m = re.search(r"GGUF architectures: (.*) \(mixtral", r.stderr)
+    assert m and m.group(1).split(", ") == sorted(GGUF_ARCHS)
+    assert set(GGUF_ARCHS) >= {
+        "llama", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "olmoe", "gemma3", "phi3", "smollm3"
+    }  # fmt: skip
 
 
 def test_missing_tensor(tmp_path):

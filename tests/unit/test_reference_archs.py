@@ -1,6 +1,10 @@
 """The reference forward against an independent, loop-by-loop implementation written here, for
-each architecture: dense llama, mixtral (renormalised top-k), qwen2-moe (raw top-k probabilities,
-shared expert behind a sigmoid gate, qkv bias) and olmoe (q/k norm)."""
+each architecture: dense llama, llama3 (rope frequency factors), mixtral (renormalised top-k),
+qwen2 (qkv bias), qwen2-moe (raw top-k probabilities, shared expert behind a sigmoid gate, qkv
+bias), qwen3 / qwen3-moe (per-head q/k norm, head_dim != dim / heads), olmoe (q/k norm over the
+projection), gemma3 (sliding window with its own rope base, post norms, GeGLU, scaled embeddings
+and scores), phi3 (partial rotary with LongRoPE factors and attention factor) and smollm3 (layers
+without RoPE)."""
 
 import math
 
@@ -17,6 +21,11 @@ def random_model(cfg: ModelConfig, seed: int = 0) -> ModelGraph:
     rng = np.random.default_rng(seed)
     shapes = {"token_embd.weight": (cfg.vocab_size, cfg.dim), "output_norm.weight": (cfg.dim,)}
     hd, E = cfg.head_dim, cfg.n_experts
+    half = cfg.rope_dim // 2
+    if cfg.rope_factors == "freqs":
+        shapes["rope_freqs.weight"] = (half,)
+    elif cfg.rope_factors == "longrope":
+        shapes.update({"rope_factors_long.weight": (half,), "rope_factors_short.weight": (half,)})
     for i in range(cfg.n_layers):
         p = f"blk.{i}."
         shapes.update(
@@ -42,6 +51,15 @@ def random_model(cfg: ModelConfig, seed: int = 0) -> ModelGraph:
                 {
                     p + "attn_q_norm.weight": (cfg.n_heads * hd,),
                     p + "attn_k_norm.weight": (cfg.n_kv_heads * hd,),
+                }
+            )
+        if cfg.qk_norm_per_head:
+            shapes.update({p + "attn_q_norm.weight": (hd,), p + "attn_k_norm.weight": (hd,)})
+        if cfg.post_norms:
+            shapes.update(
+                {
+                    p + "post_attention_norm.weight": (cfg.dim,),
+                    p + "post_ffw_norm.weight": (cfg.dim,),
                 }
             )
         if E:
@@ -76,6 +94,8 @@ def random_model(cfg: ModelConfig, seed: int = 0) -> ModelGraph:
     for name, shape in shapes.items():
         if "norm" in name:
             tensors[name] = (1.0 + 0.1 * rng.normal(size=shape)).astype(np.float32)
+        elif name.startswith("rope_"):
+            tensors[name] = rng.uniform(1.0, 8.0, size=shape).astype(np.float32)
         elif name.endswith("gate_inp.weight"):
             tensors[name] = rng.normal(0, 1.0, size=shape).astype(np.float32)
         else:
@@ -96,25 +116,41 @@ def naive_logits(m: ModelGraph, tokens: list[int]) -> np.ndarray:
     def norm(v, w):
         return v / math.sqrt(np.mean(v * v) + c.rms_eps) * w
 
-    def rope(v, pos):  # v (head_dim,)
+    factors = np.ones(c.rope_dim // 2)
+    if c.rope_factors == "freqs":
+        factors = W["rope_freqs.weight"]
+    elif c.rope_factors == "longrope":  # the context here is the reference's default
+        long = min(c.context_length, 4096) > c.rope_orig_ctx
+        factors = W["rope_factors_long.weight" if long else "rope_factors_short.weight"]
+
+    def rope(v, pos, layer):  # v (head_dim,)
+        if layer in c.no_rope_layers:
+            return v
+        swa = layer in c.swa_layers
+        base = c.rope_theta_swa if swa else c.rope_theta
+        scale = c.rope_scale_swa if swa else c.rope_scale
         out = v.copy()
         half = c.rope_dim // 2
         for i in range(half):
-            theta = pos * c.rope_theta ** (-2.0 * i / c.rope_dim)
+            theta = pos * scale * base ** (-2.0 * i / c.rope_dim) / factors[i]
             a, b = (2 * i, 2 * i + 1) if c.rope_style == "norm" else (i, i + half)
-            z = complex(v[a], v[b]) * complex(math.cos(theta), math.sin(theta))
+            z = complex(v[a], v[b]) * complex(math.cos(theta), math.sin(theta)) * c.rope_attn_factor
             out[a], out[b] = z.real, z.imag
         return out
 
+    def act(a):
+        if c.activation == "gelu_tanh":
+            return 0.5 * a * (1 + np.tanh(math.sqrt(2 / math.pi) * (a + 0.044715 * a**3)))
+        return a / (1 + np.exp(-a))
+
     def swiglu(x, g, u, d):
-        a = g @ x
-        return d @ (a / (1 + np.exp(-a)) * (u @ x))
+        return d @ (act(g @ x) * (u @ x))
 
     keys = [[] for _ in range(c.n_layers)]
     vals = [[] for _ in range(c.n_layers)]
     out = []
     for pos, t in enumerate(tokens):
-        x = W["token_embd.weight"][t].copy()
+        x = W["token_embd.weight"][t] * c.embed_scale
         for i in range(c.n_layers):
             p = f"blk.{i}."
             h = norm(x, W[p + "attn_norm.weight"])
@@ -124,19 +160,34 @@ def naive_logits(m: ModelGraph, tokens: list[int]) -> np.ndarray:
             if c.qk_norm:
                 q, k = norm(q, W[p + "attn_q_norm.weight"]), norm(k, W[p + "attn_k_norm.weight"])
             hd = c.head_dim
-            keys[i].append([rope(k[j * hd : (j + 1) * hd], pos) for j in range(c.n_kv_heads)])
+            qw = kw = None  # per-head q/k norms
+            if c.qk_norm_per_head:
+                qw, kw = W[p + "attn_q_norm.weight"], W[p + "attn_k_norm.weight"]
+
+            def head_norm(v, w):
+                return v if w is None else norm(v, w)
+
+            keys[i].append(
+                [rope(head_norm(k[j * hd : (j + 1) * hd], kw), pos, i) for j in range(c.n_kv_heads)]
+            )
             vals[i].append([v[j * hd : (j + 1) * hd] for j in range(c.n_kv_heads)])
             att = np.zeros(c.n_heads * hd)
+            first = max(0, pos + 1 - c.sliding_window) if i in c.swa_layers else 0
+            seen = range(first, pos + 1)
             for head in range(c.n_heads):
                 kvh = head // (c.n_heads // c.n_kv_heads)
-                qh = rope(q[head * hd : (head + 1) * hd], pos)
-                s = np.array([qh @ keys[i][tp][kvh] for tp in range(pos + 1)]) / math.sqrt(hd)
+                qh = rope(head_norm(q[head * hd : (head + 1) * hd], qw), pos, i)
+                s = np.array([qh @ keys[i][tp][kvh] for tp in seen])
+                s = s * c.attn_scale if c.attn_scale else s / math.sqrt(hd)
                 pr = np.exp(s - s.max())
                 pr /= pr.sum()
                 att[head * hd : (head + 1) * hd] = sum(
-                    pr[tp] * vals[i][tp][kvh] for tp in range(pos + 1)
+                    pr[j] * vals[i][tp][kvh] for j, tp in enumerate(seen)
                 )
-            x = x + W[p + "attn_output.weight"] @ att
+            o = W[p + "attn_output.weight"] @ att
+            if c.post_norms:
+                o = norm(o, W[p + "post_attention_norm.weight"])
+            x = x + o
             h = norm(x, W[p + "ffn_norm.weight"])
             if c.n_experts:
                 logits = W[p + "ffn_gate_inp.weight"] @ h
@@ -168,6 +219,8 @@ def naive_logits(m: ModelGraph, tokens: list[int]) -> np.ndarray:
                 y = swiglu(
                     h, W[p + "ffn_gate.weight"], W[p + "ffn_up.weight"], W[p + "ffn_down.weight"]
                 )
+            if c.post_norms:
+                y = norm(y, W[p + "post_ffw_norm.weight"])
             x = x + y
         out.append(W["token_embd.weight"] @ norm(x, W["output_norm.weight"]))
     return np.array(out)
@@ -215,6 +268,45 @@ CONFIGS = {
         qk_norm=True,
         **BASE,
     ),
+    "llama3": ModelConfig(arch="llama", rope_factors="freqs", **BASE),
+    "qwen2": ModelConfig(arch="qwen2", rope_style="neox", qkv_bias=True, **BASE),
+    "qwen3": ModelConfig(
+        arch="qwen3", rope_style="neox", qk_norm_per_head=True, **{**BASE, "head_dim": 12}
+    ),
+    "qwen3moe": ModelConfig(
+        arch="qwen3moe",
+        rope_style="neox",
+        qk_norm_per_head=True,
+        n_experts=8,
+        n_experts_used=3,
+        expert_ffn_dim=16,
+        expert_weights_norm=True,
+        **{**BASE, "head_dim": 12},
+    ),
+    "gemma3": ModelConfig(
+        arch="gemma3",
+        rope_style="neox",
+        qk_norm_per_head=True,
+        post_norms=True,
+        activation="gelu_tanh",
+        embed_scale=math.sqrt(32),
+        attn_scale=0.3,
+        sliding_window=3,
+        swa_layers=[0, 1],
+        rope_theta_swa=10000.0,
+        rope_scale=0.25,
+        **{**BASE, "n_layers": 3, "head_dim": 12, "rope_theta": 1e6},
+    ),
+    "phi3": ModelConfig(
+        arch="phi3",
+        rope_style="neox",
+        rope_dim=6,
+        rope_factors="longrope",
+        rope_orig_ctx=16,
+        rope_attn_factor=1.19,
+        **BASE,
+    ),
+    "smollm3": ModelConfig(arch="smollm3", no_rope_layers=[1], **BASE),
 }
 
 

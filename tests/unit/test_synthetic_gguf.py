@@ -28,6 +28,13 @@ EXPECT = {  # arch -> (edgert arch, experts, a tensor only that arch has)
     "mixtral": ("llama", 4, "blk.1.ffn_down_exps.weight"),
     "qwen2moe": ("qwen2moe", 8, "blk.0.ffn_gate_inp_shexp.weight"),
     "olmoe": ("olmoe", 8, "blk.1.attn_k_norm.weight"),
+    "llama3": ("llama", 0, "rope_freqs.weight"),
+    "qwen2": ("qwen2", 0, "blk.1.attn_v.bias"),
+    "qwen3": ("qwen3", 0, "blk.1.attn_q_norm.weight"),
+    "qwen3moe": ("qwen3moe", 8, "blk.1.attn_q_norm.weight"),
+    "gemma3": ("gemma3", 0, "blk.1.post_ffw_norm.weight"),
+    "phi3": ("phi3", 0, "rope_factors_long.weight"),
+    "smollm3": ("smollm3", 0, "blk.0.ffn_gate.weight"),
 }
 #: relative error of a tensor's sample std against the init std: sampling (>= 1024 values: ~2%)
 #: plus quantization noise (Q4_0 adds ~10% of the std in quadrature)
@@ -56,13 +63,14 @@ def test_file_as_read_back(tmp_path, arch, qtype):
     assert _field(r, f"{ga}.block_count") == s.layers
     assert _field(r, f"{ga}.embedding_length") == s.dim
     assert _field(r, f"{ga}.attention.head_count_kv") == s.kv_heads
-    if arch == "llama":
+    if not s.experts:
         assert f"{ga}.expert_count" not in r.fields
     else:
         assert _field(r, f"{ga}.expert_count") == s.experts
         assert _field(r, f"{ga}.expert_used_count") == s.top_k
+    if arch in ("qwen2moe", "qwen3moe"):
+        assert _field(r, f"{ga}.expert_feed_forward_length") == s.ffn // 2
     if arch == "qwen2moe":
-        assert _field(r, "qwen2moe.expert_feed_forward_length") == s.ffn // 2
         assert _field(r, "qwen2moe.expert_shared_feed_forward_length") == s.shared_ffn
 
     tokens = _field(r, "tokenizer.ggml.tokens")
