@@ -57,19 +57,20 @@ def run(args) -> int:
         on_text=None if args.json else stream,
         stop_at_eos=not args.ignore_eos,
     )
-    report(res, as_json=args.json, engine=engine)
+    report(res, as_json=args.json, engine=engine, prompt=prompt if args.chat else None)
     return 0
 
 
-def report(res, *, as_json: bool, engine=None) -> None:
-    """After streaming: the JSON object, or a newline and the speed line on stderr (and, when
-    the engine streams layers under --dram-budget, what it read from flash)."""
+def report(res, *, as_json: bool, engine=None, prompt: str | None = None) -> None:
+    """After streaming: the JSON object (with ``prompt``, the chat template's rendering, where
+    given), or a newline and the speed line on stderr (and, when the engine streams layers under
+    --dram-budget, what it read from flash)."""
     from edgert.cli.common import print_json
 
     plan = getattr(engine, "dram_plan", None)
     stats = getattr(engine, "stream_stats", None)
     if as_json:
-        print_json(res.to_dict(engine))
+        print_json({**res.to_dict(engine), **({"prompt": prompt} if prompt is not None else {})})
         return
     sys.stdout.write("\n")
     print(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,8 @@ class Tokenizer:
 
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.globals["raise_exception"] = raise_exception
+        # today's date, as transformers gives templates (Llama 3.1/3.2 print it)
+        env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
         tpl = env.from_string(self.meta.chat_template)
 
         def tok_str(i: int | None) -> str:
