@@ -76,6 +76,7 @@ class Shape:
     window: int = 0  # gemma3: the sliding window
     swa_pattern: int = 0  # gemma3: every n-th layer global
     orig_ctx: int = 0  # phi3: the context the short LongRoPE factors serve
+    tied: int = 0  # 1: no output.weight, the head is the embedding (gemma3 always)
 
     @property
     def hd(self) -> int:
@@ -106,10 +107,22 @@ PRESETS = {
         ctx=40960,
     ),
     "qwen3-0.6b": Shape(
-        layers=28, dim=1024, ffn=3072, heads=16, kv_heads=8, vocab=151936, head_dim=128, ctx=40960
+        layers=28,
+        dim=1024,
+        ffn=3072,
+        heads=16,
+        kv_heads=8,
+        vocab=151936,
+        head_dim=128,
+        ctx=40960,
+        tied=1,
     ),
-    "qwen2.5-0.5b": Shape(layers=24, dim=896, ffn=4864, heads=14, kv_heads=2, vocab=151936),
-    "llama3.2-1b": Shape(layers=16, dim=2048, ffn=8192, heads=32, kv_heads=8, vocab=128256),
+    "qwen2.5-0.5b": Shape(
+        layers=24, dim=896, ffn=4864, heads=14, kv_heads=2, vocab=151936, ctx=32768, tied=1
+    ),
+    "llama3.2-1b": Shape(
+        layers=16, dim=2048, ffn=8192, heads=32, kv_heads=8, vocab=128256, ctx=131072, tied=1
+    ),
     "gemma3-1b": Shape(
         layers=26,
         dim=1152,
@@ -132,8 +145,11 @@ PRESETS = {
         rope_dim=96,
         orig_ctx=4096,
         ctx=131072,
+        tied=1,
     ),
-    "smollm3-3b": Shape(layers=36, dim=2048, ffn=11008, heads=16, kv_heads=4, vocab=128256),
+    "smollm3-3b": Shape(
+        layers=36, dim=2048, ffn=11008, heads=16, kv_heads=4, vocab=128256, ctx=65536, tied=1
+    ),
 }
 #: what each architecture needs beyond the preset's shape (applied where the preset has 0)
 ARCH_DEFAULTS = {
@@ -324,7 +340,7 @@ def tensor_plan(arch: str, s: Shape) -> list[tuple[str, tuple[int, ...], str]]:
         if arch == "gemma3":
             plan.append((p + "post_ffw_norm.weight", (s.dim,), "n"))
     plan.append(("output_norm.weight", (s.dim,), "n"))
-    if arch != "gemma3":  # Gemma ties its head to the embedding
+    if arch != "gemma3" and not s.tied:  # Gemma ties its head to the embedding
         plan.append(("output.weight", (s.vocab, s.dim), "w"))
     return plan
 

@@ -1,20 +1,24 @@
-"""rpi5 artifacts executed on arm64: the emulated device (an arm64 Debian root under qemu-user,
-tools/arm64_root.py) loads the artifact's aarch64 library with ctypes and runs the C forward pass
-on the NEON kernels; one layer and the whole model's greedy tokens must match the reference
-forward on the same dequantized weights computed on this host."""
+"""rpi5 artifacts of every architecture executed on arm64: the emulated device (an arm64 Debian
+root under qemu-user, tools/arm64_root.py) loads the artifact's aarch64 library with ctypes and
+runs the C forward pass on the NEON kernels; one layer and the whole model's greedy tokens must
+match the reference forward on the same dequantized weights computed on this host, and the greedy
+tokens of a host artifact of the same model."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from arm64_root import ensure_root, run_python
 from conftest import compile_synthetic, greedy_divergence
+from edgert.compiler.compile import compile_model
 from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format import names
 from edgert.format.artifact import Artifact
 from edgert.runtime.generate import Sampler, generate
+from edgert.runtime.open import open_artifact_engine
 from edgert.runtime.reference import ReferenceEngine
 from edgert.runtime.weights import reference_model
 
@@ -82,6 +86,23 @@ def device_run(tmp_path_factory):
 def test_runs_on_aarch64(device_run):
     _, _, out = device_run
     assert out["machine"] == "aarch64"
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_matches_host_artifact(device_run, arch, tmp_path):
+    """The host artifact of the same model and scheme (AVX kernels here, NEON there): the same
+    greedy tokens, or a parting only where the reference decides by less than the kernels'
+    error."""
+    _, arts, out = device_run
+    src = Path(arts[arch]).parent / f"{arch}.gguf"  # what compile_synthetic wrote
+    host = compile_model(model=src, target="host", out=tmp_path / "h.edgert", scheme=ARCHS[arch])
+    eng = open_artifact_engine(host.out, max_ctx=64)
+    ref = ReferenceEngine(reference_model(Artifact.open(arts[arch])), max_ctx=64)
+    ties = 0
+    for p, toks in zip(PROMPTS, out[arch]["greedy"]):
+        got = generate(eng, prompt=p, n_predict=32, sampler=Sampler(temp=0), stop_at_eos=False)
+        ties += greedy_divergence(ref, ref.tokenizer, p, toks, got.tokens)
+    assert ties <= 1
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

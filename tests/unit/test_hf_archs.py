@@ -175,3 +175,33 @@ def test_hf_equals_gguf(tmp_path, arch):
     want = ReferenceEngine(g, max_ctx=64).forward(TOKENS)
     got = ReferenceEngine(h, max_ctx=64).forward(TOKENS)
     assert np.max(np.abs(got - want)) <= REL_TOL * np.max(np.abs(want))
+
+
+def test_gemma3_multimodal_checkpoint_loads_its_language_model(tmp_path):
+    """Gemma 3 4B+ checkpoints nest the language model: config.json's text_config, tensors under
+    language_model.; the vision tower is left out."""
+    from edgert.compiler.frontends.safetensors import SafetensorsFile
+
+    g = load_model(make_synthetic_gguf(out=tmp_path / "m.gguf", arch="gemma3", qtype="F32",
+                                       progress=False, layers=6))  # fmt: skip
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    hf_checkpoint(g, flat, "gemma3")
+    mm = tmp_path / "mm"
+    mm.mkdir()
+    tensors = {}
+    for f in flat.glob("*.safetensors"):
+        st = SafetensorsFile(f)
+        tensors.update({f"language_model.{k}": st.get(k) for k in st.names()})
+    tensors["vision_tower.vision_model.embeddings.patch_embedding.weight"] = np.ones((4, 3))
+    write_safetensors(mm / "model.safetensors", tensors)
+    text = json.loads((flat / "config.json").read_text())
+    (mm / "config.json").write_text(
+        json.dumps({"model_type": "gemma3", "text_config": text, "vision_config": {}})
+    )
+    h = load_model(mm)
+    assert h.config.arch == "gemma3" and h.config.swa_layers == g.config.swa_layers
+    assert not any("vision" in n for n in h.names())
+    want = ReferenceEngine(g, max_ctx=64).forward(TOKENS)
+    got = ReferenceEngine(h, max_ctx=64).forward(TOKENS)
+    assert np.max(np.abs(got - want)) <= REL_TOL * np.max(np.abs(want))

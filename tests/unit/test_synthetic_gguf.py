@@ -173,3 +173,30 @@ def test_cli(tmp_path, capsys):
     assert {t.tensor_type.name for t in r.tensors} == {"F32", "Q4_1"}
     assert main(["--arch", "olmoe", "--out", str(out), "--shared-ffn", "64", "--quiet"]) == 2
     assert "shared" in capsys.readouterr().err
+
+
+#: (arch, preset) -> the model's published parameter count
+REAL_SHAPES = {
+    ("qwen3moe", "qwen3-30b-a3b"): 30.5e9,
+    ("qwen3", "qwen3-0.6b"): 0.596e9,
+    ("qwen2", "qwen2.5-0.5b"): 0.494e9,
+    ("llama3", "llama3.2-1b"): 1.236e9,
+    ("gemma3", "gemma3-1b"): 1.0e9,
+    ("phi3", "phi4-mini"): 3.836e9,
+    ("smollm3", "smollm3-3b"): 3.075e9,
+}
+
+
+@pytest.mark.parametrize("arch,preset", list(REAL_SHAPES))
+def test_real_shape_presets_have_the_models_size(arch, preset):
+    """The presets for benchmarks are the real models' shapes: their tensors add up to the
+    published parameter count (tied heads included), and llama.cpp knows every name."""
+    import math
+
+    s = resolve_shape(arch, preset)
+    plan = tensor_plan(arch, s)
+    assert sum(math.prod(shape) for _, shape, _ in plan) == pytest.approx(
+        REAL_SHAPES[(arch, preset)], rel=0.01
+    )
+    known = _names_llama_cpp_knows(arch)
+    assert all(any(p.fullmatch(n) for p in known) for n, _, _ in plan)
