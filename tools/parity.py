@@ -12,7 +12,8 @@ Measures, with llama.cpp's perplexity convention (chunks of --ctx, second half s
 Either the numpy reference or (--engine c) the C forward pass on the model's float weights (the
 kernels library built for this host) is compared.
 
-    python tools/parity.py [--model PATH] [--text FILE] [--ctx 512] [--f32] [--engine c] [--json]
+    python tools/parity.py [--model PATH] [--text FILE] [--ctx 512] [--f32] [--engine c]
+                           [--f32-kv] [--json]
 """
 
 from __future__ import annotations
@@ -215,13 +216,24 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=None)
     ap.add_argument("--f32", action="store_true", help="also compare on an F32 conversion")
     ap.add_argument("--engine", choices=("reference", "c"), default="reference")
+    ap.add_argument(
+        "--f32-kv", action="store_true", help="llama.cpp with an F32 KV cache (for F32 models)"
+    )
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     from edgert.device.hub import pull
 
     model = Path(a.model) if a.model else pull("smollm2-135m")
     text = Path(a.text).read_text()
-    rows = [("gguf", compare(model, text, ctx=a.ctx, max_chunks=a.chunks, engine=a.engine))]
+    rows = [
+        (
+            "gguf",
+            compare(
+                model, text, ctx=a.ctx, max_chunks=a.chunks, engine=a.engine, f32_kv=a.f32_kv,
+                self_check=not a.f32_kv,
+            ),
+        )
+    ]  # fmt: skip
     if a.f32:
         with tempfile.TemporaryDirectory() as d:
             f32 = Path(d) / "f32.gguf"
