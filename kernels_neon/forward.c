@@ -1,9 +1,10 @@
 /* The forward pass of a transformer in C (see edgert_forward.h).
  *
  * Follows edgert.reference operation by operation: RMSNorm with the mean of squares in double,
- * attention scores divided by sqrt(head_dim), softmax with the running max subtracted, SiLU as
- * x / (1 + exp(-x)), GELU by its tanh form in float. Linear layers are the kernels of lut_gemm.c; vector helpers are vec.h's. Results do not depend on the
- * thread count: work is split by output rows and by (token, head) pairs, never inside a sum.
+ * attention scores divided by sqrt(head_dim) (or times the model's attn_scale), softmax with the
+ * running max subtracted, SiLU as x / (1 + exp(-x)), GELU by its tanh form in float. Linear layers
+ * are the kernels of lut_gemm.c; vector helpers are vec.h's. Results do not depend on the thread
+ * count: work is split by output rows and by (token, head) pairs, never inside a sum.
  */
 #include "edgert_forward.h"
 

@@ -167,10 +167,13 @@ def config_from_hf(cfg: dict[str, Any], src: str) -> ModelConfig:
         else:
             pat = int(cfg.get("sliding_window_pattern") or spec.swa_pattern)
             swa = [i for i in range(n_layers) if i % pat < pat - 1]
+        local = (cfg.get("rope_parameters") or {}).get("sliding_attention") or {}
         extra.update(
             sliding_window=int(cfg["sliding_window"]),
             swa_layers=swa,
-            rope_theta_swa=float(cfg.get("rope_local_base_freq", 10000.0)),
+            rope_theta_swa=float(
+                cfg.get("rope_local_base_freq") or local.get("rope_theta") or 10000.0
+            ),
         )
     if spec.no_rope_every:
         flags = cfg.get("no_rope_layers")  # per layer: 1 applies RoPE, 0 does not

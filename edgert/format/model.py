@@ -124,11 +124,6 @@ class ModelConfig:
         return "swa" if layer in self.swa_layers else "global"
 
     @property
-    def scale(self) -> float:
-        """What attention scores are multiplied by."""
-        return self.attn_scale or 1.0 / float(np.sqrt(self.head_dim))
-
-    @property
     def is_moe(self) -> bool:
         return self.n_experts > 0
 

@@ -82,18 +82,19 @@ class CompiledEngine:
         self.native = NativeForward.load(
             lib_path, config, source.weight, self.head_name, self.max_ctx, self.batch
         )
-        fname = rope.factors_name(config, self.max_ctx)
-        self._rope_factors = None
-        if fname:
-            fmt, _meta, arrays = source.weight(fname)
-            if fmt != "f32" or arrays is None:
-                raise EdgertError(f"{fname} is stored as {fmt}, expected f32 in DRAM")
-            self._rope_factors = np.array(arrays[0], np.float32)
         if self.native is None:
             raise EdgertError(
                 f"{lib_path} has no forward pass this edgert can call",
                 "recompile the artifact with this edgert version",
             )
+        #: what divides the rotary frequencies at this context (Llama 3.1, LongRoPE), or None
+        self._rope_factors = None
+        fname = rope.factors_name(config, self.max_ctx)
+        if fname:
+            fmt, _meta, arrays = source.weight(fname)
+            if fmt != "f32" or arrays is None:
+                raise EdgertError(f"{fname} is stored as {fmt}, expected float32 in DRAM")
+            self._rope_factors = np.array(arrays[0], np.float32)
         #: tokens routed to each expert (n_layers, n_experts), counted by the C side
         self.expert_counts = self.native.expert_counts
         #: set to an OpTimes to time each layer's operations (None: no cost)

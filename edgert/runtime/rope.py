@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgert.errors import ModelFormatError
 from edgert.format import names
 from edgert.format.model import ModelConfig
 
@@ -46,7 +47,7 @@ def tables(
         return cos, sin
     div = np.ones(half) if factors is None else np.asarray(factors, np.float64).reshape(-1)
     if div.shape != (half,):
-        raise ValueError(f"{div.shape[0]} rope factors for {half} rotary pairs")
+        raise ModelFormatError(f"{div.shape[0]} rope frequency factors for {half} rotary pairs")
     for j, (theta, scale) in enumerate(
         ((cfg.rope_theta, cfg.rope_scale), (cfg.rope_theta_swa, cfg.rope_scale_swa))
     ):

@@ -95,6 +95,25 @@ def test_sparse_ffn_on_the_device(device, tmp_path_factory):
     assert stream["decode_calls"] > 0 and stream["decode_bytes"] > 0 and stream["decode_hits"] == 0
 
 
+@pytest.mark.parametrize(
+    "arch", ["llama3", "qwen2", "qwen3", "qwen3moe", "gemma3", "phi3", "smollm3"]
+)
+def test_every_architecture_runs_on_the_device(device, tmp_path_factory, arch):
+    """`edgert run --device` of each architecture's rpi5 artifact: the host reference's greedy
+    tokens on the same weights."""
+    url, env = device
+    d = tmp_path_factory.mktemp(f"ssh-{arch}")
+    layers = {"gemma3": 6, "smollm3": 4}.get(arch, 2)
+    art = compile_synthetic(d, arch, QuantScheme("uniform", 4, 32), target="rpi5", layers=layers)
+    r = run_cli("deploy", str(art.out), url, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    p = PROMPTS[0]
+    r = run_cli("run", str(art.out), "--device", url, "-p", p, "-n", "12", "--ctx", "64",
+                "--json", env=env)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["tokens"] == reference_tokens(art.out, p, 12)
+
+
 def test_unknown_host_key_refused(device, arts, tmp_path):
     url, env = device
     r = run_cli("deploy", str(arts[0]), url, env={**env, "HOME": str(tmp_path)})
