@@ -32,6 +32,8 @@ LOGIT_TOL = 1e-2
 ARCHS = {
     "llama": QuantScheme("uniform", 2, 32),
     "qwen2moe": QuantScheme("hlq", 3, 32),
+    "mixtral": QuantScheme("uniform", 4, 32),
+    "olmoe": QuantScheme("hlq", 4, 32),
     "llama3": QuantScheme("uniform", 4, 32),
     "qwen2": QuantScheme("uniform", 4, 32),
     "qwen3": QuantScheme("hlq", 2, 32),
