@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class ArchSpec:
@@ -65,6 +67,31 @@ HF_MODEL_TYPES = {
     "phi3": "phi3",
     "smollm3": "smollm3",
 }
+
+
+def swa_layers(n_layers: int, pattern: int) -> list[int]:
+    """Sliding-window layers when every ``pattern``-th layer is global (llama.cpp's
+    set_swa_pattern: layer i slides iff i % pattern < pattern - 1)."""
+    return [i for i in range(n_layers) if i % pattern < pattern - 1]
+
+
+def no_rope_layers(n_layers: int, every: int) -> list[int]:
+    """Layers without RoPE when every ``every``-th has none (SmolLM3: i + 1 divisible by 4)."""
+    return [i for i in range(n_layers) if (i + 1) % every == 0]
+
+
+def embed_scale(spec: ArchSpec, dim: int) -> float:
+    """What embeddings are multiplied by: sqrt(dim) in float32 (Gemma), else 1."""
+    return float(np.float32(np.sqrt(np.float32(dim)))) if spec.embed_scale_sqrt else 1.0
+
+
+def fused_blocks(cfg, kind: str) -> list[tuple[str, int, int]]:
+    """Phi-3's fused matrices split by rows: (projection, first row, end row) of ``kind``
+    ``"qkv"`` (q, k, v) or ``"gate_up"`` (gate, then up)."""
+    qd, kd, f = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
+    if kind == "qkv":
+        return [("attn_q", 0, qd), ("attn_k", qd, qd + kd), ("attn_v", qd + kd, qd + 2 * kd)]
+    return [("ffn_gate", 0, f), ("ffn_up", f, 2 * f)]
 
 
 def supported_gguf() -> str:

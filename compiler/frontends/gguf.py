@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgert.compiler.frontends.archs import GGUF_ARCHS, ArchSpec, supported_gguf
+from edgert.compiler.frontends.archs import (
+    GGUF_ARCHS,
+    ArchSpec,
+    embed_scale,
+    fused_blocks,
+    no_rope_layers,
+    supported_gguf,
+    swa_layers,
+)
 
 from edgert.errors import ModelFormatError, UnsupportedError
 from edgert.format import names
@@ -118,14 +126,14 @@ def config_from_metadata(
         if isinstance(pattern, (list, tuple)):  # per layer: does it slide
             swa = [i for i, slides in enumerate(pattern[:n_layers]) if slides]
         else:
-            swa = [i for i in range(n_layers) if i % int(pattern) < int(pattern) - 1]
+            swa = swa_layers(n_layers, int(pattern))
         extra.update(
             sliding_window=window,
             swa_layers=swa,
             rope_theta_swa=float(get("rope.freq_base_swa", 10000.0)),
         )
     if spec.no_rope_every:
-        extra["no_rope_layers"] = [i for i in range(n_layers) if (i + 1) % spec.no_rope_every == 0]
+        extra["no_rope_layers"] = no_rope_layers(n_layers, spec.no_rope_every)
     if spec.arch == "gemma3" and n_layers == 62:  # Gemma 3 27B scales by dim / heads
         extra["attn_scale"] = 1.0 / float(np.sqrt(dim // n_heads))
     return ModelConfig(
@@ -153,7 +161,7 @@ def config_from_metadata(
         qk_norm_per_head=spec.qk_norm_per_head,
         post_norms=spec.post_norms,
         activation=spec.activation,
-        embed_scale=float(np.float32(np.sqrt(np.float32(dim)))) if spec.embed_scale_sqrt else 1.0,
+        embed_scale=embed_scale(spec, dim),
         rope_scale=1.0 / factor if factor else 1.0,
         **extra,
     )
@@ -164,21 +172,15 @@ def _fused_views(spec: ArchSpec, cfg: ModelConfig, tensors) -> dict[str, tuple[s
     -> (stored name, first row, end row) of its part."""
     if not spec.fused:
         return {}
-    qd, kd, f = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.ffn_dim
     views = {}
     for i in range(cfg.n_layers):
-        qkv = names.weight(i, "attn_qkv")
-        if qkv in tensors:
-            for p, a, b in (
-                ("attn_q", 0, qd),
-                ("attn_k", qd, qd + kd),
-                ("attn_v", qd + kd, qd + 2 * kd),
-            ):
-                views[names.weight(i, p)] = (qkv, a, b)
-        up = names.weight(i, "ffn_up")
-        if up in tensors and names.weight(i, "ffn_gate") not in tensors:
-            views[names.weight(i, "ffn_gate")] = (up, 0, f)
-            views[up] = (up, f, 2 * f)
+        qkv, up = names.weight(i, "attn_qkv"), names.weight(i, "ffn_up")
+        stored = {"qkv": qkv in tensors,
+                  "gate_up": up in tensors and names.weight(i, "ffn_gate") not in tensors}  # fmt: skip
+        for kind, src in (("qkv", qkv), ("gate_up", up)):
+            if stored[kind]:
+                for p, a, b in fused_blocks(cfg, kind):
+                    views[names.weight(i, p)] = (src, a, b)
     return views
 
 
@@ -215,12 +217,12 @@ def load_gguf(path: str | Path, *, with_tokenizer: bool = True) -> ModelGraph:
     embd = tensors.get(names.EMBEDDING)
     embd_rows = int(embd.shape[-1]) if embd is not None else None
     config = config_from_metadata(meta, src, embd_rows, set(tensors))
-    _, spec = _spec(meta, src)
-    views = _fused_views(spec, config, tensors)
+    views = _fused_views(GGUF_ARCHS[meta["general.architecture"]], config, tensors)
+    split = {stored for stored, _, _ in views.values()}  # read only through their parts
     infos = [
         TensorInfo(t.name, tuple(int(d) for d in reversed(t.shape.tolist())), t.tensor_type.name)
         for t in reader.tensors
-        if t.name not in views and t.name.rsplit(".", 2)[-2] != "attn_qkv"
+        if t.name not in views and t.name not in split
     ]
     for name, (stored, a, b) in views.items():
         t = tensors[stored]

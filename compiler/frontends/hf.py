@@ -19,7 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgert.compiler.frontends.archs import GGUF_ARCHS, HF_MODEL_TYPES, ArchSpec, supported_names
+from edgert.compiler.frontends.archs import (
+    GGUF_ARCHS,
+    HF_MODEL_TYPES,
+    ArchSpec,
+    embed_scale,
+    fused_blocks,
+    no_rope_layers,
+    supported_names,
+    swa_layers,
+)
 from edgert.compiler.frontends.safetensors import SafetensorsFile
 
 from edgert.errors import ModelFormatError, UnsupportedError
@@ -59,11 +68,8 @@ _GEMMA_LAYER_MAP = _LAYER_MAP | {
     "pre_feedforward_layernorm.weight": "ffn_norm.weight",
     "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
 }
-#: fused matrices (Phi-3): HF name -> the GGUF names of its row blocks, in order
-_FUSED = {
-    "self_attn.qkv_proj.weight": ("attn_q.weight", "attn_k.weight", "attn_v.weight"),
-    "mlp.gate_up_proj.weight": ("ffn_gate.weight", "ffn_up.weight"),
-}
+#: fused matrices (Phi-3): HF name -> their kind (archs.fused_blocks)
+_FUSED = {"self_attn.qkv_proj.weight": "qkv", "mlp.gate_up_proj.weight": "gate_up"}
 _GLOBAL_MAP = {
     "model.embed_tokens.weight": names.EMBEDDING,
     "model.norm.weight": names.OUTPUT_NORM,
@@ -165,8 +171,7 @@ def config_from_hf(cfg: dict[str, Any], src: str) -> ModelConfig:
         if types:
             swa = [i for i, t in enumerate(types[:n_layers]) if t == "sliding_attention"]
         else:
-            pat = int(cfg.get("sliding_window_pattern") or spec.swa_pattern)
-            swa = [i for i in range(n_layers) if i % pat < pat - 1]
+            swa = swa_layers(n_layers, int(cfg.get("sliding_window_pattern") or spec.swa_pattern))
         local = (cfg.get("rope_parameters") or {}).get("sliding_attention") or {}
         extra.update(
             sliding_window=int(cfg["sliding_window"]),
@@ -177,12 +182,12 @@ def config_from_hf(cfg: dict[str, Any], src: str) -> ModelConfig:
         )
     if spec.no_rope_every:
         flags = cfg.get("no_rope_layers")  # per layer: 1 applies RoPE, 0 does not
-        every = int(cfg.get("no_rope_layer_interval") or spec.no_rope_every)
         if flags is None:
-            flags = [int((i + 1) % every != 0) for i in range(n_layers)]
-        extra["no_rope_layers"] = [i for i, use in enumerate(flags[:n_layers]) if not use]
-    if spec.embed_scale_sqrt:
-        extra["embed_scale"] = float(np.float32(np.sqrt(np.float32(dim))))
+            every = int(cfg.get("no_rope_layer_interval") or spec.no_rope_every)
+            extra["no_rope_layers"] = no_rope_layers(n_layers, every)
+        else:
+            extra["no_rope_layers"] = [i for i, use in enumerate(flags[:n_layers]) if not use]
+    extra["embed_scale"] = embed_scale(spec, dim)
     qpas = cfg.get("query_pre_attn_scalar")
     if qpas and int(qpas) != head_dim:
         extra["attn_scale"] = float(qpas) ** -0.5
@@ -309,14 +314,6 @@ def _rope_tensors(config: ModelConfig, cfg: dict[str, Any]) -> dict[str, np.ndar
     return {}
 
 
-def _fused_rows(config: ModelConfig, hf_suffix: str) -> list[int]:
-    """Row counts of a fused matrix's blocks."""
-    if hf_suffix == "self_attn.qkv_proj.weight":
-        qd, kd = config.n_heads * config.head_dim, config.n_kv_heads * config.head_dim
-        return [qd, kd, kd]
-    return [config.ffn_dim, config.ffn_dim]
-
-
 def load_hf(d: str | Path) -> ModelGraph:
     d = Path(d)
     src = str(d)
@@ -354,13 +351,13 @@ def load_hf(d: str | Path) -> ModelGraph:
                 continue
             m = re.match(_LAYER + r"(.+)$", name)
             if m and m.group(2) in _FUSED:
-                row = 0
-                for g, rows in zip(_FUSED[m.group(2)], _fused_rows(config, m.group(2))):
-                    parts_of[names.layer(int(m.group(1)), g)] = (st, hf_name, row, row + rows)
-                    row += rows
-                if row != st.shape(hf_name)[0]:
+                blocks = fused_blocks(config, _FUSED[m.group(2)])
+                for p, a, b in blocks:
+                    parts_of[names.weight(int(m.group(1)), p)] = (st, hf_name, a, b)
+                if blocks[-1][2] != st.shape(hf_name)[0]:
                     raise ModelFormatError(
-                        f"{src}: {hf_name} has {st.shape(hf_name)[0]} rows, expected {row}"
+                        f"{src}: {hf_name} has {st.shape(hf_name)[0]} rows, "
+                        f"expected {blocks[-1][2]}"
                     )
             elif m and m.group(2) in layer_map:
                 where[names.layer(int(m.group(1)), layer_map[m.group(2)])] = (st, hf_name)
