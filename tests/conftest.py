@@ -182,6 +182,38 @@ def greedy_divergence(ref, tokenizer, prompt: str, got: list[int], want: list[in
     return True
 
 
+def bundle_weights(art) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per layer, the (up (ffn, dim), down (dim, ffn)) an artifact's neuron bundles hold, in
+    neuron order (bundles are stored hot-first)."""
+    from edgert.format import names
+    from edgert.format.bundles import SparseSpec, unpack_bundles
+
+    spec = SparseSpec.of(art)
+    order = art.read_tensor(names.BUNDLE_INDEX)["order"]
+    out = []
+    for i in range(art.config().n_layers):
+        u, d = unpack_bundles(art.read_tensor(names.bundles(i))["data"], spec.fmt)
+        inv = np.argsort(order[i])
+        out.append((u[inv], d[:, inv]))
+    return out
+
+
+def sparse_reference(model, thresholds, weights, **kw):
+    """The numpy forward on ``model`` with each FFN's up/down from ``weights``
+    (:func:`bundle_weights`) and the neurons whose |act(gate x)| is at most ``thresholds[i]``
+    dropped (-1: every neuron kept)."""
+    from edgert.format import names
+    from edgert.runtime.reference import ACTIVATION, ReferenceEngine
+
+    class SparseReference(ReferenceEngine):
+        def _ffn(self, i, x):
+            g = ACTIVATION[self.cfg.activation](self._mm(x, names.weight(i, "ffn_gate")))
+            up, down = weights[i]
+            return ((g * (np.abs(g) > thresholds[i])) * (x @ up.T)) @ down.T
+
+    return SparseReference(model, **kw)
+
+
 def reference_tokens(art_path, prompt: str, n: int = 16) -> list[int]:
     """Greedy tokens of the reference forward on an artifact's own (dequantized) weights."""
     from edgert.format.artifact import Artifact

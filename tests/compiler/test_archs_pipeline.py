@@ -6,17 +6,21 @@ experts (--moefy); a mixture streams its experts through the expert cache."""
 
 import numpy as np
 import pytest
-from conftest import SMALL_MODEL, greedy_divergence, greedy_tokens
+from conftest import (
+    SMALL_MODEL,
+    bundle_weights,
+    greedy_divergence,
+    greedy_tokens,
+    sparse_reference,
+)
 from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.format import names
 from edgert.format.artifact import Artifact
-from edgert.format.bundles import SparseSpec, unpack_bundles
 from edgert.plan.dram import plan_dram
 from edgert.plan.moe import plan_moe
 from edgert.plan.sizes import BUDGET_BATCH
 from edgert.runtime.open import open_artifact_engine
-from edgert.runtime.reference import ACTIVATION, ReferenceEngine
+from edgert.runtime.reference import ReferenceEngine
 from edgert.runtime.weights import reference_model
 
 DENSE = ("llama3", "qwen2", "qwen3", "gemma3", "phi3", "smollm3")
@@ -48,19 +52,6 @@ def assert_reference_tokens(art, got):
     assert ties <= 1
 
 
-class BundleReference(ReferenceEngine):
-    """The reference FFN on the bundles' own up/down weights (every neuron active)."""
-
-    def __init__(self, model, weights, **kw):
-        super().__init__(model, **kw)
-        self.weights = weights
-
-    def _ffn(self, i, x):
-        g = ACTIVATION[self.cfg.activation](self._mm(x, names.weight(i, "ffn_gate")))
-        up, down = self.weights[i]
-        return (g * (x @ up.T)) @ down.T
-
-
 @pytest.mark.parametrize("arch", DENSE)
 def test_dense_streams_sparsifies_and_moefies(tmp_path, arch):
     art = build(tmp_path, arch, sparse_ffn=True)
@@ -75,17 +66,10 @@ def test_dense_streams_sparsifies_and_moefies(tmp_path, arch):
     assert s.streamer is not None and s.dram_plan.streamed
     assert greedy_tokens(s, PROMPTS, N) == want
     # the FFN on neuron bundles, every neuron kept: the reference on the bundles' weights
-    spec = SparseSpec.of(a)
-    order = a.read_tensor(names.BUNDLE_INDEX)["order"]
-    weights = []
-    for i in range(c.n_layers):
-        u, d = unpack_bundles(a.read_tensor(names.bundles(i))["data"], spec.fmt)
-        inv = np.argsort(order[i])  # bundles are stored hot-first
-        weights.append((u[inv], d[:, inv]))
     sp = open_artifact_engine(art, max_ctx=64, ffn={"sparsity": 0.5})
     for cfg in sp.native._sparse:
         cfg.threshold = -1.0
-    ref = BundleReference(reference_model(a), weights, max_ctx=64)
+    ref = sparse_reference(reference_model(a), [-1.0] * c.n_layers, bundle_weights(a), max_ctx=64)
     toks = sp.tokenizer.encode(PROMPTS[0])
     got, exp = sp.forward(toks), ref.forward(toks)
     # the LUT kernels' activation tables: 1.1e-3 of the largest logit on gemma3's six layers

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import SMALL_MODEL, greedy_tokens, run_cli
+from conftest import SMALL_MODEL, bundle_weights, greedy_tokens, run_cli, sparse_reference
 from edgert.compiler.quant.scheme import QuantScheme
 from edgert.compiler.transform.sparsify import SPARSITIES
 
@@ -24,7 +24,7 @@ from edgert.plan.sparse import plan_sparse
 from edgert.runtime.build import build_shared
 from edgert.runtime.forward import _Sparse
 from edgert.runtime.open import open_artifact_engine, sparse_plan
-from edgert.runtime.reference import ReferenceEngine, silu
+from edgert.runtime.reference import silu
 from edgert.runtime.weights import reference_model
 
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
@@ -112,20 +112,6 @@ def test_thresholds_rise_with_sparsity(art):
     assert (np.diff(t, axis=0) > 0).all()
 
 
-class _SparseReference(ReferenceEngine):
-    """The numpy forward on the artifact's weights with the bundles' up/down and the same
-    neurons dropped."""
-
-    def __init__(self, model, thresholds, weights, **kw):
-        super().__init__(model, **kw)
-        self.thr, self.weights = thresholds, weights
-
-    def _ffn(self, i, x):
-        g = silu(self._mm(x, f"blk.{i}.ffn_gate.weight"))
-        up, down = self.weights[i]
-        return ((g * (np.abs(g) > self.thr[i])) * (x @ up.T)) @ down.T
-
-
 @pytest.mark.parametrize("sparsity", [None, 0.5, 0.8])
 def test_sparse_forward_equals_numpy_dropping_the_same_neurons(art, sparsity):
     """None: every neuron active (threshold -1), so the bundle path is checked as tightly as the
@@ -134,12 +120,7 @@ def test_sparse_forward_equals_numpy_dropping_the_same_neurons(art, sparsity):
     argmax exactly."""
     a = Artifact.open(art)
     spec = SparseSpec.of(a)
-    index = a.read_tensor("ffn_bundle_index")
-    weights = []
-    for i in range(4):
-        u, d = unpack_bundles(a.read_tensor(names.bundles(i))["data"], spec.fmt)
-        inv = np.argsort(index["order"][i])  # bundles are stored hot-first
-        weights.append((u[inv], d[:, inv]))
+    weights = bundle_weights(a)
     eng = open_artifact_engine(art, max_ctx=64, ffn={"sparsity": sparsity or 0.5})
     if sparsity is None:
         thr, tol = [-1.0] * 4, 1e-3
@@ -147,7 +128,7 @@ def test_sparse_forward_equals_numpy_dropping_the_same_neurons(art, sparsity):
             sp.threshold = -1.0
     else:
         thr, tol = spec.thresholds_for(sparsity), 2e-2
-    ref = _SparseReference(reference_model(a), thr, weights, max_ctx=64)
+    ref = sparse_reference(reference_model(a), thr, weights, max_ctx=64)
     toks = [5, 17, 99, 3, 250, 7, 42]
     for step in (toks, [11]):  # a prompt, then one decode step
         want, got = ref.forward(step), eng.forward(step)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from edgert.compiler.frontends import load_model
 from make_synthetic_gguf import LLAMA3_SCALING, make_synthetic_gguf
-from test_hf_frontend import unpermute, write_safetensors
+from test_hf_frontend import hf_config, unpermute, write_safetensors
 
 from edgert.format import names
 from edgert.runtime.reference import ReferenceEngine
@@ -111,25 +111,11 @@ def hf_checkpoint(m, d, arch):
     write_safetensors(d / "model-00001-of-00002.safetensors", {k: t[k] for k in keys[::2]})
     write_safetensors(d / "model-00002-of-00002.safetensors", {k: t[k] for k in keys[1::2]})
     cfg = {
-        "model_type": model_type,
-        "hidden_size": c.dim,
-        "num_hidden_layers": c.n_layers,
-        "num_attention_heads": c.n_heads,
-        "num_key_value_heads": c.n_kv_heads,
+        **hf_config(c, model_type),
         "head_dim": c.head_dim,
-        "intermediate_size": c.ffn_dim,
-        "vocab_size": c.vocab_size,
-        "rope_theta": c.rope_theta,
-        "rms_norm_eps": c.rms_eps,
-        "max_position_embeddings": c.context_length,
         "tie_word_embeddings": names.OUTPUT not in m,
         "hidden_act": "silu",
     }
-    if c.n_experts:
-        cfg.update({"num_local_experts" if arch == "mixtral" else "num_experts": c.n_experts},
-                   num_experts_per_tok=c.n_experts_used, moe_intermediate_size=c.expert_ffn_dim,
-                   norm_topk_prob=c.expert_weights_norm,
-                   shared_expert_intermediate_size=c.shared_expert_ffn_dim)  # fmt: skip
     if arch == "llama3":
         cfg["rope_scaling"] = LLAMA3_SCALING
     if arch == "gemma3":

@@ -46,6 +46,34 @@ def unpermute(w, n_head):
     )
 
 
+def hf_config(c, model_type: str) -> dict:
+    """config.json of a model with config ``c``, with transformers' keys (no head_dim: the
+    frontend derives it)."""
+    cfg = {
+        "model_type": model_type,
+        "hidden_size": c.dim,
+        "num_hidden_layers": c.n_layers,
+        "num_attention_heads": c.n_heads,
+        "num_key_value_heads": c.n_kv_heads,
+        "intermediate_size": c.ffn_dim,
+        "vocab_size": c.vocab_size,
+        "rope_theta": c.rope_theta,
+        "rms_norm_eps": c.rms_eps,
+        "max_position_embeddings": c.context_length,
+    }
+    if c.n_experts:
+        cfg.update(
+            {
+                "num_local_experts" if model_type == "mixtral" else "num_experts": c.n_experts,
+                "num_experts_per_tok": c.n_experts_used,
+                "moe_intermediate_size": c.expert_ffn_dim,
+                "norm_topk_prob": c.expert_weights_norm,
+                "shared_expert_intermediate_size": c.shared_expert_ffn_dim,
+            }
+        )
+    return cfg
+
+
 def to_hf(m, d, model_type, *, permute=False, bf16=False):
     c = m.config
     t = {
@@ -107,30 +135,7 @@ def to_hf(m, d, model_type, *, permute=False, bf16=False):
         bf16={n for n in names[:half] if bf16 and "norm" in n},
     )
     write_safetensors(d / "model-00002-of-00002.safetensors", {n: t[n] for n in names[half:]})
-    cfg = {
-        "model_type": model_type,
-        "hidden_size": c.dim,
-        "num_hidden_layers": c.n_layers,
-        "num_attention_heads": c.n_heads,
-        "num_key_value_heads": c.n_kv_heads,
-        "intermediate_size": c.ffn_dim,
-        "vocab_size": c.vocab_size,
-        "rope_theta": c.rope_theta,
-        "rms_norm_eps": c.rms_eps,
-        "max_position_embeddings": c.context_length,
-        "tie_word_embeddings": True,
-        "some_new_key": 1,
-    }
-    if c.n_experts:
-        cfg.update(
-            {
-                "num_local_experts" if model_type == "mixtral" else "num_experts": c.n_experts,
-                "num_experts_per_tok": c.n_experts_used,
-                "moe_intermediate_size": c.expert_ffn_dim,
-                "norm_topk_prob": c.expert_weights_norm,
-                "shared_expert_intermediate_size": c.shared_expert_ffn_dim,
-            }
-        )
+    cfg = {**hf_config(c, model_type), "tie_word_embeddings": True, "some_new_key": 1}
     (d / "config.json").write_text(json.dumps(cfg))
 
 
