@@ -142,9 +142,12 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
         const int h = (int)(it % nh), g = h / group;
         const int64_t t1 = c->pos + i + 1, t0 = c->window && t1 > c->window ? t1 - c->window : 0;
         const float *q = c->q + it * hd;
+        /* position t0's row; rows then follow in order, back to 0 after cap - 1 (no division
+         * per key: a layer holding every position never wraps) */
+        const int64_t r0 = t0 % c->cap;
         float mx = -INFINITY;
-        for (int64_t t = t0; t < t1; t++) {
-            const float s = dot(q, c->kc + (t % c->cap) * c->stride + g * hd, hd);
+        for (int64_t t = t0, r = r0; t < t1; t++, r = r + 1 == c->cap ? 0 : r + 1) {
+            const float s = dot(q, c->kc + r * c->stride + g * hd, hd);
             p[t - t0] = mul != 0.f ? s * mul : s / scale;
             if (p[t - t0] > mx) mx = p[t - t0];
         }
@@ -155,8 +158,8 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
         }
         float *o = c->out + it * hd;
         memset(o, 0, (size_t)hd * sizeof(float));
-        for (int64_t t = t0; t < t1; t++)
-            axpy(o, p[t - t0] / sum, c->vc + (t % c->cap) * c->stride + g * hd, hd);
+        for (int64_t t = t0, r = r0; t < t1; t++, r = r + 1 == c->cap ? 0 : r + 1)
+            axpy(o, p[t - t0] / sum, c->vc + r * c->stride + g * hd, hd);
     }
     free(p);
 }

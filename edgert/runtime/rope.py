@@ -38,7 +38,8 @@ def layer_index(cfg: ModelConfig) -> list[int]:
 def tables(
     cfg: ModelConfig, positions: np.ndarray, factors: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin, each (len(KINDS), n, rope_dim / 2) float32, for ``positions``."""
+    """cos and sin, each (len(KINDS), n, rope_dim / 2) float32, for ``positions`` (the sliding
+    layers' table stays zero in a model without them: no layer reads it)."""
     half = cfg.rope_dim // 2
     pos = np.asarray(positions, dtype=np.float64)
     cos = np.zeros((len(KINDS), len(pos), half), np.float32)
@@ -48,9 +49,8 @@ def tables(
     div = np.ones(half) if factors is None else np.asarray(factors, np.float64).reshape(-1)
     if div.shape != (half,):
         raise ModelFormatError(f"{div.shape[0]} rope frequency factors for {half} rotary pairs")
-    for j, (theta, scale) in enumerate(
-        ((cfg.rope_theta, cfg.rope_scale), (cfg.rope_theta_swa, cfg.rope_scale_swa))
-    ):
+    kinds = ((cfg.rope_theta, cfg.rope_scale), (cfg.rope_theta_swa, cfg.rope_scale_swa))
+    for j, (theta, scale) in enumerate(kinds[: len(KINDS) if cfg.swa_layers else 1]):
         inv_freq = theta ** (-np.arange(half, dtype=np.float64) * 2.0 / cfg.rope_dim) / div
         ang = (pos * scale)[:, None] * inv_freq[None, :]
         cos[j] = np.cos(ang) * cfg.rope_attn_factor
