@@ -62,6 +62,18 @@ void edgert_q8_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k, c
                     const float *scale, int32_t threads);
 void edgert_q8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                         const int8_t *q, const float *scale, int32_t threads);
+/* Prefill: y (n, m) = x (n, k) . W^T for uniform weights by int8 dot products (i8_gemm.c):
+ * activations rounded to int8 per row and group, codes unpacked tile by tile. edgert_lut_gemm
+ * and _multi take this path for n >= EDGERT_I8_MIN_ROWS rows (tuning.h) where the build has a
+ * SIMD int8 kernel; the _ref twin is its scalar equal, bit for bit. */
+void edgert_i8_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k,
+                    const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
+                    int32_t bits, int32_t group, int32_t threads);
+void edgert_i8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
+                        const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
+                        int32_t bits, int32_t group, int32_t threads);
+/* the int8 kernel of this build: "avx512vnni", "avx2", "neon-dotprod", "neon" or "scalar" */
+const char *edgert_i8_kernel(void);
 /* reads n bytes at p once with `threads` workers; returns a checksum (a bandwidth probe) */
 uint64_t edgert_read_bytes(const uint8_t *p, int64_t n, int32_t threads);
 /* which SIMD path this build uses: "neon", "avx512", "avx2" or "scalar" */

@@ -159,6 +159,13 @@ static void gemm_impl(int count, float *const *y, const float *x, int64_t n, con
         c.first[j + 1] = c.first[j] + (m[j] + T - 1) / T;
     }
     if (n == 0 || c.first[count] == 0) return;
+    if (EDGERT_I8_FAST && fmt == EDGERT_FMT_UNIFORM && n >= EDGERT_I8_MIN_ROWS) {
+        /* many rows: int8 dot products on unpacked tiles (i8_gemm.c); the _ref entry point takes
+         * the scalar twin of the same path */
+        edgert_i8_gemm_impl(count, y, x, n, m, k, planes, scale, zero, bits, group, threads,
+                            tile == edgert_tile_fast);
+        return;
+    }
     float *ts = NULL, *xs = NULL;
     uint8_t *tbl = NULL;
     if (n < FEW_ROWS) {  // every thread builds its own tables (see FEW_ROWS); tiles in pairs

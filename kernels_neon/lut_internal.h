@@ -197,6 +197,19 @@ EDGERT_HIDDEN pair_fn edgert_pair_of(const shape_t *s);
 EDGERT_HIDDEN void edgert_q8_range_fast(void *ctx, int64_t begin, int64_t end);
 /* reads p[lo, hi) with wide loads; a checksum of the bytes */
 EDGERT_HIDDEN uint64_t edgert_read_block(const uint8_t *p, int64_t lo, int64_t hi);
+/* i8_gemm.c: count uniform weights of one shape family times x (n, k) by int8 dot products on
+ * unpacked tiles (fast: this build's SIMD kernel, else the scalar twin) */
+EDGERT_HIDDEN void edgert_i8_gemm_impl(int count, float *const *y, const float *x, int64_t n,
+                                       const int64_t *m, int64_t k, const uint8_t *const *planes,
+                                       const uint16_t *const *scale,
+                                       const uint16_t *const *zero, int32_t bits, int32_t group,
+                                       int32_t threads, int fast);
+/* whether this build has a SIMD int8 kernel (the LUT path serves prefill otherwise) */
+#if defined(EDGERT_AVX2) || defined(EDGERT_NEON)
+#define EDGERT_I8_FAST 1
+#else
+#define EDGERT_I8_FAST 0
+#endif
 /* threadpool.c: n items in chunks of n / (per_thread x threads), taken in turn by whichever
  * thread is free (threads <= 0: $EDGERT_THREADS or all cores); parallel_for: per_thread 4 */
 EDGERT_HIDDEN void edgert_parallel_chunks(int64_t n, int threads, int per_thread, range_fn fn,

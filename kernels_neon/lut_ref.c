@@ -21,9 +21,10 @@ const char *edgert_kernels_config(void) {
     static char text[256];
     snprintf(text, sizeof text,
              "isa=%s prefetch_bytes=%d pair_prefetch_bytes=%d spin_us=%g pair_min_tiles=%d "
-             "table_block_bytes=%d",
+             "table_block_bytes=%d i8_min_rows=%d i8=%s",
              EDGERT_ISA, (int)EDGERT_PREFETCH_BYTES, (int)EDGERT_PAIR_PREFETCH_BYTES,
-             (double)EDGERT_SPIN_US, (int)EDGERT_PAIR_MIN_TILES, (int)EDGERT_TABLE_BLOCK_BYTES);
+             (double)EDGERT_SPIN_US, (int)EDGERT_PAIR_MIN_TILES, (int)EDGERT_TABLE_BLOCK_BYTES,
+             (int)EDGERT_I8_MIN_ROWS, edgert_i8_kernel());
     return text;
 }
 

@@ -24,10 +24,13 @@ def build_library(tgt: Target, out_so: str | Path) -> None:
     ``out_so``."""
     from tvm.support import cc
 
-    from edgert.runtime.build import build_objects
+    from edgert.runtime.build import build_objects, host_flags
 
+    flags = tgt.kernel_cflags()
+    if tgt.host_simd:
+        flags += [f for f in host_flags() if f not in flags]
     with tempfile.TemporaryDirectory(prefix="edgert-lib-") as tmp:
-        objs = build_objects(cc=tgt.cc, cflags=tgt.kernel_cflags(), out_dir=Path(tmp))
+        objs = build_objects(cc=tgt.cc, cflags=flags, out_dir=Path(tmp))
         try:
             cc.create_shared(
                 str(out_so), [str(o) for o in objs], options=["-lpthread", "-lm"], cc=tgt.cc

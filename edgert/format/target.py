@@ -61,9 +61,15 @@ class Target:
     kernel_efficiency: float = KERNEL_EFFICIENCY
     #: weight GB/s one core's decode reaches when compute-bound (optional [cpu] key; 0: no cap)
     gemv_gbs_per_core: float = 0.0
+    #: prefill's multiply-adds per second per core on the int8 path, in billions (optional [cpu]
+    #: key; 0: no prefill prediction)
+    int8_gmacs_per_core: float = 0.0
     #: tuning values of the kernels for this device (optional [kernels] table: name -> number,
     #: e.g. prefetch_bytes = 2048); the kernels' defaults (kernels_neon/tuning.h) elsewhere
     kernels: dict[str, int | float] = field(default_factory=dict)
+    #: the kernels also take the SIMD flags of the machine that builds them (optional
+    #: [toolchain] key; the `host` target, whose artifacts run where they are compiled)
+    host_simd: bool = False
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -127,7 +133,7 @@ def _opt(d: dict, dotted: str, default: float, path: Path) -> float:
 
 
 #: tuning values a target may set in its [kernels] table (kernels_neon/tuning.h says what each is)
-KERNEL_TUNING = ("prefetch_bytes", "pair_prefetch_bytes", "spin_us")
+KERNEL_TUNING = ("prefetch_bytes", "pair_prefetch_bytes", "spin_us", "i8_min_rows")
 
 
 def _kernels(d: Any, path: Path) -> dict[str, int | float]:
@@ -169,7 +175,10 @@ def parse_target(path: Path) -> Target:
         flash_latency_us=float(_get(d, "flash.read_latency_us", num, path)),
         kernel_efficiency=float(_opt(d, "memory.kernel_efficiency", KERNEL_EFFICIENCY, path)),
         gemv_gbs_per_core=float(_opt(d, "cpu.gemv_gbs_per_core", 0.0, path)),
+        int8_gmacs_per_core=float(_opt(d, "cpu.int8_gmacs_per_core", 0.0, path)),
         kernels=_kernels(d.get("kernels", {}), path),
+        host_simd="host_simd" in d.get("toolchain", {})
+        and _get(d, "toolchain.host_simd", bool, path),
         path=str(path),
         extra={k: v for k, v in d.get("tvm", {}).items() if k != "target"},
     )

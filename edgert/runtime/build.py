@@ -42,7 +42,8 @@ def headers() -> list[Path]:
 
 def host_flags() -> list[str]:
     """SIMD flags for this machine: AVX2 (+FMA, F16C) on x86-64 when present, with AVX-512
-    (F, BW, VL) on top where the CPU has it; NEON is baseline on aarch64."""
+    (F, BW, VL, and VNNI for the int8 prefill kernel) on top where the CPU has it; NEON is
+    baseline on aarch64."""
     m = platform.machine().lower()
     if m in ("x86_64", "amd64"):
         try:
@@ -54,7 +55,8 @@ def host_flags() -> list[str]:
             return []
         avx2 = ["-mavx2", "-mfma", "-mf16c"]
         if {"avx512f", "avx512bw", "avx512vl"} <= flags:
-            return [*avx2, "-mavx512f", "-mavx512bw", "-mavx512vl"]
+            vnni = ["-mavx512vnni"] if "avx512_vnni" in flags else []
+            return [*avx2, "-mavx512f", "-mavx512bw", "-mavx512vl", *vnni]
         return avx2
     if m in ("aarch64", "arm64"):
         return ["-march=armv8-a"]

@@ -7,6 +7,7 @@ experts (--moefy); a mixture streams its experts through the expert cache."""
 import numpy as np
 import pytest
 from conftest import (
+    PREFILL_TOL,
     SMALL_MODEL,
     bundle_weights,
     greedy_divergence,
@@ -29,7 +30,7 @@ LAYERS = {"gemma3": 6, "smollm3": 4}
 PROMPTS = ["the cat sat on", "hello world"]
 N = 12
 SCHEME = QuantScheme("uniform", 4, 32)
-BUNDLE_TOL = 2e-3  # |bundle FFN path - reference| / max |reference|
+BUNDLE_TOL = PREFILL_TOL  # |bundle FFN path - reference| / max |reference|
 
 
 def build(tmp_path, arch, **kw):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SMALL_MODEL, greedy_tokens
+from conftest import PREFILL_TOL, SMALL_MODEL, greedy_tokens
 from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.errors import EdgertError
@@ -88,7 +88,8 @@ def test_long_prompt_in_budget_sized_calls(art):
     eng = open_artifact_engine(art, max_ctx=ctx, dram_budget=lo)
     want, got = free.forward(prompt, last_only=True), eng.forward(prompt, last_only=True)
     assert eng.streamer.stats.calls == 4  # 64 + 64 + 64 + 5 tokens
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    # calls of other sizes: the prefill path's int8 activations differ from the decode path's
+    np.testing.assert_allclose(got, want, rtol=0, atol=PREFILL_TOL * np.abs(want).max())
     for _ in range(8):
         nxt = int(np.argmax(want))
         assert nxt == int(np.argmax(got))
@@ -444,7 +445,8 @@ def test_moe_long_prompt_in_budget_sized_calls(moe_art):
     assert eng.dram_plan.batch == BUDGET_BATCH
     want, got = free.forward(prompt, last_only=True), eng.forward(prompt, last_only=True)
     assert eng.expert_cache.stats.calls == 3  # 64 + 64 + 7 tokens
-    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4 * np.abs(want).max())
+    # calls of other sizes: the prefill path's int8 activations differ from the decode path's
+    np.testing.assert_allclose(got, want, rtol=0, atol=PREFILL_TOL * np.abs(want).max())
     for _ in range(4):
         nxt = int(np.argmax(want))
         assert nxt == int(np.argmax(got))

@@ -116,6 +116,74 @@ static void one_case(int64_t m, int64_t k, int bits, int group, int fmt, int64_t
     free(planes); free(scale); free(zero); free(x); free(y); free(yr); free(ys); free(rows);
 }
 
+/* the int8 prefill path (uniform weights, many rows): the SIMD kernel == its scalar twin bit for
+ * bit, the LUT entry points take it from EDGERT_I8_MIN_ROWS rows on (alone and in a multi call),
+ * and every row is within the activations' rounding of the float product: each activation moves
+ * by at most half its group's step d = amax / 127, so row y's error is at most
+ * sum_i |w_i| d_i / 2, plus float rounding (1e-5 of sum |w x|). */
+static void i8_case(int64_t m, int64_t k, int bits, int group, int64_t n, int threads) {
+    shape_t s;
+    make_shape(&s, k, bits, group, EDGERT_FMT_UNIFORM);
+    const int64_t tiles = (m + T - 1) / T;
+    const size_t np_ = (size_t)(tiles * s.k4 * bits * 16), ns = (size_t)(tiles * s.groups * T);
+    uint8_t *planes = malloc(np_);
+    uint16_t *scale = malloc(ns * 2), *zero = malloc(ns * 2);
+    float *x = malloc((size_t)(n * k) * 4), *y = malloc((size_t)(n * m) * 4),
+          *yr = malloc((size_t)(n * m) * 4), *yl = malloc((size_t)(n * m) * 4),
+          *y2[2] = {malloc((size_t)(n * m) * 4), malloc((size_t)(n * m) * 4)};
+    for (size_t i = 0; i < np_; i++) planes[i] = (uint8_t)rnd();
+    for (size_t i = 0; i < ns; i++) scale[i] = f2h(0.01f + 0.05f * (frand() + 1.f));
+    for (size_t i = 0; i < ns; i++) zero[i] = f2h((float)((1 << bits) - 1) * 0.5f * (frand() + 1.f));
+    /* rows of different ranges, one all zero */
+    for (int64_t i = 0; i < n * k; i++) x[i] = i / k == 1 ? 0.f : frand() * (float)(1 + i / k % 5);
+    edgert_i8_gemm(y, x, n, m, k, planes, scale, zero, bits, group, threads);
+    edgert_i8_gemm_ref(yr, x, n, m, k, planes, scale, zero, bits, group, 1);
+    check(memcmp(y, yr, (size_t)(n * m) * 4) == 0, "i8 fast == ref", m, k, bits, group, (int)n);
+    edgert_lut_gemm(yl, x, n, m, k, planes, scale, zero, bits, group, EDGERT_FMT_UNIFORM, threads);
+    const int via_i8 = n >= EDGERT_I8_MIN_ROWS && strcmp(edgert_i8_kernel(), "scalar") != 0;
+    if (via_i8) {
+        check(memcmp(y, yl, (size_t)(n * m) * 4) == 0, "lut_gemm takes the i8 path", m, k, bits,
+              group, (int)n);
+        const int64_t ms[2] = {m, m};
+        const uint8_t *pl[2] = {planes, planes};
+        const uint16_t *sc[2] = {scale, scale}, *zr[2] = {zero, zero};
+        edgert_lut_gemm_multi(2, y2, x, n, ms, k, pl, sc, zr, bits, group, EDGERT_FMT_UNIFORM,
+                              threads);
+        check(!memcmp(y2[0], y, (size_t)(n * m) * 4) && !memcmp(y2[1], y, (size_t)(n * m) * 4),
+              "i8 multi == single", m, k, bits, group, (int)n);
+    }
+    int close = 1;
+    float *amax = calloc((size_t)(n * s.groups), sizeof(float)); /* per row and group */
+    for (int64_t i = 0; i < n * k; i++)
+        amax[i / k * s.groups + i % k / group] =
+            fmaxf(amax[i / k * s.groups + i % k / group], fabsf(x[i]));
+    for (int64_t a = 0; a < n; a++) {
+        for (int64_t row = 0; row < m; row++) {
+            const int64_t t = row / T, rr = row % T;
+            double acc = 0, absacc = 0, bound = 0;
+            for (int64_t col = 0; col < k; col++) {
+                const int64_t c = col / 4, g = col / group;
+                int q = 0;
+                for (int j = 0; j < bits; j++) {
+                    const uint8_t byte = planes[((t * s.k4 + c) * bits + j) * 16 + rr % 16];
+                    const int nib = rr < 16 ? byte & 15 : byte >> 4;
+                    q |= ((nib >> (col % 4)) & 1) << j;
+                }
+                const double w = h2f(scale_at(scale, t, g, &s)[rr]) *
+                                 (q - (double)h2f(zero_at(zero, t, g, &s)[rr]));
+                acc += w * x[a * k + col];
+                absacc += fabs(w * x[a * k + col]);
+                bound += fabs(w) * amax[a * s.groups + g] / 127.0 / 2;
+            }
+            close &= fabs(acc - y[a * m + row]) <= bound + 1e-5 * absacc + 1e-30;
+        }
+    }
+    check(close, "i8 close to float", m, k, bits, group, (int)n);
+    free(amax);
+    free(planes); free(scale); free(zero); free(x); free(y); free(yr); free(yl);
+    free(y2[0]); free(y2[1]);
+}
+
 /* 8-bit rows: the SIMD path within float rounding of its scalar twin */
 static void q8_case(int64_t m, int64_t k, int64_t n) {
     int64_t kpad = (k + 31) / 32 * 32;
@@ -363,6 +431,15 @@ int main(void) {
                 for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++)
                     one_case(shapes[si][0], shapes[si][1], bits, groups[gi], fmt,
                              1 + (int64_t)(rnd() % 3), 1 + (int)(rnd() % 3));
+    /* the int8 path: odd row counts (the kernels' remainders), partial tiles, k not a multiple
+     * of the group, groups of 8 chunks and more (the AVX2 kernel's 16-bit sums) */
+    static const int64_t i8_shapes[][3] = {{7, 33, 9}, {33, 129, 13}, {96, 576, 64},
+                                           {65, 1000, 70}, {300, 257, 8}};
+    for (int bits = 1; bits <= 4; bits++)
+        for (size_t si = 0; si < sizeof i8_shapes / sizeof i8_shapes[0]; si++)
+            for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++)
+                i8_case(i8_shapes[si][0], i8_shapes[si][1], bits, groups[gi], i8_shapes[si][2],
+                        1 + (int)(rnd() % 3));
     forward_case(0, 0);
     forward_case(1, 0);
     forward_case(1, 1);
@@ -371,6 +448,6 @@ int main(void) {
     for (int bits = 2; bits <= 8; bits *= 2)
         for (size_t i = 0; i < sizeof bundle_shapes / sizeof bundle_shapes[0]; i++)
             bundle_case(bits, bundle_shapes[i][0], bundle_shapes[i][1], bundle_shapes[i][2]);
-    printf("isa %s\n%d passed, %d failed\n", edgert_kernels_isa(), passes, failures);
+    printf("isa %s (int8 %s)\n%d passed, %d failed\n", edgert_kernels_isa(), edgert_i8_kernel(), passes, failures);
     return failures != 0;
 }
