@@ -10,6 +10,10 @@ def add_arguments(p) -> None:
 
     add_dram_budget(p, experts=False)
     p.add_argument("--ctx", type=int, default=None, help="context for the plan (model's, max 4096)")
+    p.add_argument(
+        "--prompt", type=int, default=512, metavar="N",
+        help="prompt length for the time-to-first-token prediction (default 512)",
+    )  # fmt: skip
 
 
 def _print_dnn(info: dict) -> None:
@@ -40,7 +44,11 @@ def run(args) -> int:
     from edgert.measure.inspect import inspect_artifact
 
     info = inspect_artifact(
-        args.artifact, dram_budget=dram_budget(args), ctx=args.ctx, sparsity=args.sparsity
+        args.artifact,
+        dram_budget=dram_budget(args),
+        ctx=args.ctx,
+        sparsity=args.sparsity,
+        prompt=args.prompt,
     )
     if args.json:
         print_json(info)
@@ -142,5 +150,12 @@ def run(args) -> int:
             f"cost model {c['tok_s']:.1f} tok/s decode on {c['device']} at half context "
             f"({c['bound']}-bound: DRAM {c['dram_seconds'] * 1e3:.1f} ms, flash "
             f"{c['flash_seconds'] * 1e3:.1f} ms per token)"
+        )
+    pf = (p or {}).get("prefill")
+    if pf:
+        print(
+            f"cost model {pf['ttft_s']:.2f} s to the first token of a {pf['n_prompt']}-token "
+            f"prompt on {pf['device']} ({pf['tok_s']:.0f} tok/s prefill: "
+            f"{pf['macs'] / 1e9:.1f} G multiply-adds at {pf['gmacs_per_s']:g} G/s)"
         )
     return 0

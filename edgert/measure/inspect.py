@@ -6,11 +6,17 @@ from __future__ import annotations
 
 
 def inspect_artifact(
-    path, *, dram_budget: int | None = None, ctx: int | None = None, sparsity: float | None = None
+    path,
+    *,
+    dram_budget: int | None = None,
+    ctx: int | None = None,
+    sparsity: float | None = None,
+    prompt: int = 512,
 ) -> dict:
     """What `edgert inspect` shows, as a dict (no checksum verification: it only reads).
     Dense models: the DRAM plan for ``dram_budget`` (default: the compiled one) at ``ctx`` and
-    the cost model's decode prediction on the artifact's target."""
+    the cost model's decode prediction on the artifact's target; every language model: its
+    time to the first token of a ``prompt``-token prompt there."""
     from edgert.format import names
     from edgert.format.artifact import Artifact
 
@@ -66,7 +72,7 @@ def inspect_artifact(
     cfg = art.config()
     compiled = m.get("dram") or {}
     ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
-    from edgert.plan.cost import DeviceFigures, predict_decode
+    from edgert.plan.cost import DeviceFigures, predict_decode, predict_prefill
     from edgert.runtime.open import dense_plan, moe_plan, sparse_plan
 
     plan = None
@@ -81,6 +87,9 @@ def inspect_artifact(
     if t is not None and plan is not None:
         fig = DeviceFigures.from_target(t)
         info["prediction"]["cost_model"] = predict_decode(plan, fig, pos=ctx // 2).to_dict()
+    if t is not None:
+        fig = DeviceFigures.from_target(t)
+        info["prediction"]["prefill"] = predict_prefill(cfg, fig, n_prompt=min(prompt, ctx))
     sp = m.get("sparse_ffn")
     if sp:
         info["sparse_ffn"] = {k: sp[k] for k in ("bits", "group", "sparsities", "calib_tokens")}

@@ -21,6 +21,10 @@ layer's gate, which picks them, so a step takes DRAM + flash time.
 
 Memory: the plan's bytes (resident weights + KV + scratch + staging) on top of the process's own
 baseline (interpreter, libraries), which the caller measures.
+
+Prefill (time to first token) is compute-bound: a prompt's multiply-adds (every linear layer per
+token, attention over the prompt so far, the head once) at the int8 path's rate per core times
+the cores (``[cpu] int8_gmacs_per_core`` of the target file; no prediction without it).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class DeviceFigures:
     cores: int
     flash_mbs: float
     flash_latency_us: float
+    int8_gmacs_per_core: float = 0.0  # prefill's multiply-adds per second per core; 0: unknown
 
     @classmethod
     def from_target(cls, t, *, threads: int | None = None) -> DeviceFigures:
@@ -50,6 +55,7 @@ class DeviceFigures:
             threads or t.cores,
             t.flash_read_mbs,
             t.flash_latency_us,
+            t.int8_gmacs_per_core,
         )
 
     def with_flash(self, name: str, mbs: float, latency_us: float) -> DeviceFigures:
@@ -119,3 +125,42 @@ def _step_seconds(plan, fig: DeviceFigures, t_dram: float, t_flash: float) -> fl
     layer = t_dram / plan.n_layers
     ahead = sum(share * max(layer, a * t_read) for a, share in enumerate(r["ahead_per_call"]))
     return plan.n_layers * ahead + r["demand_per_token"] * t_read
+
+
+def prompt_macs(cfg, n_prompt: int) -> int:
+    """Multiply-adds of a prefill of ``n_prompt`` tokens: each token's linear layers (a mixture's
+    router, its used experts and shared expert), attention over the positions up to it (scores
+    and values, within a sliding window where a layer has one), and the head for the last token."""
+    d, hd = cfg.dim, cfg.head_dim
+    qd, kd = cfg.n_heads * hd, cfg.n_kv_heads * hd
+    attn = d * qd * 2 + d * kd * 2
+    if cfg.n_experts:
+        ffn = d * cfg.n_experts + 3 * d * (
+            cfg.n_experts_used * cfg.expert_ffn_dim + cfg.shared_expert_ffn_dim
+        )
+    else:
+        ffn = 3 * d * cfg.ffn_dim
+    macs = n_prompt * cfg.n_layers * (attn + ffn) + cfg.vocab_size * d
+    swa = set(cfg.swa_layers) if cfg.sliding_window else set()
+    for layer in range(cfg.n_layers):
+        w = cfg.sliding_window if layer in swa else 0
+        seen = sum(min(t + 1, w) if w else t + 1 for t in range(n_prompt))
+        macs += 2 * cfg.n_heads * hd * seen
+    return int(macs)
+
+
+def predict_prefill(cfg, fig: DeviceFigures, *, n_prompt: int) -> dict | None:
+    """Time to first token of an ``n_prompt``-token prompt on ``fig`` (compute-bound at the int8
+    path's rate); None where the target gives no rate."""
+    if fig.int8_gmacs_per_core <= 0 or n_prompt < 1:
+        return None
+    macs = prompt_macs(cfg, n_prompt)
+    seconds = macs / (fig.int8_gmacs_per_core * fig.cores * 1e9)
+    return {
+        "device": fig.name,
+        "n_prompt": n_prompt,
+        "macs": macs,
+        "gmacs_per_s": fig.int8_gmacs_per_core * fig.cores,
+        "ttft_s": seconds,
+        "tok_s": n_prompt / seconds,
+    }

@@ -142,3 +142,25 @@ def test_target_optional_figures(tmp_path):
     (tmp_path / "rpi5.toml").write_text(src)
     with pytest.raises(EdgertError, match="'cpu.gemv_gbs_per_core' must not be negative"):
         parse_target(tmp_path / "rpi5.toml")
+
+
+def test_prefill_prediction_counts_the_prompts_multiply_adds():
+    from edgert.format.model import ModelConfig
+    from edgert.format.target import load_target
+    from edgert.plan.cost import predict_prefill, prompt_macs
+
+    cfg = ModelConfig(arch="llama", n_layers=2, dim=8, n_heads=2, n_kv_heads=1, head_dim=4,
+                      ffn_dim=16, vocab_size=10)  # fmt: skip
+    # per token and layer: q, o 8x8 each, k, v 8x4 each, gate/up/down 3 x 8x16; the head once;
+    # attention: 2 heads x 4 dims x (scores + values) over 1 + 2 + 3 positions
+    per_layer = 2 * 64 + 2 * 32 + 3 * 128
+    assert prompt_macs(cfg, 3) == 3 * 2 * per_layer + 80 + 2 * (2 * 2 * 4 * 6)
+    swa = ModelConfig(**{**cfg.__dict__, "sliding_window": 2, "swa_layers": [0]})
+    assert prompt_macs(swa, 3) == prompt_macs(cfg, 3) - 2 * 2 * 4 * 1  # layer 0 sees 1 + 2 + 2
+    moe = ModelConfig(**{**cfg.__dict__, "n_experts": 4, "n_experts_used": 2, "expert_ffn_dim": 6})
+    assert prompt_macs(moe, 1) == 2 * (2 * 64 + 2 * 32 + 8 * 4 + 3 * 8 * 12) + 80 + 2 * 16
+    p = predict_prefill(cfg, fig(int8_gmacs_per_core=1e-6, cores=2), n_prompt=3)
+    assert p["ttft_s"] == pytest.approx(prompt_macs(cfg, 3) / 2000.0) and p["n_prompt"] == 3
+    assert predict_prefill(cfg, fig(), n_prompt=3) is None  # no int8 rate: no prediction
+    for name in ("host", "rpi5", "rpi4", "jetson-orin-nano", "android-arm64"):
+        assert load_target(name).int8_gmacs_per_core > 0
