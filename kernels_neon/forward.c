@@ -2,7 +2,8 @@
  *
  * Follows edgert.reference operation by operation: RMSNorm with the mean of squares in double,
  * attention scores divided by sqrt(head_dim) (or times the model's attn_scale), softmax with the
- * running max subtracted, SiLU as x / (1 + exp(-x)), GELU by its tanh form in float. Linear layers
+ * running max subtracted, SiLU as x / (1 + exp(-x)) (exp: vec.h's exp_array, within 2 ulp of
+ * expf), GELU by its tanh form in float. Linear layers
  * are the kernels of lut_gemm.c; vector helpers are vec.h's. Results do not depend on the thread
  * count: work is split by output rows and by (token, head) pairs, never inside a sum.
  */
@@ -95,8 +96,14 @@ static void activate(float *g, int64_t count, int act) {
             const float x = g[j];
             g[j] = 0.5f * x * (1.f + tanhf(c * (x + 0.044715f * x * x * x)));
         }
-    } else {
-        for (int64_t j = 0; j < count; j++) g[j] = g[j] / (1.f + expf(-g[j]));
+    } else { /* x / (1 + exp(-x)), exp on a block at a time */
+        float e[256];
+        for (int64_t j0 = 0; j0 < count; j0 += 256) {
+            const int64_t len = count - j0 < 256 ? count - j0 : 256;
+            for (int64_t j = 0; j < len; j++) e[j] = -g[j0 + j];
+            exp_array(e, e, len);
+            for (int64_t j = 0; j < len; j++) g[j0 + j] = g[j0 + j] / (1.f + e[j]);
+        }
     }
 }
 
@@ -146,20 +153,25 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
          * per key: a layer holding every position never wraps) */
         const int64_t r0 = t0 % c->cap;
         float mx = -INFINITY;
-        for (int64_t t = t0, r = r0; t < t1; t++, r = r + 1 == c->cap ? 0 : r + 1) {
-            const float s = dot(q, c->kc + r * c->stride + g * hd, hd);
-            p[t - t0] = mul != 0.f ? s * mul : s / scale;
-            if (p[t - t0] > mx) mx = p[t - t0];
+        int64_t t = t0, r = r0;
+        for (; t + 4 <= t1; t += 4) { /* four keys per pass: one reduction for the four */
+            const float *rows[4];
+            for (int j = 0; j < 4; j++, r = r + 1 == c->cap ? 0 : r + 1)
+                rows[j] = c->kc + r * c->stride + g * hd;
+            dot4(p + (t - t0), q, rows, hd);
+        }
+        for (; t < t1; t++, r = r + 1 == c->cap ? 0 : r + 1)
+            p[t - t0] = dot(q, c->kc + r * c->stride + g * hd, hd);
+        for (int64_t j = 0; j < t1 - t0; j++) {
+            p[j] = mul != 0.f ? p[j] * mul : p[j] / scale;
+            if (p[j] > mx) mx = p[j];
         }
         float sum = 0.f;
-        for (int64_t t = 0; t < t1 - t0; t++) {
-            p[t] = expf(p[t] - mx);
-            sum += p[t];
-        }
-        float *o = c->out + it * hd;
-        memset(o, 0, (size_t)hd * sizeof(float));
-        for (int64_t t = t0, r = r0; t < t1; t++, r = r + 1 == c->cap ? 0 : r + 1)
-            axpy(o, p[t - t0] / sum, c->vc + r * c->stride + g * hd, hd);
+        for (int64_t j = 0; j < t1 - t0; j++) p[j] -= mx;
+        exp_array(p, p, t1 - t0);
+        for (int64_t j = 0; j < t1 - t0; j++) sum += p[j];
+        for (int64_t j = 0; j < t1 - t0; j++) p[j] /= sum;
+        weighted_rows(c->out + it * hd, p, c->vc + g * hd, c->stride, r0, c->cap, t1 - t0, hd);
     }
     free(p);
 }
@@ -213,6 +225,23 @@ static void route(const edgert_moe_ffn *e, const float *logits, int64_t n, int32
     }
 }
 
+/* g = act(g) * u over rows [begin, end) of f elements (a parallel range function) */
+typedef struct {
+    float *g;
+    const float *u;
+    int64_t f;
+    int act;
+} glu_ctx;
+
+static void glu_rows(void *vctx, int64_t begin, int64_t end) {
+    const glu_ctx *c = vctx;
+    float *g = c->g + begin * c->f;
+    const float *u = c->u + begin * c->f;
+    const int64_t count = (end - begin) * c->f;
+    activate(g, count, c->act);
+    for (int64_t j = 0; j < count; j++) g[j] *= u[j];
+}
+
 /* g (r, f) = act(x gate^T) * (x up^T) (u: scratch); y (r, d) = g down^T */
 static void swiglu(const edgert_weight *gate, const edgert_weight *up, const edgert_weight *down,
                    const float *x, int64_t r, float *g, float *u, float *y, int act, int threads) {
@@ -220,8 +249,9 @@ static void swiglu(const edgert_weight *gate, const edgert_weight *up, const edg
     float *const out[2] = {g, u};
     linear_multi(2, gu, x, r, out, threads);
     const int64_t f = gate->m;
-    activate(g, r * f, act);
-    for (int64_t j = 0; j < r * f; j++) g[j] *= u[j];
+    glu_ctx c = {g, u, f, act}; /* per element: the result does not depend on the split */
+    edgert_parallel_for(r, r > 1 && r * f * 16 >= EDGERT_PARALLEL_MIN_WORK ? threads : 1, glu_rows,
+                        &c);
     linear(down, g, r, y, threads);
 }
 

@@ -118,23 +118,42 @@ static void unpack_codes_scalar(uint8_t *codes, const uint8_t *planes, int64_t t
     }
 }
 
+/* sc [groups][32] = the scales as floats, sz = sc * zero (float16 converted exactly: h2f, or the
+ * F16C / NEON conversion where the build has it) */
 static void group_params(float *sc, float *sz, const uint16_t *scale, const uint16_t *zero,
                          int64_t tile, const shape_t *s) {
     for (int64_t g = 0; g < s->groups; g++) {
         const uint16_t *a = scale_at(scale, tile, g, s), *z = zero_at(zero, tile, g, s);
-        for (int r = 0; r < T; r++) {
+        int r = 0;
+#if defined(EDGERT_AVX2)
+        for (; r < T; r += 8) {
+            const __m256 av = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(a + r)));
+            const __m256 zv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(z + r)));
+            _mm256_storeu_ps(sc + g * T + r, av);
+            _mm256_storeu_ps(sz + g * T + r, _mm256_mul_ps(av, zv));
+        }
+#elif defined(EDGERT_NEON)
+        for (; r < T; r += 4) {
+            const float32x4_t av = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(a + r)));
+            const float32x4_t zv = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(z + r)));
+            vst1q_f32(sc + g * T + r, av);
+            vst1q_f32(sz + g * T + r, vmulq_f32(av, zv));
+        }
+#endif
+        for (; r < T; r++) {
             sc[g * T + r] = h2f(a[r]);
             sz[g * T + r] = sc[g * T + r] * h2f(z[r]);
         }
     }
 }
 
-/* y [na][32] = the tile's rows for activation rows x8 [na][kpad] (d, dsx [na][groups]) */
-typedef void (*i8_kernel_fn)(float *y, const uint8_t *codes, const float *sc, const float *sz,
+/* y [na][32] (row a at y + a * ldy) = the tile's rows for activation rows x8 [na][kpad] (d, dsx
+ * [na][groups]) */
+typedef void (*i8_kernel_fn)(float *y, int64_t ldy, const uint8_t *codes, const float *sc, const float *sz,
                              const int8_t *x8, const float *d, const float *dsx, int64_t na,
                              const shape_t *s);
 
-static void kernel_ref(float *y, const uint8_t *codes, const float *sc, const float *sz,
+static void kernel_ref(float *y, int64_t ldy, const uint8_t *codes, const float *sc, const float *sz,
                        const int8_t *x8, const float *d, const float *dsx, int64_t na,
                        const shape_t *s) {
     const int per = s->group / 4;
@@ -151,7 +170,7 @@ static void kernel_ref(float *y, const uint8_t *codes, const float *sc, const fl
                 acc = fmaf((float)sum, sc[g * T + r] * da[g], acc);
                 acc = fmaf(-sz[g * T + r], xa_s[g], acc);
             }
-            y[a * T + r] = acc;
+            y[a * ldy + r] = acc;
         }
     }
 }
@@ -186,7 +205,38 @@ static inline void unpack_codes_avx2(uint8_t *codes, const uint8_t *planes, int6
         for (int q = 0; q < 4; q++) _mm256_storeu_si256((__m256i *)(codes + c * 128 + q * 32), out[q]);
     }
 }
+#if defined(EDGERT_AVX512)
+/* 16 rows per zmm: the plane's 16 bytes in every 128-bit lane, each lane spreading 4 rows'
+ * nibbles to 4 bytes; a byte mask of the set bits adds the plane's weight */
+static inline void unpack_codes_avx512(uint8_t *codes, const uint8_t *planes, int64_t tile,
+                                       const shape_t *s) {
+    const int b = s->bits;
+    const __m512i spread = _mm512_set_epi32(
+        0x0f0f0f0f, 0x0e0e0e0e, 0x0d0d0d0d, 0x0c0c0c0c, 0x0b0b0b0b, 0x0a0a0a0a, 0x09090909,
+        0x08080808, 0x07070707, 0x06060606, 0x05050505, 0x04040404, 0x03030303, 0x02020202,
+        0x01010101, 0x00000000);
+    const __m512i bit = _mm512_set1_epi32(0x08040201), low = _mm512_set1_epi8(15);
+    for (int64_t c = 0; c < s->k4; c++) {
+        __m512i out0 = _mm512_setzero_si512(), out1 = out0;
+        for (int j = 0; j < b; j++) {
+            const __m512i p = _mm512_broadcast_i32x4(
+                _mm_loadu_si128((const __m128i *)(planes + ((tile * s->k4 + c) * b + j) * 16)));
+            const __m512i lo = _mm512_and_si512(p, low),
+                          hi = _mm512_and_si512(_mm512_srli_epi16(p, 4), low);
+            const __m512i w = _mm512_set1_epi8((char)(1 << j));
+            out0 = _mm512_mask_add_epi8(out0, _mm512_test_epi8_mask(_mm512_shuffle_epi8(lo, spread), bit),
+                                        out0, w);
+            out1 = _mm512_mask_add_epi8(out1, _mm512_test_epi8_mask(_mm512_shuffle_epi8(hi, spread), bit),
+                                        out1, w);
+        }
+        _mm512_store_si512(codes + c * 128, out0);
+        _mm512_store_si512(codes + c * 128 + 64, out1);
+    }
+}
+#define unpack_codes_fast unpack_codes_avx512
+#else
 #define unpack_codes_fast unpack_codes_avx2
+#endif
 
 #if defined(__AVX512VNNI__) && defined(EDGERT_AVX512)
 #define I8_KERNEL "avx512vnni"
@@ -209,7 +259,7 @@ static inline void unpack_codes_avx2(uint8_t *codes, const uint8_t *planes, int6
         f##i##0 = _mm512_fnmadd_ps(z0, xi, f##i##0);                                          \
         f##i##1 = _mm512_fnmadd_ps(z1, xi, f##i##1);                                          \
     }
-static void kernel_fast(float *y, const uint8_t *codes, const float *sc, const float *sz,
+static void kernel_fast(float *y, int64_t ldy, const uint8_t *codes, const float *sc, const float *sz,
                         const int8_t *x8, const float *d, const float *dsx, int64_t na,
                         const shape_t *s) {
     const int per = s->group / 4;
@@ -231,23 +281,24 @@ static void kernel_fast(float *y, const uint8_t *codes, const float *sc, const f
             const __m512 z0 = _mm512_loadu_ps(sz + g * T), z1 = _mm512_loadu_ps(sz + g * T + 16);
             I8_EPI(0) I8_EPI(1) I8_EPI(2) I8_EPI(3)
         }
-        _mm512_storeu_ps(y + a * T, f00);
-        _mm512_storeu_ps(y + a * T + 16, f01);
-        _mm512_storeu_ps(y + (a + 1) * T, f10);
-        _mm512_storeu_ps(y + (a + 1) * T + 16, f11);
-        _mm512_storeu_ps(y + (a + 2) * T, f20);
-        _mm512_storeu_ps(y + (a + 2) * T + 16, f21);
-        _mm512_storeu_ps(y + (a + 3) * T, f30);
-        _mm512_storeu_ps(y + (a + 3) * T + 16, f31);
+        _mm512_storeu_ps(y + a * ldy, f00);
+        _mm512_storeu_ps(y + a * ldy + 16, f01);
+        _mm512_storeu_ps(y + (a + 1) * ldy, f10);
+        _mm512_storeu_ps(y + (a + 1) * ldy + 16, f11);
+        _mm512_storeu_ps(y + (a + 2) * ldy, f20);
+        _mm512_storeu_ps(y + (a + 2) * ldy + 16, f21);
+        _mm512_storeu_ps(y + (a + 3) * ldy, f30);
+        _mm512_storeu_ps(y + (a + 3) * ldy + 16, f31);
     }
     if (a < na)
-        kernel_ref(y + a * T, codes, sc, sz, x8 + a * kpad, d + a * G, dsx + a * G, na - a, s);
+        kernel_ref(y + a * ldy, ldy, codes, sc, sz, x8 + a * kpad, d + a * G, dsx + a * G, na - a,
+                   s);
 }
 #else
 #define I8_KERNEL "avx2"
 /* 2 activation rows x 32 weight rows: 16-bit sums of up to 8 chunks (|sum| <= 8 x 2 x 15 x 127
  * = 30480), widened to int32 by vpmaddwd, float accumulators in y */
-static void kernel_fast(float *y, const uint8_t *codes, const float *sc, const float *sz,
+static void kernel_fast(float *y, int64_t ldy, const uint8_t *codes, const float *sc, const float *sz,
                         const int8_t *x8, const float *d, const float *dsx, int64_t na,
                         const shape_t *s) {
     const int per = s->group / 4;
@@ -295,10 +346,11 @@ static void kernel_fast(float *y, const uint8_t *codes, const float *sc, const f
             }
         }
         for (int i = 0; i < 2; i++)
-            for (int q = 0; q < 4; q++) _mm256_storeu_ps(y + (a + i) * T + 8 * q, f[i][q]);
+            for (int q = 0; q < 4; q++) _mm256_storeu_ps(y + (a + i) * ldy + 8 * q, f[i][q]);
     }
     if (a < na)
-        kernel_ref(y + a * T, codes, sc, sz, x8 + a * kpad, d + a * G, dsx + a * G, na - a, s);
+        kernel_ref(y + a * ldy, ldy, codes, sc, sz, x8 + a * kpad, d + a * G, dsx + a * G, na - a,
+                   s);
 }
 #endif
 
@@ -353,7 +405,7 @@ static inline int32x4_t dot4(int32x4_t acc, uint8x16_t w, int8x16_t x) {
 #endif
 
 /* 2 activation rows x 32 weight rows: 16 int32 and 16 float accumulators */
-static void kernel_fast(float *y, const uint8_t *codes, const float *sc, const float *sz,
+static void kernel_fast(float *y, int64_t ldy, const uint8_t *codes, const float *sc, const float *sz,
                         const int8_t *x8, const float *d, const float *dsx, int64_t na,
                         const shape_t *s) {
     const int per = s->group / 4;
@@ -390,10 +442,11 @@ static void kernel_fast(float *y, const uint8_t *codes, const float *sc, const f
             }
         }
         for (int i = 0; i < 2; i++)
-            for (int q = 0; q < 8; q++) vst1q_f32(y + (a + i) * T + 4 * q, f[i][q]);
+            for (int q = 0; q < 8; q++) vst1q_f32(y + (a + i) * ldy + 4 * q, f[i][q]);
     }
     if (a < na)
-        kernel_ref(y + a * T, codes, sc, sz, x8 + a * kpad, d + a * G, dsx + a * G, na - a, s);
+        kernel_ref(y + a * ldy, ldy, codes, sc, sz, x8 + a * kpad, d + a * G, dsx + a * G, na - a,
+                   s);
 }
 #else
 #define I8_KERNEL "scalar"
@@ -445,13 +498,19 @@ static void i8_range(void *vctx, int64_t begin, int64_t end) {
         else
             unpack_codes_scalar(codes, c->planes[j], t, s);
         group_params(sc, sz, c->scale[j], c->zero[j], t, s);
+        const i8_kernel_fn kernel = c->fast ? kernel_fast : kernel_ref;
         for (int64_t a0 = 0; a0 < c->n; a0 += I8_ROWS) {
             const int64_t na = c->n - a0 < I8_ROWS ? c->n - a0 : I8_ROWS;
-            (c->fast ? kernel_fast : kernel_ref)(out, codes, sc, sz, c->x8 + a0 * s->kpad,
-                                                 c->d + a0 * s->groups, c->dsx + a0 * s->groups,
-                                                 na, s);
+            float *y = c->y[j] + a0 * m + t * T;
+            const int8_t *x8 = c->x8 + a0 * s->kpad;
+            const float *d = c->d + a0 * s->groups, *dsx = c->dsx + a0 * s->groups;
+            if (rows == T) { /* a whole tile: straight into y */
+                kernel(y, m, codes, sc, sz, x8, d, dsx, na, s);
+                continue;
+            }
+            kernel(out, T, codes, sc, sz, x8, d, dsx, na, s);
             for (int64_t a = 0; a < na; a++)
-                memcpy(c->y[j] + (a0 + a) * m + t * T, out + a * T, (size_t)rows * sizeof(float));
+                memcpy(y + a * m, out + a * T, (size_t)rows * sizeof(float));
         }
     }
 }

@@ -82,6 +82,152 @@ static inline void axpy(float *y, float a, const float *x, int64_t n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+/* ---- dot products of a with 4 rows b[0..3] (n,) each: out[j] == dot(a, b[j], n) bit for bit --- */
+/* (the lanes of each row's two accumulators are summed in dot's order, four rows at once after a
+ * transpose: attention's scores over a row of keys) */
+static inline void dot4_ref(float out[4], const float *a, const float *const b[4], int64_t n) {
+    for (int j = 0; j < 4; j++) out[j] = dot_ref(a, b[j], n);
+}
+
+static inline void dot4(float out[4], const float *a, const float *const b[4], int64_t n) {
+#if defined(EDGERT_AVX2)
+    int64_t i = 0;
+    __m256 s0[4], s1[4];
+    for (int j = 0; j < 4; j++) s0[j] = s1[j] = _mm256_setzero_ps();
+    for (; i + 16 <= n; i += 16) {
+        const __m256 a0 = _mm256_loadu_ps(a + i), a1 = _mm256_loadu_ps(a + i + 8);
+        for (int j = 0; j < 4; j++) {
+            s0[j] = _mm256_add_ps(s0[j], _mm256_mul_ps(a0, _mm256_loadu_ps(b[j] + i)));
+            s1[j] = _mm256_add_ps(s1[j], _mm256_mul_ps(a1, _mm256_loadu_ps(b[j] + i + 8)));
+        }
+    }
+    /* l[j] = s0[j] + s1[j]; out[j] = l[j][0] + l[j][1] + ... + l[j][7], in that order: lane k of
+     * the four rows in one 4-wide vector t[k] (a 4x8 transpose), then added k by k */
+    const __m256 l0 = _mm256_add_ps(s0[0], s1[0]), l1 = _mm256_add_ps(s0[1], s1[1]),
+                 l2 = _mm256_add_ps(s0[2], s1[2]), l3 = _mm256_add_ps(s0[3], s1[3]);
+    const __m256 u0 = _mm256_unpacklo_ps(l0, l1), u1 = _mm256_unpackhi_ps(l0, l1),
+                 u2 = _mm256_unpacklo_ps(l2, l3), u3 = _mm256_unpackhi_ps(l2, l3);
+    /* lanes 0,1 / 4,5 of rows (0,1,2,3): v0 = lane 0 (and 4 in the high half), v1 = lane 1 (5) */
+    const __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xee),
+                 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xee);
+    __m128 r = _mm_add_ps(_mm_setzero_ps(), _mm256_castps256_ps128(v0)); /* dot: r = 0.f + ... */
+    r = _mm_add_ps(r, _mm256_castps256_ps128(v1));
+    r = _mm_add_ps(r, _mm256_castps256_ps128(v2));
+    r = _mm_add_ps(r, _mm256_castps256_ps128(v3));
+    r = _mm_add_ps(r, _mm256_extractf128_ps(v0, 1));
+    r = _mm_add_ps(r, _mm256_extractf128_ps(v1, 1));
+    r = _mm_add_ps(r, _mm256_extractf128_ps(v2, 1));
+    r = _mm_add_ps(r, _mm256_extractf128_ps(v3, 1));
+    _mm_storeu_ps(out, r);
+    for (; i < n; i++)
+        for (int j = 0; j < 4; j++) out[j] += a[i] * b[j][i];
+#else
+    for (int j = 0; j < 4; j++) out[j] = dot(a, b[j], n);
+#endif
+}
+
+/* ---- o (n,) = sum over rows j of w[j] x_j: x_j at x0 + ((r0 + j) % cap) * stride, j < count --- */
+/* (equal to o = 0, then axpy(o, w[j], x_j, n) for j in order, bit for bit: the values' side of
+ * attention, o kept in registers 64 floats at a time) */
+static inline void weighted_rows_ref(float *o, const float *w, const float *x0, int64_t stride,
+                                     int64_t r0, int64_t cap, int64_t count, int64_t n) {
+    memset(o, 0, (size_t)n * sizeof(float));
+    for (int64_t j = 0, r = r0; j < count; j++, r = r + 1 == cap ? 0 : r + 1)
+        axpy_ref(o, w[j], x0 + r * stride, n);
+}
+
+static inline void weighted_rows(float *o, const float *w, const float *x0, int64_t stride,
+                                 int64_t r0, int64_t cap, int64_t count, int64_t n) {
+    int64_t e = 0;
+#if defined(EDGERT_AVX2)
+    for (; e + 64 <= n; e += 64) {
+        __m256 acc[8];
+        for (int q = 0; q < 8; q++) acc[q] = _mm256_setzero_ps();
+        for (int64_t j = 0, r = r0; j < count; j++, r = r + 1 == cap ? 0 : r + 1) {
+            const __m256 wj = _mm256_set1_ps(w[j]);
+            const float *x = x0 + r * stride + e;
+            for (int q = 0; q < 8; q++)
+                acc[q] = _mm256_add_ps(acc[q], _mm256_mul_ps(wj, _mm256_loadu_ps(x + 8 * q)));
+        }
+        for (int q = 0; q < 8; q++) _mm256_storeu_ps(o + e + 8 * q, acc[q]);
+    }
+#endif
+    if (e < n) {
+        memset(o + e, 0, (size_t)(n - e) * sizeof(float));
+        for (int64_t j = 0, r = r0; j < count; j++, r = r + 1 == cap ? 0 : r + 1)
+            axpy(o + e, w[j], x0 + r * stride + e, n - e);
+    }
+}
+
+/* ---- y (n,) = exp(x) elementwise (y may be x) ----------------------------------------------- */
+/* Cephes' expf: x clamped to [-87.3, 88], 2^round(x log2 e) times a degree-5 polynomial of the
+ * remainder, each step a separate multiply or add in this order (within 2 ulp of expf; softmax
+ * and SiLU call it on whole rows) */
+static inline float exp_one(float x) {
+    x = x > 88.f ? 88.f : x < -87.3f ? -87.3f : x;
+    const float fx = rintf(x * 1.44269504088896341f);
+    const float r = (x - fx * 0.693359375f) - fx * -2.12194440e-4f;
+    float p = 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f;
+    p = p * r + 8.3334519073E-3f;
+    p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f;
+    p = p * r + 5.0000001201E-1f;
+    p = p * (r * r) + r + 1.f;
+    const uint32_t bits = (uint32_t)((int32_t)fx + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, 4);
+    return p * scale;
+}
+
+static inline void exp_array_ref(float *y, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] = exp_one(x[i]);
+}
+
+static inline void exp_array(float *y, const float *x, int64_t n) {
+    int64_t i = 0;
+#if defined(EDGERT_AVX2)
+    const __m256 hi = _mm256_set1_ps(88.f), lo = _mm256_set1_ps(-87.3f);
+#define EXP_C(v) _mm256_set1_ps(v)
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_max_ps(_mm256_min_ps(_mm256_loadu_ps(x + i), hi), lo);
+        const __m256 fx = _mm256_round_ps(_mm256_mul_ps(v, EXP_C(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m256 r = _mm256_sub_ps(_mm256_sub_ps(v, _mm256_mul_ps(fx, EXP_C(0.693359375f))),
+                                       _mm256_mul_ps(fx, EXP_C(-2.12194440e-4f)));
+        __m256 p = EXP_C(1.9875691500E-4f);
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), EXP_C(1.3981999507E-3f));
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), EXP_C(8.3334519073E-3f));
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), EXP_C(4.1665795894E-2f));
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), EXP_C(1.6666665459E-1f));
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), EXP_C(5.0000001201E-1f));
+        p = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), EXP_C(1.f));
+        const __m256i e = _mm256_slli_epi32(
+            _mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+        _mm256_storeu_ps(y + i, _mm256_mul_ps(p, _mm256_castsi256_ps(e)));
+    }
+#undef EXP_C
+#elif defined(EDGERT_NEON)
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t v = vmaxq_f32(vminq_f32(vld1q_f32(x + i), vdupq_n_f32(88.f)),
+                                        vdupq_n_f32(-87.3f));
+        const float32x4_t fx = vrndnq_f32(vmulq_n_f32(v, 1.44269504088896341f));
+        const float32x4_t r =
+            vsubq_f32(vsubq_f32(v, vmulq_n_f32(fx, 0.693359375f)), vmulq_n_f32(fx, -2.12194440e-4f));
+        float32x4_t p = vdupq_n_f32(1.9875691500E-4f);
+        p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(1.3981999507E-3f));
+        p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(8.3334519073E-3f));
+        p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(4.1665795894E-2f));
+        p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(1.6666665459E-1f));
+        p = vaddq_f32(vmulq_f32(p, r), vdupq_n_f32(5.0000001201E-1f));
+        p = vaddq_f32(vaddq_f32(vmulq_f32(p, vmulq_f32(r, r)), r), vdupq_n_f32(1.f));
+        const int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtnq_s32_f32(fx), vdupq_n_s32(127)), 23);
+        vst1q_f32(y + i, vmulq_f32(p, vreinterpretq_f32_s32(e)));
+    }
+#endif
+    for (; i < n; i++) y[i] = exp_one(x[i]);
+}
+
 /* ---- codes [0, 2^bits) of elements [begin, end) (a whole number of bytes) as floats --------- */
 /* (low bits first: element i in byte i * bits / 8; bits 2, 4 or 8) */
 static inline void unpack_codes_ref(float *out, const uint8_t *codes, int32_t bits, int64_t begin,

@@ -405,6 +405,47 @@ static void vec_case(void) {
         axpy_ref(y1, s, a, n);
         check(memcmp(y0, y1, sizeof y0) == 0, "axpy == axpy_ref", n, 0, 0, 0, 0);
     }
+    /* attention's helpers: dot4 == dot on each row, weighted_rows == its twin through a ring */
+    for (int64_t n = 0; n <= 70; n += 3) {
+        const float *rows[4] = {b, b + 71, b + 142, b + 213};
+        float d4[4];
+        dot4(d4, a, rows, n);
+        int same = 1;
+        for (int j = 0; j < 4; j++) {
+            const float one = dot(a, rows[j], n);
+            same &= memcmp(&one, &d4[j], sizeof one) == 0;
+        }
+        check(same, "dot4 == dot", n, 0, 0, 0, 0);
+        for (int64_t count = 0; count <= 7; count += 7) { /* 3 rows of 90 in a ring from row 2 */
+            weighted_rows(y0, a, b, 90, 2, 3, count, n);
+            weighted_rows_ref(y1, a, b, 90, 2, 3, count, n);
+            check(memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "weighted_rows == _ref", n,
+                  count, 0, 0, 0);
+        }
+    }
+    for (int64_t n = 64; n <= 200; n += 68) { /* the 64-float register blocks */
+        weighted_rows(y0, a, b, 100, 1, 2, 5, n);
+        weighted_rows_ref(y1, a, b, 100, 1, 2, 5, n);
+        check(memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "weighted_rows == _ref", n, 5, 0, 0, 0);
+    }
+    /* exp: the SIMD lanes == the scalar twin, within 2 ulp of expf over softmax's and SiLU's
+     * ranges, clamped (finite, >= 0) beyond them */
+    float e[N];
+    for (int i = 0; i < N; i++) e[i] = 100.f * frand();
+    e[0] = -1e30f;
+    e[1] = 1e30f;
+    e[2] = 0.f;
+    for (int64_t n = 0; n <= 70; n += 7) {
+        exp_array(y0, e, n);
+        exp_array_ref(y1, e, n);
+        check(memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "exp_array == exp_array_ref", n, 0,
+              0, 0, 0);
+    }
+    exp_array(y0, e, N - 1); /* a scalar tail on every ISA */
+    int near = y0[2] == 1.f && y0[0] >= 0.f && y0[1] > 1e38f && isfinite(y0[1]);
+    for (int i = 3; i < N - 1; i++)
+        if (e[i] > -87.f && e[i] < 88.f) near &= fabs(y0[i] - (double)expf(e[i])) <= 2.5e-7 * expf(e[i]);
+    check(near, "exp_array near expf", N, 0, 0, 0, 0);
     for (int bits = 2; bits <= 8; bits *= 2)
         for (int64_t begin = 0; begin <= 48; begin += 8 / bits * 8)
             for (int64_t end = begin; end <= 200; end += 8) {
