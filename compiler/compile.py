@@ -67,9 +67,14 @@ def compile_model(
     dram: tuple[int, int | None] | None = None,
     sparse_ffn: bool = False,
     moefy: tuple[int, int] | None = None,
+    head_bits: int = 8,
 ) -> CompileSummary:
     """``moefy`` = (experts, top-k): split every dense FFN into that many experts with a router
-    (edgert.compiler.transform.moefy) before quantizing; the artifact is then a mixture of experts."""
+    (edgert.compiler.transform.moefy) before quantizing; the artifact is then a mixture of experts.
+    ``head_bits``: the output head in 8-bit rows (8) or in the scheme's LUT format at 2-4 bits
+    (a tied head gets its own copy; the embedding table stays 8-bit)."""
+    if head_bits not in (2, 3, 4, 8):
+        raise EdgertError(f"--head-bits must be 2, 3, 4 or 8, not {head_bits}")
     t0 = time.perf_counter()
     tgt: Target = load_target(target)
     tgt.require_toolchain()
@@ -143,7 +148,7 @@ def compile_model(
     t = time.perf_counter()
     summary = write_artifact(
         m, tgt, out, scheme=scheme, bits=bits, units=units, force=force, times=times, dram=dram,
-        sparse=sparse, moefy=moe_record, trace=trace,
+        sparse=sparse, moefy=moe_record, trace=trace, head_bits=head_bits,
     )  # fmt: skip
     times["quantize + build + write"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0

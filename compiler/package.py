@@ -64,6 +64,7 @@ def write_artifact(
     sparse: dict | None = None,
     moefy: dict | None = None,
     trace: dict | None = None,
+    head_bits: int = 8,
 ):
     """Everything after the bit plan: returns a CompileSummary. ``dram`` = (budget bytes,
     context tokens): the DRAM plan for that budget is made (an impossible budget fails the
@@ -71,7 +72,9 @@ def write_artifact(
     (thresholds, order, calib_tokens from edgert.compiler.transform.sparsify.calibrate): neuron bundles
     are written too. ``moefy``: how the model's experts were split from its dense FFNs
     (edgert.compiler.transform.moefy), recorded in the manifest. ``trace``: a mixture's routing while it
-    decodes (edgert.compiler.transform.calibrate.routing_trace), stored for the planner."""
+    decodes (edgert.compiler.transform.calibrate.routing_trace), stored for the planner.
+    ``head_bits`` < 8: the output head in the LUT format at that width (its own tensor, also when
+    tied to the embeddings, which stay 8-bit for their row lookups)."""
     from edgert.compiler.quant.lut import quantize_hlq, quantize_uniform
 
     c = m.config
@@ -159,7 +162,11 @@ def write_artifact(
         w.add_tensor(names.EMBEDDING, emb, meta={"format": "q8", "shape": [c.vocab_size, c.dim]})
         sizes["q8"] += sum(a.nbytes for a in emb.values())
         head_name = names.EMBEDDING
-        if names.OUTPUT in m:
+        if head_bits < 8:  # the head read whole every token: fewer bytes in the LUT format
+            src = names.OUTPUT if names.OUTPUT in m else names.EMBEDDING
+            put_lut(names.OUTPUT, m.tensor(src), head_bits)
+            head_name = names.OUTPUT
+        elif names.OUTPUT in m:
             head = quantize_q8(m.tensor(names.OUTPUT))
             w.add_tensor(names.OUTPUT, head, meta={"format": "q8", "shape": [c.vocab_size, c.dim]})
             sizes["q8"] += sum(a.nbytes for a in head.values())

@@ -61,6 +61,14 @@ def add_arguments(p) -> None:
         "activations) with a router choosing TOPK per token, e.g. 8x2: the artifact is a mixture "
         "of experts whose experts stream under --dram-budget",
     )
+    p.add_argument(
+        "--head-bits",
+        type=int,
+        default=8,
+        choices=(2, 3, 4, 8),
+        help="the output head's width: 8-bit rows (default) or the weights' format at 2-4 bits "
+        "(fewer bytes per decoded token; perplexity cost in BENCHMARKS.md)",
+    )
     p.add_argument("-o", "--output", default=None, help="artifact directory (NAME.edgert)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
@@ -110,6 +118,7 @@ def run(args) -> int:
         dram=None if budget is None else (budget, args.ctx),
         sparse_ffn=args.sparse_ffn,
         moefy=moefy,
+        head_bits=args.head_bits,
     )
     return _report(args, s, f"wrote {s.out} ({s.fmt}, {s.avg_bits:.2f} bits/weight avg, "
                             f"target {s.target})")  # fmt: skip

@@ -60,7 +60,11 @@ def inspect_artifact(
         from edgert.format.target import load_target
 
         t = load_target(art.target["name"])
-        per_token = by_res["resident"]  # what a dense step reads (bundles only with --sparsity)
+        from edgert.plan.sizes import resident_besides, touched_per_step
+
+        # what a dense step reads: the resident tensors but the embedding table, unless it is
+        # the head (bundles only with --sparsity)
+        per_token = touched_per_step(art, resident_besides(art, ()))
         info["prediction"] = {
             "weight_bytes_per_token": per_token,
             "dram_bandwidth_gbs": t.dram_bandwidth_gbs,

@@ -124,3 +124,33 @@ def test_corrupt_and_truncated_artifacts_are_refused(artifacts, tmp_path):
     f.write_bytes(bytes(data[: off + 5]))
     with pytest.raises(ArtifactError, match="truncated"):
         open_artifact_engine(bad)
+
+
+def test_head_in_four_bits(tmp_path):
+    """--head-bits 4: the (tied) head gets its own 4-bit LUT tensor, the embedding table stays
+    8-bit; one token at a time (the LUT path) the logits are the reference's on those weights,
+    and a step reads fewer bytes than with the 8-bit head."""
+    from edgert.errors import EdgertError
+    from edgert.format import names
+    from edgert.plan.sizes import resident_besides, touched_per_step
+
+    scheme = QuantScheme("uniform", 4, 32)
+    for d in ("h8", "h4", "bad"):
+        (tmp_path / d).mkdir()
+    s8 = compile_synthetic(tmp_path / "h8", "llama", scheme)
+    s4 = compile_synthetic(tmp_path / "h4", "llama", scheme, head_bits=4)
+    a8, a4 = Artifact.open(s8.out), Artifact.open(s4.out)
+    assert a4.manifest["plan"]["head"] == names.OUTPUT
+    assert a4.tensors[names.OUTPUT]["format"] == "uniform"
+    assert a4.tensors[names.OUTPUT]["bits"] == 4
+    assert a4.tensors[names.EMBEDDING]["format"] == "q8"
+    touched = [touched_per_step(a, resident_besides(a, ())) for a in (a8, a4)]
+    assert touched[1] < touched[0]
+    eng = open_artifact_engine(s4.out, max_ctx=64)
+    ref = ReferenceEngine(reference_model(a4), max_ctx=64)
+    ids = eng.tokenizer.encode("the cat sat on the mat")
+    got = np.concatenate([eng.forward([t]) for t in ids])
+    want = ref.forward(ids)
+    assert np.max(np.abs(got - want)) <= NEAR_TIE * np.max(np.abs(want))
+    with pytest.raises(EdgertError, match="--head-bits"):
+        compile_synthetic(tmp_path / "bad", "llama", scheme, head_bits=5)
