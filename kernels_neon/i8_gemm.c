@@ -404,17 +404,18 @@ static inline int32x4_t dot4(int32x4_t acc, uint8x16_t w, int8x16_t x) {
 }
 #endif
 
-/* 2 activation rows x 32 weight rows: 16 int32 and 16 float accumulators */
-static void kernel_fast(float *y, int64_t ldy, const uint8_t *codes, const float *sc, const float *sz,
-                        const int8_t *x8, const float *d, const float *dsx, int64_t na,
-                        const shape_t *s) {
+/* 2 activation rows x 32 weight rows: 16 int32 accumulators in registers, the float sums in y
+ * (32 registers would not hold both) */
+static void kernel_fast(float *y, int64_t ldy, const uint8_t *codes, const float *sc,
+                        const float *sz, const int8_t *x8, const float *d, const float *dsx,
+                        int64_t na, const shape_t *s) {
     const int per = s->group / 4;
     const int64_t G = s->groups, kpad = s->kpad;
     int64_t a = 0;
     for (; a + 2 <= na; a += 2) {
-        float32x4_t f[2][8];
-        for (int i = 0; i < 2; i++)
-            for (int q = 0; q < 8; q++) f[i][q] = vdupq_n_f32(0.f);
+        float *y0 = y + a * ldy, *y1 = y + (a + 1) * ldy;
+        memset(y0, 0, T * sizeof(float));
+        memset(y1, 0, T * sizeof(float));
         const int8_t *x0 = x8 + a * kpad;
         for (int64_t g = 0; g < G; g++) {
             int32x4_t acc[2][8];
@@ -433,16 +434,16 @@ static void kernel_fast(float *y, int64_t ldy, const uint8_t *codes, const float
                 }
             }
             for (int i = 0; i < 2; i++) {
+                float *yi = i ? y1 : y0;
                 const float di = d[(a + i) * G + g], xi = dsx[(a + i) * G + g];
                 for (int q = 0; q < 8; q++) {
                     const float32x4_t sq = vmulq_n_f32(vld1q_f32(sc + g * T + 4 * q), di);
-                    f[i][q] = vfmaq_f32(f[i][q], vcvtq_f32_s32(acc[i][q]), sq);
-                    f[i][q] = vfmsq_f32(f[i][q], vld1q_f32(sz + g * T + 4 * q), vdupq_n_f32(xi));
+                    float32x4_t f = vfmaq_f32(vld1q_f32(yi + 4 * q), vcvtq_f32_s32(acc[i][q]), sq);
+                    f = vfmsq_f32(f, vld1q_f32(sz + g * T + 4 * q), vdupq_n_f32(xi));
+                    vst1q_f32(yi + 4 * q, f);
                 }
             }
         }
-        for (int i = 0; i < 2; i++)
-            for (int q = 0; q < 8; q++) vst1q_f32(y + (a + i) * ldy + 4 * q, f[i][q]);
     }
     if (a < na)
         kernel_ref(y + a * ldy, ldy, codes, sc, sz, x8 + a * kpad, d + a * G, dsx + a * G, na - a,
