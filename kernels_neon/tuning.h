@@ -52,9 +52,9 @@
 #endif
 
 /* From this many activation rows on, uniform weights go through the int8 kernels (i8_gemm.c):
- * unpacking a tile's codes once pays off over the rows. 4-bit 1536x576 and 576x1536 at 1 thread,
- * against the LUT GEMM (AMD EPYC): AVX-512 VNNI 0.18 / 0.13 ms at 4 rows, 0.24 / 0.24 at 8, 0.23
- * / 0.35 at 12; AVX2 0.36 / 0.30 at 8, 0.38 / 0.43 at 12, 0.51 / 0.64 at 16. NEON: unmeasured
+ * unpacking a tile's codes once pays off over the rows. A 4-bit 1536x576 weight at 1 thread (AMD
+ * EPYC), int8 path / LUT GEMM: AVX-512 VNNI 0.18 / 0.13 ms for 4 rows, 0.24 / 0.24 for 8, 0.23 /
+ * 0.35 for 12; AVX2 0.36 / 0.30 for 8, 0.38 / 0.43 for 12, 0.51 / 0.64 for 16. NEON: unmeasured
  * on hardware, 8. */
 #ifndef EDGERT_I8_MIN_ROWS
 #if defined(__AVX2__) && !defined(__AVX512VNNI__)
