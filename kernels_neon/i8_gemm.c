@@ -4,7 +4,7 @@
  * stream from DRAM, but a waste when one call holds many rows. Here each thread unpacks a tile's
  * bit-planes once into byte codes and reuses them over every row:
  *   activations: per row and weight group, d = amax / 127, x8 = rint(x * 127 / amax) in
- *     [-127, 127], sx = sum of x8 (this file's quantize_rows: every path shares it);
+ *     [-127, 127], sx = sum of x8 (quantize_row below: every path shares it);
  *   weights: codes q in [0, 2^bits) of one tile as [k4][32 rows][4 columns] bytes, and per group
  *     the float scale sc and sc * zero;
  *   y[r] = sum over groups, in order, of  acc = fma(S, sc * d, acc); acc = fma(-sc*zero, d * sx,
@@ -14,7 +14,8 @@
  * activations' rounding: at most d / 2 per element, as llama.cpp's Q8_0 / Q8_K activations.
  *
  * Kernels: AVX-512 VNNI (vpdpbusd: 64 products per instruction), AVX2 (vpmaddubsw, 16-bit sums of
- * up to 8 chunks, then vpmaddwd), NEON with dotprod (sdot) or without (smull + sadalp), scalar. */
+ * up to 8 chunks, then vpmaddwd), NEON with dotprod (sdot) or without (smull, pairwise adds),
+ * scalar. */
 #include <assert.h>
 #include <stdlib.h>
 
