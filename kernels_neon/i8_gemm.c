@@ -460,11 +460,7 @@ const char *edgert_i8_kernel(void) { return I8_KERNEL; }
 
 /* ---- the GEMM: tiles over threads, each thread unpacking its tiles once --------------------- */
 typedef struct {
-    int count;
-    float *y[EDGERT_MAX_MULTI];
-    int64_t m[EDGERT_MAX_MULTI], first[EDGERT_MAX_MULTI + 1];
-    const uint8_t *planes[EDGERT_MAX_MULTI];
-    const uint16_t *scale[EDGERT_MAX_MULTI], *zero[EDGERT_MAX_MULTI];
+    const family_t *w;
     int64_t n;
     const int8_t *x8;
     const float *d, *dsx;
@@ -492,18 +488,19 @@ static void i8_range(void *vctx, int64_t begin, int64_t end) {
     uint8_t *codes = own_codes;
     float *sc = (float *)(codes + cbytes), *sz = sc + s->groups * T, *out = sz + s->groups * T;
     for (int64_t g = begin; g < end; g++) {
-        int j = 0;
-        while (g >= c->first[j + 1]) j++;
-        const int64_t t = g - c->first[j], m = c->m[j], rows = m - t * T < T ? m - t * T : T;
+        int j;
+        int64_t t;
+        locate(c->w, g, &j, &t);
+        const int64_t m = c->w->m[j], rows = m - t * T < T ? m - t * T : T;
         if (c->fast)
-            unpack_codes_fast(codes, c->planes[j], t, s);
+            unpack_codes_fast(codes, c->w->planes[j], t, s);
         else
-            unpack_codes_scalar(codes, c->planes[j], t, s);
-        group_params(sc, sz, c->scale[j], c->zero[j], t, s);
+            unpack_codes_scalar(codes, c->w->planes[j], t, s);
+        group_params(sc, sz, c->w->scale[j], c->w->zero[j], t, s);
         const i8_kernel_fn kernel = c->fast ? kernel_fast : kernel_ref;
         for (int64_t a0 = 0; a0 < c->n; a0 += I8_ROWS) {
             const int64_t na = c->n - a0 < I8_ROWS ? c->n - a0 : I8_ROWS;
-            float *y = c->y[j] + a0 * m + t * T;
+            float *y = c->w->y[j] + a0 * m + t * T;
             const int8_t *x8 = c->x8 + a0 * s->kpad;
             const float *d = c->d + a0 * s->groups, *dsx = c->dsx + a0 * s->groups;
             if (rows == T) { /* a whole tile: straight into y */
@@ -531,48 +528,43 @@ static void quant_range(void *vctx, int64_t begin, int64_t end) {
                      q->dsx + i * q->s->groups);
 }
 
-EDGERT_HIDDEN void edgert_i8_gemm_impl(int count, float *const *y, const float *x, int64_t n,
-                                       const int64_t *m, int64_t k, const uint8_t *const *planes,
-                                       const uint16_t *const *scale,
-                                       const uint16_t *const *zero, int32_t bits, int32_t group,
-                                       int32_t threads, int fast) {
-    shape_t s;
-    assert(y && x && planes && scale && zero && n >= 0 && count >= 1 && count <= EDGERT_MAX_MULTI);
-    if (!make_shape(&s, k, bits, group, EDGERT_FMT_UNIFORM)) abort();  // validated by the caller
-    i8_ctx c = {.count = count, .n = n, .s = &s, .fast = fast};
-    for (int j = 0; j < count; j++) {
-        assert(y[j] && planes[j] && scale[j] && zero[j] && m[j] >= 0);
-        c.y[j] = y[j];
-        c.m[j] = m[j];
-        c.planes[j] = planes[j];
-        c.scale[j] = scale[j];
-        c.zero[j] = zero[j];
-        c.first[j + 1] = c.first[j] + (m[j] + T - 1) / T;
-    }
-    if (n == 0 || c.first[count] == 0) return;
-    int8_t *x8 = malloc((size_t)(n * s.kpad));
-    float *d = malloc((size_t)(n * s.groups) * sizeof(float));
-    float *dsx = malloc((size_t)(n * s.groups) * sizeof(float));
+EDGERT_HIDDEN void edgert_i8_gemm_impl(const family_t *w, const float *x, int64_t n,
+                                       const shape_t *s, int32_t threads, int fast) {
+    const int64_t tiles = w->first[w->count];
+    if (n == 0 || tiles == 0) return;
+    int8_t *x8 = malloc((size_t)(n * s->kpad));
+    float *d = malloc((size_t)(n * s->groups) * sizeof(float));
+    float *dsx = malloc((size_t)(n * s->groups) * sizeof(float));
     if (!x8 || !d || !dsx) abort();
-    quant_ctx q = {x, &s, x8, d, dsx};
+    quant_ctx q = {x, s, x8, d, dsx};
     edgert_parallel_for(n, threads, quant_range, &q);
-    c.x8 = x8;
-    c.d = d;
-    c.dsx = dsx;
-    edgert_parallel_chunks(c.first[count], threads, 2, i8_range, &c);
+    i8_ctx c = {w, n, x8, d, dsx, s, fast};
+    edgert_parallel_chunks(tiles, threads, 2, i8_range, &c);
     free(x8);
     free(d);
     free(dsx);
 }
 
+/* the entry points of edgert_kernels.h: one weight */
+static void i8_gemm_one(float *y, const float *x, int64_t n, int64_t m, int64_t k,
+                        const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
+                        int32_t bits, int32_t group, int32_t threads, int fast) {
+    shape_t s;
+    family_t w;
+    assert(x && n >= 0);
+    if (!make_shape(&s, k, bits, group, EDGERT_FMT_UNIFORM)) abort();  // validated by the caller
+    make_family(&w, 1, &y, &m, &planes, &scale, &zero);
+    edgert_i8_gemm_impl(&w, x, n, &s, threads, fast);
+}
+
 void edgert_i8_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                     const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                     int32_t bits, int32_t group, int32_t threads) {
-    edgert_i8_gemm_impl(1, &y, x, n, &m, k, &planes, &scale, &zero, bits, group, threads, 1);
+    i8_gemm_one(y, x, n, m, k, planes, scale, zero, bits, group, threads, 1);
 }
 
 void edgert_i8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                         const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                         int32_t bits, int32_t group, int32_t threads) {
-    edgert_i8_gemm_impl(1, &y, x, n, &m, k, &planes, &scale, &zero, bits, group, threads, 0);
+    i8_gemm_one(y, x, n, m, k, planes, scale, zero, bits, group, threads, 0);
 }

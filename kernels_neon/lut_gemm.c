@@ -9,14 +9,9 @@
 #include "lut_internal.h"
 
 /* ---- GEMM ---------------------------------------------------------------------------------- */
-/* up to EDGERT_MAX_MULTI weights of one shape family (same k, bits, group, format) sharing the
- * activation tables; their tiles are numbered one after the other (first[j] .. first[j+1]) */
+/* a family of weights (lut_internal.h) sharing the activation tables */
 typedef struct {
-    int count;
-    float *y[EDGERT_MAX_MULTI];
-    int64_t m[EDGERT_MAX_MULTI], first[EDGERT_MAX_MULTI + 1];
-    const uint8_t *planes[EDGERT_MAX_MULTI];
-    const uint16_t *scale[EDGERT_MAX_MULTI], *zero[EDGERT_MAX_MULTI];
+    family_t w;
     int64_t n;
     const uint8_t *tbl;  // [n][k4][32]
     const float *ts, *xs;  // [n][groups]
@@ -62,18 +57,10 @@ static uint8_t *own_table_buffer(size_t bytes) {
     return own_tables;
 }
 
-/* tile g of the weights in c (numbered one after the other): weight j, tile t of it */
-static inline void locate(const gemm_ctx *c, int64_t g, int *j, int64_t *t) {
-    int w = 0;
-    while (g >= c->first[w + 1]) w++;
-    *j = w;
-    *t = g - c->first[w];
-}
-
 /* y_j[i, 32t ..] = the tile's output rows that exist */
 static inline void put_rows(const gemm_ctx *c, int j, int64_t t, int64_t i, const float *buf) {
-    const int64_t m = c->m[j], rows = m - t * T < T ? m - t * T : T;
-    memcpy(c->y[j] + i * m + t * T, buf, (size_t)rows * sizeof(float));
+    const int64_t m = c->w.m[j], rows = m - t * T < T ? m - t * T : T;
+    memcpy(c->w.y[j] + i * m + t * T, buf, (size_t)rows * sizeof(float));
 }
 
 static void gemm_range(void *vctx, int64_t begin, int64_t end) {
@@ -109,10 +96,10 @@ static void gemm_range(void *vctx, int64_t begin, int64_t end) {
             const uint8_t *pl[2];
             const uint16_t *sc[2], *zr[2];
             for (int v = 0; v < u; v++) {
-                locate(c, g[v], &j[v], &t[v]);
-                pl[v] = c->planes[j[v]];
-                sc[v] = c->scale[j[v]];
-                zr[v] = c->zero[j[v]];
+                locate(&c->w, g[v], &j[v], &t[v]);
+                pl[v] = c->w.planes[j[v]];
+                sc[v] = c->w.scale[j[v]];
+                zr[v] = c->w.zero[j[v]];
             }
             for (int64_t i = i0; i < i1; i++) {
                 const uint8_t *tbl = c->tbl + i * s->k4 * 32;
@@ -146,24 +133,15 @@ static void gemm_impl(int count, float *const *y, const float *x, int64_t n, con
                       int32_t threads, tile_fn tile, pair_fn (*pairs)(const shape_t *),
                       table_fn build) {
     shape_t s;
-    assert(y && x && planes && scale && zero && n >= 0 && count >= 1 && count <= EDGERT_MAX_MULTI);
+    assert(x && n >= 0);
     if (!make_shape(&s, k, bits, group, fmt)) abort();  // validated by the caller
-    gemm_ctx c = {.count = count, .n = n, .s = &s, .tile = tile};
-    for (int j = 0; j < count; j++) {
-        assert(y[j] && planes[j] && scale[j] && zero[j] && m[j] >= 0);
-        c.y[j] = y[j];
-        c.m[j] = m[j];
-        c.planes[j] = planes[j];
-        c.scale[j] = scale[j];
-        c.zero[j] = zero[j];
-        c.first[j + 1] = c.first[j] + (m[j] + T - 1) / T;
-    }
-    if (n == 0 || c.first[count] == 0) return;
+    gemm_ctx c = {.n = n, .s = &s, .tile = tile};
+    const int64_t tiles = make_family(&c.w, count, y, m, planes, scale, zero);
+    if (n == 0 || tiles == 0) return;
     if (EDGERT_I8_FAST && fmt == EDGERT_FMT_UNIFORM && n >= EDGERT_I8_MIN_ROWS) {
         /* many rows: int8 dot products on unpacked tiles (i8_gemm.c); the _ref entry point takes
          * the scalar twin of the same path */
-        edgert_i8_gemm_impl(count, y, x, n, m, k, planes, scale, zero, bits, group, threads,
-                            tile == edgert_tile_fast);
+        edgert_i8_gemm_impl(&c.w, x, n, &s, threads, tile == edgert_tile_fast);
         return;
     }
     float *ts = NULL, *xs = NULL;
@@ -181,7 +159,7 @@ static void gemm_impl(int count, float *const *y, const float *x, int64_t n, con
     /* one run of tiles per thread: every new run restarts the weight stream and its prefetch
      * (2-bit 4096x4096 at 2 threads, in rounds taking turns with fp32 BLAS: 11.9-12.1x its speed
      * with four runs per thread, 12.1-12.7x with one; SmolLM2 decode at 2 threads +7%) */
-    edgert_parallel_chunks(c.first[count], threads, 1, gemm_range, &c);
+    edgert_parallel_chunks(tiles, threads, 1, gemm_range, &c);
     free(tbl);
     free(ts);
     free(xs);

@@ -8,6 +8,7 @@
  * of edgert_forward.h, with vec.h's vector helpers). Only one ISA file has code in a build. */
 #ifndef EDGERT_LUT_INTERNAL_H
 #define EDGERT_LUT_INTERNAL_H
+#include <assert.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -137,6 +138,44 @@ static inline const uint16_t *zero_at(const uint16_t *zero, int64_t tile, int64_
     return zero + (tile * s->groups + g) * T;
 }
 
+/* ---- weights of one shape family (same k, bits, group, format) applied to the same x --------- */
+/* up to EDGERT_MAX_MULTI of them, their tiles numbered one after the other (first[j] ..
+ * first[j+1]); y[j] (n, m[j]) receives weight j's rows */
+typedef struct {
+    int count;
+    float *y[EDGERT_MAX_MULTI];
+    int64_t m[EDGERT_MAX_MULTI], first[EDGERT_MAX_MULTI + 1];
+    const uint8_t *planes[EDGERT_MAX_MULTI];
+    const uint16_t *scale[EDGERT_MAX_MULTI], *zero[EDGERT_MAX_MULTI];
+} family_t;
+
+/* f = the count weights (checked by assertion); returns their tiles in all */
+static inline int64_t make_family(family_t *f, int count, float *const *y, const int64_t *m,
+                                  const uint8_t *const *planes, const uint16_t *const *scale,
+                                  const uint16_t *const *zero) {
+    assert(y && planes && scale && zero && count >= 1 && count <= EDGERT_MAX_MULTI);
+    f->count = count;
+    f->first[0] = 0;
+    for (int j = 0; j < count; j++) {
+        assert(y[j] && planes[j] && scale[j] && zero[j] && m[j] >= 0);
+        f->y[j] = y[j];
+        f->m[j] = m[j];
+        f->planes[j] = planes[j];
+        f->scale[j] = scale[j];
+        f->zero[j] = zero[j];
+        f->first[j + 1] = f->first[j] + (m[j] + T - 1) / T;
+    }
+    return f->first[count];
+}
+
+/* tile g of the family: weight j, tile t of it */
+static inline void locate(const family_t *f, int64_t g, int *j, int64_t *t) {
+    int w = 0;
+    while (g >= f->first[w + 1]) w++;
+    *j = w;
+    *t = g - f->first[w];
+}
+
 /* ---- 8-bit rows (see lut_gemm.c) --------------------------------------------------------- */
 typedef struct {
     float *y;
@@ -197,13 +236,10 @@ EDGERT_HIDDEN pair_fn edgert_pair_of(const shape_t *s);
 EDGERT_HIDDEN void edgert_q8_range_fast(void *ctx, int64_t begin, int64_t end);
 /* reads p[lo, hi) with wide loads; a checksum of the bytes */
 EDGERT_HIDDEN uint64_t edgert_read_block(const uint8_t *p, int64_t lo, int64_t hi);
-/* i8_gemm.c: count uniform weights of one shape family times x (n, k) by int8 dot products on
+/* i8_gemm.c: a family of uniform weights (shape s) times x (n, k) by int8 dot products on
  * unpacked tiles (fast: this build's SIMD kernel, else the scalar twin) */
-EDGERT_HIDDEN void edgert_i8_gemm_impl(int count, float *const *y, const float *x, int64_t n,
-                                       const int64_t *m, int64_t k, const uint8_t *const *planes,
-                                       const uint16_t *const *scale,
-                                       const uint16_t *const *zero, int32_t bits, int32_t group,
-                                       int32_t threads, int fast);
+EDGERT_HIDDEN void edgert_i8_gemm_impl(const family_t *w, const float *x, int64_t n,
+                                       const shape_t *s, int32_t threads, int fast);
 /* whether this build has a SIMD int8 kernel (the LUT path serves prefill otherwise) */
 #if defined(EDGERT_AVX2) || defined(EDGERT_NEON)
 #define EDGERT_I8_FAST 1

@@ -88,11 +88,10 @@ def inspect_artifact(
             dram_budget = compiled.get("budget")
         plan = dense_plan(art, cfg, max_ctx=ctx, budget=dram_budget or None)
         info["dram"] = {**plan.to_dict(), "compiled": bool(compiled)}
-    if t is not None and plan is not None:
-        fig = DeviceFigures.from_target(t)
-        info["prediction"]["cost_model"] = predict_decode(plan, fig, pos=ctx // 2).to_dict()
     if t is not None:
         fig = DeviceFigures.from_target(t)
+        if plan is not None:
+            info["prediction"]["cost_model"] = predict_decode(plan, fig, pos=ctx // 2).to_dict()
         info["prediction"]["prefill"] = predict_prefill(cfg, fig, n_prompt=min(prompt, ctx))
     sp = m.get("sparse_ffn")
     if sp:

@@ -141,12 +141,14 @@ def prompt_macs(cfg, n_prompt: int) -> int:
     else:
         ffn = 3 * d * cfg.ffn_dim
     macs = n_prompt * cfg.n_layers * (attn + ffn) + cfg.vocab_size * d
-    swa = set(cfg.swa_layers) if cfg.sliding_window else set()
-    for layer in range(cfg.n_layers):
-        w = cfg.sliding_window if layer in swa else 0
-        seen = sum(min(t + 1, w) if w else t + 1 for t in range(n_prompt))
-        macs += 2 * cfg.n_heads * hd * seen
-    return int(macs)
+
+    def seen(w: int) -> int:  # positions the prompt's tokens attend to: min(t + 1, w) summed
+        full = min(n_prompt, w) if w else n_prompt
+        return full * (full + 1) // 2 + (n_prompt - full) * w
+
+    n_swa = len(set(cfg.swa_layers) & set(range(cfg.n_layers))) if cfg.sliding_window else 0
+    keys = n_swa * seen(cfg.sliding_window) + (cfg.n_layers - n_swa) * seen(0)
+    return int(macs + 2 * cfg.n_heads * hd * keys)
 
 
 def predict_prefill(cfg, fig: DeviceFigures, *, n_prompt: int) -> dict | None:

@@ -47,6 +47,18 @@ static void check(int ok, const char *what, int64_t m, int64_t k, int bits, int 
     }
 }
 
+/* the code of tile t's row rr at column col, read from its bit-planes (the layout of
+ * edgert_kernels.h) */
+static int plane_code(const uint8_t *planes, const shape_t *s, int64_t t, int64_t rr, int64_t col) {
+    int q = 0;
+    for (int j = 0; j < s->bits; j++) {
+        const uint8_t byte = planes[((t * s->k4 + col / 4) * s->bits + j) * 16 + rr % 16];
+        const int nib = rr < 16 ? byte & 15 : byte >> 4;
+        q |= ((nib >> (col % 4)) & 1) << j;
+    }
+    return q;
+}
+
 static void one_case(int64_t m, int64_t k, int bits, int group, int fmt, int64_t n, int threads) {
     shape_t s;
     make_shape(&s, k, bits, group, fmt);
@@ -91,13 +103,8 @@ static void one_case(int64_t m, int64_t k, int bits, int group, int fmt, int64_t
             bound += (group / 4) * 0.5 * ts[g] * coef;
         }
         for (int64_t col = 0; col < k; col++) {
-            int64_t c = col / 4, g = col / group;
-            int q = 0;
-            for (int j = 0; j < bits; j++) {
-                uint8_t byte = planes[((t * s.k4 + c) * bits + j) * 16 + rr % 16];
-                int nib = rr < 16 ? byte & 15 : byte >> 4;
-                q |= ((nib >> (col % 4)) & 1) << j;
-            }
+            int64_t g = col / group;
+            const int q = plane_code(planes, &s, t, rr, col);
             double w;
             const uint16_t *sc = scale_at(scale, t, g, &s), *zr = zero_at(zero, t, g, &s);
             if (fmt == EDGERT_FMT_UNIFORM) {
@@ -162,13 +169,8 @@ static void i8_case(int64_t m, int64_t k, int bits, int group, int64_t n, int th
             const int64_t t = row / T, rr = row % T;
             double acc = 0, absacc = 0, bound = 0;
             for (int64_t col = 0; col < k; col++) {
-                const int64_t c = col / 4, g = col / group;
-                int q = 0;
-                for (int j = 0; j < bits; j++) {
-                    const uint8_t byte = planes[((t * s.k4 + c) * bits + j) * 16 + rr % 16];
-                    const int nib = rr < 16 ? byte & 15 : byte >> 4;
-                    q |= ((nib >> (col % 4)) & 1) << j;
-                }
+                const int64_t g = col / group;
+                const int q = plane_code(planes, &s, t, rr, col);
                 const double w = h2f(scale_at(scale, t, g, &s)[rr]) *
                                  (q - (double)h2f(zero_at(zero, t, g, &s)[rr]));
                 acc += w * x[a * k + col];
