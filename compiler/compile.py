@@ -1,9 +1,11 @@
 """`edgert compile`: a model file in, a deployable artifact for one target out.
 
-Stages: load (frontend) -> plan bits (uniform, or allocated under --bits-budget from measured
-sensitivity) -> quantize + pack every linear weight into the LUT kernel formats -> build the
-target's library (the C forward pass and the kernels, with the target's toolchain through TVM's
-compiler driver) -> write the artifact atomically.
+Stages: load (frontend) -> calibrate (tokens from --calib or written by the model, input
+statistics of every linear layer) -> plan bits (uniform, or allocated under --bits-budget from
+measured sensitivity) -> quantize + pack every linear weight into the LUT kernel formats (by
+--quant-method) -> measure what the compiled weights keep (KL and top-1 agreement on held-back
+calibration tokens) -> build the target's library (the C forward pass and the kernels, with the
+target's toolchain through TVM's compiler driver) -> write the artifact atomically.
 """
 
 from __future__ import annotations
@@ -24,35 +26,49 @@ log = logging.getLogger(__name__)
 
 #: calibration tokens for --sparse-ffn thresholds
 SPARSE_CALIB_TOKENS = 256
+#: calibration tokens for the quantizers' statistics (--calib-tokens)
+QUANT_CALIB_TOKENS = 4096
+#: calibration tokens held back to measure the compiled weights' quality
+QUALITY_TOKENS = 512
+#: of the statistics' tokens, those bit allocation measures sensitivity on
+SENSITIVITY_TOKENS = 256
 
 
 def plan_bits(
-    model,
-    scheme: QuantScheme,
-    *,
-    bits_budget: float | None,
-    calib: str | None,
-    calib_tokens: int = 64,
+    model, scheme: QuantScheme, quantizer, *, bits_budget: float | None, tokens: list[int]
 ) -> tuple[dict[str, int], list]:
-    """Bits for each unit (layer, or expert) — uniform, or allocated under the budget."""
+    """Bits for each unit (layer, or expert) — uniform, or allocated under the budget from each
+    unit's measured sensitivity at every width (the fits are kept for the artifact)."""
     from edgert.compiler.quant.bitalloc import allocate, measure_sensitivity, units_for
-    from edgert.compiler.quant.lut import quantize_hlq, quantize_uniform
 
     units = units_for(model)
     if bits_budget is None:
         return {u.name: scheme.bits for u in units}, units
-    from edgert.compiler.quant.scheme import FORMAT_BITS
+    cands = tuple(b for b in scheme.widths() if b >= 2)
+
+    def qdq(name: str, expert: int | None, w: np.ndarray, bits: int) -> np.ndarray:
+        return quantizer(name, w, bits, expert=expert, keep=True).dequantize()
+
+    from edgert.format.lut import bits_per_weight
+
+    measure_sensitivity(model, tokens[:SENSITIVITY_TOKENS], units, cands, qdq)
+    stored = lambda b: bits_per_weight(scheme.fmt, b, scheme.group_size)  # noqa: E731
+    return allocate(units, cands, bits_budget, stored), units
+
+
+def calibrate_quant(model, *, calib: str | None, method: str, n_tokens: int, budget: bool):
+    """Tokens (from ``calib`` or written by the model), split into those the statistics and bit
+    allocation use (with ``rtn``: none, or the sensitivity's under a ``budget``) and
+    :data:`QUALITY_TOKENS` held back; the statistics (None for ``rtn``)."""
+    from edgert.compiler.quant.calib import collect_stats
     from edgert.compiler.transform.calibrate import calibration_tokens
 
-    cands = tuple(b for b in FORMAT_BITS[scheme.fmt] if b >= 2)
-    quant = quantize_hlq if scheme.fmt == "hlq" else quantize_uniform
-
-    def qdq(w: np.ndarray, bits: int) -> np.ndarray:
-        return quant(w, bits=bits, group_size=scheme.group_size).dequantize()
-
-    tokens = calibration_tokens(model, file=calib, n_tokens=calib_tokens)
-    measure_sensitivity(model, tokens, units, cands, qdq)
-    return allocate(units, cands, bits_budget), units
+    if n_tokens < 16:
+        raise EdgertError(f"--calib-tokens {n_tokens} is too few", "use 1024 or more")
+    fit = n_tokens if method != "rtn" else SENSITIVITY_TOKENS if budget else 0
+    tokens = calibration_tokens(model, file=calib, n_tokens=fit + QUALITY_TOKENS)
+    stats = collect_stats(model, tokens[:fit]) if method != "rtn" else None
+    return tokens[:fit], tokens[fit:], stats
 
 
 def compile_model(
@@ -68,11 +84,21 @@ def compile_model(
     sparse_ffn: bool = False,
     moefy: tuple[int, int] | None = None,
     head_bits: int = 8,
+    quant_method: str = "gptq",
+    calib_tokens: int = QUANT_CALIB_TOKENS,
 ) -> CompileSummary:
     """``moefy`` = (experts, top-k): split every dense FFN into that many experts with a router
     (edgert.compiler.transform.moefy) before quantizing; the artifact is then a mixture of experts.
     ``head_bits``: the output head in 8-bit rows (8) or in the scheme's LUT format at 2-4 bits
-    (a tied head gets its own copy; the embedding table stays 8-bit)."""
+    (a tied head gets its own copy; the embedding table stays 8-bit). ``quant_method``: gptq,
+    imatrix or rtn (edgert.compiler.quant.quantizer), calibrated on ``calib_tokens`` tokens of
+    ``calib`` (default: text the model writes)."""
+    from edgert.compiler.quant.quantizer import METHODS, WeightQuantizer
+
+    if quant_method not in METHODS:
+        raise EdgertError(
+            f"unknown --quant-method {quant_method!r}", f"use one of {', '.join(METHODS)}"
+        )
     if head_bits not in (2, 3, 4, 8):
         raise EdgertError(f"--head-bits must be 2, 3, 4 or 8, not {head_bits}")
     t0 = time.perf_counter()
@@ -126,7 +152,15 @@ def compile_model(
         trace = routing_trace(m, calibration_tokens(m, file=calib, n_tokens=n), n - TRACE_TOKENS)
         times["trace routing"] = time.perf_counter() - t
     t = time.perf_counter()
-    bits, units = plan_bits(m, scheme, bits_budget=bits_budget, calib=calib)
+    fit_tokens, held_back, stats = calibrate_quant(
+        m, calib=calib, method=quant_method, n_tokens=calib_tokens, budget=bits_budget is not None
+    )
+    quantizer = WeightQuantizer(scheme, quant_method, stats)
+    times["calibrate"] = time.perf_counter() - t
+    t = time.perf_counter()
+    bits, units = plan_bits(
+        m, scheme, quantizer, bits_budget=bits_budget, tokens=fit_tokens
+    )
     times["plan bits"] = time.perf_counter() - t
     sparse = None
     if sparse_ffn:
@@ -149,6 +183,7 @@ def compile_model(
     summary = write_artifact(
         m, tgt, out, scheme=scheme, bits=bits, units=units, force=force, times=times, dram=dram,
         sparse=sparse, moefy=moe_record, trace=trace, head_bits=head_bits,
+        quantizer=quantizer, quality_tokens=held_back,
     )  # fmt: skip
     times["quantize + build + write"] = time.perf_counter() - t
     times["total"] = time.perf_counter() - t0

@@ -13,7 +13,7 @@ from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format import names
 from edgert.format.artifact import ArtifactWriter
-from edgert.format.q8 import quantize_q8
+from edgert.format.q8 import dequantize_q8, quantize_q8
 from edgert.format.target import Target
 from edgert.progress import Progress
 
@@ -29,9 +29,22 @@ class CompileSummary:
     bits_per_unit: dict[str, int]
     bytes_by_kind: dict[str, int]
     seconds: dict[str, float] = field(default_factory=dict)
+    #: stored bits per weight of the blocks' linear weights (codes, scales and zeros)
+    bits_per_weight: float = 0.0
+    method: str = "rtn"
+    #: KL and top-1 agreement with the float model on held-back tokens (quant.quality)
+    quality: dict | None = None
 
     def table(self) -> str:
         rows = [("stage", "seconds")] + [(k, f"{v:.1f}") for k, v in self.seconds.items()]
+        rows += [("", ""), ("method", self.method)]
+        rows += [("bits per weight", f"{self.bits_per_weight:.3f} (nominal {self.avg_bits:.2f})")]
+        if self.quality:
+            q = self.quality
+            rows += [
+                ("KL vs float", f"{q['kl']:.4f} nats/token ({q['tokens']} held-back tokens)"),
+                ("top-1 agreement", f"{100 * q['top1']:.1f}%"),
+            ]
         rows += [("", "")] + [
             (f"{k} bytes", f"{v / 2**20:.2f} MiB") for k, v in self.bytes_by_kind.items()
         ]
@@ -65,6 +78,8 @@ def write_artifact(
     moefy: dict | None = None,
     trace: dict | None = None,
     head_bits: int = 8,
+    quantizer=None,
+    quality_tokens: list[int] | None = None,
 ):
     """Everything after the bit plan: returns a CompileSummary. ``dram`` = (budget bytes,
     context tokens): the DRAM plan for that budget is made (an impossible budget fails the
@@ -74,11 +89,18 @@ def write_artifact(
     (edgert.compiler.transform.moefy), recorded in the manifest. ``trace``: a mixture's routing while it
     decodes (edgert.compiler.transform.calibrate.routing_trace), stored for the planner.
     ``head_bits`` < 8: the output head in the LUT format at that width (its own tensor, also when
-    tied to the embeddings, which stay 8-bit for their row lookups)."""
-    from edgert.compiler.quant.lut import quantize_hlq, quantize_uniform
+    tied to the embeddings, which stay 8-bit for their row lookups). ``quantizer``: a
+    :class:`~edgert.compiler.quant.quantizer.WeightQuantizer` (default: round to nearest).
+    ``quality_tokens``: held-back calibration tokens the compiled weights' KL and top-1 agreement
+    with the float model are measured on (edgert.compiler.quant.quality), stored in the manifest.
+    """
+    from edgert.compiler.quant.quantizer import WeightQuantizer
 
     c = m.config
-    quant = quantize_hlq if scheme.fmt == "hlq" else quantize_uniform
+    quant = quantizer or WeightQuantizer(scheme, "rtn")
+    #: the float weights the artifact computes with, for the quality measurement
+    compiled: dict[str, np.ndarray] | None = {} if quality_tokens else None
+    lut_params = 0
     layer_bits = [0] * c.n_layers
     expert_bits = [[0] * c.n_experts for _ in range(c.n_layers)]
     for u in units:
@@ -90,8 +112,17 @@ def write_artifact(
     t0 = time.perf_counter()
     with ArtifactWriter(out, force=force) as w:
 
-        def put_lut(name: str, wt: np.ndarray, b: int) -> None:
-            pw = quant(wt, bits=b, group_size=scheme.group_size)
+        def put_lut(name: str, wt: np.ndarray, b: int, src: str, expert: int | None = None):
+            nonlocal lut_params
+            pw = quant(src, wt, b, expert=expert)
+            if compiled is not None:
+                deq = pw.dequantize()
+                if expert is None:
+                    compiled[name] = deq
+                else:
+                    compiled.setdefault(src, np.empty((c.n_experts, *deq.shape), np.float32))
+                    compiled[src][expert] = deq
+            lut_params += wt.size
             meta = dict(pw.meta) if hasattr(pw, "meta") else {}
             w.add_tensor(
                 name,
@@ -125,12 +156,13 @@ def write_artifact(
                 if c.shared_expert_ffn_dim:
                     linear += [names.shared(i, p) for p in names.EXPERT_PROJECTIONS]
                 for name in linear:
-                    put_lut(name, m.tensor(name), layer_bits[i])
+                    put_lut(name, m.tensor(name), layer_bits[i], name)
                     bar.update(1)
                 for e in range(c.n_experts):  # each expert's projections together, too
                     for proj in names.EXPERT_PROJECTIONS:
-                        stacked = m.tensor(names.experts(i, proj))
-                        put_lut(names.expert(i, proj, e), stacked[e], expert_bits[i][e])
+                        src = names.experts(i, proj)
+                        wt = m.tensor(src)[e]
+                        put_lut(names.expert(i, proj, e), wt, expert_bits[i][e], src, e)
                     bar.update(3)
         if moefy is not None:
             w.manifest["moefy"] = moefy
@@ -158,18 +190,24 @@ def write_artifact(
                 "calib_tokens": sparse["calib_tokens"],
             }
         # embeddings and head: 8-bit
-        emb = quantize_q8(m.tensor(names.EMBEDDING))
-        w.add_tensor(names.EMBEDDING, emb, meta={"format": "q8", "shape": [c.vocab_size, c.dim]})
-        sizes["q8"] += sum(a.nbytes for a in emb.values())
+        lut_bytes = sizes["quantized"]  # of the blocks' linear weights, before any LUT head
+        block_params = lut_params
+
+        def put_q8(name: str) -> None:
+            q8 = quantize_q8(m.tensor(name))
+            w.add_tensor(name, q8, meta={"format": "q8", "shape": [c.vocab_size, c.dim]})
+            sizes["q8"] += sum(a.nbytes for a in q8.values())
+            if compiled is not None:
+                compiled[name] = dequantize_q8(q8["q"], q8["scale"], c.dim)
+
+        put_q8(names.EMBEDDING)
         head_name = names.EMBEDDING
         if head_bits < 8:  # the head read whole every token: fewer bytes in the LUT format
             src = names.OUTPUT if names.OUTPUT in m else names.EMBEDDING
-            put_lut(names.OUTPUT, m.tensor(src), head_bits)
+            put_lut(names.OUTPUT, m.tensor(src), head_bits, src)
             head_name = names.OUTPUT
         elif names.OUTPUT in m:
-            head = quantize_q8(m.tensor(names.OUTPUT))
-            w.add_tensor(names.OUTPUT, head, meta={"format": "q8", "shape": [c.vocab_size, c.dim]})
-            sizes["q8"] += sum(a.nbytes for a in head.values())
+            put_q8(names.OUTPUT)
             head_name = names.OUTPUT
         put_f32(names.OUTPUT_NORM)
         for name in (names.ROPE_FREQS, names.ROPE_FACTORS_LONG, names.ROPE_FACTORS_SHORT):
@@ -184,6 +222,15 @@ def write_artifact(
         build_library(tgt, w.path / "lib" / "model.so")
         times["build library"] = time.perf_counter() - t1
         avg = sum(u.params * bits[u.name] for u in units) / sum(u.params for u in units)
+        bpw = 8 * lut_bytes / max(block_params, 1)
+        quality = None
+        if compiled is not None:
+            from edgert.compiler.quant.quality import measure_quality
+
+            t2 = time.perf_counter()
+            quality = measure_quality(m, compiled, quality_tokens)
+            compiled.clear()
+            times["measure quality"] = time.perf_counter() - t2
         w.manifest.update(
             {
                 "tvm_version": tvm_version(),
@@ -196,6 +243,11 @@ def write_artifact(
                     "format": scheme.fmt,
                     "group_size": scheme.group_size,
                     "avg_bits": avg,
+                    "bits_per_weight": bpw,
+                    "method": quant.method,
+                    "tensors_by_method": dict(quant.counts),
+                    "calib_tokens": quant.stats.tokens if quant.stats is not None else 0,
+                    "quality": quality,
                     "units": {u.name: bits[u.name] for u in units},
                 },
                 "plan": {
@@ -230,4 +282,7 @@ def write_artifact(
         bits_per_unit={u.name: bits[u.name] for u in units},
         bytes_by_kind=sizes,
         seconds=times,
+        bits_per_weight=bpw,
+        method=quant.method,
+        quality=quality,
     )

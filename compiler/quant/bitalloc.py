@@ -1,4 +1,5 @@
-"""Bit allocation under an average-bits budget (``--bits-budget B``).
+"""Bit allocation under an average-bits budget (``--bits-budget B``, in stored bits per weight:
+codes plus group parameters).
 
 Sensitivity: for each unit — a layer's linear weights, or one expert of an MoE layer (EdgeMoE's
 expert-wise bit widths) — quantize only that unit to each candidate width and measure the
@@ -22,7 +23,8 @@ from edgert.format.model import ModelGraph
 from edgert.progress import Progress
 from edgert.runtime.reference import ReferenceEngine, rms_norm
 
-QDQ = Callable[[np.ndarray, int], np.ndarray]  # (weight (out, in), bits) -> dequantized weight
+#: (tensor name, expert index or None, weight (out, in), bits) -> dequantized weight
+QDQ = Callable[[str, "int | None", np.ndarray, int], np.ndarray]
 
 
 @dataclass
@@ -96,10 +98,10 @@ def measure_sensitivity(
                 for t, e in u.tensors:
                     w = model.tensor(t)
                     if e is None:
-                        ov[t] = qdq(w, b)
+                        ov[t] = qdq(t, None, w, b)
                     else:
                         q = ov.get(t, w).copy()
-                        q[e] = qdq(w[e], b)
+                        q[e] = qdq(t, e, w[e], b)
                         ov[t] = q
                 eng.overrides = ov
                 lq = logits_from(inputs[u.layer], u.layer)
@@ -108,21 +110,31 @@ def measure_sensitivity(
     eng.overrides = {}
 
 
-def allocate(units: list[Unit], candidates: tuple[int, ...], budget: float) -> dict[str, int]:
-    """Bits per unit minimising summed errors with average bits (param-weighted) <= budget."""
+def allocate(
+    units: list[Unit],
+    candidates: tuple[int, ...],
+    budget: float,
+    cost: Callable[[int], float] = float,
+) -> dict[str, int]:
+    """Bits per unit minimising summed errors with the average ``cost`` per weight of the chosen
+    widths (param-weighted; the compiler passes stored bits per weight) <= budget."""
     cands = sorted(candidates)
-    if budget < cands[0]:
-        raise EdgertError(f"--bits-budget {budget} is below the smallest width {cands[0]}")
+    if budget < cost(cands[0]) - 1e-9:
+        raise EdgertError(
+            f"--bits-budget {budget} is below the smallest width's {cost(cands[0]):g} bits per "
+            "weight",
+            "raise the budget or use a larger --group-size",
+        )
     total = sum(u.params for u in units)
     cap = budget * total
     bits = {u.name: cands[0] for u in units}
-    used = cands[0] * total
+    used = cost(cands[0]) * total
     while True:
         best, best_gain = None, 0.0
         for u in units:
             k = cands.index(bits[u.name])
             for nb in cands[k + 1 :]:
-                extra = u.params * (nb - bits[u.name])
+                extra = u.params * (cost(nb) - cost(bits[u.name]))
                 if used + extra > cap + 1e-9:
                     continue
                 gain = (u.errors[bits[u.name]] - u.errors[nb]) / extra

@@ -1,6 +1,8 @@
 """Round-to-nearest quantizers into the LUT kernels' formats (edgert.format.lut): uniform with a
 per-group range search, and HLQ (hierarchical linear quantization: per-bit-plane scales fitted
-by alternating least squares)."""
+by alternating least squares). Both minimise a squared error that may weight each input column
+by its importance (the mean square of the activations it multiplies, llama.cpp's importance
+matrix); the group fits are shared with the error-feedback quantizer (compiler.quant.gptq)."""
 
 from __future__ import annotations
 
@@ -10,9 +12,12 @@ from edgert.errors import EdgertError
 from edgert.format.lut import PackedWeight, check_format, pack_hlq, pack_uniform
 
 
-def _groups(w: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _groups(
+    w: np.ndarray, group_size: int, importance: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """w (m, k) -> (m, G, g) padded by repeating each group's last value (no effect on min/max),
-    and a mask of real columns."""
+    and the (G, g) weight of each column in the squared error: 0 on padding, else 1 or the
+    column's ``importance`` (k,)."""
     w = np.asarray(w, np.float32)
     if w.ndim != 2 or w.size == 0 or not np.isfinite(w).all():
         raise EdgertError(f"weights must be a finite non-empty (m, k) matrix, got {w.shape}")
@@ -20,9 +25,24 @@ def _groups(w: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray]:
     G = -(-k // group_size)
     pad = G * group_size - k
     wp = np.pad(w, ((0, 0), (0, pad)), mode="edge")
-    mask = np.zeros(G * group_size, bool)
-    mask[:k] = True
+    mask = np.zeros(G * group_size, np.float32)
+    if importance is None:
+        mask[:k] = 1.0
+    else:
+        mask[:k] = column_weights(importance, k)
     return wp.reshape(m, G, group_size), mask.reshape(G, group_size)
+
+
+def column_weights(importance: np.ndarray, k: int) -> np.ndarray:
+    """Importance (k,) as error weights: finite, non-negative, mean 1, and never zero (a column
+    no calibration token used still counts a little)."""
+    imp = np.asarray(importance, np.float64).reshape(-1)
+    if imp.shape != (k,) or not np.isfinite(imp).all() or (imp < 0).any():
+        raise EdgertError(f"column importance must be {k} finite non-negative values")
+    mean = imp.mean()
+    if mean <= 0:
+        return np.ones(k, np.float32)
+    return (imp / mean + 1e-3).astype(np.float32)
 
 
 def _f16(a: np.ndarray) -> np.ndarray:
@@ -35,9 +55,10 @@ CLIP_RATIOS = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 CLIP_RATIOS_1BIT = (0.55, 0.5, 0.45, 0.4, 0.35, 0.3, 0.25)
 
 
-def _uniform_params(g: np.ndarray, mask: np.ndarray, bits: int, clip: bool):
-    """Per-group (scale, zero) as float16 values, and codes, minimising the masked squared error
-    over range shrink factors (each end moved towards the group mean)."""
+def uniform_params(g: np.ndarray, mask: np.ndarray, bits: int, clip: bool):
+    """Per-group (scale, zero) as float16 values, and codes, of groups g (..., g) minimising the
+    squared error weighted by ``mask`` (broadcast to g) over range shrink factors (each end moved
+    towards the group mean)."""
     lo, hi = g.min(-1), g.max(-1)
     mid = g.mean(-1)
     levels = (1 << bits) - 1
@@ -63,54 +84,90 @@ def _uniform_params(g: np.ndarray, mask: np.ndarray, bits: int, clip: bool):
 
 
 def quantize_uniform(
-    w: np.ndarray, *, bits: int, group_size: int = 64, clip: bool = True
+    w: np.ndarray,
+    *,
+    bits: int,
+    group_size: int = 64,
+    clip: bool = True,
+    importance: np.ndarray | None = None,
 ) -> PackedWeight:
     """Asymmetric round-to-nearest per group; with ``clip`` the range is the one of
-    :data:`CLIP_RATIOS` with the least squared error (else plain min/max)."""
+    :data:`CLIP_RATIOS` with the least squared error (else plain min/max), each column's error
+    weighted by ``importance`` (k,) when given."""
     check_format("uniform", bits, group_size)
     m, k = np.shape(w)
-    g, mask = _groups(w, group_size)
-    scale, zero, q = _uniform_params(g, mask, bits, clip)
+    g, mask = _groups(w, group_size, importance)
+    scale, zero, q = uniform_params(g, mask, bits, clip)
     codes = q.reshape(m, -1)[:, :k]
     return pack_uniform(codes, scale, zero, bits=bits, group_size=group_size)
 
 
-def quantize_hlq(w: np.ndarray, *, bits: int, group_size: int = 64, iters: int = 8) -> PackedWeight:
-    """HLQ: w ~ sum_j alpha_j bit_j + beta per group, by alternating least squares, starting
-    from the (range-searched) uniform quantization (alpha_j = scale * 2^j, beta = -zero*scale)."""
+def quantize_hlq(
+    w: np.ndarray,
+    *,
+    bits: int,
+    group_size: int = 64,
+    iters: int = 8,
+    importance: np.ndarray | None = None,
+) -> PackedWeight:
+    """HLQ: w ~ sum_j alpha_j bit_j + beta per group, by alternating least squares (each
+    column's error weighted by ``importance`` (k,) when given)."""
     check_format("hlq", bits, group_size)
     m, k = np.shape(w)
-    g, mask = _groups(w, group_size)
-    scale, zero, _ = _uniform_params(g, mask, bits, clip=True)
+    g, mask = _groups(w, group_size, importance)
+    alpha, beta, q = hlq_params(g, mask, bits, iters)
+    codes = q.reshape(m, -1)[:, :k]
+    return pack_hlq(codes, alpha, beta, bits=bits, group_size=group_size)
+
+
+def hlq_combos(bits: int) -> np.ndarray:
+    """(2^bits, bits) float32: the bit-planes of every code."""
+    return ((np.arange(1 << bits)[:, None] >> np.arange(bits)) & 1).astype(np.float32)
+
+
+def hlq_values(alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """Every code's value per group: alpha (..., b), beta (...) -> (..., 2^b)."""
+    return np.einsum("cb,...b->...c", hlq_combos(alpha.shape[-1]), alpha) + beta[..., None]
+
+
+def nearest_code(g: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Codes (uint8, shape of g (..., n)) of the nearest of ``values`` (..., C) to each weight."""
+    q = np.zeros(g.shape, np.uint8)
+    best = np.full(g.shape, np.inf, np.float32)
+    for c in range(values.shape[-1]):
+        d = np.abs(g - values[..., c : c + 1])
+        better = d < best
+        best = np.where(better, d, best)
+        q = np.where(better, c, q).astype(np.uint8)
+    return q
+
+
+def hlq_params(g: np.ndarray, mask: np.ndarray, bits: int, iters: int = 8):
+    """Per-group float16 plane scales alpha (m, G, b) and offsets beta (m, G), and codes, of
+    groups g (m, G, n): alternating least squares weighted by ``mask`` (broadcast to g), from the
+    range-searched uniform fit (alpha_j = scale * 2^j, beta = -zero * scale)."""
+    scale, zero, _ = uniform_params(g, mask, bits, clip=True)
     alpha = scale[..., None] * (1 << np.arange(bits)).astype(np.float32)  # (m, G, b)
     beta = -zero * scale
-    combos = ((np.arange(1 << bits)[:, None] >> np.arange(bits)) & 1).astype(np.float32)  # (C, b)
+    combos = hlq_combos(bits)
     wts = np.broadcast_to(mask, g.shape).astype(np.float32)
     for it in range(iters + 1):
-        a16, b16 = _f16(alpha), _f16(beta)
-        values = np.einsum("cb,mgb->mgc", combos, a16) + b16[..., None]  # (m, G, C)
-        # assign each weight to the nearest representable value
-        q = np.empty(g.shape, np.uint8)
-        best = np.full(g.shape, np.inf, np.float32)
-        for c in range(1 << bits):
-            d = np.abs(g - values[..., c : c + 1])
-            better = d < best
-            best = np.where(better, d, best)
-            q = np.where(better, c, q).astype(np.uint8)
+        alpha, beta = _f16(alpha), _f16(beta)
+        q = nearest_code(g, hlq_values(alpha, beta))
         if it == iters:
             break
-        # least squares for [alpha, beta] given the bits (masked to real columns, ridge-regularised)
-        B = np.concatenate([combos[q], np.ones((*g.shape, 1), np.float32)], -1) * wts[..., None]
+        # weighted least squares for [alpha, beta] given the bits (ridge-regularised)
+        B = np.concatenate([combos[q], np.ones((*g.shape, 1), np.float32)], -1)
         B = B.astype(np.float64)
-        A = np.einsum("mgci,mgcj->mgij", B, B)
+        Bw = B * wts[..., None]
+        A = np.einsum("mgci,mgcj->mgij", Bw, B)
         ridge = 1e-6 * (np.trace(A, axis1=-2, axis2=-1)[..., None, None] + 1.0)
         A = A + ridge * np.eye(bits + 1)
-        rhs = np.einsum("mgci,mgc->mgi", B, (g * wts).astype(np.float64))
+        rhs = np.einsum("mgci,mgc->mgi", Bw, g.astype(np.float64))
         sol = np.linalg.solve(A, rhs[..., None])[..., 0]
-        # keep the previous fit where least squares would not improve the group's error
+        # keep the previous fit where least squares has no solution
         alpha_new, beta_new = sol[..., :bits].astype(np.float32), sol[..., bits].astype(np.float32)
         ok = np.isfinite(sol).all(-1)
         alpha = np.where(ok[..., None], alpha_new, alpha)
         beta = np.where(ok, beta_new, beta)
-    codes = q.reshape(m, -1)[:, :k]
-    return pack_hlq(codes, _f16(alpha), _f16(beta), bits=bits, group_size=group_size)
+    return alpha, beta, q

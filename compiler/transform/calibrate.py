@@ -1,8 +1,12 @@
 """Calibration tokens: from a text file (``--calib FILE``) or sampled from the model itself
-(data-free calibration: the model writes its own calibration text, temperature 1, fixed seed)."""
+(data-free calibration: the model writes its own calibration text, temperature 1, fixed seed;
+cached under the cache directory by the model's content, length and seed)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +14,10 @@ import numpy as np
 from edgert.errors import EdgertError
 from edgert.format import names
 from edgert.format.model import ModelGraph
+
+
+#: the longest self-written calibration sequence (longer requests are several sequences)
+SELF_SEQ = 512
 
 
 def calibration_tokens(
@@ -30,19 +38,53 @@ def calibration_tokens(
                 f"{p} has {len(ids)} tokens; calibration needs {n_tokens}", "pass a longer text"
             )
         return ids[:n_tokens]
+    from edgert.progress import Progress
     from edgert.runtime.generate import Sampler
     from edgert.runtime.reference import ReferenceEngine
+    from edgert.settings import cache_dir
 
-    eng = ReferenceEngine(model, max_ctx=n_tokens + 1)
+    cached = cache_dir() / "calib" / f"{model_fingerprint(model)}-{n_tokens}-{seed}.json"
+    try:
+        ids = json.loads(cached.read_text())
+        if isinstance(ids, list) and len(ids) == n_tokens:
+            return [int(i) for i in ids]
+    except (OSError, ValueError):
+        pass
+    # up to SELF_SEQ tokens: one sequence; more: sequences of SELF_SEQ written side by side
+    n_seq = -(-n_tokens // SELF_SEQ)
+    length = -(-n_tokens // n_seq)
+    eng = ReferenceEngine(model, max_ctx=length + 1, batch=n_seq)
     start = tok.meta.bos_id if tok is not None and tok.meta.bos_id is not None else 0
-    sampler = Sampler(temp=1.0, top_k=0, top_p=1.0, seed=seed)
-    ids = [start]
-    logits = eng.forward(ids, last_only=True)
-    while len(ids) < n_tokens:
-        nxt = sampler(logits)
-        ids.append(nxt)
-        logits = eng.forward([nxt], last_only=True)
-    return [int(i) for i in np.asarray(ids)]
+    samplers = [Sampler(temp=1.0, top_k=0, top_p=1.0, seed=seed + s) for s in range(n_seq)]
+    seqs = [[start] for _ in range(n_seq)]
+    with Progress(length * n_seq, "writing calibration text") as bar:
+        logits = eng.forward([start] * n_seq)
+        bar.update(n_seq)
+        while len(seqs[0]) < length:
+            nxt = [smp(row) for smp, row in zip(samplers, logits)]
+            for sq, t in zip(seqs, nxt):
+                sq.append(t)
+            logits = eng.forward(nxt)
+            bar.update(n_seq)
+    ids = [t for sq in seqs for t in sq][:n_tokens]
+    ids = [int(i) for i in np.asarray(ids)]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(ids))
+    os.replace(tmp, cached)
+    return ids
+
+
+def model_fingerprint(model: ModelGraph) -> str:
+    """A short hash of the model's content: its configuration and tensors that differ between
+    any two trained models (the norms of every layer and the first embedding rows)."""
+    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    parts = [names.EMBEDDING, names.OUTPUT_NORM]
+    parts += [names.attn_norm(i) for i in range(model.config.n_layers)]
+    for name in parts:
+        a = np.ascontiguousarray(model.tensor(name)[:64], np.float32)
+        h.update(name.encode() + a.tobytes())
+    return h.hexdigest()[:16]
 
 
 def ffn_inputs(model: ModelGraph, tokens: list[int]) -> list[np.ndarray]:

@@ -31,11 +31,27 @@ def add_arguments(p) -> None:
         "--bits-budget",
         type=float,
         default=None,
-        help="average bits per weight; per-layer/per-expert widths chosen by measured "
-        "sensitivity (overrides --bits)",
+        help="average stored bits per weight (codes, scales and zeros: uniform 3-bit at group "
+        "64 is 3.5); per-layer/per-expert widths chosen by measured sensitivity (overrides "
+        "--bits)",
     )
     p.add_argument(
-        "--calib", default=None, help="calibration text (default: sampled from the model)"
+        "--quant-method",
+        default="gptq",
+        choices=("gptq", "imatrix", "rtn"),
+        help="gptq: error feedback on calibration statistics (default); imatrix: rounding "
+        "weighted by input importance; rtn: plain rounding, no calibration",
+    )
+    p.add_argument(
+        "--calib",
+        default=None,
+        help="calibration text file (default: text the model writes itself, cached)",
+    )
+    p.add_argument(
+        "--calib-tokens",
+        type=int,
+        default=None,
+        help="calibration tokens the quantizers' statistics are collected on (4096)",
     )
     p.add_argument(
         "--dram-budget",
@@ -119,9 +135,11 @@ def run(args) -> int:
         sparse_ffn=args.sparse_ffn,
         moefy=moefy,
         head_bits=args.head_bits,
+        quant_method=args.quant_method,
+        **({} if args.calib_tokens is None else {"calib_tokens": args.calib_tokens}),
     )
-    return _report(args, s, f"wrote {s.out} ({s.fmt}, {s.avg_bits:.2f} bits/weight avg, "
-                            f"target {s.target})")  # fmt: skip
+    return _report(args, s, f"wrote {s.out} ({s.fmt}, {s.bits_per_weight:.2f} bits/weight "
+                            f"stored, {s.method}, target {s.target})")  # fmt: skip
 
 
 def _report(args, summary, line: str) -> int:
@@ -143,9 +161,16 @@ def _compile_onnx(args) -> int:
 
     from edgert.errors import EdgertError
 
-    if args.bits_budget is not None or args.calib or args.format != "uniform":
+    if (
+        args.bits_budget is not None
+        or args.calib
+        or args.calib_tokens is not None
+        or args.format != "uniform"
+        or args.quant_method != "gptq"
+    ):
         raise EdgertError(
-            "--bits-budget, --calib and --format apply to language models only",
+            "--bits-budget, --calib, --calib-tokens, --quant-method and --format apply to "
+            "language models only",
             "for ONNX models use --bits 8 (int8 weights) or leave it out (float32)",
         )
     from edgert.compiler.onnx.compile import compile_onnx

@@ -73,11 +73,22 @@ def run(args) -> int:
             else ""
         )
     )
+    bpw = info.get("bits_per_weight")
+    stored = f"{bpw:.2f} bits/weight stored (nominal {info['avg_bits']:.2f})" if bpw else (
+        f"{info['avg_bits']:.2f} bits/weight average"
+    )
+    how = f", {info['quant_method']}" if info.get("quant_method") else ""
     print(
-        f"weights    {info['format']} g{info['group_size']}, {info['avg_bits']:.2f} bits/weight"
-        f" average; resident {info['bytes']['resident'] / 2**20:.1f} MiB, streamed "
+        f"weights    {info['format']} g{info['group_size']}{how}, {stored}; resident "
+        f"{info['bytes']['resident'] / 2**20:.1f} MiB, streamed "
         f"{info['bytes']['streamed'] / 2**20:.1f} MiB"
     )
+    q = info.get("quality")
+    if q:
+        print(
+            f"quality    KL {q['kl']:.4f} nats/token, top-1 agreement {100 * q['top1']:.1f}% "
+            f"vs the float model ({q['tokens']} held-back tokens)"
+        )
     lv = info["layer_variants"]
     if lv:
         print("bits/layer " + " ".join(v[1:] for v in lv))

@@ -23,6 +23,12 @@ GROUP_SIZES = (32, 64, 128)
 FMT_CODE = {"uniform": 0, "hlq": 1}
 
 
+def bits_per_weight(fmt: str, bits: int, group_size: int) -> float:
+    """Stored bits per weight: the code plus the group's float16 parameters (uniform: scale and
+    zero; HLQ: one scale per bit-plane and an offset), before padding to whole tiles."""
+    return bits + 16 * (2 if fmt == "uniform" else bits + 1) / group_size
+
+
 def check_format(fmt: str, bits: int, group_size: int) -> None:
     ok = UNIFORM_BITS if fmt == "uniform" else HLQ_BITS
     if fmt not in FMT_CODE:

@@ -32,6 +32,9 @@ class Sampler:
         if self.temp == 0:
             return int(np.argmax(logits))
         z = logits.astype(np.float64) / self.temp
+        if not self.top_k and self.top_p >= 1.0:  # the whole distribution: no order needed
+            p = np.exp(z - z.max())
+            return int(self.rng.choice(len(p), p=p / p.sum()))
         order = np.argsort(-z, kind="stable")
         if self.top_k:
             order = order[: self.top_k]

@@ -59,17 +59,22 @@ class ReferenceEngine:
     """Runs a :class:`ModelGraph` token by token with a KV cache.
 
     ``forward(tokens)`` appends ``tokens`` to the sequence and returns logits for each of them
-    (or only the last with ``last_only=True``); ``reset()`` clears the cache.
+    (or only the last with ``last_only=True``); ``reset()`` clears the cache. With ``batch`` B > 1
+    the engine holds B independent sequences that advance together: ``forward`` takes one token
+    per sequence and returns one row of logits per sequence.
     """
 
-    def __init__(self, model: ModelGraph, *, max_ctx: int | None = None):
+    def __init__(self, model: ModelGraph, *, max_ctx: int | None = None, batch: int = 1):
         self.model = model
         #: tensors used instead of the model's (e.g. a quantized copy while measuring sensitivity)
         self.overrides: dict[str, np.ndarray] = {}
         self.cfg = model.config
         self.max_ctx = int(max_ctx or min(self.cfg.context_length, 4096))
         c = self.cfg
-        shape = (c.n_layers, self.max_ctx, c.n_kv_heads, c.head_dim)
+        self.batch = int(batch)
+        if self.batch < 1:
+            raise EdgertError(f"batch must be at least 1, not {batch}")
+        shape = (c.n_layers, self.batch, self.max_ctx, c.n_kv_heads, c.head_dim)
         self.k_cache = np.zeros(shape, np.float32)
         self.v_cache = np.zeros(shape, np.float32)
         self.pos = 0
@@ -114,18 +119,17 @@ class ReferenceEngine:
             q = apply_rope(q, cos, sin, c.rope_style)
             k = apply_rope(k, cos, sin, c.rope_style)
         v = v.reshape(n, c.n_kv_heads, c.head_dim)
-        t0, t1 = self.pos, self.pos + n
-        self.k_cache[i, t0:t1] = k
-        self.v_cache[i, t0:t1] = v
-        keys, vals = self.k_cache[i, :t1], self.v_cache[i, :t1]  # (T, kv, hd)
         group = c.n_heads // c.n_kv_heads
+        if self.batch > 1:
+            out = self._batch_attention(i, q, k, v, group)
+            return self._mm(out, names.weight(i, "attn_output"))
+        t0, t1 = self.pos, self.pos + n
+        self.k_cache[i, 0, t0:t1] = k
+        self.v_cache[i, 0, t0:t1] = v
+        keys, vals = self.k_cache[i, 0, :t1], self.v_cache[i, 0, :t1]  # (T, kv, hd)
         # q (n, kv, group, hd) x keys (T, kv, hd) -> scores (kv, group, n, T)
         qg = q.reshape(n, c.n_kv_heads, group, c.head_dim).transpose(1, 2, 0, 3)
-        scores = qg @ keys.transpose(1, 2, 0)[:, None]
-        if c.attn_scale:
-            scores = scores * np.float32(c.attn_scale)
-        else:
-            scores = scores / np.float32(np.sqrt(c.head_dim))
+        scores = self._scale_scores(qg @ keys.transpose(1, 2, 0)[:, None])
         qpos = np.arange(t0, t1)[:, None]
         kpos = np.arange(t1)[None, :]
         seen = kpos <= qpos
@@ -136,6 +140,26 @@ class ReferenceEngine:
         out = probs @ vals.transpose(1, 0, 2)[:, None]  # (kv, group, n, hd)
         out = out.transpose(2, 0, 1, 3).reshape(n, c.n_heads * c.head_dim)
         return self._mm(out, names.weight(i, "attn_output"))
+
+    def _scale_scores(self, scores: np.ndarray) -> np.ndarray:
+        c = self.cfg
+        if c.attn_scale:
+            return scores * np.float32(c.attn_scale)
+        return scores / np.float32(np.sqrt(c.head_dim))
+
+    def _batch_attention(self, i: int, q, k, v, group: int) -> np.ndarray:
+        """One new token of each of the ``batch`` sequences, all at position ``pos``."""
+        c, t1 = self.cfg, self.pos + 1
+        self.k_cache[i, :, self.pos] = k
+        self.v_cache[i, :, self.pos] = v
+        keys, vals = self.k_cache[i, :, :t1], self.v_cache[i, :, :t1]  # (B, T, kv, hd)
+        qg = q.reshape(self.batch, c.n_kv_heads, group, c.head_dim)
+        scores = self._scale_scores(np.einsum("bkgd,btkd->bkgt", qg, keys))
+        if c.window(i):
+            seen = np.arange(t1) > self.pos - c.window(i)
+            scores = np.where(seen, scores, np.float32(-np.inf))
+        out = np.einsum("bkgt,btkd->bkgd", softmax(scores, axis=-1), vals)
+        return out.reshape(self.batch, c.n_heads * c.head_dim)
 
     def _moe(self, i: int, x: np.ndarray) -> np.ndarray:
         c = self.cfg
@@ -174,9 +198,12 @@ class ReferenceEngine:
         n = len(tokens)
         if n == 0:
             raise EdgertError("no tokens to evaluate")
-        if self.pos + n > self.max_ctx:
+        if self.batch > 1 and n != self.batch:
+            raise EdgertError(f"a batch of {self.batch} sequences takes one token each, not {n}")
+        steps = 1 if self.batch > 1 else n
+        if self.pos + steps > self.max_ctx:
             raise EdgertError(
-                f"sequence of {self.pos + n} tokens exceeds the context of {self.max_ctx}",
+                f"sequence of {self.pos + steps} tokens exceeds the context of {self.max_ctx}",
                 "use a shorter prompt / fewer tokens, or a larger context",
             )
         if tokens.min() < 0 or tokens.max() >= c.vocab_size:
@@ -185,7 +212,7 @@ class ReferenceEngine:
         if c.embed_scale != 1.0:
             x = x * np.float32(c.embed_scale)
         x = self.run_layers(x, 0, c.n_layers)
-        self.pos += n
+        self.pos += steps
         return rms_norm(x, self._w(names.OUTPUT_NORM), c.rms_eps)
 
     def run_layers(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
@@ -194,7 +221,9 @@ class ReferenceEngine:
         c = self.cfg
         fname = rope.factors_name(c, self.max_ctx)
         factors = self._w(fname) if fname else None
-        cos, sin = rope.tables(c, np.arange(self.pos, self.pos + x.shape[0]), factors)
+        n = x.shape[0]
+        positions = np.full(n, self.pos) if self.batch > 1 else np.arange(self.pos, self.pos + n)
+        cos, sin = rope.tables(c, positions, factors)
         kinds = rope.layer_index(c)
         for i in range(start, stop):
             h = rms_norm(x, self._w(names.attn_norm(i)), c.rms_eps)
@@ -212,7 +241,9 @@ class ReferenceEngine:
         return x
 
     def lm_head_name(self) -> str:
-        return names.OUTPUT if names.OUTPUT in self.model else names.EMBEDDING
+        if names.OUTPUT in self.model or names.OUTPUT in self.overrides:
+            return names.OUTPUT
+        return names.EMBEDDING
 
     def forward(self, tokens: list[int] | np.ndarray, *, last_only: bool = False) -> np.ndarray:
         """Logits (n, vocab) for the tokens appended; (vocab,) of the last with ``last_only``."""

@@ -32,7 +32,7 @@ LOGIT_TOL = 1e-2
 #: every architecture, each in one of the weight formats
 ARCHS = {
     "llama": QuantScheme("uniform", 2, 32),
-    "qwen2moe": QuantScheme("hlq", 3, 32),
+    "qwen2moe": QuantScheme("hlq", 3, 64),
     "mixtral": QuantScheme("uniform", 4, 32),
     "olmoe": QuantScheme("hlq", 4, 32),
     "llama3": QuantScheme("uniform", 4, 32),

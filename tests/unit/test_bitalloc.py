@@ -19,6 +19,11 @@ def rtn(w: np.ndarray, bits: int, group: int = 8) -> np.ndarray:
     return (np.round((g - lo) / s) * s + lo).reshape(o, k).astype(np.float32)
 
 
+def qdq(name: str, expert: int | None, w: np.ndarray, bits: int) -> np.ndarray:
+    """The sensitivity's quantizer: by tensor name (and expert), here plain rounding."""
+    return rtn(w, bits)
+
+
 def kl_of(model, tokens, overrides):
     a = ReferenceEngine(model).forward(tokens)
     e = ReferenceEngine(model)
@@ -39,7 +44,7 @@ def test_sensitivity_and_allocation(name):
     tokens = list(range(1, 40))
     units = units_for(m)
     assert sum(u.params for u in units) > 0
-    measure_sensitivity(m, tokens, units, (1, 2, 4), rtn)
+    measure_sensitivity(m, tokens, units, (1, 2, 4), qdq)
     for u in units:
         assert u.errors[1] >= u.errors[2] >= u.errors[4] >= 0
     # experts the calibration tokens never route to cost nothing; every other unit does
@@ -60,7 +65,7 @@ def test_allocation_beats_uniform_at_equal_bits():
     m = random_model(CONFIGS["llama"], seed=3)
     tokens = list(range(2, 30))
     units = units_for(m)
-    measure_sensitivity(m, tokens, units, (1, 2, 3), rtn)
+    measure_sensitivity(m, tokens, units, (1, 2, 3), qdq)
     bits = allocate(units, (1, 2, 3), 2.0)
     chosen = {t: rtn(m.tensor(t), bits[u.name]) for u in units for t, _ in u.tensors}
     uniform = {t: rtn(m.tensor(t), 2) for u in units for t, _ in u.tensors}

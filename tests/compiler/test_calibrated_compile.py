@@ -1,0 +1,102 @@
+"""`edgert compile` with calibrated quantizers: the artifact records its method, stored bits per
+weight and the quality measured on held-back tokens; error feedback keeps more of the model than
+rounding at 2 bits; the quality recorded is the one of the weights the artifact computes with."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import compile_synthetic, run_cli
+
+from edgert.compiler.quant.quality import measure_quality
+from edgert.compiler.quant.scheme import QuantScheme
+from edgert.compiler.frontends import load_model
+from edgert.format.artifact import Artifact
+from edgert.format import names
+from edgert.runtime.weights import reference_model
+
+
+@pytest.fixture(scope="module")
+def two_bit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("calibrated")
+    scheme = QuantScheme("uniform", 2, 64)
+    out = {}
+    for m in ("rtn", "imatrix", "gptq"):
+        (d / m).mkdir()
+        out[m] = compile_synthetic(d / m, "llama", scheme, quant_method=m, calib_tokens=1024)
+    return out
+
+
+def test_manifest_records_method_bits_and_quality(two_bit):
+    for method, s in two_bit.items():
+        q = Artifact.open(s.out).manifest["quant"]
+        assert q["method"] == method == s.method
+        assert q["bits_per_weight"] == s.bits_per_weight == 2.5  # 2 + 2 x 16 / 64
+        assert q["calib_tokens"] == (0 if method == "rtn" else 1024)
+        assert q["quality"]["tokens"] == 511 and 0 <= q["quality"]["top1"] <= 1
+        assert q["quality"]["kl"] > 0
+        used = q["tensors_by_method"]
+        assert used == ({"rtn": 14} if method == "rtn" else {method: 14})
+
+
+def test_calibration_keeps_more_of_the_model(two_bit):
+    kl = {m: Artifact.open(s.out).manifest["quant"]["quality"]["kl"] for m, s in two_bit.items()}
+    # random weights give error feedback little to work with (SmolLM2's figures: BENCHMARKS)
+    assert kl["gptq"] < kl["imatrix"] < kl["rtn"], kl
+
+
+def test_recorded_quality_is_the_artifacts(two_bit):
+    """Measured again from the artifact's own dequantized weights: the same numbers."""
+    s = two_bit["gptq"]
+    art = Artifact.open(s.out)
+    src = load_model(art.manifest["source"]["path"])
+    src.materialize()
+    qm = reference_model(art)
+    compiled = {n: qm.tensor(n) for n in qm.names() if not n.endswith("norm.weight")}
+    compiled.pop(names.OUTPUT_NORM, None)
+    from edgert.compiler.compile import QUALITY_TOKENS
+    from edgert.compiler.transform.calibrate import calibration_tokens
+
+    held = calibration_tokens(src, n_tokens=1024 + QUALITY_TOKENS)[1024:]
+    q = measure_quality(src, compiled, held)
+    want = art.manifest["quant"]["quality"]
+    assert q["kl"] == pytest.approx(want["kl"], rel=1e-6)
+    assert q["top1"] == want["top1"]
+
+
+def test_inspect_and_json_show_stored_bits_and_quality(two_bit):
+    out = two_bit["gptq"].out
+    r = run_cli("inspect", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "2.50 bits/weight stored (nominal 2.00)" in r.stdout and "gptq" in r.stdout
+    assert "quality    KL" in r.stdout and "top-1 agreement" in r.stdout
+    j = json.loads(run_cli("inspect", str(out), "--json").stdout)
+    assert j["bits_per_weight"] == 2.5 and j["quality"]["tokens"] == 511
+
+
+def test_calib_file_is_used(tmp_path):
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(f"word{i % 97} token{i % 13}." for i in range(3000)))
+    s = compile_synthetic(
+        tmp_path, "llama", QuantScheme("uniform", 3, 64), calib=str(text), calib_tokens=256
+    )
+    q = Artifact.open(s.out).manifest["quant"]
+    assert q["calib_tokens"] == 256 and q["method"] == "gptq"
+    short = tmp_path / "short.txt"
+    short.write_text("too short")
+    r = run_cli(
+        "compile", str(tmp_path / "llama.gguf"), "--target", "host", "--calib", str(short),
+        "-o", str(tmp_path / "x.edgert"),
+    )  # fmt: skip
+    assert r.returncode != 0 and "calibration needs" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "x.edgert").exists()
+
+
+def test_scheme_heavier_than_a_wider_one_is_refused(tmp_path):
+    r = run_cli(
+        "compile", "nonexistent.gguf", "--target", "host", "--format", "hlq", "--bits", "3",
+    )  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "as much as uniform 4-bit" in r.stderr and "--group-size 64" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert np.isclose(QuantScheme("hlq", 2, 32).bpw, 3.5)
