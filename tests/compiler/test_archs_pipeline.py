@@ -74,8 +74,13 @@ def test_dense_streams_sparsifies_and_moefies(tmp_path, arch):
     toks = sp.tokenizer.encode(PROMPTS[0])
     got, exp = sp.forward(toks), ref.forward(toks)
     # the LUT kernels' activation tables: 1.1e-3 of the largest logit on gemma3's six layers
-    assert np.abs(got - exp).max() <= BUNDLE_TOL * np.abs(exp).max()
-    assert (got.argmax(-1) == exp.argmax(-1)).all()
+    bound = BUNDLE_TOL * np.abs(exp).max()
+    assert np.abs(got - exp).max() <= bound
+    # the same most likely token at every position, but where the reference's top two are
+    # closer than the errors allowed (both within 2 x bound of each other)
+    rows = np.nonzero(got.argmax(-1) != exp.argmax(-1))[0]
+    for i in rows:
+        assert exp[i].max() - exp[i, got[i].argmax()] <= 2 * bound, i
     # at a real threshold fewer neurons are read, and tokens still come
     sp2 = open_artifact_engine(art, max_ctx=64, ffn={"sparsity": 0.5})
     assert len(greedy_tokens(sp2, PROMPTS[:1], 4)[0]) == 4
