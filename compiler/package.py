@@ -59,8 +59,10 @@ def layer_f32(i: int) -> list[str]:
             names.shared_gate(i)]  # fmt: skip
 
 
-def variant_name(fmt: str, bits: int) -> str:
-    return f"{'u' if fmt == 'uniform' else 'h'}{bits}"
+def variant_name(fmt: str, *bits: int) -> str:
+    """``u3``, ``h2``; a layer whose projections differ: ``u2-4`` (its narrowest and widest)."""
+    span = f"{min(bits)}" if min(bits) == max(bits) else f"{min(bits)}-{max(bits)}"
+    return f"{'u' if fmt == 'uniform' else 'h'}{span}"
 
 
 def write_artifact(
@@ -101,13 +103,15 @@ def write_artifact(
     #: the float weights the artifact computes with, for the quality measurement
     compiled: dict[str, np.ndarray] | None = {} if quality_tokens else None
     lut_params = 0
-    layer_bits = [0] * c.n_layers
-    expert_bits = [[0] * c.n_experts for _ in range(c.n_layers)]
-    for u in units:
-        if ".expert." in u.name:
-            expert_bits[u.layer][int(u.name.rsplit(".", 1)[1])] = bits[u.name]
-        else:
-            layer_bits[u.layer] = bits[u.name]
+    #: (tensor, expert or None) -> width; a layer's label lists the widths of its projections
+    tensor_bits = {(t, e): bits[u.name] for u in units for t, e in u.tensors}
+    widths = [sorted({tensor_bits[(t, e)] for u in units if u.layer == i for t, e in u.tensors
+                      if e is None}) for i in range(c.n_layers)]  # fmt: skip
+    layer_bits = [max(ws) if ws else 0 for ws in widths]  # what neuron bundles are cut at
+    expert_bits = [
+        [tensor_bits.get((names.experts(i, "up"), e), 0) for e in range(c.n_experts)]
+        for i in range(c.n_layers)
+    ]
     sizes = {"quantized": 0, "q8": 0, "f32": 0}
     t0 = time.perf_counter()
     with ArtifactWriter(out, force=force) as w:
@@ -156,13 +160,13 @@ def write_artifact(
                 if c.shared_expert_ffn_dim:
                     linear += [names.shared(i, p) for p in names.EXPERT_PROJECTIONS]
                 for name in linear:
-                    put_lut(name, m.tensor(name), layer_bits[i], name)
+                    put_lut(name, m.tensor(name), tensor_bits[(name, None)], name)
                     bar.update(1)
                 for e in range(c.n_experts):  # each expert's projections together, too
                     for proj in names.EXPERT_PROJECTIONS:
                         src = names.experts(i, proj)
                         wt = m.tensor(src)[e]
-                        put_lut(names.expert(i, proj, e), wt, expert_bits[i][e], src, e)
+                        put_lut(names.expert(i, proj, e), wt, tensor_bits[(src, e)], src, e)
                     bar.update(3)
         if moefy is not None:
             w.manifest["moefy"] = moefy
@@ -251,7 +255,7 @@ def write_artifact(
                     "units": {u.name: bits[u.name] for u in units},
                 },
                 "plan": {
-                    "layer_variants": [variant_name(scheme.fmt, b) for b in layer_bits],
+                    "layer_variants": [variant_name(scheme.fmt, *ws) for ws in widths],
                     "expert_variants": [
                         [variant_name(scheme.fmt, b) for b in row] for row in expert_bits
                     ]

@@ -1,8 +1,9 @@
 """Bit allocation under an average-bits budget (``--bits-budget B``, in stored bits per weight:
 codes plus group parameters).
 
-Sensitivity: for each unit — a layer's linear weights, or one expert of an MoE layer (EdgeMoE's
-expert-wise bit widths) — quantize only that unit to each candidate width and measure the
+Sensitivity: for each unit — one linear weight of a dense layer (as llama.cpp's mixes give
+attn_v and ffn_down more bits where they matter), or a mixture layer's attention, or one expert
+(EdgeMoE's expert-wise bit widths) — quantize only that unit to each candidate width and measure the
 model's output error on calibration tokens: mean KL(p_float || p_quantized) of the next-token
 distribution. Layers before the unit are run once and cached. Allocation: start every unit at the
 lowest width and repeatedly take the upgrade with the largest error reduction per added bit until
@@ -45,7 +46,7 @@ def units_for(model: ModelGraph) -> list[Unit]:
     units = []
     for i in range(c.n_layers):
         if not c.is_moe:
-            units.append(Unit(names.block(i), i, [(t, None) for t in dense_linears(i)]))
+            units += [Unit(t, i, [(t, None)]) for t in dense_linears(i)]
             continue
         attn = [(names.weight(i, p), None) for p in names.ATTN_PROJECTIONS]
         if c.shared_expert_ffn_dim:

@@ -100,3 +100,32 @@ def test_scheme_heavier_than_a_wider_one_is_refused(tmp_path):
     assert "as much as uniform 4-bit" in r.stderr and "--group-size 64" in r.stderr
     assert "Traceback" not in r.stderr
     assert np.isclose(QuantScheme("hlq", 2, 32).bpw, 3.5)
+
+
+def test_budget_allocates_per_projection_and_reuses_its_fits(tmp_path):
+    """Dense layers: each projection its own width within the stored-bits budget; the fits made
+    while measuring sensitivity are the ones written (3 widths x 14 projections, no refit); the
+    runtime computes what the reference does on the artifact's weights."""
+    from conftest import greedy_divergence, greedy_tokens
+
+    from edgert.runtime.open import open_artifact_engine
+    from edgert.runtime.reference import ReferenceEngine
+
+    s = compile_synthetic(
+        tmp_path, "llama", QuantScheme("uniform", 4, 64), bits_budget=3.0, calib_tokens=512
+    )
+    assert s.bits_per_weight <= 3.0 + 1e-9
+    art = Artifact.open(s.out)
+    assert sum(art.manifest["quant"]["tensors_by_method"].values()) == 3 * 14
+    per_tensor = {n: e["bits"] for n, e in art.tensors.items() if e["format"] == "uniform"}
+    assert len(set(per_tensor.values())) > 1
+    assert set(s.bits_per_unit) == set(per_tensor)
+    assert all(s.bits_per_unit[n] == b for n, b in per_tensor.items())
+    variants = art.manifest["plan"]["layer_variants"]
+    assert any("-" in v for v in variants), variants
+    eng = open_artifact_engine(s.out, max_ctx=48)
+    ref = ReferenceEngine(reference_model(art), max_ctx=48)
+    prompts = ["one two three", "the cat sat on"]
+    ties = sum(greedy_divergence(ref, ref.tokenizer, p, g, w) for p, g, w in
+               zip(prompts, greedy_tokens(eng, prompts, 12), greedy_tokens(ref, prompts, 12)))
+    assert ties <= 1
