@@ -27,8 +27,10 @@ from edgert.format.lut import PackedWeight, check_format, pack_hlq, pack_uniform
 
 #: columns per lazy-update block (a multiple of every group size)
 BLOCK = 128
-#: damping added to H's diagonal, as a share of its mean
-DAMP = 0.01
+#: damping added to H's diagonal, as a share of its mean. GPTQ's usual 0.01 trusts the
+#: calibration's correlations more than text the model writes itself supports: SmolLM2 3-bit g64,
+#: perplexity on unseen text (4 chunks) 35.8 at 0.01, 35.4 at 0.1, 33.0 at 1.0, 33.5 at 3.0
+DAMP = 1.0
 #: columns in order of decreasing importance
 ACT_ORDER = True
 
