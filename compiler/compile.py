@@ -37,8 +37,9 @@ SENSITIVITY_TOKENS = 256
 def plan_bits(
     model, scheme: QuantScheme, quantizer, *, bits_budget: float | None, tokens: list[int]
 ) -> tuple[dict[str, int], list]:
-    """Bits for each unit (layer, or expert) — uniform, or allocated under the budget from each
-    unit's measured sensitivity at every width (the fits are kept for the artifact)."""
+    """Bits for each unit (a dense layer's projection, a mixture layer's attention, or an expert)
+    — uniform, or allocated under the budget (stored bits per weight) from each unit's measured
+    sensitivity at every width (the fits are kept for the artifact)."""
     from edgert.compiler.quant.bitalloc import allocate, measure_sensitivity, units_for
 
     units = units_for(model)

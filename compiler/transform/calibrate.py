@@ -35,7 +35,8 @@ def calibration_tokens(
         ids = tok.encode(text)
         if len(ids) < n_tokens:
             raise EdgertError(
-                f"{p} has {len(ids)} tokens; calibration needs {n_tokens}", "pass a longer text"
+                f"{p} has {len(ids)} tokens; calibration needs {n_tokens}",
+                "pass a longer text (or fewer --calib-tokens)",
             )
         return ids[:n_tokens]
     from edgert.progress import Progress
