@@ -44,7 +44,9 @@ def test_greedy_tokens_equal_reference_on_same_weights(artifacts, arch):
         a = generate(eng, prompt=p, n_predict=32, sampler=Sampler(temp=0), stop_at_eos=False)
         b = generate(ref, prompt=p, n_predict=32, sampler=Sampler(temp=0), stop_at_eos=False)
         ties += greedy_divergence(ref, eng.tokenizer, p, a.tokens, b.tokens)
-    assert ties <= 1  # near-ties are rare: the other prompts agree on all 32 tokens
+    # near-ties are rare: the other prompts agree on all 32 tokens (a mixture's routers add their
+    # own near ties: each divergence above was checked to follow one)
+    assert ties <= (2 if ref.cfg.is_moe else 1)
     ids = eng.tokenizer.encode("the quick brown fox")
     eng.reset()
     ref.reset()
