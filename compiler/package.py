@@ -42,7 +42,7 @@ class CompileSummary:
         if self.quality:
             q = self.quality
             rows += [
-                ("KL vs float", f"{q['kl']:.4f} nats/token ({q['tokens']} held-back tokens)"),
+                ("KL vs float", f"{q['kl']:.3g} nats/token ({q['tokens']} held-back tokens)"),
                 ("top-1 agreement", f"{100 * q['top1']:.1f}%"),
             ]
         rows += [("", "")] + [

@@ -86,7 +86,7 @@ def run(args) -> int:
     q = info.get("quality")
     if q:
         print(
-            f"quality    KL {q['kl']:.4f} nats/token, top-1 agreement {100 * q['top1']:.1f}% "
+            f"quality    KL {q['kl']:.3g} nats/token, top-1 agreement {100 * q['top1']:.1f}% "
             f"vs the float model ({q['tokens']} held-back tokens)"
         )
     lv = info["layer_variants"]
