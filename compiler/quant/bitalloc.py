@@ -18,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgert.compiler.quant.quality import log_softmax
 from edgert.errors import EdgertError
 from edgert.format import names
 from edgert.format.model import ModelGraph
@@ -67,11 +68,6 @@ def units_for(model: ModelGraph) -> list[Unit]:
     return units
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z.astype(np.float64)
-    z = z - z.max(-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(-1, keepdims=True))
-
 
 def measure_sensitivity(
     model: ModelGraph, tokens: list[int], units: list[Unit], candidates: tuple[int, ...], qdq: QDQ
@@ -84,13 +80,13 @@ def measure_sensitivity(
 
     def logits_from(x: np.ndarray, layer: int) -> np.ndarray:
         x = eng.run_layers(x, layer, c.n_layers)
-        return _log_softmax(rms_norm(x, out_norm, c.rms_eps) @ head.T)
+        return log_softmax(rms_norm(x, out_norm, c.rms_eps) @ head.T)
 
     x = model.tensor(names.EMBEDDING)[np.asarray(tokens)]
     inputs = [x]
     for i in range(c.n_layers):
         inputs.append(eng.run_layers(inputs[-1], i, i + 1))
-    ref = _log_softmax(rms_norm(inputs[-1], out_norm, c.rms_eps) @ head.T)
+    ref = log_softmax(rms_norm(inputs[-1], out_norm, c.rms_eps) @ head.T)
     p_ref = np.exp(ref)
     with Progress(len(units) * len(candidates), "sensitivity") as bar:
         for u in units:

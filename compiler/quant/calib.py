@@ -45,9 +45,12 @@ class CalibStats:
             return None
         return self.sums[key] / max(self.rows[key], 1)
 
-    def importance(self, name: str, expert: int | None = None) -> np.ndarray | None:
-        h = self.hessian(name, expert)
-        return None if h is None else np.diag(h).copy()
+    def add(self, key: str, x: np.ndarray) -> None:
+        """Count the rows of ``x`` (n, k) as inputs of ``key``."""
+        x32 = np.asarray(x, np.float32)
+        xtx = x32.T @ x32
+        self.sums[key] = self.sums[key] + xtx if key in self.sums else xtx
+        self.rows[key] = self.rows.get(key, 0) + x32.shape[0]
 
 
 #: the key under which a layer's FFN input is recorded (experts' gate and up read it)
@@ -70,18 +73,12 @@ def collect_stats(model: ModelGraph, tokens: list[int]) -> CalibStats:
                 st.key_of[name] = last[1]
             elif not name.endswith(".ffn_gate_inp.weight"):  # routers stay float
                 key = st.key_of.setdefault(name, name)
-                x32 = np.asarray(x, np.float32)
-                xtx = x32.T @ x32
-                st.sums[key] = st.sums[key] + xtx if key in st.sums else xtx
-                st.rows[key] = st.rows.get(key, 0) + x32.shape[0]
+                st.add(key, x)
                 last[0], last[1] = x, key
             return super()._mm(x, name)
 
         def _moe(self, i: int, x: np.ndarray) -> np.ndarray:
-            key = FFN_INPUT.format(i)
-            x32 = np.asarray(x, np.float32)
-            st.sums[key] = st.sums.get(key, 0) + x32.T @ x32
-            st.rows[key] = st.rows.get(key, 0) + x32.shape[0]
+            st.add(FFN_INPUT.format(i), x)
             return super()._moe(i, x)
 
     chunks = [tokens[i : i + CHUNK] for i in range(0, len(tokens), CHUNK)]

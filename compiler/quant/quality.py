@@ -13,7 +13,8 @@ from edgert.format.model import ModelGraph
 CHUNK = 512
 
 
-def _log_softmax(z: np.ndarray) -> np.ndarray:
+def log_softmax(z: np.ndarray) -> np.ndarray:
+    """Log-probabilities (float64) of logits z (..., vocab)."""
     z = z.astype(np.float64)
     z = z - z.max(-1, keepdims=True)
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
@@ -37,8 +38,8 @@ def measure_quality(
             break
         ref.reset()
         cmp.reset()
-        lp = _log_softmax(ref.forward(chunk))[:-1]
-        lq = _log_softmax(cmp.forward(chunk))[:-1]
+        lp = log_softmax(ref.forward(chunk))[:-1]
+        lq = log_softmax(cmp.forward(chunk))[:-1]
         nxt = np.asarray(chunk[1:])
         kl += float(np.sum(np.exp(lp) * (lp - lq)))
         agree += int(np.sum(lp.argmax(-1) == lq.argmax(-1)))
