@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from edgert.errors import UnsupportedError
+from edgert.errors import ModelFormatError, UnsupportedError
 from edgert.runtime.tokenizer import Tokenizer, TokenizerMeta
 
 log = logging.getLogger(__name__)
@@ -142,35 +142,72 @@ def _gemma4_bpe(meta: dict[str, Any], tokens: list[str]):
     return tok
 
 
+def _check_lists(meta: dict[str, Any], source: str) -> None:
+    """The tokenizer's arrays have the element types and lengths the builders index them by."""
+    n = None
+    for key, types, per_token in (
+        ("tokenizer.ggml.tokens", (str,), True),
+        ("tokenizer.ggml.merges", (str,), False),
+        ("tokenizer.ggml.token_type", (int,), True),
+        ("tokenizer.ggml.scores", (int, float), True),
+    ):
+        v = meta.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, list) or not all(
+            isinstance(x, types) and not isinstance(x, bool) for x in v
+        ):
+            raise ModelFormatError(
+                f"{source}: {key} = {v!r:.40}, expected a list of {types[-1].__name__}"
+            )
+        n = len(v) if n is None else n  # the tokens come first
+        if per_token and len(v) != n:
+            raise ModelFormatError(
+                f"{source}: {key} has {len(v)} entries, expected one per token ({n})"
+            )
+    if not isinstance(meta.get("tokenizer.chat_template", ""), str):
+        raise ModelFormatError(f"{source}: tokenizer.chat_template is not a string")
+
+
 def tokenizer_from_gguf(meta: dict[str, Any], source: str = "") -> Tokenizer:
     from tokenizers import AddedToken
 
     kind = meta.get("tokenizer.ggml.model")
-    tokens = list(meta.get("tokenizer.ggml.tokens") or [])
-    if not tokens:
+    if not meta.get("tokenizer.ggml.tokens"):
         raise UnsupportedError(f"{source}: GGUF tokenizer has no tokens")
-    if kind == "gpt2":
-        tok = _gpt2_bpe(meta, tokens)
-        default_add_bos = False
-    elif kind == "llama":
-        tok = _spm_bpe(meta, tokens)
-        default_add_bos = True
-    elif kind == "gemma4":
-        tok = _gemma4_bpe(meta, tokens)
-        default_add_bos = True
-    else:
-        raise UnsupportedError(
-            f"{source}: unsupported tokenizer model {kind!r}",
-            "edgert reads GPT-2 BPE ('gpt2'), SentencePiece ('llama') and Gemma 4 ('gemma4') "
-            "vocabularies",
-        )
-    specials = _special_tokens(tokens, meta.get("tokenizer.ggml.token_type"))
-    if specials:
-        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for _, t in specials])
+    _check_lists(meta, source)
+    tokens = list(meta["tokenizer.ggml.tokens"])
 
     def opt_id(key: str) -> int | None:
         v = meta.get(key)
-        return int(v) if v is not None and 0 <= int(v) < len(tokens) else None
+        ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(tokens)
+        return v if ok else None
+
+    builders = {
+        "gpt2": (_gpt2_bpe, False),
+        "llama": (_spm_bpe, True),
+        "gemma4": (_gemma4_bpe, True),
+    }
+    if not isinstance(kind, str) or kind not in builders:
+        raise UnsupportedError(
+            f"{source}: unsupported tokenizer model {kind!r:.40}",
+            "edgert reads GPT-2 BPE ('gpt2'), SentencePiece ('llama') and Gemma 4 ('gemma4') "
+            "vocabularies",
+        )
+    build, default_add_bos = builders[kind]
+    specials = _special_tokens(tokens, meta.get("tokenizer.ggml.token_type"))
+    try:
+        tok = build(
+            {**meta, "tokenizer.ggml.unknown_token_id": opt_id("tokenizer.ggml.unknown_token_id")},
+            tokens,
+        )
+        if specials:
+            tok.add_special_tokens(
+                [AddedToken(t, special=True, normalized=False) for _, t in specials]
+            )
+    except Exception as e:  # `tokenizers` reports a vocabulary it cannot build as Exception
+        why = " ".join(str(e).split())[:200]  # one line, whatever the library says
+        raise ModelFormatError(f"{source}: unusable GGUF tokenizer: {why}") from e
 
     stop = [
         i

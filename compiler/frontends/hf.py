@@ -33,7 +33,15 @@ from edgert.compiler.frontends.safetensors import SafetensorsFile
 
 from edgert.errors import ModelFormatError, UnsupportedError
 from edgert.format import names
-from edgert.format.model import ModelConfig, ModelGraph, TensorInfo
+from edgert.format.model import (
+    LIMITS,
+    ModelConfig,
+    ModelGraph,
+    TensorInfo,
+    float_field,
+    int_field,
+    printable,
+)
 from edgert.runtime.tokenizer import Tokenizer, TokenizerMeta
 
 log = logging.getLogger(__name__)
@@ -96,11 +104,34 @@ def _req(cfg: dict[str, Any], key: str, src: str) -> Any:
     return cfg[key]
 
 
+# config.json's values checked where they are read, so that an error names the key
+def _int(src: str, key: str, value: Any, field: str) -> int:
+    """``value`` (config.json's ``key``) within the range of ModelConfig's ``field``."""
+    return int_field(f"{src}: config.json {key}", value, *LIMITS[field])
+
+
+def _float(src: str, key: str, value: Any, *, zero: bool = False) -> float:
+    return float_field(f"{src}: config.json {key}", value, zero=zero)
+
+
+def _dict(src: str, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ModelFormatError(f"{src}: config.json {key} = {value!r:.40}, expected an object")
+    return value
+
+
+def _list(src: str, key: str, value: Any) -> list:
+    if not isinstance(value, list):
+        raise ModelFormatError(f"{src}: config.json {key} = {value!r:.40}, expected a list")
+    return value
+
+
 def _rope(cfg: dict[str, Any], src: str) -> dict[str, Any]:
     """config.json's rope scaling (``rope_scaling``, or ``rope_parameters`` in newer files)."""
-    r = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    key = "rope_scaling" if cfg.get("rope_scaling") else "rope_parameters"
+    r = _dict(src, key, cfg.get(key) or {})
     if "full_attention" in r:  # per attention type (newer Gemma files)
-        r = r["full_attention"]
+        r = _dict(src, f"{key}.full_attention", r["full_attention"])
     kind = str(r.get("rope_type") or r.get("type") or "default").lower()
     if kind not in ("default", "linear", "llama3", "longrope", "su"):
         raise UnsupportedError(
@@ -109,12 +140,18 @@ def _rope(cfg: dict[str, Any], src: str) -> dict[str, Any]:
     return {**r, "rope_type": kind}
 
 
-def llama3_factors(theta: float, rope_dim: int, r: dict[str, Any]) -> np.ndarray:
+def llama3_factors(theta: float, rope_dim: int, r: dict[str, Any], src: str = "") -> np.ndarray:
     """Llama 3.1's per-frequency divisors (``rope_scaling.rope_type = "llama3"``): long
     wavelengths divided by ``factor``, short ones kept, a smooth blend between."""
-    factor = float(r.get("factor", 8.0))
-    low, high = float(r.get("low_freq_factor", 1.0)), float(r.get("high_freq_factor", 4.0))
-    old = float(r.get("original_max_position_embeddings", 8192))
+    what = f"{src}: config.json rope_scaling" if src else "config.json rope_scaling"
+    factor = float_field(f"{what}.factor", r.get("factor", 8.0))
+    low = float_field(f"{what}.low_freq_factor", r.get("low_freq_factor", 1.0))
+    high = float_field(f"{what}.high_freq_factor", r.get("high_freq_factor", 4.0))
+    old = float_field(
+        f"{what}.original_max_position_embeddings", r.get("original_max_position_embeddings", 8192)
+    )
+    if high <= low:
+        raise ModelFormatError(f"{what}: high_freq_factor {high} <= low_freq_factor {low}")
     out = []
     for i in range(rope_dim // 2):
         wavelen = 2 * math.pi * theta ** (2 * i / rope_dim)
@@ -137,66 +174,104 @@ def _text_config(cfg: dict[str, Any]) -> tuple[dict[str, Any], str]:
 
 
 def config_from_hf(cfg: dict[str, Any], src: str) -> ModelConfig:
+    if not isinstance(cfg, dict):
+        raise ModelFormatError(f"{src}: config.json is not a JSON object")
     mt = cfg.get("model_type")
-    gguf_arch = HF_MODEL_TYPES.get(mt)
+    gguf_arch = HF_MODEL_TYPES.get(mt) if isinstance(mt, str) else None
     if gguf_arch is None:
         raise UnsupportedError(
-            f"{src}: unsupported model_type {mt!r}", f"edgert runs {supported_names()}"
+            f"{src}: unsupported model_type {mt!r:.40}", f"edgert runs {supported_names()}"
         )
     spec = GGUF_ARCHS[gguf_arch]
-    dim = int(_req(cfg, "hidden_size", src))
-    n_heads = int(_req(cfg, "num_attention_heads", src))
-    n_layers = int(_req(cfg, "num_hidden_layers", src))
-    head_dim = int(cfg.get("head_dim") or dim // n_heads)
-    n_experts = int(cfg.get("num_local_experts") or cfg.get("num_experts") or 0)
-    ffn = int(cfg.get("intermediate_size") or 0)
+    dim = _int(src, "hidden_size", _req(cfg, "hidden_size", src), "dim")
+    n_heads = _int(src, "num_attention_heads", _req(cfg, "num_attention_heads", src), "n_heads")
+    n_layers = _int(src, "num_hidden_layers", _req(cfg, "num_hidden_layers", src), "n_layers")
+    if cfg.get("head_dim"):
+        head_dim = _int(src, "head_dim", cfg["head_dim"], "head_dim")
+    elif dim % n_heads:
+        raise ModelFormatError(
+            f"{src}: config.json hidden_size = {dim} is not a multiple of num_attention_heads = "
+            f"{n_heads} (and no head_dim)"
+        )
+    else:
+        head_dim = dim // n_heads
+    experts_key = "num_local_experts" if cfg.get("num_local_experts") else "num_experts"
+    n_experts = _int(src, experts_key, cfg.get(experts_key) or 0, "n_experts")
+    ffn = _int(src, "intermediate_size", cfg.get("intermediate_size") or 0, "ffn_dim")
     r = _rope(cfg, src)
-    theta = float(cfg.get("rope_theta", r.get("rope_theta", 10000.0)))
-    rot = float(cfg.get("partial_rotary_factor", r.get("partial_rotary_factor", 1.0)))
+    theta = _float(src, "rope_theta", cfg.get("rope_theta", r.get("rope_theta", 10000.0)))
+    rot = _float(
+        src,
+        "partial_rotary_factor",
+        cfg.get("partial_rotary_factor", r.get("partial_rotary_factor", 1.0)),
+    )
+    if rot > 1.0:
+        raise ModelFormatError(
+            f"{src}: config.json partial_rotary_factor = {rot}, expected a number in (0, 1]"
+        )
     rope_dim = int(rot * dim) // n_heads if rot != 1.0 else head_dim
     extra: dict[str, Any] = {}
     if r["rope_type"] == "linear":
-        extra["rope_scale"] = 1.0 / float(r["factor"])
+        extra["rope_scale"] = 1.0 / _float(src, "rope_scaling.factor", r.get("factor"))
     elif r["rope_type"] == "llama3":
         extra["rope_factors"] = "freqs"
     elif r["rope_type"] in ("longrope", "su"):
-        orig = int(
-            cfg.get("original_max_position_embeddings") or r["original_max_position_embeddings"]
+        key = "original_max_position_embeddings"
+        orig = int_field(
+            f"{src}: config.json {key}", cfg.get(key) or r.get(key), 2, LIMITS["rope_orig_ctx"][1]
         )
-        scale = int(cfg.get("max_position_embeddings", orig)) / orig
+        ctx = cfg.get("max_position_embeddings", orig)
+        scale = _int(src, "max_position_embeddings", ctx, "context_length") / orig
         attn = math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1.0 else 1.0
         extra.update(rope_factors="longrope", rope_orig_ctx=orig, rope_attn_factor=attn)
     if spec.swa_pattern and cfg.get("sliding_window"):
         types = cfg.get("layer_types")
         if types:
+            types = _list(src, "layer_types", types)
             swa = [i for i, t in enumerate(types[:n_layers]) if t == "sliding_attention"]
         else:
-            swa = swa_layers(n_layers, int(cfg.get("sliding_window_pattern") or spec.swa_pattern))
-        local = (cfg.get("rope_parameters") or {}).get("sliding_attention") or {}
+            pattern = cfg.get("sliding_window_pattern") or spec.swa_pattern
+            what = f"{src}: config.json sliding_window_pattern"
+            swa = swa_layers(n_layers, int_field(what, pattern, 1, LIMITS["n_layers"][1]))
+        params = _dict(src, "rope_parameters", cfg.get("rope_parameters") or {})
+        local = _dict(
+            src, "rope_parameters.sliding_attention", params.get("sliding_attention") or {}
+        )
         extra.update(
-            sliding_window=int(cfg["sliding_window"]),
+            sliding_window=_int(src, "sliding_window", cfg["sliding_window"], "sliding_window"),
             swa_layers=swa,
-            rope_theta_swa=float(
-                cfg.get("rope_local_base_freq") or local.get("rope_theta") or 10000.0
+            rope_theta_swa=_float(
+                src,
+                "rope_local_base_freq",
+                cfg.get("rope_local_base_freq") or local.get("rope_theta") or 10000.0,
             ),
         )
     if spec.no_rope_every:
         flags = cfg.get("no_rope_layers")  # per layer: 1 applies RoPE, 0 does not
         if flags is None:
-            every = int(cfg.get("no_rope_layer_interval") or spec.no_rope_every)
+            every = int_field(
+                f"{src}: config.json no_rope_layer_interval",
+                cfg.get("no_rope_layer_interval") or spec.no_rope_every,
+                1,
+                LIMITS["n_layers"][1],
+            )
             extra["no_rope_layers"] = no_rope_layers(n_layers, every)
         else:
+            flags = _list(src, "no_rope_layers", flags)
             extra["no_rope_layers"] = [i for i, use in enumerate(flags[:n_layers]) if not use]
     extra["embed_scale"] = embed_scale(spec, dim)
     qpas = cfg.get("query_pre_attn_scalar")
-    if qpas and int(qpas) != head_dim:
+    if qpas and _float(src, "query_pre_attn_scalar", qpas) != head_dim:
         extra["attn_scale"] = float(qpas) ** -0.5
     if cfg.get("final_logit_softcapping") or cfg.get("attn_logit_softcapping"):
         raise UnsupportedError(f"{src}: logit soft-capping is not implemented")
     act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu"
-    activation = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}.get(act)
+    acts = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh"}
+    activation = acts.get(act) if isinstance(act, str) else None
     if activation is None:
-        raise UnsupportedError(f"{src}: FFN activation {act!r}", "edgert runs silu and gelu_tanh")
+        raise UnsupportedError(
+            f"{src}: FFN activation {act!r:.40}", "edgert runs silu and gelu_tanh"
+        )
     known = {
         "model_type",
         "hidden_size",
@@ -231,25 +306,44 @@ def config_from_hf(cfg: dict[str, Any], src: str) -> ModelConfig:
         "hidden_act",
         "original_max_position_embeddings",
     }
-    return ModelConfig(
+    n_used = cfg.get("num_experts_per_tok") or 0
+    expert_ffn = cfg.get("moe_intermediate_size") or ffn
+    return ModelConfig.of_source(
+        src,
         arch=spec.arch,
         name=str(cfg.get("_name_or_path", "")),
         n_layers=n_layers,
         dim=dim,
         n_heads=n_heads,
-        n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads),
+        n_kv_heads=_int(
+            src, "num_key_value_heads", cfg.get("num_key_value_heads") or n_heads, "n_kv_heads"
+        ),
         head_dim=head_dim,
         ffn_dim=ffn,
-        vocab_size=int(_req(cfg, "vocab_size", src)),
+        vocab_size=_int(src, "vocab_size", _req(cfg, "vocab_size", src), "vocab_size"),
         rope_theta=theta,
         rope_dim=rope_dim,
         rope_style="neox",
-        rms_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-        context_length=int(cfg.get("max_position_embeddings", 2048)),
+        rms_eps=_float(src, "rms_norm_eps", cfg.get("rms_norm_eps", 1e-5)),
+        context_length=_int(
+            src,
+            "max_position_embeddings",
+            cfg.get("max_position_embeddings", 2048),
+            "context_length",
+        ),
         n_experts=n_experts,
-        n_experts_used=int(cfg.get("num_experts_per_tok") or 0) if n_experts else 0,
-        expert_ffn_dim=int(cfg.get("moe_intermediate_size") or ffn) if n_experts else 0,
-        shared_expert_ffn_dim=int(cfg.get("shared_expert_intermediate_size") or 0),
+        n_experts_used=_int(src, "num_experts_per_tok", n_used, "n_experts_used")
+        if n_experts
+        else 0,
+        expert_ffn_dim=_int(src, "moe_intermediate_size", expert_ffn, "expert_ffn_dim")
+        if n_experts
+        else 0,
+        shared_expert_ffn_dim=_int(
+            src,
+            "shared_expert_intermediate_size",
+            cfg.get("shared_expert_intermediate_size") or 0,
+            "shared_expert_ffn_dim",
+        ),
         expert_weights_norm=bool(cfg.get("norm_topk_prob", spec.expert_weights_norm)),
         qkv_bias=spec.qkv_bias or bool(cfg.get("attention_bias", False)),
         qk_norm=spec.qk_norm,
@@ -259,6 +353,17 @@ def config_from_hf(cfg: dict[str, Any], src: str) -> ModelConfig:
         **extra,
         extra={k: v for k, v in cfg.items() if k not in known},
     )
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    """A JSON object from ``p`` (config, tokenizer config, generation config)."""
+    try:
+        v = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFormatError(f"{p}: {e}") from e
+    if not isinstance(v, dict):
+        raise ModelFormatError(f"{p} is not a JSON object")
+    return v
 
 
 def _tokenizer(d: Path) -> Tokenizer | None:
@@ -274,7 +379,7 @@ def _tokenizer(d: Path) -> Tokenizer | None:
         raise ModelFormatError(f"{tj}: unreadable tokenizer: {e}") from e
     tc: dict[str, Any] = {}
     if (d / "tokenizer_config.json").exists():
-        tc = json.loads((d / "tokenizer_config.json").read_text())
+        tc = _read_json(d / "tokenizer_config.json")
 
     def tid(v: Any) -> int | None:
         if isinstance(v, dict):
@@ -284,8 +389,10 @@ def _tokenizer(d: Path) -> Tokenizer | None:
     stops: list[int] = []
     gen = d / "generation_config.json"
     if gen.exists():
-        e = json.loads(gen.read_text()).get("eos_token_id")
-        stops = [int(x) for x in (e if isinstance(e, list) else [e]) if x is not None]
+        e = _read_json(gen).get("eos_token_id")
+        stops = [x for x in (e if isinstance(e, list) else [e]) if x is not None]
+        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in stops):
+            raise ModelFormatError(f"{gen}: eos_token_id = {e!r:.40}, expected token ids")
     meta = TokenizerMeta(
         bos_id=tid(tc.get("bos_token")),
         eos_id=tid(tc.get("eos_token")),
@@ -298,17 +405,23 @@ def _tokenizer(d: Path) -> Tokenizer | None:
     return Tokenizer(tok, meta)
 
 
-def _rope_tensors(config: ModelConfig, cfg: dict[str, Any]) -> dict[str, np.ndarray]:
+def _rope_tensors(config: ModelConfig, cfg: dict[str, Any], src: str) -> dict[str, np.ndarray]:
     """The frequency factors a GGUF of this model carries as tensors, from config.json."""
-    r = _rope(cfg, "")
+    r = _rope(cfg, src)
     if config.rope_factors == "freqs":
-        return {names.ROPE_FREQS: llama3_factors(config.rope_theta, config.rope_dim, r)}
+        return {names.ROPE_FREQS: llama3_factors(config.rope_theta, config.rope_dim, r, src)}
     if config.rope_factors == "longrope":
-        long, short = (np.asarray(r[k], np.float32) for k in ("long_factor", "short_factor"))
+        factors = []
+        for k in ("long_factor", "short_factor"):
+            v = _list(src, f"rope_scaling.{k}", r.get(k))
+            factors.append(
+                np.asarray([_float(src, f"rope_scaling.{k}[]", x) for x in v], np.float32)
+            )
+        long, short = factors
         if long.shape != short.shape or long.shape != (config.rope_dim // 2,):
             raise ModelFormatError(
-                f"LongRoPE factors of {long.shape} and {short.shape} for {config.rope_dim // 2} "
-                "rotary pairs"
+                f"{src}: LongRoPE factors of {long.shape} and {short.shape} for "
+                f"{config.rope_dim // 2} rotary pairs"
             )
         return {names.ROPE_FACTORS_LONG: long, names.ROPE_FACTORS_SHORT: short}
     return {}
@@ -317,10 +430,7 @@ def _rope_tensors(config: ModelConfig, cfg: dict[str, Any]) -> dict[str, np.ndar
 def load_hf(d: str | Path) -> ModelGraph:
     d = Path(d)
     src = str(d)
-    try:
-        full = json.loads((d / "config.json").read_text())
-    except (OSError, ValueError) as e:
-        raise ModelFormatError(f"{d / 'config.json'}: {e}") from e
+    full = _read_json(d / "config.json")
     cfg, prefix = _text_config(full)
     config = config_from_hf(cfg, src)
     spec: ArchSpec = GGUF_ARCHS[HF_MODEL_TYPES[cfg["model_type"]]]
@@ -356,7 +466,7 @@ def load_hf(d: str | Path) -> ModelGraph:
                     parts_of[names.weight(int(m.group(1)), p)] = (st, hf_name, a, b)
                 if blocks[-1][2] != st.shape(hf_name)[0]:
                     raise ModelFormatError(
-                        f"{src}: {hf_name} has {st.shape(hf_name)[0]} rows, "
+                        f"{src}: {printable(hf_name)} has {st.shape(hf_name)[0]} rows, "
                         f"expected {blocks[-1][2]}"
                     )
             elif m and m.group(2) in layer_map:
@@ -372,8 +482,14 @@ def load_hf(d: str | Path) -> ModelGraph:
                 f"{src}: {g} has experts {sorted(parts)}, expected 0..{config.n_experts - 1}"
             )
         st, h = parts[0]
+        for e, (st_e, h_e) in parts.items():  # stacked on load: one shape for all
+            if st_e.shape(h_e) != st.shape(h):
+                raise ModelFormatError(
+                    f"{src}: {printable(h_e)} has shape {st_e.shape(h_e)}, expected "
+                    f"{st.shape(h)} as {printable(h)}"
+                )
         infos.append(TensorInfo(g, (config.n_experts, *st.shape(h)), st.dtype(h)))
-    computed = _rope_tensors(config, cfg)
+    computed = _rope_tensors(config, cfg, src)
     infos += [TensorInfo(g, a.shape, "F32") for g, a in computed.items()]
 
     def loader(name: str) -> np.ndarray:

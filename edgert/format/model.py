@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -28,6 +29,72 @@ ACTIVATIONS = ("silu", "gelu_tanh")
 #: how the rotary frequencies are divided per dimension: "" not at all, "freqs" by
 #: ``rope_freqs.weight`` (Llama 3.1), "longrope" by Phi-3's long or short factors
 ROPE_FACTORS = ("", "freqs", "longrope")
+#: ranges of a config's integer fields, far beyond any released model: a corrupt file's value
+#: fails here, named, instead of as a division by zero or a terabyte allocation later
+LIMITS: dict[str, tuple[int, int]] = {
+    "n_layers": (1, 1 << 12),
+    "dim": (1, 1 << 20),
+    "n_heads": (1, 1 << 14),
+    "n_kv_heads": (1, 1 << 14),
+    "head_dim": (1, 1 << 14),
+    "ffn_dim": (0, 1 << 22),  # 0: a mixture without a dense width
+    "vocab_size": (1, 1 << 24),
+    "rope_dim": (0, 1 << 14),
+    "context_length": (1, (1 << 31) - 1),
+    "n_experts": (0, 1 << 14),
+    "n_experts_used": (0, 1 << 14),
+    "expert_ffn_dim": (0, 1 << 22),
+    "shared_expert_ffn_dim": (0, 1 << 22),
+    "rope_orig_ctx": (0, (1 << 31) - 1),
+    "sliding_window": (0, (1 << 31) - 1),
+}
+#: float fields that must be finite and positive (``False``) or finite and not negative (``True``)
+FLOATS = {
+    "rope_theta": False,
+    "rms_eps": False,
+    "embed_scale": False,
+    "attn_scale": True,  # 0: 1 / sqrt(head_dim)
+    "rope_scale": False,
+    "rope_attn_factor": False,
+    "rope_theta_swa": True,  # 0: rope_theta
+    "rope_scale_swa": False,
+}
+
+
+def _show(value: Any) -> str:
+    """``value`` for a one-line error (a corrupt file's arrays can be huge)."""
+    r = repr(value)
+    return r if len(r) <= 40 else r[:37] + "..."
+
+
+def printable(name: str, limit: int = 80) -> str:
+    """A name read from a file, fit for a one-line error: itself when it is printable, else its
+    repr (a corrupt name may hold newlines or control characters); long ones cut short."""
+    s = name if isinstance(name, str) and name.isprintable() else repr(name)
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def int_field(what: str, value: Any, lo: int, hi: int) -> int:
+    """``value`` as an int within [lo, hi], or a ModelFormatError naming ``what`` (the field as
+    the source calls it), the value and the range."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not lo <= value <= hi:
+        raise ModelFormatError(f"{what} = {_show(value)}, expected an integer in {lo}..{hi}")
+    return int(value)
+
+
+def float_field(what: str, value: Any, *, zero: bool = False) -> float:
+    """``value`` as a finite float, positive (or also 0 with ``zero``), else a ModelFormatError
+    naming ``what``, the value and what was expected."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+    if not ok or not math.isfinite(value) or not (value >= 0 if zero else value > 0):
+        want = "a finite number >= 0" if zero else "a finite number > 0"
+        raise ModelFormatError(f"{what} = {_show(value)}, expected {want}")
+    return float(value)
 
 
 @dataclass
@@ -76,11 +143,19 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # unknown metadata kept aside
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
+        # every config passes here (frontends, manifests, transforms): ranges, then consistency
+        if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
             raise ModelFormatError(
-                f"unsupported architecture {self.arch!r}",
+                f"unsupported architecture {_show(self.arch)}",
                 f"edgert runs {', '.join(ARCHITECTURES)} (mixtral = llama with experts)",
             )
+        for name, (lo, hi) in LIMITS.items():
+            setattr(self, name, int_field(name, getattr(self, name), lo, hi))
+        for name, zero in FLOATS.items():
+            setattr(self, name, float_field(name, getattr(self, name), zero=zero))
+        if not isinstance(self.extra, dict):
+            raise ModelFormatError(f"extra = {_show(self.extra)}, expected a mapping")
+        self.name = str(self.name)
         if self.rope_dim == 0:
             self.rope_dim = self.head_dim
         if self.n_heads % self.n_kv_heads:
@@ -93,6 +168,10 @@ class ModelConfig:
             raise ModelFormatError(
                 f"{self.n_experts_used} experts used per token out of {self.n_experts}"
             )
+        if self.n_experts and not self.expert_ffn_dim:
+            raise ModelFormatError(f"{self.n_experts} experts of width 0 (expert_ffn_dim)")
+        if not self.n_experts and not self.ffn_dim:
+            raise ModelFormatError("ffn_dim = 0, expected the FFN width of a dense model")
         if self.activation not in ACTIVATIONS:
             raise ModelFormatError(
                 f"unknown FFN activation {self.activation!r}",
@@ -102,11 +181,12 @@ class ModelConfig:
             raise ModelFormatError(f"unknown rope factors {self.rope_factors!r}")
         if self.rope_dim > self.head_dim or self.rope_dim % 2:
             raise ModelFormatError(f"{self.rope_dim} rotary dims of a {self.head_dim}-wide head")
-        self.swa_layers = sorted(int(i) for i in self.swa_layers)
-        self.no_rope_layers = sorted(int(i) for i in self.no_rope_layers)
-        for what, ls in (("sliding-window", self.swa_layers), ("no-rope", self.no_rope_layers)):
-            if ls and not 0 <= ls[0] <= ls[-1] < self.n_layers:
-                raise ModelFormatError(f"{what} layers {ls} outside 0..{self.n_layers - 1}")
+        for what in ("swa_layers", "no_rope_layers"):
+            ls = getattr(self, what)
+            if not isinstance(ls, (list, tuple)):
+                raise ModelFormatError(f"{what} = {_show(ls)}, expected a list of layers")
+            top = self.n_layers - 1
+            setattr(self, what, sorted(int_field(f"{what}[]", i, 0, top) for i in ls))
         if self.swa_layers and self.sliding_window < 1:
             raise ModelFormatError("sliding-window layers without a window size")
         if not self.rope_theta_swa:
@@ -133,6 +213,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Lenient about unknown keys (kept in ``extra``), strict about missing ones."""
+        if not isinstance(d, dict):
+            raise ModelFormatError(f"model config = {_show(d)}, expected a mapping")
         names = {f.name for f in dataclasses.fields(cls)}
         required = {
             f.name
@@ -146,8 +228,19 @@ class ModelConfig:
         unknown = {k: v for k, v in d.items() if k not in names}
         if unknown:
             log.debug("model config: keeping unknown keys aside: %s", sorted(unknown))
-            known.setdefault("extra", {}).update(unknown)
+            extra = known.setdefault("extra", {})
+            if not isinstance(extra, dict):
+                raise ModelFormatError(f"extra = {_show(extra)}, expected a mapping")
+            extra.update(unknown)
         return cls(**known)
+
+    @classmethod
+    def of_source(cls, source: str, **fields: Any) -> "ModelConfig":
+        """``ModelConfig(**fields)``, its errors naming ``source`` (the file they came from)."""
+        try:
+            return cls(**fields)
+        except ModelFormatError as e:
+            raise type(e)(f"{source}: {e.message}", e.fix) from None
 
 
 @dataclass
@@ -251,11 +344,64 @@ class ModelGraph:
                 out += [names.weight(i, p) for p in names.FFN_PROJECTIONS]
         return out
 
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The shape the config implies for each tensor it names (the head only if present)."""
+        c = self.config
+        q, kv, hd = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.head_dim
+        out = {names.EMBEDDING: (c.vocab_size, c.dim), names.OUTPUT_NORM: (c.dim,)}
+        if names.OUTPUT in self.infos:
+            out[names.OUTPUT] = (c.vocab_size, c.dim)
+        if c.rope_factors == "freqs":
+            out[names.ROPE_FREQS] = (c.rope_dim // 2,)
+        elif c.rope_factors == "longrope":
+            out[names.ROPE_FACTORS_LONG] = out[names.ROPE_FACTORS_SHORT] = (c.rope_dim // 2,)
+        for i in range(c.n_layers):
+            out[names.attn_norm(i)] = out[names.ffn_norm(i)] = (c.dim,)
+            out[names.weight(i, "attn_q")] = (q, c.dim)
+            out[names.weight(i, "attn_k")] = out[names.weight(i, "attn_v")] = (kv, c.dim)
+            out[names.weight(i, "attn_output")] = (c.dim, q)
+            if c.qkv_bias:
+                out[names.bias(i, "attn_q")] = (q,)
+                out[names.bias(i, "attn_k")] = out[names.bias(i, "attn_v")] = (kv,)
+            if c.qk_norm:
+                out[names.q_norm(i)], out[names.k_norm(i)] = (q,), (kv,)
+            elif c.qk_norm_per_head:
+                out[names.q_norm(i)] = out[names.k_norm(i)] = (hd,)
+            if c.post_norms:
+                out[names.post_attn_norm(i)] = out[names.post_ffn_norm(i)] = (c.dim,)
+            if c.is_moe:
+                e, f = c.n_experts, c.expert_ffn_dim
+                out[names.router(i)] = (e, c.dim)
+                out[names.experts(i, "gate")] = out[names.experts(i, "up")] = (e, f, c.dim)
+                out[names.experts(i, "down")] = (e, c.dim, f)
+                if c.shared_expert_ffn_dim:
+                    s = c.shared_expert_ffn_dim
+                    out[names.shared(i, "gate")] = out[names.shared(i, "up")] = (s, c.dim)
+                    out[names.shared(i, "down")] = (c.dim, s)
+                    out[names.shared_gate(i)] = (c.dim,)
+            else:
+                f = c.ffn_dim
+                out[names.weight(i, "ffn_gate")] = out[names.weight(i, "ffn_up")] = (f, c.dim)
+                out[names.weight(i, "ffn_down")] = (c.dim, f)
+        return out
+
     def validate(self) -> None:
+        """Every tensor the architecture needs is there, with the shape the config implies (so a
+        corrupt dimension fails here, before anything is allocated from it)."""
+        src = self.source or "model"
         missing = [n for n in self.required_tensors() if n not in self.infos]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise ModelFormatError(
-                f"{self.source or 'model'}: missing tensor {', '.join(missing[:3])}{more}",
+                f"{src}: missing tensor {', '.join(missing[:3])}{more}",
                 f"a {self.config.arch} model needs them; the file may be truncated or mislabelled",
             )
+        for name, want in self.expected_shapes().items():
+            got = tuple(self.infos[name].shape)
+            # size-1 axes aside: a gate vector is (dim,) in GGUF and (1, dim) in HF files
+            if [d for d in got if d != 1] != [d for d in want if d != 1]:
+                raise ModelFormatError(
+                    f"{src}: tensor {name} has shape {got}, expected {want} from the "
+                    f"{self.config.arch} config",
+                    "the file's metadata and tensors disagree; it may be corrupt or mislabelled",
+                )

@@ -50,3 +50,29 @@ def test_unsupported_architecture(tmp_path):
     )
     assert_one_line_error(r, "unsupported architecture 'gpt2'")
     assert os.listdir(tmp_path) == ["g.gguf"]
+
+
+@pytest.mark.parametrize(
+    "key,value,needle",
+    [
+        ("llama.attention.head_count", 0, "llama.attention.head_count = 0, expected an integer"),
+        ("llama.embedding_length", (1 << 32) - 1, "llama.embedding_length = 4294967295, expected"),
+        ("llama.embedding_length", 96, "token_embd.weight has shape (512, 64), expected (512, 96)"),
+    ],
+)
+def test_corrupt_gguf_metadata(tmp_path, key, value, needle):
+    """Metadata that cannot be right (no attention heads, a dimension the tensors do not have)
+    is refused naming the field, before anything is written."""
+    import gguf
+    from make_synthetic_gguf import make_synthetic_gguf
+
+    p = make_synthetic_gguf(
+        out=tmp_path / "m.gguf", arch="llama", qtype="F32", progress=False, layers=1, dim=64
+    )
+    g = gguf.GGUFReader(str(p), "r+")
+    g.fields[key].parts[g.fields[key].data[0]][0] = value
+    g.data.flush()
+    del g
+    r = run_cli("compile", str(p), "--target", "host", "-o", str(tmp_path / "o.edgert"))
+    assert_one_line_error(r, "m.gguf", needle)
+    assert os.listdir(tmp_path) == ["m.gguf"]
