@@ -16,6 +16,7 @@ from edgert.format.artifact import ArtifactWriter
 from edgert.format.q8 import dequantize_q8, quantize_q8
 from edgert.format.target import Target
 from edgert.progress import Progress
+from edgert.runtime.build import host_flags
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,8 @@ def write_artifact(
         w.manifest.update(
             {
                 "tvm_version": tvm_version(),
-                "target": tgt.manifest_entry(),
+                # with the features of the SIMD flags this machine gave a host_simd build
+                "target": tgt.manifest_entry(host_flags() if tgt.host_simd else []),
                 "model": c.to_dict(),
                 "source": {"path": str(m.source), "n_params": m.n_params()},
                 "tokenizer": "tokenizer.json" if tok is not None else None,

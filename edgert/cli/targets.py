@@ -7,22 +7,38 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the targets as one JSON object")
 
 
+def _provenance(t) -> str:
+    """How many of the target's cost-model figures are measured, cited, assumed (or not
+    labelled); `targets --json` gives each one's source."""
+    from collections import Counter
+
+    from edgert.format.target import FIGURES
+
+    n = Counter(t.source(f).split(":")[0] for f in FIGURES)
+    return ", ".join(f"{v} {k}" for k, v in sorted(n.items()))
+
+
 def run(args) -> int:
     from edgert.cli.common import print_json
-    from edgert.format.target import list_targets
+    from edgert.format.target import FIGURES, list_targets
 
     targets = list_targets()
     if args.json:
         print_json(
             {
-                n: {**t.to_dict(), "toolchain_installed": not t.toolchain_missing()}
+                n: {
+                    **t.to_dict(),
+                    "figure_sources": {f: t.source(f) for f in FIGURES},
+                    "toolchain_installed": not t.toolchain_missing(),
+                }
                 for n, t in targets.items()
             }
         )
         return 0
     rows = [
-        ("target", "arch", "cpu", "cores", "DRAM", "DRAM GB/s", "flash", "flash MB/s", "toolchain")
-    ]
+        ("target", "arch", "cpu", "cores", "DRAM", "DRAM GB/s", "flash", "flash MB/s",
+         "cost-model figures", "toolchain")
+    ]  # fmt: skip
     for n, t in targets.items():
         rows.append(
             (
@@ -34,6 +50,7 @@ def run(args) -> int:
                 f"{t.dram_bandwidth_gbs:g}",
                 t.flash_kind,
                 f"{t.flash_read_mbs:g}",
+                _provenance(t),
                 "ok" if not t.toolchain_missing() else "missing: " + " ".join(t.apt),
             )
         )

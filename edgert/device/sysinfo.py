@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgert import __version__
+from edgert.format.target import cpu_features, parse_cpuinfo
 
 
 def _read_text(path: str) -> str | None:
@@ -38,15 +39,8 @@ def thermal() -> dict[str, Any]:
 
 def device_info(root: Path) -> dict[str, Any]:
     """What the device is: enough to choose a target and to explain a measurement."""
-    cpu_model, features = None, []
-    text = _read_text("/proc/cpuinfo") or ""
-    for line in text.splitlines():
-        key, _, val = line.partition(":")
-        key = key.strip().lower()
-        if key in ("model name", "hardware", "cpu part") and cpu_model is None:
-            cpu_model = val.strip()
-        elif key in ("flags", "features") and not features:
-            features = val.split()
+    cpu_model, _ = parse_cpuinfo(_read_text("/proc/cpuinfo") or "")
+    features = cpu_features()
     mem = {}
     for line in (_read_text("/proc/meminfo") or "").splitlines():
         k, _, v = line.partition(":")

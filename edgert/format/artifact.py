@@ -1,17 +1,26 @@
 """The artifact: ``NAME.edgert/`` — manifest.json, lib/, page-aligned weights/, tokenizer.
 
 Written by the compiler through :class:`ArtifactWriter` (into a temporary directory, renamed into
-place only when complete), read on the device by :class:`Artifact`, which verifies the schema,
-the target and checksums (resident data at load, streamed data on first read).
+place only when complete), read on the device by :class:`Artifact`, which verifies the manifest
+(:func:`validate_manifest`: its schema, every path inside the artifact, every buffer's size
+inside its file, the libraries' sha256), the target and checksums (resident data at load,
+streamed data on first read).
+
+The manifest's ``schema`` changes whenever a reader could misread an older one, and a reader
+takes only its own: schema 2 added the libraries' sha256 (``lib_sha256``), so a schema 1
+artifact, whose native code cannot be checked, is refused with a request to recompile it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import os
 import platform
 import shutil
+import stat
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -22,13 +31,21 @@ import numpy as np
 
 from edgert import __version__
 from edgert.errors import EdgertError
+from edgert.format.model import printable
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PAGE = 4096
 MANIFEST = "manifest.json"
 RESIDENCIES = ("resident", "streamed")
+#: the dtypes a buffer may have: plain little-endian numbers, what the writers store
+DTYPES = frozenset(
+    np.dtype(t).newbyteorder("<").str
+    for t in (np.bool_, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
+              np.uint64, np.float16, np.float32, np.float64)
+)  # fmt: skip
+MAX_NDIM = 32  # numpy's own limit in 1.x
 
 
 class ArtifactError(EdgertError):
@@ -50,6 +67,14 @@ def crc32_file(path: str | Path, n: int) -> str:
             crc = zlib.crc32(piece, crc)
             left -= len(piece)
     return f"{crc & 0xFFFFFFFF:08x}"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for piece in iter(lambda: f.read(1 << 20), b""):
+            h.update(piece)
+    return h.hexdigest()
 
 
 def _align(n: int) -> int:
@@ -148,6 +173,10 @@ class ArtifactWriter:
                 size = p.stat().st_size
                 with open(p, "ab") as f:
                     f.write(b"\0" * (_align(size) - size))
+            # a library is verified at load like the weights are (validate_manifest)
+            self.manifest["lib_sha256"] = {
+                k: sha256_file(self.tmp / rel) for k, rel in self.manifest["libs"].items()
+            }
             (self.tmp / MANIFEST).write_text(json.dumps(self.manifest, indent=1))
             os.chmod(self.tmp, 0o755)  # mkdtemp made it private
             if self.out.exists():
@@ -156,6 +185,152 @@ class ArtifactWriter:
         except BaseException:
             shutil.rmtree(self.tmp, ignore_errors=True)
             raise
+
+
+def _show(value: Any) -> str:
+    r = json.dumps(value) if isinstance(value, (dict, list, str)) else repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_manifest(manifest: Any, root: str | Path) -> None:
+    """Check a manifest read from artifact ``root`` before anything uses it: the schema, the keys
+    and types readers rely on, every path confined to ``root`` (relative, no ``..``, no symbolic
+    link leading out), every buffer a known dtype whose shape fills its ``nbytes`` and lies
+    inside its file (so nothing allocated from the manifest is larger than the artifact), the
+    model config, and each library against its sha256. Raises ArtifactError naming the key, its
+    value and what was expected."""
+    root = Path(root)
+    where = root / MANIFEST
+    fix = "copy or compile the artifact again"
+
+    def bad(key: str, value: Any, want: str) -> ArtifactError:
+        return ArtifactError(f"{where}: {key} = {_show(value)}, expected {want}", fix)
+
+    if not isinstance(manifest, dict):
+        raise bad("the manifest", manifest, "a JSON object")
+    schema = manifest.get("schema")
+    if schema != SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{root} has artifact schema {_show(schema)}, this edgert reads schema "
+            f"{SCHEMA_VERSION}",
+            "recompile it with this edgert version",
+        )
+    for key, kind in (("tensors", dict), ("libs", dict), ("lib_sha256", dict)):
+        if key not in manifest:
+            raise ArtifactError(f"{where} lacks {key!r}", fix)
+        if not isinstance(manifest[key], kind):
+            raise bad(key, manifest[key], "a JSON object")
+    for key in ("target", "model", "plan", "dram", "quant", "graph", "sparse_ffn", "source"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise bad(key, manifest[key], "a JSON object")
+    for key in ("kind", "tokenizer"):
+        if manifest.get(key) is not None and not isinstance(manifest[key], str):
+            raise bad(key, manifest[key], "a string")
+    for key in ("name", "arch"):
+        v = (manifest.get("target") or {}).get(key)
+        if v is not None and not isinstance(v, str):
+            raise bad(f"target.{key}", v, "a string")
+    real_root = root.resolve()
+
+    def inside(key: str, rel: Any) -> Path:
+        """``root/rel``, refusing a path that is not plainly inside the artifact."""
+        if not isinstance(rel, str) or not rel or "\x00" in rel:
+            raise bad(key, rel, "a relative path inside the artifact")
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts:
+            raise bad(key, rel, "a relative path inside the artifact")
+        p = (root / rel).resolve()
+        if real_root not in p.parents:
+            raise bad(key, rel, "a path inside the artifact (it leads out through a link)")
+        return p
+
+    if manifest.get("tokenizer"):
+        inside("tokenizer", manifest["tokenizer"])
+    sha = manifest["lib_sha256"]
+    for name, rel in manifest["libs"].items():
+        p = inside(f"libs.{printable(name)}", rel)
+        want = sha.get(name)
+        if not isinstance(want, str) or len(want) != 64:
+            raise bad(f"lib_sha256.{printable(name)}", want, "its sha256 (64 hex digits)")
+        try:
+            got = sha256_file(p)
+        except OSError as e:
+            raise ArtifactError(f"{root}: cannot read {printable(rel)}: {e.strerror}", fix) from e
+        if got != want.lower():
+            raise ArtifactError(
+                f"{root}: {printable(rel)} fails its sha256 checksum (it is corrupt)", fix
+            )
+    sizes: dict[str, int] = {}  # file -> bytes
+    for name, e in manifest["tensors"].items():
+        tn = printable(name)
+        t = f"tensors.{tn}"
+        if not isinstance(e, dict):
+            raise bad(t, e, "a JSON object")
+        rel = e.get("file")
+        p = inside(f"{t}.file", rel)
+        if rel not in sizes:
+            try:
+                st = p.stat()
+            except OSError as err:
+                raise ArtifactError(
+                    f"{root}: tensor {tn}: cannot read {printable(rel)}: {err.strerror}",
+                    fix,
+                ) from err
+            if not stat.S_ISREG(st.st_mode):
+                raise bad(f"{t}.file", rel, "a weight file, not a directory or device")
+            sizes[rel] = st.st_size
+        if e.get("residency") not in RESIDENCIES:
+            raise bad(f"{t}.residency", e.get("residency"), " or ".join(RESIDENCIES))
+        bufs = e.get("buffers")
+        if not isinstance(bufs, dict):
+            raise bad(f"{t}.buffers", bufs, "a JSON object")
+        total = 0
+        for part, b in bufs.items():
+            k = f"{t}.buffers.{printable(part)}"
+            if not isinstance(b, dict):
+                raise bad(k, b, "a JSON object")
+            for field in ("offset", "nbytes"):
+                if not _is_int(b.get(field)) or b[field] < 0:
+                    raise bad(f"{k}.{field}", b.get(field), "an integer >= 0")
+            if not isinstance(b.get("dtype"), str) or b["dtype"] not in DTYPES:
+                raise bad(f"{k}.dtype", b.get("dtype"), f"one of {', '.join(sorted(DTYPES))}")
+            shape = b.get("shape")
+            if not (
+                isinstance(shape, list)
+                and len(shape) <= MAX_NDIM
+                and all(_is_int(d) and d >= 0 for d in shape)
+            ):
+                raise bad(f"{k}.shape", shape, f"a list of up to {MAX_NDIM} sizes >= 0")
+            n = math.prod(shape) * np.dtype(b["dtype"]).itemsize
+            if n != b["nbytes"]:
+                raise bad(f"{k}.nbytes", b["nbytes"], f"{n} (shape {shape} of {b['dtype']})")
+            if not isinstance(b.get("crc32"), str):
+                raise bad(f"{k}.crc32", b.get("crc32"), "a checksum string")
+            if b["offset"] + n > sizes[rel]:
+                raise ArtifactError(
+                    f"{root}: tensor {tn} is truncated ({printable(rel)} has {sizes[rel]} bytes, "
+                    f"its {printable(part)} ends at {b['offset'] + n})",
+                    fix,
+                )
+            total += n
+        if e.get("nbytes") != total:
+            raise bad(f"{t}.nbytes", e.get("nbytes"), f"{total}, the sum of its buffers")
+    if manifest.get("model") is not None:
+        from edgert.format.model import ModelConfig
+
+        try:
+            ModelConfig.from_dict(manifest["model"])
+        except EdgertError as err:
+            raise ArtifactError(f"{where}: model: {err.message}", fix) from None
+    dram = manifest.get("dram")
+    if dram is not None:
+        for key, lo in (("budget", 0), ("ctx", 1)):
+            if not _is_int(dram.get(key)) or dram[key] < lo:
+                raise bad(f"dram.{key}", dram.get(key), f"an integer >= {lo}")
 
 
 @dataclass
@@ -188,12 +363,7 @@ class Artifact:
             raise ArtifactError(f"{p} has no {MANIFEST}: not an edgert artifact") from e
         except (OSError, ValueError) as e:
             raise ArtifactError(f"{mf} is corrupt: {e}", "compile the artifact again") from e
-        schema = manifest.get("schema")
-        if schema != SCHEMA_VERSION:
-            raise ArtifactError(
-                f"{p} has artifact schema {schema}, this edgert reads schema {SCHEMA_VERSION}",
-                "recompile it with this edgert version",
-            )
+        validate_manifest(manifest, p)
         art = cls(p, manifest)
         if verify_resident:
             art.verify(residency="resident")
@@ -211,19 +381,36 @@ class Artifact:
     def config(self):
         from edgert.format.model import ModelConfig
 
+        if not isinstance(self.manifest.get("model"), dict):
+            raise ArtifactError(f"{self.path} holds no language model (its manifest has no model)")
         return ModelConfig.from_dict(self.manifest["model"])
 
-    def check_target(self, machine: str | None = None) -> None:
-        """Refuse an artifact built for another CPU architecture, naming both."""
-        machine = machine or platform.machine()
+    def library(self, name: str = "model") -> Path:
+        """The path of native library ``name`` (checked against its sha256 when opened)."""
+        rel = self.manifest["libs"].get(name)
+        if rel is None:
+            raise ArtifactError(f"{self.path} has no library {name!r}", "compile it again")
+        return self.path / rel
+
+    def check_target(
+        self, machine: str | None = None, features=None, *, where: str = "this machine"
+    ) -> None:
+        """Refuse an artifact built for another CPU architecture, naming both, or for CPU
+        features ``where`` lacks (its code would stop with SIGILL): a device's ``machine`` and
+        ``features`` as it reports them, else this machine's (checked before a library loads)."""
+        from edgert.format.target import check_cpu_features, cpu_features
+
+        if machine is None:
+            machine, features = platform.machine(), cpu_features()
         want = self.target.get("arch")
         norm = {"arm64": "aarch64", "amd64": "x86_64"}
         if want and norm.get(machine.lower(), machine.lower()) != want:
             raise ArtifactError(
                 f"{self.path} was compiled for target {self.target.get('name')} ({want}); "
-                f"this machine is {machine}",
+                f"{where} is {machine}",
                 f"compile with --target matching this device, or run it on a {want} device",
             )
+        check_cpu_features(self.target, features, what=self.path.name, where=where)
 
     # -- data ----------------------------------------------------------------------------------
     def read_buffer(self, name: str, part: str, *, verify: bool = True) -> np.ndarray:

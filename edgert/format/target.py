@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,13 @@ class Target:
     #: prefill's multiply-adds per second per core on the int8 path, in billions (optional [cpu]
     #: key; 0: no prefill prediction)
     int8_gmacs_per_core: float = 0.0
+    #: the CPU features an artifact for this target needs, as Linux names them (hwcaps:
+    #: /proc/cpuinfo "Features" on arm64, "flags" on x86-64); optional [cpu] key ``requires``,
+    #: else what the -march / -m flags of the toolchain and the TVM target's mattr enable
+    requires: list[str] = field(default_factory=list)
+    #: where each figure of the cost model (FIGURES) comes from: "measured: COMMAND; MACHINE;
+    #: DATE", "cited: SOURCE" or "assumed: WHY" (optional [sources] table: figure -> label)
+    sources: dict[str, str] = field(default_factory=dict)
     #: tuning values of the kernels for this device (optional [kernels] table: name -> number,
     #: e.g. prefetch_bytes = 2048); the kernels' defaults (kernels_neon/tuning.h) elsewhere
     kernels: dict[str, int | float] = field(default_factory=dict)
@@ -72,6 +80,8 @@ class Target:
     host_simd: bool = False
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the FIGURES the file states (the others are defaults)
+    stated: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,14 +91,31 @@ class Target:
         """The C++ compiler TVM links with for this target; None on the x86-64 host itself."""
         return self.cxx if self.arch != "x86_64" else None
 
-    def manifest_entry(self) -> dict[str, Any]:
-        """How an artifact records the target it was compiled for."""
+    def manifest_entry(self, build_flags: Sequence[str] = ()) -> dict[str, Any]:
+        """How an artifact records the target it was compiled for, with the CPU features it
+        needs (so a device checks them without the target file or a compiler);
+        ``build_flags``: what its build added to the target's flags (a ``host_simd`` target's
+        kernels: the building machine's SIMD flags)."""
         return {
             "name": self.name,
             "arch": self.arch,
             "triple": self.triple,
             "tvm_target": self.tvm_target,
+            "cpu_features": self.required_features(build_flags),
         }
+
+    def required_features(self, build_flags: Sequence[str] = ()) -> list[str]:
+        """The CPU features its artifacts need: ``requires``, and what ``build_flags`` enable."""
+        return sorted(set(self.requires) | flag_features(self.arch, list(build_flags)))
+
+    def source(self, figure: str) -> str:
+        """Where ``figure`` (one of FIGURES) comes from: the file's label, else "assumed" for a
+        default the file does not override, else "unlabelled"."""
+        if figure in self.sources:
+            return self.sources[figure]
+        if figure not in self.stated:
+            return f"assumed: edgert's default ({FIGURE_DEFAULTS[figure]}), the file states none"
+        return "unlabelled"
 
     def kernel_cflags(self) -> list[str]:
         """The compiler flags of the target's kernel build: its cflags, then each tuning value
@@ -132,6 +159,43 @@ def _opt(d: dict, dotted: str, default: float, path: Path) -> float:
     return v
 
 
+#: the figures of the cost model (edgert.plan.cost) a target file gives, with the defaults of the
+#: optional ones
+FIGURES = (
+    "memory.dram_bandwidth_gbs",
+    "memory.kernel_efficiency",
+    "cpu.gemv_gbs_per_core",
+    "cpu.int8_gmacs_per_core",
+    "flash.read_bandwidth_mbs",
+    "flash.read_latency_us",
+)
+FIGURE_DEFAULTS = {
+    "memory.kernel_efficiency": KERNEL_EFFICIENCY,
+    "cpu.gemv_gbs_per_core": "0: no compute cap",
+    "cpu.int8_gmacs_per_core": "0: no prefill prediction",
+}
+SOURCE_KINDS = ("measured:", "cited:", "assumed:")
+
+
+def _sources(d: dict, path: Path) -> dict[str, str]:
+    src = d.get("sources", {})
+    if not isinstance(src, dict):
+        raise EdgertError(f'{path}: [sources] must be a table of figure = "label"')
+    for k, v in src.items():
+        if k not in FIGURES:
+            raise EdgertError(
+                f"{path}: [sources] names {k!r}, not a figure", f"figures: {', '.join(FIGURES)}"
+            )
+        section, key = k.split(".")
+        if key not in d.get(section, {}):
+            raise EdgertError(f"{path}: [sources] labels {k!r}, which the file does not state")
+        if not isinstance(v, str) or not v.startswith(SOURCE_KINDS):
+            raise EdgertError(
+                f"{path}: [sources] {k} must start with {', '.join(SOURCE_KINDS)}, not {v!r}"
+            )
+    return dict(src)
+
+
 #: tuning values a target may set in its [kernels] table (kernels_neon/tuning.h says what each is)
 KERNEL_TUNING = ("prefetch_bytes", "pair_prefetch_bytes", "spin_us", "i8_min_rows")
 
@@ -147,6 +211,257 @@ def _kernels(d: Any, path: Path) -> dict[str, int | float]:
         if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
             raise EdgertError(f"{path}: [kernels] {k} must be a non-negative number, not {v!r}")
     return dict(d)
+
+
+#: the CPU features (Linux hwcap names) each -march base architecture lets GCC emit: Armv8.1-A
+#: adds CRC32, the LSE atomics (inlined for C11 atomics: the thread pool's) and RDM
+_MARCH = {
+    "armv8-a": {"fp", "asimd"},
+    "armv8.1-a": {"fp", "asimd", "crc32", "atomics", "asimdrdm"},
+    "armv8.2-a": {"fp", "asimd", "crc32", "atomics", "asimdrdm"},
+    "armv8.3-a": {"fp", "asimd", "crc32", "atomics", "asimdrdm", "jscvt", "fcma", "lrcpc"},
+}
+#: -march=...+EXT and TVM mattr +EXT extensions on aarch64
+_ARM_EXT = {
+    "fp": {"fp"},
+    "simd": {"asimd"},
+    "neon": {"asimd"},
+    "crc": {"crc32"},
+    "lse": {"atomics"},
+    "rdma": {"asimdrdm"},
+    "rdm": {"asimdrdm"},
+    "rcpc": {"lrcpc"},
+    "dotprod": {"asimddp"},
+    "i8mm": {"i8mm"},
+    "fp16": {"fphp", "asimdhp"},
+    "fullfp16": {"fphp", "asimdhp"},
+    "fp16fml": {"fphp", "asimdhp", "asimdfhm"},
+    "bf16": {"bf16"},
+    "sve": {"sve"},
+    "sve2": {"sve", "sve2"},
+    "aes": {"aes", "pmull"},
+    "sha2": {"sha1", "sha2"},
+    "crypto": {"aes", "pmull", "sha1", "sha2"},
+}
+#: -mEXT compiler flags and TVM mattr +EXT on x86-64 (/proc/cpuinfo spells VNNI with a "_")
+_X86_EXT = {
+    "avx": {"avx"},
+    "avx2": {"avx", "avx2"},
+    "fma": {"fma"},
+    "f16c": {"f16c"},
+    "avx512f": {"avx512f"},
+    "avx512bw": {"avx512bw"},
+    "avx512vl": {"avx512vl"},
+    "avx512dq": {"avx512dq"},
+    "avx512cd": {"avx512cd"},
+    "avx512vnni": {"avx512_vnni"},
+    "avx512bf16": {"avx512_bf16"},
+    "avxvnni": {"avx_vnni"},
+    "bmi": {"bmi1"},
+    "bmi2": {"bmi2"},
+    "ssse3": {"ssse3"},
+    "sse4.1": {"sse4_1"},
+    "sse4.2": {"sse4_2"},
+    "popcnt": {"popcnt"},
+}
+
+
+def flag_features(arch: str, flags: Sequence[str], mattr: Sequence[str] = ()) -> set[str]:
+    """The CPU features code built with compiler ``flags`` (and TVM's ``mattr``) may use, as
+    Linux names them. What cannot be told from them raises (``-mcpu``, an ``-march`` or an
+    arm64 extension not listed here): the target must then list its features itself. On
+    x86-64 other ``-m`` flags are taken for tuning (``-mtune``, ``-mfpmath``)."""
+    out: set[str] = set()
+
+    def unknown(flag: str) -> EdgertError:
+        return EdgertError(
+            f"cannot tell which CPU features {flag} enables",
+            "list them as [cpu] requires = [...] (the names /proc/cpuinfo uses)",
+        )
+
+    if arch == "aarch64":
+        for f in flags:
+            if f.startswith("-mcpu="):
+                raise unknown(f)
+            if not f.startswith("-march="):
+                continue
+            base, *exts = f.split("=", 1)[1].split("+")
+            if base not in _MARCH:
+                raise unknown(f)
+            out |= _MARCH[base]
+            for e in exts:
+                if e.startswith("no"):
+                    out -= _ARM_EXT.get(e[2:], set())
+                elif e in _ARM_EXT:
+                    out |= _ARM_EXT[e]
+                else:
+                    raise unknown(f"{f} (+{e})")
+        for a in mattr:
+            if a.startswith("+"):
+                if a[1:] not in _ARM_EXT:
+                    raise unknown(f"mattr {a}")
+                out |= _ARM_EXT[a[1:]]
+        return out
+    for f in flags:
+        if f.startswith(("-march=", "-mcpu=")):
+            raise unknown(f)
+        if f.startswith("-m") and f[2:] in _X86_EXT:
+            out |= _X86_EXT[f[2:]]
+    for a in mattr:
+        if a.startswith("+") and a[1:] in _X86_EXT:
+            out |= _X86_EXT[a[1:]]
+    return out
+
+
+def _requires(d: dict, path: Path) -> list[str]:
+    """[cpu] requires, or what the toolchain's flags and the TVM target's mattr enable."""
+    if "requires" in d.get("cpu", {}):
+        req = _get(d, "cpu.requires", list, path)
+        if not all(isinstance(f, str) and f for f in req):
+            raise EdgertError(f"{path}: [cpu] requires must list feature names, not {req!r}")
+        return list(req)
+    try:
+        found = flag_features(
+            _get(d, "arch", str, path),
+            _get(d, "toolchain.cflags", list, path),
+            _get(d, "tvm.target", dict, path).get("mattr", []),
+        )
+    except EdgertError as e:
+        raise EdgertError(f"{path}: {e.message}", e.fix) from e
+    return sorted(found)
+
+
+#: what the less obvious feature names stand for, in refusals
+FEATURE_NAMES = {
+    "asimddp": "dot product",
+    "atomics": "LSE atomics",
+    "asimdrdm": "rounding doubling multiply",
+    "i8mm": "int8 matrix multiply",
+    "fphp": "fp16",
+    "asimdhp": "fp16 SIMD",
+    "lrcpc": "RCpc loads",
+}
+
+
+def artifact_features(entry: dict) -> list[str] | None:
+    """The CPU features an artifact's target entry (its manifest's ``target``) says it needs;
+    for an artifact compiled before they were recorded, its target file's, where this machine
+    has it; None where neither says."""
+    if isinstance(entry.get("cpu_features"), list):
+        return [str(f) for f in entry["cpu_features"]]
+    try:
+        return load_target(entry["name"]).required_features()
+    except (EdgertError, KeyError):
+        return None
+
+
+def features_known(arch: str, have) -> bool:
+    """Whether ``have`` is a feature list of an ``arch`` CPU at all: empty where a device could
+    not read its own, and on arm64 under qemu-user /proc/cpuinfo is the x86 host's."""
+    return ("fp" if arch == "aarch64" else "sse2") in set(have or ())
+
+
+def check_cpu_features(entry: dict, have, *, what: str, where: str) -> None:
+    """Refuse to run (or ship) artifact ``what``, compiled for the target ``entry`` describes,
+    where the CPU (``where``, whose features are ``have``) lacks one it needs: its code would
+    stop with an illegal instruction (SIGILL). Nothing is refused where the features needed or
+    the CPU's are not known."""
+    need = artifact_features(entry)
+    arch = entry.get("arch", "")
+    if not need or not features_known(arch, have):
+        return
+    have = set(have)
+    missing = [f for f in need if f not in have]
+    if not missing:
+        return
+    named = ", ".join(f"{f} ({FEATURE_NAMES[f]})" if f in FEATURE_NAMES else f for f in missing)
+    fits = []
+    try:
+        fits = [n for n, t in list_targets().items()
+                if t.arch == arch and not t.host_simd and set(t.requires) <= have]  # fmt: skip
+    except EdgertError:
+        pass  # a broken target file elsewhere: no suggestion
+    raise EdgertError(
+        f"{what} (target {entry.get('name')}) needs the CPU features {named}, which {where} "
+        "lacks: its code would stop with an illegal instruction",
+        f"compile it with --target {' or '.join(fits)}"
+        if fits
+        else "compile it for a target this CPU matches (`edgert targets`)",
+    )
+
+
+# -- what this machine's CPU has ------------------------------------------------------------
+#: arm64 hwcap bits (the kernel's arch/arm64/include/uapi/asm/hwcap.h), named as /proc/cpuinfo
+#: names them: AT_HWCAP, then AT_HWCAP2
+HWCAP = (
+    "fp", "asimd", "evtstrm", "aes", "pmull", "sha1", "sha2", "crc32", "atomics", "fphp",
+    "asimdhp", "cpuid", "asimdrdm", "jscvt", "fcma", "lrcpc", "dcpop", "sha3", "sm3", "sm4",
+    "asimddp", "sha512", "sve", "asimdfhm", "dit", "uscat", "ilrcpc", "flagm", "ssbs", "sb",
+    "paca", "pacg",
+)  # fmt: skip
+HWCAP2 = (
+    "dcpodp", "sve2", "sveaes", "svepmull", "svebitperm", "svesha3", "svesm4", "flagm2", "frint",
+    "svei8mm", "svef32mm", "svef64mm", "svebf16", "i8mm", "bf16", "dgh", "rng", "bti", "mte",
+)  # fmt: skip
+AT_HWCAP, AT_HWCAP2 = 16, 26
+
+
+def parse_cpuinfo(text: str, *, key: str | None = None) -> tuple[str | None, list[str]]:
+    """(CPU model, features) from /proc/cpuinfo text: the first "Features" (arm64) or "flags"
+    (x86) line, or only ``key``'s."""
+    cpu_model, features = None, []
+    for line in text.splitlines():
+        k, _, val = line.partition(":")
+        k = k.strip().lower()
+        if k in ("model name", "hardware", "cpu part") and cpu_model is None:
+            cpu_model = val.strip()
+        elif k in ((key,) if key else ("flags", "features")) and not features:
+            features = val.split()
+    return cpu_model, features
+
+
+def hwcap_features() -> list[str] | None:
+    """The arm64 features the kernel gives this process (getauxval), None where it cannot
+    say. Unlike /proc/cpuinfo it is right under qemu-user too, whose /proc/cpuinfo is the
+    host's."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None).getauxval
+    except (OSError, AttributeError):
+        return None
+    fn.restype, fn.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    return decode_hwcaps(fn(AT_HWCAP), fn(AT_HWCAP2)) or None
+
+
+def decode_hwcaps(hwcap: int, hwcap2: int = 0) -> list[str]:
+    """The names of the arm64 AT_HWCAP and AT_HWCAP2 bits set."""
+    return [n for i, n in enumerate(HWCAP) if hwcap >> i & 1] + [
+        n for i, n in enumerate(HWCAP2) if hwcap2 >> i & 1
+    ]
+
+
+def cpu_features(cpuinfo: str | None = None, machine: str | None = None) -> list[str]:
+    """This CPU's features as Linux names them (arm64: hwcaps, e.g. asimd, asimddp, i8mm; x86:
+    /proc/cpuinfo flags, e.g. avx2, avx512_vnni); [] where they cannot be read. ``cpuinfo``
+    and ``machine`` stand in for this machine's (tests)."""
+    import platform
+
+    machine = (machine or platform.machine()).lower()
+    if machine in ("aarch64", "arm64"):
+        if cpuinfo is None:
+            have = hwcap_features()
+            if have:
+                return have
+        return parse_cpuinfo(_cpuinfo() if cpuinfo is None else cpuinfo, key="features")[1]
+    return parse_cpuinfo(_cpuinfo() if cpuinfo is None else cpuinfo)[1]
+
+
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
 
 
 def parse_target(path: Path) -> Target:
@@ -168,6 +483,7 @@ def parse_target(path: Path) -> Target:
         cpu_model=_get(d, "cpu.model", str, path),
         cores=_get(d, "cpu.cores", int, path),
         features=_get(d, "cpu.features", list, path),
+        requires=_requires(d, path),
         dram_bytes=_get(d, "memory.dram_bytes", int, path),
         dram_bandwidth_gbs=float(_get(d, "memory.dram_bandwidth_gbs", num, path)),
         flash_kind=_get(d, "flash.kind", str, path),
@@ -181,6 +497,8 @@ def parse_target(path: Path) -> Target:
         and _get(d, "toolchain.host_simd", bool, path),
         path=str(path),
         extra={k: v for k, v in d.get("tvm", {}).items() if k != "target"},
+        sources=_sources(d, path),
+        stated=[f for f in FIGURES if f.split(".")[1] in d.get(f.split(".")[0], {})],
     )
     if t.arch not in ("aarch64", "x86_64"):
         raise EdgertError(f"{path}: key 'arch' must be aarch64 or x86_64, not {t.arch!r}")
@@ -204,11 +522,20 @@ def list_targets() -> dict[str, Target]:
     return out
 
 
-def load_target(name: str) -> Target:
+def find_target(name: str) -> Target | None:
+    """Target ``name``, None where no directory has its file (a file that is there but broken
+    still raises)."""
     for d in reversed(target_dirs()):
         f = d / f"{name}.toml"
         if f.is_file():
             return parse_target(f)
+    return None
+
+
+def load_target(name: str) -> Target:
+    t = find_target(name)
+    if t is not None:
+        return t
     known = sorted({f.stem for d in target_dirs() if d.is_dir() for f in d.glob("*.toml")})
     raise EdgertError(
         f"unknown target {name!r}",

@@ -57,9 +57,10 @@ def is_dnn_artifact(path: str | Path) -> bool:
 
     mf = Path(path).expanduser() / "manifest.json"
     try:
-        return json.loads(mf.read_text()).get("kind") == ONNX_KIND
+        m = json.loads(mf.read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(m, dict) and m.get("kind") == ONNX_KIND  # the rest is Artifact.open's
 
 
 def tvm_runtime():

@@ -46,7 +46,7 @@ def open_artifact_engine(
             f"{art.path} is a compiled ONNX model, not a language model",
             "run it with `edgert run ART --input FILE.npy`",
         )
-    art.check_target()
+    art.check_target()  # architecture and CPU features, before its library is loaded
     cfg = art.config()
     plan = art.manifest.get("plan", {})
     tok = Tokenizer.of_artifact(art)
@@ -80,7 +80,7 @@ def open_artifact_engine(
         dram = dense_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget))
         streamed = {names.weight(i, p) for i in dram.streamed for p in names.PROJECTIONS}
     engine = CompiledEngine(
-        str(art.path / art.manifest["libs"]["model"]),
+        str(art.library("model")),
         cfg,
         ArtifactSource(art, streamed=streamed),
         tokenizer=tok,

@@ -135,10 +135,15 @@ def test_target_optional_figures(tmp_path):
     from edgert.format.target import KERNEL_EFFICIENCY, load_target, parse_target
 
     t = load_target("rpi5")
+    text = Path(t.path).read_text()
+    lines = text[: text.index("\n[sources]\n")].splitlines()
+    bare = "\n".join(x for x in lines if not x.startswith(("kernel_efficiency", "gemv_gbs")))
+    (tmp_path / "rpi5.toml").write_text(bare)
+    t = parse_target(tmp_path / "rpi5.toml")  # the optional figures absent: their defaults
     assert t.kernel_efficiency == KERNEL_EFFICIENCY and t.gemv_gbs_per_core == 0
     host = load_target("host")
     assert 0 < host.kernel_efficiency <= 1 and host.gemv_gbs_per_core > 0
-    src = Path(t.path).read_text().replace("[cpu]\n", "[cpu]\ngemv_gbs_per_core = -1\n")
+    src = bare.replace("[cpu]\n", "[cpu]\ngemv_gbs_per_core = -1\n")
     (tmp_path / "rpi5.toml").write_text(src)
     with pytest.raises(EdgertError, match="'cpu.gemv_gbs_per_core' must not be negative"):
         parse_target(tmp_path / "rpi5.toml")
