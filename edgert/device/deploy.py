@@ -54,11 +54,10 @@ def deploy(art_path: str | Path, device, *, name: str | None = None, chunk: int 
 
     art = Artifact.open(art_path)  # refuse to ship a corrupt artifact
     name = name or artifact_name(art.path)
-    machine = device.call("device.info")[0]["info"]["machine"]
-    try:
-        art.check_target(machine)
-    except EdgertError as e:
-        raise EdgertError(f"device {device.url}: {e}") from e
+    info = device.call("device.info")[0]["info"]
+    # the same architecture is not enough: an Armv8.2-A+dotprod build dies of SIGILL on an
+    # Armv8.0 core; what the device reports (edgert.device.sysinfo.cpu_features) decides
+    art.check_target(info["machine"], info.get("cpu_features"), where=f"device {device.url}")
     files = sorted(p for p in art.path.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in files)
     sent = resumed = 0
@@ -73,16 +72,18 @@ def deploy(art_path: str | Path, device, *, name: str | None = None, chunk: int 
                 resumed += offset
                 bar.update(offset)
             if size == 0 and not st["exists"]:  # an empty file still has to exist there
-                device.call("file.put", {"path": rel, "offset": 0, "crc32": crc32(b"")}, b"")
+                device.call(
+                    "file.put", {"path": rel, "offset": 0, "crc32": crc32(b""), "size": 0}, b""
+                )
             with open(f, "rb") as fh:
                 fh.seek(offset)
                 while offset < size:
                     data = fh.read(chunk)
                     if not data:  # the file shrank under us: commit's checksums will say so
                         break
-                    device.call(
-                        "file.put", {"path": rel, "offset": offset, "crc32": crc32(data)}, data
-                    )
+                    # the file's size lets the device refuse it at once if it cannot hold it
+                    put = {"path": rel, "offset": offset, "crc32": crc32(data), "size": size}
+                    device.call("file.put", put, data)
                     offset += len(data)
                     sent += len(data)
                     bar.update(len(data))

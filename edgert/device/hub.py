@@ -150,7 +150,22 @@ def _hf_get(url: str, what: str) -> urllib.request.addinfourl:
         ) from e
 
 
-def _select_hf_files(files: list[str]) -> list[str]:
+def local_name(fname) -> str | None:
+    """The name a file the hub lists is saved under: its last path component (a GGUF in a
+    subfolder lands beside the others), or None for one that is not a plain file name (empty,
+    hidden, ``..``, a backslash or NUL) -- the list comes from a server, not from us."""
+    if not isinstance(fname, str):
+        return None
+    parts = fname.split("/")
+    if any(not p or p.startswith(".") for p in parts):  # "", ".", "..", hidden names
+        return None
+    if any(c in fname for c in "\\\x00") or len(parts[-1]) > 255:
+        return None
+    return parts[-1]
+
+
+def _select_hf_files(files: list) -> list[str]:
+    files = [f for f in files if local_name(f) is not None]
     safet = [f for f in files if f.endswith(".safetensors") and "/" not in f]
     if safet:
         return [f for f in files if f in HF_FILE_PATTERNS] + safet
@@ -176,7 +191,8 @@ def pull_hf(repo: str, *, force: bool = False) -> Path:
     qrepo = urllib.parse.quote(repo)
     with _hf_get(f"{base}/api/models/{qrepo}/revision/{urllib.parse.quote(rev)}", repo) as r:
         info = json.load(r)
-    files = [s["rfilename"] for s in info.get("siblings", [])]
+    siblings = info.get("siblings") if isinstance(info, dict) else None
+    files = [s.get("rfilename") for s in siblings or [] if isinstance(s, dict)]
     wanted = _select_hf_files(files)
     if not wanted:
         raise EdgertError(f"hf:{repo} has no safetensors or GGUF weights")
@@ -185,7 +201,7 @@ def pull_hf(repo: str, *, force: bool = False) -> Path:
     try:
         for fname in wanted:
             url = f"{base}/{qrepo}/resolve/{urllib.parse.quote(rev)}/{urllib.parse.quote(fname)}"
-            with _hf_get(url, f"{repo}/{fname}") as r, open(tmp / fname, "wb") as out:
+            with _hf_get(url, f"{repo}/{fname}") as r, open(tmp / local_name(fname), "wb") as out:
                 total = int(r.headers.get("Content-Length") or 0) or None
                 with Progress(total, f"{fname}", unit="B") as bar:
                     while chunk := r.read(1 << 20):

@@ -18,7 +18,9 @@ A frame is a fixed 24-byte head, a JSON header and an optional binary payload::
 The session opens with a HELLO from each side (protocol version, edgert version, capabilities).
 A reader that meets bad bytes (line noise, a bad checksum, a length over the limits) reports a
 :class:`FrameError` and resynchronises on the next magic, so one corrupted frame costs that frame
-only; the agent answers it with an ERROR frame and keeps serving.
+only; the agent answers it with an ERROR frame and keeps serving. A header that passes its
+checksum but is not a JSON object, or nests deeper than MAX_DEPTH, is a FrameError too (the
+checksum says the bytes arrived as sent, not that the sender is friendly).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ PROTOCOL_VERSION = 1
 HEAD = struct.Struct("<4sBBHIIII")
 MAX_HEADER = 1 << 20  # 1 MiB of JSON
 MAX_PAYLOAD = 64 << 20  # 64 MiB per frame (files travel in chunks)
+#: nesting of a header's arrays and objects; edgert's own headers use a handful of levels, and a
+#: bound far below the interpreter's recursion limit keeps every later walk of a header safe
+MAX_DEPTH = 32
 
 
 class Code(enum.IntEnum):
@@ -59,6 +64,7 @@ class Frame:
     code: Code
     header: dict[str, Any] = field(default_factory=dict)
     payload: bytes = b""
+    header_bytes: int = 0  # length of the header's JSON as it arrived (0: built here)
 
     def encode(self) -> bytes:
         return encode(self.code, self.header, self.payload)
@@ -138,8 +144,25 @@ class FrameReader:
         del self._buf[:total]
         try:
             header = json.loads(body[:hlen] or b"{}")
-        except (UnicodeDecodeError, ValueError) as e:
-            raise FrameError(f"header is not JSON: {e}") from e
+        except (UnicodeDecodeError, ValueError) as e:  # ValueError: also integers of > 4300 digits
+            raise FrameError(f"header is not JSON: {str(e)[:200]}") from e
+        except RecursionError as e:  # nesting deep enough to exhaust the parser's stack
+            raise FrameError(f"header nests deeper than {MAX_DEPTH} levels") from e
         if not isinstance(header, dict):
             raise FrameError("header is not a JSON object")
-        return Frame(Code(code), header, body[hlen:])
+        if depth(header) > MAX_DEPTH:
+            raise FrameError(f"header nests deeper than {MAX_DEPTH} levels")
+        return Frame(Code(code), header, body[hlen:], hlen)
+
+
+def depth(value: Any) -> int:
+    """How deeply ``value``'s lists and dicts nest (a scalar: 0), without recursion."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        v, d = todo.pop()
+        if isinstance(v, dict):
+            v = list(v.values())
+        if isinstance(v, list):
+            deepest = max(deepest, d)
+            todo.extend((x, d + 1) for x in v if isinstance(x, (list, dict)))
+    return deepest

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -246,6 +247,17 @@ def _umount(root: Path) -> None:
             subprocess.run(["umount", "-R", "-l", str(p)], check=False)
 
 
+def sshd_argv(root: Path, procs: str | None) -> list[str]:
+    """The command (run as root) that starts the device's sshd in ``root``, first joining the
+    memory cgroup whose ``cgroup.procs`` is ``procs`` (a shell: the group must hold the process
+    before it execs). Every path is quoted: ``root`` lies under $EDGERT_CACHE, which may hold
+    spaces or shell syntax."""
+    q = shlex.quote
+    join = f"echo $$ > {q(procs)} && " if procs else ""
+    sshd = "/usr/sbin/sshd -D -e -f /etc/ssh/sshd_config.edgert"
+    return ["sh", "-c", f"{join}exec {q(CHROOT)} {q(str(root))} {sshd}"]
+
+
 def _dram_limit(limit: int | None) -> str | None:
     """A cgroup v1 memory limit for everything the emulated device runs (page cache included)."""
     from edgert.emulation.limits import MEMORY_ROOT, Cgroups
@@ -302,12 +314,7 @@ def up(*, target: str = "rpi5", port: int | None = None, wait: float = 120) -> d
     _mount(root)
     procs = _dram_limit(tgt.dram_bytes)
     log_path = d / "sshd.log"
-    join = f"echo $$ > {procs} && " if procs else ""
-    proc = _daemon(
-        ["sh", "-c", f"{join}exec {CHROOT} {root} /usr/sbin/sshd -D -e -f "
-         "/etc/ssh/sshd_config.edgert"],
-        log_path,
-    )  # fmt: skip
+    proc = _daemon(sshd_argv(root, procs), log_path)
     t0 = time.monotonic()
     while not _port_open(port):
         if proc.poll() is not None or time.monotonic() - t0 > wait:
@@ -395,7 +402,7 @@ def serial_up(*, wait: float = 30) -> dict:
         time.sleep(0.1)
         ptys = re.findall(r"PTY is (/dev/pts/\d+)", log_path.read_text())
     agent_cmd = ["sh", "-c", "exec $(command -v edgert || echo /root/.edgert/venv/bin/edgert) "
-                 f"agent --serial {ptys[1]}"]  # fmt: skip
+                 f"agent --serial {shlex.quote(ptys[1])}"]  # fmt: skip
     agent = spawn(agent_cmd, log_path=d / "serial-agent.log")
     st.update(
         {

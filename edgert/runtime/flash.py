@@ -59,7 +59,11 @@ class FlashReader:
         return os.preadv(self.fd, [view], offset)
 
     def read_into(self, buf: np.ndarray, offset: int, nbytes: int) -> None:
-        """Fill ``buf[:nbytes]`` from ``offset`` (both page-aligned for O_DIRECT)."""
+        """Fill ``buf[:nbytes]`` from ``offset`` (both page-aligned for O_DIRECT). A read that
+        fails (EIO, EAGAIN), comes back empty or claims more than it was asked for is retried up
+        to ``retries`` times, then raises :class:`FlashError` naming the file, the offset and the
+        length; a short read continues where it stopped. ``buf`` is never left partly filled
+        without an error."""
         if self.direct and (offset % PAGE or nbytes % PAGE or buf.ctypes.data % PAGE):
             raise ValueError("O_DIRECT reads need page-aligned offset, size and buffer")
         view = memoryview(buf).cast("B")[:nbytes]
@@ -70,21 +74,39 @@ class FlashReader:
                 n = self._pread(piece, offset + got)
                 if n <= 0:
                     raise OSError(errno.EIO, "the file ends early (truncated?)")
+                if n > len(piece):  # a reader that claims bytes it did not place
+                    raise OSError(errno.EIO, f"{n} bytes read where {len(piece)} were asked for")
             except OSError as e:
                 if e.errno not in (errno.EIO, errno.EINTR, errno.EAGAIN, None):
                     raise FlashError(
-                        f"reading {self.path} at offset {offset + got} failed: {e.strerror}"
+                        f"reading {self.path} at offset {offset + got} failed: {e.strerror} "
+                        f"(a read of {nbytes} bytes at offset {offset})",
+                        "check the storage, or copy the artifact again",
                     ) from e
                 retries += 1
                 if retries > self.retries:
                     raise FlashError(
                         f"reading {self.path} at offset {offset + got} failed after "
-                        f"{self.retries} retries: {e.strerror or e}",
+                        f"{self.retries} retries: {e.strerror or e} (a read of {nbytes} bytes at "
+                        f"offset {offset})",
                         "check the storage, or copy the artifact again",
                     ) from e
                 time.sleep(0.001 * retries)
                 continue
             got += n  # a short read continues where it stopped
+            if self.direct and got % PAGE and got < nbytes:
+                # O_DIRECT reads only whole pages: read the partial one again (no progress at
+                # all counts as a failed read, so this ends)
+                if got // PAGE * PAGE == got - n:
+                    retries += 1
+                    if retries > self.retries:
+                        raise FlashError(
+                            f"reading {self.path} at offset {offset + got - n} failed after "
+                            f"{self.retries} retries: short reads of less than a page (a read of "
+                            f"{nbytes} bytes at offset {offset})",
+                            "check the storage, or copy the artifact again",
+                        )
+                got = got // PAGE * PAGE
         if not self.direct:  # keep the page cache from holding what was streamed
             os.posix_fadvise(self.fd, offset, nbytes, os.POSIX_FADV_DONTNEED)
         with self._lock:

@@ -8,6 +8,7 @@ import socket
 import threading
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from conftest import run_cli
@@ -156,3 +157,71 @@ def test_hf_offline_is_one_clear_line(cache):
 def test_bad_hf_spec(cache):
     with pytest.raises(EdgertError, match="hf:ORG/NAME"):
         hub.pull("hf:justone")
+
+
+class ListingHub(FakeHub):
+    """A hub whose listing for org/tiny is ``listing`` (served files: ``served``, by their full
+    name in the repository)."""
+
+    listing: ClassVar[list] = []
+    served: ClassVar[dict] = {}
+
+    def do_GET(self):
+        if self.path == "/api/models/org/tiny/revision/main":
+            body = json.dumps({"siblings": [{"rfilename": f} for f in self.listing]}).encode()
+        elif self.path.startswith("/org/tiny/resolve/main/"):
+            body = self.served.get(self.path[len("/org/tiny/resolve/main/") :])
+        else:
+            body = None
+        if body is None:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def listing_hub(monkeypatch):
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ListingHub)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.server_address[1]}")
+    yield ListingHub
+    srv.shutdown()
+
+
+def test_hf_gguf_in_a_subfolder(cache, listing_hub, monkeypatch):
+    monkeypatch.setattr(ListingHub, "listing", ["README.md", "quant/sub/model-Q4_0.gguf"])
+    monkeypatch.setattr(ListingHub, "served", {"quant/sub/model-Q4_0.gguf": PAYLOAD})
+    d = hub.pull("hf:org/tiny")
+    assert [p.name for p in d.iterdir()] == ["model-Q4_0.gguf"]  # flattened beside the others
+    assert (d / "model-Q4_0.gguf").read_bytes() == PAYLOAD
+
+
+def test_hf_hostile_file_names_are_skipped(cache, listing_hub, monkeypatch, tmp_path):
+    """Names from the server that would land outside the model's directory (or hide in it) are
+    never written; a listing of nothing else has no weights."""
+    hostile = ["../escape.gguf", "../../../escape.gguf", "a/../../escape.gguf",
+               ".hidden.safetensors", "/abs/escape.gguf", "x\\..\\escape.gguf",
+               "sub/.git/escape.gguf", "", 5, None, {"x": 1}]  # fmt: skip
+    for name in hostile:  # each alone: it would be the one file fetched
+        monkeypatch.setattr(ListingHub, "listing", [name])
+        served = {name.lstrip("/"): PAYLOAD} if isinstance(name, str) else {}
+        monkeypatch.setattr(ListingHub, "served", served)
+        with pytest.raises(EdgertError, match="no safetensors or GGUF weights"):
+            hub.pull("hf:org/tiny")
+    # with one good file beside them all: only it is fetched
+    monkeypatch.setattr(ListingHub, "listing", [*hostile, "model.safetensors"])
+    monkeypatch.setattr(ListingHub, "served", {"model.safetensors": b"\0" * 10})
+    d = hub.pull("hf:org/tiny")
+    assert [p.name for p in d.iterdir()] == ["model.safetensors"]
+    written = [p for p in tmp_path.rglob("*") if "escape" in p.name or p.name.startswith(".hid")]
+    assert written == []
+
+
+def test_local_name():
+    assert hub.local_name("a/b/m.gguf") == "m.gguf" and hub.local_name("m.gguf") == "m.gguf"
+    for bad in ["..", "../m.gguf", "a/../m.gguf", ".m.gguf", "", "a//m.gguf", "a\\m", "m\0", 3]:
+        assert hub.local_name(bad) is None, bad

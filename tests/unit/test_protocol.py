@@ -88,7 +88,11 @@ def serve(frames: bytes, root) -> list:
     return read_all(out.getvalue())
 
 
-def mutate(rng, frame: bytes) -> bytes:
+def put_args(path: str) -> dict:
+    return {"path": path, "offset": 0, "crc32": crc32(b"")}
+
+
+def mutate(rng, frame: bytes, absolute: str = "/nonexistent/x") -> bytes:
     b = bytearray(frame)
     kind = rng.integers(0, 5)
     if kind == 0 and b:  # flip bits
@@ -99,8 +103,11 @@ def mutate(rng, frame: bytes) -> bytes:
     elif kind == 2:  # random bytes
         b = bytearray(rng.integers(0, 256, rng.integers(0, 64), dtype=np.uint8).tobytes())
     elif kind == 3:  # a valid frame with a hostile request
+        # valid checksums: only path confinement stands between these and a write
         hostile = [
-            {"id": 1, "action": "file.put", "args": {"path": "../../etc/x", "offset": 0}},
+            {"id": 1, "action": "file.put", "args": put_args("../../etc/x")},
+            {"id": 1, "action": "file.put", "args": put_args("staging/m/../../../../etc/x")},
+            {"id": 1, "action": "file.put", "args": put_args(absolute)},
             {"id": 2, "action": "artifact.load", "args": {"name": "../x"}},
             {"id": 3, "action": "run.infer", "args": {"name": None}},
             {"id": 4, "action": ["not", "a", "string"]},
@@ -120,18 +127,28 @@ def test_agent_fuzzed(tmp_path):
     seeds = [
         encode(Code.REQUEST, {"id": 9, "action": "device.info"}),
         encode(Code.REQUEST, {"id": 9, "action": "artifact.list", "args": {}}),
-        encode(Code.REQUEST, {"id": 9, "action": "file.stat", "args": {"path": "s/x"}}),
+        encode(Code.REQUEST, {"id": 9, "action": "file.stat", "args": {"path": "staging/m/x"}}),
     ]
-    parts = [mutate(rng, seeds[rng.integers(0, len(seeds))]) for _ in range(FUZZ_FRAMES)]
+    absolute = str(tmp_path / "abs" / "x")
+    parts = [mutate(rng, seeds[rng.integers(0, len(seeds))], absolute) for _ in range(FUZZ_FRAMES)]
     final = encode(Code.REQUEST, {"id": 424242, "action": "device.info"})
-    root = tmp_path / "root"
+    # deep enough that "../../etc/x" from it still lands inside tmp_path, where it is looked for
+    root = tmp_path / "a" / "b" / "root"
     got = serve(b"".join(parts) + final, root)
     errors = [g for g in got if not isinstance(g, str) and g.code == Code.ERROR]
     assert len(errors) > FUZZ_FRAMES // 10
     last = got[-1]
     assert last.code == Code.REPLY and last.header["id"] == 424242
     assert last.header["info"]["edgert_version"]
-    outside = [p for p in tmp_path.rglob("*") if root not in p.parents and p != root]
+    assert_nothing_outside(tmp_path, root)
+
+
+def assert_nothing_outside(top, root):
+    """Nothing was written under ``top`` but inside ``root`` (its ancestors aside); the hostile
+    paths' targets are all under ``top``."""
+    assert (root / "../../etc/x").resolve().is_relative_to(top)
+    kept = {root, *root.parents}
+    outside = [p for p in top.rglob("*") if root not in p.parents and p not in kept]
     assert outside == []
 
 
@@ -157,18 +174,19 @@ def replies(got) -> dict:
 def test_file_actions(tmp_path):
     root = tmp_path / "root"
     data = b"hello world" * 100
+    f = "staging/m/a"
     got = replies(
         serve(
-            request(1, "file.put", {"path": "s/a", "offset": 0, "crc32": crc32(data[:500])},
+            request(1, "file.put", {"path": f, "offset": 0, "crc32": crc32(data[:500])},
                     data[:500])
-            + request(2, "file.put", {"path": "s/a", "offset": 500, "crc32": "00000000"},
+            + request(2, "file.put", {"path": f, "offset": 500, "crc32": "00000000"},
                       data[500:])  # wrong checksum: refused
-            + request(3, "file.put", {"path": "s/a", "offset": 900, "crc32": crc32(data[500:])},
+            + request(3, "file.put", {"path": f, "offset": 900, "crc32": crc32(data[500:])},
                       data[500:])  # a gap: refused
-            + request(4, "file.stat", {"path": "s/a"})
+            + request(4, "file.stat", {"path": f})
             + request(5, "file.put", {"path": "../escape", "offset": 0, "crc32": crc32(b"x")},
                       b"x")
-            + request(6, "file.put", {"path": "s/a", "offset": 500, "crc32": crc32(data[500:])},
+            + request(6, "file.put", {"path": f, "offset": 500, "crc32": crc32(data[500:])},
                       data[500:]),
             root,
         )
@@ -180,7 +198,151 @@ def test_file_actions(tmp_path):
     assert got[5].code == Code.ERROR and "leaves the agent root" in got[5].header["error"]
     assert not (tmp_path / "escape").exists()
     assert got[6].header["size"] == len(data)
-    assert (root / "s" / "a").read_bytes() == data
+    assert (root / "staging" / "m" / "a").read_bytes() == data
+
+
+def put(rid, path, data=b"x", **extra):
+    return request(rid, "file.put", {"path": path, "offset": 0, "crc32": crc32(data), **extra},
+                   data)  # fmt: skip
+
+
+def test_puts_reach_the_staging_area_only(tmp_path):
+    """A put cannot write a deployed artifact or a version (which only a verified commit may
+    change), nor leave the staging area through a link inside it."""
+    root = tmp_path / "root"
+    tiny_artifact(root / "staging" / "m", 1.0)
+    serve(request(1, "file.commit", {"staging": "staging/m", "name": "m"}), root)
+    live = (root / "artifacts" / "m").resolve()
+    before = {p: p.read_bytes() for p in live.rglob("*") if p.is_file()}
+    (root / "staging" / "evil").mkdir(parents=True)
+    (root / "staging" / "evil" / "link").symlink_to(live)
+    hostile = [
+        "artifacts/m/manifest.json",
+        f"versions/{live.name}/manifest.json",
+        "staging/../artifacts/m/manifest.json",
+        "staging/m/../../versions/x",
+        "staging/evil/link/manifest.json",  # lexically fine, resolves into artifacts/
+        "staging/m",  # the artifact's directory itself: a file is expected
+        "staging/.hidden/x",
+        "staging/m/.x",
+        "staging/m//x",
+        "staging/m/a\\..\\..\\x",
+        str(root / "staging" / "m" / "abs"),
+    ]
+    got = replies(serve(b"".join(put(i, p) for i, p in enumerate(hostile)), root))
+    for i, p in enumerate(hostile):
+        assert got[i].code == Code.ERROR, p
+        err = got[i].header["error"]
+        assert "path" in err and ("expected" in err or "leaves the staging area" in err), err
+    assert "leaves the agent root" in got[3].header["error"]
+    assert "outside the staging area" in got[0].header["error"]
+    after = {p: p.read_bytes() for p in live.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in (root / "versions").iterdir()) == [live.name]
+    assert not (root / "staging" / "m").exists()  # committed: nothing was put back
+    for act, args in [("file.stat", {"path": "artifacts/m/manifest.json"}),
+                      ("file.commit", {"staging": "versions/" + live.name, "name": "m"}),
+                      ("file.commit", {"staging": "staging/m/weights", "name": "m"})]:  # fmt: skip
+        err = replies(serve(request(7, act, args), root))[7]
+        assert err.code == Code.ERROR and "expected" in err.header["error"]
+    assert live.exists() and (root / "artifacts" / "m").resolve() == live
+
+
+def test_bad_requests_name_field_value_and_expectation(tmp_path):
+    root = tmp_path / "root"
+    cases = [
+        ("file.put", {"path": "staging/m/a", "crc32": crc32(b"")}, "missing field 'offset'"),
+        ("file.put", {"path": "staging/m/a", "offset": "0", "crc32": crc32(b"")},
+         "field 'offset' = '0': expected an integer"),
+        ("file.put", {"path": "staging/m/a", "offset": 10**30, "crc32": crc32(b"")},
+         "field 'offset' = 1000000000000000000000000000000: expected an integer in [0, "),
+        ("file.put", {"path": "staging/m/a", "offset": True, "crc32": crc32(b"")},
+         "field 'offset' = True"),
+        ("file.put", {"path": ["staging"], "offset": 0, "crc32": crc32(b"")}, "field 'path'"),
+        ("file.put", {"path": "staging/m/a", "offset": 0, "crc32": 5}, "field 'crc32' = 5"),
+        ("run.generate", {"name": "m", "temp": float("nan")}, "field 'temp' = nan"),
+        ("run.generate", {"name": "m", "n_predict": -1}, "field 'n_predict' = -1"),
+        ("run.generate", {"name": "x" * 500}, "field 'name' = 'xxxxx"),
+        ("artifact.load", {"name": "m", "experts": {"policy": "fifo"}},
+         "artifact.load.experts: field 'policy' = 'fifo': expected a string"),
+        ("artifact.load", {"name": "m", "ffn": {"evil": 1}}, "field 'ffn' = {'evil': 1}"),
+        ("artifact.load", {"name": "m", "dram_budget": 1.5}, "field 'dram_budget' = 1.5"),
+        ("artifact.unload", {}, "missing field 'name'"),
+        ("file.commit", {"staging": "staging/m"}, "missing field 'name'"),
+    ]  # fmt: skip
+    frames = b"".join(request(i, a, args) for i, (a, args, _) in enumerate(cases))
+    frames += encode(Code.REQUEST, {"id": 99, "action": "device.info"})
+    got = replies(serve(frames, root))
+    for i, (action, _, want) in enumerate(cases):
+        assert got[i].code == Code.ERROR, action
+        err = got[i].header["error"]
+        assert err.startswith(action.split(".")[0]) and want in err, err
+        assert len(err) < 400 and "\n" not in err
+    assert got[99].code == Code.REPLY
+
+
+def test_limits_on_headers_payloads_and_ids(tmp_path):
+    root = tmp_path / "root"
+    big = {"id": 1, "action": "artifact.list", "args": {"pad": "x" * (70 << 10)}}
+    got = replies(
+        serve(
+            encode(Code.REQUEST, big)  # over an ordinary request's header limit
+            + request(2, "device.info", {}, b"unexpected")  # an action that takes no payload
+            + encode(Code.REQUEST, {"id": [[1]], "action": "device.info"})  # an id not echoed
+            + encode(Code.REQUEST, {"id": "y" * 100, "action": "device.info"})
+            + request(3, "run.generate", {"name": "m", "prompt": "p" * (200 << 10)}),
+            root,
+        )
+    )
+    assert "header of" in got[1].header["error"] and "expected at most" in got[1].header["error"]
+    assert "payload of 10 bytes: expected none" in got[2].header["error"]
+    assert got[None].code == Code.ERROR and "request id" in got[None].header["error"]
+    # a long prompt is allowed (its artifact is not there)
+    assert "no artifact 'm'" in got[3].header["error"]
+
+
+def test_deeply_nested_header_is_answered_not_fatal(tmp_path):
+    """A frame whose checksums are right but whose JSON nests thousands deep: an ERROR, then
+    the agent serves the next request."""
+    deep = b'{"id": 1, "action": "device.info", "args": {"x": ' + b"[" * 100_000 + b"]" * 100_000
+    deep += b"}}"
+    shallow_but_deep = json.dumps({"id": 2, "action": "device.info",
+                                   "args": {"x": json.loads("[" * 40 + "]" * 40)}}).encode()  # fmt: skip
+    frames = b""
+    for hdr in (deep, shallow_but_deep):
+        body_crc = zlib.crc32(hdr) & 0xFFFFFFFF
+        head = HEAD.pack(b"EDRT", 1, int(Code.REQUEST), 0, len(hdr), 0, body_crc, 0)[:20]
+        frames += head + zlib.crc32(head).to_bytes(4, "little") + hdr
+    frames += encode(Code.REQUEST, {"id": 3, "action": "device.info"})
+    got = serve(frames, tmp_path / "root")
+    errors = [g for g in got if not isinstance(g, str) and g.code == Code.ERROR]
+    assert len(errors) == 2 and all("nests deeper than" in e.header["error"] for e in errors)
+    assert got[-1].code == Code.REPLY and got[-1].header["id"] == 3
+
+
+def test_put_refused_when_the_disk_would_fill(tmp_path, monkeypatch):
+    import shutil
+
+    from edgert.device import agent as agent_mod
+
+    root = tmp_path / "root"
+    real = shutil.disk_usage
+    monkeypatch.setattr(agent_mod.shutil, "disk_usage",
+                        lambda p: real(p)._replace(free=agent_mod.DISK_MARGIN + 1000))  # fmt: skip
+    got = replies(
+        serve(
+            put(1, "staging/m/big", b"x" * 10, size=5000)  # 5000 announced: does not fit
+            + put(2, "staging/m/small", b"x" * 10, size=500)
+            + put(3, "staging/m/over", b"x" * 10, size=5),  # longer than it announced
+            root,
+        )
+    )
+    err = got[1].header["error"]
+    assert got[1].code == Code.ERROR and "no room on the device" in err and "5000" in err
+    assert len(err.splitlines()) == 1
+    assert not (root / "staging" / "m" / "big").exists()
+    assert got[2].code == Code.REPLY
+    assert got[3].code == Code.ERROR and "announced size 5" in got[3].header["error"]
 
 
 def tiny_artifact(path, value: float):
@@ -208,3 +370,17 @@ def test_commit_verifies_and_switches_atomically(tmp_path):
     assert got[1].code == Code.REPLY
     live = np.frombuffer((root / "artifacts/m/weights/resident.bin").read_bytes()[:16], np.float32)
     assert (live == 2.0).all() and not (root / "staging" / "m").exists()
+
+
+def test_listing_skips_what_is_not_a_manifest(tmp_path):
+    """artifact.list reads every manifest on the device: one that is valid JSON but not an
+    object (or with a target that is not one) is left out, not an internal error."""
+    from edgert.runtime.onnx import is_dnn_artifact
+
+    for name, text in (("list", "[1, 2]"), ("target", '{"target": [1]}'), ("num", "7")):
+        d = tmp_path / "artifacts" / name
+        d.mkdir(parents=True)
+        (d / "manifest.json").write_text(text)
+        assert not is_dnn_artifact(d)
+    got = replies(serve(request(1, "artifact.list", {}), tmp_path))
+    assert got[1].code == Code.REPLY and got[1].header["artifacts"] == []
