@@ -48,6 +48,17 @@ THREAD_VARS = (
 )
 
 
+def run_threads() -> int:
+    """The thread count for the next forward pass: EDGERT_THREADS as it is now, 0 where unset
+    (the kernels' pool then takes its own default). Read per call, so a long-lived process (a
+    device's agent) can change it between requests with :func:`set_threads`: the pool fixes its
+    default once, at its first job."""
+    try:
+        return max(0, int(os.environ.get("EDGERT_THREADS") or 0))
+    except ValueError:
+        return 0
+
+
 def set_threads(threads: int) -> None:
     """Size every thread pool; call before numpy's BLAS or the TVM runtime first runs."""
     for var in THREAD_VARS:

@@ -45,13 +45,16 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--calib",
         default=None,
-        help="calibration text file (default: text the model writes itself, cached)",
+        help="calibration text file (default: text the model writes itself, cached): the "
+        "statistics of gptq / imatrix, the quality measured on held-back tokens, and "
+        "--bits-budget's sensitivities, --moefy's clusters, --sparse-ffn's thresholds",
     )
     p.add_argument(
         "--calib-tokens",
         type=int,
         default=None,
-        help="calibration tokens the quantizers' statistics are collected on (4096)",
+        help="calibration tokens gptq / imatrix collect their statistics on (4096; rtn "
+        "collects none)",
     )
     p.add_argument(
         "--dram-budget",
@@ -107,6 +110,14 @@ def run(args) -> int:
         return _compile_onnx(args)
     if args.input_shape:
         raise EdgertError("--input-shape applies to ONNX models only")
+    if args.quant_method == "rtn" and args.calib_tokens is not None:
+        # rtn rounds without statistics: its calibration tokens are only the held-back ones
+        # quality is measured on (and --bits-budget's fixed sensitivity sample), never these
+        raise EdgertError(
+            "--calib-tokens sets how many tokens gptq and imatrix collect statistics on; "
+            "--quant-method rtn collects none, so it would be ignored",
+            "drop --calib-tokens, or use --quant-method gptq or imatrix",
+        )
     from edgert.cli.common import dram_budget
 
     budget = dram_budget(args) or None

@@ -99,6 +99,8 @@ def run(args) -> int:
             f"{p['weight_bytes_per_token'] / 2**20:.1f} MiB/token at "
             f"{p['dram_bandwidth_gbs']:g} GB/s)"
         )
+    elif info.get("no_prediction"):
+        print(f"predicted  none: {info['no_prediction']}")
     d = info.get("dram")
     if d and "n_experts" in d:
         r = d["replayed"]

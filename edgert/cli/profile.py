@@ -21,6 +21,11 @@ def add_arguments(p) -> None:
     p.add_argument("--html", default=None, help="write the report to this HTML file")
     p.add_argument("--accept-new-host-key", action="store_true", help="trust unknown SSH hosts")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    from edgert.cli.common import add_dram_budget
+
+    # a weight cache to measure the hit rate of: a mixture's experts under --dram-budget, a
+    # sparse FFN's neurons under --sparsity
+    add_dram_budget(p)
 
 
 def run(args) -> int:
@@ -35,9 +40,21 @@ def run(args) -> int:
 
     if not (Path(args.artifact) / "manifest.json").exists():
         raise EdgertError(f"no artifact at {args.artifact}", "compile one with `edgert compile`")
+    from edgert.cli.common import dram_budget, expert_options, ffn_options
+
     opts = {"n_prompt": args.n_prompt, "n_gen": args.n_gen, "reps": args.repetitions}
     if args.threads:
         opts["threads"] = args.threads
+    run_opts = {"dram_budget": dram_budget(args), "experts": expert_options(args),
+                "ffn": ffn_options(args)}  # fmt: skip
+    # asked for: the profile must say it ran with them, or its cache figures are another run's
+    asked = run_opts["dram_budget"] is not None or run_opts["ffn"] is not None
+    from edgert.runtime.onnx import is_dnn_artifact
+
+    if asked and is_dnn_artifact(args.artifact):
+        raise EdgertError(
+            "--dram-budget and --sparsity apply to language models", "drop them for ONNX models"
+        )
     if args.device:
         from edgert.device.client import Device
 
@@ -45,8 +62,17 @@ def run(args) -> int:
 
         def one(url: str) -> dict:
             with Device(url, accept_new_host_key=args.accept_new_host_key) as dev:
-                h, _ = dev.call("run.profile", {"name": artifact_name(args.artifact), **opts})
-            return h["profile"]
+                h, _ = dev.call(
+                    "run.profile", {"name": artifact_name(args.artifact), **opts, **run_opts}
+                )
+            p = h["profile"]
+            if asked and p.get("options") != run_opts:
+                raise EdgertError(
+                    f"device {url} profiled without --dram-budget / --sparsity (its edgert "
+                    "does not pass them on)",
+                    "update edgert there (`edgert deploy` does over SSH), or profile without them",
+                )
+            return p
 
         with ThreadPoolExecutor(len(devices)) as ex:
             profiles = dict(zip(devices, ex.map(one, devices)))
@@ -58,7 +84,7 @@ def run(args) -> int:
         threads = args.threads or default_threads()
         set_threads(threads)
         p = profile_artifact(args.artifact, threads=threads, n_prompt=args.n_prompt,
-                             n_gen=args.n_gen, reps=args.repetitions)  # fmt: skip
+                             n_gen=args.n_gen, reps=args.repetitions, **run_opts)  # fmt: skip
         p["device_info"] = device_info(Path.home() / ".edgert")
         profiles = {"local": p}
     if args.html:
@@ -69,6 +95,8 @@ def run(args) -> int:
     for dev, p in profiles.items():
         figs = ", ".join(f"{k} {v}" for k, v in headline(p).items())
         print(f"{dev}: {p['artifact']}: {figs}")
+        if p.get("cache_note"):
+            print(f"{dev}: {p['cache_note']}")
     if args.html:
         print(f"report written to {args.html}", file=sys.stderr)
     return 0

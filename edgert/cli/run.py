@@ -25,6 +25,12 @@ def add_arguments(p) -> None:
     p.add_argument("-p", "--prompt", default=None, help="language models: prompt text")
     p.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate (64)")
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (all cores)")
+    # None: not given (an ONNX model refuses them; a language model takes the defaults)
+    p.add_argument("--temp", type=float, default=None, help="temperature; 0 = greedy (0)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k sampling, 0 = off (40)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (0.95)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
+    p.add_argument("--ignore-eos", action="store_true", help="keep generating past end-of-sequence")
     p.add_argument(
         "--ctx", type=int, default=None, help="language models: context length (model's, max 4096)"
     )
@@ -61,6 +67,15 @@ def run(args) -> int:
 def _check_args(args, dnn: bool) -> None:
     from edgert.errors import EdgertError
 
+    sampling = [f for f, v in (("--temp", args.temp), ("--top-k", args.top_k),
+                               ("--top-p", args.top_p), ("--seed", args.seed),
+                               ("--ignore-eos", args.ignore_eos or None)) if v is not None]  # fmt: skip
+    if dnn and sampling:
+        raise EdgertError(
+            f"{', '.join(sampling)} sample a language model's tokens; "
+            f"{args.artifact} is a compiled ONNX model",
+            f"drop {', '.join(sampling)}",
+        )
     if dnn and args.prompt is not None:
         raise EdgertError(
             f"{args.artifact} is a compiled ONNX model: it takes arrays, not a prompt",
@@ -75,6 +90,8 @@ def _check_args(args, dnn: bool) -> None:
         raise EdgertError("--dram-budget applies to language models", "drop --dram-budget")
     if not dnn and args.prompt is None:
         raise EdgertError("a language model needs a prompt", "pass -p TEXT")
+    if not dnn:
+        _sampler(args)  # a bad --temp / --top-k / --top-p is refused before any work
     if dnn and not args.input:
         from edgert.format.artifact import Artifact
         from edgert.runtime.onnx import TensorSpec
@@ -82,6 +99,21 @@ def _check_args(args, dnn: bool) -> None:
         g = Artifact.open(args.artifact, verify_resident=False).manifest["graph"]
         wanted = ", ".join(TensorSpec.from_dict(d).describe() for d in g["inputs"])
         raise EdgertError(f"no --input given (the model takes {wanted})", "pass --input FILE.npy")
+
+
+def _sampler(args):
+    """The language model's sampler from the flags (refusing bad values before any work)."""
+    from edgert.errors import EdgertError
+    from edgert.runtime.generate import Sampler
+
+    if args.seed is not None and args.seed < 0:
+        raise EdgertError(f"--seed {args.seed} is negative", "use a seed >= 0")
+    return Sampler(
+        temp=0.0 if args.temp is None else args.temp,
+        top_k=40 if args.top_k is None else args.top_k,
+        top_p=0.95 if args.top_p is None else args.top_p,
+        seed=args.seed,
+    )
 
 
 def _run_remote(args, *, dnn: bool) -> int:
@@ -99,7 +131,7 @@ def _run_remote(args, *, dnn: bool) -> int:
             dev.load(name, local=args.artifact)
             g = Artifact.open(args.artifact, verify_resident=False).manifest["graph"]
             feeds = load_inputs(args.input or [], [TensorSpec.from_dict(d) for d in g["inputs"]])
-            outs, run_ms = dev.infer(name, feeds)
+            outs, run_ms = dev.infer(name, feeds, threads=args.threads)
             saved = str(save_outputs(outs, args.output)) if args.output else None
             _print_outputs(args, outs, saved, load_s=None, run_ms=run_ms)
             return 0
@@ -110,8 +142,11 @@ def _run_remote(args, *, dnn: bool) -> int:
                  experts=expert_options(args), ffn=ffn_options(args))  # fmt: skip
         if not args.json:
             sys.stdout.write(args.prompt)
+        smp = _sampler(args)
+        # -t only where given: the device's own cores otherwise, not this machine's
         res = dev.generate(
-            name, args.prompt, n_predict=args.n_predict,
+            name, args.prompt, n_predict=args.n_predict, temp=smp.temp, top_k=smp.top_k,
+            top_p=smp.top_p, seed=smp.seed, ignore_eos=args.ignore_eos, threads=args.threads,
             on_text=None if args.json else lambda s: (sys.stdout.write(s), sys.stdout.flush()),
         )  # fmt: skip
     if args.json:
@@ -190,9 +225,10 @@ def _print_outputs(args, outs: dict, saved: str | None, *, load_s, run_ms: float
 def _run_llm(args) -> int:
     from edgert.cli.common import dram_budget, expert_options, ffn_options
     from edgert.cli.generate import report
-    from edgert.runtime.generate import Sampler, generate
+    from edgert.runtime.generate import generate
     from edgert.runtime.open import open_artifact_engine
 
+    sampler = _sampler(args)
     engine = open_artifact_engine(
         args.artifact,
         max_ctx=args.ctx,
@@ -206,8 +242,9 @@ def _run_llm(args) -> int:
         engine,
         prompt=args.prompt,
         n_predict=args.n_predict,
-        sampler=Sampler(temp=0),
+        sampler=sampler,
         on_text=None if args.json else lambda s: (sys.stdout.write(s), sys.stdout.flush()),
+        stop_at_eos=not args.ignore_eos,
     )
     report(res, as_json=args.json, engine=engine)
     return 0

@@ -203,26 +203,45 @@ class Device:
                                                      if v is not None}})  # fmt: skip
 
     def generate(
-        self, name: str, prompt: str, *, n_predict: int, temp: float = 0.0, on_text=None
+        self,
+        name: str,
+        prompt: str,
+        *,
+        n_predict: int,
+        temp: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        ignore_eos: bool = False,
+        threads: int | None = None,
+        on_text=None,
     ) -> dict:
-        """Generate with loaded artifact ``name``; ``on_text(piece)`` as text streams back.
-        Returns the run's result (edgert.runtime.generate.GenerateResult.to_dict)."""
+        """Generate with loaded artifact ``name`` (sampled as ``edgert generate`` samples; None:
+        the agent's default; ``threads``: the device's cores when None); ``on_text(piece)`` as
+        text streams back. Returns the run's result
+        (edgert.runtime.generate.GenerateResult.to_dict)."""
         args = {"name": name, "prompt": prompt, "n_predict": n_predict, "temp": temp}
+        opts = {"top_k": top_k, "top_p": top_p, "seed": seed, "threads": threads}
+        args.update({k: v for k, v in opts.items() if v is not None})
+        if ignore_eos:
+            args["ignore_eos"] = True
         hdr, _ = self.call(
             "run.generate", args,
             on_event=None if on_text is None else lambda e: on_text(e.get("text", "")),
         )  # fmt: skip
         return hdr["result"]
 
-    def infer(self, name: str, feeds: dict) -> tuple[dict, float]:
-        """Run loaded ONNX artifact ``name`` on ``feeds`` (name -> array): (outputs, ms)."""
+    def infer(self, name: str, feeds: dict, *, threads: int | None = None) -> tuple[dict, float]:
+        """Run loaded ONNX artifact ``name`` on ``feeds`` (name -> array): (outputs, ms);
+        ``threads``: the device's cores when None."""
         import io
 
         import numpy as np
 
         buf = io.BytesIO()
         np.savez(buf, **feeds)
-        hdr, payload = self.call("run.infer", {"name": name}, buf.getvalue())
+        args = {"name": name, **({"threads": threads} if threads is not None else {})}
+        hdr, payload = self.call("run.infer", args, buf.getvalue())
         with np.load(io.BytesIO(payload)) as f:
             outs = {k: f[k] for k in f.files}
         return outs, hdr["run_ms"]

@@ -47,6 +47,10 @@ def _profile(agent, rid, args, payload):
         n_prompt=int(args.get("n_prompt", 64)),
         n_gen=int(args.get("n_gen", 32)),
         reps=int(args.get("reps", 3)),
+        # the options `edgert profile` sends (their types checked by the agent's schema)
+        dram_budget=args.get("dram_budget"),
+        experts=args.get("experts"),
+        ffn=args.get("ffn"),
     )
     p["artifact"] = args.get("name")
     p["device_info"] = device_info(agent.root)

@@ -59,10 +59,21 @@ def inspect_artifact(
         "bytes": by_res,
         "tensors": len(art.tensors),
     }
-    try:
-        from edgert.format.target import load_target
+    from edgert.format.target import find_target
 
-        t = load_target(art.target["name"])
+    # no prediction where the target's file is not on this machine (a user's own target,
+    # inspected elsewhere); a broken target file or a failing prediction is an error
+    name = art.target.get("name")
+    t = find_target(name) if name else None
+    if t is None:
+        info["prediction"] = None
+        info["no_prediction"] = (
+            f"target {name} is not defined on this machine (add its file as "
+            f"~/.config/edgert/targets/{name}.toml)"
+            if name
+            else "the artifact names no target"
+        )
+    else:
         from edgert.plan.sizes import resident_besides, touched_per_step
 
         # what a dense step reads: the resident tensors but the embedding table, unless it is
@@ -74,8 +85,6 @@ def inspect_artifact(
             "roofline_tok_s": t.dram_bandwidth_gbs * 1e9 / per_token,
             "dram_fits": per_token < t.dram_bytes,
         }
-    except Exception:  # target file not on this machine: no prediction
-        t, info["prediction"] = None, None
     cfg = art.config()
     compiled = m.get("dram") or {}
     ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))

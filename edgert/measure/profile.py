@@ -3,9 +3,11 @@
 :func:`profile_artifact` runs on the device (called by the agent's ``run.profile``, or locally):
 the llama-bench figures (pp/tg avg ± std, load time, time to first token) or, for a compiled ONNX
 model, the latency figures; per-layer and per-operation time from the runtime's timing hooks;
-resident memory sampled over the whole run; flash bytes per token; temperature and CPU frequency
-before and after where the device exposes them. :func:`html_report` turns one or several
-devices' profiles into one self-contained HTML file (inline SVG plots, no network assets).
+resident memory, temperature and CPU frequency sampled over the whole run (where the device
+exposes them); flash bytes per token; the hit rate of the weight cache in decode (a mixture's
+experts under a DRAM budget, a sparse FFN's neurons under --sparsity). :func:`html_report` turns
+one or several devices' profiles into one self-contained HTML file (inline SVG plots, no network
+assets; every string a device sent is escaped).
 """
 
 from __future__ import annotations
@@ -18,81 +20,150 @@ from pathlib import Path
 from typing import Any
 
 RSS_INTERVAL_S = 0.05
+#: sysfs thermal zones and cpufreq take longer to read than /proc/self/statm, and move slower
+THERMAL_INTERVAL_S = 0.5
 
 
-class RSSSampler:
-    """Samples this process's resident set size every ``interval`` seconds on a thread."""
+class PeriodicSampler:
+    """Calls :meth:`read` every ``interval`` seconds on a thread while entered (and once more
+    on leaving): ``samples`` = [(seconds since entering, value)]."""
 
-    def __init__(self, interval: float = RSS_INTERVAL_S):
+    def __init__(self, interval: float):
         self.interval = interval
-        self.samples: list[tuple[float, int]] = []
+        self.samples: list[tuple[float, Any]] = []
         self._stop = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
         self._t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def rss(self) -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * self._page
+    def read(self) -> Any:
+        raise NotImplementedError
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.perf_counter() - self._t0, self.rss()))
+            self.samples.append((time.perf_counter() - self._t0, self.read()))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> RSSSampler:
+    def __enter__(self):
+        self._t0 = time.perf_counter()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.samples.append((time.perf_counter() - self._t0, self.rss()))
+        self.samples.append((time.perf_counter() - self._t0, self.read()))
+
+
+class RSSSampler(PeriodicSampler):
+    """Samples this process's resident set size every ``interval`` seconds on a thread."""
+
+    def __init__(self, interval: float = RSS_INTERVAL_S):
+        super().__init__(interval)
+        self._page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def read(self) -> int:
+        return self.rss()
+
+
+class ThermalSampler(PeriodicSampler):
+    """Samples temperatures and CPU frequency (``read``: edgert.device.sysinfo.thermal) every
+    ``interval`` seconds on a thread: a device that throttles does so during a run, which
+    readings before and after it miss."""
+
+    def __init__(self, interval: float = THERMAL_INTERVAL_S, read=None):
+        super().__init__(interval)
+        if read is None:
+            from edgert.device.sysinfo import thermal as read
+        self._read = read
+
+    def read(self) -> dict[str, Any]:
+        return self._read()
+
+    def summary(self) -> dict[str, Any]:
+        """The hottest reading and the CPU frequency's range over the samples (None where
+        the device exposes none)."""
+        temps = [max(v["temperature_c"]) for _, v in self.samples if v.get("temperature_c")]
+        freqs = [v["cpu_freq_khz"] for _, v in self.samples if v.get("cpu_freq_khz")]
+        return {
+            "samples": len(self.samples),
+            "max_temperature_c": max(temps) if temps else None,
+            "min_cpu_freq_khz": min(freqs) if freqs else None,
+            "max_cpu_freq_khz": max(freqs) if freqs else None,
+        }
 
 
 def profile_artifact(
-    path: str | Path, *, threads: int, n_prompt: int = 64, n_gen: int = 32, reps: int = 3
+    path: str | Path,
+    *,
+    threads: int,
+    n_prompt: int = 64,
+    n_gen: int = 32,
+    reps: int = 3,
+    dram_budget: int | None = None,
+    experts: dict | None = None,
+    ffn: dict | None = None,
 ) -> dict[str, Any]:
-    """Profile the artifact at ``path`` on this machine (see the module docstring)."""
-    from edgert.device.sysinfo import thermal
+    """Profile the artifact at ``path`` on this machine (see the module docstring);
+    ``dram_budget``, ``experts`` and ``ffn`` as edgert.runtime.open.open_artifact_engine takes
+    them (language models), echoed as ``options``."""
     from edgert.runtime.onnx import is_dnn_artifact
 
-    before = thermal()
-    with RSSSampler() as rss:
+    started = time.time()  # the device's clock: profiles of several devices show their overlap
+    with RSSSampler() as rss, ThermalSampler() as heat:
         if is_dnn_artifact(path):
             from edgert.measure.onnx import bench_dnn
 
             r = bench_dnn(path, threads=threads, runs=max(reps, 1) * 10)
             out: dict[str, Any] = {"kind": "onnx", "bench": r.to_dict(), "layers": []}
         else:
-            out = _profile_llm(path, threads=threads, n_prompt=n_prompt, n_gen=n_gen, reps=reps)
-    after = thermal()
+            out = _profile_llm(path, threads=threads, n_prompt=n_prompt, n_gen=n_gen, reps=reps,
+                               dram_budget=dram_budget, experts=experts, ffn=ffn)  # fmt: skip
     peak = max(b for _, b in rss.samples)
     out.update(
         {
             "artifact": Path(path).name,
             "threads": threads,
+            "wall_clock": [started, time.time()],  # when the run began and ended (epoch seconds)
+            "options": {"dram_budget": dram_budget, "experts": experts, "ffn": ffn},
             "rss_samples": [[round(t, 4), b] for t, b in rss.samples],
             "peak_rss_bytes": peak,
-            "thermal_before": before,
-            "thermal_after": after,
+            "thermal_before": heat.samples[0][1],
+            "thermal_after": heat.samples[-1][1],
+            "thermal_samples": [
+                [round(t, 3), v.get("temperature_c"), v.get("cpu_freq_khz")]
+                for t, v in heat.samples
+            ],
+            "thermal": heat.summary(),
         }
     )
     return out
 
 
-def _profile_llm(path, *, threads: int, n_prompt: int, n_gen: int, reps: int) -> dict[str, Any]:
+def _profile_llm(
+    path, *, threads: int, n_prompt: int, n_gen: int, reps: int, dram_budget=None,
+    experts=None, ffn=None,
+) -> dict[str, Any]:  # fmt: skip
+    import copy
+
     import numpy as np
 
     from edgert.measure.bench import bench_model
     from edgert.runtime.engine import OpTimes
 
-    r, eng = bench_model(path, threads=threads, n_prompt=n_prompt, n_gen=n_gen, reps=reps)
-    # one more decode run with the timing hooks on: per-layer, per-operation time per token
+    r, eng = bench_model(path, threads=threads, n_prompt=n_prompt, n_gen=n_gen, reps=reps,
+                         dram_budget=dram_budget, experts=experts, ffn=ffn)  # fmt: skip
+    # one more decode run with the timing hooks on: per-layer, per-operation time per token,
+    # and the weight cache's hits over it
     ops = OpTimes()
     rng = np.random.default_rng(1)
     eng.reset()
     eng.forward([int(rng.integers(0, eng.cfg.vocab_size))], last_only=True)
+    stats = getattr(eng, "stream_stats", None)
+    before = copy.deepcopy(stats)
     eng.profiler = ops
     for tok in rng.integers(0, eng.cfg.vocab_size, n_gen):
         eng.forward([int(tok)], last_only=True)
@@ -101,13 +172,54 @@ def _profile_llm(path, *, threads: int, n_prompt: int, n_gen: int, reps: int) ->
     for (layer, op), s in ops.seconds.items():
         key = "head" if layer is None else str(layer)
         layers.setdefault(key, {})[op] = s * 1e3 / max(n_gen, 1)
+    cache, note = weight_cache(eng, before, n_gen)
     return {
         "kind": "llm",
         "bench": r.to_dict(),
         "layers": [{"layer": k, "ms_per_token": v} for k, v in layers.items()],
         "flash_bytes_per_token": r.flash_bytes_per_token,
-        "cache_hit_rate": None,  # every weight resident: no expert / neuron cache in this run
+        "cache": cache,
+        "cache_hit_rate": (cache or {}).get("hit_rate"),
+        **({"cache_note": note} if note else {}),
     }
+
+
+def weight_cache(eng, before, tokens: int) -> tuple[dict | None, str | None]:
+    """The engine's weight cache over the decode since ``before`` (a copy of its stream stats
+    then): ``{kind, hit_rate, hits, lookups, tokens}``, or None and why there is none."""
+    from dataclasses import fields, replace
+
+    kind = (
+        "experts"
+        if getattr(eng, "expert_cache", None) is not None
+        else ("neurons" if getattr(eng, "neurons", None) is not None else None)
+    )
+    if kind is None:
+        if getattr(eng, "streamer", None) is not None:
+            n = len(eng.dram_plan.streamed)
+            return None, (
+                f"no weight cache in this run: {n} layer{'s' * (n != 1)} stream whole from "
+                "flash each step"
+            )
+        return None, (
+            "no weight cache in this run: every weight is resident (a mixture of experts caches "
+            "its experts under --dram-budget, an artifact compiled with --sparse-ffn its "
+            "neurons under --sparsity)"
+        )
+    after = eng.stream_stats
+    # counters over the decode only, the rate by the stats' own definition of a hit
+    d = replace(after, **{f.name: getattr(after, f.name) - getattr(before, f.name)
+                          for f in fields(after)
+                          if type(getattr(after, f.name)) in (int, float)})  # fmt: skip
+    hits, lookups = (d.hits, d.lookups) if kind == "experts" else (d.decode_hits, d.decode_active)
+    cache = {
+        "kind": kind,
+        "hit_rate": hits / lookups if lookups else None,
+        "hits": hits,
+        "lookups": lookups,
+        "tokens": tokens,
+    }
+    return cache, None if lookups else f"the {kind} cache was not asked for anything in decode"
 
 
 # -- HTML --------------------------------------------------------------------------------------
@@ -134,6 +246,10 @@ def headline(p: dict[str, Any]) -> dict[str, str]:
             "load_s": _fmt(b["load_s"], 3),
             "ttft_ms": _fmt(b["ttft_s"] * 1e3, 1),
             "flash_bytes_per_token": _fmt(p.get("flash_bytes_per_token") or 0.0, 0),
+            # "none" where the run had no weight cache (cache_note says why)
+            "cache_hit_rate": "none"
+            if p.get("cache_hit_rate") is None
+            else f"{100 * p['cache_hit_rate']:.1f}%",
         }
     out["peak_rss_mib"] = _fmt(p["peak_rss_bytes"] / 2**20, 1)
     out["threads"] = str(p["threads"])
@@ -183,35 +299,57 @@ def _svg_bars(rows: list[tuple[str, dict[str, float]]], *, w=560, bar=12) -> str
     return "".join(parts)
 
 
+def _e(x: Any) -> str:
+    """A value a device sent, as HTML text (any type: a device may send anything)."""
+    return html.escape(str(x))
+
+
+def _thermal_html(p: dict[str, Any]) -> str:
+    """Temperature and CPU frequency over the run, where the device exposes them."""
+    samples = p.get("thermal_samples") or []
+    temps = [(float(t), max(map(float, c))) for t, c, _ in samples if c]
+    freqs = [(float(t), float(f) / 1e3) for t, _, f in samples if f]
+    if not temps and not freqs:
+        return ""
+    s = p.get("thermal") or {}
+    gov = (p.get("thermal_after") or {}).get("governor")
+    line = []
+    if temps:
+        line.append(f"temperature up to {_e(s.get('max_temperature_c'))} °C")
+    if freqs:
+        line.append(f"CPU {_e(s.get('min_cpu_freq_khz'))}–{_e(s.get('max_cpu_freq_khz'))} kHz")
+    line.append(f"governor {_e(gov)}")
+    return (
+        f"<h3>Temperature and CPU frequency over the run</h3><p>{', '.join(line)} "
+        f"({_e(s.get('samples'))} samples)</p>"
+        + (_svg_line(temps, label="hottest zone °C") if temps else "")
+        + (_svg_line(freqs, label="CPU MHz") if freqs else "")
+    )
+
+
 def html_report(profiles: dict[str, dict[str, Any]]) -> str:
-    """One self-contained page for the profiles of one or several devices."""
+    """One self-contained page for the profiles of one or several devices. A profile comes
+    from the device: each string in it is escaped, numbers are converted as numbers."""
     sections = []
     for dev, p in profiles.items():
         figs = headline(p)
         rows = "".join(
-            f'<tr><th>{html.escape(k)}</th><td id="{html.escape(dev)}:{k}" '
-            f'data-key="{k}">{html.escape(v)}</td></tr>'
+            f'<tr><th>{_e(k)}</th><td id="{_e(dev)}:{_e(k)}" data-key="{_e(k)}">{_e(v)}</td></tr>'
             for k, v in figs.items()
         )
-        rss = [(t, b / 2**20) for t, b in p.get("rss_samples", [])]
+        rss = [(float(t), float(b) / 2**20) for t, b in p.get("rss_samples", [])]
         layers = [
             (f"L{x['layer']}" if x["layer"] != "head" else "head", x["ms_per_token"])
             for x in p.get("layers", [])
         ]
-        th = p.get("thermal_after") or {}
-        extra = ""
-        if th.get("temperature_c") or th.get("cpu_freq_khz"):
-            extra = (
-                f"<p>temperature {th.get('temperature_c')} °C, CPU {th.get('cpu_freq_khz')} kHz, "
-                f"governor {html.escape(str(th.get('governor')))}</p>"
-            )
         info = p.get("device_info") or {}
+        note = f"<p>{_e(p['cache_note'])}</p>" if p.get("cache_note") else ""
         sections.append(
-            f'<section data-device="{html.escape(dev)}"><h2>{html.escape(dev)}</h2>'
-            f"<p>{html.escape(p['artifact'])} ({p['kind']}) on "
-            f"{html.escape(str(info.get('cpu_model', '?')))}, {info.get('machine', '?')}, "
-            f"{info.get('cores', '?')} cores</p>"
-            f"<table>{rows}</table>{extra}"
+            f'<section data-device="{_e(dev)}"><h2>{_e(dev)}</h2>'
+            f"<p>{_e(p['artifact'])} ({_e(p['kind'])}) on "
+            f"{_e(info.get('cpu_model', '?'))}, {_e(info.get('machine', '?'))}, "
+            f"{_e(info.get('cores', '?'))} cores</p>"
+            f"<table>{rows}</table>{note}{_thermal_html(p)}"
             f"<h3>Resident memory over the run (MiB)</h3>{_svg_line(rss, label='RSS MiB')}"
             + (f"<h3>Time per layer</h3>{_svg_bars(layers)}" if layers else "")
             + "</section>"

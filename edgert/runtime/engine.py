@@ -19,6 +19,7 @@ from edgert.format.model import ModelConfig
 from edgert.plan.sizes import MAX_BATCH
 from edgert.runtime import rope
 from edgert.runtime.forward import NativeForward
+from edgert.settings import run_threads
 
 
 class LanguageModel(Protocol):
@@ -160,7 +161,7 @@ class CompiledEngine:
                 self.pos,
                 np.ascontiguousarray(cos[:, s:e]),
                 np.ascontiguousarray(sin[:, s:e]),
-                threads=0,
+                threads=run_threads(),
                 times=times,
                 last_only=last_only,
                 logits=not last_only or e == n,

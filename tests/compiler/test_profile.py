@@ -71,14 +71,21 @@ def test_several_devices_and_inventory(art, tmp_path):
         r = run_cli("deploy", str(art), u, env=env)
         assert r.returncode == 0, r.stderr
     report = tmp_path / "both.html"
-    r = run_cli("profile", str(art), "--device", ",".join(urls), "-p", "8", "-n", "4", "-r", "1",
-                "--html", str(report), "--json", env=env)  # fmt: skip
+    # 1000 tokens, 4 times: each run lasts about 2 s here, far longer than the agents' start-up
+    # differs between them (up to 0.35 s measured), so running together they overlap
+    r = run_cli("profile", str(art), "--device", ",".join(urls), "-p", "8", "-n", "1000", "-r",
+                "4", "--html", str(report), "--json", env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
     profiles = json.loads(r.stdout)["profiles"]
     assert sorted(profiles) == sorted(urls)
     for u in urls:
         assert f'data-device="{u}"' in report.read_text()
         assert profiles[u]["device_info"]["cores"] >= 1
+    # concurrently: each device's run began before the other's ended (both agents run on this
+    # machine, so their clocks are one); one after the other, the runs would not overlap
+    (a0, a1), (b0, b1) = (profiles[u]["wall_clock"] for u in urls)
+    assert a0 < a1 and b0 < b1
+    assert a0 < b1 and b0 < a1, (a0, a1, b0, b1)
     r = run_cli("profile", str(art), "--device", "no-such-pi", env=env)
     assert r.returncode == 2 and "unknown device 'no-such-pi'" in r.stderr
     assert "bench-a" in r.stderr
