@@ -30,6 +30,57 @@ def smollm2(smollm2_path):
     return m
 
 
+@pytest.fixture(scope="session")
+def smollm2_q4(smollm2_path, tmp_path_factory) -> Path:
+    """SmolLM2-135M compiled for this machine (the host target) at 4 bits, uniform, group 32.
+    Rounded to nearest: the compiled forward pass is what its tests check, not calibration, and
+    rounding needs no statistics; the compiler's quality check reads tests/data's license text
+    rather than writing text with the model first."""
+    from edgert.compiler.compile import compile_model
+    from edgert.compiler.quant.scheme import QuantScheme
+
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-q4.edgert"
+    compile_model(model=smollm2_path, target="host", out=out, scheme=QuantScheme("uniform", 4, 32),
+                  quant_method="rtn", calib=str(ROOT / "tests" / "data" / "gpl-3.0.txt"))  # fmt: skip
+    return out
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects on the marks
+def pytest_collection_modifyitems(items):
+    # the tests on the real SmolLM2 are the `slow` ones: what needs its file downloads it on
+    # first use and runs a 135M-parameter model
+    for item in items:
+        if "smollm2_path" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def need_root_and_cgroup_v1(*controllers: str) -> None:
+    """Skip the calling test, saying what is missing, unless this process is root and each
+    cgroup v1 controller in ``controllers`` is mounted (``blkio`` with read throttling)."""
+    why = None if os.geteuid() == 0 else "this process is not root"
+    for c in controllers:
+        root = Path("/sys/fs/cgroup") / c
+        if why is None and not (root / "cgroup.procs").exists():
+            why = f"the cgroup v1 {c} controller is not mounted at {root}"
+        if why is None and c == "blkio" and not (root / "blkio.throttle.read_bps_device").exists():
+            why = f"{root} has no read throttling (blkio.throttle.*)"
+    if why:
+        pytest.skip(f"needs root and cgroup v1: {why}")
+
+
+@pytest.fixture
+def device_emulation():
+    """For tests that run under a device's DRAM and flash emulated here (edgert.emulation.limits:
+    cgroup v1 memory and blkio groups, the page cache dropped): skipped where that cannot run."""
+    need_root_and_cgroup_v1("memory", "blkio")
+
+
+def pytest_runtest_setup(item):
+    # the device tier chroots into an arm64 root and mounts /proc and /dev there
+    if item.get_closest_marker("device"):
+        need_root_and_cgroup_v1()
+
+
 def run_cli(*args: str, env: dict | None = None, cwd: str | None = None):
     """Run `python -m edgert ARGS` in a subprocess; returns CompletedProcess (text)."""
     import subprocess

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import SMALL_MODEL, compile_synthetic, run_cli
+from conftest import compile_synthetic, run_cli
 from edgert.compiler.onnx.compile import compile_onnx
 from edgert.compiler.quant.scheme import QuantScheme
 from make_onnx_models import mlp
@@ -17,8 +17,6 @@ from edgert.device.deploy import deploy
 from edgert.runtime.generate import Sampler, generate
 from edgert.runtime.onnx import open_dnn
 from edgert.runtime.open import open_artifact_engine
-
-assert SMALL_MODEL  # the synthetic models are the conftest's small shapes
 
 
 @pytest.fixture(scope="module")

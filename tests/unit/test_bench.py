@@ -1,11 +1,13 @@
 import itertools
 import json
+import subprocess
+import sys
 
 import numpy as np
 from conftest import run_cli
 from test_reference_archs import CONFIGS, random_model
 
-from edgert.measure.bench import bench, table
+from edgert.measure.bench import bench, rss_bytes, table
 from edgert.plan.moe import TRACE_WARMUP
 from edgert.plan.stats import ExpertStats
 from edgert.runtime.reference import ReferenceEngine
@@ -40,9 +42,52 @@ def test_bench_counts_and_table():
     )
     assert len(r.samples["pp_tok_s"]) == 3 and len(r.samples["tg_tok_s"]) == 3
     assert all(x > 0 for x in r.samples["tg_tok_s"])
-    assert r.peak_rss_bytes > 10 << 20
     t = table(r)
     assert "pp16" in t and "tg5" in t
+
+
+#: what the benchmarked child holds resident (touched), and the parent's resident ballast when it
+#: starts the child: far apart, so neither bound below is met by accident (the child's own
+#: interpreter, numpy and edgert come to about 40 MiB)
+CHILD_TOUCHED, PARENT_BALLAST = 64 << 20, 512 << 20
+
+PEAK_RSS_CHILD = f"""
+import json, resource
+import numpy as np
+from edgert.measure.bench import bench, rss_bytes
+
+class Eng:
+    cfg = type("C", (), {{"vocab_size": 8}})()
+    def reset(self):
+        pass
+    def forward(self, tokens, last_only=True):
+        return np.zeros(8, np.float32)
+
+held = np.ones({CHILD_TOUCHED}, np.uint8)  # written, so resident
+rss = rss_bytes()  # before the peak is read: a peak is never below an earlier RSS
+r = bench(Eng(), model="m", kind="reference", size_bytes=1, bits=None, threads=1, load_s=0.0,
+          n_prompt=4, n_gen=2, reps=1)
+print(json.dumps({{"peak": r.peak_rss_bytes, "rss": rss,
+                  "ru_maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+"""
+
+
+def test_peak_rss_is_the_process_own_peak():
+    """peak_rss_bytes is the benchmarked process's own peak: at least what it held resident
+    (its RSS read before, and the array it touched), and not its parent's size,
+    which getrusage's ru_maxrss carries into a child that was forked and then exec'd."""
+    ballast = np.ones(PARENT_BALLAST, np.uint8)
+    parent_rss = rss_bytes()
+    # preexec_fn makes subprocess fork (not vfork/posix_spawn): the child's address space is a
+    # copy of this process's until exec, as when a large process starts a benchmark
+    r = subprocess.run([sys.executable, "-c", PEAK_RSS_CHILD], capture_output=True, text=True,
+                       preexec_fn=lambda: None, timeout=120, check=False)  # fmt: skip
+    del ballast
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    # the trap is set: getrusage's peak holds the parent's memory copied at fork (the ballast)
+    assert d["ru_maxrss"] >= PARENT_BALLAST
+    assert CHILD_TOUCHED <= d["rss"] <= d["peak"] < PARENT_BALLAST <= parent_rss
 
 
 def test_cli_json(smollm2_path):
