@@ -9,11 +9,14 @@ this process tree. Prints a table with ratios and writes JSON.
 ``--peer-quant`` re-quantizes the GGUF with llama.cpp's own quantizer (Q4_0, Q2_K, ...) into the
 cache first; ``--edgert`` takes an artifact (or a model file: edgert's reference path).
 
-``--emulate TARGET --dram-budget SIZE`` runs both sides under the same device limits (root):
-a cgroup v1 memory limit of SIZE + the side's own process baseline (the RSS of an interpreter
-that imported that side's runtime, + 16 MiB) — page cache included, so what llama.cpp
-memory-maps counts — and reads throttled to TARGET's flash bandwidth, page cache dropped before
-every run; edgert gets ``--dram-budget SIZE``, llama.cpp its default mmap.
+``--emulate TARGET --memory SIZE`` runs both sides on the same emulated board (root): one cgroup
+v1 memory limit of SIZE for each process, whatever it holds (interpreter, libraries, model, page
+cache: what llama.cpp memory-maps counts), reads throttled to TARGET's flash bandwidth, the page
+cache dropped before every run. llama.cpp runs with its default mmap; edgert with
+``--dram-budget`` = SIZE less its own process baseline (the RSS of an interpreter that imported its
+runtime) and a margin, so its plan fits the same SIZE. The table says what each side read from
+the throttled disk. A comparison of streaming needs a model larger than SIZE; the tool says when
+the model fits.
 """
 
 from __future__ import annotations
@@ -172,6 +175,42 @@ def weight_bytes_per_token(art_path: str) -> int | None:
     return total
 
 
+#: what an edgert process may hold besides its plan's bytes, above its measured baseline: the
+#: allocator's slack and the kernels' thread stacks (peak RSS of `edgert run --dram-budget 80M`
+#: was 108.9 MiB against 80 MB + a 31 MiB baseline, BENCHMARKS.md "Memory")
+EDGERT_SLACK = 16 << 20
+
+
+def one_limit(target: str, memory: str | None, art: Path, peer: Path):
+    """The emulated board both engines run on: ``(emulation, edgert's --dram-budget)``. One
+    memory limit, ``memory``, for either process; edgert plans its weights, KV cache and scratch
+    into that limit less its own baseline."""
+    from edgert.emulation.limits import baseline_rss, block_device, emulation
+    from edgert.format.target import load_target
+    from edgert.plan.sizes import parse_size
+
+    if not memory:
+        raise SystemExit("--emulate needs --memory (the board's memory for each engine)")
+    limit = parse_size(memory)
+    base = baseline_rss("import tokenizers, edgert.runtime.engine, edgert.runtime.streamer")
+    budget = limit - base - EDGERT_SLACK
+    if budget <= 0:
+        raise SystemExit(
+            f"--memory {memory}: edgert's process alone takes {(base + EDGERT_SLACK) / 1e6:.1f} MB"
+        )
+    em = emulation(load_target(target), budget=budget, model_path=art, overhead=limit - budget)
+    if block_device(peer) != em.device:
+        raise SystemExit(f"{peer} and {art} must be on the same disk (one throttle)")
+    size = peer.stat().st_size
+    if size <= limit:
+        print(
+            f"note: llama.cpp's model ({size / 1e6:.1f} MB) fits in --memory "
+            f"({limit / 1e6:.1f} MB): this does not compare streaming",
+            file=sys.stderr,
+        )
+    return em, budget
+
+
 def _or_killed(run, *args) -> dict:
     """``run(*args)``, or ``{"killed": why}`` where the emulated device's memory limit killed it
     (the side cannot run on that device; the other side's runs go on)."""
@@ -204,7 +243,10 @@ def main() -> None:
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--emulate", default=None, metavar="TARGET", help="device limits (root)")
-    ap.add_argument("--dram-budget", default=None, metavar="SIZE", help="with --emulate")
+    ap.add_argument(
+        "--memory", default=None, metavar="SIZE",
+        help="with --emulate: the board's memory, one limit for both engines (overheads included)",
+    )  # fmt: skip
     ap.add_argument(
         "--edgert-args", default="", help="more `edgert bench` options, e.g. '--no-prefetch'"
     )
@@ -213,26 +255,10 @@ def main() -> None:
 
     src = Path(a.gguf) if a.gguf else pull("smollm2-135m")
     peer = peer_quantize(src, a.peer_quant) if a.peer_quant else src
-    em = peer_em = None
+    em = None
     extra = tuple(a.edgert_args.split())
     if a.emulate:
-        from edgert.emulation.limits import baseline_rss, emulation
-        from edgert.format.target import load_target
-        from edgert.plan.sizes import parse_size
-
-        if not a.dram_budget:
-            raise SystemExit("--emulate needs --dram-budget")
-        budget, tgt = parse_size(a.dram_budget), load_target(a.emulate)
-        slack = 16 << 20
-        runtime = "import tokenizers, edgert.runtime.engine, edgert.runtime.streamer"
-        em = emulation(  # edgert's runtime: numpy, the tokenizer, the kernels' bindings
-            tgt, budget=budget, model_path=a.edgert, overhead=baseline_rss(runtime) + slack
-        )  # fmt: skip
-        peer_em = emulation(
-            tgt, budget=budget, model_path=peer, overhead=baseline_rss("import llama_cpp") + slack
-        )
-        if peer_em.device != em.device:
-            raise SystemExit(f"{peer} and {a.edgert} must be on the same disk (one throttle)")
+        em, budget = one_limit(a.emulate, a.memory, Path(a.edgert), peer)
         extra += ("--dram-budget", str(budget))
     rows = []
     per_token = weight_bytes_per_token(a.edgert)
@@ -243,13 +269,14 @@ def main() -> None:
     for threads in [int(x) for x in a.threads.split(",")]:
         ours, theirs, dram = [], [], []
         for _ in range(a.repetitions):  # interleaved: noise hits both sides alike
-            theirs.append(_or_killed(run_peer, peer, threads, a.n_prompt, a.n_gen, peer_em))
+            theirs.append(_or_killed(run_peer, peer, threads, a.n_prompt, a.n_gen, em))
             ours.append(_or_killed(run_edgert, a.edgert, threads, a.n_prompt, a.n_gen, em, extra))
             if per_token:  # the read bandwidth of this round's machine state (it moves on a VM)
                 dram.append(dram_read_gbs(threads, buf=probe))
 
         for x in ours + theirs:
             x["cgroup_read"] = (x.get("cgroup") or {}).get("disk_read_bytes", 0)
+            x["cgroup_peak"] = (x.get("cgroup") or {}).get("memory_peak_bytes", 0)
 
         def med(xs, k):
             """Median over the runs that finished; None where every run was killed."""
@@ -267,11 +294,13 @@ def main() -> None:
             "edgert_rss": med(ours, "peak_rss_bytes"),
             "llama_rss": med(theirs, "peak_rss_bytes"),
             "samples": {"edgert": ours, "llama_cpp": theirs},
-            "emulation": {"edgert": em.to_dict(), "llama_cpp": peer_em.to_dict()} if em else None,
+            "emulation": {**em.to_dict(), "usage": None} if em else None,
         }
         if em:  # bytes each side read from the throttled disk per run (load included)
             row["edgert_disk_read"] = med(ours, "cgroup_read")
             row["llama_disk_read"] = med(theirs, "cgroup_read")
+            row["edgert_cgroup_peak"] = med(ours, "cgroup_peak")
+            row["llama_cgroup_peak"] = med(theirs, "cgroup_peak")
         row["tg_ratio"] = _ratio(row["edgert_tg"], row["llama_tg"])
         if per_token:  # medians over the rounds; the fraction is the median of per-round ones
             row["dram_read_gbs"] = statistics.median(dram)
@@ -299,17 +328,19 @@ def main() -> None:
     print(f"(medians of {a.repetitions} interleaved runs; edgert artifact {a.edgert})")
     if em:
         print(
-            f"emulated {em.target}: budget {em.budget_bytes / 1e6:.1f} MB + each process's "
-            f"baseline (edgert {em.process_overhead_bytes / 1e6:.1f} MB, llama.cpp "
-            f"{peer_em.process_overhead_bytes / 1e6:.1f} MB) as the memory limit, page cache "
-            f"included; reads throttled to {em.flash_read_bps / 1e6:.0f} MB/s"
+            f"emulated {em.target}: one memory limit of {em.memory_limit_bytes / 1e6:.1f} MB for "
+            f"each engine's process, page cache included (edgert plans {em.budget_bytes / 1e6:.1f}"
+            f" MB of it, --dram-budget); reads throttled to {em.flash_read_bps / 1e6:.0f} MB/s"
         )
         for r in rows:
             mb = {k: _fmt(r[k + "_disk_read"] and r[k + "_disk_read"] / 1e6, " MB", 1)
                   for k in ("llama", "edgert")}  # fmt: skip
+            pk = {k: _fmt(r[k + "_cgroup_peak"] and r[k + "_cgroup_peak"] / 1e6, " MB", 1)
+                  for k in ("llama", "edgert")}  # fmt: skip
             print(
                 f"disk reads per run, {r['threads']} thread(s): llama.cpp {mb['llama']}, "
-                f"edgert {mb['edgert']}"
+                f"edgert {mb['edgert']}; memory peak (cgroup, page cache included): llama.cpp "
+                f"{pk['llama']}, edgert {pk['edgert']}"
             )
     for r in rows:
         if r.get("tg_of_roofline") is not None:

@@ -41,7 +41,8 @@ def add_arguments(p) -> None:
     )
     import argparse
 
-    # the flash figures for the prediction, "MBS,LATENCY_US" (set by --emulate for its child)
+    # the emulated flash for the prediction, "TARGET,MBS,LATENCY_US" (set by --emulate for its
+    # child, which runs under TARGET's limits)
     p.add_argument("--flash-figures", default=None, help=argparse.SUPPRESS)
 
 
@@ -83,9 +84,12 @@ def run(args) -> int:
         )
         plan = getattr(engine, "dram_plan", None)
         if plan is not None:  # layer, expert and sparse plans
-            from edgert.measure.bench import predict
+            from edgert.measure.bench import predict, predict_board
 
             predict(r, plan, _figures(args, engine, threads))
+            board = _board(args)
+            if board is not None:  # what the emulated board itself would do
+                r.prediction_board = predict_board(plan, board, r)
     if args.json:
         print_json(r.to_dict())
     else:
@@ -112,16 +116,26 @@ def _flash_figures(args) -> tuple[str, float, float] | None:
     return name, float(mbs), float(lat)
 
 
+def _board(args):
+    """The target an --emulate child runs as (None for a plain run)."""
+    from edgert.format.target import load_target
+
+    flash = _flash_figures(args)
+    return load_target(flash[0]) if flash is not None else None
+
+
 def _figures(args, engine, threads: int):
-    """This machine's figures (targets/host.toml) with its flash measured on the model's disk,
-    or as --flash-figures gives them."""
+    """The figures of what runs the benchmark: this machine (targets/host.toml) with its flash
+    measured on the model's disk, or, under --emulate, the emulated board: its flash as
+    throttled, this machine's cores and DRAM bandwidth (DeviceFigures.emulated)."""
     from edgert.format.target import load_target
     from edgert.plan.cost import DeviceFigures
 
-    fig = DeviceFigures.from_target(load_target("host"), threads=threads)
+    host = load_target("host")
     flash = _flash_figures(args)
     if flash is not None:
-        return fig.with_flash(*flash)
+        return DeviceFigures.emulated(_board(args), host, threads=threads, flash=flash[1:])
+    fig = DeviceFigures.from_target(host, threads=threads)
     streams = engine.streamer or engine.expert_cache or engine.neurons
     if streams is None:
         return fig
@@ -139,6 +153,7 @@ def _bench_emulated(args, path, threads: int):
     from edgert.cli.common import dram_budget
     from edgert.emulation.limits import emulation, run_emulated
     from edgert.errors import EdgertError
+    from edgert.format.artifact import Artifact
     from edgert.format.target import load_target
     from edgert.measure.bench import BenchResult
     from edgert.measure.flash import measure_flash
@@ -148,7 +163,9 @@ def _bench_emulated(args, path, threads: int):
     tgt = load_target(args.emulate)
     budget = dram_budget(args)
     if budget is None:  # the artifact's compiled budget, else the device's DRAM
-        budget = json.loads((path / "manifest.json").read_text()).get("dram", {}).get("budget")
+        budget = (Artifact.open(path, verify_resident=False).manifest.get("dram") or {}).get(
+            "budget"
+        )
     em = emulation(tgt, budget=budget, model_path=path)
     weights = max((f for f in path.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
     host_mbs, host_lat = measure_flash(weights)

@@ -68,6 +68,9 @@ class BenchResult:
     prediction: dict | None = None
     #: the device limits the run was under (edgert.emulation.limits.Emulation.to_dict)
     emulation: dict | None = None
+    #: under --emulate: the cost model's decode figures for the emulated board itself, all its
+    #: figures its own (CPU and DRAM bandwidth too, which the emulation leaves this machine's)
+    prediction_board: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -266,6 +269,15 @@ def predict(r: BenchResult, plan, figures) -> None:
     r.prediction = d
 
 
+def predict_board(plan, board, r: BenchResult) -> dict:
+    """The decode prediction for ``plan`` on the board ``board`` (a target) itself, at as many
+    threads as the run used, up to its cores."""
+    from edgert.plan.cost import DeviceFigures, predict_decode
+
+    fig = DeviceFigures.from_target(board, threads=min(r.threads, board.cores))
+    return predict_decode(plan, fig, pos=1 + r.n_gen // 2).to_dict()
+
+
 def markdown_table(rows: list[tuple[str, ...]]) -> list[str]:
     """Rows (the first one the header) as the lines of a padded Markdown table."""
     w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
@@ -339,6 +351,12 @@ def table(r: BenchResult) -> str:
             f"{p['dram_seconds'] * 1e3:.1f} ms, flash {p['flash_seconds'] * 1e3:.1f} ms per "
             f"token), peak RSS {p['peak_rss_bytes'] / 2**20:.0f} MiB; measured/predicted tg "
             f"{p['tg_measured_over_predicted']:.2f}"
+        )
+    if r.prediction_board and r.n_gen:
+        b = r.prediction_board
+        lines.append(
+            f"predicted on {b['device']} itself (its CPU and DRAM figures too): tg "
+            f"{b['tok_s']:.2f} t/s ({b['bound']}-bound)"
         )
     if r.stream_tg and r.n_gen:
         c, hit = r.stream_tg, ""

@@ -62,6 +62,15 @@ class DeviceFigures:
         """These compute figures with another flash (an emulated device's, on this machine)."""
         return replace(self, name=name, flash_mbs=mbs, flash_latency_us=latency_us)
 
+    @classmethod
+    def emulated(cls, board, machine, *, threads: int, flash: tuple[float, float]) -> DeviceFigures:
+        """``board`` (a target) emulated on ``machine`` (this machine's target, ``host``): the
+        emulation gives a run the board's memory size and its flash (``flash`` = the throttle's
+        (MB/s, latency us)), and leaves it this machine's cores and DRAM bandwidth, so those
+        come from ``machine``. (``from_target(board)`` predicts the board itself.)"""
+        fig = cls.from_target(machine, threads=threads)
+        return fig.with_flash(f"{board.name} emulated on {machine.name}", *flash)
+
     @property
     def decode_gbs(self) -> float:
         """Weight bytes per second decode reads from DRAM."""

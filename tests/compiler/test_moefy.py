@@ -171,7 +171,6 @@ def test_bench_and_inspect_predict_expert_streaming(art):
     d = json.loads(r.stdout)
     pred = d["prediction"]
     assert pred["tok_s"] > 0 and pred["flash_bytes_per_token"] > 0
-    assert pred["tg_measured_over_predicted"] == pytest.approx(d["tg_tok_s"] / pred["tok_s"])
     # from the routing trace the compiler recorded, replayed through the cache
     rep = d["dram"]["replayed"]
     assert rep["steps"] == TRACE_TOKENS - TRACE_WARMUP and 0 <= rep["hit_rate"] <= 1
@@ -182,3 +181,7 @@ def test_bench_and_inspect_predict_expert_streaming(art):
     assert tg["tokens"] == 4 and tg["lookups"] == 4 * cfg.n_layers * cfg.n_experts_used
     assert 0 <= tg["hits"] <= tg["lookups"] and tg["hit_rate"] == tg["hits"] / tg["lookups"]
     assert tg["flash_bytes_per_token"] == tg["read_bytes"] / 4
+    # the prediction held to the run: the bytes read per token (time is the benchmarks' concern)
+    # the prediction held to the run: bytes read per token, the replayed trace's against the
+    # tg run's (4 tokens here, so within 2x; time is the benchmarks' concern)
+    assert 0.5 <= tg["flash_bytes_per_token"] / pred["flash_bytes_per_token"] <= 2

@@ -204,8 +204,15 @@ def test_bench_and_inspect_predict_sparse_plans(art):
                 "-n", "4", "-r", "1", "--json")  # fmt: skip
     b = json.loads(r.stdout)
     p = b["prediction"]
-    assert p["tok_s"] > 0 and p["tg_measured_over_predicted"] == b["tg_tok_s"] / p["tok_s"]
+    assert p["tok_s"] > 0
     assert b["stream_tg"]["decode_calls"] == 4
+    # the prediction held to the run: neurons active per token, replayed from the compiler's
+    # activity trace, against those the 4 decoded tokens computed (time is the benchmarks'
+    # concern)
+    tg = b["stream_tg"]
+    active = tg["decode_active"] / tg["decode_calls"]
+    assert active == pytest.approx(b["dram"]["replayed"]["active_per_token"], rel=0.25)
+    assert tg["flash_bytes_per_token"] == p["flash_bytes_per_token"] == 0  # all cached
     i = json.loads(run_cli("inspect", str(art), "--sparsity", "0.5", "--json").stdout)
     sp = i["sparse_plan"]
     assert sp["replayed"]["active_per_token"] > 0 and sp["cost_model"]["tok_s"] > 0
