@@ -16,7 +16,7 @@ from edgert.format.artifact import ArtifactWriter
 from edgert.format.q8 import dequantize_q8, quantize_q8
 from edgert.format.target import Target
 from edgert.progress import Progress
-from edgert.runtime.build import host_flags
+from edgert.runtime.cpu import host_flags
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ def build_library(tgt: Target, out_so: str | Path) -> None:
     ``out_so``."""
     from tvm.support import cc
 
-    from edgert.runtime.build import build_objects, host_flags
+    from edgert.runtime.build import build_objects
+    from edgert.runtime.cpu import host_flags
 
     flags = tgt.kernel_cflags()
     if tgt.host_simd:

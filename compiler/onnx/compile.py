@@ -211,7 +211,7 @@ def compile_onnx(
             {
                 "kind": "onnx",
                 "tvm_version": tvm_version(),
-                "target": tgt.manifest_entry(),
+                "target": tgt.manifest_entry(tvm=True),  # TVM's code: its mcpu's features
                 "source": {"path": str(m.path.resolve()), "sha256": m.sha256, "opset": m.opset},
                 "graph": {
                     "inputs": inputs,

@@ -56,7 +56,7 @@ def deploy(art_path: str | Path, device, *, name: str | None = None, chunk: int 
     name = name or artifact_name(art.path)
     info = device.call("device.info")[0]["info"]
     # the same architecture is not enough: an Armv8.2-A+dotprod build dies of SIGILL on an
-    # Armv8.0 core; what the device reports (edgert.device.sysinfo.cpu_features) decides
+    # Armv8.0 core; what the device reports (edgert.device.sysinfo.device_info) decides
     art.check_target(info["machine"], info.get("cpu_features"), where=f"device {device.url}")
     files = sorted(p for p in art.path.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in files)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edgert import __version__
-from edgert.format.target import cpu_features, parse_cpuinfo
+from edgert.runtime.cpu import cpu_features, parse_cpuinfo
 
 
 def _read_text(path: str) -> str | None:

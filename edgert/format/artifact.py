@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from edgert import __version__
-from edgert.errors import EdgertError
+from edgert.errors import EdgertError, show
 from edgert.format.model import printable
 
 log = logging.getLogger(__name__)
@@ -187,11 +187,6 @@ class ArtifactWriter:
             raise
 
 
-def _show(value: Any) -> str:
-    r = json.dumps(value) if isinstance(value, (dict, list, str)) else repr(value)
-    return r if len(r) <= 60 else r[:57] + "..."
-
-
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -208,14 +203,14 @@ def validate_manifest(manifest: Any, root: str | Path) -> None:
     fix = "copy or compile the artifact again"
 
     def bad(key: str, value: Any, want: str) -> ArtifactError:
-        return ArtifactError(f"{where}: {key} = {_show(value)}, expected {want}", fix)
+        return ArtifactError(f"{where}: {key} = {show(value)}, expected {want}", fix)
 
     if not isinstance(manifest, dict):
         raise bad("the manifest", manifest, "a JSON object")
     schema = manifest.get("schema")
     if schema != SCHEMA_VERSION:
         raise ArtifactError(
-            f"{root} has artifact schema {_show(schema)}, this edgert reads schema "
+            f"{root} has artifact schema {show(schema)}, this edgert reads schema "
             f"{SCHEMA_VERSION}",
             "recompile it with this edgert version",
         )
@@ -386,7 +381,8 @@ class Artifact:
         return ModelConfig.from_dict(self.manifest["model"])
 
     def library(self, name: str = "model") -> Path:
-        """The path of native library ``name`` (checked against its sha256 when opened)."""
+        """The path of native library ``name`` (its sha256 was checked by :meth:`open`: a file
+        replaced between the open and the load is not caught)."""
         rel = self.manifest["libs"].get(name)
         if rel is None:
             raise ArtifactError(f"{self.path} has no library {name!r}", "compile it again")
@@ -395,13 +391,13 @@ class Artifact:
     def check_target(
         self, machine: str | None = None, features=None, *, where: str = "this machine"
     ) -> None:
-        """Refuse an artifact built for another CPU architecture, naming both, or for CPU
-        features ``where`` lacks (its code would stop with SIGILL): a device's ``machine`` and
-        ``features`` as it reports them, else this machine's (checked before a library loads)."""
-        from edgert.format.target import check_cpu_features, cpu_features
+        """Refuse an artifact built for another CPU architecture than ``machine`` (default:
+        this one's), naming both, or for CPU ``features`` it lacks (its code would stop with
+        SIGILL; None: not known, not checked): a device's as it reports them, or this machine's
+        (edgert.runtime.cpu.cpu_features) before a library loads."""
+        from edgert.format.target import check_cpu_features
 
-        if machine is None:
-            machine, features = platform.machine(), cpu_features()
+        machine = machine or platform.machine()
         want = self.target.get("arch")
         norm = {"arm64": "aarch64", "amd64": "x86_64"}
         if want and norm.get(machine.lower(), machine.lower()) != want:

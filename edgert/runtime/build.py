@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgert import settings
 from edgert.errors import EdgertError
+from edgert.runtime.cpu import host_flags
 
 # exact float epilogues (no FMA contraction) keep every fast path bit-identical to its _ref twin
 # (kernels_neon/Makefile builds with the same flags)
@@ -38,29 +39,6 @@ def sources() -> list[Path]:
 
 def headers() -> list[Path]:
     return sorted(source_dir().glob("*.h"))
-
-
-def host_flags() -> list[str]:
-    """SIMD flags for this machine: AVX2 (+FMA, F16C) on x86-64 when present, with AVX-512
-    (F, BW, VL, and VNNI for the int8 prefill kernel) on top where the CPU has it; NEON is
-    baseline on aarch64."""
-    m = platform.machine().lower()
-    if m in ("x86_64", "amd64"):
-        try:
-            cpu = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpu = ""
-        flags = set(cpu.split())
-        if not {"avx2", "fma", "f16c"} <= flags:
-            return []
-        avx2 = ["-mavx2", "-mfma", "-mf16c"]
-        if {"avx512f", "avx512bw", "avx512vl"} <= flags:
-            vnni = ["-mavx512vnni"] if "avx512_vnni" in flags else []
-            return [*avx2, "-mavx512f", "-mavx512bw", "-mavx512vl", *vnni]
-        return avx2
-    if m in ("aarch64", "arm64"):
-        return ["-march=armv8-a"]
-    return []
 
 
 def _key(cc: str, flags: list[str]) -> str:

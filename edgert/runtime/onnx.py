@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgert.errors import EdgertError
+from edgert.runtime.cpu import cpu_features
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class DnnEngine:
         g = art.manifest["graph"]
         self.inputs = [TensorSpec.from_dict(d) for d in g["inputs"]]
         self.outputs = [TensorSpec.from_dict(d) for d in g["outputs"]]
-        lib = art.path / art.manifest["libs"]["model"]
+        lib = art.library()
         self.vm = VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
         self._main = self.vm["main"]
         self._params = [tvm.runtime.tensor(art.read_buffer(name, "data")) for name in g["params"]]
@@ -168,7 +169,7 @@ def open_dnn(path: str | Path) -> DnnEngine:
             f"{art.path} is a language-model artifact, not a compiled ONNX model",
             "use `edgert generate ART -p PROMPT` or `edgert run ART -p PROMPT`",
         )
-    art.check_target()
+    art.check_target(features=cpu_features())  # before its library is loaded
     return DnnEngine(art)
 
 

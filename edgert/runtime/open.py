@@ -12,6 +12,7 @@ from pathlib import Path
 
 from edgert.errors import EdgertError
 from edgert.format import names
+from edgert.runtime.cpu import cpu_features
 
 
 def open_artifact_engine(
@@ -46,7 +47,7 @@ def open_artifact_engine(
             f"{art.path} is a compiled ONNX model, not a language model",
             "run it with `edgert run ART --input FILE.npy`",
         )
-    art.check_target()  # architecture and CPU features, before its library is loaded
+    art.check_target(features=cpu_features())  # before its library is loaded
     cfg = art.config()
     plan = art.manifest.get("plan", {})
     tok = Tokenizer.of_artifact(art)
@@ -54,6 +55,11 @@ def open_artifact_engine(
     if dram_budget is None and compiled:
         dram_budget, max_ctx = compiled["budget"], max_ctx or compiled["ctx"]
     max_ctx = int(max_ctx or min(cfg.context_length, 4096))
+    if not 0 < max_ctx <= cfg.context_length:  # its KV cache would be sized by the request
+        raise EdgertError(
+            f"--ctx {max_ctx}: this model's context is {cfg.context_length} tokens",
+            f"use --ctx 1..{cfg.context_length}",
+        )
     dram = moe = sparse = None
     streamed: set[str] = set()
     sparsity = (ffn or {}).get("sparsity")

@@ -10,7 +10,8 @@ import pytest
 from conftest import compile_synthetic, run_cli
 from edgert.compiler.quant.scheme import QuantScheme
 
-from edgert.runtime.build import host_flags
+from edgert.errors import EdgertError
+from edgert.runtime.cpu import host_flags
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +22,7 @@ def art(tmp_path_factory):
 
 
 def test_host_artifact_records_its_features_and_loads_here(art):
-    from edgert.format.target import cpu_features
+    from edgert.runtime.cpu import cpu_features
     from edgert.runtime.open import open_artifact_engine
 
     need = json.loads((art / "manifest.json").read_text())["target"]["cpu_features"]
@@ -30,6 +31,10 @@ def test_host_artifact_records_its_features_and_loads_here(art):
     assert ("avx512_vnni" in need) == ("-mavx512vnni" in host_flags())
     eng = open_artifact_engine(art, max_ctx=16)
     assert eng.forward([1, 2, 3], last_only=True).shape == (eng.cfg.vocab_size,)
+    # a context past the model's (an agent's artifact.load takes one from the wire) is refused
+    # before a KV cache is sized by it
+    with pytest.raises(EdgertError, match=f"this model's context is {eng.cfg.context_length}"):
+        open_artifact_engine(art, max_ctx=eng.cfg.context_length + 1)
 
 
 def test_run_on_device_samples_as_asked(art, tmp_path):

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from edgert.runtime.build import host_flags, sources
+from edgert.runtime.build import sources
+from edgert.runtime.cpu import host_flags
 
 HERE = Path(__file__).parent
 DRIVER = HERE / "lut_test_driver.c"

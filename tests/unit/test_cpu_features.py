@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from edgert.errors import EdgertError
-from edgert.format import target
 from edgert.format.artifact import Artifact, ArtifactWriter
-from edgert.format.target import load_target
+from edgert.format.target import flag_features, load_target
+from edgert.runtime import cpu
 
 RPI4_CPUINFO = """processor\t: 0
 BogoMIPS\t: 108.00
@@ -61,15 +61,15 @@ class FakeDevice:
 
 
 def test_cpuinfo_and_hwcaps():
-    assert target.cpu_features(cpuinfo=RPI4_CPUINFO, machine="aarch64") == RPI4_FEATURES
-    assert target.parse_cpuinfo(RPI4_CPUINFO)[0] == "0xd08"
+    assert cpu.cpu_features(cpuinfo=RPI4_CPUINFO, machine="aarch64") == RPI4_FEATURES
+    assert cpu.parse_cpuinfo(RPI4_CPUINFO)[0] == "0xd08"
     # qemu-user shows the host's x86 flags: not an arm64 feature list
-    assert target.cpu_features(cpuinfo=QEMU_CPUINFO, machine="aarch64") == []
-    assert target.cpu_features(cpuinfo=QEMU_CPUINFO, machine="x86_64")[-1] == "avx512f"
+    assert cpu.cpu_features(cpuinfo=QEMU_CPUINFO, machine="aarch64") == []
+    assert cpu.cpu_features(cpuinfo=QEMU_CPUINFO, machine="x86_64")[-1] == "avx512f"
     # AT_HWCAP of qemu-user's default arm64 CPU (no evtstrm), and AT_HWCAP2's i8mm bit
-    caps = target.decode_hwcaps(0xECFFFFFB, 1 << 13)
+    caps = cpu.decode_hwcaps(0xECFFFFFB, 1 << 13)
     assert {"fp", "asimd", "atomics", "asimddp", "i8mm"} <= set(caps) and "evtstrm" not in caps
-    assert target.decode_hwcaps(0b10000011) == ["fp", "asimd", "crc32"]
+    assert cpu.decode_hwcaps(0b10000011) == ["fp", "asimd", "crc32"]
 
 
 def test_targets_record_what_their_flags_enable():
@@ -132,8 +132,8 @@ def test_load_refuses_before_the_library_is_loaded(tmp_path, monkeypatch, capsys
         monkeypatch.setenv(var, "1")
     art = artifact(tmp_path / "smol-rpi5.edgert", "rpi5")
     monkeypatch.setattr(platform, "machine", lambda: "aarch64")
-    monkeypatch.setattr(target, "hwcap_features", lambda: None, raising=False)
-    monkeypatch.setattr(target, "_cpuinfo", lambda: RPI4_CPUINFO, raising=False)
+    monkeypatch.setattr(cpu, "hwcap_features", lambda: None)
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: RPI4_CPUINFO)
     with pytest.raises(EdgertError, match=r"target rpi5\) needs the CPU features .*asimddp.*"
                        r"which this machine lacks"):  # fmt: skip
         open_artifact_engine(art)
@@ -143,3 +143,15 @@ def test_load_refuses_before_the_library_is_loaded(tmp_path, monkeypatch, capsys
     from edgert.format.target import check_cpu_features
 
     assert check_cpu_features(Artifact.open(art).target, RPI5_FEATURES, what="x", where="y") is None
+
+
+def test_tvm_code_needs_what_its_mcpu_enables():
+    """An ONNX artifact's code comes from LLVM for the TVM target's mcpu, which enables more
+    than the kernels' -march (rpi5: half-precision and RCpc loads; a Cortex-A715: SVE2); a
+    language model's library is the C kernels alone."""
+    rpi5 = load_target("rpi5")
+    assert {"fphp", "asimdhp", "lrcpc"} <= set(rpi5.manifest_entry(tvm=True)["cpu_features"])
+    assert "lrcpc" not in rpi5.manifest_entry()["cpu_features"]
+    assert "sve2" in load_target("android-arm64").required_features(tvm=True)
+    with pytest.raises(EdgertError, match="mcpu cortex-x9"):
+        flag_features("aarch64", [], mcpu="cortex-x9")
