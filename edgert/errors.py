@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EdgertError(Exception):
     """A problem with the user's input or environment, with a remedy.
@@ -29,3 +31,10 @@ class ModelFormatError(EdgertError):
 
 class UnsupportedError(EdgertError):
     """A valid input that edgert does not handle (architecture, quant type, ...)."""
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """``value`` as an error message quotes it: its repr, cut to ``limit`` characters (a value
+    from a corrupt file or a hostile request can be huge)."""
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -57,6 +58,27 @@ def run_threads() -> int:
         return max(0, int(os.environ.get("EDGERT_THREADS") or 0))
     except ValueError:
         return 0
+
+
+@contextlib.contextmanager
+def request_threads(threads: int | None):
+    """Within the block, size the pools for ``threads`` (None: leave them as they are), then
+    restore what was set before: one request's ``-t`` to a long-lived process (a device's agent)
+    does not carry over to the next. The C forward pass reads it per call (:func:`run_threads`);
+    TVM's pool (ONNX models) and BLAS keep the size of their first run."""
+    if not threads:
+        yield
+        return
+    before = {v: os.environ.get(v) for v in THREAD_VARS}
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        for v, old in before.items():
+            if old is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = old
 
 
 def set_threads(threads: int) -> None:

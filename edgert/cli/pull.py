@@ -34,7 +34,8 @@ def digest(path, name: str) -> dict:
     gives it again, with each file's."""
     import hashlib
 
-    from edgert.device.hub import KNOWN_MODELS, sha256_file
+    from edgert.device.hub import KNOWN_MODELS
+    from edgert.format.artifact import sha256_file
 
     km = KNOWN_MODELS.get(name)
     if path.is_file():

@@ -51,7 +51,6 @@ from typing import Any, BinaryIO
 
 from edgert import __version__
 from edgert.device.protocol import (
-    MAX_HEADER,
     MAX_PAYLOAD,
     PROTOCOL_VERSION,
     Code,
@@ -62,14 +61,16 @@ from edgert.device.protocol import (
     encode,
 )
 from edgert.device.sysinfo import device_info
-from edgert.errors import EdgertError
+from edgert.errors import EdgertError, show
 from edgert.format.artifact import crc32, crc32_file
 from edgert.plan.moe import POLICIES
 from edgert.plan.stats import PREDICTORS
+from edgert.settings import request_threads
 
 log = logging.getLogger(__name__)
 
 CAPABILITIES = ("info", "artifacts", "generate", "infer", "files")
+# (always fullmatch: a `$` alone would also match before a final newline)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: one component of a staged file's path: no "..", no hidden names, nothing a shell would expand
 PART = r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,127}"
@@ -85,21 +86,15 @@ MAX_FILE = 1 << 40
 MAX_REQUEST_HEADER = 64 << 10
 #: a staging directory no deploy touched for this long is an abandoned one: removed at start
 STAGING_TTL = 7 * 86400
-#: characters of a refused value quoted back in an error reply
-QUOTE = 60
 #: test hook (tests/device/test_deploy_faults.py): ``POINT[@N]`` makes the agent kill itself with
-#: SIGKILL the Nth time (default: the first) it reaches POINT, as a crash or power cut there would
+#: SIGKILL the Nth time (default: the first) it reaches POINT, as a crash of the process there
+#: would (the page cache survives it: a power cut's loss of unsynced data is not reproduced)
 #: (points: put:mid_write, commit:before_rename, commit:before_switch, commit:after_switch)
 FAULT_ENV = "EDGERT_AGENT_FAULT"
 
 
 class RequestError(Exception):
     """A request the agent refuses (bad arguments, unknown artifact, ...): sent back as ERROR."""
-
-
-def _quote(value: Any) -> str:
-    r = repr(value)
-    return r if len(r) <= QUOTE else r[: QUOTE - 3] + "..."
 
 
 # -- request schemas -----------------------------------------------------------------------------
@@ -124,17 +119,22 @@ class Num:
     hi: float = 1e6
     required: bool = False
     null: bool = False
+    #: the bounds themselves excluded (top_p > 0, sparsity < 1: as the CLI and Sampler say)
+    open_lo: bool = False
+    open_hi: bool = False
 
     @property
     def expected(self) -> str:
-        return f"a number in [{self.lo:g}, {self.hi:g}]"
+        left, right = "(" if self.open_lo else "[", ")" if self.open_hi else "]"
+        return f"a number in {left}{self.lo:g}, {self.hi:g}{right}"
 
     def ok(self, v: Any) -> bool:
         return (
             isinstance(v, (int, float))
             and not isinstance(v, bool)
             and math.isfinite(v)
-            and self.lo <= v <= self.hi
+            and (self.lo < v if self.open_lo else self.lo <= v)
+            and (v < self.hi if self.open_hi else v <= self.hi)
         )
 
 
@@ -143,15 +143,15 @@ class Str:
     expected: str = "a string"
     pattern: re.Pattern | None = None
     choices: tuple = ()
-    max_len: int = 4096
+    max_len: int | None = 4096  # None: the frame's own header limit bounds it
     required: bool = False
     null: bool = False
 
     def ok(self, v: Any) -> bool:
         return (
             isinstance(v, str)
-            and len(v) <= self.max_len
-            and (self.pattern is None or self.pattern.match(v) is not None)
+            and (self.max_len is None or len(v) <= self.max_len)
+            and (self.pattern is None or self.pattern.fullmatch(v) is not None)
             and (not self.choices or v in self.choices)
         )
 
@@ -204,7 +204,7 @@ class Schema:
 
     fields: dict = field(default_factory=dict)
     payload: int = 0
-    header: int = MAX_REQUEST_HEADER
+    header: int | None = MAX_REQUEST_HEADER  # None: the frame reader's own limit
 
 
 NAME = Str(f"an artifact name matching {NAME_RE.pattern}", NAME_RE, max_len=128, required=True)
@@ -221,7 +221,7 @@ EXPERTS = Obj(
 )
 FFN = Obj(
     {
-        "sparsity": Num(0.0, 1.0, null=True),
+        "sparsity": Num(0.0, 1.0, null=True, open_hi=True),
         "window": Int(0, 1 << 31),
         "gap_bytes": Int(0, MAX_FILE, null=True),
     },
@@ -243,16 +243,16 @@ SCHEMAS: dict[str, Schema] = {
     "run.generate": Schema(
         {
             "name": NAME,
-            "prompt": Str(max_len=MAX_HEADER),
+            "prompt": Str(max_len=None),
             "n_predict": Int(0, 1 << 20),
             "temp": Num(0.0, 1e6),
             "top_k": Int(0, 1 << 31),
-            "top_p": Num(0.0, 1.0),
+            "top_p": Num(0.0, 1.0, open_lo=True),
             "seed": Int(0, (1 << 63) - 1, null=True),
             "ignore_eos": Bool(),
             "threads": THREADS,
         },
-        header=MAX_HEADER,
+        header=None,  # a prompt may be long: the frame's own limit (MAX_HEADER) bounds it
     ),
     "run.infer": Schema({"name": NAME, "threads": THREADS}, payload=MAX_PAYLOAD),
     "run.bench": Schema(
@@ -305,7 +305,7 @@ def check_fields(where: str, fields: dict, args: dict) -> None:
             continue
         if not f.ok(v):
             why = f.why(v) if isinstance(f, StagedPath) else ""
-            raise RequestError(f"{where}: field {key!r} = {_quote(v)}{why}: expected {f.expected}")
+            raise RequestError(f"{where}: field {key!r} = {show(v)}{why}: expected {f.expected}")
         if isinstance(f, Obj):
             check_fields(f"{where}.{key}", f.fields, v)
 
@@ -314,7 +314,7 @@ def check_request(action: str, args: dict, frame: Frame) -> None:
     schema = SCHEMAS.get(action)
     if schema is None:  # an extra action without a schema checks its own arguments
         return
-    if frame.header_bytes > schema.header:
+    if schema.header is not None and frame.header_bytes > schema.header:
         raise RequestError(
             f"{action}: header of {frame.header_bytes} bytes: expected at most {schema.header}"
         )
@@ -338,7 +338,7 @@ def fault(point: str) -> None:
     if want != point:
         return
     _faults[point] = _faults.get(point, 0) + 1
-    if _faults[point] == int(nth or 1):
+    if _faults[point] == (int(nth) if nth.isdigit() else 1):
         import signal
 
         sys.stderr.flush()
@@ -429,7 +429,7 @@ class Agent:
     def handle(self, frame: Frame) -> str | None:
         rid = frame.header.get("id")
         if not _valid_id(rid):  # it is echoed in every answer: nothing bigger or deeper
-            why = f"request id {_quote(rid)}: expected {ID_EXPECTED}"
+            why = f"request id {show(rid)}: expected {ID_EXPECTED}"
             self.send(Code.ERROR, {"id": None, "error": why})
             return None
         action = frame.header.get("action")
@@ -438,11 +438,12 @@ class Agent:
         try:
             if fn is None:
                 known = ", ".join(self.actions)
-                raise RequestError(f"unknown action {_quote(action)}; known: {known}")
+                raise RequestError(f"unknown action {show(action)}; known: {known}")
             if not isinstance(args, dict):
-                raise RequestError(f"{action}: args = {_quote(args)}: expected a JSON object")
+                raise RequestError(f"{action}: args = {show(args)}: expected a JSON object")
             check_request(action, args, frame)
-            header, payload = fn(self, rid, args, frame.payload)
+            with request_threads(args.get("threads")):  # -t for this request only
+                header, payload = fn(self, rid, args, frame.payload)
             reply = encode(Code.REPLY, {"id": rid, **header}, payload)
         except (RequestError, EdgertError) as e:
             self.send(Code.ERROR, {"id": rid, "error": _one_line(str(e))})
@@ -524,7 +525,7 @@ class Agent:
                         shutil.rmtree(d, ignore_errors=True)
 
     def artifact_dir(self, name: Any) -> Path:
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise RequestError(f"bad artifact name {name!r}")
         return self.root / "artifacts" / name
 
@@ -627,22 +628,12 @@ def _unload(agent: Agent, rid, args, payload):
     return {"unloaded": agent.loaded.pop(args.get("name"), None) is not None}, b""
 
 
-def _threads(args) -> None:
-    """``edgert run -t N``: the kernels' pool (and TVM's) takes its size from the environment
-    when it first runs in this process (absent: every core of the device)."""
-    if args.get("threads"):
-        from edgert.settings import set_threads
-
-        set_threads(int(args["threads"]))
-
-
 def _generate(agent: Agent, rid, args, payload):
     from edgert.runtime.generate import Sampler, generate
 
     eng = agent.engine(args.get("name"))
     if not hasattr(eng, "tokenizer"):
         raise RequestError(f"{args.get('name')} is a compiled ONNX model: use run.infer")
-    _threads(args)
     eng.reset()
     res = generate(
         eng,
@@ -668,8 +659,17 @@ def _infer(agent: Agent, rid, args, payload):
     eng = agent.engine(args.get("name"))
     if not hasattr(eng, "inputs"):
         raise RequestError(f"{args.get('name')} is a language model: use run.generate")
-    _threads(args)
+    # what the inputs can take, arrays' headers aside: a compressed payload's members may say
+    # they unpack to far more (a zip bomb), refused before anything is unpacked
+    room = sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in eng.inputs) + (1 << 20)
     try:
+        with zipfile.ZipFile(io.BytesIO(payload)) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+        if unpacked > room:
+            raise RequestError(
+                f"run.infer: the inputs unpack to {unpacked} bytes: expected at most {room} "
+                f"(the model's {len(eng.inputs)} inputs)"
+            )
         with np.load(io.BytesIO(payload), allow_pickle=False) as f:
             feeds = {k: f[k] for k in f.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
@@ -719,12 +719,13 @@ def _put(agent: Agent, rid, args, payload):
             )
         with open(p, "r+b" if p.is_file() else "wb") as f:
             f.seek(offset)
-            half = len(payload) // 2
-            f.write(payload[:half])
-            if half:
+            if FAULT_ENV in os.environ:  # the test hook: half a chunk on the storage, then killed
+                f.write(payload[: len(payload) // 2])
                 f.flush()
                 fault("put:mid_write")
-            f.write(payload[half:])
+                f.write(payload[len(payload) // 2 :])
+            else:
+                f.write(payload)
             f.truncate(end)
     except OSError as e:
         raise RequestError(f"file.put: cannot write {rel}: {e.strerror or e}") from e
@@ -746,23 +747,25 @@ def _commit(agent: Agent, rid, args, payload):
     name = args["name"]
     dest = agent.artifact_dir(name)
     try:
-        art = Artifact.open(staging)  # schema + resident checksums
-        art.verify()  # every buffer, streamed ones too
-    except EdgertError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError, OSError) as e:
-        # what a client uploaded is not trusted to be well formed
-        raise RequestError(
-            f"file.commit: {args['staging']} is not a valid artifact ({type(e).__name__}: {e})"
-        ) from e
-    try:
-        _fsync_tree(staging)
-        fault("commit:before_rename")
         with agent.lock():
+            if not staging.is_dir():
+                raise RequestError(f"file.commit: nothing staged at {args['staging']}")
+            fault("commit:before_rename")
             versions = agent.root / "versions"
             versions.mkdir(parents=True, exist_ok=True)
             version = versions / f"{dest.name}.{time.time_ns()}"
+            # out of staging before it is verified: a put arriving now cannot change what runs
             os.replace(staging, version)
+            try:
+                art = Artifact.open(version)  # schema + resident checksums
+                art.verify()  # every buffer, streamed ones too
+            except (EdgertError, OSError) as e:  # an upload is not trusted to be well formed
+                if staging.exists():
+                    shutil.rmtree(version, ignore_errors=True)
+                else:  # back where it was: the client can resume and fix it
+                    os.replace(version, staging)
+                raise RequestError(f"file.commit: {args['staging']}: {e}") from e
+            _fsync_tree(version)  # the data on the storage before anything names it
             _fsync(versions)
             _fsync(staging.parent)
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -8,9 +8,9 @@ Everything lands in ``~/.cache/edgert/models`` under a temporary name first, the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +24,7 @@ from pathlib import Path
 
 from edgert import settings
 from edgert.errors import EdgertError
+from edgert.format.artifact import sha256_file
 from edgert.progress import Progress
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,6 @@ HF_FILE_PATTERNS = (
     "special_tokens_map.json",
     "model.safetensors.index.json",
 )
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def pull(name: str, *, force: bool = False) -> Path:
@@ -153,14 +146,15 @@ def _hf_get(url: str, what: str) -> urllib.request.addinfourl:
 def local_name(fname) -> str | None:
     """The name a file the hub lists is saved under: its last path component (a GGUF in a
     subfolder lands beside the others), or None for one that is not a plain file name (empty,
-    hidden, ``..``, a backslash or NUL) -- the list comes from a server, not from us."""
+    hidden, ``..``, a backslash or a control character) -- the list comes from a server, not
+    from us."""
     if not isinstance(fname, str):
         return None
     parts = fname.split("/")
     if any(not p or p.startswith(".") for p in parts):  # "", ".", "..", hidden names
         return None
-    if any(c in fname for c in "\\\x00") or len(parts[-1]) > 255:
-        return None
+    if any(c == "\\" or ord(c) < 0x20 or c == "\x7f" for c in fname) or len(parts[-1]) > 255:
+        return None  # backslashes and control characters (NUL, newlines) name no file of ours
     return parts[-1]
 
 
@@ -177,14 +171,24 @@ def _select_hf_files(files: list) -> list[str]:
     return []
 
 
+#: a hub organisation or model name, and a revision: they become directory names here
+HF_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+HF_REV = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+
+
 def pull_hf(repo: str, *, force: bool = False) -> Path:
     """Download ``ORG/NAME[@REVISION]`` (config, tokenizer, safetensors) from the hub."""
     repo, _, rev = repo.partition("@")
     rev = rev or "main"
     parts = repo.split("/")
-    if len(parts) != 2 or not all(parts):
-        raise EdgertError(f"hf:{repo} is not of the form hf:ORG/NAME")
-    dest = settings.models_dir() / "hf" / parts[0] / f"{parts[1]}@{rev}"
+    if len(parts) != 2 or not all(HF_PART.fullmatch(p) for p in parts):
+        raise EdgertError(
+            f"hf:{repo} is not of the form hf:ORG/NAME", "letters, digits and -_. in each part"
+        )
+    if not HF_REV.fullmatch(rev) or ".." in rev:
+        raise EdgertError(f"hf:{repo}@{rev}: not a revision (a branch, tag or commit)")
+    # a revision may hold slashes (refs/pr/1): one directory level whatever it names
+    dest = settings.models_dir() / "hf" / parts[0] / f"{parts[1]}@{rev.replace('/', '--')}"
     if dest.exists() and not force and any(dest.iterdir()):
         return dest
     base = settings.hf_endpoint()

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from edgert.errors import ModelFormatError
+from edgert.errors import ModelFormatError, show
 from edgert.format import names
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,6 @@ FLOATS = {
 }
 
 
-def _show(value: Any) -> str:
-    """``value`` for a one-line error (a corrupt file's arrays can be huge)."""
-    r = repr(value)
-    return r if len(r) <= 40 else r[:37] + "..."
-
-
 def printable(name: str, limit: int = 80) -> str:
     """A name read from a file, fit for a one-line error: itself when it is printable, else its
     repr (a corrupt name may hold newlines or control characters); long ones cut short."""
@@ -81,7 +75,7 @@ def int_field(what: str, value: Any, lo: int, hi: int) -> int:
         value = int(value)
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
     if not ok or not lo <= value <= hi:
-        raise ModelFormatError(f"{what} = {_show(value)}, expected an integer in {lo}..{hi}")
+        raise ModelFormatError(f"{what} = {show(value)}, expected an integer in {lo}..{hi}")
     return int(value)
 
 
@@ -93,7 +87,7 @@ def float_field(what: str, value: Any, *, zero: bool = False) -> float:
     )
     if not ok or not math.isfinite(value) or not (value >= 0 if zero else value > 0):
         want = "a finite number >= 0" if zero else "a finite number > 0"
-        raise ModelFormatError(f"{what} = {_show(value)}, expected {want}")
+        raise ModelFormatError(f"{what} = {show(value)}, expected {want}")
     return float(value)
 
 
@@ -146,7 +140,7 @@ class ModelConfig:
         # every config passes here (frontends, manifests, transforms): ranges, then consistency
         if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
             raise ModelFormatError(
-                f"unsupported architecture {_show(self.arch)}",
+                f"unsupported architecture {show(self.arch)}",
                 f"edgert runs {', '.join(ARCHITECTURES)} (mixtral = llama with experts)",
             )
         for name, (lo, hi) in LIMITS.items():
@@ -154,7 +148,7 @@ class ModelConfig:
         for name, zero in FLOATS.items():
             setattr(self, name, float_field(name, getattr(self, name), zero=zero))
         if not isinstance(self.extra, dict):
-            raise ModelFormatError(f"extra = {_show(self.extra)}, expected a mapping")
+            raise ModelFormatError(f"extra = {show(self.extra)}, expected a mapping")
         self.name = str(self.name)
         if self.rope_dim == 0:
             self.rope_dim = self.head_dim
@@ -184,7 +178,7 @@ class ModelConfig:
         for what in ("swa_layers", "no_rope_layers"):
             ls = getattr(self, what)
             if not isinstance(ls, (list, tuple)):
-                raise ModelFormatError(f"{what} = {_show(ls)}, expected a list of layers")
+                raise ModelFormatError(f"{what} = {show(ls)}, expected a list of layers")
             top = self.n_layers - 1
             setattr(self, what, sorted(int_field(f"{what}[]", i, 0, top) for i in ls))
         if self.swa_layers and self.sliding_window < 1:
@@ -214,7 +208,7 @@ class ModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
         """Lenient about unknown keys (kept in ``extra``), strict about missing ones."""
         if not isinstance(d, dict):
-            raise ModelFormatError(f"model config = {_show(d)}, expected a mapping")
+            raise ModelFormatError(f"model config = {show(d)}, expected a mapping")
         names = {f.name for f in dataclasses.fields(cls)}
         required = {
             f.name
@@ -230,7 +224,7 @@ class ModelConfig:
             log.debug("model config: keeping unknown keys aside: %s", sorted(unknown))
             extra = known.setdefault("extra", {})
             if not isinstance(extra, dict):
-                raise ModelFormatError(f"extra = {_show(extra)}, expected a mapping")
+                raise ModelFormatError(f"extra = {show(extra)}, expected a mapping")
             extra.update(unknown)
         return cls(**known)
 

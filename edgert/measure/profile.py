@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edgert.errors import EdgertError
+
 RSS_INTERVAL_S = 0.05
 #: sysfs thermal zones and cpufreq take longer to read than /proc/self/statm, and move slower
 THERMAL_INTERVAL_S = 0.5
@@ -327,33 +329,46 @@ def _thermal_html(p: dict[str, Any]) -> str:
     )
 
 
+def _section(dev: str, p: dict[str, Any]) -> str:
+    """One device's part of the report."""
+    figs = headline(p)
+    rows = "".join(
+        f'<tr><th>{_e(k)}</th><td id="{_e(dev)}:{_e(k)}" data-key="{_e(k)}">{_e(v)}</td></tr>'
+        for k, v in figs.items()
+    )
+    rss = [(float(t), float(b) / 2**20) for t, b in p.get("rss_samples", [])]
+    layers = [
+        (f"L{x['layer']}" if x["layer"] != "head" else "head", x["ms_per_token"])
+        for x in p.get("layers", [])
+    ]
+    info = p.get("device_info") or {}
+    note = f"<p>{_e(p['cache_note'])}</p>" if p.get("cache_note") else ""
+    return (
+        f'<section data-device="{_e(dev)}"><h2>{_e(dev)}</h2>'
+        f"<p>{_e(p['artifact'])} ({_e(p['kind'])}) on "
+        f"{_e(info.get('cpu_model', '?'))}, {_e(info.get('machine', '?'))}, "
+        f"{_e(info.get('cores', '?'))} cores</p>"
+        f"<table>{rows}</table>{note}{_thermal_html(p)}"
+        f"<h3>Resident memory over the run (MiB)</h3>{_svg_line(rss, label='RSS MiB')}"
+        + (f"<h3>Time per layer</h3>{_svg_bars(layers)}" if layers else "")
+        + "</section>"
+    )
+
+
 def html_report(profiles: dict[str, dict[str, Any]]) -> str:
     """One self-contained page for the profiles of one or several devices. A profile comes
-    from the device: each string in it is escaped, numbers are converted as numbers."""
+    from the device: each string in it is escaped, numbers are converted as numbers, and one
+    that is not shaped as this edgert's profiles are is refused, naming the device."""
     sections = []
     for dev, p in profiles.items():
-        figs = headline(p)
-        rows = "".join(
-            f'<tr><th>{_e(k)}</th><td id="{_e(dev)}:{_e(k)}" data-key="{_e(k)}">{_e(v)}</td></tr>'
-            for k, v in figs.items()
-        )
-        rss = [(float(t), float(b) / 2**20) for t, b in p.get("rss_samples", [])]
-        layers = [
-            (f"L{x['layer']}" if x["layer"] != "head" else "head", x["ms_per_token"])
-            for x in p.get("layers", [])
-        ]
-        info = p.get("device_info") or {}
-        note = f"<p>{_e(p['cache_note'])}</p>" if p.get("cache_note") else ""
-        sections.append(
-            f'<section data-device="{_e(dev)}"><h2>{_e(dev)}</h2>'
-            f"<p>{_e(p['artifact'])} ({_e(p['kind'])}) on "
-            f"{_e(info.get('cpu_model', '?'))}, {_e(info.get('machine', '?'))}, "
-            f"{_e(info.get('cores', '?'))} cores</p>"
-            f"<table>{rows}</table>{note}{_thermal_html(p)}"
-            f"<h3>Resident memory over the run (MiB)</h3>{_svg_line(rss, label='RSS MiB')}"
-            + (f"<h3>Time per layer</h3>{_svg_bars(layers)}" if layers else "")
-            + "</section>"
-        )
+        try:
+            sections.append(_section(dev, p))
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise EdgertError(
+                f"device {dev} sent a profile this edgert cannot read ({type(e).__name__}: "
+                f"{str(e)[:80]})",
+                "update edgert on the device (`edgert deploy` does over SSH)",
+            ) from e
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>edgert profile</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"

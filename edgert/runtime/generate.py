@@ -20,8 +20,10 @@ class Sampler:
     rng: np.random.Generator = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if self.temp < 0:
-            raise EdgertError(f"--temp {self.temp} is negative", "use 0 for greedy decoding")
+        if not 0 <= self.temp < float("inf"):  # nan and inf too
+            raise EdgertError(
+                f"--temp {self.temp} is not a temperature >= 0", "use 0 for greedy decoding"
+            )
         if not 0 < self.top_p <= 1:
             raise EdgertError(f"--top-p {self.top_p} is outside (0, 1]")
         if self.top_k < 0:

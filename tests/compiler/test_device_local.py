@@ -108,5 +108,10 @@ def test_interrupted_deploy_keeps_previous_version(arts, tmp_path):
         _, out = dev.call("run.infer", {"name": "mlp.edgert"}, buf.getvalue())
         np.testing.assert_array_equal(np.load(io.BytesIO(out))["y"],
                                       open_dnn(arts["dnn8"]).run({"x": x})["y"])  # fmt: skip
+        # inputs that unpack to more than the model takes (a zip bomb) are refused unopened
+        bomb = io.BytesIO()
+        np.savez_compressed(bomb, x=np.zeros((4096, 4096), np.float32))  # 64 MiB in 66 KB
+        with pytest.raises(DeviceError, match="unpack to 67108992 bytes"):
+            dev.call("run.infer", {"name": "mlp.edgert"}, bomb.getvalue())
     with pytest.raises(DeviceError, match="leaves the agent root"), Device(url) as dev:
         dev.call("file.stat", {"path": "../../etc/passwd"})

@@ -121,16 +121,22 @@ def test_run_refuses_sampling_where_it_does_not_apply(tmp_path, env, fake_device
 
 
 def test_agent_takes_sampling_and_threads(tmp_path, monkeypatch):
-    """The agent samples as the request says and sizes the kernels' pool by its threads."""
+    """The agent samples as the request says and runs its forward passes on the request's
+    threads, for that request only: the next one without -t gets the device's default again."""
     import os
 
-    from edgert.device.agent import ACTIONS, Agent
+    from test_protocol import read_all, replies
+
+    from edgert.device.agent import Agent
+    from edgert.device.protocol import Code, encode
     from edgert.runtime.generate import Sampler
+    from edgert.settings import run_threads
 
     for var in THREAD_VARS:
         monkeypatch.setenv(var, "8")
     vocab, rng = 50, np.random.default_rng(0)
     table = rng.normal(size=(vocab, vocab)).astype(np.float32)
+    seen = []
 
     class Tok:
         stop_ids: ClassVar[set] = {0}
@@ -148,19 +154,28 @@ def test_agent_takes_sampling_and_threads(tmp_path, monkeypatch):
             pass
 
         def forward(self, ids, last_only=False):
+            seen.append(run_threads())  # what the C forward pass would be given
             return table[ids[-1]]
 
-    agent = Agent(io.BytesIO(), io.BytesIO(), root=tmp_path)
-    agent.loaded["m"] = Engine()
     args = {"name": "m", "prompt": "x", "n_predict": 6, "temp": 1.5, "top_k": 7,
             "top_p": 0.8, "seed": 11, "ignore_eos": True, "threads": 3}  # fmt: skip
-    hdr, _ = ACTIONS["run.generate"](agent, 1, args, b"")
+    plain = {k: v for k, v in args.items() if k != "threads"}
+    frames = b"".join(
+        encode(Code.REQUEST, {"id": i, "action": "run.generate", "args": a})
+        for i, a in ((1, args), (2, plain))
+    )
+    out = io.BytesIO()
+    agent = Agent(io.BytesIO(frames), out, root=tmp_path)
+    agent.loaded["m"] = Engine()
+    agent.serve()
+    got = replies(read_all(out.getvalue()))
     smp, want, logits = Sampler(temp=1.5, top_k=7, top_p=0.8, seed=11), [], table[2]
     for _ in range(6):
         want.append(smp(logits))
         logits = table[want[-1]]
-    assert hdr["result"]["tokens"] == want
-    assert os.environ["EDGERT_THREADS"] == "3" and os.environ["TVM_NUM_THREADS"] == "3"
+    assert got[1].header["result"]["tokens"] == want == got[2].header["result"]["tokens"]
+    assert seen == [3] * 6 + [8] * 6  # the prompt, then the 5 tokens fed back, per request
+    assert os.environ["EDGERT_THREADS"] == "8" and os.environ["TVM_NUM_THREADS"] == "8"
 
 
 # -- edgert pull --json: the sha256 it promises ---------------------------------------------------
@@ -253,6 +268,7 @@ def profile_from_device(**over):
 
 
 def test_html_escapes_what_the_device_sent():
+    from edgert.errors import EdgertError
     from edgert.measure.profile import html_report
 
     page = html_report({"ssh://pi": profile_from_device(kind="<img src=x>")})
@@ -260,6 +276,11 @@ def test_html_escapes_what_the_device_sent():
         assert raw not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;u&gt;4&lt;/u&gt;" in page
     assert "temperature up to 61.5 °C" in page and "CPU MHz" in page
+    # a profile of the wrong shape is refused naming the device, not a traceback
+    for bad in ({"rss_samples": [["x", 1]]}, {"thermal_samples": [[0, ["hot"], 1]]},
+                {"layers": [{"no": "layer"}]}):  # fmt: skip
+        with pytest.raises(EdgertError, match="device ssh://pi sent a profile"):
+            html_report({"ssh://pi": {**profile_from_device(), **bad}})
 
 
 def test_profile_on_device_must_run_with_the_options(tmp_path, env, fake_device, capsys):

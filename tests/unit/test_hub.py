@@ -223,5 +223,16 @@ def test_hf_hostile_file_names_are_skipped(cache, listing_hub, monkeypatch, tmp_
 
 def test_local_name():
     assert hub.local_name("a/b/m.gguf") == "m.gguf" and hub.local_name("m.gguf") == "m.gguf"
-    for bad in ["..", "../m.gguf", "a/../m.gguf", ".m.gguf", "", "a//m.gguf", "a\\m", "m\0", 3]:
+    for bad in ["..", "../m.gguf", "a/../m.gguf", ".m.gguf", "", "a//m.gguf", "a\\m", "m\0", 3,
+                "m\n.gguf", "m\x1b[2J.gguf", "m\x7f"]:  # fmt: skip
         assert hub.local_name(bad) is None, bad
+
+
+def test_hf_names_and_revisions_stay_in_the_cache(tmp_path, monkeypatch):
+    """What the user types after hf: becomes directory names: refused where it would leave the
+    models directory, a revision's slashes kept to one level."""
+    monkeypatch.setenv("EDGERT_CACHE", str(tmp_path))
+    for bad in ["a/b@../../x", "../b", "a/..", "a/b/c", "a/b@..", "a/b@-x", "a/b c"]:
+        with pytest.raises(EdgertError, match="hf:"):
+            hub.pull_hf(bad)
+    assert not any(tmp_path.rglob("*"))  # refused before anything was made

@@ -384,3 +384,30 @@ def test_listing_skips_what_is_not_a_manifest(tmp_path):
         assert not is_dnn_artifact(d)
     got = replies(serve(request(1, "artifact.list", {}), tmp_path))
     assert got[1].code == Code.REPLY and got[1].header["artifacts"] == []
+
+
+def test_names_and_paths_end_where_they_seem_to(tmp_path):
+    """An artifact name or staged path with a trailing newline is refused (a regex's `$` alone
+    matches before one): no `artifacts/m\\n` on the device."""
+    frames = b"".join([
+        request(1, "file.put", put_args("staging/m/x\n")),
+        request(2, "file.commit", {"staging": "staging/m\n", "name": "m"}),
+        request(3, "artifact.load", {"name": "m\n"}),
+    ])  # fmt: skip
+    got = replies(serve(frames, tmp_path))
+    for rid in (1, 2, 3):
+        assert got[rid].code == Code.ERROR and "expected" in got[rid].header["error"], got[rid]
+    assert not any("\n" in p.name for p in tmp_path.rglob("*"))
+
+
+def test_schema_ranges_are_the_clis(tmp_path):
+    """What the CLI and the sampler refuse, the agent refuses too, before anything runs."""
+    frames = b"".join([
+        request(1, "run.generate", {"name": "m", "top_p": 0.0}),
+        request(2, "artifact.load", {"name": "m", "ffn": {"sparsity": 1.0}}),
+        request(3, "run.generate", {"name": "m", "prompt": "x" * 100_000}),  # no extra bound
+    ])  # fmt: skip
+    got = replies(serve(frames, tmp_path))
+    assert "expected a number in (0, 1]" in got[1].header["error"]
+    assert "expected a number in [0, 1)" in got[2].header["error"]
+    assert "no artifact" in got[3].header["error"] or "not deployed" in got[3].header["error"]

@@ -45,3 +45,9 @@ def test_top_p_truncates_tail():
 def test_bad_arguments(kw):
     with pytest.raises(EdgertError):
         Sampler(**kw)
+
+
+def test_temperature_must_be_a_finite_number():
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(EdgertError, match="not a temperature >= 0"):
+            Sampler(temp=bad)
