@@ -49,7 +49,7 @@ FTYPES = {
 
 def peer_quantize(src: Path, qtype: str) -> Path:
     """``src`` re-quantized by llama.cpp to ``qtype`` (cached next to edgert's models)."""
-    from edgert.device.hub import sha256_file
+    from edgert.format.artifact import sha256_file
     from edgert.settings import cache_dir
 
     key = sha256_file(src)[:16]
@@ -154,6 +154,8 @@ def run_edgert(
         *extra,
     ]
     r, usage = _run(cmd, em)
+    if r.returncode == 2 and "below the minimum" in r.stderr:  # the board is too small for it
+        return {"killed": r.stderr.strip().splitlines()[-1]}
     if r.returncode:
         raise SystemExit(f"edgert bench failed: {r.stderr.strip()[-500:]}")
     return {**json.loads(r.stdout), "cgroup": usage}
@@ -175,9 +177,9 @@ def weight_bytes_per_token(art_path: str) -> int | None:
     return total
 
 
-#: what an edgert process may hold besides its plan's bytes, above its measured baseline: the
-#: allocator's slack and the kernels' thread stacks (peak RSS of `edgert run --dram-budget 80M`
-#: was 108.9 MiB against 80 MB + a 31 MiB baseline, BENCHMARKS.md "Memory")
+#: what an edgert process may hold besides its plan's bytes, above its measured baseline (the
+#: interpreter, the runtime's libraries and the model's tokenizer): the allocator's slack, the
+#: kernels' thread stacks, the benchmark's own sampling noise
 EDGERT_SLACK = 16 << 20
 
 
@@ -192,7 +194,12 @@ def one_limit(target: str, memory: str | None, art: Path, peer: Path):
     if not memory:
         raise SystemExit("--emulate needs --memory (the board's memory for each engine)")
     limit = parse_size(memory)
-    base = baseline_rss("import tokenizers, edgert.runtime.engine, edgert.runtime.streamer")
+    base = baseline_rss(  # the process before its plan: the runtime and the model's tokenizer
+        "import edgert.runtime.engine, edgert.runtime.streamer\n"
+        "from edgert.format.artifact import Artifact\n"
+        "from edgert.runtime.tokenizer import Tokenizer\n"
+        f"Tokenizer.of_artifact(Artifact.open({str(art)!r}, verify_resident=False))"
+    )
     budget = limit - base - EDGERT_SLACK
     if budget <= 0:
         raise SystemExit(
@@ -204,8 +211,8 @@ def one_limit(target: str, memory: str | None, art: Path, peer: Path):
     size = peer.stat().st_size
     if size <= limit:
         print(
-            f"note: llama.cpp's model ({size / 1e6:.1f} MB) fits in --memory "
-            f"({limit / 1e6:.1f} MB): this does not compare streaming",
+            f"note: llama.cpp's model ({size / 1e6:.1f} MB) is not larger than --memory "
+            f"({limit / 1e6:.1f} MB): the comparison is meant for models that do not fit",
             file=sys.stderr,
         )
     return em, budget

@@ -181,7 +181,6 @@ def test_bench_and_inspect_predict_expert_streaming(art):
     assert tg["tokens"] == 4 and tg["lookups"] == 4 * cfg.n_layers * cfg.n_experts_used
     assert 0 <= tg["hits"] <= tg["lookups"] and tg["hit_rate"] == tg["hits"] / tg["lookups"]
     assert tg["flash_bytes_per_token"] == tg["read_bytes"] / 4
-    # the prediction held to the run: the bytes read per token (time is the benchmarks' concern)
     # the prediction held to the run: bytes read per token, the replayed trace's against the
     # tg run's (4 tokens here, so within 2x; time is the benchmarks' concern)
     assert 0.5 <= tg["flash_bytes_per_token"] / pred["flash_bytes_per_token"] <= 2

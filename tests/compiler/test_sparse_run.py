@@ -212,7 +212,6 @@ def test_bench_and_inspect_predict_sparse_plans(art):
     tg = b["stream_tg"]
     active = tg["decode_active"] / tg["decode_calls"]
     assert active == pytest.approx(b["dram"]["replayed"]["active_per_token"], rel=0.25)
-    assert tg["flash_bytes_per_token"] == p["flash_bytes_per_token"] == 0  # all cached
     i = json.loads(run_cli("inspect", str(art), "--sparsity", "0.5", "--json").stdout)
     sp = i["sparse_plan"]
     assert sp["replayed"]["active_per_token"] > 0 and sp["cost_model"]["tok_s"] > 0

@@ -278,14 +278,27 @@ def test_bench_under_an_emulated_device(art, device_emulation):
     assert p["device"] == "rpi5 emulated on host" and b["device"] == "rpi5"
     assert p["flash_bytes_per_token"] == b["flash_bytes_per_token"] == per_token
     assert p["tok_s"] > 0 and p["bound"] in ("dram", "flash") and b["tok_s"] > 0
-    # the throttle's rate, not this disk's nor the target file's, where the disk is faster
-    host_mbs = e["host_flash"]["read_mbs"]
+    # the emulated run's flash is the throttle's (no faster than this disk, no quicker to
+    # answer), its DRAM and CPU this machine's; the board's are its target file's
+    from edgert.format.target import load_target
+
+    rpi5, host = load_target("rpi5"), load_target("host")
+    disk = e["host_flash"]
     assert p["flash_seconds"] == pytest.approx(
-        per_token / (min(450, host_mbs) * 1e6)
-        + p["flash_reads_per_token"] * max(80, e["host_flash"]["latency_us"]) * 1e-6
+        per_token / (min(rpi5.flash_read_mbs, disk["read_mbs"]) * 1e6)
+        + p["flash_reads_per_token"] * max(rpi5.flash_latency_us, disk["latency_us"]) * 1e-6
     )
-    # the board's own DRAM is slower than this machine's: never predicted faster
-    assert b["dram_seconds"] > p["dram_seconds"]
+    assert b["flash_seconds"] == pytest.approx(
+        per_token / (rpi5.flash_read_mbs * 1e6)
+        + b["flash_reads_per_token"] * rpi5.flash_latency_us * 1e-6
+    )
+    from edgert.plan.cost import DeviceFigures
+
+    for pred, tgt in ((p, host), (b, rpi5)):
+        fig = DeviceFigures.from_target(tgt, threads=min(d["threads"], tgt.cores))
+        assert pred["dram_seconds"] == pytest.approx(
+            pred["dram_bytes_per_token"] / (fig.decode_gbs * 1e9)
+        )
     assert p["peak_rss_bytes"] == d["baseline_rss_bytes"] + d["dram"]["planned"]
 
 
