@@ -69,7 +69,11 @@ def resolve(name_or_url: str) -> str:
             devices = tomllib.loads(f.read_text()).get("devices", {})
         except (OSError, ValueError) as e:
             raise DeviceError(f"{f} is not valid TOML: {e}") from e
+    if not isinstance(devices, dict):
+        raise DeviceError(f"{f}: devices must be tables ([devices.NAME] with url = \"...\")")
     entry = devices.get(name_or_url)
+    if isinstance(entry, dict) and not isinstance(entry.get("url", ""), str):
+        raise DeviceError(f"{f}: devices.{name_or_url}.url must be a string, not {entry['url']!r}")
     if not isinstance(entry, dict) or "url" not in entry:
         known = ", ".join(sorted(devices)) or "none"
         raise DeviceError(
@@ -84,15 +88,18 @@ def transport_for(url: str, **opts):
     import importlib
 
     url = resolve(url)
-    scheme = urlparse(url).scheme if "://" in url else url
-    if scheme not in TRANSPORTS:
-        raise DeviceError(
-            f"unknown device {url!r}",
-            "device URLs: ssh://user@host[:port][?key=PATH], serial:///dev/ttyX?baud=N, "
-            "local[://AGENT_ROOT]",
-        )
-    modname, cls = TRANSPORTS[scheme]
-    return getattr(importlib.import_module(modname), cls).from_url(url, **opts)
+    forms = (
+        "device URLs: ssh://user@host[:port][?key=PATH], serial:///dev/ttyX?baud=N, "
+        "local[://AGENT_ROOT]"
+    )
+    try:  # urllib's own refusals (a port out of range or not a number, a broken [IPv6])
+        scheme = urlparse(url).scheme if "://" in url else url
+        if scheme not in TRANSPORTS:
+            raise DeviceError(f"unknown device {url!r}", forms)
+        modname, cls = TRANSPORTS[scheme]
+        return getattr(importlib.import_module(modname), cls).from_url(url, **opts)
+    except ValueError as e:
+        raise DeviceError(f"cannot read the device URL {url!r}: {e}", forms) from e
 
 
 class Device:

@@ -30,8 +30,10 @@ class SerialTransport:
         q = parse_qs(u.query)
         try:
             baud = int(q.get("baud", [DEFAULT_BAUD])[0])
-        except ValueError as e:
-            raise EdgertError(f"bad baud rate in {url!r}") from e
+        except ValueError:
+            baud = 0
+        if baud <= 0:
+            raise EdgertError(f"bad baud rate in {url!r}", "write ?baud=115200 (or leave it out)")
         return cls(u.path, baud)
 
     @property

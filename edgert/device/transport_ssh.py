@@ -34,10 +34,12 @@ class SSHTransport:
             raise EdgertError(f"not an SSH device URL: {url!r}", "write ssh://user@host[:port]")
         self.url = url
         self.host = u.hostname
-        self.port = u.port or 22
+        self.port = u.port or 22  # urllib refuses ports past 65535 or not numbers (ValueError)
         self.user = u.username or "root"
-        q = parse_qs(u.query)
+        q = parse_qs(u.query, keep_blank_values=True)
         self.key = q.get("key", [None])[0]
+        if self.key == "":
+            raise EdgertError(f"{url!r}: key= names no file", "write ?key=PATH or leave it out")
         self.root = q.get("root", [root])[0]
         self.accept_new = accept_new_host_key
         self.client = None

@@ -102,3 +102,28 @@ def test_bad_sampling_options(smollm2_path, args, needle):
 def test_perplexity_missing_text(smollm2_path, tmp_path):
     r = run_cli("perplexity", str(smollm2_path), "-f", str(tmp_path / "none.txt"))
     assert_one_line_error(r, "no such text file")
+
+
+def test_device_urls_and_inventory_are_checked(tmp_path, monkeypatch):
+    """A device URL urllib cannot read (a port out of range or not a number, a broken IPv6
+    address), an empty key, a bad baud rate or a malformed inventory: the project's error,
+    naming the URL or the file, not a ValueError."""
+    from edgert.device import client
+    from edgert.errors import EdgertError
+
+    for url, needle in (
+        ("ssh://pi:99999", "Port out of range"),
+        ("ssh://pi:abc", "Port could not be cast"),
+        ("ssh://[::1", "Invalid IPv6 URL"),
+        ("ssh://pi?key=", "key= names no file"),
+        ("serial:///dev/ttyUSB0?baud=-5", "bad baud rate"),
+    ):
+        with pytest.raises(EdgertError, match=needle):
+            client.Device(url)
+    inv = tmp_path / "devices.toml"
+    monkeypatch.setattr(client, "inventory_file", lambda: inv)
+    for text, needle in (("devices = 3", "devices must be tables"),
+                         ("[devices.pi]\nurl = 5", "devices.pi.url must be a string")):  # fmt: skip
+        inv.write_text(text)
+        with pytest.raises(EdgertError, match=needle):
+            client.Device("pi")
