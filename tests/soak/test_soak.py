@@ -74,12 +74,14 @@ def _soak(art, budget: int, opts: dict) -> dict:
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads(r.stdout.strip().splitlines()[-1])
     first, last = d["turns"][0], d["turns"][-1]
+    rss = ", ".join(f"{t['rss'] / 2**20:.1f}" for t in d["turns"])
+    speed = ", ".join(f"{t['tok_s']:.1f}" for t in d["turns"])
     print(
         f"soak {art.name}: {d['tokens']} tokens in {len(d['turns'])} turns, budget "
         f"{budget / 1e6:.1f} MB (plan {d['planned'] / 1e6:.1f} MB), baseline {d['base'] / 2**20:.1f}"
         f" MiB, peak RSS {d['peak'] / 2**20:.1f} MiB (bound {(d['base'] + budget + FIXED_OVERHEAD) / 2**20:.1f}"
-        f"), RSS after turn 1 {first['rss'] / 2**20:.1f} MiB, after the last "
-        f"{last['rss'] / 2**20:.1f} MiB, open files {first['fds']} -> {last['fds']}, threads "
+        f"), RSS after each turn {rss} MiB, decode {speed} tok/s, "
+        f"open files {first['fds']} -> {last['fds']}, threads "
         f"{first['threads']} -> {last['threads']}; stream {json.dumps(d['stream'])}"
     )
     assert d["tokens"] == TOKENS and d["planned"] <= budget
