@@ -158,8 +158,9 @@ def _generate(engine, rng, n: int) -> tuple[float, dict | None, dict | None]:
     # Gumbel noise -log(-log(u)) made in place in float32: n x vocab floats (6 MB for 32
     # SmolLM2 tokens), not three times that in float64 temporaries, beside a budgeted model
     noise = rng.random((n, logits.shape[-1]), dtype=np.float32)
-    for op in (np.log, np.negative, np.log, np.negative):
-        op(noise, out=noise)
+    with np.errstate(divide="ignore"):  # u = 0: noise -inf, a token never drawn
+        for op in (np.log, np.negative, np.log, np.negative):
+            op(noise, out=noise)
     before = _counters(engine)
     t0 = time.perf_counter()
     for g in noise:
