@@ -89,11 +89,18 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
         "README.md": b"not downloaded",
     }
 
+    def listed(self) -> list:
+        return list(self.files)
+
+    def body(self, rel: str) -> bytes | None:
+        return self.files.get(rel.rsplit("/", 1)[1] if "/" in rel else rel)
+
     def do_GET(self):
+        prefix = "/org/tiny/resolve/main/"
         if self.path == "/api/models/org/tiny/revision/main":
-            body = json.dumps({"siblings": [{"rfilename": f} for f in self.files]}).encode()
-        elif self.path.startswith("/org/tiny/resolve/main/"):
-            body = self.files.get(self.path.rsplit("/", 1)[1])
+            body = json.dumps({"siblings": [{"rfilename": f} for f in self.listed()]}).encode()
+        elif self.path.startswith(prefix):
+            body = self.body(self.path[len(prefix) :])
         else:
             body = None
         if body is None:
@@ -108,14 +115,18 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def fake_hub(monkeypatch):
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
+def serve(handler, monkeypatch):
+    """Serve ``handler`` on a free local port as the hub (HF_ENDPOINT) until the test ends."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.server_address[1]}")
     yield srv
     srv.shutdown()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    yield from serve(FakeHub, monkeypatch)
 
 
 def test_hf_download(cache, fake_hub):
@@ -166,30 +177,16 @@ class ListingHub(FakeHub):
     listing: ClassVar[list] = []
     served: ClassVar[dict] = {}
 
-    def do_GET(self):
-        if self.path == "/api/models/org/tiny/revision/main":
-            body = json.dumps({"siblings": [{"rfilename": f} for f in self.listing]}).encode()
-        elif self.path.startswith("/org/tiny/resolve/main/"):
-            body = self.served.get(self.path[len("/org/tiny/resolve/main/") :])
-        else:
-            body = None
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    def listed(self) -> list:
+        return self.listing
+
+    def body(self, rel: str) -> bytes | None:
+        return self.served.get(rel)
 
 
 @pytest.fixture
 def listing_hub(monkeypatch):
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ListingHub)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{srv.server_address[1]}")
-    yield ListingHub
-    srv.shutdown()
+    yield from serve(ListingHub, monkeypatch)
 
 
 def test_hf_gguf_in_a_subfolder(cache, listing_hub, monkeypatch):
