@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 from edgert.errors import ModelFormatError, UnsupportedError
+from edgert.format.model import is_int
 from edgert.runtime.tokenizer import Tokenizer, TokenizerMeta
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def tokenizer_from_gguf(meta: dict[str, Any], source: str = "") -> Tokenizer:
 
     def opt_id(key: str) -> int | None:
         v = meta.get(key)
-        ok = isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(tokens)
+        ok = is_int(v) and 0 <= v < len(tokens)
         return v if ok else None
 
     builders = {

@@ -40,6 +40,7 @@ from edgert.format.model import (
     TensorInfo,
     float_field,
     int_field,
+    is_int,
     printable,
 )
 from edgert.runtime.tokenizer import Tokenizer, TokenizerMeta
@@ -391,7 +392,7 @@ def _tokenizer(d: Path) -> Tokenizer | None:
     if gen.exists():
         e = _read_json(gen).get("eos_token_id")
         stops = [x for x in (e if isinstance(e, list) else [e]) if x is not None]
-        if not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in stops):
+        if not all(is_int(x) and x >= 0 for x in stops):
             raise ModelFormatError(f"{gen}: eos_token_id = {e!r:.40}, expected token ids")
     meta = TokenizerMeta(
         bos_id=tid(tc.get("bos_token")),

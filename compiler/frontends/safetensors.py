@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from edgert.errors import ModelFormatError, UnsupportedError
-from edgert.format.model import printable
+from edgert.format.model import is_int, printable
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
 #: bytes per value of every safetensors dtype, read or not (a header's sizes are checked for all)
@@ -103,4 +103,4 @@ class SafetensorsFile:
 
 
 def _uint(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    return is_int(v) and v >= 0

@@ -63,6 +63,7 @@ from edgert.device.protocol import (
 from edgert.device.sysinfo import device_info
 from edgert.errors import EdgertError, show
 from edgert.format.artifact import crc32, crc32_file
+from edgert.format.model import is_int
 from edgert.plan.moe import POLICIES
 from edgert.plan.stats import PREDICTORS
 from edgert.settings import request_threads
@@ -110,7 +111,7 @@ class Int:
         return f"an integer in [{self.lo}, {self.hi}]"
 
     def ok(self, v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and self.lo <= v <= self.hi
+        return is_int(v) and self.lo <= v <= self.hi
 
 
 @dataclass(frozen=True)

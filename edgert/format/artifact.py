@@ -31,7 +31,7 @@ import numpy as np
 
 from edgert import __version__
 from edgert.errors import EdgertError, show
-from edgert.format.model import printable
+from edgert.format.model import is_int, printable
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +187,6 @@ class ArtifactWriter:
             raise
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def validate_manifest(manifest: Any, root: str | Path) -> None:
     """Check a manifest read from artifact ``root`` before anything uses it: the schema, the keys
     and types readers rely on, every path confined to ``root`` (relative, no ``..``, no symbolic
@@ -210,8 +206,7 @@ def validate_manifest(manifest: Any, root: str | Path) -> None:
     schema = manifest.get("schema")
     if schema != SCHEMA_VERSION:
         raise ArtifactError(
-            f"{root} has artifact schema {show(schema)}, this edgert reads schema "
-            f"{SCHEMA_VERSION}",
+            f"{root} has artifact schema {show(schema)}, this edgert reads schema {SCHEMA_VERSION}",
             "recompile it with this edgert version",
         )
     for key, kind in (("tensors", dict), ("libs", dict), ("lib_sha256", dict)):
@@ -289,7 +284,7 @@ def validate_manifest(manifest: Any, root: str | Path) -> None:
             if not isinstance(b, dict):
                 raise bad(k, b, "a JSON object")
             for field in ("offset", "nbytes"):
-                if not _is_int(b.get(field)) or b[field] < 0:
+                if not is_int(b.get(field)) or b[field] < 0:
                     raise bad(f"{k}.{field}", b.get(field), "an integer >= 0")
             if not isinstance(b.get("dtype"), str) or b["dtype"] not in DTYPES:
                 raise bad(f"{k}.dtype", b.get("dtype"), f"one of {', '.join(sorted(DTYPES))}")
@@ -297,7 +292,7 @@ def validate_manifest(manifest: Any, root: str | Path) -> None:
             if not (
                 isinstance(shape, list)
                 and len(shape) <= MAX_NDIM
-                and all(_is_int(d) and d >= 0 for d in shape)
+                and all(is_int(d) and d >= 0 for d in shape)
             ):
                 raise bad(f"{k}.shape", shape, f"a list of up to {MAX_NDIM} sizes >= 0")
             n = math.prod(shape) * np.dtype(b["dtype"]).itemsize
@@ -324,7 +319,7 @@ def validate_manifest(manifest: Any, root: str | Path) -> None:
     dram = manifest.get("dram")
     if dram is not None:
         for key, lo in (("budget", 0), ("ctx", 1)):
-            if not _is_int(dram.get(key)) or dram[key] < lo:
+            if not is_int(dram.get(key)) or dram[key] < lo:
                 raise bad(f"dram.{key}", dram.get(key), f"an integer >= {lo}")
 
 

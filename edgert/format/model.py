@@ -68,13 +68,17 @@ def printable(name: str, limit: int = 80) -> str:
     return s if len(s) <= limit else s[: limit - 3] + "..."
 
 
+def is_int(v: Any) -> bool:
+    """An integer as JSON and TOML readers give them: not a bool, which Python counts as one."""
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
 def int_field(what: str, value: Any, lo: int, hi: int) -> int:
     """``value`` as an int within [lo, hi], or a ModelFormatError naming ``what`` (the field as
     the source calls it), the value and the range."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if not ok or not lo <= value <= hi:
+    if not is_int(value) or not lo <= value <= hi:
         raise ModelFormatError(f"{what} = {show(value)}, expected an integer in {lo}..{hi}")
     return int(value)
 
