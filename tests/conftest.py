@@ -97,6 +97,11 @@ def run_cli(*args: str, env: dict | None = None, cwd: str | None = None):
     )
 
 
+#: what a process under --dram-budget may hold beyond its baseline (Python, numpy and the runtime
+#: imported) and its plan: the tokenizer (30 MiB for SmolLM2's vocabulary), the library, thread
+#: stacks, allocator slack; the streaming, sliding-window and soak tests hold peak RSS to it
+FIXED_OVERHEAD = 64 << 20
+
 #: shapes of the small synthetic models the compiler and device tiers compile
 SMALL_MODEL = dict(dim=128, ffn=256, heads=4, kv_heads=2, vocab=512)
 

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import PREFILL_TOL, SMALL_MODEL
+from conftest import FIXED_OVERHEAD, PREFILL_TOL, SMALL_MODEL
 from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format.artifact import Artifact
@@ -22,8 +22,6 @@ from edgert.runtime.weights import reference_model
 CTX = 4096
 WINDOW = 32
 LAYERS = 6  # layers 0-4 slide, layer 5 is global
-#: the process beyond its baseline and the plan (as in test_stream_run)
-FIXED_OVERHEAD = 64 << 20
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PREFILL_TOL, SMALL_MODEL, greedy_tokens
+from conftest import FIXED_OVERHEAD, PREFILL_TOL, SMALL_MODEL, greedy_tokens
 from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.errors import EdgertError
@@ -26,10 +26,6 @@ from edgert.runtime.open import open_artifact_engine
 PROMPTS = ["the cat sat on", "hello world", "a b c d e"]
 CTX = 10_240
 SOAK_TOKENS = 10_000
-#: what the process holds beyond its baseline (Python, numpy, the tokenizer and the runtime
-#: imported) and the plan: the library, tokenizer, thread stacks, allocator slack (9 MB on x86-64
-#: with TVM's runtime in the baseline: 199.5 MB, plan 35.1 MB, peak 243.3 MB over 10 000 tokens)
-FIXED_OVERHEAD = 64 << 20
 
 
 @pytest.fixture(scope="module")

@@ -13,22 +13,20 @@ import subprocess
 import sys
 
 import pytest
+from conftest import FIXED_OVERHEAD
 
 pytestmark = pytest.mark.soak
 
 TOKENS = 10_000
 #: SmolLM2's context is 8192 tokens: the soak is a session of turns, each from an empty cache
 TURN = 2_000
-#: what a process holds besides its plan and its baseline: allocator slack, the kernels' and the
-#: readers' thread stacks, the tokenizer's buffers (the streaming tests' figure)
-FIXED_OVERHEAD = 64 << 20
 #: the resident set may move by this much between the first turn and the last (pages the
 #: allocator keeps, page tables); a leak of a KV cache or a read buffer per turn is larger
 DRIFT = 8 << 20
 
 CHILD = """
 import json, os, sys
-path, budget, n, turn, opts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), json.loads(sys.argv[5])
+path, (budget, n, turn), opts = sys.argv[1], map(int, sys.argv[2:5]), json.loads(sys.argv[5])
 import tokenizers, edgert.runtime.engine  # the runtime's own footprint: the baseline
 from edgert.measure.bench import peak_rss_bytes, rss_bytes  # VmHWM: ru_maxrss carries pytest's
 from edgert.runtime.generate import Sampler, generate
@@ -76,16 +74,17 @@ def _soak(art, budget: int, opts: dict) -> dict:
     first, last = d["turns"][0], d["turns"][-1]
     rss = ", ".join(f"{t['rss'] / 2**20:.1f}" for t in d["turns"])
     speed = ", ".join(f"{t['tok_s']:.1f}" for t in d["turns"])
+    bound = d["base"] + budget + FIXED_OVERHEAD
     print(
         f"soak {art.name}: {d['tokens']} tokens in {len(d['turns'])} turns, budget "
-        f"{budget / 1e6:.1f} MB (plan {d['planned'] / 1e6:.1f} MB), baseline {d['base'] / 2**20:.1f}"
-        f" MiB, peak RSS {d['peak'] / 2**20:.1f} MiB (bound {(d['base'] + budget + FIXED_OVERHEAD) / 2**20:.1f}"
-        f"), RSS after each turn {rss} MiB, decode {speed} tok/s, "
+        f"{budget / 1e6:.1f} MB (plan {d['planned'] / 1e6:.1f} MB), baseline "
+        f"{d['base'] / 2**20:.1f} MiB, peak RSS {d['peak'] / 2**20:.1f} MiB (bound "
+        f"{bound / 2**20:.1f}), RSS after each turn {rss} MiB, decode {speed} tok/s, "
         f"open files {first['fds']} -> {last['fds']}, threads "
         f"{first['threads']} -> {last['threads']}; stream {json.dumps(d['stream'])}"
     )
     assert d["tokens"] == TOKENS and d["planned"] <= budget
-    assert d["peak"] <= d["base"] + budget + FIXED_OVERHEAD, d
+    assert d["peak"] <= bound, d
     assert last["rss"] <= first["rss"] + DRIFT, d["turns"]
     assert [t["fds"] for t in d["turns"]] == [first["fds"]] * len(d["turns"])
     assert [t["threads"] for t in d["turns"]] == [first["threads"]] * len(d["turns"])
