@@ -72,8 +72,14 @@ void edgert_i8_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k,
 void edgert_i8_gemm_ref(float *y, const float *x, int64_t n, int64_t m, int64_t k,
                         const uint8_t *planes, const uint16_t *scale, const uint16_t *zero,
                         int32_t bits, int32_t group, int32_t threads);
-/* the int8 kernel of this build: "avx512vnni", "avx2", "neon-dotprod", "neon" or "scalar" */
+/* the int8 kernel this build runs: "avx512vnni", "avx2", "scalar", or on arm64 the level the
+ * CPU has, chosen at load: "neon-i8mm", "neon-dotprod" or "neon" */
 const char *edgert_i8_kernel(void);
+/* the CPU features this build's code needs, as arm64 AT_HWCAP / AT_HWCAP2 bits (0 elsewhere),
+ * and the ones this CPU has (getauxval): a runtime refuses a library whose needs are not met
+ * before it calls anything else in it */
+void edgert_cpu_needs(uint64_t need[2]);
+void edgert_cpu_have(uint64_t have[2]);
 /* reads n bytes at p once with `threads` workers; returns a checksum (a bandwidth probe) */
 uint64_t edgert_read_bytes(const uint8_t *p, int64_t n, int32_t threads);
 /* which SIMD path this build uses: "neon", "avx512", "avx2" or "scalar" */

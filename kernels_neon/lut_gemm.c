@@ -2,7 +2,6 @@
  * They check and split the work (tables per activation row, tiles of 32 output rows over the
  * thread pool) and call the tile kernels of this build's ISA file (lut_neon.c, lut_x86.c, or the
  * scalar lut_ref.c) or, for the _ref entry points, the scalar twins. */
-#include <assert.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 
@@ -44,19 +43,6 @@ static void tables_range(void *vctx, int64_t begin, int64_t end) {
  * equal (12.0-12.2x) when they share one). Each thread keeps its buffer for the next call: at most
  * (FEW_ROWS - 1) x (k / 4 x 32 + 8 x groups) bytes. */
 #define FEW_ROWS 8
-static _Thread_local uint8_t *own_tables;
-static _Thread_local size_t own_bytes;
-
-static uint8_t *own_table_buffer(size_t bytes) {
-    if (own_bytes < bytes) {
-        free(own_tables);
-        own_tables = malloc(bytes);
-        if (!own_tables) abort();
-        own_bytes = bytes;
-    }
-    return own_tables;
-}
-
 /* y_j[i, 32t ..] = the tile's output rows that exist */
 static inline void put_rows(const gemm_ctx *c, int j, int64_t t, int64_t i, const float *buf) {
     const int64_t m = c->w.m[j], rows = m - t * T < T ? m - t * T : T;
@@ -68,7 +54,8 @@ static void gemm_range(void *vctx, int64_t begin, int64_t end) {
     const shape_t *s = c->s;
     if (c->x) {  // this thread's own tables: tbl [n][k4][32], then ts, xs [n][groups]
         const size_t tbytes = (size_t)(c->n * s->k4 * 32);
-        uint8_t *tbl = own_table_buffer(tbytes + 2 * (size_t)(c->n * s->groups) * sizeof(float));
+        const size_t bytes = tbytes + 2 * (size_t)(c->n * s->groups) * sizeof(float);
+        uint8_t *tbl = edgert_thread_scratch(EDGERT_SCRATCH_TABLES, bytes);
         float *ts = (float *)(tbl + tbytes), *xs = ts + c->n * s->groups;
         tables_ctx tc = {c->x, s, tbl, ts, xs, c->build};
         tables_range(&tc, 0, c->n);
@@ -133,7 +120,7 @@ static void gemm_impl(int count, float *const *y, const float *x, int64_t n, con
                       int32_t threads, tile_fn tile, pair_fn (*pairs)(const shape_t *),
                       table_fn build) {
     shape_t s;
-    assert(x && n >= 0);
+    EDGERT_CHECK(x && n >= 0);
     if (!make_shape(&s, k, bits, group, fmt)) abort();  // validated by the caller
     gemm_ctx c = {.n = n, .s = &s, .tile = tile};
     const int64_t tiles = make_family(&c.w, count, y, m, planes, scale, zero);
@@ -211,7 +198,7 @@ static void gemv_rows_impl(float *y, const float *x, int64_t m, int64_t k, const
                            const uint16_t *zero, int32_t bits, int32_t group, int32_t fmt,
                            int32_t threads, tile_fn tile, table_fn build) {
     shape_t s;
-    assert(y && x && rows && planes && scale && zero && r >= 0);
+    EDGERT_CHECK(y && x && rows && planes && scale && zero && r >= 0);
     if (!make_shape(&s, k, bits, group, fmt)) abort();
     if (r == 0) return;
     float *ts, *xs;
@@ -221,7 +208,7 @@ static void gemv_rows_impl(float *y, const float *x, int64_t m, int64_t k, const
     if (!tiles || !slot) abort();
     int64_t nt = 0;
     for (int64_t i = 0; i < r; i++) {
-        assert(rows[i] >= 0 && rows[i] < m);
+        EDGERT_CHECK(rows[i] >= 0 && rows[i] < m);
         const int64_t t = rows[i] / T;
         if (nt == 0 || tiles[nt - 1] != t) tiles[nt++] = t;
         slot[i] = (nt - 1) * T + rows[i] % T;
@@ -287,7 +274,7 @@ static int16_t *q8_prepare(const float *x, int64_t n, int64_t k, int64_t kpad, f
 
 void edgert_q8_gemm(float *y, const float *x, int64_t n, int64_t m, int64_t k, const int8_t *q,
                     const float *scale, int32_t threads) {
-    assert(y && x && q && scale && k > 0);
+    EDGERT_CHECK(y && x && q && scale && k > 0);
     const int64_t kpad = (k + 31) / 32 * 32;
     float *xs;
     int16_t *xq = q8_prepare(x, n, k, kpad, &xs);

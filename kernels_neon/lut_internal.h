@@ -8,8 +8,8 @@
  * of edgert_forward.h, with vec.h's vector helpers). Only one ISA file has code in a build. */
 #ifndef EDGERT_LUT_INTERNAL_H
 #define EDGERT_LUT_INTERNAL_H
-#include <assert.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -18,6 +18,8 @@
 
 #if defined(__ARM_NEON)
 #include <arm_neon.h>
+#include <stdatomic.h>
+#include <sys/auxv.h>
 #define EDGERT_NEON 1
 #define EDGERT_ISA "neon"
 #elif defined(__AVX2__) && defined(__F16C__)
@@ -34,6 +36,21 @@
 #endif
 
 #define EDGERT_HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- the C library and the OS (platform.c) ------------------------------------------------ */
+/* a check kept in every build: what failed goes to stderr, then abort (the C libraries' own
+ * assert calls differ: platform.c) */
+EDGERT_HIDDEN void edgert_check_failed(const char *what);
+#define EDGERT_CHECK(c) ((c) ? (void)0 : edgert_check_failed(#c " (" __FILE__ ")"))
+/* the CPUs this process may run on */
+EDGERT_HIDDEN int edgert_cpu_count(void);
+/* a 64-byte aligned buffer of at least `bytes` that the calling thread keeps for its next call
+ * with the same slot (grown as needed, freed when the thread exits) */
+enum { EDGERT_SCRATCH_TABLES, EDGERT_SCRATCH_CODES, EDGERT_SCRATCH_SLOTS };
+EDGERT_HIDDEN void *edgert_thread_scratch(int slot, size_t bytes);
+/* arm64 hwcap bits the tile kernels' levels are chosen by (i8_gemm.c) */
+#define EDGERT_HWCAP_ASIMDDP (1ul << 20)
+#define EDGERT_HWCAP2_I8MM (1ul << 13)
 #define T EDGERT_TILE
 
 /* ---- float16 -> float32 (exact) ---------------------------------------------------------- */
@@ -149,15 +166,15 @@ typedef struct {
     const uint16_t *scale[EDGERT_MAX_MULTI], *zero[EDGERT_MAX_MULTI];
 } family_t;
 
-/* f = the count weights (checked by assertion); returns their tiles in all */
+/* f = the count weights (checked: EDGERT_CHECK); returns their tiles in all */
 static inline int64_t make_family(family_t *f, int count, float *const *y, const int64_t *m,
                                   const uint8_t *const *planes, const uint16_t *const *scale,
                                   const uint16_t *const *zero) {
-    assert(y && planes && scale && zero && count >= 1 && count <= EDGERT_MAX_MULTI);
+    EDGERT_CHECK(y && planes && scale && zero && count >= 1 && count <= EDGERT_MAX_MULTI);
     f->count = count;
     f->first[0] = 0;
     for (int j = 0; j < count; j++) {
-        assert(y[j] && planes[j] && scale[j] && zero[j] && m[j] >= 0);
+        EDGERT_CHECK(y[j] && planes[j] && scale[j] && zero[j] && m[j] >= 0);
         f->y[j] = y[j];
         f->m[j] = m[j];
         f->planes[j] = planes[j];

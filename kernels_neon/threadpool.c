@@ -76,7 +76,7 @@ static int default_threads(void) {
     static int n = 0;
     if (!n) {
         const char *e = getenv("EDGERT_THREADS");
-        n = e && atoi(e) > 0 ? atoi(e) : (int)sysconf(_SC_NPROCESSORS_ONLN);
+        n = e && atoi(e) > 0 ? atoi(e) : edgert_cpu_count();
         if (n < 1) n = 1;
         if (n > MAX_THREADS) n = MAX_THREADS;
     }

@@ -1,7 +1,9 @@
 """The C test driver (fast == _ref bit for bit — LUT tiles and tables, q8 rows, vec.h's helpers —
 row subsets, closeness to a float product) built with the library's files for every path: host AVX-512 (where the CPU has it) and AVX2 under AddressSanitizer + UBSan, the
 best host path under ThreadSanitizer, host scalar,
-and aarch64 NEON (Armv8-A as on rpi4, Armv8.2-A+dotprod as on rpi5) executed under qemu-aarch64."""
+and aarch64 NEON (Armv8-A as on rpi4 and android, Armv8.2-A+dotprod as on rpi5) executed under
+qemu-aarch64 on CPU models with and without the dot product and the int8 matrix multiply, whose
+int8 tile kernels the library picks when it loads."""
 
 import os
 import re
@@ -100,9 +102,21 @@ def test_host_scalar(tmp_path):
     assert "isa scalar (int8 scalar)" in out
 
 
-@pytest.mark.parametrize("march", ["armv8-a", "armv8.2-a+dotprod"])
-def test_aarch64_neon_under_qemu(tmp_path, march):
+#: (-march, qemu's -cpu) -> the int8 tile kernel the library picks: the CPU's level, whatever
+#: the build's baseline (cortex-a53: Armv8.0; cortex-a76: dotprod; max: dotprod and i8mm)
+QEMU_CPUS = {
+    ("armv8-a", "cortex-a53"): "neon",
+    ("armv8-a", "cortex-a76"): "neon-dotprod",
+    ("armv8-a", "max"): "neon-i8mm",
+    ("armv8.2-a+dotprod", "cortex-a76"): "neon-dotprod",
+}
+
+
+@pytest.mark.parametrize("march,cpu", list(QEMU_CPUS))
+def test_aarch64_neon_under_qemu(tmp_path, march, cpu):
     cc = need("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu")
     qemu = need(QEMU, "qemu-user-static")
-    out = build_and_run(tmp_path, cc, ["-O2", f"-march={march}", "-static"], runner=(qemu,))
-    assert f"isa neon (int8 {'neon-dotprod' if 'dotprod' in march else 'neon'})" in out
+    out = build_and_run(
+        tmp_path, cc, ["-O2", f"-march={march}", "-static"], runner=(qemu, "-cpu", cpu)
+    )
+    assert f"isa neon (int8 {QEMU_CPUS[march, cpu]})" in out
