@@ -227,9 +227,11 @@ def bench_model(
     p = Path(path)
     is_art = p.is_dir() and (p / "manifest.json").exists()
     if is_art:  # the runtime's libraries belong to the baseline, not to the model
-        import tokenizers  # noqa: F401
-
         import edgert.runtime.engine  # noqa: F401
+        from edgert.runtime.tokenizer import backend
+
+        if backend() == "tokenizers":  # a phone has no wheel: the Python reader is loaded per model
+            import tokenizers  # noqa: F401
     baseline = rss_bytes()
     t0 = time.perf_counter()
     engine = open_engine(

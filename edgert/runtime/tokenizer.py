@@ -1,18 +1,62 @@
-"""Tokenizer: a `tokenizers` object plus the special ids and chat template the model carries.
+"""Tokenizer: a tokenizer.json reader plus the special ids and chat template the model carries.
 
 Frontends build it (from GGUF metadata or tokenizer.json); artifacts store it as
-``tokenizer.json`` + ``tokenizer_meta.json`` so the device needs only the `tokenizers` wheel.
+``tokenizer.json`` + ``tokenizer_meta.json``. The device reads that file with the `tokenizers`
+wheel, or, where the wheel cannot be installed (Termux on an Android phone: no manylinux wheels),
+with edgert's pure-Python reading of the same format (:mod:`edgert.runtime.bpe`: same ids, same
+text). ``EDGERT_TOKENIZER`` chooses: ``python`` or ``tokenizers``; unset (or ``auto``), the
+wheel where it imports, else Python. The chat template needs jinja2 only when it is rendered.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from edgert.errors import ModelFormatError
+from edgert.errors import EdgertError, ModelFormatError
+
+#: EDGERT_TOKENIZER's values -> the implementation each asks for
+BACKENDS = {"": "auto", "auto": "auto", "python": "python", "tokenizers": "tokenizers"}
+
+
+def backend() -> str:
+    """``"tokenizers"`` or ``"python"``: which implementation reads tokenizer.json here, as
+    EDGERT_TOKENIZER asks (``auto``: the wheel where it imports). Forcing ``python`` never
+    imports `tokenizers`."""
+    asked = BACKENDS.get(os.environ.get("EDGERT_TOKENIZER", "").strip().lower())
+    if asked is None:
+        raise EdgertError(
+            f"EDGERT_TOKENIZER={os.environ['EDGERT_TOKENIZER']!r:.40}",
+            "use python, tokenizers or auto (or leave it unset)",
+        )
+    if asked != "auto":
+        return asked
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        return "python"
+    return "tokenizers"
+
+
+def read_tokenizer_json(path: str | Path) -> Any:
+    """A tokenizer.json as :func:`backend` reads it: a ``tokenizers.Tokenizer`` or an
+    :class:`edgert.runtime.bpe.PyTokenizer` (the methods edgert calls are the same)."""
+    if backend() == "python":
+        from edgert.runtime.bpe import PyTokenizer
+
+        return PyTokenizer.from_file(path)
+    try:
+        from tokenizers import Tokenizer as HFTokenizer
+    except ImportError as e:
+        raise EdgertError(
+            f"EDGERT_TOKENIZER=tokenizers, but the `tokenizers` wheel does not import: {e}",
+            "pip install tokenizers, or set EDGERT_TOKENIZER=python",
+        ) from e
+    return HFTokenizer.from_file(str(path))
 
 
 @dataclass
@@ -57,12 +101,21 @@ class Tokenizer:
     def apply_chat_template(
         self, messages: list[dict[str, str]], *, add_generation_prompt=True
     ) -> str:
-        """Render the model's chat template (jinja2, sandboxed) for ``messages``."""
+        """Render the model's chat template (jinja2, sandboxed) for ``messages``. jinja2 (and
+        its markupsafe) is imported here, not before: a device without them still encodes,
+        decodes and generates from plain prompts."""
         if not self.meta.chat_template:
             raise ModelFormatError(
                 "this model carries no chat template", "pass the prompt without --chat"
             )
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        try:
+            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        except ImportError as e:
+            raise EdgertError(
+                f"rendering the chat template needs jinja2 (and markupsafe), which do not "
+                f"import here: {e}",
+                "pip install jinja2, or pass the prompt without --chat",
+            ) from e
 
         def raise_exception(msg: str) -> None:
             raise ModelFormatError(f"chat template: {msg}")
@@ -96,12 +149,13 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
-        from tokenizers import Tokenizer as HFTokenizer
-
+        """The tokenizer saved in ``directory``, read by :func:`backend`'s implementation."""
         d = Path(directory)
         try:
-            tok = HFTokenizer.from_file(str(d / "tokenizer.json"))
+            tok = read_tokenizer_json(d / "tokenizer.json")
             meta = TokenizerMeta(**json.loads((d / "tokenizer_meta.json").read_text()))
-        except (OSError, ValueError, TypeError, Exception) as e:
+        except EdgertError:
+            raise  # names the file, the component and the fix already
+        except Exception as e:  # `tokenizers` reports a file it cannot read as Exception
             raise ModelFormatError(f"cannot read the tokenizer in {d}: {e}") from e
         return cls(tok, meta)
