@@ -31,9 +31,17 @@ def hf_token() -> str | None:
 
 
 def default_threads() -> int:
+    """The thread count when none is asked for: EDGERT_THREADS, else on a big.LITTLE machine
+    its big cores (edgert.runtime.cpu.big_split: a thread on a little core holds every job up,
+    each waiting for its slowest chunk), else every core this process may run on."""
     env = os.environ.get("EDGERT_THREADS")
     if env:
         return max(1, int(env))
+    from edgert.runtime.cpu import topology
+
+    big = topology()[1]
+    if big:
+        return len(big)
     return max(
         1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     )
@@ -79,9 +87,46 @@ def request_threads(threads: int | None):
                 os.environ.pop(v, None)
             else:
                 os.environ[v] = old
+        from edgert.runtime.cpu import topology
+
+        big = topology()[1]
+        if big:  # back where the process ran before the request
+            _place(run_threads() or len(big))
 
 
 def set_threads(threads: int) -> None:
-    """Size every thread pool; call before numpy's BLAS or the TVM runtime first runs."""
+    """Size every thread pool, and on a big.LITTLE machine place the process for that many
+    threads (:func:`init_threads`); call before numpy's BLAS or the TVM runtime first runs."""
     for var in THREAD_VARS:
         os.environ[var] = str(int(threads))
+    _place(int(threads))
+
+
+_placed = False
+
+
+def init_threads() -> None:
+    """Once per process, before the kernels' pool starts (the runtime's entry points: opening
+    an artifact, the device agent): on a big.LITTLE machine, size the pools for its big cores
+    where no thread count was asked for (EDGERT_THREADS), and pin the process to its big cores,
+    or to all its cores for a count beyond them (edgert.runtime.cpu.place_threads). The pool's
+    workers inherit the mask of the thread that starts them; the pool, told no count, counts
+    the cores itself, so the count is set here too. Nothing changes where the cores are alike
+    (or cannot be read: the emulated device, which has no /sys)."""
+    if _placed:  # set_threads (`-t`, or its default) placed it already
+        return
+    from edgert.runtime.cpu import topology
+
+    asked = run_threads()
+    if asked:
+        _place(asked)
+    elif topology()[1]:
+        set_threads(default_threads())
+
+
+def _place(threads: int) -> None:
+    global _placed
+    _placed = True
+    from edgert.runtime.cpu import place_threads
+
+    place_threads(threads)

@@ -18,6 +18,15 @@ def _provenance(t) -> str:
     return ", ".join(f"{v} {k}" for k, v in sorted(n.items()))
 
 
+def _cores(t) -> str:
+    """The cores, with the clusters' counts and how many are big where they are of several
+    kinds ("8 (1+2+2+3, 5 big)"); each cluster's kind and clock: `targets --json`."""
+    if len(t.clusters) < 2:
+        return str(t.cores)
+    counts = "+".join(str(c["count"]) for c in t.clusters)
+    return f"{t.cores} ({counts}, {t.big_cores} big)"
+
+
 def run(args) -> int:
     from edgert.cli.common import print_json
     from edgert.format.target import FIGURES, list_targets
@@ -28,6 +37,7 @@ def run(args) -> int:
             {
                 n: {
                     **t.to_dict(),
+                    "big_cores": t.big_cores,
                     "figure_sources": {f: t.source(f) for f in FIGURES},
                     "toolchain_installed": not t.toolchain_missing(),
                 }
@@ -45,7 +55,7 @@ def run(args) -> int:
                 n,
                 t.arch,
                 t.cpu_model,
-                str(t.cores),
+                _cores(t),
                 f"{t.dram_bytes / 2**30:.0f} GiB",
                 f"{t.dram_bandwidth_gbs:g}",
                 t.flash_kind,

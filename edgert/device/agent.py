@@ -66,7 +66,7 @@ from edgert.format.artifact import crc32, crc32_file
 from edgert.format.model import is_int
 from edgert.plan.moe import POLICIES
 from edgert.plan.stats import PREDICTORS
-from edgert.settings import request_threads
+from edgert.settings import init_threads, request_threads
 
 log = logging.getLogger(__name__)
 
@@ -817,6 +817,7 @@ def serve_stdio(root: Path | None = None, extra: tuple[dict, tuple] | None = Non
     """Serve on this process's stdin/stdout (what the SSH and local transports start)."""
     out = sys.stdout.buffer
     sys.stdout = sys.stderr  # stray prints must not corrupt the frame stream
+    init_threads()  # a big.LITTLE CPU: every request's threads on its big cores unless -t says
     Agent(sys.stdin.buffer, out, root=root, extra=extra).serve()
 
 
@@ -843,6 +844,7 @@ def serve_serial(
     """Serve sessions on a serial line until ``agent.shutdown``: a client that goes away (BYE,
     or silence) leaves the agent waiting for the next one's HELLO."""
     rfile, wfile = open_tty(port)
+    init_threads()  # as serve_stdio
     agent = Agent(rfile, wfile, root=root, extra=extra)
     while True:
         try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import sys
@@ -37,6 +38,36 @@ def target_dirs() -> list[Path]:
     if os.environ.get("EDGERT_TARGETS"):
         dirs += [Path(p) for p in os.environ["EDGERT_TARGETS"].split(os.pathsep)]
     return dirs
+
+
+#: the least ratio between neighbouring core capacities (or clocks) that splits big cores from
+#: little ones (:func:`big_split`)
+BIG_GAP = 1.25
+
+
+def big_split(speeds: dict) -> set | None:
+    """The keys of ``speeds`` (core -> capacity or clock) that are big cores, None where all are
+    alike.
+
+    The rule: sort the distinct values and find the widest step between neighbours, as a ratio;
+    the cores above that step are the big ones, provided it is at least BIG_GAP (1.25), else
+    the cores count as alike. A phone's little cores (in-order Cortex-A55/A510/A520) do about a
+    third of its fastest core's work or less, its middle ones (out-of-order A710/A715, A76/A78) half
+    or more, so the widest step lies below the middle cores and they count as big: a Snapdragon
+    8 Gen 2's capacities (mainline Linux's sm8550.dtsi work per MHz, 1024 / 1792 / 1894, times
+    the clocks, 2.0 / 2.8 / 3.2 GHz) are about 350 for the A510s, 850 for the A715s and A710s
+    and 1024 for the X3, steps of 2.4 and 1.2: the X3, A715s and A710s are big, the A510s not;
+    by clock alone the steps are 1.4 and 1.14, the same split. A fixed share of the fastest
+    core would not serve both measures: by clock an A510 reaches 0.63 of the X3. Cores that
+    differ by less than BIG_GAP (x86 cores whose top clocks differ by a few percent, a chip of
+    big cores alone) are alike: every one of them is worth a thread."""
+    values = sorted(set(speeds.values()))
+    if len(values) < 2:
+        return None
+    ratio, cut = max((hi / lo, hi) for lo, hi in itertools.pairwise(values))
+    if ratio < BIG_GAP:
+        return None
+    return {k for k, v in speeds.items() if v >= cut}
 
 
 @dataclass
@@ -82,9 +113,21 @@ class Target:
     extra: dict[str, Any] = field(default_factory=dict)
     #: the FIGURES the file states (the others are defaults)
     stated: list[str] = field(default_factory=list)
+    #: the CPU's core clusters in the file's order (the shipped files: fastest first):
+    #: ``{"count", "max_mhz", "kind"}`` each, counts adding up to ``cores`` (optional [cpu] key
+    #: ``clusters``; [] where the file lists none)
+    clusters: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def big_cores(self) -> int:
+        """How many of its cores are big: those of its fastest clusters by clock, as the runtime
+        tells big cores from little ones on the device (:func:`big_split`); all of
+        them where the clusters are alike or the file lists none."""
+        big = big_split({i: c["max_mhz"] for i, c in enumerate(self.clusters)})
+        return self.cores if big is None else sum(self.clusters[i]["count"] for i in big)
 
     @property
     def cross_cxx(self) -> str | None:
@@ -340,6 +383,38 @@ def flag_features(
     return out
 
 
+def _clusters(d: dict, path: Path) -> list[dict[str, Any]]:
+    """[cpu] clusters: a list of ``{count, max_mhz, kind}`` whose counts add up to [cpu] cores."""
+    cpu = d.get("cpu", {})
+    if "clusters" not in cpu:
+        return []
+    fmt = 'clusters = [{count = 1, max_mhz = 3200, kind = "Cortex-X3"}, ...]'
+    cl = cpu["clusters"]
+    if not isinstance(cl, list) or not cl:
+        raise EdgertError(f"{path}: [cpu] clusters must be a list of tables, not {cl!r}", fmt)
+    out = []
+    for i, c in enumerate(cl):
+        what = f"{path}: [cpu] clusters[{i}]"
+        if not isinstance(c, dict) or set(c) != {"count", "max_mhz", "kind"}:
+            raise EdgertError(f"{what} must have count, max_mhz and kind, not {c!r}", fmt)
+        n, mhz, kind = c["count"], c["max_mhz"], c["kind"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise EdgertError(f"{what}: count must be an integer >= 1, not {n!r}")
+        if not isinstance(mhz, (int, float)) or isinstance(mhz, bool) or not mhz > 0:
+            raise EdgertError(f"{what}: max_mhz must be a positive number, not {mhz!r}")
+        if not isinstance(kind, str) or not kind:
+            raise EdgertError(f"{what}: kind must name the core, not {kind!r}", fmt)
+        out.append({"count": n, "max_mhz": mhz, "kind": kind})
+    total, cores = sum(c["count"] for c in out), _get(d, "cpu.cores", int, path)
+    if total != cores:
+        counts = " + ".join(str(c["count"]) for c in out)
+        raise EdgertError(
+            f"{path}: [cpu] clusters count {counts} = {total} cores, but [cpu] cores = {cores}",
+            "make the clusters' counts add up to cores",
+        )
+    return out
+
+
 def _requires(d: dict, path: Path) -> list[str]:
     """[cpu] requires, or what the toolchain's flags and the TVM target's mattr enable."""
     if "requires" in d.get("cpu", {}):
@@ -437,6 +512,7 @@ def parse_target(path: Path) -> Target:
         cores=_get(d, "cpu.cores", int, path),
         features=_get(d, "cpu.features", list, path),
         requires=_requires(d, path),
+        clusters=_clusters(d, path),
         dram_bytes=_get(d, "memory.dram_bytes", int, path),
         dram_bandwidth_gbs=float(_get(d, "memory.dram_bandwidth_gbs", num, path)),
         flash_kind=_get(d, "flash.kind", str, path),

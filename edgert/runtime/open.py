@@ -13,6 +13,7 @@ from pathlib import Path
 from edgert.errors import EdgertError
 from edgert.format import names
 from edgert.runtime.cpu import cpu_features
+from edgert.settings import init_threads
 
 
 def open_artifact_engine(
@@ -48,6 +49,7 @@ def open_artifact_engine(
             "run it with `edgert run ART --input FILE.npy`",
         )
     art.check_target(features=cpu_features())  # before its library is loaded
+    init_threads()  # a big.LITTLE CPU: its big cores, before the kernels' pool starts
     cfg = art.config()
     plan = art.manifest.get("plan", {})
     tok = Tokenizer.of_artifact(art)
