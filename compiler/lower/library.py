@@ -1,7 +1,8 @@
 """A language-model artifact's ``lib/model.so``: the C forward pass and the LUT kernels
 (kernels_neon) compiled with the target's toolchain and linked by TVM's compiler driver
 (``tvm.support.cc``) into one shared library that depends on libc, libm and pthreads only, so a
-device loads it with ctypes and nothing else."""
+device loads it with ctypes and nothing else. For a phone (a target whose ``libc`` is bionic)
+the link is compiler/lower/android.py's instead."""
 
 from __future__ import annotations
 
@@ -30,8 +31,15 @@ def build_library(tgt: Target, out_so: str | Path) -> None:
     flags = tgt.kernel_cflags()
     if tgt.host_simd:
         flags += [f for f in host_flags() if f not in flags]
+    if tgt.libc == "bionic":
+        from edgert.compiler.lower import android
+
+        flags += android.CFLAGS
     with tempfile.TemporaryDirectory(prefix="edgert-lib-") as tmp:
-        objs = build_objects(cc=tgt.cc, cflags=flags, out_dir=Path(tmp))
+        objs = build_objects(cc=tgt.cc, cflags=flags, out_dir=Path(tmp) / "obj")
+        if tgt.libc == "bionic":
+            android.link(tgt.cc, objs, Path(out_so), Path(tmp))
+            return
         try:
             cc.create_shared(
                 str(out_so), [str(o) for o in objs], options=["-lpthread", "-lm"], cc=tgt.cc

@@ -174,6 +174,12 @@ def compile_onnx(
             "use --bits 8 (int8 weights) or leave it out (float32)",
         )
     tgt = load_target(target)
+    if tgt.libc != "glibc":
+        raise EdgertError(
+            f"target {tgt.name}: ONNX models run on the TVM runtime, which is not built for "
+            f"{tgt.libc} (Android's C library)",
+            "compile it for a Linux board (`edgert targets`), or run a language model there",
+        )
     tgt.require_toolchain()
     out = Path(out)
     if out.exists() and not force:

@@ -27,7 +27,11 @@ from edgert.errors import EdgertError
 
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
-PACKAGES = ["python3", "python3-venv", "ca-certificates", "openssh-server", "openssh-client"]
+PACKAGES = ["python3", "python3-venv", "ca-certificates", "openssh-server", "openssh-client",
+            # musl, a C library that is not glibc: android libraries are load-tested with it
+            # (tests/device/test_android_lib.py); numpy as a phone's Python has it (Termux's
+            # python-numpy), outside any venv, for the android flavour
+            "musl", "musl-dev", "python3-numpy"]
 VERSION = 1
 REPO = Path(__file__).resolve().parents[2]  # a source checkout (tests copy edgert from it)
 
@@ -166,8 +170,10 @@ def install_edgert(root: Path) -> None:
     shutil.copytree(REPO / "targets", tdst)
 
 
-def run_python(root: Path, script: str, *, timeout: float = 900) -> str:
-    """Run a Python script inside the arm64 root with edgert importable; returns stdout."""
+def run_python(root: Path, script: str, *, timeout: float = 900, env: dict | None = None) -> str:
+    """Run a Python script inside the arm64 root with edgert importable; returns stdout.
+    ``env``: more environment (``QEMU_CPU``, which qemu-user reads when the process starts,
+    runs it on another CPU model)."""
     install_edgert(root)
     (root / "tmp").mkdir(exist_ok=True)
     f = root / "tmp" / "edgert_script.py"
@@ -175,7 +181,7 @@ def run_python(root: Path, script: str, *, timeout: float = 900) -> str:
     r = _chroot(
         root,
         ["/opt/venv/bin/python", "/tmp/edgert_script.py"],
-        env={"PYTHONPATH": "/opt/edgert-src", "EDGERT_CACHE": "/root/.cache/edgert"},
+        env={"PYTHONPATH": "/opt/edgert-src", "EDGERT_CACHE": "/root/.cache/edgert", **(env or {})},
         timeout=timeout,
     )
     return r.stdout

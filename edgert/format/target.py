@@ -70,6 +70,10 @@ def big_split(speeds: dict) -> set | None:
     return {k for k, v in speeds.items() if v >= cut}
 
 
+#: the C libraries a target's devices may have (Target.libc)
+LIBCS = ("glibc", "bionic")
+
+
 @dataclass
 class Target:
     name: str
@@ -109,6 +113,10 @@ class Target:
     #: the kernels also take the SIMD flags of the machine that builds them (optional
     #: [toolchain] key; the `host` target, whose artifacts run where they are compiled)
     host_simd: bool = False
+    #: the C library of the devices that load its artifacts' library (optional [toolchain] key):
+    #: "glibc" (boards), or "bionic" (Android phones: the kernels are then linked against stubs
+    #: named as bionic's libraries, compiler/lower/android.py)
+    libc: str = "glibc"
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     #: the FIGURES the file states (the others are defaults)
@@ -146,6 +154,7 @@ class Target:
             "triple": self.triple,
             "tvm_target": self.tvm_target,
             "cpu_features": self.required_features(build_flags, tvm=tvm),
+            "libc": self.libc,
         }
 
     def required_features(self, build_flags: Sequence[str] = (), *, tvm: bool = False) -> list:
@@ -480,7 +489,8 @@ def check_cpu_features(entry: dict, have, *, what: str, where: str) -> None:
     fits = []
     try:
         fits = [n for n, t in list_targets().items()
-                if t.arch == arch and not t.host_simd and set(t.requires) <= have]  # fmt: skip
+                if t.arch == arch and not t.host_simd and set(t.requires) <= have
+                and t.libc == entry.get("libc", "glibc")]  # fmt: skip
     except EdgertError:
         pass  # a broken target file elsewhere: no suggestion
     raise EdgertError(
@@ -524,6 +534,7 @@ def parse_target(path: Path) -> Target:
         kernels=_kernels(d.get("kernels", {}), path),
         host_simd="host_simd" in d.get("toolchain", {})
         and _get(d, "toolchain.host_simd", bool, path),
+        libc=_get(d, "toolchain.libc", str, path) if "libc" in d.get("toolchain", {}) else "glibc",
         path=str(path),
         extra={k: v for k, v in d.get("tvm", {}).items() if k != "target"},
         sources=_sources(d, path),
@@ -531,6 +542,11 @@ def parse_target(path: Path) -> Target:
     )
     if t.arch not in ("aarch64", "x86_64"):
         raise EdgertError(f"{path}: key 'arch' must be aarch64 or x86_64, not {t.arch!r}")
+    if t.libc not in LIBCS or (t.libc == "bionic" and t.arch != "aarch64"):
+        raise EdgertError(
+            f"{path}: key 'toolchain.libc' must be one of {', '.join(LIBCS)} (bionic: aarch64 "
+            f"only), not {t.libc!r}"
+        )
     if "kind" not in t.tvm_target:
         raise EdgertError(f"{path}: key 'tvm.target' needs a 'kind' (e.g. \"llvm\")")
     if t.name != path.stem:

@@ -129,8 +129,18 @@ class _Model(ctypes.Structure):
 
 
 def _symbol(lib_path: str):
+    from edgert.runtime.kernels import check_cpu
+
     try:
         lib = ctypes.CDLL(str(lib_path))
+    except OSError as e:
+        raise EdgertError(
+            f"cannot load {lib_path}: {e}",
+            "compile the artifact for this device's target (`edgert targets`; an android-arm64 "
+            "library needs Android's libc.so)",
+        ) from e
+    check_cpu(lib, lib_path)  # before anything in it runs
+    try:
         fn = lib.edgert_forward
         abi = lib.edgert_forward_abi
     except (OSError, AttributeError):

@@ -28,6 +28,33 @@ _I64 = ctypes.c_int64
 _I32 = ctypes.c_int32
 
 
+def check_cpu(lib: ctypes.CDLL, path) -> None:
+    """Refuse a kernel library whose code needs CPU features this CPU lacks, before anything
+    in it runs (it would die of SIGILL): the library says what its compiler flags let it use
+    (``edgert_cpu_needs``), the kernel what the CPU has (``getauxval``, which the library asks
+    itself: bionic, glibc and musl all have it). This holds even where the artifact's manifest
+    says otherwise (edited, or from an older edgert); arm64 only (x86 builds report nothing)."""
+    from edgert.runtime.cpu import decode_hwcaps
+
+    try:
+        needs_fn, have_fn = lib.edgert_cpu_needs, lib.edgert_cpu_have
+    except AttributeError:
+        return  # a library built before it could say
+    need, have = (ctypes.c_uint64 * 2)(), (ctypes.c_uint64 * 2)()
+    needs_fn(need)
+    have_fn(have)
+    missing = decode_hwcaps(need[0] & ~have[0], need[1] & ~have[1])
+    if missing:
+        from edgert.format.target import FEATURE_NAMES
+
+        named = ", ".join(f"{f} ({FEATURE_NAMES[f]})" if f in FEATURE_NAMES else f for f in missing)
+        raise EdgertError(
+            f"{path} needs the CPU features {named}, which this CPU lacks: its code would stop "
+            "with an illegal instruction",
+            "compile the model for a target this CPU matches (`edgert targets`)",
+        )
+
+
 def load_library(path: str | None = None) -> ctypes.CDLL:
     """The kernel library (built for this machine on first use, then cached)."""
     global _lib
@@ -36,6 +63,7 @@ def load_library(path: str | None = None) -> ctypes.CDLL:
     with _lock:
         if _lib is None or path is not None:
             lib = ctypes.CDLL(str(path or build_shared()))
+            check_cpu(lib, path or "the kernel library")
             for name in ("edgert_lut_gemm", "edgert_lut_gemm_ref"):
                 fn = getattr(lib, name)
                 fn.argtypes = [_P, _P, _I64, _I64, _I64, _P, _P, _P, _I32, _I32, _I32, _I32]

@@ -76,3 +76,22 @@ def test_corrupt_gguf_metadata(tmp_path, key, value, needle):
     r = run_cli("compile", str(p), "--target", "host", "-o", str(tmp_path / "o.edgert"))
     assert_one_line_error(r, "m.gguf", needle)
     assert os.listdir(tmp_path) == ["m.gguf"]
+
+
+def test_onnx_for_a_phone_is_refused(tmp_path):
+    """ONNX artifacts need the TVM runtime, which is not built for bionic: refused before any
+    work, naming why (a language model for the same target compiles: tests/device/
+    test_android_lib.py)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )  # fmt: skip
+    onnx.save(helper.make_model(g), tmp_path / "m.onnx")
+    r = run_cli("compile", str(tmp_path / "m.onnx"), "--target", "android-arm64",
+                "-o", str(tmp_path / "o.edgert"))  # fmt: skip
+    assert_one_line_error(r, "android-arm64", "TVM runtime", "bionic")
+    assert not (tmp_path / "o.edgert").exists()

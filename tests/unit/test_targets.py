@@ -15,7 +15,8 @@ def test_builtin_targets_parse():
     assert BUILTIN <= set(ts)
     assert ts["rpi5"].arch == "aarch64" and "+dotprod" in ts["rpi5"].tvm_target["mattr"]
     assert "+dotprod" not in ts["rpi4"].tvm_target["mattr"]
-    assert "+i8mm" in ts["android-arm64"].tvm_target["mattr"]
+    assert ts["android-arm64"].libc == "bionic" and "-march=armv8-a" in ts["android-arm64"].cflags
+    assert {t.libc for n, t in ts.items() if n != "android-arm64"} == {"glibc"}
     # only the host's kernels take the building machine's SIMD flags (AVX-512, VNNI)
     assert ts["host"].host_simd and not any(ts[n].host_simd for n in ts if n != "host")
     for t in ts.values():
