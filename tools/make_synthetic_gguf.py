@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgert.runtime.bpe import BYTES_CHAR
+
 ARCHS = (
     "llama", "llama3", "mixtral", "qwen2", "qwen2moe", "qwen3", "qwen3moe", "olmoe", "gemma3",
     "phi3", "smollm3",
@@ -167,29 +169,12 @@ ARCH_DEFAULTS = {
 }
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map."""
-    bs = (
-        list(range(ord("!"), ord("~") + 1))
-        + list(range(ord("¡"), ord("¬") + 1))
-        + list(range(ord("®"), ord("ÿ") + 1))
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, (chr(c) for c in cs)))
-
-
 def make_vocab(size: int, seed: int) -> tuple[list[str], list[int], list[str]]:
     """Byte-level BPE vocabulary of ``size`` tokens: the 256 byte characters, merged tokens (each
     the concatenation of a merge's two earlier tokens), then the special tokens.
 
     Returns (tokens, token types, merges "a b" in rank order)."""
-    byte_chars = bytes_to_unicode()
+    byte_chars = dict(BYTES_CHAR)  # GPT-2's reversible byte -> printable character map
     tokens, merges = list(byte_chars.values()), []
     seen = set(tokens)
     rng = np.random.default_rng(seed)

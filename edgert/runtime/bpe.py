@@ -467,7 +467,8 @@ def split_spans(matches: list[tuple[int, int, bool]], behavior: str) -> list[tup
 
 # -- byte-level alphabet ----------------------------------------------------------------------
 def _bytes_char() -> dict[int, str]:
-    """GPT-2's byte -> printable character map (``bytes_char`` in byte_level.rs)."""
+    """GPT-2's byte -> printable character map (``bytes_char`` in byte_level.rs; the synthetic
+    models' vocabularies use it too, tools/make_synthetic_gguf.py)."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
     cs = list(bs)
     n = 0
