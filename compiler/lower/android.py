@@ -6,16 +6,15 @@ stub shared objects named as bionic's, generated from the symbols the objects im
 stubs are only there for the link: on the phone libc.so, libm.so and libdl.so are bionic's.
 
 Every import must be one bionic exports (BIONIC, below, Android 7.0 / API 24 and later); the
-linked library is then read back and held to what the loader needs (compiler.lower.elf)."""
+linked library is then read back and held to what the loader needs (edgert.format.elf)."""
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
 
-from edgert.compiler.lower.elf import ANDROID_PAGE, android_problems, read_elf
-
 from edgert.errors import EdgertError
+from edgert.format.elf import ANDROID_PAGE, android_problems, read_elf
 
 #: compiler flags that keep glibc's header magic out of the objects
 CFLAGS = [

@@ -1,6 +1,6 @@
 """An android-arm64 artifact's library as Android's loader would see it, checked without a phone.
 
-1. ELF checks (compiler.lower.elf.android_problems): only bionic's library names needed, no
+1. ELF checks (edgert.format.elf.android_problems): only bionic's library names needed, no
    glibc symbol versions, no TLS, no text relocations, both hash tables, 16 KiB segments; an
    rpi5 library (glibc-linked) fails them, so the check can fail.
 2. A load test: the library dlopen'ed by a C driver linked against musl (not glibc, as bionic is
@@ -25,7 +25,7 @@ from arm64_root import _chroot, ensure_root, run_python
 from conftest import compile_synthetic, greedy_divergence
 from edgert.compiler.compile import compile_model
 from edgert.compiler.lower.android import BIONIC
-from edgert.compiler.lower.elf import ANDROID_NEEDED, android_problems, read_elf
+from edgert.format.elf import ANDROID_NEEDED, android_problems, read_elf
 from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format import names

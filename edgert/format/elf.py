@@ -1,7 +1,9 @@
-"""What a shared library asks of the loader that will open it, read from its ELF headers: the
-libraries it needs, the symbols it imports and the versions they carry, its relocations,
-segments and hash tables. Enough to tell whether Android's loader (bionic) will take a library
-before there is a phone to try it on (:func:`android_problems`)."""
+"""What an artifact's shared library asks of the loader that will open it, read from its ELF
+headers: the libraries it needs, the symbols it imports and the versions they carry, its
+relocations, segments and hash tables. Enough to tell whether Android's loader (bionic) will take
+a library before there is a phone to try it on (:func:`android_problems`, after every android
+build: compiler/lower/android.py), and which C library a library was linked against (deploy
+refuses it on a device with the other: edgert.device.deploy)."""
 
 from __future__ import annotations
 
