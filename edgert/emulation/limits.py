@@ -93,10 +93,16 @@ class Cgroups:
     def create(self) -> Cgroups:
         try:
             self.memory.mkdir(exist_ok=True)
-            (self.memory / "memory.limit_in_bytes").write_text(str(self.memory_bytes))
+            limit = self.memory / "memory.limit_in_bytes"
             memsw = self.memory / "memory.memsw.limit_in_bytes"
-            if memsw.exists():  # swap accounting on: the limit covers swap too (no escape)
-                memsw.write_text(str(self.memory_bytes))
+            # swap accounting on: the limit covers swap too (no escape). The kernel keeps
+            # memory <= memory+swap at every write, so a group left by an earlier run with a
+            # lower limit takes the memory+swap limit first, a higher one second
+            order = [limit, memsw] if memsw.exists() else [limit]
+            if memsw.exists() and int(memsw.read_text()) < self.memory_bytes:
+                order.reverse()
+            for f in order:
+                f.write_text(str(self.memory_bytes))
             if self.blkio is not None:
                 self.blkio.mkdir(exist_ok=True)
                 (self.blkio / "blkio.throttle.read_bps_device").write_text(
