@@ -318,6 +318,21 @@ def reference_tokens(art_path, prompt: str, n: int = 16) -> list[int]:
 
 
 # -- the emulated arm64 device (device tier) ------------------------------------------------------
+def trust_emulator(tmp_path_factory, st: dict, name: str):
+    """``(home, saved)``: a HOME for CLI subprocesses whose known_hosts trusts the running
+    emulator ``st``, which in-process clients trust too from now (``saved``: the known_hosts
+    path to put back into edgert.device.transport_ssh.KNOWN_HOSTS afterwards)."""
+    from edgert.device import transport_ssh
+
+    home = tmp_path_factory.mktemp(name)
+    kh = home / ".config" / "edgert" / "known_hosts"
+    kh.parent.mkdir(parents=True)
+    kh.write_text(st["host_key"] + "\n")
+    saved = transport_ssh.KNOWN_HOSTS
+    transport_ssh.KNOWN_HOSTS = kh
+    return home, saved
+
+
 @pytest.fixture(scope="session")
 def emulated_device(tmp_path_factory):
     """``(url, env)`` of the running emulator (`edgert emulator up`), with edgert's runtime
@@ -329,12 +344,7 @@ def emulated_device(tmp_path_factory):
     from edgert.settings import cache_dir
 
     st = emulator.up(target="rpi5")
-    home = tmp_path_factory.mktemp("home")
-    kh = home / ".config" / "edgert" / "known_hosts"
-    kh.parent.mkdir(parents=True)
-    kh.write_text(st["host_key"] + "\n")
-    saved = transport_ssh.KNOWN_HOSTS
-    transport_ssh.KNOWN_HOSTS = kh
+    home, saved = trust_emulator(tmp_path_factory, st, "home")
     t = transport_ssh.SSHTransport(st["url"])
     try:
         ensure_runtime(t, progress=False)

@@ -16,7 +16,7 @@ def add_arguments(p) -> None:
         default=64,
         help="generated tokens (64; each sampled from the model, temperature 1, seeded)",
     )
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (all cores)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (big cores, else all)")
     p.add_argument(
         "-r",
         "--repetitions",

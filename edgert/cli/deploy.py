@@ -30,11 +30,15 @@ def run(args) -> int:
     dev = Device(args.device, accept_new_host_key=args.accept_new_host_key)
     runtime = None
     if hasattr(dev.transport, "exec"):  # SSH: install or update edgert on the device first
-        from edgert.device.deploy import ensure_runtime
+        from edgert.device.deploy import check_platform, ensure_runtime, probe_device
 
+        # what the device is (Linux, or Android with Termux's Python) decides what it may be
+        # sent: an artifact it cannot run is refused before any wheel or file goes there
+        probe = probe_device(dev.transport)
+        check_platform(art, probe.get("platform", "linux"), where=f"device {dev.transport.name}")
         # the TVM runtime only where the artifact is a compiled ONNX model
         onnx = art.manifest.get("kind") == "onnx"
-        runtime = ensure_runtime(dev.transport, onnx=onnx, progress=progress)
+        runtime = ensure_runtime(dev.transport, onnx=onnx, progress=progress, probe=probe)
     with dev:
         r = deploy(args.artifact, dev, name=args.name, progress=progress)
     if args.json:
@@ -42,8 +46,9 @@ def run(args) -> int:
     else:
         resumed = f", {r.resumed_bytes} bytes resumed" if r.resumed_bytes else ""
         print(
-            f"deployed {r.name} to {r.device}: {r.files} files, {r.bytes_total} bytes"
-            f" ({r.bytes_sent} sent{resumed})",
+            f"deployed {r.name} to {r.device}"
+            + (f" ({r.platform})" if r.platform != "linux" else "")
+            + f": {r.files} files, {r.bytes_total} bytes ({r.bytes_sent} sent{resumed})",
             file=sys.stderr,
         )
     return 0

@@ -17,7 +17,7 @@ def add_arguments(p) -> None:
     p.add_argument("-p", "--n-prompt", type=int, default=64, help="prompt tokens (64)")
     p.add_argument("-n", "--n-gen", type=int, default=32, help="generated tokens (32)")
     p.add_argument("-r", "--repetitions", type=int, default=3, help="repetitions (3)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (all cores)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (big cores, else all)")
     p.add_argument("--html", default=None, help="write the report to this HTML file")
     p.add_argument("--accept-new-host-key", action="store_true", help="trust unknown SSH hosts")
     p.add_argument("--json", action="store_true", help="print one JSON object")

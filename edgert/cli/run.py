@@ -24,7 +24,7 @@ def add_arguments(p) -> None:
     p.add_argument("-o", "--output", default=None, help="ONNX models: write outputs (.npy/.npz)")
     p.add_argument("-p", "--prompt", default=None, help="language models: prompt text")
     p.add_argument("-n", "--n-predict", type=int, default=64, help="tokens to generate (64)")
-    p.add_argument("-t", "--threads", type=int, default=None, help="threads (all cores)")
+    p.add_argument("-t", "--threads", type=int, default=None, help="threads (big cores, else all)")
     # None: not given (an ONNX model refuses them; a language model takes the defaults)
     p.add_argument("--temp", type=float, default=None, help="temperature; 0 = greedy (0)")
     p.add_argument("--top-k", type=int, default=None, help="top-k sampling, 0 = off (40)")

@@ -281,6 +281,7 @@ def status() -> dict:
     if not f.exists():
         return {"running": False}
     st = json.loads(f.read_text())
+    st.setdefault("flavour", "linux")  # a state written before the android flavour existed
     alive = True
     try:
         os.kill(st["pid"], 0)
@@ -290,21 +291,35 @@ def status() -> dict:
     return st
 
 
-def up(*, target: str = "rpi5", port: int | None = None, wait: float = 120) -> dict:
+def up(
+    *, target: str | None = None, port: int | None = None, wait: float = 120, android: bool = False
+) -> dict:
     """Start the emulated device (building its root on first use) and return its description:
-    ``url`` is what ``edgert deploy`` / ``run`` / ``profile`` take."""
+    ``url`` is what ``edgert deploy`` / ``run`` / ``profile`` take. ``android``: the same root
+    presented as an Android phone with Termux (:func:`android_root`); ``target`` defaults to
+    android-arm64 then, else rpi5. ``flavour`` in the description says which is running."""
     import json
     import time
 
     from edgert.format.target import load_target
 
+    flavour = "android" if android else "linux"
     st = status()
     if st["running"]:
+        if st["flavour"] != flavour:
+            raise RigError(
+                f"the emulator is already running, as the {st['flavour']} flavour",
+                "stop it first: edgert emulator down",
+            )
         return st
+    target = target or ("android-arm64" if android else "rpi5")
     tgt = load_target(target)
     if tgt.arch != "aarch64":
         raise RigError(f"the emulator runs arm64 targets; {target} is {tgt.arch}")
-    root = ensure_root()
+    base = ensure_root()
+    # the android flavour writes nothing into the shared root: everything it changes lands in
+    # an overlay's upper layer in the emulator's state folder
+    root = android_root(base) if android else base
     d = state_file().parent
     host_key, client_key = d / "host_ed25519", d / "client_ed25519"
     _keygen(host_key)
@@ -312,7 +327,9 @@ def up(*, target: str = "rpi5", port: int | None = None, wait: float = 120) -> d
     port = port or _free_port()
     shutil.copyfile(host_key, root / "etc" / "ssh" / "edgert_host_ed25519_key")
     os.chmod(root / "etc" / "ssh" / "edgert_host_ed25519_key", 0o600)
-    (root / "etc" / "ssh" / "sshd_config.edgert").write_text(SSHD_CONFIG.format(port=port))
+    (root / "etc" / "ssh" / "sshd_config.edgert").write_text(
+        SSHD_CONFIG.format(port=port) + (ANDROID_SSHD if android else "")
+    )
     ssh_dir = root / "root" / ".ssh"
     ssh_dir.mkdir(parents=True, exist_ok=True)
     (ssh_dir / "authorized_keys").write_text((d / "client_ed25519.pub").read_text())
@@ -326,6 +343,8 @@ def up(*, target: str = "rpi5", port: int | None = None, wait: float = 120) -> d
         if proc.poll() is not None or time.monotonic() - t0 > wait:
             proc.kill()
             _umount(root)
+            if android:
+                _unmount_overlay(root)
             tail = log_path.read_text(errors="replace")[-800:]
             raise RigError(f"the emulated device's sshd did not start: {tail}")
         time.sleep(0.5)
@@ -334,6 +353,8 @@ def up(*, target: str = "rpi5", port: int | None = None, wait: float = 120) -> d
         "pid": proc.pid,
         "port": port,
         "root": str(root),
+        "flavour": flavour,
+        **({"base_root": str(base)} if android else {}),
         "target": tgt.name,
         "dram_limit_bytes": tgt.dram_bytes if procs else None,
         "host_key": f"[127.0.0.1]:{port} {pub[0]} {pub[1]}",
@@ -356,8 +377,169 @@ def down() -> dict:
             except OSError:
                 pass
         _umount(Path(st["root"]))
+        if st.get("flavour") == "android":
+            _unmount_overlay(Path(st["root"]))
         state_file().unlink(missing_ok=True)
+    elif os.path.ismount(android_dir() / "merged"):  # an android start that failed half-way
+        _unmount_overlay(android_dir() / "merged")
     return {"running": False, "stopped": st.get("running", False)}
+
+
+# -- the android flavour: the same root presented as a phone with Termux ----------------------
+#: its system properties (/system/build.prop), which its getprop answers: Android 14
+ANDROID_PROPS = {
+    "ro.build.version.release": "14",
+    "ro.build.version.sdk": "34",
+    "ro.product.cpu.abi": "arm64-v8a",
+    "ro.product.manufacturer": "edgert",
+    "ro.product.model": "emulated phone",
+}
+#: getprop, answering as Android's does from /system/build.prop: a key's value (or the default
+#: given, else an empty line), or with no key every property as ``[key]: [value]``
+GETPROP = """#!/bin/sh
+# getprop of the emulated Android device (edgert emulator up --android)
+want="$1" found="" val=""
+while IFS= read -r line; do
+  case "$line" in '#'*) continue ;; *=*) ;; *) continue ;; esac
+  k="${line%%=*}" v="${line#*=}"
+  if [ -z "$want" ]; then printf '[%s]: [%s]\\n' "$k" "$v"
+  elif [ "$k" = "$want" ]; then found=1 val="$v"; fi
+done < /system/build.prop
+if [ -n "$want" ]; then
+  if [ -n "$found" ]; then printf '%s\\n' "$val"; else printf '%s\\n' "$2"; fi
+fi
+"""
+#: on the system Python's path: pip takes no manylinux wheel there, as on a phone
+MANYLINUX_REFUSED = '''"""The emulated Android device (edgert emulator up --android) takes no
+manylinux wheel: a phone's Python is built against bionic, where glibc builds do not load. pip
+asks this module before it installs one (PEP 600; PEP 513, 571 and 599 for the older tags)."""
+
+
+def manylinux_compatible(tag_major, tag_minor, tag_arch):
+    return False
+
+
+manylinux1_compatible = manylinux2010_compatible = manylinux2014_compatible = False
+'''
+#: bionic's sonames, which libraries built for Android need (DT_NEEDED), as links to the root's
+#: glibc: Android's loader searches /system/lib64, and so does every process of the flavour
+BIONIC_LIBS = {"libc.so": "libc.so.6", "libm.so": "libm.so.6", "libdl.so": "libdl.so.2"}
+GLIBC_DIR = "/usr/lib/aarch64-linux-gnu"
+#: what every process its sshd starts has in its environment, as on a phone (OpenSSH's SetEnv,
+#: 7.8 and later; bookworm has 9.2): the library path, and Android's own variables
+ANDROID_ENV = {
+    "LD_LIBRARY_PATH": "/system/lib64",
+    "ANDROID_ROOT": "/system",
+    "ANDROID_DATA": "/data",
+}
+ANDROID_SSHD = "SetEnv " + " ".join(f"{k}={v}" for k, v in ANDROID_ENV.items()) + "\n"
+#: what the base root has and a phone has not, kept out of the flavour: edgert's runtime as the
+#: Linux flavour installed it (glibc wheels), and /opt (the tests' venv and its wheels)
+ANDROID_HIDDEN = ("root/.edgert", "opt")
+
+
+def android_dir() -> Path:
+    """The android flavour's own files (overlay upper and work layers, the merged view), per
+    base root."""
+    return state_file().parent / f"android-{key()}"
+
+
+def android_root(base: Path) -> Path:
+    """``base`` (the cached root, left untouched) seen through an overlay mount whose upper layer
+    lives in :func:`android_dir` and persists between runs, as a phone keeps what was installed
+    on it, presented as an Android phone: /system/build.prop, a getprop command on PATH,
+    bionic's library names in /system/lib64, and a system Python that takes no manylinux wheel
+    (``_manylinux.py``); the base root's edgert runtime and /opt are hidden. Returns the merged
+    view (mounted; :func:`_unmount_overlay` undoes it)."""
+    d = android_dir()
+    upper, work, merged = d / "upper", d / "work", d / "merged"
+    for p in (upper, work, merged):
+        p.mkdir(parents=True, exist_ok=True)
+    opts = {"lowerdir": base, "upperdir": upper, "workdir": work}
+    odd = [str(v) for v in opts.values() if any(c in str(v) for c in ",:\\")]
+    if odd:
+        raise RigError(
+            f"cannot mount the android flavour's overlay: {odd[0]} holds ',', ':' or '\\'",
+            "set EDGERT_CACHE to a path without them",
+        )
+    if not os.path.ismount(merged):
+        for rel in ANDROID_HIDDEN:
+            _hide_in_overlay(base, upper, rel)
+        r = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o",
+             ",".join(f"{k}={v}" for k, v in opts.items()), str(merged)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if r.returncode:
+            raise RigError(
+                f"cannot mount the android flavour's overlay on {merged}: {r.stderr.strip()}",
+                "it needs root and overlayfs (modprobe overlay)",
+            )
+    try:
+        _present_android(merged)
+    except (OSError, RigError):
+        _unmount_overlay(merged)
+        raise
+    return merged
+
+
+def _hide_in_overlay(base: Path, upper: Path, rel: str) -> None:
+    """Keep ``base``'s ``rel`` out of the merged view (before mounting): an overlay whiteout
+    where the upper layer has nothing there yet, and where it has a folder of its own (made in
+    the merged view since), that folder marked opaque, so that what the base root gains there
+    later stays out too."""
+    import stat
+
+    for parent in reversed(Path(rel).parents[:-1]):  # the upper layer's folders above it keep
+        if not (upper / parent).exists() and (base / parent).is_dir():  # the base's modes
+            (upper / parent).mkdir()  # (/root is 0700)
+            shutil.copystat(base / parent, upper / parent)
+    p = upper / rel
+    if p.is_dir() and not p.is_symlink():
+        os.setxattr(p, "trusted.overlay.opaque", b"y")
+    elif not os.path.lexists(p):
+        os.mknod(p, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+
+
+def _present_android(merged: Path) -> None:
+    """What makes the merged root look like a phone with Termux (written each start; all of it
+    lands in the upper layer)."""
+    system = merged / "system"
+    (system / "bin").mkdir(parents=True, exist_ok=True)
+    (system / "lib64").mkdir(parents=True, exist_ok=True)
+    (merged / "data").mkdir(exist_ok=True)
+    (system / "build.prop").write_text(
+        "# edgert emulator up --android\n" + "".join(f"{k}={v}\n" for k, v in ANDROID_PROPS.items())
+    )
+    getprop = system / "bin" / "getprop"
+    getprop.write_text(GETPROP)
+    getprop.chmod(0o755)
+    link = merged / "usr" / "local" / "bin" / "getprop"  # on every session's PATH
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
+        link.unlink(missing_ok=True)
+        link.symlink_to("/system/bin/getprop")
+    for name, glibc in BIONIC_LIBS.items():
+        if not (merged / GLIBC_DIR.lstrip("/") / glibc).exists():
+            raise RigError(f"the arm64 root has no {GLIBC_DIR}/{glibc} to stand for {name}")
+        lib = system / "lib64" / name
+        if lib.is_symlink() or lib.exists():
+            lib.unlink()
+        lib.symlink_to(f"{GLIBC_DIR}/{glibc}")
+    stdlib = sorted((merged / "usr" / "lib").glob("python3.*/os.py"))
+    if not stdlib:
+        raise RigError("the arm64 root has no Python 3 standard library in /usr/lib")
+    # the standard library's folder: on the path of the system Python and of every venv
+    (stdlib[-1].parent / "_manylinux.py").write_text(MANYLINUX_REFUSED)
+
+
+def _unmount_overlay(merged: Path) -> None:
+    """Unmount the android flavour's merged view (and what is mounted inside it)."""
+    _umount(merged)
+    if os.path.ismount(merged):
+        r = subprocess.run(["umount", str(merged)], capture_output=True, check=False)
+        if r.returncode:  # still busy (a process holding a file): detach it
+            subprocess.run(["umount", "-l", str(merged)], capture_output=True, check=False)
 
 
 def _daemon(argv: list[str], log_path: Path | None, env: dict | None = None) -> subprocess.Popen:
@@ -379,6 +561,8 @@ def spawn(cmd: list[str], *, log_path: Path | None = None) -> subprocess.Popen:
         raise RigError("the emulator is not running", "start it with `edgert emulator up`")
     env = {"PATH": "/root/.edgert/venv/bin:/opt/venv/bin:/usr/bin:/bin", "HOME": "/root",
            "LANG": "C.UTF-8"}  # fmt: skip
+    if st.get("flavour") == "android":  # what its sshd gives its sessions (ANDROID_SSHD)
+        env.update(ANDROID_ENV)
     return _daemon([CHROOT, st["root"], *cmd], log_path, env)
 
 
