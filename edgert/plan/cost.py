@@ -47,12 +47,14 @@ class DeviceFigures:
 
     @classmethod
     def from_target(cls, t, *, threads: int | None = None) -> DeviceFigures:
+        """The target's figures for ``threads`` cores; by default the runtime's own count
+        there: its big cores (a big.LITTLE phone's 5 of 8), every core elsewhere."""
         return cls(
             t.name,
             t.dram_bandwidth_gbs,
             t.kernel_efficiency,
             t.gemv_gbs_per_core,
-            threads or t.cores,
+            threads or t.big_cores,
             t.flash_read_mbs,
             t.flash_latency_us,
             t.int8_gmacs_per_core,

@@ -169,3 +169,14 @@ def test_prefill_prediction_counts_the_prompts_multiply_adds():
     assert predict_prefill(cfg, fig(), n_prompt=3) is None  # no int8 rate: no prediction
     for name in ("host", "rpi5", "rpi4", "jetson-orin-nano", "android-arm64"):
         assert load_target(name).int8_gmacs_per_core > 0
+
+
+def test_a_phone_is_predicted_on_its_big_cores():
+    """The runtime runs on a big.LITTLE CPU's big cores (edgert.settings.init_threads): the
+    cost model counts those by default (android-arm64: 5 of 8), every core on a board."""
+    from edgert.format.target import load_target
+    from edgert.plan.cost import DeviceFigures
+
+    assert DeviceFigures.from_target(load_target("android-arm64")).cores == 5
+    assert DeviceFigures.from_target(load_target("android-arm64"), threads=8).cores == 8
+    assert DeviceFigures.from_target(load_target("rpi5")).cores == 4
