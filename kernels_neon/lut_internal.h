@@ -4,8 +4,10 @@
  *
  * Files: lut_ref.c (the scalar _ref twins, always compiled, and the scalar build's fast paths),
  * lut_neon.c (Armv8 NEON), lut_x86.c (AVX2, and AVX-512 for 2 and 4 bits), threadpool.c,
- * lut_gemm.c (the entry points of edgert_kernels.h), forward.c and bundle_ffn.c (the forward pass
- * of edgert_forward.h, with vec.h's vector helpers). Only one ISA file has code in a build. */
+ * lut_gemm.c (the entry points of edgert_kernels.h), i8_gemm.c (the int8 prefill GEMM, its x86
+ * kernels) and i8_neon.c (its arm64 kernels), forward.c and bundle_ffn.c (the forward pass of
+ * edgert_forward.h, with vec.h's vector helpers), platform.c (what they need of the C library and
+ * the OS). Only one ISA file has code in a build. */
 #ifndef EDGERT_LUT_INTERNAL_H
 #define EDGERT_LUT_INTERNAL_H
 #include <math.h>
@@ -48,7 +50,7 @@ EDGERT_HIDDEN int edgert_cpu_count(void);
  * with the same slot (grown as needed, freed when the thread exits) */
 enum { EDGERT_SCRATCH_TABLES, EDGERT_SCRATCH_CODES, EDGERT_SCRATCH_SLOTS };
 EDGERT_HIDDEN void *edgert_thread_scratch(int slot, size_t bytes);
-/* arm64 hwcap bits the tile kernels' levels are chosen by (i8_gemm.c) */
+/* arm64 hwcap bits the tile kernels' levels are chosen by (i8_neon.c) */
 #define EDGERT_HWCAP_ASIMDDP (1ul << 20)
 #define EDGERT_HWCAP2_I8MM (1ul << 13)
 #define T EDGERT_TILE
@@ -269,4 +271,18 @@ EDGERT_HIDDEN void edgert_parallel_chunks(int64_t n, int threads, int per_thread
                                           void *ctx);
 EDGERT_HIDDEN void edgert_parallel_for(int64_t n, int threads, range_fn fn, void *ctx);
 
+/* ---- the int8 GEMM's tile kernels (i8_gemm.c, i8_neon.c) ---------------------------------- */
+typedef void (*i8_kernel_fn)(float *y, int64_t ldy, const uint8_t *codes, const float *sc, const float *sz,
+                             const int8_t *x8, const float *d, const float *dsx, int64_t na,
+                             const shape_t *s);
+EDGERT_HIDDEN void edgert_i8_kernel_ref(float *y, int64_t ldy, const uint8_t *codes,
+                                       const float *sc, const float *sz, const int8_t *x8,
+                                       const float *d, const float *dsx, int64_t na,
+                                       const shape_t *s);
+/* arm64: a tile's codes [k4][32][4] from its bit-planes; the tile kernel for this CPU's level
+ * ("neon", "neon-dotprod" or "neon-i8mm": edgert_i8_neon_name) */
+EDGERT_HIDDEN void edgert_i8_unpack_neon(uint8_t *codes, const uint8_t *planes, int64_t tile,
+                                        const shape_t *s);
+EDGERT_HIDDEN i8_kernel_fn edgert_i8_neon_kernel(const shape_t *s);
+EDGERT_HIDDEN const char *edgert_i8_neon_name(void);
 #endif
