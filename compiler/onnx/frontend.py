@@ -184,6 +184,20 @@ def _pin_inputs(proto, path: Path, shapes: dict[str | None, tuple[int, ...]]) ->
     return specs
 
 
+def _drop_initializer_inputs(proto) -> int:
+    """Graph inputs that are also initializers (IR version 3 exports list every weight as an input
+    with the initializer as its default) become plain weights: edgert compiles them into the
+    artifact, as onnxruntime does unless the caller overrides them. Returns how many."""
+    inits = {t.name for t in proto.graph.initializer}
+    keep = [i for i in proto.graph.input if i.name not in inits]
+    dropped = len(proto.graph.input) - len(keep)
+    if dropped:
+        del proto.graph.input[:]
+        proto.graph.input.extend(keep)
+        proto.ir_version = max(proto.ir_version, 4)  # IR 4: initializers need not be inputs
+    return dropped
+
+
 def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxModel:
     """Read and check ``path``; pin its input shapes; refuse unsupported operators by name."""
     onnx = _onnx()
@@ -217,6 +231,7 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
         raise ModelFormatError(
             f"{p} is not a valid ONNX model: {first[:200]}", "re-export the model"
         ) from e
+    _drop_initializer_inputs(proto)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     bad = unsupported_ops(proto)
     if bad:
