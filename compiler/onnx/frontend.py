@@ -22,6 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from edgert.compiler.onnx.semantics import (
+    fix_legacy_prelu,
+    infer_types,
+    node_being_imported,
+    unfaithful_nodes,
+    unsupported_values,
+)
 
 from edgert.errors import EdgertError, ModelFormatError, UnsupportedError
 from edgert.runtime.onnx import TensorSpec, format_shape
@@ -172,12 +179,12 @@ def _pin_inputs(proto, path: Path, shapes: dict[str | None, tuple[int, ...]]) ->
                     f"input {vi.name} of {path.name} has no declared shape",
                     f"pin it with --input-shape {vi.name}:DIMS",
                 )
-            if any(not (isinstance(d, int) and d > 0) for d in dims):
-                shown = format_shape(d or "?" for d in dims)
+            if any(not isinstance(d, int) for d in dims):  # a declared 0 is an empty axis
+                shown = format_shape("?" if d is None else d for d in dims)
                 raise EdgertError(
                     f"input {vi.name} of {path.name} has dynamic dimensions ({shown})",
                     f"pin them with --input-shape {vi.name}:"
-                    + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in dims),
+                    + "x".join(str(d) if isinstance(d, int) else "N" for d in dims),
                 )
             shape = tuple(int(d) for d in dims)
         specs.append(TensorSpec(vi.name, shape, dtype))
@@ -238,6 +245,21 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
         raise UnsupportedError(
             f"{p.name} uses operators edgert cannot compile: {_describe_unsupported(bad)}",
             "re-export without them (for quantized models: QDQ format rather than integer ops)",
+        )
+    fix_legacy_prelu(proto, opset)
+    types = infer_types(proto)
+    values = unsupported_values(proto, types)
+    if values:
+        raise UnsupportedError(
+            f"{p.name} has values edgert cannot compile: {'; '.join(values[:3])}",
+            "re-export with tensors of standard element types (float, int8..int64, bool)",
+        )
+    wrong = unfaithful_nodes(proto, types)
+    if wrong:
+        more = f"; ... ({len(wrong)} in all)" if len(wrong) > 3 else ""
+        raise UnsupportedError(
+            f"{p.name} has nodes edgert would compute wrongly: {'; '.join(wrong[:3])}{more}",
+            "re-export the model for inference without them",
         )
     inputs = _pin_inputs(proto, p, dict(input_shapes or {}))
     return OnnxModel(
@@ -399,18 +421,24 @@ def to_relax(model: OnnxModel):
 
     shape_dict = {s.name: list(s.shape) for s in model.inputs}
     dtype_dict = {s.name: s.dtype for s in model.inputs}
-    try:
-        mod = from_onnx(
-            model.proto, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True
-        )
-        mod, params = relax.frontend.detach_params(mod)
-    except Exception as e:
-        msg = str(e).strip().splitlines()
-        raise UnsupportedError(
-            f"TVM could not import {model.path.name}: {type(e).__name__}: "
-            f"{(msg[-1] if msg else '')[:300]}",
-            "check the operators and their attributes against TVM's ONNX frontend",
-        ) from e
+    with node_being_imported() as node:
+        try:
+            mod = from_onnx(
+                model.proto, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=True
+            )
+            mod, params = relax.frontend.detach_params(mod)
+        except Exception as e:
+            msg = str(e).strip().splitlines()
+            at = (
+                f" at {node[0].op_type} (node {node[0].name or _node_index(model, node[0])})"
+                if node
+                else ""
+            )
+            raise UnsupportedError(
+                f"TVM could not import {model.path.name}{at}: {type(e).__name__}: "
+                f"{(msg[-1] if msg else '')[:300]}",
+                "check the operators and their attributes against TVM's ONNX frontend",
+            ) from e
     fn = mod["main"]
     n_in = len(model.inputs)
     pvars = list(fn.params)[n_in:]
@@ -421,6 +449,14 @@ def to_relax(model: OnnxModel):
     named = [(_sanitize(_var_name(v), taken), a) for v, a in zip(pvars, arrays)]
     outputs = _output_specs(_ret_type(fn), model.output_names)
     return mod, named, outputs
+
+
+def _node_index(model: OnnxModel, node) -> str:
+    """``#i`` of an unnamed node in the main graph (``in a subgraph`` otherwise)."""
+    for i, n in enumerate(model.proto.graph.node):
+        if n is node or n == node:
+            return f"#{i}"
+    return "in a subgraph"
 
 
 def _var_name(v) -> str:

@@ -1,0 +1,144 @@
+"""The ONNX backend test suite (``onnx.backend.test``, shipped with the ``onnx`` package) against
+edgert as an ONNX backend: every case edgert passed on the recorded sweep
+(``onnx_backend_pass.txt``, written by ``tools/onnx_backend_suite.py --pass-list``) is run by
+onnx's own runner, ``BackendTest``, which compiles the case's graph for the host, runs it on the
+case's inputs and compares with the case's outputs at the case's tolerances. Cases edgert cannot
+compile are refused with one line naming the operator, never with a traceback and never with
+wrong numbers."""
+
+import json
+import subprocess
+import sys
+import unittest
+from pathlib import Path
+
+import onnx
+import onnx.backend.test
+import pytest
+from edgert.compiler.onnx.backend import EdgertBackend, classify, load_case
+
+from edgert.errors import EdgertError
+
+REPO = Path(__file__).resolve().parents[2]
+PASS_LIST = Path(__file__).with_name("onnx_backend_pass.txt")
+
+
+def _recorded():
+    """(onnx version the list was made with, case names) of ``onnx_backend_pass.txt``."""
+    text = PASS_LIST.read_text().splitlines()
+    version = text[0].split("(onnx ")[1].split(")")[0]
+    names = [n for n in text if n and not n.startswith("#") and not n.startswith("light_")]
+    return version, names
+
+
+RECORDED_ONNX, PASSING = _recorded()
+
+
+@pytest.fixture(scope="module")
+def runner_tests():
+    """name -> a ``unittest.TestCase`` of onnx's runner for each recorded case, on the CPU."""
+    bt = onnx.backend.test.BackendTest(EdgertBackend, __name__)
+    for name in PASSING:
+        bt.include(rf"^{name}_cpu$")
+    out = {}
+    loader = unittest.TestLoader()
+    for cls in bt.test_cases.values():
+        for method in loader.getTestCaseNames(cls):
+            if not getattr(getattr(cls, method), "__unittest_skip__", False):
+                out[method.removesuffix("_cpu")] = cls(method)
+    return out
+
+
+def test_pass_list_matches_installed_suite(runner_tests):
+    """The list is of this onnx release's cases: every name is one the runner knows (an onnx
+    upgrade renames and adds cases; the list is then remade with the tool)."""
+    assert onnx.__version__ == RECORDED_ONNX, (
+        f"the pass list is for onnx {RECORDED_ONNX}, this is {onnx.__version__}: remake it with "
+        "tools/onnx_backend_suite.py --pass-list tests/compiler/onnx_backend_pass.txt"
+    )
+    assert len(PASSING) > 800
+    assert sorted(runner_tests) == sorted(PASSING)
+
+
+@pytest.mark.parametrize("name", PASSING)
+def test_backend_suite_case(runner_tests, name):
+    """One case through onnx's own runner (``debug()`` raises what the runner asserts)."""
+    runner_tests[name].debug()
+
+
+def _case(name):
+    from onnx.backend.test import loader
+
+    kinds = [loader.load_node_model_tests()] + [
+        loader.load_model_tests(kind=k) for k in ("simple", "pytorch-converted")
+    ]
+    return next(c for cases in kinds for c in cases if c.name == name)
+
+
+@pytest.mark.parametrize(
+    "name, names",
+    [
+        # TVM's importer would compute these wrongly (each gave outputs differing from the case's)
+        ("test_layer_normalization_2d_axis0", "LayerNormalization (node #0): its Mean"),
+        ("test_isinf_negative", "IsInf (node #0): detect_negative"),
+        ("test_batchnorm_epsilon_training_mode", "BatchNormalization (node #0): training_mode"),
+        ("test_convtranspose_output_shape", "ConvTranspose (node #0): its output_shape"),
+        ("test_dropout_default_mask", "Dropout (node #0): its mask output is not computed"),
+        ("test_spacetodepth_crd_mode_example", "SpaceToDepth (node #0): mode=CRD"),
+        ("test_split_to_sequence_nokeepdims", "graph output seq: a sequence"),
+        # ... or fail to build (internal errors from TVM's build)
+        ("test_nonmaxsuppression_single_box", "NonMaxSuppression (node #0)"),
+        ("test_pow_types_int64_int64", "Pow (node #0): an integer base (INT64)"),
+        ("test_rms_normalization_2d_axis0", "RMSNormalization (node #0): normalizing over every"),
+        ("test_cast_FLOAT_to_FLOAT4E2M1", "element type FLOAT4E2M1"),
+        # ... or refuse while importing: the node is named
+        ("test_reduce_sum_default_axes_keepdims_example", "at ReduceSum (node #0)"),
+        ("test_reshape_extended_dims", "at Reshape (node #0)"),
+        # operators TVM's importer does not know at all
+        ("test_lstm_defaults", "operators edgert cannot compile: LSTM (node #0)"),
+    ],
+)
+def test_refusals_name_the_node(name, names):
+    r = classify(EdgertBackend, _case(name), (EdgertError,))
+    assert r.outcome == "refused", r
+    assert names in r.detail and "\n" not in r.detail
+
+
+def test_legacy_prelu_slope_along_channels():
+    """Before opset 7 a PRelu slope of C values applies to axis 1: onnxruntime refuses these
+    cases, edgert matches their reference outputs (computed by PyTorch)."""
+    case = _case("test_PReLU_2d_multiparam")
+    model, _ = load_case(case)
+    assert model.opset_import[0].version < 7
+    assert classify(EdgertBackend, case, (EdgertError,)).outcome == "pass"
+
+
+def test_suite_tool(tmp_path):
+    """The sweep behind BENCHMARKS.md's table: outcomes per case for both backends, a table by
+    operator, the pass list."""
+    out, plist = tmp_path / "r.json", tmp_path / "pass.txt"
+    r = subprocess.run(
+        [sys.executable, "tools/onnx_backend_suite.py", "-k", "test_isinf", "--jobs", "2"]
+        + ["--out", str(out), "--pass-list", str(plist)],
+        cwd=REPO,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {c["name"]: c for c in json.loads(out.read_text())["cases"]}
+    assert set(rows) == {
+        "test_isinf",
+        "test_isinf_float16",
+        "test_isinf_negative",
+        "test_isinf_positive",
+    }
+    assert {n: c["edgert"] for n, c in rows.items() if c["edgert"] != "pass"} == {
+        "test_isinf_negative": "refused",
+        "test_isinf_positive": "refused",
+    }
+    assert all(c["ort"] == "pass" for c in rows.values())
+    assert "| **all** | 4 | 2 | 0 | 2 | 0 | 4 |" in r.stdout
+    assert "`IsInf` | 4 | 2 | 0 | 2 | 0 | 4 |" in r.stdout
+    assert plist.read_text().splitlines()[2:] == ["test_isinf", "test_isinf_float16"]
