@@ -270,6 +270,56 @@ def ort_quantized(model, out: Path, *, static: bool, calib: list[dict] | None = 
     return out
 
 
+def legacy(seed: int = 3):
+    """An opset-7, IR-3 graph (weights listed among the inputs, as exporters of that time wrote
+    them) of the operators whose form changed since: Clip, Pad and Slice with attributes that
+    later became inputs, ReduceMean, Split, Squeeze and Unsqueeze with attribute axes, BatchNorm
+    with ``spatial``. ``onnx.version_converter`` takes it to every later opset."""
+    import onnx
+
+    helper, T, numpy_helper = _h()
+    rng = np.random.default_rng(seed)
+
+    def w(*shape, scale=0.3):
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    inits = [
+        ("w", w(8, 3, 3, 3)), ("b", w(8)), ("gamma", w(8, scale=0.1) + 1), ("beta", w(8)),
+        ("mean", w(8)), ("var", np.abs(w(8)) + 0.5), ("fc", w(32, 10)),
+        ("shape", np.array([1, -1], np.int64)),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", "gamma", "beta", "mean", "var"], ["bn"]),
+        helper.make_node("Clip", ["bn"], ["r"], min=0.0, max=6.0),
+        helper.make_node("MaxPool", ["r"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Pad", ["p"], ["pp"], pads=[0, 0, 1, 1, 0, 0, 1, 1], value=0.0),
+        helper.make_node("Slice", ["pp"], ["s"], axes=[2, 3], starts=[1, 1], ends=[5, 5]),
+        helper.make_node("ReduceMean", ["s"], ["m"], axes=[2], keepdims=0),
+        helper.make_node("Split", ["m"], ["m1", "m2"], axis=1, split=[4, 4]),
+        helper.make_node("Concat", ["m2", "m1"], ["mc"], axis=1),
+        helper.make_node("Unsqueeze", ["mc"], ["u"], axes=[0]),
+        helper.make_node("Squeeze", ["u"], ["sq"], axes=[0]),
+        helper.make_node("Transpose", ["sq"], ["t"], perm=[0, 2, 1]),
+        helper.make_node("Reshape", ["t", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["mm"]),
+        helper.make_node("Softmax", ["mm"], ["y"], axis=1),
+    ]
+    listed = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+              for n, a in inits]  # fmt: skip
+    g = helper.make_graph(
+        nodes,
+        "legacy",
+        [helper.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])] + listed,
+        [helper.make_tensor_value_info("y", T.FLOAT, [1, 10])],
+        [numpy_helper.from_array(a, n) for n, a in inits],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 7)], producer_name="edgert")
+    m.ir_version = 3
+    onnx.checker.check_model(m)
+    return m
+
+
 BUILDERS = {"convnet": convnet, "mlp": mlp, "attention": attention}
 
 

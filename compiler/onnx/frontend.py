@@ -24,10 +24,13 @@ from pathlib import Path
 import numpy as np
 from edgert.compiler.onnx.semantics import (
     fix_legacy_prelu,
+    fold_constants,
+    fold_static_shapes,
     infer_types,
     node_being_imported,
     unfaithful_nodes,
     unsupported_values,
+    upgrade_opset,
 )
 
 from edgert.errors import EdgertError, ModelFormatError, UnsupportedError
@@ -226,7 +229,7 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
             from onnx.external_data_helper import load_external_data_for_model
 
             load_external_data_for_model(proto, str(p.parent))
-        except OSError as e:
+        except (OSError, onnx.checker.ValidationError) as e:  # onnx >= 1.17 checks the file
             raise ModelFormatError(
                 f"{p}: its external weight data cannot be read ({e})",
                 "keep the .onnx file next to its data files",
@@ -247,6 +250,7 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
             "re-export without them (for quantized models: QDQ format rather than integer ops)",
         )
     fix_legacy_prelu(proto, opset)
+    proto, opset = upgrade_opset(proto, opset)
     types = infer_types(proto)
     values = unsupported_values(proto, types)
     if values:
@@ -262,6 +266,8 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
             "re-export the model for inference without them",
         )
     inputs = _pin_inputs(proto, p, dict(input_shapes or {}))
+    fold_static_shapes(proto, {s.name: s.shape for s in inputs})
+    fold_constants(proto)
     return OnnxModel(
         path=p,
         proto=proto,
@@ -340,13 +346,21 @@ def quantize_weights_int8(model: OnnxModel) -> OnnxModel:
     onnx = _onnx()
     from onnx import helper, numpy_helper
 
-    if model.opset < MIN_OPSET_INT8:
-        raise UnsupportedError(
-            f"--bits 8 needs ONNX opset >= {MIN_OPSET_INT8} (per-channel DequantizeLinear); "
-            f"{model.path.name} uses opset {model.opset}",
-            "convert it with onnx.version_converter.convert_version(model, 13), or compile "
-            "without --bits",
-        )
+    if model.opset < MIN_OPSET_INT8:  # upgraded first: the graph means the same at opset 13
+        from onnx import version_converter
+
+        try:
+            proto = version_converter.convert_version(model.proto, MIN_OPSET_INT8)
+            onnx.checker.check_model(proto)
+        except Exception as e:  # the converter raises RuntimeError and friends
+            raise UnsupportedError(
+                f"--bits 8 needs ONNX opset >= {MIN_OPSET_INT8} (per-channel DequantizeLinear); "
+                f"{model.path.name} uses opset {model.opset}, and onnx's version converter "
+                f"cannot upgrade it ({type(e).__name__}: {str(e).strip()[:160]})",
+                "convert it with onnx.version_converter yourself, or compile without --bits",
+            ) from e
+        log.info("%s: opset %d upgraded to %d for --bits 8", model.path.name, model.opset, 13)
+        model.proto, model.opset = proto, MIN_OPSET_INT8
     g = model.proto.graph
     inits = {t.name: t for t in g.initializer}
     axes: dict[str, int] = {}

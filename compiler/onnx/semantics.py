@@ -5,7 +5,10 @@ that changes the result (the ONNX backend test suite shows each one: outputs tha
 reference), or converts them into something its build then fails on with an internal error.
 ``unfaithful_nodes`` finds them, so that ``load_onnx`` refuses the model naming the node and the
 reason instead of compiling wrong numbers. ``fix_legacy_prelu`` rewrites the one case that has an
-exact equivalent the importer does handle.
+exact equivalent the importer does handle, and ``fold_static_shapes`` the graphs it refuses only
+for their form: ``Constant`` nodes given as ``value_float`` / ``value_ints`` / ..., and ``Shape``
+or ``Size`` of tensors whose shapes the pinned inputs fix (function bodies compute ranks that
+way), which become constants.
 
 ``node_being_imported`` tells which node the importer was converting when it raised, so its
 refusals name the operator too.
@@ -14,8 +17,11 @@ refusals name the operator too.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: element types TVM cannot build (sub-byte integers, 4/8-bit floats)
 EXOTIC_TYPES = {
@@ -203,6 +209,175 @@ def fix_legacy_prelu(proto, opset: int) -> int:
         t.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(arr), t.name))
         done += 1
     return done
+
+
+#: ops TVM's importer takes a shape (``Shape``'s output) as an input of, as of 0.27
+SHAPE_CONSUMERS = {
+    "Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat",
+    "Equal", "Where", "Cast", "CastLike", "Squeeze",
+}  # fmt: skip
+#: Constant's attribute forms other than ``value``, and the tensor each makes
+CONSTANT_FORMS = {
+    "value_float": ("FLOAT", False),
+    "value_floats": ("FLOAT", True),
+    "value_int": ("INT64", False),
+    "value_ints": ("INT64", True),
+}
+
+
+def fold_static_shapes(proto, shapes: dict[str, tuple[int, ...]]) -> int:
+    """Rewrites, in place, what TVM's importer refuses for its form only: ``Constant`` nodes
+    written as ``value_float(s)`` / ``value_int(s)`` get a ``value`` tensor, and ``Shape`` /
+    ``Size`` of tensors whose shape ``shapes`` (the pinned graph inputs) fixes become ``Constant``
+    nodes, where a shape would reach an operator that cannot take one or leave the graph. Returns
+    how many nodes were rewritten."""
+    import onnx
+    from onnx import helper
+
+    done = 0
+    for node in proto.graph.node:
+        if node.op_type != "Constant" or not node.attribute:
+            continue
+        a = node.attribute[0]
+        if a.name in CONSTANT_FORMS:
+            kind, is_list = CONSTANT_FORMS[a.name]
+            value = onnx.helper.get_attribute_value(a)
+            dims = [len(value)] if is_list else []
+            vals = list(value) if is_list else [value]
+            t = helper.make_tensor("value", getattr(onnx.TensorProto, kind), dims, vals)
+            del node.attribute[:]
+            node.attribute.append(helper.make_attribute("value", t))
+            done += 1
+
+    if not any(n.op_type in ("Shape", "Size") for n in proto.graph.node):
+        return done
+    for vi in proto.graph.input:  # the pinned shapes are the ones compiled for
+        if vi.name in shapes and vi.type.HasField("tensor_type"):
+            dims = vi.type.tensor_type.shape.dim
+            del dims[:]
+            for d in shapes[vi.name]:
+                dims.add().dim_value = int(d)
+    types = infer_types(proto)
+    consumers: dict[str, set[str]] = {}
+    for n in proto.graph.node:
+        for x in n.input:
+            consumers.setdefault(x, set()).add(n.op_type)
+    outputs = {o.name for o in proto.graph.output}
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type not in ("Shape", "Size") or not node.input:
+            continue
+        shape = _shape(types, node.input[0])
+        if shape is None:
+            continue
+        out = node.output[0]
+        if node.op_type == "Shape":
+            if consumers.get(out, set()) <= SHAPE_CONSUMERS and out not in outputs:
+                continue  # the importer takes it as a shape
+            a = _attrs(node)
+            r = len(shape)
+            start, end = a.get("start", 0), a.get("end", r)
+            start, end = (max(0, min(r, v + r if v < 0 else v)) for v in (start, end))
+            vals, dims = shape[start:end], [max(0, end - start)]
+        else:
+            vals, dims = [int(np.prod(shape, dtype=np.int64))], []
+        t = helper.make_tensor("value", onnx.TensorProto.INT64, dims, vals)
+        proto.graph.node[i].CopyFrom(
+            helper.make_node("Constant", [], [out], name=node.name, value=t)
+        )
+        done += 1
+    return done
+
+
+#: operators never evaluated at compile time (their result differs per run)
+NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike",
+                    "Multinomial", "Bernoulli"}  # fmt: skip
+#: a folded value larger than this stays computed (it would be a weight, not a shape)
+MAX_FOLDED_ELEMENTS = 1 << 16
+
+
+def fold_constants(proto) -> int:
+    """Nodes of the default domain whose inputs are all ``Constant`` outputs (or small integer
+    initializers: shapes and axes) are evaluated with onnx's reference implementation and become
+    ``Constant`` nodes, so that shapes computed from the pinned input shapes reach the importer as
+    constants. Returns how many nodes were folded."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    try:
+        from onnx.reference import ReferenceEvaluator
+    except ImportError:  # onnx < 1.13
+        return 0
+    known = {}
+    for t in proto.graph.initializer:
+        if (
+            t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)
+            and np.prod(t.dims) <= 64
+        ):
+            known[t.name] = numpy_helper.to_array(t)
+    done = 0
+    for i, node in enumerate(proto.graph.node):
+        if node.op_type == "Constant":
+            a = node.attribute[0] if node.attribute else None
+            if a is not None and a.name == "value":
+                known[node.output[0]] = numpy_helper.to_array(a.t)
+            continue
+        ins = list(dict.fromkeys(x for x in node.input if x))
+        if (
+            node.domain not in ("", "ai.onnx")
+            or node.op_type in NONDETERMINISTIC
+            or not ins
+            or len(node.output) != 1
+            or any(x not in known for x in ins)
+            or any(a.HasField("g") or len(a.graphs) for a in node.attribute)
+        ):
+            continue
+        vis = [
+            helper.make_tensor_value_info(
+                x, helper.np_dtype_to_tensor_dtype(known[x].dtype), known[x].shape
+            )
+            for x in ins
+        ]
+        out = node.output[0]
+        g = helper.make_graph([node], "fold", vis, [helper.make_empty_tensor_value_info(out)])
+        m = helper.make_model(g, opset_imports=list(proto.opset_import))
+        try:
+            (value,) = ReferenceEvaluator(m).run(None, {x: known[x] for x in ins})
+        except Exception:  # noqa: BLE001, S112 - left to the importer, which says what it thinks
+            continue
+        value = np.asarray(value)
+        if value.dtype == object or value.size > MAX_FOLDED_ELEMENTS:
+            continue
+        t = numpy_helper.from_array(value, "value")
+        proto.graph.node[i].CopyFrom(
+            helper.make_node("Constant", [], [out], name=node.name, value=t)
+        )
+        known[out] = value
+        done += 1
+    return done
+
+
+#: graphs of older opsets are upgraded to this one before import: TVM's importer picks, for an
+#: old opset, the oldest converter it has, which for Slice, Pad, Clip, Squeeze, Split, the
+#: reductions and others is written for the operator's newer form (inputs instead of attributes)
+MIN_IMPORT_OPSET = 13
+
+
+def upgrade_opset(proto, opset: int):
+    """``(proto, opset)`` at ``MIN_IMPORT_OPSET`` or newer, through onnx's version converter
+    (the same graph: each operator's newer form); unchanged where the converter cannot."""
+    import onnx
+    from onnx import version_converter
+
+    if not opset or opset >= MIN_IMPORT_OPSET:
+        return proto, opset
+    try:
+        up = version_converter.convert_version(proto, MIN_IMPORT_OPSET)
+        up.ir_version = max(up.ir_version, 7)  # initializers need not be inputs
+        onnx.checker.check_model(up)
+    except Exception as e:  # noqa: BLE001 - the importer then gets the graph as written
+        log.info("opset %d kept (the version converter failed: %s)", opset, str(e)[:200])
+        return proto, opset
+    return up, MIN_IMPORT_OPSET
 
 
 @contextlib.contextmanager

@@ -437,3 +437,62 @@ def test_initializers_listed_as_inputs(tmp_path):
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-5)
     (ort,) = ort_run(proto, feeds)
     assert rel_err(got, ort) < F32_TOL
+
+
+def test_opsets_7_to_newest(tmp_path):
+    """One graph at every opset from 7 to the newest the onnx package knows (written at 7,
+    converted by onnx's version converter): each compiles and matches onnxruntime. Graphs older
+    than opset 13 are upgraded before import (TVM's importer reads Slice, Pad, Clip, Squeeze and
+    the reductions in their newer form only)."""
+    from make_onnx_models import legacy
+    from onnx import version_converter
+
+    base = legacy()
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    newest = onnx.defs.onnx_opset_version()
+    assert newest >= 23
+    for v in range(7, newest + 1):
+        m = base if v == 7 else version_converter.convert_version(base, v)
+        m.ir_version = max(m.ir_version, 3 if v == 7 else 7)
+        p = tmp_path / f"op{v}.onnx"
+        onnx.save(m, p)
+        art = compile_onnx(model=p, target="host", out=tmp_path / f"op{v}.edgert").out
+        got = open_dnn(art).run({"x": x})["y"]
+        (ref,) = ort_run(m, {"x": x})
+        assert rel_err(got, ref) < F32_TOL, v
+
+
+def test_old_opset_int8(tmp_path):
+    """--bits 8 writes per-channel DequantizeLinear (opset 13): an opset-7 graph is upgraded
+    first, and its outputs stay within the int8 bound of the float model's."""
+    from make_onnx_models import legacy
+
+    p = tmp_path / "legacy.onnx"
+    onnx.save(legacy(), p)
+    x = np.random.default_rng(2).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    art = compile_onnx(model=p, target="host", out=tmp_path / "l8.edgert", bits=8).out
+    eng = open_dnn(art)
+    assert any(t["buffers"]["data"]["dtype"] == "|i1" for t in eng.art.tensors.values())
+    (ref,) = ort_run(onnx.load(p), {"x": x})
+    assert nmse(eng.run({"x": x})["y"], ref) < INT8_NMSE
+
+
+def test_external_data(tmp_path):
+    """Weights in a separate file (``save_as_external_data``, as exporters write models over
+    2 GB): read from beside the graph; without that file the compile is refused in one line."""
+    from make_onnx_models import mlp
+
+    d = tmp_path / "ext"
+    d.mkdir()
+    onnx.save(mlp(), d / "mlp.onnx", save_as_external_data=True, location="mlp.bin",
+              size_threshold=0)  # fmt: skip
+    assert (d / "mlp.bin").stat().st_size > (d / "mlp.onnx").stat().st_size
+    x = np.random.default_rng(3).standard_normal((3, 64)).astype(np.float32)
+    art = compile_onnx(model=d / "mlp.onnx", target="host", out=tmp_path / "e.edgert",
+                       input_shapes={"x": (3, 64)}).out  # fmt: skip
+    (ref,) = ort_run(onnx.load(d / "mlp.onnx"), {"x": x})
+    assert rel_err(open_dnn(art).run({"x": x})["y"], ref) < F32_TOL
+    (d / "mlp.bin").unlink()
+    with pytest.raises(EdgertError, match="external weight data cannot be read"):
+        compile_onnx(model=d / "mlp.onnx", target="host", out=tmp_path / "f.edgert",
+                     input_shapes={"x": (3, 64)})  # fmt: skip
