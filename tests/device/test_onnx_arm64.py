@@ -108,3 +108,66 @@ def test_matches_onnxruntime(device_run, name, bits):
                 assert np.max(np.abs(g - ref)) <= QDQ_STEPS * step * 1.001
             else:
                 assert rel_err(g, ref) < ARM_F32_TOL, (cn, k, rel_err(g, ref))
+
+
+#: the model-zoo graphs the onnx package ships for backend testing (IR 3, opset 9 or older)
+LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
+         "shufflenet", "squeezenet", "vgg19", "zfnet512"]  # fmt: skip
+#: the reference outputs' tolerance in onnx's backend runner for these graphs
+LIGHT_RTOL, LIGHT_ATOL = 1e-3, 1e-5
+
+LIGHT_SCRIPT = r"""
+import json, sys
+import numpy as np
+from edgert.runtime.onnx import open_dnn
+for name in json.load(open("/tmp/light_cases.json")):
+    eng = open_dnn(f"/tmp/light/{name}.edgert")
+    (spec,) = eng.inputs
+    n = int(np.prod(spec.shape))
+    x = (np.arange(n).reshape(spec.shape) / n).astype(np.float32)  # as onnx's runner makes it
+    (y,) = eng.run({spec.name: x}).values()
+    np.save(f"/tmp/light/{name}-out.npy", y)
+print(json.dumps({"compiler_loaded": any(m.startswith("edgert.compiler") for m in sys.modules)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def light_run(tmp_path_factory):
+    """Every light model compiled for rpi5 and run once on the emulated device."""
+    root = ensure_root()
+    d = tmp_path_factory.mktemp("light-rpi5")
+    dev = root / "tmp" / "light"
+    shutil.rmtree(dev, ignore_errors=True)
+    dev.mkdir(parents=True)
+    for name in LIGHT:
+        s = compile_onnx(model=_light(name)[0], target="rpi5", out=d / f"{name}.edgert")
+        shutil.copytree(s.out, dev / f"{name}.edgert")
+    (root / "tmp" / "light_cases.json").write_text(json.dumps(LIGHT))
+    out = json.loads(run_python(root, LIGHT_SCRIPT).strip().splitlines()[-1])
+    assert out["compiler_loaded"] is False
+    return dev
+
+
+def _light(name: str):
+    from pathlib import Path
+
+    d = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    return d / f"light_{name}.onnx", d / f"light_{name}_output_0.pb"
+
+
+@pytest.mark.parametrize("name", LIGHT)
+def test_light_models_on_arm64(light_run, name):
+    """Each model-zoo graph, compiled for rpi5 and run on arm64, gives the reference output shipped
+    with it (at onnx's runner tolerances) and onnxruntime's on this host."""
+    path, ref_pb = _light(name)
+    got = np.load(light_run / f"{name}-out.npy")
+    ref = onnx.numpy_helper.to_array(onnx.load_tensor(str(ref_pb)))
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    np.testing.assert_allclose(got, ref, rtol=LIGHT_RTOL, atol=LIGHT_ATOL)
+    model = onnx.load(path)
+    inits = {t.name for t in model.graph.initializer}
+    (spec,) = [i for i in model.graph.input if i.name not in inits]
+    shape = [d.dim_value for d in spec.type.tensor_type.shape.dim]
+    x = (np.arange(np.prod(shape)).reshape(shape) / np.prod(shape)).astype(np.float32)
+    (ort_out,) = ort_run(model, {spec.name: x})
+    assert rel_err(got, ort_out) < ARM_F32_TOL
