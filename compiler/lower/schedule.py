@@ -8,7 +8,9 @@ each remaining block the shape a CPU wants without tuning:
 - a reduction block (matmul, convolution, pooling) keeps its innermost spatial axis innermost,
   below the reduction loops, split by the target's vector width and vectorized — for
   ``C[i, j] += A[i, k] * B[k, j]`` or an NCHW convolution's output row that is the contiguous
-  axis of the weights / input, so every step is one vector FMA;
+  axis of the weights / input, so every step is one vector FMA; a row that is no multiple of
+  the vector width (a 13-, 27- or 55-wide feature map) is split by the width all the same, its
+  last vector masked;
 - the outer spatial loops are fused and run in parallel on the TVM runtime's thread pool;
 - an injective block runs its rows in parallel and its last axis in vectors.
 
@@ -144,7 +146,10 @@ def _rule(*, strict: bool):
                 tile //= 2
             si = None
             outer = s
-            if inner is not None and inner >= tile >= lanes and inner % tile == 0:
+            ragged = inner is not None and inner > lanes and inner % lanes != 0
+            if ragged:  # a row that is no multiple of the vector: one vector, the tail masked
+                tile = lanes
+            if inner is not None and inner >= tile >= lanes and (inner % tile == 0 or ragged):
                 so, si = sch.split(s[-1], factors=[None, tile])
                 rows = []
                 outer = [*s[:-1], so]
