@@ -3,10 +3,14 @@ interleaved in one process per thread count (so both see the same machine state)
 of median latencies and the ratio, and writes JSON.
 
     python tools/bench_onnx.py [--size bench] [-t 1,2] [--reps 5] [--runs 20] [--out FILE.json]
+    python tools/bench_onnx.py --models light [--only resnet50,squeezenet] ...
 
 The models are the ones tools/make_onnx_models.py builds (``bench`` size: a 224x224 conv net, a
-1024-wide MLP, a 128-token transformer block); each is compiled for the host as float32 and as
-int8 weight-only, and onnxruntime runs the float32 model with its default optimizations.
+1024-wide MLP, a 128-token transformer block), or with ``--models light`` the model-zoo graphs
+the ``onnx`` package ships for backend testing (``light_*.onnx``: resnet50, squeezenet, ...);
+each is compiled for the host as float32 and as int8 weight-only, and onnxruntime runs the
+float32 model with its default optimizations. "max err" compares with onnxruntime's float32
+output on the same random inputs.
 """
 
 from __future__ import annotations
@@ -30,23 +34,48 @@ sys.path.insert(0, str(REPO / "tools"))
 SHAPES = {"convnet": {"image": (1, 3, 224, 224)}, "mlp": {"x": (1, 1024)}, "attention": {}}
 
 
-def prepare(size: str, work: Path) -> list[dict]:
+def light_models() -> dict[str, Path]:
+    """name -> path of the model-zoo graphs the onnx package ships (``light_resnet50.onnx``, ...)."""
+    import onnx
+
+    d = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    return {p.stem.removeprefix("light_"): p for p in sorted(d.glob("light_*.onnx"))}
+
+
+def prepare(size: str, work: Path, models: str = "bench", only: set | None = None) -> list[dict]:
     """Build the models and compile them (cached in ``work`` by size)."""
     import onnx
     from edgert.compiler.onnx.compile import compile_onnx
     from make_onnx_models import BUILDERS
 
     work.mkdir(parents=True, exist_ok=True)
+    if models == "light":
+        sources = {n: (p, {}) for n, p in light_models().items()}
+        size = "light"
+    else:
+        sources = {n: (work / f"{n}-{size}.onnx", shapes) for n, shapes in SHAPES.items()}
     cases = []
-    for name, shapes in SHAPES.items():
-        src = work / f"{name}-{size}.onnx"
+    for name, (src, shapes) in sources.items():
+        if only and name not in only:
+            continue
         if not src.exists():
             onnx.save(BUILDERS[name](size), src)
         for bits in (None, 8):
             art = work / f"{name}-{size}-{'int8' if bits else 'f32'}.edgert"
+            secs = None
             if not art.exists():
+                t = time.perf_counter()
                 compile_onnx(model=src, target="host", out=art, bits=bits, input_shapes=shapes)
-            cases.append({"name": name, "onnx": str(src), "artifact": str(art), "bits": bits})
+                secs = round(time.perf_counter() - t, 1)
+            cases.append(
+                {
+                    "name": name,
+                    "onnx": str(src),
+                    "artifact": str(art),
+                    "bits": bits,
+                    "compile_s": secs,
+                }
+            )
     return cases
 
 
@@ -116,6 +145,8 @@ def cpu_model() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="bench", choices=["small", "bench"])
+    ap.add_argument("--models", default="bench", choices=["bench", "light"])
+    ap.add_argument("--only", default="", help="comma-separated model names")
     ap.add_argument("-t", "--threads", default="1,2")
     ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions (median)")
     ap.add_argument("--runs", type=int, default=20, help="inferences per repetition")
@@ -127,7 +158,10 @@ def main() -> None:
         spec = json.loads(a.child)
         print(json.dumps(child(spec["cases"], spec["threads"], a.reps, a.runs)))
         return
-    cases = prepare(a.size, a.work)
+    only = {x for x in a.only.split(",") if x}
+    t0 = time.perf_counter()
+    cases = prepare(a.size, a.work, a.models, only)
+    print(f"compiled in {time.perf_counter() - t0:.0f} s (cached in {a.work})", file=sys.stderr)
     results = []
     for t in [int(x) for x in a.threads.split(",")]:
         env = {**os.environ, **{var: str(t) for var in THREAD_VARS}}  # sized before start
@@ -160,13 +194,13 @@ def main() -> None:
         "machine": cpu_model(),
         "cores": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d"),
-        "size": a.size,
+        "size": a.size if a.models == "bench" else "light",
         "reps": a.reps,
         "runs": a.runs,
     }
     print(f"{meta['machine']}, {meta['cores']} cores, {meta['date']}; medians of {a.reps} x "
           f"{a.runs} inferences")  # fmt: skip
-    out = a.out or a.work / f"results-{a.size}.json"
+    out = a.out or a.work / f"results-{meta['size']}.json"
     out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"wrote {out}")
 

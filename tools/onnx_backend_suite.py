@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -281,10 +280,11 @@ def main(argv=None) -> int:
     t = time.perf_counter()
     rows = sweep(names, args)
     import onnx
+    from bench_onnx import cpu_model
 
     meta = {
         "onnx": onnx.__version__,
-        "machine": platform.processor() or platform.machine(),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
         "seconds": round(time.perf_counter() - t, 1),
         "date": time.strftime("%Y-%m-%d"),
     }
