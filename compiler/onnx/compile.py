@@ -218,7 +218,11 @@ def compile_onnx(
                 "kind": "onnx",
                 "tvm_version": tvm_version(),
                 "target": tgt.manifest_entry(tvm=True),  # TVM's code: its mcpu's features
-                "source": {"path": str(m.path.resolve()), "sha256": m.sha256, "opset": m.opset},
+                "source": {
+                    "path": str(m.path.resolve()),
+                    "sha256": m.sha256,
+                    "opset": m.source_opset or m.opset,
+                },
                 "graph": {
                     "inputs": inputs,
                     "outputs": outputs,

@@ -2,8 +2,9 @@
 
 Everything a user can get wrong is reported here, before any compilation work: a file that is not
 ONNX (or is truncated), operators TVM's ONNX importer does not handle (listed by name with the
-nodes that use them), dynamic input dimensions nobody pinned, ``--input-shape`` values that do not
-fit the model. The graph then goes through TVM's Relax importer with the weights as function
+nodes that use them), nodes it would compute wrongly (``semantics.py``), dynamic input dimensions
+nobody pinned, ``--input-shape`` values that do not fit the model. Graphs older than opset 13 are
+upgraded, and with the input shapes pinned, shape computations are folded to constants. The graph then goes through TVM's Relax importer with the weights as function
 parameters (never constants), so the artifact stores them as checksummed buffers.
 
 ``--bits 8`` quantizes weights to int8 here, in the ONNX graph itself: each Conv / ConvTranspose /
@@ -53,9 +54,10 @@ class OnnxModel:
     path: Path
     proto: object  # onnx.ModelProto
     inputs: list[TensorSpec]
-    opset: int
+    opset: int  # of the graph as compiled (older graphs are upgraded to MIN_IMPORT_OPSET)
     sha256: str
     quantized: list[str] = field(default_factory=list)  # weights rewritten to int8
+    source_opset: int = 0  # of the file as given
 
     @property
     def ops(self) -> dict[str, int]:
@@ -250,6 +252,7 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
             "re-export without them (for quantized models: QDQ format rather than integer ops)",
         )
     fix_legacy_prelu(proto, opset)
+    source_opset = opset
     proto, opset = upgrade_opset(proto, opset)
     types = infer_types(proto)
     values = unsupported_values(proto, types)
@@ -274,6 +277,7 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
         inputs=inputs,
         opset=int(opset),
         sha256=hashlib.sha256(data).hexdigest(),
+        source_opset=int(source_opset),
     )
 
 

@@ -1,14 +1,18 @@
-"""Where TVM's ONNX importer would compute something other than what ONNX specifies.
+"""What edgert does to an ONNX graph before TVM's importer sees it, and where that importer would
+compute something other than what ONNX specifies.
 
-TVM 0.27's importer converts these nodes without complaint, but ignores an attribute or an output
+TVM 0.27's importer converts some nodes without complaint but ignores an attribute or an output
 that changes the result (the ONNX backend test suite shows each one: outputs that differ from the
 reference), or converts them into something its build then fails on with an internal error.
-``unfaithful_nodes`` finds them, so that ``load_onnx`` refuses the model naming the node and the
-reason instead of compiling wrong numbers. ``fix_legacy_prelu`` rewrites the one case that has an
-exact equivalent the importer does handle, and ``fold_static_shapes`` the graphs it refuses only
-for their form: ``Constant`` nodes given as ``value_float`` / ``value_ints`` / ..., and ``Shape``
-or ``Size`` of tensors whose shapes the pinned inputs fix (function bodies compute ranks that
-way), which become constants.
+``unfaithful_nodes`` finds them and ``unsupported_values`` the values it cannot hold, so that
+``load_onnx`` refuses the model naming the node and the reason instead of compiling wrong numbers.
+
+Graphs the importer refuses only for their form are rewritten into forms it takes:
+``upgrade_opset`` (graphs older than opset 13, through onnx's version converter),
+``fix_legacy_prelu`` (pre-opset-7 channel slopes), ``fold_static_shapes`` (``Constant`` nodes
+written as ``value_float`` / ``value_ints`` / ..., ``Shape`` and ``Size`` of tensors whose shapes
+the pinned inputs fix) and ``fold_constants`` (every node computed from constants only, evaluated
+with onnx's reference implementation).
 
 ``node_being_imported`` tells which node the importer was converting when it raised, so its
 refusals name the operator too.

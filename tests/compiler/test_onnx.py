@@ -473,6 +473,7 @@ def test_old_opset_int8(tmp_path):
     art = compile_onnx(model=p, target="host", out=tmp_path / "l8.edgert", bits=8).out
     eng = open_dnn(art)
     assert any(t["buffers"]["data"]["dtype"] == "|i1" for t in eng.art.tensors.values())
+    assert json.loads((Path(art) / "manifest.json").read_text())["source"]["opset"] == 7
     (ref,) = ort_run(onnx.load(p), {"x": x})
     assert nmse(eng.run({"x": x})["y"], ref) < INT8_NMSE
 
