@@ -192,6 +192,8 @@ def _run_chunks(names: list[str], args, progress) -> list[dict]:
                 rows[-1].update(ort="error", ort_detail="not run (edgert's worker died)")
             done.add(started)
             progress()
+        if not done:  # it died before any case: running it again would loop for ever
+            sys.exit(f"the suite's worker exited ({rc}) before its first case ended")
         todo = [n for n in chunk if n not in done] + todo
     return rows
 
