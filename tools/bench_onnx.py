@@ -34,14 +34,6 @@ sys.path.insert(0, str(REPO / "tools"))
 SHAPES = {"convnet": {"image": (1, 3, 224, 224)}, "mlp": {"x": (1, 1024)}, "attention": {}}
 
 
-def light_models() -> dict[str, Path]:
-    """name -> path of the model-zoo graphs the onnx package ships (``light_resnet50.onnx``, ...)."""
-    import onnx
-
-    d = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-    return {p.stem.removeprefix("light_"): p for p in sorted(d.glob("light_*.onnx"))}
-
-
 def prepare(size: str, work: Path, models: str = "bench", only: set | None = None) -> list[dict]:
     """Build the models and compile them (cached in ``work`` by size)."""
     import onnx
@@ -50,6 +42,8 @@ def prepare(size: str, work: Path, models: str = "bench", only: set | None = Non
 
     work.mkdir(parents=True, exist_ok=True)
     if models == "light":
+        from edgert.compiler.onnx.backend import light_models
+
         sources = {n: (p, {}) for n, p in light_models().items()}
         size = "light"
     else:

@@ -26,9 +26,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgert.compiler.onnx.backend import LIGHT_ATOL, LIGHT_RTOL, light_data, light_models
+
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ("node", "simple", "pytorch-converted", "pytorch-operator", "light")
-LIGHT_TOL = (1e-3, 1e-5)
 
 
 @dataclass
@@ -37,17 +38,11 @@ class LightCase:
 
     name: str
     path: str
-    rtol: float = LIGHT_TOL[0]
-    atol: float = LIGHT_TOL[1]
+    rtol: float = LIGHT_RTOL
+    atol: float = LIGHT_ATOL
     model = None
     model_dir = None
     kind = "light"
-
-
-def _data_dir() -> Path:
-    import onnx
-
-    return Path(onnx.__file__).parent / "backend" / "test" / "data"
 
 
 def load_cases(kinds) -> dict:
@@ -59,38 +54,12 @@ def load_cases(kinds) -> dict:
         if kind == "node":
             got = loader.load_node_model_tests()
         elif kind == "light":
-            got = [
-                LightCase(p.stem, str(p)) for p in sorted((_data_dir() / "light").glob("*.onnx"))
-            ]
+            got = [LightCase(p.stem, str(p)) for p in light_models().values()]
         else:
             got = loader.load_model_tests(kind=kind)
         for c in got:
             cases[c.name] = c
     return cases
-
-
-def light_data(case: LightCase):
-    """(model, [(inputs, outputs)]) of a light model, the inputs as onnx's runner makes them."""
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(case.path)
-    inits = {t.name for t in model.graph.initializer}
-    inputs = []
-    for x in model.graph.input:
-        if x.name in inits:
-            continue
-        shape = tuple(
-            d.dim_value if d.HasField("dim_value") else 1 for d in x.type.tensor_type.shape.dim
-        )
-        n = int(np.prod(shape))
-        inputs.append((np.arange(n).reshape(shape) / n).astype(np.float32))
-    refs = []
-    for i in range(len(model.graph.output)):
-        ref = Path(case.path[: -len(".onnx")] + f"_output_{i}.pb")
-        refs.append(numpy_helper.to_array(onnx.load_tensor(str(ref))))
-    return model, [(inputs, refs)]
 
 
 def family(case, cases) -> str:
@@ -150,7 +119,7 @@ def worker(names: list[str], kinds, peer: bool) -> None:
     for name in names:
         c = cases[name]
         print(MARK + json.dumps({"start": name}), flush=True)
-        load = light_data if isinstance(c, LightCase) else None
+        load = (lambda case: light_data(case.path)) if isinstance(c, LightCase) else None
         t = time.perf_counter()
         r = eb.classify(eb.EdgertBackend, c, (EdgertError,), load=load)
         row = {"name": name, "edgert": r.outcome, "edgert_detail": r.detail}

@@ -184,3 +184,48 @@ def load_case(case):
         for ds in sorted(glob.glob(os.path.join(d, "test_data_set_*")))
     ]
     return model, sets
+
+
+#: the model-zoo graphs' tolerances in onnx's backend runner (seven to a hundred convolutions
+#: summed in another order)
+LIGHT_RTOL, LIGHT_ATOL = 1e-3, 1e-5
+
+
+def light_models() -> dict[str, Path]:
+    """name (``resnet50``) -> path of the model-zoo graphs the onnx package ships for backend
+    testing (``light_*.onnx``: no test data sets, a reference output beside each graph)."""
+    import onnx
+
+    d = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    return {p.stem.removeprefix("light_"): p for p in sorted(d.glob("light_*.onnx"))}
+
+
+def runner_input(shape) -> np.ndarray:
+    """An input as onnx's backend runner makes one for the light models: ``arange(n) / n``."""
+    n = int(np.prod(shape))
+    return (np.arange(n).reshape(shape) / n).astype(np.float32)
+
+
+def light_data(path):
+    """``(model, [(inputs, outputs)])`` of a light model: its inputs made as onnx's runner makes
+    them (dynamic axes as 1), its outputs the ``*_output_{i}.pb`` shipped beside it."""
+    import onnx
+    from onnx import numpy_helper
+
+    path = str(path)
+    model = onnx.load(path)
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [
+        runner_input(
+            tuple(
+                d.dim_value if d.HasField("dim_value") else 1 for d in x.type.tensor_type.shape.dim
+            )
+        )
+        for x in model.graph.input
+        if x.name not in inits
+    ]
+    refs = [
+        numpy_helper.to_array(onnx.load_tensor(path[: -len(".onnx")] + f"_output_{i}.pb"))
+        for i in range(len(model.graph.output))
+    ]
+    return model, [(inputs, refs)]

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from edgert.compiler.onnx.semantics import (
+    convert_opset,
     fix_legacy_prelu,
     fold_constants,
     fold_static_shapes,
@@ -350,12 +351,9 @@ def quantize_weights_int8(model: OnnxModel) -> OnnxModel:
     onnx = _onnx()
     from onnx import helper, numpy_helper
 
-    if model.opset < MIN_OPSET_INT8:  # upgraded first: the graph means the same at opset 13
-        from onnx import version_converter
-
+    if model.opset < MIN_OPSET_INT8:  # load_onnx could not upgrade it: why, in the error
         try:
-            proto = version_converter.convert_version(model.proto, MIN_OPSET_INT8)
-            onnx.checker.check_model(proto)
+            proto = convert_opset(model.proto, MIN_OPSET_INT8)
         except Exception as e:  # the converter raises RuntimeError and friends
             raise UnsupportedError(
                 f"--bits 8 needs ONNX opset >= {MIN_OPSET_INT8} (per-channel DequantizeLinear); "
@@ -363,7 +361,9 @@ def quantize_weights_int8(model: OnnxModel) -> OnnxModel:
                 f"cannot upgrade it ({type(e).__name__}: {str(e).strip()[:160]})",
                 "convert it with onnx.version_converter yourself, or compile without --bits",
             ) from e
-        log.info("%s: opset %d upgraded to %d for --bits 8", model.path.name, model.opset, 13)
+        log.info(
+            "%s: opset %d upgraded to %d for --bits 8", model.path.name, model.opset, MIN_OPSET_INT8
+        )
         model.proto, model.opset = proto, MIN_OPSET_INT8
     g = model.proto.graph
     inits = {t.name: t for t in g.initializer}

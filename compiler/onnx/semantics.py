@@ -366,22 +366,28 @@ def fold_constants(proto) -> int:
 MIN_IMPORT_OPSET = 13
 
 
-def upgrade_opset(proto, opset: int):
-    """``(proto, opset)`` at ``MIN_IMPORT_OPSET`` or newer, through onnx's version converter
-    (the same graph: each operator's newer form); unchanged where the converter cannot."""
+def convert_opset(proto, opset: int):
+    """``proto`` at ``opset`` through onnx's version converter (the same graph: each operator's
+    form at that opset), checked; raises what the converter or the checker raise."""
     import onnx
     from onnx import version_converter
 
+    up = version_converter.convert_version(proto, opset)
+    up.ir_version = max(up.ir_version, 7)  # initializers need not be inputs
+    onnx.checker.check_model(up)
+    return up
+
+
+def upgrade_opset(proto, opset: int):
+    """``(proto, opset)`` at ``MIN_IMPORT_OPSET`` or newer; unchanged where the converter
+    cannot upgrade it."""
     if not opset or opset >= MIN_IMPORT_OPSET:
         return proto, opset
     try:
-        up = version_converter.convert_version(proto, MIN_IMPORT_OPSET)
-        up.ir_version = max(up.ir_version, 7)  # initializers need not be inputs
-        onnx.checker.check_model(up)
+        return convert_opset(proto, MIN_IMPORT_OPSET), MIN_IMPORT_OPSET
     except Exception as e:  # noqa: BLE001 - the importer then gets the graph as written
         log.info("opset %d kept (the version converter failed: %s)", opset, str(e)[:200])
         return proto, opset
-    return up, MIN_IMPORT_OPSET
 
 
 @contextlib.contextmanager

@@ -21,6 +21,7 @@ from conftest import (
     rel_err,
     run_cli,
 )
+from edgert.compiler.onnx.backend import LIGHT_ATOL, LIGHT_RTOL, light_data, light_models
 from edgert.compiler.onnx.compile import compile_onnx, fuse_dequantize_matmul
 from edgert.compiler.onnx.frontend import (
     fold_batch_norms,
@@ -408,33 +409,23 @@ def test_corrupt_weights_refused(compiled, tmp_path):
         open_dnn(art)
 
 
-def _light_model(name: str) -> tuple[Path, Path]:
-    """A model-zoo graph the onnx package ships for backend testing, with its reference output."""
-    d = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-    return d / f"light_{name}.onnx", d / f"light_{name}_output_0.pb"
-
-
 def test_initializers_listed_as_inputs(tmp_path):
     """IR-3 exports (the onnx package's model-zoo graphs) list every weight among the graph inputs;
     they compile with the weights inside the artifact, and the result equals the reference output
     shipped with the graph (input as onnx's backend runner makes it) and onnxruntime's."""
-    from onnx import numpy_helper
-
-    path, ref_pb = _light_model("squeezenet")
+    path = light_models()["squeezenet"]
     proto = onnx.load(path)
     inits = {t.name for t in proto.graph.initializer}
     assert proto.ir_version == 3 and inits & {i.name for i in proto.graph.input}
     m = load_onnx(path)
     assert [s.name for s in m.inputs] == ["data_0"]
     art = compile_onnx(model=path, target="host", out=tmp_path / "sq.edgert").out
-    shape = m.inputs[0].shape
-    feeds = {
-        "data_0": (np.arange(np.prod(shape)).reshape(shape) / np.prod(shape)).astype(np.float32)
-    }
+    _, [([x], [ref])] = light_data(path)
+    assert x.shape == m.inputs[0].shape
+    feeds = {"data_0": x}
     (got,) = open_dnn(art).run(feeds).values()
-    ref = numpy_helper.to_array(onnx.load_tensor(str(ref_pb)))
     assert got.shape == ref.shape
-    np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(got, ref, rtol=LIGHT_RTOL, atol=LIGHT_ATOL)
     (ort,) = ort_run(proto, feeds)
     assert rel_err(got, ort) < F32_TOL
 

@@ -18,6 +18,7 @@ from conftest import (
     ort_run,
     rel_err,
 )
+from edgert.compiler.onnx.backend import LIGHT_ATOL, LIGHT_RTOL, light_data, light_models
 from edgert.compiler.onnx.compile import compile_onnx
 from edgert.compiler.onnx.frontend import load_onnx, quantize_weights_int8
 
@@ -113,8 +114,6 @@ def test_matches_onnxruntime(device_run, name, bits):
 #: the model-zoo graphs the onnx package ships for backend testing (IR 3, opset 9 or older)
 LIGHT = ["bvlc_alexnet", "densenet121", "inception_v1", "inception_v2", "resnet50",
          "shufflenet", "squeezenet", "vgg19", "zfnet512"]  # fmt: skip
-#: the reference outputs' tolerance in onnx's backend runner for these graphs
-LIGHT_RTOL, LIGHT_ATOL = 1e-3, 1e-5
 
 LIGHT_SCRIPT = r"""
 import json, sys
@@ -140,7 +139,7 @@ def light_run(tmp_path_factory):
     shutil.rmtree(dev, ignore_errors=True)
     dev.mkdir(parents=True)
     for name in LIGHT:
-        s = compile_onnx(model=_light(name)[0], target="rpi5", out=d / f"{name}.edgert")
+        s = compile_onnx(model=light_models()[name], target="rpi5", out=d / f"{name}.edgert")
         shutil.copytree(s.out, dev / f"{name}.edgert")
     (root / "tmp" / "light_cases.json").write_text(json.dumps(LIGHT))
     out = json.loads(run_python(root, LIGHT_SCRIPT).strip().splitlines()[-1])
@@ -148,26 +147,15 @@ def light_run(tmp_path_factory):
     return dev
 
 
-def _light(name: str):
-    from pathlib import Path
-
-    d = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
-    return d / f"light_{name}.onnx", d / f"light_{name}_output_0.pb"
-
-
 @pytest.mark.parametrize("name", LIGHT)
 def test_light_models_on_arm64(light_run, name):
     """Each model-zoo graph, compiled for rpi5 and run on arm64, gives the reference output shipped
     with it (at onnx's runner tolerances) and onnxruntime's on this host."""
-    path, ref_pb = _light(name)
+    model, [([x], [ref])] = light_data(light_models()[name])
     got = np.load(light_run / f"{name}-out.npy")
-    ref = onnx.numpy_helper.to_array(onnx.load_tensor(str(ref_pb)))
     assert got.shape == ref.shape and got.dtype == ref.dtype
     np.testing.assert_allclose(got, ref, rtol=LIGHT_RTOL, atol=LIGHT_ATOL)
-    model = onnx.load(path)
     inits = {t.name for t in model.graph.initializer}
     (spec,) = [i for i in model.graph.input if i.name not in inits]
-    shape = [d.dim_value for d in spec.type.tensor_type.shape.dim]
-    x = (np.arange(np.prod(shape)).reshape(shape) / np.prod(shape)).astype(np.float32)
     (ort_out,) = ort_run(model, {spec.name: x})
     assert rel_err(got, ort_out) < ARM_F32_TOL
