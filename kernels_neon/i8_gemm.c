@@ -454,7 +454,8 @@ static void i8_gemm_one(float *y, const float *x, int64_t n, int64_t m, int64_t 
     shape_t s;
     family_t w;
     EDGERT_CHECK(x && n >= 0);
-    if (!make_shape(&s, k, bits, group, EDGERT_FMT_UNIFORM)) abort();  // validated by the caller
+    if (!make_shape(&s, k, bits, group, EDGERT_FMT_UNIFORM) || bits > EDGERT_I8_MAX_BITS)
+        abort();  // validated by the caller
     make_family(&w, 1, &y, &m, &planes, &scale, &zero);
     edgert_i8_gemm_impl(&w, x, n, &s, threads, fast);
 }

@@ -101,8 +101,17 @@ typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
  * 4096, group 64: AVX-512 2.2 -> 1.6 us, AVX2 3.1 -> 2.65 us) */
 #define TABLE_GROUPS 8
 
+/* bit-planes a weight may have: 1-4 from the quantizers, 5 and 6 for llama.cpp's Q5_0 / Q5_1 /
+ * Q5_K / Q6_K imported as they are (the lookups are per plane, so any width works; a plane sum
+ * shifted by 5 stays far inside int32) */
+#define EDGERT_MAX_BITS 6
+/* the int8 prompt path takes codes of at most this many bits: its AVX2 kernel sums pairs of
+ * code x int8 products over 8 chunks in 16-bit lanes (15 x 127 x 16 < 2^15); wider codes take
+ * the LUT path */
+#define EDGERT_I8_MAX_BITS 4
+
 static inline int make_shape(shape_t *s, int64_t k, int32_t bits, int32_t group, int32_t fmt) {
-    if (bits < 1 || bits > 4 || group < 4 || group % 4 || group > 4 * MAX_PER || k < 1) return 0;
+    if (bits < 1 || bits > EDGERT_MAX_BITS || group < 4 || group % 4 || group > 4 * MAX_PER || k < 1) return 0;
     if (fmt != EDGERT_FMT_UNIFORM && fmt != EDGERT_FMT_HLQ) return 0;
     s->k = k;
     s->groups = (k + group - 1) / group;

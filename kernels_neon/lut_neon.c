@@ -91,7 +91,7 @@ void edgert_tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint1
                       const shape_t *s) {
     const int per = s->group / 4, b = s->bits;
     float32x4_t yv[8];
-    int32_t acc[4 * T];
+    int32_t acc[EDGERT_MAX_BITS * T];
     const int64_t pf = prefetch_ahead(s, 1);
     for (int i = 0; i < 8; i++) yv[i] = vdupq_n_f32(0.f);
     for (int64_t g = 0; g < s->groups; g++) {

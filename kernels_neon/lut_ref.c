@@ -82,7 +82,7 @@ void edgert_tile_ref(float *y, int64_t tile, const uint8_t *planes, const uint16
                      const uint16_t *zero, const uint8_t *tbl, const float *ts, const float *xs,
                      const shape_t *s) {
     const int per = s->group / 4, b = s->bits;
-    int32_t acc[4 * T];
+    int32_t acc[EDGERT_MAX_BITS * T];
     for (int r = 0; r < T; r++) y[r] = 0.f;
     for (int64_t g = 0; g < s->groups; g++) {
         memset(acc, 0, sizeof acc);

@@ -226,7 +226,7 @@ static inline __attribute__((always_inline)) void tile_avx2(float *y, int64_t ti
                                                             const int b, const int fmt) {
     const int per = s->group / 4;
     __m256 yv[4];
-    int32_t acc[4 * T];
+    int32_t acc[EDGERT_MAX_BITS * T];
     const int64_t pf = prefetch_ahead(s, 1), spf = pf / 4;  // group parameters: pf / 4 ahead
     for (int i = 0; i < 4; i++) yv[i] = _mm256_setzero_ps();
     for (int64_t g = 0; g < s->groups; g++) {
@@ -252,10 +252,14 @@ TILE_INSTANCE(avx2, 1, 0)
 TILE_INSTANCE(avx2, 2, 0)
 TILE_INSTANCE(avx2, 3, 0)
 TILE_INSTANCE(avx2, 4, 0)
+TILE_INSTANCE(avx2, 5, 0)
+TILE_INSTANCE(avx2, 6, 0)
 TILE_INSTANCE(avx2, 1, 1)
 TILE_INSTANCE(avx2, 2, 1)
 TILE_INSTANCE(avx2, 3, 1)
 TILE_INSTANCE(avx2, 4, 1)
+TILE_INSTANCE(avx2, 5, 1)
+TILE_INSTANCE(avx2, 6, 1)
 
 #if defined(EDGERT_AVX512)
 /* AVX-512 (2 and 4 planes): the steps of group_avx2 on 64-byte vectors. 4 planes: one chunk's
@@ -410,17 +414,21 @@ pair_fn edgert_pair_of(const shape_t *s) {
 void edgert_tile_fast(float *y, int64_t tile, const uint8_t *planes, const uint16_t *scale,
                       const uint16_t *zero, const uint8_t *tbl, const float *ts, const float *xs,
                       const shape_t *s) {
-    static const tile_fn fns[2][4] = {
+    static const tile_fn fns[2][EDGERT_MAX_BITS] = {
 #if defined(EDGERT_AVX512)
-        {tile_avx2_1_0, tile_avx512_2_0, tile_avx2_3_0, tile_avx512_4_0},
-        {tile_avx2_1_1, tile_avx512_2_1, tile_avx2_3_1, tile_avx512_4_1}};
+        {tile_avx2_1_0, tile_avx512_2_0, tile_avx2_3_0, tile_avx512_4_0, tile_avx2_5_0,
+         tile_avx2_6_0},
+        {tile_avx2_1_1, tile_avx512_2_1, tile_avx2_3_1, tile_avx512_4_1, tile_avx2_5_1,
+         tile_avx2_6_1}};
     if (s->bits == 2 && !avx512_planes(s)) {
         (s->fmt ? tile_avx2_2_1 : tile_avx2_2_0)(y, tile, planes, scale, zero, tbl, ts, xs, s);
         return;
     }
 #else
-        {tile_avx2_1_0, tile_avx2_2_0, tile_avx2_3_0, tile_avx2_4_0},
-        {tile_avx2_1_1, tile_avx2_2_1, tile_avx2_3_1, tile_avx2_4_1}};
+        {tile_avx2_1_0, tile_avx2_2_0, tile_avx2_3_0, tile_avx2_4_0, tile_avx2_5_0,
+         tile_avx2_6_0},
+        {tile_avx2_1_1, tile_avx2_2_1, tile_avx2_3_1, tile_avx2_4_1, tile_avx2_5_1,
+         tile_avx2_6_1}};
 #endif
     fns[s->fmt][s->bits - 1](y, tile, planes, scale, zero, tbl, ts, xs, s);
 }

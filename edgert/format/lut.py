@@ -1,6 +1,6 @@
 """Low-bit weight formats and their packing (numpy), as the C kernels read them.
 
-uniform b-bit (b = 1..4): per row and group of g columns, w = scale * (q - zero), q in [0, 2^b).
+uniform b-bit (b = 1..6; the quantizers write 1..4): per row and group of g columns, w = scale * (q - zero), q in [0, 2^b).
 HLQ b-bit (b = 2..4, hierarchical linear quantization): w = sum_j alpha_j * bit_j(q) + beta,
 one alpha per bit-plane per group, fitted by alternating least squares.
 Scales are stored as float16; :meth:`PackedWeight.dequantize` gives the exact float matrix the
@@ -19,7 +19,15 @@ from edgert.errors import EdgertError
 TILE = 32
 UNIFORM_BITS = (1, 2, 3, 4)
 HLQ_BITS = (2, 3, 4)
+#: uniform widths the format and kernels take: also 5 and 6, for llama.cpp's Q5_* and Q6_K
+#: imported as they are (``compile --bits keep``); the quantizers offer :data:`UNIFORM_BITS`
+FORMAT_UNIFORM_BITS = (1, 2, 3, 4, 5, 6)
+#: group sizes the quantizers offer (``--group-size``)
 GROUP_SIZES = (32, 64, 128)
+#: group sizes the format and kernels take: also 16, the sub-blocks of llama.cpp's Q2_K and Q3_K
+#: imported as they are (``compile --bits keep``); never offered to the quantizers, whose
+#: float16 scale and zero would cost 2 bits per weight at that size
+FORMAT_GROUP_SIZES = (16, *GROUP_SIZES)
 FMT_CODE = {"uniform": 0, "hlq": 1}
 
 
@@ -30,13 +38,15 @@ def bits_per_weight(fmt: str, bits: int, group_size: int) -> float:
 
 
 def check_format(fmt: str, bits: int, group_size: int) -> None:
-    ok = UNIFORM_BITS if fmt == "uniform" else HLQ_BITS
+    ok = FORMAT_UNIFORM_BITS if fmt == "uniform" else HLQ_BITS
     if fmt not in FMT_CODE:
         raise EdgertError(f"unknown weight format {fmt!r}", "use uniform or hlq")
     if bits not in ok:
         raise EdgertError(f"{fmt} weights support {ok} bits, not {bits}")
-    if group_size not in GROUP_SIZES:
-        raise EdgertError(f"group size {group_size} is not supported", f"use one of {GROUP_SIZES}")
+    if group_size not in FORMAT_GROUP_SIZES:
+        raise EdgertError(
+            f"group size {group_size} is not supported", f"use one of {FORMAT_GROUP_SIZES}"
+        )
 
 
 @dataclass

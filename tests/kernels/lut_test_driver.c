@@ -467,13 +467,17 @@ int main(void) {
     static const int64_t shapes[][2] = {{1, 4}, {7, 33}, {31, 100}, {32, 64}, {33, 129},
                                         {96, 576}, {65, 1000}, {128, 130}, {300, 257}};
     // 12: an odd number of 4-column chunks per group (AVX-512 pairs chunks for 2 planes)
-    static const int groups[] = {32, 64, 128, 8, 12};
+    // 16: llama.cpp's Q2_K / Q3_K / Q6_K sub-blocks; uniform 5 and 6 bits: Q5_* / Q6_K imported
+    static const int groups[] = {32, 64, 128, 8, 12, 16};
     for (int fmt = 0; fmt < 2; fmt++)
-        for (int bits = fmt ? 2 : 1; bits <= 4; bits++)
+        for (int bits = fmt ? 2 : 1; bits <= (fmt ? 4 : EDGERT_MAX_BITS); bits++)
             for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++)
                 for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++)
                     one_case(shapes[si][0], shapes[si][1], bits, groups[gi], fmt,
                              1 + (int64_t)(rnd() % 3), 1 + (int)(rnd() % 3));
+    // codes wider than the int8 path takes: many rows stay on the LUT path
+    for (int bits = EDGERT_I8_MAX_BITS + 1; bits <= EDGERT_MAX_BITS; bits++)
+        one_case(96, 576, bits, 32, 0, EDGERT_I8_MIN_ROWS + 4, 2);
     /* the int8 path: odd row counts (the kernels' remainders), partial tiles, k not a multiple
      * of the group, groups of 8 chunks and more (the AVX2 kernel's 16-bit sums) */
     static const int64_t i8_shapes[][3] = {{7, 33, 9}, {33, 129, 13}, {96, 576, 64},
