@@ -19,6 +19,7 @@ from edgert.compiler.package import CompileSummary
 from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.errors import EdgertError
+from edgert.format import names
 from edgert.format.artifact import ArtifactError
 from edgert.format.target import Target, load_target
 
@@ -64,7 +65,7 @@ def calibrate_quant(model, *, calib: str | None, method: str, n_tokens: int, bud
     from edgert.compiler.quant.calib import collect_stats
     from edgert.compiler.transform.calibrate import calibration_tokens
 
-    if n_tokens < 16:
+    if n_tokens < 16 and method != "rtn":
         raise EdgertError(f"--calib-tokens {n_tokens} is too few", "use 1024 or more")
     fit = n_tokens if method != "rtn" else SENSITIVITY_TOKENS if budget else 0
     tokens = calibration_tokens(model, file=calib, n_tokens=fit + QUALITY_TOKENS)
@@ -85,17 +86,32 @@ def compile_model(
     sparse_ffn: bool = False,
     moefy: tuple[int, int] | None = None,
     head_bits: int = 8,
-    quant_method: str = "gptq",
-    calib_tokens: int = QUANT_CALIB_TOKENS,
+    quant_method: str | None = None,
+    calib_tokens: int | None = None,
+    keep: bool = False,
 ) -> CompileSummary:
     """``moefy`` = (experts, top-k): split every dense FFN into that many experts with a router
     (edgert.compiler.transform.moefy) before quantizing; the artifact is then a mixture of experts.
     ``head_bits``: the output head in 8-bit rows (8) or in the scheme's LUT format at 2-4 bits
     (a tied head gets its own copy; the embedding table stays 8-bit). ``quant_method``: gptq,
     imatrix or rtn (edgert.compiler.quant.quantizer), calibrated on ``calib_tokens`` tokens of
-    ``calib`` (default: text the model writes)."""
+    ``calib`` (default: text the model writes). ``keep`` (``--bits keep``): a GGUF's quantized
+    tensors imported as they are (edgert.compiler.quant.ggml), no calibration nor rounding."""
     from edgert.compiler.quant.quantizer import METHODS, WeightQuantizer
 
+    if keep:
+        given = {"--bits-budget": bits_budget is not None, "--moefy": moefy is not None,
+                 "--sparse-ffn": sparse_ffn, "--head-bits": head_bits != 8,
+                 "--format hlq": scheme.fmt != "uniform", "--quant-method": quant_method,
+                 "--calib-tokens": calib_tokens is not None}  # fmt: skip
+        if any(given.values()):
+            raise EdgertError(
+                f"--bits keep takes the model's quantization as it is; "
+                f"{', '.join(k for k, v in given.items() if v)} would change it",
+                "drop them, or use --bits N to quantize again",
+            )
+    quant_method = quant_method or "gptq"
+    calib_tokens = QUANT_CALIB_TOKENS if calib_tokens is None else calib_tokens
     if quant_method not in METHODS:
         raise EdgertError(
             f"unknown --quant-method {quant_method!r}", f"use one of {', '.join(METHODS)}"
@@ -153,16 +169,30 @@ def compile_model(
         trace = routing_trace(m, calibration_tokens(m, file=calib, n_tokens=n), n - TRACE_TOKENS)
         times["trace routing"] = time.perf_counter() - t
     t = time.perf_counter()
-    fit_tokens, held_back, stats = calibrate_quant(
-        m, calib=calib, method=quant_method, n_tokens=calib_tokens, budget=bits_budget is not None
-    )
-    quantizer = WeightQuantizer(scheme, quant_method, stats)
-    times["calibrate"] = time.perf_counter() - t
-    t = time.perf_counter()
-    bits, units = plan_bits(
-        m, scheme, quantizer, bits_budget=bits_budget, tokens=fit_tokens
-    )
-    times["plan bits"] = time.perf_counter() - t
+    if keep:
+        from edgert.compiler.quant.bitalloc import units_for
+        from edgert.compiler.quant.ggml import KeptWeights
+
+        quantizer = KeptWeights(m)
+        units = units_for(m)
+        quantizer.check([n for u in units for n, _ in u.tensors])
+        _, held_back, _ = calibrate_quant(m, calib=calib, method="rtn", n_tokens=0, budget=False)
+        times["calibrate"] = time.perf_counter() - t
+        bits = {u.name: max(quantizer.form(n)[1] for n, _ in u.tensors) for u in units}
+        form = quantizer.form(names.OUTPUT) if names.OUTPUT in m else ("q8", 8)
+        head_bits = form[1] if form[0] == "lut" else 8  # an output head of a LUT type as such
+    else:
+        fit_tokens, held_back, stats = calibrate_quant(
+            m, calib=calib, method=quant_method, n_tokens=calib_tokens,
+            budget=bits_budget is not None,
+        )  # fmt: skip
+        quantizer = WeightQuantizer(scheme, quant_method, stats)
+        times["calibrate"] = time.perf_counter() - t
+        t = time.perf_counter()
+        bits, units = plan_bits(
+            m, scheme, quantizer, bits_budget=bits_budget, tokens=fit_tokens
+        )
+        times["plan bits"] = time.perf_counter() - t
     sparse = None
     if sparse_ffn:
         from edgert.compiler.transform.calibrate import calibration_tokens

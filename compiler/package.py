@@ -13,7 +13,7 @@ from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format import names
 from edgert.format.artifact import ArtifactWriter
-from edgert.format.q8 import dequantize_q8, quantize_q8
+from edgert.format.q8 import dequantize_q8
 from edgert.format.target import Target
 from edgert.progress import Progress
 from edgert.runtime.cpu import host_flags
@@ -35,10 +35,13 @@ class CompileSummary:
     method: str = "rtn"
     #: KL and top-1 agreement with the float model on held-back tokens (quant.quality)
     quality: dict | None = None
+    #: tensors by how they were quantized (gptq / imatrix / rtn), or kept (Q4_K, Q6_K -> 8-bit)
+    tensors_by_method: dict[str, int] = field(default_factory=dict)
 
     def table(self) -> str:
         rows = [("stage", "seconds")] + [(k, f"{v:.1f}") for k, v in self.seconds.items()]
         rows += [("", ""), ("method", self.method)]
+        rows += [(f"  {k}", f"{n} tensors") for k, n in self.tensors_by_method.items()]
         rows += [("bits per weight", f"{self.bits_per_weight:.3f} (nominal {self.avg_bits:.2f})")]
         if self.quality:
             q = self.quality
@@ -103,7 +106,8 @@ def write_artifact(
     quant = quantizer or WeightQuantizer(scheme, "rtn")
     #: the float weights the artifact computes with, for the quality measurement
     compiled: dict[str, np.ndarray] | None = {} if quality_tokens else None
-    lut_params = 0
+    lut_params = lut_bits = 0  # weights of the LUT-format tensors, and their nominal bits
+    groups: set[int] = set()  # their group sizes
     #: (tensor, expert or None) -> width; a layer's label lists the widths of its projections
     tensor_bits = {(t, e): bits[u.name] for u in units for t, e in u.tensors}
     widths = [sorted({tensor_bits[(t, e)] for u in units if u.layer == i for t, e in u.tensors
@@ -118,29 +122,39 @@ def write_artifact(
     with ArtifactWriter(out, force=force) as w:
 
         def put_lut(name: str, wt: np.ndarray, b: int, src: str, expert: int | None = None):
-            nonlocal lut_params
+            """A linear weight in the LUT format at ``b`` bits (a --bits keep quantizer may give
+            it in another width or group, or as 8-bit rows: it is written as given)."""
+            nonlocal lut_params, lut_bits
             pw = quant(src, wt, b, expert=expert)
-            if compiled is not None:
-                deq = pw.dequantize()
+            if isinstance(pw, dict):  # 8-bit rows
+                w.add_tensor(name, pw, meta={"format": "q8", "shape": list(wt.shape)})
+                nbytes, deq, width = sum(a.nbytes for a in pw.values()), None, 8
+                if compiled is not None:
+                    deq = dequantize_q8(pw["q"], pw["scale"], wt.shape[1])
+            else:
+                w.add_tensor(
+                    name,
+                    pw.to_buffers(),
+                    meta={
+                        "format": pw.fmt,
+                        "bits": pw.bits,
+                        "group_size": pw.group_size,
+                        "shape": list(pw.shape),
+                        "kernel": pw.meta,
+                    },
+                )
+                nbytes, width = pw.nbytes, pw.bits
+                groups.add(pw.group_size)
+                deq = pw.dequantize() if compiled is not None else None
+            if deq is not None:
                 if expert is None:
                     compiled[name] = deq
                 else:
                     compiled.setdefault(src, np.empty((c.n_experts, *deq.shape), np.float32))
                     compiled[src][expert] = deq
             lut_params += wt.size
-            meta = dict(pw.meta) if hasattr(pw, "meta") else {}
-            w.add_tensor(
-                name,
-                pw.to_buffers(),
-                meta={
-                    "format": pw.fmt,
-                    "bits": b,
-                    "group_size": scheme.group_size,
-                    "shape": list(pw.shape),
-                    "kernel": meta,
-                },
-            )
-            sizes["quantized"] += pw.nbytes
+            lut_bits += width * wt.size
+            sizes["quantized"] += nbytes
 
         def put_f32(name: str) -> None:
             a = m.tensor(name)
@@ -196,10 +210,10 @@ def write_artifact(
             }
         # embeddings and head: 8-bit
         lut_bytes = sizes["quantized"]  # of the blocks' linear weights, before any LUT head
-        block_params = lut_params
+        block_params, block_bits = lut_params, lut_bits
 
         def put_q8(name: str) -> None:
-            q8 = quantize_q8(m.tensor(name))
+            q8 = quant.rows8(name, m.tensor(name))
             w.add_tensor(name, q8, meta={"format": "q8", "shape": [c.vocab_size, c.dim]})
             sizes["q8"] += sum(a.nbytes for a in q8.values())
             if compiled is not None:
@@ -226,7 +240,7 @@ def write_artifact(
             tok.save(w.path)
         build_library(tgt, w.path / "lib" / "model.so")
         times["build library"] = time.perf_counter() - t1
-        avg = sum(u.params * bits[u.name] for u in units) / sum(u.params for u in units)
+        avg = block_bits / max(block_params, 1)
         bpw = 8 * lut_bytes / max(block_params, 1)
         quality = None
         if compiled is not None:
@@ -247,7 +261,9 @@ def write_artifact(
                 "libs": {"model": "lib/model.so"},
                 "quant": {
                     "format": scheme.fmt,
-                    "group_size": scheme.group_size,
+                    # one size, or several when --bits keep took each tensor's own
+                    "group_size": min(groups) if len(groups) == 1 else None,
+                    "group_sizes": sorted(groups),
                     "avg_bits": avg,
                     "bits_per_weight": bpw,
                     "method": quant.method,
@@ -291,4 +307,5 @@ def write_artifact(
         bits_per_weight=bpw,
         method=quant.method,
         quality=quality,
+        tensors_by_method=dict(quant.counts),
     )

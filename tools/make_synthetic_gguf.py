@@ -33,7 +33,7 @@ ARCHS = (
     "phi3", "smollm3",
 )  # fmt: skip
 MOE_ARCHS = ("mixtral", "qwen2moe", "qwen3moe", "olmoe")
-QTYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1")
+QTYPES = ("F32", "F16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "Q4_K", "Q3_K", "Q2_K")
 #: arch -> GGUF general.architecture (GGUF has no mixtral: it is llama with experts)
 GGUF_ARCH = {a: a for a in ARCHS} | {"mixtral": "llama", "llama3": "llama"}
 #: arch -> tokenizer.ggml.pre (the split regex llama.cpp applies before BPE)
@@ -42,7 +42,8 @@ TOKENIZER_PRE = {a: "gpt-2" for a in ARCHS} | {
     "llama3": "llama-bpe", "smollm3": "llama-bpe",
 }  # fmt: skip
 #: qtype -> general.file_type (llama_ftype)
-FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7}
+FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
+             "Q2_K": 10, "Q3_K": 11, "Q4_K": 14}  # fmt: skip
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_end|>")
 #: rope bases (others: 10000)
 ROPE_THETA = {"gemma3": 1000000.0, "llama3": 500000.0}
@@ -380,6 +381,10 @@ def _write_tensor(w, name: str, shape: tuple[int, ...], kind: str, t, s: Shape, 
             out[r0 : r0 + len(a)] = a
         elif t == F16:
             out[r0 : r0 + len(a)] = a.astype(np.float16)
+        elif t.name.endswith("_K"):  # not in the gguf package: edgert's own K-quant writer
+            from edgert.compiler.quant.ggml import encode_blocks
+
+            out[r0 : r0 + len(a)] = encode_blocks(t.name, a)
         else:
             out[r0 : r0 + len(a)] = gguf.quants.quantize(a, t)
     w.write_tensor_data(out)
@@ -405,7 +410,9 @@ def make_synthetic_gguf(
     arch : one of :data:`ARCHS`; ``mixtral`` is written as GGUF ``llama`` with stacked experts.
     preset : a :data:`PRESETS` shape (``tiny``, ``1b``, ``moe-1g``).
     qtype : storage of the matrices (:data:`QTYPES`); a matrix whose row length is not a multiple
-        of the quantization block stays F32, and norms, biases and routers are always F32.
+        of the quantization block (256 for the K-quants) stays F32, and norms, biases and routers
+        are always F32. K-quants are written by plain rounding per sub-block
+        (edgert.compiler.quant.ggml.encode_blocks), not llama.cpp's search.
     seed : the same seed and arguments give the same bytes.
     progress : a progress bar on stderr (when it is a terminal).
     chat_template : a jinja chat template stored as ``tokenizer.chat_template``.

@@ -48,6 +48,7 @@ SUPPORTED_TYPES = (
     "Q4_K",
     "Q5_K",
     "Q6_K",
+    "IQ4_NL",
 )
 
 
@@ -456,6 +457,14 @@ def load_gguf(path: str | Path, *, with_tokenizer: bool = True) -> ModelGraph:
             return read(stored)[a:b]
         return read(name)
 
+    def blocks(name: str) -> np.ndarray:
+        if name in views:
+            stored, a, b = views[name]
+            return blocks(stored)[a:b]
+        t = tensors[name]
+        data = np.asarray(t.data)
+        return data.reshape(-1, data.shape[-1]).view(np.uint8)
+
     def read(name: str) -> np.ndarray:
         t = tensors[name]
         tname = t.tensor_type.name
@@ -472,7 +481,7 @@ def load_gguf(path: str | Path, *, with_tokenizer: bool = True) -> ModelGraph:
         from edgert.compiler.frontends.gguf_tokenizer import tokenizer_from_gguf
 
         tokenizer = tokenizer_from_gguf(meta, src)
-    model = ModelGraph(config, infos, loader, tokenizer=tokenizer, source=src)
+    model = ModelGraph(config, infos, loader, tokenizer=tokenizer, source=src, blocks=blocks)
     model.validate()
     model.metadata = meta
     return model

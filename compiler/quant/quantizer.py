@@ -18,6 +18,7 @@ from edgert.compiler.quant.calib import CalibStats
 from edgert.compiler.quant.scheme import QuantScheme
 from edgert.errors import EdgertError
 from edgert.format.lut import PackedWeight
+from edgert.format.q8 import quantize_q8
 
 METHODS = ("gptq", "imatrix", "rtn")
 
@@ -45,6 +46,10 @@ class WeightQuantizer:
         if keep:
             self._kept[key] = pw
         return pw
+
+    def rows8(self, name: str, w: np.ndarray) -> dict[str, np.ndarray]:
+        """Tensor ``name`` (an embedding table or head) as 8-bit rows."""
+        return quantize_q8(w)
 
     def _fit(self, name: str, w: np.ndarray, bits: int, expert: int | None) -> PackedWeight:
         from edgert.compiler.quant.gptq import quantize_gptq

@@ -14,9 +14,11 @@ def add_arguments(p) -> None:
     p.add_argument("--target", required=True, help="device target (see `edgert targets`)")
     p.add_argument(
         "--bits",
-        type=int,
+        type=_bits,
         default=None,
-        help="weight bits for every layer (4); ONNX models: 8 = int8 weights (default float32)",
+        help="weight bits for every layer (4); keep: a GGUF's quantized tensors as they are "
+        "(Q4_0, Q4_1, Q4_K, Q2_K, Q3_K in the LUT formats; Q8_0, Q5_0, IQ4_NL as 8-bit rows; "
+        "other types rounded to 8-bit rows); ONNX models: 8 = int8 weights (default float32)",
     )
     p.add_argument(
         "--input-shape",
@@ -37,7 +39,7 @@ def add_arguments(p) -> None:
     )
     p.add_argument(
         "--quant-method",
-        default="gptq",
+        default=None,
         choices=("gptq", "imatrix", "rtn"),
         help="gptq: error feedback on calibration statistics (default); imatrix: rounding "
         "weighted by input importance; rtn: plain rounding, no calibration",
@@ -93,6 +95,17 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
 
 
+def _bits(text: str) -> int | str:
+    import argparse
+
+    if text == "keep":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a bit width or 'keep'") from None
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -128,11 +141,15 @@ def run(args) -> int:
         from edgert.compiler.transform.moefy import parse_moefy
 
         moefy = parse_moefy(args.moefy)
-    scheme = QuantScheme(args.format, 4 if args.bits is None else args.bits, args.group_size)
+    keep = args.bits == "keep"
+    if keep and args.group_size != 32:
+        raise EdgertError("--bits keep takes each tensor's own group size; drop --group-size")
+    bits = 4 if args.bits is None or keep else args.bits
+    scheme = QuantScheme(args.format, bits, args.group_size)
     tgt = load_target(args.target)  # unknown target fails before any work
     tgt.require_toolchain()
     model = resolve_model(args.model)
-    tag = f"b{args.bits_budget:g}" if args.bits_budget else f"{scheme.bits}"
+    tag = f"b{args.bits_budget:g}" if args.bits_budget else "keep" if keep else f"{scheme.bits}"
     out = Path(args.output or f"{Path(model).stem}-{tgt.name}-{scheme.fmt}{tag}.edgert")
     s = compile_model(
         model=model,
@@ -147,7 +164,8 @@ def run(args) -> int:
         moefy=moefy,
         head_bits=args.head_bits,
         quant_method=args.quant_method,
-        **({} if args.calib_tokens is None else {"calib_tokens": args.calib_tokens}),
+        calib_tokens=args.calib_tokens,
+        keep=keep,
     )
     return _report(args, s, f"wrote {s.out} ({s.fmt}, {s.bits_per_weight:.2f} bits/weight "
                             f"stored, {s.method}, target {s.target})")  # fmt: skip
@@ -177,11 +195,12 @@ def _compile_onnx(args) -> int:
         or args.calib
         or args.calib_tokens is not None
         or args.format != "uniform"
-        or args.quant_method != "gptq"
+        or args.quant_method is not None
+        or args.bits == "keep"
     ):
         raise EdgertError(
-            "--bits-budget, --calib, --calib-tokens, --quant-method and --format apply to "
-            "language models only",
+            "--bits-budget, --bits keep, --calib, --calib-tokens, --quant-method and --format "
+            "apply to language models only",
             "for ONNX models use --bits 8 (int8 weights) or leave it out (float32)",
         )
     from edgert.compiler.onnx.compile import compile_onnx

@@ -78,8 +78,12 @@ def run(args) -> int:
         f"{info['avg_bits']:.2f} bits/weight average"
     )
     how = f", {info['quant_method']}" if info.get("quant_method") else ""
+    if info.get("quant_method") == "keep":  # each tensor as the GGUF stored it
+        how += " (" + ", ".join(f"{k} x{n}" for k, n in info["tensors_by_method"].items()) + ")"
+    groups = "/".join(str(g) for g in info["group_sizes"] if g)
+    fmt = f"{info['format']} g{groups}" if groups else "8-bit rows"
     print(
-        f"weights    {info['format']} g{info['group_size']}{how}, {stored}; resident "
+        f"weights    {fmt}{how}, {stored}; resident "
         f"{info['bytes']['resident'] / 2**20:.1f} MiB, streamed "
         f"{info['bytes']['streamed'] / 2**20:.1f} MiB"
     )

@@ -261,6 +261,9 @@ class ModelGraph:
         ``loader(name) -> np.ndarray`` returning the float32 tensor (C-contiguous).
     tokenizer:
         An :class:`edgert.runtime.tokenizer.Tokenizer` (or None for weights-only models).
+    blocks:
+        ``blocks(name) -> uint8 (rows, bytes)``: a quantized tensor's rows as the file stores
+        them (GGUF), for importing them without dequantizing; None when the source has none.
     """
 
     def __init__(
@@ -270,10 +273,12 @@ class ModelGraph:
         loader: Callable[[str], np.ndarray],
         tokenizer: Any = None,
         source: str = "",
+        blocks: Callable[[str], np.ndarray] | None = None,
     ):
         self.config = config
         self.infos = {i.name: i for i in infos}
         self._loader = loader
+        self._blocks = blocks
         self._cache: dict[str, np.ndarray] = {}
         self.tokenizer = tokenizer
         self.source = source
@@ -299,6 +304,13 @@ class ModelGraph:
                 raise ModelFormatError(f"tensor {name} has shape {t.shape}, expected {want}")
             self._cache[name] = t
         return t
+
+    def stored_blocks(self, name: str) -> np.ndarray:
+        """The rows (rows, bytes) of quantized tensor ``name`` as stored in the source file (its
+        ``source_type``'s blocks; a stacked tensor's rows one matrix after another)."""
+        if self._blocks is None:
+            raise ModelFormatError(f"{self.source or 'the model'} stores no quantized blocks")
+        return self._blocks(name)
 
     def materialize(self, *, progress: bool | None = None) -> None:
         """Dequantize every tensor now (so later timings measure compute, not loading)."""

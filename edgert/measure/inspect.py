@@ -50,6 +50,8 @@ def inspect_artifact(
         },
         "format": q.get("format"),
         "group_size": q.get("group_size"),
+        "group_sizes": q.get("group_sizes") or [q.get("group_size")],
+        "tensors_by_method": q.get("tensors_by_method", {}),
         "avg_bits": q.get("avg_bits"),
         "bits_per_weight": q.get("bits_per_weight"),
         "quant_method": q.get("method"),

@@ -59,8 +59,8 @@ def test_unsupported_quant_type(tmp_path):
     import gguf
 
     p = tmp_path / "iq.gguf"
-    write_gguf(p, qtype=gguf.GGMLQuantizationType.IQ4_NL)
-    assert_one_line_error(run_cli("generate", str(p), "-p", "hi"), "IQ4_NL", "token_embd.weight")
+    write_gguf(p, qtype=gguf.GGMLQuantizationType.IQ2_XXS)
+    assert_one_line_error(run_cli("generate", str(p), "-p", "hi"), "IQ2_XXS", "token_embd.weight")
 
 
 def test_unknown_architecture(tmp_path):

@@ -55,7 +55,10 @@ def _field(r: gguf.GGUFReader, key: str):
     return r.fields[key].contents()
 
 
-@pytest.mark.parametrize("qtype", QTYPES)
+K_QTYPES = [q for q in QTYPES if q.endswith("_K")]
+
+
+@pytest.mark.parametrize("qtype", [q for q in QTYPES if q not in K_QTYPES])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_file_as_read_back(tmp_path, arch, qtype):
     path = make_synthetic_gguf(out=tmp_path / "m.gguf", arch=arch, qtype=qtype, progress=False)
@@ -99,6 +102,27 @@ def test_file_as_read_back(tmp_path, arch, qtype):
             assert v.shape == shape and np.isfinite(v).all()
             dev = v - 1.0 if kind == "n" else v
             assert dev.std() == pytest.approx(init_std(kind, s), rel=STD_RTOL), t.name
+
+
+#: NMSE of edgert's K-quant writer (plain rounding per sub-block) on the Gaussian weights
+K_NMSE = {"Q4_K": 0.01, "Q3_K": 0.04, "Q2_K": 0.15}
+
+
+@pytest.mark.parametrize("qtype", K_QTYPES)
+def test_k_quant_files(tmp_path, qtype):
+    """Matrices whose rows are whole 256-weight super-blocks are written in the K-quant type;
+    the gguf package's (llama.cpp's) dequantization of them is within the type's rounding of the
+    values the same seed writes in F32; shorter rows stay F32."""
+    kw = {"arch": "llama", "progress": False, "dim": 256, "ffn": 512, "heads": 4, "kv_heads": 2}
+    f = load_model(make_synthetic_gguf(out=tmp_path / "f.gguf", qtype="F32", **kw))
+    q = load_model(make_synthetic_gguf(out=tmp_path / "q.gguf", qtype=qtype, **kw))
+    stored = [n for n in q.names() if q.infos[n].source_type == qtype]
+    assert len(stored) == 7 * resolve_shape("llama").layers + 2  # + embedding and head
+    for n in stored:
+        a, b = q.tensor(n), f.tensor(n)
+        assert ((a - b) ** 2).sum() / (b**2).sum() < K_NMSE[qtype], n
+    tiny = make_synthetic_gguf(out=tmp_path / "t.gguf", arch="llama", qtype=qtype, progress=False)
+    assert {i.source_type for i in load_model(tiny).infos.values()} == {"F32"}  # 64-wide rows
 
 
 @pytest.mark.parametrize("qtype", ["F32", "Q4_0"])
