@@ -8,7 +8,7 @@
  *   weights: codes q in [0, 2^bits) of one tile as [k4][32 rows][4 columns] bytes, and per group
  *     the float scale sc and sc * zero;
  *   y[r] = sum over groups, in order, of  acc = fma(S, sc * d, acc); acc = fma(-sc*zero, d * sx,
- *     acc)  with S = sum q x8 over the group, exact in int32 (4-bit codes, groups <= 256).
+ *     acc)  with S = sum q x8 over the group, exact in int32 (codes of up to 6 bits, groups <= 256).
  * The integer sums are exact and every path does the same float operations in the same order, so
  * the SIMD kernels equal the scalar _ref twin bit for bit. The error against float weights is the
  * activations' rounding: at most d / 2 per element, as llama.cpp's Q8_0 / Q8_K activations.
@@ -369,6 +369,17 @@ const char *edgert_i8_kernel(void) { return edgert_i8_neon_name(); }
 const char *edgert_i8_kernel(void) { return I8_KERNEL; }
 #endif
 
+/* vpdpbusd, sdot, smmla and smull + pairwise adds sum each product in int32 (codes up to 6 bits
+ * are exact as unsigned or signed bytes); the AVX2 kernel sums pairs of products over 8 chunks in
+ * 16-bit lanes (15 x 127 x 16 < 2^15): 4-bit codes at most */
+EDGERT_HIDDEN int edgert_i8_max_bits(void) {
+#if defined(EDGERT_NEON) || (defined(__AVX512VNNI__) && defined(EDGERT_AVX512)) || !EDGERT_I8_FAST
+    return EDGERT_MAX_BITS;
+#else
+    return 4;
+#endif
+}
+
 /* ---- the GEMM: tiles over threads, each thread unpacking its tiles once --------------------- */
 typedef struct {
     const family_t *w;
@@ -454,7 +465,7 @@ static void i8_gemm_one(float *y, const float *x, int64_t n, int64_t m, int64_t 
     shape_t s;
     family_t w;
     EDGERT_CHECK(x && n >= 0);
-    if (!make_shape(&s, k, bits, group, EDGERT_FMT_UNIFORM) || bits > EDGERT_I8_MAX_BITS)
+    if (!make_shape(&s, k, bits, group, EDGERT_FMT_UNIFORM) || (fast && bits > edgert_i8_max_bits()))
         abort();  // validated by the caller
     make_family(&w, 1, &y, &m, &planes, &scale, &zero);
     edgert_i8_gemm_impl(&w, x, n, &s, threads, fast);

@@ -57,7 +57,7 @@ static inline int32x4_t dot4_neon(int32x4_t acc, uint8x16_t w, int8x16_t x) {
 #define I8_DOTPROD __attribute__((target("arch=armv8.2-a+dotprod")))
 #define I8_I8MM __attribute__((target("arch=armv8.2-a+i8mm")))
 I8_DOTPROD static inline int32x4_t dot4_dotprod(int32x4_t acc, uint8x16_t w, int8x16_t x) {
-    return vdotq_s32(acc, vreinterpretq_s8_u8(w), x); /* codes <= 15: exact as signed bytes */
+    return vdotq_s32(acc, vreinterpretq_s8_u8(w), x); /* codes < 128: exact as signed bytes */
 }
 
 /* y{0,1}[4q .. 4q+3] += the group's sums (S) in acc: the epilogue every level shares */

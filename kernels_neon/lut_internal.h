@@ -105,10 +105,6 @@ typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
  * Q5_K / Q6_K imported as they are (the lookups are per plane, so any width works; a plane sum
  * shifted by 5 stays far inside int32) */
 #define EDGERT_MAX_BITS 6
-/* the int8 prompt path takes codes of at most this many bits: its AVX2 kernel sums pairs of
- * code x int8 products over 8 chunks in 16-bit lanes (15 x 127 x 16 < 2^15); wider codes take
- * the LUT path */
-#define EDGERT_I8_MAX_BITS 4
 
 static inline int make_shape(shape_t *s, int64_t k, int32_t bits, int32_t group, int32_t fmt) {
     if (bits < 1 || bits > EDGERT_MAX_BITS || group < 4 || group % 4 || group > 4 * MAX_PER || k < 1) return 0;
@@ -268,6 +264,8 @@ EDGERT_HIDDEN uint64_t edgert_read_block(const uint8_t *p, int64_t lo, int64_t h
  * unpacked tiles (fast: this build's SIMD kernel, else the scalar twin) */
 EDGERT_HIDDEN void edgert_i8_gemm_impl(const family_t *w, const float *x, int64_t n,
                                        const shape_t *s, int32_t threads, int fast);
+/* the widest codes this build's int8 kernel sums exactly (wider ones take the LUT path) */
+EDGERT_HIDDEN int edgert_i8_max_bits(void);
 /* whether this build has a SIMD int8 kernel (the LUT path serves prefill otherwise) */
 #if defined(EDGERT_AVX2) || defined(EDGERT_NEON)
 #define EDGERT_I8_FAST 1

@@ -475,14 +475,14 @@ int main(void) {
                 for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++)
                     one_case(shapes[si][0], shapes[si][1], bits, groups[gi], fmt,
                              1 + (int64_t)(rnd() % 3), 1 + (int)(rnd() % 3));
-    // codes wider than the int8 path takes: many rows stay on the LUT path
-    for (int bits = EDGERT_I8_MAX_BITS + 1; bits <= EDGERT_MAX_BITS; bits++)
+    // many rows of codes wider than this build's int8 kernel sums exactly: the LUT path
+    for (int bits = edgert_i8_max_bits() + 1; bits <= EDGERT_MAX_BITS; bits++)
         one_case(96, 576, bits, 32, 0, EDGERT_I8_MIN_ROWS + 4, 2);
     /* the int8 path: odd row counts (the kernels' remainders), partial tiles, k not a multiple
      * of the group, groups of 8 chunks and more (the AVX2 kernel's 16-bit sums) */
     static const int64_t i8_shapes[][3] = {{7, 33, 9}, {33, 129, 13}, {96, 576, 64},
                                            {65, 1000, 70}, {300, 257, 8}};
-    for (int bits = 1; bits <= 4; bits++)
+    for (int bits = 1; bits <= edgert_i8_max_bits(); bits++)
         for (size_t si = 0; si < sizeof i8_shapes / sizeof i8_shapes[0]; si++)
             for (size_t gi = 0; gi < sizeof groups / sizeof groups[0]; gi++)
                 i8_case(i8_shapes[si][0], i8_shapes[si][1], bits, groups[gi], i8_shapes[si][2],
