@@ -10,10 +10,13 @@ Measures, with llama.cpp's perplexity convention (chunks of --ctx, second half s
     where both sides compute in float32, so differences are summation order only.
 
 Either the numpy reference or (--engine c) the C forward pass on the model's float weights (the
-kernels library built for this host) is compared.
+kernels library built for this host) is compared; or (--keep) the model compiled for this host
+with `--bits keep`, its quantized tensors imported as they are: the LUT kernels and 8-bit rows on
+llama.cpp's own blocks. --peer-quant TYPE first has llama.cpp re-quantize the model to TYPE (a
+Q4_K_M, Q3_K_M, Q2_K ... file of the same weights, cached).
 
     python tools/parity.py [--model PATH] [--text FILE] [--ctx 512] [--f32] [--engine c]
-                           [--f32-kv] [--json]
+                           [--f32-kv] [--peer-quant TYPE] [--keep] [--json]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_vs_llamacpp import FTYPES, peer_quantize  # tools/ is on sys.path
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpl-3.0.txt"
 
@@ -144,20 +148,29 @@ def compare(
     f32_kv: bool = False,
     self_check: bool = True,
     engine: str = "reference",
+    artifact: Path | None = None,
 ) -> dict:
+    """``artifact``: edgert's side is that artifact (compiled from ``model``) through the
+    runtime, instead of ``engine`` on the model's own weights."""
     from edgert.compiler.frontends import load_model
 
     from edgert.runtime.reference import ReferenceEngine
 
     m = load_model(model)
-    m.materialize(progress=False)
+    if artifact is None:
+        m.materialize(progress=False)
     ours_ids = m.tokenizer.encode(text)
     llm = _llama(str(model), ctx, threads, f32_kv)
     theirs_ids = llm.tokenize(text.encode(), add_bos=m.tokenizer.meta.add_bos, special=False)
     n_chunks = len(ours_ids) // ctx
     if max_chunks:
         n_chunks = min(n_chunks, max_chunks)
-    eng = c_engine(m, ctx) if engine == "c" else ReferenceEngine(m, max_ctx=ctx)
+    if artifact is not None:
+        from edgert.runtime.open import open_artifact_engine
+
+        eng, engine = open_artifact_engine(artifact, max_ctx=ctx), f"artifact {artifact}"
+    else:
+        eng = c_engine(m, ctx) if engine == "c" else ReferenceEngine(m, max_ctx=ctx)
     first = ctx // 2
     nll_a, nll_b = [], []
     agree = self_agree = total = 0
@@ -219,21 +232,36 @@ def main() -> None:
     ap.add_argument(
         "--f32-kv", action="store_true", help="llama.cpp with an F32 KV cache (for F32 models)"
     )
+    ap.add_argument("--peer-quant", choices=list(FTYPES), default=None,
+                    help="compare on the model re-quantized by llama.cpp to this type")  # fmt: skip
+    ap.add_argument("--keep", action="store_true",
+                    help="edgert: the model compiled with --bits keep for this host")  # fmt: skip
+    ap.add_argument("--no-self-check", action="store_true",
+                    help="skip llama.cpp's token-by-token run (its noise floor)")  # fmt: skip
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     from edgert.device.hub import pull
 
     model = Path(a.model) if a.model else pull("smollm2-135m")
+    if a.peer_quant:
+        model = peer_quantize(model, a.peer_quant)
     text = Path(a.text).read_text()
-    rows = [
-        (
-            "gguf",
-            compare(
-                model, text, ctx=a.ctx, max_chunks=a.chunks, engine=a.engine, f32_kv=a.f32_kv,
-                self_check=not a.f32_kv,
-            ),
-        )
-    ]  # fmt: skip
+    with tempfile.TemporaryDirectory() as d:
+        art, extra = None, {}
+        if a.keep:
+            from edgert.compiler.compile import compile_model
+            from edgert.compiler.quant.scheme import QuantScheme
+
+            from edgert.format.artifact import Artifact
+
+            art = Path(d) / "keep.edgert"
+            s = compile_model(model=model, target="host", out=art, scheme=QuantScheme(),
+                              keep=True)  # fmt: skip
+            extra = {"gguf_bytes": model.stat().st_size, "artifact_bytes": Artifact.open(art).nbytes(),
+                     "bits_per_weight": s.bits_per_weight, "kept": s.tensors_by_method}  # fmt: skip
+        r = compare(model, text, ctx=a.ctx, max_chunks=a.chunks, engine=a.engine,
+                    f32_kv=a.f32_kv, self_check=not (a.f32_kv or a.no_self_check), artifact=art)  # fmt: skip
+        rows = [("gguf", {**r, **extra})]
     if a.f32:
         with tempfile.TemporaryDirectory() as d:
             f32 = Path(d) / "f32.gguf"
