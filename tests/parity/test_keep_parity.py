@@ -59,10 +59,14 @@ def same_file(model, artifact, ctx, chunks):
     return got, ref
 
 
-@pytest.mark.parametrize("ftype", ["Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q4_0", "Q4_1"])
-def test_llama_cpp_mixes_are_kept(tmp_path, ftype):
-    f32 = make_synthetic_gguf(out=tmp_path / "f32.gguf", arch="llama", qtype="F32",
-                              progress=False, **SHAPE)  # fmt: skip
+MIXES = [("llama", t) for t in ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q4_0", "Q4_1")]
+
+
+@pytest.mark.parametrize("arch,ftype", [*MIXES, ("qwen3moe", "Q4_K_M")])
+def test_llama_cpp_mixes_are_kept(tmp_path, arch, ftype):
+    moe = {"experts": 4, "top_k": 2, "expert_ffn": 256} if arch == "qwen3moe" else {}
+    f32 = make_synthetic_gguf(out=tmp_path / "f32.gguf", arch=arch, qtype="F32",
+                              progress=False, **SHAPE, **moe)  # fmt: skip
     model = peer_quantize(f32, ftype)
     s, types = kept(tmp_path, model)
     assert types & set(LUT_TYPES), types
