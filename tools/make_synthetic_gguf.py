@@ -33,7 +33,8 @@ ARCHS = (
     "phi3", "smollm3",
 )  # fmt: skip
 MOE_ARCHS = ("mixtral", "qwen2moe", "qwen3moe", "olmoe")
-QTYPES = ("F32", "F16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "Q4_K", "Q3_K", "Q2_K")
+QTYPES = ("F32", "F16", "Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "Q4_K", "Q3_K", "Q2_K", "TQ2_0",
+          "TQ1_0")  # fmt: skip
 #: arch -> GGUF general.architecture (GGUF has no mixtral: it is llama with experts)
 GGUF_ARCH = {a: a for a in ARCHS} | {"mixtral": "llama", "llama3": "llama"}
 #: arch -> tokenizer.ggml.pre (the split regex llama.cpp applies before BPE)
@@ -43,7 +44,7 @@ TOKENIZER_PRE = {a: "gpt-2" for a in ARCHS} | {
 }  # fmt: skip
 #: qtype -> general.file_type (llama_ftype)
 FILE_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
-             "Q2_K": 10, "Q3_K": 11, "Q4_K": 14}  # fmt: skip
+             "Q2_K": 10, "Q3_K": 11, "Q4_K": 14, "TQ1_0": 36, "TQ2_0": 37}  # fmt: skip
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_end|>")
 #: rope bases (others: 10000)
 ROPE_THETA = {"gemma3": 1000000.0, "llama3": 500000.0}
@@ -410,7 +411,7 @@ def make_synthetic_gguf(
     arch : one of :data:`ARCHS`; ``mixtral`` is written as GGUF ``llama`` with stacked experts.
     preset : a :data:`PRESETS` shape (``tiny``, ``1b``, ``moe-1g``).
     qtype : storage of the matrices (:data:`QTYPES`); a matrix whose row length is not a multiple
-        of the quantization block (256 for the K-quants) stays F32, and norms, biases and routers
+        of the quantization block (256 for the K-quants and the ternary TQ types) stays F32, and norms, biases and routers
         are always F32. K-quants are written by plain rounding per sub-block
         (edgert.compiler.quant.ggml.encode_blocks), not llama.cpp's search.
     seed : the same seed and arguments give the same bytes.

@@ -49,6 +49,9 @@ SUPPORTED_TYPES = (
     "Q5_K",
     "Q6_K",
     "IQ4_NL",
+    "IQ4_XS",
+    "TQ1_0",
+    "TQ2_0",
 )
 
 

@@ -16,15 +16,18 @@ Q5_0      32: w = d (q - 16)                                    uniform 5-bit, g
 Q5_1      32: w = d q + m                                       uniform 5-bit, group 32
 Q5_K      256: 8 x 32, w = d sc_j q - dmin m_j (as Q4_K)        uniform 5-bit, group 32
 Q6_K      256: 16 x 16, w = d sc_j (q - 32) (int8 sc)           uniform 6-bit, group 16
+TQ1_0     256: w = d t, t in {-1, 0, 1} (ternary, base 3)       uniform 2-bit, group 128
+TQ2_0     256: w = d t, t in {-1, 0, 1} (ternary, 2 bits)       uniform 2-bit, group 128
 Q8_0      32: w = d q, q int8                                   8-bit rows (q8)
 IQ4_NL    32: w = d kvalues[q] (a fixed int8 codebook)          8-bit rows (q8)
+IQ4_XS    256: 8 x 32, w = d (ls_j - 32) kvalues[q] (6-bit ls)  8-bit rows (q8)
 ========  ====================================================  ==========================
 
 The uniform format stores w = scale (c - zero) with float16 scale and zero: scale = s rounded
 once to float16, zero = -o / scale rounded once (so that scale * zero stays o), or the integer
 -o / s is where it is one (Q4_0's 8, Q5_0's 16, Q3_K's 4, Q6_K's 32; Q4_0 and Q5_0 are then bit
 for bit, their scale being the block's own float16 d). The q8 format stores int8 codes with a float32 scale per 32, so the
-last two are exact. Other types (float, the other IQ types) are rounded once more, to 8-bit rows,
+last three are exact (IQ4_XS: the int8 code is the codebook's value, the scale d (ls - 32)). Other types (float, the other IQ types) are rounded once more, to 8-bit rows,
 and counted apart; so is an embedding table of a LUT type, which is read by rows.
 """
 
@@ -38,10 +41,11 @@ from edgert.format.q8 import quantize_q8
 
 #: type -> (bits, group size) of the uniform LUT format holding it exactly
 LUT_TYPES = {"Q4_0": (4, 32), "Q4_1": (4, 32), "Q4_K": (4, 32), "Q2_K": (2, 16), "Q3_K": (3, 16),
-             "Q5_0": (5, 32), "Q5_1": (5, 32), "Q5_K": (5, 32), "Q6_K": (6, 16)}  # fmt: skip
+             "Q5_0": (5, 32), "Q5_1": (5, 32), "Q5_K": (5, 32), "Q6_K": (6, 16),
+             "TQ1_0": (2, 128), "TQ2_0": (2, 128)}  # fmt: skip
 #: types the 8-bit rows hold exactly: int8 codes times the block's float16 d, blocks of 32 (Q4_0
 #: and Q5_0 too, for the embedding table, which is always 8-bit rows)
-Q8_TYPES = ("Q8_0", "IQ4_NL", "Q4_0", "Q5_0")
+Q8_TYPES = ("Q8_0", "IQ4_NL", "IQ4_XS", "Q4_0", "Q5_0")
 #: bytes per block and weights per block of the types read here
 BLOCKS = {
     "Q4_0": (18, 32),
@@ -53,9 +57,15 @@ BLOCKS = {
     "Q5_1": (24, 32),
     "Q5_K": (176, 256),
     "Q6_K": (210, 256),
+    "TQ1_0": (54, 256),
+    "TQ2_0": (66, 256),
     "Q8_0": (34, 32),
     "IQ4_NL": (18, 32),
+    "IQ4_XS": (136, 256),
 }
+#: IQ4_NL / IQ4_XS's codebook (llama.cpp's kvalues_iq4nl)
+IQ4_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                      np.int8)  # fmt: skip
 
 
 def _f16(b: np.ndarray) -> np.ndarray:
@@ -144,7 +154,23 @@ def affine_blocks(kind: str, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray
         codes = ql | (high.reshape(nb, 256) << 2)  # q + 4: the mask bit set means q >= 0
         s = _f16(blocks[:, 108:110])[:, None] * _k3_scales(blocks[:, 96:108])
         return codes, s, -4 * s
+    if kind in ("TQ1_0", "TQ2_0"):  # d times a trit: the trits from llama.cpp's dequantization
+        d = _f16(blocks[:, -2:])[:, None]
+        w = _dequantize(kind, blocks)
+        t = np.divide(w, d, out=np.zeros_like(w), where=d != 0)
+        codes = (np.rint(t) + 1).astype(np.uint8)
+        d2 = np.repeat(d, 2, axis=1)  # two groups of 128 per block
+        return codes, d2, -d2
     raise EdgertError(f"{kind} is not a LUT type")
+
+
+def _dequantize(kind: str, blocks: np.ndarray) -> np.ndarray:
+    """llama.cpp's dequantization of blocks (nb, block bytes) -> (nb, n) float32 (the gguf
+    package's port)."""
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    return dequantize(blocks, GGMLQuantizationType[kind]).reshape(blocks.shape[0], -1)
 
 
 def _rows(kind: str, blocks: np.ndarray, k: int) -> np.ndarray:
@@ -179,13 +205,19 @@ def import_lut(kind: str, blocks: np.ndarray, k: int) -> PackedWeight:
 def import_q8(kind: str, blocks: np.ndarray, k: int) -> dict[str, np.ndarray]:
     """A (m, k) matrix of an exact 8-bit type -> the q8 format's buffers (int8 q, float32 scale
     per 32), equal to llama.cpp's dequantization."""
-    from gguf.constants import GGMLQuantizationType
-    from gguf.quants import dequantize
-
     m = blocks.shape[0]
     raw = _rows(kind, blocks, k)
-    d = _f16(raw[:, 0:2])  # every Q8 type's block starts with its float16 d
-    w = dequantize(raw, GGMLQuantizationType[kind]).reshape(-1, 32)  # d * q, exact in float32
+    if kind == "IQ4_XS":  # per 32: d (ls - 32) times the codebook's int8 value
+        nb = raw.shape[0]
+        hi = (raw[:, 2:4].copy().view(np.uint16) >> (2 * np.arange(8, dtype=np.uint16))) & 3
+        lo = ((raw[:, 4:8, None] >> np.array([0, 4], np.uint8)) & 15).reshape(nb, 8)
+        scale = _f16(raw[:, 0:2])[:, None] * (
+            (lo | (hi.astype(np.uint8) << 4)).astype(np.float32) - 32
+        )
+        q = IQ4_VALUES[_nibbles(raw[:, 8:])]
+        return {"q": q.reshape(m, k), "scale": scale.reshape(m, k // 32)}
+    d = _f16(raw[:, 0:2])  # the other Q8 types' blocks start with their float16 d
+    w = _dequantize(kind, raw).reshape(-1, 32)  # d * q, exact in float32
     q = np.divide(w, d[:, None], out=np.zeros_like(w), where=d[:, None] != 0)
     return {"q": np.rint(q).astype(np.int8).reshape(m, k), "scale": d.reshape(m, k // 32)}
 

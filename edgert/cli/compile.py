@@ -17,9 +17,9 @@ def add_arguments(p) -> None:
         type=_bits,
         default=None,
         help="weight bits for every layer (4); keep: a GGUF's quantized tensors as they are "
-        "(Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q2_K, Q3_K, Q6_K as LUT weights; Q8_0, IQ4_NL as "
-        "8-bit rows; other types rounded to 8-bit rows); ONNX models: 8 = int8 weights "
-        "(default float32)",
+        "(Q4_0, Q4_1, Q4_K, Q5_0, Q5_1, Q5_K, Q2_K, Q3_K, Q6_K, TQ1_0, TQ2_0 as LUT weights; "
+        "Q8_0, IQ4_NL, IQ4_XS as 8-bit rows; other types rounded to 8-bit rows); ONNX models: "
+        "8 = int8 weights (default float32)",
     )
     p.add_argument(
         "--input-shape",

@@ -24,7 +24,8 @@ from edgert.runtime.weights import reference_model
 SHAPE = {"dim": 256, "ffn": 512, "heads": 4, "kv_heads": 2, "vocab": 512, "layers": 2}
 #: type -> (stored width, group) of its linear weights in the artifact
 KINDS = {"Q4_0": (4, 32), "Q4_1": (4, 32), "Q4_K": (4, 32), "Q3_K": (3, 16), "Q2_K": (2, 16),
-         "Q5_0": (5, 32), "Q5_1": (5, 32), "Q8_0": (8, None)}  # fmt: skip
+         "Q5_0": (5, 32), "Q5_1": (5, 32), "TQ2_0": (2, 128), "TQ1_0": (2, 128),
+         "Q8_0": (8, None)}  # fmt: skip
 TOKENS = [5, 100, 7, 300, 42, 9, 11, 200, 17, 64, 3, 250]
 
 
@@ -53,7 +54,7 @@ def test_weights_and_logits_are_the_files(tmp_path, kind):
         # |offset|, each up to twice the largest weight); a misplaced code is off by a whole step
         # (1/63 of its group's range or more)
         assert np.abs(got - want).max() <= 2.0**-9 * np.abs(want).max(), name
-        if kind in ("Q4_0", "Q5_0", "Q8_0"):
+        if kind in ("Q4_0", "Q5_0", "Q8_0", "TQ1_0", "TQ2_0"):
             assert np.array_equal(got, want), name
     # the linear weights and the output head, and the embedding table where 8-bit rows hold it
     n = 7 * SHAPE["layers"] + 1 + (kind in ("Q4_0", "Q5_0", "Q8_0"))

@@ -1,6 +1,7 @@
 """`compile --bits keep` on llama.cpp's own quantized files (tier `parity`: `./test.sh parity`):
-a synthetic model quantized by llama.cpp to its usual mixes (Q2_K, Q3_K_M, Q4_K_M: K-quants with
-Q5_K / Q6_K / Q8_0 tensors where its rules want more bits; Q4_0, Q4_1), and SmolLM2-135M's Q4_K_M
+a synthetic model quantized by llama.cpp to its usual mixes (Q2_K, Q3_K_M, Q4_K_M, Q5_K_M, Q6_K:
+K-quants with Q5_K / Q6_K / Q8_0 tensors where its rules want more bits; Q4_0, Q4_1, IQ4_XS, the
+ternary TQ1_0 and TQ2_0; a Qwen3-MoE's Q4_K_M), and SmolLM2-135M's Q4_K_M
 (K-quants where rows are whole super-blocks, Q5_0 / Q8_0 elsewhere). Every tensor of a type kept
 as it is equals llama.cpp's dequantization; the compiled artifact's perplexity is llama.cpp's on
 the same file. The figures: BENCHMARKS.md, "Importing llama.cpp's quantizations"."""
@@ -59,7 +60,8 @@ def same_file(model, artifact, ctx, chunks):
     return got, ref
 
 
-MIXES = [("llama", t) for t in ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q4_0", "Q4_1")]
+MIXES = [("llama", t) for t in ("Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "Q4_0", "Q4_1",
+                                "IQ4_XS", "TQ2_0", "TQ1_0")]  # fmt: skip
 
 
 @pytest.mark.parametrize("arch,ftype", [*MIXES, ("qwen3moe", "Q4_K_M")])

@@ -28,14 +28,26 @@ F16_FIELDS = {
     "Q6_K": [(208, 210)],
     "Q8_0": [(0, 2)],
     "IQ4_NL": [(0, 2)],
+    "IQ4_XS": [(0, 2)],
 }
+#: ternary types: random bytes are no valid trits (TQ1_0 packs 5 per byte); the gguf package's
+#: (llama.cpp's) quantizer writes them
+TERNARY = ("TQ1_0", "TQ2_0")
 
 
 def random_rows(kind, m, k, seed=0, zero_d=0.0):
     """Rows of random blocks: every code, scale and min bit random; the float16 fields finite
-    (magnitudes 1e-4 .. 1e-1, either sign), a share ``zero_d`` of them exactly 0."""
+    (magnitudes 1e-4 .. 1e-1, either sign), a share ``zero_d`` of them exactly 0. Ternary
+    types: Gaussian rows (a share ``zero_d`` of blocks all zero) through llama.cpp's quantizer."""
     size, n = BLOCKS[kind]
     rng = np.random.default_rng(seed)
+    if kind in TERNARY:
+        from gguf.constants import GGMLQuantizationType
+        from gguf.quants import quantize
+
+        w = rng.normal(size=(m * k // n, n)).astype(np.float32)
+        w[rng.random(len(w)) < zero_d] = 0
+        return quantize(w.reshape(m, k), GGMLQuantizationType[kind])
     raw = rng.integers(0, 256, size=(m * k // n, size), dtype=np.uint8)
     for a, b in F16_FIELDS[kind]:
         v = rng.choice([-1, 1], raw.shape[0]) * 10 ** rng.uniform(-4, -1, raw.shape[0])
@@ -68,7 +80,7 @@ def test_lut_import_equals_llamacpp_dequantization(kind, zero_d):
     per_group = 2.0**-11 * (np.abs(s) * (2**pw.bits - 1) + np.abs(o)) * 1.001 + 1e-12
     bound = np.repeat(per_group.reshape(m, -1), g, axis=1)
     assert (np.abs(got - want) <= bound).all(), float((np.abs(got - want) / bound).max())
-    if kind in ("Q4_0", "Q5_0"):  # scale = the block's own float16 d, zero 8 / 16
+    if kind in ("Q4_0", "Q5_0", *TERNARY):  # scale = the block's own float16 d, zero 8 / 16 / 1
         assert np.array_equal(got, want)
 
 

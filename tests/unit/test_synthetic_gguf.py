@@ -55,7 +55,8 @@ def _field(r: gguf.GGUFReader, key: str):
     return r.fields[key].contents()
 
 
-K_QTYPES = [q for q in QTYPES if q.endswith("_K")]
+#: types of 256-weight blocks (K-quants, ternary): the tiny preset's 64-wide rows stay F32
+K_QTYPES = [q for q in QTYPES if gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]][0] == 256]
 
 
 @pytest.mark.parametrize("qtype", [q for q in QTYPES if q not in K_QTYPES])
@@ -104,13 +105,14 @@ def test_file_as_read_back(tmp_path, arch, qtype):
             assert dev.std() == pytest.approx(init_std(kind, s), rel=STD_RTOL), t.name
 
 
-#: NMSE of edgert's K-quant writer (plain rounding per sub-block) on the Gaussian weights
-K_NMSE = {"Q4_K": 0.01, "Q3_K": 0.04, "Q2_K": 0.15}
+#: NMSE of edgert's K-quant writer (plain rounding per sub-block) on the Gaussian weights, and
+#: of the gguf package's ternary quantizer (d = the block's largest magnitude: most weights 0)
+K_NMSE = {"Q4_K": 0.01, "Q3_K": 0.04, "Q2_K": 0.15, "TQ1_0": 0.7, "TQ2_0": 0.7}
 
 
 @pytest.mark.parametrize("qtype", K_QTYPES)
 def test_k_quant_files(tmp_path, qtype):
-    """Matrices whose rows are whole 256-weight super-blocks are written in the K-quant type;
+    """Matrices whose rows are whole 256-weight super-blocks are written in the type;
     the gguf package's (llama.cpp's) dequantization of them is within the type's rounding of the
     values the same seed writes in F32; shorter rows stay F32."""
     kw = {"arch": "llama", "progress": False, "dim": 256, "ffn": 512, "heads": 4, "kv_heads": 2}
