@@ -2,7 +2,8 @@
 root under qemu-user, tools/arm64_root.py) loads the artifact's aarch64 library with ctypes and
 runs the C forward pass on the NEON kernels; one layer and the whole model's greedy tokens must
 match the reference forward on the same dequantized weights computed on this host, and the greedy
-tokens of a host artifact of the same model."""
+tokens of a host artifact of the same model. Two GGUFs compiled with --bits keep (3 bit-planes in
+groups of 16, 5 bit-planes) take the same checks."""
 
 import json
 import shutil
@@ -14,6 +15,7 @@ from arm64_root import ensure_root, run_python
 from conftest import PREFILL_TOL, compile_synthetic, greedy_divergence
 from edgert.compiler.compile import compile_model
 from edgert.compiler.quant.scheme import QuantScheme
+from make_synthetic_gguf import make_synthetic_gguf
 
 from edgert.format import names
 from edgert.format.artifact import Artifact
@@ -45,6 +47,10 @@ ARCHS = {
 }
 #: deep enough for the layer patterns: gemma3's global 6th layer, smollm3's RoPE-less 4th
 LAYERS = {"gemma3": 6, "smollm3": 4}
+#: GGUFs compiled with --bits keep: Q3_K's 3 planes in groups of 16, Q5_1's 5 planes
+KEPT = {"llama-Q3_K": "Q3_K", "llama-Q5_1": "Q5_1"}
+#: rows whole K-quant super-blocks
+KEPT_SHAPE = {"dim": 256, "ffn": 512, "heads": 4, "kv_heads": 2, "vocab": 512, "layers": 2}
 
 DEVICE_SCRIPT = r"""
 import json, platform
@@ -69,6 +75,11 @@ print(json.dumps(out))
 """
 
 
+def kept_args(name: str) -> dict:
+    """compile_model's arguments for artifact ``name``: its scheme, or --bits keep."""
+    return {"scheme": QuantScheme(), "keep": True} if name in KEPT else {"scheme": ARCHS[name]}
+
+
 @pytest.fixture(scope="module")
 def device_run(tmp_path_factory):
     root = ensure_root()
@@ -80,6 +91,14 @@ def device_run(tmp_path_factory):
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(s.out, dst)
         arts[arch] = s.out
+    for name, qtype in KEPT.items():
+        g = make_synthetic_gguf(out=d / f"{name}.gguf", arch="llama", qtype=qtype,
+                                progress=False, **KEPT_SHAPE)  # fmt: skip
+        s = compile_model(model=g, target="rpi5", out=d / f"{name}.edgert", **kept_args(name))
+        dst = root / "tmp" / f"{name}.edgert"
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(s.out, dst)
+        arts[name] = s.out
     (root / "tmp" / "names.json").write_text(json.dumps(list(arts)))
     (root / "tmp" / "prompts.json").write_text(json.dumps(PROMPTS))
     out = json.loads(run_python(root, DEVICE_SCRIPT).strip().splitlines()[-1])
@@ -91,14 +110,14 @@ def test_runs_on_aarch64(device_run):
     assert out["machine"] == "aarch64"
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", [*ARCHS, *KEPT])
 def test_matches_host_artifact(device_run, arch, tmp_path):
     """The host artifact of the same model and scheme (AVX kernels here, NEON there): the same
     greedy tokens, or a parting only where the reference decides by less than the kernels'
     error."""
     _, arts, out = device_run
     src = Path(arts[arch]).parent / f"{arch}.gguf"  # what compile_synthetic wrote
-    host = compile_model(model=src, target="host", out=tmp_path / "h.edgert", scheme=ARCHS[arch])
+    host = compile_model(model=src, target="host", out=tmp_path / "h.edgert", **kept_args(arch))
     eng = open_artifact_engine(host.out, max_ctx=64)
     ref = ReferenceEngine(reference_model(Artifact.open(arts[arch])), max_ctx=64)
     ties = 0
@@ -108,7 +127,7 @@ def test_matches_host_artifact(device_run, arch, tmp_path):
     assert ties <= 1
 
 
-@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("arch", [*ARCHS, *KEPT])
 def test_matches_host_reference(device_run, arch):
     root, arts, out = device_run
     art = Artifact.open(arts[arch])
@@ -119,7 +138,9 @@ def test_matches_host_reference(device_run, arch):
     for p, toks in zip(PROMPTS, out[arch]["greedy"]):
         want = generate(ref, prompt=p, n_predict=32, sampler=Sampler(temp=0), stop_at_eos=False)
         ties += greedy_divergence(ref, model.tokenizer, p, toks, want.tokens)
-    assert ties <= 1
+    # every parting is at a near tie (greedy_divergence asserts it); the kept Q3_K model parts
+    # so on 2 of its 3 prompts (the other models on at most 1)
+    assert ties <= (2 if arch in KEPT else 1)
     ids = model.tokenizer.encode("the quick brown fox")
     x = model.tensor(names.EMBEDDING)[ids] * np.float32(model.config.embed_scale)
     ref.reset()
