@@ -468,8 +468,8 @@ static inline void q8_rows_avx2(float *out, const int16_t *xq, const int8_t *q, 
         for (int64_t b = 0; b < nb; b++) {
             const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b));
             const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xq + 32 * b + 16));
-            _mm_prefetch((const char *)(q + 32 * b) + 512, _MM_HINT_T0);
-            _mm_prefetch((const char *)(q1 + 32 * b) + 512, _MM_HINT_T0);
+            _mm_prefetch((const char *)(q + 32 * b) + EDGERT_PREFETCH_BYTES, _MM_HINT_T0);
+            _mm_prefetch((const char *)(q1 + 32 * b) + EDGERT_PREFETCH_BYTES, _MM_HINT_T0);
             a0 = _mm256_add_ps(a0, _mm256_mul_ps(_mm256_cvtepi32_ps(q8_block_avx2(q + 32 * b, x0, x1)),
                                                  _mm256_broadcast_ss(sc + b)));
             a1 = _mm256_add_ps(a1, _mm256_mul_ps(_mm256_cvtepi32_ps(q8_block_avx2(q1 + 32 * b, x0, x1)),
