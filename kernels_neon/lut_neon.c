@@ -141,7 +141,9 @@ static inline void q8_rows_neon(float *out, const int16_t *xq, const int8_t *q, 
         const float *sr = sc + r * nb;
         float32x4_t a = vdupq_n_f32(0.f);
         for (int64_t b = 0; b < nb; b++) {
-            __builtin_prefetch(qr + 32 * b + EDGERT_PREFETCH_BYTES);
+            __builtin_prefetch(qr + 32 * b + EDGERT_Q8_PREFETCH_BYTES);
+            if (EDGERT_Q8_PREFETCH_FAR_BYTES > 0)
+                __builtin_prefetch(qr + 32 * b + EDGERT_Q8_PREFETCH_FAR_BYTES, 0, 2);  // into L2
             int32x4_t s = vdupq_n_s32(0);
             for (int h = 0; h < 2; h++) {
                 const int8x16_t w = vld1q_s8(qr + 32 * b + 16 * h);

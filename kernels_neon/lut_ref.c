@@ -18,11 +18,13 @@
 const char *edgert_kernels_isa(void) { return EDGERT_ISA; }
 
 const char *edgert_kernels_config(void) {
-    static char text[256];
+    static char text[384];
     snprintf(text, sizeof text,
-             "isa=%s prefetch_bytes=%d pair_prefetch_bytes=%d spin_us=%g pair_min_tiles=%d "
-             "table_block_bytes=%d i8_min_rows=%d i8=%s",
+             "isa=%s prefetch_bytes=%d pair_prefetch_bytes=%d q8_prefetch_bytes=%d "
+             "q8_prefetch_far_bytes=%d spin_us=%g pair_min_tiles=%d table_block_bytes=%d "
+             "i8_min_rows=%d i8=%s",
              EDGERT_ISA, (int)EDGERT_PREFETCH_BYTES, (int)EDGERT_PAIR_PREFETCH_BYTES,
+             (int)EDGERT_Q8_PREFETCH_BYTES, (int)EDGERT_Q8_PREFETCH_FAR_BYTES,
              (double)EDGERT_SPIN_US, (int)EDGERT_PAIR_MIN_TILES, (int)EDGERT_TABLE_BLOCK_BYTES,
              (int)EDGERT_I8_MIN_ROWS, edgert_i8_kernel());
     return text;

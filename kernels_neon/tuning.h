@@ -8,9 +8,7 @@
  * least DRAM latency x one core's read bandwidth, and no more than L1 holds beside the tables
  * (AVX2: 2 KiB ran at 21 GB/s, 8 KiB at 25, 16 KiB at 28-35 on a 39 GB/s core; AVX-512, 2-bit
  * 4096x4096: 6 KiB 35.5 GB/s, 8 KiB 37.5, 16 KiB 36.2, as prefetched lines and the 32 KiB of
- * tables outgrow a 48 KiB L1; the NEON value is unmeasured on hardware and stays small). The
- * 8-bit rows (the head) use the same distance: SmolLM2's 49152x576 head, cold, 1 thread, AVX2 code
- * in an AVX-512 build, 512 bytes ahead 2.1 ms (13.5 GB/s), 8 KiB 0.84 ms (33.5 GB/s). */
+ * tables outgrow a 48 KiB L1; the NEON value is unmeasured on hardware and stays small). */
 #ifndef EDGERT_PREFETCH_BYTES
 #if defined(__ARM_NEON)
 #define EDGERT_PREFETCH_BYTES 2048
@@ -18,6 +16,28 @@
 #define EDGERT_PREFETCH_BYTES 8192
 #else
 #define EDGERT_PREFETCH_BYTES 16384
+#endif
+#endif
+
+/* How far ahead the 8-bit rows (the head) prefetch their weights: a near line into L1 and a far
+ * one into L2 (0: none), as L1's few outstanding misses alone do not cover DRAM latency at this
+ * rate (SmolLM2's 49152x576 head, cold, 1 thread, AVX-512 rows, AMD EPYC with 28 GB/s one-core
+ * reads: L1 only, 512 bytes ahead 3.0 ms, 1 KiB 2.0 ms, 2 KiB and 8 KiB 2.8 ms; 1 KiB + 8 KiB
+ * into L2 1.30 ms, 512 + 16 KiB 1.29 ms, 512 + 32 KiB 1.21 ms (26 GB/s)). The LUT tiles gained
+ * nothing from a far prefetch (30 layers of SmolLM2's 4-bit weights, 4.2 ms either way). NEON:
+ * unmeasured on hardware, the tiles' distance and no far prefetch. */
+#ifndef EDGERT_Q8_PREFETCH_BYTES
+#if defined(__ARM_NEON)
+#define EDGERT_Q8_PREFETCH_BYTES EDGERT_PREFETCH_BYTES
+#else
+#define EDGERT_Q8_PREFETCH_BYTES 512
+#endif
+#endif
+#ifndef EDGERT_Q8_PREFETCH_FAR_BYTES
+#if defined(__ARM_NEON)
+#define EDGERT_Q8_PREFETCH_FAR_BYTES 0
+#else
+#define EDGERT_Q8_PREFETCH_FAR_BYTES 32768
 #endif
 #endif
 

@@ -255,7 +255,14 @@ def _sources(d: dict, path: Path) -> dict[str, str]:
 
 
 #: tuning values a target may set in its [kernels] table (kernels_neon/tuning.h says what each is)
-KERNEL_TUNING = ("prefetch_bytes", "pair_prefetch_bytes", "spin_us", "i8_min_rows")
+KERNEL_TUNING = (
+    "prefetch_bytes",
+    "pair_prefetch_bytes",
+    "q8_prefetch_bytes",
+    "q8_prefetch_far_bytes",
+    "spin_us",
+    "i8_min_rows",
+)
 
 
 def _kernels(d: Any, path: Path) -> dict[str, int | float]:

@@ -40,7 +40,7 @@ def test_makefile_builds_the_library_edgert_builds(tmp_path):
 def test_makefile_cross_builds_for_aarch64(tmp_path):
     make(tmp_path, "CC=aarch64-linux-gnu-gcc", "ARCH_FLAGS=-march=armv8.2-a+dotprod")
     lib = tmp_path / "libedgert_kernels.so"
-    assert "ARM aarch64" in subprocess.run(["file", str(lib)], capture_output=True,
+    assert "ARM aarch64" in subprocess.run(["file", str(lib)], check=True, capture_output=True,
                                            text=True).stdout  # fmt: skip
     syms = subprocess.run(["aarch64-linux-gnu-nm", "-D", "--defined-only", str(lib)],
                           capture_output=True, text=True, check=True).stdout  # fmt: skip
@@ -57,12 +57,15 @@ def test_target_tuning_reaches_an_artifacts_library(tmp_path, monkeypatch):
     text = Path(load_target("host").path).read_text().replace('name = "host"', 'name = "tuned"')
     (tmp_path / "tuned.toml").write_text(
         text + "\n[kernels]\nprefetch_bytes = 4096\npair_prefetch_bytes = 1024\n"
+        "q8_prefetch_far_bytes = 0\n"
     )
     monkeypatch.setenv("EDGERT_TARGETS", str(tmp_path))
     build_library(load_target("tuned"), tmp_path / "model.so")
     got = config(load_library(str(tmp_path / "model.so")))
     assert got["prefetch_bytes"] == "4096" and got["pair_prefetch_bytes"] == "1024"
+    assert got["q8_prefetch_far_bytes"] == "0"
     build_library(load_target("host"), tmp_path / "default.so")
     default = config(load_library(str(tmp_path / "default.so")))
     # tuning.h's value for the host's SIMD (the building machine's: AVX2, or AVX-512)
     assert default["prefetch_bytes"] == ("8192" if default["isa"] == "avx512" else "16384")
+    assert default["q8_prefetch_bytes"] == "512" and default["q8_prefetch_far_bytes"] == "32768"
