@@ -167,18 +167,27 @@ def _profile_llm(
     stats = getattr(eng, "stream_stats", None)
     before = copy.deepcopy(stats)
     eng.profiler = ops
-    for tok in rng.integers(0, eng.cfg.vocab_size, n_gen):
-        eng.forward([int(tok)], last_only=True)
+    toks = rng.integers(0, eng.cfg.vocab_size, n_gen).tolist()
+    t0 = time.perf_counter()
+    for tok in toks:
+        eng.forward([tok], last_only=True)
+    step = (time.perf_counter() - t0) / max(n_gen, 1)
     eng.profiler = None
     layers = {}
     for (layer, op), s in ops.seconds.items():
         key = "head" if layer is None else str(layer)
         layers.setdefault(key, {})[op] = s * 1e3 / max(n_gen, 1)
+    inside = ops.total / max(n_gen, 1)
     cache, note = weight_cache(eng, before, n_gen)
     return {
         "kind": "llm",
         "bench": r.to_dict(),
         "layers": [{"layer": k, "ms_per_token": v} for k, v in layers.items()],
+        # a decode step: its layers and head in C, and the rest (Python, ctypes, embedding
+        # lookup, rotary tables, the timing hooks themselves)
+        "step_ms_per_token": step * 1e3,
+        "outside_forward_ms_per_token": max(step - inside, 0.0) * 1e3,
+        "outside_forward_share": max(step - inside, 0.0) / step if step > 0 else None,
         "flash_bytes_per_token": r.flash_bytes_per_token,
         "cache": cache,
         "cache_hit_rate": (cache or {}).get("hit_rate"),
@@ -252,6 +261,11 @@ def headline(p: dict[str, Any]) -> dict[str, str]:
             "cache_hit_rate": "none"
             if p.get("cache_hit_rate") is None
             else f"{100 * p['cache_hit_rate']:.1f}%",
+            # share of a decode step outside the C layers and head ("none": an older device's
+            # profile, which does not measure it)
+            "outside_forward": "none"
+            if p.get("outside_forward_share") is None
+            else f"{100 * p['outside_forward_share']:.1f}%",
         }
     out["peak_rss_mib"] = _fmt(p["peak_rss_bytes"] / 2**20, 1)
     out["threads"] = str(p["threads"])

@@ -42,18 +42,34 @@ class OpTimes:
     """Seconds spent per (layer, operation) while set as an engine's ``profiler``."""
 
     def __init__(self):
-        self.seconds: dict[tuple[int | None, str], float] = {}
+        self._native: np.ndarray | None = None
 
     def add_native(self, times: np.ndarray) -> None:
         """Times the C forward pass measured: (n_layers + 1, 2) seconds, attention and FFN per
-        layer, then the head."""
-        for i in range(times.shape[0] - 1):
-            for j, op in enumerate(("attention", "ffn")):
-                self._accumulate((i, op), float(times[i, j]))
-        self._accumulate((None, "head"), float(times[-1, 0]))
+        layer, then the head (summed as an array: a decode step's bookkeeping stays a few
+        microseconds)."""
+        if self._native is None:
+            self._native = times.copy()
+        else:
+            self._native += times
 
-    def _accumulate(self, key: tuple[int | None, str], seconds: float) -> None:
-        self.seconds[key] = self.seconds.get(key, 0.0) + seconds
+    @property
+    def seconds(self) -> dict[tuple[int | None, str], float]:
+        """{(layer, "attention" | "ffn"): seconds, (None, "head"): seconds}"""
+        t = self._native
+        if t is None:
+            return {}
+        out: dict[tuple[int | None, str], float] = {}
+        for i in range(t.shape[0] - 1):
+            for j, op in enumerate(("attention", "ffn")):
+                out[(i, op)] = float(t[i, j])
+        out[(None, "head")] = float(t[-1, 0])
+        return out
+
+    @property
+    def total(self) -> float:
+        """Seconds in the C forward pass's timed parts, all layers and the head."""
+        return 0.0 if self._native is None else float(self._native[:-1].sum() + self._native[-1, 0])
 
 
 class CompiledEngine:

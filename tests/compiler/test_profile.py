@@ -57,6 +57,13 @@ def test_html_report_matches_json(art, tmp_path):
     assert p["bench"]["tg_tok_s"] > 0 and len(p["bench"]["samples"]["tg_tok_s"]) == 2
     assert [x["layer"] for x in p["layers"]] == ["0", "1", "head"]
     assert all(x["ms_per_token"] for x in p["layers"])
+    # the decode step's wall time holds the C layers' and head's, and the rest is what is left
+    inside = sum(sum(x["ms_per_token"].values()) for x in p["layers"])
+    assert p["step_ms_per_token"] > inside > 0
+    assert p["outside_forward_ms_per_token"] == pytest.approx(p["step_ms_per_token"] - inside)
+    assert p["outside_forward_share"] == pytest.approx(
+        p["outside_forward_ms_per_token"] / p["step_ms_per_token"]
+    )
     assert p["peak_rss_bytes"] >= max(b for _, b in p["rss_samples"]) > 0
 
 
