@@ -121,7 +121,11 @@ static void rope(float *x, int heads, int hd, int rd, int neox, const float *cs,
     }
 }
 
-/* ---- attention over the cache: one (token, head) pair per item ----------------------------- */
+/* ---- attention over the cache: one (token, heads) pair per item ---------------------------- */
+/* Keys and values are taken in blocks of this many positions, each block used by every head of
+ * the item while it is in L1 (64 positions x 64 dims x 4 bytes = 16 KiB). */
+#define ATTN_BLOCK 64
+
 typedef struct {
     const edgert_model *m;
     const float *q;  /* (n, heads, hd) */
@@ -130,48 +134,68 @@ typedef struct {
     int64_t stride, cap;
     int64_t pos;
     int32_t window;
+    int per; /* heads per item: consecutive heads of one KV head's group */
     int failed;
 } attn_ctx;
 
+/* item it: token it / (heads / per), heads per x (it % (heads / per)) onwards. Each head's
+ * scores, softmax and weighted sum are computed as for a head alone (the same operations in the
+ * same order), only the cache is read once for the item's heads. */
 static void attn_items(void *vctx, int64_t begin, int64_t end) {
     attn_ctx *c = vctx;
     const edgert_model *m = c->m;
     const int hd = m->head_dim, nh = m->n_heads, kv = m->n_kv_heads, group = nh / kv;
-    const int64_t last = c->pos + (end - 1) / nh + 1; /* keys seen by the last item */
-    float *p = malloc((size_t)last * sizeof(float));
+    const int per = c->per, slots = nh / per;
+    const int64_t last = c->pos + (end - 1) / slots + 1; /* keys seen by the last item */
+    float *p = malloc((size_t)(last * per) * sizeof(float));
     if (!p) {
         c->failed = 1;
         return;
     }
     const float scale = (float)sqrt((double)hd), mul = m->attn_scale;
     for (int64_t it = begin; it < end; it++) {
-        const int64_t i = it / nh;
-        const int h = (int)(it % nh), g = h / group;
+        const int64_t i = it / slots;
+        const int h0 = (int)(it % slots) * per, g = h0 / group;
         const int64_t t1 = c->pos + i + 1, t0 = c->window && t1 > c->window ? t1 - c->window : 0;
-        const float *q = c->q + it * hd;
+        const int64_t count = t1 - t0;
         /* position t0's row; rows then follow in order, back to 0 after cap - 1 (no division
          * per key: a layer holding every position never wraps) */
         const int64_t r0 = t0 % c->cap;
-        float mx = -INFINITY;
-        int64_t t = t0, r = r0;
-        for (; t + 4 <= t1; t += 4) { /* four keys per pass: one reduction for the four */
-            const float *rows[4];
-            for (int j = 0; j < 4; j++, r = r + 1 == c->cap ? 0 : r + 1)
-                rows[j] = c->kc + r * c->stride + g * hd;
-            dot4(p + (t - t0), q, rows, hd);
+        for (int64_t b0 = 0; b0 < count; b0 += ATTN_BLOCK) {
+            const int64_t b1 = count - b0 < ATTN_BLOCK ? count : b0 + ATTN_BLOCK;
+            const int64_t rb = (r0 + b0) % c->cap;
+            for (int j = 0; j < per; j++) {
+                const float *q = c->q + (i * nh + h0 + j) * hd;
+                float *pj = p + j * count;
+                int64_t t = b0, r = rb;
+                for (; t + 4 <= b1; t += 4) { /* four keys per pass: one reduction for the four */
+                    const float *rows[4];
+                    for (int u = 0; u < 4; u++, r = r + 1 == c->cap ? 0 : r + 1)
+                        rows[u] = c->kc + r * c->stride + g * hd;
+                    dot4(pj + t, q, rows, hd);
+                }
+                for (; t < b1; t++, r = r + 1 == c->cap ? 0 : r + 1)
+                    pj[t] = dot(q, c->kc + r * c->stride + g * hd, hd);
+            }
         }
-        for (; t < t1; t++, r = r + 1 == c->cap ? 0 : r + 1)
-            p[t - t0] = dot(q, c->kc + r * c->stride + g * hd, hd);
-        for (int64_t j = 0; j < t1 - t0; j++) {
-            p[j] = mul != 0.f ? p[j] * mul : p[j] / scale;
-            if (p[j] > mx) mx = p[j];
+        for (int j = 0; j < per; j++) {
+            float *pj = p + j * count, mx = -INFINITY, sum = 0.f;
+            for (int64_t u = 0; u < count; u++) {
+                pj[u] = mul != 0.f ? pj[u] * mul : pj[u] / scale;
+                if (pj[u] > mx) mx = pj[u];
+            }
+            for (int64_t u = 0; u < count; u++) pj[u] -= mx;
+            exp_array(pj, pj, count);
+            for (int64_t u = 0; u < count; u++) sum += pj[u];
+            for (int64_t u = 0; u < count; u++) pj[u] /= sum;
         }
-        float sum = 0.f;
-        for (int64_t j = 0; j < t1 - t0; j++) p[j] -= mx;
-        exp_array(p, p, t1 - t0);
-        for (int64_t j = 0; j < t1 - t0; j++) sum += p[j];
-        for (int64_t j = 0; j < t1 - t0; j++) p[j] /= sum;
-        weighted_rows(c->out + it * hd, p, c->vc + g * hd, c->stride, r0, c->cap, t1 - t0, hd);
+        for (int64_t b0 = 0; b0 < count; b0 += ATTN_BLOCK) {
+            const int64_t len = count - b0 < ATTN_BLOCK ? count - b0 : ATTN_BLOCK;
+            for (int j = 0; j < per; j++)
+                weighted_rows_acc(c->out + (i * nh + h0 + j) * hd, p + j * count + b0,
+                                  c->vc + g * hd, c->stride, (r0 + b0) % c->cap, c->cap, len, hd,
+                                  b0 == 0);
+        }
     }
     free(p);
 }
@@ -421,10 +445,16 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
             memcpy(kc + ((pos + i) % cap) * stride, ki, (size_t)kd * sizeof(float));
             memcpy(vc + ((pos + i) % cap) * stride, vi, (size_t)kd * sizeof(float));
         }
-        attn_ctx ac = {m, q, att, kc, vc, stride, cap, pos, L->window, 0};
-        const int64_t items = n * m->n_heads;
-        const int64_t work = items * (L->window && L->window < pos + n ? L->window : pos + n) * hd;
-        edgert_parallel_for(items, work >= EDGERT_PARALLEL_MIN_WORK ? threads : 1, attn_items, &ac);
+        const int64_t work =
+            n * m->n_heads * (L->window && L->window < pos + n ? L->window : pos + n) * hd;
+        const int att_threads = work >= EDGERT_PARALLEL_MIN_WORK ? edgert_threads(threads) : 1;
+        /* a KV head's query heads in one item where that leaves every thread two items or more
+         * (else one head per item: SmolLM2's 3 KV heads would split 2:1 over 2 threads) */
+        const int per = n * m->n_kv_heads >= 2 * att_threads || att_threads == 1
+                            ? m->n_heads / m->n_kv_heads
+                            : 1;
+        attn_ctx ac = {m, q, att, kc, vc, stride, cap, pos, L->window, per, 0};
+        edgert_parallel_for(n * (m->n_heads / per), att_threads, attn_items, &ac);
         if (ac.failed) rc = -2;
         linear(&L->wo, att, n, o, threads);
         if (L->post_attn_norm) rms_norm_rows(o, L->post_attn_norm, n, d, m->rms_eps);

@@ -277,6 +277,8 @@ EDGERT_HIDDEN int edgert_i8_max_bits(void);
 EDGERT_HIDDEN void edgert_parallel_chunks(int64_t n, int threads, int per_thread, range_fn fn,
                                           void *ctx);
 EDGERT_HIDDEN void edgert_parallel_for(int64_t n, int threads, range_fn fn, void *ctx);
+/* the threads a parallel section asked for `threads` gets at most (threads <= 0: the default) */
+EDGERT_HIDDEN int edgert_threads(int threads);
 
 /* ---- the int8 GEMM's tile kernels (i8_gemm.c, i8_neon.c) ---------------------------------- */
 typedef void (*i8_kernel_fn)(float *y, int64_t ldy, const uint8_t *codes, const float *sc, const float *sz,

@@ -83,12 +83,16 @@ static int default_threads(void) {
     return n;
 }
 
+int edgert_threads(int threads) {
+    if (threads <= 0) threads = default_threads();
+    return threads > MAX_THREADS ? MAX_THREADS : threads;
+}
+
 static pthread_mutex_t job_mu = PTHREAD_MUTEX_INITIALIZER;
 
 /* n items in chunks of n / (per_thread x threads), taken in turn by whichever thread is free */
 void edgert_parallel_chunks(int64_t n, int threads, int per_thread, range_fn fn, void *ctx) {
-    if (threads <= 0) threads = default_threads();
-    if (threads > MAX_THREADS) threads = MAX_THREADS;
+    threads = edgert_threads(threads);
     if (threads > n) threads = (int)n;
     if (threads <= 1) {
         fn(ctx, 0, n);

@@ -136,13 +136,17 @@ static inline void weighted_rows_ref(float *o, const float *w, const float *x0, 
         axpy_ref(o, w[j], x0 + r * stride, n);
 }
 
-static inline void weighted_rows(float *o, const float *w, const float *x0, int64_t stride,
-                                 int64_t r0, int64_t cap, int64_t count, int64_t n) {
+/* o (n,) = its own value if `first` is 0 (else 0) + sum_j w[j] x_j, the terms added in the order
+ * weighted_rows adds them: a row's sum taken in blocks of keys equals it taken whole */
+static inline void weighted_rows_acc(float *o, const float *w, const float *x0, int64_t stride,
+                                     int64_t r0, int64_t cap, int64_t count, int64_t n,
+                                     int first) {
     int64_t e = 0;
 #if defined(EDGERT_AVX2)
     for (; e + 64 <= n; e += 64) {
         __m256 acc[8];
-        for (int q = 0; q < 8; q++) acc[q] = _mm256_setzero_ps();
+        for (int q = 0; q < 8; q++)
+            acc[q] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(o + e + 8 * q);
         for (int64_t j = 0, r = r0; j < count; j++, r = r + 1 == cap ? 0 : r + 1) {
             const __m256 wj = _mm256_set1_ps(w[j]);
             const float *x = x0 + r * stride + e;
@@ -153,10 +157,15 @@ static inline void weighted_rows(float *o, const float *w, const float *x0, int6
     }
 #endif
     if (e < n) {
-        memset(o + e, 0, (size_t)(n - e) * sizeof(float));
+        if (first) memset(o + e, 0, (size_t)(n - e) * sizeof(float));
         for (int64_t j = 0, r = r0; j < count; j++, r = r + 1 == cap ? 0 : r + 1)
             axpy(o + e, w[j], x0 + r * stride + e, n - e);
     }
+}
+
+static inline void weighted_rows(float *o, const float *w, const float *x0, int64_t stride,
+                                 int64_t r0, int64_t cap, int64_t count, int64_t n) {
+    weighted_rows_acc(o, w, x0, stride, r0, cap, count, n, 1);
 }
 
 /* ---- y (n,) = exp(x) elementwise (y may be x) ----------------------------------------------- */

@@ -429,6 +429,12 @@ static void vec_case(void) {
         weighted_rows(y0, a, b, 100, 1, 2, 5, n);
         weighted_rows_ref(y1, a, b, 100, 1, 2, 5, n);
         check(memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "weighted_rows == _ref", n, 5, 0, 0, 0);
+        /* the same 5 rows in blocks of 2, 2 and 1 (attention's key blocks), the ring going on */
+        weighted_rows_acc(y0, a, b, 100, 1, 2, 2, n, 1);
+        weighted_rows_acc(y0, a + 2, b, 100, 1, 2, 2, n, 0);
+        weighted_rows_acc(y0, a + 4, b, 100, 1, 2, 1, n, 0);
+        check(memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "weighted_rows_acc in blocks", n, 5,
+              0, 0, 0);
     }
     /* exp: the SIMD lanes == the scalar twin, within 2 ulp of expf over softmax's and SiLU's
      * ranges, clamped (finite, >= 0) beyond them */
