@@ -355,6 +355,13 @@ def main() -> None:
                 f"{pk['llama']}, edgert {pk['edgert']}"
             )
     for r in rows:
+        rss = {
+            k: _fmt(r[k + "_rss"] and r[k + "_rss"] / 2**20, " MiB", 1) for k in ("edgert", "llama")
+        }
+        print(
+            f"peak RSS, {r['threads']} thread(s): edgert {rss['edgert']}, llama.cpp {rss['llama']}"
+        )
+    for r in rows:
         if r.get("tg_of_roofline") is not None:
             print(
                 f"roofline, {r['threads']} thread(s): {r['dram_read_gbs']:.1f} GB/s DRAM read / "
