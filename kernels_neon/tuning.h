@@ -23,9 +23,11 @@
  * one into L2 (0: none), as L1's few outstanding misses alone do not cover DRAM latency at this
  * rate (SmolLM2's 49152x576 head, cold, 1 thread, AVX-512 rows, AMD EPYC with 28 GB/s one-core
  * reads: L1 only, 512 bytes ahead 3.0 ms, 1 KiB 2.0 ms, 2 KiB and 8 KiB 2.8 ms; 1 KiB + 8 KiB
- * into L2 1.30 ms, 512 + 16 KiB 1.29 ms, 512 + 32 KiB 1.21 ms (26 GB/s)). The LUT tiles gained
- * nothing from a far prefetch (30 layers of SmolLM2's 4-bit weights, 4.2 ms either way). NEON:
- * unmeasured on hardware, the tiles' distance and no far prefetch. */
+ * into L2 1.30 ms, 512 + 16 KiB 1.29 ms, 512 + 32 KiB 1.21 ms (26 GB/s); on another day's VM, AVX2
+ * rows, L1 only: 512 bytes 2.1 ms, 8 KiB 0.84 ms, so the best distance moves with the machine,
+ * and a target may set its own). The LUT tiles gained nothing from a far prefetch (30 layers of
+ * SmolLM2's 4-bit weights, 4.2 ms either way). NEON: unmeasured on hardware, the tiles' distance
+ * and no far prefetch. */
 #ifndef EDGERT_Q8_PREFETCH_BYTES
 #if defined(__ARM_NEON)
 #define EDGERT_Q8_PREFETCH_BYTES EDGERT_PREFETCH_BYTES
