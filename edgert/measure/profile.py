@@ -177,7 +177,7 @@ def _profile_llm(
     for (layer, op), s in ops.seconds.items():
         key = "head" if layer is None else str(layer)
         layers.setdefault(key, {})[op] = s * 1e3 / max(n_gen, 1)
-    inside = ops.total / max(n_gen, 1)
+    inside = sum(ops.seconds.values()) / max(n_gen, 1)  # the C layers and head
     cache, note = weight_cache(eng, before, n_gen)
     return {
         "kind": "llm",

@@ -66,11 +66,6 @@ class OpTimes:
         out[(None, "head")] = float(t[-1, 0])
         return out
 
-    @property
-    def total(self) -> float:
-        """Seconds in the C forward pass's timed parts, all layers and the head."""
-        return 0.0 if self._native is None else float(self._native[:-1].sum() + self._native[-1, 0])
-
 
 class CompiledEngine:
     """A language model running on its compiled library: ``forward(tokens, last_only)``,
