@@ -120,10 +120,16 @@ def write_artifact(
     sizes = {"quantized": 0, "q8": 0, "f32": 0}
     t0 = time.perf_counter()
     with ArtifactWriter(out, force=force) as w:
+        bundles = None
+        if sparse is not None:
+            from edgert.compiler.transform.sparsify import BundleWriter
+
+            bundles = BundleWriter(w, m, layer_bits, scheme.group_size, sparse["order"])
 
         def put_lut(name: str, wt: np.ndarray, b: int, src: str, expert: int | None = None):
             """A linear weight in the LUT format at ``b`` bits (a --bits keep quantizer may give
-            it in another width or group, or as 8-bit rows: it is written as given)."""
+            it in another width or group, or as 8-bit rows: it is written as given); returns
+            it."""
             nonlocal lut_params, lut_bits
             pw = quant(src, wt, b, expert=expert)
             if isinstance(pw, dict):  # 8-bit rows
@@ -155,6 +161,7 @@ def write_artifact(
             lut_params += wt.size
             lut_bits += width * wt.size
             sizes["quantized"] += nbytes
+            return pw
 
         def put_f32(name: str) -> None:
             a = m.tensor(name)
@@ -174,9 +181,14 @@ def write_artifact(
                 linear = [names.weight(i, p) for p in projs]
                 if c.shared_expert_ffn_dim:
                     linear += [names.shared(i, p) for p in names.EXPERT_PROJECTIONS]
+                packed = {}
                 for name in linear:
-                    put_lut(name, m.tensor(name), tensor_bits[(name, None)], name)
+                    packed[name] = put_lut(name, m.tensor(name), tensor_bits[(name, None)], name)
                     bar.update(1)
+                if bundles is not None:  # cut from the projections just written
+                    up, down = (packed[names.weight(i, p)] for p in ("ffn_up", "ffn_down"))
+                    bundles.add_layer(i, up, down)
+                del packed
                 for e in range(c.n_experts):  # each expert's projections together, too
                     for proj in names.EXPERT_PROJECTIONS:
                         src = names.experts(i, proj)
@@ -195,15 +207,17 @@ def write_artifact(
                 meta={"format": "trace", "shape": shape},
             )
         if sparse is not None:
-            from edgert.compiler.transform.sparsify import SPARSITIES, write_activity, write_bundles
+            from edgert.compiler.transform.sparsify import SPARSITIES, write_activity
 
-            bf = write_bundles(w, m, layer_bits, scheme.group_size, sparse["order"])
+            bf = bundles.finish()
             write_activity(w, sparse["levels"])
             sizes["bundles"] = c.n_layers * c.ffn_dim * bf.nbytes
             w.manifest["sparse_ffn"] = {
                 "dim": bf.dim,
                 "bits": bf.bits,
                 "group": bf.group,
+                "down_group": bf.down_group,
+                "rounded_again": bundles.rounded,
                 "sparsities": list(SPARSITIES),
                 "thresholds": sparse["thresholds"].tolist(),
                 "calib_tokens": sparse["calib_tokens"],

@@ -1,5 +1,5 @@
 /* A dense FFN over neuron bundles (edgert_forward.h): the FFN of the tokens' active neurons
- * only, each neuron's up row and down column dequantized from its bundle once. Results do not
+ * only, each neuron's up row and down column unpacked from its bundle once. Results do not
  * depend on the thread count: a decode step's down projection sums fixed shares of the neurons
  * in order. */
 #include <stdlib.h>
@@ -21,14 +21,16 @@ typedef struct {
 /* a decode step's down projection runs over the neurons in this many fixed shares (summed in
  * order afterwards), so results do not depend on the thread count */
 #define BUNDLE_PARTS 4
+/* a prompt's down projection: output elements per work item */
+#define BUNDLE_CHUNK 64
 
-/* w[0, groups * g) = scale * code + min per group of g: one bundle row or column */
-static void dequantize(float *w, const uint8_t *codes, const uint16_t *scale, const uint16_t *mn,
+/* w[0, groups * g) = scale * (code - zero) per group of g: a bundle's up row */
+static void dequantize(float *w, const uint8_t *codes, const uint16_t *scale, const uint16_t *zero,
                        int32_t bits, int64_t groups, int64_t g) {
     unpack_codes(w, codes, bits, 0, groups * g);
     for (int64_t q = 0; q < groups; q++) {
-        const float s = h2f(scale[q]), m0 = h2f(mn[q]);
-        for (int64_t i = q * g; i < (q + 1) * g; i++) w[i] = s * w[i] + m0;
+        const float s = h2f(scale[q]), z = h2f(zero[q]);
+        for (int64_t i = q * g; i < (q + 1) * g; i++) w[i] = s * (w[i] - z);
     }
 }
 
@@ -42,14 +44,14 @@ static void bundle_up(void *vctx, int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; k++) {
         const int64_t j = c->neurons[k];
         const uint8_t *b = c->bundles[k];
-        const uint16_t *scale = (const uint16_t *)(b + 2 * cb), *mn = scale + c->groups;
+        const uint16_t *scale = (const uint16_t *)(b + 2 * cb), *zero = scale + c->groups;
         int unpacked = 0;
         for (int64_t t = 0; t < c->n; t++) {
             const float at = c->a[t * c->f + j];
             float acc = 0.f;
             if (fabsf(at) > sp->threshold) {
                 if (!unpacked) {
-                    dequantize(w, b, scale, mn, sp->bits, c->groups, g);
+                    dequantize(w, b, scale, zero, sp->bits, c->groups, g);
                     unpacked = 1;
                 }
                 acc = at * dot(w, c->x + t * c->dim, c->dim);
@@ -59,51 +61,66 @@ static void bundle_up(void *vctx, int64_t begin, int64_t end) {
     }
 }
 
-/* y[t, group q] = sum over c of h[t, c] down_j[group q], for groups [begin, end) */
+/* y[t, chunk q] = sum over c of h[t, c] down_j[chunk q], for chunks [begin, end) of
+ * BUNDLE_CHUNK output elements */
 static void bundle_down(void *vctx, int64_t begin, int64_t end) {
     const bundle_ctx *c = vctx;
     const edgert_sparse_ffn *sp = c->sp;
-    const int64_t g = sp->group, dp = sp->dim_pad, cb = dp * sp->bits / 8;
-    float w[EDGERT_BUNDLE_GROUP_MAX];
-    for (int64_t q = begin; q < end; q++) {
-        const int64_t lo = q * g, hi = lo + g <= c->dim ? lo + g : c->dim;
-        for (int64_t t = 0; t < c->n; t++) memset(c->y + t * c->dim + lo, 0, (size_t)(hi - lo) * 4);
+    const int64_t dp = sp->dim_pad, cb = dp * sp->bits / 8, dim = c->dim;
+    float q[BUNDLE_CHUNK], w[BUNDLE_CHUNK];
+    for (int64_t ch = begin; ch < end; ch++) {
+        const int64_t lo = ch * BUNDLE_CHUNK, hi = lo + BUNDLE_CHUNK <= dim ? lo + BUNDLE_CHUNK : dim;
+        const int64_t hu = lo + BUNDLE_CHUNK <= dp ? lo + BUNDLE_CHUNK : dp; /* whole bytes */
+        for (int64_t t = 0; t < c->n; t++) memset(c->y + t * dim + lo, 0, (size_t)(hi - lo) * 4);
         for (int64_t k = 0; k < c->count; k++) {
-            const uint8_t *b = c->bundles[k];
-            const uint16_t *scale = (const uint16_t *)(b + 2 * cb) + 2 * c->groups;
-            const uint16_t *mn = scale + c->groups;
             int any = 0;
             for (int64_t t = 0; t < c->n && !any; t++) any = c->h[t * c->count + k] != 0.f;
             if (!any) continue;
-            dequantize(w, b + cb + lo * sp->bits / 8, scale + q, mn + q, sp->bits, 1, g);
+            const int64_t blk = c->neurons[k] / sp->down_group;
+            unpack_codes(q, c->bundles[k] + cb, sp->bits, lo, hu);
+            memset(w, 0, sizeof w);
+            affine_acc(w, sp->down_scale + blk * dim + lo, sp->down_zero + blk * dim + lo, q, 1.f,
+                       hi - lo);
             for (int64_t t = 0; t < c->n; t++) {
                 const float ht = c->h[t * c->count + k];
-                if (ht != 0.f) axpy(c->y + t * c->dim + lo, ht, w, hi - lo);
+                if (ht != 0.f) axpy(c->y + t * dim + lo, ht, w, hi - lo);
             }
         }
     }
 }
 
-/* one token: part[p] = sum over share p of the neurons of h[c] down_j, each column dequantized
- * once (the group-wise walk above would dequantize every column once per group) */
+/* one token: part[p] = sum over share p of the neurons of h[c] down_j, each column unpacked
+ * once: the codes of a run of neurons in one down group summed with their h, then scaled by the
+ * group's scales and zeros once (a new run wherever the group changes) */
 static void bundle_down_parts(void *vctx, int64_t begin, int64_t end) {
     const bundle_ctx *c = vctx;
     const edgert_sparse_ffn *sp = c->sp;
-    const int64_t g = sp->group, dp = sp->dim_pad, cb = dp * sp->bits / 8;
-    float w[EDGERT_BUNDLE_DIM_MAX];
+    const int64_t dp = sp->dim_pad, cb = dp * sp->bits / 8, dim = c->dim;
+    float w[EDGERT_BUNDLE_DIM_MAX], acc[EDGERT_BUNDLE_DIM_MAX];
     for (int64_t p = begin; p < end; p++) {
-        float *yp = c->part + p * c->dim;
-        memset(yp, 0, (size_t)c->dim * 4);
+        float *yp = c->part + p * dim;
+        memset(yp, 0, (size_t)dim * 4);
+        int64_t run = -1; /* the down group of the neurons in acc */
+        float hs = 0.f;
         for (int64_t k = p * c->count / BUNDLE_PARTS; k < (p + 1) * c->count / BUNDLE_PARTS;
              k++) {
             const float ht = c->h[k];
             if (ht == 0.f) continue;
-            const uint8_t *b = c->bundles[k];
-            const uint16_t *scale = (const uint16_t *)(b + 2 * cb) + 2 * c->groups;
-            const uint16_t *mn = scale + c->groups;
-            dequantize(w, b + cb, scale, mn, sp->bits, c->groups, g);
-            axpy(yp, ht, w, c->dim);
+            const int64_t blk = c->neurons[k] / sp->down_group;
+            if (blk != run) {
+                if (run >= 0)
+                    affine_acc(yp, sp->down_scale + run * dim, sp->down_zero + run * dim, acc, hs,
+                               dim);
+                memset(acc, 0, (size_t)dim * 4);
+                run = blk;
+                hs = 0.f;
+            }
+            unpack_codes(w, c->bundles[k] + cb, sp->bits, 0, dp);
+            axpy(acc, ht, w, dim);
+            hs += ht;
         }
+        if (run >= 0)
+            affine_acc(yp, sp->down_scale + run * dim, sp->down_zero + run * dim, acc, hs, dim);
     }
 }
 
@@ -117,7 +134,7 @@ void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int6
     edgert_parallel_for(count, t, bundle_up, &c);
     c.part = n == 1 ? malloc((size_t)BUNDLE_PARTS * (size_t)dim * 4) : NULL;
     if (!c.part) { /* a prompt (each column used by several tokens), or no memory */
-        edgert_parallel_for(groups, t, bundle_down, &c);
+        edgert_parallel_for((dim + BUNDLE_CHUNK - 1) / BUNDLE_CHUNK, t, bundle_down, &c);
         return;
     }
     edgert_parallel_for(BUNDLE_PARTS, t, bundle_down_parts, &c);

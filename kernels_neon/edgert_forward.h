@@ -29,9 +29,11 @@ typedef struct {
 
 /* Neuron bundles (a layer's FFN on its active neurons only; edgert.sparse writes them): neuron j's
  * up-projection row and down-projection column, each dim_pad uniform `bits`-bit codes (2, 4 or 8;
- * element i in byte i*bits/8, low bits first), then per group of `group` elements a float16 scale
- * and minimum (w = scale * q + min): [up codes][down codes][up scale][up min][down scale][down min]. */
-#define EDGERT_FORWARD_ABI 5
+ * element i in byte i*bits/8, low bits first), then the up row's float16 scale and zero per
+ * group of `group` elements (w = scale * (q - zero)): [up codes][down codes][up scale][up zero].
+ * The down column's element i is down_scale[b][i] * (q - down_zero[b][i]) with b = j / down_group
+ * (the down projection's own groups run along the FFN; tables (ceil(ffn_dim / down_group), dim)). */
+#define EDGERT_FORWARD_ABI 6
 #define EDGERT_BUNDLE_GROUP_MAX 256 /* the largest bundle group */
 #define EDGERT_BUNDLE_DIM_MAX 16384 /* the largest model dimension with bundles */
 
@@ -46,6 +48,8 @@ typedef struct {
     int64_t dim_pad;   /* dim rounded up to a multiple of group */
     edgert_fetch_fn fetch;
     void *ctx;
+    int64_t down_group;
+    const uint16_t *down_scale, *down_zero; /* this layer's tables, float16 bits */
 } edgert_sparse_ffn;
 
 /* A mixture-of-experts FFN: per token the router keeps the n_used experts of highest softmax

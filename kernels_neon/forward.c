@@ -362,7 +362,8 @@ static int moe_ffn(const edgert_model *m, int32_t l, const float *x, float *y, c
 static int valid_sparse(const edgert_sparse_ffn *sp, int64_t dim) {
     return sp->fetch && (sp->bits == 2 || sp->bits == 4 || sp->bits == 8) && sp->group >= 8 &&
            sp->group <= EDGERT_BUNDLE_GROUP_MAX && sp->group % 8 == 0 && sp->dim_pad % sp->group == 0 &&
-           sp->dim_pad >= dim && sp->dim_pad < dim + sp->group && sp->dim_pad <= EDGERT_BUNDLE_DIM_MAX;
+           sp->dim_pad >= dim && sp->dim_pad < dim + sp->group && sp->dim_pad <= EDGERT_BUNDLE_DIM_MAX &&
+           sp->down_group >= 1 && sp->down_scale && sp->down_zero;
 }
 
 static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {

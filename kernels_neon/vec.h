@@ -237,6 +237,38 @@ static inline void exp_array(float *y, const float *x, int64_t n) {
     for (; i < n; i++) y[i] = exp_one(x[i]);
 }
 
+/* ---- y (n,) += scale * (acc - zero * h), scale and zero (n,) float16 bits --------------------- */
+/* (sum over neurons j of h_j * scale * (q_j - zero) = scale * (sum h_j q_j - zero * sum h_j): the
+ * down columns of one group of neurons, which share its scales and zeros; h = 1 and y = 0
+ * dequantize one column) */
+static inline void affine_acc_ref(float *y, const uint16_t *scale, const uint16_t *zero,
+                                  const float *acc, float h, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += h2f(scale[i]) * (acc[i] - h2f(zero[i]) * h);
+}
+
+static inline void affine_acc(float *y, const uint16_t *scale, const uint16_t *zero,
+                              const float *acc, float h, int64_t n) {
+    int64_t i = 0;
+#if defined(EDGERT_AVX2)
+    const __m256 hv = _mm256_set1_ps(h);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(scale + i)));
+        const __m256 z = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(zero + i)));
+        const __m256 d = _mm256_sub_ps(_mm256_loadu_ps(acc + i), _mm256_mul_ps(z, hv));
+        _mm256_storeu_ps(y + i, _mm256_add_ps(_mm256_loadu_ps(y + i), _mm256_mul_ps(s, d)));
+    }
+#elif defined(EDGERT_NEON)
+    const float32x4_t hv = vdupq_n_f32(h);
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t s = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(scale + i)));
+        const float32x4_t z = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(zero + i)));
+        const float32x4_t d = vsubq_f32(vld1q_f32(acc + i), vmulq_f32(z, hv));
+        vst1q_f32(y + i, vaddq_f32(vld1q_f32(y + i), vmulq_f32(s, d)));
+    }
+#endif
+    for (; i < n; i++) y[i] += h2f(scale[i]) * (acc[i] - h2f(zero[i]) * h);
+}
+
 /* ---- codes [0, 2^bits) of elements [begin, end) (a whole number of bytes) as floats --------- */
 /* (low bits first: element i in byte i * bits / 8; bits 2, 4 or 8) */
 static inline void unpack_codes_ref(float *out, const uint8_t *codes, int32_t bits, int64_t begin,

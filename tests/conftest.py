@@ -281,13 +281,12 @@ def bundle_weights(art) -> list[tuple[np.ndarray, np.ndarray]]:
     from edgert.format.bundles import SparseSpec, unpack_bundles
 
     spec = SparseSpec.of(art)
-    order = art.read_tensor(names.BUNDLE_INDEX)["order"]
-    out = []
-    for i in range(art.config().n_layers):
-        u, d = unpack_bundles(art.read_tensor(names.bundles(i))["data"], spec.fmt)
-        inv = np.argsort(order[i])
-        out.append((u[inv], d[:, inv]))
-    return out
+    ix = art.read_tensor(names.BUNDLE_INDEX)
+    return [
+        unpack_bundles(art.read_tensor(names.bundles(i))["data"], spec.fmt, ix["order"][i],
+                       ix["down_scale"][i], ix["down_zero"][i])
+        for i in range(art.config().n_layers)
+    ]  # fmt: skip
 
 
 def sparse_reference(model, thresholds, weights, **kw):

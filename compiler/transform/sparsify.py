@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 
 from edgert.format import names
-from edgert.format.bundles import BundleFormat, pack_bundles
+from edgert.format.bundles import Affine, BundleFormat, pack_bundles
 from edgert.runtime.reference import ACTIVATION
 
 #: target sparsities the compiler calibrates thresholds for (0: every neuron, through the bundles)
@@ -50,27 +50,48 @@ def calibrate(
     return thr, order, levels
 
 
-def write_bundles(w, model, layer_bits: list[int], group: int, order: np.ndarray) -> BundleFormat:
-    """Each layer's bundles (file order ``order``) as a streamed tensor, and the resident index
-    of neurons and checksums; returns their format."""
-    c = model.config
-    crc = np.zeros((c.n_layers, c.ffn_dim), np.uint32)
-    fmt = BundleFormat.for_layer_bits(c.dim, max(layer_bits), group)
-    for i in range(c.n_layers):
-        up = model.tensor(names.weight(i, "ffn_up"))[order[i]]
-        down = model.tensor(names.weight(i, "ffn_down"))[:, order[i]]
-        b = pack_bundles(up, down, fmt)
-        crc[i] = [zlib.crc32(r) for r in b]
-        w.add_tensor(
+class BundleWriter:
+    """Writes each layer's bundles (file order ``order``) as a streamed tensor, cut from the
+    layer's up and down projections as the artifact quantized them (uniform weights: their own
+    codes, no second rounding; HLQ weights, whose codes are not affine, are rounded to uniform
+    ones at their width), then the resident index: neuron order, checksums and the down
+    projections' scales and zeros (:class:`~edgert.format.bundles.BundleFormat`)."""
+
+    def __init__(self, w, model, layer_bits: list[int], group: int, order: np.ndarray):
+        c = model.config
+        self.w, self.order = w, order
+        self.fmt = BundleFormat.for_bits(c.dim, max(layer_bits), group, group)
+        self.crc = np.zeros((c.n_layers, c.ffn_dim), np.uint32)
+        shape = (c.n_layers, self.fmt.down_groups(c.ffn_dim), c.dim)
+        self.down_scale, self.down_zero = np.zeros(shape, np.uint16), np.zeros(shape, np.uint16)
+        #: projections rounded again (HLQ weights)
+        self.rounded = 0
+
+    def _affine(self, pw) -> Affine:
+        if pw.fmt == "uniform":
+            return pw.affine()
+        from edgert.compiler.quant.lut import quantize_uniform
+
+        self.rounded += 1
+        return quantize_uniform(pw.dequantize(), bits=pw.bits, group_size=pw.group_size).affine()
+
+    def add_layer(self, i: int, up, down) -> None:
+        """Layer ``i``'s bundles from its compiled up and down projections (PackedWeight)."""
+        b, ds, dz = pack_bundles(self._affine(up), self._affine(down), self.fmt, self.order[i])
+        self.down_scale[i], self.down_zero[i] = ds, dz
+        self.crc[i] = [zlib.crc32(r) for r in b]
+        self.w.add_tensor(
             names.bundles(i),
             {"data": b},
             residency="streamed",
             meta={"format": "bundles", "shape": list(b.shape)},
         )
-    w.add_tensor(
-        names.BUNDLE_INDEX, {"order": order, "crc": crc}, meta={"format": "index", "shape": []}
-    )
-    return fmt
+
+    def finish(self) -> BundleFormat:
+        index = {"order": self.order, "crc": self.crc, "down_scale": self.down_scale,
+                 "down_zero": self.down_zero}  # fmt: skip
+        self.w.add_tensor(names.BUNDLE_INDEX, index, meta={"format": "index", "shape": []})
+        return self.fmt
 
 
 def write_activity(w, levels: np.ndarray) -> None:

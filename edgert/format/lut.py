@@ -112,6 +112,19 @@ class PackedWeight:
         f = np.moveaxis(f, -1, 1)  # tiles, 32, G, (b)
         return f.reshape(-1, *f.shape[2:])[: self.shape[0]]
 
+    def affine(self):
+        """A uniform weight as :class:`edgert.format.bundles.Affine` (codes and float16 scale and
+        zero per row and group, the same numbers)."""
+        from edgert.format.bundles import Affine
+
+        if self.fmt != "uniform":
+            raise ValueError("only uniform weights are affine in their codes")
+        half = lambda a: np.moveaxis(a, -1, 1).reshape(-1, a.shape[1])[: self.shape[0]]
+        return Affine(
+            self.codes(), half(self.scale).view(np.float16), half(self.zero).view(np.float16),
+            self.group_size,
+        )  # fmt: skip
+
     def dequantize(self) -> np.ndarray:
         m, k = self.shape
         g = self.group_size

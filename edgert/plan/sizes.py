@@ -85,13 +85,13 @@ def kv_cache_bytes(cfg, max_ctx: int, batch: int = MAX_BATCH) -> int:
     return row * sum(kv_positions(cfg, i, max_ctx, batch) for i in range(cfg.n_layers))
 
 
-def resident_besides(art, tensors) -> dict[str, int]:
+def resident_besides(art, tensors, *, sparse: bool = False) -> dict[str, int]:
     """Bytes of each tensor but ``tensors`` that a run loads (tensors stored for streaming only,
-    like neuron bundles, are never loaded)."""
+    like neuron bundles, are never loaded; their index only by a ``sparse`` run)."""
     return {
         n: e["nbytes"]
         for n, e in art.tensors.items()
-        if n not in tensors and e["residency"] != "streamed"
+        if n not in tensors and e["residency"] != "streamed" and (sparse or n != names.BUNDLE_INDEX)
     }
 
 
@@ -135,10 +135,18 @@ class Fixed:
 
 
 def fixed_memory(
-    art, cfg, streamed, *, max_ctx: int, budget: int | None, n_batch: int | None = None
+    art,
+    cfg,
+    streamed,
+    *,
+    max_ctx: int,
+    budget: int | None,
+    n_batch: int | None = None,
+    sparse: bool = False,
 ) -> Fixed:
-    """:class:`Fixed` for a plan that streams the tensors named in ``streamed``."""
-    resident = resident_besides(art, streamed)
+    """:class:`Fixed` for a plan that streams the tensors named in ``streamed`` (``sparse``: the
+    FFN on neuron bundles, whose index it loads)."""
+    resident = resident_besides(art, streamed, sparse=sparse)
     batch = budget_batch(budget, n_batch)
     return Fixed(
         never=sum(resident.values()),

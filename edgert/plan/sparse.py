@@ -141,7 +141,7 @@ def plan_sparse(
     spec = SparseSpec.of(art)
     spec.thresholds_for(sparsity)
     ffn = ffn_tensors(cfg)
-    f = fixed_memory(art, cfg, ffn, max_ctx=max_ctx, budget=budget, n_batch=n_batch)
+    f = fixed_memory(art, cfg, ffn, max_ctx=max_ctx, budget=budget, n_batch=n_batch, sparse=True)
     never, touched, kv, scratch, batch = f.never, f.touched, f.kv, f.scratch, f.batch
     B = spec.fmt.nbytes
     staging = _layer_pages(cfg.ffn_dim, B) * PAGE

@@ -50,7 +50,7 @@ _VECS = (
 
 
 #: edgert_forward_abi() of modules whose structs match these
-FORWARD_ABI = 5
+FORWARD_ABI = 6
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 ROUTE_PROBS, ROUTE_NORM, ROUTE_UNIT = 0, 1, 2
 
@@ -63,6 +63,9 @@ class _Sparse(ctypes.Structure):
         ("dim_pad", _I64),
         ("fetch", _P),
         ("ctx", _P),
+        ("down_group", _I64),
+        ("down_scale", _P),
+        ("down_zero", _P),
     ]
 
 
@@ -352,8 +355,11 @@ class NativeForward:
                 fmt.dim_pad,
                 ctypes.cast(cache.callback, _P),
                 None,
+                fmt.down_group,
+                cache.down_scale[i].ctypes.data,
+                cache.down_zero[i].ctypes.data,
             )
-            for t in cache.thresholds
+            for i, t in enumerate(cache.thresholds)
         ]
         for i, sp in enumerate(self._sparse):
             self._layers[i].sparse = ctypes.pointer(sp)

@@ -4,8 +4,9 @@ layer reads is :class:`edgert.plan.sparse.WindowPolicy`'s; this adds the buffers
 I/O threads) and the checksums (verified on a bundle's first read). :attr:`NeuronCache.callback`
 is what the C forward pass calls per sparse layer (see edgert_forward.h).
 
-Sparsity changes results (the skipped neurons' contribution is dropped; the bundles are their own
-quantization of the same weights); the cache size never does.
+Sparsity changes results (the skipped neurons' contribution is dropped; the bundles hold the
+artifact's own quantization of the FFN, so sparsity 0 computes the dense FFN); the cache size
+never does.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class NeuronCache(WindowPolicy):
         L = cfg.n_layers
         super().__init__(cfg, plan, self.fmt.nbytes, index["order"], bundle_offsets(art, L))
         self.crc = index["crc"]  # (L, f) by file position
+        # (L, groups of neurons, dim) float16 bits: the down columns' scales and zeros
+        self.down_scale = np.ascontiguousarray(index["down_scale"])
+        self.down_zero = np.ascontiguousarray(index["down_zero"])
         files = {art.tensors[names.bundles(i)]["file"] for i in range(L)}
         if len(files) != 1:
             raise ArtifactError(f"{art.path}: neuron bundles span several files")

@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import SMALL_MODEL, bundle_weights, greedy_tokens, run_cli, sparse_reference
+from edgert.compiler.quant.lut import quantize_uniform
 from edgert.compiler.quant.scheme import QuantScheme
 from edgert.compiler.transform.sparsify import SPARSITIES
 
@@ -52,24 +53,36 @@ def tokens(engine, n=24):
     return greedy_tokens(engine, PROMPTS, n)
 
 
-@pytest.mark.parametrize("bits", [2, 4, 8])
-def test_bundles_round_trip_within_a_quantization_step(bits):
+def _ffn(rng, dim, f, bits):
+    """A random FFN's up (f, dim) and down (dim, f) quantized to uniform ``bits`` in groups of
+    32 (as the artifact's own weights) and their dequantized floats."""
+    up = quantize_uniform(rng.standard_normal((f, dim)), bits=bits, group_size=32)
+    down = quantize_uniform(rng.standard_normal((dim, f)), bits=bits, group_size=32)
+    return up.affine(), down.affine(), up.dequantize(), down.dequantize()
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 6])
+def test_bundles_hold_the_compiled_weights_exactly(bits):
+    """Bundles are cut from the quantized projections: what they hold equals them bit for bit
+    (no second rounding), at every width the quantizers and imports give."""
     rng = np.random.default_rng(bits)
     dim, f = 72, 40  # dim not a multiple of the group
-    up, down = rng.standard_normal((f, dim)), rng.standard_normal((dim, f))
-    fmt = BundleFormat(dim, bits, 32)
-    b = pack_bundles(up, down, fmt)
+    up, down, u0, d0 = _ffn(rng, dim, f, bits)
+    fmt = BundleFormat.for_bits(dim, bits, 32, 32)
+    order = rng.permutation(f)
+    b, ds, dz = pack_bundles(up, down, fmt, order)
     assert b.shape == (f, fmt.nbytes) and b.dtype == np.uint8
-    u, d = unpack_bundles(b, fmt)
-    # each group's step is (max - min) / (2^bits - 1); rounding is within half a step (+ f16)
-    for w, got in ((up, u), (down.T, d.T)):
-        wp = np.zeros((f, fmt.dim_pad))
-        wp[:, :dim] = w
-        g = wp.reshape(f, fmt.groups, fmt.group)
-        step = (g.max(2) - g.min(2)) / ((1 << bits) - 1)
-        err = np.abs(got - w).reshape(f, -1)
-        bound = np.repeat(step, fmt.group, axis=1)[:, :dim] * 0.51 + 2e-3 * np.abs(w).max()
-        assert (err <= bound).all()
+    assert ds.shape == dz.shape == (fmt.down_groups(f), dim)
+    u, d = unpack_bundles(b, fmt, order, ds, dz)
+    np.testing.assert_array_equal(u, u0)
+    np.testing.assert_array_equal(d, d0)
+    # bundle p is neuron order[p]: its up row's codes first
+    assert (
+        b[3, : fmt.code_bytes]
+        == pack_bundles(up, down, fmt, np.arange(f))[0][order[3], : fmt.code_bytes]
+    ).all()
+    with pytest.raises(ValueError, match="match"):
+        pack_bundles(up, down, BundleFormat.for_bits(dim, bits, 32, 64), order)
 
 
 @pytest.mark.parametrize("n", [1, 5])
@@ -78,10 +91,10 @@ def test_bundle_ffn_kernel_equals_numpy(n):
     fn = lib.edgert_bundle_ffn
     rng = np.random.default_rng(n)
     dim, f, bits = 100, 64, 4
-    fmt = BundleFormat(dim, bits, 32)
-    up, down = rng.standard_normal((f, dim)), rng.standard_normal((dim, f))
-    b = pack_bundles(up, down, fmt)
-    u, d = unpack_bundles(b, fmt)
+    fmt = BundleFormat(dim, bits, 32, 32)
+    up, down, _, _ = _ffn(rng, dim, f, bits)
+    b, ds, dz = pack_bundles(up, down, fmt, np.arange(f))
+    u, d = unpack_bundles(b, fmt, np.arange(f), ds, dz)
     x = rng.standard_normal((n, dim)).astype(np.float32)
     a = silu(rng.standard_normal((n, f))).astype(np.float32)
     thr = 0.3
@@ -89,7 +102,7 @@ def test_bundle_ffn_kernel_equals_numpy(n):
     order = rng.permutation(len(neurons))  # any order of the listed neurons
     neurons = neurons[order]
     ptrs = np.array([b[j].ctypes.data for j in neurons], np.uint64)
-    sp = _Sparse(thr, bits, 32, fmt.dim_pad, None, None)
+    sp = _Sparse(thr, bits, 32, fmt.dim_pad, None, None, 32, ds.ctypes.data, dz.ctypes.data)
     y = np.zeros((n, dim), np.float32)
     h = np.zeros((n, len(neurons)), np.float32)
     P = ctypes.c_void_p
@@ -102,6 +115,27 @@ def test_bundle_ffn_kernel_equals_numpy(n):
         mask = np.abs(a) > thr
         want = ((a * mask) * (x @ u.T)) @ d.T
         np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_compiled_bundles_are_the_dense_ffn(art, tmp_path):
+    """No second rounding: every layer's bundles hold its up and down projections exactly as the
+    artifact's dense FFN computes them; an artifact of the older layout is refused, naming the
+    fix."""
+    from edgert.format.lut import PackedWeight
+
+    a = Artifact.open(art)
+    for i, (u, d) in enumerate(bundle_weights(a)):
+        for proj, got in (("ffn_up", u), ("ffn_down", d)):
+            name = names.weight(i, proj)
+            pw = PackedWeight.from_buffers(a.tensors[name]["kernel"], a.read_tensor(name))
+            np.testing.assert_array_equal(got, pw.dequantize())
+    old = tmp_path / "old.edgert"
+    shutil.copytree(art, old)
+    m = json.loads((old / "manifest.json").read_text())
+    del m["sparse_ffn"]["down_group"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(EdgertError, match="older layout"):
+        SparseSpec.of(Artifact.open(old, verify_resident=False))
 
 
 def test_thresholds_rise_with_sparsity(art):
@@ -188,12 +222,12 @@ def test_activity_trace_replayed_through_the_window_cache(art):
     p0, r0 = replayed(0.5, minimum)
     assert p0.slots == 0 and r0["hit_rate"] == 0 and r0["active_per_token"] == active
     assert r0["bytes_per_token"] >= active * B and r0["requests_per_token"] >= 4
-    # a cache of 300 neurons hits and reads less; the window drops idle ones and reads more;
-    # the replay is deterministic
-    _, r1 = replayed(0.5, minimum + 300 * B)
+    # a cache of 700 of the 1024 neurons hits and reads less (fewer pages); the window drops
+    # idle ones and reads more; the replay is deterministic
+    _, r1 = replayed(0.5, minimum + 700 * B)
     assert 0 < r1["hit_rate"] < 1 and r1["bytes_per_token"] < r0["bytes_per_token"]
-    assert replayed(0.5, minimum + 300 * B)[1] == r1
-    _, rw = replayed(0.5, minimum + 300 * B, window=1)
+    assert replayed(0.5, minimum + 700 * B)[1] == r1
+    _, rw = replayed(0.5, minimum + 700 * B, window=1)
     assert rw["hit_rate"] < r1["hit_rate"]
 
 

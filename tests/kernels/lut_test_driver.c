@@ -331,22 +331,31 @@ static int bundle_code(const uint8_t *codes, int bits, int64_t i) {
     return (codes[i * bits / 8] >> (i * bits % 8)) & ((1 << bits) - 1);
 }
 
-static void bundle_case(int bits, int64_t dim, int64_t n, int64_t count) {
+static void bundle_case(int bits, int64_t dim, int64_t n, int64_t count, int64_t dg) {
     const int32_t g = 32;
     const int64_t dp = (dim + g - 1) / g * g, groups = dp / g, cb = dp * bits / 8;
-    const int64_t nb = 2 * cb + 8 * groups, f = count + 3;
+    const int64_t nb = 2 * cb + 4 * groups, f = count + 3, nd = (f + dg - 1) / dg;
     uint8_t *all = malloc((size_t)(f * nb));
+    uint16_t *ds = malloc((size_t)(nd * dim) * 2), *dz = malloc((size_t)(nd * dim) * 2);
     const uint8_t **ptr = malloc((size_t)count * sizeof *ptr);
     int32_t *neurons = malloc((size_t)count * 4);
     float *x = malloc((size_t)(n * dim) * 4), *a = malloc((size_t)(n * f) * 4);
     float *h = malloc((size_t)(n * count) * 4), *y = malloc((size_t)(n * dim) * 4),
           *y1 = malloc((size_t)(n * dim) * 4);
     double *want = calloc((size_t)(n * dim), sizeof(double));
+    const float top = (float)((1 << bits) - 1);
     for (int64_t j = 0; j < f; j++) {
         uint8_t *b = all + j * nb;
         for (int64_t i = 0; i < 2 * cb; i++) b[i] = (uint8_t)rnd();
         uint16_t *sc = (uint16_t *)(b + 2 * cb);
-        for (int64_t q = 0; q < 4 * groups; q++) sc[q] = f2h(q % (2 * groups) < groups ? 0.02f * (frand() + 1.5f) : frand());
+        for (int64_t q = 0; q < groups; q++) {
+            sc[q] = f2h(0.02f * (frand() + 1.5f));
+            sc[groups + q] = f2h(top * 0.5f * (frand() + 1.f));
+        }
+    }
+    for (int64_t i = 0; i < nd * dim; i++) {
+        ds[i] = f2h(0.02f * (frand() + 1.5f));
+        dz[i] = f2h(top * 0.5f * (frand() + 1.f));
     }
     for (int64_t i = 0; i < n * dim; i++) x[i] = frand();
     for (int64_t i = 0; i < n * f; i++) a[i] = frand();
@@ -354,21 +363,22 @@ static void bundle_case(int bits, int64_t dim, int64_t n, int64_t count) {
         neurons[c] = (int32_t)(f - 1 - c);
         ptr[c] = all + neurons[c] * nb;
     }
-    edgert_sparse_ffn sp = {0.25f, bits, g, dp, NULL, NULL};
+    edgert_sparse_ffn sp = {0.25f, bits, g, dp, NULL, NULL, dg, ds, dz};
     double mag = 0;
     for (int64_t c = 0; c < count; c++) {
         const uint8_t *b = ptr[c];
         const uint16_t *sc = (const uint16_t *)(b + 2 * cb);
+        const int64_t blk = neurons[c] / dg;
         for (int64_t t = 0; t < n; t++) {
             const float at = a[t * f + neurons[c]];
             if (fabsf(at) <= sp.threshold) continue;
             double u = 0;
             for (int64_t i = 0; i < dim; i++)
-                u += ((double)h2f(sc[i / g]) * bundle_code(b, bits, i) +
-                      h2f(sc[groups + i / g])) * x[t * dim + i];
+                u += (double)h2f(sc[i / g]) * (bundle_code(b, bits, i) - h2f(sc[groups + i / g])) *
+                     x[t * dim + i];
             for (int64_t i = 0; i < dim; i++) {
-                const double w = (double)h2f(sc[2 * groups + i / g]) *
-                                     bundle_code(b + cb, bits, i) + h2f(sc[3 * groups + i / g]);
+                const double w = (double)h2f(ds[blk * dim + i]) *
+                                 (bundle_code(b + cb, bits, i) - h2f(dz[blk * dim + i]));
                 want[t * dim + i] += at * u * w;
                 mag = fmax(mag, fabs(at * u * w));
             }
@@ -382,9 +392,10 @@ static void bundle_case(int bits, int64_t dim, int64_t n, int64_t count) {
         err = fmax(err, fabs(y[i] - want[i]));
         same &= y[i] == y1[i];
     }
-    check(err <= 1e-4 * mag * (double)count, "bundle ffn", n, dim, bits, g, (int)count);
-    check(same, "bundle ffn threads", n, dim, bits, g, (int)count);
-    free(all); free(ptr); free(neurons); free(x); free(a); free(h); free(y); free(y1); free(want);
+    check(err <= 1e-4 * mag * (double)count, "bundle ffn", n, dim, bits, (int)dg, (int)count);
+    check(same, "bundle ffn threads", n, dim, bits, (int)dg, (int)count);
+    free(all); free(ds); free(dz); free(ptr); free(neurons); free(x); free(a); free(h); free(y);
+    free(y1); free(want);
 }
 
 /* vec.h: each helper equals its _ref twin bit for bit, for every length around the vector widths */
@@ -406,6 +417,16 @@ static void vec_case(void) {
         axpy(y0, s, a, n);
         axpy_ref(y1, s, a, n);
         check(memcmp(y0, y1, sizeof y0) == 0, "axpy == axpy_ref", n, 0, 0, 0, 0);
+        uint16_t sc[N], zr[N];
+        for (int i = 0; i < N; i++) {
+            sc[i] = f2h(frand());
+            zr[i] = f2h(8.f * frand());
+        }
+        memcpy(y0, b, sizeof y0);
+        memcpy(y1, b, sizeof y1);
+        affine_acc(y0, sc, zr, a, s, n);
+        affine_acc_ref(y1, sc, zr, a, s, n);
+        check(memcmp(y0, y1, sizeof y0) == 0, "affine_acc == affine_acc_ref", n, 0, 0, 0, 0);
     }
     /* attention's helpers: dot4 == dot on each row, weighted_rows == its twin through a ring */
     for (int64_t n = 0; n <= 70; n += 3) {
@@ -500,7 +521,8 @@ int main(void) {
                                                {72, 3, 37}, {33, 2, 9}};
     for (int bits = 2; bits <= 8; bits *= 2)
         for (size_t i = 0; i < sizeof bundle_shapes / sizeof bundle_shapes[0]; i++)
-            bundle_case(bits, bundle_shapes[i][0], bundle_shapes[i][1], bundle_shapes[i][2]);
+            for (int64_t dg = 16; dg <= 32; dg *= 2) /* down groups of 16 and 32 neurons */
+                bundle_case(bits, bundle_shapes[i][0], bundle_shapes[i][1], bundle_shapes[i][2], dg);
     printf("isa %s (int8 %s)\n%d passed, %d failed\n", edgert_kernels_isa(), edgert_i8_kernel(), passes, failures);
     return failures != 0;
 }
