@@ -84,13 +84,13 @@ def compile_model(
     force: bool = False,
     dram: tuple[int, int | None] | None = None,
     sparse_ffn: bool = False,
-    moefy: tuple[int, int] | None = None,
+    moefy: tuple[int, ...] | None = None,
     head_bits: int = 8,
     quant_method: str | None = None,
     calib_tokens: int | None = None,
     keep: bool = False,
 ) -> CompileSummary:
-    """``moefy`` = (experts, top-k): split every dense FFN into that many experts with a router
+    """``moefy`` = (experts, top-k[, shared]): split every dense FFN into that many experts with a router
     (edgert.compiler.transform.moefy) before quantizing; the artifact is then a mixture of experts.
     ``head_bits``: the output head in 8-bit rows (8) or in the scheme's LUT format at 2-4 bits
     (a tied head gets its own copy; the embedding table stays 8-bit). ``quant_method``: gptq,
@@ -156,7 +156,9 @@ def compile_model(
 
         t = time.perf_counter()
         tokens = calibration_tokens(m, file=calib, n_tokens=MOEFY_CALIB_TOKENS)
-        m, moe_record = moefy_model(m, *moefy, tokens)
+        m, moe_record = moefy_model(
+            m, *moefy[:2], tokens, group=scheme.group_size, shared=(moefy[2:] or (0,))[0]
+        )
         times["split into experts"] = time.perf_counter() - t
     trace = None
     if m.config.is_moe:
@@ -189,9 +191,7 @@ def compile_model(
         quantizer = WeightQuantizer(scheme, quant_method, stats)
         times["calibrate"] = time.perf_counter() - t
         t = time.perf_counter()
-        bits, units = plan_bits(
-            m, scheme, quantizer, bits_budget=bits_budget, tokens=fit_tokens
-        )
+        bits, units = plan_bits(m, scheme, quantizer, bits_budget=bits_budget, tokens=fit_tokens)
         times["plan bits"] = time.perf_counter() - t
     sparse = None
     if sparse_ffn:

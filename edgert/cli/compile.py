@@ -84,6 +84,15 @@ def add_arguments(p) -> None:
         "of experts whose experts stream under --dram-budget",
     )
     p.add_argument(
+        "--moefy-shared",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --moefy: N of the TOPK slices a token uses are one shared expert every token "
+        "runs (the neurons contributing most on calibration text); the router picks the other "
+        "TOPK-N among EXPERTS-N, e.g. --moefy 8x4 --moefy-shared 2",
+    )
+    p.add_argument(
         "--head-bits",
         type=int,
         default=8,
@@ -141,7 +150,9 @@ def run(args) -> int:
     if args.moefy:
         from edgert.compiler.transform.moefy import parse_moefy
 
-        moefy = parse_moefy(args.moefy)
+        moefy = (*parse_moefy(args.moefy), args.moefy_shared)
+    elif args.moefy_shared:
+        raise EdgertError("--moefy-shared goes with --moefy")
     keep = args.bits == "keep"
     if keep and args.group_size != 32:
         raise EdgertError("--bits keep takes each tensor's own group size; drop --group-size")

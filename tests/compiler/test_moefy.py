@@ -14,6 +14,7 @@ from edgert.compiler.quant.scheme import QuantScheme
 from edgert.compiler.transform.moefy import balanced_kmeans, moefy_model, parse_moefy
 
 from edgert.errors import EdgertError
+from edgert.format import names
 from edgert.format.artifact import Artifact
 from edgert.plan.sizes import BUDGET_BATCH
 from edgert.runtime.open import open_artifact_engine
@@ -97,12 +98,49 @@ def test_all_experts_equal_the_dense_model(dense):
         np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max(), rtol=0)
         # every expert chosen: the whole contribution, for the router and the oracle
         assert rec["router_share"] == pytest.approx([1.0] * c.n_layers, abs=1e-4)
+    # a shared expert of half the FFN (behind sigmoid(0), its down doubled) and 2 of 2 routed
+    m, rec = moefy_model(dense, 4, 4, calib, shared=2, progress=False)
+    mc = m.config
+    assert (mc.n_experts, mc.n_experts_used, mc.shared_expert_ffn_dim) == (2, 2, c.ffn_dim // 2)
+    assert rec["shared"] == 2 and "blk.0.ffn_down_shexp.weight" in m
+    got = ReferenceEngine(m, max_ctx=64).forward(ids)
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max(), rtol=0)
+    with pytest.raises(EdgertError, match="--moefy-shared 4"):
+        moefy_model(dense, 4, 4, calib, shared=4, progress=False)
     # fewer experts per token: a different function, shares below 1, oracle >= router
     m, rec = moefy_model(dense, 4, 1, calib, progress=False)
     assert rec["experts"] == 4 and rec["top_k"] == 1 and rec["calib_tokens"] == len(calib)
     r, o = np.array(rec["router_share"]), np.array(rec["oracle_share"])
     assert ((0.25 - 1e-6 <= o) & (o < 1) & (r <= o + 1e-6) & (r > 0)).all()
     assert np.abs(ReferenceEngine(m, max_ctx=64).forward(ids) - want).max() > 1e-2
+
+
+def test_quantized_source_splits_in_whole_groups(dense, tmp_path):
+    """Every expert running, a quantized source's FFN is split in runs of the quantization
+    group: each expert's down projection is whole 32-column groups of the dense one (so it is
+    not rounded across the source's groups again); a float source, or a routed split, goes
+    neuron by neuron."""
+    from edgert.compiler.frontends import load_model
+    from make_synthetic_gguf import make_synthetic_gguf
+
+    g = make_synthetic_gguf(
+        out=tmp_path / "q.gguf", arch="llama", qtype="Q4_1", progress=False, layers=2,
+        **SMALL_MODEL,
+    )  # fmt: skip
+    q = load_model(g)
+    q.materialize(progress=False)
+    calib = list(np.random.default_rng(2).integers(3, q.config.vocab_size, 128))
+    assert moefy_model(q, 4, 2, calib, group=32, progress=False)[1]["neurons_per_unit"] == 1
+    m, rec = moefy_model(q, 4, 4, calib, group=32, progress=False)
+    assert rec["neurons_per_unit"] == 32
+    for i in range(2):
+        want = load_model(g).tensor(names.weight(i, "ffn_down"))  # (dim, ffn)
+        blocks = {want[:, j : j + 32].tobytes() for j in range(0, want.shape[1], 32)}
+        got = m.tensor(names.experts(i, "down"))  # (experts, dim, ffn / experts)
+        runs = [got[e][:, j : j + 32].tobytes() for e in range(4) for j in range(0, 64, 32)]
+        assert set(runs) == blocks and len(runs) == len(blocks)
+    # a float source: neuron by neuron (any split of it is rounded once)
+    assert moefy_model(dense, 4, 4, calib, progress=False)[1]["neurons_per_unit"] == 1
 
 
 def test_artifact_is_a_moe_that_streams_its_experts(art):
@@ -139,6 +177,8 @@ def test_cli_errors_and_json(gguf, art, tmp_path):
         (["--moefy", "4"], "cannot read --moefy"),
         (["--moefy", "4x2", "--sparse-ffn"], "streams its experts at run time"),
         (["--moefy", "4x2", "--dram-budget", "100M"], "streams its experts at run time"),
+        (["--moefy", "4x2", "--moefy-shared", "2"], "--moefy-shared 2 with --moefy 4x2"),
+        (["--moefy-shared", "1"], "--moefy-shared goes with --moefy"),
     ):
         r = _cli("compile", str(gguf), "--target", "host", "-o", str(tmp_path / "x.edgert"), *extra)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, r.stderr
@@ -184,3 +224,4 @@ def test_bench_and_inspect_predict_expert_streaming(art):
     # the prediction held to the run: bytes read per token, the replayed trace's against the
     # tg run's (4 tokens here, so within 2x; time is the benchmarks' concern)
     assert 0.5 <= tg["flash_bytes_per_token"] / pred["flash_bytes_per_token"] <= 2
+
