@@ -225,3 +225,23 @@ def test_bench_and_inspect_predict_expert_streaming(art):
     # tg run's (4 tokens here, so within 2x; time is the benchmarks' concern)
     assert 0.5 <= tg["flash_bytes_per_token"] / pred["flash_bytes_per_token"] <= 2
 
+
+def test_ffn_drop_error_tool_ranks_the_rules():
+    """tools/ffn_drop_error.py on an FFN whose neurons each fire on their own share of tokens:
+    the per-token rules (|act(gate)|, |h|) drop little, a fixed half much more, every rule's
+    error is a fraction of the output, and the refit is measured on tokens it never saw."""
+    from ffn_drop_error import layer_errors
+
+    rng = np.random.default_rng(0)
+    dim, f, n = 32, 64, 600
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    gate = rng.standard_normal((f, dim)).astype(np.float32)
+    up = np.repeat(np.eye(dim, dtype=np.float32), f // dim, axis=0)  # h_j = act(g_j) x_(j/2)
+    down = rng.standard_normal((dim, f)).astype(np.float32)
+    relu = lambda v: np.maximum(v, 0) * 4  # sparse: about half the neurons are 0
+    e = layer_errors(x[:400], x[400:], gate, up, down, relu, seed=0)
+    assert set(e) == {"gate", "gate_scaled", "true_h", "teal", "fixed", "moefy",
+                      "moefy_shared", "refit"}  # fmt: skip
+    assert all(0 <= v < 2 for v in e.values())
+    assert e["gate"] < 0.05 and e["true_h"] < 0.05  # a ReLU's zeros cost nothing
+    assert e["fixed"] > 5 * e["gate"]
