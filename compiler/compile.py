@@ -90,8 +90,9 @@ def compile_model(
     calib_tokens: int | None = None,
     keep: bool = False,
 ) -> CompileSummary:
-    """``moefy`` = (experts, top-k[, shared]): split every dense FFN into that many experts with a router
-    (edgert.compiler.transform.moefy) before quantizing; the artifact is then a mixture of experts.
+    """``moefy`` = (experts, top-k[, shared]): split every dense FFN into that many experts with
+    a router (edgert.compiler.transform.moefy) before quantizing, ``shared`` of the top-k slices
+    one shared expert; the artifact is then a mixture of experts.
     ``head_bits``: the output head in 8-bit rows (8) or in the scheme's LUT format at 2-4 bits
     (a tied head gets its own copy; the embedding table stays 8-bit). ``quant_method``: gptq,
     imatrix or rtn (edgert.compiler.quant.quantizer), calibrated on ``calib_tokens`` tokens of

@@ -178,7 +178,7 @@ def moefy_model(
     c = model.config
     check_moefy(c, experts, top_k, shared)
     fe = c.ffn_dim // experts
-    routed, sf = experts - shared, shared * (c.ffn_dim // experts)
+    routed, sf = experts - shared, shared * fe  # routed experts, the shared expert's width
     xs = ffn_inputs(model, tokens)
     arrays: dict[str, np.ndarray] = {}
     split = {names.weight(i, p) for i in range(c.n_layers) for p in names.FFN_PROJECTIONS}
