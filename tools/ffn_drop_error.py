@@ -36,14 +36,15 @@ def layer_errors(xc, xh, gate, up, down, act, seed):
     """{rule: relative squared error of the FFN output on xh} for one layer."""
     f = gate.shape[0]
     dn = np.linalg.norm(down, axis=0)
-    hc = act(xc @ gate.T) * (xc @ up.T)
+    gc, uc = act(xc @ gate.T), xc @ up.T
+    hc = gc * uc
     ah, uh = act(xh @ gate.T), xh @ up.T
     hh = ah * uh
     y = hh @ down.T
     err = lambda ys: float(np.sum((y - ys) ** 2) / np.sum(y**2))
-    ac = np.abs(act(xc @ gate.T))
+    ac = np.abs(gc)
     out = {"gate": err((hh * (np.abs(ah) > np.median(ac))) @ down.T)}
-    scale = np.abs(xc @ up.T).mean(0) * dn
+    scale = np.abs(uc).mean(0) * dn
     out["gate_scaled"] = err((hh * (np.abs(ah) * scale > np.median(ac * scale))) @ down.T)
     out["true_h"] = err((hh * (np.abs(hh) * dn > np.median(np.abs(hc) * dn))) @ down.T)
     xs = np.where(np.abs(xh) > np.median(np.abs(xc)), xh, 0)

@@ -71,11 +71,6 @@ class Affine:
     zero: np.ndarray
     group: int
 
-    def dequantize(self) -> np.ndarray:
-        g = np.arange(self.codes.shape[1]) // self.group
-        s, z = self.scale.astype(np.float32)[:, g], self.zero.astype(np.float32)[:, g]
-        return s * (self.codes.astype(np.float32) - z)
-
 
 def _pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     per = 8 // bits

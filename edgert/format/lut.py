@@ -119,11 +119,8 @@ class PackedWeight:
 
         if self.fmt != "uniform":
             raise ValueError("only uniform weights are affine in their codes")
-        half = lambda a: np.moveaxis(a, -1, 1).reshape(-1, a.shape[1])[: self.shape[0]]
-        return Affine(
-            self.codes(), half(self.scale).view(np.float16), half(self.zero).view(np.float16),
-            self.group_size,
-        )  # fmt: skip
+        half = lambda a: self._rows(a).astype(np.float16)  # float16 again, exactly
+        return Affine(self.codes(), half(self.scale), half(self.zero), self.group_size)
 
     def dequantize(self) -> np.ndarray:
         m, k = self.shape
