@@ -1,4 +1,6 @@
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -11,6 +13,56 @@ sys.path.insert(0, str(ROOT / "tests" / "unit"))  # shared model builders (test_
 
 # progress bars off in tests
 os.environ.setdefault("EDGERT_NO_PROGRESS", "1")
+
+#: a test's setup, call or teardown running longer than this many seconds is hung: the stacks of
+#: every thread are printed and that phase fails, so one stuck test costs minutes, not the run
+HANG_S = float(os.environ.get("EDGERT_TEST_HANG_S", "1200"))
+
+
+class Hung(Exception):
+    pass
+
+
+class HangGuard:
+    """SIGALRM around each phase of each test (a test that sets its own alarm, as the fuzz
+    tests do, has no guard for the rest of that phase)."""
+
+    @staticmethod
+    def _alarm(signum, frame):
+        import faulthandler
+
+        faulthandler.dump_traceback(all_threads=True)
+        raise Hung(f"still running after {HANG_S:.0f} s (EDGERT_TEST_HANG_S): hung; the "
+                   "stacks of every thread are printed above")  # fmt: skip
+
+    @contextlib.contextmanager
+    def _guard(self):
+        old = signal.signal(signal.SIGALRM, self._alarm)
+        signal.setitimer(signal.ITIMER_REAL, HANG_S)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_setup(self, item):
+        with self._guard():
+            yield
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item):
+        with self._guard():
+            yield
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_teardown(self, item, nextitem):
+        with self._guard():
+            yield
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(HangGuard(), "edgert-hang-guard")
 
 
 @pytest.fixture(scope="session")

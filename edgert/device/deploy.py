@@ -25,6 +25,8 @@ from edgert.progress import Progress
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+#: seconds an SFTP request to the device may go unanswered before the transfer fails
+SFTP_TIMEOUT = 300
 #: what a device needs to run language-model artifacts (edgert's own wheel goes with them):
 #: numpy and the tokenizer, as wheels for the device's platform; the artifact brings its library
 RUNTIME_WHEELS = ["numpy", "tokenizers", "jinja2", "threadpoolctl"]
@@ -424,6 +426,7 @@ def _send_wheels(transport, wheels: list[Path], progress) -> None:
     from this tree, its name stays while its contents change."""
     client = transport.connect()
     sftp = client.open_sftp()
+    sftp.get_channel().settimeout(SFTP_TIMEOUT)  # a stalled transfer is an error, not a hang
     try:
         home = sftp.normalize(".")
         for d in (".edgert", ".edgert/wheels"):

@@ -23,6 +23,8 @@ KNOWN_HOSTS = Path.home() / ".config" / "edgert" / "known_hosts"
 #: the agent command tried on the device, in order: the venv `edgert deploy` installs, then PATH
 AGENT_COMMANDS = ("~/.edgert/venv/bin/edgert", "edgert")
 CONNECT_TIMEOUT = 20.0
+#: seconds between keepalive messages on an open connection
+KEEPALIVE = 15
 
 
 class SSHTransport:
@@ -91,15 +93,54 @@ class SSHTransport:
             raise EdgertError(f"{self.name}: SSH failed: {e}") from e
         except OSError as e:
             raise EdgertError(f"{self.name}: cannot connect: {e}") from e
+        # a device that vanishes (power cut, cable) ends the connection instead of leaving a
+        # read waiting on it for ever
+        c.get_transport().set_keepalive(KEEPALIVE)
         return c
 
     def exec(self, argv: list[str], *, timeout: float = 600) -> tuple[int, str, str]:
-        """Run a command on the device (each argument quoted); returns (status, out, err)."""
+        """Run a command on the device (each argument quoted); returns (status, out, err).
+
+        Its output is read while it runs (a command writing more than the channel's window
+        would otherwise never finish), and a command still running after ``timeout`` seconds
+        is abandoned with an error naming it."""
+        import time
+
         self.client = self.connect()
         cmd = " ".join(_quote(a) for a in argv)
-        _, out, err = self.client.exec_command(cmd, timeout=timeout)
-        status = out.channel.recv_exit_status()
-        return status, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+        chan = self.client.get_transport().open_session()
+        out, err = bytearray(), bytearray()
+        deadline = time.monotonic() + timeout
+        try:
+            chan.exec_command(cmd)
+            ended = None  # when the command's exit status came
+            while not (chan.exit_status_ready() and chan.eof_received):
+                if ended is None and chan.exit_status_ready():
+                    ended = time.monotonic()
+                if chan.recv_ready():
+                    out += chan.recv(1 << 16)
+                elif chan.recv_stderr_ready():
+                    err += chan.recv_stderr(1 << 16)
+                elif chan.closed or (ended is not None and time.monotonic() - ended > 5):
+                    break  # gone, or exited with a child of its own still holding its output
+                elif time.monotonic() > deadline:
+                    raise EdgertError(
+                        f"{self.name}: `{cmd}` did not finish within {timeout:.0f} s",
+                        "the device may be overloaded or the command stuck; its output so far: "
+                        + (bytes(err) or bytes(out))[-400:].decode(errors="replace"),
+                    )
+                elif ended is None:
+                    chan.status_event.wait(0.02)
+                else:
+                    time.sleep(0.01)
+            while chan.recv_ready():
+                out += chan.recv(1 << 16)
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(1 << 16)
+            status = chan.recv_exit_status() if chan.exit_status_ready() else -1
+        finally:
+            chan.close()
+        return status, out.decode(errors="replace"), err.decode(errors="replace")
 
     def agent_command(self) -> str:
         for cand in AGENT_COMMANDS:
