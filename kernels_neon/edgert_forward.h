@@ -33,7 +33,7 @@ typedef struct {
  * group of `group` elements (w = scale * (q - zero)): [up codes][down codes][up scale][up zero].
  * The down column's element i is down_scale[b][i] * (q - down_zero[b][i]) with b = j / down_group
  * (the down projection's own groups run along the FFN; tables (ceil(ffn_dim / down_group), dim)). */
-#define EDGERT_FORWARD_ABI 6
+#define EDGERT_FORWARD_ABI 7
 #define EDGERT_BUNDLE_GROUP_MAX 256 /* the largest bundle group */
 #define EDGERT_BUNDLE_DIM_MAX 16384 /* the largest model dimension with bundles */
 
@@ -89,15 +89,35 @@ typedef struct {
     const float *post_attn_norm, *post_ffn_norm; /* NULL: none (Gemma 3) */
     const edgert_sparse_ffn *sparse; /* NULL: the dense FFN (gate, up, down); else gate + bundles */
     const edgert_moe_ffn *moe;       /* NULL: not a mixture of experts */
-    /* this layer's K and V cache: position p's (n_kv_heads, head_dim) row at k_cache +
-     * (p % kv_cap) * kv_stride (the runtime gives each layer its own block: kv_stride =
-     * n_kv_heads * head_dim). A layer that attends to all positions needs kv_cap >= pos + n; a
-     * sliding one, min(pos + n, window + n - 1): a ring of its window and one call's tokens */
-    float *k_cache, *v_cache;
-    int64_t kv_stride, kv_cap;
+    /* this layer's K and V cache: position p's (n_kv_heads, head_dim) row, in the model's
+     * k_type / v_type (EDGERT_KV_*), at k_cache + (p % kv_cap) * k_stride bytes (v_cache, v_stride
+     * the same; a stride is at least edgert_kv_row_bytes). A layer that attends to all positions
+     * needs kv_cap >= pos + n; a sliding one, min(pos + n, window + n - 1): a ring of its window
+     * and one call's tokens */
+    uint8_t *k_cache, *v_cache;
+    int64_t k_stride, v_stride, kv_cap;
     int32_t rope;   /* the rotary table the layer applies (cos/sin of edgert_forward); -1: none */
     int32_t window; /* a query sees the last `window` positions, its own included; 0: all */
 } edgert_layer;
+
+/* How the KV cache holds a row of n values (n = n_kv_heads * head_dim). The quantized types go
+ * by blocks of EDGERT_KV_BLOCK values of one head (head_dim must be a multiple of it), each
+ * with float16 scales, as written at that position (per token, per head):
+ *   F32  n floats;  F16  n float16;
+ *   Q8   per block: scale d (f16), 32 int8 q;                  x = d * q      (34 bytes)
+ *   Q4   per block: scale d (f16), min m (f16), 16 bytes of    x = d * q + m  (20 bytes)
+ *        4-bit q, value 2j in byte j's low nibble, 2j + 1 in its high nibble.
+ * Rounding to the codes is to nearest, ties to even, of x / d (Q8, d = max|x| / 127) or
+ * (x - m) / d (Q4, m = min x, d = (max x - min x) / 15), d and m first rounded to float16. */
+#define EDGERT_KV_F32 0
+#define EDGERT_KV_F16 1
+#define EDGERT_KV_Q8 2
+#define EDGERT_KV_Q4 3
+#define EDGERT_KV_BLOCK 32
+
+/* Bytes of one cache row of n values of `type`; -1 for a type not listed or n not a multiple
+ * of a quantized type's block. */
+int64_t edgert_kv_row_bytes(int32_t type, int64_t n);
 
 #define EDGERT_ACT_SILU 0 /* the FFN's gate: silu (SwiGLU) */
 #define EDGERT_ACT_GELU_TANH 1 /* gelu, tanh approximation (GeGLU) */
@@ -107,6 +127,7 @@ typedef struct {
     int32_t n_rope;       /* rotary tables in cos/sin */
     int32_t qk_norm_head; /* q/k norms per head (head_dim wide), else over the projection */
     int32_t act;          /* EDGERT_ACT_* */
+    int32_t k_type, v_type; /* EDGERT_KV_*: how every layer's cache holds keys, values */
     int64_t max_ctx;
     float rms_eps;
     float attn_scale; /* scores times this; 0: divided by sqrt(head_dim) */

@@ -121,6 +121,94 @@ static void rope(float *x, int heads, int hd, int rd, int neox, const float *cs,
     }
 }
 
+/* ---- the KV cache's row formats (edgert_forward.h) ----------------------------------------- */
+int64_t edgert_kv_row_bytes(int32_t type, int64_t n) {
+    if (n < 0) return -1;
+    switch (type) {
+    case EDGERT_KV_F32: return n * 4;
+    case EDGERT_KV_F16: return n * 2;
+    case EDGERT_KV_Q8: return n % EDGERT_KV_BLOCK ? -1 : n / EDGERT_KV_BLOCK * 34;
+    case EDGERT_KV_Q4: return n % EDGERT_KV_BLOCK ? -1 : n / EDGERT_KV_BLOCK * 20;
+    default: return -1;
+    }
+}
+
+/* row = the n values x (n a multiple of the block for the quantized types) */
+static void kv_store(int32_t type, uint8_t *row, const float *x, int64_t n) {
+    if (type == EDGERT_KV_F32) {
+        memcpy(row, x, (size_t)n * sizeof(float));
+    } else if (type == EDGERT_KV_F16) {
+        for (int64_t i = 0; i < n; i++) {
+            const uint16_t h = f2h(x[i]);
+            memcpy(row + 2 * i, &h, 2);
+        }
+    } else if (type == EDGERT_KV_Q8) {
+        for (int64_t b = 0; b < n; b += EDGERT_KV_BLOCK, row += 34) {
+            float amax = 0.f;
+            for (int j = 0; j < EDGERT_KV_BLOCK; j++) {
+                const float a = fabsf(x[b + j]);
+                if (a > amax) amax = a;
+            }
+            const uint16_t dh = f2h(amax / 127.f);
+            const float d = h2f(dh), id = d != 0.f ? 1.f / d : 0.f;
+            memcpy(row, &dh, 2);
+            for (int j = 0; j < EDGERT_KV_BLOCK; j++) {
+                float q = round_even(x[b + j] * id);
+                q = q > 127.f ? 127.f : q < -127.f ? -127.f : q;
+                row[2 + j] = (uint8_t)(int8_t)q;
+            }
+        }
+    } else { /* EDGERT_KV_Q4 */
+        for (int64_t b = 0; b < n; b += EDGERT_KV_BLOCK, row += 20) {
+            float lo = x[b], hi = x[b];
+            for (int j = 1; j < EDGERT_KV_BLOCK; j++) {
+                if (x[b + j] < lo) lo = x[b + j];
+                if (x[b + j] > hi) hi = x[b + j];
+            }
+            const uint16_t dh = f2h((hi - lo) / 15.f), mh = f2h(lo);
+            const float d = h2f(dh), m0 = h2f(mh), id = d != 0.f ? 1.f / d : 0.f;
+            memcpy(row, &dh, 2);
+            memcpy(row + 2, &mh, 2);
+            for (int j = 0; j < EDGERT_KV_BLOCK / 2; j++) {
+                float q0 = round_even((x[b + 2 * j] - m0) * id);
+                float q1 = round_even((x[b + 2 * j + 1] - m0) * id);
+                q0 = q0 > 15.f ? 15.f : q0 < 0.f ? 0.f : q0;
+                q1 = q1 > 15.f ? 15.f : q1 < 0.f ? 0.f : q1;
+                row[4 + j] = (uint8_t)((int)q0 | ((int)q1 << 4));
+            }
+        }
+    }
+}
+
+/* out (n,) = values off .. off + n of a row of a quantized or float16 type (off and n multiples
+ * of the block) */
+static void kv_load(int32_t type, float *out, const uint8_t *row, int64_t off, int64_t n) {
+    if (type == EDGERT_KV_F16) {
+        h2f_row(out, (const uint16_t *)(row + 2 * off), n);
+    } else if (type == EDGERT_KV_Q8) {
+        const uint8_t *b = row + off / EDGERT_KV_BLOCK * 34;
+        for (int64_t i = 0; i < n; i += EDGERT_KV_BLOCK, b += 34) {
+            uint16_t dh;
+            memcpy(&dh, b, 2);
+            const float d = h2f(dh);
+            const int8_t *q = (const int8_t *)(b + 2);
+            for (int j = 0; j < EDGERT_KV_BLOCK; j++) out[i + j] = d * (float)q[j];
+        }
+    } else { /* EDGERT_KV_Q4 */
+        const uint8_t *b = row + off / EDGERT_KV_BLOCK * 20;
+        for (int64_t i = 0; i < n; i += EDGERT_KV_BLOCK, b += 20) {
+            uint16_t dh, mh;
+            memcpy(&dh, b, 2);
+            memcpy(&mh, b + 2, 2);
+            const float d = h2f(dh), m0 = h2f(mh);
+            for (int j = 0; j < EDGERT_KV_BLOCK / 2; j++) {
+                out[i + 2 * j] = d * (float)(b[4 + j] & 15) + m0;
+                out[i + 2 * j + 1] = d * (float)(b[4 + j] >> 4) + m0;
+            }
+        }
+    }
+}
+
 /* ---- attention over the cache: one (token, heads) pair per item ---------------------------- */
 /* Keys and values are taken in blocks of this many positions, each block used by every head of
  * the item while it is in L1 (64 positions x 64 dims x 4 bytes = 16 KiB). */
@@ -130,8 +218,8 @@ typedef struct {
     const edgert_model *m;
     const float *q;  /* (n, heads, hd) */
     float *out;      /* (n, heads, hd) */
-    const float *kc, *vc; /* this layer's cache: position t at kc + (t % cap) * stride */
-    int64_t stride, cap;
+    const uint8_t *kc, *vc; /* this layer's cache: position t at kc + (t % cap) * k_stride */
+    int64_t k_stride, v_stride, cap;
     int64_t pos;
     int32_t window;
     int per; /* heads per item: consecutive heads of one KV head's group */
@@ -141,17 +229,39 @@ typedef struct {
 /* item it: token it / (heads / per), heads per x (it % (heads / per)) onwards. Each head's
  * scores, softmax and weighted sum are computed as for a head alone (the same operations in the
  * same order), only the cache is read once for the item's heads. */
+/* `len` cache rows from ring row r (of cap) of KV head values off .. off + hd: the float rows
+ * where the cache holds floats (*stride, *r0, *rcap: their ring), else the rows dequantized
+ * into buf (len x hd, not a ring) */
+static const float *kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, int64_t r,
+                            int64_t cap, int64_t len, int64_t off, int64_t hd, float *buf,
+                            int64_t *stride, int64_t *r0, int64_t *rcap) {
+    if (type == EDGERT_KV_F32) {
+        *stride = row_bytes / (int64_t)sizeof(float);
+        *r0 = r;
+        *rcap = cap;
+        return (const float *)cache + off;
+    }
+    for (int64_t u = 0; u < len; u++, r = r + 1 == cap ? 0 : r + 1)
+        kv_load(type, buf + u * hd, cache + r * row_bytes, off, hd);
+    *stride = hd;
+    *r0 = 0;
+    *rcap = len;
+    return buf;
+}
+
 static void attn_items(void *vctx, int64_t begin, int64_t end) {
     attn_ctx *c = vctx;
     const edgert_model *m = c->m;
     const int hd = m->head_dim, nh = m->n_heads, kv = m->n_kv_heads, group = nh / kv;
     const int per = c->per, slots = nh / per;
     const int64_t last = c->pos + (end - 1) / slots + 1; /* keys seen by the last item */
-    float *p = malloc((size_t)(last * per) * sizeof(float));
+    const int deq = m->k_type != EDGERT_KV_F32 || m->v_type != EDGERT_KV_F32;
+    float *p = malloc((size_t)(last * per + (deq ? 2 * ATTN_BLOCK * hd : 0)) * sizeof(float));
     if (!p) {
         c->failed = 1;
         return;
     }
+    float *kbuf = p + last * per, *vbuf = kbuf + ATTN_BLOCK * hd; /* deq only */
     const float scale = (float)sqrt((double)hd), mul = m->attn_scale;
     for (int64_t it = begin; it < end; it++) {
         const int64_t i = it / slots;
@@ -163,19 +273,20 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
         const int64_t r0 = t0 % c->cap;
         for (int64_t b0 = 0; b0 < count; b0 += ATTN_BLOCK) {
             const int64_t b1 = count - b0 < ATTN_BLOCK ? count : b0 + ATTN_BLOCK;
-            const int64_t rb = (r0 + b0) % c->cap;
+            int64_t ks, rb, kcap;
+            const float *kr = kv_rows(m->k_type, c->kc, c->k_stride, (r0 + b0) % c->cap, c->cap,
+                                      b1 - b0, (int64_t)g * hd, hd, kbuf, &ks, &rb, &kcap);
             for (int j = 0; j < per; j++) {
                 const float *q = c->q + (i * nh + h0 + j) * hd;
                 float *pj = p + j * count;
                 int64_t t = b0, r = rb;
                 for (; t + 4 <= b1; t += 4) { /* four keys per pass: one reduction for the four */
                     const float *rows[4];
-                    for (int u = 0; u < 4; u++, r = r + 1 == c->cap ? 0 : r + 1)
-                        rows[u] = c->kc + r * c->stride + g * hd;
+                    for (int u = 0; u < 4; u++, r = r + 1 == kcap ? 0 : r + 1)
+                        rows[u] = kr + r * ks;
                     dot4(pj + t, q, rows, hd);
                 }
-                for (; t < b1; t++, r = r + 1 == c->cap ? 0 : r + 1)
-                    pj[t] = dot(q, c->kc + r * c->stride + g * hd, hd);
+                for (; t < b1; t++, r = r + 1 == kcap ? 0 : r + 1) pj[t] = dot(q, kr + r * ks, hd);
             }
         }
         for (int j = 0; j < per; j++) {
@@ -191,10 +302,12 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
         }
         for (int64_t b0 = 0; b0 < count; b0 += ATTN_BLOCK) {
             const int64_t len = count - b0 < ATTN_BLOCK ? count - b0 : ATTN_BLOCK;
+            int64_t vs, rv, vcap;
+            const float *vr = kv_rows(m->v_type, c->vc, c->v_stride, (r0 + b0) % c->cap, c->cap,
+                                      len, (int64_t)g * hd, hd, vbuf, &vs, &rv, &vcap);
             for (int j = 0; j < per; j++)
-                weighted_rows_acc(c->out + (i * nh + h0 + j) * hd, p + j * count + b0,
-                                  c->vc + g * hd, c->stride, (r0 + b0) % c->cap, c->cap, len, hd,
-                                  b0 == 0);
+                weighted_rows_acc(c->out + (i * nh + h0 + j) * hd, p + j * count + b0, vr, vs, rv,
+                                  vcap, len, hd, b0 == 0);
         }
     }
     free(p);
@@ -372,6 +485,11 @@ static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
         m->rope_dim > m->head_dim || m->rope_dim % 2 || m->n_rope < 0 ||
         (m->act != EDGERT_ACT_SILU && m->act != EDGERT_ACT_GELU_TANH))
         return 0;
+    /* a quantized cache's blocks lie within one head; a float one's rows are float-aligned */
+    for (int j = 0; j < 2; j++) {
+        const int32_t t = j ? m->v_type : m->k_type;
+        if (edgert_kv_row_bytes(t, m->head_dim) < 0) return 0;
+    }
     const int64_t qd = (int64_t)m->n_heads * m->head_dim, kd = (int64_t)m->n_kv_heads * m->head_dim;
     for (int l = 0; l < m->n_layers; l++) {
         const edgert_layer *L = &m->layers[l];
@@ -385,7 +503,9 @@ static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
         }
         if (L->sparse && !valid_sparse(L->sparse, m->dim)) return 0;
         if (L->moe && (L->sparse || !valid_moe(L->moe, m->dim))) return 0;
-        if (!L->attn_norm || !L->ffn_norm || !L->k_cache || !L->v_cache || L->kv_stride < kd)
+        if (!L->attn_norm || !L->ffn_norm || !L->k_cache || !L->v_cache ||
+            L->k_stride < edgert_kv_row_bytes(m->k_type, kd) ||
+            L->v_stride < edgert_kv_row_bytes(m->v_type, kd))
             return 0;
         if (L->rope >= m->n_rope || (L->rope >= 0 && m->rope_dim == 0) || L->window < 0) return 0;
         const int64_t need = L->window && L->window + n - 1 < pos + n ? L->window + n - 1 : pos + n;
@@ -415,8 +535,8 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
     int rc = 0;
     for (int l = 0; l < m->n_layers && !rc; l++) {
         const edgert_layer *L = &m->layers[l];
-        float *kc = L->k_cache, *vc = L->v_cache;
-        const int64_t stride = L->kv_stride, cap = L->kv_cap;
+        uint8_t *kc = L->k_cache, *vc = L->v_cache;
+        const int64_t cap = L->kv_cap;
         for (int64_t i = 0; i < n; i++) rms_norm(xn + i * d, x + i * d, L->attn_norm, d, m->rms_eps);
         {
             const edgert_weight *w[3] = {&L->wq, &L->wk, &L->wv};
@@ -443,8 +563,8 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
                 rope(qi, m->n_heads, (int)hd, m->rope_dim, m->rope_neox, cs, sn);
                 rope(ki, m->n_kv_heads, (int)hd, m->rope_dim, m->rope_neox, cs, sn);
             }
-            memcpy(kc + ((pos + i) % cap) * stride, ki, (size_t)kd * sizeof(float));
-            memcpy(vc + ((pos + i) % cap) * stride, vi, (size_t)kd * sizeof(float));
+            kv_store(m->k_type, kc + ((pos + i) % cap) * L->k_stride, ki, kd);
+            kv_store(m->v_type, vc + ((pos + i) % cap) * L->v_stride, vi, kd);
         }
         const int64_t work =
             n * m->n_heads * (L->window && L->window < pos + n ? L->window : pos + n) * hd;
@@ -454,7 +574,7 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
         const int per = n * m->n_kv_heads >= 2 * att_threads || att_threads == 1
                             ? m->n_heads / m->n_kv_heads
                             : 1;
-        attn_ctx ac = {m, q, att, kc, vc, stride, cap, pos, L->window, per, 0};
+        attn_ctx ac = {m, q, att, kc, vc, L->k_stride, L->v_stride, cap, pos, L->window, per, 0};
         edgert_parallel_for(n * (m->n_heads / per), att_threads, attn_items, &ac);
         if (ac.failed) rc = -2;
         linear(&L->wo, att, n, o, threads);

@@ -76,6 +76,28 @@ static inline float h2f(uint16_t h) {
     return f;
 }
 
+/* x rounded to an integer, ties to even, for |x| < 2^22 (no libm: Android builds link none) */
+static inline float round_even(float x) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23: the sum's ulp is 1 */
+    return (x + magic) - magic;
+}
+
+/* ---- float32 -> float16, rounded to nearest, ties to even (numpy's float16 cast) -------- */
+static inline uint16_t f2h(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    const uint32_t sign = (x >> 16) & 0x8000u, a = x & 0x7fffffffu;
+    if (a >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (a > 0x7f800000u ? 0x200u : 0u));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* 65520 and up: infinity */
+    if (a < 0x38800000u) {                                    /* below 2^-14: subnormal */
+        float v;
+        memcpy(&v, &a, 4);
+        return (uint16_t)(sign | (uint32_t)round_even(v * 16777216.0f)); /* units of 2^-24 */
+    }
+    /* rebias the exponent (127 -> 15) and round the 13 dropped bits to even */
+    return (uint16_t)(sign | ((a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13));
+}
+
 /* ---- a LUT GEMM's shape and the functions that compute it --------------------------------- */
 typedef struct {
     int64_t k, kpad, k4, groups;

@@ -241,6 +241,18 @@ static inline void exp_array(float *y, const float *x, int64_t n) {
 /* (sum over neurons j of h_j * scale * (q_j - zero) = scale * (sum h_j q_j - zero * sum h_j): the
  * down columns of one group of neurons, which share its scales and zeros; h = 1 and y = 0
  * dequantize one column) */
+/* o (n,) = the float16 values h (exact) */
+static inline void h2f_row(float *o, const uint16_t *h, int64_t n) {
+    int64_t i = 0;
+#if defined(EDGERT_AVX2)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(o + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#elif defined(EDGERT_NEON)
+    for (; i + 4 <= n; i += 4) vst1q_f32(o + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + i))));
+#endif
+    for (; i < n; i++) o[i] = h2f(h[i]);
+}
+
 static inline void affine_acc_ref(float *y, const uint16_t *scale, const uint16_t *zero,
                                   const float *acc, float h, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += h2f(scale[i]) * (acc[i] - h2f(zero[i]) * h);

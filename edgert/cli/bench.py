@@ -28,9 +28,10 @@ def add_arguments(p) -> None:
         "--warmup", type=int, default=3, help="untimed inferences before timing (ONNX; 3)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    from edgert.cli.common import add_dram_budget
+    from edgert.cli.common import add_dram_budget, add_kv_cache
 
     add_dram_budget(p)
+    add_kv_cache(p)
     p.add_argument(
         "--emulate",
         default=None,
@@ -70,6 +71,10 @@ def run(args) -> int:
 
     path = resolve_model(args.model)
     if args.emulate:
+        if args.kv_cache:
+            from edgert.errors import EdgertError
+
+            raise EdgertError("--kv-cache is not taken with --emulate", "bench without --emulate")
         r = _bench_emulated(args, path, threads)
     else:
         r, engine = bench_model(
@@ -81,6 +86,7 @@ def run(args) -> int:
             dram_budget=dram_budget(args),
             experts=expert_options(args),
             ffn=_ffn_options(args),
+            kv_cache=args.kv_cache,
         )
         plan = getattr(engine, "dram_plan", None)
         if plan is not None:  # layer, expert and sparse plans

@@ -40,6 +40,14 @@ def add_dram_budget(p, *, experts: bool = True) -> None:
     add_ffn_options(p)
 
 
+def add_kv_cache(p) -> None:
+    p.add_argument(
+        "--kv-cache", default=None, metavar="TYPE",
+        help="how the KV cache holds keys and values: f32, f16, q8 or q4 (blocks of 32 values "
+        "of a head with float16 scales), or KEYS,VALUES such as q8,q4 (default: f32)",
+    )  # fmt: skip
+
+
 def add_ffn_options(p) -> None:
     """FFN sparsity (artifacts compiled with --sparse-ffn)."""
     p.add_argument(

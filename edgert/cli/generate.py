@@ -21,9 +21,10 @@ def add_arguments(p) -> None:
         "--ctx", type=int, default=None, help="context length (default: model's, max 4096)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
-    from edgert.cli.common import add_dram_budget
+    from edgert.cli.common import add_dram_budget, add_kv_cache
 
     add_dram_budget(p)
+    add_kv_cache(p)
 
 
 def run(args) -> int:
@@ -38,6 +39,7 @@ def run(args) -> int:
         dram_budget=dram_budget(args),
         experts=expert_options(args),
         ffn=ffn_options(args),
+        kv_cache=args.kv_cache,
     )
     prompt = args.prompt
     if args.chat:

@@ -11,9 +11,10 @@ def add_arguments(p) -> None:
     p.add_argument("-c", "--ctx", type=int, default=512, help="tokens per chunk (512)")
     p.add_argument("--chunks", type=int, default=None, help="evaluate at most this many chunks")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    from edgert.cli.common import add_dram_budget
+    from edgert.cli.common import add_dram_budget, add_kv_cache
 
     add_dram_budget(p, experts=False)
+    add_kv_cache(p)
 
 
 def run(args) -> int:
@@ -35,6 +36,7 @@ def run(args) -> int:
         max_ctx=args.ctx,
         dram_budget=dram_budget(args),
         ffn=ffn_options(args),
+        kv_cache=args.kv_cache,
     )
     tok = engine.tokenizer
     tokens = tok.encode(text)
@@ -57,7 +59,7 @@ def run(args) -> int:
     stats = getattr(engine, "stream_stats", None)
     if args.json:
         extra = {"stream": stats.to_dict()} if stats is not None else {}
-        print_json({**res.to_dict(), "tokens": len(tokens), **extra})
+        print_json({**res.to_dict(), "tokens": len(tokens), "kv_cache": engine.kv_cache, **extra})
     else:
         print(
             f"ppl = {res.ppl:.4f} over {res.scored} scored tokens "

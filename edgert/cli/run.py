@@ -43,9 +43,10 @@ def add_arguments(p) -> None:
         "--accept-new-host-key", action="store_true", help="trust an unknown SSH host key"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    from edgert.cli.common import add_dram_budget
+    from edgert.cli.common import add_dram_budget, add_kv_cache
 
     add_dram_budget(p)
+    add_kv_cache(p)
 
 
 def run(args) -> int:
@@ -139,7 +140,8 @@ def _run_remote(args, *, dnn: bool) -> int:
 
         # the same budget and options as a run on this machine
         dev.load(name, local=args.artifact, ctx=args.ctx, dram_budget=dram_budget(args),
-                 experts=expert_options(args), ffn=ffn_options(args))  # fmt: skip
+                 experts=expert_options(args), ffn=ffn_options(args),
+                 kv_cache=args.kv_cache)  # fmt: skip
         if not args.json:
             sys.stdout.write(args.prompt)
         smp = _sampler(args)
@@ -235,6 +237,7 @@ def _run_llm(args) -> int:
         dram_budget=dram_budget(args),
         experts=expert_options(args),
         ffn=ffn_options(args),
+        kv_cache=args.kv_cache,
     )
     if not args.json:
         sys.stdout.write(args.prompt)

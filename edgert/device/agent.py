@@ -7,8 +7,9 @@ Actions (``REQUEST`` header ``{"id": N, "action": NAME, "args": {...}}``; the an
 - ``device.info``: CPU model and features, cores, DRAM total/free, storage, temperature and
   frequency governor where the device exposes them, machine, Python and edgert versions.
 - ``artifact.list`` / ``artifact.load`` / ``artifact.unload``: artifacts under ``ROOT/artifacts``.
-  ``artifact.load`` takes ``ctx``, ``dram_budget`` (bytes; 0: none), ``experts`` and ``ffn``
-  (the options of ``edgert run``): the engine runs within that budget, streaming from flash.
+  ``artifact.load`` takes ``ctx``, ``dram_budget`` (bytes; 0: none), ``experts``, ``ffn`` and
+  ``kv_cache`` (the options of ``edgert run``): the engine runs within that budget, streaming
+  from flash.
 - ``run.generate``: a language-model artifact on a prompt; one EVENT per piece of text.
 - ``run.infer``: a compiled ONNX model on the arrays of an ``.npz`` payload; outputs as ``.npz``.
 - ``run.bench``: ``edgert bench`` figures for a deployed artifact.
@@ -228,6 +229,9 @@ FFN = Obj(
     },
     null=True,
 )
+#: --kv-cache as `edgert run` takes it (its types checked when the artifact loads)
+KV_CACHE = Str("a KV cache type, or KEYS,VALUES", re.compile(r"^[a-z0-9]{2,4}(,[a-z0-9]{2,4})?$"),
+               null=True)  # fmt: skip
 SCHEMAS: dict[str, Schema] = {
     "device.info": Schema(),
     "artifact.list": Schema(),
@@ -238,6 +242,7 @@ SCHEMAS: dict[str, Schema] = {
             "dram_budget": DRAM_BUDGET,
             "experts": EXPERTS,
             "ffn": FFN,
+            "kv_cache": KV_CACHE,
         }
     ),
     "artifact.unload": Schema({"name": NAME}),
@@ -618,7 +623,8 @@ def _load(agent: Agent, rid, args, payload):
         from edgert.runtime.open import open_artifact_engine
 
         budget = args.get("dram_budget")  # bytes; 0: none; absent: the compiled budget
-        opts = {k: args.get(k) for k in ("experts", "ffn")}  # as `edgert run` takes them
+        # as `edgert run` takes them
+        opts = {k: args.get(k) for k in ("experts", "ffn", "kv_cache")}
         agent.loaded[name] = open_artifact_engine(
             path, max_ctx=args.get("ctx"), dram_budget=budget, **opts
         )

@@ -216,6 +216,7 @@ def bench_model(
     dram_budget: int | None = None,
     experts: dict | None = None,
     ffn: dict | None = None,
+    kv_cache: str | None = None,
 ):
     """Open a model file or artifact (the opening timed as load) and :func:`bench` it.
     Returns ``(result, engine)``."""
@@ -235,8 +236,9 @@ def bench_model(
     baseline = rss_bytes()
     t0 = time.perf_counter()
     engine = open_engine(
-        p, max_ctx=n_prompt + n_gen + 16, dram_budget=dram_budget, experts=experts, ffn=ffn
-    )
+        p, max_ctx=n_prompt + n_gen + 16, dram_budget=dram_budget, experts=experts, ffn=ffn,
+        kv_cache=kv_cache,
+    )  # fmt: skip
     load_s = time.perf_counter() - t0
     if is_art:
         art = engine.source.art

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from edgert.errors import EdgertError
+from edgert.format.kvcache import DEFAULT as DEFAULT_KV
 from edgert.format.spans import layer_spans, span_names
-from edgert.plan.sizes import READ_CHUNK, fixed_memory, fmt_size
+from edgert.plan.sizes import BUDGET_HINT, READ_CHUNK, BudgetError, fixed_memory, fmt_size
 
 
 @dataclass
@@ -87,12 +87,15 @@ def plan_dram(
     n_batch: int | None = None,
     slots: int = 2,
     chunk: int = READ_CHUNK,
+    kv=DEFAULT_KV,
 ) -> DramPlan:
     """Stream the fewest layers that make the budget (spread evenly over the depth, so reads
     overlap resident layers' compute); refuse a budget below the minimum (every layer streamed).
     Under a budget, prompts run :data:`BUDGET_BATCH` tokens per call."""
     spans = layer_spans(art, cfg.n_layers)
-    f = fixed_memory(art, cfg, span_names(spans), max_ctx=max_ctx, budget=budget, n_batch=n_batch)
+    f = fixed_memory(
+        art, cfg, span_names(spans), max_ctx=max_ctx, budget=budget, n_batch=n_batch, kv=kv
+    )
     never, kv, scratch, fixed = f.never, f.kv, f.scratch, f.total
     sizes = [s.nbytes for s in spans]
     minimum = fixed + slots * max(sizes)
@@ -102,12 +105,12 @@ def plan_dram(
     if budget is None or fixed + sum(sizes) <= budget:
         return plan
     if budget < minimum:
-        raise EdgertError(
+        raise BudgetError(
             f"--dram-budget {fmt_size(budget)} is below the minimum this artifact needs: "
             f"{fmt_size(minimum)} (tensors that never stream {fmt_size(never)}, KV cache for "
             f"{max_ctx} tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, {slots} staging "
             f"buffers of {fmt_size(max(sizes))})",
-            "raise the budget, or lower the context with --ctx",
+            BUDGET_HINT,
         )
     n = cfg.n_layers
     for k in range(1, n + 1):

@@ -24,9 +24,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from edgert.errors import EdgertError
+from edgert.format.kvcache import DEFAULT as DEFAULT_KV
 from edgert.format.routing import route
 from edgert.format.spans import expert_spans, span_names
-from edgert.plan.sizes import READ_CHUNK, fixed_memory, fmt_size
+from edgert.plan.sizes import BUDGET_HINT, READ_CHUNK, BudgetError, fixed_memory, fmt_size
 from edgert.plan.stats import PREDICTORS, ExpertStats
 
 POLICIES = ("lru", "lfu")
@@ -134,6 +135,7 @@ def plan_moe(
     n_batch: int | None = None,
     cache: dict | None = None,
     trace: dict | None = None,
+    kv=DEFAULT_KV,
 ) -> MoePlan:
     """How many experts ``budget`` caches; refuses a budget below the minimum (two layers' active
     experts). Under a budget, prompts run :data:`edgert.plan.sizes.BUDGET_BATCH` tokens per call.
@@ -141,7 +143,13 @@ def plan_moe(
     through an :class:`ExpertPolicy` with ``cache``'s options for the expected hits and reads."""
     spans = expert_spans(art, cfg)
     f = fixed_memory(
-        art, cfg, span_names(spans.values()), max_ctx=max_ctx, budget=budget, n_batch=n_batch
+        art,
+        cfg,
+        span_names(spans.values()),
+        max_ctx=max_ctx,
+        budget=budget,
+        n_batch=n_batch,
+        kv=kv,
     )
     never, kv, scratch, fixed = f.never, f.kv, f.scratch, f.total
     size = max(s.nbytes for s in spans.values())
@@ -157,12 +165,12 @@ def plan_moe(
     if budget is None or fixed + n * size <= budget:
         return MoePlan(budget, fixed, kv, scratch, size, n, n, minimum, chunk, **shape)
     if budget < minimum:
-        raise EdgertError(
+        raise BudgetError(
             f"--dram-budget {fmt_size(budget)} is below the minimum this artifact needs: "
             f"{fmt_size(minimum)} (tensors other than experts {fmt_size(never)}, KV cache for "
             f"{max_ctx} tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, "
             f"{2 * cfg.n_experts_used} experts of {fmt_size(size)}: this layer's and the next's)",
-            "raise the budget, or lower the context with --ctx",
+            BUDGET_HINT,
         )
     slots = (budget - fixed) // size
     plan = MoePlan(budget, fixed, kv, scratch, size, n, slots, minimum, chunk, **shape)
@@ -230,7 +238,7 @@ class ExpertPolicy:
     # -- reads: none here ----------------------------------------------------------------------
     def _submit(self, key: tuple[int, int]):
         """Start reading expert ``key``; its handle (None: read)."""
-        return None
+        return
 
     def _cancel(self, handle) -> bool:
         """Withdraw a read not started yet; whether it was withdrawn."""

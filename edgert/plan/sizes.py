@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from edgert.errors import EdgertError
-from edgert.format import names
+from edgert.format import kvcache, names
 
 #: prefill rows per kernel call (the C forward pass runs longer prompts in several calls)
 MAX_BATCH = 512
@@ -79,10 +79,23 @@ def kv_positions(cfg, layer: int, max_ctx: int, batch: int = MAX_BATCH) -> int:
     return min(max_ctx, w + batch - 1) if w else max_ctx
 
 
-def kv_cache_bytes(cfg, max_ctx: int, batch: int = MAX_BATCH) -> int:
-    """The float32 K and V caches of every layer for ``max_ctx`` tokens, ``batch`` per call."""
-    row = 2 * cfg.n_kv_heads * cfg.head_dim * 4
+def kv_cache_bytes(cfg, max_ctx: int, batch: int = MAX_BATCH, kv=kvcache.DEFAULT) -> int:
+    """The K and V caches of every layer for ``max_ctx`` tokens, ``batch`` per call, held as
+    ``kv`` (keys, values: edgert.format.kvcache types)."""
+    n = cfg.n_kv_heads * cfg.head_dim
+    row = sum(kvcache.row_bytes(t, n) for t in kv)
     return row * sum(kv_positions(cfg, i, max_ctx, batch) for i in range(cfg.n_layers))
+
+
+class BudgetError(EdgertError):
+    """A DRAM budget below what a plan needs at the least."""
+
+
+#: a budget hint shared by the plans' refusals
+BUDGET_HINT = (
+    "raise the budget, lower the context with --ctx, or keep the KV cache in fewer bytes "
+    "(--kv-cache f16, q8 or q4)"
+)
 
 
 def resident_besides(art, tensors, *, sparse: bool = False) -> dict[str, int]:
@@ -128,6 +141,8 @@ class Fixed:
     kv: int
     scratch: int
     batch: int
+    #: the KV cache's types (keys, values)
+    kv_types: tuple[str, str] = kvcache.DEFAULT
 
     @property
     def total(self) -> int:
@@ -143,15 +158,17 @@ def fixed_memory(
     budget: int | None,
     n_batch: int | None = None,
     sparse: bool = False,
+    kv=kvcache.DEFAULT,
 ) -> Fixed:
     """:class:`Fixed` for a plan that streams the tensors named in ``streamed`` (``sparse``: the
-    FFN on neuron bundles, whose index it loads)."""
+    FFN on neuron bundles, whose index it loads), its KV cache held as ``kv``."""
     resident = resident_besides(art, streamed, sparse=sparse)
     batch = budget_batch(budget, n_batch)
     return Fixed(
         never=sum(resident.values()),
         touched=touched_per_step(art, resident),
-        kv=kv_cache_bytes(cfg, max_ctx, batch),
+        kv=kv_cache_bytes(cfg, max_ctx, batch, kv),
         scratch=scratch_bytes(cfg, batch),
         batch=batch,
+        kv_types=tuple(kv),
     )

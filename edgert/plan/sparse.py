@@ -21,8 +21,9 @@ from edgert.errors import EdgertError
 from edgert.format import names
 from edgert.format.artifact import PAGE
 from edgert.format.bundles import SparseSpec
+from edgert.format.kvcache import DEFAULT as DEFAULT_KV
 from edgert.plan.moe import TRACE_WARMUP
-from edgert.plan.sizes import READ_CHUNK, fixed_memory, fmt_size
+from edgert.plan.sizes import BUDGET_HINT, READ_CHUNK, BudgetError, fixed_memory, fmt_size
 from edgert.plan.stats import SparseStats
 
 
@@ -133,6 +134,7 @@ def plan_sparse(
     chunk: int = READ_CHUNK,
     gap_bytes: int = 0,
     trace: dict | None = None,
+    kv=DEFAULT_KV,
 ) -> SparsePlan:
     """The window cache the budget leaves room for; refuse a budget below the minimum (no cache).
     With ``trace`` (``levels``: the artifact's activity trace, ``order``: its bundles' file order
@@ -141,7 +143,9 @@ def plan_sparse(
     spec = SparseSpec.of(art)
     spec.thresholds_for(sparsity)
     ffn = ffn_tensors(cfg)
-    f = fixed_memory(art, cfg, ffn, max_ctx=max_ctx, budget=budget, n_batch=n_batch, sparse=True)
+    f = fixed_memory(
+        art, cfg, ffn, max_ctx=max_ctx, budget=budget, n_batch=n_batch, sparse=True, kv=kv
+    )
     never, touched, kv, scratch, batch = f.never, f.touched, f.kv, f.scratch, f.batch
     B = spec.fmt.nbytes
     staging = _layer_pages(cfg.ffn_dim, B) * PAGE
@@ -154,11 +158,11 @@ def plan_sparse(
         max_ctx, dense, touched, batch, cfg.n_layers, chunk, int(gap_bytes),
     )  # fmt: skip
     if budget and budget < fixed:
-        raise EdgertError(
+        raise BudgetError(
             f"--dram-budget {fmt_size(budget)} is below the minimum for --sparsity: "
             f"{fmt_size(fixed)} (resident tensors {fmt_size(never)}, KV cache for {max_ctx} "
             f"tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, staging {fmt_size(staging)})",
-            "raise the budget, or lower the context with --ctx",
+            BUDGET_HINT,
         )
     if trace is not None:
         plan.replayed = replay_activity(art, cfg, plan, trace["levels"], trace["order"])

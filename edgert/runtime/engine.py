@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 from edgert.errors import EdgertError
-from edgert.format import names
+from edgert.format import kvcache, names
 from edgert.format.model import ModelConfig
 from edgert.plan.sizes import MAX_BATCH
 from edgert.runtime import rope
@@ -81,6 +81,7 @@ class CompiledEngine:
         max_ctx: int = 2048,
         head_name: str | None = None,
         batch: int = MAX_BATCH,
+        kv: tuple[str, str] = kvcache.DEFAULT,
     ):
         self.cfg = config
         self.source = source
@@ -92,8 +93,10 @@ class CompiledEngine:
         self.batch = int(batch)
         #: the C forward pass over this model's weights, and its KV cache
         self.native = NativeForward.load(
-            lib_path, config, source.weight, self.head_name, self.max_ctx, self.batch
+            lib_path, config, source.weight, self.head_name, self.max_ctx, self.batch, kv
         )
+        #: how the cache holds keys and values (edgert.format.kvcache), as --kv-cache writes it
+        self.kv_cache = kvcache.name(kv)
         if self.native is None:
             raise EdgertError(
                 f"{lib_path} has no forward pass this edgert can call",

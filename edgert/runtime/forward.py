@@ -15,7 +15,7 @@ import ctypes
 import numpy as np
 
 from edgert.errors import EdgertError
-from edgert.format import names
+from edgert.format import kvcache, names
 from edgert.format.model import ModelConfig
 from edgert.plan.sizes import MAX_BATCH, kv_positions
 from edgert.runtime import rope
@@ -50,7 +50,7 @@ _VECS = (
 
 
 #: edgert_forward_abi() of modules whose structs match these
-FORWARD_ABI = 6
+FORWARD_ABI = 7
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 ROUTE_PROBS, ROUTE_NORM, ROUTE_UNIT = 0, 1, 2
 
@@ -104,7 +104,8 @@ class _Layer(ctypes.Structure):
         [(p, _Weight) for p in _PROJ]
         + [(v, _P) for v in _VECS]
         + [("sparse", ctypes.POINTER(_Sparse)), ("moe", ctypes.POINTER(_Moe))]
-        + [("k_cache", _P), ("v_cache", _P), ("kv_stride", _I64), ("kv_cap", _I64)]
+        + [("k_cache", _P), ("v_cache", _P), ("k_stride", _I64), ("v_stride", _I64)]
+        + [("kv_cap", _I64)]
         + [("rope", _I32), ("window", _I32)]
     )
 
@@ -122,6 +123,8 @@ class _Model(ctypes.Structure):
         ("n_rope", _I32),
         ("qk_norm_head", _I32),
         ("act", _I32),
+        ("k_type", _I32),
+        ("v_type", _I32),
         ("max_ctx", _I64),
         ("rms_eps", ctypes.c_float),
         ("attn_scale", ctypes.c_float),
@@ -162,8 +165,9 @@ class NativeForward:
     :meth:`edgert.runtime.engine.ArtifactSource.weight`)."""
 
     def __init__(
-        self, fn, cfg: ModelConfig, weight, head_name: str, max_ctx: int, batch: int = MAX_BATCH
-    ):
+        self, fn, cfg: ModelConfig, weight, head_name: str, max_ctx: int, batch: int = MAX_BATCH,
+        kv: tuple[str, str] = kvcache.DEFAULT,
+    ):  # fmt: skip
         self._fn = fn
         # layer by layer, on 4 KiB pages held as written: a run at position p holds p positions
         # of each layer, not max_ctx (SmolLM2 decode at 1 / 2 threads, 10 rounds: 111 / 150
@@ -171,9 +175,14 @@ class NativeForward:
         # A sliding-window layer holds a ring of its window and one call's tokens.
         self.batch = int(batch)
         caps = [kv_positions(cfg, i, int(max_ctx), self.batch) for i in range(cfg.n_layers)]
+        # each position's row of n_kv_heads * head_dim values in the cache's types
+        # (edgert.format.kvcache), as bytes
+        kvcache.check_heads(kv, cfg.head_dim)
+        self.kv = kv
         row = cfg.n_kv_heads * cfg.head_dim
-        self.k_cache = k_cache = zeros((sum(caps), row))
-        self.v_cache = v_cache = zeros((sum(caps), row))
+        k_row, v_row = (kvcache.row_bytes(t, row) for t in kv)
+        self.k_cache = k_cache = zeros((sum(caps), k_row), np.uint8)
+        self.v_cache = v_cache = zeros((sum(caps), v_row), np.uint8)
         starts = np.concatenate([[0], np.cumsum(caps)])
         self._keep: list[np.ndarray] = []
         #: (format, meta) of each layer's projections, for weights swapped in per step
@@ -212,7 +221,7 @@ class NativeForward:
                 layers[i].post_ffn_norm = self._vec(weight(names.post_ffn_norm(i)))
             layers[i].k_cache = k_cache[starts[i]].ctypes.data
             layers[i].v_cache = v_cache[starts[i]].ctypes.data
-            layers[i].kv_stride = row
+            layers[i].k_stride, layers[i].v_stride = k_row, v_row
             layers[i].kv_cap = caps[i]
             layers[i].rope = ropes[i]
             layers[i].window = c.window(i)
@@ -229,6 +238,8 @@ class NativeForward:
             n_rope=len(rope.KINDS),
             qk_norm_head=int(c.qk_norm_per_head),
             act=ACTIVATIONS[c.activation],
+            k_type=kvcache.TYPES[kv[0]],
+            v_type=kvcache.TYPES[kv[1]],
             max_ctx=int(max_ctx),
             rms_eps=c.rms_eps,
             attn_scale=c.attn_scale,
@@ -312,14 +323,14 @@ class NativeForward:
     @classmethod
     def load(
         cls, lib_path: str, cfg: ModelConfig, weight, head_name, max_ctx: int,
-        batch: int = MAX_BATCH,
+        batch: int = MAX_BATCH, kv: tuple[str, str] = kvcache.DEFAULT,
     ):  # fmt: skip
         """The fast path for this model, or None where it does not apply (a module compiled
         before the C forward pass, or before this layout of its structs)."""
         fn = _symbol(lib_path)
         if fn is None:
             return None
-        return cls(fn, cfg, weight, head_name, max_ctx, batch)
+        return cls(fn, cfg, weight, head_name, max_ctx, batch, kv)
 
     def _hold(self, a: np.ndarray) -> int:
         if not a.flags.c_contiguous:

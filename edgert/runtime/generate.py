@@ -63,6 +63,8 @@ class GenerateResult:
         """The result; with ``engine``, also its DRAM plan and what it read from flash (where it
         runs under a budget)."""
         d = asdict(self)
+        if getattr(engine, "kv_cache", None):
+            d["kv_cache"] = engine.kv_cache
         plan = getattr(engine, "dram_plan", None)
         if plan is not None:
             stats = getattr(engine, "stream_stats", None)

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgert.errors import EdgertError
-from edgert.format import names
+from edgert.format import kvcache, names
+from edgert.format.kvcache import DEFAULT as DEFAULT_KV
 from edgert.runtime.cpu import cpu_features
 from edgert.settings import init_threads
 
@@ -23,6 +24,7 @@ def open_artifact_engine(
     dram_budget: int | None = None,
     experts: dict | None = None,
     ffn: dict | None = None,
+    kv_cache: str | None = None,
 ):
     """Load an artifact (schema, target and resident checksums verified) as a
     :class:`~edgert.runtime.engine.CompiledEngine`.
@@ -33,7 +35,9 @@ def open_artifact_engine(
     (edgert.runtime.experts); ``experts``: the cache's options (``policy``, ``predictor``,
     ``prefetch``). ``ffn``: ``sparsity`` (one the artifact was calibrated for; None: dense) and
     ``window`` (tokens a neuron stays cached idle; 0: as long as the budget allows) run a dense
-    model's FFN on its active neurons, their bundles read from flash (edgert.runtime.neurons)."""
+    model's FFN on its active neurons, their bundles read from flash (edgert.runtime.neurons).
+    ``kv_cache``: how the KV cache holds keys and values (edgert.format.kvcache: ``q8``,
+    ``q8,q4`` ...); None: as compiled for the budget, else float32."""
     from edgert.format.artifact import Artifact
     from edgert.plan.sizes import MAX_BATCH
     from edgert.plan.sparse import ffn_tensors
@@ -62,31 +66,46 @@ def open_artifact_engine(
             f"--ctx {max_ctx}: this model's context is {cfg.context_length} tokens",
             f"use --ctx 1..{cfg.context_length}",
         )
-    dram = moe = sparse = None
-    streamed: set[str] = set()
     sparsity = (ffn or {}).get("sparsity")
-    if sparsity is not None:
-        if cfg.is_moe:
-            raise EdgertError(
-                "--sparsity runs dense models (a mixture of experts streams its experts)",
-                "run it without --sparsity",
+    if sparsity is not None and cfg.is_moe:
+        raise EdgertError(
+            "--sparsity runs dense models (a mixture of experts streams its experts)",
+            "run it without --sparsity",
+        )
+
+    def plans(kv):
+        """(dram, moe, sparse, streamed) with the KV cache held as ``kv``."""
+        dram = moe = sparse = None
+        streamed: set[str] = set()
+        if sparsity is not None:
+            sparse = sparse_plan(
+                art, cfg, max_ctx=max_ctx, budget=int(dram_budget or 0) or None,
+                sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0),
+                gap_bytes=(ffn or {}).get("gap_bytes"), kv=kv,
+            )  # fmt: skip
+            streamed = ffn_tensors(cfg)
+        elif dram_budget and cfg.is_moe:
+            moe = moe_plan(
+                art, cfg, max_ctx=max_ctx, budget=int(dram_budget), experts=experts, kv=kv
             )
-        sparse = sparse_plan(
-            art, cfg, max_ctx=max_ctx, budget=int(dram_budget or 0) or None,
-            sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0),
-            gap_bytes=(ffn or {}).get("gap_bytes"),
-        )  # fmt: skip
-        streamed = ffn_tensors(cfg)
-    elif dram_budget and cfg.is_moe:
-        moe = moe_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), experts=experts)
-        if moe.streams:
-            streamed = {
-                n for i in range(cfg.n_layers) for e in range(cfg.n_experts)
-                for n in names.expert_tensors(i, e)
-            }  # fmt: skip
-    elif dram_budget:
-        dram = dense_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget))
-        streamed = {names.weight(i, p) for i in dram.streamed for p in names.PROJECTIONS}
+            if moe.streams:
+                streamed = {
+                    n for i in range(cfg.n_layers) for e in range(cfg.n_experts)
+                    for n in names.expert_tensors(i, e)
+                }  # fmt: skip
+        elif dram_budget:
+            dram = dense_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), kv=kv)
+            streamed = {names.weight(i, p) for i in dram.streamed for p in names.PROJECTIONS}
+        return dram, moe, sparse, streamed
+
+    # the cache's types: as asked, else as compiled with this budget, else float32 (a plan
+    # refused for its budget names --kv-cache)
+    kv = kvcache.parse(kv_cache) if kv_cache else None
+    if kv is None and compiled and compiled.get("kv_cache") and dram_budget == compiled["budget"]:
+        kv = kvcache.parse(compiled["kv_cache"])
+    kv = kv or kvcache.DEFAULT
+    kvcache.check_heads(kv, cfg.head_dim)
+    dram, moe, sparse, streamed = plans(kv)
     engine = CompiledEngine(
         str(art.library("model")),
         cfg,
@@ -95,6 +114,7 @@ def open_artifact_engine(
         max_ctx=max_ctx,
         head_name=plan.get("head"),
         batch=getattr(dram or moe or sparse, "batch", 0) or MAX_BATCH,
+        kv=kv,
     )
     engine.dram_plan = dram or moe or sparse
     if sparse is not None:
@@ -118,17 +138,22 @@ def open_artifact_engine(
     return engine
 
 
-def dense_plan(art, cfg, *, max_ctx: int, budget: int | None):
+def dense_plan(art, cfg, *, max_ctx: int, budget: int | None, kv=None):
     """A dense model's DRAM plan for ``budget`` (edgert.plan.dram), read sizes from the flash of
     the artifact's target."""
     from edgert.format.target import target_flash
     from edgert.plan.dram import plan_dram
     from edgert.plan.sizes import flash_chunk
 
-    return plan_dram(art, cfg, max_ctx=max_ctx, budget=budget, chunk=flash_chunk(target_flash(art)))
+    return plan_dram(
+        art, cfg, max_ctx=max_ctx, budget=budget, chunk=flash_chunk(target_flash(art)),
+        kv=kv or DEFAULT_KV,
+    )  # fmt: skip
 
 
-def moe_plan(art, cfg, *, max_ctx: int, budget: int | None, experts: dict | None = None):
+def moe_plan(
+    art, cfg, *, max_ctx: int, budget: int | None, experts: dict | None = None, kv=None
+):  # fmt: skip
     """A mixture's expert cache for ``budget`` (edgert.plan.moe), with the compiler's routing
     trace replayed through a cache of ``experts``' options."""
     from edgert.format.target import target_flash
@@ -137,13 +162,13 @@ def moe_plan(art, cfg, *, max_ctx: int, budget: int | None, experts: dict | None
 
     return plan_moe(
         art, cfg, max_ctx=max_ctx, budget=budget, chunk=flash_chunk(target_flash(art)),
-        cache=experts, trace=art.record(names.ROUTING_TRACE),
+        cache=experts, trace=art.record(names.ROUTING_TRACE), kv=kv or DEFAULT_KV,
     )  # fmt: skip
 
 
 def sparse_plan(
     art, cfg, *, max_ctx: int, budget: int | None, sparsity: float, window: int = 0,
-    gap_bytes: int | None = None,
+    gap_bytes: int | None = None, kv=None,
 ):  # fmt: skip
     """The window cache of ``--sparsity`` for ``budget`` (edgert.plan.sparse), with the
     compiler's activity trace replayed; ``gap_bytes``: the gap reads join across (None: what the
@@ -160,7 +185,7 @@ def sparse_plan(
     return plan_sparse(
         art, cfg, max_ctx=max_ctx, budget=budget, sparsity=sparsity, window=window,
         chunk=flash_chunk(flash), gap_bytes=flash_gap(flash) if gap_bytes is None else gap_bytes,
-        trace=trace,
+        trace=trace, kv=kv or DEFAULT_KV,
     )  # fmt: skip
 
 
@@ -171,9 +196,10 @@ def open_engine(
     dram_budget: int | None = None,
     experts: dict | None = None,
     ffn: dict | None = None,
+    kv_cache: str | None = None,
 ):
     """An artifact's CompiledEngine, or a ReferenceEngine over a GGUF file / HF directory;
-    ``dram_budget`` (bytes) applies to artifacts only."""
+    ``dram_budget`` (bytes) applies to artifacts only; ``kv_cache`` to both."""
     p = Path(path).expanduser()
     if not p.exists():
         raise EdgertError(
@@ -181,8 +207,9 @@ def open_engine(
         )
     if p.is_dir() and (p / "manifest.json").exists():
         return open_artifact_engine(
-            p, max_ctx=max_ctx, dram_budget=dram_budget, experts=experts, ffn=ffn
-        )
+            p, max_ctx=max_ctx, dram_budget=dram_budget, experts=experts, ffn=ffn,
+            kv_cache=kv_cache,
+        )  # fmt: skip
     if dram_budget or ffn:
         raise EdgertError(
             "--dram-budget and --sparsity apply to compiled artifacts",
@@ -198,4 +225,4 @@ def open_engine(
 
     model = load_model(p)
     model.materialize()
-    return ReferenceEngine(model, max_ctx=max_ctx)
+    return ReferenceEngine(model, max_ctx=max_ctx, kv_cache=kv_cache)

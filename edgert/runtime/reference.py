@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgert.errors import EdgertError
-from edgert.format import names
+from edgert.format import kvcache, names
 from edgert.format.model import ModelGraph
 from edgert.format.routing import route, softmax
 from edgert.runtime import rope
@@ -64,7 +64,10 @@ class ReferenceEngine:
     per sequence and returns one row of logits per sequence.
     """
 
-    def __init__(self, model: ModelGraph, *, max_ctx: int | None = None, batch: int = 1):
+    def __init__(
+        self, model: ModelGraph, *, max_ctx: int | None = None, batch: int = 1,
+        kv_cache: str | None = None,
+    ):  # fmt: skip
         self.model = model
         #: tensors used instead of the model's (e.g. a quantized copy while measuring sensitivity)
         self.overrides: dict[str, np.ndarray] = {}
@@ -77,6 +80,11 @@ class ReferenceEngine:
         shape = (c.n_layers, self.batch, self.max_ctx, c.n_kv_heads, c.head_dim)
         self.k_cache = np.zeros(shape, np.float32)
         self.v_cache = np.zeros(shape, np.float32)
+        #: how the cache holds keys and values (edgert.format.kvcache): stored values are
+        #: rounded as the C forward pass's cache rounds them
+        self.kv = kvcache.parse(kv_cache)
+        kvcache.check_heads(self.kv, c.head_dim)
+        self.kv_cache = kvcache.name(self.kv)
         self.pos = 0
         self.expert_counts = np.zeros((c.n_layers, max(c.n_experts, 1)), np.int64)
         #: the residual stream entering the FFN being run (what a recorder of FFNs reads)
@@ -124,8 +132,8 @@ class ReferenceEngine:
             out = self._batch_attention(i, q, k, v, group)
             return self._mm(out, names.weight(i, "attn_output"))
         t0, t1 = self.pos, self.pos + n
-        self.k_cache[i, 0, t0:t1] = k
-        self.v_cache[i, 0, t0:t1] = v
+        self.k_cache[i, 0, t0:t1] = self._stored(0, k)
+        self.v_cache[i, 0, t0:t1] = self._stored(1, v)
         keys, vals = self.k_cache[i, 0, :t1], self.v_cache[i, 0, :t1]  # (T, kv, hd)
         # q (n, kv, group, hd) x keys (T, kv, hd) -> scores (kv, group, n, T)
         qg = q.reshape(n, c.n_kv_heads, group, c.head_dim).transpose(1, 2, 0, 3)
@@ -141,6 +149,13 @@ class ReferenceEngine:
         out = out.transpose(2, 0, 1, 3).reshape(n, c.n_heads * c.head_dim)
         return self._mm(out, names.weight(i, "attn_output"))
 
+    def _stored(self, j: int, x: np.ndarray) -> np.ndarray:
+        """Keys (j = 0) or values (1) x (n, kv, hd) as the cache gives them back."""
+        kind = self.kv[j]
+        if kind == "f32":
+            return x
+        return kvcache.round_trip(kind, x.reshape(x.shape[0], -1)).reshape(x.shape)
+
     def _scale_scores(self, scores: np.ndarray) -> np.ndarray:
         c = self.cfg
         if c.attn_scale:
@@ -150,8 +165,8 @@ class ReferenceEngine:
     def _batch_attention(self, i: int, q, k, v, group: int) -> np.ndarray:
         """One new token of each of the ``batch`` sequences, all at position ``pos``."""
         c, t1 = self.cfg, self.pos + 1
-        self.k_cache[i, :, self.pos] = k
-        self.v_cache[i, :, self.pos] = v
+        self.k_cache[i, :, self.pos] = self._stored(0, k)
+        self.v_cache[i, :, self.pos] = self._stored(1, v)
         keys, vals = self.k_cache[i, :, :t1], self.v_cache[i, :, :t1]  # (B, T, kv, hd)
         qg = q.reshape(self.batch, c.n_kv_heads, group, c.head_dim)
         scores = self._scale_scores(np.einsum("bkgd,btkd->bkgt", qg, keys))

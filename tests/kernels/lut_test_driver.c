@@ -21,20 +21,6 @@ static uint64_t rnd(void) {
 }
 static float frand(void) { return (float)((rnd() >> 11) * (1.0 / 9007199254740992.0)) * 2.f - 1.f; }
 
-/* float -> float16 bits (round to nearest even; normal range only, enough for test scales) */
-static uint16_t f2h(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    uint32_t sign = (x >> 16) & 0x8000u;
-    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
-    uint32_t man = x & 0x7fffffu;
-    if (exp <= 0) return (uint16_t)sign;
-    uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13);
-    uint32_t rest = man & 0x1fffu;
-    if (rest > 0x1000u || (rest == 0x1000u && (h & 1))) h++;
-    return (uint16_t)h;
-}
-
 static int failures = 0, passes = 0;
 
 static void check(int ok, const char *what, int64_t m, int64_t k, int bits, int group, int fmt) {
@@ -270,9 +256,9 @@ static void forward_case(int neox, int gemma) {
     /* the layers' caches interleaved position by position (any stride will do) */
     float *kc = calloc(L * CTX * KV * HD, sizeof(float)), *vc = calloc(L * CTX * KV * HD, sizeof(float));
     for (int l = 0; l < L; l++) {
-        layers[l].k_cache = kc + l * KV * HD;
-        layers[l].v_cache = vc + l * KV * HD;
-        layers[l].kv_stride = L * KV * HD;
+        layers[l].k_cache = (uint8_t *)(kc + l * KV * HD);
+        layers[l].v_cache = (uint8_t *)(vc + l * KV * HD);
+        layers[l].k_stride = layers[l].v_stride = L * KV * HD * (int64_t)sizeof(float);
     }
     edgert_model m = {.n_layers = L, .dim = D, .n_heads = H, .n_kv_heads = KV, .head_dim = HD,
                       .ffn_dim = F, .rope_dim = 6, .rope_neox = neox, .n_rope = 1,
@@ -306,6 +292,13 @@ static void forward_case(int neox, int gemma) {
     check(edgert_forward(&m, x, 1, 0, cs, sn, 0, all, NULL, 1) == -1,
           "forward refuses mismatched weights", N, D, 32, 0, neox);
     layers[1].wo.m = D;
+    m.k_type = EDGERT_KV_Q8; /* blocks of 32 values within a head of 10 */
+    check(edgert_forward(&m, x, 1, 0, cs, sn, 0, all, NULL, 1) == -1,
+          "forward refuses a quantized cache across heads", N, D, 32, 0, neox);
+    m.k_type = EDGERT_KV_F32;
+    check(edgert_kv_row_bytes(EDGERT_KV_Q4, 64) == 40 && edgert_kv_row_bytes(EDGERT_KV_Q8, 64) == 68
+          && edgert_kv_row_bytes(EDGERT_KV_F16, 10) == 20 && edgert_kv_row_bytes(9, 64) == -1,
+          "kv row bytes", N, D, 32, 0, neox);
     if (gemma) { /* 3 tokens at position 4: the first sees position 2, which a ring of 4 rows
                   * would overwrite with position 6 */
         layers[0].kv_cap = 4;

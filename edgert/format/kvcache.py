@@ -1,0 +1,122 @@
+"""How the KV cache holds keys and values (``--kv-cache``): the row formats of the C forward pass
+(``kernels_neon/edgert_forward.h``, ``EDGERT_KV_*``), their sizes for the DRAM plan, and the same
+rounding in numpy for the reference engine and the tests.
+
+A row is one position's ``n_kv_heads * head_dim`` values. ``f32`` keeps them; ``f16`` rounds each
+to float16; ``q8`` and ``q4`` go by blocks of :data:`BLOCK` values of one head (per token, per
+head), each block with float16 scales: q8 ``x = d * q`` with int8 q and d = max|x| / 127 (34 bytes
+a block), q4 ``x = d * q + m`` with 4-bit q, m = min x, d = (max x - min x) / 15 (20 bytes). Codes
+round to nearest, ties to even, after d and m are rounded to float16."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edgert.errors import EdgertError
+
+#: the C forward pass's EDGERT_KV_* codes
+TYPES = {"f32": 0, "f16": 1, "q8": 2, "q4": 3}
+#: values per block of the quantized types (within one head)
+BLOCK = 32
+_BLOCK_BYTES = {"q8": 2 + BLOCK, "q4": 4 + BLOCK // 2}
+#: what the default cache holds
+DEFAULT = ("f32", "f32")
+
+
+def parse(spec: str | None) -> tuple[str, str]:
+    """``TYPE`` (keys and values) or ``KTYPE,VTYPE`` -> (keys, values); None: the default."""
+    if spec is None:
+        return DEFAULT
+    parts = [p.strip().lower() for p in str(spec).split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or any(p not in TYPES for p in parts):
+        raise EdgertError(
+            f"--kv-cache {spec!r}: not a cache type",
+            f"write one of {', '.join(TYPES)} (keys and values), or KEYS,VALUES such as q8,q4",
+        )
+    return parts[0], parts[1]
+
+
+def name(kv: tuple[str, str]) -> str:
+    """``q8`` for (q8, q8), ``q8,q4`` otherwise: what :func:`parse` reads back."""
+    return kv[0] if kv[0] == kv[1] else f"{kv[0]},{kv[1]}"
+
+
+def row_bytes(kind: str, n: int) -> int:
+    """Bytes of a row of ``n`` values."""
+    if kind == "f32":
+        return 4 * n
+    if kind == "f16":
+        return 2 * n
+    if n % BLOCK:
+        raise EdgertError(f"a {kind} KV cache goes by blocks of {BLOCK} values; a row has {n}")
+    return n // BLOCK * _BLOCK_BYTES[kind]
+
+
+def check_heads(kv: tuple[str, str], head_dim: int) -> None:
+    """Refuse quantized types for heads that are not whole blocks."""
+    for kind in kv:
+        if kind in _BLOCK_BYTES and head_dim % BLOCK:
+            raise EdgertError(
+                f"--kv-cache {kind}: this model's heads have {head_dim} values, not a multiple "
+                f"of the {BLOCK}-value blocks a quantized cache keeps per head",
+                "use --kv-cache f16 (or f32)",
+            )
+
+
+def _rint(x: np.ndarray) -> np.ndarray:
+    return np.rint(x).astype(np.float32)  # ties to even, as the C side's round_even
+
+
+def encode(kind: str, x: np.ndarray) -> np.ndarray:
+    """The rows ``x`` (..., n) float32 in ``kind``'s layout, as bytes (..., row_bytes)."""
+    x = np.ascontiguousarray(x, np.float32)
+    lead, n = x.shape[:-1], x.shape[-1]
+    if kind == "f32":
+        return x.view(np.uint8).reshape(*lead, 4 * n)
+    if kind == "f16":
+        return x.astype(np.float16).view(np.uint8).reshape(*lead, 2 * n)
+    b = x.reshape(*lead, n // BLOCK, BLOCK)
+    if kind == "q8":
+        d = (np.abs(b).max(-1, keepdims=True) / np.float32(127)).astype(np.float16)
+        df = d.astype(np.float32)
+        inv = np.divide(np.float32(1), df, out=np.zeros_like(df), where=df != 0)
+        q = np.clip(_rint(b * inv), -127, 127).astype(np.int8)
+        out = np.concatenate([d.view(np.uint8), q.view(np.uint8)], -1)
+    else:
+        lo, hi = b.min(-1, keepdims=True), b.max(-1, keepdims=True)
+        d = ((hi - lo) / np.float32(15)).astype(np.float16)
+        m = lo.astype(np.float16)
+        df, mf = d.astype(np.float32), m.astype(np.float32)
+        inv = np.divide(np.float32(1), df, out=np.zeros_like(df), where=df != 0)
+        q = np.clip(_rint((b - mf) * inv), 0, 15).astype(np.uint8)
+        nib = q[..., 0::2] | (q[..., 1::2] << 4)
+        out = np.concatenate([d.view(np.uint8), m.view(np.uint8), nib], -1)
+    return out.reshape(*lead, -1)
+
+
+def decode(kind: str, rows: np.ndarray, n: int) -> np.ndarray:
+    """The float32 values (..., n) of rows in ``kind``'s layout (bytes (..., row_bytes))."""
+    rows = np.ascontiguousarray(rows, np.uint8)
+    lead = rows.shape[:-1]
+    if kind == "f32":
+        return rows.view(np.float32).reshape(*lead, n)
+    if kind == "f16":
+        return rows.view(np.float16).astype(np.float32).reshape(*lead, n)
+    b = rows.reshape(*lead, n // BLOCK, _BLOCK_BYTES[kind])
+    d = np.ascontiguousarray(b[..., 0:2]).view(np.float16).astype(np.float32)
+    if kind == "q8":
+        q = np.ascontiguousarray(b[..., 2:]).view(np.int8).astype(np.float32)
+        return (d * q).reshape(*lead, n)
+    m = np.ascontiguousarray(b[..., 2:4]).view(np.float16).astype(np.float32)
+    nib = b[..., 4:]
+    q = np.stack([nib & 15, nib >> 4], -1).reshape(*lead, n // BLOCK, BLOCK).astype(np.float32)
+    return (d * q + m).reshape(*lead, n)
+
+
+def round_trip(kind: str, x: np.ndarray) -> np.ndarray:
+    """``x`` (..., n) as the cache gives it back: what attention reads after storing it."""
+    if kind == "f32":
+        return np.asarray(x, np.float32)
+    return decode(kind, encode(kind, x), x.shape[-1])
