@@ -118,6 +118,11 @@ typedef struct {
 /* Bytes of one cache row of n values of `type`; -1 for a type not listed or n not a multiple
  * of a quantized type's block. */
 int64_t edgert_kv_row_bytes(int32_t type, int64_t n);
+/* row = the n values x in `type`'s layout (n a multiple of the block for the quantized types) */
+void edgert_kv_store(int32_t type, uint8_t *row, const float *x, int64_t n);
+/* out (n,) = values off .. off + n of a row of a float16 or quantized type (off and n multiples
+ * of the block) */
+void edgert_kv_load(int32_t type, float *out, const uint8_t *row, int64_t off, int64_t n);
 
 #define EDGERT_ACT_SILU 0 /* the FFN's gate: silu (SwiGLU) */
 #define EDGERT_ACT_GELU_TANH 1 /* gelu, tanh approximation (GeGLU) */

@@ -23,6 +23,12 @@ class FakeSFTP:
     def __init__(self, sent):
         self.sent = sent
 
+    def get_channel(self):  # deploy sets its timeout
+        return self
+
+    def settimeout(self, _):
+        pass
+
     def normalize(self, _):
         return "/home/dev"
 
