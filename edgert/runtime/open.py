@@ -37,7 +37,7 @@ def open_artifact_engine(
     ``window`` (tokens a neuron stays cached idle; 0: as long as the budget allows) run a dense
     model's FFN on its active neurons, their bundles read from flash (edgert.runtime.neurons).
     ``kv_cache``: how the KV cache holds keys and values (edgert.format.kvcache: ``q8``,
-    ``q8,q4`` ...); None: as compiled for the budget, else float32."""
+    ``q8,q4`` ...); None: float32."""
     from edgert.format.artifact import Artifact
     from edgert.plan.sizes import MAX_BATCH
     from edgert.plan.sparse import ffn_tensors
@@ -98,12 +98,8 @@ def open_artifact_engine(
             streamed = {names.weight(i, p) for i in dram.streamed for p in names.PROJECTIONS}
         return dram, moe, sparse, streamed
 
-    # the cache's types: as asked, else as compiled with this budget, else float32 (a plan
-    # refused for its budget names --kv-cache)
-    kv = kvcache.parse(kv_cache) if kv_cache else None
-    if kv is None and compiled and compiled.get("kv_cache") and dram_budget == compiled["budget"]:
-        kv = kvcache.parse(compiled["kv_cache"])
-    kv = kv or kvcache.DEFAULT
+    # the cache's types: as asked, else float32 (a plan refused for its budget names --kv-cache)
+    kv = kvcache.parse(kv_cache)
     kvcache.check_heads(kv, cfg.head_dim)
     dram, moe, sparse, streamed = plans(kv)
     engine = CompiledEngine(
