@@ -19,6 +19,19 @@ os.environ.setdefault("EDGERT_NO_PROGRESS", "1")
 HANG_S = float(os.environ.get("EDGERT_TEST_HANG_S", "1200"))
 
 
+@contextlib.contextmanager
+def alarm_after(seconds: float, handler):
+    """``handler(signum, frame)`` runs (in the main thread) if the block is still running after
+    ``seconds``; the previous SIGALRM handler comes back after it."""
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 class Hung(Exception):
     pass
 
@@ -35,15 +48,8 @@ class HangGuard:
         raise Hung(f"still running after {HANG_S:.0f} s (EDGERT_TEST_HANG_S): hung; the "
                    "stacks of every thread are printed above")  # fmt: skip
 
-    @contextlib.contextmanager
     def _guard(self):
-        old = signal.signal(signal.SIGALRM, self._alarm)
-        signal.setitimer(signal.ITIMER_REAL, HANG_S)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, old)
+        return alarm_after(HANG_S, self._alarm)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_setup(self, item):

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from edgert.errors import EdgertError
 from edgert.format.kvcache import DEFAULT as DEFAULT_KV
 from edgert.format.spans import layer_spans, span_names
-from edgert.plan.sizes import BUDGET_HINT, READ_CHUNK, BudgetError, fixed_memory, fmt_size
+from edgert.plan.sizes import BUDGET_HINT, READ_CHUNK, fixed_memory, fmt_size
 
 
 @dataclass
@@ -105,7 +106,7 @@ def plan_dram(
     if budget is None or fixed + sum(sizes) <= budget:
         return plan
     if budget < minimum:
-        raise BudgetError(
+        raise EdgertError(
             f"--dram-budget {fmt_size(budget)} is below the minimum this artifact needs: "
             f"{fmt_size(minimum)} (tensors that never stream {fmt_size(never)}, KV cache for "
             f"{max_ctx} tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, {slots} staging "

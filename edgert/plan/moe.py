@@ -27,7 +27,7 @@ from edgert.errors import EdgertError
 from edgert.format.kvcache import DEFAULT as DEFAULT_KV
 from edgert.format.routing import route
 from edgert.format.spans import expert_spans, span_names
-from edgert.plan.sizes import BUDGET_HINT, READ_CHUNK, BudgetError, fixed_memory, fmt_size
+from edgert.plan.sizes import BUDGET_HINT, READ_CHUNK, fixed_memory, fmt_size
 from edgert.plan.stats import PREDICTORS, ExpertStats
 
 POLICIES = ("lru", "lfu")
@@ -165,7 +165,7 @@ def plan_moe(
     if budget is None or fixed + n * size <= budget:
         return MoePlan(budget, fixed, kv, scratch, size, n, n, minimum, chunk, **shape)
     if budget < minimum:
-        raise BudgetError(
+        raise EdgertError(
             f"--dram-budget {fmt_size(budget)} is below the minimum this artifact needs: "
             f"{fmt_size(minimum)} (tensors other than experts {fmt_size(never)}, KV cache for "
             f"{max_ctx} tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, "

@@ -87,10 +87,6 @@ def kv_cache_bytes(cfg, max_ctx: int, batch: int = MAX_BATCH, kv=kvcache.DEFAULT
     return row * sum(kv_positions(cfg, i, max_ctx, batch) for i in range(cfg.n_layers))
 
 
-class BudgetError(EdgertError):
-    """A DRAM budget below what a plan needs at the least."""
-
-
 #: a budget hint shared by the plans' refusals
 BUDGET_HINT = (
     "raise the budget, lower the context with --ctx, or keep the KV cache in fewer bytes "

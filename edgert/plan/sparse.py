@@ -23,7 +23,7 @@ from edgert.format.artifact import PAGE
 from edgert.format.bundles import SparseSpec
 from edgert.format.kvcache import DEFAULT as DEFAULT_KV
 from edgert.plan.moe import TRACE_WARMUP
-from edgert.plan.sizes import BUDGET_HINT, READ_CHUNK, BudgetError, fixed_memory, fmt_size
+from edgert.plan.sizes import BUDGET_HINT, READ_CHUNK, fixed_memory, fmt_size
 from edgert.plan.stats import SparseStats
 
 
@@ -158,7 +158,7 @@ def plan_sparse(
         max_ctx, dense, touched, batch, cfg.n_layers, chunk, int(gap_bytes),
     )  # fmt: skip
     if budget and budget < fixed:
-        raise BudgetError(
+        raise EdgertError(
             f"--dram-budget {fmt_size(budget)} is below the minimum for --sparsity: "
             f"{fmt_size(fixed)} (resident tensors {fmt_size(never)}, KV cache for {max_ctx} "
             f"tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, staging {fmt_size(staging)})",

@@ -73,35 +73,28 @@ def open_artifact_engine(
             "run it without --sparsity",
         )
 
-    def plans(kv):
-        """(dram, moe, sparse, streamed) with the KV cache held as ``kv``."""
-        dram = moe = sparse = None
-        streamed: set[str] = set()
-        if sparsity is not None:
-            sparse = sparse_plan(
-                art, cfg, max_ctx=max_ctx, budget=int(dram_budget or 0) or None,
-                sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0),
-                gap_bytes=(ffn or {}).get("gap_bytes"), kv=kv,
-            )  # fmt: skip
-            streamed = ffn_tensors(cfg)
-        elif dram_budget and cfg.is_moe:
-            moe = moe_plan(
-                art, cfg, max_ctx=max_ctx, budget=int(dram_budget), experts=experts, kv=kv
-            )
-            if moe.streams:
-                streamed = {
-                    n for i in range(cfg.n_layers) for e in range(cfg.n_experts)
-                    for n in names.expert_tensors(i, e)
-                }  # fmt: skip
-        elif dram_budget:
-            dram = dense_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), kv=kv)
-            streamed = {names.weight(i, p) for i in dram.streamed for p in names.PROJECTIONS}
-        return dram, moe, sparse, streamed
-
     # the cache's types: as asked, else float32 (a plan refused for its budget names --kv-cache)
     kv = kvcache.parse(kv_cache)
     kvcache.check_heads(kv, cfg.head_dim)
-    dram, moe, sparse, streamed = plans(kv)
+    dram = moe = sparse = None
+    streamed: set[str] = set()
+    if sparsity is not None:
+        sparse = sparse_plan(
+            art, cfg, max_ctx=max_ctx, budget=int(dram_budget or 0) or None,
+            sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0),
+            gap_bytes=(ffn or {}).get("gap_bytes"), kv=kv,
+        )  # fmt: skip
+        streamed = ffn_tensors(cfg)
+    elif dram_budget and cfg.is_moe:
+        moe = moe_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), experts=experts, kv=kv)
+        if moe.streams:
+            streamed = {
+                n for i in range(cfg.n_layers) for e in range(cfg.n_experts)
+                for n in names.expert_tensors(i, e)
+            }  # fmt: skip
+    elif dram_budget:
+        dram = dense_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), kv=kv)
+        streamed = {names.weight(i, p) for i in dram.streamed for p in names.PROJECTIONS}
     engine = CompiledEngine(
         str(art.library("model")),
         cfg,

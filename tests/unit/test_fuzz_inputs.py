@@ -10,14 +10,13 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import struct
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
-from conftest import SMALL_MODEL, compile_synthetic
+from conftest import SMALL_MODEL, alarm_after, compile_synthetic
 from edgert.compiler.frontends import load_model
 from edgert.compiler.frontends.gguf import config_from_metadata, load_gguf
 from edgert.compiler.frontends.gguf_tokenizer import tokenizer_from_gguf
@@ -53,13 +52,8 @@ def within(seconds: float = DEADLINE_S):
     def alarm(signum, frame):
         raise Hang(f"still running after {seconds} s")
 
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
+    with alarm_after(seconds, alarm):
         yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def put(path, data: bytes):
