@@ -121,7 +121,8 @@ def test_bad_types_refused(art, tmp_path):
 def test_cli_generate_and_perplexity(art, tmp_path):
     text = tmp_path / "t.txt"
     text.write_text("the cat sat on the mat and the dog sat on the log " * 20)
-    r = run_cli("generate", str(art), "-p", "the cat", "-n", "4", "--kv-cache", "q8", "--json")
+    r = run_cli("generate", str(art), "-p", "the cat", "-n", "4", "--kv-cache", "q8",
+                "--temp", "0", "--ignore-eos", "--json")  # fmt: skip
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["kv_cache"] == "q8" and len(out["tokens"]) == 4
