@@ -53,6 +53,16 @@ LLAMA3_SCALING = {
     "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
     "original_max_position_embeddings": 8192,
 }  # fmt: skip
+#: --router: uniform random rows, or rows with the structure of trained routers (Clusters)
+ROUTERS = ("random", "clustered")
+#: a clustered token's embedding: its length along the cluster's direction, relative to the
+#: length of its random part
+EMBED_PULL = 3.0
+#: a clustered router row's length along its cluster's direction, relative to the length of its
+#: random part (which alone gives logits of unit scale). With these two, in the 48-layer
+#: qwen3-30b-a3b shape (experts narrowed to 64 for the measurement), 100% of a token's experts are its cluster's in layer 0, 85% in layer 11,
+#: about 50% from layer 23 on (the random layers' common component grows along the stream)
+ROUTER_PULL = 12.0
 CHUNK_ELEMS = 1 << 22  # values generated and quantized at a time (16 MiB of float32)
 WEIGHT_STD = 0.02
 
@@ -332,6 +342,55 @@ def tensor_plan(arch: str, s: Shape) -> list[tuple[str, tuple[int, ...], str]]:
     return plan
 
 
+@dataclass(frozen=True)
+class Clusters:
+    """The structure of ``--router clustered``. ``k`` = experts / (2 top-k) orthonormal
+    directions in the model's space; every token belongs to one cluster, and its embedding leans
+    along that cluster's direction (:data:`EMBED_PULL`); in each layer 2 top-k experts belong to
+    each cluster (a different draw per layer), and their router rows lean along its direction
+    (:data:`ROUTER_PULL`). A token's stream then scores its cluster's experts higher in every
+    layer, and the router's random part picks which top-k of them: tokens of a cluster share
+    experts, as trained routers route related tokens alike, while the uniform router spreads
+    every token over all experts. What stays of the lean in deeper layers (the random layers add
+    to the stream) sets how strongly the structure holds there; ``tools/bench_scale.py`` reports
+    the hit rates it gives."""
+
+    k: int
+    dirs: np.ndarray  # (k, dim), orthonormal rows
+    token: np.ndarray  # (vocab,): each token's cluster
+    experts: int
+    seed: int
+
+    @classmethod
+    def make(cls, s: Shape, seed: int) -> Clusters:
+        k = max(1, s.experts // (2 * s.top_k))
+        rng = np.random.default_rng([seed, zlib.crc32(b"clusters")])
+        q, _ = np.linalg.qr(rng.standard_normal((s.dim, k)))
+        token = rng.integers(0, k, s.vocab)
+        return cls(k, np.ascontiguousarray(q.T, np.float32), token, s.experts, seed)
+
+    def of_experts(self, layer: int) -> np.ndarray:
+        """The cluster of each expert of ``layer``."""
+        perm = np.random.default_rng([self.seed, zlib.crc32(b"experts"), layer]).permutation(
+            self.experts
+        )
+        out = np.empty(self.experts, np.int64)
+        out[perm] = np.arange(self.experts) * self.k // self.experts
+        return out
+
+    def lean(self, name: str, r0: int, a: np.ndarray, std: float) -> np.ndarray:
+        """Rows ``r0..`` of tensor ``name`` (random values ``a`` of std ``std``) with the lean."""
+        dim = a.shape[-1]
+        if name == "token_embd.weight":
+            pull = EMBED_PULL * std * math.sqrt(dim)
+            return a + np.float32(pull) * self.dirs[self.token[r0 : r0 + len(a)]]
+        if name.endswith(".ffn_gate_inp.weight"):
+            layer = int(name.split(".")[1])
+            pull = ROUTER_PULL * std  # the random part's length is std * sqrt(dim)
+            return a + np.float32(pull) * self.dirs[self.of_experts(layer)]
+        return a
+
+
 def init_std(kind: str, s: Shape) -> float:
     """Standard deviation of a tensor's random values (norms: of their deviation from 1).
 
@@ -352,7 +411,10 @@ def _tensor_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def _write_tensor(w, name: str, shape: tuple[int, ...], kind: str, t, s: Shape, seed: int) -> int:
+def _write_tensor(
+    w, name: str, shape: tuple[int, ...], kind: str, t, s: Shape, seed: int,
+    clusters: Clusters | None = None,
+) -> int:  # fmt: skip
     """Generate, quantize and write one tensor in row chunks; returns the bytes written."""
     import gguf
 
@@ -378,6 +440,8 @@ def _write_tensor(w, name: str, shape: tuple[int, ...], kind: str, t, s: Shape, 
             a = llama3_factors(ROPE_THETA["llama3"], 2 * cols, LLAMA3_SCALING)[None, :]
         elif kind == "f":  # LongRoPE's, drawn from 1..8
             a = rng.uniform(1.0, 8.0, a.shape).astype(np.float32)
+        if clusters is not None:
+            a = clusters.lean(name, r0, a, float(std))
         if t == F32:
             out[r0 : r0 + len(a)] = a
         elif t == F16:
@@ -401,6 +465,7 @@ def make_synthetic_gguf(
     seed: int = 0,
     progress: bool = True,
     chat_template: str | None = None,
+    router: str = "random",
     **overrides: int | None,
 ) -> Path:
     """Write a random-weight GGUF model that llama.cpp and edgert load, and return its path.
@@ -417,6 +482,8 @@ def make_synthetic_gguf(
     seed : the same seed and arguments give the same bytes.
     progress : a progress bar on stderr (when it is a terminal).
     chat_template : a jinja chat template stored as ``tokenizer.chat_template``.
+    router : a mixture's routers (:data:`ROUTERS`): ``random`` rows, or ``clustered``
+        (:class:`Clusters`: tokens of a cluster prefer the same experts).
     overrides : fields of :class:`Shape` (layers, dim, ffn, heads, kv_heads, vocab, experts,
         top_k, expert_ffn, shared_ffn, ctx) replacing the preset's; None keeps the preset's.
 
@@ -429,7 +496,12 @@ def make_synthetic_gguf(
 
     if qtype not in QTYPES:
         raise ValueError(f"qtype {qtype!r}: choose from {', '.join(QTYPES)}")
+    if router not in ROUTERS:
+        raise ValueError(f"router {router!r}: choose from {', '.join(ROUTERS)}")
     s = resolve_shape(arch, preset, **overrides)
+    if router == "clustered" and not s.experts:
+        raise ValueError(f"--router clustered needs a mixture of experts ({arch} has none)")
+    clusters = Clusters.make(s, seed) if router == "clustered" else None
     qt = gguf.GGMLQuantizationType[qtype]
     block = gguf.GGML_QUANT_SIZES[qt][0]
 
@@ -508,7 +580,7 @@ def make_synthetic_gguf(
     ) as p:
         done = 0
         for name, shape, kind, t in plan:
-            done += _write_tensor(w, name, shape, kind, t, s, seed)
+            done += _write_tensor(w, name, shape, kind, t, s, seed, clusters)
             p.update(min(mib, done >> 20) - p.n)
     w.close()
     return out
@@ -523,6 +595,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     ap.add_argument("--chat-template", help="a jinja file stored as the model's chat template")
+    ap.add_argument("--router", choices=ROUTERS, default="random",
+                    help="a mixture's routers: random rows, or clustered (tokens of a cluster "
+                         "prefer the same experts, as trained routers)")  # fmt: skip
     fields = [f.name for f in dataclasses.fields(Shape)]
     for f in fields:
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=None, help="(preset's)")
@@ -536,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=a.seed,
             progress=not a.quiet,
             chat_template=Path(a.chat_template).read_text() if a.chat_template else None,
+            router=a.router,
             **{f: getattr(a, f) for f in fields},
         )
     except ValueError as e:
