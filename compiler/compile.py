@@ -31,6 +31,11 @@ SPARSE_CALIB_TOKENS = 256
 QUANT_CALIB_TOKENS = 4096
 #: calibration tokens held back to measure the compiled weights' quality
 QUALITY_TOKENS = 512
+#: a model whose float32 weights exceed this is never held whole: each stage goes through it
+#: layer by layer, keeping COMPILE_CACHE_BYTES of float32 tensors beyond those in use (a 30B model
+#: compiles in a few GB); a smaller one is loaded once (its forward passes then cost no loading)
+MATERIALIZE_BYTES = 8 << 30
+COMPILE_CACHE_BYTES = 512 << 20
 #: of the statistics' tokens, those bit allocation measures sensitivity on
 SENSITIVITY_TOKENS = 256
 
@@ -148,7 +153,10 @@ def compile_model(
             "--sparse-ffn applies to dense models (a mixture of experts streams its experts)",
             "compile without --sparse-ffn",
         )
-    m.materialize()
+    if 4 * m.n_params() <= MATERIALIZE_BYTES:
+        m.materialize()
+    else:
+        m.cache_limit = COMPILE_CACHE_BYTES
     times = {"load": time.perf_counter() - t0}
     moe_record = None
     if moefy is not None:

@@ -13,7 +13,6 @@ from edgert.compiler.quant.scheme import QuantScheme
 
 from edgert.format import names
 from edgert.format.artifact import ArtifactWriter
-from edgert.format.q8 import dequantize_q8
 from edgert.format.target import Target
 from edgert.progress import Progress
 from edgert.runtime.cpu import host_flags
@@ -104,8 +103,6 @@ def write_artifact(
 
     c = m.config
     quant = quantizer or WeightQuantizer(scheme, "rtn")
-    #: the float weights the artifact computes with, for the quality measurement
-    compiled: dict[str, np.ndarray] | None = {} if quality_tokens else None
     lut_params = lut_bits = 0  # weights of the LUT-format tensors, and their nominal bits
     groups: set[int] = set()  # their group sizes
     #: (tensor, expert or None) -> width; a layer's label lists the widths of its projections
@@ -134,9 +131,7 @@ def write_artifact(
             pw = quant(src, wt, b, expert=expert)
             if isinstance(pw, dict):  # 8-bit rows
                 w.add_tensor(name, pw, meta={"format": "q8", "shape": list(wt.shape)})
-                nbytes, deq, width = sum(a.nbytes for a in pw.values()), None, 8
-                if compiled is not None:
-                    deq = dequantize_q8(pw["q"], pw["scale"], wt.shape[1])
+                nbytes, width = sum(a.nbytes for a in pw.values()), 8
             else:
                 w.add_tensor(
                     name,
@@ -151,17 +146,17 @@ def write_artifact(
                 )
                 nbytes, width = pw.nbytes, pw.bits
                 groups.add(pw.group_size)
-                deq = pw.dequantize() if compiled is not None else None
-            if deq is not None:
-                if expert is None:
-                    compiled[name] = deq
-                else:
-                    compiled.setdefault(src, np.empty((c.n_experts, *deq.shape), np.float32))
-                    compiled[src][expert] = deq
             lut_params += wt.size
             lut_bits += width * wt.size
             sizes["quantized"] += nbytes
             return pw
+
+        def values(name: str) -> np.ndarray:
+            """Tensor ``name``'s float values, or where the quantizer takes the stored blocks
+            (--bits keep) only their shape, with nothing loaded."""
+            if quant.needs_values(name):
+                return m.tensor(name)
+            return np.broadcast_to(np.float32(0), m.infos[name].shape)
 
         def put_f32(name: str) -> None:
             a = m.tensor(name)
@@ -183,18 +178,21 @@ def write_artifact(
                     linear += [names.shared(i, p) for p in names.EXPERT_PROJECTIONS]
                 packed = {}
                 for name in linear:
-                    packed[name] = put_lut(name, m.tensor(name), tensor_bits[(name, None)], name)
+                    packed[name] = put_lut(name, values(name), tensor_bits[(name, None)], name)
                     bar.update(1)
                 if bundles is not None:  # cut from the projections just written
                     up, down = (packed[names.weight(i, p)] for p in ("ffn_up", "ffn_down"))
                     bundles.add_layer(i, up, down)
                 del packed
+                # each stack loaded once (a model larger than memory keeps few tensors loaded)
+                stacks = {p: values(names.experts(i, p))
+                          for p in (names.EXPERT_PROJECTIONS if c.n_experts else ())}  # fmt: skip
                 for e in range(c.n_experts):  # each expert's projections together, too
-                    for proj in names.EXPERT_PROJECTIONS:
+                    for proj, stack in stacks.items():
                         src = names.experts(i, proj)
-                        wt = m.tensor(src)[e]
-                        put_lut(names.expert(i, proj, e), wt, tensor_bits[(src, e)], src, e)
+                        put_lut(names.expert(i, proj, e), stack[e], tensor_bits[(src, e)], src, e)
                     bar.update(3)
+                del stacks
         if moefy is not None:
             w.manifest["moefy"] = moefy
         if trace is not None:
@@ -230,8 +228,6 @@ def write_artifact(
             q8 = quant.rows8(name, m.tensor(name))
             w.add_tensor(name, q8, meta={"format": "q8", "shape": [c.vocab_size, c.dim]})
             sizes["q8"] += sum(a.nbytes for a in q8.values())
-            if compiled is not None:
-                compiled[name] = dequantize_q8(q8["q"], q8["scale"], c.dim)
 
         put_q8(names.EMBEDDING)
         head_name = names.EMBEDDING
@@ -256,14 +252,6 @@ def write_artifact(
         times["build library"] = time.perf_counter() - t1
         avg = block_bits / max(block_params, 1)
         bpw = 8 * lut_bytes / max(block_params, 1)
-        quality = None
-        if compiled is not None:
-            from edgert.compiler.quant.quality import measure_quality
-
-            t2 = time.perf_counter()
-            quality = measure_quality(m, compiled, quality_tokens)
-            compiled.clear()
-            times["measure quality"] = time.perf_counter() - t2
         w.manifest.update(
             {
                 "tvm_version": tvm_version(),
@@ -283,7 +271,7 @@ def write_artifact(
                     "method": quant.method,
                     "tensors_by_method": dict(quant.counts),
                     "calib_tokens": quant.stats.tokens if quant.stats is not None else 0,
-                    "quality": quality,
+                    "quality": None,  # measured below, on the weights as written
                     "units": {u.name: bits[u.name] for u in units},
                 },
                 "plan": {
@@ -297,6 +285,20 @@ def write_artifact(
                 },
             }
         )
+        quality = None
+        if quality_tokens:
+            from edgert.compiler.quant.quality import measure_quality
+
+            from edgert.format.artifact import Artifact
+            from edgert.runtime.weights import reference_model
+
+            t2 = time.perf_counter()
+            w.flush()  # the weights are read back as written: what the artifact computes with
+            compiled = reference_model(Artifact(w.path, w.manifest))
+            compiled.cache_limit = m.cache_limit
+            quality = measure_quality(m, compiled, quality_tokens)
+            w.manifest["quant"]["quality"] = quality
+            times["measure quality"] = time.perf_counter() - t2
         if dram is not None:
             from edgert.format.artifact import Artifact
             from edgert.plan.dram import plan_dram

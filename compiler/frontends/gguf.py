@@ -62,6 +62,8 @@ GGUF_VERSIONS = (2, 3)
 MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_NAME = 1 << 16  # bytes of a key or tensor name (GGUF keys are at most 65535)
 MAX_ALIGNMENT = 1 << 20
+#: values a quantized tensor is dequantized at a time (16 MiB of float32)
+DEQUANT_CHUNK = 1 << 22
 
 
 class _Cursor:
@@ -475,8 +477,13 @@ def load_gguf(path: str | Path, *, with_tokenizer: bool = True) -> ModelGraph:
             a = np.asarray(t.data, dtype=np.float32)
         elif tname == "F16":
             a = np.asarray(t.data).astype(np.float32)
-        else:
-            a = dequantize(np.asarray(t.data), t.tensor_type)
+        else:  # in row chunks: the dequantizer's temporaries stay small for a large tensor
+            data = np.asarray(t.data)
+            rows = data.reshape(-1, data.shape[-1])
+            a = np.empty((len(rows), int(t.shape[0])), np.float32)
+            step = max(1, DEQUANT_CHUNK // a.shape[1])
+            for r in range(0, len(rows), step):
+                a[r : r + step] = dequantize(rows[r : r + step], t.tensor_type)
         return a.reshape(tuple(int(d) for d in reversed(t.shape.tolist())))
 
     tokenizer = None

@@ -251,6 +251,12 @@ class KeptWeights:
             return "lut", LUT_TYPES[kind][0]
         return "q8", 8
 
+    def needs_values(self, name: str) -> bool:
+        """Whether tensor ``name`` is rounded from its float values: only where its type is
+        kept neither as LUT weights nor as 8-bit rows (the rest takes the stored blocks)."""
+        kind = self.model.infos[name].source_type
+        return kind not in LUT_TYPES and kind not in Q8_TYPES
+
     def __call__(self, name: str, w: np.ndarray, bits: int, *, expert: int | None = None,
                  keep: bool = False) -> PackedWeight | dict[str, np.ndarray]:  # fmt: skip
         """Linear weight ``name`` (``w``: its float values, the expert's when ``expert`` is

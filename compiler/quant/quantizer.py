@@ -47,6 +47,10 @@ class WeightQuantizer:
             self._kept[key] = pw
         return pw
 
+    def needs_values(self, name: str) -> bool:
+        """Whether tensor ``name`` is quantized from its float values (always, here)."""
+        return True
+
     def rows8(self, name: str, w: np.ndarray) -> dict[str, np.ndarray]:
         """Tensor ``name`` (an embedding table or head) as 8-bit rows."""
         return quantize_q8(w)

@@ -104,32 +104,27 @@ def ffn_inputs(model: ModelGraph, tokens: list[int]) -> list[np.ndarray]:
 
 
 def routing_trace(model: ModelGraph, tokens: list[int], n_prompt: int) -> dict[str, np.ndarray]:
-    """How a mixture of experts routes while it decodes text: after the first ``n_prompt`` of
-    ``tokens`` in one call, each further token one step at a time, with per step and layer
-    (float32 (steps, layers, experts)) ``route``, the layer's router logits, and ``guess``, the
-    next layer's router on the stream entering this layer's FFN (what the runtime reads ahead
-    by; zero on the last layer). The planner replays it through the expert cache to predict
-    hits and flash reads."""
+    """How a mixture of experts routes while it decodes text: for each of ``tokens`` after the
+    first ``n_prompt``, per layer (float32 (steps, layers, experts)) ``route``, the layer's router
+    logits, and ``guess``, the next layer's router on the stream entering this layer's FFN (what
+    the runtime reads ahead by; zero on the last layer). The planner replays it through the
+    expert cache to predict hits and flash reads. One causal forward over all the tokens gives
+    each token what decoding it step by step would, and touches each layer's weights once (a
+    model larger than memory goes through layer by layer)."""
     from edgert.runtime.reference import ReferenceEngine, rms_norm
 
     c = model.config
     steps = len(tokens) - n_prompt
     route = np.zeros((steps, c.n_layers, c.n_experts), np.float32)
     guess = np.zeros_like(route)
-    step = [-1]
 
     class Recorder(ReferenceEngine):
         def _ffn(self, i: int, x: np.ndarray) -> np.ndarray:
-            if step[0] >= 0:
-                route[step[0], i] = self._mm(x, names.router(i))[-1]
-                if i + 1 < c.n_layers:
-                    h = rms_norm(self.ffn_stream[-1:], self._w(names.ffn_norm(i + 1)), c.rms_eps)
-                    guess[step[0], i] = self._mm(h, names.router(i + 1))[0]
+            route[:, i] = self._mm(x[n_prompt:], names.router(i))
+            if i + 1 < c.n_layers:
+                h = rms_norm(self.ffn_stream[n_prompt:], self._w(names.ffn_norm(i + 1)), c.rms_eps)
+                guess[:, i] = self._mm(h, names.router(i + 1))
             return super()._ffn(i, x)
 
-    eng = Recorder(model, max_ctx=len(tokens))
-    eng.forward(tokens[:n_prompt], last_only=True)
-    for t in range(steps):
-        step[0] = t
-        eng.forward([tokens[n_prompt + t]], last_only=True)
+    Recorder(model, max_ctx=len(tokens)).forward(tokens, last_only=True)
     return {"route": route, "guess": guess}

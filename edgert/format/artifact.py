@@ -156,6 +156,11 @@ class ArtifactWriter:
         entry["nbytes"] = int(sum(b["nbytes"] for b in entry["buffers"].values()))
         self.manifest["tensors"][name] = entry
 
+    def flush(self) -> None:
+        """Write what was added through to the files (to read tensors back before the end)."""
+        for f in self._files.values():
+            f.flush()
+
     def add_file(self, src: str | Path, rel: str) -> None:
         dst = self.tmp / rel
         dst.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ kernels compute with. See kernels_neon/edgert_kernels.h for the byte layout.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,6 +124,22 @@ class PackedWeight:
         return Affine(self.codes(), half(self.scale), half(self.zero), self.group_size)
 
     def dequantize(self) -> np.ndarray:
+        """The float32 weights (m, k), a few row tiles at a time (a large matrix's temporaries
+        stay small)."""
+        m, k = self.shape
+        step = max(1, (1 << 22) // (TILE * k))  # tiles per chunk: 4M values
+        if self.planes.shape[0] <= step:
+            return self._dequantize()
+        out = np.empty((m, k), np.float32)
+        for t in range(0, self.planes.shape[0], step):
+            rows = min(m, (t + step) * TILE) - t * TILE
+            part = dataclasses.replace(self, shape=(rows, k), planes=self.planes[t : t + step],
+                                       scale=self.scale[t : t + step],
+                                       zero=self.zero[t : t + step])  # fmt: skip
+            out[t * TILE : t * TILE + rows] = part._dequantize()
+        return out
+
+    def _dequantize(self) -> np.ndarray:
         m, k = self.shape
         g = self.group_size
         q = self.codes()
@@ -161,9 +178,9 @@ def pack_planes(codes: np.ndarray, bits: int, group_size: int) -> np.ndarray:
     q[:m, :k] = codes
     q = q.reshape(m_pad // TILE, TILE, k_pad // 4, 4)
     planes = np.empty((m_pad // TILE, k_pad // 4, bits, 16), np.uint8)
-    weights = (1 << np.arange(4)).astype(np.uint8)
     for j in range(bits):
-        nib = (((q >> j) & 1) * weights).sum(-1).astype(np.uint8)  # (tiles, 32, k4)
+        bit = (q >> j) & 1
+        nib = bit[..., 0] | (bit[..., 1] << 1) | (bit[..., 2] << 2) | (bit[..., 3] << 3)
         byte = nib[:, :16] | (nib[:, 16:] << 4)  # (tiles, 16, k4)
         planes[:, :, j, :] = byte.transpose(0, 2, 1)
     return planes

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -264,6 +265,10 @@ class ModelGraph:
     blocks:
         ``blocks(name) -> uint8 (rows, bytes)``: a quantized tensor's rows as the file stores
         them (GGUF), for importing them without dequantizing; None when the source has none.
+
+    ``cache_limit`` (bytes, None: no limit) bounds the float32 tensors kept after use: the least
+    recently used go first (the one just asked for always stays). A model larger than the
+    machine's memory then goes through a forward pass layer by layer, each tensor loaded once.
     """
 
     def __init__(
@@ -279,7 +284,8 @@ class ModelGraph:
         self.infos = {i.name: i for i in infos}
         self._loader = loader
         self._blocks = blocks
-        self._cache: dict[str, np.ndarray] = {}
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_limit: int | None = None
         self.tokenizer = tokenizer
         self.source = source
 
@@ -292,7 +298,9 @@ class ModelGraph:
     def tensor(self, name: str) -> np.ndarray:
         """The float32 tensor ``name`` (cached after the first call)."""
         t = self._cache.get(name)
-        if t is None:
+        if t is not None:
+            self._cache.move_to_end(name)
+        else:
             if name not in self.infos:
                 raise ModelFormatError(
                     f"model {self.source or ''} has no tensor {name!r}".replace("  ", " "),
@@ -303,7 +311,14 @@ class ModelGraph:
             if t.shape != want:
                 raise ModelFormatError(f"tensor {name} has shape {t.shape}, expected {want}")
             self._cache[name] = t
+            if self.cache_limit is not None:
+                self._evict(self.cache_limit)
         return t
+
+    def _evict(self, limit: int) -> None:
+        held = sum(a.nbytes for a in self._cache.values())
+        while held > limit and len(self._cache) > 1:
+            held -= self._cache.popitem(last=False)[1].nbytes
 
     def stored_blocks(self, name: str) -> np.ndarray:
         """The rows (rows, bytes) of quantized tensor ``name`` as stored in the source file (its

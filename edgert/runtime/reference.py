@@ -260,9 +260,11 @@ class ReferenceEngine:
             return names.OUTPUT
         return names.EMBEDDING
 
+    def logits(self, h: np.ndarray) -> np.ndarray:
+        """The output head on final hidden states h (n, dim) from :meth:`hidden`: (n, vocab)."""
+        return self._mm(h, self.lm_head_name())
+
     def forward(self, tokens: list[int] | np.ndarray, *, last_only: bool = False) -> np.ndarray:
         """Logits (n, vocab) for the tokens appended; (vocab,) of the last with ``last_only``."""
         h = self.hidden(tokens)
-        if last_only:
-            return self._mm(h[-1:], self.lm_head_name())[0]
-        return self._mm(h, self.lm_head_name())
+        return self.logits(h[-1:])[0] if last_only else self.logits(h)

@@ -7,12 +7,11 @@ import json
 import numpy as np
 import pytest
 from conftest import compile_synthetic, run_cli
-
+from edgert.compiler.frontends import load_model
 from edgert.compiler.quant.quality import measure_quality
 from edgert.compiler.quant.scheme import QuantScheme
-from edgert.compiler.frontends import load_model
+
 from edgert.format.artifact import Artifact
-from edgert.format import names
 from edgert.runtime.weights import reference_model
 
 
@@ -50,15 +49,11 @@ def test_recorded_quality_is_the_artifacts(two_bit):
     s = two_bit["gptq"]
     art = Artifact.open(s.out)
     src = load_model(art.manifest["source"]["path"])
-    src.materialize()
-    qm = reference_model(art)
-    compiled = {n: qm.tensor(n) for n in qm.names() if not n.endswith("norm.weight")}
-    compiled.pop(names.OUTPUT_NORM, None)
     from edgert.compiler.compile import QUALITY_TOKENS
     from edgert.compiler.transform.calibrate import calibration_tokens
 
     held = calibration_tokens(src, n_tokens=1024 + QUALITY_TOKENS)[1024:]
-    q = measure_quality(src, compiled, held)
+    q = measure_quality(src, reference_model(art), held)
     want = art.manifest["quant"]["quality"]
     assert q["kl"] == pytest.approx(want["kl"], rel=1e-6)
     assert q["top1"] == want["top1"]
@@ -126,6 +121,10 @@ def test_budget_allocates_per_projection_and_reuses_its_fits(tmp_path):
     eng = open_artifact_engine(s.out, max_ctx=48)
     ref = ReferenceEngine(reference_model(art), max_ctx=48)
     prompts = ["one two three", "the cat sat on"]
-    ties = sum(greedy_divergence(ref, ref.tokenizer, p, g, w) for p, g, w in
-               zip(prompts, greedy_tokens(eng, prompts, 12), greedy_tokens(ref, prompts, 12)))
+    ties = sum(
+        greedy_divergence(ref, ref.tokenizer, p, g, w)
+        for p, g, w in zip(
+            prompts, greedy_tokens(eng, prompts, 12), greedy_tokens(ref, prompts, 12)
+        )
+    )
     assert ties <= 1

@@ -1,0 +1,126 @@
+"""A model larger than the compiling machine's memory: `compile` goes through it layer by layer with
+a bounded set of float32 tensors loaded (ModelGraph.cache_limit). Forced here on a small mixture by
+lowering the threshold, the artifact must be the one a compile holding the whole model writes:
+the same weights byte for byte, the same routing trace and the same measured quality. Also the
+synthetic maker's clustered router (tools/make_synthetic_gguf.py, the scale benchmarks' models)."""
+
+import json
+
+import numpy as np
+import pytest
+from edgert.compiler import compile as cc
+from edgert.compiler.compile import compile_model
+from edgert.compiler.frontends import load_model
+from edgert.compiler.quant.scheme import QuantScheme
+from edgert.compiler.transform.calibrate import routing_trace
+from make_synthetic_gguf import Clusters, make_synthetic_gguf, resolve_shape
+
+from edgert.format import names
+from edgert.format.artifact import Artifact
+
+SHAPE = {"dim": 256, "ffn": 256, "heads": 4, "kv_heads": 2, "vocab": 512, "layers": 3,
+         "experts": 16, "top_k": 2}  # fmt: skip
+CALIB = "tests/data/gpl-3.0.txt"
+
+
+def test_model_graph_cache_evicts_least_recently_used(tmp_path):
+    g = make_synthetic_gguf(out=tmp_path / "m.gguf", arch="llama", qtype="Q8_0", progress=False,
+                            dim=256, ffn=512, heads=4, kv_heads=2, vocab=512, layers=2)  # fmt: skip
+    whole = load_model(g)
+    m = load_model(g)
+    one = 256 * 512 * 4  # bytes of an FFN matrix
+    m.cache_limit = 2 * one
+    a, b, c = (names.weight(0, p) for p in ("ffn_gate", "ffn_up", "ffn_down"))
+    for n in (a, b, a, c):  # a used again after b: b is the least recently used when c comes
+        m.tensor(n)
+    assert list(m._cache) == [a, c]
+    assert sum(t.nbytes for t in m._cache.values()) <= 2 * one
+    m.cache_limit = 1
+    m.tensor(names.EMBEDDING)  # larger than the limit: kept alone, the one just asked for
+    assert list(m._cache) == [names.EMBEDDING]
+    for n in (a, b, c, names.EMBEDDING):  # loaded again: the same values
+        np.testing.assert_array_equal(m.tensor(n), whole.tensor(n))
+
+
+@pytest.fixture(scope="module")
+def two_compiles(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bounded")
+    g = make_synthetic_gguf(out=d / "moe.gguf", arch="qwen3moe", qtype="Q4_0", progress=False,
+                            router="clustered", **SHAPE)  # fmt: skip
+    out = {}
+    for kind, limit in (("whole", cc.MATERIALIZE_BYTES), ("bounded", 0)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(cc, "MATERIALIZE_BYTES", limit)
+            mp.setattr(cc, "COMPILE_CACHE_BYTES", 200_000)  # less than one expert stack
+            out[kind] = compile_model(model=g, target="host", out=d / f"{kind}.edgert",
+                                      scheme=QuantScheme("uniform", 4, 32), calib=CALIB,
+                                      quant_method="rtn")  # fmt: skip
+    return g, {k: Artifact.open(s.out) for k, s in out.items()}
+
+
+def test_bounded_compile_writes_the_same_artifact(two_compiles):
+    _, arts = two_compiles
+    whole, bounded = arts["whole"], arts["bounded"]
+    assert whole.tensors.keys() == bounded.tensors.keys()
+    for name in whole.tensors:
+        if name == names.ROUTING_TRACE:
+            continue
+        for part, a in whole.read_tensor(name).items():
+            np.testing.assert_array_equal(bounded.read_tensor(name)[part], a, err_msg=name)
+    tw, tb = whole.record(names.ROUTING_TRACE), bounded.record(names.ROUTING_TRACE)
+    for k in ("route", "guess"):
+        np.testing.assert_allclose(tb[k], tw[k], rtol=1e-4, atol=1e-4)
+    qw, qb = (a.manifest["quant"]["quality"] for a in (whole, bounded))
+    assert qw["tokens"] == qb["tokens"] == 511 and qw["top1"] == qb["top1"]
+    assert qb["kl"] == pytest.approx(qw["kl"], rel=1e-4)
+    json.dumps(qb)  # stored as plain numbers
+
+
+def test_routing_trace_is_what_step_by_step_decoding_routes(two_compiles):
+    """The trace comes from one causal forward over all the tokens; decoding them one at a time
+    gives each the same router logits."""
+    from edgert.runtime.reference import ReferenceEngine
+
+    g, _ = two_compiles
+    m = load_model(g)
+    toks = [5, 100, 7, 300, 42, 9, 11, 200, 17, 64]
+    tr = routing_trace(m, toks, 4)
+    seen = []
+
+    class Step(ReferenceEngine):
+        def _ffn(self, i, x):
+            seen.append(self._mm(x, names.router(i))[-1])
+            return super()._ffn(i, x)
+
+    eng = Step(m, max_ctx=len(toks))
+    eng.forward(toks[:4], last_only=True)
+    seen.clear()
+    for t in toks[4:]:
+        eng.forward([t], last_only=True)
+    step = np.asarray(seen).reshape(len(toks) - 4, SHAPE["layers"], SHAPE["experts"])
+    np.testing.assert_allclose(tr["route"], step, rtol=1e-4, atol=1e-4)
+
+
+def test_clustered_router_sends_a_cluster_to_its_experts(two_compiles):
+    """In the first layer a token's top-k experts are its cluster's; the random router's pick
+    is its cluster's only by chance (2 top-k of the experts)."""
+    g, _ = two_compiles
+    s = resolve_shape("qwen3moe", "tiny", **SHAPE)
+    cl = Clusters.make(s, 0)
+    toks = list(range(10, 74))
+    tr = routing_trace(load_model(g), [1, *toks], 1)
+    top = np.argsort(-tr["route"][:, 0], -1)[:, : s.top_k]
+    share = (cl.of_experts(0)[top] == cl.token[np.asarray(toks)][:, None]).mean()
+    assert share > 0.9, share
+    d = g.parent / "random.gguf"
+    make_synthetic_gguf(out=d, arch="qwen3moe", qtype="Q4_0", progress=False, **SHAPE)
+    tr = routing_trace(load_model(d), [1, *toks], 1)
+    top = np.argsort(-tr["route"][:, 0], -1)[:, : s.top_k]
+    share = (cl.of_experts(0)[top] == cl.token[np.asarray(toks)][:, None]).mean()
+    assert share < 0.5, share
+
+
+def test_clustered_router_needs_experts(tmp_path):
+    with pytest.raises(ValueError, match="needs a mixture of experts"):
+        make_synthetic_gguf(out=tmp_path / "d.gguf", arch="llama", router="clustered",
+                            progress=False)  # fmt: skip
