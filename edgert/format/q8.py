@@ -8,14 +8,26 @@ import numpy as np
 Q8_GROUP = 32
 
 
+#: values quantized at a time (the temporaries of a 150k-row head stay a few MB)
+Q8_CHUNK = 1 << 22
+
+
 def quantize_q8(w: np.ndarray, group: int = Q8_GROUP) -> dict[str, np.ndarray]:
     """Rows of w (m, k) as int8, one float32 scale per ``group`` columns (k zero-padded)."""
     m, k = w.shape
     pad = (-k) % group
-    g = np.pad(w, ((0, 0), (0, pad))).reshape(m, -1, group)
-    scale = np.abs(g).max(-1) / 127.0
-    q = np.round(np.divide(g, scale[..., None], out=np.zeros_like(g), where=scale[..., None] > 0))
-    return {"q": q.astype(np.int8).reshape(m, -1)[:, : k + pad], "scale": scale.astype(np.float32)}
+    out = np.empty((m, k + pad), np.int8)
+    scales = np.empty((m, (k + pad) // group), np.float32)
+    step = max(1, Q8_CHUNK // (k + pad))
+    for r in range(0, m, step):  # in row chunks: each row is quantized on its own
+        g = np.pad(w[r : r + step], ((0, 0), (0, pad))).reshape(-1, (k + pad) // group, group)
+        scale = np.abs(g).max(-1) / 127.0
+        q = np.round(
+            np.divide(g, scale[..., None], out=np.zeros_like(g), where=scale[..., None] > 0)
+        )
+        out[r : r + step] = q.astype(np.int8).reshape(len(g), -1)
+        scales[r : r + step] = scale
+    return {"q": out, "scale": scales}
 
 
 def dequantize_q8(q: np.ndarray, scale: np.ndarray, k: int) -> np.ndarray:

@@ -5,6 +5,7 @@ the same weights byte for byte, the same routing trace and the same measured qua
 synthetic maker's clustered router (tools/make_synthetic_gguf.py, the scale benchmarks' models)."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,8 +43,48 @@ def test_model_graph_cache_evicts_least_recently_used(tmp_path):
         np.testing.assert_array_equal(m.tensor(n), whole.tensor(n))
 
 
+def _mapped_rss(path) -> int:
+    """Bytes of ``path``'s mappings resident in this process (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and ":" not in line.split(" ", 1)[0]:
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+def test_read_file_pages_are_dropped_from_the_process(tmp_path, monkeypatch):
+    """A GGUF's memory-mapped pages leave the process as the compile reads on (MADV_DONTNEED
+    each MAPPED_BYTES read): RSS does not grow by the file. Tensors and stored blocks read
+    after their pages were dropped, or kept as views across it, have the same values."""
+    from edgert.compiler.frontends import gguf as gg
+
+    g = make_synthetic_gguf(out=tmp_path / "m.gguf", arch="llama", qtype="Q4_0", progress=False,
+                            dim=256, ffn=2048, heads=4, kv_heads=2, vocab=4096, layers=4)  # fmt: skip
+    size = g.stat().st_size
+    kept = load_model(g)
+    want = {n: kept.tensor(n).copy() for n in kept.infos}
+    assert _mapped_rss(g) > size // 2  # every page read stays mapped without dropping
+    monkeypatch.setattr(gg, "MAPPED_BYTES", 1)  # drop before every read
+    m = load_model(g)
+    base = _mapped_rss(g)  # the first load's mapping, and the second's header
+    ffn = names.weight(0, "ffn_up")
+    view = m.stored_blocks(ffn)  # a view into the mapping, kept across the drops
+    before = view.copy()
+    for n in m.infos:
+        np.testing.assert_array_equal(m.tensor(n), want[n])
+        m._cache.clear()
+    largest = max(int(np.prod(i.shape)) for i in m.infos.values()) * 4
+    assert _mapped_rss(g) - base <= largest  # at most the last tensor's pages
+    np.testing.assert_array_equal(view, before)  # faulted back from the page cache
+    del kept
+
+
 @pytest.fixture(scope="module")
 def two_compiles(tmp_path_factory):
+    from edgert.compiler.frontends import gguf as gg
+
     d = tmp_path_factory.mktemp("bounded")
     g = make_synthetic_gguf(out=d / "moe.gguf", arch="qwen3moe", qtype="Q4_0", progress=False,
                             router="clustered", **SHAPE)  # fmt: skip
@@ -52,6 +93,8 @@ def two_compiles(tmp_path_factory):
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(cc, "MATERIALIZE_BYTES", limit)
             mp.setattr(cc, "COMPILE_CACHE_BYTES", 200_000)  # less than one expert stack
+            if kind == "bounded":  # the file's pages dropped before every read
+                mp.setattr(gg, "MAPPED_BYTES", 1)
             out[kind] = compile_model(model=g, target="host", out=d / f"{kind}.edgert",
                                       scheme=QuantScheme("uniform", 4, 32), calib=CALIB,
                                       quant_method="rtn")  # fmt: skip
