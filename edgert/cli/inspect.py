@@ -14,6 +14,11 @@ def add_arguments(p) -> None:
         "--prompt", type=int, default=512, metavar="N",
         help="prompt length for the time-to-first-token prediction (default 512)",
     )  # fmt: skip
+    p.add_argument(
+        "--board", action="append", default=[], metavar="TARGET",
+        help="also predict decode and time to first token on this target's board, planned for "
+        "its DRAM (repeatable: --board rpi5 --board jetson-orin-nano)",
+    )  # fmt: skip
 
 
 def _print_dnn(info: dict) -> None:
@@ -49,6 +54,7 @@ def run(args) -> int:
         ctx=args.ctx,
         sparsity=args.sparsity,
         prompt=args.prompt,
+        boards=tuple(args.board),
     )
     if args.json:
         print_json(info)
@@ -106,23 +112,26 @@ def run(args) -> int:
     elif info.get("no_prediction"):
         print(f"predicted  none: {info['no_prediction']}")
     d = info.get("dram")
-    if d and "n_experts" in d:
+    if d and "n_experts" in d and not d["streams"]:
+        print(
+            f"DRAM plan  {_budget(d)}: all {d['n_experts']} experts resident "
+            f"({d['expert_bytes'] / 1e6:.2f} MB each), plan {d['planned'] / 1e6:.1f} MB"
+        )
+    elif d and "n_experts" in d:
         r = d["replayed"]
         how = (
             "routing assumed uniform" if r is None
             else f"the compiled routing trace replayed, {r['steps']} decode steps"
         )  # fmt: skip
         print(
-            f"DRAM plan  budget {d['budget'] / 1e6:.1f} MB: {d['slots']} of "
+            f"DRAM plan  {_budget(d)}: {d['slots']} of "
             f"{d['n_experts']} experts cached ({d['expert_bytes'] / 1e6:.2f} MB each), plan "
             f"{d['planned'] / 1e6:.1f} MB, minimum {d['minimum'] / 1e6:.1f} MB; "
             f"{d['streamed_bytes_per_token'] / 1e6:.1f} MB per token from flash at a hit rate "
             f"of {d['expected_hit_rate']:.0%} ({how})"
         )
     elif d:
-        budget = "no budget" if d["budget"] is None else f"budget {d['budget'] / 1e6:.1f} MB"
-        if d["compiled"]:
-            budget += " (compiled)"
+        budget = _budget(d)
         print(
             f"DRAM plan  {budget} at ctx {d['max_ctx']}: {len(d['streamed'])} of "
             f"{len(d['layer_bytes'])} layers stream ({d['streamed_bytes_per_token'] / 1e6:.1f} MB "
@@ -175,4 +184,28 @@ def run(args) -> int:
             f"prompt on {pf['device']} ({pf['tok_s']:.0f} tok/s prefill: "
             f"{pf['macs'] / 1e9:.1f} G multiply-adds at {pf['gmacs_per_s']:g} G/s)"
         )
+    if info.get("dram_refused"):
+        print(f"DRAM plan  none on the target's DRAM: {info['dram_refused']}")
+    for b in info["boards"]:
+        if "refused" in b:
+            print(f"board      {b['board']} ({b['dram_bytes'] / 2**30:.0f} GiB): {b['refused']}")
+            continue
+        c, pf = b["cost_model"], b["prefill"]
+        ttft = f", {pf['ttft_s']:.2f} s to the first token of {pf['n_prompt']}" if pf else ""
+        budget = "no budget" if b["budget"] is None else f"budget {b['budget'] / 1e9:.2f} GB"
+        print(
+            f"board      {b['board']} ({b['dram_bytes'] / 2**30:.0f} GiB, {budget}): "
+            f"{c['tok_s']:.2f} tok/s decode ({c['bound']}-bound: DRAM "
+            f"{c['dram_bytes_per_token'] / 1e6:.0f} MB in {c['dram_seconds'] * 1e3:.0f} ms, "
+            f"flash {c['flash_bytes_per_token'] / 1e6:.0f} MB in "
+            f"{c['flash_seconds'] * 1e3:.0f} ms per token){ttft}"
+        )
     return 0
+
+
+def _budget(d: dict) -> str:
+    """A plan's budget and where it came from, for the DRAM plan line."""
+    if d["budget"] is None:
+        return "no budget"
+    how = {"compiled": " (compiled)", "board dram": " (the target's DRAM)"}
+    return f"budget {d['budget'] / 1e6:.1f} MB" + how.get(d["budget_from"], "")

@@ -12,11 +12,14 @@ def inspect_artifact(
     ctx: int | None = None,
     sparsity: float | None = None,
     prompt: int = 512,
+    boards: tuple[str, ...] = (),
 ) -> dict:
     """What `edgert inspect` shows, as a dict (no checksum verification: it only reads).
-    Dense models: the DRAM plan for ``dram_budget`` (default: the compiled one) at ``ctx`` and
-    the cost model's decode prediction on the artifact's target; every language model: its
-    time to the first token of a ``prompt``-token prompt there."""
+    Language models: the DRAM plan (dense: layers streamed; a mixture: experts cached) for
+    ``dram_budget`` (default: the compiled one, else the target's DRAM where the model does not
+    fit it) at ``ctx``, the cost model's decode prediction and time to the first token of a
+    ``prompt``-token prompt on the artifact's target, and the same on each of ``boards`` (target
+    names), planned for that board's DRAM."""
     from edgert.format import names
     from edgert.format.artifact import Artifact
 
@@ -61,12 +64,28 @@ def inspect_artifact(
         "bytes": by_res,
         "tensors": len(art.tensors),
     }
-    from edgert.format.target import find_target
+    from edgert.format.target import find_target, load_target
+    from edgert.plan.cost import DeviceFigures, predict_decode, predict_prefill
 
     # no prediction where the target's file is not on this machine (a user's own target,
     # inspected elsewhere); a broken target file or a failing prediction is an error
     name = art.target.get("name")
     t = find_target(name) if name else None
+    cfg = art.config()
+    compiled = m.get("dram") or {}
+    ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
+    from edgert.errors import EdgertError
+
+    try:
+        plan, budget_from = _plan(art, cfg, ctx, dram_budget, t)
+    except EdgertError as e:
+        if dram_budget:  # the user's own budget: their error
+            raise
+        plan, budget_from = None, None  # the target's DRAM is below the plan's minimum
+        info["dram_refused"] = str(e)
+    if plan is not None:
+        info["dram"] = {**plan.to_dict(), "compiled": budget_from == "compiled",
+                        "budget_from": budget_from}  # fmt: skip
     if t is None:
         info["prediction"] = None
         info["no_prediction"] = (
@@ -76,37 +95,28 @@ def inspect_artifact(
             else "the artifact names no target"
         )
     else:
+        # what a step reads from DRAM: the plan's figure (a mixture: its top-k experts per
+        # layer, not every expert), else the resident tensors but the embedding table
         from edgert.plan.sizes import resident_besides, touched_per_step
 
-        # what a dense step reads: the resident tensors but the embedding table, unless it is
-        # the head (bundles only with --sparsity)
-        per_token = touched_per_step(art, resident_besides(art, ()))
+        per_token = (
+            plan.weight_bytes_per_token
+            if plan is not None
+            else touched_per_step(art, resident_besides(art, ()))
+        )
+        fig = DeviceFigures.from_target(t)
         info["prediction"] = {
             "weight_bytes_per_token": per_token,
             "dram_bandwidth_gbs": t.dram_bandwidth_gbs,
             "roofline_tok_s": t.dram_bandwidth_gbs * 1e9 / per_token,
-            "dram_fits": per_token < t.dram_bytes,
+            "dram_fits": art.nbytes("resident") + art.nbytes("streamed") < t.dram_bytes,
+            "cost_model": predict_decode(plan, fig, pos=ctx // 2).to_dict() if plan else None,
+            "prefill": predict_prefill(cfg, fig, n_prompt=min(prompt, ctx)),
         }
-    cfg = art.config()
-    compiled = m.get("dram") or {}
-    ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
-    from edgert.plan.cost import DeviceFigures, predict_decode, predict_prefill
-    from edgert.runtime.open import dense_plan, moe_plan, sparse_plan
-
-    plan = None
-    if cfg.is_moe and dram_budget:
-        plan = moe_plan(art, cfg, max_ctx=ctx, budget=dram_budget)
-        info["dram"] = {**plan.to_dict(), "compiled": False}
-    if not cfg.is_moe:
-        if dram_budget is None:
-            dram_budget = compiled.get("budget")
-        plan = dense_plan(art, cfg, max_ctx=ctx, budget=dram_budget or None)
-        info["dram"] = {**plan.to_dict(), "compiled": bool(compiled)}
-    if t is not None:
-        fig = DeviceFigures.from_target(t)
-        if plan is not None:
-            info["prediction"]["cost_model"] = predict_decode(plan, fig, pos=ctx // 2).to_dict()
-        info["prediction"]["prefill"] = predict_prefill(cfg, fig, n_prompt=min(prompt, ctx))
+    info["boards"] = [
+        _on_board(art, cfg, load_target(b), ctx=ctx, budget=dram_budget, prompt=prompt)
+        for b in boards
+    ]
     sp = m.get("sparse_ffn")
     if sp:
         info["sparse_ffn"] = {k: sp[k] for k in ("bits", "group", "sparsities", "calib_tokens")}
@@ -116,12 +126,57 @@ def inspect_artifact(
     if m.get("moefy"):
         info["moefy"] = m["moefy"]
     if sparsity is not None:
+        from edgert.runtime.open import sparse_plan
+
         sparse = sparse_plan(art, cfg, max_ctx=ctx, budget=dram_budget or None, sparsity=sparsity)
         info["sparse_plan"] = sparse.to_dict()
         if t is not None:
             fig = DeviceFigures.from_target(t)
             info["sparse_plan"]["cost_model"] = predict_decode(sparse, fig, pos=ctx // 2).to_dict()
     return info
+
+
+def _plan(art, cfg, ctx: int, budget: int | None, board):
+    """The plan a prediction for ``board`` (a target, or None) uses, and where its budget came
+    from: ``budget`` (``--dram-budget``; 0: off), else the one the artifact was compiled for,
+    else the board's DRAM where the whole model does not fit it (as ``bench --emulate`` plans
+    it), else none."""
+    from edgert.runtime.open import dense_plan, moe_plan
+
+    make = moe_plan if cfg.is_moe else dense_plan
+    compiled = (art.manifest.get("dram") or {}).get("budget")
+    if budget == 0:
+        return make(art, cfg, max_ctx=ctx, budget=None), None
+    if budget:
+        return make(art, cfg, max_ctx=ctx, budget=budget), "option"
+    if compiled:
+        return make(art, cfg, max_ctx=ctx, budget=compiled), "compiled"
+    plan = make(art, cfg, max_ctx=ctx, budget=None)
+    if board is not None and plan.planned > board.dram_bytes:
+        return make(art, cfg, max_ctx=ctx, budget=board.dram_bytes), "board dram"
+    return plan, None
+
+
+def _on_board(art, cfg, board, *, ctx: int, budget: int | None, prompt: int) -> dict:
+    """The cost model's decode and prefill on ``board`` (a target) for this artifact, planned
+    for the board's DRAM; a board whose DRAM is below the plan's minimum says so."""
+    from edgert.errors import EdgertError
+    from edgert.plan.cost import DeviceFigures, predict_decode, predict_prefill
+
+    fig = DeviceFigures.from_target(board)
+    out = {"board": board.name, "description": board.description,
+           "dram_bytes": board.dram_bytes}  # fmt: skip
+    try:
+        plan, how = _plan(art, cfg, ctx, budget, board)
+    except EdgertError as e:
+        return {**out, "refused": str(e)}
+    return {
+        **out,
+        "budget": plan.budget,
+        "budget_from": how,
+        "cost_model": predict_decode(plan, fig, pos=ctx // 2).to_dict(),
+        "prefill": predict_prefill(cfg, fig, n_prompt=min(prompt, ctx)),
+    }
 
 
 def inspect_onnx(art) -> dict:

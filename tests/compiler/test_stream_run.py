@@ -453,6 +453,49 @@ def test_moe_plan_replays_the_compiled_routing_trace(moe_art):
     assert not full.streams and full.expected_hit_rate == 1 and full.streamed_bytes_per_token == 0
 
 
+def test_inspect_predicts_a_mixture_from_its_active_experts(moe_art, tmp_path, monkeypatch):
+    """`inspect` on a mixture: a decode step reads the resident part and top-k experts per layer
+    (not every expert); `--board` plans for each board's DRAM: a board that holds the model
+    streams nothing, a smaller one caches what fits and reads the rest from flash, one below the
+    minimum says so."""
+    from conftest import run_cli
+
+    from edgert.measure.inspect import inspect_artifact
+
+    lo, quarter, full = moe_budgets(moe_art)
+    info = inspect_artifact(moe_art, ctx=64)
+    d, p = info["dram"], info["prediction"]
+    assert d["budget"] is None and not d["streams"] and d["budget_from"] is None
+    active = full.head_bytes + full.n_layers * full.top_k * full.expert_bytes
+    assert p["weight_bytes_per_token"] == active
+    assert active < full.head_bytes + full.n_experts * full.expert_bytes  # not every expert
+    assert p["cost_model"]["dram_bytes_per_token"] >= active
+    assert p["cost_model"]["flash_bytes_per_token"] == 0
+    rpi5 = Path(__file__).parents[2] / "targets" / "rpi5.toml"
+    for name, dram in (("small-board", quarter), ("tiny-board", lo - 1)):
+        text = rpi5.read_text().replace('name = "rpi5"', f'name = "{name}"')
+        (tmp_path / f"{name}.toml").write_text(
+            "\n".join(
+                f"dram_bytes = {dram}" if ln.startswith("dram_bytes") else ln
+                for ln in text.splitlines()
+            )
+        )
+    monkeypatch.setenv("EDGERT_TARGETS", str(tmp_path))
+    info = inspect_artifact(moe_art, ctx=64, boards=("rpi5", "small-board", "tiny-board"))
+    big, small, tiny = info["boards"]
+    assert big["budget"] is None and big["cost_model"]["flash_bytes_per_token"] == 0
+    assert small["budget"] == quarter and small["budget_from"] == "board dram"
+    c = small["cost_model"]
+    assert c["flash_bytes_per_token"] > 0 and c["planned_bytes"] <= quarter
+    assert c["tok_s"] < big["cost_model"]["tok_s"]
+    assert "below the minimum" in tiny["refused"]
+    r = run_cli("inspect", str(moe_art), "--ctx", "64", "--board", "small-board")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "all 32 experts resident" in r.stdout
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("board      small-board"))
+    assert f"budget {quarter / 1e9:.2f} GB" in line and "tok/s decode" in line
+
+
 def test_moe_long_prompt_in_budget_sized_calls(moe_art):
     """Under a budget a mixture of experts also runs prompts BUDGET_BATCH tokens per call (its
     scratch is sized for that), with the logits and tokens of one unbudgeted call."""
