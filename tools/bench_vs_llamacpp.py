@@ -168,13 +168,19 @@ def run_edgert(
 
 def weight_bytes_per_token(art_path: str) -> int | None:
     """Bytes of weights one decode step reads: every tensor, less the embedding table when the
-    head is a separate tensor (a lookup reads one row of it). None for a model file."""
+    head is a separate tensor (a lookup reads one row of it); a mixture's top-k experts per
+    layer, not all of them. None for a model file."""
     from edgert.format.artifact import Artifact, ArtifactError
 
     try:
         art = Artifact.open(art_path, verify_resident=False)
     except ArtifactError:  # a GGUF or HF model run by edgert's reference path
         return None
+    cfg = art.config()
+    if cfg.is_moe:
+        from edgert.runtime.open import moe_plan
+
+        return moe_plan(art, cfg, max_ctx=1, budget=None).weight_bytes_per_token
     head = art.manifest.get("plan", {}).get("head", "output.weight")
     total = art.nbytes()
     if head != "token_embd.weight" and "token_embd.weight" in art.tensors:
@@ -188,23 +194,30 @@ def weight_bytes_per_token(art_path: str) -> int | None:
 EDGERT_SLACK = 16 << 20
 
 
+def edgert_baseline(art: Path) -> int:
+    """RSS of an edgert process before its plan: the runtime and ``art``'s tokenizer loaded."""
+    from edgert.emulation.limits import baseline_rss
+
+    return baseline_rss(
+        "import edgert.runtime.engine, edgert.runtime.streamer\n"
+        "from edgert.format.artifact import Artifact\n"
+        "from edgert.runtime.tokenizer import Tokenizer\n"
+        f"Tokenizer.of_artifact(Artifact.open({str(art)!r}, verify_resident=False))"
+    )
+
+
 def one_limit(target: str, memory: str | None, art: Path, peer: Path):
     """The emulated board both engines run on: ``(emulation, edgert's --dram-budget)``. One
     memory limit, ``memory``, for either process; edgert plans its weights, KV cache and scratch
     into that limit less its own baseline."""
-    from edgert.emulation.limits import baseline_rss, block_device, emulation
+    from edgert.emulation.limits import block_device, emulation
     from edgert.format.target import load_target
     from edgert.plan.sizes import parse_size
 
     if not memory:
         raise SystemExit("--emulate needs --memory (the board's memory for each engine)")
     limit = parse_size(memory)
-    base = baseline_rss(  # the process before its plan: the runtime and the model's tokenizer
-        "import edgert.runtime.engine, edgert.runtime.streamer\n"
-        "from edgert.format.artifact import Artifact\n"
-        "from edgert.runtime.tokenizer import Tokenizer\n"
-        f"Tokenizer.of_artifact(Artifact.open({str(art)!r}, verify_resident=False))"
-    )
+    base = edgert_baseline(art)
     budget = limit - base - EDGERT_SLACK
     if budget <= 0:
         raise SystemExit(

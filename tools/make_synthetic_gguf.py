@@ -134,6 +134,10 @@ PRESETS = {
     "qwen2.5-0.5b": Shape(
         layers=24, dim=896, ffn=4864, heads=14, kv_heads=2, vocab=151936, ctx=32768, tied=1
     ),
+    # Llama-3.1-8B (arch llama3): 8.0 B parameters, 4.6 GB at Q4_0
+    "llama3-8b": Shape(
+        layers=32, dim=4096, ffn=14336, heads=32, kv_heads=8, vocab=128256, ctx=131072
+    ),
     "llama3.2-1b": Shape(
         layers=16, dim=2048, ffn=8192, heads=32, kv_heads=8, vocab=128256, ctx=131072, tied=1
     ),

@@ -239,6 +239,7 @@ REAL_SHAPES = {
     ("qwen3", "qwen3-0.6b"): 0.596e9,
     ("qwen2", "qwen2.5-0.5b"): 0.494e9,
     ("llama3", "llama3.2-1b"): 1.236e9,
+    ("llama3", "llama3-8b"): 8.030e9,
     ("gemma3", "gemma3-1b"): 1.0e9,
     ("phi3", "phi4-mini"): 3.836e9,
     ("smollm3", "smollm3-3b"): 3.075e9,
