@@ -87,7 +87,7 @@ def compile_model(
     bits_budget: float | None = None,
     calib: str | None = None,
     force: bool = False,
-    dram: tuple[int, int | None] | None = None,
+    dram: tuple | None = None,
     sparse_ffn: bool = False,
     moefy: tuple[int, ...] | None = None,
     head_bits: int = 8,

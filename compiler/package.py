@@ -78,7 +78,7 @@ def write_artifact(
     units: list,
     force: bool,
     times: dict[str, float],
-    dram: tuple[int, int | None] | None = None,
+    dram: tuple | None = None,
     sparse: dict | None = None,
     moefy: dict | None = None,
     trace: dict | None = None,
@@ -87,7 +87,8 @@ def write_artifact(
     quality_tokens: list[int] | None = None,
 ):
     """Everything after the bit plan: returns a CompileSummary. ``dram`` = (budget bytes,
-    context tokens): the DRAM plan for that budget is made (an impossible budget fails the
+    context tokens[, KV cache types; None: edgert.format.kvcache.choose]): the DRAM plan for
+    that budget is made (an impossible budget fails the
     compile, naming the minimum) and recorded as the artifact's default budget. ``sparse``
     (thresholds, order, calib_tokens from edgert.compiler.transform.sparsify.calibrate): neuron bundles
     are written too. ``moefy``: how the model's experts were split from its dense FFNs
@@ -300,14 +301,27 @@ def write_artifact(
             w.manifest["quant"]["quality"] = quality
             times["measure quality"] = time.perf_counter() - t2
         if dram is not None:
+            from edgert.format import kvcache
             from edgert.format.artifact import Artifact
             from edgert.plan.dram import plan_dram
 
             budget, ctx = dram[0], dram[1] or min(c.context_length, 4096)
-            dp = plan_dram(Artifact(w.path, w.manifest), c, max_ctx=ctx, budget=budget)
+            spec = dram[2] if len(dram) > 2 else None
+            art = Artifact(w.path, w.manifest)
+
+            def make(kv):
+                return plan_dram(art, c, max_ctx=ctx, budget=budget, kv=kv)
+
+            if spec is None:  # float32, or f16 / q8 where the budget cannot hold float32
+                kv, dp = kvcache.choose(make, c.head_dim)
+            else:
+                kv = kvcache.parse(spec)
+                kvcache.check_heads(kv, c.head_dim)
+                dp = make(kv)
             w.manifest["dram"] = {
                 "budget": budget,
                 "ctx": ctx,
+                "kv_cache": kvcache.name(kv),
                 "streamed_layers": dp.streamed,
                 "planned": dp.planned,
                 "minimum": dp.minimum,

@@ -71,10 +71,6 @@ def run(args) -> int:
 
     path = resolve_model(args.model)
     if args.emulate:
-        if args.kv_cache:
-            from edgert.errors import EdgertError
-
-            raise EdgertError("--kv-cache is not taken with --emulate", "bench without --emulate")
         r = _bench_emulated(args, path, threads)
     else:
         r, engine = bench_model(
@@ -184,6 +180,8 @@ def _bench_emulated(args, path, threads: int):
             "--expert-predictor", args.expert_predictor]  # fmt: skip
     if args.no_prefetch:
         argv.append("--no-prefetch")
+    if args.kv_cache:
+        argv += ["--kv-cache", args.kv_cache]
     if args.sparsity is not None:
         argv += ["--sparsity", str(args.sparsity), "--window", str(args.window)]
     p = run_emulated(argv, em, capture_output=True, text=True)

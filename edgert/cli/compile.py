@@ -70,6 +70,12 @@ def add_arguments(p) -> None:
         "--ctx", type=int, default=None, help="context the --dram-budget plan keeps a KV cache for"
     )
     p.add_argument(
+        "--kv-cache", default=None, metavar="TYPE",
+        help="with --dram-budget: the KV cache's types the plan counts and runs default to (f32, "
+        "f16, q8, q4 or KEYS,VALUES; default: float32, or f16 and then q8 where the budget is "
+        "below the float32 plan's minimum)",
+    )  # fmt: skip
+    p.add_argument(
         "--sparse-ffn",
         action="store_true",
         help="also write each FFN as neuron bundles with sparsity thresholds calibrated per "
@@ -126,9 +132,10 @@ def run(args) -> int:
     from edgert.format.target import load_target
 
     if Path(args.model).suffix.lower() == ".onnx":
-        if args.dram_budget or args.ctx or args.sparse_ffn or args.moefy:
+        if args.dram_budget or args.ctx or args.kv_cache or args.sparse_ffn or args.moefy:
             raise EdgertError(
-                "--dram-budget, --ctx, --sparse-ffn and --moefy apply to language models"
+                "--dram-budget, --ctx, --kv-cache, --sparse-ffn and --moefy apply to language "
+                "models"
             )
         return _compile_onnx(args)
     if args.input_shape:
@@ -146,6 +153,11 @@ def run(args) -> int:
     budget = dram_budget(args) or None
     if args.ctx is not None and (budget is None or args.ctx < 1):
         raise EdgertError("--ctx goes with --dram-budget and must be >= 1")
+    if args.kv_cache is not None and budget is None:
+        raise EdgertError(
+            "--kv-cache goes with --dram-budget at compile (the plan counts the cache)",
+            "add --dram-budget, or give --kv-cache to run, generate, bench or perplexity",
+        )
     moefy = None
     if args.moefy:
         from edgert.compiler.transform.moefy import parse_moefy
@@ -171,7 +183,7 @@ def run(args) -> int:
         bits_budget=args.bits_budget,
         calib=args.calib,
         force=args.force,
-        dram=None if budget is None else (budget, args.ctx),
+        dram=None if budget is None else (budget, args.ctx, args.kv_cache),
         sparse_ffn=args.sparse_ffn,
         moefy=moefy,
         head_bits=args.head_bits,

@@ -204,8 +204,11 @@ def run(args) -> int:
 
 
 def _budget(d: dict) -> str:
-    """A plan's budget and where it came from, for the DRAM plan line."""
+    """A plan's budget, where it came from and the KV cache it counts, for the DRAM plan line."""
     if d["budget"] is None:
         return "no budget"
     how = {"compiled": " (compiled)", "board dram": " (the target's DRAM)"}
-    return f"budget {d['budget'] / 1e6:.1f} MB" + how.get(d["budget_from"], "")
+    return (
+        f"budget {d['budget'] / 1e6:.1f} MB" + how.get(d["budget_from"], "")
+        + f", KV cache {d['kv_cache']}"
+    )  # fmt: skip

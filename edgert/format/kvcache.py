@@ -38,6 +38,30 @@ def parse(spec: str | None) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+#: the types a budget's plan falls back to where --kv-cache is not given, most precise first
+#: (their perplexity cost on SmolLM2 at ctx 2048, BENCHMARKS.md "KV cache types": f16 -0.09%, q8
+#: +0.23%; q8,q4 +1.1% and q4 +10.9% only when asked for)
+AUTO = (("f32", "f32"), ("f16", "f16"), ("q8", "q8"))
+
+
+def choose(make, head_dim: int):
+    """``(types, plan)`` for a budget where no type was asked for: float32 where the budget holds
+    its plan, else the first of :data:`AUTO` it holds (a budget too tight for a float32 cache runs
+    with a smaller one rather than being refused; one that holds float32 keeps it, so the tokens
+    are the unbudgeted run's). ``make(types)`` returns the plan or raises :class:`EdgertError`
+    for a budget below its minimum; where every type is refused, the last refusal (the smallest
+    minimum) is raised."""
+    refused = None
+    for kv in AUTO:
+        if any(k in _BLOCK_BYTES for k in kv) and head_dim % BLOCK:
+            continue
+        try:
+            return kv, make(kv)
+        except EdgertError as e:
+            refused = e
+    raise refused
+
+
 def name(kv: tuple[str, str]) -> str:
     """``q8`` for (q8, q8), ``q8,q4`` otherwise: what :func:`parse` reads back."""
     return kv[0] if kv[0] == kv[1] else f"{kv[0]},{kv[1]}"

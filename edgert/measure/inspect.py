@@ -75,17 +75,18 @@ def inspect_artifact(
     compiled = m.get("dram") or {}
     ctx = int(ctx or compiled.get("ctx") or min(cfg.context_length, 4096))
     from edgert.errors import EdgertError
+    from edgert.format import kvcache
 
     try:
-        plan, budget_from = _plan(art, cfg, ctx, dram_budget, t)
+        plan, budget_from, kv = _plan(art, cfg, ctx, dram_budget, t)
     except EdgertError as e:
         if dram_budget:  # the user's own budget: their error
             raise
-        plan, budget_from = None, None  # the target's DRAM is below the plan's minimum
+        plan, budget_from, kv = None, None, None  # the target's DRAM is below the minimum
         info["dram_refused"] = str(e)
     if plan is not None:
         info["dram"] = {**plan.to_dict(), "compiled": budget_from == "compiled",
-                        "budget_from": budget_from}  # fmt: skip
+                        "budget_from": budget_from, "kv_cache": kvcache.name(kv)}  # fmt: skip
     if t is None:
         info["prediction"] = None
         info["no_prediction"] = (
@@ -137,43 +138,51 @@ def inspect_artifact(
 
 
 def _plan(art, cfg, ctx: int, budget: int | None, board):
-    """The plan a prediction for ``board`` (a target, or None) uses, and where its budget came
-    from: ``budget`` (``--dram-budget``; 0: off), else the one the artifact was compiled for,
-    else the board's DRAM where the whole model does not fit it (as ``bench --emulate`` plans
-    it), else none."""
-    from edgert.runtime.open import dense_plan, moe_plan
+    """``(plan, where its budget came from, KV cache types)`` of a prediction for ``board`` (a
+    target, or None): ``budget`` (``--dram-budget``; 0: off), else the one the artifact was
+    compiled for (with its KV cache types), else the board's DRAM where the whole model does not
+    fit it (as ``bench --emulate`` plans it), else none. Under a budget the KV cache is what a
+    run takes (edgert.runtime.open.plan_run: float32 unless the budget is tight)."""
+    from edgert.format import kvcache
+    from edgert.runtime.open import dense_plan, moe_plan, plan_run
 
     make = moe_plan if cfg.is_moe else dense_plan
-    compiled = (art.manifest.get("dram") or {}).get("budget")
+    compiled = art.manifest.get("dram") or {}
+    how, kv_cache = "option", None
     if budget == 0:
-        return make(art, cfg, max_ctx=ctx, budget=None), None
-    if budget:
-        return make(art, cfg, max_ctx=ctx, budget=budget), "option"
-    if compiled:
-        return make(art, cfg, max_ctx=ctx, budget=compiled), "compiled"
-    plan = make(art, cfg, max_ctx=ctx, budget=None)
-    if board is not None and plan.planned > board.dram_bytes:
-        return make(art, cfg, max_ctx=ctx, budget=board.dram_bytes), "board dram"
-    return plan, None
+        return make(art, cfg, max_ctx=ctx, budget=None), None, kvcache.DEFAULT
+    if not budget and compiled.get("budget"):
+        budget, how = compiled["budget"], "compiled"
+        if ctx == compiled.get("ctx"):
+            kv_cache = compiled.get("kv_cache")
+    elif not budget:
+        plan = make(art, cfg, max_ctx=ctx, budget=None)
+        if board is None or plan.planned <= board.dram_bytes:
+            return plan, None, kvcache.DEFAULT
+        budget, how = board.dram_bytes, "board dram"
+    kv, plan = plan_run(art, cfg, max_ctx=ctx, budget=budget, kv_cache=kv_cache)
+    return plan, how, kv
 
 
 def _on_board(art, cfg, board, *, ctx: int, budget: int | None, prompt: int) -> dict:
     """The cost model's decode and prefill on ``board`` (a target) for this artifact, planned
     for the board's DRAM; a board whose DRAM is below the plan's minimum says so."""
     from edgert.errors import EdgertError
+    from edgert.format import kvcache
     from edgert.plan.cost import DeviceFigures, predict_decode, predict_prefill
 
     fig = DeviceFigures.from_target(board)
     out = {"board": board.name, "description": board.description,
            "dram_bytes": board.dram_bytes}  # fmt: skip
     try:
-        plan, how = _plan(art, cfg, ctx, budget, board)
+        plan, how, kv = _plan(art, cfg, ctx, budget, board)
     except EdgertError as e:
         return {**out, "refused": str(e)}
     return {
         **out,
         "budget": plan.budget,
         "budget_from": how,
+        "kv_cache": kvcache.name(kv),
         "cost_model": predict_decode(plan, fig, pos=ctx // 2).to_dict(),
         "prefill": predict_prefill(cfg, fig, n_prompt=min(prompt, ctx)),
     }

@@ -37,7 +37,8 @@ def open_artifact_engine(
     ``window`` (tokens a neuron stays cached idle; 0: as long as the budget allows) run a dense
     model's FFN on its active neurons, their bundles read from flash (edgert.runtime.neurons).
     ``kv_cache``: how the KV cache holds keys and values (edgert.format.kvcache: ``q8``,
-    ``q8,q4`` ...); None: float32."""
+    ``q8,q4`` ...); None: the compiled plan's, else float32 unless the budget is too small for
+    it (then f16 or q8, :func:`plan_run`)."""
     from edgert.format.artifact import Artifact
     from edgert.plan.sizes import MAX_BATCH
     from edgert.plan.sparse import ffn_tensors
@@ -73,27 +74,29 @@ def open_artifact_engine(
             "run it without --sparsity",
         )
 
-    # the cache's types: as asked, else float32 (a plan refused for its budget names --kv-cache)
-    kv = kvcache.parse(kv_cache)
-    kvcache.check_heads(kv, cfg.head_dim)
+    # the cache's types: as asked, else the compiled plan's, else what the budget's plan chose
+    if kv_cache is None and compiled and (dram_budget, max_ctx) == (
+        compiled["budget"], compiled["ctx"]
+    ):  # fmt: skip
+        kv_cache = compiled.get("kv_cache")
+    budget = int(dram_budget or 0) or None
+    kv, run_plan = plan_run(
+        art, cfg, max_ctx=max_ctx, budget=budget, kv_cache=kv_cache, experts=experts, ffn=ffn
+    )
     dram = moe = sparse = None
     streamed: set[str] = set()
     if sparsity is not None:
-        sparse = sparse_plan(
-            art, cfg, max_ctx=max_ctx, budget=int(dram_budget or 0) or None,
-            sparsity=float(sparsity), window=int((ffn or {}).get("window") or 0),
-            gap_bytes=(ffn or {}).get("gap_bytes"), kv=kv,
-        )  # fmt: skip
+        sparse = run_plan
         streamed = ffn_tensors(cfg)
-    elif dram_budget and cfg.is_moe:
-        moe = moe_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), experts=experts, kv=kv)
+    elif budget and cfg.is_moe:
+        moe = run_plan
         if moe.streams:
             streamed = {
                 n for i in range(cfg.n_layers) for e in range(cfg.n_experts)
                 for n in names.expert_tensors(i, e)
             }  # fmt: skip
-    elif dram_budget:
-        dram = dense_plan(art, cfg, max_ctx=max_ctx, budget=int(dram_budget), kv=kv)
+    elif budget:
+        dram = run_plan
         streamed = {names.weight(i, p) for i in dram.streamed for p in names.PROJECTIONS}
     engine = CompiledEngine(
         str(art.library("model")),
@@ -125,6 +128,37 @@ def open_artifact_engine(
     # streamed tensors are verified on their first read
     art.verify(residency="resident", skip=streamed)
     return engine
+
+
+def plan_run(
+    art, cfg, *, max_ctx: int, budget: int | None, kv_cache: str | None = None,
+    experts: dict | None = None, ffn: dict | None = None,
+):  # fmt: skip
+    """The KV cache's types and the plan of a run of ``art`` (None without a budget or
+    sparsity): a sparse FFN's window cache where ``ffn`` gives a sparsity, a mixture's expert
+    cache or a dense model's streamed layers under ``budget``. ``kv_cache`` as asked (refused
+    for heads the quantized types cannot hold); None: float32, unless the budget is below the
+    float32 plan's minimum — then f16, else q8 (:func:`edgert.format.kvcache.choose`)."""
+    sparsity = (ffn or {}).get("sparsity")
+
+    def make(kv):
+        if sparsity is not None:
+            return sparse_plan(
+                art, cfg, max_ctx=max_ctx, budget=budget, sparsity=float(sparsity),
+                window=int((ffn or {}).get("window") or 0), gap_bytes=(ffn or {}).get("gap_bytes"),
+                kv=kv,
+            )  # fmt: skip
+        if budget and cfg.is_moe:
+            return moe_plan(art, cfg, max_ctx=max_ctx, budget=budget, experts=experts, kv=kv)
+        if budget:
+            return dense_plan(art, cfg, max_ctx=max_ctx, budget=budget, kv=kv)
+        return None
+
+    if kv_cache is not None or not budget:
+        kv = kvcache.parse(kv_cache)
+        kvcache.check_heads(kv, cfg.head_dim)
+        return kv, make(kv)
+    return kvcache.choose(make, cfg.head_dim)
 
 
 def dense_plan(art, cfg, *, max_ctx: int, budget: int | None, kv=None):

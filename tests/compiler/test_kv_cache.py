@@ -97,14 +97,16 @@ def test_plan_counts_the_cache(art):
 
 
 def test_budget_counts_the_smaller_cache(art):
-    """A budget too small for float32's cache is refused, naming --kv-cache; with q8 the same
-    budget holds the plan."""
+    """A budget too small for float32's cache is refused where float32 is asked for, naming
+    --kv-cache; asked for nothing, the plan falls back to the most precise type that fits (f16
+    here: the 1 MiB of margin holds it); with q8 the same budget holds the plan."""
     cfg = Artifact.open(art).config()
     fixed = Artifact.open(art).nbytes()  # more than the resident weights and scratch
     budget = fixed + kv_cache_bytes(cfg, 2048, 16, ("q8", "q8")) + (1 << 20)
     assert kv_cache_bytes(cfg, 2048, 16) > budget
     with pytest.raises(EdgertError, match="--kv-cache"):
-        open_artifact_engine(art, max_ctx=2048, dram_budget=budget)
+        open_artifact_engine(art, max_ctx=2048, dram_budget=budget, kv_cache="f32")
+    assert open_artifact_engine(art, max_ctx=2048, dram_budget=budget).native.kv == ("f16", "f16")
     eng = open_artifact_engine(art, max_ctx=2048, dram_budget=budget, kv_cache="q8")
     assert eng.native.kv == ("q8", "q8")
     assert eng.dram_plan.kv == kv_cache_bytes(cfg, 2048, eng.dram_plan.batch, ("q8", "q8"))

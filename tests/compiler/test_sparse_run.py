@@ -254,7 +254,10 @@ def test_bench_and_inspect_predict_sparse_plans(art):
 
 def test_budget_below_minimum_is_refused(art):
     a = Artifact.open(art)
-    minimum = plan_sparse(a, a.config(), max_ctx=64, budget=1 << 40, sparsity=0.5).minimum
+    # the smallest cache a run falls back to unasked (edgert.format.kvcache.choose)
+    minimum = plan_sparse(
+        a, a.config(), max_ctx=64, budget=1 << 40, sparsity=0.5, kv=("q8", "q8")
+    ).minimum
     with pytest.raises(EdgertError, match="below the minimum for --sparsity"):
         open_artifact_engine(art, max_ctx=64, dram_budget=minimum - 1, ffn={"sparsity": 0.5})
 

@@ -92,10 +92,28 @@ def test_long_prompt_in_budget_sized_calls(art):
         want, got = free.forward([nxt], last_only=True), eng.forward([nxt], last_only=True)
 
 
+def kv_minimum(path, max_ctx, kv):
+    from edgert.format.artifact import Artifact
+
+    a = Artifact.open(path)
+    p = plan_dram(a, a.config(), max_ctx=max_ctx, budget=None, n_batch=BUDGET_BATCH, kv=kv)
+    return p.minimum
+
+
 def test_budget_below_minimum_refused(art):
+    """A budget that cannot hold the float32 KV cache's plan runs with an f16, then a q8 cache
+    (no --kv-cache given); below the q8 plan's minimum it is refused, naming that minimum."""
     lo, _, _ = budgets(art, 64)
-    with pytest.raises(EdgertError, match=r"below the minimum .* needs: [0-9.]+ MB"):
-        open_artifact_engine(art, max_ctx=64, dram_budget=lo - 1)
+    f16, q8 = (kv_minimum(art, 64, (k, k)) for k in ("f16", "q8"))
+    assert q8 < f16 < lo
+    assert open_artifact_engine(art, max_ctx=64, dram_budget=lo).kv_cache == "f32"
+    assert open_artifact_engine(art, max_ctx=64, dram_budget=lo - 1).kv_cache == "f16"
+    assert open_artifact_engine(art, max_ctx=64, dram_budget=f16 - 1).kv_cache == "q8"
+    with pytest.raises(EdgertError, match=rf"below the minimum .* needs: {q8 / 1e6:.1f} MB"):
+        open_artifact_engine(art, max_ctx=64, dram_budget=q8 - 1)
+    # asked for, a type is kept: float32 below its minimum is refused
+    with pytest.raises(EdgertError, match=rf"below the minimum .* needs: {lo / 1e6:.1f} MB"):
+        open_artifact_engine(art, max_ctx=64, dram_budget=lo - 1, kv_cache="f32")
 
 
 def test_transient_read_errors_are_retried(art, monkeypatch):
@@ -215,16 +233,25 @@ def test_compiled_budget_is_the_default(art, tmp_path):
 
     src = Path(art).parent / "m.gguf"  # what the module's artifact was compiled from
     lo, mid, _ = budgets(art, 64)
+    q8 = kv_minimum(art, 64, ("q8", "q8"))
     scheme = QuantScheme("uniform", 4, 32)
     bad = tmp_path / "bad.edgert"
     with pytest.raises(EdgertError, match=r"below the minimum this artifact needs: [0-9.]+ MB"):
-        compile_model(model=src, target="host", out=bad, scheme=scheme, dram=(lo - 1, 64))
+        compile_model(model=src, target="host", out=bad, scheme=scheme, dram=(q8 - 1, 64))
     assert not bad.exists()  # nothing that looks like an artifact is left
+    # too tight for a float32 cache: the plan counts an f16 one, and runs default to it;
+    # --kv-cache q8 is recorded as asked
+    for spec, want in ((None, "f16"), ("q8", "q8")):
+        tight = compile_model(model=src, target="host", out=tmp_path / f"t{want}.edgert",
+                              scheme=scheme, dram=(lo - 1, 64, spec)).out  # fmt: skip
+        assert json.loads((Path(tight) / "manifest.json").read_text())["dram"]["kv_cache"] == want
+        assert open_artifact_engine(tight).kv_cache == want
     out = compile_model(
         model=src, target="host", out=tmp_path / "b.edgert", scheme=scheme, dram=(mid, 64)
     ).out
     m = json.loads((tmp_path / "b.edgert" / "manifest.json").read_text())
     assert m["dram"]["budget"] == mid and m["dram"]["ctx"] == 64 and m["dram"]["streamed_layers"]
+    assert m["dram"]["kv_cache"] == "f32"  # the budget holds a float32 cache
     eng = open_artifact_engine(out)  # the compiled budget and context
     assert eng.dram_plan.budget == mid and eng.max_ctx == 64 and eng.streamer is not None
     assert eng.dram_plan.streamed == m["dram"]["streamed_layers"]
@@ -296,6 +323,14 @@ def test_bench_under_an_emulated_device(art, device_emulation):
             pred["dram_bytes_per_token"] / (fig.decode_gbs * 1e9)
         )
     assert p["peak_rss_bytes"] == d["baseline_rss_bytes"] + d["dram"]["planned"]
+    # --kv-cache goes to the emulated run: its plan counts a q8 cache (2 + 32 bytes per 32)
+    r = run_cli(
+        "bench", str(art), "--emulate", "rpi5", "--dram-budget", str(mid), "--kv-cache", "q8",
+        "-p", str(n_prompt), "-n", str(n_gen), "-r", "1", "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    q8 = json.loads(r.stdout)["dram"]
+    assert q8["kv"] * 128 == d["dram"]["kv"] * 34
 
 
 def test_emulated_memory_limit_is_enforced(tmp_path, device_emulation):
@@ -462,7 +497,7 @@ def test_inspect_predicts_a_mixture_from_its_active_experts(moe_art, tmp_path, m
 
     from edgert.measure.inspect import inspect_artifact
 
-    lo, quarter, full = moe_budgets(moe_art)
+    _, quarter, full = moe_budgets(moe_art)
     info = inspect_artifact(moe_art, ctx=64)
     d, p = info["dram"], info["prediction"]
     assert d["budget"] is None and not d["streams"] and d["budget_from"] is None
@@ -471,8 +506,14 @@ def test_inspect_predicts_a_mixture_from_its_active_experts(moe_art, tmp_path, m
     assert active < full.head_bytes + full.n_experts * full.expert_bytes  # not every expert
     assert p["cost_model"]["dram_bytes_per_token"] >= active
     assert p["cost_model"]["flash_bytes_per_token"] == 0
+    from edgert.format.artifact import Artifact
+    from edgert.plan.moe import plan_moe
+
+    a = Artifact.open(moe_art)
+    q8 = plan_moe(a, a.config(), max_ctx=64, budget=None, n_batch=BUDGET_BATCH,
+                  kv=("q8", "q8")).minimum  # fmt: skip
     rpi5 = Path(__file__).parents[2] / "targets" / "rpi5.toml"
-    for name, dram in (("small-board", quarter), ("tiny-board", lo - 1)):
+    for name, dram in (("small-board", quarter), ("tiny-board", q8 - 1)):
         text = rpi5.read_text().replace('name = "rpi5"', f'name = "{name}"')
         (tmp_path / f"{name}.toml").write_text(
             "\n".join(
@@ -485,6 +526,7 @@ def test_inspect_predicts_a_mixture_from_its_active_experts(moe_art, tmp_path, m
     big, small, tiny = info["boards"]
     assert big["budget"] is None and big["cost_model"]["flash_bytes_per_token"] == 0
     assert small["budget"] == quarter and small["budget_from"] == "board dram"
+    assert small["kv_cache"] == "f32"  # the board's DRAM holds a float32 cache
     c = small["cost_model"]
     assert c["flash_bytes_per_token"] > 0 and c["planned_bytes"] <= quarter
     assert c["tok_s"] < big["cost_model"]["tok_s"]
@@ -521,7 +563,7 @@ def test_moe_budget_below_minimum_and_unreadable_expert(moe_art, monkeypatch):
 
     lo, quarter, _ = moe_budgets(moe_art)
     with pytest.raises(EdgertError, match=r"below the minimum .*this layer's and the next's"):
-        open_artifact_engine(moe_art, max_ctx=64, dram_budget=lo - 1)
+        open_artifact_engine(moe_art, max_ctx=64, dram_budget=lo - 1, kv_cache="f32")
     a = Artifact.open(moe_art)
     spans = expert_spans(a, a.config())
     real = FlashReader._pread

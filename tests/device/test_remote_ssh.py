@@ -61,8 +61,9 @@ def test_deploy_and_run_over_ssh(device, arts):
     assert out["tokens"] == reference_tokens(arts[0], p)
     assert out["dram"]["budget"] == lo and out["dram"]["streamed"]
     assert out["dram"]["planned"] <= lo and out["stream"]["flash_bytes"] > 0
+    # a float32 cache asked for: refused below its plan's minimum (unasked, f16 would run)
     r = run_cli("run", str(arts[0]), "--device", url, "-p", p, "-n", "4", "--ctx", "64",
-                "--dram-budget", str(lo - 1), env=env)  # fmt: skip
+                "--dram-budget", str(lo - 1), "--kv-cache", "f32", env=env)  # fmt: skip
     assert r.returncode == 2 and "below the minimum" in r.stderr and "Traceback" not in r.stderr
 
 
