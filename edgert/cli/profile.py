@@ -21,11 +21,12 @@ def add_arguments(p) -> None:
     p.add_argument("--html", default=None, help="write the report to this HTML file")
     p.add_argument("--accept-new-host-key", action="store_true", help="trust unknown SSH hosts")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    from edgert.cli.common import add_dram_budget
+    from edgert.cli.common import add_dram_budget, add_kv_cache
 
     # a weight cache to measure the hit rate of: a mixture's experts under --dram-budget, a
     # sparse FFN's neurons under --sparsity
     add_dram_budget(p)
+    add_kv_cache(p)
 
 
 def run(args) -> int:
@@ -46,14 +47,15 @@ def run(args) -> int:
     if args.threads:
         opts["threads"] = args.threads
     run_opts = {"dram_budget": dram_budget(args), "experts": expert_options(args),
-                "ffn": ffn_options(args)}  # fmt: skip
+                "ffn": ffn_options(args), "kv_cache": args.kv_cache}  # fmt: skip
     # asked for: the profile must say it ran with them, or its cache figures are another run's
-    asked = run_opts["dram_budget"] is not None or run_opts["ffn"] is not None
+    asked = any(run_opts[k] is not None for k in ("dram_budget", "ffn", "kv_cache"))
     from edgert.runtime.onnx import is_dnn_artifact
 
     if asked and is_dnn_artifact(args.artifact):
         raise EdgertError(
-            "--dram-budget and --sparsity apply to language models", "drop them for ONNX models"
+            "--dram-budget, --sparsity and --kv-cache apply to language models",
+            "drop them for ONNX models",
         )
     if args.device:
         from edgert.device.client import Device
@@ -68,8 +70,8 @@ def run(args) -> int:
             p = h["profile"]
             if asked and p.get("options") != run_opts:
                 raise EdgertError(
-                    f"device {url} profiled without --dram-budget / --sparsity (its edgert "
-                    "does not pass them on)",
+                    f"device {url} profiled without --dram-budget / --sparsity / --kv-cache (its "
+                    "edgert does not pass them on)",
                     "update edgert there (`edgert deploy` does over SSH), or profile without them",
                 )
             return p

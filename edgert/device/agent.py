@@ -281,6 +281,7 @@ SCHEMAS: dict[str, Schema] = {
             "dram_budget": DRAM_BUDGET,
             "experts": EXPERTS,
             "ffn": FFN,
+            "kv_cache": KV_CACHE,
         }
     ),
     "file.stat": Schema({"path": STAGED_FILE}),

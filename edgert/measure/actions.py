@@ -51,6 +51,7 @@ def _profile(agent, rid, args, payload):
         dram_budget=args.get("dram_budget"),
         experts=args.get("experts"),
         ffn=args.get("ffn"),
+        kv_cache=args.get("kv_cache"),
     )
     p["artifact"] = args.get("name")
     p["device_info"] = device_info(agent.root)

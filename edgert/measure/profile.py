@@ -108,10 +108,12 @@ def profile_artifact(
     dram_budget: int | None = None,
     experts: dict | None = None,
     ffn: dict | None = None,
+    kv_cache: str | None = None,
 ) -> dict[str, Any]:
     """Profile the artifact at ``path`` on this machine (see the module docstring);
-    ``dram_budget``, ``experts`` and ``ffn`` as edgert.runtime.open.open_artifact_engine takes
-    them (language models), echoed as ``options``."""
+    ``dram_budget``, ``experts``, ``ffn`` and ``kv_cache`` as
+    edgert.runtime.open.open_artifact_engine takes them (language models), echoed as
+    ``options``."""
     from edgert.runtime.onnx import is_dnn_artifact
 
     started = time.time()  # the device's clock: profiles of several devices show their overlap
@@ -123,14 +125,20 @@ def profile_artifact(
             out: dict[str, Any] = {"kind": "onnx", "bench": r.to_dict(), "layers": []}
         else:
             out = _profile_llm(path, threads=threads, n_prompt=n_prompt, n_gen=n_gen, reps=reps,
-                               dram_budget=dram_budget, experts=experts, ffn=ffn)  # fmt: skip
+                               dram_budget=dram_budget, experts=experts, ffn=ffn,
+                               kv_cache=kv_cache)  # fmt: skip
     peak = max(b for _, b in rss.samples)
     out.update(
         {
             "artifact": Path(path).name,
             "threads": threads,
             "wall_clock": [started, time.time()],  # when the run began and ended (epoch seconds)
-            "options": {"dram_budget": dram_budget, "experts": experts, "ffn": ffn},
+            "options": {
+                "dram_budget": dram_budget,
+                "experts": experts,
+                "ffn": ffn,
+                "kv_cache": kv_cache,
+            },
             "rss_samples": [[round(t, 4), b] for t, b in rss.samples],
             "peak_rss_bytes": peak,
             "thermal_before": heat.samples[0][1],
@@ -147,7 +155,7 @@ def profile_artifact(
 
 def _profile_llm(
     path, *, threads: int, n_prompt: int, n_gen: int, reps: int, dram_budget=None,
-    experts=None, ffn=None,
+    experts=None, ffn=None, kv_cache=None,
 ) -> dict[str, Any]:  # fmt: skip
     import copy
 
@@ -157,7 +165,8 @@ def _profile_llm(
     from edgert.runtime.engine import OpTimes
 
     r, eng = bench_model(path, threads=threads, n_prompt=n_prompt, n_gen=n_gen, reps=reps,
-                         dram_budget=dram_budget, experts=experts, ffn=ffn)  # fmt: skip
+                         dram_budget=dram_budget, experts=experts, ffn=ffn,
+                         kv_cache=kv_cache)  # fmt: skip
     # one more decode run with the timing hooks on: per-layer, per-operation time per token,
     # and the weight cache's hits over it
     ops = OpTimes()

@@ -61,7 +61,8 @@ def test_profile_reports_the_cache_hit_rate_and_temperature(art):
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)["profiles"]["local"]
 
-    p = profile("--sparsity", "0.5")
+    p = profile("--sparsity", "0.5", "--kv-cache", "f16")
+    assert p["options"]["kv_cache"] == "f16"
     c = p["cache"]
     assert c["kind"] == "neurons" and c["tokens"] == 8 and c["lookups"] > 0
     assert p["cache_hit_rate"] == c["hits"] / c["lookups"] and 0 <= c["hits"] <= c["lookups"]

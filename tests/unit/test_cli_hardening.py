@@ -286,10 +286,11 @@ def test_html_escapes_what_the_device_sent():
 def test_profile_on_device_must_run_with_the_options(tmp_path, env, fake_device, capsys):
     art = tiny_artifact(tmp_path / "m.edgert")
     asked = {"dram_budget": 300_000_000, "ffn": {"sparsity": 0.5, "window": 0},
-             "experts": {"policy": "lru", "predictor": "router", "prefetch": True}}  # fmt: skip
+             "experts": {"policy": "lru", "predictor": "router", "prefetch": True},
+             "kv_cache": "q8"}  # fmt: skip
     FakeDevice.profile = profile_from_device()  # an agent that does not pass them on
     argv = ["profile", str(art), "--device", "local", "--dram-budget", "300M",
-            "--sparsity", "0.5", "--json"]  # fmt: skip
+            "--sparsity", "0.5", "--kv-cache", "q8", "--json"]  # fmt: skip
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "profiled without --dram-budget" in err[0]
@@ -311,7 +312,7 @@ def test_agent_profiles_with_the_options_it_was_sent(tmp_path, monkeypatch):
 
     def fake_profile(path, **kw):
         seen.update(kw)
-        return {"options": {k: kw[k] for k in ("dram_budget", "experts", "ffn")}}
+        return {"options": {k: kw[k] for k in ("dram_budget", "experts", "ffn", "kv_cache")}}
 
     monkeypatch.setattr(prof, "profile_artifact", fake_profile)
 
@@ -322,7 +323,9 @@ def test_agent_profiles_with_the_options_it_was_sent(tmp_path, monkeypatch):
             return tmp_path / name
 
     sent = {"name": "m", "n_prompt": 2, "n_gen": 2, "reps": 1, "dram_budget": 300_000_000,
-            "experts": {"policy": "lru"}, "ffn": {"sparsity": 0.5, "window": 0}}  # fmt: skip
+            "experts": {"policy": "lru"}, "ffn": {"sparsity": 0.5, "window": 0},
+            "kv_cache": "q8"}  # fmt: skip
     h, _ = actions._profile(Agent(), 1, sent, b"")
-    assert h["profile"]["options"] == {k: sent[k] for k in ("dram_budget", "experts", "ffn")}
+    keys = ("dram_budget", "experts", "ffn", "kv_cache")
+    assert h["profile"]["options"] == {k: sent[k] for k in keys}
     assert seen["reps"] == 1
