@@ -75,8 +75,9 @@ def peer_quantize(src: Path, qtype: str) -> Path:
     return dst
 
 
-def peer_worker(model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
-    """One llama.cpp measurement (runs in a child process)."""
+def peer_worker(model: str, threads: int, n_prompt: int, n_gen: int, depth: int = 0) -> dict:
+    """One llama.cpp measurement (runs in a child process): tg after a prompt of ``max(depth,
+    1)`` random ids, as edgert bench's ``--depth``."""
     import random
 
     from llama_cpp import Llama
@@ -86,7 +87,7 @@ def peer_worker(model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
     t0 = time.perf_counter()
     llm = Llama(
         model,
-        n_ctx=n_prompt + n_gen + 16,
+        n_ctx=max(n_prompt, depth) + n_gen + 16,
         n_batch=max(n_prompt, 8),
         n_threads=threads,
         n_threads_batch=threads,
@@ -103,7 +104,7 @@ def peer_worker(model: str, threads: int, n_prompt: int, n_gen: int) -> dict:
     llm.eval(toks)
     pp = n_prompt / (time.perf_counter() - t0)
     llm.reset()
-    llm.eval([rng.randrange(vocab)])
+    llm.eval([rng.randrange(vocab) for _ in range(max(depth, 1))])
     gen = [rng.randrange(vocab) for _ in range(n_gen)]
     t0 = time.perf_counter()
     for t in gen:
@@ -127,11 +128,12 @@ def _run(cmd: list[str], em) -> tuple[subprocess.CompletedProcess, dict | None]:
     return r, em.usage.to_dict()
 
 
-def run_peer(model: Path, threads: int, n_prompt: int, n_gen: int, em=None) -> dict:
+def run_peer(model: Path, threads: int, n_prompt: int, n_gen: int, em=None, depth: int = 0) -> dict:
     code = (
         f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
         f"import bench_vs_llamacpp as b; "
-        f"print(json.dumps(b.peer_worker({str(model)!r}, {threads}, {n_prompt}, {n_gen})))"
+        f"print(json.dumps(b.peer_worker({str(model)!r}, {threads}, {n_prompt}, {n_gen}, "
+        f"{depth})))"
     )
     r, usage = _run([sys.executable, "-c", code], em)
     if r.returncode:
@@ -265,6 +267,10 @@ def main() -> None:
     ap.add_argument("-t", "--threads", default="1,2")
     ap.add_argument("-p", "--n-prompt", type=int, default=128)
     ap.add_argument("-n", "--n-gen", type=int, default=64)
+    ap.add_argument(
+        "-d", "--depth", type=int, default=0,
+        help="tokens in the cache before each tg run, both engines (decode at that context)",
+    )  # fmt: skip
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--emulate", default=None, metavar="TARGET", help="device limits (root)")
@@ -281,7 +287,7 @@ def main() -> None:
     src = Path(a.gguf) if a.gguf else pull("smollm2-135m")
     peer = peer_quantize(src, a.peer_quant) if a.peer_quant else src
     em = None
-    extra = tuple(a.edgert_args.split())
+    extra = tuple(a.edgert_args.split()) + (("--depth", str(a.depth)) if a.depth else ())
     if a.emulate:
         em, budget = one_limit(a.emulate, a.memory, Path(a.edgert), peer)
         extra += ("--dram-budget", str(budget))
@@ -294,7 +300,7 @@ def main() -> None:
     for threads in [int(x) for x in a.threads.split(",")]:
         ours, theirs, dram = [], [], []
         for _ in range(a.repetitions):  # interleaved: noise hits both sides alike
-            theirs.append(_or_killed(run_peer, peer, threads, a.n_prompt, a.n_gen, em))
+            theirs.append(_or_killed(run_peer, peer, threads, a.n_prompt, a.n_gen, em, a.depth))
             ours.append(_or_killed(run_edgert, a.edgert, threads, a.n_prompt, a.n_gen, em, extra))
             if per_token:  # the read bandwidth of this round's machine state (it moves on a VM)
                 dram.append(dram_read_gbs(threads, buf=probe))
@@ -311,6 +317,7 @@ def main() -> None:
         row = {
             "threads": threads,
             "peer_model": peer.name,
+            "depth": a.depth,
             "edgert": a.edgert,
             "edgert_pp": med(ours, "pp_tok_s"),
             "edgert_tg": med(ours, "tg_tok_s"),
@@ -341,7 +348,8 @@ def main() -> None:
     print(f"| threads | test | llama.cpp ({peer.name}) t/s | edgert t/s | edgert / llama.cpp |")
     print("|---|---|---|---|---|")
     for r in rows:
-        for test, k in ((f"pp{a.n_prompt}", "pp"), (f"tg{a.n_gen}", "tg")):
+        tg = f"tg{a.n_gen}" + (f" @ d{a.depth}" if a.depth else "")
+        for test, k in ((f"pp{a.n_prompt}", "pp"), (tg, "tg")):
             print(
                 f"| {r['threads']} | {test} | {_fmt(r['llama_' + k])} | {_fmt(r['edgert_' + k])} "
                 f"| {_fmt(r[k + '_ratio'], 'x')} |"

@@ -16,6 +16,11 @@ def add_arguments(p) -> None:
         default=64,
         help="generated tokens (64; each sampled from the model, temperature 1, seeded)",
     )
+    p.add_argument(
+        "-d", "--depth", type=int, default=0, metavar="N",
+        help="tokens in the KV cache before each tg run (untimed): decode at that context, as "
+        "llama-bench's -d (0)",
+    )  # fmt: skip
     p.add_argument("-t", "--threads", type=int, default=None, help="threads (big cores, else all)")
     p.add_argument(
         "-r",
@@ -57,14 +62,15 @@ def run(args) -> int:
         or (args.repetitions is not None and args.repetitions < 1)
         or args.n_prompt < 0
         or args.n_gen < 0
+        or args.depth < 0
     ):
-        raise EdgertError("-t, -r must be >= 1 and -p, -n >= 0")
+        raise EdgertError("-t, -r must be >= 1 and -p, -n, -d >= 0")
     set_threads(threads)  # before numpy / TVM start their pools
     from edgert.runtime.onnx import is_dnn_artifact
 
     if is_dnn_artifact(args.model):
-        if args.emulate or args.dram_budget:
-            raise EdgertError("--emulate and --dram-budget apply to language models")
+        if args.emulate or args.dram_budget or args.depth:
+            raise EdgertError("--emulate, --dram-budget and --depth apply to language models")
         return _bench_dnn(args, threads)
     from edgert.cli.common import dram_budget, expert_options, print_json, resolve_model
     from edgert.measure.bench import bench_model, table
@@ -83,6 +89,7 @@ def run(args) -> int:
             experts=expert_options(args),
             ffn=_ffn_options(args),
             kv_cache=args.kv_cache,
+            depth=args.depth,
         )
         plan = getattr(engine, "dram_plan", None)
         if plan is not None:  # layer, expert and sparse plans
@@ -182,6 +189,8 @@ def _bench_emulated(args, path, threads: int):
         argv.append("--no-prefetch")
     if args.kv_cache:
         argv += ["--kv-cache", args.kv_cache]
+    if args.depth:
+        argv += ["--depth", str(args.depth)]
     if args.sparsity is not None:
         argv += ["--sparsity", str(args.sparsity), "--window", str(args.window)]
     p = run_emulated(argv, em, capture_output=True, text=True)

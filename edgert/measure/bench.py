@@ -56,6 +56,8 @@ class BenchResult:
     samples: dict[str, list[float]] = field(default_factory=dict)
     #: RSS before the model was opened (interpreter and libraries)
     baseline_rss_bytes: int = 0
+    #: tokens in the cache before each tg run (llama-bench's depth: decode at that context)
+    depth: int = 0
     #: the DRAM plan (edgert.plan.dram.DramPlan.to_dict) of a dense artifact
     dram: dict | None = None
     #: what streaming did over the run (edgert.plan.stats)
@@ -93,9 +95,11 @@ def bench(
     n_gen: int = 64,
     reps: int = 3,
     seed: int = 0,
+    depth: int = 0,
 ) -> BenchResult:
     """Measure ``engine``: pp = one forward over ``n_prompt`` random token ids from an empty
-    cache; tg = ``n_gen`` single-token forwards after a 1-token prompt, each token sampled from
+    cache; tg = ``n_gen`` single-token forwards after a 1-token prompt (``depth`` > 0: an
+    untimed prompt of that many random ids, so decode runs at that context), each token sampled from
     the last logits at temperature 1 (seeded): text the model writes itself, as its calibration
     text is, so a mixture of experts routes as in use rather than on random ids. The sampling
     noise (Gumbel-max) is drawn before the clock starts; the argmax is timed.
@@ -122,9 +126,9 @@ def bench(
         pp.append(n_prompt / dt)
         ttft.append(dt)
     if n_gen:
-        _generate(engine, rng, TRACE_WARMUP)
+        _generate(engine, rng, TRACE_WARMUP, depth)
     for _ in range(reps if n_gen else 0):
-        dt, before, after = _generate(engine, rng, n_gen)
+        dt, before, after = _generate(engine, rng, n_gen, depth)
         tg.append(n_gen / dt)
         tg_stream = _add_counters(tg_stream, before, after)
     flash = getattr(engine, "flash_bytes_per_token", 0.0)
@@ -147,14 +151,16 @@ def bench(
         flash_bytes_per_token=float(flash),
         samples={"pp_tok_s": pp, "tg_tok_s": tg, "ttft_s": ttft},
         stream_tg=_tg_summary(tg_stream, len(tg) * n_gen),
+        depth=depth,
     )
 
 
-def _generate(engine, rng, n: int) -> tuple[float, dict | None, dict | None]:
-    """Decode ``n`` tokens sampled at temperature 1 after a 1-token prompt: the seconds they
-    took, and the engine's streaming counters before and after them."""
+def _generate(engine, rng, n: int, depth: int = 0) -> tuple[float, dict | None, dict | None]:
+    """Decode ``n`` tokens sampled at temperature 1 after a prompt of ``max(depth, 1)`` random
+    ids: the seconds they took, and the engine's streaming counters before and after them."""
     engine.reset()
-    logits = engine.forward([int(rng.integers(0, engine.cfg.vocab_size))], last_only=True)
+    prompt = rng.integers(0, engine.cfg.vocab_size, max(depth, 1)).tolist()
+    logits = engine.forward(prompt, last_only=True)
     # Gumbel noise -log(-log(u)) made in place in float32: n x vocab floats (6 MB for 32
     # SmolLM2 tokens), not three times that in float64 temporaries, beside a budgeted model
     noise = rng.random((n, logits.shape[-1]), dtype=np.float32)
@@ -217,8 +223,10 @@ def bench_model(
     experts: dict | None = None,
     ffn: dict | None = None,
     kv_cache: str | None = None,
+    depth: int = 0,
 ):
-    """Open a model file or artifact (the opening timed as load) and :func:`bench` it.
+    """Open a model file or artifact (the opening timed as load) and :func:`bench` it (a cache
+    for the longer of the prompt and ``depth``, plus the generated tokens).
     Returns ``(result, engine)``."""
     import time
     from pathlib import Path
@@ -236,7 +244,8 @@ def bench_model(
     baseline = rss_bytes()
     t0 = time.perf_counter()
     engine = open_engine(
-        p, max_ctx=n_prompt + n_gen + 16, dram_budget=dram_budget, experts=experts, ffn=ffn,
+        p, max_ctx=max(n_prompt, depth) + n_gen + 16, dram_budget=dram_budget, experts=experts,
+        ffn=ffn,
         kv_cache=kv_cache,
     )  # fmt: skip
     load_s = time.perf_counter() - t0
@@ -256,6 +265,7 @@ def bench_model(
         n_prompt=n_prompt,
         n_gen=n_gen,
         reps=reps,
+        depth=depth,
     )
     r.baseline_rss_bytes = baseline
     plan = getattr(engine, "dram_plan", None)
@@ -272,7 +282,7 @@ def predict(r: BenchResult, plan, figures) -> None:
     ``figures`` (edgert.plan.cost.DeviceFigures): decode at the middle of the tg run's context."""
     from edgert.plan.cost import predict_decode
 
-    d = predict_decode(plan, figures, pos=1 + r.n_gen // 2).to_dict()
+    d = predict_decode(plan, figures, pos=max(r.depth, 1) + r.n_gen // 2).to_dict()
     d["peak_rss_bytes"] = r.baseline_rss_bytes + plan.planned
     d["tg_measured_over_predicted"] = r.tg_tok_s / d["tok_s"] if d["tok_s"] else None
     r.prediction = d
@@ -284,7 +294,7 @@ def predict_board(plan, board, r: BenchResult) -> dict:
     from edgert.plan.cost import DeviceFigures, predict_decode
 
     fig = DeviceFigures.from_target(board, threads=min(r.threads, board.cores))
-    return predict_decode(plan, fig, pos=1 + r.n_gen // 2).to_dict()
+    return predict_decode(plan, fig, pos=max(r.depth, 1) + r.n_gen // 2).to_dict()
 
 
 def markdown_table(rows: list[tuple[str, ...]]) -> list[str]:
@@ -318,7 +328,7 @@ def table(r: BenchResult) -> str:
                 size,
                 bits,
                 str(r.threads),
-                f"tg{r.n_gen}",
+                f"tg{r.n_gen}" + (f" @ d{r.depth}" if r.depth else ""),
                 f"{r.tg_tok_s:.2f} ± {r.tg_tok_s_std:.2f}",
             )
         )

@@ -156,3 +156,19 @@ def test_pp_runs_before_tg_and_tg_counts_only_its_timed_tokens():
     assert lengths[:4] == [5, 5, 5, 5]  # the pp warm-up and 3 pp runs, then only 1-token calls
     assert set(lengths[4:]) == {1} and len(lengths[4:]) == (1 + TRACE_WARMUP) + 3 * (1 + 4)
     assert r.stream_tg["lookups"] == r.stream_tg["tokens"] == 12
+
+
+def test_depth_puts_the_tg_runs_behind_a_prompt_of_that_length():
+    """--depth D: each tg run (and its warm-up) starts after an untimed D-token prompt, so
+    decode is measured at that context; the table says so as llama-bench does."""
+    eng = _Counting(vocab=1000, peak=417)
+    r = bench(
+        eng, model="m", kind="reference", size_bytes=1, bits=None, threads=1, load_s=0.0,
+        n_prompt=5, n_gen=4, reps=3, depth=40,
+    )  # fmt: skip
+    lengths = [len(f) for f in eng.fed if f is not None]
+    # pp warm-up and runs, then per tg run (warm-up first): the 40-token prompt, then 1-token steps
+    assert lengths[:4] == [5, 5, 5, 5]
+    assert lengths[4:] == [40] + [1] * TRACE_WARMUP + ([40] + [1] * 4) * 3
+    assert r.depth == 40 and r.stream_tg["tokens"] == 12
+    assert "tg4 @ d40" in table(r)
