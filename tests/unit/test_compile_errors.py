@@ -16,6 +16,7 @@ from test_cli_errors import assert_one_line_error, write_gguf
         (["--target", "rpi5", "--format", "hlq", "--bits", "1"], ["--bits 1", "hlq"]),
         (["--target", "rpi5", "--format", "nf4"], ["unknown format 'nf4'"]),
         (["--target", "rpi5", "--group-size", "48"], ["--group-size 48"]),
+        (["--target", "rpi5", "--kv-cache", "q8"], ["--kv-cache goes with --dram-budget"]),
     ],
 )
 def test_bad_options(tmp_path, args, needles):
