@@ -72,6 +72,10 @@ class Case:
     memory: str | None = None
     edgert: tuple[str, ...] = ()
     why: str = ""
+    #: bench_vs_llamacpp options for llama.cpp: without its CPU repacking, which copies the
+    #: weights into anonymous memory at load (a model larger than the board then cannot load;
+    #: without it llama.cpp streams from its memory-mapped file, as on a board)
+    peer: tuple[str, ...] = ("--peer-no-repack",)
 
 
 #: 2.5 bits per weight stored: 2-bit codes, a float16 scale and zero per 64 weights
@@ -199,7 +203,8 @@ def run_case(name: str, c: Case, gguf: Path, art: Path, d: Path, a) -> dict:
     board = load_target(c.board)
     memory = c.memory or str(a.smoke and smoke_memory(art, a) or board.dram_bytes)
     opts = {"threads": a.threads, "n_prompt": a.n_prompt, "n_gen": a.n_gen,
-            "reps": a.repetitions, "memory": memory, "edgert": c.edgert}  # fmt: skip
+            "reps": a.repetitions, "memory": memory, "edgert": c.edgert,
+            "peer": c.peer}  # fmt: skip
     out = d / "runs" / f"{name}-{art.name}-{_digest(opts)}.json"
     if out.exists():
         return json.loads(out.read_text())
@@ -209,7 +214,7 @@ def run_case(name: str, c: Case, gguf: Path, art: Path, d: Path, a) -> dict:
     cmd = [sys.executable, str(ROOT / "tools" / "bench_vs_llamacpp.py"), "--gguf", str(gguf),
            "--edgert", str(art), "--emulate", c.board, "--memory", memory,
            "-t", str(a.threads), "-p", str(a.n_prompt), "-n", str(a.n_gen),
-           "-r", str(a.repetitions), "--json-out", str(part),
+           "-r", str(a.repetitions), "--json-out", str(part), *c.peer,
            f"--edgert-args={' '.join(c.edgert)} {flash}"]  # fmt: skip
     print(f"[run] {name}: {' '.join(cmd)}", file=sys.stderr)
     p = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True)
@@ -255,7 +260,11 @@ def summarize(name: str, c: Case, gguf: Path, art: Path, rows: list, inspect: di
         "edgert_pp": r["edgert_pp"],
         "hit_rate": med([t.get("hit_rate") for t in tg]),
         "prefetch_accuracy": med([(x.get("stream") or {}).get("prefetch_accuracy") for x in ours]),
-        "edgert_flash_mb_per_token": _mb(med([x.get("flash_bytes_per_token") for x in ours])),
+        # the timed decode steps alone (the whole run's figure counts the prompts' reads too)
+        "edgert_flash_mb_per_token": _mb(med([t.get("flash_bytes_per_token") for t in tg])),
+        "stall_ms_per_token": med(
+            [1e3 * t["stall_seconds"] / t["tokens"] for t in tg if t.get("tokens")]
+        ),
         "llama_disk_read_bytes": r.get("llama_disk_read"),
         "edgert_disk_read_bytes": r.get("edgert_disk_read"),
         "llama_cgroup_peak": r.get("llama_cgroup_peak"),

@@ -75,14 +75,29 @@ def peer_quantize(src: Path, qtype: str) -> Path:
     return dst
 
 
-def peer_worker(model: str, threads: int, n_prompt: int, n_gen: int, depth: int = 0) -> dict:
+def peer_worker(
+    model: str, threads: int, n_prompt: int, n_gen: int, depth: int = 0, repack: bool = True
+) -> dict:
     """One llama.cpp measurement (runs in a child process): tg after a prompt of ``max(depth,
-    1)`` random ids, as edgert bench's ``--depth``."""
+    1)`` random ids, as edgert bench's ``--depth``. ``repack=False``: without llama.cpp's CPU
+    repacking (its extra buffer types copy the weights it can repack into anonymous memory at
+    load), so the weights stay in the memory-mapped file."""
     import random
 
+    import llama_cpp.llama_cpp as lib
     from llama_cpp import Llama
 
     from edgert.measure.bench import peak_rss_bytes
+
+    if not repack:
+        defaults = lib.llama_model_default_params
+
+        def no_repack():
+            p = defaults()
+            p.use_extra_bufts = False
+            return p
+
+        lib.llama_model_default_params = no_repack
 
     t0 = time.perf_counter()
     llm = Llama(
@@ -128,12 +143,15 @@ def _run(cmd: list[str], em) -> tuple[subprocess.CompletedProcess, dict | None]:
     return r, em.usage.to_dict()
 
 
-def run_peer(model: Path, threads: int, n_prompt: int, n_gen: int, em=None, depth: int = 0) -> dict:
+def run_peer(
+    model: Path, threads: int, n_prompt: int, n_gen: int, em=None, depth: int = 0,
+    repack: bool = True,
+) -> dict:  # fmt: skip
     code = (
         f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
         f"import bench_vs_llamacpp as b; "
         f"print(json.dumps(b.peer_worker({str(model)!r}, {threads}, {n_prompt}, {n_gen}, "
-        f"{depth})))"
+        f"{depth}, {repack})))"
     )
     r, usage = _run([sys.executable, "-c", code], em)
     if r.returncode:
@@ -268,6 +286,11 @@ def main() -> None:
     ap.add_argument("-p", "--n-prompt", type=int, default=128)
     ap.add_argument("-n", "--n-gen", type=int, default=64)
     ap.add_argument(
+        "--peer-no-repack", action="store_true",
+        help="llama.cpp without its CPU weight repacking, which copies the weights into anonymous "
+        "memory at load: with it a model larger than --memory cannot load at all",
+    )  # fmt: skip
+    ap.add_argument(
         "-d", "--depth", type=int, default=0,
         help="tokens in the cache before each tg run, both engines (decode at that context)",
     )  # fmt: skip
@@ -300,7 +323,11 @@ def main() -> None:
     for threads in [int(x) for x in a.threads.split(",")]:
         ours, theirs, dram = [], [], []
         for _ in range(a.repetitions):  # interleaved: noise hits both sides alike
-            theirs.append(_or_killed(run_peer, peer, threads, a.n_prompt, a.n_gen, em, a.depth))
+            theirs.append(
+                _or_killed(
+                    run_peer, peer, threads, a.n_prompt, a.n_gen, em, a.depth, not a.peer_no_repack
+                )
+            )
             ours.append(_or_killed(run_edgert, a.edgert, threads, a.n_prompt, a.n_gen, em, extra))
             if per_token:  # the read bandwidth of this round's machine state (it moves on a VM)
                 dram.append(dram_read_gbs(threads, buf=probe))
@@ -318,6 +345,7 @@ def main() -> None:
             "threads": threads,
             "peer_model": peer.name,
             "depth": a.depth,
+            "peer_repack": not a.peer_no_repack,
             "edgert": a.edgert,
             "edgert_pp": med(ours, "pp_tok_s"),
             "edgert_tg": med(ours, "tg_tok_s"),
