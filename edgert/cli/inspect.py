@@ -17,7 +17,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--board", action="append", default=[], metavar="TARGET",
         help="also predict decode and time to first token on this target's board, planned for "
-        "its DRAM (repeatable: --board rpi5 --board jetson-orin-nano)",
+        "its DRAM (or --dram-budget where given; repeatable: --board rpi5 --board "
+        "jetson-orin-nano)",
     )  # fmt: skip
 
 

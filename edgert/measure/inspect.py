@@ -137,17 +137,17 @@ def inspect_artifact(
     return info
 
 
-def _plan(art, cfg, ctx: int, budget: int | None, board):
+def _plan(art, cfg, ctx: int, budget: int | None, board, *, compiled_budget: bool = True):
     """``(plan, where its budget came from, KV cache types)`` of a prediction for ``board`` (a
     target, or None): ``budget`` (``--dram-budget``; 0: off), else the one the artifact was
-    compiled for (with its KV cache types), else the board's DRAM where the whole model does not
-    fit it (as ``bench --emulate`` plans it), else none. Under a budget the KV cache is what a
+    compiled for (with its KV cache types; not with ``compiled_budget=False``), else the board's
+    DRAM where the whole model does not fit it (as ``bench --emulate`` plans it), else none. Under a budget the KV cache is what a
     run takes (edgert.runtime.open.plan_run: float32 unless the budget is tight)."""
     from edgert.format import kvcache
     from edgert.runtime.open import dense_plan, moe_plan, plan_run
 
     make = moe_plan if cfg.is_moe else dense_plan
-    compiled = art.manifest.get("dram") or {}
+    compiled = (art.manifest.get("dram") or {}) if compiled_budget else {}
     how, kv_cache = "option", None
     if budget == 0:
         return make(art, cfg, max_ctx=ctx, budget=None), None, kvcache.DEFAULT
@@ -166,7 +166,8 @@ def _plan(art, cfg, ctx: int, budget: int | None, board):
 
 def _on_board(art, cfg, board, *, ctx: int, budget: int | None, prompt: int) -> dict:
     """The cost model's decode and prefill on ``board`` (a target) for this artifact, planned
-    for the board's DRAM; a board whose DRAM is below the plan's minimum says so."""
+    for ``budget`` where given, else for the board's own DRAM (not the budget the artifact was
+    compiled for); a board whose DRAM is below the plan's minimum says so."""
     from edgert.errors import EdgertError
     from edgert.format import kvcache
     from edgert.plan.cost import DeviceFigures, predict_decode, predict_prefill
@@ -175,7 +176,7 @@ def _on_board(art, cfg, board, *, ctx: int, budget: int | None, prompt: int) -> 
     out = {"board": board.name, "description": board.description,
            "dram_bytes": board.dram_bytes}  # fmt: skip
     try:
-        plan, how, kv = _plan(art, cfg, ctx, budget, board)
+        plan, how, kv = _plan(art, cfg, ctx, budget, board, compiled_budget=False)
     except EdgertError as e:
         return {**out, "refused": str(e)}
     return {

@@ -258,8 +258,10 @@ def test_compiled_budget_is_the_default(art, tmp_path):
     off = open_artifact_engine(out, dram_budget=0)  # `--dram-budget off`
     assert off.dram_plan is None
     assert tokens(eng, 8) == tokens(off, 8)
-    info = inspect_artifact(out)
+    info = inspect_artifact(out, boards=("rpi5",))
     assert info["dram"]["compiled"] and info["dram"]["budget"] == mid
+    (board,) = info["boards"]  # a board is planned for its own DRAM, which holds this model
+    assert board["budget"] is None and board["cost_model"]["flash_bytes_per_token"] == 0
     c = info["prediction"]["cost_model"]
     assert c["flash_bytes_per_token"] == eng.dram_plan.streamed_bytes_per_token > 0
     assert c["tok_s"] > 0 and c["planned_bytes"] <= mid
