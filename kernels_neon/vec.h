@@ -237,6 +237,91 @@ static inline void exp_array(float *y, const float *x, int64_t n) {
     for (; i < n; i++) y[i] = exp_one(x[i]);
 }
 
+/* ---- softmax's pieces over a row of attention scores ---------------------------------------- */
+/* s (n,) = s * mul (mul != 0) or s / div, elementwise; returns the largest (-inf for n = 0): every
+ * operation is exact or elementwise, so any lane order gives the same bits */
+static inline float scale_max(float *s, int64_t n, float mul, float div) {
+    int64_t i = 0;
+    float mx = -INFINITY;
+#if defined(EDGERT_AVX2)
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    const __m256 mv = _mm256_set1_ps(mul), dv = _mm256_set1_ps(div);
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_loadu_ps(s + i);
+        const __m256 y = mul != 0.f ? _mm256_mul_ps(x, mv) : _mm256_div_ps(x, dv);
+        _mm256_storeu_ps(s + i, y);
+        vm = _mm256_max_ps(vm, y);
+    }
+    float l[8];
+    _mm256_storeu_ps(l, vm);
+    for (int j = 0; j < 8; j++) mx = l[j] > mx ? l[j] : mx;
+#elif defined(EDGERT_NEON)
+    float32x4_t vm = vdupq_n_f32(-INFINITY);
+    for (; i + 4 <= n; i += 4) {
+        const float32x4_t x = vld1q_f32(s + i);
+        const float32x4_t y = mul != 0.f ? vmulq_n_f32(x, mul) : vdivq_f32(x, vdupq_n_f32(div));
+        vst1q_f32(s + i, y);
+        vm = vmaxq_f32(vm, y);
+    }
+    mx = vmaxvq_f32(vm);
+#endif
+    for (; i < n; i++) {
+        s[i] = mul != 0.f ? s[i] * mul : s[i] / div;
+        mx = s[i] > mx ? s[i] : mx;
+    }
+    return mx;
+}
+
+/* sum of x (n,): lanes of one accumulator, reduced as dot reduces them */
+static inline float sum_array_ref(const float *x, int64_t n) {
+    int64_t i = 0;
+    float r = 0.f;
+#if DOT_STEP
+    enum { L = DOT_STEP / 2 };
+    float l[L] = {0};
+    for (; i + L <= n; i += L)
+        for (int j = 0; j < L; j++) l[j] = l[j] + x[i + j];
+#if defined(EDGERT_AVX2)
+    for (int j = 0; j < L; j++) r += l[j];
+#else
+    r = (l[0] + l[1]) + (l[2] + l[3]);
+#endif
+#endif
+    for (; i < n; i++) r += x[i];
+    return r;
+}
+
+static inline float sum_array(const float *x, int64_t n) {
+    int64_t i = 0;
+    float r = 0.f;
+#if defined(EDGERT_AVX2)
+    __m256 a = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8) a = _mm256_add_ps(a, _mm256_loadu_ps(x + i));
+    float l[8];
+    _mm256_storeu_ps(l, a);
+    for (int j = 0; j < 8; j++) r += l[j];
+#elif defined(EDGERT_NEON)
+    float32x4_t a = vdupq_n_f32(0.f);
+    for (; i + 4 <= n; i += 4) a = vaddq_f32(a, vld1q_f32(x + i));
+    r = vaddvq_f32(a);
+#endif
+    for (; i < n; i++) r += x[i];
+    return r;
+}
+
+/* y (n,) = x - c elementwise */
+static inline void sub_scalar(float *y, const float *x, float c, int64_t n) {
+    int64_t i = 0;
+#if defined(EDGERT_AVX2)
+    const __m256 cv = _mm256_set1_ps(c);
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_loadu_ps(x + i), cv));
+#elif defined(EDGERT_NEON)
+    const float32x4_t cv = vdupq_n_f32(c);
+    for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vsubq_f32(vld1q_f32(x + i), cv));
+#endif
+    for (; i < n; i++) y[i] = x[i] - c;
+}
+
 /* ---- y (n,) += scale * (acc - zero * h), scale and zero (n,) float16 bits --------------------- */
 /* (sum over neurons j of h_j * scale * (q_j - zero) = scale * (sum h_j q_j - zero * sum h_j): the
  * down columns of one group of neurons, which share its scales and zeros; h = 1 and y = 0

@@ -450,6 +450,27 @@ static void vec_case(void) {
         check(memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "weighted_rows_acc in blocks", n, 5,
               0, 0, 0);
     }
+    /* softmax's pieces: sum_array == its twin; scale_max == the scalar loop (exact, any order) */
+    for (int64_t n = 0; n <= 70; n += 5) {
+        const float s0 = sum_array(a, n), s1 = sum_array_ref(a, n);
+        check(memcmp(&s0, &s1, sizeof s0) == 0, "sum_array == sum_array_ref", n, 0, 0, 0, 0);
+        for (int k = 0; k < 2; k++) {
+            const float mul = k ? 0.125f : 0.f, div = 8.f;
+            float mx = -INFINITY;
+            memcpy(y0, a, sizeof y0);
+            for (int64_t i = 0; i < n; i++) {
+                y1[i] = mul != 0.f ? a[i] * mul : a[i] / div;
+                mx = y1[i] > mx ? y1[i] : mx;
+            }
+            const float got = scale_max(y0, n, mul, div);
+            check(got == mx && memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "scale_max", n, k,
+                  0, 0, 0);
+        }
+        sub_scalar(y0, a, 0.3f, n);
+        int same = 1;
+        for (int64_t i = 0; i < n; i++) same &= y0[i] == a[i] - 0.3f;
+        check(same, "sub_scalar", n, 0, 0, 0, 0);
+    }
     /* exp: the SIMD lanes == the scalar twin, within 2 ulp of expf over softmax's and SiLU's
      * ranges, clamped (finite, >= 0) beyond them */
     float e[N];

@@ -1,7 +1,7 @@
 """The C forward pass (kernels_neon/forward.c) against the numpy reference on float32 weights:
 every option a dense layer has (q/k/v biases, q/k norms, neox and partial rotary, grouped-query
-attention) and every mixture of experts the reference runs, prefill then decode; experts fetched
-per layer; results independent of the thread count; refused arguments."""
+attention) and every mixture of experts the reference runs, prefill then decode, at short and long
+contexts; experts fetched per layer; results independent of the thread count; refused arguments."""
 
 import numpy as np
 import pytest
@@ -119,6 +119,28 @@ def test_results_do_not_depend_on_threads():
         nf, src = native_for(model)
         got.append(run(nf, src, model, [[1, 2, 3, 4, 5, 6, 7, 8], [9], [10]], threads))
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
+
+
+@pytest.mark.parametrize("window", [0, 300])
+def test_long_context_attention_in_chunks(window):
+    """Beyond one chunk of keys (forward.c's ATTN_CHUNK, 256 positions): a 600-token prompt, decode
+    steps (their keys split into chunks over the threads and combined) and a 9-token call; the
+    reference's logits, with and without a sliding window cutting the chunks, and the same bits
+    at 1, 2 and 3 threads."""
+    over = {"sliding_window": window, "swa_layers": (0, 2)} if window else {}
+    model = random_model(head_dim=64, **over)  # decode's attention then splits over the threads
+    rng = np.random.default_rng(5)
+    chunks = [rng.integers(0, 80, 600), [7], [3], [1, 2], rng.integers(0, 80, 9), [4]]
+    ctx = 640
+    got = []
+    for threads in (1, 2, 3):
+        nf, src = native_for(model, max_ctx=ctx)
+        got.append(run(nf, src, model, chunks, threads, max_ctx=ctx))
+    assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
+    ref = ReferenceEngine(model, max_ctx=ctx)
+    want = np.concatenate([ref.forward(np.asarray(c)) for c in chunks])
+    assert np.max(np.abs(got[0] - want)) <= REL_TOL * np.max(np.abs(want))
+    assert (got[0].argmax(-1) == want.argmax(-1)).all()
 
 
 def test_bad_arguments_are_refused():
