@@ -151,6 +151,15 @@ void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int6
                        int64_t ffn_dim, const edgert_sparse_ffn *sp, const int32_t *neurons,
                        const uint8_t *const *bundles, int64_t count, float *h, int32_t threads);
 
+/* out (n, heads, head_dim) = attention of the queries q (n, heads, head_dim) of positions pos ..
+ * pos + n - 1 over one layer's cache (kc, vc: position t's row at (t % cap) * stride bytes, the
+ * tokens' own rows written; window: the last `window` positions only, 0 all). part: scratch of
+ * edgert_attention_parts(m, n, pos) floats. Returns 0, or -2 out of memory. */
+int64_t edgert_attention_parts(const edgert_model *m, int64_t n, int64_t pos);
+int edgert_attention(const edgert_model *m, const float *q, float *out, int64_t n, int64_t pos,
+                     const uint8_t *kc, const uint8_t *vc, int64_t k_stride, int64_t v_stride,
+                     int64_t cap, int32_t window, float *part, int32_t threads);
+
 /* x (n, dim): the token embeddings in, the final residual stream out. cos/sin (n_rope, n,
  * rope_dim/2): each rotary table for the positions. logits (n, vocab), or (1, vocab) of the last token with last_only; NULL: no head.
  * times (NULL: not measured) accumulates seconds: [layer][0] attention, [layer][1] FFN, then

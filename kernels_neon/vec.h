@@ -272,43 +272,6 @@ static inline float scale_max(float *s, int64_t n, float mul, float div) {
     return mx;
 }
 
-/* sum of x (n,): lanes of one accumulator, reduced as dot reduces them */
-static inline float sum_array_ref(const float *x, int64_t n) {
-    int64_t i = 0;
-    float r = 0.f;
-#if DOT_STEP
-    enum { L = DOT_STEP / 2 };
-    float l[L] = {0};
-    for (; i + L <= n; i += L)
-        for (int j = 0; j < L; j++) l[j] = l[j] + x[i + j];
-#if defined(EDGERT_AVX2)
-    for (int j = 0; j < L; j++) r += l[j];
-#else
-    r = (l[0] + l[1]) + (l[2] + l[3]);
-#endif
-#endif
-    for (; i < n; i++) r += x[i];
-    return r;
-}
-
-static inline float sum_array(const float *x, int64_t n) {
-    int64_t i = 0;
-    float r = 0.f;
-#if defined(EDGERT_AVX2)
-    __m256 a = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8) a = _mm256_add_ps(a, _mm256_loadu_ps(x + i));
-    float l[8];
-    _mm256_storeu_ps(l, a);
-    for (int j = 0; j < 8; j++) r += l[j];
-#elif defined(EDGERT_NEON)
-    float32x4_t a = vdupq_n_f32(0.f);
-    for (; i + 4 <= n; i += 4) a = vaddq_f32(a, vld1q_f32(x + i));
-    r = vaddvq_f32(a);
-#endif
-    for (; i < n; i++) r += x[i];
-    return r;
-}
-
 /* y (n,) = x - c elementwise */
 static inline void sub_scalar(float *y, const float *x, float c, int64_t n) {
     int64_t i = 0;
