@@ -3,11 +3,10 @@
  * Follows edgert.reference operation by operation: RMSNorm with the mean of squares in double,
  * attention scores divided by sqrt(head_dim) (or times the model's attn_scale), softmax with the
  * running max subtracted, SiLU as x / (1 + exp(-x)) (exp: vec.h's exp_array, within 2 ulp of
- * expf), GELU by its tanh form in float. Linear layers
- * are the kernels of lut_gemm.c, attention over the cache is attention.c's; vector helpers are
- * vec.h's. Results do not depend on the thread
- * count: work is split by output rows, by tokens and by fixed chunks of keys (combined in a fixed
- * order), never inside a sum.
+ * expf), GELU by its tanh form in float. Linear layers are the kernels of lut_gemm.c, attention
+ * over the cache is attention.c's; vector helpers are vec.h's. Results do not depend on the
+ * thread count: work is split by output rows, by tokens and by fixed chunks of keys (combined in
+ * a fixed order), never inside a sum.
  */
 #include "edgert_forward.h"
 
@@ -122,7 +121,6 @@ static void rope(float *x, int heads, int hd, int rd, int neox, const float *cs,
         }
     }
 }
-
 
 int32_t edgert_forward_abi(void) { return EDGERT_FORWARD_ABI; }
 
