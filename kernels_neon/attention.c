@@ -3,9 +3,9 @@
  * combined in a fixed order. */
 #include <stdlib.h>
 
+#include "attn_vec.h"
 #include "edgert_forward.h"
 #include "tuning.h"
-#include "vec.h"
 
 /* ---- attention over the cache ---------------------------------------------------------------- */
 /* A token's keys are taken in chunks of ATTN_CHUNK positions. A chunk gives each head the largest
@@ -15,13 +15,17 @@
  * chunking depends neither on the threads nor on how many tokens a call takes: an item is a token
  * (its chunks one after another) or, where a call has few tokens (decode), a (token, chunk) pair
  * (so that long contexts spread over the threads), with the same results bit for bit. Within a
- * chunk keys and values are read in blocks of ATTN_BLOCK positions, KV head by KV head, each
- * block used by all of that KV head's query heads while it is in L1 (64 x 64 floats: 16 KiB), the
- * next block's rows (all KV heads) asked for before it: SmolLM2 at 2048 tokens of context, 1
- * thread, 58 -> 65 tok/s (also prefetching the block about to be used, or rows a few ahead spread
- * over the dot products, measured slower). */
+ * chunk keys and values are read in blocks of ATTN_BLOCK positions, KV head by KV head, each row
+ * loaded once for all of that KV head's query heads (attn_vec.h), float16 rows converted in
+ * registers. The next block's rows (all KV heads) are asked into L2 before a block is used, and
+ * each KV head's rows into L1 ATTN_AHEAD rows before they are used (rows dequantized into a buffer,
+ * q8 and q4: the next block into L1 as before). SmolLM2 at 2048 tokens of context, 1 thread,
+ * float16 cache: 63 -> 78 tok/s; float cache 60 -> 60 (the block into L1 alone, the earlier
+ * scheme: 58 -> 65 from none; the block into L1 with rows ahead into L1, or rows ahead alone,
+ * measured slower for the float cache). */
 #define ATTN_CHUNK 256
 #define ATTN_BLOCK 64
+#define ATTN_AHEAD 8 /* rows read from the cache: asked into L1 this many rows ahead */
 #define ATTN_SPLIT_TOKENS 8 /* calls with up to this many tokens: an item per (token, chunk) */
 
 typedef struct {
@@ -37,32 +41,38 @@ typedef struct {
     int failed;
 } attn_ctx;
 
-/* `len` cache rows from ring row r (of cap) of KV head values off .. off + hd: the float rows
- * where the cache holds floats (*stride, *r0, *rcap: their ring), else the rows dequantized
- * into buf (len x hd, not a ring) */
-static const float *kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, int64_t r,
-                            int64_t cap, int64_t len, int64_t off, int64_t hd, float *buf,
-                            int64_t *stride, int64_t *r0, int64_t *rcap) {
-    if (type == EDGERT_KV_F32) {
-        *stride = row_bytes / (int64_t)sizeof(float);
+/* `len` cache rows from ring row r (of cap) of KV head values off .. off + hd, as attn_vec.h's
+ * rows (*base, *rb, *r0, *rcap; *f16): the cache's own rows where it holds floats or float16,
+ * else the rows dequantized into buf (len x hd floats, not a ring) */
+static void kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, int64_t r, int64_t cap,
+                    int64_t len, int64_t off, int64_t hd, float *buf, const uint8_t **base,
+                    int64_t *rb, int64_t *r0, int64_t *rcap, int *f16) {
+    if (type == EDGERT_KV_F32 || type == EDGERT_KV_F16) {
+        *f16 = type == EDGERT_KV_F16;
+        *base = cache + off * (*f16 ? 2 : 4);
+        *rb = row_bytes;
         *r0 = r;
         *rcap = cap;
-        return (const float *)cache + off;
+        return;
     }
     for (int64_t u = 0; u < len; u++, r = r + 1 == cap ? 0 : r + 1)
         edgert_kv_load(type, buf + u * hd, cache + r * row_bytes, off, hd);
-    *stride = hd;
+    *base = (const uint8_t *)buf;
+    *rb = hd * (int64_t)sizeof(float);
     *r0 = 0;
     *rcap = len;
-    return buf;
+    *f16 = 0;
 }
 
 /* asks for `len` ring rows from row r (of cap), row_bytes each (every KV head), to be brought
- * into the caches */
+ * into L2 (l2; the rows are then asked into L1 a few at a time as they are used) or L1 */
 static void kv_prefetch(const uint8_t *cache, int64_t row_bytes, int64_t r, int64_t cap,
-                        int64_t len) {
+                        int64_t len, int l2) {
     for (int64_t u = 0; u < len; u++, r = r + 1 == cap ? 0 : r + 1)
-        for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(cache + r * row_bytes + b);
+        for (int64_t b = 0; b < row_bytes; b += 64) {
+            if (l2) __builtin_prefetch(cache + r * row_bytes + b, 0, 1);
+            else __builtin_prefetch(cache + r * row_bytes + b);
+        }
 }
 
 /* positions t0 .. t1 - 1 that token i attends to */
@@ -89,6 +99,8 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
         return;
     }
     const int64_t len = count - c0 < ATTN_CHUNK ? count - c0 : ATTN_CHUNK;
+    /* rows read from the cache itself (float, float16), not dequantized into a buffer */
+    const int k_direct = m->k_type <= EDGERT_KV_F16, v_direct = m->v_type <= EDGERT_KV_F16;
     /* position t0 + c0's row; rows then follow in order, back to 0 after cap - 1 (no division
      * per key: a layer holding every position never wraps) */
     const int64_t r0 = (t0 + c0) % c->cap;
@@ -96,26 +108,19 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
         const int64_t b1 = len - b0 < ATTN_BLOCK ? len : b0 + ATTN_BLOCK;
         if (b1 < len) /* the next block's keys, all KV heads */
             kv_prefetch(c->kc, c->k_stride, (r0 + b1) % c->cap, c->cap,
-                        len - b1 < ATTN_BLOCK ? len - b1 : ATTN_BLOCK);
+                        len - b1 < ATTN_BLOCK ? len - b1 : ATTN_BLOCK, k_direct);
         else /* the first values */
-            kv_prefetch(c->vc, c->v_stride, r0, c->cap, len < ATTN_BLOCK ? len : ATTN_BLOCK);
-        for (int g = 0; g < kv; g++) {
-            int64_t ks, rb, kcap;
-            const float *kr = kv_rows(m->k_type, c->kc, c->k_stride, (r0 + b0) % c->cap, c->cap,
-                                      b1 - b0, (int64_t)g * hd, hd, kbuf, &ks, &rb, &kcap);
-            for (int j = 0; j < group; j++) {
-                const int h = g * group + j;
-                const float *q = c->q + (i * nh + h) * hd;
-                float *sh = s + (int64_t)h * ATTN_CHUNK;
-                int64_t t = b0, r = rb;
-                for (; t + 4 <= b1; t += 4) { /* four keys per pass: one reduction for the four */
-                    const float *rows[4];
-                    for (int u = 0; u < 4; u++, r = r + 1 == kcap ? 0 : r + 1)
-                        rows[u] = kr + r * ks;
-                    dot4(sh + t, q, rows, hd);
-                }
-                for (; t < b1; t++, r = r + 1 == kcap ? 0 : r + 1) sh[t] = dot(q, kr + r * ks, hd);
-            }
+            kv_prefetch(c->vc, c->v_stride, r0, c->cap, len < ATTN_BLOCK ? len : ATTN_BLOCK,
+                        v_direct);
+        for (int g = 0; g < kv; g++) { /* the block's keys scored for the group's heads */
+            const uint8_t *kb;
+            int64_t rb, r, kcap;
+            int f16;
+            kv_rows(m->k_type, c->kc, c->k_stride, (r0 + b0) % c->cap, c->cap, b1 - b0,
+                    (int64_t)g * hd, hd, kbuf, &kb, &rb, &r, &kcap, &f16);
+            dot_group(s + (int64_t)g * group * ATTN_CHUNK + b0, ATTN_CHUNK,
+                      c->q + (i * nh + g * group) * hd, group, kb, rb, r, kcap, b1 - b0, hd, f16,
+                      k_direct ? ATTN_AHEAD : 0);
         }
     }
     const float scale = (float)sqrt((double)hd), mul = m->attn_scale;
@@ -134,17 +139,16 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
         const int64_t bl = len - b0 < ATTN_BLOCK ? len - b0 : ATTN_BLOCK;
         if (b0 + bl < len)
             kv_prefetch(c->vc, c->v_stride, (r0 + b0 + bl) % c->cap, c->cap,
-                        len - b0 - bl < ATTN_BLOCK ? len - b0 - bl : ATTN_BLOCK);
+                        len - b0 - bl < ATTN_BLOCK ? len - b0 - bl : ATTN_BLOCK, v_direct);
         for (int g = 0; g < kv; g++) {
-            int64_t vs, rv, vcap;
-            const float *vr = kv_rows(m->v_type, c->vc, c->v_stride, (r0 + b0) % c->cap, c->cap,
-                                      bl, (int64_t)g * hd, hd, vbuf, &vs, &rv, &vcap);
-            for (int j = 0; j < group; j++) {
-                const int h = g * group + j;
-                float *oh = part + (int64_t)h * (hd + 2) + 2;
-                weighted_rows_acc(oh, s + (int64_t)h * ATTN_CHUNK + b0, vr, vs, rv, vcap, bl, hd,
-                                  b0 == 0);
-            }
+            const uint8_t *vb;
+            int64_t rb, r, vcap;
+            int f16;
+            kv_rows(m->v_type, c->vc, c->v_stride, (r0 + b0) % c->cap, c->cap, bl,
+                    (int64_t)g * hd, hd, vbuf, &vb, &rb, &r, &vcap, &f16);
+            weighted_group_acc(part + (int64_t)g * group * (hd + 2) + 2, hd + 2,
+                               s + (int64_t)g * group * ATTN_CHUNK + b0, ATTN_CHUNK, group, vb,
+                               rb, r, vcap, bl, hd, b0 == 0, f16, v_direct ? ATTN_AHEAD : 0);
         }
     }
 }
@@ -183,7 +187,7 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
     attn_ctx *c = vctx;
     const edgert_model *m = c->m;
     const int64_t hd = m->head_dim, nh = m->n_heads;
-    const int deq = m->k_type != EDGERT_KV_F32 || m->v_type != EDGERT_KV_F32;
+    const int deq = m->k_type > EDGERT_KV_F16 || m->v_type > EDGERT_KV_F16; /* q8, q4 */
     const int64_t own = c->part ? 0 : c->chunks * nh * (hd + 2); /* a token's partials */
     float *p = malloc((size_t)(nh * ATTN_CHUNK + (deq ? 2 * ATTN_BLOCK * hd : 0) + own) *
                       sizeof(float));

@@ -1,4 +1,4 @@
-/* Vector helpers of the forward pass, inline (attention calls them per key): each fast helper has
+/* Vector helpers of the forward pass, inline (attention calls them per row): each fast helper has
  * a scalar _ref twin that does the same float operations in the same order for this build's ISA
  * (the SIMD lanes as separate partial sums, reduced as the SIMD code reduces them), so the two
  * are bit-identical on every build (tests/kernels/lut_test_driver.c checks it). */
@@ -80,92 +80,6 @@ static inline void axpy(float *y, float a, const float *x, int64_t n) {
         vst1q_f32(y + i, vaddq_f32(vld1q_f32(y + i), vmulq_f32(av, vld1q_f32(x + i))));
 #endif
     for (; i < n; i++) y[i] += a * x[i];
-}
-
-/* ---- dot products of a with 4 rows b[0..3] (n,) each: out[j] == dot(a, b[j], n) bit for bit --- */
-/* (the lanes of each row's two accumulators are summed in dot's order, four rows at once after a
- * transpose: attention's scores over a row of keys) */
-static inline void dot4_ref(float out[4], const float *a, const float *const b[4], int64_t n) {
-    for (int j = 0; j < 4; j++) out[j] = dot_ref(a, b[j], n);
-}
-
-static inline void dot4(float out[4], const float *a, const float *const b[4], int64_t n) {
-#if defined(EDGERT_AVX2)
-    int64_t i = 0;
-    __m256 s0[4], s1[4];
-    for (int j = 0; j < 4; j++) s0[j] = s1[j] = _mm256_setzero_ps();
-    for (; i + 16 <= n; i += 16) {
-        const __m256 a0 = _mm256_loadu_ps(a + i), a1 = _mm256_loadu_ps(a + i + 8);
-        for (int j = 0; j < 4; j++) {
-            s0[j] = _mm256_add_ps(s0[j], _mm256_mul_ps(a0, _mm256_loadu_ps(b[j] + i)));
-            s1[j] = _mm256_add_ps(s1[j], _mm256_mul_ps(a1, _mm256_loadu_ps(b[j] + i + 8)));
-        }
-    }
-    /* l[j] = s0[j] + s1[j]; out[j] = l[j][0] + l[j][1] + ... + l[j][7], in that order: lane k of
-     * the four rows in one 4-wide vector t[k] (a 4x8 transpose), then added k by k */
-    const __m256 l0 = _mm256_add_ps(s0[0], s1[0]), l1 = _mm256_add_ps(s0[1], s1[1]),
-                 l2 = _mm256_add_ps(s0[2], s1[2]), l3 = _mm256_add_ps(s0[3], s1[3]);
-    const __m256 u0 = _mm256_unpacklo_ps(l0, l1), u1 = _mm256_unpackhi_ps(l0, l1),
-                 u2 = _mm256_unpacklo_ps(l2, l3), u3 = _mm256_unpackhi_ps(l2, l3);
-    /* lanes 0,1 / 4,5 of rows (0,1,2,3): v0 = lane 0 (and 4 in the high half), v1 = lane 1 (5) */
-    const __m256 v0 = _mm256_shuffle_ps(u0, u2, 0x44), v1 = _mm256_shuffle_ps(u0, u2, 0xee),
-                 v2 = _mm256_shuffle_ps(u1, u3, 0x44), v3 = _mm256_shuffle_ps(u1, u3, 0xee);
-    __m128 r = _mm_add_ps(_mm_setzero_ps(), _mm256_castps256_ps128(v0)); /* dot: r = 0.f + ... */
-    r = _mm_add_ps(r, _mm256_castps256_ps128(v1));
-    r = _mm_add_ps(r, _mm256_castps256_ps128(v2));
-    r = _mm_add_ps(r, _mm256_castps256_ps128(v3));
-    r = _mm_add_ps(r, _mm256_extractf128_ps(v0, 1));
-    r = _mm_add_ps(r, _mm256_extractf128_ps(v1, 1));
-    r = _mm_add_ps(r, _mm256_extractf128_ps(v2, 1));
-    r = _mm_add_ps(r, _mm256_extractf128_ps(v3, 1));
-    _mm_storeu_ps(out, r);
-    for (; i < n; i++)
-        for (int j = 0; j < 4; j++) out[j] += a[i] * b[j][i];
-#else
-    for (int j = 0; j < 4; j++) out[j] = dot(a, b[j], n);
-#endif
-}
-
-/* ---- o (n,) = sum over rows j of w[j] x_j: x_j at x0 + ((r0 + j) % cap) * stride, j < count --- */
-/* (equal to o = 0, then axpy(o, w[j], x_j, n) for j in order, bit for bit: the values' side of
- * attention, o kept in registers 64 floats at a time) */
-static inline void weighted_rows_ref(float *o, const float *w, const float *x0, int64_t stride,
-                                     int64_t r0, int64_t cap, int64_t count, int64_t n) {
-    memset(o, 0, (size_t)n * sizeof(float));
-    for (int64_t j = 0, r = r0; j < count; j++, r = r + 1 == cap ? 0 : r + 1)
-        axpy_ref(o, w[j], x0 + r * stride, n);
-}
-
-/* o (n,) = its own value if `first` is 0 (else 0) + sum_j w[j] x_j, the terms added in the order
- * weighted_rows adds them: a row's sum taken in blocks of keys equals it taken whole */
-static inline void weighted_rows_acc(float *o, const float *w, const float *x0, int64_t stride,
-                                     int64_t r0, int64_t cap, int64_t count, int64_t n,
-                                     int first) {
-    int64_t e = 0;
-#if defined(EDGERT_AVX2)
-    for (; e + 64 <= n; e += 64) {
-        __m256 acc[8];
-        for (int q = 0; q < 8; q++)
-            acc[q] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(o + e + 8 * q);
-        for (int64_t j = 0, r = r0; j < count; j++, r = r + 1 == cap ? 0 : r + 1) {
-            const __m256 wj = _mm256_set1_ps(w[j]);
-            const float *x = x0 + r * stride + e;
-            for (int q = 0; q < 8; q++)
-                acc[q] = _mm256_add_ps(acc[q], _mm256_mul_ps(wj, _mm256_loadu_ps(x + 8 * q)));
-        }
-        for (int q = 0; q < 8; q++) _mm256_storeu_ps(o + e + 8 * q, acc[q]);
-    }
-#endif
-    if (e < n) {
-        if (first) memset(o + e, 0, (size_t)(n - e) * sizeof(float));
-        for (int64_t j = 0, r = r0; j < count; j++, r = r + 1 == cap ? 0 : r + 1)
-            axpy(o + e, w[j], x0 + r * stride + e, n - e);
-    }
-}
-
-static inline void weighted_rows(float *o, const float *w, const float *x0, int64_t stride,
-                                 int64_t r0, int64_t cap, int64_t count, int64_t n) {
-    weighted_rows_acc(o, w, x0, stride, r0, cap, count, n, 1);
 }
 
 /* ---- y (n,) = exp(x) elementwise (y may be x) ----------------------------------------------- */

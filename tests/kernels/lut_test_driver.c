@@ -10,7 +10,7 @@
 #include <stdlib.h>
 
 #include "../../kernels_neon/edgert_forward.h"
-#include "../../kernels_neon/vec.h"
+#include "../../kernels_neon/attn_vec.h"
 
 static uint64_t rng_state = 88172645463325252ull;
 static uint64_t rnd(void) {
@@ -421,34 +421,66 @@ static void vec_case(void) {
         affine_acc_ref(y1, sc, zr, a, s, n);
         check(memcmp(y0, y1, sizeof y0) == 0, "affine_acc == affine_acc_ref", n, 0, 0, 0, 0);
     }
-    /* attention's helpers: dot4 == dot on each row, weighted_rows == its twin through a ring */
-    for (int64_t n = 0; n <= 70; n += 3) {
-        const float *rows[4] = {b, b + 71, b + 142, b + 213};
-        float d4[4];
-        dot4(d4, a, rows, n);
-        int same = 1;
-        for (int j = 0; j < 4; j++) {
-            const float one = dot(a, rows[j], n);
-            same &= memcmp(&one, &d4[j], sizeof one) == 0;
+    /* a KV head's rows for its group of query heads: == the _ref twin (hence dot, axpy) bit for
+     * bit for float and float16 rows in a ring (5 rows of 3 heads' values, from row 3), however
+     * many heads and rows (the register tiles' edges), prefetching or not; values in blocks of
+     * rows == all rows at once */
+    {
+        enum { CAP = 5, RB = 3 * 140 };
+        float kf[CAP * RB], q[8 * 140], s0[8 * 16], s1[8 * 16], o0[8 * 141], o1[8 * 141],
+            w[8 * 16];
+        uint16_t kh[CAP * RB];
+        for (int i = 0; i < CAP * RB; i++) {
+            kh[i] = f2h(frand());
+            kf[i] = frand();
         }
-        check(same, "dot4 == dot", n, 0, 0, 0, 0);
-        for (int64_t count = 0; count <= 7; count += 7) { /* 3 rows of 90 in a ring from row 2 */
-            weighted_rows(y0, a, b, 90, 2, 3, count, n);
-            weighted_rows_ref(y1, a, b, 90, 2, 3, count, n);
-            check(memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "weighted_rows == _ref", n,
-                  count, 0, 0, 0);
+        for (int i = 0; i < 8 * 140; i++) q[i] = frand();
+        for (int i = 0; i < 8 * 16; i++) w[i] = frand();
+        const int64_t ns[] = {0, 5, 16, 37, 64, 70, 128}, counts[] = {0, 1, 3, 4, 7, 13};
+        for (int f16 = 0; f16 < 2; f16++)
+            for (int64_t nq = 1; nq <= 8; nq++)
+                for (int in = 0; in < 7; in++)
+                    for (int ic = 0; ic < 6; ic++) {
+                        const int64_t n = ns[in], count = counts[ic], rb = RB * (f16 ? 2 : 4);
+                        /* the second KV head's values of each row */
+                        const uint8_t *base = f16 ? (const uint8_t *)(kh + 140)
+                                                  : (const uint8_t *)(kf + 140);
+                        const int64_t pf = ic % 2 ? 3 : 0;
+                        memset(s0, 0, sizeof s0);
+                        memset(s1, 0, sizeof s1);
+                        dot_group(s0, 16, q, nq, base, rb, 3, CAP, count, n, f16, pf);
+                        dot_group_ref(s1, 16, q, nq, base, rb, 3, CAP, count, n, f16);
+                        check(memcmp(s0, s1, sizeof s0) == 0, "dot_group == _ref", n, count,
+                              (int)nq, f16, 0);
+                        for (int first = 0; first < 2; first++) {
+                            for (int i = 0; i < 8 * 141; i++) o0[i] = o1[i] = frand();
+                            weighted_group_acc(o0, 141, w, 16, nq, base, rb, 3, CAP, count, n,
+                                               first, f16, pf);
+                            weighted_group_acc_ref(o1, 141, w, 16, nq, base, rb, 3, CAP, count, n,
+                                                   first, f16);
+                            check(memcmp(o0, o1, sizeof o0) == 0, "weighted_group_acc == _ref", n,
+                                  count, (int)nq, f16, first);
+                        }
+                        /* the same rows in two blocks, the ring going on */
+                        const int64_t c1 = count / 2;
+                        weighted_group_acc(o0, 141, w, 16, nq, base, rb, 3, CAP, c1, n, 1, f16, pf);
+                        weighted_group_acc(o0, 141, w + c1, 16, nq, base, rb, (3 + c1) % CAP, CAP,
+                                           count - c1, n, 0, f16, pf);
+                        weighted_group_acc_ref(o1, 141, w, 16, nq, base, rb, 3, CAP, count, n, 1,
+                                               f16);
+                        check(memcmp(o0, o1, sizeof o0) == 0, "weighted_group_acc in blocks", n,
+                              count, (int)nq, f16, 0);
+                    }
+        /* and the twin is dot on the rows converted to float */
+        float row[140];
+        for (int64_t in = 1; in < 7; in++) {
+            const int64_t n = ns[in];
+            for (int64_t i = 0; i < n; i++) row[i] = h2f(kh[2 * RB + 140 + i]);
+            dot_group_ref(s1, 16, q, 2, (const uint8_t *)(kh + 140), RB * 2, 2, CAP, 1, n, 1);
+            const float d0 = dot(q, row, n), d1 = dot(q + n, row, n);
+            check(memcmp(&s1[0], &d0, 4) == 0 && memcmp(&s1[16], &d1, 4) == 0,
+                  "dot_group_ref == dot", n, 1, 2, 1, 0);
         }
-    }
-    for (int64_t n = 64; n <= 200; n += 68) { /* the 64-float register blocks */
-        weighted_rows(y0, a, b, 100, 1, 2, 5, n);
-        weighted_rows_ref(y1, a, b, 100, 1, 2, 5, n);
-        check(memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "weighted_rows == _ref", n, 5, 0, 0, 0);
-        /* the same 5 rows in blocks of 2, 2 and 1 (attention's key blocks), the ring going on */
-        weighted_rows_acc(y0, a, b, 100, 1, 2, 2, n, 1);
-        weighted_rows_acc(y0, a + 2, b, 100, 1, 2, 2, n, 0);
-        weighted_rows_acc(y0, a + 4, b, 100, 1, 2, 1, n, 0);
-        check(memcmp(y0, y1, (size_t)n * sizeof(float)) == 0, "weighted_rows_acc in blocks", n, 5,
-              0, 0, 0);
     }
     /* softmax's pieces: scale_max and sub_scalar == the scalar loops (exact, any order) */
     for (int64_t n = 0; n <= 70; n += 5) {
