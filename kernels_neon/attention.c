@@ -18,11 +18,10 @@
  * chunk keys and values are read in blocks of ATTN_BLOCK positions, KV head by KV head, each row
  * loaded once for all of that KV head's query heads (attn_vec.h), float16 rows converted in
  * registers. The next block's rows (all KV heads) are asked into L2 before a block is used, and
- * each KV head's rows into L1 ATTN_AHEAD rows before they are used (rows dequantized into a buffer,
- * q8 and q4: the next block into L1 as before). SmolLM2 at 2048 tokens of context, 1 thread,
- * float16 cache: 63 -> 78 tok/s; float cache 60 -> 60 (the block into L1 alone, the earlier
- * scheme: 58 -> 65 from none; the block into L1 with rows ahead into L1, or rows ahead alone,
- * measured slower for the float cache). */
+ * each KV head's rows into L1 ATTN_AHEAD rows before they are used. SmolLM2 at 2048 tokens of
+ * context, 1 thread: float16 cache 63 -> 78 tok/s, q8 59 -> 73, float32 60 -> 60 (the block into
+ * L1 alone, the earlier scheme: 58 -> 65 from none for float32; the block into L1 with rows ahead
+ * into L1, or rows ahead alone, measured slower for float32). */
 #define ATTN_CHUNK 256
 #define ATTN_BLOCK 64
 #define ATTN_AHEAD 8 /* rows read from the cache: asked into L1 this many rows ahead */
@@ -43,7 +42,8 @@ typedef struct {
 
 /* `len` cache rows from ring row r (of cap) of KV head values off .. off + hd, as attn_vec.h's
  * rows (*base, *rb, *r0, *rcap; *f16): the cache's own rows where it holds floats or float16,
- * else the rows dequantized into buf (len x hd floats, not a ring) */
+ * else the rows dequantized into buf (len x hd floats, not a ring), each asked into L1
+ * ATTN_AHEAD rows before */
 static void kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, int64_t r, int64_t cap,
                     int64_t len, int64_t off, int64_t hd, float *buf, const uint8_t **base,
                     int64_t *rb, int64_t *r0, int64_t *rcap, int *f16) {
@@ -55,8 +55,11 @@ static void kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, int64
         *rcap = cap;
         return;
     }
-    for (int64_t u = 0; u < len; u++, r = r + 1 == cap ? 0 : r + 1)
+    const int64_t first = edgert_kv_row_bytes(type, off), bytes = edgert_kv_row_bytes(type, hd);
+    for (int64_t u = 0; u < len; u++, r = r + 1 == cap ? 0 : r + 1) {
+        ring_prefetch(cache + first, row_bytes, r + ATTN_AHEAD, cap, bytes);
         edgert_kv_load(type, buf + u * hd, cache + r * row_bytes, off, hd);
+    }
     *base = (const uint8_t *)buf;
     *rb = hd * (int64_t)sizeof(float);
     *r0 = 0;
@@ -65,14 +68,12 @@ static void kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, int64
 }
 
 /* asks for `len` ring rows from row r (of cap), row_bytes each (every KV head), to be brought
- * into L2 (l2; the rows are then asked into L1 a few at a time as they are used) or L1 */
+ * into L2 (the rows are then asked into L1 a few at a time, ATTN_AHEAD before they are used) */
 static void kv_prefetch(const uint8_t *cache, int64_t row_bytes, int64_t r, int64_t cap,
-                        int64_t len, int l2) {
+                        int64_t len) {
     for (int64_t u = 0; u < len; u++, r = r + 1 == cap ? 0 : r + 1)
-        for (int64_t b = 0; b < row_bytes; b += 64) {
-            if (l2) __builtin_prefetch(cache + r * row_bytes + b, 0, 1);
-            else __builtin_prefetch(cache + r * row_bytes + b);
-        }
+        for (int64_t b = 0; b < row_bytes; b += 64)
+            __builtin_prefetch(cache + r * row_bytes + b, 0, 1);
 }
 
 /* positions t0 .. t1 - 1 that token i attends to */
@@ -108,10 +109,9 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
         const int64_t b1 = len - b0 < ATTN_BLOCK ? len : b0 + ATTN_BLOCK;
         if (b1 < len) /* the next block's keys, all KV heads */
             kv_prefetch(c->kc, c->k_stride, (r0 + b1) % c->cap, c->cap,
-                        len - b1 < ATTN_BLOCK ? len - b1 : ATTN_BLOCK, k_direct);
+                        len - b1 < ATTN_BLOCK ? len - b1 : ATTN_BLOCK);
         else /* the first values */
-            kv_prefetch(c->vc, c->v_stride, r0, c->cap, len < ATTN_BLOCK ? len : ATTN_BLOCK,
-                        v_direct);
+            kv_prefetch(c->vc, c->v_stride, r0, c->cap, len < ATTN_BLOCK ? len : ATTN_BLOCK);
         for (int g = 0; g < kv; g++) { /* the block's keys scored for the group's heads */
             const uint8_t *kb;
             int64_t rb, r, kcap;
@@ -139,7 +139,7 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
         const int64_t bl = len - b0 < ATTN_BLOCK ? len - b0 : ATTN_BLOCK;
         if (b0 + bl < len)
             kv_prefetch(c->vc, c->v_stride, (r0 + b0 + bl) % c->cap, c->cap,
-                        len - b0 - bl < ATTN_BLOCK ? len - b0 - bl : ATTN_BLOCK, v_direct);
+                        len - b0 - bl < ATTN_BLOCK ? len - b0 - bl : ATTN_BLOCK);
         for (int g = 0; g < kv; g++) {
             const uint8_t *vb;
             int64_t rb, r, vcap;
