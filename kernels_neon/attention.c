@@ -40,23 +40,27 @@ typedef struct {
     int failed;
 } attn_ctx;
 
+/* rows a cache of this type holds as floats or float16, read where they are (not dequantized) */
+#define KV_IN_PLACE(type) ((type) <= EDGERT_KV_F16)
+
 /* `len` cache rows from ring row r (of cap) of KV head values off .. off + hd, as attn_vec.h's
  * rows (*base, *rb, *r0, *rcap; *f16): the cache's own rows where it holds floats or float16,
  * else the rows dequantized into buf (len x hd floats, not a ring), each asked into L1
- * ATTN_AHEAD rows before */
-static void kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, int64_t r, int64_t cap,
-                    int64_t len, int64_t off, int64_t hd, float *buf, const uint8_t **base,
-                    int64_t *rb, int64_t *r0, int64_t *rcap, int *f16) {
-    if (type == EDGERT_KV_F32 || type == EDGERT_KV_F16) {
+ * ATTN_AHEAD rows before. Returns how many rows ahead the caller asks rows into L1 as it reads
+ * them: ATTN_AHEAD for the cache's own rows, 0 for buf (there already). */
+static int64_t kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, int64_t r,
+                       int64_t cap, int64_t len, int64_t off, int64_t hd, float *buf,
+                       const uint8_t **base, int64_t *rb, int64_t *r0, int64_t *rcap, int *f16) {
+    if (KV_IN_PLACE(type)) {
         *f16 = type == EDGERT_KV_F16;
-        *base = cache + off * (*f16 ? 2 : 4);
+        *base = cache + off * KV_SIZE(*f16);
         *rb = row_bytes;
         *r0 = r;
         *rcap = cap;
-        return;
+        return ATTN_AHEAD;
     }
     const int64_t first = edgert_kv_row_bytes(type, off), bytes = edgert_kv_row_bytes(type, hd);
-    for (int64_t u = 0; u < len; u++, r = r + 1 == cap ? 0 : r + 1) {
+    for (int64_t u = 0; u < len; u++, r = RING_NEXT(r, cap)) {
         ring_prefetch(cache + first, row_bytes, r + ATTN_AHEAD, cap, bytes);
         edgert_kv_load(type, buf + u * hd, cache + r * row_bytes, off, hd);
     }
@@ -65,13 +69,14 @@ static void kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, int64
     *r0 = 0;
     *rcap = len;
     *f16 = 0;
+    return 0;
 }
 
 /* asks for `len` ring rows from row r (of cap), row_bytes each (every KV head), to be brought
  * into L2 (the rows are then asked into L1 a few at a time, ATTN_AHEAD before they are used) */
 static void kv_prefetch(const uint8_t *cache, int64_t row_bytes, int64_t r, int64_t cap,
                         int64_t len) {
-    for (int64_t u = 0; u < len; u++, r = r + 1 == cap ? 0 : r + 1)
+    for (int64_t u = 0; u < len; u++, r = RING_NEXT(r, cap))
         for (int64_t b = 0; b < row_bytes; b += 64)
             __builtin_prefetch(cache + r * row_bytes + b, 0, 1);
 }
@@ -100,8 +105,6 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
         return;
     }
     const int64_t len = count - c0 < ATTN_CHUNK ? count - c0 : ATTN_CHUNK;
-    /* rows read from the cache itself (float, float16), not dequantized into a buffer */
-    const int k_direct = m->k_type <= EDGERT_KV_F16, v_direct = m->v_type <= EDGERT_KV_F16;
     /* position t0 + c0's row; rows then follow in order, back to 0 after cap - 1 (no division
      * per key: a layer holding every position never wraps) */
     const int64_t r0 = (t0 + c0) % c->cap;
@@ -116,11 +119,12 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
             const uint8_t *kb;
             int64_t rb, r, kcap;
             int f16;
-            kv_rows(m->k_type, c->kc, c->k_stride, (r0 + b0) % c->cap, c->cap, b1 - b0,
-                    (int64_t)g * hd, hd, kbuf, &kb, &rb, &r, &kcap, &f16);
+            const int64_t pf = kv_rows(m->k_type, c->kc, c->k_stride, (r0 + b0) % c->cap,
+                                       c->cap, b1 - b0, (int64_t)g * hd, hd, kbuf, &kb, &rb, &r,
+                                       &kcap, &f16);
             dot_group(s + (int64_t)g * group * ATTN_CHUNK + b0, ATTN_CHUNK,
                       c->q + (i * nh + g * group) * hd, group, kb, rb, r, kcap, b1 - b0, hd, f16,
-                      k_direct ? ATTN_AHEAD : 0);
+                      pf);
         }
     }
     const float scale = (float)sqrt((double)hd), mul = m->attn_scale;
@@ -144,11 +148,12 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
             const uint8_t *vb;
             int64_t rb, r, vcap;
             int f16;
-            kv_rows(m->v_type, c->vc, c->v_stride, (r0 + b0) % c->cap, c->cap, bl,
-                    (int64_t)g * hd, hd, vbuf, &vb, &rb, &r, &vcap, &f16);
+            const int64_t pf = kv_rows(m->v_type, c->vc, c->v_stride, (r0 + b0) % c->cap,
+                                       c->cap, bl, (int64_t)g * hd, hd, vbuf, &vb, &rb, &r, &vcap,
+                                       &f16);
             weighted_group_acc(part + (int64_t)g * group * (hd + 2) + 2, hd + 2,
                                s + (int64_t)g * group * ATTN_CHUNK + b0, ATTN_CHUNK, group, vb,
-                               rb, r, vcap, bl, hd, b0 == 0, f16, v_direct ? ATTN_AHEAD : 0);
+                               rb, r, vcap, bl, hd, b0 == 0, f16, pf);
         }
     }
 }
@@ -187,7 +192,7 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
     attn_ctx *c = vctx;
     const edgert_model *m = c->m;
     const int64_t hd = m->head_dim, nh = m->n_heads;
-    const int deq = m->k_type > EDGERT_KV_F16 || m->v_type > EDGERT_KV_F16; /* q8, q4 */
+    const int deq = !KV_IN_PLACE(m->k_type) || !KV_IN_PLACE(m->v_type); /* q8, q4 */
     const int64_t own = c->part ? 0 : c->chunks * nh * (hd + 2); /* a token's partials */
     float *p = malloc((size_t)(nh * ATTN_CHUNK + (deq ? 2 * ATTN_BLOCK * hd : 0) + own) *
                       sizeof(float));

@@ -17,6 +17,7 @@ static inline float kv_at(const uint8_t *row, int64_t i, int f16) {
 }
 
 #define RING_NEXT(r, cap) ((r) + 1 == (cap) ? 0 : (r) + 1)
+#define KV_SIZE(f16) ((f16) ? 2 : 4) /* bytes of a value */
 
 /* asks for `bytes` of ring row r (r < 2 cap: one wrap at most; none if it is further) */
 static inline void ring_prefetch(const uint8_t *base, int64_t rb, int64_t r, int64_t cap,
@@ -145,21 +146,18 @@ static inline void dot_group(float *s, int64_t ss, const float *q, int64_t nq,
         }
         r = RING_NEXT(r, cap);
         for (int u = 0; pf && u < 4; u++) /* the rows pf ahead of the next 4 */
-            ring_prefetch(base, rb, r + pf + u, cap, n * (f16 ? 2 : 4));
+            ring_prefetch(base, rb, r + pf + u, cap, n * KV_SIZE(f16));
         for (int64_t h = 0; h < nq; h += GROUP_QK_HEADS) {
             float *sh = s + h * ss + j;
             const float *qh = q + h * n;
             const int64_t th = nq - h < GROUP_QK_HEADS ? nq - h : GROUP_QK_HEADS;
-            if (th == 1 && f16) dot_tile(sh, ss, qh, 1, rows, nk, n, 1);
-            else if (th == 1) dot_tile(sh, ss, qh, 1, rows, nk, n, 0);
-#if GROUP_QK_HEADS >= 2
-            else if (th == 2 && f16) dot_tile(sh, ss, qh, 2, rows, nk, n, 1);
-            else if (th == 2) dot_tile(sh, ss, qh, 2, rows, nk, n, 0);
-#endif
+#define DT(TH, F16) dot_tile(sh, ss, qh, TH, rows, nk, n, F16) /* constants: one body each */
+            if (th == 1) f16 ? DT(1, 1) : DT(1, 0);
 #if GROUP_QK_HEADS >= 3
-            else if (f16) dot_tile(sh, ss, qh, 3, rows, nk, n, 1);
-            else dot_tile(sh, ss, qh, 3, rows, nk, n, 0);
+            else if (th == 2) f16 ? DT(2, 1) : DT(2, 0);
+            else f16 ? DT(3, 1) : DT(3, 0);
 #endif
+#undef DT
         }
     }
 #else
@@ -195,7 +193,7 @@ EDGERT_INLINE void weighted_tile(float *o, int64_t os, const float *w, int64_t w
     for (int64_t j = 0, r = r0; j < count; j++, r = RING_NEXT(r, cap)) {
         const uint8_t *row = base + r * rb;
         if (pf && h0 == 0) /* this tile's values of the row pf ahead */
-            ring_prefetch(base + e * (f16 ? 2 : 4), rb, r + pf, cap, GROUP_V_DIMS * (f16 ? 2 : 4));
+            ring_prefetch(base + e * KV_SIZE(f16), rb, r + pf, cap, GROUP_V_DIMS * KV_SIZE(f16));
         const __m256 x0 = kv_ld8(row, e, f16), x1 = kv_ld8(row, e + 8, f16),
                      x2 = kv_ld8(row, e + 16, f16), x3 = kv_ld8(row, e + 24, f16);
         for (int h = 0; h < th; h++) {
@@ -216,7 +214,7 @@ EDGERT_INLINE void weighted_tile(float *o, int64_t os, const float *w, int64_t w
     for (int64_t j = 0, r = r0; j < count; j++, r = RING_NEXT(r, cap)) {
         const uint8_t *row = base + r * rb;
         if (pf && h0 == 0)
-            ring_prefetch(base + e * (f16 ? 2 : 4), rb, r + pf, cap, GROUP_V_DIMS * (f16 ? 2 : 4));
+            ring_prefetch(base + e * KV_SIZE(f16), rb, r + pf, cap, GROUP_V_DIMS * KV_SIZE(f16));
         const float32x4_t x0 = kv_ld4(row, e, f16), x1 = kv_ld4(row, e + 4, f16),
                           x2 = kv_ld4(row, e + 8, f16), x3 = kv_ld4(row, e + 12, f16);
         for (int h = 0; h < th; h++) {
@@ -255,7 +253,7 @@ static inline void weighted_group_acc(float *o, int64_t os, const float *w, int6
         }
 #endif
     if (e < n) /* the last values: as the _ref twin, from e on */
-        weighted_group_acc_ref(o + e, os, w, ws, nq, base + e * (f16 ? 2 : 4), rb, r0, cap, count,
+        weighted_group_acc_ref(o + e, os, w, ws, nq, base + e * KV_SIZE(f16), rb, r0, cap, count,
                                n - e, first, f16);
 }
 

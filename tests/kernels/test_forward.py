@@ -72,10 +72,10 @@ def random_model(**over) -> ModelGraph:
     return ModelGraph(cfg, infos, data.__getitem__)
 
 
-def native_for(model: ModelGraph, max_ctx: int = 32, batch: int = 512):
+def native_for(model: ModelGraph, max_ctx: int = 32, batch: int = 512, kv: str = "f32"):
     src = ModelGraphSource(model)
     nf = NativeForward.load(str(build_shared()), model.config, src.weight, "token_embd.weight",
-                            max_ctx, batch)  # fmt: skip
+                            max_ctx, batch, kv=kvcache.parse(kv))  # fmt: skip
     assert nf is not None
     return nf, src
 
@@ -138,9 +138,7 @@ def test_long_context_attention_in_chunks(window, kv):
     ctx = 640
     got = []
     for threads in (1, 2, 3):
-        src = ModelGraphSource(model)
-        nf = NativeForward.load(str(build_shared()), model.config, src.weight, "token_embd.weight",
-                                ctx, 512, kv=kvcache.parse(kv))  # fmt: skip
+        nf, src = native_for(model, max_ctx=ctx, kv=kv)
         got.append(run(nf, src, model, chunks, threads, max_ctx=ctx))
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
     ref = ReferenceEngine(model, max_ctx=ctx, kv_cache=kv)
