@@ -222,10 +222,12 @@ int64_t edgert_attention_parts(const edgert_model *m, int64_t n, int64_t pos) {
     return n <= ATTN_SPLIT_TOKENS ? n * chunks * m->n_heads * (m->head_dim + 2) : 0;
 }
 
-int edgert_attention(const edgert_model *m, const float *q, float *out, int64_t n, int64_t pos,
+int edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int64_t pos,
                      const uint8_t *kc, const uint8_t *vc, int64_t k_stride, int64_t v_stride,
                      int64_t cap, int32_t window, float *part, int32_t threads) {
     const int64_t hd = m->head_dim;
+    if (!KV_IN_PLACE(m->k_type)) /* keys held rotated: q . k = rotated q . rotated k */
+        edgert_kv_rotate(q, n * m->n_heads * hd);
     const int64_t span = window && window < pos + n ? window : pos + n;
     const int64_t work = n * m->n_heads * span * hd;
     const int att_threads = work >= EDGERT_PARALLEL_MIN_WORK ? edgert_threads(threads) : 1;
@@ -236,5 +238,7 @@ int edgert_attention(const edgert_model *m, const float *q, float *out, int64_t 
     edgert_parallel_for(split ? n * chunks : n, att_threads, attn_items, &ac);
     for (int64_t i = 0; split && i < n; i++)
         attn_combine(&ac, i, part + i * chunks * m->n_heads * (hd + 2));
+    if (!KV_IN_PLACE(m->v_type)) /* a sum of rotated values, rotated back */
+        edgert_kv_rotate(out, n * m->n_heads * hd);
     return ac.failed ? -2 : 0;
 }

@@ -108,7 +108,12 @@ typedef struct {
  *   Q4   per block: scale d (f16), min m (f16), 16 bytes of    x = d * q + m  (20 bytes)
  *        4-bit q, value 2j in byte j's low nibble, 2j + 1 in its high nibble.
  * Rounding to the codes is to nearest, ties to even, of x / d (Q8, d = max|x| / 127) or
- * (x - m) / d (Q4, m = min x, d = (max x - min x) / 15), d and m first rounded to float16. */
+ * (x - m) / d (Q4, m = min x, d = (max x - min x) / 15), d and m first rounded to float16.
+ * The quantized types hold each block rotated (x = edgert_kv_rotate of the block's values): the
+ * transform spreads a channel that is large in every token (keys after the rotary embedding
+ * have such channels) over the block, so that one scale per block fits all of its values.
+ * Attention scores rotated queries against rotated keys and rotates what it sums of rotated
+ * values back (the transform is orthonormal and its own inverse). */
 #define EDGERT_KV_F32 0
 #define EDGERT_KV_F16 1
 #define EDGERT_KV_Q8 2
@@ -118,10 +123,13 @@ typedef struct {
 /* Bytes of one cache row of n values of `type`; -1 for a type not listed or n not a multiple
  * of a quantized type's block. */
 int64_t edgert_kv_row_bytes(int32_t type, int64_t n);
+/* Each block of EDGERT_KV_BLOCK values of x (n a multiple of it) replaced by its orthonormal
+ * Walsh-Hadamard transform (its own inverse). */
+void edgert_kv_rotate(float *x, int64_t n);
 /* row = the n values x in `type`'s layout (n a multiple of the block for the quantized types) */
 void edgert_kv_store(int32_t type, uint8_t *row, const float *x, int64_t n);
 /* out (n,) = values off .. off + n of a row of a float16 or quantized type (off and n multiples
- * of the block) */
+ * of the block), as the row holds them (a quantized type's blocks rotated) */
 void edgert_kv_load(int32_t type, float *out, const uint8_t *row, int64_t off, int64_t n);
 
 #define EDGERT_ACT_SILU 0 /* the FFN's gate: silu (SwiGLU) */
@@ -154,9 +162,10 @@ void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int6
 /* out (n, heads, head_dim) = attention of the queries q (n, heads, head_dim) of positions pos ..
  * pos + n - 1 over one layer's cache (kc, vc: position t's row at (t % cap) * stride bytes, the
  * tokens' own rows written; window: the last `window` positions only, 0 all). part: scratch of
- * edgert_attention_parts(m, n, pos) floats. Returns 0, or -2 out of memory. */
+ * edgert_attention_parts(m, n, pos) floats. q is scratch too: rotated in place where the keys
+ * are quantized. Returns 0, or -2 out of memory. */
 int64_t edgert_attention_parts(const edgert_model *m, int64_t n, int64_t pos);
-int edgert_attention(const edgert_model *m, const float *q, float *out, int64_t n, int64_t pos,
+int edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int64_t pos,
                      const uint8_t *kc, const uint8_t *vc, int64_t k_stride, int64_t v_stride,
                      int64_t cap, int32_t window, float *part, int32_t threads);
 

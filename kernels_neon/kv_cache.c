@@ -14,8 +14,28 @@ int64_t edgert_kv_row_bytes(int32_t type, int64_t n) {
     }
 }
 
-/* row = the n values x (n a multiple of the block for the quantized types) */
+/* Each block of EDGERT_KV_BLOCK values of x (n a multiple of it) replaced by its orthonormal
+ * Walsh-Hadamard transform: butterflies (a, b) -> (a + b, a - b) over pairs 1, 2, 4, 8 and 16
+ * apart, then times 1 / sqrt(32). In this order in edgert.format.kvcache too (bit for bit). */
+void edgert_kv_rotate(float *x, int64_t n) {
+    const float s = (float)(1.0 / sqrt((double)EDGERT_KV_BLOCK));
+    for (int64_t b = 0; b < n; b += EDGERT_KV_BLOCK) {
+        float *y = x + b;
+        for (int h = 1; h < EDGERT_KV_BLOCK; h *= 2)
+            for (int i = 0; i < EDGERT_KV_BLOCK; i += 2 * h)
+                for (int j = i; j < i + h; j++) {
+                    const float a = y[j], c = y[j + h];
+                    y[j] = a + c;
+                    y[j + h] = a - c;
+                }
+        for (int j = 0; j < EDGERT_KV_BLOCK; j++) y[j] *= s;
+    }
+}
+
+/* row = the n values x (n a multiple of the block for the quantized types, whose blocks are
+ * rotated first) */
 void edgert_kv_store(int32_t type, uint8_t *row, const float *x, int64_t n) {
+    float rot[EDGERT_KV_BLOCK];
     if (type == EDGERT_KV_F32) {
         memcpy(row, x, (size_t)n * sizeof(float));
     } else if (type == EDGERT_KV_F16) {
@@ -25,34 +45,38 @@ void edgert_kv_store(int32_t type, uint8_t *row, const float *x, int64_t n) {
         }
     } else if (type == EDGERT_KV_Q8) {
         for (int64_t b = 0; b < n; b += EDGERT_KV_BLOCK, row += 34) {
+            memcpy(rot, x + b, sizeof(rot));
+            edgert_kv_rotate(rot, EDGERT_KV_BLOCK);
             float amax = 0.f;
             for (int j = 0; j < EDGERT_KV_BLOCK; j++) {
-                const float a = fabsf(x[b + j]);
+                const float a = fabsf(rot[j]);
                 if (a > amax) amax = a;
             }
             const uint16_t dh = f2h(amax / 127.f);
             const float d = h2f(dh), id = d != 0.f ? 1.f / d : 0.f;
             memcpy(row, &dh, 2);
             for (int j = 0; j < EDGERT_KV_BLOCK; j++) {
-                float q = round_even(x[b + j] * id);
+                float q = round_even(rot[j] * id);
                 q = q > 127.f ? 127.f : q < -127.f ? -127.f : q;
                 row[2 + j] = (uint8_t)(int8_t)q;
             }
         }
     } else { /* EDGERT_KV_Q4 */
         for (int64_t b = 0; b < n; b += EDGERT_KV_BLOCK, row += 20) {
-            float lo = x[b], hi = x[b];
+            memcpy(rot, x + b, sizeof(rot));
+            edgert_kv_rotate(rot, EDGERT_KV_BLOCK);
+            float lo = rot[0], hi = rot[0];
             for (int j = 1; j < EDGERT_KV_BLOCK; j++) {
-                if (x[b + j] < lo) lo = x[b + j];
-                if (x[b + j] > hi) hi = x[b + j];
+                if (rot[j] < lo) lo = rot[j];
+                if (rot[j] > hi) hi = rot[j];
             }
             const uint16_t dh = f2h((hi - lo) / 15.f), mh = f2h(lo);
             const float d = h2f(dh), m0 = h2f(mh), id = d != 0.f ? 1.f / d : 0.f;
             memcpy(row, &dh, 2);
             memcpy(row + 2, &mh, 2);
             for (int j = 0; j < EDGERT_KV_BLOCK / 2; j++) {
-                float q0 = round_even((x[b + 2 * j] - m0) * id);
-                float q1 = round_even((x[b + 2 * j + 1] - m0) * id);
+                float q0 = round_even((rot[2 * j] - m0) * id);
+                float q1 = round_even((rot[2 * j + 1] - m0) * id);
                 q0 = q0 > 15.f ? 15.f : q0 < 0.f ? 0.f : q0;
                 q1 = q1 > 15.f ? 15.f : q1 < 0.f ? 0.f : q1;
                 row[4 + j] = (uint8_t)((int)q0 | ((int)q1 << 4));
@@ -62,7 +86,7 @@ void edgert_kv_store(int32_t type, uint8_t *row, const float *x, int64_t n) {
 }
 
 /* out (n,) = values off .. off + n of a row of a quantized or float16 type (off and n multiples
- * of the block) */
+ * of the block): a quantized type's values as stored, that is rotated */
 void edgert_kv_load(int32_t type, float *out, const uint8_t *row, int64_t off, int64_t n) {
     if (type == EDGERT_KV_F16) {
         h2f_row(out, (const uint16_t *)(row + 2 * off), n);

@@ -6,7 +6,11 @@ A row is one position's ``n_kv_heads * head_dim`` values. ``f32`` keeps them; ``
 to float16; ``q8`` and ``q4`` go by blocks of :data:`BLOCK` values of one head (per token, per
 head), each block with float16 scales: q8 ``x = d * q`` with int8 q and d = max|x| / 127 (34 bytes
 a block), q4 ``x = d * q + m`` with 4-bit q, m = min x, d = (max x - min x) / 15 (20 bytes). Codes
-round to nearest, ties to even, after d and m are rounded to float16."""
+round to nearest, ties to even, after d and m are rounded to float16. The quantized types hold
+each block rotated (:func:`rotate`, an orthonormal Walsh-Hadamard transform): it spreads the
+channels that are large in every token (keys after the rotary embedding have a few) over their
+block, so that one scale per block fits all of its values; attention scores rotated queries
+against the rotated keys and rotates its sum of rotated values back."""
 
 from __future__ import annotations
 
@@ -39,8 +43,8 @@ def parse(spec: str | None) -> tuple[str, str]:
 
 
 #: the types a budget's plan falls back to where --kv-cache is not given, most precise first
-#: (their perplexity cost on SmolLM2 at ctx 2048, BENCHMARKS.md "KV cache types": f16 -0.09%, q8
-#: +0.23%; q8,q4 +1.1% and q4 +10.9% only when asked for)
+#: (their perplexity cost on SmolLM2 at ctx 2048, BENCHMARKS.md "KV cache types": f16 +0.10%, q8
+#: +0.10%; q8,q4 +0.31% and q4 +5.0% only when asked for)
 AUTO = (("f32", "f32"), ("f16", "f16"), ("q8", "q8"))
 
 
@@ -89,6 +93,23 @@ def check_heads(kv: tuple[str, str], head_dim: int) -> None:
             )
 
 
+def rotate(x: np.ndarray) -> np.ndarray:
+    """Each block of :data:`BLOCK` values along the last axis of ``x`` (float32) replaced by its
+    orthonormal Walsh-Hadamard transform, its own inverse: butterflies (a, b) -> (a + b, a - b)
+    over pairs 1, 2, 4, 8 and 16 apart, then times 1 / sqrt(32), as the C side's
+    ``edgert_kv_rotate`` (bit for bit)."""
+    x = np.asarray(x, np.float32)
+    lead, n = x.shape[:-1], x.shape[-1]
+    y = x.reshape(-1, BLOCK)
+    h = 1
+    while h < BLOCK:
+        p = y.reshape(-1, BLOCK // (2 * h), 2, h)
+        a, b = p[:, :, 0], p[:, :, 1]
+        y = np.stack([a + b, a - b], 2).reshape(-1, BLOCK)
+        h *= 2
+    return (y * np.float32(1.0 / np.sqrt(BLOCK))).reshape(*lead, n)
+
+
 def _rint(x: np.ndarray) -> np.ndarray:
     return np.rint(x).astype(np.float32)  # ties to even, as the C side's round_even
 
@@ -101,7 +122,7 @@ def encode(kind: str, x: np.ndarray) -> np.ndarray:
         return x.view(np.uint8).reshape(*lead, 4 * n)
     if kind == "f16":
         return x.astype(np.float16).view(np.uint8).reshape(*lead, 2 * n)
-    b = x.reshape(*lead, n // BLOCK, BLOCK)
+    b = rotate(x).reshape(*lead, n // BLOCK, BLOCK)
     if kind == "q8":
         d = (np.abs(b).max(-1, keepdims=True) / np.float32(127)).astype(np.float16)
         df = d.astype(np.float32)
@@ -121,7 +142,8 @@ def encode(kind: str, x: np.ndarray) -> np.ndarray:
 
 
 def decode(kind: str, rows: np.ndarray, n: int) -> np.ndarray:
-    """The float32 values (..., n) of rows in ``kind``'s layout (bytes (..., row_bytes))."""
+    """The float32 values (..., n) of rows in ``kind``'s layout (bytes (..., row_bytes)) as they
+    are held: a quantized type's blocks rotated (:func:`round_trip` rotates them back)."""
     rows = np.ascontiguousarray(rows, np.uint8)
     lead = rows.shape[:-1]
     if kind == "f32":
@@ -140,7 +162,9 @@ def decode(kind: str, rows: np.ndarray, n: int) -> np.ndarray:
 
 
 def round_trip(kind: str, x: np.ndarray) -> np.ndarray:
-    """``x`` (..., n) as the cache gives it back: what attention reads after storing it."""
+    """``x`` (..., n) as the cache gives it back: what attention reads after storing it (a
+    quantized type's blocks rotated back)."""
     if kind == "f32":
         return np.asarray(x, np.float32)
-    return decode(kind, encode(kind, x), x.shape[-1])
+    y = decode(kind, encode(kind, x), x.shape[-1])
+    return rotate(y) if kind in _BLOCK_BYTES else y

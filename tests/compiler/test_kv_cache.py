@@ -62,8 +62,11 @@ def _runs(engine) -> list[np.ndarray]:
 def test_logits_follow_the_reference(art, ref_model, spec):
     """Prefill then more tokens with the cache rounded: the C pass stays as close to the
     reference rounding its cache the same way as it is with float32 caches on both sides (its
-    kernels' own error), plus a part of what the rounding itself moves; the rounding moves the
-    logits by an amount that grows with fewer bits."""
+    kernels' own error), plus at most what the rounding itself moves (the two sides' keys and
+    values differ by the kernels' error, so a few codes round the other way, each moving a
+    rotated block); the rounding moves the logits by an amount that grows with fewer bits.
+    Values summed without their rotation undone fail it by far, as do queries left unrotated
+    against q8 keys."""
     eng = open_artifact_engine(art, max_ctx=32, kv_cache=spec)
     assert eng.native.kv == kvcache.parse(spec) and eng.kv_cache == spec
     got, want = _runs(eng), _runs(ReferenceEngine(ref_model, max_ctx=32, kv_cache=spec))
@@ -75,7 +78,7 @@ def test_logits_follow_the_reference(art, ref_model, spec):
         drift = np.abs(w - e).max() / scale  # the cache's rounding alone
         worst = max({"f16": 2e-3, "q8": 2e-2, "q4": 0.2}[t] for t in kvcache.parse(spec))
         assert drift < worst, (spec, drift)
-        assert np.abs(g - w).max() / scale < kernels + 0.6 * drift + 1e-3, (spec, kernels, drift)
+        assert np.abs(g - w).max() / scale < kernels + drift + 1e-3, (spec, kernels, drift)
 
 
 def test_decode_follows_prefill(art):

@@ -299,6 +299,17 @@ static void forward_case(int neox, int gemma) {
     check(edgert_kv_row_bytes(EDGERT_KV_Q4, 64) == 40 && edgert_kv_row_bytes(EDGERT_KV_Q8, 64) == 68
           && edgert_kv_row_bytes(EDGERT_KV_F16, 10) == 20 && edgert_kv_row_bytes(9, 64) == -1,
           "kv row bytes", N, D, 32, 0, neox);
+    { /* the quantized cache's rotation: orthonormal, its own inverse, one block at a time */
+        float r[64], x0[64];
+        for (int j = 0; j < 64; j++) x0[j] = r[j] = j == 0 ? 2.f : j == 40 ? -1.f : 0.f;
+        edgert_kv_rotate(r, 64);
+        int ok = 1;
+        for (int j = 0; j < 64; j++) /* e0 and e8 of 32: constant, and signs by bit 3 of j */
+            ok &= fabsf(r[j] - (j < 32 ? 2.f : ((j & 8) ? 1.f : -1.f)) / sqrtf(32.f)) < 1e-6f;
+        edgert_kv_rotate(r, 64);
+        for (int j = 0; j < 64; j++) ok &= fabsf(r[j] - x0[j]) < 1e-6f;
+        check(ok, "kv rotation", N, D, 32, 0, neox);
+    }
     if (gemma) { /* 3 tokens at position 4: the first sees position 2, which a ring of 4 rows
                   * would overwrite with position 6 */
         layers[0].kv_cap = 4;

@@ -122,13 +122,16 @@ def test_results_do_not_depend_on_threads():
     assert np.array_equal(got[0], got[1]) and np.array_equal(got[0], got[2])
 
 
-@pytest.mark.parametrize(("window", "kv"), [(0, "f32"), (300, "f32"), (0, "f16"), (300, "q8,f16")])
+@pytest.mark.parametrize(
+    ("window", "kv"), [(0, "f32"), (300, "f32"), (0, "f16"), (300, "q8,f16"), (0, "f16,q8")]
+)
 def test_long_context_attention_in_chunks(window, kv):
     """Beyond one chunk of keys (attention.c's ATTN_CHUNK, 256 positions): a 600-token prompt,
     decode steps (their keys split into chunks over the threads and combined) and a 9-token call;
     the reference's logits (its cache rounded as the C side's), with and without a sliding window
-    cutting the chunks, float, float16 (read from the cache as it is) and q8 keys (dequantized into
-    a buffer) beside float16 values; the same bits at 1, 2 and 3 threads."""
+    cutting the chunks, float, float16 (read from the cache as it is), q8 keys (dequantized into
+    a buffer, rotated: scored against rotated queries) beside float16 values and float16 keys
+    beside q8 values (their weighted sum rotated back); the same bits at 1, 2 and 3 threads."""
     over = {"sliding_window": window, "swa_layers": (0, 2)} if window else {}
     # head_dim 64: decode's attention then splits over the threads; 8 heads on 2 KV heads (groups
     # of 4: wider than a tile of scores)
