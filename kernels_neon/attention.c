@@ -16,12 +16,14 @@
  * (its chunks one after another) or, where a call has few tokens (decode), a (token, chunk) pair
  * (so that long contexts spread over the threads), with the same results bit for bit. Within a
  * chunk keys and values are read in blocks of ATTN_BLOCK positions, KV head by KV head, each row
- * loaded once for all of that KV head's query heads (attn_vec.h), float16 rows converted in
- * registers. The next block's rows (all KV heads) are asked into L2 before a block is used, and
+ * loaded once for all of that KV head's query heads (attn_vec.h), float16 and q8 rows converted
+ * in registers (q4 rows dequantized into a buffer first). The next block's rows (all KV heads) are asked into L2 before a block is used, and
  * each KV head's rows into L1 ATTN_AHEAD rows before they are used. SmolLM2 at 2048 tokens of
  * context, 1 thread: float16 cache 63 -> 78 tok/s, q8 59 -> 73, float32 60 -> 60 (the block into
  * L1 alone, the earlier scheme: 58 -> 65 from none for float32; the block into L1 with rows ahead
- * into L1, or rows ahead alone, measured slower for float32). */
+ * into L1, or rows ahead alone, measured slower for float32). q8 rows converted in registers
+ * rather than dequantized into a buffer: 59 -> 68 tok/s (medians of 3 in turns, same machine on
+ * a slower day, float16 70). */
 #define ATTN_CHUNK 256
 #define ATTN_BLOCK 64
 #define ATTN_AHEAD 8 /* rows read from the cache: asked into L1 this many rows ahead */
@@ -40,20 +42,23 @@ typedef struct {
     int failed;
 } attn_ctx;
 
-/* rows a cache of this type holds as floats or float16, read where they are (not dequantized) */
-#define KV_IN_PLACE(type) ((type) <= EDGERT_KV_F16)
+/* rows of the types attn_vec.h reads where they are (float, float16, q8: converted in
+ * registers); q4 rows are dequantized into a buffer first */
+#define KV_IN_PLACE(type) ((type) <= EDGERT_KV_Q8)
+/* the types whose blocks the cache holds rotated (edgert_forward.h) */
+#define KV_ROTATED(type) ((type) >= EDGERT_KV_Q8)
 
 /* `len` cache rows from ring row r (of cap) of KV head values off .. off + hd, as attn_vec.h's
- * rows (*base, *rb, *r0, *rcap; *f16): the cache's own rows where it holds floats or float16,
+ * rows (*base, *rb, *r0, *rcap; *kind): the cache's own rows where attn_vec.h reads its type,
  * else the rows dequantized into buf (len x hd floats, not a ring), each asked into L1
  * ATTN_AHEAD rows before. Returns how many rows ahead the caller asks rows into L1 as it reads
  * them: ATTN_AHEAD for the cache's own rows, 0 for buf (there already). */
 static int64_t kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, int64_t r,
                        int64_t cap, int64_t len, int64_t off, int64_t hd, float *buf,
-                       const uint8_t **base, int64_t *rb, int64_t *r0, int64_t *rcap, int *f16) {
+                       const uint8_t **base, int64_t *rb, int64_t *r0, int64_t *rcap, int *kind) {
     if (KV_IN_PLACE(type)) {
-        *f16 = type == EDGERT_KV_F16;
-        *base = cache + off * KV_SIZE(*f16);
+        *kind = type;
+        *base = cache + KV_BYTES(type, off);
         *rb = row_bytes;
         *r0 = r;
         *rcap = cap;
@@ -68,7 +73,7 @@ static int64_t kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, in
     *rb = hd * (int64_t)sizeof(float);
     *r0 = 0;
     *rcap = len;
-    *f16 = 0;
+    *kind = EDGERT_KV_F32;
     return 0;
 }
 
@@ -118,12 +123,12 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
         for (int g = 0; g < kv; g++) { /* the block's keys scored for the group's heads */
             const uint8_t *kb;
             int64_t rb, r, kcap;
-            int f16;
+            int kind;
             const int64_t pf = kv_rows(m->k_type, c->kc, c->k_stride, (r0 + b0) % c->cap,
                                        c->cap, b1 - b0, (int64_t)g * hd, hd, kbuf, &kb, &rb, &r,
-                                       &kcap, &f16);
+                                       &kcap, &kind);
             dot_group(s + (int64_t)g * group * ATTN_CHUNK + b0, ATTN_CHUNK,
-                      c->q + (i * nh + g * group) * hd, group, kb, rb, r, kcap, b1 - b0, hd, f16,
+                      c->q + (i * nh + g * group) * hd, group, kb, rb, r, kcap, b1 - b0, hd, kind,
                       pf);
         }
     }
@@ -147,13 +152,13 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
         for (int g = 0; g < kv; g++) {
             const uint8_t *vb;
             int64_t rb, r, vcap;
-            int f16;
+            int kind;
             const int64_t pf = kv_rows(m->v_type, c->vc, c->v_stride, (r0 + b0) % c->cap,
                                        c->cap, bl, (int64_t)g * hd, hd, vbuf, &vb, &rb, &r, &vcap,
-                                       &f16);
+                                       &kind);
             weighted_group_acc(part + (int64_t)g * group * (hd + 2) + 2, hd + 2,
                                s + (int64_t)g * group * ATTN_CHUNK + b0, ATTN_CHUNK, group, vb,
-                               rb, r, vcap, bl, hd, b0 == 0, f16, pf);
+                               rb, r, vcap, bl, hd, b0 == 0, kind, pf);
         }
     }
 }
@@ -192,7 +197,7 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
     attn_ctx *c = vctx;
     const edgert_model *m = c->m;
     const int64_t hd = m->head_dim, nh = m->n_heads;
-    const int deq = !KV_IN_PLACE(m->k_type) || !KV_IN_PLACE(m->v_type); /* q8, q4 */
+    const int deq = !KV_IN_PLACE(m->k_type) || !KV_IN_PLACE(m->v_type); /* q4 */
     const int64_t own = c->part ? 0 : c->chunks * nh * (hd + 2); /* a token's partials */
     float *p = malloc((size_t)(nh * ATTN_CHUNK + (deq ? 2 * ATTN_BLOCK * hd : 0) + own) *
                       sizeof(float));
@@ -226,7 +231,7 @@ int edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int
                      const uint8_t *kc, const uint8_t *vc, int64_t k_stride, int64_t v_stride,
                      int64_t cap, int32_t window, float *part, int32_t threads) {
     const int64_t hd = m->head_dim;
-    if (!KV_IN_PLACE(m->k_type)) /* keys held rotated: q . k = rotated q . rotated k */
+    if (KV_ROTATED(m->k_type)) /* keys held rotated: q . k = rotated q . rotated k */
         edgert_kv_rotate(q, n * m->n_heads * hd);
     const int64_t span = window && window < pos + n ? window : pos + n;
     const int64_t work = n * m->n_heads * span * hd;
@@ -238,7 +243,7 @@ int edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int
     edgert_parallel_for(split ? n * chunks : n, att_threads, attn_items, &ac);
     for (int64_t i = 0; split && i < n; i++)
         attn_combine(&ac, i, part + i * chunks * m->n_heads * (hd + 2));
-    if (!KV_IN_PLACE(m->v_type)) /* a sum of rotated values, rotated back */
+    if (KV_ROTATED(m->v_type)) /* a sum of rotated values, rotated back */
         edgert_kv_rotate(out, n * m->n_heads * hd);
     return ac.failed ? -2 : 0;
 }

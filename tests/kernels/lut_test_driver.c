@@ -433,29 +433,40 @@ static void vec_case(void) {
         check(memcmp(y0, y1, sizeof y0) == 0, "affine_acc == affine_acc_ref", n, 0, 0, 0, 0);
     }
     /* a KV head's rows for its group of query heads: == the _ref twin (hence dot, axpy) bit for
-     * bit for float and float16 rows in a ring (5 rows of 3 heads' values, from row 3), however
-     * many heads and rows (the register tiles' edges), prefetching or not; values in blocks of
-     * rows == all rows at once */
+     * bit for float, float16 and q8 rows in a ring (5 rows of 3 heads' values, from row 3),
+     * however many heads and rows (the register tiles' edges), prefetching or not; values in
+     * blocks of rows == all rows at once */
     {
-        enum { CAP = 5, RB = 3 * 140 };
-        float kf[CAP * RB], q[8 * 140], s0[8 * 16], s1[8 * 16], o0[8 * 141], o1[8 * 141],
+        enum { CAP = 5, RB = 3 * 140, QH = 5 * (2 + EDGERT_KV_BLOCK) /* a q8 head: 160 values */ };
+        float kf[CAP * RB], q[8 * 160], s0[8 * 16], s1[8 * 16], o0[8 * 161], o1[8 * 161],
             w[8 * 16];
         uint16_t kh[CAP * RB];
+        uint8_t k8[CAP * 3 * QH];
         for (int i = 0; i < CAP * RB; i++) {
             kh[i] = f2h(frand());
             kf[i] = frand();
         }
-        for (int i = 0; i < 8 * 140; i++) q[i] = frand();
+        for (int i = 0; i < CAP * 3 * QH; i++) k8[i] = (uint8_t)(rnd() % 255 + 129);
+        for (int i = 0; i < CAP * 3 * QH; i += 2 + EDGERT_KV_BLOCK) { /* each block's scale */
+            const uint16_t d = f2h(0.01f * frand());
+            memcpy(k8 + i, &d, 2);
+        }
+        for (int i = 0; i < 8 * 160; i++) q[i] = frand();
         for (int i = 0; i < 8 * 16; i++) w[i] = frand();
         const int64_t ns[] = {0, 5, 16, 37, 64, 70, 128}, counts[] = {0, 1, 3, 4, 7, 13};
-        for (int f16 = 0; f16 < 2; f16++)
+        const int64_t ns8[] = {0, 32, 64, 96, 128, 160, 160}; /* q8: whole blocks */
+        for (int kind = 0; kind <= EDGERT_KV_Q8; kind++)
             for (int64_t nq = 1; nq <= 8; nq++)
                 for (int in = 0; in < 7; in++)
                     for (int ic = 0; ic < 6; ic++) {
-                        const int64_t n = ns[in], count = counts[ic], rb = RB * (f16 ? 2 : 4);
+                        const int f16 = kind; /* the kind, in the check's report */
+                        const int64_t n = kind == EDGERT_KV_Q8 ? ns8[in] : ns[in];
+                        const int64_t count = counts[ic];
+                        const int64_t rb = kind == EDGERT_KV_Q8 ? 3 * QH : RB * (kind ? 2 : 4);
                         /* the second KV head's values of each row */
-                        const uint8_t *base = f16 ? (const uint8_t *)(kh + 140)
-                                                  : (const uint8_t *)(kf + 140);
+                        const uint8_t *base = kind == EDGERT_KV_Q8 ? k8 + QH
+                                              : kind ? (const uint8_t *)(kh + 140)
+                                                     : (const uint8_t *)(kf + 140);
                         const int64_t pf = ic % 2 ? 3 : 0;
                         memset(s0, 0, sizeof s0);
                         memset(s1, 0, sizeof s1);
@@ -464,33 +475,38 @@ static void vec_case(void) {
                         check(memcmp(s0, s1, sizeof s0) == 0, "dot_group == _ref", n, count,
                               (int)nq, f16, 0);
                         for (int first = 0; first < 2; first++) {
-                            for (int i = 0; i < 8 * 141; i++) o0[i] = o1[i] = frand();
-                            weighted_group_acc(o0, 141, w, 16, nq, base, rb, 3, CAP, count, n,
+                            for (int i = 0; i < 8 * 161; i++) o0[i] = o1[i] = frand();
+                            weighted_group_acc(o0, 161, w, 16, nq, base, rb, 3, CAP, count, n,
                                                first, f16, pf);
-                            weighted_group_acc_ref(o1, 141, w, 16, nq, base, rb, 3, CAP, count, n,
+                            weighted_group_acc_ref(o1, 161, w, 16, nq, base, rb, 3, CAP, count, n,
                                                    first, f16);
                             check(memcmp(o0, o1, sizeof o0) == 0, "weighted_group_acc == _ref", n,
                                   count, (int)nq, f16, first);
                         }
                         /* the same rows in two blocks, the ring going on */
                         const int64_t c1 = count / 2;
-                        weighted_group_acc(o0, 141, w, 16, nq, base, rb, 3, CAP, c1, n, 1, f16, pf);
-                        weighted_group_acc(o0, 141, w + c1, 16, nq, base, rb, (3 + c1) % CAP, CAP,
+                        weighted_group_acc(o0, 161, w, 16, nq, base, rb, 3, CAP, c1, n, 1, f16, pf);
+                        weighted_group_acc(o0, 161, w + c1, 16, nq, base, rb, (3 + c1) % CAP, CAP,
                                            count - c1, n, 0, f16, pf);
-                        weighted_group_acc_ref(o1, 141, w, 16, nq, base, rb, 3, CAP, count, n, 1,
+                        weighted_group_acc_ref(o1, 161, w, 16, nq, base, rb, 3, CAP, count, n, 1,
                                                f16);
                         check(memcmp(o0, o1, sizeof o0) == 0, "weighted_group_acc in blocks", n,
                               count, (int)nq, f16, 0);
                     }
-        /* and the twin is dot on the rows converted to float */
-        float row[140];
+        /* and the twin is dot on the rows converted to float (q8: as edgert_kv_load gives them) */
+        float row[160];
         for (int64_t in = 1; in < 7; in++) {
-            const int64_t n = ns[in];
+            const int64_t n = ns[in], n8 = ns8[in];
             for (int64_t i = 0; i < n; i++) row[i] = h2f(kh[2 * RB + 140 + i]);
             dot_group_ref(s1, 16, q, 2, (const uint8_t *)(kh + 140), RB * 2, 2, CAP, 1, n, 1);
             const float d0 = dot(q, row, n), d1 = dot(q + n, row, n);
             check(memcmp(&s1[0], &d0, 4) == 0 && memcmp(&s1[16], &d1, 4) == 0,
                   "dot_group_ref == dot", n, 1, 2, 1, 0);
+            edgert_kv_load(EDGERT_KV_Q8, row, k8 + 2 * 3 * QH + QH, 0, n8);
+            dot_group_ref(s1, 16, q, 2, k8 + QH, 3 * QH, 2, CAP, 1, n8, EDGERT_KV_Q8);
+            const float e0 = dot(q, row, n8), e1 = dot(q + n8, row, n8);
+            check(memcmp(&s1[0], &e0, 4) == 0 && memcmp(&s1[16], &e1, 4) == 0,
+                  "dot_group_ref == dot on kv_load (q8)", n8, 1, 2, 2, 0);
         }
     }
     /* softmax's pieces: scale_max and sub_scalar == the scalar loops (exact, any order) */
