@@ -1,8 +1,6 @@
 /* Attention over the KV cache (edgert_forward.h's edgert_attention), for the C forward pass.
  * Results do not depend on the thread count: work is split by tokens and by fixed chunks of keys,
  * combined in a fixed order. */
-#include <stdlib.h>
-
 #include "attn_vec.h"
 #include "edgert_forward.h"
 #include "tuning.h"
@@ -39,7 +37,6 @@ typedef struct {
     int32_t window;
     int64_t chunks; /* the most chunks a token of the call has */
     float *part;    /* split calls: (n, chunks, heads, hd + 2) partials; else NULL */
-    int failed;
 } attn_ctx;
 
 /* rows of the types attn_vec.h reads where they are (float, float16, q8: converted in
@@ -199,12 +196,8 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
     const int64_t hd = m->head_dim, nh = m->n_heads;
     const int deq = !KV_IN_PLACE(m->k_type) || !KV_IN_PLACE(m->v_type); /* q4 */
     const int64_t own = c->part ? 0 : c->chunks * nh * (hd + 2); /* a token's partials */
-    float *p = malloc((size_t)(nh * ATTN_CHUNK + (deq ? 2 * ATTN_BLOCK * hd : 0) + own) *
-                      sizeof(float));
-    if (!p) {
-        c->failed = 1;
-        return;
-    }
+    const int64_t floats = nh * ATTN_CHUNK + (deq ? 2 * ATTN_BLOCK * hd : 0) + own;
+    float *p = edgert_thread_scratch(EDGERT_SCRATCH_ATTN, (size_t)floats * sizeof(float));
     float *kbuf = p + nh * ATTN_CHUNK, *vbuf = kbuf + ATTN_BLOCK * hd; /* deq only */
     float *mine = kbuf + (deq ? 2 * ATTN_BLOCK * hd : 0);
     for (int64_t it = begin; it < end; it++) {
@@ -219,7 +212,6 @@ static void attn_items(void *vctx, int64_t begin, int64_t end) {
             attn_chunk(c, it, ch, mine + ch * nh * (hd + 2), p, kbuf, vbuf);
         attn_combine(c, it, mine);
     }
-    free(p);
 }
 
 int64_t edgert_attention_parts(const edgert_model *m, int64_t n, int64_t pos) {
@@ -227,9 +219,9 @@ int64_t edgert_attention_parts(const edgert_model *m, int64_t n, int64_t pos) {
     return n <= ATTN_SPLIT_TOKENS ? n * chunks * m->n_heads * (m->head_dim + 2) : 0;
 }
 
-int edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int64_t pos,
-                     const uint8_t *kc, const uint8_t *vc, int64_t k_stride, int64_t v_stride,
-                     int64_t cap, int32_t window, float *part, int32_t threads) {
+void edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int64_t pos,
+                      const uint8_t *kc, const uint8_t *vc, int64_t k_stride, int64_t v_stride,
+                      int64_t cap, int32_t window, float *part, int32_t threads) {
     const int64_t hd = m->head_dim;
     if (KV_ROTATED(m->k_type)) /* keys held rotated: q . k = rotated q . rotated k */
         edgert_kv_rotate(q, n * m->n_heads * hd);
@@ -239,11 +231,10 @@ int edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int
     const int64_t chunks = (span + ATTN_CHUNK - 1) / ATTN_CHUNK;
     const int split = n <= ATTN_SPLIT_TOKENS && chunks > 1;
     attn_ctx ac = {m, q, out, kc, vc, k_stride, v_stride, cap, pos, window, chunks,
-                   split ? part : NULL, 0};
+                   split ? part : NULL};
     edgert_parallel_for(split ? n * chunks : n, att_threads, attn_items, &ac);
     for (int64_t i = 0; split && i < n; i++)
         attn_combine(&ac, i, part + i * chunks * m->n_heads * (hd + 2));
     if (KV_ROTATED(m->v_type)) /* a sum of rotated values, rotated back */
         edgert_kv_rotate(out, n * m->n_heads * hd);
-    return ac.failed ? -2 : 0;
 }

@@ -132,16 +132,15 @@ void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int6
     const int64_t work = 2 * n * count * dim;
     const int t = work >= EDGERT_PARALLEL_MIN_WORK ? threads : 1;
     edgert_parallel_for(count, t, bundle_up, &c);
-    c.part = n == 1 ? malloc((size_t)BUNDLE_PARTS * (size_t)dim * 4) : NULL;
-    if (!c.part) { /* a prompt (each column used by several tokens), or no memory */
+    if (n > 1) { /* a prompt: each column used by several tokens */
         edgert_parallel_for((dim + BUNDLE_CHUNK - 1) / BUNDLE_CHUNK, t, bundle_down, &c);
         return;
     }
+    c.part = edgert_thread_scratch(EDGERT_SCRATCH_BUNDLE, (size_t)BUNDLE_PARTS * (size_t)dim * 4);
     edgert_parallel_for(BUNDLE_PARTS, t, bundle_down_parts, &c);
     for (int64_t i = 0; i < dim; i++) {
         float acc = 0.f;
         for (int p = 0; p < BUNDLE_PARTS; p++) acc += c.part[p * dim + i];
         y[i] = acc;
     }
-    free(c.part);
 }

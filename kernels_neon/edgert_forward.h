@@ -163,17 +163,19 @@ void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int6
  * pos + n - 1 over one layer's cache (kc, vc: position t's row at (t % cap) * stride bytes, the
  * tokens' own rows written; window: the last `window` positions only, 0 all). part: scratch of
  * edgert_attention_parts(m, n, pos) floats. q is scratch too: rotated in place where the keys
- * are quantized. Returns 0, or -2 out of memory. */
+ * are quantized. */
 int64_t edgert_attention_parts(const edgert_model *m, int64_t n, int64_t pos);
-int edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int64_t pos,
-                     const uint8_t *kc, const uint8_t *vc, int64_t k_stride, int64_t v_stride,
-                     int64_t cap, int32_t window, float *part, int32_t threads);
+void edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int64_t pos,
+                      const uint8_t *kc, const uint8_t *vc, int64_t k_stride, int64_t v_stride,
+                      int64_t cap, int32_t window, float *part, int32_t threads);
 
 /* x (n, dim): the token embeddings in, the final residual stream out. cos/sin (n_rope, n,
  * rope_dim/2): each rotary table for the positions. logits (n, vocab), or (1, vocab) of the last token with last_only; NULL: no head.
  * times (NULL: not measured) accumulates seconds: [layer][0] attention, [layer][1] FFN, then
- * [n_layers][0] the head. Returns 0, or -1 on bad arguments (fetched experts included), -2 out of
- * memory, -3 when a sparse layer's or an expert layer's fetch failed. */
+ * [n_layers][0] the head. Returns 0, or -1 on bad arguments (fetched experts included), -3 when a
+ * sparse layer's or an expert layer's fetch failed. Its buffers are each thread's own, kept from
+ * call to call (a decode step allocates nothing after the first; no memory for them aborts, as
+ * for the kernels' tables). */
 int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, const float *cos,
                    const float *sin, int32_t last_only, float *logits, double *times,
                    int32_t threads);

@@ -201,6 +201,18 @@ static void swiglu(const edgert_weight *gate, const edgert_weight *up, const edg
     linear(down, g, r, y, threads);
 }
 
+/* out[i] = part i (bytes[i] bytes, 64-byte aligned) of the calling thread's scratch `slot`
+ * (lut_internal.h: kept for its next call, so decode steps allocate nothing) */
+static void scratch_parts(int slot, int count, const size_t *bytes, void **out) {
+    size_t total = 0;
+    for (int i = 0; i < count; i++) total += (bytes[i] + 63) / 64 * 64;
+    uint8_t *s = edgert_thread_scratch(slot, total);
+    for (int i = 0; i < count; i++) {
+        out[i] = s;
+        s += (bytes[i] + 63) / 64 * 64;
+    }
+}
+
 /* y (n, d) += the mixture on xn (n, d), x normed; x (n, d): the residual stream entering layer l's
  * FFN (what the next layer's router is guessed on) */
 static int moe_ffn(const edgert_model *m, int32_t l, const float *x, float *y, const float *xn,
@@ -211,18 +223,17 @@ static int moe_ffn(const edgert_model *m, int32_t l, const float *x, float *y, c
     const edgert_moe_ffn *next = l + 1 < m->n_layers ? m->layers[l + 1].moe : NULL;
     const int guess = e->fetch && !e->experts && e->predict && next;
     const int64_t nk = next ? next->n_used : 0, nE = next ? next->n_experts : 0;
-    float *buf = malloc((size_t)(n * E + n * nE + (E > nE ? E : nE) + n * k + n * nk + 2 * n * d +
-                                 2 * n * f) * sizeof(float));
-    int32_t *idx = malloc((size_t)(n * k + E + n * nk) * sizeof(int32_t));
-    int64_t *rows = malloc((size_t)n * sizeof(int64_t));
-    edgert_weight *ws = malloc((size_t)(3 * E) * sizeof(edgert_weight));
-    if (!buf || !idx || !rows || !ws) {
-        free(buf);
-        free(idx);
-        free(rows);
-        free(ws);
-        return -2;
-    }
+    const size_t bytes[4] = {
+        (size_t)(n * E + n * nE + (E > nE ? E : nE) + n * k + n * nk + 2 * n * d + 2 * n * f) *
+            sizeof(float),
+        (size_t)(n * k + E + n * nk) * sizeof(int32_t), (size_t)n * sizeof(int64_t),
+        (size_t)(3 * E) * sizeof(edgert_weight)};
+    void *part[4];
+    scratch_parts(EDGERT_SCRATCH_MOE, 4, bytes, part);
+    float *buf = part[0];
+    int32_t *idx = part[1];
+    int64_t *rows = part[2];
+    edgert_weight *ws = part[3];
     float *logits = buf, *nl = logits + n * E, *p = nl + n * nE, *w = p + (E > nE ? E : nE);
     float *nw = w + n * k, *xe = nw + n * nk, *ye = xe + n * d, *g = ye + n * d, *u = g + n * f;
     int32_t *chosen = idx + n * k, *nidx = chosen + E;
@@ -274,10 +285,6 @@ static int moe_ffn(const edgert_model *m, int32_t l, const float *x, float *y, c
             axpy(y + t * d, 1.f / (1.f + expf(-s)), ye + t * d, d);
         }
     }
-    free(buf);
-    free(idx);
-    free(rows);
-    free(ws);
     return rc;
 }
 
@@ -330,15 +337,13 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
     const int64_t d = m->dim, hd = m->head_dim, qd = m->n_heads * hd, kd = m->n_kv_heads * hd;
     const int64_t f = m->ffn_dim, half = m->rope_dim / 2;
     const int64_t parts = edgert_attention_parts(m, n, pos); /* attention's partials */
-    float *buf = malloc((size_t)(n * (2 * d + 2 * qd + 2 * kd + 2 * f) + parts) * sizeof(float));
-    int32_t *active = malloc((size_t)f * sizeof(int32_t));
-    const uint8_t **bundles = malloc((size_t)f * sizeof(*bundles));
-    if (!buf || !active || !bundles) {
-        free(buf);
-        free(active);
-        free(bundles);
-        return -2;
-    }
+    const size_t bytes[3] = {(size_t)(n * (2 * d + 2 * qd + 2 * kd + 2 * f) + parts) * sizeof(float),
+                             (size_t)f * sizeof(int32_t), (size_t)f * sizeof(const uint8_t *)};
+    void *scratch[3];
+    scratch_parts(EDGERT_SCRATCH_FORWARD, 3, bytes, scratch);
+    float *buf = scratch[0];
+    int32_t *active = scratch[1];
+    const uint8_t **bundles = scratch[2];
     float *xn = buf, *q = xn + n * d, *k = q + n * qd, *v = k + n * kd, *att = v + n * kd;
     float *o = att + n * qd, *g = o + n * d, *u = g + n * f, *part = u + n * f;
     double t0 = times ? seconds() : 0.0;
@@ -376,9 +381,8 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
             edgert_kv_store(m->k_type, kc + ((pos + i) % cap) * L->k_stride, ki, kd);
             edgert_kv_store(m->v_type, vc + ((pos + i) % cap) * L->v_stride, vi, kd);
         }
-        if (edgert_attention(m, q, att, n, pos, kc, vc, L->k_stride, L->v_stride, cap, L->window,
-                             part, threads))
-            rc = -2;
+        edgert_attention(m, q, att, n, pos, kc, vc, L->k_stride, L->v_stride, cap, L->window, part,
+                         threads);
         linear(&L->wo, att, n, o, threads);
         if (L->post_attn_norm) rms_norm_rows(o, L->post_attn_norm, n, d, m->rms_eps);
         for (int64_t j = 0; j < n * d; j++) x[j] += o[j];
@@ -438,8 +442,5 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
         linear(&m->head, xn, rows, logits, threads);
         if (times) times[2 * m->n_layers] += seconds() - t0;
     }
-    free(buf);
-    free(active);
-    free(bundles);
     return rc;
 }

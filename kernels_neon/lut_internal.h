@@ -47,8 +47,18 @@ EDGERT_HIDDEN void edgert_check_failed(const char *what);
 /* the CPUs this process may run on */
 EDGERT_HIDDEN int edgert_cpu_count(void);
 /* a 64-byte aligned buffer of at least `bytes` that the calling thread keeps for its next call
- * with the same slot (grown as needed, freed when the thread exits) */
-enum { EDGERT_SCRATCH_TABLES, EDGERT_SCRATCH_CODES, EDGERT_SCRATCH_SLOTS };
+ * with the same slot (grown as needed, freed when the thread exits): what a decode step needs,
+ * allocated by the first step only. A slot's buffer is live until the caller's next use of
+ * that slot, so a function holding one calls nothing that takes the same slot. */
+enum {
+    EDGERT_SCRATCH_TABLES,  /* lut_gemm.c: activation tables */
+    EDGERT_SCRATCH_CODES,   /* i8_gemm.c: quantized activations */
+    EDGERT_SCRATCH_FORWARD, /* forward.c: a call's activations */
+    EDGERT_SCRATCH_MOE,     /* forward.c: a layer's routing and expert activations */
+    EDGERT_SCRATCH_ATTN,    /* attention.c: scores and dequantized rows, per worker */
+    EDGERT_SCRATCH_BUNDLE,  /* bundle_ffn.c: decode's partial sums */
+    EDGERT_SCRATCH_SLOTS
+};
 EDGERT_HIDDEN void *edgert_thread_scratch(int slot, size_t bytes);
 /* arm64 hwcap bits the tile kernels' levels are chosen by (i8_neon.c) */
 #define EDGERT_HWCAP_ASIMDDP (1ul << 20)

@@ -460,7 +460,7 @@ class NativeForward:
             None if times is None else times.ctypes.data,
             threads,
         )
-        if rc == -2:
+        if rc == -2:  # libraries whose forward pass allocated per call
             raise EdgertError("out of memory in the forward pass")
         if rc == -3:
             err, self._fetcher.error = self._fetcher.error, None
