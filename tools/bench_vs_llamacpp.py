@@ -75,13 +75,20 @@ def peer_quantize(src: Path, qtype: str) -> Path:
     return dst
 
 
+#: ``--kv-cache`` -> llama.cpp's cache type for keys and values (its ggml type names)
+PEER_KV = {"f32": "F32", "f16": "F16", "q8": "Q8_0", "q4": "Q4_0"}
+
+
 def peer_worker(
-    model: str, threads: int, n_prompt: int, n_gen: int, depth: int = 0, repack: bool = True
-) -> dict:
+    model: str, threads: int, n_prompt: int, n_gen: int, depth: int = 0, repack: bool = True,
+    kv: str | None = None,
+) -> dict:  # fmt: skip
     """One llama.cpp measurement (runs in a child process): tg after a prompt of ``max(depth,
     1)`` random ids, as edgert bench's ``--depth``. ``repack=False``: without llama.cpp's CPU
     repacking (its extra buffer types copy the weights it can repack into anonymous memory at
-    load), so the weights stay in the memory-mapped file."""
+    load), so the weights stay in the memory-mapped file. ``kv``: the cache type for keys and
+    values (a :data:`PEER_KV` key; quantized ones need llama.cpp's flash attention, turned on for
+    them); None: llama.cpp's default (float16)."""
     import random
 
     import llama_cpp.llama_cpp as lib
@@ -99,6 +106,10 @@ def peer_worker(
 
         lib.llama_model_default_params = no_repack
 
+    cache = {}
+    if kv is not None:
+        ggml = getattr(lib, f"GGML_TYPE_{PEER_KV[kv]}")
+        cache = {"type_k": ggml, "type_v": ggml, "flash_attn": kv in ("q8", "q4")}
     t0 = time.perf_counter()
     llm = Llama(
         model,
@@ -108,6 +119,7 @@ def peer_worker(
         n_threads_batch=threads,
         verbose=False,
         logits_all=False,
+        **cache,
     )
     load_s = time.perf_counter() - t0
     vocab = llm.n_vocab()
@@ -145,17 +157,22 @@ def _run(cmd: list[str], em) -> tuple[subprocess.CompletedProcess, dict | None]:
 
 def run_peer(
     model: Path, threads: int, n_prompt: int, n_gen: int, em=None, depth: int = 0,
-    repack: bool = True,
+    repack: bool = True, kv: str | None = None,
 ) -> dict:  # fmt: skip
     code = (
         f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
         f"import bench_vs_llamacpp as b; "
         f"print(json.dumps(b.peer_worker({str(model)!r}, {threads}, {n_prompt}, {n_gen}, "
-        f"{depth}, {repack})))"
+        f"{depth}, {repack}, {kv!r})))"
     )
     r, usage = _run([sys.executable, "-c", code], em)
     if r.returncode:
-        raise SystemExit(f"llama.cpp run failed: {r.stderr.strip()[-500:]}")
+        why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit status {r.returncode}"
+        hint = ""
+        if kv in ("q8", "q4") and repack:  # seen with llama-cpp-python 0.3.36 on AVX-512 / AMX
+            hint = " (its flash attention, which quantized caches need, has crashed on repacked "
+            hint += "weights: try --peer-no-repack)"
+        raise SystemExit(f"llama.cpp run failed ({why}){hint}: {r.stderr.strip()[-500:]}")
     return {**json.loads(r.stdout.strip().splitlines()[-1]), "cgroup": usage}
 
 
@@ -294,6 +311,13 @@ def main() -> None:
         "-d", "--depth", type=int, default=0,
         help="tokens in the cache before each tg run, both engines (decode at that context)",
     )  # fmt: skip
+    ap.add_argument(
+        "--kv-cache", default=None, choices=sorted(PEER_KV),
+        help="both engines' KV cache type: edgert --kv-cache TYPE, llama.cpp the same type "
+        "(q8: Q8_0, q4: Q4_0, with its flash attention, which they need; llama-cpp-python "
+        "0.3.36 crashed with it on repacked weights on an AVX-512 machine: --peer-no-repack "
+        "there); default: each engine's own (edgert f32, llama.cpp f16)",
+    )  # fmt: skip
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--emulate", default=None, metavar="TARGET", help="device limits (root)")
@@ -311,6 +335,7 @@ def main() -> None:
     peer = peer_quantize(src, a.peer_quant) if a.peer_quant else src
     em = None
     extra = tuple(a.edgert_args.split()) + (("--depth", str(a.depth)) if a.depth else ())
+    extra += ("--kv-cache", a.kv_cache) if a.kv_cache else ()
     if a.emulate:
         em, budget = one_limit(a.emulate, a.memory, Path(a.edgert), peer)
         extra += ("--dram-budget", str(budget))
@@ -325,7 +350,15 @@ def main() -> None:
         for _ in range(a.repetitions):  # interleaved: noise hits both sides alike
             theirs.append(
                 _or_killed(
-                    run_peer, peer, threads, a.n_prompt, a.n_gen, em, a.depth, not a.peer_no_repack
+                    run_peer,
+                    peer,
+                    threads,
+                    a.n_prompt,
+                    a.n_gen,
+                    em,
+                    a.depth,
+                    not a.peer_no_repack,
+                    a.kv_cache,
                 )
             )
             ours.append(_or_killed(run_edgert, a.edgert, threads, a.n_prompt, a.n_gen, em, extra))
@@ -345,6 +378,7 @@ def main() -> None:
             "threads": threads,
             "peer_model": peer.name,
             "depth": a.depth,
+            "kv_cache": a.kv_cache,
             "peer_repack": not a.peer_no_repack,
             "edgert": a.edgert,
             "edgert_pp": med(ours, "pp_tok_s"),
