@@ -20,8 +20,8 @@
  * context, 1 thread: float16 cache 63 -> 78 tok/s, q8 59 -> 73, float32 60 -> 60 (the block into
  * L1 alone, the earlier scheme: 58 -> 65 from none for float32; the block into L1 with rows ahead
  * into L1, or rows ahead alone, measured slower for float32). q8 rows converted in registers
- * rather than dequantized into a buffer: 59 -> 68 tok/s (medians of 3 in turns, same machine on
- * a slower day, float16 70). */
+ * rather than dequantized into a buffer: 59 -> 68 tok/s (medians of 3 in turns, on a 2-core Intel
+ * Xeon, where float16 gives 70). */
 #define ATTN_CHUNK 256
 #define ATTN_BLOCK 64
 #define ATTN_AHEAD 8 /* rows read from the cache: asked into L1 this many rows ahead */

@@ -169,9 +169,8 @@ def run_peer(
     if r.returncode:
         why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit status {r.returncode}"
         hint = ""
-        if kv in ("q8", "q4") and repack:  # seen with llama-cpp-python 0.3.36 on AVX-512 / AMX
-            hint = " (its flash attention, which quantized caches need, has crashed on repacked "
-            hint += "weights: try --peer-no-repack)"
+        if repack:  # seen with llama-cpp-python 0.3.36 on a CPU with AMX
+            hint = " (its repacked weights have crashed it on CPUs with AMX: try --peer-no-repack)"
         raise SystemExit(f"llama.cpp run failed ({why}){hint}: {r.stderr.strip()[-500:]}")
     return {**json.loads(r.stdout.strip().splitlines()[-1]), "cgroup": usage}
 
@@ -314,9 +313,8 @@ def main() -> None:
     ap.add_argument(
         "--kv-cache", default=None, choices=sorted(PEER_KV),
         help="both engines' KV cache type: edgert --kv-cache TYPE, llama.cpp the same type "
-        "(q8: Q8_0, q4: Q4_0, with its flash attention, which they need; llama-cpp-python "
-        "0.3.36 crashed with it on repacked weights on an AVX-512 machine: --peer-no-repack "
-        "there); default: each engine's own (edgert f32, llama.cpp f16)",
+        "(q8: Q8_0, q4: Q4_0, with its flash attention, which they need); default: each "
+        "engine's own (edgert f32, llama.cpp f16)",
     )  # fmt: skip
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     ap.add_argument("--json-out", default=None)
