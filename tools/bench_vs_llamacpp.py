@@ -75,16 +75,53 @@ def peer_quantize(src: Path, qtype: str) -> Path:
     return dst
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX (Linux's /proc/cpuinfo flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_int8" in flags or " amx_tile" in flags
+
+
+def peer_llama(path: str, repack: bool | None = None, **kw):
+    """llama.cpp's ``Llama(path, **kw)``. ``repack``: its weights repacked into its extra buffer
+    types (its default); None: repacked unless the CPU has AMX, where llama-cpp-python 0.3.36
+    segfaults with them on the first evaluation, default options included (seen on a 2-core
+    Intel Xeon); False: the weights as the file holds them."""
+    import llama_cpp.llama_cpp as lib
+    from llama_cpp import Llama
+
+    if repack is None:
+        repack = not cpu_has_amx()
+    if repack:
+        return Llama(path, **kw)
+    defaults = lib.llama_model_default_params
+
+    def no_repack():
+        p = defaults()
+        p.use_extra_bufts = False
+        return p
+
+    lib.llama_model_default_params = no_repack  # read by Llama() as it loads the model
+    try:
+        return Llama(path, **kw)
+    finally:
+        lib.llama_model_default_params = defaults
+
+
 #: ``--kv-cache`` -> llama.cpp's cache type for keys and values (its ggml type names)
 PEER_KV = {"f32": "F32", "f16": "F16", "q8": "Q8_0", "q4": "Q4_0"}
 
 
 def peer_worker(
-    model: str, threads: int, n_prompt: int, n_gen: int, depth: int = 0, repack: bool = True,
+    model: str, threads: int, n_prompt: int, n_gen: int, depth: int = 0,
+    repack: bool | None = None,
     kv: str | None = None,
 ) -> dict:  # fmt: skip
     """One llama.cpp measurement (runs in a child process): tg after a prompt of ``max(depth,
-    1)`` random ids, as edgert bench's ``--depth``. ``repack=False``: without llama.cpp's CPU
+    1)`` random ids, as edgert bench's ``--depth``. ``repack``: as :func:`peer_llama` (None:
+    llama.cpp's default but on CPUs with AMX). ``repack=False``: without llama.cpp's CPU
     repacking (its extra buffer types copy the weights it can repack into anonymous memory at
     load), so the weights stay in the memory-mapped file. ``kv``: the cache type for keys and
     values (a :data:`PEER_KV` key; quantized ones need llama.cpp's flash attention, turned on for
@@ -92,27 +129,17 @@ def peer_worker(
     import random
 
     import llama_cpp.llama_cpp as lib
-    from llama_cpp import Llama
 
     from edgert.measure.bench import peak_rss_bytes
-
-    if not repack:
-        defaults = lib.llama_model_default_params
-
-        def no_repack():
-            p = defaults()
-            p.use_extra_bufts = False
-            return p
-
-        lib.llama_model_default_params = no_repack
 
     cache = {}
     if kv is not None:
         ggml = getattr(lib, f"GGML_TYPE_{PEER_KV[kv]}")
         cache = {"type_k": ggml, "type_v": ggml, "flash_attn": kv in ("q8", "q4")}
     t0 = time.perf_counter()
-    llm = Llama(
+    llm = peer_llama(
         model,
+        repack,
         n_ctx=max(n_prompt, depth) + n_gen + 16,
         n_batch=max(n_prompt, 8),
         n_threads=threads,
@@ -157,7 +184,7 @@ def _run(cmd: list[str], em) -> tuple[subprocess.CompletedProcess, dict | None]:
 
 def run_peer(
     model: Path, threads: int, n_prompt: int, n_gen: int, em=None, depth: int = 0,
-    repack: bool = True, kv: str | None = None,
+    repack: bool | None = None, kv: str | None = None,
 ) -> dict:  # fmt: skip
     code = (
         f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
@@ -169,7 +196,7 @@ def run_peer(
     if r.returncode:
         why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit status {r.returncode}"
         hint = ""
-        if repack:  # seen with llama-cpp-python 0.3.36 on a CPU with AMX
+        if repack is not False:
             hint = " (its repacked weights have crashed it on CPUs with AMX: try --peer-no-repack)"
         raise SystemExit(f"llama.cpp run failed ({why}){hint}: {r.stderr.strip()[-500:]}")
     return {**json.loads(r.stdout.strip().splitlines()[-1]), "cgroup": usage}
@@ -304,7 +331,8 @@ def main() -> None:
     ap.add_argument(
         "--peer-no-repack", action="store_true",
         help="llama.cpp without its CPU weight repacking, which copies the weights into anonymous "
-        "memory at load: with it a model larger than --memory cannot load at all",
+        "memory at load: with it a model larger than --memory cannot load at all (always off "
+        "on CPUs with AMX, where it crashes)",
     )  # fmt: skip
     ap.add_argument(
         "-d", "--depth", type=int, default=0,
@@ -355,7 +383,7 @@ def main() -> None:
                     a.n_gen,
                     em,
                     a.depth,
-                    not a.peer_no_repack,
+                    False if a.peer_no_repack else None,
                     a.kv_cache,
                 )
             )
@@ -377,7 +405,7 @@ def main() -> None:
             "peer_model": peer.name,
             "depth": a.depth,
             "kv_cache": a.kv_cache,
-            "peer_repack": not a.peer_no_repack,
+            "peer_repack": not a.peer_no_repack and not cpu_has_amx(),
             "edgert": a.edgert,
             "edgert_pp": med(ours, "pp_tok_s"),
             "edgert_tg": med(ours, "tg_tok_s"),
@@ -419,6 +447,8 @@ def main() -> None:
                 if "killed" in x:
                     print(f"{side}, {r['threads']} thread(s): {x['killed']}")
     print(f"(medians of {a.repetitions} interleaved runs; edgert artifact {a.edgert})")
+    if not a.peer_no_repack and cpu_has_amx():
+        print("llama.cpp without its weight repacking: this CPU has AMX, where it crashes with it")
     if em:
         print(
             f"emulated {em.target}: one memory limit of {em.memory_limit_bytes / 1e6:.1f} MB for "

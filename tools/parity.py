@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_vs_llamacpp import FTYPES, peer_quantize  # tools/ is on sys.path
+from bench_vs_llamacpp import FTYPES, peer_llama, peer_quantize  # tools/ is on sys.path
 
 DEFAULT_TEXT = Path(__file__).resolve().parents[1] / "tests" / "data" / "gpl-3.0.txt"
 
@@ -95,10 +95,8 @@ def vocab_cases(vocab: Path) -> list[tuple[str, list[int]]]:
 
 
 def _llama(path: str, ctx: int, threads: int, f32_kv: bool = False):
-    from llama_cpp import Llama
-
     kw = {"type_k": 0, "type_v": 0} if f32_kv else {}
-    return Llama(
+    return peer_llama(
         path, n_ctx=ctx, n_batch=ctx, logits_all=True, verbose=False, n_threads=threads, **kw
     )
 

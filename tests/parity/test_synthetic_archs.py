@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from bench_vs_llamacpp import peer_llama
 from edgert.compiler.frontends import load_model
 from make_synthetic_gguf import ARCHS, make_synthetic_gguf
 from parity import DEFAULT_TEXT, compare
@@ -43,12 +44,10 @@ def tol(arch):
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logits_equal_llama_cpp(tmp_path, arch):
-    from llama_cpp import Llama
-
     path = synthetic(tmp_path, arch)
     tokens = [5, 100, 7, 300, 42, 9, 11, 200, 17, 64]
     ours = ReferenceEngine(load_model(path), max_ctx=64).forward(tokens)
-    llm = Llama(str(path), n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0)
+    llm = peer_llama(str(path), n_ctx=64, logits_all=True, verbose=False, type_k=0, type_v=0)
     llm.eval(tokens)
     theirs = np.array(llm.scores[: len(tokens)])
     assert np.max(np.abs(ours - theirs)) < tol(arch)
