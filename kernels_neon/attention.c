@@ -15,13 +15,14 @@
  * (so that long contexts spread over the threads), with the same results bit for bit. Within a
  * chunk keys and values are read in blocks of ATTN_BLOCK positions, KV head by KV head, each row
  * loaded once for all of that KV head's query heads (attn_vec.h), float16 and q8 rows converted
- * in registers (q4 rows dequantized into a buffer first). The next block's rows (all KV heads) are asked into L2 before a block is used, and
- * each KV head's rows into L1 ATTN_AHEAD rows before they are used. SmolLM2 at 2048 tokens of
- * context, 1 thread: float16 cache 63 -> 78 tok/s, q8 59 -> 73, float32 60 -> 60 (the block into
- * L1 alone, the earlier scheme: 58 -> 65 from none for float32; the block into L1 with rows ahead
- * into L1, or rows ahead alone, measured slower for float32). q8 rows converted in registers
- * rather than dequantized into a buffer: 59 -> 68 tok/s (medians of 3 in turns, on a 2-core Intel
- * Xeon, where float16 gives 70). */
+ * in registers (q4 rows dequantized into a buffer first). The next block's rows (all KV heads)
+ * are asked into L2 before a block is used, and each KV head's rows into L1 ATTN_AHEAD rows
+ * before they are used. SmolLM2 at 2048 tokens of context, 1 thread, on a 2-core AMD EPYC:
+ * float16 cache 63 -> 78 tok/s, q8 59 -> 73, float32 60 -> 60 (the block into L1 alone, the
+ * earlier scheme: 58 -> 65 from none for float32; the block into L1 with rows ahead into L1, or
+ * rows ahead alone, measured slower for float32). q8 rows converted in registers rather than
+ * dequantized into a buffer, on a 2-core Intel Xeon: 59 -> 68 tok/s (medians of 3 in turns;
+ * float16 70 there). */
 #define ATTN_CHUNK 256
 #define ATTN_BLOCK 64
 #define ATTN_AHEAD 8 /* rows read from the cache: asked into L1 this many rows ahead */

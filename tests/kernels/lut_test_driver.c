@@ -459,7 +459,6 @@ static void vec_case(void) {
             for (int64_t nq = 1; nq <= 8; nq++)
                 for (int in = 0; in < 7; in++)
                     for (int ic = 0; ic < 6; ic++) {
-                        const int f16 = kind; /* the kind, in the check's report */
                         const int64_t n = kind == EDGERT_KV_Q8 ? ns8[in] : ns[in];
                         const int64_t count = counts[ic];
                         const int64_t rb = kind == EDGERT_KV_Q8 ? 3 * QH : RB * (kind ? 2 : 4);
@@ -470,28 +469,28 @@ static void vec_case(void) {
                         const int64_t pf = ic % 2 ? 3 : 0;
                         memset(s0, 0, sizeof s0);
                         memset(s1, 0, sizeof s1);
-                        dot_group(s0, 16, q, nq, base, rb, 3, CAP, count, n, f16, pf);
-                        dot_group_ref(s1, 16, q, nq, base, rb, 3, CAP, count, n, f16);
+                        dot_group(s0, 16, q, nq, base, rb, 3, CAP, count, n, kind, pf);
+                        dot_group_ref(s1, 16, q, nq, base, rb, 3, CAP, count, n, kind);
                         check(memcmp(s0, s1, sizeof s0) == 0, "dot_group == _ref", n, count,
-                              (int)nq, f16, 0);
+                              (int)nq, kind, 0);
                         for (int first = 0; first < 2; first++) {
                             for (int i = 0; i < 8 * 161; i++) o0[i] = o1[i] = frand();
                             weighted_group_acc(o0, 161, w, 16, nq, base, rb, 3, CAP, count, n,
-                                               first, f16, pf);
+                                               first, kind, pf);
                             weighted_group_acc_ref(o1, 161, w, 16, nq, base, rb, 3, CAP, count, n,
-                                                   first, f16);
+                                                   first, kind);
                             check(memcmp(o0, o1, sizeof o0) == 0, "weighted_group_acc == _ref", n,
-                                  count, (int)nq, f16, first);
+                                  count, (int)nq, kind, first);
                         }
                         /* the same rows in two blocks, the ring going on */
                         const int64_t c1 = count / 2;
-                        weighted_group_acc(o0, 161, w, 16, nq, base, rb, 3, CAP, c1, n, 1, f16, pf);
+                        weighted_group_acc(o0, 161, w, 16, nq, base, rb, 3, CAP, c1, n, 1, kind, pf);
                         weighted_group_acc(o0, 161, w + c1, 16, nq, base, rb, (3 + c1) % CAP, CAP,
-                                           count - c1, n, 0, f16, pf);
+                                           count - c1, n, 0, kind, pf);
                         weighted_group_acc_ref(o1, 161, w, 16, nq, base, rb, 3, CAP, count, n, 1,
-                                               f16);
+                                               kind);
                         check(memcmp(o0, o1, sizeof o0) == 0, "weighted_group_acc in blocks", n,
-                              count, (int)nq, f16, 0);
+                              count, (int)nq, kind, 0);
                     }
         /* and the twin is dot on the rows converted to float (q8: as edgert_kv_load gives them) */
         float row[160];
