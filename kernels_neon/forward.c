@@ -337,8 +337,9 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
     const int64_t d = m->dim, hd = m->head_dim, qd = m->n_heads * hd, kd = m->n_kv_heads * hd;
     const int64_t f = m->ffn_dim, half = m->rope_dim / 2;
     const int64_t parts = edgert_attention_parts(m, n, pos); /* attention's partials */
-    const size_t bytes[3] = {(size_t)(n * (2 * d + 2 * qd + 2 * kd + 2 * f) + parts) * sizeof(float),
-                             (size_t)f * sizeof(int32_t), (size_t)f * sizeof(const uint8_t *)};
+    const size_t bytes[3] = {
+        (size_t)(n * (2 * d + 2 * qd + 2 * kd + 2 * f) + parts) * sizeof(float),
+        (size_t)f * sizeof(int32_t), (size_t)f * sizeof(const uint8_t *)};
     void *scratch[3];
     scratch_parts(EDGERT_SCRATCH_FORWARD, 3, bytes, scratch);
     float *buf = scratch[0];
