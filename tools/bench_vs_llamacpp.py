@@ -115,13 +115,11 @@ PEER_KV = {"f32": "F32", "f16": "F16", "q8": "Q8_0", "q4": "Q4_0"}
 
 
 def peer_worker(
-    model: str, threads: int, n_prompt: int, n_gen: int, depth: int = 0,
-    repack: bool | None = None,
+    model: str, threads: int, n_prompt: int, n_gen: int, depth: int = 0, repack: bool = True,
     kv: str | None = None,
 ) -> dict:  # fmt: skip
     """One llama.cpp measurement (runs in a child process): tg after a prompt of ``max(depth,
-    1)`` random ids, as edgert bench's ``--depth``. ``repack``: as :func:`peer_llama` (None:
-    llama.cpp's default but on CPUs with AMX). ``repack=False``: without llama.cpp's CPU
+    1)`` random ids, as edgert bench's ``--depth``. ``repack=False``: without llama.cpp's CPU
     repacking (its extra buffer types copy the weights it can repack into anonymous memory at
     load), so the weights stay in the memory-mapped file. ``kv``: the cache type for keys and
     values (a :data:`PEER_KV` key; quantized ones need llama.cpp's flash attention, turned on for
@@ -184,7 +182,7 @@ def _run(cmd: list[str], em) -> tuple[subprocess.CompletedProcess, dict | None]:
 
 def run_peer(
     model: Path, threads: int, n_prompt: int, n_gen: int, em=None, depth: int = 0,
-    repack: bool | None = None, kv: str | None = None,
+    repack: bool = True, kv: str | None = None,
 ) -> dict:  # fmt: skip
     code = (
         f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
@@ -196,7 +194,7 @@ def run_peer(
     if r.returncode:
         why = f"signal {-r.returncode}" if r.returncode < 0 else f"exit status {r.returncode}"
         hint = ""
-        if repack is not False:
+        if repack:
             hint = " (its repacked weights have crashed it on CPUs with AMX: try --peer-no-repack)"
         raise SystemExit(f"llama.cpp run failed ({why}){hint}: {r.stderr.strip()[-500:]}")
     return {**json.loads(r.stdout.strip().splitlines()[-1]), "cgroup": usage}
@@ -362,6 +360,7 @@ def main() -> None:
     em = None
     extra = tuple(a.edgert_args.split()) + (("--depth", str(a.depth)) if a.depth else ())
     extra += ("--kv-cache", a.kv_cache) if a.kv_cache else ()
+    repack = not a.peer_no_repack and not cpu_has_amx()  # llama.cpp crashes repacked on AMX
     if a.emulate:
         em, budget = one_limit(a.emulate, a.memory, Path(a.edgert), peer)
         extra += ("--dram-budget", str(budget))
@@ -383,7 +382,7 @@ def main() -> None:
                     a.n_gen,
                     em,
                     a.depth,
-                    False if a.peer_no_repack else None,
+                    repack,
                     a.kv_cache,
                 )
             )
@@ -405,7 +404,7 @@ def main() -> None:
             "peer_model": peer.name,
             "depth": a.depth,
             "kv_cache": a.kv_cache,
-            "peer_repack": not a.peer_no_repack and not cpu_has_amx(),
+            "peer_repack": repack,
             "edgert": a.edgert,
             "edgert_pp": med(ours, "pp_tok_s"),
             "edgert_tg": med(ours, "tg_tok_s"),
@@ -447,7 +446,7 @@ def main() -> None:
                 if "killed" in x:
                     print(f"{side}, {r['threads']} thread(s): {x['killed']}")
     print(f"(medians of {a.repetitions} interleaved runs; edgert artifact {a.edgert})")
-    if not a.peer_no_repack and cpu_has_amx():
+    if not repack and not a.peer_no_repack:
         print("llama.cpp without its weight repacking: this CPU has AMX, where it crashes with it")
     if em:
         print(
