@@ -1,7 +1,9 @@
 """edgert as an ONNX backend (``onnx.backend.base.Backend``), so the ONNX backend test suite that
 ships with the ``onnx`` package runs against it: ``prepare`` compiles the model for the host target
 (``compile_onnx``, as ``edgert compile`` does) into a temporary artifact, and ``run`` feeds it
-through the artifact's executor (``edgert.runtime.onnx.DnnEngine``).
+through the artifact's executor (``edgert.runtime.onnx.DnnEngine``). Inputs that set shapes, axes
+or counts (which edgert compiles as constants) are pinned to the values the first run feeds, as
+``edgert compile --input-value`` pins them, and the model is compiled again for other values.
 
 ``classify`` runs one suite case through any backend and says what came of it: ``pass``,
 ``fail`` (outputs differ beyond the case's tolerances), ``refused`` (an ``EdgertError`` or the
@@ -22,6 +24,20 @@ import numpy as np
 from edgert.errors import EdgertError
 
 
+def _feeds(inputs, names: list[str]) -> dict:
+    """``run``'s inputs (in graph order, or by name) as ``{name: array}``."""
+    if isinstance(inputs, dict):
+        return dict(inputs)
+    if isinstance(inputs, np.ndarray):
+        inputs = [inputs]
+    if len(inputs) != len(names):
+        raise EdgertError(
+            f"{len(inputs)} inputs given, the model takes {len(names)}",
+            f"its inputs are {', '.join(names) or 'none'}",
+        )
+    return dict(zip(names, inputs))
+
+
 class EdgertRep:
     """A compiled model (``onnx.backend.base.BackendRep``'s interface): ``run(inputs)`` with the
     inputs in graph order (or by name) returns the outputs in graph order."""
@@ -31,22 +47,46 @@ class EdgertRep:
         self._workdir = workdir
 
     def run(self, inputs, **kwargs) -> tuple[np.ndarray, ...]:
-        if isinstance(inputs, dict):
-            feeds = dict(inputs)
-        else:
-            if isinstance(inputs, np.ndarray):
-                inputs = [inputs]
-            specs = self.engine.inputs
-            if len(inputs) != len(specs):
-                raise EdgertError(
-                    f"{len(inputs)} inputs given, the model takes {len(specs)}",
-                    f"its inputs are {', '.join(s.name for s in specs) or 'none'}",
-                )
-            feeds = {s.name: a for s, a in zip(specs, inputs)}
+        feeds = _feeds(inputs, [s.name for s in self.engine.inputs])
         return tuple(self.engine.run(feeds).values())
 
     def __del__(self):
         shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+class PinnedRep:
+    """A model with inputs the importer needs constant (a reduction's axes fed at run time,
+    Reshape's shape, TopK's k, ...: ``semantics.VALUE_INPUTS``): edgert compiles static shapes,
+    so it is compiled at its first run with those inputs pinned to the values fed
+    (``--input-value``), and again for any other values a later run feeds."""
+
+    def __init__(self, path: Path, names: list[str], pinned: list[str], workdir: Path):
+        self._path, self._names, self._pinned, self._workdir = path, names, pinned, workdir
+        self._compiled: dict[tuple, object] = {}
+
+    def run(self, inputs, **kwargs) -> tuple[np.ndarray, ...]:
+        feeds = _feeds(inputs, self._names)
+        missing = [n for n in self._pinned if n not in feeds]
+        if missing:
+            raise EdgertError(f"input {', '.join(missing)} is missing")
+        values = {n: np.asarray(feeds[n]) for n in self._pinned}
+        key = tuple((n, a.dtype.str, a.shape, a.tobytes()) for n, a in values.items())
+        if key not in self._compiled:
+            out = self._workdir / f"model-{len(self._compiled)}.edgert"
+            self._compiled[key] = _compile(self._path, out, values)
+        return tuple(self._compiled[key].run(feeds).values())
+
+    def __del__(self):
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+
+def _compile(path: Path, out: Path, values: dict | None = None):
+    """The ONNX file ``path`` compiled for the host into ``out``, opened."""
+    from edgert.compiler.onnx.compile import compile_onnx
+
+    from edgert.runtime.onnx import open_dnn
+
+    return open_dnn(compile_onnx(model=path, target="host", out=out, input_values=values).out)
 
 
 class EdgertBackend:
@@ -62,11 +102,11 @@ class EdgertBackend:
         return str(device).upper() == "CPU"
 
     @classmethod
-    def prepare(cls, model, device: str = "CPU", **kwargs) -> EdgertRep:
+    def prepare(cls, model, device: str = "CPU", **kwargs):
+        """An ``EdgertRep`` of the model compiled now, or a ``PinnedRep`` compiling it at its
+        first run where inputs the importer needs constant are fed at run time."""
         import onnx
-        from edgert.compiler.onnx.compile import compile_onnx
-
-        from edgert.runtime.onnx import open_dnn
+        from edgert.compiler.onnx.semantics import value_inputs
 
         if not cls.supports_device(device):
             raise EdgertError(f"device {device} is not supported", "use CPU")
@@ -75,10 +115,15 @@ class EdgertBackend:
             path = work / "model.onnx"
             if isinstance(model, (str, Path)):
                 shutil.copyfile(model, path)
+                model = onnx.load(path)
             else:
                 onnx.save(model, path)
-            s = compile_onnx(model=path, target="host", out=work / "model.edgert")
-            return EdgertRep(open_dnn(s.out), work)
+            pinned = list(value_inputs(model))
+            if pinned:
+                inits = {t.name for t in model.graph.initializer}
+                names = [i.name for i in model.graph.input if i.name not in inits]
+                return PinnedRep(path, names, pinned, work)
+            return EdgertRep(_compile(path, work / "model.edgert"), work)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise

@@ -34,6 +34,7 @@ class DnnCompileSummary:
     weights: str  # "f32" | "int8"
     inputs: list[dict]
     outputs: list[dict]
+    pinned: list[dict]  # inputs compiled in as constants, each with its "value"
     n_params: int
     weight_bytes: int
     quantized_tensors: int
@@ -46,6 +47,7 @@ class DnnCompileSummary:
         rows = [("stage", "seconds")] + [(k, f"{v:.1f}") for k, v in self.seconds.items()]
         rows += [("", ""), ("weights", f"{format_bytes(self.weight_bytes)} ({self.weights})")]
         rows += [(f"input {i['name']}", f"{_shape(i)} {i['dtype']}") for i in self.inputs]
+        rows += [(f"input {i['name']}", f"compiled in as {i['value']}") for i in self.pinned]
         rows += [(f"output {o['name']}", f"{_shape(o)} {o['dtype']}") for o in self.outputs]
         w = max(len(r[0]) for r in rows)
         return "\n".join(f"{a:<{w}}  {b}" for a, b in rows)
@@ -154,9 +156,11 @@ def compile_onnx(
     out: str | Path,
     bits: int | None = None,
     input_shapes: dict | None = None,
+    input_values: dict | None = None,
     force: bool = False,
 ) -> DnnCompileSummary:
-    """Compile the ONNX file ``model`` for ``target`` into the artifact directory ``out``."""
+    """Compile the ONNX file ``model`` for ``target`` into the artifact directory ``out``;
+    ``input_values`` (name -> array or ``--input-value`` text) are compiled in as constants."""
     from edgert.compiler.lower.library import tvm_version
     from edgert.compiler.lower.pipeline import compile_module
     from edgert.compiler.onnx.frontend import (
@@ -185,7 +189,7 @@ def compile_onnx(
     if out.exists() and not force:
         raise ArtifactError(f"{out} already exists", "choose another -o or pass --force")
     weights = "int8" if bits == 8 else "f32"
-    m = load_onnx(model, input_shapes=input_shapes)
+    m = load_onnx(model, input_shapes=input_shapes, input_values=input_values)
     folded = fold_batch_norms(m)
     if bits == 8:
         quantize_weights_int8(m)
@@ -195,6 +199,7 @@ def compile_onnx(
     mod = fuse_dequantize_matmul(mod)
     inputs = [spec.to_dict() for spec in m.inputs]
     outputs = [spec.to_dict() for spec in outputs]
+    pinned = [{**spec.to_dict(), "value": arr.tolist()} for spec, arr in m.pinned]
     times["import"] = time.perf_counter() - t
     with ArtifactWriter(out, force=force) as w:
         t = time.perf_counter()
@@ -225,6 +230,7 @@ def compile_onnx(
                 },
                 "graph": {
                     "inputs": inputs,
+                    "pinned": pinned,
                     "outputs": outputs,
                     "params": [n for n, _ in params],
                     "ops": m.ops,
@@ -245,6 +251,7 @@ def compile_onnx(
         weights=weights,
         inputs=inputs,
         outputs=outputs,
+        pinned=pinned,
         n_params=int(sum(a.size for _, a in params)),
         weight_bytes=weight_bytes,
         quantized_tensors=len(m.quantized),

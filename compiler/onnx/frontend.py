@@ -33,6 +33,7 @@ from edgert.compiler.onnx.semantics import (
     unfaithful_nodes,
     unsupported_values,
     upgrade_opset,
+    value_inputs,
 )
 
 from edgert.errors import EdgertError, ModelFormatError, UnsupportedError
@@ -59,6 +60,8 @@ class OnnxModel:
     sha256: str
     quantized: list[str] = field(default_factory=list)  # weights rewritten to int8
     source_opset: int = 0  # of the file as given
+    #: inputs compiled as constants (``--input-value``): each with the value it was pinned to
+    pinned: list[tuple[TensorSpec, np.ndarray]] = field(default_factory=list)
 
     @property
     def ops(self) -> dict[str, int]:
@@ -99,6 +102,32 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str | None, tuple[int, .
         if key in out:
             raise EdgertError(f"--input-shape names {key or 'the input'} twice")
         out[key] = shape
+    return out
+
+
+def parse_input_values(specs: list[str] | None) -> dict[str, str | np.ndarray]:
+    """``--input-value`` values: ``NAME=V[,V...]`` (numbers, read in ``load_onnx`` against the
+    input's declared type and shape) or ``NAME=FILE.npy``."""
+    out: dict[str, str | np.ndarray] = {}
+    for s in specs or []:
+        name, sep, val = s.partition("=")
+        if not sep or not name or not val.strip():
+            raise EdgertError(
+                f"--input-value {s!r} is not NAME=VALUES",
+                "write e.g. --input-value axes=0,2 or --input-value shape=shape.npy",
+            )
+        if name in out:
+            raise EdgertError(f"--input-value names {name} twice")
+        if val.endswith(".npy"):
+            p = Path(val).expanduser()
+            if not p.is_file():
+                raise EdgertError(f"no such file: {p} (--input-value {name})", "check the path")
+            try:
+                out[name] = np.load(p, allow_pickle=False)
+            except (ValueError, OSError, EOFError) as e:
+                raise EdgertError(f"{p} is not a numpy .npy file ({e})") from e
+        else:
+            out[name] = val
     return out
 
 
@@ -197,6 +226,81 @@ def _pin_inputs(proto, path: Path, shapes: dict[str | None, tuple[int, ...]]) ->
     return specs
 
 
+def _value_array(name: str, given, dtype: np.dtype, dims: list) -> np.ndarray:
+    """``--input-value``'s value for input ``name`` as an array of its declared type and shape
+    (numbers given as text fill the declared shape, or make a 1-D array where it is unknown)."""
+    static = bool(dims) and all(isinstance(d, int) for d in dims)
+    if isinstance(given, str):
+        try:
+            arr = np.array([float(v) for v in re.split(r"[,\s]+", given.strip()) if v])
+        except ValueError:
+            raise EdgertError(
+                f"--input-value {name}={given}: not a list of numbers",
+                "write numbers separated by commas, or NAME=FILE.npy",
+            ) from None
+        if dtype.kind in "iub" and not np.array_equal(arr, np.round(arr)):
+            raise EdgertError(f"--input-value {name}={given}: {name} holds {dtype} values")
+        if static and int(np.prod(dims)) == arr.size:
+            arr = arr.reshape(dims)
+        elif not dims and arr.size == 1:
+            arr = arr.reshape(())
+        return arr.astype(dtype)
+    arr = np.asarray(given)
+    if not np.can_cast(arr.dtype, dtype, casting="same_kind"):
+        raise EdgertError(
+            f"--input-value {name}: the array is {arr.dtype}, {name} is {dtype}",
+            f"save it as {dtype}",
+        )
+    return arr.astype(dtype)
+
+
+def _pin_values(proto, path: Path, values: dict) -> list[tuple[TensorSpec, np.ndarray]]:
+    """Graph inputs given a value (``--input-value``) become ``Constant`` nodes: compiled into
+    the model, no longer inputs of it. Returns each with its value."""
+    if not values:
+        return []
+    onnx = _onnx()
+    from onnx import helper, numpy_helper
+
+    inits = {t.name for t in proto.graph.initializer}
+    graph_inputs = {i.name: i for i in proto.graph.input if i.name not in inits}
+    unknown = sorted(set(values) - set(graph_inputs))
+    if unknown:
+        raise EdgertError(
+            f"--input-value names {', '.join(unknown)}, which {path.name} has no input called",
+            f"its inputs are {', '.join(graph_inputs) or 'none'}",
+        )
+    pinned, nodes = [], []
+    for name, given in values.items():
+        vi = graph_inputs[name]
+        if not vi.type.HasField("tensor_type"):
+            raise UnsupportedError(f"{path.name}: input {name} is not a tensor")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type))
+        dims = _dims(vi)
+        arr = _value_array(name, given, dtype, dims)
+        if vi.type.tensor_type.HasField("shape") and (
+            len(dims) != arr.ndim
+            or any(isinstance(d, int) and d != n for d, n in zip(dims, arr.shape))
+        ):
+            raise EdgertError(
+                f"--input-value {name}: a value of shape {format_shape(arr.shape)}, but "
+                f"{path.name} declares {name} as {format_shape(d or '?' for d in dims)}",
+                "give one value per element, or a .npy file of that shape",
+            )
+        tensor = numpy_helper.from_array(arr, "value")
+        nodes.append(helper.make_node("Constant", [], [name], name=f"{name}__pinned", value=tensor))
+        pinned.append((TensorSpec(name, tuple(arr.shape), dtype.name), arr))
+    keep = [i for i in proto.graph.input if i.name not in values]
+    del proto.graph.input[:]
+    proto.graph.input.extend(keep)
+    for i, node in enumerate(proto.graph.node):  # errors name unnamed nodes as the file has them
+        node.name = node.name or f"#{i}"
+    rest = list(proto.graph.node)
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes + rest)
+    return pinned
+
+
 def _drop_initializer_inputs(proto) -> int:
     """Graph inputs that are also initializers (IR version 3 exports list every weight as an input
     with the initializer as its default) become plain weights: edgert compiles them into the
@@ -211,8 +315,12 @@ def _drop_initializer_inputs(proto) -> int:
     return dropped
 
 
-def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxModel:
-    """Read and check ``path``; pin its input shapes; refuse unsupported operators by name."""
+def load_onnx(
+    path: str | Path, *, input_shapes: dict | None = None, input_values: dict | None = None
+) -> OnnxModel:
+    """Read and check ``path``; pin its input shapes, and the values of the inputs in
+    ``input_values`` (name -> array or ``--input-value`` text); refuse unsupported operators and
+    inputs the importer needs constant by name."""
     onnx = _onnx()
     p = Path(path).expanduser()
     if not p.is_file():
@@ -245,6 +353,7 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
             f"{p} is not a valid ONNX model: {first[:200]}", "re-export the model"
         ) from e
     _drop_initializer_inputs(proto)
+    pinned = _pin_values(proto, p, dict(input_values or {}))
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     bad = unsupported_ops(proto)
     if bad:
@@ -269,6 +378,14 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
             f"{p.name} has nodes edgert would compute wrongly: {'; '.join(wrong[:3])}{more}",
             "re-export the model for inference without them",
         )
+    need = value_inputs(proto)
+    if need:
+        name, where = next(iter(need.items()))
+        more = f" (and {', '.join(list(need)[1:])})" if len(need) > 1 else ""
+        raise UnsupportedError(
+            f"input {name} of {p.name} sets {where}{more}, which edgert compiles as a constant",
+            f"pin its value: --input-value {name}=V[,V...] (or {name}=FILE.npy)",
+        )
     inputs = _pin_inputs(proto, p, dict(input_shapes or {}))
     fold_static_shapes(proto, {s.name: s.shape for s in inputs})
     fold_constants(proto)
@@ -279,6 +396,7 @@ def load_onnx(path: str | Path, *, input_shapes: dict | None = None) -> OnnxMode
         opset=int(opset),
         sha256=hashlib.sha256(data).hexdigest(),
         source_opset=int(source_opset),
+        pinned=pinned,
     )
 
 

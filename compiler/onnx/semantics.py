@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 
 import numpy as np
 
@@ -140,6 +141,87 @@ def _output_shape_implied(node, a: dict, types) -> bool:
     return got == list(a["output_shape"])[-n:]
 
 
+def _constant(proto, name: str) -> np.ndarray | None:
+    """The value of ``name`` where a ``Constant`` node or an initializer gives it."""
+    from onnx import numpy_helper
+
+    if not name:
+        return None
+    for n in proto.graph.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            a = n.attribute[0] if n.attribute else None
+            return numpy_helper.to_array(a.t) if a is not None and a.name == "value" else None
+    t = _initializer(proto, name)
+    return numpy_helper.to_array(t) if t is not None else None
+
+
+def _text(v) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _resize_problem(proto, node, a: dict, types) -> str | None:
+    """Why TVM's Resize would differ from ONNX's for this node (None where it would not, or
+    where the shapes are not known)."""
+    from fractions import Fraction
+
+    coord = _text(a.get("coordinate_transformation_mode", "half_pixel"))
+    if a.get("antialias", 0):
+        return "antialias is ignored"
+    if coord == "half_pixel_symmetric":
+        return "coordinate_transformation_mode=half_pixel_symmetric is not implemented"
+    x = _shape(types, node.input[0])
+    if x is None or "axes" in a:
+        return None
+    scales = _constant(proto, node.input[2]) if len(node.input) > 2 else None
+    sizes = _constant(proto, node.input[3]) if len(node.input) > 3 else None
+    if scales is not None and scales.size == len(x):
+        if any(Fraction(float(s)) * d != int(float(s) * d) for s, d in zip(scales, x)):
+            return "scales that do not give whole sizes: TVM maps coordinates by the sizes' ratio"
+        out = [int(float(s) * d) for s, d in zip(scales, x)]
+    elif sizes is not None and sizes.size == len(x):
+        out = [int(v) for v in sizes]
+    else:
+        return None
+    for d_in, d_out in list(zip(x, out))[2:]:
+        if d_out == 1 and coord == "align_corners" and d_in != 1:
+            return "align_corners with an output size of 1 divides by zero"
+    nearest = _text(a.get("nearest_mode", "round_prefer_floor"))
+    if _text(a.get("mode", "nearest")) != "nearest" or not nearest.startswith("round_prefer"):
+        return None
+    half, f32, f64 = Fraction(1, 2), np.float32, np.float64
+
+    def index(c):  # TVM's nearest index from float32 coordinates
+        return np.ceil(c - f32(0.5)) if nearest == "round_prefer_floor" else np.floor(c + f32(0.5))
+
+    for d_in, d_out in list(zip(x, out))[2:]:  # TVM's coordinates against exact ones
+        i = np.arange(d_out, dtype=f32)
+        if coord == "align_corners":
+            r = Fraction(d_in - 1, max(d_out - 1, 1))
+            s = f32(d_in - 1) / f32(max(d_out - 1, 1))
+            plain = fused = s * i
+        else:
+            r, s = Fraction(d_in, d_out), f32(d_in) / f32(d_out)
+            if coord == "asymmetric":
+                plain = fused = s * i
+            elif coord == "tf_half_pixel_for_nn":
+                plain = fused = (i + f32(0.5)) * s
+            else:  # half_pixel, pytorch_half_pixel: LLVM may fuse the multiply-subtract
+                plain = (i + f32(0.5)) * s - f32(0.5)
+                fused = (f64(i + f32(0.5)) * f64(s) - 0.5).astype(f32)
+        for k in range(d_out):
+            at = r * k if coord in ("align_corners", "asymmetric") else r * (k + half)
+            at -= half if coord in ("half_pixel", "pytorch_half_pixel") else 0
+            want = (
+                math.ceil(at - half) if nearest == "round_prefer_floor" else math.floor(at + half)
+            )
+            if int(index(plain[k])) != want or int(index(fused[k])) != want:
+                return (
+                    f"output pixels halfway between two input pixels, which {nearest} rounds one "
+                    "way and TVM's float32 coordinates may round the other"
+                )
+    return None
+
+
 def unfaithful_nodes(proto, types) -> list[str]:
     """``"OpType (node X): why"`` for each node TVM's importer would get wrong (``types`` from
     ``infer_types``)."""
@@ -182,6 +264,18 @@ def unfaithful_nodes(proto, types) -> list[str]:
             why = "TVM imports it but cannot build it"
         elif op == "Pow" and _elem(types, node.input[0]) in INTEGER_TYPES:
             why = f"an integer base ({_elem(types, node.input[0])}): TVM computes powers of floats only"
+        elif op == "Resize":
+            why = _resize_problem(proto, node, a, types)
+        elif op in ("ReduceMax", "ReduceMin") and _elem(types, node.input[0]) == "BOOL":
+            why = "boolean inputs do not build"
+        elif op in ("ReduceMax", "ReduceMin") and 0 in (_shape(types, node.input[0]) or ()):
+            why = "an empty input: ONNX gives the identity (-inf / +inf), TVM does not"
+        elif op == "TopK" and _elem(types, node.input[0]) == "UINT64":
+            why = "uint64 inputs do not build"
+        elif op == "Split" and len(node.input) > 1:
+            split = _constant(proto, node.input[1])
+            if split is not None and 0 in split.tolist():
+                why = "parts of size 0 do not build"
         elif op == "RMSNormalization":
             rank = _rank(types, node.input[0])
             axis = a.get("axis", -1)
@@ -220,6 +314,43 @@ SHAPE_CONSUMERS = {
     "Reshape", "Resize", "ConstantOfShape", "Gather", "Slice", "Shape", "Expand", "Concat",
     "Equal", "Where", "Cast", "CastLike", "Squeeze",
 }  # fmt: skip
+#: operator -> {input index: what it sets} for the inputs TVM's importer needs constant: shapes,
+#: axes, sizes and counts that fix an output's shape or the computation itself (only the forms of
+#: an operator that take them as inputs have these indices). A graph input there can be compiled
+#: only with its value pinned (``--input-value``).
+_AXES = {1: "axes"}
+VALUE_INPUTS = {
+    "Reshape": {1: "shape"}, "Expand": {1: "shape"}, "Tile": {1: "repeats"},
+    "ConstantOfShape": {0: "shape"}, "CenterCropPad": {1: "shape"},
+    "Range": {0: "start", 1: "limit", 2: "delta"},
+    "Slice": {1: "starts", 2: "ends", 3: "axes", 4: "steps"},
+    "Squeeze": _AXES, "Unsqueeze": _AXES, "Split": {1: "split"},
+    "Pad": {1: "pads", 2: "constant_value", 3: "axes"},
+    "Resize": {1: "roi", 2: "scales", 3: "sizes"}, "Upsample": {1: "scales"},
+    "TopK": {1: "k"}, "CumSum": {1: "axis"}, "CumProd": {1: "axis"}, "OneHot": {1: "depth"},
+    "ReduceSum": _AXES, "ReduceMean": _AXES, "ReduceMax": _AXES, "ReduceMin": _AXES,
+    "ReduceProd": _AXES, "ReduceL1": _AXES, "ReduceL2": _AXES, "ReduceLogSum": _AXES,
+    "ReduceLogSumExp": _AXES, "ReduceSumSquare": _AXES,
+    "AffineGrid": {1: "size"}, "Col2Im": {1: "image_shape", 2: "block_shape"},
+    "Trilu": {1: "k"}, "Dropout": {1: "ratio", 2: "training_mode"},
+}  # fmt: skip
+
+
+def value_inputs(proto) -> dict[str, str]:
+    """Graph input -> ``"OpType (node N) axes"`` for each graph input the importer needs
+    constant (``VALUE_INPUTS``), its first such use named."""
+    graph_inputs = {i.name for i in proto.graph.input} - {t.name for t in proto.graph.initializer}
+    out: dict[str, str] = {}
+    for i, node in enumerate(proto.graph.node):
+        if node.domain not in ("", "ai.onnx"):
+            continue
+        for k, what in VALUE_INPUTS.get(node.op_type, {}).items():
+            if k < len(node.input) and node.input[k] in graph_inputs:
+                where = f"{node.op_type} (node {node.name or f'#{i}'}) {what}"
+                out.setdefault(node.input[k], where)
+    return out
+
+
 #: Constant's attribute forms other than ``value``, and the tensor each makes
 CONSTANT_FORMS = {
     "value_float": ("FLOAT", False),

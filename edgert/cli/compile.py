@@ -28,6 +28,15 @@ def add_arguments(p) -> None:
         metavar="NAME:DIMS",
         help="ONNX models: pin an input's shape, e.g. input:1x3x224x224 (repeat per input)",
     )
+    p.add_argument(
+        "--input-value",
+        action="append",
+        default=None,
+        metavar="NAME=VALUES",
+        help="ONNX models: compile an input in as a constant, e.g. axes=0,2 or shape=FILE.npy: "
+        "inputs that set shapes, axes, sizes or counts (Reshape's shape, a reduction's axes, "
+        "TopK's k, Resize's scales, ...) must be (repeat per input)",
+    )
     p.add_argument("--format", default="uniform", help="uniform (1-4 bit) or hlq (2-4 bit)")
     p.add_argument("--group-size", type=int, default=32, help="weights per scale group (32)")
     p.add_argument(
@@ -138,8 +147,8 @@ def run(args) -> int:
                 "models"
             )
         return _compile_onnx(args)
-    if args.input_shape:
-        raise EdgertError("--input-shape applies to ONNX models only")
+    if args.input_shape or args.input_value:
+        raise EdgertError("--input-shape and --input-value apply to ONNX models only")
     if args.quant_method == "rtn" and args.calib_tokens is not None:
         # rtn rounds without statistics: its calibration tokens are only the held-back ones
         # quality is measured on (and --bits-budget's fixed sensitivity sample), never these
@@ -228,10 +237,11 @@ def _compile_onnx(args) -> int:
             "for ONNX models use --bits 8 (int8 weights) or leave it out (float32)",
         )
     from edgert.compiler.onnx.compile import compile_onnx
-    from edgert.compiler.onnx.frontend import parse_input_shapes
+    from edgert.compiler.onnx.frontend import parse_input_shapes, parse_input_values
     from edgert.format.target import load_target
 
     shapes = parse_input_shapes(args.input_shape)
+    values = parse_input_values(args.input_value)
     tgt = load_target(args.target)
     tgt.require_toolchain()
     tag = "int8" if args.bits == 8 else "f32"
@@ -242,6 +252,7 @@ def _compile_onnx(args) -> int:
         out=out,
         bits=args.bits,
         input_shapes=shapes,
+        input_values=values,
         force=args.force,
     )
     return _report(args, s, f"wrote {s.out} (ONNX, {s.weights} weights, target {s.target})")

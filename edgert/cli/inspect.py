@@ -35,6 +35,8 @@ def _print_dnn(info: dict) -> None:
     print(f"source     {src.get('path')}  (opset {src.get('opset')})")
     for d in info["inputs"]:
         print(f"input      {TensorSpec.from_dict(d).describe()}")
+    for d in info.get("pinned", []):
+        print(f"input      {TensorSpec.from_dict(d).describe()} compiled in as {d['value']}")
     for d in info["outputs"]:
         print(f"output     {TensorSpec.from_dict(d).describe()}")
     print(

@@ -201,6 +201,7 @@ def inspect_onnx(art) -> dict:
         "target": art.target,
         "source": m.get("source"),
         "inputs": g["inputs"],
+        "pinned": g.get("pinned", []),
         "outputs": g["outputs"],
         "ops": g.get("ops", {}),
         "weights": m.get("quant", {}).get("weights"),

@@ -95,6 +95,11 @@ class DnnEngine:
         self.art = art
         g = art.manifest["graph"]
         self.inputs = [TensorSpec.from_dict(d) for d in g["inputs"]]
+        #: inputs compiled in as constants (``--input-value``) -> the value they were pinned to
+        self.pinned = {
+            d["name"]: np.asarray(d["value"], dtype=d["dtype"]).reshape(d["shape"])
+            for d in g.get("pinned", [])
+        }
         self.outputs = [TensorSpec.from_dict(d) for d in g["outputs"]]
         lib = art.library()
         self.vm = VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
@@ -106,8 +111,20 @@ class DnnEngine:
         return self.art.nbytes()
 
     def check_inputs(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The inputs in graph order, each checked against the compiled shape and dtype."""
+        """The inputs in graph order, each checked against the compiled shape and dtype (a pinned
+        input may be fed too, with the value it was compiled for)."""
         names = [s.name for s in self.inputs]
+        for name in set(feeds) & set(self.pinned):
+            a, want = np.asarray(feeds[name]), self.pinned[name]
+            if a.shape != want.shape or not np.array_equal(
+                a, want, equal_nan=want.dtype.kind == "f"
+            ):
+                raise EdgertError(
+                    f"input {name} was compiled in as {want.tolist()}; this run gives "
+                    f"{np.array2string(a, threshold=16)}",
+                    f"recompile with --input-value {name}=... for that value",
+                )
+        feeds = {k: v for k, v in feeds.items() if k not in self.pinned}
         extra = sorted(set(feeds) - set(names))
         if extra:
             raise EdgertError(

@@ -488,3 +488,71 @@ def test_external_data(tmp_path):
     with pytest.raises(EdgertError, match="external weight data cannot be read"):
         compile_onnx(model=d / "mlp.onnx", target="host", out=tmp_path / "f.edgert",
                      input_shapes={"x": (3, 64)})  # fmt: skip
+
+
+def _value_input_model(path: Path) -> Path:
+    """y = reshape(reduce_sum(x, axes), shape): two inputs that set an axis and a shape."""
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x", "axes"], ["r"], keepdims=0, name="sum"),
+            helper.make_node("Reshape", ["r", "shape"], ["y"], name="flat"),
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 4]),
+            helper.make_tensor_value_info("axes", TensorProto.INT64, [1]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+def test_input_value_pins_shape_inputs(tmp_path):
+    """Inputs that set an axis or a shape are compiled in as constants with --input-value (the
+    compiler says so when they are not); the artifact takes the other inputs, accepts a pinned
+    one fed with its value and refuses another value."""
+    model = _value_input_model(tmp_path / "m.onnx")
+    line = one_error_line(
+        run_cli("compile", str(model), "--target", "host", "-o", str(tmp_path / "a.edgert"))
+    )
+    assert "input axes" in line and "ReduceSum (node sum) axes" in line
+    assert "--input-value axes=" in line
+    np.save(tmp_path / "shape.npy", np.array([8], np.int64))
+    art = tmp_path / "m.edgert"
+    r = run_cli(
+        "compile", str(model), "--target", "host", "-o", str(art), "--json",
+        "--input-value", "axes=1", "--input-value", f"shape={tmp_path / 'shape.npy'}",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert [i["name"] for i in s["inputs"]] == ["x"]
+    assert {i["name"]: i["value"] for i in s["pinned"]} == {"axes": [1], "shape": [8]}
+    eng = open_dnn(art)
+    assert [i.name for i in eng.inputs] == ["x"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
+    want = x.sum(axis=1).reshape(8)
+    np.testing.assert_allclose(eng.run({"x": x})["y"], want, rtol=1e-6)
+    np.testing.assert_allclose(
+        eng.run({"x": x, "axes": np.array([1])})["y"], want, rtol=1e-6
+    )  # the value it was compiled for: accepted
+    with pytest.raises(EdgertError, match=r"input axes was compiled in as \[1\]"):
+        eng.run({"x": x, "axes": np.array([0])})
+    r = run_cli("inspect", str(art))
+    assert "input      axes 1 int64 compiled in as [1]" in r.stdout, r.stdout
+    for bad, why in [
+        ("axes=a,b", "not a list of numbers"),
+        ("axes=1.5", "holds int64 values"),
+        ("axes=1,2", "a value of shape 2, but m.onnx declares axes as 1"),
+        ("nope=1", "which m.onnx has no input called"),
+        ("axes", "is not NAME=VALUES"),
+    ]:
+        r = run_cli(
+            "compile", str(model), "--target", "host", "-o", str(tmp_path / "b.edgert"),
+            "--input-value", bad, "--input-value", "shape=8",
+        )  # fmt: skip
+        assert why in one_error_line(r), bad
+    assert not (tmp_path / "b.edgert").exists()
