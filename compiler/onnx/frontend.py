@@ -25,11 +25,15 @@ from pathlib import Path
 import numpy as np
 from edgert.compiler.onnx.semantics import (
     convert_opset,
+    empty_constants,
+    expand_functions,
     fix_legacy_prelu,
+    float16_in_float32,
     fold_constants,
     fold_static_shapes,
     infer_types,
     node_being_imported,
+    rewrite_forms,
     unfaithful_nodes,
     unsupported_values,
     upgrade_opset,
@@ -131,11 +135,16 @@ def parse_input_values(specs: list[str] | None) -> dict[str, str | np.ndarray]:
     return out
 
 
-def unsupported_ops(proto) -> dict[str, list[str]]:
-    """Operators TVM's ONNX importer cannot convert -> the names of the nodes using them."""
+def known_ops() -> set[str]:
+    """The operators TVM's ONNX importer has a converter for."""
     from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
 
-    known = _get_convert_map()
+    return set(_get_convert_map())
+
+
+def unsupported_ops(proto) -> dict[str, list[str]]:
+    """Operators TVM's ONNX importer cannot convert -> the names of the nodes using them."""
+    known = known_ops()
     bad: dict[str, list[str]] = {}
 
     def walk(graph) -> None:
@@ -355,6 +364,8 @@ def load_onnx(
     _drop_initializer_inputs(proto)
     pinned = _pin_values(proto, p, dict(input_values or {}))
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    expand_functions(proto, opset, known_ops())
+    rewrite_forms(proto, opset)
     bad = unsupported_ops(proto)
     if bad:
         raise UnsupportedError(
@@ -364,6 +375,7 @@ def load_onnx(
     fix_legacy_prelu(proto, opset)
     source_opset = opset
     proto, opset = upgrade_opset(proto, opset)
+    float16_in_float32(proto)
     types = infer_types(proto)
     values = unsupported_values(proto, types)
     if values:
@@ -387,8 +399,16 @@ def load_onnx(
             f"pin its value: --input-value {name}=V[,V...] (or {name}=FILE.npy)",
         )
     inputs = _pin_inputs(proto, p, dict(input_shapes or {}))
-    fold_static_shapes(proto, {s.name: s.shape for s in inputs})
-    fold_constants(proto)
+    shapes = {s.name: s.shape for s in inputs}
+    for _ in range(8):  # a folded shape can fix the shape of what follows: again until none
+        if not fold_static_shapes(proto, shapes) + fold_constants(proto):
+            break
+    empty = empty_constants(proto)
+    if empty:
+        raise UnsupportedError(
+            f"{p.name} has nodes edgert would compute wrongly: {'; '.join(empty[:3])}",
+            "re-export the model for inference without them",
+        )
     return OnnxModel(
         path=p,
         proto=proto,
