@@ -430,10 +430,11 @@ def expand_functions(proto, opset: int, known: set[str]) -> int:
 
 def rewrite_forms(proto, opset: int) -> int:
     """Nodes the importer refuses in one form, rewritten into an equivalent form it takes:
-    LpNormalization (not converted) as ``x / ReduceL1|L2(x)`` (0 where the norm is 0); Pow of a float base with an
-    integer exponent as Pow of two floats (exact: such exponents are small); Resize with an
-    ``axes`` attribute (scales or sizes for some axes only) with scales or sizes for every axis.
-    Returns how many nodes were rewritten."""
+    LpNormalization (not converted) as ``x / ReduceL1|L2(x)`` (0 where the norm is 0); Pow of a
+    float base with an integer exponent as Pow of two floats (exact: such exponents are small);
+    OneHot with integer indices, a scalar integer depth and a cast to its values' type; Resize with an ``axes``
+    attribute (scales or sizes for some axes only) with scales or sizes for every axis. Returns
+    how many nodes were rewritten."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -476,6 +477,28 @@ def rewrite_forms(proto, opset: int) -> int:
                 nodes.append(helper.make_node("Cast", [node.input[1]], [as_float], to=to))
                 node.input[1] = as_float
                 done += 1
+        depth = _constant(proto, node.input[1]) if node.op_type == "OneHot" else None
+        kind = _elem(types, node.input[2]) if node.op_type == "OneHot" else None
+        if depth is not None and depth.size == 1 and kind is not None:
+            # TVM takes integer indices and a scalar integer depth, and makes its output's type
+            # from Python numbers (float64 / int64): cast in front, and back to the values' type
+            rank = _rank(types, node.input[0])
+            t = numpy_helper.from_array(np.array(int(depth.flat[0]), np.int64), "value")
+            nodes.append(helper.make_node("Constant", [], [f"{tag}__depth"], value=t))
+            node.input[1] = f"{tag}__depth"
+            if _elem(types, node.input[0]) not in INTEGER_TYPES:
+                i64 = onnx.TensorProto.INT64
+                nodes.append(helper.make_node("Cast", [node.input[0]], [f"{tag}__ix"], to=i64))
+                node.input[0] = f"{tag}__ix"
+            for attr in node.attribute:  # TVM builds only axis -1 or >= 0
+                if attr.name == "axis" and attr.i < -1 and rank is not None:
+                    attr.i += rank + 1
+            out, to = node.output[0], getattr(onnx.TensorProto, kind)
+            node.output[0] = f"{tag}__onehot"
+            nodes.append(node)
+            nodes.append(helper.make_node("Cast", [node.output[0]], [out], to=to))
+            done += 1
+            continue
         if node.op_type == "Resize" and "axes" in a:
             made = _resize_full_rank(proto, node, a, types)
             nodes.extend(made)

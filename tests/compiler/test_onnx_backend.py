@@ -133,6 +133,7 @@ def test_inputs_setting_axes_pinned_per_value():
         ("test_l2normalization_axis_0", "LpNormalization as x / ReduceL2(x), 0 for a zero norm"),
         ("test_pow_types_float32_int64", "Pow with its integer exponent cast to float"),
         ("test_resize_upsample_scales_nearest_axes_2_3", "Resize with scales for every axis"),
+        ("test_onehot_with_negative_axis", "OneHot: int indices, scalar depth, axis >= 0, cast"),
         # an input reaching a shape through computations: pinned
         ("test_blackmanwindow_expanded", "the window's size, through Cast, sets Range's limit"),
         # float16 computed in float32, rounded where the graph rounds
