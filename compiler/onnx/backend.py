@@ -106,8 +106,7 @@ class EdgertBackend:
         """An ``EdgertRep`` of the model compiled now, or a ``PinnedRep`` compiling it at its
         first run where inputs the importer needs constant are fed at run time."""
         import onnx
-        from edgert.compiler.onnx.frontend import known_ops
-        from edgert.compiler.onnx.semantics import expand_functions, value_inputs
+        from edgert.compiler.onnx.frontend import inputs_to_pin
 
         if not cls.supports_device(device):
             raise EdgertError(f"device {device} is not supported", "use CPU")
@@ -119,11 +118,7 @@ class EdgertBackend:
                 model = onnx.load(path)
             else:
                 onnx.save(model, path)
-            probe = onnx.ModelProto()  # as load_onnx will see it: functions expanded
-            probe.CopyFrom(model)
-            opset = next((o.version for o in probe.opset_import if o.domain in ("", "ai.onnx")), 0)
-            expand_functions(probe, opset, known_ops())
-            pinned = list(value_inputs(probe))
+            pinned = inputs_to_pin(model)
             if pinned:
                 inits = {t.name for t in model.graph.initializer}
                 names = [i.name for i in model.graph.input if i.name not in inits]

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from edgert.compiler.onnx.semantics import (
     convert_opset,
+    default_opset,
     empty_constants,
     expand_functions,
     fix_legacy_prelu,
@@ -324,6 +325,26 @@ def _drop_initializer_inputs(proto) -> int:
     return dropped
 
 
+def _refuse_wrong(path: Path, wrong: list[str]) -> None:
+    """Refuse the model if TVM would compute any node wrongly (``"OpType (node X): why"``)."""
+    if wrong:
+        more = f"; ... ({len(wrong)} in all)" if len(wrong) > 3 else ""
+        raise UnsupportedError(
+            f"{path.name} has nodes edgert would compute wrongly: {'; '.join(wrong[:3])}{more}",
+            "re-export the model for inference without them",
+        )
+
+
+def inputs_to_pin(proto) -> list[str]:
+    """The graph inputs ``load_onnx`` asks ``--input-value`` for (``value_inputs`` once the
+    functions are expanded), computed on a copy of ``proto``."""
+    onnx = _onnx()
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    expand_functions(probe, default_opset(probe), known_ops())
+    return list(value_inputs(probe))
+
+
 def load_onnx(
     path: str | Path, *, input_shapes: dict | None = None, input_values: dict | None = None
 ) -> OnnxModel:
@@ -363,7 +384,7 @@ def load_onnx(
         ) from e
     _drop_initializer_inputs(proto)
     pinned = _pin_values(proto, p, dict(input_values or {}))
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    opset = default_opset(proto)
     expand_functions(proto, opset, known_ops())
     rewrite_forms(proto, opset)
     bad = unsupported_ops(proto)
@@ -383,13 +404,7 @@ def load_onnx(
             f"{p.name} has values edgert cannot compile: {'; '.join(values[:3])}",
             "re-export with tensors of standard element types (float, int8..int64, bool)",
         )
-    wrong = unfaithful_nodes(proto, types)
-    if wrong:
-        more = f"; ... ({len(wrong)} in all)" if len(wrong) > 3 else ""
-        raise UnsupportedError(
-            f"{p.name} has nodes edgert would compute wrongly: {'; '.join(wrong[:3])}{more}",
-            "re-export the model for inference without them",
-        )
+    _refuse_wrong(p, unfaithful_nodes(proto, types))
     need = value_inputs(proto)
     if need:
         name, where = next(iter(need.items()))
@@ -403,12 +418,7 @@ def load_onnx(
     for _ in range(8):  # a folded shape can fix the shape of what follows: again until none
         if not fold_static_shapes(proto, shapes) + fold_constants(proto):
             break
-    empty = empty_constants(proto)
-    if empty:
-        raise UnsupportedError(
-            f"{p.name} has nodes edgert would compute wrongly: {'; '.join(empty[:3])}",
-            "re-export the model for inference without them",
-        )
+    _refuse_wrong(p, empty_constants(proto))
     return OnnxModel(
         path=p,
         proto=proto,

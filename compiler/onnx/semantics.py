@@ -82,6 +82,11 @@ def _rank(types, name: str) -> int | None:
     return len(t.tensor_type.shape.dim)
 
 
+def default_opset(proto, missing: int = 0) -> int:
+    """The version of the default ONNX domain ``proto`` (a model or a function) imports."""
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), missing)
+
+
 def _initializer(proto, name: str):
     return next((t for t in proto.graph.initializer if t.name == name), None)
 
@@ -152,10 +157,17 @@ def _constant(proto, name: str) -> np.ndarray | None:
         return None
     for n in proto.graph.node:
         if n.op_type == "Constant" and n.output[0] == name:
-            a = n.attribute[0] if n.attribute else None
-            return numpy_helper.to_array(a.t) if a is not None and a.name == "value" else None
+            return _constant_value(n)
     t = _initializer(proto, name)
     return numpy_helper.to_array(t) if t is not None else None
+
+
+def _constant_value(node) -> np.ndarray | None:
+    """The tensor a ``Constant`` node holds in its ``value`` form (None in the others)."""
+    from onnx import numpy_helper
+
+    a = node.attribute[0] if node.attribute else None
+    return numpy_helper.to_array(a.t) if a is not None and a.name == "value" else None
 
 
 def _text(v) -> str:
@@ -345,7 +357,7 @@ def _same_semantics(fn, opset: int) -> bool:
     model's ``opset`` (no operator in it changed between the two)."""
     from onnx import defs
 
-    fn_opset = next((o.version for o in fn.opset_import if o.domain in ("", "ai.onnx")), opset)
+    fn_opset = default_opset(fn, opset)
     if fn_opset == opset:
         return True
     try:
@@ -432,9 +444,9 @@ def rewrite_forms(proto, opset: int) -> int:
     """Nodes the importer refuses in one form, rewritten into an equivalent form it takes:
     LpNormalization (not converted) as ``x / ReduceL1|L2(x)`` (0 where the norm is 0); Pow of a
     float base with an integer exponent as Pow of two floats (exact: such exponents are small);
-    OneHot with integer indices, a scalar integer depth and a cast to its values' type; Resize with an ``axes``
-    attribute (scales or sizes for some axes only) with scales or sizes for every axis. Returns
-    how many nodes were rewritten."""
+    OneHot with integer indices, a scalar integer depth and a cast to its values' type; Resize
+    with an ``axes`` attribute (scales or sizes for some axes only) with scales or sizes for
+    every axis. Returns how many nodes were rewritten."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -651,19 +663,17 @@ def empty_constants(proto) -> list[str]:
     axes, ``VALUE_INPUTS``, are read by the importer, not built in.)"""
     empty = set()
     for node in proto.graph.node:
-        if node.op_type == "Constant" or (node.op_type == "ConstantOfShape" and node.input):
-            value = _constant(
-                proto, node.output[0] if node.op_type == "Constant" else node.input[0]
-            )
-            if value is None:
-                continue
-            if value.size == 0 or (node.op_type == "ConstantOfShape" and 0 in value.tolist()):
+        if node.op_type == "Constant":
+            value = _constant_value(node)
+            if value is not None and value.size == 0:
+                empty.add(node.output[0])
+        elif node.op_type == "ConstantOfShape" and node.input:
+            shape = _constant(proto, node.input[0])
+            if shape is not None and 0 in shape.tolist():
                 empty.add(node.output[0])
     bad = []
     for i, node in enumerate(proto.graph.node):
-        read = VALUE_INPUTS.get(node.op_type, {})
-        if node.op_type == "ConstantOfShape":
-            continue  # its input is a shape
+        read = VALUE_INPUTS.get(node.op_type, {})  # ConstantOfShape's shape among them
         for k, x in enumerate(node.input):
             if x in empty and k not in read:
                 where = f"{node.op_type} (node {node.name or f'#{i}'})"
