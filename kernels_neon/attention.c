@@ -15,9 +15,9 @@
  * (so that long contexts spread over the threads), with the same results bit for bit. Within a
  * chunk keys and values are read in blocks of ATTN_BLOCK positions, KV head by KV head, each row
  * loaded once for all of that KV head's query heads (attn_vec.h), float16 and q8 rows converted
- * in registers (q4 rows dequantized into a buffer first). The next block's rows (all KV heads)
- * are asked into L2 before a block is used, and each KV head's rows into L1 ATTN_AHEAD rows
- * before they are used. SmolLM2 at 2048 tokens of context, 1 thread, on a 2-core AMD EPYC:
+ * in registers (q4 rows and grouped q4 keys dequantized into a buffer first). The next block's
+ * rows (all KV heads) are asked into L2 before a block is used, and each KV head's rows into L1
+ * ATTN_AHEAD rows before they are used. SmolLM2 at 2048 tokens of context, 1 thread, on a 2-core AMD EPYC:
  * float16 cache 63 -> 78 tok/s, q8 59 -> 73, float32 60 -> 60 (the block into L1 alone, the
  * earlier scheme: 58 -> 65 from none for float32; the block into L1 with rows ahead into L1, or
  * rows ahead alone, measured slower for float32). q8 rows converted in registers rather than
@@ -34,6 +34,8 @@ typedef struct {
     float *out;      /* (n, heads, hd) */
     const uint8_t *kc, *vc; /* this layer's cache: position t at kc + (t % cap) * k_stride */
     int64_t k_stride, v_stride, cap;
+    const uint16_t *k_tail; /* grouped keys: the incomplete group's float16 rows */
+    const float *k_new;     /* grouped keys: the call's own keys, (n, kv heads, hd) */
     int64_t pos;
     int32_t window;
     int64_t chunks; /* the most chunks a token of the call has */
@@ -41,10 +43,13 @@ typedef struct {
 } attn_ctx;
 
 /* rows of the types attn_vec.h reads where they are (float, float16, q8: converted in
- * registers); q4 rows are dequantized into a buffer first */
+ * registers); q4 rows and grouped q4 keys are dequantized into a buffer first */
 #define KV_IN_PLACE(type) ((type) <= EDGERT_KV_Q8)
-/* the types whose blocks the cache holds rotated (edgert_forward.h) */
-#define KV_ROTATED(type) ((type) >= EDGERT_KV_Q8)
+/* keys the cache holds by channel over groups of positions (edgert_forward.h) */
+#define KEYS_GROUPED(type) ((type) == EDGERT_KV_Q4)
+/* the types whose blocks the cache holds rotated (edgert_forward.h): q8 keys, q8 and q4 values */
+#define KEYS_ROTATED(type) ((type) == EDGERT_KV_Q8)
+#define VALUES_ROTATED(type) ((type) >= EDGERT_KV_Q8)
 
 /* `len` cache rows from ring row r (of cap) of KV head values off .. off + hd, as attn_vec.h's
  * rows (*base, *rb, *r0, *rcap; *kind): the cache's own rows where attn_vec.h reads its type,
@@ -73,6 +78,31 @@ static int64_t kv_rows(int32_t type, const uint8_t *cache, int64_t row_bytes, in
     *rcap = len;
     *kind = EDGERT_KV_F32;
     return 0;
+}
+
+/* grouped keys of positions t .. t + len - 1, KV head g, as token i sees them, into buf (len, hd):
+ * the groups complete at the token's position dequantized, the later positions' float16 values
+ * (the tail's for positions before the call, the call's own keys rounded to float16) */
+static void key_rows(const attn_ctx *c, int64_t i, int64_t t, int64_t len, int g, float *buf) {
+    const int64_t hd = c->m->head_dim, kd = (int64_t)c->m->n_kv_heads * hd;
+    const int64_t G = EDGERT_KV_KEY_GROUP, done = (c->pos + i + 1) / G * G;
+    for (int64_t u = 0; u < len;) {
+        const int64_t p = t + u, u0 = p % G;
+        float *o = buf + u * hd;
+        if (p < done) { /* the rest of its group, or of the block */
+            const int64_t count = G - u0 < len - u ? G - u0 : len - u;
+            edgert_kv_key_load(o, c->kc + (p - u0) % c->cap * c->k_stride, g, hd, u0, count);
+            u += count;
+            continue;
+        }
+        if (p < c->pos) {
+            h2f_row(o, c->k_tail + u0 * kd + g * hd, hd);
+        } else {
+            const float *k = c->k_new + (p - c->pos) * kd + g * hd;
+            for (int64_t j = 0; j < hd; j++) o[j] = h2f(f2h(k[j]));
+        }
+        u++;
+    }
 }
 
 /* asks for `len` ring rows from row r (of cap), row_bytes each (every KV head), to be brought
@@ -119,12 +149,14 @@ static void attn_chunk(const attn_ctx *c, int64_t i, int64_t ch, float *part, fl
         else /* the first values */
             kv_prefetch(c->vc, c->v_stride, r0, c->cap, len < ATTN_BLOCK ? len : ATTN_BLOCK);
         for (int g = 0; g < kv; g++) { /* the block's keys scored for the group's heads */
-            const uint8_t *kb;
-            int64_t rb, r, kcap;
-            int kind;
-            const int64_t pf = kv_rows(m->k_type, c->kc, c->k_stride, (r0 + b0) % c->cap,
-                                       c->cap, b1 - b0, (int64_t)g * hd, hd, kbuf, &kb, &rb, &r,
-                                       &kcap, &kind);
+            const uint8_t *kb = (const uint8_t *)kbuf;
+            int64_t rb = hd * (int64_t)sizeof(float), r = 0, kcap = b1 - b0, pf = 0;
+            int kind = EDGERT_KV_F32;
+            if (KEYS_GROUPED(m->k_type))
+                key_rows(c, i, t0 + c0 + b0, b1 - b0, g, kbuf);
+            else
+                pf = kv_rows(m->k_type, c->kc, c->k_stride, (r0 + b0) % c->cap, c->cap, b1 - b0,
+                             (int64_t)g * hd, hd, kbuf, &kb, &rb, &r, &kcap, &kind);
             dot_group(s + (int64_t)g * group * ATTN_CHUNK + b0, ATTN_CHUNK,
                       c->q + (i * nh + g * group) * hd, group, kb, rb, r, kcap, b1 - b0, hd, kind,
                       pf);
@@ -222,20 +254,21 @@ int64_t edgert_attention_parts(const edgert_model *m, int64_t n, int64_t pos) {
 
 void edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int64_t pos,
                       const uint8_t *kc, const uint8_t *vc, int64_t k_stride, int64_t v_stride,
-                      int64_t cap, int32_t window, float *part, int32_t threads) {
+                      int64_t cap, int32_t window, const uint16_t *k_tail, const float *k_new,
+                      float *part, int32_t threads) {
     const int64_t hd = m->head_dim;
-    if (KV_ROTATED(m->k_type)) /* keys held rotated: q . k = rotated q . rotated k */
+    if (KEYS_ROTATED(m->k_type)) /* keys held rotated: q . k = rotated q . rotated k */
         edgert_kv_rotate(q, n * m->n_heads * hd);
     const int64_t span = window && window < pos + n ? window : pos + n;
     const int64_t work = n * m->n_heads * span * hd;
     const int att_threads = work >= EDGERT_PARALLEL_MIN_WORK ? edgert_threads(threads) : 1;
     const int64_t chunks = (span + ATTN_CHUNK - 1) / ATTN_CHUNK;
     const int split = n <= ATTN_SPLIT_TOKENS && chunks > 1;
-    attn_ctx ac = {m, q, out, kc, vc, k_stride, v_stride, cap, pos, window, chunks,
-                   split ? part : NULL};
+    attn_ctx ac = {m, q, out, kc, vc, k_stride, v_stride, cap, k_tail, k_new, pos, window,
+                   chunks, split ? part : NULL};
     edgert_parallel_for(split ? n * chunks : n, att_threads, attn_items, &ac);
     for (int64_t i = 0; split && i < n; i++)
         attn_combine(&ac, i, part + i * chunks * m->n_heads * (hd + 2));
-    if (KV_ROTATED(m->v_type)) /* a sum of rotated values, rotated back */
+    if (VALUES_ROTATED(m->v_type)) /* a sum of rotated values, rotated back */
         edgert_kv_rotate(out, n * m->n_heads * hd);
 }

@@ -33,7 +33,7 @@ typedef struct {
  * group of `group` elements (w = scale * (q - zero)): [up codes][down codes][up scale][up zero].
  * The down column's element i is down_scale[b][i] * (q - down_zero[b][i]) with b = j / down_group
  * (the down projection's own groups run along the FFN; tables (ceil(ffn_dim / down_group), dim)). */
-#define EDGERT_FORWARD_ABI 7
+#define EDGERT_FORWARD_ABI 8
 #define EDGERT_BUNDLE_GROUP_MAX 256 /* the largest bundle group */
 #define EDGERT_BUNDLE_DIM_MAX 16384 /* the largest model dimension with bundles */
 
@@ -96,6 +96,10 @@ typedef struct {
      * and one call's tokens */
     uint8_t *k_cache, *v_cache;
     int64_t k_stride, v_stride, kv_cap;
+    /* q4 keys (grouped, below): the float16 rows (EDGERT_KV_KEY_GROUP, n_kv_heads * head_dim)
+     * of the positions whose group is not complete yet, position p at row p % the group; NULL
+     * for the other key types */
+    uint16_t *k_tail;
     int32_t rope;   /* the rotary table the layer applies (cos/sin of edgert_forward); -1: none */
     int32_t window; /* a query sees the last `window` positions, its own included; 0: all */
 } edgert_layer;
@@ -109,20 +113,38 @@ typedef struct {
  *        4-bit q, value 2j in byte j's low nibble, 2j + 1 in its high nibble.
  * Rounding to the codes is to nearest, ties to even, of x / d (Q8, d = max|x| / 127) or
  * (x - m) / d (Q4, m = min x, d = (max x - min x) / 15), d and m first rounded to float16.
- * The quantized types hold each block rotated (x = edgert_kv_rotate of the block's values): the
+ * These rows hold each block rotated (x = edgert_kv_rotate of the block's values): the
  * transform spreads a channel that is large in every token (keys after the rotary embedding
  * have such channels) over the block, so that one scale per block fits all of its values.
  * Attention scores rotated queries against rotated keys and rotates what it sums of rotated
- * values back (the transform is orthonormal and its own inverse). */
+ * values back (the transform is orthonormal and its own inverse).
+ *
+ * Keys in Q4 go by channel instead (Q4 values keep the rows above), unrotated: even rotated, one
+ * scale per token's block spans those channels badly (SmolLM2 +5.0% perplexity at ctx 2048),
+ * while one channel varies little over neighbouring positions. Positions come in groups of
+ * EDGERT_KV_KEY_GROUP (group g: positions g G .. g G + G - 1); a complete group is stored at the
+ * cache's row (g G) % kv_cap (kv_cap a multiple of G where the layer's ring wraps), in the bytes
+ * of its G rows, KV head by KV head (4 head_dim + G head_dim / 2 bytes each):
+ *   head_dim scales d (f16), head_dim minimums m (f16), then per position u of the group
+ *   head_dim / 2 bytes of 4-bit q (channel 2j in byte j's low nibble);  x = d[c] * q + m[c]
+ * with m[c] = min over the group's positions of channel c, d[c] = (max - min) / 15, rounded as
+ * Q4's. The positions of the group not yet complete are kept in float16 in the layer's k_tail,
+ * and a group is quantized from those float16 values (a key's value does not depend on whether it
+ * came in a prompt or one token at a time). A query at position p reads the keys of the groups
+ * complete at p (positions below (p + 1) / G * G) quantized, and the later ones in float16: the
+ * same keys whether the tokens came one call at a time or all at once. */
 #define EDGERT_KV_F32 0
 #define EDGERT_KV_F16 1
 #define EDGERT_KV_Q8 2
 #define EDGERT_KV_Q4 3
 #define EDGERT_KV_BLOCK 32
+#define EDGERT_KV_KEY_GROUP 64
 
 /* Bytes of one cache row of n values of `type`; -1 for a type not listed or n not a multiple
  * of a quantized type's block. */
 int64_t edgert_kv_row_bytes(int32_t type, int64_t n);
+/* The same for keys: a grouped Q4 key cache's bytes per position (its G rows hold a group) */
+int64_t edgert_kv_key_row_bytes(int32_t type, int64_t n);
 /* Each block of EDGERT_KV_BLOCK values of x (n a multiple of it) replaced by its orthonormal
  * Walsh-Hadamard transform (its own inverse). */
 void edgert_kv_rotate(float *x, int64_t n);
@@ -131,6 +153,17 @@ void edgert_kv_store(int32_t type, uint8_t *row, const float *x, int64_t n);
 /* out (n,) = values off .. off + n of a row of a float16 or quantized type (off and n multiples
  * of the block), as the row holds them (a quantized type's blocks rotated) */
 void edgert_kv_load(int32_t type, float *out, const uint8_t *row, int64_t off, int64_t n);
+/* Grouped Q4 keys of rows of n = heads * hd values: the groups that positions pos .. pos + count
+ * - 1 (keys in k, count rows) complete, quantized into the cache (rows at kc + (t % cap) * stride)
+ * from the tail's float16 rows (positions before pos) and k's rows rounded to float16. */
+void edgert_kv_key_groups(uint8_t *kc, int64_t stride, int64_t cap, const uint16_t *tail,
+                          const float *k, int64_t count, int64_t pos, int64_t heads, int64_t hd);
+/* ... then the positions of pos .. pos + count - 1 in the group left incomplete into the tail */
+void edgert_kv_key_tail(uint16_t *tail, const float *k, int64_t count, int64_t pos, int64_t n);
+/* out (count, hd) = KV head h's keys of positions u0 .. u0 + count - 1 of a stored group (within
+ * it) */
+void edgert_kv_key_load(float *out, const uint8_t *group, int64_t h, int64_t hd, int64_t u0,
+                        int64_t count);
 
 #define EDGERT_ACT_SILU 0 /* the FFN's gate: silu (SwiGLU) */
 #define EDGERT_ACT_GELU_TANH 1 /* gelu, tanh approximation (GeGLU) */
@@ -161,13 +194,16 @@ void edgert_bundle_ffn(float *y, const float *x, const float *a, int64_t n, int6
 
 /* out (n, heads, head_dim) = attention of the queries q (n, heads, head_dim) of positions pos ..
  * pos + n - 1 over one layer's cache (kc, vc: position t's row at (t % cap) * stride bytes, the
- * tokens' own rows written; window: the last `window` positions only, 0 all). part: scratch of
+ * tokens' own rows written; window: the last `window` positions only, 0 all). Grouped Q4 keys:
+ * the complete groups stored (edgert_kv_key_groups), the others read from k_tail (positions
+ * before pos) and k_new (the call's keys, (n, n_kv_heads, head_dim)). part: scratch of
  * edgert_attention_parts(m, n, pos) floats. q is scratch too: rotated in place where the keys
- * are quantized. */
+ * are held rotated. */
 int64_t edgert_attention_parts(const edgert_model *m, int64_t n, int64_t pos);
 void edgert_attention(const edgert_model *m, float *q, float *out, int64_t n, int64_t pos,
                       const uint8_t *kc, const uint8_t *vc, int64_t k_stride, int64_t v_stride,
-                      int64_t cap, int32_t window, float *part, int32_t threads);
+                      int64_t cap, int32_t window, const uint16_t *k_tail, const float *k_new,
+                      float *part, int32_t threads);
 
 /* x (n, dim): the token embeddings in, the final residual stream out. cos/sin (n_rope, n,
  * rope_dim/2): each rotary table for the positions. logits (n, vocab), or (1, vocab) of the last token with last_only; NULL: no head.

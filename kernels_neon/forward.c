@@ -320,12 +320,18 @@ static int valid_model(const edgert_model *m, int64_t n, int64_t pos) {
         if (L->sparse && !valid_sparse(L->sparse, m->dim)) return 0;
         if (L->moe && (L->sparse || !valid_moe(L->moe, m->dim))) return 0;
         if (!L->attn_norm || !L->ffn_norm || !L->k_cache || !L->v_cache ||
-            L->k_stride < edgert_kv_row_bytes(m->k_type, kd) ||
+            L->k_stride < edgert_kv_key_row_bytes(m->k_type, kd) ||
             L->v_stride < edgert_kv_row_bytes(m->v_type, kd))
             return 0;
         if (L->rope >= m->n_rope || (L->rope >= 0 && m->rope_dim == 0) || L->window < 0) return 0;
         const int64_t need = L->window && L->window + n - 1 < pos + n ? L->window + n - 1 : pos + n;
         if (L->kv_cap < need || L->kv_cap > m->max_ctx) return 0;
+        if (m->k_type == EDGERT_KV_Q4) { /* grouped keys: a ring of whole groups, and a tail */
+            const int64_t G = EDGERT_KV_KEY_GROUP;
+            if (!L->k_tail || (pos + n > L->kv_cap &&
+                               (L->kv_cap % G || L->kv_cap / G < (need + G - 1) / G + 1)))
+                return 0;
+        }
     }
     return m->head.p0 && m->head.k == m->dim && m->output_norm;
 }
@@ -379,11 +385,15 @@ int edgert_forward(const edgert_model *m, float *x, int64_t n, int64_t pos, cons
                 rope(qi, m->n_heads, (int)hd, m->rope_dim, m->rope_neox, cs, sn);
                 rope(ki, m->n_kv_heads, (int)hd, m->rope_dim, m->rope_neox, cs, sn);
             }
-            edgert_kv_store(m->k_type, kc + ((pos + i) % cap) * L->k_stride, ki, kd);
+            if (m->k_type != EDGERT_KV_Q4) /* grouped keys are stored by whole groups */
+                edgert_kv_store(m->k_type, kc + ((pos + i) % cap) * L->k_stride, ki, kd);
             edgert_kv_store(m->v_type, vc + ((pos + i) % cap) * L->v_stride, vi, kd);
         }
-        edgert_attention(m, q, att, n, pos, kc, vc, L->k_stride, L->v_stride, cap, L->window, part,
-                         threads);
+        if (m->k_type == EDGERT_KV_Q4)
+            edgert_kv_key_groups(kc, L->k_stride, cap, L->k_tail, k, n, pos, m->n_kv_heads, hd);
+        edgert_attention(m, q, att, n, pos, kc, vc, L->k_stride, L->v_stride, cap, L->window,
+                         L->k_tail, k, part, threads);
+        if (m->k_type == EDGERT_KV_Q4) edgert_kv_key_tail(L->k_tail, k, n, pos, kd);
         linear(&L->wo, att, n, o, threads);
         if (L->post_attn_norm) rms_norm_rows(o, L->post_attn_norm, n, d, m->rms_eps);
         for (int64_t j = 0; j < n * d; j++) x[j] += o[j];

@@ -14,6 +14,14 @@ int64_t edgert_kv_row_bytes(int32_t type, int64_t n) {
     }
 }
 
+/* grouped Q4 keys: bytes of one KV head's part of a group */
+#define KEY_HEAD_BYTES(hd) (4 * (hd) + EDGERT_KV_KEY_GROUP * (hd) / 2)
+
+int64_t edgert_kv_key_row_bytes(int32_t type, int64_t n) {
+    if (type != EDGERT_KV_Q4) return edgert_kv_row_bytes(type, n);
+    return n < 0 || n % EDGERT_KV_BLOCK ? -1 : n / 2 + 4 * n / EDGERT_KV_KEY_GROUP;
+}
+
 /* Each block of EDGERT_KV_BLOCK values of x (n a multiple of it) replaced by its orthonormal
  * Walsh-Hadamard transform: butterflies (a, b) -> (a + b, a - b) over pairs 1, 2, 4, 8 and 16
  * apart, then times 1 / sqrt(32). In this order in edgert.format.kvcache too (bit for bit). */
@@ -112,4 +120,59 @@ void edgert_kv_load(int32_t type, float *out, const uint8_t *row, int64_t off, i
             }
         }
     }
+}
+
+/* value j of position t's keys: from the tail (t before pos) or k, rounded to float16 */
+static inline float key_f16(const uint16_t *tail, const float *k, int64_t t, int64_t pos, int64_t n,
+                            int64_t j) {
+    return t < pos ? h2f(tail[t % EDGERT_KV_KEY_GROUP * n + j]) : h2f(f2h(k[(t - pos) * n + j]));
+}
+
+void edgert_kv_key_groups(uint8_t *kc, int64_t stride, int64_t cap, const uint16_t *tail,
+                          const float *k, int64_t count, int64_t pos, int64_t heads, int64_t hd) {
+    const int64_t G = EDGERT_KV_KEY_GROUP, n = heads * hd;
+    float x[EDGERT_KV_KEY_GROUP];
+    for (int64_t g = pos / G; g < (pos + count) / G; g++) { /* the groups ending in this call */
+        uint8_t *base = kc + (g * G % cap) * stride;
+        for (int64_t h = 0; h < heads; h++) {
+            uint8_t *hb = base + h * KEY_HEAD_BYTES(hd), *codes = hb + 4 * hd;
+            for (int64_t c = 0; c < hd; c++) {
+                float lo = INFINITY, hi = -INFINITY;
+                for (int64_t u = 0; u < G; u++) {
+                    x[u] = key_f16(tail, k, g * G + u, pos, n, h * hd + c);
+                    lo = x[u] < lo ? x[u] : lo;
+                    hi = x[u] > hi ? x[u] : hi;
+                }
+                const uint16_t dh = f2h((hi - lo) / 15.f), mh = f2h(lo);
+                const float d = h2f(dh), m0 = h2f(mh), id = d != 0.f ? 1.f / d : 0.f;
+                memcpy(hb + 2 * c, &dh, 2);
+                memcpy(hb + 2 * (hd + c), &mh, 2);
+                for (int64_t u = 0; u < G; u++) {
+                    float q = round_even((x[u] - m0) * id);
+                    q = q > 15.f ? 15.f : q < 0.f ? 0.f : q;
+                    uint8_t *b = codes + u * (hd / 2) + c / 2;
+                    *b = c % 2 ? (uint8_t)(*b | (int)q << 4) : (uint8_t)q; /* low nibble first */
+                }
+            }
+        }
+    }
+}
+
+void edgert_kv_key_tail(uint16_t *tail, const float *k, int64_t count, int64_t pos, int64_t n) {
+    const int64_t G = EDGERT_KV_KEY_GROUP, t1 = pos + count;
+    for (int64_t t = t1 / G * G > pos ? t1 / G * G : pos; t < t1; t++)
+        for (int64_t j = 0; j < n; j++) tail[t % G * n + j] = f2h(k[(t - pos) * n + j]);
+}
+
+void edgert_kv_key_load(float *out, const uint8_t *group, int64_t h, int64_t hd, int64_t u0,
+                        int64_t count) {
+    const uint8_t *hb = group + h * KEY_HEAD_BYTES(hd), *codes = hb + 4 * hd + u0 * (hd / 2);
+    float d[hd], m0[hd];
+    h2f_row(d, (const uint16_t *)hb, hd);
+    h2f_row(m0, (const uint16_t *)(hb + 2 * hd), hd);
+    for (int64_t u = 0; u < count; u++, codes += hd / 2, out += hd)
+        for (int64_t j = 0; j < hd / 2; j++) {
+            out[2 * j] = d[2 * j] * (float)(codes[j] & 15) + m0[2 * j];
+            out[2 * j + 1] = d[2 * j + 1] * (float)(codes[j] >> 4) + m0[2 * j + 1];
+        }
 }

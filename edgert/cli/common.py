@@ -44,7 +44,8 @@ def add_kv_cache(p) -> None:
     p.add_argument(
         "--kv-cache", default=None, metavar="TYPE",
         help="how the KV cache holds keys and values: f32, f16, q8 or q4 (blocks of 32 values "
-        "of a head, rotated, with float16 scales), or KEYS,VALUES such as q8,q4 (default: f32)",
+        "of a head, rotated, with float16 scales; q4 keys per channel over groups of 64 "
+        "positions, the newest in float16), or KEYS,VALUES such as q8,q4 (default: f32)",
     )  # fmt: skip
 
 

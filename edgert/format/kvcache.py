@@ -6,11 +6,19 @@ A row is one position's ``n_kv_heads * head_dim`` values. ``f32`` keeps them; ``
 to float16; ``q8`` and ``q4`` go by blocks of :data:`BLOCK` values of one head (per token, per
 head), each block with float16 scales: q8 ``x = d * q`` with int8 q and d = max|x| / 127 (34 bytes
 a block), q4 ``x = d * q + m`` with 4-bit q, m = min x, d = (max x - min x) / 15 (20 bytes). Codes
-round to nearest, ties to even, after d and m are rounded to float16. The quantized types hold
-each block rotated (:func:`rotate`, an orthonormal Walsh-Hadamard transform): it spreads the
-channels that are large in every token (keys after the rotary embedding have a few) over their
-block, so that one scale per block fits all of its values; attention scores rotated queries
-against the rotated keys and rotates its sum of rotated values back."""
+round to nearest, ties to even, after d and m are rounded to float16. These rows hold each block
+rotated (:func:`rotate`, an orthonormal Walsh-Hadamard transform): it spreads the channels that
+are large in every token (keys after the rotary embedding have a few) over their block, so that
+one scale per block fits all of its values; attention scores rotated queries against the rotated
+keys and rotates its sum of rotated values back.
+
+q4 keys go by channel instead (:func:`encode_key_group`): positions in groups of
+:data:`KEY_GROUP`, each channel of a complete group quantized over the group's positions (the
+same 4-bit codes, one float16 scale and minimum per channel and group, unrotated), the positions
+of the group not yet complete kept in float16; a query reads the groups complete at its position
+quantized and later keys in float16 (:func:`keys_seen`). Even rotated, one scale per token's
+block spans the large channels badly (SmolLM2 +5.0% perplexity at ctx 2048 with q4 rows for
+keys); one channel varies little over neighbouring positions."""
 
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ from edgert.errors import EdgertError
 TYPES = {"f32": 0, "f16": 1, "q8": 2, "q4": 3}
 #: values per block of the quantized types (within one head)
 BLOCK = 32
+#: positions per group of q4 keys
+KEY_GROUP = 64
 _BLOCK_BYTES = {"q8": 2 + BLOCK, "q4": 4 + BLOCK // 2}
 #: what the default cache holds
 DEFAULT = ("f32", "f32")
@@ -44,7 +54,7 @@ def parse(spec: str | None) -> tuple[str, str]:
 
 #: the types a budget's plan falls back to where --kv-cache is not given, most precise first
 #: (their perplexity cost on SmolLM2 at ctx 2048, BENCHMARKS.md "KV cache types": f16 +0.10%, q8
-#: +0.10%; q8,q4 +0.31% and q4 +5.0% only when asked for)
+#: +0.10%; q8,q4 +0.31% and q4 +1.8% only when asked for)
 AUTO = (("f32", "f32"), ("f16", "f16"), ("q8", "q8"))
 
 
@@ -80,6 +90,21 @@ def row_bytes(kind: str, n: int) -> int:
     if n % BLOCK:
         raise EdgertError(f"a {kind} KV cache goes by blocks of {BLOCK} values; a row has {n}")
     return n // BLOCK * _BLOCK_BYTES[kind]
+
+
+def key_row_bytes(kind: str, n: int) -> int:
+    """Bytes per position of a key cache of rows of ``n`` values: q4 keys' groups of
+    :data:`KEY_GROUP` positions take as many bytes as that many positions (per head and position
+    head_dim / 2 bytes of codes, and per group 4 head_dim bytes of scales and minimums)."""
+    if kind != "q4":
+        return row_bytes(kind, n)
+    row_bytes(kind, n)  # the same refusal for heads that are not whole blocks
+    return n // 2 + 4 * n // KEY_GROUP
+
+
+def key_tail_bytes(kind: str, n: int) -> int:
+    """Bytes of a layer's float16 rows of the q4 key group not yet complete (0 for the rest)."""
+    return 2 * KEY_GROUP * n if kind == "q4" else 0
 
 
 def check_heads(kv: tuple[str, str], head_dim: int) -> None:
@@ -168,3 +193,42 @@ def round_trip(kind: str, x: np.ndarray) -> np.ndarray:
         return np.asarray(x, np.float32)
     y = decode(kind, encode(kind, x), x.shape[-1])
     return rotate(y) if kind in _BLOCK_BYTES else y
+
+
+def encode_key_group(x: np.ndarray) -> np.ndarray:
+    """A complete group of q4 keys, ``x`` (KEY_GROUP, heads, hd) float32, as the cache's bytes
+    (heads, 4 hd + KEY_GROUP hd / 2): per KV head, hd float16 scales, hd float16 minimums, then each
+    position's hd 4-bit codes (channel 2j in byte j's low nibble). The keys are rounded to float16
+    first, as the group's positions are held until it is complete."""
+    x = np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
+    heads = x.shape[1]
+    lo, hi = x.min(0), x.max(0)  # (heads, hd)
+    d = ((hi - lo) / np.float32(15)).astype(np.float16)
+    m = lo.astype(np.float16)
+    df, mf = d.astype(np.float32), m.astype(np.float32)
+    inv = np.divide(np.float32(1), df, out=np.zeros_like(df), where=df != 0)
+    q = np.clip(_rint((x - mf) * inv), 0, 15).astype(np.uint8)  # (group, heads, hd)
+    nib = (q[..., 0::2] | (q[..., 1::2] << 4)).transpose(1, 0, 2).reshape(heads, -1)
+    return np.concatenate([d.view(np.uint8), m.view(np.uint8), nib], -1)
+
+
+def decode_key_group(b: np.ndarray, hd: int) -> np.ndarray:
+    """The keys (KEY_GROUP, heads, hd) float32 of a group's bytes (:func:`encode_key_group`)."""
+    b = np.ascontiguousarray(b, np.uint8)
+    heads = b.shape[0]
+    d = np.ascontiguousarray(b[:, : 2 * hd]).view(np.float16).astype(np.float32)
+    m = np.ascontiguousarray(b[:, 2 * hd : 4 * hd]).view(np.float16).astype(np.float32)
+    nib = b[:, 4 * hd :].reshape(heads, KEY_GROUP, hd // 2)
+    q = np.stack([nib & 15, nib >> 4], -1).reshape(heads, KEY_GROUP, hd).astype(np.float32)
+    return (d[:, None] * q + m[:, None]).transpose(1, 0, 2)
+
+
+def round_trip_key_group(x: np.ndarray) -> np.ndarray:
+    """A complete group of q4 keys (KEY_GROUP, heads, hd) as attention reads it back."""
+    return decode_key_group(encode_key_group(x), x.shape[-1])
+
+
+def keys_seen(pos: np.ndarray) -> np.ndarray:
+    """For queries at positions ``pos``: how many positions of q4 keys they read quantized (the
+    groups complete at that position); keys from there on are read in float16."""
+    return (np.asarray(pos) + 1) // KEY_GROUP * KEY_GROUP

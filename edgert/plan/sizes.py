@@ -71,20 +71,29 @@ def flash_gap(flash: tuple[float, float] | None) -> int:
     return 0 if flash is None else int(flash[0] * flash[1])
 
 
-def kv_positions(cfg, layer: int, max_ctx: int, batch: int = MAX_BATCH) -> int:
+def kv_positions(cfg, layer: int, max_ctx: int, batch: int = MAX_BATCH, kv=kvcache.DEFAULT) -> int:
     """Positions layer ``layer``'s KV cache holds at context ``max_ctx``: all of them, or for a
     sliding-window layer a ring of its window and one call's ``batch`` tokens less one (the
-    oldest key the first token of a call still sees must outlive the call's writes)."""
+    oldest key the first token of a call still sees must outlive the call's writes); with q4
+    keys (``kv``: keys, values), which are stored by groups of positions, a ring of whole groups,
+    one more than those positions span."""
     w = cfg.window(layer)
-    return min(max_ctx, w + batch - 1) if w else max_ctx
+    if not w:
+        return max_ctx
+    ring = w + batch - 1
+    if kv[0] == "q4":
+        g = kvcache.KEY_GROUP
+        ring = g * (-(-ring // g) + 1)
+    return min(max_ctx, ring)
 
 
 def kv_cache_bytes(cfg, max_ctx: int, batch: int = MAX_BATCH, kv=kvcache.DEFAULT) -> int:
     """The K and V caches of every layer for ``max_ctx`` tokens, ``batch`` per call, held as
-    ``kv`` (keys, values: edgert.format.kvcache types)."""
+    ``kv`` (keys, values: edgert.format.kvcache types), q4 keys' float16 tail included."""
     n = cfg.n_kv_heads * cfg.head_dim
-    row = sum(kvcache.row_bytes(t, n) for t in kv)
-    return row * sum(kv_positions(cfg, i, max_ctx, batch) for i in range(cfg.n_layers))
+    row = kvcache.key_row_bytes(kv[0], n) + kvcache.row_bytes(kv[1], n)
+    positions = sum(kv_positions(cfg, i, max_ctx, batch, kv) for i in range(cfg.n_layers))
+    return row * positions + cfg.n_layers * kvcache.key_tail_bytes(kv[0], n)
 
 
 #: a budget hint shared by the plans' refusals

@@ -50,7 +50,7 @@ _VECS = (
 
 
 #: edgert_forward_abi() of modules whose structs match these
-FORWARD_ABI = 7
+FORWARD_ABI = 8
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 ROUTE_PROBS, ROUTE_NORM, ROUTE_UNIT = 0, 1, 2
 
@@ -105,7 +105,7 @@ class _Layer(ctypes.Structure):
         + [(v, _P) for v in _VECS]
         + [("sparse", ctypes.POINTER(_Sparse)), ("moe", ctypes.POINTER(_Moe))]
         + [("k_cache", _P), ("v_cache", _P), ("k_stride", _I64), ("v_stride", _I64)]
-        + [("kv_cap", _I64)]
+        + [("kv_cap", _I64), ("k_tail", _P)]
         + [("rope", _I32), ("window", _I32)]
     )
 
@@ -174,15 +174,18 @@ class NativeForward:
         # tok/s; on 2 MiB pages 108 / 147; position by position on 2 MiB pages 104 / 142).
         # A sliding-window layer holds a ring of its window and one call's tokens.
         self.batch = int(batch)
-        caps = [kv_positions(cfg, i, int(max_ctx), self.batch) for i in range(cfg.n_layers)]
+        caps = [kv_positions(cfg, i, int(max_ctx), self.batch, kv) for i in range(cfg.n_layers)]
         # each position's row of n_kv_heads * head_dim values in the cache's types
-        # (edgert.format.kvcache), as bytes
+        # (edgert.format.kvcache), as bytes; q4 keys: groups of positions in their rows, and
+        # each layer's float16 rows of the group not yet complete
         kvcache.check_heads(kv, cfg.head_dim)
         self.kv = kv
         row = cfg.n_kv_heads * cfg.head_dim
-        k_row, v_row = (kvcache.row_bytes(t, row) for t in kv)
+        k_row, v_row = kvcache.key_row_bytes(kv[0], row), kvcache.row_bytes(kv[1], row)
         self.k_cache = k_cache = zeros((sum(caps), k_row), np.uint8)
         self.v_cache = v_cache = zeros((sum(caps), v_row), np.uint8)
+        tail = kvcache.key_tail_bytes(kv[0], row)
+        self.k_tail = k_tail = zeros((cfg.n_layers, tail), np.uint8) if tail else None
         starts = np.concatenate([[0], np.cumsum(caps)])
         self._keep: list[np.ndarray] = []
         #: (format, meta) of each layer's projections, for weights swapped in per step
@@ -223,6 +226,8 @@ class NativeForward:
             layers[i].v_cache = v_cache[starts[i]].ctypes.data
             layers[i].k_stride, layers[i].v_stride = k_row, v_row
             layers[i].kv_cap = caps[i]
+            if k_tail is not None:
+                layers[i].k_tail = k_tail[i].ctypes.data
             layers[i].rope = ropes[i]
             layers[i].window = c.window(i)
         self._layers = layers

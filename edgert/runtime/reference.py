@@ -85,6 +85,9 @@ class ReferenceEngine:
         self.kv = kvcache.parse(kv_cache)
         kvcache.check_heads(self.kv, c.head_dim)
         self.kv_cache = kvcache.name(self.kv)
+        #: q4 keys (grouped by channel): k_cache holds every key in float16, this the complete
+        #: groups as quantized
+        self.k_groups = np.zeros(shape, np.float32) if self.kv[0] == "q4" else None
         self.pos = 0
         self.expert_counts = np.zeros((c.n_layers, max(c.n_experts, 1)), np.int64)
         #: the residual stream entering the FFN being run (what a recorder of FFNs reads)
@@ -132,7 +135,7 @@ class ReferenceEngine:
             out = self._batch_attention(i, q, k, v, group)
             return self._mm(out, names.weight(i, "attn_output"))
         t0, t1 = self.pos, self.pos + n
-        self.k_cache[i, 0, t0:t1] = self._stored(0, k)
+        self._store_keys(i, 0, t0, k)
         self.v_cache[i, 0, t0:t1] = self._stored(1, v)
         keys, vals = self.k_cache[i, 0, :t1], self.v_cache[i, 0, :t1]  # (T, kv, hd)
         # q (n, kv, group, hd) x keys (T, kv, hd) -> scores (kv, group, n, T)
@@ -140,6 +143,10 @@ class ReferenceEngine:
         scores = self._scale_scores(qg @ keys.transpose(1, 2, 0)[:, None])
         qpos = np.arange(t0, t1)[:, None]
         kpos = np.arange(t1)[None, :]
+        if self.k_groups is not None:  # keys of the groups complete at the query, quantized
+            quant = self.k_groups[i, 0, :t1].transpose(1, 2, 0)[:, None]
+            seen = kpos < kvcache.keys_seen(qpos)
+            scores = np.where(seen, self._scale_scores(qg @ quant), scores)
         seen = kpos <= qpos
         if c.window(i):
             seen &= kpos > qpos - c.window(i)
@@ -148,6 +155,19 @@ class ReferenceEngine:
         out = probs @ vals.transpose(1, 0, 2)[:, None]  # (kv, group, n, hd)
         out = out.transpose(2, 0, 1, 3).reshape(n, c.n_heads * c.head_dim)
         return self._mm(out, names.weight(i, "attn_output"))
+
+    def _store_keys(self, i: int, b: int, t0: int, k: np.ndarray) -> None:
+        """Layer ``i``'s keys k (n, kv, hd) of positions t0 .. of sequence ``b``, as the cache
+        holds them (q4: in float16, the groups they complete quantized into k_groups)."""
+        t1 = t0 + k.shape[0]
+        if self.k_groups is None:
+            self.k_cache[i, b, t0:t1] = self._stored(0, k)
+            return
+        self.k_cache[i, b, t0:t1] = k.astype(np.float16).astype(np.float32)
+        g = kvcache.KEY_GROUP
+        for g0 in range(t0 // g * g, t1 // g * g, g):
+            group = self.k_cache[i, b, g0 : g0 + g]
+            self.k_groups[i, b, g0 : g0 + g] = kvcache.round_trip_key_group(group)
 
     def _stored(self, j: int, x: np.ndarray) -> np.ndarray:
         """Keys (j = 0) or values (1) x (n, kv, hd) as the cache gives them back."""
@@ -165,11 +185,16 @@ class ReferenceEngine:
     def _batch_attention(self, i: int, q, k, v, group: int) -> np.ndarray:
         """One new token of each of the ``batch`` sequences, all at position ``pos``."""
         c, t1 = self.cfg, self.pos + 1
-        self.k_cache[i, :, self.pos] = self._stored(0, k)
+        for b in range(self.batch):
+            self._store_keys(i, b, self.pos, k[b : b + 1])
         self.v_cache[i, :, self.pos] = self._stored(1, v)
         keys, vals = self.k_cache[i, :, :t1], self.v_cache[i, :, :t1]  # (B, T, kv, hd)
         qg = q.reshape(self.batch, c.n_kv_heads, group, c.head_dim)
         scores = self._scale_scores(np.einsum("bkgd,btkd->bkgt", qg, keys))
+        if self.k_groups is not None:
+            seen = int(kvcache.keys_seen(self.pos))
+            quant = np.einsum("bkgd,btkd->bkgt", qg, self.k_groups[i, :, :seen])
+            scores[..., :seen] = self._scale_scores(quant)
         if c.window(i):
             seen = np.arange(t1) > self.pos - c.window(i)
             scores = np.where(seen, scores, np.float32(-np.inf))

@@ -1,8 +1,8 @@
 """The KV cache in fewer bytes (``--kv-cache f16|q8|q4``, keys and values apart): the C forward
 pass stores each position's keys and values in the layout of edgert.format.kvcache (checked byte
-for byte against the numpy encoder), reads them back in prefill and decode alike, and its logits
-follow the reference engine rounding the cache the same way; the DRAM plan counts the smaller
-cache."""
+for byte against the numpy encoder; q4 keys by groups of positions), reads them back in prefill
+and decode alike, and its logits follow the reference engine rounding the cache the same way; the
+DRAM plan counts the smaller cache."""
 
 import json
 
@@ -37,7 +37,8 @@ def ref_model(art):
 @pytest.mark.parametrize("kind", ["f16", "q8", "q4"])
 def test_cache_rows_are_the_format(art, kind):
     """Layer 0's keys and values (which no cache rounding before them can change) are stored
-    exactly as the numpy encoder writes the float32 engine's rows."""
+    exactly as the numpy encoder writes the float32 engine's rows (q4: values; its keys go by
+    groups, the next test)."""
     base = open_artifact_engine(art, max_ctx=32)
     base.forward(TOKENS)
     eng = open_artifact_engine(art, max_ctx=32, kv_cache=kind)
@@ -45,12 +46,72 @@ def test_cache_rows_are_the_format(art, kind):
     n = len(TOKENS)
     cfg = eng.cfg
     row = cfg.n_kv_heads * cfg.head_dim
-    for f32, got in ((base.native.k_cache, eng.native.k_cache),
-                     (base.native.v_cache, eng.native.v_cache)):  # fmt: skip
+    pairs = [(base.native.v_cache, eng.native.v_cache)]
+    if kind != "q4":
+        pairs.append((base.native.k_cache, eng.native.k_cache))
+    for f32, got in pairs:
         x = f32[:n].view(np.float32).reshape(n, row)
         want = kvcache.encode(kind, x)
         assert got.shape[1] == kvcache.row_bytes(kind, row)
         assert np.array_equal(got[:n], want)
+
+
+#: 150 positions in calls that end inside a group, across a group's end, and on one
+CALLS = (60, 10, 58, 1, 1, 20)
+LONG = [int(t) for t in np.random.default_rng(1).integers(1, 400, sum(CALLS))]
+
+
+def _calls(engine, calls=CALLS) -> np.ndarray:
+    out, t = [], 0
+    for n in calls:
+        out.append(engine.forward(LONG[t : t + n]))
+        t += n
+    return np.concatenate(out)
+
+
+def test_q4_keys_are_stored_by_group(art):
+    """q4 keys: layer 0's complete groups (positions 0-127) are the numpy encoder's groups of the
+    float32 engine's keys, in the rows of their positions; the 22 positions after them sit in
+    the layer's tail in float16, at row position % group."""
+    base = open_artifact_engine(art, max_ctx=160)
+    _calls(base)
+    eng = open_artifact_engine(art, max_ctx=160, kv_cache="q4")
+    _calls(eng)
+    cfg, g = eng.cfg, kvcache.KEY_GROUP
+    row = cfg.n_kv_heads * cfg.head_dim
+    assert eng.native.k_cache.shape[1] == kvcache.key_row_bytes("q4", row) == row * 9 // 16
+    keys = base.native.k_cache[:150].view(np.float32).reshape(150, cfg.n_kv_heads, cfg.head_dim)
+    for g0 in (0, g):
+        want = kvcache.encode_key_group(keys[g0 : g0 + g]).reshape(-1)
+        assert np.array_equal(eng.native.k_cache[g0 : g0 + g].reshape(-1), want), g0
+    tail = eng.native.k_tail[0].view(np.float16).reshape(g, row)
+    assert np.array_equal(tail[: 150 - 2 * g], keys[2 * g :].reshape(-1, row).astype(np.float16))
+
+
+def test_q4_keys_follow_the_reference(art, ref_model):
+    """q4 keys (values float16, to see the keys alone): until a group is complete every query
+    reads float16 keys, so positions 0-62 are the float16 cache's logits bit for bit, even those
+    in the call that completes the group (60-69) before position 63; from there on the C pass
+    follows the reference reading complete groups quantized (within the kernels' own error and
+    what the rounding moves); and the keys are the same whatever the calls: all 150 tokens at
+    once or one at a time give the calls' logits up to the kernels' rounding."""
+    spec, g = "q4,f16", kvcache.KEY_GROUP
+    got = _calls(open_artifact_engine(art, max_ctx=160, kv_cache=spec))
+    f16 = _calls(open_artifact_engine(art, max_ctx=160, kv_cache="f16"))
+    assert np.array_equal(got[: g - 1], f16[: g - 1])
+    assert not np.array_equal(got[g - 1], f16[g - 1])  # position 63 reads group 0 quantized
+    want = _calls(ReferenceEngine(ref_model, max_ctx=160, kv_cache=spec))
+    base = _calls(open_artifact_engine(art, max_ctx=160))
+    exact = _calls(ReferenceEngine(ref_model, max_ctx=160))
+    scale = np.abs(exact).max()
+    kernels = np.abs(base - exact).max() / scale
+    drift = np.abs(want - exact).max() / scale
+    assert 1e-4 < drift < 0.2, drift  # the groups' rounding moves the logits, within bounds
+    assert np.abs(got - want).max() / scale < kernels + drift + 1e-3, (kernels, drift)
+    at_once = _calls(open_artifact_engine(art, max_ctx=160, kv_cache=spec), (len(LONG),))
+    one_by_one = _calls(open_artifact_engine(art, max_ctx=160, kv_cache=spec), (1,) * len(LONG))
+    for other in (at_once, one_by_one):
+        assert np.abs(other - got).max() < 1e-2 * np.abs(got).max()
 
 
 def _runs(engine) -> list[np.ndarray]:
@@ -97,6 +158,10 @@ def test_plan_counts_the_cache(art):
     assert kv_cache_bytes(cfg, 4096, kv=("f16", "f16")) * 2 == f32
     assert kv_cache_bytes(cfg, 4096, kv=("q8", "q8")) * 128 == f32 * 34
     assert kv_cache_bytes(cfg, 4096, kv=("q8", "q4")) * 128 == f32 * 27
+    # q4 keys: 36 bytes per 64 values, and each layer's tail of 64 float16 rows
+    row = cfg.n_kv_heads * cfg.head_dim
+    tail = cfg.n_layers * 64 * row * 2
+    assert (kv_cache_bytes(cfg, 4096, kv=("q4", "q8")) - tail) * 128 == f32 * (9 + 17)
 
 
 def test_budget_counts_the_smaller_cache(art):

@@ -67,6 +67,36 @@ def test_ring_wraps_with_the_reference_logits(art):
     assert np.mean(got.argmax(-1) == want.argmax(-1)) >= 0.95
 
 
+def test_ring_of_q4_key_groups_wraps(art):
+    """q4 keys go by groups of 64 positions: a sliding layer's ring holds whole groups, one more
+    than its window and a call's tokens span (192 rows at 64 tokens per call), and 400 positions
+    wrap it twice without a logit leaving the reference that reads the same groups quantized
+    (values in float16, to see the keys alone; bounds as in test_kv_cache)."""
+    toks = [int(t) for t in np.random.default_rng(2).integers(0, 500, 400)]
+    spec = "q4,f16"
+    ring = 64 * (-(-(WINDOW + BUDGET_BATCH - 1) // 64) + 1)
+    eng = open_artifact_engine(art, max_ctx=512, dram_budget=1 << 40, kv_cache=spec)
+    assert eng.native.k_cache.shape[0] == 5 * ring + 512 and ring == 192
+    assert eng.dram_plan.kv == kv_cache_bytes(eng.cfg, 512, BUDGET_BATCH, ("q4", "f16"))
+    assert eng.native.k_cache.nbytes + eng.native.v_cache.nbytes + eng.native.k_tail.nbytes == (
+        eng.dram_plan.kv
+    )
+
+    def run(e):
+        return np.concatenate([e.forward(toks[:150]), e.forward(toks[150:151]),
+                               e.forward(toks[151:300]), e.forward(toks[300:])])  # fmt: skip
+
+    ref = reference_model(Artifact.open(art))
+    got, base = run(eng), run(open_artifact_engine(art, max_ctx=512, dram_budget=1 << 40))
+    want = ReferenceEngine(ref, max_ctx=512, kv_cache=spec).forward(toks)
+    exact = ReferenceEngine(ref, max_ctx=512).forward(toks)
+    scale = np.abs(exact).max()
+    kernels = np.abs(base - exact).max() / scale
+    drift = np.abs(want - exact).max() / scale
+    assert 1e-4 < drift < 0.2, drift
+    assert np.abs(got - want).max() / scale < kernels + drift + 1e-3, (kernels, drift)
+
+
 RUN = """
 import json, sys
 from edgert.runtime.generate import Sampler, generate
