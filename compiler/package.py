@@ -152,12 +152,14 @@ def write_artifact(
             sizes["quantized"] += nbytes
             return pw
 
-        def values(name: str) -> np.ndarray:
-            """Tensor ``name``'s float values, or where the quantizer takes the stored blocks
-            (--bits keep) only their shape, with nothing loaded."""
+        def values(name: str, e: int | None = None) -> np.ndarray:
+            """Tensor ``name``'s float values (expert ``e`` of a stack alone: a stack of a 30B
+            model is 805 MB in float32), or where the quantizer takes the stored blocks (--bits
+            keep) only their shape, with nothing loaded."""
             if quant.needs_values(name):
-                return m.tensor(name)
-            return np.broadcast_to(np.float32(0), m.infos[name].shape)
+                return m.tensor(name) if e is None else m.part(name, e)
+            shape = m.infos[name].shape
+            return np.broadcast_to(np.float32(0), shape if e is None else shape[1:])
 
         def put_f32(name: str) -> None:
             a = m.tensor(name)
@@ -185,15 +187,12 @@ def write_artifact(
                     up, down = (packed[names.weight(i, p)] for p in ("ffn_up", "ffn_down"))
                     bundles.add_layer(i, up, down)
                 del packed
-                # each stack loaded once (a model larger than memory keeps few tensors loaded)
-                stacks = {p: values(names.experts(i, p))
-                          for p in (names.EXPERT_PROJECTIONS if c.n_experts else ())}  # fmt: skip
                 for e in range(c.n_experts):  # each expert's projections together, too
-                    for proj, stack in stacks.items():
+                    for proj in names.EXPERT_PROJECTIONS:
                         src = names.experts(i, proj)
-                        put_lut(names.expert(i, proj, e), stack[e], tensor_bits[(src, e)], src, e)
+                        put_lut(names.expert(i, proj, e), values(src, e), tensor_bits[(src, e)],
+                                src, e)  # fmt: skip
                     bar.update(3)
-                del stacks
         if moefy is not None:
             w.manifest["moefy"] = moefy
         if trace is not None:
@@ -226,7 +225,7 @@ def write_artifact(
         block_params, block_bits = lut_params, lut_bits
 
         def put_q8(name: str) -> None:
-            q8 = quant.rows8(name, m.tensor(name))
+            q8 = quant.rows8(name, m.rows(name))  # in row slices: a large table is 1.2 GB f32
             w.add_tensor(name, q8, meta={"format": "q8", "shape": [c.vocab_size, c.dim]})
             sizes["q8"] += sum(a.nbytes for a in q8.values())
 

@@ -493,27 +493,43 @@ def load_gguf(path: str | Path, *, with_tokenizer: bool = True) -> ModelGraph:
 
     def read(name: str) -> np.ndarray:
         t = tensors[name]
-        pages.touched(int(t.n_bytes))
-        tname = t.tensor_type.name
-        if tname == "F32":
-            a = np.asarray(t.data, dtype=np.float32)
-        elif tname == "F16":
-            a = np.asarray(t.data).astype(np.float32)
-        else:  # in row chunks: the dequantizer's temporaries stay small for a large tensor
-            data = np.asarray(t.data)
-            rows = data.reshape(-1, data.shape[-1])
-            a = np.empty((len(rows), int(t.shape[0])), np.float32)
-            step = max(1, DEQUANT_CHUNK // a.shape[1])
-            for r in range(0, len(rows), step):
-                a[r : r + step] = dequantize(rows[r : r + step], t.tensor_type)
-        return a.reshape(tuple(int(d) for d in reversed(t.shape.tolist())))
+        return rows_f32(t, 0, None).reshape(tuple(int(d) for d in reversed(t.shape.tolist())))
+
+    def part(name: str, i: int | slice) -> np.ndarray | None:
+        """Matrix ``i`` of stacked tensor ``name`` (one expert), or rows ``i`` (a slice) of a
+        matrix, read and dequantized alone."""
+        stored, a, b = views.get(name, (name, 0, None))
+        t = tensors[stored]
+        if isinstance(i, slice) and len(t.shape) == 2:
+            r0, r1, step = i.indices((b if b is not None else int(t.shape[1])) - a)
+            return rows_f32(t, a + r0, a + r1) if step == 1 else None
+        if not isinstance(i, slice) and len(t.shape) == 3 and name not in views:
+            per, i = int(t.shape[1]), int(i)  # rows per matrix; i may be a numpy integer
+            return rows_f32(t, i * per, (i + 1) * per)
+        return None
+
+    def rows_f32(t, r0: int, r1: int | None) -> np.ndarray:
+        """Rows r0:r1 (numpy order: of the tensor seen as rows of its last dimension) in
+        float32; quantized rows in chunks, so the dequantizer's temporaries stay small."""
+        data = np.asarray(t.data)
+        rows = data.reshape(-1, data.shape[-1])[r0:r1]
+        pages.touched(int(rows.nbytes))
+        if t.tensor_type.name in ("F32", "F16"):  # F32: the mapped file's pages, not a copy
+            return np.asarray(rows, dtype=np.float32)
+        a = np.empty((len(rows), int(t.shape[0])), np.float32)
+        step = max(1, DEQUANT_CHUNK // a.shape[1])
+        for r in range(0, len(rows), step):
+            a[r : r + step] = dequantize(rows[r : r + step], t.tensor_type)
+        return a
 
     tokenizer = None
     if with_tokenizer and "tokenizer.ggml.model" in meta:
         from edgert.compiler.frontends.gguf_tokenizer import tokenizer_from_gguf
 
         tokenizer = tokenizer_from_gguf(meta, src)
-    model = ModelGraph(config, infos, loader, tokenizer=tokenizer, source=src, blocks=blocks)
+    model = ModelGraph(
+        config, infos, loader, tokenizer=tokenizer, source=src, blocks=blocks, parts=part
+    )
     model.validate()
     model.metadata = meta
     return model

@@ -13,16 +13,16 @@ additive across units, which the measured perplexities check).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-from edgert.compiler.quant.quality import log_softmax
 from edgert.errors import EdgertError
 from edgert.format import names
 from edgert.format.model import ModelGraph
 from edgert.progress import Progress
+from edgert.runtime.perplexity import log_softmax
 from edgert.runtime.reference import ReferenceEngine, rms_norm
 
 #: (tensor name, expert index or None, weight (out, in), bits) -> dequantized weight
@@ -66,7 +66,6 @@ def units_for(model: ModelGraph) -> list[Unit]:
             int(np.prod(model.infos[t].shape[1 if e is not None else 0 :])) for t, e in u.tensors
         )
     return units
-
 
 
 def measure_sensitivity(

@@ -249,6 +249,20 @@ class TensorInfo:
     source_type: str  # e.g. "Q4_1", "F32", "BF16"
 
 
+class RowView:
+    """A ModelGraph's matrix as ``shape`` and row slices (:meth:`ModelGraph.part`)."""
+
+    def __init__(self, model: ModelGraph, name: str):
+        self.model, self.name = model, name
+        self.shape = model.infos[name].shape
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        if not isinstance(rows, slice):
+            raise TypeError("a RowView is read by slices of rows")
+        return self.model.part(self.name, rows)
+
+
 class ModelGraph:
     """Config + named tensors, dequantized to float32 on first use.
 
@@ -265,6 +279,10 @@ class ModelGraph:
     blocks:
         ``blocks(name) -> uint8 (rows, bytes)``: a quantized tensor's rows as the file stores
         them (GGUF), for importing them without dequantizing; None when the source has none.
+    parts:
+        ``parts(name, i) -> np.ndarray | None``: ``loader(name)[i]`` read alone (an int: one
+        expert of a stacked tensor; a slice: rows of a matrix), None where the source cannot;
+        see :meth:`part`.
 
     ``cache_limit`` (bytes, None: no limit) bounds the float32 tensors kept after use: the least
     recently used go first (the one just asked for always stays). A model larger than the
@@ -279,11 +297,13 @@ class ModelGraph:
         tokenizer: Any = None,
         source: str = "",
         blocks: Callable[[str], np.ndarray] | None = None,
+        parts: Callable[[str, int | slice], np.ndarray | None] | None = None,
     ):
         self.config = config
         self.infos = {i.name: i for i in infos}
         self._loader = loader
         self._blocks = blocks
+        self._parts = parts
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self.cache_limit: int | None = None
         self.tokenizer = tokenizer
@@ -314,6 +334,35 @@ class ModelGraph:
             if self.cache_limit is not None:
                 self._evict(self.cache_limit)
         return t
+
+    def part(self, name: str, i: int | slice) -> np.ndarray:
+        """``tensor(name)[i]``: matrix ``i`` of a stacked tensor (an expert), or rows ``i`` (a
+        slice) of a matrix (a slice of a 151 936-row head). Where the whole tensor is cached, or
+        fits the cache limit, it is that; a tensor larger than the limit is not loaded whole: the
+        source reads the part alone (not cached), so a layer's 128 experts of a 30B model cost
+        one expert's float32 at a time, not three stacks of 805 MB."""
+        t = self._cache.get(name)
+        if t is not None:
+            self._cache.move_to_end(name)
+            return t[i]
+        info = self.infos.get(name)
+        whole = info is not None and 4 * int(np.prod(info.shape)) <= (self.cache_limit or 0)
+        if info is None or self.cache_limit is None or whole or self._parts is None:
+            return self.tensor(name)[i]
+        a = self._parts(name, i)
+        if a is None:
+            return self.tensor(name)[i]
+        a = np.ascontiguousarray(a, dtype=np.float32)
+        want = np.empty(info.shape[:1], np.int8)[i].shape + info.shape[1:]
+        if a.shape != want:
+            raise ModelFormatError(f"tensor {name}[{i}] has shape {a.shape}, expected {want}")
+        return a
+
+    def rows(self, name: str) -> RowView:
+        """Matrix ``name`` read a slice of rows at a time (for a consumer that goes through a
+        large table in row chunks, such as 8-bit rows of a 151 936-entry embedding, without its
+        1.2 GB float32 whole)."""
+        return RowView(self, name)
 
     def _evict(self, limit: int) -> None:
         held = sum(a.nbytes for a in self._cache.values())

@@ -104,6 +104,13 @@ class ReferenceEngine:
         w = self.overrides.get(name)
         return w if w is not None else self.model.tensor(name)
 
+    def _expert(self, i: int, proj: str, e: int) -> np.ndarray:
+        """Expert ``e``'s ``proj`` matrix of layer ``i`` (read alone where its stack is larger
+        than the model's cache limit)."""
+        name = names.experts(i, proj)
+        w = self.overrides.get(name)
+        return w[e] if w is not None else self.model.part(name, e)
+
     def _mm(self, x: np.ndarray, name: str) -> np.ndarray:
         """x (n, in) @ W(name).T -> (n, out)."""
         return x @ self._w(name).T
@@ -204,14 +211,14 @@ class ReferenceEngine:
     def _moe(self, i: int, x: np.ndarray) -> np.ndarray:
         c = self.cfg
         idx, w = route(c, self._mm(x, names.router(i)))
-        gate, up, down = (self._w(names.experts(i, p)) for p in names.EXPERT_PROJECTIONS)
         out = np.zeros_like(x)
         for e in np.unique(idx):
             rows, slot = np.nonzero(idx == e)
             self.expert_counts[i, e] += len(rows)
             xe = x[rows]
-            h = self._act(xe @ gate[e].T) * (xe @ up[e].T)
-            out[rows] += w[rows, slot][:, None] * (h @ down[e].T)
+            gate, up, down = (self._expert(i, p, e) for p in names.EXPERT_PROJECTIONS)
+            h = self._act(xe @ gate.T) * (xe @ up.T)
+            out[rows] += w[rows, slot][:, None] * (h @ down.T)
         if c.shared_expert_ffn_dim:
             sh = self._swiglu(x, *(names.shared(i, p) for p in names.EXPERT_PROJECTIONS))
             g = x @ self._w(names.shared_gate(i)).reshape(-1, c.dim).T  # (n, 1)
@@ -284,6 +291,13 @@ class ReferenceEngine:
         if names.OUTPUT in self.model or names.OUTPUT in self.overrides:
             return names.OUTPUT
         return names.EMBEDDING
+
+    def head_rows(self, rows: slice) -> np.ndarray:
+        """Rows (vocabulary entries) of the output head, read alone where the head is larger
+        than the model's cache limit."""
+        name = self.lm_head_name()
+        w = self.overrides.get(name)
+        return w[rows] if w is not None else self.model.part(name, rows)
 
     def logits(self, h: np.ndarray) -> np.ndarray:
         """The output head on final hidden states h (n, dim) from :meth:`hidden`: (n, vocab)."""

@@ -33,7 +33,7 @@ class ModelGraphSource:
         e = names.parse_expert(name)
         if e is not None:
             layer, proj, i = e
-            return self.model.tensor(names.experts(layer, proj))[i]
+            return self.model.part(names.experts(layer, proj), i)
         return self.model.tensor(name)
 
     def embedding(self, tokens: np.ndarray) -> np.ndarray:
@@ -120,6 +120,19 @@ def reference_model(art):
             continue
         infos.append(TensorInfo(name, tuple(e["shape"]), e["format"]))
 
+    def part(name: str, i: int | slice) -> np.ndarray | None:
+        """Expert ``i`` of a stack, or rows ``i`` of an 8-bit or float32 matrix (the head)."""
+        if name in stacked:
+            layer, proj = stacked[name]
+            return None if isinstance(i, slice) else one(names.expert(layer, proj, int(i)))
+        e = tensors.get(name)
+        if not isinstance(i, slice) or e is None or e["format"] not in ("q8", "f32"):
+            return None
+        b = art.read_tensor(name)
+        if e["format"] == "f32":
+            return b["data"][i]
+        return dequantize_q8(b["q"][i], b["scale"][i], e["shape"][1])
+
     def loader(name: str) -> np.ndarray:
         if name in stacked:
             layer, proj = stacked[name]
@@ -132,4 +145,4 @@ def reference_model(art):
         return one(name)
 
     tok = Tokenizer.of_artifact(art)
-    return ModelGraph(cfg, infos, loader, tokenizer=tok, source=str(art.path))
+    return ModelGraph(cfg, infos, loader, tokenizer=tok, source=str(art.path), parts=part)

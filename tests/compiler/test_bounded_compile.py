@@ -83,7 +83,18 @@ def test_read_file_pages_are_dropped_from_the_process(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def two_compiles(tmp_path_factory):
+    """The two compiles, and the tensors the bounded one loaded whole (ModelGraph.tensor)."""
     from edgert.compiler.frontends import gguf as gg
+
+    from edgert.format.model import ModelGraph
+
+    loaded = []
+    real = ModelGraph.tensor
+
+    def tensor(self, name):
+        if name not in self._cache:
+            loaded.append(name)
+        return real(self, name)
 
     d = tmp_path_factory.mktemp("bounded")
     g = make_synthetic_gguf(out=d / "moe.gguf", arch="qwen3moe", qtype="Q4_0", progress=False,
@@ -95,14 +106,15 @@ def two_compiles(tmp_path_factory):
             mp.setattr(cc, "COMPILE_CACHE_BYTES", 200_000)  # less than one expert stack
             if kind == "bounded":  # the file's pages dropped before every read
                 mp.setattr(gg, "MAPPED_BYTES", 1)
+                mp.setattr(ModelGraph, "tensor", tensor)
             out[kind] = compile_model(model=g, target="host", out=d / f"{kind}.edgert",
                                       scheme=QuantScheme("uniform", 4, 32), calib=CALIB,
                                       quant_method="rtn")  # fmt: skip
-    return g, {k: Artifact.open(s.out) for k, s in out.items()}
+    return g, {k: Artifact.open(s.out) for k, s in out.items()}, loaded
 
 
 def test_bounded_compile_writes_the_same_artifact(two_compiles):
-    _, arts = two_compiles
+    _, arts, _ = two_compiles
     whole, bounded = arts["whole"], arts["bounded"]
     assert whole.tensors.keys() == bounded.tensors.keys()
     for name in whole.tensors:
@@ -119,12 +131,42 @@ def test_bounded_compile_writes_the_same_artifact(two_compiles):
     json.dumps(qb)  # stored as plain numbers
 
 
+def test_bounded_compile_reads_experts_one_at_a_time(two_compiles):
+    """No expert stack (larger than the cache limit) is loaded whole by the bounded compile:
+    quantizing, calibrating and measuring quality read each expert alone (ModelGraph.part),
+    from the GGUF's blocks and from the written artifact, with the values a whole load gives;
+    the same for slices of rows of the embedding table (8-bit rows, the quality's head)."""
+    from edgert.runtime.weights import reference_model
+
+    g, arts, loaded = two_compiles
+    stacks = {names.experts(i, p) for i in range(SHAPE["layers"])
+              for p in names.EXPERT_PROJECTIONS}  # fmt: skip
+    assert loaded and not stacks & set(loaded)
+    for whole, m in ((load_model(g), load_model(g)),
+                     (reference_model(arts["bounded"]), reference_model(arts["bounded"]))):  # fmt: skip
+        m.cache_limit = 200_000
+        for name in sorted(stacks):
+            for e in (0, 9, SHAPE["experts"] - 1):
+                np.testing.assert_array_equal(m.part(name, e), whole.tensor(name)[e])
+        rows = slice(100, 300)  # rows of the 8-bit table (the head): read alone as well
+        np.testing.assert_array_equal(
+            m.part(names.EMBEDDING, rows), whole.tensor(names.EMBEDDING)[rows]
+        )
+        np.testing.assert_array_equal(
+            m.rows(names.EMBEDDING)[rows], whole.tensor(names.EMBEDDING)[rows]
+        )
+        assert not m._cache  # read alone, nothing cached
+        m.cache_limit = None  # a stack within the limit: loaded whole once, then sliced
+        m.part(name, 3)
+        assert list(m._cache) == [name]
+
+
 def test_routing_trace_is_what_step_by_step_decoding_routes(two_compiles):
     """The trace comes from one causal forward over all the tokens; decoding them one at a time
     gives each the same router logits."""
     from edgert.runtime.reference import ReferenceEngine
 
-    g, _ = two_compiles
+    g, _, _ = two_compiles
     m = load_model(g)
     toks = [5, 100, 7, 300, 42, 9, 11, 200, 17, 64]
     tr = routing_trace(m, toks, 4)
@@ -147,7 +189,7 @@ def test_routing_trace_is_what_step_by_step_decoding_routes(two_compiles):
 def test_clustered_router_sends_a_cluster_to_its_experts(two_compiles):
     """In the first layer a token's top-k experts are its cluster's; the random router's pick
     is its cluster's only by chance (2 top-k of the experts)."""
-    g, _ = two_compiles
+    g, _, _ = two_compiles
     s = resolve_shape("qwen3moe", "tiny", **SHAPE)
     cl = Clusters.make(s, 0)
     toks = list(range(10, 74))
