@@ -40,6 +40,27 @@ void edgert_kv_rotate(float *x, int64_t n) {
     }
 }
 
+/* Q4's parameters for values in [lo, hi]: scale d = (hi - lo) / 15 and minimum m = lo as float16,
+ * and as the codes use them (m0, 1 / d; 0 for a constant range) */
+typedef struct {
+    uint16_t dh, mh;
+    float m0, id;
+} q4_range;
+
+static inline q4_range q4_range_of(float lo, float hi) {
+    q4_range r = {f2h((hi - lo) / 15.f), f2h(lo), 0.f, 0.f};
+    const float d = h2f(r.dh);
+    r.m0 = h2f(r.mh);
+    r.id = d != 0.f ? 1.f / d : 0.f;
+    return r;
+}
+
+/* x's 4-bit code: (x - m) / d rounded to nearest, ties to even, clamped to 0 .. 15 */
+static inline int q4_code(q4_range r, float x) {
+    const float q = round_even((x - r.m0) * r.id);
+    return q > 15.f ? 15 : q < 0.f ? 0 : (int)q;
+}
+
 /* row = the n values x (n a multiple of the block for the quantized types, whose blocks are
  * rotated first) */
 void edgert_kv_store(int32_t type, uint8_t *row, const float *x, int64_t n) {
@@ -78,17 +99,11 @@ void edgert_kv_store(int32_t type, uint8_t *row, const float *x, int64_t n) {
                 if (rot[j] < lo) lo = rot[j];
                 if (rot[j] > hi) hi = rot[j];
             }
-            const uint16_t dh = f2h((hi - lo) / 15.f), mh = f2h(lo);
-            const float d = h2f(dh), m0 = h2f(mh), id = d != 0.f ? 1.f / d : 0.f;
-            memcpy(row, &dh, 2);
-            memcpy(row + 2, &mh, 2);
-            for (int j = 0; j < EDGERT_KV_BLOCK / 2; j++) {
-                float q0 = round_even((rot[2 * j] - m0) * id);
-                float q1 = round_even((rot[2 * j + 1] - m0) * id);
-                q0 = q0 > 15.f ? 15.f : q0 < 0.f ? 0.f : q0;
-                q1 = q1 > 15.f ? 15.f : q1 < 0.f ? 0.f : q1;
-                row[4 + j] = (uint8_t)((int)q0 | ((int)q1 << 4));
-            }
+            const q4_range r = q4_range_of(lo, hi);
+            memcpy(row, &r.dh, 2);
+            memcpy(row + 2, &r.mh, 2);
+            for (int j = 0; j < EDGERT_KV_BLOCK / 2; j++)
+                row[4 + j] = (uint8_t)(q4_code(r, rot[2 * j]) | q4_code(r, rot[2 * j + 1]) << 4);
         }
     }
 }
@@ -143,15 +158,13 @@ void edgert_kv_key_groups(uint8_t *kc, int64_t stride, int64_t cap, const uint16
                     lo = x[u] < lo ? x[u] : lo;
                     hi = x[u] > hi ? x[u] : hi;
                 }
-                const uint16_t dh = f2h((hi - lo) / 15.f), mh = f2h(lo);
-                const float d = h2f(dh), m0 = h2f(mh), id = d != 0.f ? 1.f / d : 0.f;
-                memcpy(hb + 2 * c, &dh, 2);
-                memcpy(hb + 2 * (hd + c), &mh, 2);
+                const q4_range r = q4_range_of(lo, hi);
+                memcpy(hb + 2 * c, &r.dh, 2);
+                memcpy(hb + 2 * (hd + c), &r.mh, 2);
                 for (int64_t u = 0; u < G; u++) {
-                    float q = round_even((x[u] - m0) * id);
-                    q = q > 15.f ? 15.f : q < 0.f ? 0.f : q;
+                    const int q = q4_code(r, x[u]);
                     uint8_t *b = codes + u * (hd / 2) + c / 2;
-                    *b = c % 2 ? (uint8_t)(*b | (int)q << 4) : (uint8_t)q; /* low nibble first */
+                    *b = c % 2 ? (uint8_t)(*b | q << 4) : (uint8_t)q; /* low nibble first */
                 }
             }
         }

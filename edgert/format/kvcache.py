@@ -155,15 +155,21 @@ def encode(kind: str, x: np.ndarray) -> np.ndarray:
         q = np.clip(_rint(b * inv), -127, 127).astype(np.int8)
         out = np.concatenate([d.view(np.uint8), q.view(np.uint8)], -1)
     else:
-        lo, hi = b.min(-1, keepdims=True), b.max(-1, keepdims=True)
-        d = ((hi - lo) / np.float32(15)).astype(np.float16)
-        m = lo.astype(np.float16)
-        df, mf = d.astype(np.float32), m.astype(np.float32)
-        inv = np.divide(np.float32(1), df, out=np.zeros_like(df), where=df != 0)
-        q = np.clip(_rint((b - mf) * inv), 0, 15).astype(np.uint8)
+        d, m, q = _q4(b, -1)
         nib = q[..., 0::2] | (q[..., 1::2] << 4)
         out = np.concatenate([d.view(np.uint8), m.view(np.uint8), nib], -1)
     return out.reshape(*lead, -1)
+
+
+def _q4(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """q4 over ``axis`` of x: float16 scale d = (max - min) / 15 and minimum m (the axis kept,
+    length 1), and the uint8 codes of (x - m) / d, to nearest, ties to even, in 0 .. 15."""
+    lo, hi = x.min(axis, keepdims=True), x.max(axis, keepdims=True)
+    d = ((hi - lo) / np.float32(15)).astype(np.float16)
+    m = lo.astype(np.float16)
+    df, mf = d.astype(np.float32), m.astype(np.float32)
+    inv = np.divide(np.float32(1), df, out=np.zeros_like(df), where=df != 0)
+    return d, m, np.clip(_rint((x - mf) * inv), 0, 15).astype(np.uint8)
 
 
 def decode(kind: str, rows: np.ndarray, n: int) -> np.ndarray:
@@ -202,14 +208,9 @@ def encode_key_group(x: np.ndarray) -> np.ndarray:
     first, as the group's positions are held until it is complete."""
     x = np.asarray(x, np.float32).astype(np.float16).astype(np.float32)
     heads = x.shape[1]
-    lo, hi = x.min(0), x.max(0)  # (heads, hd)
-    d = ((hi - lo) / np.float32(15)).astype(np.float16)
-    m = lo.astype(np.float16)
-    df, mf = d.astype(np.float32), m.astype(np.float32)
-    inv = np.divide(np.float32(1), df, out=np.zeros_like(df), where=df != 0)
-    q = np.clip(_rint((x - mf) * inv), 0, 15).astype(np.uint8)  # (group, heads, hd)
+    d, m, q = _q4(x, 0)  # d, m (1, heads, hd) over the group's positions; q (group, heads, hd)
     nib = (q[..., 0::2] | (q[..., 1::2] << 4)).transpose(1, 0, 2).reshape(heads, -1)
-    return np.concatenate([d.view(np.uint8), m.view(np.uint8), nib], -1)
+    return np.concatenate([d[0].view(np.uint8), m[0].view(np.uint8), nib], -1)
 
 
 def decode_key_group(b: np.ndarray, hd: int) -> np.ndarray:
