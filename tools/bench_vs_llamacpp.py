@@ -386,9 +386,12 @@ def main() -> None:
                     a.kv_cache,
                 )
             )
-            ours.append(_or_killed(run_edgert, a.edgert, threads, a.n_prompt, a.n_gen, em, extra))
-            if per_token:  # the read bandwidth of this round's machine state (it moves on a VM)
+            mine = extra
+            if per_token:  # the read bandwidth of this round's machine state (it moves on a VM),
+                # for the roofline and edgert's prediction, measured outside any memory limit
                 dram.append(dram_read_gbs(threads, buf=probe))
+                mine += ("--dram-gbs", str(dram[-1]))
+            ours.append(_or_killed(run_edgert, a.edgert, threads, a.n_prompt, a.n_gen, em, mine))
 
         for x in ours + theirs:
             x["cgroup_read"] = (x.get("cgroup") or {}).get("disk_read_bytes", 0)

@@ -50,6 +50,9 @@ def add_arguments(p) -> None:
     # the emulated flash for the prediction, "TARGET,MBS,LATENCY_US" (set by --emulate for its
     # child, which runs under TARGET's limits)
     p.add_argument("--flash-figures", default=None, help=argparse.SUPPRESS)
+    # this machine's DRAM read rate for the prediction, GB/s (set by whoever put the run under an
+    # emulated board's memory limit, measured outside it)
+    p.add_argument("--dram-gbs", type=float, default=None, help=argparse.SUPPRESS)
 
 
 def run(args) -> int:
@@ -79,6 +82,11 @@ def run(args) -> int:
     if args.emulate:
         r = _bench_emulated(args, path, threads)
     else:
+        dram_gbs = args.dram_gbs
+        if dram_gbs is None and args.flash_figures is None and _plans(args, path):
+            from edgert.measure.kernels import dram_read_gbs_apart
+
+            dram_gbs = dram_read_gbs_apart(threads)  # before the model takes the memory
         r, engine = bench_model(
             path,
             threads=threads,
@@ -95,7 +103,7 @@ def run(args) -> int:
         if plan is not None:  # layer, expert and sparse plans
             from edgert.measure.bench import predict, predict_board
 
-            predict(r, plan, _figures(args, engine, threads))
+            predict(r, plan, _figures(args, engine, threads, dram_gbs))
             board = _board(args)
             if board is not None:  # what the emulated board itself would do
                 r.prediction_board = predict_board(plan, board, r)
@@ -133,18 +141,39 @@ def _board(args):
     return load_target(flash[0]) if flash is not None else None
 
 
-def _figures(args, engine, threads: int):
-    """The figures of what runs the benchmark: this machine (targets/host.toml) with its flash
-    measured on the model's disk, or, under --emulate, the emulated board: its flash as
-    throttled, this machine's cores and DRAM bandwidth (DeviceFigures.emulated)."""
+def _plans(args, path) -> bool:
+    """Whether a run of ``path`` gets a DRAM plan, so a prediction: an artifact under a budget
+    (asked for, else compiled) or with --sparsity."""
+    import json
+
+    manifest = path / "manifest.json"
+    if not (path.is_dir() and manifest.exists()):
+        return False
+    from edgert.cli.common import dram_budget
+
+    budget = dram_budget(args)
+    if args.sparsity is not None:
+        return True
+    if budget is not None:
+        return budget > 0
+    return bool(json.loads(manifest.read_text()).get("dram"))
+
+
+def _figures(args, engine, threads: int, dram_gbs: float | None):
+    """The figures of what runs the benchmark: this machine (targets/host.toml, its DRAM read
+    rate ``dram_gbs`` as measured for this run where given) with its flash measured on the
+    model's disk, or, under --emulate, the emulated board: its flash as throttled, this
+    machine's cores and DRAM bandwidth (DeviceFigures.emulated)."""
     from edgert.format.target import load_target
     from edgert.plan.cost import DeviceFigures
 
     host = load_target("host")
     flash = _flash_figures(args)
     if flash is not None:
-        return DeviceFigures.emulated(_board(args), host, threads=threads, flash=flash[1:])
-    fig = DeviceFigures.from_target(host, threads=threads)
+        return DeviceFigures.emulated(
+            _board(args), host, threads=threads, flash=flash[1:], dram_gbs=dram_gbs
+        )
+    fig = DeviceFigures.from_target(host, threads=threads).with_dram(dram_gbs)
     streams = engine.streamer or engine.expert_cache or engine.neurons
     if streams is None:
         return fig
@@ -166,6 +195,7 @@ def _bench_emulated(args, path, threads: int):
     from edgert.format.target import load_target
     from edgert.measure.bench import BenchResult
     from edgert.measure.flash import measure_flash
+    from edgert.measure.kernels import dram_read_gbs_apart
 
     if not (path.is_dir() and (path / "manifest.json").exists()):
         raise EdgertError("--emulate benchmarks compiled artifacts", "compile the model first")
@@ -178,6 +208,7 @@ def _bench_emulated(args, path, threads: int):
     em = emulation(tgt, budget=budget, model_path=path)
     weights = max((f for f in path.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
     host_mbs, host_lat = measure_flash(weights)
+    dram_gbs = dram_read_gbs_apart(threads)  # here, outside the board's memory limit
     # the throttle cannot make the disk faster than it is, nor add latency
     flash = f"{tgt.name},{min(tgt.flash_read_mbs, host_mbs)},{max(tgt.flash_latency_us, host_lat)}"
     argv = [sys.executable, "-m", "edgert", "bench", str(path), "--json",
@@ -185,6 +216,8 @@ def _bench_emulated(args, path, threads: int):
             "-r", str(args.repetitions or 3), "--dram-budget", str(em.budget_bytes),
             "--flash-figures", flash, "--expert-cache", args.expert_cache,
             "--expert-predictor", args.expert_predictor]  # fmt: skip
+    if dram_gbs:
+        argv += ["--dram-gbs", str(dram_gbs)]
     if args.no_prefetch:
         argv.append("--no-prefetch")
     if args.kv_cache:
@@ -200,6 +233,7 @@ def _bench_emulated(args, path, threads: int):
     r = BenchResult(**json.loads(p.stdout))
     r.emulation = em.to_dict()
     r.emulation["host_flash"] = {"read_mbs": host_mbs, "latency_us": host_lat}
+    r.emulation["host_dram_read_gbs"] = dram_gbs
     return r
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -58,6 +60,23 @@ def dram_read_gbs(threads: int, *, buf: np.ndarray | None = None, reps: int = 5)
     with wide loads (median of ``reps``; the buffer is far larger than any cache)."""
     a = probe_buffer() if buf is None else buf
     return statistics.median([_read_gbs(a, threads) for _ in range(reps + 1)][1:])
+
+
+def dram_read_gbs_apart(threads: int) -> float | None:
+    """:func:`dram_read_gbs` at ``threads`` on its 1 GiB probe, measured in a child process, so
+    the probe is never part of the caller's memory (its peak RSS, an emulated board's limit);
+    None where the child could not measure (no kernel library on this machine)."""
+    code = (
+        "import sys\nfrom edgert.measure.kernels import dram_read_gbs\n"
+        "print(dram_read_gbs(int(sys.argv[1])))"
+    )
+    p = subprocess.run(
+        [sys.executable, "-c", code, str(threads)], capture_output=True, text=True, check=False
+    )
+    try:
+        return float(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
+    except (ValueError, IndexError):
+        return None
 
 
 def _copies(arrays: list[np.ndarray], n: int) -> list[list[np.ndarray]]:

@@ -8,7 +8,9 @@ far, and reads the streamed layers (a mixture's experts the cache misses or read
 compiler's routing trace replayed through the cache, else uniform routing) from flash:
 
 - DRAM: (weight bytes + KV bytes) / min(DRAM bandwidth x kernel efficiency,
-  cores x per-core decode rate) — memory-bound or compute-bound, whichever binds;
+  cores x per-core decode rate) — memory-bound or compute-bound, whichever binds; the DRAM
+  bandwidth is the target file's for a board, and for a run on this machine (``edgert bench``,
+  emulated boards included) its read rate measured at the run's threads just before it;
 - flash: streamed bytes / flash bandwidth + one read latency per read request.
 
 A dense model's streamed layers are read ahead on I/O threads beside compute, so a step takes
@@ -64,13 +66,23 @@ class DeviceFigures:
         """These compute figures with another flash (an emulated device's, on this machine)."""
         return replace(self, name=name, flash_mbs=mbs, flash_latency_us=latency_us)
 
+    def with_dram(self, gbs: float | None) -> DeviceFigures:
+        """These figures with the DRAM read rate ``gbs`` measured on the machine that runs (the
+        target file's figure comes from one machine on one day; a VM's moves between machines
+        and minutes); unchanged for None. The kernels' share of it (``kernel_efficiency``)
+        stays the target's."""
+        return self if not gbs else replace(self, dram_gbs=gbs)
+
     @classmethod
-    def emulated(cls, board, machine, *, threads: int, flash: tuple[float, float]) -> DeviceFigures:
+    def emulated(
+        cls, board, machine, *, threads: int, flash: tuple[float, float], dram_gbs=None
+    ) -> DeviceFigures:
         """``board`` (a target) emulated on ``machine`` (this machine's target, ``host``): the
         emulation gives a run the board's memory size and its flash (``flash`` = the throttle's
         (MB/s, latency us)), and leaves it this machine's cores and DRAM bandwidth, so those
-        come from ``machine``. (``from_target(board)`` predicts the board itself.)"""
-        fig = cls.from_target(machine, threads=threads)
+        come from ``machine``, its DRAM read rate as measured now where ``dram_gbs`` is given.
+        (``from_target(board)`` predicts the board itself.)"""
+        fig = cls.from_target(machine, threads=threads).with_dram(dram_gbs)
         return fig.with_flash(f"{board.name} emulated on {machine.name}", *flash)
 
     @property
@@ -93,6 +105,8 @@ class Prediction:
     flash_bytes_per_token: int
     flash_reads_per_token: int
     planned_bytes: int
+    decode_gbs: float = 0.0  # the weight bytes per second the DRAM time assumed
+    dram_gbs: float = 0.0  # the DRAM read rate behind it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,6 +135,8 @@ def predict_decode(plan, fig: DeviceFigures, *, pos: int) -> Prediction:
         flash_bytes_per_token=flash_bytes,
         flash_reads_per_token=reads,
         planned_bytes=plan.planned,
+        decode_gbs=fig.decode_gbs,
+        dram_gbs=fig.dram_gbs,
     )
 
 

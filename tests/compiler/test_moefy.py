@@ -211,6 +211,14 @@ def test_bench_and_inspect_predict_expert_streaming(art):
     d = json.loads(r.stdout)
     pred = d["prediction"]
     assert pred["tok_s"] > 0 and pred["flash_bytes_per_token"] > 0
+    # with this machine's DRAM read rate measured for the run, not the host target file's
+    from edgert.format.target import load_target
+    from edgert.plan.cost import DeviceFigures
+
+    host = load_target("host")
+    assert pred["dram_gbs"] > 0 and pred["dram_gbs"] != host.dram_bandwidth_gbs
+    fig = DeviceFigures.from_target(host, threads=d["threads"]).with_dram(pred["dram_gbs"])
+    assert pred["decode_gbs"] == pytest.approx(fig.decode_gbs)
     # from the routing trace the compiler recorded, replayed through the cache
     rep = d["dram"]["replayed"]
     assert rep["steps"] == TRACE_TOKENS - TRACE_WARMUP and 0 <= rep["hit_rate"] <= 1

@@ -304,7 +304,8 @@ def test_bench_under_an_emulated_device(art, device_emulation):
     assert p["flash_bytes_per_token"] == b["flash_bytes_per_token"] == per_token
     assert p["tok_s"] > 0 and p["bound"] in ("dram", "flash") and b["tok_s"] > 0
     # the emulated run's flash is the throttle's (no faster than this disk, no quicker to
-    # answer), its DRAM and CPU this machine's; the board's are its target file's
+    # answer), its CPU this machine's and its DRAM's read rate measured for the run outside
+    # the memory limit; the board's are its target file's
     from edgert.format.target import load_target
 
     rpi5, host = load_target("rpi5"), load_target("host")
@@ -319,8 +320,12 @@ def test_bench_under_an_emulated_device(art, device_emulation):
     )
     from edgert.plan.cost import DeviceFigures
 
+    assert e["host_dram_read_gbs"] > 0 and p["dram_gbs"] == e["host_dram_read_gbs"]
+    assert b["dram_gbs"] == rpi5.dram_bandwidth_gbs
     for pred, tgt in ((p, host), (b, rpi5)):
         fig = DeviceFigures.from_target(tgt, threads=min(d["threads"], tgt.cores))
+        fig = fig.with_dram(pred["dram_gbs"])
+        assert pred["decode_gbs"] == pytest.approx(fig.decode_gbs)
         assert pred["dram_seconds"] == pytest.approx(
             pred["dram_bytes_per_token"] / (fig.decode_gbs * 1e9)
         )

@@ -124,6 +124,17 @@ def test_compute_cap_per_core():
     assert f.with_flash("e", 42.0, 1000.0).decode_gbs == 2.0
 
 
+def test_dram_measured_for_the_run():
+    """A run on this machine predicts with the DRAM read rate measured for it; the kernels'
+    share of it and the compute cap stay the target's."""
+    f = fig()  # 10 GB/s x 0.5
+    assert f.with_dram(None) is f and f.with_dram(4.0).decode_gbs == 2.0
+    assert fig(gemv_gbs_per_core=0.5, cores=2).with_dram(40.0).decode_gbs == 1.0  # compute binds
+    p = predict_decode(plan([]), f.with_dram(4.0), pos=0)  # 100 MB at 2 GB/s
+    assert p.dram_gbs == 4.0 and p.decode_gbs == 2.0 and p.dram_seconds == pytest.approx(0.05)
+    assert predict_decode(plan([]), f, pos=0).dram_gbs == 10.0
+
+
 def test_read_chunk_follows_the_flash():
     assert read_chunk(42, 1000) == 1 << 20  # SD card: 840 KB -> 1 MiB
     assert read_chunk(4200, 40) == 4 << 20  # UFS 4.0: 3.4 MB -> 4 MiB
