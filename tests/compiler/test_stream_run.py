@@ -420,6 +420,13 @@ def test_moe_tokens_equal_unbudgeted_run_under_every_cache_setting(moe_art):
             assert s.prefetched == 0 and s.prefetch_used == 0
         # both predictors are scored whichever one reads ahead
         assert all(s.predicted[k] > 0 for k in ("router", "coact"))
+        # the cache's memory: each cached expert in a slot of its own (or a buffer of its own,
+        # read while every slot was held: the cache briefly over them, or an evicted expert's
+        # read still running), evicted experts' slots free again once their reads have ended
+        cache._pool.shutdown(wait=True)
+        held = [slot for slot, _read in cache._slot_of.values() if slot is not None]
+        assert s.evictions > 0 and len(set(held)) == len(held) <= len(cache._entries)
+        assert sorted(held + cache._free) == list(range(plan.slots))
         eng.close()
     # everything fits: nothing streams
     eng = open_artifact_engine(moe_art, max_ctx=64, dram_budget=full.planned)

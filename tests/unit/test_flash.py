@@ -138,3 +138,19 @@ def test_direct_reads_that_never_fill_a_page_end(data_file, monkeypatch):
     r.direct = True
     with pytest.raises(FlashError, match=rf"less than a page \(a read of {PAGE} bytes at offset 0"):
         r.read_into(aligned_buffer(PAGE), 0, PAGE)
+
+
+def test_populated_buffer_is_mapped_before_it_is_written():
+    """``populate``: the pages are resident (zeroed) as the buffer is made, not on first write
+    (the expert cache's slots, taken before reads fill them)."""
+    from edgert.measure.bench import rss_bytes
+
+    n = 64 << 20
+    before = rss_bytes()
+    a = aligned_buffer(n, populate=True)
+    assert rss_bytes() - before >= n * 0.9 and a.nbytes == n and not a[::PAGE].any()
+    before = rss_bytes()
+    b = aligned_buffer(n)  # by default: pages held once written
+    assert rss_bytes() - before < n // 4 and b.nbytes == n
+    with pytest.raises(ValueError):
+        aligned_buffer(PAGE, huge=True, populate=True)
