@@ -251,8 +251,13 @@ def weight_bytes_per_token(art_path: str) -> int | None:
 
 #: what an edgert process may hold besides its plan's bytes, above its measured baseline (the
 #: interpreter, the runtime's libraries and the model's tokenizer): the allocator's slack, the
-#: kernels' thread stacks, the benchmark's own sampling noise
-EDGERT_SLACK = 16 << 20
+#: kernels' and readers' thread stacks, the kernel's objects for the process, the benchmark's own
+#: sampling noise. (With a Qwen3-30B-A3B-shaped model's 8.4 GB plan wholly resident, 16 MiB was
+#: too little: killed at 8 570 MB of anonymous memory, 17 MB of mapped files and 17 MB of page
+#: tables in an 8 590 MB limit.)
+EDGERT_SLACK = 48 << 20
+#: page tables: 8 bytes for each 4 KiB page of the plan's memory, counted in the memory limit
+PAGE_TABLES = 512
 
 
 def edgert_baseline(art: Path) -> int:
@@ -270,7 +275,7 @@ def edgert_baseline(art: Path) -> int:
 def one_limit(target: str, memory: str | None, art: Path, peer: Path):
     """The emulated board both engines run on: ``(emulation, edgert's --dram-budget)``. One
     memory limit, ``memory``, for either process; edgert plans its weights, KV cache and scratch
-    into that limit less its own baseline."""
+    into that limit less its own baseline, a slack and the page tables of the plan."""
     from edgert.emulation.limits import block_device, emulation
     from edgert.format.target import load_target
     from edgert.plan.sizes import parse_size
@@ -279,7 +284,7 @@ def one_limit(target: str, memory: str | None, art: Path, peer: Path):
         raise SystemExit("--emulate needs --memory (the board's memory for each engine)")
     limit = parse_size(memory)
     base = edgert_baseline(art)
-    budget = limit - base - EDGERT_SLACK
+    budget = (limit - base - EDGERT_SLACK) * PAGE_TABLES // (PAGE_TABLES + 1)
     if budget <= 0:
         raise SystemExit(
             f"--memory {memory}: edgert's process alone takes {(base + EDGERT_SLACK) / 1e6:.1f} MB"

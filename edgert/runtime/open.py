@@ -109,6 +109,9 @@ def open_artifact_engine(
         kv=kv,
     )
     engine.dram_plan = dram or moe or sparse
+    # streamed tensors are verified on their first read; the others now, before the caches
+    # below take their memory (a buffer is read whole to be checked)
+    art.verify(residency="resident", skip=streamed)
     if sparse is not None:
         from edgert.runtime.neurons import NeuronCache
 
@@ -125,8 +128,6 @@ def open_artifact_engine(
         from edgert.runtime.streamer import LayerStreamer
 
         engine.streamer = LayerStreamer(art, dram, engine.native)
-    # streamed tensors are verified on their first read
-    art.verify(residency="resident", skip=streamed)
     return engine
 
 
