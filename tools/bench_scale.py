@@ -197,7 +197,7 @@ def predict_boards(art: Path, boards=BOARDS) -> dict:
 
 def run_case(name: str, c: Case, gguf: Path, art: Path, d: Path, a) -> dict:
     """The side-by-side runs (bench_vs_llamacpp under the board's emulation), once per
-    (case, options): a finished case's JSON is reused."""
+    (case, options): a finished case's JSON is reused, unless ``--rerun``."""
     from edgert.format.target import load_target
 
     board = load_target(c.board)
@@ -206,7 +206,7 @@ def run_case(name: str, c: Case, gguf: Path, art: Path, d: Path, a) -> dict:
             "reps": a.repetitions, "memory": memory, "edgert": c.edgert,
             "peer": c.peer}  # fmt: skip
     out = d / "runs" / f"{name}-{art.name}-{_digest(opts)}.json"
-    if out.exists():
+    if out.exists() and not a.rerun:
         return json.loads(out.read_text())
     # the edgert child predicts with the throttled flash (the emulated board's figures)
     flash = f"--flash-figures {board.name},{board.flash_read_mbs},{board.flash_latency_us}"
@@ -328,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-n", "--n-gen", type=int, default=16)
     ap.add_argument("-r", "--repetitions", type=int, default=3)
     ap.add_argument("--json-out", default=None, help="(default: DIR/results.json)")
+    ap.add_argument(
+        "--rerun", action="store_true",
+        help="run the side-by-side runs again where a finished one is cached (after a change to "
+        "either engine; the models and compiles are reused)",
+    )  # fmt: skip
     a = ap.parse_args(argv)
     from edgert.settings import cache_dir
 

@@ -28,3 +28,10 @@ def test_smoke_pipeline_streams_both_engines_and_resumes(tmp_path, device_emulat
     assert main(args) == 0  # resumed: every stage's output is reused
     again = {p: p.stat().st_mtime_ns for p in made if p.name != "results.json"}
     assert again == {p: t for p, t in made.items() if p.name != "results.json"}
+    # --rerun: the side-by-side runs again (after a change to either engine), nothing else
+    assert main([*args, "--rerun"]) == 0
+    runs = {p for p in made if p.parent.name == "runs"}
+    assert runs
+    for p, t in made.items():
+        if p.name != "results.json":
+            assert (p.stat().st_mtime_ns != t) == (p in runs), p
