@@ -55,8 +55,9 @@ class ExpertCache(ExpertPolicy):
         # every page mapped now, not as reads arrive
         self._slab = aligned_buffer(plan.slots * self._slot_bytes, populate=True)
         self._free = list(range(plan.slots - 1, -1, -1))
-        #: the slot each cached expert was read into (None: a buffer of its own, the cache
-        #: briefly over its slots) and its read
+        #: the slot each cached expert was read into and its read (None: a buffer of its own,
+        #: read while every slot was held: the cache briefly over its slots, or an evicted
+        #: expert's read still running)
         self._slot_of: dict[tuple[int, int], tuple[int | None, Future]] = {}
 
     def close(self) -> None:
