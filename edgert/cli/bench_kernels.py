@@ -8,7 +8,8 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--shapes",
         default="smollm2-up,smollm2-down,7b-qkvo,7b-up,7b-down",
-        help="comma-separated: smollm2-qkvo, smollm2-up, smollm2-down, 7b-qkvo, 7b-up, 7b-down",
+        help="comma-separated: smollm2-qkvo, smollm2-up, smollm2-down, 7b-qkvo, 7b-up, 7b-down, "
+        "moe-up, moe-down",
     )
     p.add_argument("-t", "--threads", default="1,2", help="comma-separated thread counts (1,2)")
     p.add_argument(

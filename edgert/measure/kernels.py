@@ -34,6 +34,10 @@ SHAPES = {
     "7b-qkvo": (4096, 4096),
     "7b-up": (11008, 4096),
     "7b-down": (4096, 11008),
+    # a Qwen3-30B-A3B-shaped mixture's experts (768 of 2048): small matrices, where a call's
+    # fixed cost shows beside its bytes
+    "moe-up": (768, 2048),
+    "moe-down": (2048, 768),
 }
 MIN_BYTES = 512 << 20
 PROBE_BYTES = 256 << 20  # the per-round DRAM read: far larger than any cache

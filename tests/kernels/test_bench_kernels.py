@@ -27,6 +27,17 @@ def test_bench_kernels_json():
     assert abs(row["byte_ratio"] - 576 * 1536 * 4 / row["weight_bytes"]) < 1e-6
 
 
+def test_bench_kernels_expert_shape():
+    """A mixture's small expert matrices are a shape of their own (their calls' fixed cost)."""
+    r = run_cli(
+        "bench-kernels", "--shapes", "moe-down", "--bits", "2", "-t", "1", "--seconds", "0.05",
+        "--json",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    (row,) = json.loads(r.stdout)["rows"]
+    assert (row["shape"], row["m"], row["k"]) == ("moe-down", 2048, 768) and row["gbs"] > 0
+
+
 def test_bench_kernels_bad_shape():
     r = run_cli("bench-kernels", "--shapes", "huge")
     assert r.returncode == 2 and "unknown shape 'huge'" in r.stderr
