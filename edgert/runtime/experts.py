@@ -15,7 +15,6 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from edgert.errors import EdgertError
-from edgert.format.artifact import PAGE
 from edgert.format.spans import expert_spans
 from edgert.plan.moe import ExpertPolicy, MoePlan
 from edgert.runtime.flash import FlashReader, read_span
@@ -51,7 +50,7 @@ class ExpertCache(ExpertPolicy):
         self.error: BaseException | None = None
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="edgert-experts")
         self._verified: set[tuple[int, int]] = set()
-        self._slot_bytes = -(-max(sizes.values()) // PAGE) * PAGE
+        self._slot_bytes = plan.expert_bytes  # the largest span: whole pages
         # every page mapped now, not as reads arrive
         self._slab = aligned_buffer(plan.slots * self._slot_bytes, populate=True)
         self._free = list(range(plan.slots - 1, -1, -1))
