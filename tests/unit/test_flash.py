@@ -5,6 +5,7 @@ either exactly the file's bytes or an error is raised, never something in betwee
 
 import errno
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -154,3 +155,31 @@ def test_populated_buffer_is_mapped_before_it_is_written():
     assert rss_bytes() - before < n // 4 and b.nbytes == n
     with pytest.raises(ValueError):
         aligned_buffer(PAGE, huge=True, populate=True)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc_trim: Linux only")
+def test_free_heap_is_given_back():
+    """Freed C heap between live blocks (what a tokenizer.json's parse leaves) stays resident
+    until :func:`release_free_heap` returns it to the OS."""
+    import ctypes
+    import ctypes.util
+
+    from edgert.measure.bench import rss_bytes
+    from edgert.runtime.memory import release_free_heap
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, n = 64 << 10, 1024  # 64 MiB in blocks below glibc's mmap threshold: on the heap
+    blocks = [libc.malloc(size) for _ in range(n)]
+    for b in blocks:
+        ctypes.memset(b, 1, size)
+    for i, b in enumerate(blocks):  # every 16th block kept: the freed ones cannot shrink the top
+        if i % 16:
+            libc.free(b)
+    held = rss_bytes()
+    assert release_free_heap()
+    given = held - rss_bytes()
+    for b in blocks[::16]:
+        libc.free(b)
+    assert given > 0.8 * size * n * 15 / 16, given
