@@ -56,10 +56,12 @@ def crc32(buf: np.ndarray | bytes | memoryview) -> str:
     return f"{zlib.crc32(memoryview(buf).cast('B')) & 0xFFFFFFFF:08x}"
 
 
-def crc32_file(path: str | Path, n: int) -> str:
-    """:func:`crc32` of the first ``n`` bytes of a file (fewer if it is shorter), read in pieces."""
+def crc32_file(path: str | Path, n: int, offset: int = 0) -> str:
+    """:func:`crc32` of ``n`` bytes of a file from ``offset`` (fewer if it is shorter), read in
+    pieces."""
     crc, left = 0, n
     with open(path, "rb") as f:
+        f.seek(offset)
         while left:
             piece = f.read(min(left, 1 << 20))
             if not piece:
@@ -448,19 +450,57 @@ class Artifact:
     def read_tensor(self, name: str, *, verify: bool = True) -> dict[str, np.ndarray]:
         return {p: self.read_buffer(name, p, verify=verify) for p in self.tensors[name]["buffers"]}
 
+    def read_rows(self, name: str, rows, fd: int) -> dict[str, np.ndarray]:
+        """Rows ``rows`` of every buffer of tensor ``name`` (a buffer's first axis is the row, as
+        in an embedding table), read from ``fd`` (its file, opened by the caller) with one pread
+        per row and buffer; the buffers' checksums are :meth:`check_buffer`'s."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        e = self.tensors[name]
+        out = {}
+        for part, b in e["buffers"].items():
+            n_rows = b["shape"][0]
+            if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+                raise ArtifactError(f"{self.path}: row {int(rows.max())} of {name} out of range")
+            arr = np.empty((rows.size, *b["shape"][1:]), dtype=np.dtype(b["dtype"]))
+            step = b["nbytes"] // n_rows
+            view = memoryview(arr).cast("B")
+            for j, r in enumerate(rows.tolist()):
+                got = os.preadv(fd, [view[j * step : (j + 1) * step]], b["offset"] + r * step)
+                if got != step:
+                    raise ArtifactError(
+                        f"{self.path}: tensor {name} is truncated ({e['file']} ends early)",
+                        "copy or compile the artifact again",
+                    )
+            out[part] = arr
+        return out
+
+    def check_buffer(self, name: str, part: str) -> None:
+        """Check one buffer's checksum reading its file in pieces (never held whole)."""
+        e = self.tensors[name]
+        b = e["buffers"][part]
+        if crc32_file(self.path / e["file"], b["nbytes"], b["offset"]) != b["crc32"]:
+            raise ArtifactError(
+                f"{self.path}: tensor {name} fails its checksum ({e['file']} is corrupt)",
+                "copy or compile the artifact again",
+            )
+        self._verified.add(f"{name}/{part}")
+
     def record(self, name: str) -> dict[str, np.ndarray] | None:
         """A record the compiler stored beside the model (a routing or activity trace, the
         bundle index), or None where this artifact has none."""
         return self.read_tensor(name) if name in self.tensors else None
 
-    def verify(self, *, residency: str | None = None, skip=()) -> None:
+    def verify(self, *, residency: str | None = None, skip=(), pieces=()) -> None:
         """Check every buffer's checksum (buffers already read and checked, and tensors in
-        ``skip``, are not read)."""
+        ``skip``, are not read; tensors in ``pieces`` are read a piece at a time, never held)."""
         for name, e in self.tensors.items():
             if (residency is None or e["residency"] == residency) and name not in skip:
                 for part in e["buffers"]:
                     if f"{name}/{part}" not in self._verified:
-                        self.read_buffer(name, part)
+                        if name in pieces:
+                            self.check_buffer(name, part)
+                        else:
+                            self.read_buffer(name, part)
 
     def nbytes(self, residency: str | None = None) -> int:
         return sum(

@@ -14,8 +14,9 @@ from edgert.plan.sizes import BUDGET_HINT, READ_CHUNK, fixed_memory, fmt_size
 
 @dataclass
 class DramPlan:
-    """What a budget keeps in DRAM. Bytes: ``fixed`` = tensors that never stream (embeddings,
-    head, norms) + KV cache + scratch; each layer's projections either resident or streamed
+    """What a budget keeps in DRAM. Bytes: ``fixed`` = tensors that never stream (head, norms,
+    the embedding table unless read by rows: edgert.plan.sizes.embedding_by_rows) + KV cache +
+    scratch; each layer's projections either resident or streamed
     through ``slots`` staging buffers of the largest streamed span."""
 
     budget: int | None
@@ -99,7 +100,7 @@ def plan_dram(
     )
     never, kv, scratch, fixed = f.never, f.kv, f.scratch, f.total
     sizes = [s.nbytes for s in spans]
-    minimum = fixed + slots * max(sizes)
+    minimum = f.least + slots * max(sizes)  # what a budget holds: the table read by rows
     plan = DramPlan(
         budget, fixed, kv, scratch, sizes, [], slots, minimum, max_ctx, chunk, f.touched, f.batch
     )

@@ -153,7 +153,7 @@ def plan_moe(
     )
     never, kv, scratch, fixed = f.never, f.kv, f.scratch, f.total
     size = max(s.nbytes for s in spans.values())
-    minimum = fixed + 2 * cfg.n_experts_used * size
+    minimum = f.least + 2 * cfg.n_experts_used * size  # under a budget: the table read by rows
     n = len(spans)
     shape = {
         "max_ctx": max_ctx,

@@ -40,7 +40,7 @@ def open_artifact_engine(
     ``q8,q4`` ...); None: the compiled plan's, else float32 unless the budget is too small for
     it (then f16 or q8, :func:`plan_run`)."""
     from edgert.format.artifact import Artifact
-    from edgert.plan.sizes import MAX_BATCH
+    from edgert.plan.sizes import MAX_BATCH, embedding_by_rows
     from edgert.plan.sparse import ffn_tensors
     from edgert.runtime.engine import CompiledEngine
     from edgert.runtime.tokenizer import Tokenizer
@@ -98,10 +98,11 @@ def open_artifact_engine(
     elif budget:
         dram = run_plan
         streamed = {names.weight(i, p) for i in dram.streamed for p in names.PROJECTIONS}
+    rows = embedding_by_rows(art, budget)  # the plans above left it out of the budget too
     engine = CompiledEngine(
         str(art.library("model")),
         cfg,
-        ArtifactSource(art, streamed=streamed),
+        ArtifactSource(art, streamed=streamed, embedding_rows=rows),
         tokenizer=tok,
         max_ctx=max_ctx,
         head_name=plan.get("head"),
@@ -111,7 +112,7 @@ def open_artifact_engine(
     engine.dram_plan = dram or moe or sparse
     # streamed tensors are verified on their first read; the others now, before the caches
     # below take their memory (a buffer is read whole to be checked)
-    art.verify(residency="resident", skip=streamed)
+    art.verify(residency="resident", skip=streamed, pieces={names.EMBEDDING} if rows else ())
     if sparse is not None:
         from edgert.runtime.neurons import NeuronCache
 

@@ -5,6 +5,7 @@ oracle for an artifact)."""
 
 from __future__ import annotations
 
+import os
 from typing import Protocol
 
 import numpy as np
@@ -48,11 +49,16 @@ class ModelGraphSource:
 class ArtifactSource:
     """Weights from an artifact: each tensor's buffers in the order the compiler stored them.
     Tensors in ``streamed`` are not read: :meth:`weight` describes them without data (they are
-    read per step by the layer streamer or the expert cache)."""
+    read per step by the layer streamer or the expert cache). With ``embedding_rows`` the
+    embedding table stays in its file and each step reads its tokens' rows
+    (edgert.plan.sizes.embedding_by_rows)."""
 
-    def __init__(self, art, *, streamed: set[str] | frozenset = frozenset()):
+    def __init__(
+        self, art, *, streamed: set[str] | frozenset = frozenset(), embedding_rows: bool = False
+    ):
         self.art = art
         self.streamed = set(streamed)
+        self.embedding_rows = embedding_rows
         self._emb = None
 
     def weight(self, name: str):
@@ -77,9 +83,18 @@ class ArtifactSource:
         return self._emb
 
     def embedding(self, tokens: np.ndarray) -> np.ndarray:
-        e = self._embedding()
-        dim = self.art.tensors[names.EMBEDDING]["shape"][1]
-        return dequantize_q8(e["q"][tokens], e["scale"][tokens], dim)
+        t = self.art.tensors[names.EMBEDDING]
+        if self.embedding_rows:  # the tokens' rows, read now
+            fd = os.open(self.art.path / t["file"], os.O_RDONLY)
+            try:
+                e, at = self.art.read_rows(names.EMBEDDING, tokens, fd), slice(None)
+            finally:
+                os.close(fd)
+        else:
+            e, at = self._embedding(), tokens
+        if t["format"] == "f32":
+            return e["data"][at]
+        return dequantize_q8(e["q"][at], e["scale"][at], t["shape"][1])
 
 
 def reference_model(art):

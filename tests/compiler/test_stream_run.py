@@ -68,6 +68,8 @@ def test_tokens_equal_unbudgeted_run(art):
         assert 0 <= st.flash.bytes - st.calls * per_step <= plan.staging and per_step > 0
         assert eng.flash_bytes_per_token == st.flash.bytes / st.calls
         assert plan.batch == BUDGET_BATCH
+        # the untied embedding table stays in its file: each step reads its tokens' rows
+        assert eng.source.embedding_rows and eng.source._emb is None
     # everything fits: nothing streams
     eng = open_artifact_engine(art, max_ctx=64, dram_budget=full)
     assert eng.streamer is None and eng.dram_plan.streamed == []
@@ -151,6 +153,39 @@ def test_unreadable_chunk_is_an_error_not_wrong_tokens(art, monkeypatch):
     monkeypatch.setattr(FlashReader, "_pread", failing)
     with pytest.raises(FlashError, match=rf"offset {bad.offset} failed after 3 retries"):
         tokens(eng, 4)
+
+
+def test_embedding_rows_leave_the_budget_to_weights(art, tmp_path):
+    """Under a budget an untied embedding table is not held: the plan's fixed memory is smaller
+    by the table, the rows a step reads equal the table's, and a corrupt table fails its checksum
+    when the engine opens (read a piece at a time) rather than giving wrong embeddings."""
+    from edgert.format import names
+    from edgert.format.artifact import Artifact
+    from edgert.runtime.weights import ArtifactSource
+
+    a = Artifact.open(art)
+    table = a.tensors[names.EMBEDDING]
+    assert table["format"] == "q8" and a.manifest["plan"].get("head") != names.EMBEDDING
+    cfg = a.config()
+    held = plan_dram(a, cfg, max_ctx=64, budget=None, n_batch=BUDGET_BATCH)
+    lo, mid, _ = budgets(art, 64)
+    rows = plan_dram(a, cfg, max_ctx=64, budget=mid)
+    assert held.fixed - rows.fixed == table["nbytes"]
+    toks = np.array([0, 5, 5, cfg.vocab_size - 1])
+    want = ArtifactSource(a).embedding(toks)
+    got = ArtifactSource(a, embedding_rows=True).embedding(toks)
+    assert got.dtype == np.float32 and np.array_equal(got, want)
+
+    copy = tmp_path / "c.edgert"
+    shutil.copytree(art, copy)
+    q = table["buffers"]["q"]
+    with open(copy / table["file"], "r+b") as f:
+        f.seek(q["offset"] + q["nbytes"] // 2)
+        b = f.read(1)
+        f.seek(q["offset"] + q["nbytes"] // 2)
+        f.write(bytes([b[0] ^ 0xFF]))
+    with pytest.raises(ArtifactError, match=f"tensor {names.EMBEDDING} fails its checksum"):
+        open_artifact_engine(copy, max_ctx=64, dram_budget=lo)
 
 
 def test_corrupt_streamed_layer_fails_its_checksum(art, tmp_path):
