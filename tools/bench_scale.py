@@ -280,7 +280,21 @@ def summarize(name: str, c: Case, gguf: Path, art: Path, rows: list, inspect: di
         "killed": {
             side: [x["killed"] for x in xs if "killed" in x] for side, xs in r["samples"].items()
         },
+        "routing": routing_spread(art),
     }
+
+
+def routing_spread(art: Path) -> dict | None:
+    """How the compiled routing trace spreads over the experts (edgert.format.routing.spread);
+    None for a dense model. Whether a router has structure is seen here, not in its name: random
+    router rows on a random model's hidden states can pick fewer experts than clustered ones."""
+    from edgert.format import names
+    from edgert.format.artifact import Artifact
+    from edgert.format.routing import spread
+
+    a = Artifact.open(art, verify_resident=False)
+    trace = a.record(names.ROUTING_TRACE)
+    return None if trace is None else spread(a.config(), trace["route"])
 
 
 def _mb(v: float | None) -> float | None:
@@ -297,11 +311,19 @@ def _f(v, fmt: str = "{:.2f}") -> str:
     return "—" if v is None else fmt.format(v)
 
 
+def _spread(r: dict | None) -> str:
+    if not r:
+        return "—"
+    return (f"{r['distinct_experts_median']:.0f} over {r['tokens']} tokens, "
+            f"{r['next_token_overlap']:.0%} kept by the next")  # fmt: skip
+
+
 def table(rows: list[dict]) -> list[str]:
     from edgert.measure.bench import markdown_table
 
     head = ("case", "board (memory)", "bits/w", "llama.cpp tg", "edgert tg", "ratio",
-            "hit rate", "flash MB/token", "peak MB llama.cpp / edgert", "predicted (emulated)",
+            "hit rate", "experts used per layer (routing trace)", "flash MB/token",
+            "peak MB llama.cpp / edgert", "predicted (emulated)",
             "predicted on the boards")  # fmt: skip
     out = [head]
     for s in rows:
@@ -309,6 +331,7 @@ def table(rows: list[dict]) -> list[str]:
             s["case"], f"{s['board']} ({s['memory_limit_bytes'] / 2**30:.1f} GiB)",
             _f(s["bits_per_weight"]), _f(s["llama_tg"]), _f(s["edgert_tg"]),
             _f(s["tg_ratio"], "{:.2f}x"), _f(s["hit_rate"], "{:.0%}"),
+            _spread(s.get("routing")),
             _f(s["edgert_flash_mb_per_token"], "{:.0f}"),
             f"{_f(_mb(s['llama_cgroup_peak']), '{:.0f}')} / "
             + _f(_mb(s["edgert_cgroup_peak"]), "{:.0f}"),

@@ -29,3 +29,26 @@ def route(cfg, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if cfg.expert_weights_norm:
         w = w / np.sum(w, axis=-1, keepdims=True)
     return idx, w.astype(np.float32)
+
+
+def spread(cfg, logits: np.ndarray) -> dict:
+    """How widely a routing trace's tokens spread over the experts (``logits``: (tokens, layers,
+    experts) router logits, as the compiler records them): per layer, how many distinct experts
+    the tokens pick, and the share of a token's experts the next token picks too; medians and
+    means over the layers. A cache holds experts well where few are used or consecutive tokens
+    share theirs."""
+    n, n_layers, _ = logits.shape
+    k = cfg.n_experts_used
+    distinct, overlap = [], []
+    for layer in range(n_layers):
+        idx, _ = route(cfg, logits[:, layer])
+        distinct.append(len(np.unique(idx)))
+        s = np.sort(idx, axis=1)
+        same = [len(np.intersect1d(s[t], s[t + 1], assume_unique=True)) for t in range(n - 1)]
+        overlap.append(float(np.mean(same)) / k if same else 0.0)
+    return {
+        "tokens": int(n),
+        "distinct_experts_median": float(np.median(distinct)),
+        "distinct_experts_range": [int(min(distinct)), int(max(distinct))],
+        "next_token_overlap": float(np.mean(overlap)),
+    }

@@ -22,6 +22,9 @@ def test_smoke_pipeline_streams_both_engines_and_resumes(tmp_path, device_emulat
     for side in ("llama", "edgert"):  # one memory limit for both, page cache included
         assert 0 < s[f"{side}_cgroup_peak"] <= s["memory_limit_bytes"]
     assert s["predicted_tg"] > 0 and set(s["boards"]) == {"rpi5", "jetson-orin-nano", "rpi4"}
+    r = s["routing"]  # the compiled routing trace's spread over the 16 experts, 8 per token
+    assert r["tokens"] > 1 and 8 <= r["distinct_experts_median"] <= 16
+    assert 0 <= r["next_token_overlap"] <= 1
     table = capsys.readouterr().out
     assert "| qwen3-30b-a3b-clustered |" in table
     made = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}

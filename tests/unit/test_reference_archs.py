@@ -335,3 +335,21 @@ def test_routing_normalisation_differs():
     ta = ReferenceEngine(a).forward([1, 2, 3])
     tb = ReferenceEngine(b).forward([1, 2, 3])
     assert np.max(np.abs(ta - tb)) > 1e-3
+
+
+def test_routing_spread_counts_experts_and_what_the_next_token_keeps():
+    """edgert.format.routing.spread on traces whose routing is known: every token on the same
+    top-k (k experts used, all kept), tokens alternating between two disjoint sets (2k used,
+    none kept)."""
+    from edgert.format.routing import spread
+
+    cfg = CONFIGS["mixtral"]  # 2 of 4 experts
+    k, e = cfg.n_experts_used, cfg.n_experts
+    same = np.tile(np.arange(e, dtype=np.float32)[::-1], (6, 3, 1))  # (tokens, layers, experts)
+    s = spread(cfg, same)
+    assert (s["tokens"], s["distinct_experts_median"], s["next_token_overlap"]) == (6, k, 1.0)
+    alt = same.copy()
+    alt[1::2] = alt[1::2, :, ::-1]  # odd tokens prefer the other end
+    s = spread(cfg, alt)
+    assert s["distinct_experts_median"] == 2 * k and s["next_token_overlap"] == 0.0
+    assert s["distinct_experts_range"] == [2 * k, 2 * k]
