@@ -430,22 +430,24 @@ class Artifact:
             while got < b["nbytes"]:
                 n = os.preadv(fd, [view[got:]], b["offset"] + got)
                 if n <= 0:
-                    raise ArtifactError(
-                        f"{self.path}: tensor {name} is truncated ({e['file']} ends early)",
-                        "copy or compile the artifact again",
-                    )
+                    raise self._damaged(name, "is truncated", "ends early")
                 got += n
         finally:
             os.close(fd)
         key = f"{name}/{part}"
         if verify and key not in self._verified:
             if crc32(arr) != b["crc32"]:
-                raise ArtifactError(
-                    f"{self.path}: tensor {name} fails its checksum ({e['file']} is corrupt)",
-                    "copy or compile the artifact again",
-                )
+                raise self._damaged(name, "fails its checksum", "is corrupt")
             self._verified.add(key)
         return arr
+
+    def _damaged(self, name: str, what: str, file_state: str) -> ArtifactError:
+        """The error for tensor ``name`` whose bytes on disk are not what the manifest says."""
+        f = self.tensors[name]["file"]
+        return ArtifactError(
+            f"{self.path}: tensor {name} {what} ({f} {file_state})",
+            "copy or compile the artifact again",
+        )
 
     def read_tensor(self, name: str, *, verify: bool = True) -> dict[str, np.ndarray]:
         return {p: self.read_buffer(name, p, verify=verify) for p in self.tensors[name]["buffers"]}
@@ -459,18 +461,16 @@ class Artifact:
         out = {}
         for part, b in e["buffers"].items():
             n_rows = b["shape"][0]
-            if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
-                raise ArtifactError(f"{self.path}: row {int(rows.max())} of {name} out of range")
+            bad = rows[(rows < 0) | (rows >= n_rows)]
+            if bad.size:
+                raise ArtifactError(f"{self.path}: row {int(bad[0])} of {name} out of range")
             arr = np.empty((rows.size, *b["shape"][1:]), dtype=np.dtype(b["dtype"]))
             step = b["nbytes"] // n_rows
             view = memoryview(arr).cast("B")
             for j, r in enumerate(rows.tolist()):
                 got = os.preadv(fd, [view[j * step : (j + 1) * step]], b["offset"] + r * step)
                 if got != step:
-                    raise ArtifactError(
-                        f"{self.path}: tensor {name} is truncated ({e['file']} ends early)",
-                        "copy or compile the artifact again",
-                    )
+                    raise self._damaged(name, "is truncated", "ends early")
             out[part] = arr
         return out
 
@@ -479,10 +479,7 @@ class Artifact:
         e = self.tensors[name]
         b = e["buffers"][part]
         if crc32_file(self.path / e["file"], b["nbytes"], b["offset"]) != b["crc32"]:
-            raise ArtifactError(
-                f"{self.path}: tensor {name} fails its checksum ({e['file']} is corrupt)",
-                "copy or compile the artifact again",
-            )
+            raise self._damaged(name, "fails its checksum", "is corrupt")
         self._verified.add(f"{name}/{part}")
 
     def record(self, name: str) -> dict[str, np.ndarray] | None:
