@@ -9,6 +9,8 @@
  *   Group parameters (float16 bits), per tile and group, 32 rows contiguous:
  *     uniform: scale[m_pad/32][G][32], zero[m_pad/32][G][32]      w = scale * (q - zero)
  *     hlq:     alpha[m_pad/32][G][b][32], beta[m_pad/32][G][32]    w = sum_j alpha_j bit_j + beta
+ *   With EDGERT_FMT_SHARED_ZERO or'ed into fmt, zero (or beta) is one [32] for every tile and
+ *   group (a symmetric source such as llama.cpp's Q4_0, w = d (q - 8): 0.5 bit per weight less).
  * Activations: for each group of 4 activations the 16 partial sums sum_i bit_i x_i are tabulated
  * and rounded to integers |q| <= 32767 / (g / 4) with one scale per weight group (so the sums of
  * one plane over a group fit int16), kept as the high (int8) and low (uint8) bytes of q; each
@@ -27,6 +29,7 @@
 #define EDGERT_TILE 32
 #define EDGERT_FMT_UNIFORM 0
 #define EDGERT_FMT_HLQ 1
+#define EDGERT_FMT_SHARED_ZERO 4 /* a flag on either format: zero / beta [32], shared */
 #define EDGERT_MAX_MULTI 4
 
 #ifdef __cplusplus

@@ -125,7 +125,7 @@ static void gemm_impl(int count, float *const *y, const float *x, int64_t n, con
     gemm_ctx c = {.n = n, .s = &s, .tile = tile};
     const int64_t tiles = make_family(&c.w, count, y, m, planes, scale, zero);
     if (n == 0 || tiles == 0) return;
-    if (EDGERT_I8_FAST && fmt == EDGERT_FMT_UNIFORM && bits <= edgert_i8_max_bits() &&
+    if (EDGERT_I8_FAST && s.fmt == EDGERT_FMT_UNIFORM && bits <= edgert_i8_max_bits() &&
         n >= EDGERT_I8_MIN_ROWS) {
         /* many rows: int8 dot products on unpacked tiles (i8_gemm.c); the _ref entry point takes
          * the scalar twin of the same path */

@@ -112,6 +112,7 @@ static inline uint16_t f2h(float f) {
 typedef struct {
     int64_t k, kpad, k4, groups;
     int group, bits, fmt;
+    int shared_zero; /* EDGERT_FMT_SHARED_ZERO was given: one zero [32] for every tile and group */
 } shape_t;
 /* a tile kernel: W tile `tile` (32, kpad) of b bit-planes, tables (k4, 32) -> y (32,); a pair
  * kernel: the same for two tiles (of the same or other weights of one shape) at once */
@@ -140,6 +141,8 @@ typedef void (*range_fn)(void *ctx, int64_t begin, int64_t end);
 
 static inline int make_shape(shape_t *s, int64_t k, int32_t bits, int32_t group, int32_t fmt) {
     if (bits < 1 || bits > EDGERT_MAX_BITS || group < 4 || group % 4 || group > 4 * MAX_PER || k < 1) return 0;
+    const int shared_zero = (fmt & EDGERT_FMT_SHARED_ZERO) != 0;
+    fmt &= ~EDGERT_FMT_SHARED_ZERO;
     if (fmt != EDGERT_FMT_UNIFORM && fmt != EDGERT_FMT_HLQ) return 0;
     s->k = k;
     s->groups = (k + group - 1) / group;
@@ -148,6 +151,7 @@ static inline int make_shape(shape_t *s, int64_t k, int32_t bits, int32_t group,
     s->group = group;
     s->bits = bits;
     s->fmt = fmt;
+    s->shared_zero = shared_zero;
     return 1;
 }
 
@@ -191,7 +195,7 @@ static inline const uint16_t *scale_at(const uint16_t *scale, int64_t tile, int6
 
 static inline const uint16_t *zero_at(const uint16_t *zero, int64_t tile, int64_t g,
                                       const shape_t *s) {
-    return zero + (tile * s->groups + g) * T;
+    return s->shared_zero ? zero : zero + (tile * s->groups + g) * T;
 }
 
 /* ---- weights of one shape family (same k, bits, group, format) applied to the same x --------- */

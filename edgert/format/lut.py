@@ -1,6 +1,8 @@
 """Low-bit weight formats and their packing (numpy), as the C kernels read them.
 
 uniform b-bit (b = 1..6; the quantizers write 1..4): per row and group of g columns, w = scale * (q - zero), q in [0, 2^b).
+A zero that is the same for every row and group (a symmetric source: llama.cpp's Q4_0 is
+w = d (q - 8)) is stored once (:data:`SHARED_ZERO`): 4.5 bits per weight at group 32, not 5.
 HLQ b-bit (b = 2..4, hierarchical linear quantization): w = sum_j alpha_j * bit_j(q) + beta,
 one alpha per bit-plane per group, fitted by alternating least squares.
 Scales are stored as float16; :meth:`PackedWeight.dequantize` gives the exact float matrix the
@@ -30,6 +32,14 @@ GROUP_SIZES = (32, 64, 128)
 #: float16 scale and zero would cost 2 bits per weight at that size
 FORMAT_GROUP_SIZES = (16, *GROUP_SIZES)
 FMT_CODE = {"uniform": 0, "hlq": 1}
+#: or'ed into the kernels' format code: the weight's zero (HLQ: beta) buffer is one [32], row r's
+#: value at r % 32 for every tile and group (EDGERT_FMT_SHARED_ZERO in kernels_neon/edgert_kernels.h)
+SHARED_ZERO = 4
+
+
+def kernel_format(fmt: str, zero: np.ndarray) -> int:
+    """The C kernels' format code for a weight in ``fmt`` whose zero (or beta) buffer is ``zero``."""
+    return FMT_CODE[fmt] | (SHARED_ZERO if zero.size == TILE else 0)
 
 
 def bits_per_weight(fmt: str, bits: int, group_size: int) -> float:
@@ -63,6 +73,15 @@ class PackedWeight:
     @property
     def groups(self) -> int:
         return -(-self.shape[1] // self.group_size)
+
+    @property
+    def shared_zero(self) -> bool:
+        """The zero (HLQ: beta) is one [32] shared by every tile and group (:data:`SHARED_ZERO`)."""
+        return self.zero.size == TILE
+
+    @property
+    def kernel_format(self) -> int:
+        return kernel_format(self.fmt, self.zero)
 
     @property
     def nbytes(self) -> int:
@@ -120,8 +139,17 @@ class PackedWeight:
 
         if self.fmt != "uniform":
             raise ValueError("only uniform weights are affine in their codes")
-        half = lambda a: self._rows(a).astype(np.float16)  # float16 again, exactly
-        return Affine(self.codes(), half(self.scale), half(self.zero), self.group_size)
+        half = lambda a: a.astype(np.float16)  # float16 again, exactly
+        scale, zero = self._rows(self.scale), self._zeros()
+        return Affine(self.codes(), half(scale), half(zero), self.group_size)
+
+    def _zeros(self) -> np.ndarray:
+        """The zero (HLQ: beta) per row and group, (m, G) float32, shared or not."""
+        if not self.shared_zero:
+            return self._rows(self.zero)
+        lane = self.zero.reshape(TILE).view(np.float16).astype(np.float32)
+        rows = lane[np.arange(self.shape[0]) % TILE]
+        return np.repeat(rows[:, None], self.groups, axis=1)
 
     def dequantize(self) -> np.ndarray:
         """The float32 weights (m, k), a few row tiles at a time (a large matrix's temporaries
@@ -132,12 +160,23 @@ class PackedWeight:
             return self._dequantize()
         out = np.empty((m, k), np.float32)
         for t in range(0, self.planes.shape[0], step):
-            rows = min(m, (t + step) * TILE) - t * TILE
-            part = dataclasses.replace(self, shape=(rows, k), planes=self.planes[t : t + step],
-                                       scale=self.scale[t : t + step],
-                                       zero=self.zero[t : t + step])  # fmt: skip
-            out[t * TILE : t * TILE + rows] = part._dequantize()
+            part = self.tiles(t, t + step)
+            out[t * TILE : t * TILE + part.shape[0]] = part._dequantize()
         return out
+
+    def tiles(self, t0: int, t1: int) -> PackedWeight:
+        """Row tiles t0:t1 (rows 32 t0 up to 32 t1) as a weight of their own, views of these
+        buffers."""
+        m, k = self.shape
+        rows = max(0, min(m, t1 * TILE) - t0 * TILE)
+        return dataclasses.replace(self, shape=(rows, k), planes=self.planes[t0:t1],
+                                   scale=self.scale[t0:t1],
+                                   zero=self.zero if self.shared_zero else self.zero[t0:t1])  # fmt: skip
+
+    def dequantize_rows(self, r0: int, r1: int) -> np.ndarray:
+        """Rows r0:r1 of :meth:`dequantize`, from their tiles alone (a slice of a large head)."""
+        t0 = r0 // TILE
+        return self.tiles(t0, -(-r1 // TILE)).dequantize()[r0 - t0 * TILE : r1 - t0 * TILE]
 
     def _dequantize(self) -> np.ndarray:
         m, k = self.shape
@@ -146,7 +185,7 @@ class PackedWeight:
         qp = np.zeros((m, self.groups * g), np.float32)
         qp[:, :k] = q
         qg = qp.reshape(m, self.groups, g)
-        zero = self._rows(self.zero)  # (m, G)
+        zero = self._zeros()  # (m, G)
         if self.fmt == "uniform":
             w = self._rows(self.scale)[..., None] * (qg - zero[..., None])
         else:
@@ -198,9 +237,17 @@ def _validate_codes(codes: np.ndarray, bits: int) -> np.ndarray:
 
 
 def pack_uniform(
-    codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, *, bits: int, group_size: int
+    codes: np.ndarray,
+    scales: np.ndarray,
+    zeros: np.ndarray,
+    *,
+    bits: int,
+    group_size: int,
+    share: bool = True,
 ) -> PackedWeight:
-    """Pack codes (m, k) with per-group scales/zeros (m, G): w = scale * (code - zero)."""
+    """Pack codes (m, k) with per-group scales/zeros (m, G): w = scale * (code - zero). With
+    ``share``, zeros that are one float16 value wherever the scale is not 0 (where it is, w is 0
+    whatever the zero) are stored once (:data:`SHARED_ZERO`)."""
     check_format("uniform", bits, group_size)
     codes = _validate_codes(codes, bits)
     m, k = codes.shape
@@ -209,6 +256,7 @@ def pack_uniform(
         if np.shape(a) != (m, G):
             raise EdgertError(f"{name} must have shape {(m, G)}, got {np.shape(a)}")
     m_pad = -(-m // TILE) * TILE
+    zero = _shared_zero(scales, zeros) if share else None
     return PackedWeight(
         "uniform",
         bits,
@@ -216,8 +264,20 @@ def pack_uniform(
         (m, k),
         pack_planes(codes, bits, group_size),
         _tile_params(scales, m_pad),
-        _tile_params(zeros, m_pad),
+        _tile_params(zeros, m_pad) if zero is None else zero,
     )
+
+
+def _shared_zero(scales: np.ndarray, zeros: np.ndarray) -> np.ndarray | None:
+    """The shared zero buffer (1, 1, 32) of float16 bits where ``zeros`` are one float16 value
+    wherever the float16 scale is not 0; None otherwise."""
+    z = np.asarray(zeros, np.float32).astype(np.float16)
+    live = np.asarray(scales, np.float32).astype(np.float16) != 0
+    values = np.unique(z[live].view(np.uint16))  # by bits: -0 and NaN are not 0
+    if values.size > 1:
+        return None
+    value = values[0] if values.size else np.uint16(0)
+    return np.full((1, 1, TILE), value, np.uint16)
 
 
 def pack_hlq(
@@ -258,7 +318,8 @@ def random_packed(
     if fmt == "uniform":
         scale = rng.uniform(0.01, 0.02, size=(m, G)).astype(np.float32)
         zero = np.full((m, G), (1 << bits) / 2, np.float32)
-        return pack_uniform(codes, scale, zero, bits=bits, group_size=group_size)
+        # a zero per group, as the quantizers write (a symmetric import shares one)
+        return pack_uniform(codes, scale, zero, bits=bits, group_size=group_size, share=False)
     alpha = rng.uniform(0.01, 0.02, size=(m, G, bits)) * (1 << np.arange(bits))
     beta = rng.uniform(-0.02, 0.0, size=(m, G))
     return pack_hlq(codes, alpha, beta, bits=bits, group_size=group_size)

@@ -16,13 +16,13 @@ import numpy as np
 
 from edgert.errors import EdgertError
 from edgert.format import kvcache, names
+from edgert.format.lut import FMT_CODE, kernel_format
 from edgert.format.model import ModelConfig
 from edgert.plan.sizes import MAX_BATCH, kv_positions
 from edgert.runtime import rope
 from edgert.runtime.memory import zeros
 
 W_LUT, W_Q8, W_F32 = 0, 1, 2
-_LUT_FMT = {"uniform": 0, "hlq": 1}
 _P = ctypes.c_void_p
 _I32 = ctypes.c_int32
 _I64 = ctypes.c_int64
@@ -389,18 +389,18 @@ class NativeForward:
         if not hold:  # the caller keeps them alive: a contiguous copy here would dangle
             if not all(a.flags.c_contiguous for a in arrays):
                 raise EdgertError("weight buffers must be contiguous")
-            return self._described(fmt, meta, [a.ctypes.data for a in arrays])
-        return self._described(fmt, meta, [self._hold(a) for a in arrays])
+            return self._described(fmt, meta, arrays, [a.ctypes.data for a in arrays])
+        return self._described(fmt, meta, arrays, [self._hold(a) for a in arrays])
 
-    def _described(self, fmt: str, meta: dict, ptrs: list[int]) -> _Weight:
+    def _described(self, fmt: str, meta: dict, arrays, ptrs: list[int]) -> _Weight:
         m, k = meta["m"], meta["k"]
-        if fmt in _LUT_FMT:
+        if fmt in FMT_CODE:
             planes, scale, zero = ptrs
             return _Weight(
                 W_LUT,
                 meta["bits"],
                 meta["group_size"],
-                _LUT_FMT[fmt],
+                kernel_format(fmt, arrays[2]),
                 m,
                 k,
                 planes,

@@ -130,7 +130,7 @@ def weight_args(pw: PackedWeight) -> tuple:
         address(pw.zero),
         pw.bits,
         pw.group_size,
-        FMT_CODE[pw.fmt],
+        pw.kernel_format,
     )
     key = (pw.fmt, pw.bits, pw.group_size, tuple(pw.shape))
     pw.__dict__["_c_args"] = (pw.planes, pw.scale, pw.zero, key, args)
@@ -144,7 +144,7 @@ def _check_packed(pw: PackedWeight) -> None:
     want = {
         "planes": ((tiles, k4, pw.bits, 16), np.uint8),
         "scale": ((tiles, pw.groups, per, 32) if per > 1 else (tiles, pw.groups, 32), np.uint16),
-        "zero": ((tiles, pw.groups, 32), np.uint16),
+        "zero": ((1, 1, 32) if pw.shared_zero else (tiles, pw.groups, 32), np.uint16),
     }
     for name, (shape, dt) in want.items():
         a = getattr(pw, name)

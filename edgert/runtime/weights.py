@@ -100,7 +100,7 @@ class ArtifactSource:
 def reference_model(art):
     """A ModelGraph of the artifact's weights dequantized to float32: the reference forward on
     exactly the weights the C forward pass uses (the oracle for checking it)."""
-    from edgert.format.lut import PackedWeight
+    from edgert.format.lut import FMT_CODE, PackedWeight
     from edgert.format.model import ModelGraph, TensorInfo
     from edgert.runtime.tokenizer import Tokenizer
 
@@ -136,17 +136,23 @@ def reference_model(art):
         infos.append(TensorInfo(name, tuple(e["shape"]), e["format"]))
 
     def part(name: str, i: int | slice) -> np.ndarray | None:
-        """Expert ``i`` of a stack, or rows ``i`` of an 8-bit or float32 matrix (the head)."""
+        """Expert ``i`` of a stack, or rows ``i`` of a matrix (the head): an 8-bit or float32
+        one's rows, a LUT one's row tiles that hold them."""
         if name in stacked:
             layer, proj = stacked[name]
             return None if isinstance(i, slice) else one(names.expert(layer, proj, int(i)))
         e = tensors.get(name)
-        if not isinstance(i, slice) or e is None or e["format"] not in ("q8", "f32"):
+        if not isinstance(i, slice) or e is None or e["format"] not in ("q8", "f32", *FMT_CODE):
             return None
         b = art.read_tensor(name)
         if e["format"] == "f32":
             return b["data"][i]
-        return dequantize_q8(b["q"][i], b["scale"][i], e["shape"][1])
+        if e["format"] == "q8":
+            return dequantize_q8(b["q"][i], b["scale"][i], e["shape"][1])
+        r0, r1, step = i.indices(e["shape"][0])
+        if step != 1:
+            return None
+        return PackedWeight.from_buffers(e["kernel"], b).dequantize_rows(r0, max(r0, r1))
 
     def loader(name: str) -> np.ndarray:
         if name in stacked:

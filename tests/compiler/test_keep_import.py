@@ -26,6 +26,9 @@ SHAPE = {"dim": 256, "ffn": 512, "heads": 4, "kv_heads": 2, "vocab": 512, "layer
 KINDS = {"Q4_0": (4, 32), "Q4_1": (4, 32), "Q4_K": (4, 32), "Q3_K": (3, 16), "Q2_K": (2, 16),
          "Q5_0": (5, 32), "Q5_1": (5, 32), "TQ2_0": (2, 128), "TQ1_0": (2, 128),
          "Q8_0": (8, None)}  # fmt: skip
+#: types whose offset is a fixed multiple of the scale (w = d (q - 8), Q3_K's q - 4, the ternary
+#: types' t = q - 1): one zero for every group
+SYMMETRIC = ("Q4_0", "Q5_0", "Q3_K", "TQ1_0", "TQ2_0")
 TOKENS = [5, 100, 7, 300, 42, 9, 11, 200, 17, 64, 3, 250]
 
 
@@ -56,6 +59,16 @@ def test_weights_and_logits_are_the_files(tmp_path, kind):
         assert np.abs(got - want).max() <= 2.0**-9 * np.abs(want).max(), name
         if kind in ("Q4_0", "Q5_0", "Q8_0", "TQ1_0", "TQ2_0"):
             assert np.array_equal(got, want), name
+        if e["format"] == "uniform":  # symmetric types' one zero (Q4_0's 8) is stored once
+            zero = art.read_tensor(name)["zero"]
+            assert (zero.size == 32) == (kind in SYMMETRIC), (name, zero.shape)
+    # rows of the head read alone (compile's quality measure goes through a head a slice at a
+    # time): a LUT head's from the row tiles that hold them, the whole head's rows
+    fresh = reference_model(art)
+    fresh.cache_limit = 0  # nothing is loaded whole
+    rows = fresh.part("output.weight", slice(5, 77))
+    assert "output.weight" not in fresh._cache
+    assert np.array_equal(rows, ours.tensor("output.weight")[5:77])
     # the linear weights and the output head, and the embedding table where 8-bit rows hold it
     n = 7 * SHAPE["layers"] + 1 + (kind in ("Q4_0", "Q5_0", "Q8_0"))
     assert s.method == "keep" and s.tensors_by_method[kind] == n

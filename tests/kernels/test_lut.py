@@ -234,3 +234,52 @@ def test_gemm_multi_equals_separate_calls(fmt, bits):
         assert np.array_equal(got, gemm(pw, X, threads=1))
     with pytest.raises(EdgertError, match="share k"):
         gemm_multi([pws[0], make(fmt, bits, 8, 64, 32)[1]], X)
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (3, 16), (2, 64), (6, 32)])
+@pytest.mark.parametrize("m,k", [(7, 33), (100, 256), (576, 1536)])
+def test_shared_zero_equals_its_table(bits, group, m, k):
+    """A symmetric weight (one zero for every group, as llama.cpp's Q4_0) stores its zero once;
+    every kernel path gives what the same weight with a zero per group gives, bit for bit."""
+    from edgert.runtime.kernels import gemm_multi
+
+    rng = np.random.default_rng(11)
+    G = -(-k // group)
+    codes = rng.integers(0, 1 << bits, size=(m, k))
+    scales = rng.uniform(0.01, 0.1, size=(m, G)).astype(np.float32)
+    zeros = np.full((m, G), 1 << (bits - 1), np.float32)
+    scales[0, 0], zeros[0, 0] = 0, 3  # a group without slope: its zero does not matter
+    shared = pack_uniform(codes, scales, zeros, bits=bits, group_size=group)
+    full = pack_uniform(codes, scales, zeros, bits=bits, group_size=group, share=False)
+    assert shared.shared_zero and shared.zero.shape == (1, 1, 32)
+    # one tile of one group: a table of 32 is the shared zero, the same numbers either way
+    assert full.shared_zero == (full.zero.size == 32)
+    assert full.nbytes - shared.nbytes == full.zero.nbytes - 64
+    assert np.array_equal(shared.dequantize(), full.dequantize())
+    a, b = shared.affine(), full.affine()
+    assert np.array_equal(a.scale, b.scale) and np.array_equal(a.zero[1:], b.zero[1:])
+    x = rng.normal(size=k).astype(np.float32)
+    X = rng.normal(size=(40, k)).astype(np.float32)  # 40 rows: the int8 prefill path
+    rows = np.arange(0, m, 3, dtype=np.int32)
+    for ref in (False, True):
+        assert np.array_equal(gemv(shared, x, ref=ref), gemv(full, x, ref=ref))
+        assert np.array_equal(gemm(shared, X, ref=ref), gemm(full, X, ref=ref))
+        assert np.array_equal(
+            gemv_rows(shared, x, rows, ref=ref), gemv_rows(full, x, rows, ref=ref)
+        )
+    for got, want in zip(gemm_multi([shared, shared], X, threads=2), [full, full]):
+        assert np.array_equal(got, gemm(want, X))
+    again = type(shared).from_buffers(shared.meta, shared.to_buffers())
+    assert again.shared_zero and np.array_equal(gemv(again, x), gemv(full, x))
+    # zeros that differ between live groups keep their table
+    zeros[1, -1] += 1
+    mixed = pack_uniform(codes, scales, zeros, bits=bits, group_size=group)
+    assert np.array_equal(mixed.zero, _tile_table(zeros)) and mixed.zero.size == full.zero.size
+
+
+def _tile_table(a):
+    """(m, G) float -> the [tiles, G, 32] float16 bits of a zero per group."""
+    m_pad = -(-a.shape[0] // 32) * 32
+    t = np.zeros((m_pad, a.shape[1]), np.float16)
+    t[: a.shape[0]] = a
+    return np.ascontiguousarray(t.view(np.uint16).reshape(-1, 32, a.shape[1]).transpose(0, 2, 1))
