@@ -17,7 +17,7 @@ class DramPlan:
     """What a budget keeps in DRAM. Bytes: ``fixed`` = tensors that never stream (head, norms,
     the embedding table unless read by rows: edgert.plan.sizes.embedding_by_rows) + KV cache +
     scratch; each layer's projections either resident or streamed
-    through ``slots`` staging buffers of the largest streamed span."""
+    through ``slots`` staging buffers (1 or 2) of the largest streamed span."""
 
     budget: int | None
     fixed: int
@@ -87,38 +87,47 @@ def plan_dram(
     max_ctx: int,
     budget: int | None,
     n_batch: int | None = None,
-    slots: int = 2,
+    slots: int | None = None,
     chunk: int = READ_CHUNK,
     kv=DEFAULT_KV,
 ) -> DramPlan:
     """Stream the fewest layers that make the budget (spread evenly over the depth, so reads
     overlap resident layers' compute); refuse a budget below the minimum (every layer streamed).
-    Under a budget, prompts run :data:`BUDGET_BATCH` tokens per call."""
+    Under a budget, prompts run :data:`BUDGET_BATCH` tokens per call.
+
+    Staging buffers: two (the next streamed layer's read in flight while one computes) where
+    that streams no more layers than one buffer would, else one: a layer's flash read takes
+    longer than computing it (flash is slower than DRAM), so the layer the second buffer's bytes
+    keep resident saves more than the overlap it gives. ``slots`` fixes the count."""
     spans = layer_spans(art, cfg.n_layers)
     f = fixed_memory(
         art, cfg, span_names(spans), max_ctx=max_ctx, budget=budget, n_batch=n_batch, kv=kv
     )
     never, kv, scratch, fixed = f.never, f.kv, f.scratch, f.total
     sizes = [s.nbytes for s in spans]
-    minimum = f.least + slots * max(sizes)  # what a budget holds: the table read by rows
+    choices = (slots,) if slots else (2, 1)
+    least = min(choices)
+    minimum = f.least + least * max(sizes)  # what a budget holds: the table read by rows
     plan = DramPlan(
-        budget, fixed, kv, scratch, sizes, [], slots, minimum, max_ctx, chunk, f.touched, f.batch
-    )
+        budget, fixed, kv, scratch, sizes, [], choices[0], minimum, max_ctx, chunk, f.touched,
+        f.batch,
+    )  # fmt: skip
     if budget is None or fixed + sum(sizes) <= budget:
         return plan
     if budget < minimum:
         raise EdgertError(
             f"--dram-budget {fmt_size(budget)} is below the minimum this artifact needs: "
             f"{fmt_size(minimum)} (tensors that never stream {fmt_size(never)}, KV cache for "
-            f"{max_ctx} tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, {slots} staging "
-            f"buffers of {fmt_size(max(sizes))})",
+            f"{max_ctx} tokens {fmt_size(kv)}, scratch {fmt_size(scratch)}, {least} staging "
+            f"buffer{'s' * (least > 1)} of {fmt_size(max(sizes))})",
             BUDGET_HINT,
         )
     n = cfg.n_layers
     for k in range(1, n + 1):
         streamed = sorted({(j * n) // k + (n // k) // 2 for j in range(k)})
         resident = sum(b for i, b in enumerate(sizes) if i not in streamed)
-        if fixed + resident + slots * max(sizes[i] for i in streamed) <= budget:
-            plan.streamed = streamed
-            return plan
+        for n_slots in choices:
+            if fixed + resident + n_slots * max(sizes[i] for i in streamed) <= budget:
+                plan.streamed, plan.slots = streamed, n_slots
+                return plan
     raise AssertionError("unreachable: the minimum streams every layer")

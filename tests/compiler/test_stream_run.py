@@ -76,6 +76,33 @@ def test_tokens_equal_unbudgeted_run(art):
     assert tokens(eng, 8) == [t[:8] for t in want]
 
 
+def test_one_staging_buffer_where_a_second_would_stream_a_layer_more(art):
+    """Where a second staging buffer's bytes would keep one more layer resident, one buffer
+    (fewer flash bytes per token), and that run's tokens are the unbudgeted run's; the minimum
+    holds one buffer."""
+    from edgert.format.artifact import Artifact
+
+    a = Artifact.open(art)
+    plan = lambda b, **kw: plan_dram(a, a.config(), max_ctx=64, budget=b, n_batch=BUDGET_BATCH,
+                                     **kw)  # fmt: skip
+    p = plan(plan(None).minimum)  # under a budget (the embedding table read by rows)
+    n, size = len(p.layer_bytes), max(p.layer_bytes)
+    assert set(p.layer_bytes) == {size}
+    # a layer short of everything: two streamed through one buffer, not three through two
+    # (layers of one size: a second buffer always costs a resident layer)
+    one = p.fixed + (n - 1) * size
+    assert (len(plan(one).streamed), plan(one).slots) == (2, 1)
+    assert (len(plan(one, slots=2).streamed), plan(one, slots=2).slots) == (3, 2)
+    assert plan(one + size).streamed == []
+    assert p.minimum == p.fixed + size and plan(p.minimum).slots == 1
+    assert len(plan(p.minimum).streamed) == n
+    with pytest.raises(EdgertError, match="1 staging buffer of"):
+        plan(p.minimum - 1)
+    eng = open_artifact_engine(art, max_ctx=64, dram_budget=one)
+    assert eng.dram_plan.slots == 1 and len(eng.streamer._free) + len(eng.streamer._pending) == 1
+    assert tokens(eng, 8) == [t[:8] for t in tokens(open_artifact_engine(art, max_ctx=64), 8)]
+
+
 def test_long_prompt_in_budget_sized_calls(art):
     """A prompt longer than BUDGET_BATCH runs in several forward calls under a budget (the scratch
     is sized for that many tokens), with the same logits and tokens as one unbudgeted call."""
