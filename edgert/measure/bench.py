@@ -105,10 +105,11 @@ def bench(
     noise (Gumbel-max) is drawn before the clock starts; the argmax is timed.
 
     As llama-bench, the pp runs come first, then the tg runs, each test after one untimed
-    warm-up: first-call costs (page faults, JIT caches) stay out of the samples, and tg's
-    warm-up decodes :data:`~edgert.plan.moe.TRACE_WARMUP` tokens, so the timed tokens meet an
-    expert cache in the steady state the cost model's replay counts from, not the experts random
-    prompt ids left in it."""
+    warm-up: first-call costs (page faults, JIT caches) stay out of the samples, and where a
+    cache learns from the tokens (experts or FFN neurons kept from flash) tg's warm-up decodes
+    :data:`~edgert.plan.moe.TRACE_WARMUP` tokens, so the timed tokens meet it in the steady state
+    the cost model's replay counts from, not what random prompt ids left in it (one token
+    otherwise: a dense model streaming its layers reads the same bytes every token)."""
     from edgert.plan.moe import TRACE_WARMUP
 
     vocab = engine.cfg.vocab_size
@@ -126,7 +127,8 @@ def bench(
         pp.append(n_prompt / dt)
         ttft.append(dt)
     if n_gen:
-        _generate(engine, rng, TRACE_WARMUP, depth)
+        learns = any(getattr(engine, a, None) is not None for a in ("expert_cache", "neurons"))
+        _generate(engine, rng, TRACE_WARMUP if learns else 1, depth)
     for _ in range(reps if n_gen else 0):
         dt, before, after = _generate(engine, rng, n_gen, depth)
         tg.append(n_gen / dt)
