@@ -233,7 +233,7 @@ def write_artifact(
         head_name = names.EMBEDDING
         if head_bits < 8:  # the head read whole every token: fewer bytes in the LUT format
             src = names.OUTPUT if names.OUTPUT in m else names.EMBEDDING
-            put_lut(names.OUTPUT, m.tensor(src), head_bits, src)
+            put_lut(names.OUTPUT, values(src), head_bits, src)
             head_name = names.OUTPUT
         elif names.OUTPUT in m:
             put_q8(names.OUTPUT)

@@ -36,7 +36,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgert.errors import EdgertError
-from edgert.format.lut import PackedWeight, pack_uniform
+from edgert.format.lut import TILE, PackedWeight, pack_uniform, with_shared_zero
 from edgert.format.q8 import quantize_q8
 
 #: type -> (bits, group size) of the uniform LUT format holding it exactly
@@ -46,6 +46,12 @@ LUT_TYPES = {"Q4_0": (4, 32), "Q4_1": (4, 32), "Q4_K": (4, 32), "Q2_K": (2, 16),
 #: types the 8-bit rows hold exactly: int8 codes times the block's float16 d, blocks of 32 (Q4_0
 #: and Q5_0 too, for the embedding table, which is always 8-bit rows)
 Q8_TYPES = ("Q8_0", "IQ4_NL", "IQ4_XS", "Q4_0", "Q5_0")
+#: values a LUT import takes at a time (whole row tiles): a Llama-3-8B-sized Q4_0 head is 525 M
+#: weights, whose codes and packing temporaries would take GBs at once
+LUT_IMPORT_VALUES = 1 << 24
+#: blocks of 32 an 8-bit import dequantizes at a time (4M values): a Llama-3-8B-sized Q4_0
+#: embedding table is 2.1 GB in float32, which the import never holds
+Q8_IMPORT_BLOCKS = 1 << 17
 #: bytes per block and weights per block of the types read here
 BLOCKS = {
     "Q4_0": (18, 32),
@@ -183,7 +189,19 @@ def _rows(kind: str, blocks: np.ndarray, k: int) -> np.ndarray:
 
 def import_lut(kind: str, blocks: np.ndarray, k: int) -> PackedWeight:
     """A (m, k) matrix stored as ``kind`` rows (m, bytes) -> the uniform LUT weight equal to
-    llama.cpp's dequantization within the float16 rounding of its composed group parameters."""
+    llama.cpp's dequantization within the float16 rounding of its composed group parameters.
+    A large matrix goes a few row tiles at a time (:data:`LUT_IMPORT_VALUES`)."""
+    m = blocks.shape[0]
+    step = max(TILE, LUT_IMPORT_VALUES // k // TILE * TILE)
+    if m <= step:
+        return with_shared_zero(_import_lut(kind, blocks, k))
+    parts = [_import_lut(kind, blocks[r : r + step], k) for r in range(0, m, step)]
+    buffers = {n: np.concatenate([p.to_buffers()[n] for p in parts]) for n in ("planes", "scale",
+                                                                            "zero")}  # fmt: skip
+    return with_shared_zero(PackedWeight.from_buffers({**parts[0].meta, "m": m}, buffers))
+
+
+def _import_lut(kind: str, blocks: np.ndarray, k: int) -> PackedWeight:
     bits, group = LUT_TYPES[kind]
     m = blocks.shape[0]
     codes, s, o = affine_blocks(kind, _rows(kind, blocks, k))
@@ -199,7 +217,7 @@ def import_lut(kind: str, blocks: np.ndarray, k: int) -> PackedWeight:
     zero = np.where(flat, np.float16(-1), zero).astype(np.float32)
     codes = codes.reshape(m, -1, group)
     codes[flat] = 0
-    return pack_uniform(codes.reshape(m, k), scale, zero, bits=bits, group_size=group)
+    return pack_uniform(codes.reshape(m, k), scale, zero, bits=bits, group_size=group, share=False)
 
 
 def import_q8(kind: str, blocks: np.ndarray, k: int) -> dict[str, np.ndarray]:
@@ -217,9 +235,12 @@ def import_q8(kind: str, blocks: np.ndarray, k: int) -> dict[str, np.ndarray]:
         q = IQ4_VALUES[_nibbles(raw[:, 8:])]
         return {"q": q.reshape(m, k), "scale": scale.reshape(m, k // 32)}
     d = _f16(raw[:, 0:2])  # the other Q8 types' blocks start with their float16 d
-    w = _dequantize(kind, raw).reshape(-1, 32)  # d * q, exact in float32
-    q = np.divide(w, d[:, None], out=np.zeros_like(w), where=d[:, None] != 0)
-    return {"q": np.rint(q).astype(np.int8).reshape(m, k), "scale": d.reshape(m, k // 32)}
+    q = np.empty((raw.shape[0], 32), np.int8)
+    for b in range(0, raw.shape[0], Q8_IMPORT_BLOCKS):
+        w = _dequantize(kind, raw[b : b + Q8_IMPORT_BLOCKS]).reshape(-1, 32)  # d * q, exact
+        db = d[b : b + Q8_IMPORT_BLOCKS, None]
+        q[b : b + Q8_IMPORT_BLOCKS] = np.rint(np.divide(w, db, out=np.zeros_like(w), where=db != 0))
+    return {"q": q.reshape(m, k), "scale": d.reshape(m, k // 32)}
 
 
 class KeptWeights:

@@ -256,28 +256,30 @@ def pack_uniform(
         if np.shape(a) != (m, G):
             raise EdgertError(f"{name} must have shape {(m, G)}, got {np.shape(a)}")
     m_pad = -(-m // TILE) * TILE
-    zero = _shared_zero(scales, zeros) if share else None
-    return PackedWeight(
+    pw = PackedWeight(
         "uniform",
         bits,
         group_size,
         (m, k),
         pack_planes(codes, bits, group_size),
         _tile_params(scales, m_pad),
-        _tile_params(zeros, m_pad) if zero is None else zero,
+        _tile_params(zeros, m_pad),
     )
+    return with_shared_zero(pw) if share else pw
 
 
-def _shared_zero(scales: np.ndarray, zeros: np.ndarray) -> np.ndarray | None:
-    """The shared zero buffer (1, 1, 32) of float16 bits where ``zeros`` are one float16 value
-    wherever the float16 scale is not 0; None otherwise."""
-    z = np.asarray(zeros, np.float32).astype(np.float16)
-    live = np.asarray(scales, np.float32).astype(np.float16) != 0
-    values = np.unique(z[live].view(np.uint16))  # by bits: -0 and NaN are not 0
+def with_shared_zero(pw: PackedWeight) -> PackedWeight:
+    """A uniform weight whose zeros are one float16 value wherever its float16 scale is not 0
+    (where it is, w is 0 whatever the zero) with that zero stored once (:data:`SHARED_ZERO`);
+    any other weight as it is."""
+    if pw.fmt != "uniform" or pw.shared_zero:
+        return pw
+    live = (pw.scale & 0x7FFF) != 0  # float16 bits: +0 and -0 are 0, NaN is not
+    values = np.unique(pw.zero[live])  # by bits: -0 and NaN are not 0
     if values.size > 1:
-        return None
+        return pw
     value = values[0] if values.size else np.uint16(0)
-    return np.full((1, 1, TILE), value, np.uint16)
+    return dataclasses.replace(pw, zero=np.full((1, 1, TILE), value, np.uint16))
 
 
 def pack_hlq(

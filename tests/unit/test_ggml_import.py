@@ -4,6 +4,7 @@ LUT / q8 formats and through the C kernels."""
 
 import numpy as np
 import pytest
+from edgert.compiler.quant import ggml
 from edgert.compiler.quant.ggml import (
     BLOCKS,
     LUT_TYPES,
@@ -84,6 +85,20 @@ def test_lut_import_equals_llamacpp_dequantization(kind, zero_d):
         assert np.array_equal(got, want)
 
 
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q3_K", "Q6_K"])
+def test_large_matrix_imported_a_few_row_tiles_at_a_time(kind, monkeypatch):
+    """A matrix above LUT_IMPORT_VALUES goes in runs of whole row tiles: the same buffers as in
+    one piece (a symmetric type's zero still stored once)."""
+    m, k = 100, 512
+    rows = random_rows(kind, m, k, zero_d=0.1)
+    whole = import_lut(kind, rows, k)
+    monkeypatch.setattr(ggml, "LUT_IMPORT_VALUES", 40 * k)  # 32 rows at a time
+    parts = import_lut(kind, rows, k)
+    assert parts.meta == whole.meta and parts.shared_zero == (kind in ("Q4_0", "Q3_K", "Q6_K"))
+    assert all(np.array_equal(a, b) for a, b in zip(parts.to_buffers().values(),
+                                                    whole.to_buffers().values()))  # fmt: skip
+
+
 def test_flat_groups_keep_their_offset():
     """A Q4_1 block with d = 0 is its min m everywhere: code 0 at scale m, zero -1."""
     rows = random_rows("Q4_1", 4, 64, zero_d=0.0)
@@ -95,11 +110,15 @@ def test_flat_groups_keep_their_offset():
 
 
 @pytest.mark.parametrize("kind", list(Q8_TYPES))
-def test_q8_import_is_exact(kind):
+def test_q8_import_is_exact(kind, monkeypatch):
     m, k = 9, 256
     rows = random_rows(kind, m, k, zero_d=0.2)
     b = import_q8(kind, rows, k)
     assert np.array_equal(dequantize_q8(b["q"], b["scale"], k), reference(kind, rows, k))
+    # a large table goes through the dequantizer a few blocks at a time: the same buffers
+    monkeypatch.setattr(ggml, "Q8_IMPORT_BLOCKS", 5)
+    again = import_q8(kind, rows, k)
+    assert all(np.array_equal(again[n], b[n]) for n in b)
 
 
 @pytest.mark.parametrize("kind", ["Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
