@@ -85,8 +85,12 @@ def test_stored_bits_count_group_parameters():
     assert bits_per_weight("uniform", 2, 64) == 2.5
     assert bits_per_weight("hlq", 2, 32) == 3.5
     assert bits_per_weight("hlq", 3, 32) == 5.0
-    pw = quantize_uniform(np.ones((64, 128), np.float32), bits=3, group_size=64)
+    w = np.random.default_rng(0).normal(size=(64, 128)).astype(np.float32)
+    pw = quantize_uniform(w, bits=3, group_size=64)
     assert 8 * pw.nbytes / (64 * 128) == 3.5
+    # a zero the same in every group (here: a constant matrix) is stored once
+    pw = quantize_uniform(np.ones((64, 128), np.float32), bits=3, group_size=64)
+    assert pw.shared_zero and 8 * pw.nbytes == 64 * 128 * 3 + 16 * 64 * 2 + 16 * 32
 
 
 def test_schemes_that_weigh_as_much_as_a_wider_one_are_refused():
