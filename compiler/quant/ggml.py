@@ -196,8 +196,9 @@ def import_lut(kind: str, blocks: np.ndarray, k: int) -> PackedWeight:
     if m <= step:
         return with_shared_zero(_import_lut(kind, blocks, k))
     parts = [_import_lut(kind, blocks[r : r + step], k) for r in range(0, m, step)]
-    buffers = {n: np.concatenate([p.to_buffers()[n] for p in parts]) for n in ("planes", "scale",
-                                                                            "zero")}  # fmt: skip
+    buffers = {
+        n: np.concatenate([getattr(p, n) for p in parts]) for n in ("planes", "scale", "zero")
+    }
     return with_shared_zero(PackedWeight.from_buffers({**parts[0].meta, "m": m}, buffers))
 
 

@@ -80,10 +80,6 @@ class PackedWeight:
         return self.zero.size == TILE
 
     @property
-    def kernel_format(self) -> int:
-        return kernel_format(self.fmt, self.zero)
-
-    @property
     def nbytes(self) -> int:
         return self.planes.nbytes + self.scale.nbytes + self.zero.nbytes
 

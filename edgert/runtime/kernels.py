@@ -15,7 +15,7 @@ import threading
 import numpy as np
 
 from edgert.errors import EdgertError
-from edgert.format.lut import FMT_CODE, PackedWeight
+from edgert.format.lut import FMT_CODE, PackedWeight, kernel_format
 from edgert.plan.sizes import MAX_BATCH
 from edgert.runtime.build import build_shared
 
@@ -130,7 +130,7 @@ def weight_args(pw: PackedWeight) -> tuple:
         address(pw.zero),
         pw.bits,
         pw.group_size,
-        pw.kernel_format,
+        kernel_format(pw.fmt, pw.zero),
     )
     key = (pw.fmt, pw.bits, pw.group_size, tuple(pw.shape))
     pw.__dict__["_c_args"] = (pw.planes, pw.scale, pw.zero, key, args)
